@@ -1,0 +1,1 @@
+"""Workflows that span models or touch files (HackSoft style: writes live here)."""

@@ -1,0 +1,521 @@
+"""One ingest service behind every door: folder, upload, REST, C-STORE and DICOMweb.
+
+Each file is checked (`imaging.core.dicom_inspect`), written to the object store and
+fsynced, and only then indexed; a batch of files is indexed in one transaction, so a
+crash at any moment leaves no row without its file. The same SOP instance sent again
+with the same bytes is a duplicate and changes nothing; different bytes under a stored
+SOP Instance UID are a conflict and are refused. When an import ends, every image
+series that received new instances is queued for processing once the transaction
+commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F
+from django.utils import timezone
+
+from imaging.core.dicom_inspect import DicomRejected, InspectedInstance, instance_inspect
+from imaging.models import IngestIssue, IngestSession, Instance, Series, Study
+from imaging.store import object_write
+from patients.models import Patient
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["stored", "duplicate", "conflict", "rejected"]
+ANALYSED_MODALITIES = {"CT", "MR"}
+
+
+@dataclass(frozen=True)
+class IngestSource:
+    """Something to import: a name for messages, its size if known, and how to read it."""
+
+    name: str
+    read: Callable[[], bytes]
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    name: str
+    status: Status
+    reason: str = ""
+    sop_instance_uid: str = ""
+    warnings: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """One line for a person: what happened to this file and why."""
+        text = f"{self.name}: {self.status}"
+        if self.reason:
+            text += f": {self.reason}"
+        return text
+
+
+@dataclass
+class _Pending:
+    name: str
+    item: InspectedInstance
+
+
+@dataclass
+class IngestRun:
+    """An ingest session in progress; add sources, then `finish`."""
+
+    source: str
+    origin: str = ""
+    user: object = None
+    process: bool = True
+    batch_size: int = 64
+    session: IngestSession = field(init=False)
+    _series_with_new: set[int] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        self.session = IngestSession.objects.create(
+            source=self.source,
+            origin=self.origin[:255],
+            user=self.user if getattr(self.user, "is_authenticated", False) else None,
+        )
+
+    # -- public -------------------------------------------------------------------
+    def add(
+        self,
+        sources: Iterable[IngestSource],
+        *,
+        on_file: Callable[[FileOutcome], None] | None = None,
+    ) -> list[FileOutcome]:
+        """Import ``sources``; one bad file never stops the rest."""
+        outcomes: list[FileOutcome] = []
+        batch: list[_Pending] = []
+
+        def flush() -> None:
+            for outcome in self._store_batch(batch):
+                outcomes.append(outcome)
+                if on_file:
+                    on_file(outcome)
+            batch.clear()
+
+        for src in sources:
+            pending_or_outcome = self._inspect(src)
+            if isinstance(pending_or_outcome, FileOutcome):
+                self._record([pending_or_outcome])
+                outcomes.append(pending_or_outcome)
+                if on_file:
+                    on_file(pending_or_outcome)
+                continue
+            batch.append(pending_or_outcome)
+            if len(batch) >= self.batch_size:
+                flush()
+        if batch:
+            flush()
+        return outcomes
+
+    def finish(self, *, failed: str = "") -> IngestSession:
+        """Close the session and queue processing of every series that got new images."""
+        from imaging.services.processing import series_queue
+
+        with transaction.atomic():
+            session = IngestSession.objects.select_for_update().get(pk=self.session.pk)
+            session.status = IngestSession.Status.FAILED if failed else IngestSession.Status.DONE
+            session.finished_at = timezone.now()
+            session.save(update_fields=["status", "finished_at"])
+            if failed:
+                IngestIssue.objects.create(
+                    session=session,
+                    kind=IngestIssue.Kind.REJECTED,
+                    file_name="(session)",
+                    reason=failed,
+                )
+            for series in Series.objects.filter(pk__in=self._series_with_new):
+                if series.modality not in ANALYSED_MODALITIES:
+                    series.state = Series.State.NOT_ANALYSED
+                    series.save(update_fields=["state", "updated_at"])
+                elif self.process:
+                    series_queue(series=series)
+                else:
+                    series.state = Series.State.STORED
+                    series.save(update_fields=["state", "updated_at"])
+        self.session = session
+        return session
+
+    # -- steps --------------------------------------------------------------------
+    def _inspect(self, src: IngestSource) -> _Pending | FileOutcome:
+        limit = settings.RADTRACK_MAX_UPLOAD_BYTES
+        if src.size is not None and src.size > limit:
+            return FileOutcome(
+                src.name,
+                "rejected",
+                f"{src.size / 2**20:.1f} MB is over the {limit / 2**20:.0f} MB limit",
+            )
+        try:
+            data = src.read()
+        except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+            return FileOutcome(src.name, "rejected", f"cannot be read: {exc}")
+        if len(data) > limit:
+            return FileOutcome(
+                src.name,
+                "rejected",
+                f"{len(data) / 2**20:.1f} MB is over the {limit / 2**20:.0f} MB limit",
+            )
+        try:
+            return _Pending(src.name, instance_inspect(data, name=src.name))
+        except DicomRejected as exc:
+            return FileOutcome(src.name, "rejected", str(exc))
+        except Exception as exc:  # a reader bug must not stop the batch
+            logger.exception("unexpected error while reading an incoming file")
+            return FileOutcome(src.name, "rejected", f"unreadable ({type(exc).__name__}: {exc})")
+
+    def _store_batch(self, batch: list[_Pending]) -> list[FileOutcome]:
+        outcomes: dict[int, FileOutcome] = {}
+        uids = [p.item.sop_instance_uid for p in batch]
+        known = dict(
+            Instance.objects.filter(sop_instance_uid__in=uids).values_list(
+                "sop_instance_uid", "sha256"
+            )
+        )
+        seen_in_batch: dict[str, str] = {}
+        fresh: list[tuple[int, _Pending]] = []
+        for index, pending in enumerate(batch):
+            item = pending.item
+            previous = known.get(item.sop_instance_uid) or seen_in_batch.get(item.sop_instance_uid)
+            if previous is not None:
+                outcomes[index] = _repeat_outcome(pending, previous)
+                continue
+            seen_in_batch[item.sop_instance_uid] = item.sha256
+            fresh.append((index, pending))
+
+        fresh, refused = self._check_hierarchy(fresh)
+        outcomes.update(refused)
+
+        # Files first, fsynced; rows afterwards, in one transaction.
+        written: list[tuple[int, _Pending, str]] = []
+        for index, pending in fresh:
+            try:
+                relative, _ = object_write(pending.item.data, pending.item.sha256)
+            except OSError as exc:
+                outcomes[index] = FileOutcome(
+                    pending.name, "rejected", f"could not be stored: {exc}"
+                )
+                continue
+            written.append((index, pending, relative))
+        try:
+            with transaction.atomic():
+                outcomes.update(self._index(written))
+        except IntegrityError:
+            # Another import stored some of these at the same moment: index one by one.
+            for entry in written:
+                try:
+                    with transaction.atomic():
+                        outcomes.update(self._index([entry]))
+                except IntegrityError:
+                    index, pending, _ = entry
+                    previous = (
+                        Instance.objects.filter(sop_instance_uid=pending.item.sop_instance_uid)
+                        .values_list("sha256", flat=True)
+                        .first()
+                    )
+                    outcomes[index] = _repeat_outcome(pending, previous or "")
+        ordered = [outcomes[i] for i in sorted(outcomes)]
+        self._record(ordered)
+        return ordered
+
+    def _check_hierarchy(
+        self, fresh: list[tuple[int, _Pending]]
+    ) -> tuple[list[tuple[int, _Pending]], dict[int, FileOutcome]]:
+        """Refuse files whose study or series is already filed under another parent."""
+        study_owner = dict(
+            Study.objects.filter(
+                study_instance_uid__in={p.item.study.study_instance_uid for _, p in fresh}
+            ).values_list("study_instance_uid", "patient__patient_id")
+        )
+        series_owner = dict(
+            Series.objects.filter(
+                series_instance_uid__in={p.item.series.series_instance_uid for _, p in fresh}
+            ).values_list("series_instance_uid", "study__study_instance_uid")
+        )
+        keep, refused = [], {}
+        for index, pending in fresh:
+            item = pending.item
+            owner = study_owner.setdefault(item.study.study_instance_uid, item.patient.patient_id)
+            if owner != item.patient.patient_id:
+                refused[index] = FileOutcome(
+                    pending.name,
+                    "rejected",
+                    "its Study Instance UID is already stored under a different Patient ID",
+                    item.sop_instance_uid,
+                )
+                continue
+            parent = series_owner.setdefault(
+                item.series.series_instance_uid, item.study.study_instance_uid
+            )
+            if parent != item.study.study_instance_uid:
+                refused[index] = FileOutcome(
+                    pending.name,
+                    "rejected",
+                    "its Series Instance UID is already stored under a different study",
+                    item.sop_instance_uid,
+                )
+                continue
+            keep.append((index, pending))
+        return keep, refused
+
+    def _index(self, written: list[tuple[int, _Pending, str]]) -> dict[int, FileOutcome]:
+        if not written:
+            return {}
+        patients: dict[str, Patient] = {}
+        studies: dict[str, Study] = {}
+        series_rows: dict[str, Series] = {}
+        rows = []
+        outcomes = {}
+        for index, pending, relative in written:
+            item = pending.item
+            patient = patients.get(item.patient.patient_id) or _patient_for(item)
+            patients[item.patient.patient_id] = patient
+            study = studies.get(item.study.study_instance_uid) or _study_for(item, patient)
+            studies[item.study.study_instance_uid] = study
+            series = series_rows.get(item.series.series_instance_uid) or _series_for(item, study)
+            series_rows[item.series.series_instance_uid] = series
+            rows.append(
+                Instance(
+                    sop_instance_uid=item.sop_instance_uid,
+                    series=series,
+                    sop_class_uid=item.sop_class_uid,
+                    transfer_syntax_uid=item.transfer_syntax_uid,
+                    instance_number=item.instance_number,
+                    image_position=list(item.image_position) if item.image_position else None,
+                    stored_path=relative,
+                    size_bytes=len(item.data),
+                    sha256=item.sha256,
+                    warnings=list(item.warnings),
+                    ingest_session=self.session,
+                )
+            )
+            outcomes[index] = FileOutcome(
+                pending.name, "stored", "", item.sop_instance_uid, item.warnings
+            )
+        Instance.objects.bulk_create(rows)
+        counts = dict(
+            Instance.objects.filter(series__in=series_rows.values())
+            .values("series")
+            .annotate(n=Count("pk"))
+            .values_list("series", "n")
+        )
+        for series in series_rows.values():
+            Series.objects.filter(pk=series.pk).update(
+                slice_count=counts.get(series.pk, 0), updated_at=timezone.now()
+            )
+            self._series_with_new.add(series.pk)
+        return outcomes
+
+    def _record(self, outcomes: list[FileOutcome]) -> None:
+        """Add outcomes to the session's counters and keep its per-file issues."""
+        if not outcomes:
+            return
+        counter = {
+            "stored": "stored",
+            "duplicate": "duplicates",
+            "conflict": "conflicts",
+            "rejected": "rejected",
+        }
+        increments: dict[str, int] = {"files_seen": 0}
+        issues = []
+        for outcome in outcomes:
+            increments["files_seen"] += 1
+            increments[counter[outcome.status]] = increments.get(counter[outcome.status], 0) + 1
+            if outcome.status in ("rejected", "conflict"):
+                issues.append(
+                    IngestIssue(
+                        session=self.session,
+                        kind=outcome.status,
+                        file_name=outcome.name[-1024:],
+                        reason=outcome.reason,
+                        sop_instance_uid=outcome.sop_instance_uid,
+                    )
+                )
+            for warning in outcome.warnings:
+                increments["warnings"] = increments.get("warnings", 0) + 1
+                issues.append(
+                    IngestIssue(
+                        session=self.session,
+                        kind=IngestIssue.Kind.WARNING,
+                        file_name=outcome.name[-1024:],
+                        reason=warning,
+                        sop_instance_uid=outcome.sop_instance_uid,
+                    )
+                )
+        with transaction.atomic():
+            IngestSession.objects.filter(pk=self.session.pk).update(
+                **{name: F(name) + n for name, n in increments.items()}
+            )
+            IngestIssue.objects.bulk_create(issues)
+
+
+def _repeat_outcome(pending: _Pending, stored_sha256: str) -> FileOutcome:
+    if stored_sha256 == pending.item.sha256:
+        return FileOutcome(
+            pending.name, "duplicate", "already stored", pending.item.sop_instance_uid
+        )
+    return FileOutcome(
+        pending.name,
+        "conflict",
+        "a different file is already stored under this SOP Instance UID; the stored file is kept",
+        pending.item.sop_instance_uid,
+    )
+
+
+def _patient_for(item: InspectedInstance) -> Patient:
+    patient, _ = Patient.objects.get_or_create(
+        patient_id=item.patient.patient_id,
+        defaults={
+            "name": item.patient.name,
+            "birth_date": item.patient.birth_date,
+            "sex": item.patient.sex,
+        },
+    )
+    return patient
+
+
+def _study_for(item: InspectedInstance, patient: Patient) -> Study:
+    attrs = item.study
+    study, _ = Study.objects.get_or_create(
+        study_instance_uid=attrs.study_instance_uid,
+        defaults={
+            "patient": patient,
+            "study_date": attrs.study_date,
+            "study_time": attrs.study_time,
+            "accession_number": attrs.accession_number,
+            "description": attrs.description,
+        },
+    )
+    return study
+
+
+def _series_for(item: InspectedInstance, study: Study) -> Series:
+    attrs = item.series
+    series, _ = Series.objects.get_or_create(
+        series_instance_uid=attrs.series_instance_uid,
+        defaults={
+            "study": study,
+            "modality": attrs.modality,
+            "series_number": attrs.series_number,
+            "description": attrs.description,
+            "manufacturer": attrs.manufacturer,
+            "kernel": attrs.kernel,
+            "body_part": attrs.body_part,
+            "rows": attrs.rows,
+            "columns": attrs.columns,
+            "pixel_spacing_row_mm": attrs.pixel_spacing_row_mm,
+            "pixel_spacing_column_mm": attrs.pixel_spacing_column_mm,
+            "slice_thickness_mm": attrs.slice_thickness_mm,
+            "image_orientation": list(attrs.image_orientation) if attrs.image_orientation else None,
+            "patient_position": attrs.patient_position,
+            "frame_of_reference_uid": attrs.frame_of_reference_uid,
+        },
+    )
+    return series
+
+
+# -- sources ----------------------------------------------------------------------
+def _zip_sources(path: Path, label: str) -> Iterator[IngestSource]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        yield IngestSource(label, _raiser(OSError(f"not a readable zip archive ({exc})")), 0)
+        return
+    for info in archive.infolist():
+        if info.is_dir() or Path(info.filename).name.startswith("."):
+            continue
+        yield IngestSource(
+            f"{label}:{info.filename}",
+            (lambda i=info: archive.read(i)),
+            info.file_size,
+        )
+
+
+def _raiser(exc: Exception) -> Callable[[], bytes]:
+    def read() -> bytes:
+        raise exc
+
+    return read
+
+
+def sources_from_paths(paths: Iterable[Path]) -> Iterator[IngestSource]:
+    """Files, folders (recursively, in name order) and zip archives as sources."""
+    for root in paths:
+        root = Path(root)
+        if root.is_dir():
+            candidates = sorted(
+                p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+            )
+        elif root.exists():
+            candidates = [root]
+        else:
+            yield IngestSource(str(root), _raiser(OSError("no such file or folder")), None)
+            continue
+        for path in candidates:
+            if zipfile.is_zipfile(path) and path.suffix.lower() == ".zip":
+                yield from _zip_sources(path, str(path))
+            else:
+                yield IngestSource(str(path), path.read_bytes, path.stat().st_size)
+
+
+def sources_from_upload(uploaded_files: Iterable) -> Iterator[IngestSource]:
+    """Django UploadedFile objects (web page or REST multipart); zips are expanded."""
+    for upload in uploaded_files:
+        name = upload.name
+        if name.lower().endswith(".zip"):
+            if upload.size > settings.RADTRACK_MAX_UPLOAD_BYTES:
+                yield IngestSource(name, lambda: b"", upload.size)
+                continue
+            path = getattr(upload, "temporary_file_path", None)
+            if path is not None:
+                yield from _zip_sources(Path(upload.temporary_file_path()), name)
+            else:
+                import io
+
+                data = upload.read()
+                archive_file = io.BytesIO(data)
+                try:
+                    archive = zipfile.ZipFile(archive_file)
+                except zipfile.BadZipFile as exc:
+                    yield IngestSource(
+                        name, _raiser(OSError(f"not a readable zip archive ({exc})")), 0
+                    )
+                    continue
+                for info in archive.infolist():
+                    if info.is_dir():
+                        continue
+                    yield IngestSource(
+                        f"{name}:{info.filename}",
+                        (lambda a=archive, i=info: a.read(i)),
+                        info.file_size,
+                    )
+        else:
+            yield IngestSource(name, (lambda u=upload: _read_upload(u)), upload.size)
+
+
+def _read_upload(upload) -> bytes:
+    upload.seek(0)
+    return upload.read()
+
+
+def ingest_paths(
+    *,
+    paths: Iterable[Path],
+    process: bool = True,
+    on_file: Callable[[FileOutcome], None] | None = None,
+) -> tuple[IngestSession, list[FileOutcome]]:
+    """Import files, folders and zips from disk (``manage.py ingest``)."""
+    paths = list(paths)
+    run = IngestRun(
+        source=IngestSession.Source.FOLDER, origin=", ".join(map(str, paths))[:255], process=process
+    )
+    outcomes = run.add(sources_from_paths(paths), on_file=on_file)
+    return run.finish(), outcomes

@@ -1,0 +1,5 @@
+"""RadTrack: lesion tracking across serial CT studies."""
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

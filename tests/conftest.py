@@ -1,0 +1,35 @@
+"""Shared test helpers.
+
+Tests that need an outside program skip with a visible reason when it is missing, so
+``make test`` passes on a bare machine; with ``RADTRACK_REQUIRE_ALL=1`` (set by
+``.ci/run``) a missing program fails the test instead.
+"""
+
+import os
+import shutil
+
+import pytest
+
+REQUIRE_ALL = os.environ.get("RADTRACK_REQUIRE_ALL", "") == "1"
+
+
+def require_program(name: str, *, why: str = "") -> str:
+    """Return the path of ``name`` on PATH, or skip (fail under RADTRACK_REQUIRE_ALL)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = (
+        f"{name} is not installed{': ' + why if why else ''} (apt-get install it; .ci/run does)"
+    )
+    if REQUIRE_ALL:
+        pytest.fail(message + " and RADTRACK_REQUIRE_ALL=1", pytrace=False)
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path, settings):
+    """Every test stores files under its own temporary data folder."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.DATA_DIR.mkdir()
+    return settings.DATA_DIR
