@@ -167,6 +167,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("RADTRACK_LOG_LEVEL", "WARNING")},
     "loggers": {
         "pynetdicom": {"level": "WARNING"},
+        # pydicom's warnings quote element values (a birth date, a name): RadTrack
+        # records them per file, without values, on the ingest session instead.
+        "pydicom": {"level": "ERROR"},
     },
 }
 
