@@ -28,9 +28,12 @@ def radtrack_task(
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
+        name = f"{func.__module__}.{func.__name__}"
+        routes = dict(app.conf.task_routes or {})
+        routes[name] = {"queue": queue}
+        app.conf.task_routes = routes
         return app.task(
-            name=f"{func.__module__}.{func.__name__}",
-            queue=queue,
+            name=name,
             acks_late=True,
             reject_on_worker_lost=True,
             max_retries=max_retries,
