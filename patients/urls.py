@@ -1,4 +1,11 @@
-from django.urls import path  # noqa: F401
+"""Patient pages. Patients are addressed by primary key, so no MRN reaches access logs."""
+
+from django.urls import path
+
+from patients import views
 
 app_name = "patients"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.patient_list_view, name="list"),
+    path("<int:pk>/", views.patient_detail_view, name="detail"),
+]

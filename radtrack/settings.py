@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "patients",
     "imaging",
     "analytics",
@@ -155,7 +156,17 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Lesions, measurements, responses and risk from serial CT studies.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Swagger UI served from our own static files: hospital networks are often closed.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+
+# Reverse proxies whose X-Forwarded-For is believed for the audit log's address.
+RADTRACK_TRUSTED_PROXIES = [
+    p.strip() for p in os.environ.get("RADTRACK_TRUSTED_PROXIES", "").split(",") if p.strip()
+]
 
 # Patient data never goes into logs: log messages name files, UIDs' roles and counts,
 # never names, MRNs or birth dates.

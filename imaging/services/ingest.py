@@ -74,10 +74,16 @@ class IngestRun:
     user: object = None
     process: bool = True
     batch_size: int = 64
+    #: Carry on an open session begun by an earlier request (chunked uploads).
+    resume: IngestSession | None = None
     session: IngestSession = field(init=False)
-    _series_with_new: set[int] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
+        if self.resume is not None:
+            if self.resume.status != IngestSession.Status.RUNNING:
+                raise ValueError(f"ingest session {self.resume.pk} is already closed")
+            self.session = self.resume
+            return
         self.session = IngestSession.objects.create(
             source=self.source,
             origin=self.origin[:255],
@@ -133,7 +139,9 @@ class IngestRun:
                     file_name="(session)",
                     reason=failed,
                 )
-            for series in Series.objects.filter(pk__in=self._series_with_new):
+            # Every series that got instances in this session, across all its requests.
+            touched = Series.objects.filter(instances__ingest_session=session).distinct()
+            for series in touched:
                 if series.modality not in ANALYSED_MODALITIES:
                     series.state = Series.State.NOT_ANALYSED
                     series.save(update_fields=["state", "updated_at"])
@@ -311,7 +319,6 @@ class IngestRun:
             Series.objects.filter(pk=series.pk).update(
                 slice_count=counts.get(series.pk, 0), updated_at=timezone.now()
             )
-            self._series_with_new.add(series.pk)
         return outcomes
 
     def _record(self, outcomes: list[FileOutcome]) -> None:

@@ -1,0 +1,53 @@
+"""Who may do what: the three groups and the checks pages and API views share.
+
+Groups (created by migration ``patients.0002_groups``):
+
+- ``clinician``: sees patients, studies, series and their processing (view permissions).
+- ``radiologist``: as clinician, and may upload images (``imaging.add_instance``).
+- ``admin``: as radiologist, and manages users, groups and API tokens, and reads the
+  audit trail (in the Django admin site, which also needs the account's staff flag).
+
+Checks go through Django permissions, not group names, so a superuser passes them all
+and an administrator can grant one permission to one account.
+"""
+
+from __future__ import annotations
+
+from rest_framework.permissions import BasePermission
+
+CLINICIAN = "clinician"
+RADIOLOGIST = "radiologist"
+ADMIN = "admin"
+GROUPS = (CLINICIAN, RADIOLOGIST, ADMIN)
+
+UPLOAD_PERMISSION = "imaging.add_instance"
+
+
+def can_upload(user) -> bool:
+    """Whether ``user`` may send images in (web upload, REST API)."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(UPLOAD_PERMISSION))
+
+
+def can_view_ingest_session(user, session) -> bool:
+    """The account that ran an import, or anyone who may upload, may read its report."""
+    if user is None or not user.is_authenticated:
+        return False
+    return session.user_id == user.pk or can_upload(user)
+
+
+class CanUpload(BasePermission):
+    """DRF permission: the user is logged in and may upload images."""
+
+    message = "Your account may not upload images (radiologist or admin group needed)."
+
+    def has_permission(self, request, view) -> bool:
+        return can_upload(request.user)
+
+
+class CanViewIngestSession(BasePermission):
+    """DRF permission for one ingest session's report."""
+
+    message = "Only the account that ran this import, or one that may upload, may read it."
+
+    def has_object_permission(self, request, view, obj) -> bool:
+        return can_view_ingest_session(request.user, obj)
