@@ -18,10 +18,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
     generate_uid,
 )
 
@@ -143,7 +143,8 @@ def ct_slice_dataset(
     ds.ImageOrientationPatient = [_ds_number(v) for v in (*row_cosine, *column_cosine)]
     ds.FrameOfReferenceUID = attrs.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
-    ds.Laterality = ""
+    # Laterality (0020,0060) is Type 2C, for paired body parts only: a chest/abdomen
+    # series must leave it out (dciodvfy reports an empty one as an error).
     normal = np.cross(row_cosine, column_cosine)
     ds.SliceLocation = _ds_number(float(np.dot(position, normal)))
     ds.PixelSpacing = [_ds_number(sy), _ds_number(sx)]
@@ -154,7 +155,14 @@ def ct_slice_dataset(
     ds.WindowWidth = "400"
 
     pixels = hu_to_stored(volume.array[k])
-    ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=12)
+    # pydicom 3 would otherwise replace the SOP Instance UID with a random one, breaking
+    # reproducible output and the match with MediaStorageSOPInstanceUID.
+    ds.set_pixel_data(
+        pixels,
+        photometric_interpretation="MONOCHROME2",
+        bits_stored=12,
+        generate_instance_uid=False,
+    )
     return ds
 
 
