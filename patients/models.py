@@ -102,3 +102,27 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} {self.action} {self.object} at {self.at}"
+
+
+class UnmatchedEHRRecord(models.Model):
+    """An EHR record (FHIR resource or CSV row) whose MRN matches no patient, kept apart.
+
+    Nothing is created for such a record; it waits here, as received, until the
+    patient exists and it is imported again. ``fingerprint`` (SHA-256 of the record
+    type, MRN and payload) makes re-importing the same file add nothing.
+    """
+
+    source = models.CharField(max_length=255, help_text="file or upload it came from")
+    record_type = models.CharField(max_length=32, help_text="FHIR resource type or CSV layout")
+    patient_identifier = models.CharField("MRN as given", max_length=64, blank=True)
+    payload = models.JSONField(help_text="the resource or row as received")
+    reason = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "unmatched EHR record"
+
+    def __str__(self) -> str:
+        return f"{self.record_type} for unknown MRN from {self.source}"

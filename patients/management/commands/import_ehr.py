@@ -1,0 +1,79 @@
+"""``manage.py import_ehr FILE...``: labs and outcome events from a FHIR R4 Bundle or cohort CSVs.
+
+See `patients.services.ehr_import` for what is read and how records are matched.
+"""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from patients.services.ehr_import import EHRImportError, ehr_import
+
+
+class Command(BaseCommand):
+    help = (
+        "Import laboratory results and progression/death/censoring events from a FHIR R4 "
+        "Bundle (JSON) or the labs.csv / events.csv that generate_cohort writes. Patients "
+        "are matched by MRN; records for unknown MRNs are kept apart and reported. Each "
+        "file is one transaction; importing the same file again changes nothing."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        parser.add_argument(
+            "--show", type=int, default=20, help="list at most this many problems per file"
+        )
+
+    def handle(self, *args, **options):
+        files: list[Path] = options["files"]
+        unreadable = [f for f in files if not f.is_file()]
+        if unreadable:
+            raise CommandError(
+                "cannot read " + ", ".join(str(f) for f in unreadable) + " (no such file)"
+            )
+        totals = {"created": 0, "updated": 0, "unchanged": 0, "unmatched": 0, "rejected": 0}
+        for path in files:
+            bar = tqdm(
+                desc=path.name,
+                unit="record",
+                disable=options["quiet"] or None,
+                file=self.stderr._out,
+            )
+
+            def progress(done: int, total: int, bar=bar) -> None:
+                if bar.total != total:
+                    bar.reset(total=total)
+                bar.update(done - bar.n)
+
+            try:
+                result = ehr_import(path_or_bytes=path, on_progress=progress)
+            except EHRImportError as exc:
+                raise CommandError(str(exc)) from exc
+            finally:
+                bar.close()
+            problems = [("rejected", p) for p in result.rejected] + [
+                ("skipped", p) for p in result.skipped
+            ]
+            for label, problem in problems[: options["show"]]:
+                self.stderr.write(f"  {label}: {problem}")
+            if len(problems) > options["show"]:
+                self.stderr.write(f"  ... and {len(problems) - options['show']} more")
+            for note in result.notes[: options["show"]]:
+                self.stderr.write(f"  note: {note}")
+            if result.unmatched_identifiers:
+                self.stderr.write(
+                    f"  {result.unmatched} records for {len(result.unmatched_identifiers)} "
+                    "MRNs that match no patient were kept apart (UnmatchedEHRRecord)"
+                )
+            if len(files) > 1:
+                self.stdout.write(result.summary())
+            for key in ("created", "updated", "unchanged", "unmatched"):
+                totals[key] += getattr(result, key)
+            totals["rejected"] += len(result.rejected)
+        self.stdout.write(
+            f"import_ehr: {len(files)} file(s): {totals['created']} created, "
+            f"{totals['updated']} updated, {totals['unchanged']} unchanged, "
+            f"{totals['unmatched']} unmatched, {totals['rejected']} rejected"
+        )

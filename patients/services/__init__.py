@@ -1,0 +1,1 @@
+"""Workflows that write patients' data (HackSoft-style services)."""
