@@ -27,6 +27,7 @@ demo: install
 	test -f $(DEMO_DIR)/truth.json || $(BIN)/python manage.py generate_cohort $(DEMO_DIR) \
 		--patients $(DEMO_PATIENTS) --timepoints $(DEMO_TIMEPOINTS) --seed 7 --size small
 	$(BIN)/python manage.py ingest --no-process $(DEMO_DIR)/dicom
+	$(BIN)/python manage.py import_ehr $(DEMO_DIR)/ehr_bundle.json
 	$(BIN)/python manage.py process --all
 	$(MAKE) serve
 
