@@ -93,3 +93,35 @@ class RiskScore(models.Model):
 
     def __str__(self) -> str:
         return f"{self.patient} {self.tier} ({self.score:.3g})"
+
+
+class ResponseAssessment(models.Model):
+    """RECIST 1.1 and volumetric response of one study against the patient's baseline.
+
+    Recomputed whenever a measurement it depends on changes (review, reprocessing);
+    ``inputs`` lists the measurement rows and values it was computed from.
+    """
+
+    patient = models.ForeignKey(
+        "patients.Patient", on_delete=models.CASCADE, related_name="response_assessments"
+    )
+    study = models.OneToOneField(
+        "imaging.Study", on_delete=models.CASCADE, related_name="response_assessment"
+    )
+    is_baseline = models.BooleanField(default=False)
+    sum_diameters_mm = models.FloatField(null=True, blank=True)
+    total_volume_ml = models.FloatField(null=True, blank=True)
+    pct_change_baseline = models.FloatField(null=True, blank=True)
+    pct_change_nadir = models.FloatField(null=True, blank=True)
+    recist_response = models.CharField(max_length=8, blank=True, help_text="CR, PR, SD, PD or NE")
+    volumetric_response = models.CharField(max_length=8, blank=True)
+    new_lesions = models.BooleanField(default=False)
+    notes = models.JSONField(default=list, blank=True)
+    inputs = models.JSONField(default=dict, blank=True)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["patient", "study__study_date"]
+
+    def __str__(self) -> str:
+        return f"{self.recist_response or 'baseline'} at study {self.study_id}"

@@ -194,6 +194,11 @@ class ProcessingRun(models.Model):
     error = models.TextField(blank=True)
     volume_path = models.CharField(max_length=255, blank=True)
     volume_geometry = models.JSONField(null=True, blank=True)
+    flags = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="findings a radiologist should review, e.g. a corrected flip",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -204,3 +209,210 @@ class ProcessingRun(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.pk} of series {self.series_id}: {self.status}"
+
+
+class Registration(models.Model):
+    """A follow-up series aligned to its patient's baseline series, and how well.
+
+    ``matrix_fixed_to_moving`` maps a point in the baseline (fixed) series' LPS mm to
+    the follow-up (moving) series' LPS mm; its inverse takes follow-up findings into the
+    baseline frame, where lesions are matched.
+    """
+
+    moving_series = models.ForeignKey(
+        Series, on_delete=models.CASCADE, related_name="registrations"
+    )
+    fixed_series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="+")
+    processing_run = models.ForeignKey(
+        ProcessingRun,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="registrations",
+    )
+    backend = models.CharField(max_length=32)
+    device = models.CharField(max_length=16, blank=True)
+    matrix_fixed_to_moving = models.JSONField(help_text="4x4, LPS mm to LPS mm")
+    transform_path = models.CharField(
+        max_length=255, blank=True, help_text="relative to RADTRACK_DATA_DIR"
+    )
+    quality = models.JSONField(default=dict, blank=True)
+    failed = models.BooleanField(default=False)
+    failure_reason = models.TextField(blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        get_latest_by = "created_at"
+
+    def __str__(self) -> str:
+        state = "failed" if self.failed else "ok"
+        return f"registration of series {self.moving_series_id} to {self.fixed_series_id} ({state})"
+
+
+class Segmentation(models.Model):
+    """The lesion and organ masks a model made of one series, with the model that made them."""
+
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="segmentations")
+    processing_run = models.ForeignKey(
+        ProcessingRun,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="segmentations",
+    )
+    mask_path = models.CharField(
+        max_length=255, help_text="label map (NIfTI), relative to RADTRACK_DATA_DIR"
+    )
+    probability_path = models.CharField(max_length=255, blank=True)
+    model_name = models.CharField(max_length=64)
+    model_version = models.CharField(max_length=32)
+    model_sha256 = models.CharField(max_length=64, blank=True)
+    steps = models.JSONField(
+        default=list, blank=True, help_text="post-processing steps and parameters"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        get_latest_by = "created_at"
+
+    def __str__(self) -> str:
+        return f"segmentation of series {self.series_id} by {self.model_name} {self.model_version}"
+
+
+class Lesion(models.Model):
+    """One lesion's identity across a patient's studies (DICOM Tracking UID (0062,0021))."""
+
+    class Organ(models.TextChoices):
+        LUNG = "lung", "Lung"
+        LIVER = "liver", "Liver"
+        OTHER = "other", "Other"
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="lesions")
+    tracking_uid = models.CharField(max_length=64, unique=True)
+    label = models.CharField(max_length=64, help_text='readable identifier, e.g. "Liver 2"')
+    organ = models.CharField(max_length=16, choices=Organ.choices)
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_from"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["patient", "organ", "label"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "label"], name="unique_lesion_label_per_patient"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class LesionMeasurement(models.Model):
+    """A lesion at one study: automated measurements, and a radiologist's review of them.
+
+    Automated values are never overwritten: an override is kept beside them with its
+    reason, and ``effective_*`` properties give the value in force.
+    """
+
+    class Status(models.TextChoices):
+        NEW = "new", "New"
+        TRACKED = "tracked", "Tracked"
+        RESOLVED = "resolved", "Resolved"
+
+    class Review(models.TextChoices):
+        PENDING = "pending", "Awaiting review"
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected (false positive)"
+        EDITED = "edited", "Edited"
+
+    lesion = models.ForeignKey(Lesion, on_delete=models.CASCADE, related_name="measurements")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="lesion_measurements")
+    segmentation = models.ForeignKey(
+        Segmentation, null=True, blank=True, on_delete=models.SET_NULL, related_name="measurements"
+    )
+    component_label = models.PositiveIntegerField(
+        null=True, blank=True, help_text="value of this lesion in the segmentation's label map"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices)
+    volume_ml = models.FloatField()
+    longest_diameter_mm = models.FloatField()
+    short_axis_mm = models.FloatField()
+    max_3d_diameter_mm = models.FloatField(null=True, blank=True)
+    centroid_x_mm = models.FloatField(null=True, blank=True)
+    centroid_y_mm = models.FloatField(null=True, blank=True)
+    centroid_z_mm = models.FloatField(null=True, blank=True)
+    mean_hu = models.FloatField(null=True, blank=True)
+    sd_hu = models.FloatField(null=True, blank=True)
+    sphericity = models.FloatField(null=True, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    uncertainty = models.FloatField(null=True, blank=True)
+    is_target = models.BooleanField(default=False)
+    review_state = models.CharField(max_length=16, choices=Review.choices, default=Review.PENDING)
+    override_volume_ml = models.FloatField(null=True, blank=True)
+    override_longest_diameter_mm = models.FloatField(null=True, blank=True)
+    override_short_axis_mm = models.FloatField(null=True, blank=True)
+    review_reason = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["lesion", "study__study_date"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lesion", "study"], name="one_measurement_per_lesion_and_study"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lesion} at study {self.study_id}"
+
+    @property
+    def effective_volume_ml(self) -> float:
+        return self.override_volume_ml if self.override_volume_ml is not None else self.volume_ml
+
+    @property
+    def effective_longest_diameter_mm(self) -> float:
+        if self.override_longest_diameter_mm is not None:
+            return self.override_longest_diameter_mm
+        return self.longest_diameter_mm
+
+    @property
+    def effective_short_axis_mm(self) -> float:
+        if self.override_short_axis_mm is not None:
+            return self.override_short_axis_mm
+        return self.short_axis_mm
+
+
+class ReviewEvent(models.Model):
+    """One radiologist action on the lesions (accept, reject, relink, merge, split, target,
+    override), with who, when, why and what the values were before."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="review_events")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    action = models.CharField(max_length=32)
+    measurement = models.ForeignKey(
+        LesionMeasurement,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="review_events",
+    )
+    reason = models.TextField(blank=True)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.user_id} at {self.at}"
