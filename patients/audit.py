@@ -79,6 +79,7 @@ def audit_record(
     action: str,
     object: str = "",  # the model field's name, kept for symmetry
     patient: Patient | int | None = None,
+    username: str = "",
 ) -> AuditEvent:
     """Add one row to the audit trail and return it.
 
@@ -86,7 +87,8 @@ def audit_record(
     ``object`` names what was seen (``patient 12``, ``ingest session 7``). The user
     defaults to ``request.user``; the username is copied so that the row still says
     who it was after the account is deleted. ``patient`` is a `Patient` or its
-    primary key.
+    primary key. ``username`` names a caller without an account (a command-line
+    export names the operating-system user).
     """
     if user is None and request is not None:
         user = getattr(request, "user", None)
@@ -94,7 +96,7 @@ def audit_record(
         user = None
     return AuditEvent.objects.create(
         user=user,
-        username=user.get_username() if user is not None else "",
+        username=user.get_username() if user is not None else username[:150],
         action=action[:64],
         object=object[:255],
         patient_id=patient.pk if isinstance(patient, Patient) else patient,

@@ -5,12 +5,20 @@ from pathlib import Path
 
 import factory
 import numpy as np
-import pydicom
 from factory.django import DjangoModelFactory
 
 from imaging.core.dicom_write import CTSeriesAttributes, ct_series_write, synthetic_uid
 from imaging.core.volume import Volume
-from imaging.models import IngestIssue, IngestSession, Instance, ProcessingRun, Series, Study
+from imaging.models import (
+    IngestIssue,
+    IngestSession,
+    Instance,
+    Lesion,
+    LesionMeasurement,
+    ProcessingRun,
+    Series,
+    Study,
+)
 from tests.patients.factories import PatientFactory
 
 
@@ -93,7 +101,7 @@ def phantom_volume(*, slices: int = 3, size: int = 16, seed: int = 0) -> Volume:
     rng = np.random.default_rng(seed)
     hu = rng.normal(40.0, 10.0, size=(slices, size, size))
     hu[:, size // 4 : size // 2, size // 4 : size // 2] += 60.0
-    return Volume(array=hu, spacing_mm=(0.8, 0.8, 2.5), origin_mm=(-6.0, -6.0, 0.0))
+    return Volume(array=hu, spacing_mm=(0.8, 0.8, 2.5), origin_mm=(-0.4 * size, -0.4 * size, -50.0))
 
 
 def ct_files(
@@ -103,8 +111,10 @@ def ct_files(
     patient_name: str = "Doe^Jane",
     key: str = "a",
     slices: int = 3,
+    size: int = 16,
     seed: int = 0,
     study_date: dt.date = dt.date(2024, 3, 1),
+    study_instance_uid: str | None = None,
 ) -> list[Path]:
     """Write a CT series with UIDs derived from ``key`` (same key, same UIDs).
 
@@ -116,21 +126,38 @@ def ct_files(
         patient_name=patient_name,
         patient_birth_date=dt.date(1958, 2, 3),
         patient_sex="F",
-        study_instance_uid=synthetic_uid([key, "study"]),
+        study_instance_uid=study_instance_uid or synthetic_uid([key, "study"]),
         series_instance_uid=synthetic_uid([key, "series"]),
         frame_of_reference_uid=synthetic_uid([key, "for"]),
         study_date=study_date,
     )
     uids = [synthetic_uid([key, "sop", str(k)]) for k in range(slices)]
-    paths = ct_series_write(
-        phantom_volume(slices=slices, seed=seed), out_dir, attrs, sop_instance_uids=uids
+    return ct_series_write(
+        phantom_volume(slices=slices, size=size, seed=seed), out_dir, attrs, sop_instance_uids=uids
     )
-    # pydicom 3's Dataset.set_pixel_data() replaces the SOP Instance UID unless told
-    # not to (generate_instance_uid=False); put the requested UIDs back if it did.
-    for path, uid in zip(paths, uids, strict=True):
-        ds = pydicom.dcmread(path)
-        if ds.SOPInstanceUID != uid:
-            ds.SOPInstanceUID = uid
-            ds.file_meta.MediaStorageSOPInstanceUID = uid
-            ds.save_as(path, enforce_file_format=True)
-    return paths
+
+
+class LesionFactory(DjangoModelFactory):
+    class Meta:
+        model = Lesion
+
+    patient = factory.SubFactory(PatientFactory)
+    tracking_uid = factory.Sequence(lambda n: synthetic_uid([f"lesion-{n}"]))
+    label = factory.Sequence(lambda n: f"Liver {n + 1}")
+    organ = Lesion.Organ.LIVER
+
+
+class LesionMeasurementFactory(DjangoModelFactory):
+    class Meta:
+        model = LesionMeasurement
+
+    lesion = factory.SubFactory(LesionFactory)
+    study = factory.SubFactory(StudyFactory, patient=factory.SelfAttribute("..lesion.patient"))
+    status = LesionMeasurement.Status.TRACKED
+    volume_ml = 4.2
+    longest_diameter_mm = 21.0
+    short_axis_mm = 17.0
+    centroid_x_mm = -80.0
+    centroid_y_mm = 20.0
+    centroid_z_mm = -150.0
+    confidence = 0.93

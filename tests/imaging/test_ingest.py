@@ -16,7 +16,7 @@ from imaging.models import IngestIssue, IngestSession, Instance, Series, Study
 from imaging.services.ingest import IngestRun, IngestSource, ingest_paths
 from imaging.store import object_path
 from patients.models import Patient
-from tests.imaging.dicom_fixtures import small_ct_series
+from tests.imaging.factories import ct_files
 
 pytestmark = pytest.mark.django_db
 
@@ -26,7 +26,7 @@ def _ingest(paths, **kwargs):
 
 
 def test_folder_import_stores_every_file_byte_for_byte(tmp_path):
-    files = small_ct_series(tmp_path / "series")
+    files = ct_files(tmp_path / "series", key="k1", size=32, slices=6)
     session, outcomes = _ingest([tmp_path / "series"])
 
     assert [o.status for o in outcomes] == ["stored"] * len(files)
@@ -35,7 +35,7 @@ def test_folder_import_stores_every_file_byte_for_byte(tmp_path):
     series = Series.objects.get()
     assert series.slice_count == 6
     assert series.state == Series.State.STORED
-    assert series.study.patient.patient_id == "MRN0001"
+    assert series.study.patient.patient_id == "RT-0001"
     for path in files:
         original = path.read_bytes()
         row = Instance.objects.get(sop_instance_uid=pydicom.dcmread(path).SOPInstanceUID)
@@ -47,7 +47,7 @@ def test_folder_import_stores_every_file_byte_for_byte(tmp_path):
 
 
 def test_preamble_is_zeroed_and_the_rest_kept(tmp_path):
-    (path,) = small_ct_series(tmp_path / "s", slices=1)
+    (path,) = ct_files(tmp_path / "s", slices=1, key="k2", size=32)
     data = bytearray(path.read_bytes())
     data[:128] = b"MZ" + b"\x90" * 126  # an executable header hidden in the preamble
     path.write_bytes(bytes(data))
@@ -60,7 +60,7 @@ def test_preamble_is_zeroed_and_the_rest_kept(tmp_path):
 
 
 def test_reimport_is_idempotent(tmp_path):
-    small_ct_series(tmp_path / "series")
+    ct_files(tmp_path / "series", key="k3", size=32, slices=6)
     _ingest([tmp_path / "series"])
     before = list(Instance.objects.values_list("pk", "sha256", "stored_path"))
 
@@ -73,7 +73,7 @@ def test_reimport_is_idempotent(tmp_path):
 
 
 def test_different_file_under_a_stored_uid_is_a_conflict_and_the_original_is_kept(tmp_path):
-    (path,) = small_ct_series(tmp_path / "a", slices=1)
+    (path,) = ct_files(tmp_path / "a", slices=1, key="k4", size=32)
     _ingest([path])
     row = Instance.objects.get()
     kept = object_path(row.stored_path).read_bytes()
@@ -97,7 +97,7 @@ def test_different_file_under_a_stored_uid_is_a_conflict_and_the_original_is_kep
 
 def test_bad_files_are_reported_with_a_reason_and_never_stop_the_batch(tmp_path):
     folder = tmp_path / "mixed"
-    files = small_ct_series(folder, slices=4)
+    files = ct_files(folder, slices=4, key="k5", size=32)
     (folder / "notes.txt").write_text("this is not an image")
     (folder / "random.dcm").write_bytes(bytes(range(256)) * 20)
     (folder / "empty.dcm").write_bytes(b"")
@@ -122,7 +122,7 @@ def test_bad_files_are_reported_with_a_reason_and_never_stop_the_batch(tmp_path)
 
 
 def test_declared_length_past_the_end_of_the_file_is_rejected(tmp_path):
-    (path,) = small_ct_series(tmp_path / "s", slices=1)
+    (path,) = ct_files(tmp_path / "s", slices=1, key="k6", size=32)
     data = bytearray(path.read_bytes())
     # Make the Series Description (0008,103E) claim far more bytes than the file has.
     tag = b"\x08\x00\x3e\x10LO"
@@ -147,7 +147,7 @@ def test_declared_length_past_the_end_of_the_file_is_rejected(tmp_path):
     ],
 )
 def test_missing_uids_or_geometry_are_rejected_by_name(tmp_path, keyword, expected):
-    (path,) = small_ct_series(tmp_path / "s", slices=1)
+    (path,) = ct_files(tmp_path / "s", slices=1, key="k7", size=32)
     ds = pydicom.dcmread(path)
     delattr(ds, keyword)
     ds.save_as(path, enforce_file_format=True)
@@ -161,7 +161,7 @@ def test_missing_uids_or_geometry_are_rejected_by_name(tmp_path, keyword, expect
 
 
 def test_non_conformant_but_readable_files_are_stored_with_warnings(tmp_path):
-    (path,) = small_ct_series(tmp_path / "s", slices=1)
+    (path,) = ct_files(tmp_path / "s", slices=1, key="k8", size=32)
     ds = pydicom.dcmread(path)
     del ds.PatientSex  # a missing Type 2 attribute
     ds.StudyDate = "2024-13-45"
@@ -177,7 +177,7 @@ def test_non_conformant_but_readable_files_are_stored_with_warnings(tmp_path):
 
 
 def test_zip_archives_are_expanded(tmp_path):
-    files = small_ct_series(tmp_path / "s", slices=3)
+    files = ct_files(tmp_path / "s", slices=3, key="k9", size=32)
     archive = tmp_path / "study.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for f in files:
@@ -192,7 +192,7 @@ def test_zip_archives_are_expanded(tmp_path):
 
 
 def test_oversized_files_are_refused_before_reading(tmp_path, settings):
-    files = small_ct_series(tmp_path / "s", slices=2)
+    files = ct_files(tmp_path / "s", slices=2, key="k10", size=32)
     settings.RADTRACK_MAX_UPLOAD_BYTES = files[0].stat().st_size - 1
 
     session, outcomes = _ingest(files)
@@ -204,7 +204,7 @@ def test_oversized_files_are_refused_before_reading(tmp_path, settings):
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless])
 def test_compressed_pixel_data_is_stored_and_decodes(tmp_path, syntax):
-    (path,) = small_ct_series(tmp_path / "s", slices=1)
+    (path,) = ct_files(tmp_path / "s", slices=1, key="k11", size=32)
     ds = pydicom.dcmread(path)
     original = ds.pixel_array.copy()
     ds.compress(syntax)
@@ -219,7 +219,7 @@ def test_compressed_pixel_data_is_stored_and_decodes(tmp_path, syntax):
 
 
 def test_corrupt_compressed_pixel_data_is_rejected(tmp_path):
-    (path,) = small_ct_series(tmp_path / "s", slices=1)
+    (path,) = ct_files(tmp_path / "s", slices=1, key="k12", size=32)
     ds = pydicom.dcmread(path)
     ds.compress(JPEG2000Lossless)
     ds.save_as(path, enforce_file_format=True)
@@ -236,8 +236,18 @@ def test_corrupt_compressed_pixel_data_is_rejected(tmp_path):
 
 def test_study_already_filed_under_another_patient_is_refused(tmp_path):
     study_uid = "1.2.826.0.1.3680043.8.498.1"
-    small_ct_series(tmp_path / "a", patient_id="A", study_instance_uid=study_uid, slices=1)
-    small_ct_series(tmp_path / "b", patient_id="B", study_instance_uid=study_uid, slices=1, seed=1)
+    ct_files(
+        tmp_path / "a", patient_id="A", study_instance_uid=study_uid, slices=1, key="k13", size=32
+    )
+    ct_files(
+        tmp_path / "b",
+        patient_id="B",
+        study_instance_uid=study_uid,
+        slices=1,
+        seed=1,
+        key="k14",
+        size=32,
+    )
     _ingest([tmp_path / "a"])
 
     _, (outcome,) = _ingest([tmp_path / "b"])
@@ -248,7 +258,7 @@ def test_study_already_filed_under_another_patient_is_refused(tmp_path):
 
 
 def test_a_failure_while_indexing_leaves_no_rows(tmp_path, monkeypatch):
-    small_ct_series(tmp_path / "s", slices=3)
+    ct_files(tmp_path / "s", slices=3, key="k15", size=32)
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash while indexing")
@@ -265,7 +275,7 @@ def test_a_failure_while_indexing_leaves_no_rows(tmp_path, monkeypatch):
 def test_series_are_queued_for_processing_once_the_import_commits(
     tmp_path, django_capture_on_commit_callbacks
 ):
-    small_ct_series(tmp_path / "s", slices=2)
+    ct_files(tmp_path / "s", slices=2, key="k16", size=32)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         ingest_paths(paths=[tmp_path / "s"], process=True)
 
@@ -296,7 +306,7 @@ def test_every_file_in_pydicoms_test_data_is_stored_or_rejected_with_a_reason():
 
 
 def test_ingest_command_reports_bad_files_and_a_summary(tmp_path):
-    small_ct_series(tmp_path / "s", slices=2)
+    ct_files(tmp_path / "s", slices=2, key="k17", size=32)
     (tmp_path / "s" / "junk.bin").write_bytes(b"junk")
     out, err = StringIO(), StringIO()
 
@@ -312,7 +322,7 @@ def test_ingest_command_refuses_a_missing_path(tmp_path):
 
 
 def test_verify_storage_finds_changed_and_missing_files(tmp_path):
-    small_ct_series(tmp_path / "s", slices=3)
+    ct_files(tmp_path / "s", slices=3, key="k18", size=32)
     _ingest([tmp_path / "s"])
     out = StringIO()
     call_command("verify_storage", stdout=out, stderr=StringIO())

@@ -14,7 +14,7 @@ from imaging.models import ProcessingRun, Series
 from imaging.services.ingest import ingest_paths
 from imaging.services.processing import series_process
 from imaging.store import data_dir
-from tests.imaging.dicom_fixtures import small_ct_series
+from tests.imaging.factories import ct_files
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +33,7 @@ def ingest_and_process(django_capture_on_commit_callbacks):
 def test_ingest_queues_processing_and_the_run_stores_a_geometry_true_volume(
     tmp_path, ingest_and_process
 ):
-    files = small_ct_series(tmp_path / "s", slices=6)
+    files = ct_files(tmp_path / "s", slices=6, key="k1", size=32)
 
     ingest_and_process(tmp_path / "s")
 
@@ -58,7 +58,7 @@ def test_ingest_queues_processing_and_the_run_stores_a_geometry_true_volume(
 
 
 def test_a_series_that_cannot_be_built_fails_with_a_readable_reason(tmp_path, ingest_and_process):
-    files = small_ct_series(tmp_path / "s", slices=6)
+    files = ct_files(tmp_path / "s", slices=6, key="k2", size=32)
     # Two images at the same position: the stack is ambiguous and must be refused.
     ds = pydicom.dcmread(files[3])
     ds.ImagePositionPatient = pydicom.dcmread(files[2]).ImagePositionPatient
@@ -78,7 +78,7 @@ def test_a_series_that_cannot_be_built_fails_with_a_readable_reason(tmp_path, in
 
 
 def test_processing_again_keeps_the_earlier_run_and_its_volume(tmp_path, ingest_and_process):
-    small_ct_series(tmp_path / "s", slices=6)
+    ct_files(tmp_path / "s", slices=6, key="k3", size=32)
     ingest_and_process(tmp_path / "s")
     series = Series.objects.get()
     first = series.processing_runs.get()
@@ -93,8 +93,8 @@ def test_processing_again_keeps_the_earlier_run_and_its_volume(tmp_path, ingest_
 
 
 def test_process_command_processes_what_is_pending(tmp_path):
-    small_ct_series(tmp_path / "a", patient_id="A", slices=6)
-    small_ct_series(tmp_path / "b", patient_id="B", slices=6, seed=2)
+    ct_files(tmp_path / "a", patient_id="A", slices=6, key="k4", size=32)
+    ct_files(tmp_path / "b", patient_id="B", slices=6, seed=2, key="k5", size=32)
     ingest_paths(paths=[tmp_path], process=False)
     out = StringIO()
 

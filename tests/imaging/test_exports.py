@@ -1,0 +1,77 @@
+"""``export_measurements``: DESIGN.md's columns, values in force, resolved rows, audit."""
+
+import csv
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from imaging.models import LesionMeasurement
+from imaging.selectors import MEASUREMENT_COLUMNS
+from patients.models import AuditEvent
+from tests.imaging.factories import LesionFactory, LesionMeasurementFactory, StudyFactory
+from tests.patients.factories import PatientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def timeline():
+    patient = PatientFactory(patient_id="MRN-7")
+    baseline, follow_up = StudyFactory(patient=patient), StudyFactory(patient=patient)
+    lesion = LesionFactory(patient=patient, label="Liver 1")
+    LesionMeasurementFactory(lesion=lesion, study=baseline, status="new", is_target=True)
+    LesionMeasurementFactory(
+        lesion=lesion,
+        study=follow_up,
+        volume_ml=0.0,
+        longest_diameter_mm=0.0,
+        short_axis_mm=0.0,
+        status=LesionMeasurement.Status.RESOLVED,
+    )
+    edited = LesionFactory(patient=patient, label="Right lung 1", organ="lung")
+    LesionMeasurementFactory(
+        lesion=edited,
+        study=follow_up,
+        status="new",
+        longest_diameter_mm=12.0,
+        override_longest_diameter_mm=14.5,
+        review_state="edited",
+        review_reason="boundary includes a vessel",
+    )
+    PatientFactory(patient_id="OTHER")
+    return patient
+
+
+def _export(*args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("export_measurements", *args, stdout=out, stderr=err)
+    return out.getvalue()
+
+
+def test_csv_has_the_published_columns_and_one_row_per_lesion_per_study(timeline):
+    rows = list(csv.DictReader(io.StringIO(_export("--format", "csv"))))
+
+    assert tuple(rows[0].keys()) == MEASUREMENT_COLUMNS
+    assert len(rows) == 3
+    resolved = [r for r in rows if r["status"] == "resolved"]
+    assert len(resolved) == 1 and float(resolved[0]["volume_ml"]) == 0.0
+    edited = next(r for r in rows if r["lesion_label"] == "Right lung 1")
+    assert float(edited["longest_diameter_mm"]) == 14.5  # the radiologist's value is in force
+    assert edited["review_state"] == "edited"
+
+
+def test_json_export_for_one_patient_is_audited(timeline):
+    rows = json.loads(_export("--format", "json", "--patient", "MRN-7"))
+
+    assert {r["patient_id"] for r in rows} == {"MRN-7"}
+    assert rows[0]["study_date"].count("-") == 2
+    event = AuditEvent.objects.get(action="measurements.export")
+    assert event.patient == timeline
+    assert event.username.startswith("cli:")
+
+
+def test_unknown_patient_is_a_usage_error(timeline):
+    with pytest.raises(CommandError, match="no patient"):
+        _export("--patient", "NOPE")
