@@ -161,7 +161,10 @@ class Instance(models.Model):
     )
     stored_path = models.CharField(max_length=255, help_text="relative to RADTRACK_DATA_DIR")
     size_bytes = models.PositiveBigIntegerField()
-    sha256 = models.CharField(max_length=64, db_index=True)
+    sha256 = models.CharField(max_length=64, db_index=True, help_text="of the stored file")
+    dataset_sha256 = models.CharField(
+        max_length=64, default="", help_text="of the data set after the File Meta (group 0002)"
+    )
     warnings = models.JSONField(default=list, blank=True)
     ingest_session = models.ForeignKey(
         IngestSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="instances"

@@ -163,6 +163,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# Calling AE titles the DICOM listener accepts; empty accepts any.
+RADTRACK_DICOM_ALLOWED_AES = [
+    a.strip() for a in os.environ.get("RADTRACK_DICOM_ALLOWED_AES", "").split(",") if a.strip()
+]
+
 # Reverse proxies whose X-Forwarded-For is believed for the audit log's address.
 RADTRACK_TRUSTED_PROXIES = [
     p.strip() for p in os.environ.get("RADTRACK_TRUSTED_PROXIES", "").split(",") if p.strip()

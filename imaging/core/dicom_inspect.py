@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import io
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ CROSS_SECTIONAL_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4",
 }
 ENHANCED_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4.1"}
+
+_WARNINGS_LOCK = threading.Lock()
 
 _UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -87,10 +90,17 @@ class SeriesAttributes:
 
 @dataclass(frozen=True)
 class InspectedInstance:
-    """A file that may be stored, with the attributes the index keeps."""
+    """A file that may be stored, with the attributes the index keeps.
+
+    ``sha256`` covers the stored file; ``dataset_sha256`` only the data set after the
+    File Meta Information (group 0002), which differs between senders for the same
+    object (implementation UID, source AE title) and so is what decides whether a
+    second copy is the same object or a conflicting one.
+    """
 
     data: bytes
     sha256: str
+    dataset_sha256: str
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
@@ -118,6 +128,46 @@ def preamble_zeroed(data: bytes) -> bytes:
             return data
         return bytes(PREAMBLE_LENGTH) + data[PREAMBLE_LENGTH:]
     return data
+
+
+_LONG_LENGTH_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+
+
+def dataset_offset(data: bytes) -> int:
+    """Where the data set starts: after the preamble, 'DICM' and group 0002 (PS3.10 7.1).
+
+    File Meta elements are always Explicit VR Little Endian (PS3.10 7.1). A file
+    without the Part 10 header starts with its data set.
+    """
+    if data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] != b"DICM":
+        return 0
+    offset = PREAMBLE_LENGTH + 4
+    while offset + 8 <= len(data):
+        group = int.from_bytes(data[offset : offset + 2], "little")
+        if group != 0x0002:
+            break
+        vr = data[offset + 4 : offset + 6]
+        if vr in _LONG_LENGTH_VRS:
+            length = int.from_bytes(data[offset + 8 : offset + 12], "little")
+            offset += 12 + length
+        else:
+            length = int.from_bytes(data[offset + 6 : offset + 8], "little")
+            offset += 8 + length
+    return min(offset, len(data))
 
 
 def _text(ds: Dataset, keyword: str, found: list[str]) -> str:
@@ -301,15 +351,24 @@ def instance_inspect(data: bytes, *, name: str = "") -> InspectedInstance:
     """
     if not data:
         raise DicomRejected("empty file")
-    with warnings.catch_warnings(record=True) as caught:
+    # catch_warnings changes process-wide state: one inspection at a time, so that
+    # concurrent associations and uploads each get their own warnings.
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds, found = _read_dataset(data)
-        try:
-            _all_elements_read(ds)
-        except EOFError as exc:
-            raise DicomRejected(f"truncated: {exc}") from None
-        except Exception as exc:
-            raise DicomRejected(f"an element cannot be read: {type(exc).__name__}: {exc}") from None
+        if "PixelData" not in ds:
+            # Without pixel data to check lengths against, a cut-short file shows only
+            # as an element whose value runs past the end: convert every one now.
+            # (Images are checked through their Pixel Data length instead, which is
+            # much cheaper than converting every element of every slice.)
+            try:
+                _all_elements_read(ds)
+            except EOFError as exc:
+                raise DicomRejected(f"truncated: {exc}") from None
+            except Exception as exc:
+                raise DicomRejected(
+                    f"an element cannot be read: {type(exc).__name__}: {exc}"
+                ) from None
 
         meta = getattr(ds, "file_meta", None)
         transfer_syntax = (
@@ -399,6 +458,7 @@ def instance_inspect(data: bytes, *, name: str = "") -> InspectedInstance:
     return InspectedInstance(
         data=stored,
         sha256=hashlib.sha256(stored).hexdigest(),
+        dataset_sha256=hashlib.sha256(memoryview(stored)[dataset_offset(stored) :]).hexdigest(),
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=str(transfer_syntax or ""),

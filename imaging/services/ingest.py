@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F
+from django.db.models import F
 from django.utils import timezone
 
 from imaging.core.dicom_inspect import DicomRejected, InspectedInstance, instance_inspect
@@ -29,6 +30,9 @@ from imaging.store import object_write
 from patients.models import Patient
 
 logger = logging.getLogger(__name__)
+
+#: Files of one batch written at once: fsync waits on the disk, not the interpreter.
+WRITE_THREADS = 8
 
 Status = Literal["stored", "duplicate", "conflict", "rejected"]
 ANALYSED_MODALITIES = {"CT", "MR"}
@@ -66,6 +70,24 @@ class _Pending:
 
 
 @dataclass
+class _Rows:
+    """Patient, study and series rows by UID, and which patient and study own each."""
+
+    patients: dict[str, Patient] = field(default_factory=dict)
+    studies: dict[str, Study] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
+    study_patient: dict[str, str] = field(default_factory=dict)
+    series_study: dict[str, str] = field(default_factory=dict)
+
+    def update(self, other: _Rows) -> None:
+        self.patients.update(other.patients)
+        self.studies.update(other.studies)
+        self.series.update(other.series)
+        self.study_patient.update(other.study_patient)
+        self.series_study.update(other.series_study)
+
+
+@dataclass
 class IngestRun:
     """An ingest session in progress; add sources, then `finish`."""
 
@@ -77,6 +99,9 @@ class IngestRun:
     #: Carry on an open session begun by an earlier request (chunked uploads).
     resume: IngestSession | None = None
     session: IngestSession = field(init=False)
+    # Rows this run has committed, by UID: later batches of the same series need no
+    # queries for them (an association sends one instance per batch).
+    _known: _Rows = field(default_factory=_Rows, init=False)
 
     def __post_init__(self) -> None:
         if self.resume is not None:
@@ -184,19 +209,20 @@ class IngestRun:
         outcomes: dict[int, FileOutcome] = {}
         uids = [p.item.sop_instance_uid for p in batch]
         known = dict(
-            Instance.objects.filter(sop_instance_uid__in=uids).values_list(
-                "sop_instance_uid", "sha256"
-            )
+            Instance.objects.filter(sop_instance_uid__in=uids)
+            .order_by()
+            .values_list("sop_instance_uid", "dataset_sha256")
         )
         seen_in_batch: dict[str, str] = {}
         fresh: list[tuple[int, _Pending]] = []
         for index, pending in enumerate(batch):
             item = pending.item
-            previous = known.get(item.sop_instance_uid) or seen_in_batch.get(item.sop_instance_uid)
+            uid = item.sop_instance_uid
+            previous = known[uid] if uid in known else seen_in_batch.get(uid)
             if previous is not None:
                 outcomes[index] = _repeat_outcome(pending, previous)
                 continue
-            seen_in_batch[item.sop_instance_uid] = item.sha256
+            seen_in_batch[item.sop_instance_uid] = item.dataset_sha256
             fresh.append((index, pending))
 
         fresh, refused = self._check_hierarchy(fresh)
@@ -204,29 +230,37 @@ class IngestRun:
 
         # Files first, fsynced; rows afterwards, in one transaction.
         written: list[tuple[int, _Pending, str]] = []
-        for index, pending in fresh:
-            try:
-                relative, _ = object_write(pending.item.data, pending.item.sha256)
-            except OSError as exc:
+        results = _objects_write([pending.item for _, pending in fresh])
+        for (index, pending), result in zip(fresh, results, strict=True):
+            if isinstance(result, OSError):
                 outcomes[index] = FileOutcome(
-                    pending.name, "rejected", f"could not be stored: {exc}"
+                    pending.name, "rejected", f"could not be stored: {result}"
                 )
                 continue
-            written.append((index, pending, relative))
+            written.append((index, pending, result))
         try:
             with transaction.atomic():
-                outcomes.update(self._index(written))
+                indexed, rows = self._index(written)
+                outcomes.update(indexed)
+                ordered = [outcomes[i] for i in sorted(outcomes)]
+                # Counters in the same transaction: one commit per batch.
+                self._record_rows(ordered)
+            self._known.update(rows)
+            return ordered
         except IntegrityError:
             # Another import stored some of these at the same moment: index one by one.
             for entry in written:
                 try:
                     with transaction.atomic():
-                        outcomes.update(self._index([entry]))
+                        indexed, rows = self._index([entry])
+                    outcomes.update(indexed)
+                    self._known.update(rows)
                 except IntegrityError:
                     index, pending, _ = entry
                     previous = (
                         Instance.objects.filter(sop_instance_uid=pending.item.sop_instance_uid)
-                        .values_list("sha256", flat=True)
+                        .order_by()
+                        .values_list("dataset_sha256", flat=True)
                         .first()
                     )
                     outcomes[index] = _repeat_outcome(pending, previous or "")
@@ -238,16 +272,22 @@ class IngestRun:
         self, fresh: list[tuple[int, _Pending]]
     ) -> tuple[list[tuple[int, _Pending]], dict[int, FileOutcome]]:
         """Refuse files whose study or series is already filed under another parent."""
-        study_owner = dict(
-            Study.objects.filter(
-                study_instance_uid__in={p.item.study.study_instance_uid for _, p in fresh}
-            ).values_list("study_instance_uid", "patient__patient_id")
-        )
-        series_owner = dict(
-            Series.objects.filter(
-                series_instance_uid__in={p.item.series.series_instance_uid for _, p in fresh}
-            ).values_list("series_instance_uid", "study__study_instance_uid")
-        )
+        study_owner = dict(self._known.study_patient)
+        series_owner = dict(self._known.series_study)
+        studies = {p.item.study.study_instance_uid for _, p in fresh} - study_owner.keys()
+        if studies:
+            study_owner.update(
+                Study.objects.filter(study_instance_uid__in=studies)
+                .order_by()
+                .values_list("study_instance_uid", "patient__patient_id")
+            )
+        series = {p.item.series.series_instance_uid for _, p in fresh} - series_owner.keys()
+        if series:
+            series_owner.update(
+                Series.objects.filter(series_instance_uid__in=series)
+                .order_by()
+                .values_list("series_instance_uid", "study__study_instance_uid")
+            )
         keep, refused = [], {}
         for index, pending in fresh:
             item = pending.item
@@ -274,22 +314,39 @@ class IngestRun:
             keep.append((index, pending))
         return keep, refused
 
-    def _index(self, written: list[tuple[int, _Pending, str]]) -> dict[int, FileOutcome]:
+    def _index(
+        self, written: list[tuple[int, _Pending, str]]
+    ) -> tuple[dict[int, FileOutcome], _Rows]:
+        new, known = _Rows(), self._known
         if not written:
-            return {}
-        patients: dict[str, Patient] = {}
-        studies: dict[str, Study] = {}
-        series_rows: dict[str, Series] = {}
+            return {}, new
         rows = []
         outcomes = {}
+        added: dict[int, int] = {}
         for index, pending, relative in written:
             item = pending.item
-            patient = patients.get(item.patient.patient_id) or _patient_for(item)
-            patients[item.patient.patient_id] = patient
-            study = studies.get(item.study.study_instance_uid) or _study_for(item, patient)
-            studies[item.study.study_instance_uid] = study
-            series = series_rows.get(item.series.series_instance_uid) or _series_for(item, study)
-            series_rows[item.series.series_instance_uid] = series
+            patient_id = item.patient.patient_id
+            study_uid = item.study.study_instance_uid
+            series_uid = item.series.series_instance_uid
+            patient = (
+                new.patients.get(patient_id) or known.patients.get(patient_id) or _patient_for(item)
+            )
+            study = (
+                new.studies.get(study_uid)
+                or known.studies.get(study_uid)
+                or _study_for(item, patient)
+            )
+            series = (
+                new.series.get(series_uid)
+                or known.series.get(series_uid)
+                or _series_for(item, study)
+            )
+            new.patients[patient_id] = patient
+            new.studies[study_uid] = study
+            new.series[series_uid] = series
+            new.study_patient[study_uid] = patient_id
+            new.series_study[series_uid] = study_uid
+            added[series.pk] = added.get(series.pk, 0) + 1
             rows.append(
                 Instance(
                     sop_instance_uid=item.sop_instance_uid,
@@ -301,6 +358,7 @@ class IngestRun:
                     stored_path=relative,
                     size_bytes=len(item.data),
                     sha256=item.sha256,
+                    dataset_sha256=item.dataset_sha256,
                     warnings=list(item.warnings),
                     ingest_session=self.session,
                 )
@@ -309,20 +367,19 @@ class IngestRun:
                 pending.name, "stored", "", item.sop_instance_uid, item.warnings
             )
         Instance.objects.bulk_create(rows)
-        counts = dict(
-            Instance.objects.filter(series__in=series_rows.values())
-            .values("series")
-            .annotate(n=Count("pk"))
-            .values_list("series", "n")
-        )
-        for series in series_rows.values():
-            Series.objects.filter(pk=series.pk).update(
-                slice_count=counts.get(series.pk, 0), updated_at=timezone.now()
+        now = timezone.now()
+        for series_pk, n in added.items():
+            Series.objects.filter(pk=series_pk).update(
+                slice_count=F("slice_count") + n, updated_at=now
             )
-        return outcomes
+        return outcomes, new
 
     def _record(self, outcomes: list[FileOutcome]) -> None:
         """Add outcomes to the session's counters and keep its per-file issues."""
+        with transaction.atomic():
+            self._record_rows(outcomes)
+
+    def _record_rows(self, outcomes: list[FileOutcome]) -> None:
         if not outcomes:
             return
         counter = {
@@ -357,15 +414,33 @@ class IngestRun:
                         sop_instance_uid=outcome.sop_instance_uid,
                     )
                 )
-        with transaction.atomic():
-            IngestSession.objects.filter(pk=self.session.pk).update(
-                **{name: F(name) + n for name, n in increments.items()}
-            )
-            IngestIssue.objects.bulk_create(issues)
+        IngestSession.objects.filter(pk=self.session.pk).update(
+            **{name: F(name) + n for name, n in increments.items()}
+        )
+        IngestIssue.objects.bulk_create(issues)
 
 
-def _repeat_outcome(pending: _Pending, stored_sha256: str) -> FileOutcome:
-    if stored_sha256 == pending.item.sha256:
+def _objects_write(items: list[InspectedInstance]) -> list[str | OSError]:
+    """Store each item's bytes (fsynced), several at once; a path or the error for each.
+
+    fsync waits on the disk, not on the interpreter, so a batch's files overlap.
+    """
+
+    def write(item: InspectedInstance) -> str | OSError:
+        try:
+            return object_write(item.data, item.sha256)[0]
+        except OSError as exc:
+            return exc
+
+    if len(items) <= 1:
+        return [write(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(items))) as pool:
+        return list(pool.map(write, items))
+
+
+def _repeat_outcome(pending: _Pending, stored_dataset_sha256: str) -> FileOutcome:
+    """Same data set: a duplicate, whatever File Meta the sender wrote; else a conflict."""
+    if stored_dataset_sha256 == pending.item.dataset_sha256:
         return FileOutcome(
             pending.name, "duplicate", "already stored", pending.item.sop_instance_uid
         )

@@ -337,3 +337,19 @@ def test_verify_storage_finds_changed_and_missing_files(tmp_path):
     with pytest.raises(CommandError, match="1 missing, 1 changed"):
         call_command("verify_storage", stdout=StringIO(), stderr=err)
     assert first.sop_instance_uid in err.getvalue()
+
+
+def test_the_same_data_set_with_another_senders_file_meta_is_a_duplicate(tmp_path):
+    (path,) = ct_files(tmp_path / "a", slices=1, key="meta", size=32)
+    _ingest([path])
+    ds = pydicom.dcmread(path)
+    ds.file_meta.ImplementationVersionName = "OTHER_PACS_9"
+    ds.file_meta.SourceApplicationEntityTitle = "PACS"
+    resent = tmp_path / "resent.dcm"
+    ds.save_as(resent, enforce_file_format=True)
+    assert resent.read_bytes() != path.read_bytes()
+
+    _, (outcome,) = _ingest([resent])
+
+    assert outcome.status == "duplicate"
+    assert Instance.objects.count() == 1
