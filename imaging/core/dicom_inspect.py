@@ -343,11 +343,17 @@ def _enhanced_first(ds: Dataset, sequence: str, keyword: str):
     return None
 
 
-def instance_inspect(data: bytes, *, name: str = "") -> InspectedInstance:
+HeaderCache = dict[str, tuple[PatientAttributes, StudyAttributes, SeriesAttributes]]
+
+
+def instance_inspect(
+    data: bytes, *, name: str = "", headers: HeaderCache | None = None
+) -> InspectedInstance:
     """Decide whether ``data`` can be stored and return what the index keeps.
 
     Raises `DicomRejected` with the reason when it cannot. ``name`` is only used in
-    messages.
+    messages. ``headers``, kept by the caller across the files of an import, holds
+    each series' patient, study and series attributes so they are read once.
     """
     if not data:
         raise DicomRejected("empty file")
@@ -399,58 +405,26 @@ def instance_inspect(data: bytes, *, name: str = "") -> InspectedInstance:
         _check_geometry(ds, sop_class_uid)
         _check_pixel_data(ds, transfer_syntax)
 
-        orientation = _floats(ds, "ImageOrientationPatient", 6)
         position = _floats(ds, "ImagePositionPatient", 3)
-        spacing = _floats(ds, "PixelSpacing", 2)
-        thickness = _number(ds, "SliceThickness", found)
         if sop_class_uid in ENHANCED_CLASSES:
-            orientation = orientation or _tuple_or_none(
-                _enhanced_first(ds, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
-            )
             position = position or _tuple_or_none(
                 _enhanced_first(ds, "PlanePositionSequence", "ImagePositionPatient"), 3
             )
-            spacing = spacing or _tuple_or_none(
-                _enhanced_first(ds, "PixelMeasuresSequence", "PixelSpacing"), 2
+        cached = headers.get(series_uid) if headers is not None else None
+        if (
+            cached
+            and cached[0].patient_id == patient_id
+            and cached[1].study_instance_uid == study_uid
+        ):
+            # Patient, study and series attributes are the same in every image of a
+            # series: read them once per series, not once per slice.
+            patient, study, series = cached
+        else:
+            patient, study, series = _header_attributes(
+                ds, sop_class_uid, patient_id, study_uid, series_uid, found
             )
-            thickness = thickness or _tuple_or_none(
-                _enhanced_first(ds, "PixelMeasuresSequence", "SliceThickness"), 1, scalar=True
-            )
-        sex = _text(ds, "PatientSex", found).upper()[:1]
-        if sex not in ("", "F", "M", "O"):
-            found.append(f"Patient's Sex (0010,0040) {sex!r} is not F, M or O; left empty")
-            sex = ""
-
-        patient = PatientAttributes(
-            patient_id=patient_id,
-            name=_text(ds, "PatientName", found)[:255],
-            birth_date=_date(ds, "PatientBirthDate", found),
-            sex=sex,
-        )
-        study = StudyAttributes(
-            study_instance_uid=study_uid,
-            study_date=_date(ds, "StudyDate", found),
-            study_time=_time(ds, "StudyTime", found),
-            accession_number=_text(ds, "AccessionNumber", found)[:64],
-            description=_text(ds, "StudyDescription", found)[:255],
-        )
-        series = SeriesAttributes(
-            series_instance_uid=series_uid,
-            modality=_text(ds, "Modality", found)[:16],
-            series_number=_number(ds, "SeriesNumber", found, cast=int),
-            description=_text(ds, "SeriesDescription", found)[:255],
-            manufacturer=_text(ds, "Manufacturer", found)[:128],
-            kernel=_text(ds, "ConvolutionKernel", found)[:128],
-            body_part=_text(ds, "BodyPartExamined", found)[:64],
-            rows=_number(ds, "Rows", found, cast=int),
-            columns=_number(ds, "Columns", found, cast=int),
-            pixel_spacing_row_mm=spacing[0] if spacing else None,
-            pixel_spacing_column_mm=spacing[1] if spacing else None,
-            slice_thickness_mm=thickness,
-            image_orientation=orientation,
-            patient_position=_text(ds, "PatientPosition", found)[:8],
-            frame_of_reference_uid=_text(ds, "FrameOfReferenceUID", found)[:64],
-        )
+            if headers is not None:
+                headers[series_uid] = (patient, study, series)
         instance_number = _number(ds, "InstanceNumber", found, cast=int)
     found.extend(_warning_text(w) for w in caught)
 
@@ -469,6 +443,66 @@ def instance_inspect(data: bytes, *, name: str = "") -> InspectedInstance:
         series=series,
         warnings=tuple(dict.fromkeys(found)),
     )
+
+
+def _header_attributes(
+    ds: Dataset,
+    sop_class_uid: str,
+    patient_id: str,
+    study_uid: str,
+    series_uid: str,
+    found: list[str],
+) -> tuple[PatientAttributes, StudyAttributes, SeriesAttributes]:
+    """The attributes the index keeps about the patient, the study and the series."""
+    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    spacing = _floats(ds, "PixelSpacing", 2)
+    thickness = _number(ds, "SliceThickness", found)
+    if sop_class_uid in ENHANCED_CLASSES:
+        orientation = orientation or _tuple_or_none(
+            _enhanced_first(ds, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
+        )
+        spacing = spacing or _tuple_or_none(
+            _enhanced_first(ds, "PixelMeasuresSequence", "PixelSpacing"), 2
+        )
+        thickness = thickness or _tuple_or_none(
+            _enhanced_first(ds, "PixelMeasuresSequence", "SliceThickness"), 1, scalar=True
+        )
+    sex = _text(ds, "PatientSex", found).upper()[:1]
+    if sex not in ("", "F", "M", "O"):
+        found.append(f"Patient's Sex (0010,0040) {sex!r} is not F, M or O; left empty")
+        sex = ""
+
+    patient = PatientAttributes(
+        patient_id=patient_id,
+        name=_text(ds, "PatientName", found)[:255],
+        birth_date=_date(ds, "PatientBirthDate", found),
+        sex=sex,
+    )
+    study = StudyAttributes(
+        study_instance_uid=study_uid,
+        study_date=_date(ds, "StudyDate", found),
+        study_time=_time(ds, "StudyTime", found),
+        accession_number=_text(ds, "AccessionNumber", found)[:64],
+        description=_text(ds, "StudyDescription", found)[:255],
+    )
+    series = SeriesAttributes(
+        series_instance_uid=series_uid,
+        modality=_text(ds, "Modality", found)[:16],
+        series_number=_number(ds, "SeriesNumber", found, cast=int),
+        description=_text(ds, "SeriesDescription", found)[:255],
+        manufacturer=_text(ds, "Manufacturer", found)[:128],
+        kernel=_text(ds, "ConvolutionKernel", found)[:128],
+        body_part=_text(ds, "BodyPartExamined", found)[:64],
+        rows=_number(ds, "Rows", found, cast=int),
+        columns=_number(ds, "Columns", found, cast=int),
+        pixel_spacing_row_mm=spacing[0] if spacing else None,
+        pixel_spacing_column_mm=spacing[1] if spacing else None,
+        slice_thickness_mm=thickness,
+        image_orientation=orientation,
+        patient_position=_text(ds, "PatientPosition", found)[:8],
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID", found)[:64],
+    )
+    return patient, study, series
 
 
 def _tuple_or_none(value, count: int, *, scalar: bool = False):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,14 +24,19 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from imaging.core.dicom_inspect import DicomRejected, InspectedInstance, instance_inspect
+from imaging.core.dicom_inspect import (
+    DicomRejected,
+    HeaderCache,
+    InspectedInstance,
+    instance_inspect,
+)
 from imaging.models import IngestIssue, IngestSession, Instance, Series, Study
 from imaging.store import object_write
 from patients.models import Patient
 
 logger = logging.getLogger(__name__)
 
-#: Files of one batch written at once: fsync waits on the disk, not the interpreter.
+#: Files written at once: fsync waits on the disk, not the interpreter.
 WRITE_THREADS = 8
 
 Status = Literal["stored", "duplicate", "conflict", "rejected"]
@@ -70,6 +75,15 @@ class _Pending:
 
 
 @dataclass
+class _Staged:
+    """A batch whose repeats are sorted out and whose new files are being written."""
+
+    outcomes: dict[int, FileOutcome]
+    fresh: list[tuple[int, _Pending]]
+    writes: list[Future]
+
+
+@dataclass
 class _Rows:
     """Patient, study and series rows by UID, and which patient and study own each."""
 
@@ -102,6 +116,7 @@ class IngestRun:
     # Rows this run has committed, by UID: later batches of the same series need no
     # queries for them (an association sends one instance per batch).
     _known: _Rows = field(default_factory=_Rows, init=False)
+    _headers: HeaderCache = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         if self.resume is not None:
@@ -122,30 +137,43 @@ class IngestRun:
         *,
         on_file: Callable[[FileOutcome], None] | None = None,
     ) -> list[FileOutcome]:
-        """Import ``sources``; one bad file never stops the rest."""
+        """Import ``sources``; one bad file never stops the rest.
+
+        Batches overlap: while one batch's files are written and fsynced (waiting on the
+        disk), the next batch is read and checked (working the CPU); a batch is indexed
+        once its files are safely on disk.
+        """
         outcomes: list[FileOutcome] = []
         batch: list[_Pending] = []
+        in_flight: _Staged | None = None
 
-        def flush() -> None:
-            for outcome in self._store_batch(batch):
+        def emit(done: Iterable[FileOutcome]) -> None:
+            for outcome in done:
                 outcomes.append(outcome)
                 if on_file:
                     on_file(outcome)
-            batch.clear()
 
-        for src in sources:
-            pending_or_outcome = self._inspect(src)
-            if isinstance(pending_or_outcome, FileOutcome):
-                self._record([pending_or_outcome])
-                outcomes.append(pending_or_outcome)
-                if on_file:
-                    on_file(pending_or_outcome)
-                continue
-            batch.append(pending_or_outcome)
-            if len(batch) >= self.batch_size:
-                flush()
-        if batch:
-            flush()
+        with ThreadPoolExecutor(max_workers=WRITE_THREADS) as writer:
+            for src in sources:
+                pending_or_outcome = self._inspect(src)
+                if isinstance(pending_or_outcome, FileOutcome):
+                    self._record([pending_or_outcome])
+                    emit([pending_or_outcome])
+                    continue
+                batch.append(pending_or_outcome)
+                if len(batch) >= self.batch_size:
+                    staged = self._stage(batch, writer)
+                    batch = []
+                    if in_flight is not None:
+                        emit(self._commit(in_flight))
+                    in_flight = staged
+            if batch:
+                staged = self._stage(batch, writer)
+                if in_flight is not None:
+                    emit(self._commit(in_flight))
+                in_flight = staged
+            if in_flight is not None:
+                emit(self._commit(in_flight))
         return outcomes
 
     def finish(self, *, failed: str = "") -> IngestSession:
@@ -198,14 +226,15 @@ class IngestRun:
                 f"{len(data) / 2**20:.1f} MB is over the {limit / 2**20:.0f} MB limit",
             )
         try:
-            return _Pending(src.name, instance_inspect(data, name=src.name))
+            return _Pending(src.name, instance_inspect(data, name=src.name, headers=self._headers))
         except DicomRejected as exc:
             return FileOutcome(src.name, "rejected", str(exc))
         except Exception as exc:  # a reader bug must not stop the batch
             logger.exception("unexpected error while reading an incoming file")
             return FileOutcome(src.name, "rejected", f"unreadable ({type(exc).__name__}: {exc})")
 
-    def _store_batch(self, batch: list[_Pending]) -> list[FileOutcome]:
+    def _stage(self, batch: list[_Pending], writer: ThreadPoolExecutor) -> _Staged:
+        """Sort out repeats and misfiled objects, and start writing the rest."""
         outcomes: dict[int, FileOutcome] = {}
         uids = [p.item.sop_instance_uid for p in batch]
         known = dict(
@@ -227,11 +256,20 @@ class IngestRun:
 
         fresh, refused = self._check_hierarchy(fresh)
         outcomes.update(refused)
+        if len(fresh) == 1:  # one C-STORE: no thread hand-over for a single file
+            future: Future = Future()
+            future.set_result(_object_store(fresh[0][1].item))
+            writes = [future]
+        else:
+            writes = [writer.submit(_object_store, pending.item) for _, pending in fresh]
+        return _Staged(outcomes=outcomes, fresh=fresh, writes=writes)
 
-        # Files first, fsynced; rows afterwards, in one transaction.
+    def _commit(self, staged: _Staged) -> list[FileOutcome]:
+        """Index a staged batch once its files are on disk, in one transaction."""
+        outcomes = staged.outcomes
         written: list[tuple[int, _Pending, str]] = []
-        results = _objects_write([pending.item for _, pending in fresh])
-        for (index, pending), result in zip(fresh, results, strict=True):
+        for (index, pending), future in zip(staged.fresh, staged.writes, strict=True):
+            result = future.result()
             if isinstance(result, OSError):
                 outcomes[index] = FileOutcome(
                     pending.name, "rejected", f"could not be stored: {result}"
@@ -248,7 +286,8 @@ class IngestRun:
             self._known.update(rows)
             return ordered
         except IntegrityError:
-            # Another import stored some of these at the same moment: index one by one.
+            # Stored meanwhile by another import, or by an earlier batch of this one
+            # (the same file twice): index one by one.
             for entry in written:
                 try:
                     with transaction.atomic():
@@ -420,22 +459,12 @@ class IngestRun:
         IngestIssue.objects.bulk_create(issues)
 
 
-def _objects_write(items: list[InspectedInstance]) -> list[str | OSError]:
-    """Store each item's bytes (fsynced), several at once; a path or the error for each.
-
-    fsync waits on the disk, not on the interpreter, so a batch's files overlap.
-    """
-
-    def write(item: InspectedInstance) -> str | OSError:
-        try:
-            return object_write(item.data, item.sha256)[0]
-        except OSError as exc:
-            return exc
-
-    if len(items) <= 1:
-        return [write(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(items))) as pool:
-        return list(pool.map(write, items))
+def _object_store(item: InspectedInstance) -> str | OSError:
+    """Write one object to the store (fsynced); its relative path, or the error."""
+    try:
+        return object_write(item.data, item.sha256)[0]
+    except OSError as exc:
+        return exc
 
 
 def _repeat_outcome(pending: _Pending, stored_dataset_sha256: str) -> FileOutcome:
