@@ -275,6 +275,13 @@ class Segmentation(models.Model):
     steps = models.JSONField(
         default=list, blank=True, help_text="post-processing steps and parameters"
     )
+    lesions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="lesion candidates found: component_label, organ, volume_ml, "
+        "longest_diameter_mm, short_axis_mm, max_3d_diameter_mm, centroid_lps_mm, mean_hu, "
+        "sd_hu, sphericity, confidence, uncertainty (study's own LPS, mm)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,0 +1,125 @@
+"""Lesion identities over time from stored segmentations and registrations."""
+
+import numpy as np
+import pytest
+
+from analytics.models import ResponseAssessment
+from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation
+from imaging.services.tracking import patient_track
+from tests.imaging.factories import SeriesFactory, StudyFactory
+from tests.patients.factories import PatientFactory
+
+pytestmark = pytest.mark.django_db
+
+SHIFT = np.array([12.0, -7.0, 20.0])  # where the follow-ups put the baseline's anatomy
+
+
+def _candidate(label, organ, centre, volume_ml, diameter_mm):
+    return {
+        "component_label": label,
+        "organ": organ,
+        "centroid_lps_mm": list(centre),
+        "volume_ml": volume_ml,
+        "longest_diameter_mm": diameter_mm,
+        "short_axis_mm": diameter_mm * 0.8,
+        "max_3d_diameter_mm": diameter_mm * 1.05,
+        "mean_hu": 45.0,
+        "sd_hu": 9.0,
+        "sphericity": 0.9,
+        "confidence": 0.95,
+        "uncertainty": 0.02,
+    }
+
+
+@pytest.fixture
+def patient():
+    patient = PatientFactory(patient_id="TRACK-1")
+    liver = np.array([-90.0, 10.0, -160.0])
+    lung = np.array([70.0, 0.0, -60.0])
+    plan = [
+        # study: candidates (component label, organ, centre in the baseline frame, ml, mm)
+        [(1, "liver", liver, 14.0, 32.0), (2, "lung", lung, 1.8, 16.0)],
+        [(1, "liver", liver + 1.0, 9.0, 27.0), (2, "lung", lung - 1.0, 1.2, 14.0)],
+        [(3, "liver", liver, 4.0, 21.0), (4, "liver", np.array([-60.0, 30.0, -140.0]), 0.9, 12.0)],
+    ]
+    baseline_series = None
+    for index, candidates in enumerate(plan):
+        series = SeriesFactory(study=StudyFactory(patient=patient), state="processed")
+        series.study.chosen_series = series
+        series.study.save()
+        shift = SHIFT if index else np.zeros(3)
+        Segmentation.objects.create(
+            series=series,
+            mask_path=f"masks/{index}.nii.gz",
+            model_name="test",
+            model_version="1",
+            lesions=[_candidate(k, o, c + shift, v, d) for k, o, c, v, d in candidates],
+        )
+        if baseline_series is None:
+            baseline_series = series
+        else:
+            matrix = np.eye(4)
+            matrix[:3, 3] = SHIFT  # baseline LPS -> follow-up LPS
+            Registration.objects.create(
+                moving_series=series,
+                fixed_series=baseline_series,
+                backend="test",
+                matrix_fixed_to_moving=matrix.tolist(),
+            )
+    return patient
+
+
+def test_lesions_are_linked_through_the_registration(patient):
+    summary = patient_track(patient=patient)
+
+    assert summary.studies_tracked == 3 and not summary.waiting
+    lesions = {lesion.label: lesion for lesion in Lesion.objects.filter(patient=patient)}
+    assert set(lesions) == {"Liver 1", "Liver 2", "Left lung 1"}
+    statuses = [m.status for m in lesions["Liver 1"].measurements.order_by("study__study_date")]
+    assert statuses == ["new", "tracked", "tracked"]
+    lung = [m.status for m in lesions["Left lung 1"].measurements.order_by("study__study_date")]
+    assert lung == ["new", "tracked", "resolved"]
+    assert lesions["Liver 2"].measurements.get().status == "new"
+    assert LesionMeasurement.objects.filter(is_target=True, status="new").count() == 2
+
+
+def test_responses_follow_the_tracked_lesions(patient):
+    patient_track(patient=patient)
+
+    responses = list(
+        ResponseAssessment.objects.filter(patient=patient).order_by("study__study_date")
+    )
+    assert [r.recist_response for r in responses] == ["", "SD", "PD"]
+    assert responses[0].is_baseline
+    assert responses[1].sum_diameters_mm == pytest.approx(27.0 + 14.0)
+    assert responses[2].new_lesions
+
+
+def test_a_rebuild_keeps_identities_and_review_decisions(patient):
+    patient_track(patient=patient)
+    uids = set(Lesion.objects.values_list("tracking_uid", flat=True))
+    new_one = LesionMeasurement.objects.get(lesion__label="Liver 2")
+    new_one.review_state = LesionMeasurement.Review.REJECTED
+    new_one.review_reason = "a vessel, not a lesion"
+    new_one.save()
+
+    patient_track(patient=patient)
+
+    assert set(Lesion.objects.values_list("tracking_uid", flat=True)) == uids
+    again = LesionMeasurement.objects.get(lesion__label="Liver 2")
+    assert again.review_state == "rejected"
+    assert again.review_reason == "a vessel, not a lesion"
+    last = ResponseAssessment.objects.filter(patient=patient).order_by("study__study_date").last()
+    assert not last.new_lesions  # the rejected candidate no longer counts
+    assert last.recist_response == "PR"  # 21 mm against 48 mm at baseline
+
+
+def test_tracking_stops_at_a_failed_registration(patient):
+    last = Registration.objects.order_by("pk").last()
+    last.failed = True
+    last.save()
+
+    summary = patient_track(patient=patient)
+
+    assert summary.studies_tracked == 2
+    assert "registration to the baseline failed" in summary.waiting[0]
