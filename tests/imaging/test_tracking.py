@@ -123,3 +123,21 @@ def test_tracking_stops_at_a_failed_registration(patient):
 
     assert summary.studies_tracked == 2
     assert "registration to the baseline failed" in summary.waiting[0]
+
+
+def test_export_responses_lists_every_study_in_the_published_columns(patient):
+    import csv
+    import io
+
+    from django.core.management import call_command
+
+    from analytics.core.volumetric import EXPORT_RESPONSE_COLUMNS
+
+    patient_track(patient=patient)
+    out = io.StringIO()
+    call_command("export_responses", "--patient", "TRACK-1", stdout=out, stderr=io.StringIO())
+
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert tuple(rows[0]) == EXPORT_RESPONSE_COLUMNS
+    assert [r["recist_response"] for r in rows] == ["", "SD", "PD"]
+    assert rows[2]["new_lesions"] == "True"
