@@ -38,15 +38,19 @@ REVIEW = [
     ("imaging", "change_lesion"),
     ("imaging", "add_reviewevent"),
 ]
-MANAGE = [
-    ("auth", f"{verb}_{model}")
-    for model in ("user", "group")
-    for verb in ("add", "change", "delete", "view")
-] + [
-    ("authtoken", f"{verb}_{model}")
-    for model in ("token", "tokenproxy")
-    for verb in ("add", "change", "delete", "view")
-] + [("patients", "view_auditevent")]
+MANAGE = (
+    [
+        ("auth", f"{verb}_{model}")
+        for model in ("user", "group")
+        for verb in ("add", "change", "delete", "view")
+    ]
+    + [
+        ("authtoken", f"{verb}_{model}")
+        for model in ("token", "tokenproxy")
+        for verb in ("add", "change", "delete", "view")
+    ]
+    + [("patients", "view_auditevent")]
+)
 
 GROUPS: dict[str, list[tuple[str, str]]] = {
     "clinician": VIEW,
@@ -56,8 +60,17 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
 
 
 def groups_sync(*, using: str = "default") -> None:
-    """Create the groups if missing and give each the permissions in `GROUPS`."""
+    """Create the groups if missing and give each the permissions in `GROUPS`.
+
+    Permissions of every app are made first: ``post_migrate`` reaches the apps one by
+    one, and those after ``patients`` would otherwise not have theirs yet.
+    """
+    from django.apps import apps
+    from django.contrib.auth.management import create_permissions
     from django.contrib.auth.models import Group, Permission
+
+    for app_config in apps.get_app_configs():
+        create_permissions(app_config, verbosity=0, using=using)
 
     for name, wanted in GROUPS.items():
         group, _ = Group.objects.using(using).get_or_create(name=name)

@@ -260,3 +260,17 @@ def test_create_demo_user_explains_missing_groups():
     Group.objects.filter(name="admin").delete()
     with pytest.raises(CommandError, match="migrate"):
         call_command("create_demo_user")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_groups_keep_their_permissions_after_the_database_is_flushed():
+    from django.core.management import call_command
+
+    call_command("flush", "--no-input", verbosity=0)
+
+    radiologist = UserFactory(groups=["radiologist"])
+    assert radiologist.has_perm("imaging.add_instance")
+    assert radiologist.has_perm("imaging.change_lesionmeasurement")
+    clinician = UserFactory(groups=["clinician"])
+    assert clinician.has_perm("analytics.view_riskscore")
+    assert not clinician.has_perm("imaging.add_instance")
