@@ -8,4 +8,5 @@ app_name = "patients"
 urlpatterns = [
     path("", views.patient_list_view, name="list"),
     path("<int:pk>/", views.patient_detail_view, name="detail"),
+    path("ehr/upload/", views.ehr_upload_view, name="ehr-upload"),
 ]

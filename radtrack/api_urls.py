@@ -8,6 +8,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from imaging import api as imaging_api
+from patients import api as patients_api
 
 router = SimpleRouter()
 
@@ -23,5 +24,6 @@ urlpatterns = [
         imaging_api.IngestSessionCloseView.as_view(),
         name="api-ingest-session-close",
     ),
+    path("ehr/", patients_api.EHRImportView.as_view(), name="api-ehr-import"),
     *router.urls,
 ]

@@ -1,0 +1,218 @@
+"""REST API for EHR data in: ``POST /api/v1/ehr/`` takes a FHIR R4 Bundle or a cohort CSV.
+
+The file goes through `patients.services.ehr_import` (patients matched by MRN, records
+for unknown MRNs kept apart, one transaction, idempotent) and the answer lists what was
+created, updated, left unchanged, kept apart as unmatched, skipped and rejected, with
+where and why. Shared with the upload page (`patients.views.ehr_upload_view`).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import BaseParser, MultiPartParser
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from imaging.api import UploadTooLarge, request_content_length, upload_limit_message
+from patients.audit import audit_record
+from patients.services.ehr_import import EHRImportError, EHRImportResult, ehr_import
+
+EHR_IMPORT_PERMISSION = "patients.add_labresult"
+UPLOAD_FIELD = "file"
+
+
+def can_import_ehr(user) -> bool:
+    """Whether ``user`` may bring labs and events in (radiologist and admin groups)."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(EHR_IMPORT_PERMISSION))
+
+
+class CanImportEHR(BasePermission):
+    message = "Your account may not import EHR data (radiologist or admin group needed)."
+
+    def has_permission(self, request, view) -> bool:
+        return can_import_ehr(request.user)
+
+
+# -- parsers: the body is handed to the importer as bytes ---------------------------
+class _RawBodyParser(BaseParser):
+    """Read the body as bytes, up to the upload limit."""
+
+    def parse(self, stream, media_type=None, parser_context=None) -> bytes:
+        limit = settings.RADTRACK_MAX_UPLOAD_BYTES
+        chunks, total = [], 0
+        while stream is not None and (chunk := stream.read(1 << 20)):
+            total += len(chunk)
+            if total > limit:
+                raise UploadTooLarge(upload_limit_message())
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class FHIRJSONParser(_RawBodyParser):
+    media_type = "application/fhir+json"
+
+
+class JSONBodyParser(_RawBodyParser):
+    media_type = "application/json"
+
+
+class CSVParser(_RawBodyParser):
+    media_type = "text/csv"
+
+
+# -- serializers --------------------------------------------------------------------
+class ProblemSerializer(serializers.Serializer):
+    where = serializers.CharField(help_text="entry index and resource, or CSV line")
+    reason = serializers.CharField()
+
+
+class EHRImportResultSerializer(serializers.Serializer):
+    source = serializers.CharField(help_text="the file name the rows were stored under")
+    format = serializers.CharField(help_text="FHIR Bundle or CSV")
+    records = serializers.IntegerField(help_text="bundle entries or CSV rows read")
+    created = serializers.IntegerField()
+    updated = serializers.IntegerField(help_text="labs whose value changed (amended results)")
+    unchanged = serializers.IntegerField(help_text="already stored as sent")
+    unmatched = serializers.IntegerField(help_text="records for MRNs that match no patient")
+    unmatched_identifiers = serializers.ListField(child=serializers.CharField())
+    rejected = ProblemSerializer(many=True)
+    skipped = ProblemSerializer(many=True)
+    notes = serializers.ListField(child=serializers.CharField())
+
+
+class EHRUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="a FHIR R4 Bundle (JSON), labs.csv or events.csv")
+
+
+class DetailSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+def ehr_import_result(result: EHRImportResult) -> dict:
+    """The JSON answer to an EHR import (also what the upload page shows)."""
+    return EHRImportResultSerializer(
+        {
+            "source": result.source_name,
+            "format": result.format,
+            "records": result.records,
+            "created": result.created,
+            "updated": result.updated,
+            "unchanged": result.unchanged,
+            "unmatched": result.unmatched,
+            "unmatched_identifiers": sorted(result.unmatched_identifiers),
+            "rejected": [{"where": p.where, "reason": p.reason} for p in result.rejected],
+            "skipped": [{"where": p.where, "reason": p.reason} for p in result.skipped],
+            "notes": list(result.notes),
+        }
+    ).data
+
+
+def ehr_import_run(*, request, data: bytes, name: str) -> EHRImportResult:
+    """Import one uploaded file and write the audit row; `EHRImportError` if unreadable.
+
+    Rows are stored with the source ``upload <name> by <username>``.
+    """
+    username = request.user.get_username()
+    source = f"upload {name} by {username}"[:255]
+    try:
+        result = ehr_import(path_or_bytes=data, source_name=source)
+    except EHRImportError as exc:
+        audit_record(request=request, action="ehr.import", object=f"{name}: refused: {exc}")
+        raise
+    audit_record(request=request, action="ehr.import", object=result.summary())
+    return result
+
+
+_EXAMPLE = OpenApiExample(
+    "a bundle with an unknown MRN and a bad unit",
+    value={
+        "source": "upload ehr_bundle.json by rad1",
+        "format": "FHIR Bundle",
+        "records": 4,
+        "created": 2,
+        "updated": 0,
+        "unchanged": 0,
+        "unmatched": 1,
+        "unmatched_identifiers": ["MRN-UNKNOWN"],
+        "rejected": [
+            {
+                "where": "entry[3] Observation/cea-7",
+                "reason": "unit 'mmol/L' cannot be converted to ng/mL for LOINC 2039-6",
+            }
+        ],
+        "skipped": [],
+        "notes": [],
+    },
+    response_only=True,
+    status_codes=["201"],
+)
+
+
+class EHRImportView(APIView):
+    """Import laboratory results and outcome events from a FHIR R4 Bundle or cohort CSV."""
+
+    permission_classes = [IsAuthenticated, CanImportEHR]
+    parser_classes = [MultiPartParser, FHIRJSONParser, JSONBodyParser, CSVParser]
+
+    @extend_schema(
+        operation_id="ehr_import",
+        summary="Import EHR labs and events",
+        description=(
+            "Send one file: a FHIR R4 Bundle (`application/fhir+json` or `application/json` "
+            "body) or the `labs.csv` / `events.csv` layout `generate_cohort` writes "
+            f"(`text/csv` body), or either as multipart form data under `{UPLOAD_FIELD}`. "
+            "Patients are matched by MRN and never created; records for unknown MRNs are "
+            "kept apart and counted as unmatched. The file is one transaction, and sending "
+            "it again changes nothing (counted as unchanged). Every record not used is "
+            "listed with where it was and why."
+        ),
+        request={
+            "multipart/form-data": EHRUploadSerializer,
+            "application/fhir+json": OpenApiTypes.OBJECT,
+            "application/json": OpenApiTypes.OBJECT,
+            "text/csv": OpenApiTypes.STR,
+        },
+        responses={
+            201: OpenApiResponse(EHRImportResultSerializer, "something was created or updated"),
+            200: OpenApiResponse(EHRImportResultSerializer, "nothing new: all unchanged"),
+            400: OpenApiResponse(DetailSerializer, "the file cannot be read, or none was sent"),
+            413: OpenApiResponse(DetailSerializer, "the request is over the size limit"),
+        },
+        examples=[_EXAMPLE],
+        tags=["patients"],
+    )
+    def post(self, request: Request) -> Response:
+        length = request_content_length(request)
+        if length > settings.RADTRACK_MAX_UPLOAD_BYTES:
+            raise UploadTooLarge(upload_limit_message(length))
+        if request.content_type.startswith("multipart/form-data"):
+            upload = request.FILES.get(UPLOAD_FIELD)
+            if upload is None:
+                return Response(
+                    {"detail": f"send the file under the form field '{UPLOAD_FIELD}'"},
+                    status=status.HTTP_400_BAD_REQUEST,
+                )
+            if upload.size > settings.RADTRACK_MAX_UPLOAD_BYTES:
+                raise UploadTooLarge(upload_limit_message(upload.size))
+            data, name = upload.read(), upload.name
+        else:
+            data = request.data
+            name = "(request body)"
+            if not isinstance(data, bytes) or not data.strip():
+                return Response(
+                    {"detail": "the request body is empty"}, status=status.HTTP_400_BAD_REQUEST
+                )
+        try:
+            result = ehr_import_run(request=request, data=data, name=name)
+        except EHRImportError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        changed = result.created or result.updated
+        return Response(
+            ehr_import_result(result),
+            status=status.HTTP_201_CREATED if changed else status.HTTP_200_OK,
+        )
