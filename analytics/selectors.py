@@ -35,8 +35,10 @@ from django.db.models.functions import Coalesce, RowNumber
 
 from analytics.core.features import DemographicFeatures, ImagingFeatures, LabFeatures
 from analytics.core.units import ANALYTES
+from analytics.core.volumetric import EXPORT_RESPONSE_COLUMNS
 from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore
 from imaging.models import LesionMeasurement, Series, Study
+from imaging.selectors import MEASUREMENT_COLUMNS as _MEASUREMENT_COLUMNS
 from patients.models import ClinicalEvent, LabResult, Patient
 from patients.selectors import _search_filter
 
@@ -67,37 +69,9 @@ LAB_COLUMNS = ("patient_id", "loinc_code", "value", "unit", "observed_at")
 PATIENT_COLUMNS = ("patient_id", "birth_date", "sex")
 EVENT_COLUMNS = ("patient_id", "kind", "date")
 STUDY_COLUMNS = ("patient_id", "study_instance_uid", "study_date")
-# DESIGN.md, `manage.py export_measurements`.
-MEASUREMENT_COLUMNS = (
-    "patient_id",
-    "study_instance_uid",
-    "study_date",
-    "lesion_uid",
-    "lesion_label",
-    "organ",
-    "status",
-    "volume_ml",
-    "longest_diameter_mm",
-    "short_axis_mm",
-    "centroid_x_mm",
-    "centroid_y_mm",
-    "centroid_z_mm",
-    "is_target",
-    "review_state",
-)
-# DESIGN.md, `manage.py export_responses`.
-RESPONSE_COLUMNS = (
-    "patient_id",
-    "study_instance_uid",
-    "study_date",
-    "sum_diameters_mm",
-    "total_volume_ml",
-    "pct_change_baseline",
-    "pct_change_nadir",
-    "recist_response",
-    "volumetric_response",
-    "new_lesions",
-)
+# DESIGN.md's `export_measurements` and `export_responses` layouts, defined once.
+MEASUREMENT_COLUMNS = _MEASUREMENT_COLUMNS
+RESPONSE_COLUMNS = EXPORT_RESPONSE_COLUMNS
 
 
 @dataclass(frozen=True)
