@@ -18,7 +18,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from imaging.api import UploadTooLarge, request_content_length, upload_limit_message
+from imaging.api import (
+    DetailSerializer,
+    UploadTooLarge,
+    request_content_length,
+    upload_limit_message,
+)
 from patients.audit import audit_record
 from patients.services.ehr_import import EHRImportError, EHRImportResult, ehr_import
 
@@ -87,10 +92,6 @@ class EHRImportResultSerializer(serializers.Serializer):
 
 class EHRUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="a FHIR R4 Bundle (JSON), labs.csv or events.csv")
-
-
-class DetailSerializer(serializers.Serializer):
-    detail = serializers.CharField()
 
 
 def ehr_import_result(result: EHRImportResult) -> dict:
