@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= var/demo-cohort
-DEMO_PATIENTS ?= 4
+DEMO_PATIENTS ?= 16
 DEMO_TIMEPOINTS ?= 3
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -29,6 +29,7 @@ demo: install
 	$(BIN)/python manage.py ingest --no-process $(DEMO_DIR)/dicom
 	$(BIN)/python manage.py import_ehr $(DEMO_DIR)/ehr_bundle.json
 	$(BIN)/python manage.py process --all
+	$(BIN)/python manage.py fit_risk_model --model cox
 	$(MAKE) serve
 
 serve: install
