@@ -1,14 +1,11 @@
 """``manage.py export_responses [--format csv|json] [--patient ID]``."""
 
-import sys
-
 import pandas as pd
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from analytics.core.volumetric import EXPORT_RESPONSE_COLUMNS
 from analytics.models import ResponseAssessment
-from patients.models import Patient
-from radtrack.exports import export_audit, table_text
+from radtrack.exports import export_handle
 
 
 def responses_table(*, patient_ids: list[str] | None = None) -> pd.DataFrame:
@@ -44,12 +41,10 @@ class Command(BaseCommand):
         parser.add_argument("--patient", metavar="ID", help="only this patient (MRN)")
 
     def handle(self, *args, **options):
-        patient_ids = None
-        if options["patient"]:
-            if not Patient.objects.filter(patient_id=options["patient"]).exists():
-                raise CommandError(f"no patient with ID {options['patient']!r}")
-            patient_ids = [options["patient"]]
-        table = responses_table(patient_ids=patient_ids)
-        export_audit(action="responses.export", patient_ids=patient_ids)
-        self.stdout.write(table_text(table, fmt=options["format"]), ending="")
-        print(f"export_responses: {len(table)} rows", file=sys.stderr)
+        export_handle(
+            self,
+            options=options,
+            table_for=responses_table,
+            action="responses.export",
+            name="export_responses",
+        )
