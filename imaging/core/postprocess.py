@@ -16,7 +16,18 @@ Steps, in order, each a `preprocess.StepRecord` with its parameters and what it 
    -500, largest component, holes filled slice by slice so the lungs are inside) or
    whose mean HU is below ``air_hu`` (air: a lesion is tissue; noise in lung or around
    the patient is not).
-7. ``smooth``: Gaussian smoothing (``smooth_sigma_voxels``) of each component's mask,
+7. ``organ_context``: drops components not embedded in their organ: over a shell of
+   ``organ_shell_voxels`` around the component, the mean probability of its organ (lung
+   for a nodule, liver for a liver lesion) plus its own lesion class must reach
+   ``min_organ_context``. Lesions grow inside lung or liver; soft tissue that looks
+   like a lesion in muscle, bowel or heart does not have that surrounding.
+8. ``tta_agreement``: drops components whose mean flip-TTA disagreement (the
+   segmenter's per-voxel uncertainty, |p - p_mirrored| of the lesion probability)
+   exceeds ``max_tta_disagreement``: a real lesion looks like one from both sides,
+   while a noise blob the network half-believes changes with the mirror. On a noisy
+   3 mm study of the test suite, true lesions scored 0.03-0.19 and 6 of 11 false
+   positives 0.30-0.80. Skipped when no uncertainty map is given.
+9. ``smooth``: Gaussian smoothing (``smooth_sigma_voxels``) of each component's mask,
    re-thresholded at 0.5, so the boundary loses its staircase. Like opening, only for
    components of at least ``opening_min_ml``: smoothing shrinks a 3-voxel nodule to
    its centre.
@@ -55,6 +66,9 @@ class PostprocessSettings:
     closing_radius_voxels: int = 1
     min_volume_ml: float = 0.02
     air_hu: float = -700.0
+    organ_shell_voxels: int = 2
+    min_organ_context: float = 0.5
+    max_tta_disagreement: float = 0.3
     smooth_sigma_voxels: float = 0.7
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,10 +144,12 @@ def postprocess_run(
     probabilities: np.ndarray,
     image: Volume,
     settings: PostprocessSettings | None = None,
+    uncertainty: np.ndarray | None = None,
 ) -> PostprocessResult:
     """Run the steps of the module docstring over class probabilities (classes, k, j, i).
 
-    ``image`` is the HU volume on the same grid (its geometry is the mask's).
+    ``image`` is the HU volume on the same grid (its geometry is the mask's);
+    ``uncertainty`` the flip-TTA disagreement map on that grid, if there is one.
     """
     settings = settings or PostprocessSettings()
     voxel_ml = image.voxel_volume_ml
@@ -238,6 +254,58 @@ def postprocess_run(
     )  # fmt: skip
 
     t = time.perf_counter()
+    p_lung = probabilities[1].astype(np.float32)
+    p_liver_organ = probabilities[2].astype(np.float32)
+    labels, n = _components(mask)
+    removed_context = 0
+    shell_structure = _ball(settings.organ_shell_voxels)
+    if n and settings.min_organ_context > 0:
+        keep = np.zeros(n + 1, dtype=bool)
+        margin = settings.organ_shell_voxels + 1
+        for number, found in enumerate(ndimage.find_objects(labels), start=1):
+            if found is None:
+                continue
+            box = tuple(
+                slice(max(0, s.start - margin), min(size, s.stop + margin))
+                for s, size in zip(found, mask.shape, strict=True)
+            )
+            component = labels[box] == number
+            shell = ndimage.binary_dilation(component, structure=shell_structure) & (
+                labels[box] == 0
+            )
+            nodule = p_nodule[box][component].sum() >= p_liver[box][component].sum()
+            organ_p = (p_lung if nodule else p_liver_organ)[box] + (
+                p_nodule if nodule else p_liver
+            )[box]
+            context = float(organ_p[shell].mean()) if shell.any() else 0.0
+            if context >= settings.min_organ_context:
+                keep[number] = True
+            else:
+                removed_context += 1
+        mask = keep[labels]
+    record(
+        "organ_context",
+        {"shell_voxels": settings.organ_shell_voxels, "min_organ_context": settings.min_organ_context,
+         "rule": "mean p(organ) + p(own lesion class) over the shell"},
+        t, mask, removed=removed_context,
+    )  # fmt: skip
+
+    t = time.perf_counter()
+    removed_tta = 0
+    labels, n = _components(mask)
+    if uncertainty is not None and n:
+        mean_u = ndimage.mean(uncertainty.astype(np.float32), labels, np.arange(1, n + 1))
+        keep = np.concatenate([[False], np.asarray(mean_u) <= settings.max_tta_disagreement])
+        removed_tta = int(n - keep[1:].sum())
+        mask = keep[labels]
+    record(
+        "tta_agreement",
+        {"max_tta_disagreement": settings.max_tta_disagreement,
+         "applied": uncertainty is not None},
+        t, mask, removed=removed_tta,
+    )  # fmt: skip
+
+    t = time.perf_counter()
     sigma = settings.smooth_sigma_voxels
 
     def smooth(component: np.ndarray, _n: int) -> np.ndarray:
@@ -287,3 +355,100 @@ def postprocess_run(
         body=body,
         records=tuple(records),
     )
+
+
+@dataclass(frozen=True)
+class ContrastSettings:
+    """Parameters of `candidates_contrast_filter` (native voxels of the study)."""
+
+    min_z: float = 8.0
+    ring_inner_voxels: int = 1
+    ring_outer_voxels: int = 3
+
+
+def candidates_contrast_filter(
+    *,
+    study: Volume,
+    candidate_mask: Volume,
+    candidates: tuple[LesionCandidate, ...],
+    settings: ContrastSettings | None = None,
+) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
+    """Drop candidates whose contrast with their surroundings is within the noise.
+
+    Measured on the study's own voxels (``study`` in HU, before resampling: resampled
+    noise is smoother and would look more significant than it is). For each candidate,
+    its voxels (the model-grid mask mapped to the study grid, nearest neighbour) are
+    compared with a ring ``ring_inner_voxels``..``ring_outer_voxels`` around it, away
+    from every candidate: z = |median(ring) - mean(core)| / (sigma / sqrt(n)), with
+    sigma the ring's robust SD (1.4826 MAD) and n the candidate's voxel count. A
+    real lesion keeps z far above ``min_z`` (a 1.7 ml liver lesion at 18 HU of noise
+    and 3 x 3 x 5 mm voxels scored 8.2; lesions at full resolution score in the
+    tens); the darkest noise blobs of a liver in thick, noisy slices reach about 7.
+    A candidate that holds no study voxel centre (smaller than the study's voxels) scores
+    0 and is dropped; one without a ring of at least 8 voxels is kept (no evidence).
+    """
+    from .registration import SpatialTransform, volume_warp
+
+    settings = settings or ContrastSettings()
+    started = time.perf_counter()
+    on_study = volume_warp(
+        moving=candidate_mask, reference=study, transform=SpatialTransform.identity()
+    ).array
+    hu = study.array
+    any_candidate = on_study > 0
+    inner = ndimage.generate_binary_structure(3, 1)
+    scores: dict[int, float | None] = {}
+    margin = settings.ring_outer_voxels + 1
+    boxes = ndimage.find_objects(on_study)
+    for candidate in candidates:
+        value = candidate.label_value
+        found = boxes[value - 1] if value - 1 < len(boxes) else None
+        if found is None:  # holds no study voxel centre: nothing to measure there
+            scores[value] = 0.0
+            continue
+        box = tuple(
+            slice(max(0, s.start - margin), min(size, s.stop + margin))
+            for s, size in zip(found, on_study.shape, strict=True)
+        )
+        core = on_study[box] == value
+        ring = (
+            ndimage.binary_dilation(core, inner, iterations=settings.ring_outer_voxels)
+            & ~ndimage.binary_dilation(core, inner, iterations=settings.ring_inner_voxels)
+            & ~any_candidate[box]
+        )
+        ring_hu = hu[box][ring].astype(np.float64)
+        if ring_hu.size < 8:
+            scores[value] = None
+            continue
+        centre = float(np.median(ring_hu))
+        sigma = max(1.4826 * float(np.median(np.abs(ring_hu - centre))), 1.0)
+        core_hu = hu[box][core].astype(np.float64)
+        scores[value] = abs(centre - float(core_hu.mean())) / (sigma / np.sqrt(core_hu.size))
+    kept = tuple(
+        c
+        for c in candidates
+        if scores[c.label_value] is None or scores[c.label_value] >= settings.min_z
+    )
+    keep = np.zeros(int(candidate_mask.array.max()) + 1, dtype=bool)
+    keep[[c.label_value for c in kept]] = True
+    mask = candidate_mask.with_array(
+        np.where(keep[candidate_mask.array], candidate_mask.array, 0).astype(
+            candidate_mask.array.dtype
+        ),
+        kind="label",
+    )
+    record = StepRecord(
+        name="postprocess_contrast",
+        parameters={
+            **asdict(settings),
+            "rule": "|median(ring) - mean(core)| / (1.4826 MAD(ring) / sqrt(n)) >= min_z, "
+            "on the study's own voxels",
+        },
+        versions={"scipy": scipy.__version__, "numpy": np.__version__},
+        seconds=time.perf_counter() - started,
+        details={
+            "removed": len(candidates) - len(kept),
+            "z": {str(k): (round(v, 2) if v is not None else None) for k, v in scores.items()},
+        },
+    )
+    return mask, kept, record

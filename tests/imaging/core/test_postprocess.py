@@ -23,7 +23,8 @@ def scene():
     Lesions: a 12 mm liver lesion with a one-voxel spur and a hole in its probability,
     a 5 mm lung nodule (3 voxels across: opening would erase it), a one-voxel speck
     (too small), a blob in the air outside the body, a blob of air probability in the
-    lung (noise), and two lesions one voxel apart.
+    lung (noise), two lesions one voxel apart, and a lesion-like blob in soft tissue
+    outside any organ (no organ context).
     """
     shape = (40, 80, 80)
     hu = np.full(shape, -1000.0, np.float32)
@@ -50,11 +51,17 @@ def scene():
     lesion(outside, 4, 0.9)
     in_air = _ball(shape, (20, 28, 32), 2)  # noise in the lung's air
     lesion(in_air, 3, 0.7)
-    pair_a = _ball(shape, (30, 55, 30), 2.5)
-    pair_b = _ball(shape, (30, 55, 37), 2.5)
+    pair_a = _ball(shape, (28, 52, 40), 2.5)
+    pair_b = _ball(shape, (28, 52, 47), 2.5)
     lesion(pair_a, 4, 0.9, 25.0)
     lesion(pair_b, 4, 0.6, 25.0)
-    p[0] = np.clip(1 - p[3] - p[4], 0, 1)
+    no_organ = _ball(shape, (10, 40, 72), 2.5)
+    lesion(no_organ, 4, 0.9, 30.0)
+    # Organ probabilities: the lung ball, and a liver ball around the liver lesions.
+    liver_organ = _ball(shape, (25, 52, 45), 16)
+    p[1] = lung * (1 - p[3] - p[4])
+    p[2] = liver_organ * ~lung * (1 - p[3] - p[4])
+    p[0] = np.clip(1 - p[1] - p[2] - p[3] - p[4], 0, 1)
     image = Volume(hu, SPACING, (-60.0, -60.0, -30.0))
     return image, p, {"liver": liver, "nodule": nodule}
 
@@ -70,6 +77,8 @@ def test_every_step_is_recorded_with_its_parameters(scene):
         "postprocess_fill_holes",
         "postprocess_min_volume",
         "postprocess_outside_body",
+        "postprocess_organ_context",
+        "postprocess_tta_agreement",
         "postprocess_smooth",
         "postprocess_components",
     ]
@@ -79,6 +88,7 @@ def test_every_step_is_recorded_with_its_parameters(scene):
     assert by_name["postprocess_outside_body"].details["removed_outside_body"] == 1
     assert by_name["postprocess_outside_body"].details["removed_in_air"] == 1
     assert by_name["postprocess_min_volume"].details["removed"] >= 1
+    assert by_name["postprocess_organ_context"].details["removed"] == 1
     assert all(r.seconds >= 0 for r in result.records)
 
 
@@ -101,6 +111,17 @@ def test_candidates_are_the_real_lesions_with_organ_and_confidence(scene):
     assert nodule.n_voxels >= 15  # a 5 mm nodule survives opening and smoothing
 
 
+def test_lesions_the_mirrored_pass_disagrees_on_are_dropped(scene):
+    image, p, truth = scene
+    uncertainty = np.zeros(image.array.shape, np.float32)
+    uncertainty[truth["nodule"]] = 0.6
+    result = postprocess_run(probabilities=p, image=image, uncertainty=uncertainty)
+    assert "lung" not in [c.organ for c in result.candidates]
+    assert len(result.candidates) == 3
+    record = next(r for r in result.records if r.name == "postprocess_tta_agreement")
+    assert record.details["removed"] == 1 and record.parameters["applied"]
+
+
 def test_settings_change_the_outcome(scene):
     image, p, _ = scene
     strict = postprocess_run(
@@ -118,3 +139,66 @@ def test_body_mask_holds_the_lungs(scene):
     body = body_mask(image.array)
     assert body[20, 30, 25]  # the lung's air is inside the body
     assert not body[20, 2, 2]
+
+
+def test_contrast_filter_keeps_a_lesion_and_drops_noise_blobs_and_subvoxel_specks():
+    """On the study's own (thick, noisy) voxels: a real hypodense lesion stands far above
+    the noise; a candidate over plain noisy liver and one smaller than a study voxel
+    do not."""
+    from imaging.core.postprocess import (
+        ContrastSettings,
+        LesionCandidate,
+        candidates_contrast_filter,
+    )
+    from imaging.core.preprocess import volume_resample
+
+    rng = np.random.default_rng(3)
+    shape = (24, 60, 60)  # k, j, i: 3 x 3 x 5 mm voxels
+    liver = np.full(shape, 60.0, np.float32)
+    ks, js, is_ = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    lesion = ((ks * 5.0 - 60) ** 2 + (js * 3.0 - 60) ** 2 + (is_ * 3.0 - 60) ** 2) <= 8.0**2
+    liver[lesion] = 25.0  # a 16 mm hypodense lesion centred at (60, 60, 60) mm
+    study = Volume(
+        liver + rng.normal(0, 20.0, shape).astype(np.float32), (3.0, 3.0, 5.0), (0, 0, 0)
+    )
+
+    grid = volume_resample(volume=study, spacing_mm=(1.5, 1.5, 1.5))
+    k, j, i = np.ogrid[: grid.array.shape[0], : grid.array.shape[1], : grid.array.shape[2]]
+
+    def blob(centre_mm, radius_mm):
+        c = np.asarray(centre_mm) / 1.5
+        return ((k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2) * 1.5**2 <= radius_mm**2
+
+    labels = np.zeros(grid.array.shape, np.uint16)
+    labels[blob((60.0, 60.0, 60.0), 8.0)] = 1  # the lesion
+    labels[blob((60.0, 120.0, 120.0), 4.0)] = 2  # plain liver: noise only
+    # One model voxel at 2.75 mm along k: study slices sit at 0 and 5 mm, and their
+    # nearest model voxels are at -0.25 and 4.25/5.75 mm, so no study voxel holds it.
+    labels[3, 100, 20] = 3
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    mask = grid.with_array(labels, kind="label")
+    candidates = tuple(
+        LesionCandidate(
+            label_value=v, organ="liver", n_voxels=int((labels == v).sum()),
+            volume_ml=float((labels == v).sum() * 1.5**3 / 1000), confidence=1.0,
+            mean_probability=0.9, bbox_kji=((0, 1), (0, 1), (0, 1)),
+        )
+        for v in (1, 2, 3)
+    )  # fmt: skip
+
+    kept_mask, kept, record = candidates_contrast_filter(
+        study=study, candidate_mask=mask, candidates=candidates
+    )
+
+    assert [c.label_value for c in kept] == [1], record.details
+
+    assert set(np.unique(kept_mask.array)) == {0, 1}
+    assert record.name == "postprocess_contrast" and record.details["removed"] == 2
+    z = record.details["z"]
+    assert z["1"] > 8.0 > z["2"] and z["3"] == 0.0
+    # The threshold is a recorded parameter that changes the outcome.
+    _, none_kept, _ = candidates_contrast_filter(
+        study=study, candidate_mask=mask, candidates=candidates,
+        settings=ContrastSettings(min_z=z["1"] + 1),
+    )  # fmt: skip
+    assert none_kept == ()

@@ -1,0 +1,228 @@
+"""``manage.py train_segmenter --out DIR``: train the lesion segmenter on generated cohorts.
+
+Needs no database. Renders the training and validation studies in memory (cached under
+``OUT/cache``), trains with `imaging.core.training.segmenter_train` (seeded, logged to
+``OUT/train_log.jsonl``, checkpointed to ``OUT/checkpoint.pt``, resumable with
+``--resume``), then writes the float16 weights, ``manifest.json`` (with SHA-256) and
+``MODEL_CARD.md`` into ``OUT`` (and into ``imaging/weights/`` with ``--ship``).
+
+Cohort seeds: training uses ``--cohort-seed`` (full-size-like studies) and
+``--cohort-seed + 1`` (small studies); validation ``+ 2`` and ``+ 3``. Keep them away
+from the benchmark's seed (benchmarks/segmentation.py refuses a seed used here).
+"""
+
+import math
+import shutil
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+
+class Command(BaseCommand):
+    help = (
+        "Train the lesion segmenter (MONAI UNet: lung, liver, lung nodule, liver lesion) on "
+        "generated cohorts, with a validation split; write checkpoint, weights, manifest and "
+        "model card into OUT."
+    )
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        parser.add_argument("--out", type=Path, required=True, help="output folder")
+        parser.add_argument("--seed", type=int, default=0, help="training seed (patches, init)")
+        parser.add_argument("--cohort-seed", type=int, default=1000, help="first cohort seed")
+        parser.add_argument("--patients", type=int, default=18, help="full-size-like patients")
+        parser.add_argument("--small-patients", type=int, default=12, help="small-size patients")
+        parser.add_argument("--timepoints", type=int, default=2, help="studies per patient")
+        parser.add_argument("--val-patients", type=int, default=4, help="per size, held out")
+        parser.add_argument("--steps", type=int, default=1200)
+        parser.add_argument("--batch-size", type=int, default=2)
+        parser.add_argument("--patch-size", type=int, default=64)
+        parser.add_argument("--lr", type=float, default=2e-3)
+        parser.add_argument(
+            "--lesion-bias", type=float, default=0.5, help="share of patches centred on lesions"
+        )
+        parser.add_argument(
+            "--lesion-weight", type=float, default=1.0, help="loss weight of the lesion classes"
+        )
+        parser.add_argument(
+            "--init-from",
+            type=Path,
+            default=None,
+            help="warm start: the network weights of another run's checkpoint.pt "
+            "(fresh optimiser and schedule; recorded in the model card)",
+        )
+        parser.add_argument("--validate-every", type=int, default=600)
+        parser.add_argument("--checkpoint-every", type=int, default=50)
+        parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        parser.add_argument(
+            "--model-version", dest="model_version", default="1.0.0", help="version to ship"
+        )
+        parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
+        parser.add_argument(
+            "--ship", action="store_true", help="also install the weights in imaging/weights/"
+        )
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def handle(self, *args, **options):
+        for name in ("timepoints", "steps", "batch_size", "patch_size"):
+            if options[name] < 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("patients", "small_patients", "val_patients"):
+            if options[name] < 0:
+                raise CommandError(f"--{name.replace('_', '-')} must be >= 0")
+        if options["patients"] + options["small_patients"] < 1:
+            raise CommandError("no training data: give --patients or --small-patients")
+        if options["patch_size"] % 8:
+            raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
+        out: Path = options["out"]
+        if out.exists() and not out.is_dir():
+            raise CommandError(f"{out} exists and is not a folder")
+        init = options["init_from"]
+        if init is not None and not init.is_file():
+            raise CommandError(f"--init-from: no checkpoint at {init}")
+        if init is not None and options["resume"]:
+            raise CommandError("--init-from starts a new run; it cannot be combined with --resume")
+        if not 0 <= options["lesion_bias"] <= 1:
+            raise CommandError("--lesion-bias must be between 0 and 1")
+        if options["resume"] and not (out / "checkpoint.pt").exists():
+            raise CommandError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+        if not options["resume"] and (out / "checkpoint.pt").exists():
+            raise CommandError(
+                f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
+                "another folder"
+            )
+
+        import torch
+
+        from imaging.core import training as tr
+        from imaging.core.segmentation import WEIGHTS_DIR, SegmenterError, SegmenterSpec
+
+        torch.set_num_threads(options["threads"])
+        w = options["lesion_weight"]
+        if w <= 0:
+            raise CommandError("--lesion-weight must be positive")
+        spec = SegmenterSpec(
+            version=options["model_version"],
+            class_logit_offsets=(0.0, 0.0, 0.0, -math.log(w), -math.log(w)),
+        )
+        cs = options["cohort_seed"]
+        tp = options["timepoints"]
+        train_sources = []
+        if options["patients"]:
+            train_sources.append(
+                tr.CohortSource(
+                    cs, "full", tuple(range(options["patients"])), tp, lesion_resize=True
+                )
+            )
+        if options["small_patients"]:
+            train_sources.append(
+                tr.CohortSource(
+                    cs + 1, "small", tuple(range(options["small_patients"])), tp, lesion_resize=True
+                )
+            )
+        val_sources = []
+        if options["val_patients"]:
+            val_sources = [
+                tr.CohortSource(cs + 2, "full", tuple(range(options["val_patients"])), 1),
+                tr.CohortSource(cs + 3, "small", tuple(range(options["val_patients"])), 1),
+            ]
+        data = {
+            "train": [vars(s) | {"patients": len(s.patients)} for s in train_sources],
+            "validation": [vars(s) | {"patients": len(s.patients)} for s in val_sources],
+            "cohort_seeds": sorted({s.seed for s in train_sources + val_sources}),
+            "native_pixel_min_mm": 1.25,
+        }
+        quiet = options["quiet"]
+        n_cases = sum(len(s.studies()) for s in train_sources + val_sources)
+        bar = tqdm(total=n_cases, desc="render cases", unit="case", disable=quiet or None,
+                   file=self.stderr._out)  # fmt: skip
+        cache = out / "cache"
+        train = tr.cases_load(sources=train_sources, spec=spec, cache_dir=cache,
+                              on_case=lambda _: bar.update(1))  # fmt: skip
+        val = tr.cases_load(sources=val_sources, spec=spec, cache_dir=cache,
+                            on_case=lambda _: bar.update(1))  # fmt: skip
+        bar.close()
+        settings = tr.TrainingSettings(
+            seed=options["seed"],
+            steps=options["steps"],
+            batch_size=options["batch_size"],
+            patch_size=options["patch_size"],
+            learning_rate=options["lr"],
+            lesion_bias=options["lesion_bias"],
+            lesion_weight=options["lesion_weight"],
+            validate_every=options["validate_every"],
+            checkpoint_every=options["checkpoint_every"],
+            threads=options["threads"],
+        )
+        initial_state = None
+        if options["resume"]:
+            # Keep the first launch's record of the data (and of any warm start).
+            saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+            data = saved.get("data") or data
+        if init is not None:
+            state = torch.load(init, map_location="cpu", weights_only=False)
+            if not SegmenterSpec.from_dict(state["spec"]).same_network(spec):
+                raise CommandError(f"--init-from: {init} holds a different network")
+            initial_state = state["network"]
+            data["warm_start"] = {
+                "checkpoint": str(init),
+                "steps": int(state["step"]),
+                "seconds": round(float(state.get("seconds", 0.0)), 1),
+                "settings": state["settings"],
+                "data": state.get("data", {}),
+            }
+        steps_bar = tqdm(total=settings.steps, desc="train", unit="step", disable=quiet or None,
+                         file=self.stderr._out)  # fmt: skip
+
+        def on_step(step: int, loss: float) -> None:
+            steps_bar.n = step
+            steps_bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+            steps_bar.update(0)
+
+        try:
+            result = tr.segmenter_train(
+                out_dir=out,
+                train_cases=train,
+                val_cases=val,
+                spec=spec,
+                settings=settings,
+                resume=options["resume"],
+                initial_state=initial_state,
+                device=options["device"],
+                on_step=on_step,
+                data_description=data,
+            )
+        except (ValueError, FileNotFoundError, SegmenterError) as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            steps_bar.close()
+        path, manifest = tr.weights_ship(
+            checkpoint_path=result.checkpoint_path, out_dir=out, version=options["model_version"],
+            data=data,
+        )  # fmt: skip
+        if options["ship"]:
+            WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+            for old in WEIGHTS_DIR.glob("*.pt"):
+                old.unlink()
+            for name in (path.name, "manifest.json", "MODEL_CARD.md"):
+                shutil.copy2(out / name, WEIGHTS_DIR / name)
+        val_text = ""
+        if result.validation:
+            v = result.validation
+            dice = v["dice"]
+            val_text = (
+                f", validation Dice nodule {_f(dice['lung_nodule'])} liver lesion "
+                f"{_f(dice['liver_lesion'])}, sensitivity>=5mm {_f(v['sensitivity_5mm'])}, "
+                f"FP/study {v['false_positives_per_case']:.2f}"
+            )
+        self.stdout.write(
+            f"train_segmenter: {result.steps_done} steps on {len(train)} studies "
+            f"({len(val)} validation) in {result.seconds / 60:.1f} min, loss {result.last_loss:.3f}"
+            f"{val_text} -> {path}" + (" (shipped)" if options["ship"] else "")
+        )
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
