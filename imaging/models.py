@@ -18,6 +18,11 @@ class Study(models.Model):
     chosen_series = models.ForeignKey(
         "Series", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    series_choice = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="why chosen_series was chosen (rules or a user's override: who, when, why)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -361,6 +366,15 @@ class LesionMeasurement(models.Model):
     confidence = models.FloatField(null=True, blank=True)
     uncertainty = models.FloatField(null=True, blank=True)
     is_target = models.BooleanField(default=False)
+    target_by_hand = models.BooleanField(
+        default=False, help_text="is_target was chosen by a radiologist, not by the RECIST rules"
+    )
+    component_labels = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="every label-map value attributed to this lesion at this study (a split "
+        "lesion's fragments); component_label is the largest",
+    )
     review_state = models.CharField(max_length=16, choices=Review.choices, default=Review.PENDING)
     override_volume_ml = models.FloatField(null=True, blank=True)
     override_longest_diameter_mm = models.FloatField(null=True, blank=True)
@@ -426,3 +440,100 @@ class ReviewEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.user_id} at {self.at}"
+
+
+class LesionLink(models.Model):
+    """A radiologist's decision about which lesion one candidate belongs to.
+
+    A candidate is a connected component of a segmentation (``component_label`` in its
+    label map). ``anchor_*`` names another candidate: this one belongs to the lesion that
+    candidate belongs to (a relink or a merge). Without an anchor the candidate starts a
+    lesion of its own (a split). `imaging.services.tracking.patient_track` applies these
+    links study by study on every rebuild, so the decision outlives re-tracking.
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="lesion_links")
+    segmentation = models.ForeignKey(Segmentation, on_delete=models.CASCADE, related_name="+")
+    component_label = models.PositiveIntegerField()
+    anchor_segmentation = models.ForeignKey(
+        Segmentation, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    anchor_component_label = models.PositiveIntegerField(null=True, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField()
+    at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["patient", "at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["segmentation", "component_label"], name="one_link_per_lesion_candidate"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    anchor_segmentation__isnull=True, anchor_component_label__isnull=True
+                )
+                | models.Q(anchor_segmentation__isnull=False, anchor_component_label__isnull=False),
+                name="lesion_link_anchor_complete",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        if self.anchor_segmentation_id is None:
+            target = "as a lesion of its own"
+        else:
+            target = (
+                f"with candidate {self.anchor_component_label} "
+                f"of segmentation {self.anchor_segmentation_id}"
+            )
+        return f"candidate {self.component_label} of segmentation {self.segmentation_id} {target}"
+
+
+class PacsTransfer(models.Model):
+    """One study moved between RadTrack and the PACS over DICOMweb, and how it went.
+
+    A retrieve (WADO-RS) files what arrives through the ingest service, so repeating one
+    is harmless; a failed one is retried by the next scheduled pull. A send (STOW-RS)
+    carries RadTrack's SEG and SR for a study. ``error`` names the failure for a person
+    (no patient attributes).
+    """
+
+    class Direction(models.TextChoices):
+        RETRIEVE = "retrieve", "Retrieve (WADO-RS)"
+        SEND = "send", "Send (STOW-RS)"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "On demand"
+        SCHEDULE = "schedule", "Scheduled pull"
+
+    direction = models.CharField(max_length=16, choices=Direction.choices)
+    study_instance_uid = models.CharField(max_length=64, db_index=True)
+    study = models.ForeignKey(
+        Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="pacs_transfers"
+    )
+    pacs_url = models.CharField(max_length=255)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    attempts = models.PositiveIntegerField(default=0)
+    instances = models.PositiveIntegerField(
+        default=0, help_text="instances received (retrieve) or accepted by the PACS (send)"
+    )
+    ingest_session = models.ForeignKey(
+        IngestSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} #{self.pk}: {self.status}"

@@ -1,6 +1,6 @@
 """Celery tasks for imaging: thin, they load a row by key and call one service."""
 
-from imaging.models import Series
+from imaging.models import Series, Study
 from radtrack.celery import radtrack_task
 
 
@@ -12,3 +12,17 @@ def series_process_task(series_id: int, device: str = "") -> None:
     if series is None:  # deleted since it was queued
         return
     series_process(series=series, device=device or None)
+
+
+@radtrack_task(queue="gpu")
+def study_process_task(study_id: int, device: str = "") -> None:
+    from imaging.services.processing import study_process
+
+    study = Study.objects.filter(pk=study_id).first()
+    if study is None:  # deleted since it was queued
+        return
+    study_process(study=study, device=device or None)
+
+
+# Celery's autodiscovery imports only ``tasks`` modules: register the PACS tasks too.
+from imaging import tasks_pacs  # noqa: E402, F401

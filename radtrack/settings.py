@@ -1,7 +1,8 @@
 """Django settings, all from the environment with embedded defaults for one machine.
 
 Variables: DATABASE_URL, RADTRACK_DATA_DIR, CELERY_BROKER_URL, DJANGO_SECRET_KEY,
-DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, RADTRACK_DEVICE, RADTRACK_MAX_UPLOAD_MB.
+DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, RADTRACK_DEVICE, RADTRACK_MAX_UPLOAD_MB,
+RADTRACK_FHIR_SERVER_URL (and _TOKEN, RADTRACK_FHIR_PUSH_TIMEOUT_S, _ATTEMPTS).
 """
 
 import os
@@ -51,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "patients",
@@ -110,7 +112,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "patients:list"
+LOGIN_REDIRECT_URL = "analytics:worklist"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-gb"
@@ -129,6 +131,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 2**20
 DATA_UPLOAD_MAX_NUMBER_FILES = 5000
 
 RADTRACK_DEVICE = os.environ.get("RADTRACK_DEVICE", "auto")
+# Registration of follow-ups to the baseline: "simpleitk" (CPU) or "torch" (CUDA when seen).
+RADTRACK_REGISTRATION_BACKEND = os.environ.get("RADTRACK_REGISTRATION_BACKEND", "simpleitk")
 
 # Celery: eager in-process unless a broker is configured.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
@@ -157,11 +161,20 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Operation ids and tags without the version: "patients_list", not "v1_patients_list".
+    "SCHEMA_PATH_PREFIX": r"/api/v[0-9]+",
     # Swagger UI served from our own static files: hospital networks are often closed.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# FHIR server results are pushed to (`manage.py push_fhir`); empty: pushing is off.
+# The token, when set, is sent as "Authorization: Bearer <token>".
+RADTRACK_FHIR_SERVER_URL = os.environ.get("RADTRACK_FHIR_SERVER_URL", "").strip().rstrip("/")
+RADTRACK_FHIR_SERVER_TOKEN = os.environ.get("RADTRACK_FHIR_SERVER_TOKEN", "")
+RADTRACK_FHIR_PUSH_TIMEOUT_S = float(os.environ.get("RADTRACK_FHIR_PUSH_TIMEOUT_S", "30"))
+RADTRACK_FHIR_PUSH_ATTEMPTS = int(os.environ.get("RADTRACK_FHIR_PUSH_ATTEMPTS", "3"))
 
 # Calling AE titles the DICOM listener accepts; empty accepts any.
 RADTRACK_DICOM_ALLOWED_AES = [
@@ -193,3 +206,23 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "SAMEORIGIN"
+
+# The PACS RadTrack pulls studies from and sends SEG/SR to, over DICOMweb (QIDO-RS,
+# WADO-RS, STOW-RS); unset: no PACS. Connection failures, timeouts and 5xx answers are
+# retried RADTRACK_PACS_ATTEMPTS times, waiting RADTRACK_PACS_RETRY_WAIT_S, doubling.
+RADTRACK_PACS_DICOMWEB_URL = os.environ.get("RADTRACK_PACS_DICOMWEB_URL", "").rstrip("/")
+RADTRACK_PACS_USERNAME = os.environ.get("RADTRACK_PACS_USERNAME", "")
+RADTRACK_PACS_PASSWORD = os.environ.get("RADTRACK_PACS_PASSWORD", "")
+RADTRACK_PACS_CONNECT_TIMEOUT_S = float(os.environ.get("RADTRACK_PACS_CONNECT_TIMEOUT_S", "5"))
+RADTRACK_PACS_READ_TIMEOUT_S = float(os.environ.get("RADTRACK_PACS_READ_TIMEOUT_S", "60"))
+RADTRACK_PACS_ATTEMPTS = int(os.environ.get("RADTRACK_PACS_ATTEMPTS", "3"))
+RADTRACK_PACS_RETRY_WAIT_S = float(os.environ.get("RADTRACK_PACS_RETRY_WAIT_S", "2"))
+# The scheduled pull looks back this many days of Study Date, and runs this often.
+RADTRACK_PACS_PULL_LOOKBACK_DAYS = int(os.environ.get("RADTRACK_PACS_PULL_LOOKBACK_DAYS", "2"))
+RADTRACK_PACS_PULL_INTERVAL_S = float(os.environ.get("RADTRACK_PACS_PULL_INTERVAL_S", "900"))
+CELERY_BEAT_SCHEDULE = {}
+if RADTRACK_PACS_DICOMWEB_URL:
+    CELERY_BEAT_SCHEDULE["pacs-pull"] = {
+        "task": "imaging.tasks_pacs.pacs_pull_task",
+        "schedule": RADTRACK_PACS_PULL_INTERVAL_S,
+    }

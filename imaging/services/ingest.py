@@ -178,7 +178,7 @@ class IngestRun:
 
     def finish(self, *, failed: str = "") -> IngestSession:
         """Close the session and queue processing of every series that got new images."""
-        from imaging.services.processing import series_queue
+        from imaging.services.processing import study_queue
 
         with transaction.atomic():
             session = IngestSession.objects.select_for_update().get(pk=self.session.pk)
@@ -193,16 +193,20 @@ class IngestRun:
                     reason=failed,
                 )
             # Every series that got instances in this session, across all its requests.
+            # The study is queued as a whole: its worker chooses the series to analyse.
             touched = Series.objects.filter(instances__ingest_session=session).distinct()
+            studies = {}
             for series in touched:
                 if series.modality not in ANALYSED_MODALITIES:
                     series.state = Series.State.NOT_ANALYSED
                     series.save(update_fields=["state", "updated_at"])
                 elif self.process:
-                    series_queue(series=series)
+                    studies[series.study_id] = series.study
                 else:
                     series.state = Series.State.STORED
                     series.save(update_fields=["state", "updated_at"])
+            for study in studies.values():
+                study_queue(study=study)
         self.session = session
         return session
 

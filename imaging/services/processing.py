@@ -1,14 +1,20 @@
-"""Processing of a stored series: queueing, and the pipeline run with its record.
+"""Processing of stored studies: the series chosen, the pipeline run, and its record.
 
-A run records each step's name, parameters, library versions, timing and outcome in
-`ProcessingRun.steps`, so every number shown later can be traced to what made it. A
-failed step marks the run and the series failed with a readable reason and leaves
-earlier results (earlier runs, their files) as they were; running again is safe.
+For each study one series is analysed (`study_series_choose`: the rules, or a user's
+recorded override). Its run goes: device, DICOM to volume, orientation check against
+the anatomy and the patient's baseline, storage as NIfTI, registration to the baseline,
+U-Net segmentation with post-processing and measurement, and then the patient's lesion
+tracking and response assessment. Each step's name, parameters, library versions,
+timing and outcome go to `ProcessingRun.steps`, so every number shown later can be
+traced to what made it. Rows (volume, registration, segmentation) are written together
+when the run succeeds; a failed step marks the run and the series failed with a
+readable reason and leaves earlier results as they were, so running again is safe.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -19,12 +25,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from imaging.models import ProcessingRun, Series
+from imaging.models import ProcessingRun, Registration, Segmentation, Series, Study
+from imaging.services.ingest import ANALYSED_MODALITIES
 from imaging.store import data_dir, object_path
 
 logger = logging.getLogger(__name__)
 
 
+# --------------------------------------------------------------------------- queueing
 def series_queue(*, series: Series, device: str | None = None) -> ProcessingRun:
     """Mark ``series`` queued and send it to the workers once the transaction commits."""
     from imaging.tasks import series_process_task
@@ -39,6 +47,118 @@ def series_queue(*, series: Series, device: str | None = None) -> ProcessingRun:
     return run
 
 
+def study_queue(*, study: Study, device: str | None = None) -> None:
+    """Queue ``study``: a worker chooses its series and processes the chosen one.
+
+    The choice reads every series' headers, so it is made by the worker, not here.
+    """
+    from imaging.tasks import study_process_task
+
+    study.series.filter(modality__in=ANALYSED_MODALITIES).update(
+        state=Series.State.QUEUED, state_detail="", updated_at=timezone.now()
+    )
+    transaction.on_commit(lambda: study_process_task.delay(study.pk, device or ""))
+
+
+# --------------------------------------------------------------------------- series choice
+class SeriesOverrideError(ValueError):
+    """A user's series override cannot be applied; the message says why."""
+
+
+def _series_summaries(study: Study) -> list:
+    from imaging.core.dicom_volume import series_summary
+
+    summaries = []
+    for series in study.series.filter(modality__in=ANALYSED_MODALITIES).order_by("pk"):
+        paths = [
+            object_path(p)
+            for p in series.instances.order_by("pk").values_list("stored_path", flat=True)
+        ]
+        if paths:
+            summaries.append(series_summary(sources=paths))
+    return summaries
+
+
+def study_series_choose(
+    *,
+    study: Study,
+    override_series: Series | None = None,
+    reason: str = "",
+    user=None,
+) -> Series:
+    """Choose the series of ``study`` to analyse, record why, and return it.
+
+    Without ``override_series`` an override recorded earlier still holds (a user's pick
+    is never undone by new images); with it, the pick, its reason, who made it and when
+    are recorded beside what the rules would have chosen. Series not chosen are marked
+    "stored, not analysed" with the rule that excluded them. Raises
+    `series_choice.NoEligibleSeriesError` when nothing can be analysed, and
+    `SeriesOverrideError` for an override without a reason or from another study.
+    """
+    from imaging.core.series_choice import series_choose
+
+    recorded = (study.series_choice or {}).get("override")
+    if override_series is not None:
+        if override_series.study_id != study.pk:
+            raise SeriesOverrideError("the series chosen belongs to another study")
+        if not reason.strip():
+            raise SeriesOverrideError("a reason is required to override the series choice")
+        override_uid = override_series.series_instance_uid
+        override = {
+            "series_instance_uid": override_uid,
+            "reason": reason.strip(),
+            "by": user.get_username() if user is not None else "",
+            "at": timezone.now().isoformat(),
+        }
+    elif recorded:
+        override_uid, reason, override = (
+            recorded["series_instance_uid"],
+            recorded["reason"],
+            recorded,
+        )
+    else:
+        override_uid, override = None, None
+    choice = series_choose(
+        candidates=_series_summaries(study),
+        override_series_instance_uid=override_uid,
+        override_reason=reason.strip(),
+    )
+    record = choice.as_record()
+    if override is not None:
+        record["override"] = override
+    chosen = Series.objects.get(series_instance_uid=choice.chosen.series_instance_uid)
+    rejected = {r["series_instance_uid"]: r["reason"] for r in record["rejected"]}
+    with transaction.atomic():
+        study.chosen_series = chosen
+        study.series_choice = record
+        study.save(update_fields=["chosen_series", "series_choice"])
+        for series in study.series.filter(modality__in=ANALYSED_MODALITIES).exclude(pk=chosen.pk):
+            series.state = Series.State.NOT_ANALYSED
+            series.state_detail = f"not chosen for analysis: {rejected.get(series.series_instance_uid, 'another series was chosen')}"
+            series.save(update_fields=["state", "state_detail", "updated_at"])
+        if override_series is not None:
+            from patients.audit import audit_record
+
+            audit_record(
+                user=user,
+                action="study.series_override",
+                object=f"study {study.pk}",
+                patient=study.patient_id,
+            )
+    return chosen
+
+
+def study_series_override(
+    *, study: Study, series: Series, reason: str, user, device: str | None = None
+) -> Series:
+    """A user's choice of the series to analyse, recorded, and that series queued."""
+    chosen = study_series_choose(study=study, override_series=series, reason=reason, user=user)
+    if chosen.state != Series.State.PROCESSED:
+        series_queue(series=chosen, device=device)
+    return chosen
+
+
+# --------------------------------------------------------------------------- the run record
 class StepFailed(Exception):
     """A pipeline step could not complete; the message is shown to users."""
 
@@ -49,11 +169,15 @@ class RunRecorder:
 
     run: ProcessingRun
     steps: list[dict[str, Any]] = field(default_factory=list)
+    on_step: Callable[[str], None] | None = None
 
     @contextmanager
     def step(self, name: str, **parameters: Any):
         entry: dict[str, Any] = {"name": name, "parameters": parameters, "status": "running"}
         self.steps.append(entry)
+        self._save()
+        if self.on_step:
+            self.on_step(name)
         started = time.perf_counter()
         try:
             yield entry
@@ -65,8 +189,40 @@ class RunRecorder:
             entry["status"] = "succeeded"
         finally:
             entry["seconds"] = round(time.perf_counter() - started, 4)
-            self.run.steps = self.steps
-            self.run.save(update_fields=["steps"])
+            self._save()
+
+    def records(self, records, *, group: str) -> None:
+        """Add the core library's own step records (name, parameters, versions, timing)."""
+        for record in records:
+            entry = record.as_dict() if hasattr(record, "as_dict") else dict(record)
+            entry = {"name": entry.pop("name"), "group": group, "status": "succeeded", **entry}
+            self.steps.append(entry)
+        self._save()
+
+    def _save(self) -> None:
+        self.run.steps = _json_safe(self.steps)
+        self.run.save(update_fields=["steps"])
+
+
+def _json_safe(value: Any) -> Any:
+    """NumPy scalars and arrays, tuples and paths as JSON can hold them."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
 
 
 def device_resolve(requested: str | None) -> str:
@@ -89,10 +245,104 @@ def volume_relative_path(series: Series, run: ProcessingRun) -> str:
     return f"volumes/{series.series_instance_uid}/run-{run.pk}/volume.nii.gz"
 
 
-def series_process(*, series: Series, device: str | None = None) -> ProcessingRun:
+def _run_relative_path(series: Series, run: ProcessingRun, name: str) -> str:
+    return f"volumes/{series.series_instance_uid}/run-{run.pk}/{name}"
+
+
+_segmenters: dict[str, Any] = {}
+_segmenters_lock = threading.Lock()
+
+
+def _segmenter(device: str):
+    """The shipped segmenter, loaded once per worker process and device (SHA-256 checked)."""
+    from imaging.core.segmentation import segmenter_load
+
+    with _segmenters_lock:
+        if device not in _segmenters:
+            _segmenters[device] = segmenter_load(device=device)
+        return _segmenters[device]
+
+
+def latest_volume_run(series: Series) -> ProcessingRun | None:
+    """The newest succeeded run of ``series`` that stored a volume."""
+    return (
+        ProcessingRun.objects.filter(series=series, status=ProcessingRun.Status.SUCCEEDED)
+        .exclude(volume_path="")
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+
+
+def _baseline_series(study: Study) -> Series | None:
+    """The analysed series of the patient's earliest study before ``study`` that has a
+    stored volume: the frame every follow-up is registered to."""
+    earlier = (
+        Study.objects.filter(patient_id=study.patient_id, chosen_series__isnull=False)
+        .exclude(pk=study.pk)
+        .select_related("chosen_series")
+        .order_by("study_date", "study_time", "pk")
+    )
+    for other in earlier:
+        if _is_before(other, study) and latest_volume_run(other.chosen_series) is not None:
+            return other.chosen_series
+    return None
+
+
+def _is_before(a: Study, b: Study) -> bool:
+    key = lambda s: (s.study_date is None, s.study_date, s.study_time is None, s.study_time, s.pk)  # noqa: E731
+    try:
+        return key(a) < key(b)
+    except TypeError:
+        return a.pk < b.pk
+
+
+def _read_volume(run: ProcessingRun):
+    from imaging.core.nifti import volume_read_nifti
+
+    return volume_read_nifti(path=data_dir() / run.volume_path)
+
+
+# --------------------------------------------------------------------------- the pipeline
+def study_process(
+    *,
+    study: Study,
+    device: str | None = None,
+    force: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> ProcessingRun | None:
+    """Choose ``study``'s series and run the pipeline on it; None when nothing was run
+    (nothing eligible: the reason goes on the series; or already processed)."""
+    from imaging.core.series_choice import NoEligibleSeriesError
+
+    try:
+        chosen = study_series_choose(study=study)
+    except NoEligibleSeriesError as exc:
+        reason = str(exc)
+        with transaction.atomic():
+            study.chosen_series = None
+            study.series_choice = {"error": reason}
+            study.save(update_fields=["chosen_series", "series_choice"])
+            study.series.filter(modality__in=ANALYSED_MODALITIES).update(
+                state=Series.State.NOT_ANALYSED, state_detail=reason, updated_at=timezone.now()
+            )
+        return None
+    if chosen.state == Series.State.PROCESSED and not force:
+        return None
+    return series_process(series=chosen, device=device, on_step=on_step)
+
+
+def series_process(
+    *,
+    series: Series,
+    device: str | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> ProcessingRun:
     """Run the pipeline over ``series`` and return the finished run record."""
     from imaging.core.dicom_volume import SeriesVolumeError, series_volume
     from imaging.core.nifti import volume_write_nifti
+    from imaging.core.registration import SpatialTransform, register, transform_write, volume_warp
+    from imaging.core.segmentation import SegmenterError, lesions_segment
+    from imaging.core.standardise import orientation_standardise
 
     run = series.processing_runs.filter(status=ProcessingRun.Status.QUEUED).order_by(
         "created_at"
@@ -101,11 +351,14 @@ def series_process(*, series: Series, device: str | None = None) -> ProcessingRu
     run.started_at = timezone.now()
     run.error = ""
     run.versions = _versions()
-    run.save(update_fields=["status", "started_at", "error", "versions"])
+    run.flags = {}
+    run.save(update_fields=["status", "started_at", "error", "versions", "flags"])
     Series.objects.filter(pk=series.pk).update(
         state=Series.State.PROCESSING, state_detail="", updated_at=timezone.now()
     )
-    recorder = RunRecorder(run)
+    study = series.study
+    recorder = RunRecorder(run, on_step=on_step)
+    outputs: dict[str, Any] = {}
     try:
         with recorder.step("device", requested=device or settings.RADTRACK_DEVICE) as entry:
             run.device = device_resolve(device)
@@ -126,40 +379,134 @@ def series_process(*, series: Series, device: str | None = None) -> ProcessingRu
                 "dropped": record["dropped_sop_instance_uids"],
             }
             entry["versions"] = record["versions"]
+        volume = result.volume
+
+        baseline_series = _baseline_series(study)
+        baseline_volume = None
+        if baseline_series is not None:
+            baseline_volume = _read_volume(latest_volume_run(baseline_series))
+        with recorder.step(
+            "orientation_standardise",
+            baseline_series_instance_uid=baseline_series.series_instance_uid
+            if baseline_series
+            else None,
+        ) as entry:
+            standard = orientation_standardise(volume=volume, baseline=baseline_volume)
+            volume = standard.volume
+            entry["result"] = standard.record.details
+            entry["versions"] = standard.record.versions
+            if standard.needs_review:
+                run.flags = {
+                    **run.flags,
+                    "orientation_review": standard.check.finding,
+                    "orientation_corrected": standard.check.flipped,
+                }
+
         relative = volume_relative_path(series, run)
         with recorder.step("store_volume", format="NIfTI-1, gzip") as entry:
             target = data_dir() / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            volume_write_nifti(volume=result.volume, path=target)
+            volume_write_nifti(volume=volume, path=target)
             entry["result"] = {"path": relative}
+
+        if baseline_volume is not None:
+            backend = settings.RADTRACK_REGISTRATION_BACKEND
+            with recorder.step(
+                "register_to_baseline",
+                backend=backend,
+                fixed_series_instance_uid=baseline_series.series_instance_uid,
+            ) as entry:
+                registration = register(
+                    fixed=baseline_volume, moving=volume, backend=backend, device=run.device
+                )
+                transform_relative = _run_relative_path(series, run, "to_baseline.tfm")
+                transform_write(
+                    transform=registration.transform, path=data_dir() / transform_relative
+                )
+                entry["result"] = {
+                    "failed": registration.failed,
+                    "reason": registration.reason,
+                    "quality": registration.quality.as_dict(),
+                }
+                entry["versions"] = dict(registration.versions)
+                outputs["registration"] = (registration, transform_relative, baseline_series)
+                if registration.failed:
+                    run.flags = {**run.flags, "registration_failed": registration.reason}
+
+        with recorder.step("segment", model="shipped", tta=True) as entry:
+            try:
+                model = _segmenter(run.device)
+                segmentation = lesions_segment(volume=volume, model=model, device=run.device)
+            except SegmenterError as exc:
+                raise StepFailed(str(exc)) from exc
+            entry["result"] = {
+                "model": segmentation.model_version,
+                "sha256": segmentation.model_sha256,
+                "lesions": len(segmentation.lesions),
+                "timings_s": {k: round(v, 3) for k, v in segmentation.timings.items()},
+            }
+        recorder.records(segmentation.records, group="segment")
+
+        with recorder.step("store_segmentation", grid="the stored volume's") as entry:
+            identity = SpatialTransform.identity()
+            mask = volume_warp(
+                moving=segmentation.candidate_mask, reference=volume, transform=identity
+            )
+            probability = volume_warp(
+                moving=segmentation.lesion_probability,
+                reference=volume,
+                transform=identity,
+                default_value=0.0,
+            )
+            mask_relative = _run_relative_path(series, run, "lesions.nii.gz")
+            probability_relative = _run_relative_path(series, run, "lesion_probability.nii.gz")
+            volume_write_nifti(volume=mask, path=data_dir() / mask_relative)
+            volume_write_nifti(volume=probability, path=data_dir() / probability_relative)
+            entry["result"] = {"mask": mask_relative, "probability": probability_relative}
+            outputs["segmentation"] = (segmentation, mask_relative, probability_relative)
+
         _finish(
             run,
             series,
             status=ProcessingRun.Status.SUCCEEDED,
             volume_path=relative,
             geometry={
-                k: record[k]
-                for k in (
-                    "shape_ijk",
-                    "spacing_mm",
-                    "origin_mm",
-                    "direction",
-                    "frame_of_reference_uid",
-                    "resampled",
-                    "gantry_tilt_deg",
-                )
+                **{
+                    k: record[k] for k in ("frame_of_reference_uid", "resampled", "gantry_tilt_deg")
+                },
+                "shape_ijk": list(volume.shape_ijk),
+                "spacing_mm": list(map(float, volume.spacing_mm)),
+                "origin_mm": list(map(float, volume.origin_mm)),
+                "direction": volume.direction.round(8).tolist(),
             },
+            outputs=outputs,
         )
     except StepFailed as exc:
         _finish(run, series, status=ProcessingRun.Status.FAILED, error=str(exc))
+        return run
     except Exception as exc:
         logger.exception("processing run %s failed unexpectedly", run.pk)
+        step = recorder.steps[-1]["name"] if recorder.steps else "start"
         _finish(
             run,
             series,
             status=ProcessingRun.Status.FAILED,
-            error=f"unexpected error in step {recorder.steps[-1]['name'] if recorder.steps else 'start'}: {type(exc).__name__}: {exc}",
+            error=f"unexpected error in step {step}: {type(exc).__name__}: {exc}",
         )
+        return run
+
+    try:
+        with recorder.step("track_lesions") as entry:
+            entry["result"] = patient_update(patient=study.patient, device=run.device)
+    except Exception as exc:
+        logger.exception("lesion tracking after run %s failed", run.pk)
+        with transaction.atomic():
+            run.status = ProcessingRun.Status.FAILED
+            run.error = f"lesion tracking failed: {type(exc).__name__}: {exc}"
+            run.save(update_fields=["status", "error"])
+            Series.objects.filter(pk=series.pk).update(
+                state=Series.State.FAILED, state_detail=run.error, updated_at=timezone.now()
+            )
     return run
 
 
@@ -171,23 +518,150 @@ def _finish(
     error: str = "",
     volume_path: str = "",
     geometry: dict | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> None:
+    outputs = outputs or {}
     with transaction.atomic():
         run.status = status
         run.error = error
         run.finished_at = timezone.now()
-        fields = ["status", "error", "finished_at", "device"]
+        run.flags = _json_safe(run.flags or {})
+        fields = ["status", "error", "finished_at", "device", "flags"]
         if volume_path:
             run.volume_path = volume_path
-            run.volume_geometry = geometry
+            run.volume_geometry = _json_safe(geometry)
             fields += ["volume_path", "volume_geometry"]
         run.save(update_fields=fields)
+        if "registration" in outputs:
+            registration, transform_path, fixed_series = outputs["registration"]
+            _registration_store(
+                run=run,
+                moving=series,
+                fixed=fixed_series,
+                registration=registration,
+                transform_path=transform_path,
+            )
+        if "segmentation" in outputs:
+            segmentation, mask_path, probability_path = outputs["segmentation"]
+            Segmentation.objects.create(
+                series=series,
+                processing_run=run,
+                mask_path=mask_path,
+                probability_path=probability_path,
+                model_name=segmentation.model_version.rsplit("-", 1)[0],
+                model_version=segmentation.model_version.rsplit("-", 1)[-1],
+                model_sha256=segmentation.model_sha256,
+                steps=_json_safe([r.as_dict() for r in segmentation.records]),
+                lesions=_json_safe([_candidate_entry(m) for m in segmentation.lesions]),
+            )
         failed = status == ProcessingRun.Status.FAILED
         Series.objects.filter(pk=series.pk).update(
             state=Series.State.FAILED if failed else Series.State.PROCESSED,
             state_detail=error,
             updated_at=timezone.now(),
         )
+
+
+def _registration_store(*, run, moving, fixed, registration, transform_path) -> Registration:
+    return Registration.objects.create(
+        moving_series=moving,
+        fixed_series=fixed,
+        processing_run=run,
+        backend=registration.backend,
+        device=registration.device,
+        matrix_fixed_to_moving=registration.transform.matrix.tolist(),
+        transform_path=transform_path,
+        quality=_json_safe(registration.quality.as_dict()),
+        failed=registration.failed,
+        failure_reason=registration.reason,
+        seconds=registration.seconds,
+    )
+
+
+def _candidate_entry(measurement) -> dict[str, Any]:
+    """A measured candidate as `Segmentation.lesions` holds it (study LPS, mm, ml)."""
+    return {
+        "component_label": measurement.label_value,
+        "organ": measurement.organ,
+        "volume_ml": measurement.volume_ml,
+        "longest_diameter_mm": measurement.longest_axial_diameter_mm,
+        "short_axis_mm": measurement.short_axis_mm,
+        "max_3d_diameter_mm": measurement.max_3d_diameter_mm,
+        "centroid_lps_mm": [float(v) for v in measurement.centroid_lps_mm],
+        "mean_hu": measurement.mean_hu,
+        "sd_hu": measurement.sd_hu,
+        "sphericity": measurement.sphericity,
+        "confidence": measurement.confidence,
+        "uncertainty": measurement.uncertainty,
+        "axial_slice_z_mm": measurement.axial_slice_z_mm,
+    }
+
+
+# --------------------------------------------------------------------------- the patient
+def patient_registrations_ensure(*, patient, device: str = "cpu") -> int:
+    """Register every processed follow-up that has no registration to the current
+    baseline (a study that arrives late can become the baseline); return how many."""
+    from imaging.core.registration import register, transform_write
+
+    studies = list(
+        Study.objects.filter(patient=patient, chosen_series__isnull=False)
+        .select_related("chosen_series")
+        .order_by("study_date", "study_time", "pk")
+    )
+    runs = [(s, latest_volume_run(s.chosen_series)) for s in studies]
+    runs = [(s, r) for s, r in runs if r is not None]
+    if len(runs) < 2:
+        return 0
+    (baseline_study, baseline_run), follow_ups = runs[0], runs[1:]
+    fixed_series = baseline_study.chosen_series
+    fixed = None
+    done = 0
+    backend = settings.RADTRACK_REGISTRATION_BACKEND
+    for study, run in follow_ups:
+        series = study.chosen_series
+        if Registration.objects.filter(moving_series=series, fixed_series=fixed_series).exists():
+            continue
+        fixed = fixed if fixed is not None else _read_volume(baseline_run)
+        registration = register(
+            fixed=fixed, moving=_read_volume(run), backend=backend, device=device
+        )
+        transform_path = _run_relative_path(series, run, f"to_baseline-{fixed_series.pk}.tfm")
+        transform_write(transform=registration.transform, path=data_dir() / transform_path)
+        _registration_store(
+            run=run,
+            moving=series,
+            fixed=fixed_series,
+            registration=registration,
+            transform_path=transform_path,
+        )
+        done += 1
+    return done
+
+
+def patient_update(*, patient, device: str = "cpu") -> dict[str, Any]:
+    """After a study is processed: registrations to the baseline, lesion tracking,
+    responses, and the patient's risk score under the current model, under a lock on
+    the patient so two workers never track one patient at once."""
+    from analytics.selectors import current_model_version
+    from analytics.services import risk_scores_compute
+    from imaging.services.tracking import patient_track
+    from patients.models import Patient
+
+    registered = patient_registrations_ensure(patient=patient, device=device)
+    with transaction.atomic():
+        Patient.objects.select_for_update().get(pk=patient.pk)
+        summary = patient_track(patient=patient)
+        model = current_model_version()
+        scored = 0
+        if model is not None:
+            scored = risk_scores_compute(model_version=model, patient_ids=[patient.patient_id])
+    return {
+        "registrations_added": registered,
+        "studies_tracked": summary.studies_tracked,
+        "lesions": summary.lesions,
+        "waiting": list(summary.waiting),
+        "risk_scores": scored,
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -202,30 +676,36 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def series_select(
+# --------------------------------------------------------------------------- batches
+def study_select(
     *, patient_id: str | None = None, study_uid: str | None = None, force: bool = False
 ):
-    """Analysable series in the scope; without ``force`` only those not yet processed."""
-    qs = Series.objects.filter(modality__in=["CT", "MR"]).select_related("study__patient")
+    """Studies in scope with an analysable series; without ``force`` only those whose
+    analysed series is not yet processed. Ordered so each patient's baseline goes first."""
+    qs = Study.objects.filter(series__modality__in=ANALYSED_MODALITIES).select_related(
+        "patient", "chosen_series"
+    )
     if patient_id:
-        qs = qs.filter(study__patient__patient_id=patient_id)
+        qs = qs.filter(patient__patient_id=patient_id)
     if study_uid:
-        qs = qs.filter(study__study_instance_uid=study_uid)
+        qs = qs.filter(study_instance_uid=study_uid)
+    qs = qs.distinct()
     if not force:
-        qs = qs.exclude(state=Series.State.PROCESSED)
-    return qs.order_by("study__patient__patient_id", "study__study_date", "pk")
+        qs = qs.exclude(chosen_series__state=Series.State.PROCESSED)
+    return qs.order_by("patient__patient_id", "study_date", "study_time", "pk")
 
 
-def series_process_many(
+def study_process_many(
     *,
-    series_list,
+    studies,
     device: str | None = None,
-    on_done: Callable[[ProcessingRun], None] | None = None,
-) -> list[ProcessingRun]:
-    runs = []
-    for series in series_list:
-        run = series_process(series=series, device=device)
-        runs.append(run)
+    force: bool = False,
+    on_done: Callable[[Study, ProcessingRun | None], None] | None = None,
+) -> list[tuple[Study, ProcessingRun | None]]:
+    done = []
+    for study in studies:
+        run = study_process(study=study, device=device, force=force)
+        done.append((study, run))
         if on_done:
-            on_done(run)
-    return runs
+            on_done(study, run)
+    return done

@@ -44,11 +44,11 @@ SIZE = 64
 @pytest.fixture
 def queued(monkeypatch):
     """Series ids sent to the processing task (the broker is what leaves the machine)."""
-    from imaging.tasks import series_process_task
+    from imaging.tasks import study_process_task
 
     calls: list[int] = []
     monkeypatch.setattr(
-        series_process_task, "delay", lambda series_id, *args, **kw: calls.append(series_id)
+        study_process_task, "delay", lambda study_id, *args, **kw: calls.append(study_id)
     )
     return calls
 
@@ -140,8 +140,8 @@ def test_storescu_series_is_indexed_byte_for_byte_and_queued_once(listener, seri
         meta = pydicom.dcmread(object_path(row.stored_path)).file_meta
         assert meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
         assert row.ingest_session_id == session.pk
-    # One series, queued once, when the association was released.
-    assert queued == [series.pk]
+    # One study, queued once, when the association was released.
+    assert queued == [series.study_id]
 
 
 def test_resending_is_a_duplicate_answered_with_success(listener, series_files, queued):
@@ -246,7 +246,7 @@ def test_an_aborted_association_still_finishes_and_queues(listener, series_files
     assert "aborted" in session.issues.get(file_name="(session)").reason
     series = Series.objects.get()
     assert series.slice_count == 3
-    assert queued == [series.pk]
+    assert queued == [series.study_id]
 
 
 def test_only_allowed_calling_ae_titles_may_associate(series_files):

@@ -33,7 +33,7 @@ def ingest_and_process(django_capture_on_commit_callbacks):
 def test_ingest_queues_processing_and_the_run_stores_a_geometry_true_volume(
     tmp_path, ingest_and_process
 ):
-    files = ct_files(tmp_path / "s", slices=6, key="k1", size=32)
+    files = ct_files(tmp_path / "s", slices=12, key="k1", size=32)
 
     ingest_and_process(tmp_path / "s")
 
@@ -42,23 +42,36 @@ def test_ingest_queues_processing_and_the_run_stores_a_geometry_true_volume(
     run = series.processing_runs.get()
     assert run.status == ProcessingRun.Status.SUCCEEDED
     assert run.device == "cpu"
-    assert [s["name"] for s in run.steps] == ["device", "series_to_volume", "store_volume"]
+    pipeline = [s["name"] for s in run.steps if "group" not in s]
+    assert pipeline == [
+        "device",
+        "series_to_volume",
+        "orientation_standardise",
+        "store_volume",
+        "segment",
+        "store_segmentation",
+        "track_lesions",
+    ]
+    # The segmenter's own steps (reorient, resample, inference, post-processing,
+    # measurement) are recorded inside the run too, with their parameters and versions.
+    inner = [s["name"] for s in run.steps if s.get("group") == "segment"]
+    assert inner[:3] == ["reorient", "resample", "segment_unet"] and inner[-1] == "measure_lesions"
     assert all(s["status"] == "succeeded" and s["seconds"] >= 0 for s in run.steps)
     assert run.versions["pydicom"] == pydicom.__version__
 
     volume = volume_read_nifti(path=data_dir() / run.volume_path)
-    assert volume.shape_ijk == (32, 32, 6)
+    assert volume.shape_ijk == (32, 32, 12)
     first = pydicom.dcmread(files[0])
     np.testing.assert_allclose(
         volume.origin_mm, [float(v) for v in first.ImagePositionPatient], atol=1e-3
     )
     np.testing.assert_allclose(volume.spacing_mm, (0.8, 0.8, 2.5), atol=1e-4)
     np.testing.assert_allclose(volume.array[0], first.pixel_array.astype(float) - 1024.0, atol=1e-3)
-    assert run.volume_geometry["shape_ijk"] == [32, 32, 6]
+    assert run.volume_geometry["shape_ijk"] == [32, 32, 12]
 
 
 def test_a_series_that_cannot_be_built_fails_with_a_readable_reason(tmp_path, ingest_and_process):
-    files = ct_files(tmp_path / "s", slices=6, key="k2", size=32)
+    files = ct_files(tmp_path / "s", slices=12, key="k2", size=32)
     # Two images at the same position: the stack is ambiguous and must be refused.
     ds = pydicom.dcmread(files[3])
     ds.ImagePositionPatient = pydicom.dcmread(files[2]).ImagePositionPatient
@@ -78,7 +91,7 @@ def test_a_series_that_cannot_be_built_fails_with_a_readable_reason(tmp_path, in
 
 
 def test_processing_again_keeps_the_earlier_run_and_its_volume(tmp_path, ingest_and_process):
-    ct_files(tmp_path / "s", slices=6, key="k3", size=32)
+    ct_files(tmp_path / "s", slices=12, key="k3", size=32)
     ingest_and_process(tmp_path / "s")
     series = Series.objects.get()
     first = series.processing_runs.get()
@@ -93,17 +106,17 @@ def test_processing_again_keeps_the_earlier_run_and_its_volume(tmp_path, ingest_
 
 
 def test_process_command_processes_what_is_pending(tmp_path):
-    ct_files(tmp_path / "a", patient_id="A", slices=6, key="k4", size=32)
-    ct_files(tmp_path / "b", patient_id="B", slices=6, seed=2, key="k5", size=32)
+    ct_files(tmp_path / "a", patient_id="A", slices=12, key="k4", size=32)
+    ct_files(tmp_path / "b", patient_id="B", slices=12, seed=2, key="k5", size=32)
     ingest_paths(paths=[tmp_path], process=False)
     out = StringIO()
 
     call_command("process", "--patient", "A", stdout=out, stderr=StringIO())
-    assert "1 series on cpu, 1 succeeded, 0 failed" in out.getvalue()
+    assert "1 study on cpu, 1 succeeded, 0 failed" in out.getvalue()
 
     out = StringIO()
     call_command("process", "--all", stdout=out, stderr=StringIO())
-    assert "1 series on cpu, 1 succeeded" in out.getvalue()
+    assert "1 study on cpu, 1 succeeded" in out.getvalue()
     assert set(Series.objects.values_list("state", flat=True)) == {Series.State.PROCESSED}
 
 

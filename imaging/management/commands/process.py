@@ -3,14 +3,16 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from imaging.services.processing import device_resolve, series_process_many, series_select
+from imaging.services.processing import device_resolve, study_process, study_select
 from patients.models import Patient
 
 
 class Command(BaseCommand):
     help = (
-        "Run the imaging pipeline over stored series. Series already processed are "
-        "skipped unless --force; each run is recorded with its steps, versions and timings."
+        "Run the imaging pipeline over stored studies: choose each study's series, build "
+        "its volume, check its orientation, register it to the baseline, segment and "
+        "measure its lesions, and track them. Studies already processed are skipped "
+        "unless --force; each run is recorded with its steps, versions and timings."
     )
 
     def add_arguments(self, parser):
@@ -31,29 +33,43 @@ class Command(BaseCommand):
             device = device_resolve(options["device"])
         except Exception as exc:
             raise CommandError(str(exc)) from exc
-        series_list = list(
-            series_select(
+        studies = list(
+            study_select(
                 patient_id=options["patient"], study_uid=options["study"], force=options["force"]
             )
         )
-        if options["study"] and not series_list and not options["force"]:
+        if options["study"] and not studies:
             self.stdout.write("nothing to process (use --force to process again)")
             return
-        bar = tqdm(total=len(series_list), desc="process", unit="series", file=self.stderr._out)
-
-        def done(run):
+        out = self.stderr._out
+        bar = tqdm(total=len(studies), desc="process", unit="study", file=out)
+        ran = failed = skipped = 0
+        for study in studies:
+            run = study_process(
+                study=study,
+                device=device,
+                force=options["force"],
+                on_step=lambda name: bar.set_postfix_str(name, refresh=True),
+            )
             bar.update(1)
+            if run is None:
+                skipped += 1
+                detail = (study.series_choice or {}).get("error")
+                if detail:
+                    bar.write(f"study {study.study_instance_uid}: not analysed: {detail}", file=out)
+                continue
+            ran += 1
             if run.status == "failed":
+                failed += 1
                 bar.write(
-                    f"series {run.series.series_instance_uid}: failed: {run.error}",
-                    file=self.stderr._out,
+                    f"study {study.study_instance_uid}: failed: {run.error}",
+                    file=out,
                 )
-
-        runs = series_process_many(series_list=series_list, device=device, on_done=done)
         bar.close()
-        failed = sum(r.status == "failed" for r in runs)
         self.stdout.write(
-            f"process: {len(runs)} series on {device}, {len(runs) - failed} succeeded, {failed} failed"
+            f"process: {ran} {'study' if ran == 1 else 'studies'} on {device}, "
+            f"{ran - failed} succeeded, {failed} failed"
+            + (f", {skipped} not analysed or already done" if skipped else "")
         )
         if failed:
-            raise CommandError(f"{failed} series failed; see the messages above")
+            raise CommandError(f"{failed} studies failed; see the messages above")

@@ -1,0 +1,47 @@
+"""Celery tasks for the PACS: thin, each calls one service.
+
+``pacs_pull_task`` runs on the beat schedule (settings.CELERY_BEAT_SCHEDULE) when a
+PACS is configured; the others run on demand. All go to the ``cpu`` queue, off the
+web processes, so a slow or unreachable PACS never holds up a page.
+"""
+
+import datetime as dt
+
+from django.conf import settings
+from django.utils import timezone
+
+from imaging.models import PacsTransfer
+from patients.models import Patient
+from radtrack.celery import radtrack_task
+
+
+@radtrack_task(queue="cpu")
+def pacs_pull_task(since: str = "") -> str:
+    """Retrieve recent studies the PACS has and RadTrack lacks, and retry failed ones."""
+    from imaging.services.pacs import pacs_pull
+
+    start = (
+        dt.date.fromisoformat(since)
+        if since
+        else timezone.localdate() - dt.timedelta(days=settings.RADTRACK_PACS_PULL_LOOKBACK_DAYS)
+    )
+    return pacs_pull(since=start, trigger=PacsTransfer.Trigger.SCHEDULE).line()
+
+
+@radtrack_task(queue="cpu")
+def pacs_study_retrieve_task(study_instance_uid: str) -> str:
+    from imaging.services.pacs import pacs_study_retrieve
+
+    transfer = pacs_study_retrieve(study_instance_uid=study_instance_uid)
+    return transfer.status
+
+
+@radtrack_task(queue="cpu")
+def patient_dicom_export_task(patient_id: int, send: bool = False, username: str = "") -> int:
+    """Export (and send) a patient's SEG and SR; returns the number of studies exported."""
+    from imaging.services.dicom_export import patient_dicom_export
+
+    patient = Patient.objects.filter(pk=patient_id).first()
+    if patient is None:  # deleted since it was queued
+        return 0
+    return len(patient_dicom_export(patient=patient, send=send, username=username).exports)

@@ -1,0 +1,130 @@
+"""Exporting a patient's lesions as SEG and SR files: rows gathered, files valid, audited."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import StringIO
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from imaging.core.dicom_export import DicomExportError
+from imaging.models import LesionMeasurement
+from imaging.services.dicom_export import study_dicom_export
+from patients.models import AuditEvent
+from tests.imaging.factories import LesionFactory, LesionMeasurementFactory
+from tests.interop.conftest import analysed_study, dciodvfy_errors
+
+pytestmark = pytest.mark.django_db
+
+
+def _path(relative: str) -> Path:
+    return Path(settings.DATA_DIR) / relative
+
+
+def test_export_writes_valid_seg_and_sr_in_the_source_study(tmp_path):
+    case = analysed_study(tmp_path, key="svc1")
+    result = study_dicom_export(study=case.study)
+    seg = pydicom.dcmread(_path(result.seg_path))
+    sr = pydicom.dcmread(_path(result.sr_path))
+    assert dciodvfy_errors(_path(result.seg_path)) == []
+    assert dciodvfy_errors(_path(result.sr_path)) == []
+    source = pydicom.dcmread(case.files[0])
+    for ds in (seg, sr):
+        assert ds.StudyInstanceUID == case.study.study_instance_uid
+        assert (ds.PatientID, str(ds.PatientName)) == (source.PatientID, str(source.PatientName))
+        assert ds.PatientBirthDate == source.PatientBirthDate
+    tracking = {s.TrackingUID: s.TrackingID for s in seg.SegmentSequence}
+    assert tracking == {lesion.tracking_uid: lesion.label for lesion in case.lesions}
+    assert result.segments == 2 and result.lesions == 2
+
+
+def test_export_uses_reviewed_values_and_leaves_rejected_lesions_out(tmp_path):
+    case = analysed_study(tmp_path, key="svc2")
+    liver, lung = case.measurements
+    liver.override_volume_ml = 0.61
+    liver.review_state = LesionMeasurement.Review.EDITED
+    liver.save()
+    lung.review_state = LesionMeasurement.Review.REJECTED
+    lung.save()
+    result = study_dicom_export(study=case.study)
+    seg = pydicom.dcmread(_path(result.seg_path))
+    assert [s.TrackingUID for s in seg.SegmentSequence] == [liver.lesion.tracking_uid]
+    report = hd.sr.srread(_path(result.sr_path))
+    (group,) = report.content.get_volumetric_roi_measurement_groups()
+    volume = group.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))[0]
+    assert volume.value == pytest.approx(0.61)
+
+
+def test_same_results_give_the_same_uids_and_a_change_a_new_sr(tmp_path):
+    case = analysed_study(tmp_path, key="svc3")
+    first = study_dicom_export(study=case.study)
+    again = study_dicom_export(study=case.study)
+    assert (again.seg_path, again.sr_path) == (first.seg_path, first.sr_path)
+    case.measurements[0].override_longest_diameter_mm = 30.0
+    case.measurements[0].save()
+    changed = study_dicom_export(study=case.study)
+    assert changed.seg_path == first.seg_path
+    assert changed.sr_path != first.sr_path
+    old = pydicom.dcmread(_path(first.sr_path))
+    new = pydicom.dcmread(_path(changed.sr_path))
+    assert new.SeriesInstanceUID == old.SeriesInstanceUID
+
+
+def test_follow_up_is_a_later_time_point_and_resolved_lesion_is_reported(tmp_path):
+    base = analysed_study(tmp_path, key="svc4a", study_date=dt.date(2024, 1, 10))
+    follow = analysed_study(
+        tmp_path,
+        key="svc4b",
+        study_date=dt.date(2024, 4, 10),
+        lesions=base.lesions,
+    )
+    # A third lesion seen at baseline only: resolved at the follow-up, no voxels there.
+    gone = LesionFactory(patient=base.study.patient, label="Liver gone", organ="liver")
+    LesionMeasurementFactory(
+        lesion=gone,
+        study=follow.study,
+        status=LesionMeasurement.Status.RESOLVED,
+        volume_ml=0.0,
+        longest_diameter_mm=0.0,
+        short_axis_mm=0.0,
+    )
+    result = study_dicom_export(study=follow.study)
+    text = str(pydicom.dcmread(_path(result.sr_path)))
+    assert "Follow-up 1" in text and "Baseline" not in text
+    report = hd.sr.srread(_path(result.sr_path))
+    (resolved,) = report.content.get_image_measurement_groups()
+    assert resolved.tracking_uid == gone.tracking_uid
+    assert dciodvfy_errors(_path(result.sr_path)) == []
+
+
+def test_missing_mask_file_is_named(tmp_path):
+    case = analysed_study(tmp_path, key="svc5")
+    _path(case.measurements[0].segmentation.mask_path).unlink()
+    with pytest.raises(DicomExportError, match=r"mask file masks/svc5.nii.gz is missing"):
+        study_dicom_export(study=case.study)
+
+
+def test_command_exports_every_study_and_audits(tmp_path):
+    case = analysed_study(tmp_path, key="svc6")
+    out = StringIO()
+    call_command("export_dicom", "--patient", case.study.patient.patient_id, stdout=out)
+    assert "export_dicom: 1 studies exported, 0 failed" in out.getvalue()
+    assert len(list(_path("exports/dicom").rglob("*.dcm"))) == 2
+    event = AuditEvent.objects.get(action="dicom.export")
+    assert event.patient_id == case.study.patient.pk
+    assert event.username.startswith("cli:")
+
+
+def test_command_refuses_unknown_patient_and_send_without_pacs(tmp_path, settings):
+    with pytest.raises(CommandError, match="no patient with ID 'NOPE'"):
+        call_command("export_dicom", "--patient", "NOPE")
+    case = analysed_study(tmp_path, key="svc7")
+    settings.RADTRACK_PACS_DICOMWEB_URL = ""
+    with pytest.raises(CommandError, match="no PACS is configured"):
+        call_command("export_dicom", "--patient", case.study.patient.patient_id, "--send")
+    assert not AuditEvent.objects.filter(action="dicom.send").exists()
