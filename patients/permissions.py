@@ -28,6 +28,14 @@ def can_upload(user) -> bool:
     return bool(user is not None and user.is_authenticated and user.has_perm(UPLOAD_PERMISSION))
 
 
+REVIEW_PERMISSION = "imaging.change_lesionmeasurement"
+
+
+def can_review(user) -> bool:
+    """Whether ``user`` may review lesions (accept, reject, relink, targets, overrides)."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(REVIEW_PERMISSION))
+
+
 def can_view_ingest_session(user, session) -> bool:
     """The account that ran an import, or anyone who may upload, may read its report."""
     if user is None or not user.is_authenticated:

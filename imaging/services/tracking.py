@@ -4,15 +4,18 @@
 study's analysed series, matched in the baseline frame through each follow-up's stored
 registration (`imaging.core.matching`). Identities keep their Tracking UID and label
 across rebuilds when their first sighting is unchanged, and a radiologist's decisions
-about a lesion candidate (accept, reject, override) stay with that candidate. Targets
-are chosen at baseline by the RECIST 1.1 rules unless a radiologist chose them, and
-every response assessment is recomputed in the same transaction.
+about a lesion candidate (accept, reject, override) stay with that candidate. A
+radiologist's links (`LesionLink`: this candidate belongs to that lesion, or to a lesion
+of its own) are applied study by study before the next study is matched, so a relinked
+lesion is followed from where the radiologist put it. Targets are chosen at baseline by
+the RECIST 1.1 rules unless a radiologist chose them, and every response assessment is
+recomputed in the same transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from django.db import transaction
@@ -21,8 +24,22 @@ from pydicom.uid import generate_uid
 from analytics.core.recist import LesionReading, targets_select
 from analytics.core.volumetric import responses_table_build
 from analytics.models import ResponseAssessment
-from imaging.core.matching import LesionObservation, MatchResult, TrackedLesion, lesions_match
-from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation, Study
+from imaging.core.matching import (
+    LesionAssignment,
+    LesionObservation,
+    MatchResult,
+    TrackedLesion,
+    lesion_label,
+    lesions_match,
+)
+from imaging.models import (
+    Lesion,
+    LesionLink,
+    LesionMeasurement,
+    Registration,
+    Segmentation,
+    Study,
+)
 from imaging.selectors import measurements_table
 from patients.models import Patient
 
@@ -45,6 +62,8 @@ class TrackingSummary:
     studies_tracked: int = 0
     lesions: int = 0
     waiting: list[str] = field(default_factory=list)
+    #: radiologists' links that no longer apply (their candidate or anchor is gone)
+    stale_links: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,10 @@ def patient_track(*, patient: Patient) -> TrackingSummary:
     chain: list[tuple[_StudyInput, MatchResult]] = []
     previous: list[TrackedLesion] = []
     temporary = iter(f"pending-{n}" for n in range(1_000_000))
+    links: dict[int, list[LesionLink]] = {}
+    for link in LesionLink.objects.filter(patient=patient).order_by("at", "pk"):
+        links.setdefault(link.segmentation_id, []).append(link)
+    owner: dict[tuple[int, int], str] = {}  # (segmentation, component) -> identity so far
     for entry in inputs:
         result = lesions_match(
             previous=previous,
@@ -122,12 +145,28 @@ def patient_track(*, patient: Patient) -> TrackingSummary:
             to_baseline=entry.to_baseline,
             uid_factory=lambda: next(temporary),
         )
+        result = _links_apply(
+            result=result,
+            previous=previous,
+            entry=entry,
+            links=links.pop(entry.segmentation.pk, []),
+            owner=owner,
+            uid_factory=lambda: next(temporary),
+            summary=summary,
+        )
+        for assignment in result.assignments:
+            for key in assignment.observation_keys:
+                owner[(entry.segmentation.pk, int(key))] = assignment.lesion_uid
         chain.append((entry, result))
         previous = list(result.identities)
+    for stale in links.values():  # links on segmentations no longer in the chain
+        summary.stale_links.extend(_link_describe(link) for link in stale)
 
     with transaction.atomic():
         old_measurements = list(
-            LesionMeasurement.objects.filter(lesion__patient=patient).select_related("lesion")
+            LesionMeasurement.objects.filter(lesion__patient=patient).select_related(
+                "lesion", "study"
+            )
         )
         reviews = {
             (m.segmentation_id, m.component_label): {f: getattr(m, f) for f in REVIEW_FIELDS}
@@ -137,7 +176,7 @@ def patient_track(*, patient: Patient) -> TrackingSummary:
         manual_targets = {
             (m.segmentation_id, m.component_label): m.is_target
             for m in old_measurements
-            if m.review_state != LesionMeasurement.Review.PENDING
+            if m.target_by_hand and m.status != LesionMeasurement.Status.RESOLVED
         }
         first_seen_of_old = _first_sightings(old_measurements)
         uid_of: dict[str, tuple[str, str]] = _identities_resolve(chain, first_seen_of_old, patient)
@@ -213,8 +252,16 @@ def _identities_resolve(chain, first_seen_of_old, patient) -> dict[str, tuple[st
         for assignment in result.assignments:
             if assignment.lesion_uid in resolved or assignment.status != "new":
                 continue
-            key = (entry.segmentation.pk, int(assignment.observation_keys[0]))
-            old = first_seen_of_old.get(key)
+            # A radiologist's link may have added candidates to a first sighting: the
+            # old identity was recorded under its largest one, which may be any of them.
+            old = next(
+                (
+                    first_seen_of_old[(entry.segmentation.pk, int(key))]
+                    for key in assignment.observation_keys
+                    if (entry.segmentation.pk, int(key)) in first_seen_of_old
+                ),
+                None,
+            )
             if old is not None and old[1] not in labels_taken:
                 resolved[assignment.lesion_uid] = old
                 labels_taken.add(old[1])
@@ -235,7 +282,8 @@ def _identities_resolve(chain, first_seen_of_old, patient) -> dict[str, tuple[st
 
 def _measurement(lesion, entry, status, parts, reviews) -> LesionMeasurement:
     """One measurement row from one candidate (or, for a split, its fragments combined)."""
-    main = max(parts, key=lambda c: c["volume_ml"])
+    parts = sorted(parts, key=lambda c: (-c["volume_ml"], int(c["component_label"])))
+    main = parts[0]
     volume = sum(c["volume_ml"] for c in parts)
     centroid = np.average(
         [c["centroid_lps_mm"] for c in parts],
@@ -247,6 +295,7 @@ def _measurement(lesion, entry, status, parts, reviews) -> LesionMeasurement:
         study=entry.study,
         segmentation=entry.segmentation,
         component_label=int(main["component_label"]),
+        component_labels=[int(c["component_label"]) for c in parts],
         status=LesionMeasurement.Status.NEW
         if status == "new"
         else LesionMeasurement.Status.TRACKED,
@@ -269,7 +318,12 @@ def _measurement(lesion, entry, status, parts, reviews) -> LesionMeasurement:
 
 
 def _targets_mark(rows: list[LesionMeasurement], baseline_segmentation, manual) -> None:
-    """RECIST 1.1 targets at baseline (a radiologist's choice wins), marked on every row."""
+    """RECIST 1.1 targets at baseline (a radiologist's choice wins), marked on every row.
+
+    ``manual``: (segmentation, component label) -> is_target of the rows a radiologist
+    chose targets on (`imaging.services.review.targets_set`); their choice stays in force,
+    and every row says so (``target_by_hand``), as long as one chosen lesion remains.
+    """
     baseline = [
         r
         for r in rows
@@ -300,6 +354,140 @@ def _targets_mark(rows: list[LesionMeasurement], baseline_segmentation, manual) 
         )
     for row in rows:
         row.is_target = row.lesion.tracking_uid in targets
+        row.target_by_hand = bool(chosen_by_hand)
+
+
+def _link_describe(link: LesionLink) -> str:
+    return (
+        f"a radiologist's link of candidate {link.component_label} in segmentation "
+        f"{link.segmentation_id} no longer applies: that candidate or its anchor is gone"
+    )
+
+
+def _links_apply(
+    *,
+    result: MatchResult,
+    previous: list[TrackedLesion],
+    entry: _StudyInput,
+    links: list[LesionLink],
+    owner: dict[tuple[int, int], str],
+    uid_factory,
+    summary: TrackingSummary,
+) -> MatchResult:
+    """Move this study's candidates to the lesions a radiologist put them in.
+
+    A link with an anchor moves the candidate to the identity that owns the anchor
+    candidate (an earlier study's, through ``owner``, or this study's); one without
+    starts a new identity. Identities left with no candidate are resolved here (or, if
+    new at this study, never existed); changed identities are re-placed in the baseline
+    frame from their candidates so that the next study is matched against them.
+    """
+    if not links:
+        return result
+    candidates = {str(c["component_label"]): c for c in entry.segmentation.lesions}
+    keys_of: dict[str, list[str]] = {
+        a.lesion_uid: list(a.observation_keys) for a in result.assignments
+    }
+    fresh: list[str] = []
+    seg = entry.segmentation.pk
+    for link in sorted(links, key=lambda link: (link.anchor_segmentation_id is not None, link.pk)):
+        key = str(link.component_label)
+        current = next((uid for uid, keys in keys_of.items() if key in keys), None)
+        if key not in candidates or current is None:
+            summary.stale_links.append(_link_describe(link))
+            continue
+        if link.anchor_segmentation_id is None:
+            target = uid_factory()
+            fresh.append(target)
+            keys_of[target] = []
+        elif link.anchor_segmentation_id == seg:
+            anchor = str(link.anchor_component_label)
+            target = next((uid for uid, keys in keys_of.items() if anchor in keys), None)
+        else:
+            target = owner.get((link.anchor_segmentation_id, link.anchor_component_label))
+        if target is None:
+            summary.stale_links.append(_link_describe(link))
+            continue
+        if target != current:
+            keys_of[current].remove(key)
+            keys_of[target].append(key)
+
+    to_baseline = np.asarray(entry.to_baseline, dtype=float)
+
+    def placed(identity: TrackedLesion, keys: list[str]) -> TrackedLesion:
+        parts = [candidates[k] for k in keys]
+        volumes = [max(float(c["volume_ml"]), 0.0) for c in parts]
+        centres = np.array([c["centroid_lps_mm"] for c in parts], dtype=float)
+        centres = centres @ to_baseline[:3, :3].T + to_baseline[:3, 3]
+        weights = volumes if sum(volumes) > 0 else None
+        return replace(
+            identity,
+            centroid_baseline_mm=tuple(np.average(centres, axis=0, weights=weights)),
+            volume_ml=sum(volumes) if sum(volumes) > 0 else identity.volume_ml,
+            mask_points_baseline_mm=None,
+            resolved=False,
+            merged_into="",
+        )
+
+    identity_of = {i.lesion_uid: i for i in result.identities}
+    assignments: list[LesionAssignment] = []
+    identities: list[TrackedLesion] = []
+    labels = [p.label for p in previous]
+    for a in result.assignments:
+        keys = keys_of[a.lesion_uid]
+        identity = identity_of[a.lesion_uid]
+        if keys == list(a.observation_keys):
+            assignments.append(a)
+            identities.append(identity)
+        elif keys:
+            was_seen = a.status != "new"
+            assignments.append(
+                replace(
+                    a,
+                    status="tracked" if was_seen else "new",
+                    observation_keys=tuple(keys),
+                    reappeared=a.reappeared or (was_seen and a.status in ("resolved", "merged")),
+                    merged_into="",
+                )
+            )
+            identities.append(placed(identity, keys))
+        elif a.status != "new":  # lost its only candidates to another lesion
+            assignments.append(
+                LesionAssignment(
+                    lesion_uid=a.lesion_uid, label=a.label, organ=a.organ, status="resolved"
+                )
+            )
+            identities.append(replace(identity, resolved=True, merged_into=""))
+        if a.status == "new" and keys:
+            labels.append(a.label)
+    for uid in fresh:
+        keys = keys_of[uid]
+        if not keys:
+            continue
+        first = candidates[keys[0]]
+        organ = str(first["organ"])
+        identity = placed(
+            TrackedLesion(
+                lesion_uid=uid,
+                label="",
+                organ=organ,
+                centroid_baseline_mm=(0.0, 0.0, 0.0),
+                volume_ml=0.0,
+            ),
+            keys,
+        )
+        label = lesion_label(
+            organ=organ, centroid_baseline_mm=identity.centroid_baseline_mm, existing_labels=labels
+        )
+        labels.append(label)
+        identities.append(replace(identity, label=label))
+        assignments.append(
+            LesionAssignment(
+                lesion_uid=uid, label=label, organ=organ, status="new", observation_keys=tuple(keys)
+            )
+        )
+    by_key = {key: a.lesion_uid for a in assignments for key in a.observation_keys}
+    return MatchResult(assignments=tuple(assignments), identities=tuple(identities), _by_key=by_key)
 
 
 def responses_recompute(*, patient: Patient) -> list[ResponseAssessment]:
