@@ -4,6 +4,10 @@
 the field ``file``; zip archives are expanded) or one file as an ``application/dicom``
 body, and answers with the ingest session and what happened to each file.
 ``GET /api/v1/ingest-sessions/<id>/`` reads a session's counts and per-file issues.
+
+It also holds the base every app's read API shares (`AuditedReadOnlyViewSet`: view
+permissions, pagination, filters, one audit row per patient shown) and the imaging
+reads: studies, series, lesions and lesion measurements.
 """
 
 from __future__ import annotations
@@ -12,21 +16,39 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+import django_filters
+from django import forms
 from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, serializers, status
-from rest_framework.generics import RetrieveAPIView
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import exceptions, serializers, status, viewsets
+from rest_framework.generics import ListAPIView, RetrieveAPIView
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import BaseParser, MultiPartParser
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from imaging.models import IngestIssue, IngestSession
+from imaging.models import IngestIssue, IngestSession, Lesion, LesionMeasurement, Series, Study
+from imaging.serializers import (
+    LesionMeasurementSerializer,
+    LesionSerializer,
+    SeriesSerializer,
+    StudySerializer,
+)
 from imaging.services.ingest import FileOutcome, IngestRun, IngestSource, sources_from_upload
 from patients.audit import audit_record, client_address
-from patients.permissions import CanUpload, CanViewIngestSession
+from patients.permissions import CanUpload, CanViewIngestSession, can_upload
 
 UPLOAD_FIELD = "file"
 
@@ -414,3 +436,269 @@ class IngestSessionCloseView(APIView):
         session = IngestRun(source=session.source, user=request.user, resume=session).finish()
         audit_record(request=request, action="images.upload", object=f"ingest session {pk}")
         return Response(IngestSessionSerializer(session).data)
+
+
+# -- read-only resources: the base every app's read API shares ----------------------
+#: Primary keys in URLs: at most 18 digits, so every one fits a 64-bit database integer.
+ID_PATTERN = r"[0-9]{1,18}"
+
+
+class APIPagination(PageNumberPagination):
+    """``?page=`` (from 1) and ``?page_size=`` (default 50, at most 500)."""
+
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class IdFilter(django_filters.NumberFilter):
+    """A primary key in a query parameter: a whole number a database integer can hold."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
+
+
+class HasViewPermissions(BasePermission):
+    """The account holds every Django permission in the view's ``required_permissions``.
+
+    These are the permissions the pages check; `patients.groups` gives them to the
+    clinician, radiologist and admin groups.
+    """
+
+    message = "Your account may not read these records (clinician, radiologist or admin needed)."
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        wanted = getattr(view, "required_permissions", ())
+        return bool(user is not None and user.is_authenticated and user.has_perms(wanted))
+
+
+def api_read_audit(
+    *, request: Request, action: str, object: str, patient_pks: Iterable[int | None]
+) -> None:
+    """One audit row per patient whose data a response shows (one without a patient if none).
+
+    Rows per patient let the audit trail answer "who saw this patient's data", whether
+    they opened the patient or paged through a list that included them.
+    """
+    pks = sorted({pk for pk in patient_pks if pk is not None})
+    if not pks:
+        audit_record(request=request, action=action, object=object)
+        return
+    with transaction.atomic():
+        for pk in pks:
+            audit_record(request=request, action=action, object=object, patient=pk)
+
+
+def _attribute_path(obj, path: str):
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+class AuditedReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):
+    """List and retrieve one kind of row; every answer with patient data is audited.
+
+    Subclasses set ``required_permissions``, ``audit_noun`` (``api.<noun>.list`` and
+    ``api.<noun>.view`` are the audit actions) and ``patient_path``, the attribute path
+    from a row to its patient's primary key.
+    """
+
+    permission_classes = [IsAuthenticated, HasViewPermissions]
+    pagination_class = APIPagination
+    filter_backends = [DjangoFilterBackend]
+    lookup_value_regex = ID_PATTERN
+    required_permissions: tuple[str, ...] = ()
+    audit_noun = ""
+    patient_path = "patient_id"
+
+    def _audit_object(self, request: Request, count: int) -> str:
+        query = request.META.get("QUERY_STRING", "")
+        return f"{request.path}{'?' + query if query else ''} ({count} rows)"
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        rows = list(page if page is not None else queryset)
+        data = self.get_serializer(rows, many=True).data
+        api_read_audit(
+            request=request,
+            action=f"api.{self.audit_noun}.list",
+            object=self._audit_object(request, len(rows)),
+            patient_pks=(_attribute_path(row, self.patient_path) for row in rows),
+        )
+        if page is not None:
+            return self.get_paginated_response(data)
+        return Response(data)
+
+    def retrieve(self, request: Request, *args, **kwargs) -> Response:
+        row = self.get_object()
+        data = self.get_serializer(row).data
+        api_read_audit(
+            request=request,
+            action=f"api.{self.audit_noun}.view",
+            object=f"{self.audit_noun} {row.pk}",
+            patient_pks=[_attribute_path(row, self.patient_path)],
+        )
+        return Response(data)
+
+
+# -- imaging reads ------------------------------------------------------------------
+_PATIENT_READ = "patients.view_patient"
+
+
+class StudyFilter(django_filters.FilterSet):
+    patient = IdFilter(field_name="patient_id", help_text="patient id")
+    study_date = django_filters.DateFromToRangeFilter(
+        help_text="study_date_after / study_date_before (YYYY-MM-DD, inclusive)"
+    )
+    study_instance_uid = django_filters.CharFilter(help_text="Study Instance UID (0020,000D)")
+
+    class Meta:
+        model = Study
+        fields = ["patient", "study_date", "study_instance_uid"]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Studies, oldest first per patient", tags=["imaging"]),
+    retrieve=extend_schema(summary="One study", tags=["imaging"]),
+)
+class StudyViewSet(AuditedReadOnlyViewSet):
+    serializer_class = StudySerializer
+    filterset_class = StudyFilter
+    required_permissions = (_PATIENT_READ, "imaging.view_study")
+    audit_noun = "study"
+    queryset = Study.objects.annotate(series_count=Count("series")).order_by(
+        "patient__patient_id", "study_date", "study_time", "pk"
+    )
+
+
+class SeriesFilter(django_filters.FilterSet):
+    patient = IdFilter(field_name="study__patient_id", help_text="patient id")
+    study = IdFilter(field_name="study_id", help_text="study id")
+    state = django_filters.ChoiceFilter(choices=Series.State.choices)
+    modality = django_filters.CharFilter()
+
+    class Meta:
+        model = Series
+        fields = ["patient", "study", "state", "modality"]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Series and their processing state", tags=["imaging"]),
+    retrieve=extend_schema(summary="One series", tags=["imaging"]),
+)
+class SeriesViewSet(AuditedReadOnlyViewSet):
+    serializer_class = SeriesSerializer
+    filterset_class = SeriesFilter
+    required_permissions = (_PATIENT_READ, "imaging.view_series")
+    audit_noun = "series"
+    patient_path = "study.patient_id"
+    queryset = (
+        Series.objects.select_related("study")
+        .annotate(instance_count=Count("instances"))
+        .order_by(
+            "study__patient__patient_id", "study__study_date", "study_id", "series_number", "pk"
+        )
+    )
+
+
+class LesionFilter(django_filters.FilterSet):
+    patient = IdFilter(field_name="patient_id", help_text="patient id")
+    organ = django_filters.ChoiceFilter(choices=Lesion.Organ.choices)
+    tracking_uid = django_filters.CharFilter(help_text="DICOM Tracking UID (0062,0021)")
+
+    class Meta:
+        model = Lesion
+        fields = ["patient", "organ", "tracking_uid"]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Lesions: each one's identity across studies", tags=["imaging"]),
+    retrieve=extend_schema(summary="One lesion", tags=["imaging"]),
+)
+class LesionViewSet(AuditedReadOnlyViewSet):
+    serializer_class = LesionSerializer
+    filterset_class = LesionFilter
+    required_permissions = (_PATIENT_READ, "imaging.view_lesion")
+    audit_noun = "lesion"
+    queryset = Lesion.objects.annotate(measurement_count=Count("measurements")).order_by(
+        "patient__patient_id", "organ", "label", "pk"
+    )
+
+
+class LesionMeasurementFilter(django_filters.FilterSet):
+    patient = IdFilter(field_name="lesion__patient_id", help_text="patient id")
+    study = IdFilter(field_name="study_id", help_text="study id")
+    lesion = IdFilter(field_name="lesion_id", help_text="lesion id")
+    status = django_filters.ChoiceFilter(choices=LesionMeasurement.Status.choices)
+    review_state = django_filters.ChoiceFilter(choices=LesionMeasurement.Review.choices)
+    # "true" or "false"; anything else is a 400 rather than silently no filter.
+    is_target = django_filters.TypedChoiceFilter(
+        choices=[("true", "true"), ("false", "false")], coerce=lambda value: value == "true"
+    )
+
+    class Meta:
+        model = LesionMeasurement
+        fields = ["patient", "study", "lesion", "status", "review_state", "is_target"]
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Lesion measurements: one per lesion per study",
+        description="Values in force (a radiologist's override wins) beside the automated "
+        "ones; volume in ml, diameters in mm, centroid in the study's own LPS mm.",
+        tags=["imaging"],
+    ),
+    retrieve=extend_schema(summary="One lesion measurement", tags=["imaging"]),
+)
+class LesionMeasurementViewSet(AuditedReadOnlyViewSet):
+    serializer_class = LesionMeasurementSerializer
+    filterset_class = LesionMeasurementFilter
+    required_permissions = (_PATIENT_READ, "imaging.view_lesionmeasurement")
+    audit_noun = "measurement"
+    patient_path = "lesion.patient_id"
+    queryset = LesionMeasurement.objects.select_related("lesion", "study").order_by(
+        "lesion__patient__patient_id", "study__study_date", "study_id", "lesion__label", "pk"
+    )
+
+
+class IngestSessionFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=IngestSession.Status.choices)
+    source = django_filters.ChoiceFilter(choices=IngestSession.Source.choices)
+
+    class Meta:
+        model = IngestSession
+        fields = ["status", "source"]
+
+
+class IngestSessionListView(ListAPIView):
+    """Ingest sessions, newest first: an account's own, or every one for those who may upload."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = IngestSessionSerializer
+    pagination_class = APIPagination
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = IngestSessionFilter
+
+    def get_queryset(self):
+        sessions = IngestSession.objects.select_related("user").prefetch_related("issues")
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the model
+            return sessions.none()
+        if not can_upload(self.request.user):
+            sessions = sessions.filter(user=self.request.user)
+        return sessions.order_by("-started_at", "-pk")
+
+    @extend_schema(
+        operation_id="ingest_sessions_list",
+        summary="Ingest sessions, newest first",
+        tags=["imaging"],
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        response = super().get(request, *args, **kwargs)
+        audit_record(request=request, action="ingest_session.list", object=request.path)
+        return response

@@ -1,4 +1,7 @@
-"""REST API for EHR data in: ``POST /api/v1/ehr/`` takes a FHIR R4 Bundle or a cohort CSV.
+"""REST API for patients: reads of patients and labs, and EHR data in.
+
+``GET /api/v1/patients/`` and ``/api/v1/labs/`` read (audited, per patient shown);
+``POST /api/v1/ehr/`` takes a FHIR R4 Bundle or a cohort CSV.
 
 The file goes through `patients.services.ehr_import` (patients matched by MRN, records
 for unknown MRNs kept apart, one transaction, idempotent) and the answer lists what was
@@ -8,10 +11,18 @@ where and why. Shared with the upload page (`patients.views.ehr_upload_view`).
 
 from __future__ import annotations
 
+import datetime as dt
+
+import django_filters
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
@@ -19,12 +30,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from imaging.api import (
+    AuditedReadOnlyViewSet,
     DetailSerializer,
+    IdFilter,
     UploadTooLarge,
     request_content_length,
     upload_limit_message,
 )
 from patients.audit import audit_record
+from patients.models import LabResult, Patient
+from patients.selectors import _search_filter
+from patients.serializers import LabResultSerializer, PatientSerializer
 from patients.services.ehr_import import EHRImportError, EHRImportResult, ehr_import
 
 EHR_IMPORT_PERMISSION = "patients.add_labresult"
@@ -217,3 +233,78 @@ class EHRImportView(APIView):
             ehr_import_result(result),
             status=status.HTTP_201_CREATED if changed else status.HTTP_200_OK,
         )
+
+
+# -- reads --------------------------------------------------------------------------
+class PatientFilter(django_filters.FilterSet):
+    search = django_filters.CharFilter(
+        method="search_filter", max_length=100, help_text="words in the MRN or name"
+    )
+    sex = django_filters.ChoiceFilter(choices=[c for c in Patient.Sex.choices if c[0]])
+
+    class Meta:
+        model = Patient
+        fields = ["search", "sex"]
+
+    def search_filter(self, queryset, name, value):
+        return queryset.filter(_search_filter(value))
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Patients, in MRN order", tags=["patients"]),
+    retrieve=extend_schema(summary="One patient", tags=["patients"]),
+)
+class PatientViewSet(AuditedReadOnlyViewSet):
+    serializer_class = PatientSerializer
+    filterset_class = PatientFilter
+    required_permissions = ("patients.view_patient",)
+    audit_noun = "patient"
+    patient_path = "pk"
+    queryset = Patient.objects.order_by("patient_id")
+
+
+class UTCDateTimeRangeFilter(django_filters.IsoDateTimeFromToRangeFilter):
+    """``<name>_after`` / ``<name>_before`` in ISO 8601, compared in UTC.
+
+    Converting first matters: PostgreSQL refuses UTC offsets past 15:59, which ISO 8601
+    allows, and an instant that falls outside years 1-9999 in UTC is a client error.
+    """
+
+    def filter(self, qs, value):
+        if value:
+            try:
+                value = slice(
+                    *(
+                        v.astimezone(dt.UTC) if v is not None else None
+                        for v in (value.start, value.stop)
+                    )
+                )
+            except OverflowError:
+                raise exceptions.ValidationError(
+                    {self.field_name: "the instant is outside years 1-9999 in UTC"}
+                ) from None
+        return super().filter(qs, value)
+
+
+class LabResultFilter(django_filters.FilterSet):
+    patient = IdFilter(field_name="patient_id", help_text="patient id")
+    loinc_code = django_filters.CharFilter(help_text="LOINC code, e.g. 2039-6 (CEA)")
+    observed_at = UTCDateTimeRangeFilter(
+        help_text="observed_at_after / observed_at_before (ISO 8601, inclusive)"
+    )
+
+    class Meta:
+        model = LabResult
+        fields = ["patient", "loinc_code", "observed_at"]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Laboratory results in canonical units", tags=["patients"]),
+    retrieve=extend_schema(summary="One laboratory result", tags=["patients"]),
+)
+class LabResultViewSet(AuditedReadOnlyViewSet):
+    serializer_class = LabResultSerializer
+    filterset_class = LabResultFilter
+    required_permissions = ("patients.view_patient", "patients.view_labresult")
+    audit_noun = "lab"
+    queryset = LabResult.objects.order_by("patient__patient_id", "loinc_code", "observed_at", "pk")

@@ -1,13 +1,12 @@
-"""URL routes: pages behind login, the REST API under /api/v1/, its schema."""
+"""URL routes: the dashboard (worklist at /) and pages behind login, the REST API under /api/v1/, its schema."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="patients:list", permanent=False)),
+    path("", include("analytics.urls")),  # the worklist is the home page
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
@@ -16,4 +15,5 @@ urlpatterns = [
     path("api/v1/", include("radtrack.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("fhir/", include("analytics.fhir_views")),
 ]
