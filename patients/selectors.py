@@ -1,5 +1,9 @@
 """Reads for the patient pages: the patient list and one patient's timeline.
 
+The timeline carries the whole graph the patient page draws: studies and series with
+their processing state, every lesion identity with its measurement at each study, the
+response assessments, the lab results and the current model's risk score.
+
 Each selector loads what a page needs in a fixed, small number of queries and returns
 frozen dataclasses, so templates, figures and exports compute on plain objects and
 never query the database themselves.
@@ -10,12 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db.models import Count, Max, Min, Q
 
-from imaging.models import Instance, ProcessingRun, Series, Study
-from patients.models import Patient
+from analytics.core.units import ANALYTES
+from analytics.models import ResponseAssessment, RiskScore
+from imaging.models import Instance, LesionMeasurement, ProcessingRun, Series, Study
+from patients.models import LabResult, Patient
 
 _SERIES_TERMINAL_STATES = {Series.State.PROCESSED, Series.State.NOT_ANALYSED}
 
@@ -120,6 +126,111 @@ class StudySummary:
 
 
 @dataclass(frozen=True)
+class LesionPoint:
+    """A lesion at one study, values in force (a radiologist's override wins).
+
+    Sizes in ml and mm; a resolved lesion keeps its row with volume and diameters 0.
+    """
+
+    measurement_pk: int
+    study_pk: int
+    study_date: dt.date | None
+    status: str
+    status_label: str
+    volume_ml: float
+    longest_diameter_mm: float
+    short_axis_mm: float
+    confidence: float | None
+    is_target: bool
+    review_state: str
+    review_label: str
+    is_overridden: bool
+    row: LesionMeasurement | None = field(default=None, compare=False, repr=False)
+    """The loaded row (lesion, study and reviewer joined), for the review form partial."""
+
+    @property
+    def is_rejected(self) -> bool:
+        return self.review_state == LesionMeasurement.Review.REJECTED
+
+
+@dataclass(frozen=True)
+class LesionTrack:
+    """One lesion identity (DICOM Tracking UID) and its measurements, oldest study first."""
+
+    pk: int
+    label: str
+    organ: str
+    organ_label: str
+    tracking_uid: str
+    points: tuple[LesionPoint, ...]
+
+    @property
+    def is_target(self) -> bool:
+        return any(p.is_target for p in self.points)
+
+    @property
+    def shown_points(self) -> tuple[LesionPoint, ...]:
+        """The measurements not rejected as false positives (what the charts draw)."""
+        return tuple(p for p in self.points if not p.is_rejected)
+
+
+@dataclass(frozen=True)
+class ResponseRow:
+    """The RECIST 1.1 and volumetric response at one study (`ResponseAssessment`)."""
+
+    study_pk: int
+    study_date: dt.date | None
+    is_baseline: bool
+    sum_diameters_mm: float | None
+    total_volume_ml: float | None
+    pct_change_baseline: float | None
+    pct_change_nadir: float | None
+    recist_response: str
+    volumetric_response: str
+    new_lesions: bool
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabSeries:
+    """One laboratory test's results in its canonical unit, oldest first."""
+
+    loinc_code: str
+    key: str
+    display: str
+    unit: str
+    observed_at: tuple[dt.datetime, ...]
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class RiskContribution:
+    feature: str
+    value: float | None
+    contribution: float
+
+
+@dataclass(frozen=True)
+class RiskSummary:
+    """The patient's latest score from the current model version, and what drives it."""
+
+    score: float
+    tier: str
+    tier_label: str
+    landmark_date: dt.date
+    computed_at: dt.datetime
+    model_version_pk: int
+    model_name: str
+    model_kind: str
+    model_kind_label: str
+    model_created_at: dt.datetime
+    scale: str
+    reference_score: float | None
+    contributions: tuple[RiskContribution, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PatientTimeline:
     """A patient and every study, series and processing state, oldest study first."""
 
@@ -131,6 +242,10 @@ class PatientTimeline:
     sex: str
     sex_label: str
     studies: tuple[StudySummary, ...]
+    lesions: tuple[LesionTrack, ...] = ()
+    responses: tuple[ResponseRow, ...] = ()
+    labs: tuple[LabSeries, ...] = ()
+    risk: RiskSummary | None = None
 
     @property
     def study_count(self) -> int:
@@ -205,7 +320,11 @@ def patient_list(*, search: str = "") -> list[PatientRow]:
 
 
 def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) -> PatientTimeline:
-    """Load one patient's studies, series, ingest counts and latest runs (five queries).
+    """Load one patient's whole graph in at most ten queries, however much data there is.
+
+    Studies, series, ingest counts and latest runs (five queries); lesions with their
+    measurements, response assessments, lab results, and the latest risk score of the
+    current model version (five more).
 
     The patient is found by MRN (``patient_id``, DICOM (0010,0020)) or by primary key;
     `Patient.DoesNotExist` is raised when there is none.
@@ -308,6 +427,10 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
         birth_date=patient.birth_date,
         sex=patient.sex,
         sex_label=_sex_label(patient.sex),
+        lesions=_lesion_tracks(patient),
+        responses=_responses(patient),
+        labs=_lab_series(patient),
+        risk=_risk_summary(patient),
         studies=tuple(
             StudySummary(
                 pk=study.pk,
@@ -320,4 +443,148 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
             )
             for study in studies
         ),
+    )
+
+
+def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
+    """Every lesion identity of ``patient`` with its measurements (one query)."""
+    rows = (
+        LesionMeasurement.objects.filter(lesion__patient=patient)
+        .select_related("lesion", "study", "reviewed_by")
+        .order_by("lesion__organ", "lesion__label", "lesion_id", "study__study_date", "study_id")
+    )
+    tracks: dict[int, list[LesionPoint]] = {}
+    lesions = {}
+    for m in rows:
+        lesions.setdefault(m.lesion_id, m.lesion)
+        resolved = m.status == LesionMeasurement.Status.RESOLVED
+        tracks.setdefault(m.lesion_id, []).append(
+            LesionPoint(
+                measurement_pk=m.pk,
+                study_pk=m.study_id,
+                study_date=m.study.study_date,
+                status=m.status,
+                status_label=m.get_status_display(),
+                volume_ml=0.0 if resolved else m.effective_volume_ml,
+                longest_diameter_mm=0.0 if resolved else m.effective_longest_diameter_mm,
+                short_axis_mm=0.0 if resolved else m.effective_short_axis_mm,
+                confidence=m.confidence,
+                is_target=m.is_target,
+                review_state=m.review_state,
+                review_label=m.get_review_state_display(),
+                is_overridden=any(
+                    v is not None
+                    for v in (
+                        m.override_volume_ml,
+                        m.override_longest_diameter_mm,
+                        m.override_short_axis_mm,
+                    )
+                ),
+                row=m,
+            )
+        )
+    return tuple(
+        LesionTrack(
+            pk=lesion.pk,
+            label=lesion.label,
+            organ=lesion.organ,
+            organ_label=lesion.get_organ_display(),
+            tracking_uid=lesion.tracking_uid,
+            points=tuple(tracks[lesion_pk]),
+        )
+        for lesion_pk, lesion in lesions.items()
+    )
+
+
+def _responses(patient: Patient) -> tuple[ResponseRow, ...]:
+    rows = (
+        ResponseAssessment.objects.filter(patient=patient)
+        .select_related("study")
+        .order_by("study__study_date", "study__study_time", "pk")
+    )
+    return tuple(
+        ResponseRow(
+            study_pk=r.study_id,
+            study_date=r.study.study_date,
+            is_baseline=r.is_baseline,
+            sum_diameters_mm=r.sum_diameters_mm,
+            total_volume_ml=r.total_volume_ml,
+            pct_change_baseline=r.pct_change_baseline,
+            pct_change_nadir=r.pct_change_nadir,
+            recist_response=r.recist_response,
+            volumetric_response=r.volumetric_response,
+            new_lesions=r.new_lesions,
+            notes=tuple(str(n) for n in (r.notes or ())),
+        )
+        for r in rows
+    )
+
+
+def _lab_series(patient: Patient) -> tuple[LabSeries, ...]:
+    """Lab results per LOINC code, RadTrack's known tests first in `ANALYTES` order."""
+    by_code: dict[str, list[tuple[dt.datetime, float, str]]] = defaultdict(list)
+    for code, value, unit, at in (
+        LabResult.objects.filter(patient=patient)
+        .order_by("loinc_code", "observed_at")
+        .values_list("loinc_code", "value", "unit", "observed_at")
+    ):
+        by_code[code].append((at, value, unit))
+    known = list(ANALYTES)
+    ordered = sorted(by_code, key=lambda c: (known.index(c) if c in known else len(known), c))
+    out = []
+    for code in ordered:
+        results = by_code[code]
+        analyte = ANALYTES.get(code)
+        out.append(
+            LabSeries(
+                loinc_code=code,
+                key=analyte.key if analyte else code,
+                display=analyte.display if analyte else f"LOINC {code}",
+                unit=analyte.canonical_unit if analyte else results[-1][2],
+                observed_at=tuple(r[0] for r in results),
+                values=tuple(r[1] for r in results),
+            )
+        )
+    return tuple(out)
+
+
+def _risk_summary(patient: Patient) -> RiskSummary | None:
+    """The latest score (by landmark) of the most recently fitted model version (two queries)."""
+    from analytics.selectors import current_model_version  # analytics reads patients' selectors
+
+    version = current_model_version()
+    if version is None:
+        return None
+    score = (
+        RiskScore.objects.filter(patient=patient, model_version=version)
+        .order_by("-landmark_date", "-computed_at", "-pk")
+        .first()
+    )
+    if score is None:
+        return None
+    explanation = score.explanation or {}
+    contributions = tuple(
+        RiskContribution(
+            feature=str(c.get("feature", "")),
+            value=c.get("value"),
+            contribution=float(c.get("contribution") or 0.0),
+        )
+        for c in explanation.get("contributions", ())
+    )
+    reference = explanation.get("reference_score")
+    return RiskSummary(
+        score=score.score,
+        tier=score.tier,
+        tier_label=score.get_tier_display(),
+        landmark_date=score.landmark_date,
+        computed_at=score.computed_at,
+        model_version_pk=version.pk,
+        model_name=version.name,
+        model_kind=version.kind,
+        model_kind_label=version.get_kind_display(),
+        model_created_at=version.created_at,
+        scale=str(explanation.get("scale", "")),
+        reference_score=float(reference) if reference is not None else None,
+        contributions=contributions,
+        notes=tuple(str(n) for n in explanation.get("notes", ())),
     )

@@ -1,4 +1,5 @@
-"""Patient pages: the list, one patient's studies and series, and the EHR upload.
+"""Patient pages: the list, one patient's page (risk, charts, responses, lesions, studies
+and series), and the EHR upload.
 
 Every view of patient data, and every import, is audited.
 """
@@ -9,8 +10,13 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template import TemplateDoesNotExist
+from django.template.loader import get_template
+from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from analytics.figures import patient_figures
+from analytics.models import RiskModelVersion
 from imaging.api import upload_limit_message
 from patients.api import UPLOAD_FIELD as EHR_UPLOAD_FIELD
 from patients.api import can_import_ehr, ehr_import_result, ehr_import_run
@@ -56,7 +62,37 @@ def patient_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
         object=f"patient {timeline.patient_id}",
         patient=timeline.pk,
     )
-    return render(request, "patients/patient_detail.html", {"timeline": timeline})
+    return render(
+        request,
+        "patients/patient_detail.html",
+        {
+            "timeline": timeline,
+            "figures": patient_figures(timeline=timeline),
+            "has_model": timeline.risk is not None or RiskModelVersion.objects.exists(),
+            "viewer_available": _viewer_available(timeline.pk),
+            "review_available": _review_available(),
+            "can_review": request.user.has_perm("imaging.change_lesionmeasurement"),
+        },
+    )
+
+
+def _viewer_available(patient_pk: int) -> bool:
+    """Whether the image viewer (``imaging:viewer``) is part of this installation."""
+    try:
+        reverse("imaging:viewer", args=[patient_pk])
+    except NoReverseMatch:
+        return False
+    return True
+
+
+def _review_available() -> bool:
+    """Whether the lesion review form (``imaging:measurement-review`` and its partial) exists."""
+    try:
+        reverse("imaging:measurement-review", args=[1])
+        get_template("imaging/_review_form.html")
+    except (NoReverseMatch, TemplateDoesNotExist):
+        return False
+    return True
 
 
 @require_http_methods(["GET", "POST"])

@@ -63,6 +63,9 @@ def two_timepoints():
         reverse("patients:detail", args=[1]),
         reverse("imaging:upload"),
         reverse("imaging:ingest-session", args=[1]),
+        reverse("analytics:worklist"),
+        reverse("analytics:cohort"),
+        reverse("analytics:pipeline"),
     ],
 )
 def test_every_page_sends_anonymous_users_to_the_login(client, url):
@@ -71,8 +74,10 @@ def test_every_page_sends_anonymous_users_to_the_login(client, url):
     assert response["Location"].startswith(reverse("login") + "?next=")
 
 
-def test_root_leads_to_the_patient_list(client):
-    assert client.get("/").headers["Location"] == reverse("patients:list")
+def test_root_is_the_worklist(clinician_client):
+    response = clinician_client.get("/")
+    assert response.status_code == 200
+    assert response.resolver_match.view_name == "analytics:worklist"
 
 
 def test_user_without_a_group_is_refused(client):
@@ -80,7 +85,7 @@ def test_user_without_a_group_is_refused(client):
     assert client.get(reverse("patients:list")).status_code == 403
 
 
-def test_login_page_logs_in_and_goes_to_the_patient_list(client):
+def test_login_page_logs_in_and_goes_to_the_worklist(client):
     user = UserFactory(groups=["clinician"])
     page = client.get(reverse("login"))
     assert page.status_code == 200
@@ -89,7 +94,7 @@ def test_login_page_logs_in_and_goes_to_the_patient_list(client):
     response = client.post(reverse("login"), {"username": user.username, "password": PASSWORD})
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("patients:list")
+    assert response["Location"] == reverse("analytics:worklist")
 
 
 def test_wrong_password_shows_an_error(client):
@@ -224,7 +229,7 @@ def test_timeline_query_count_does_not_grow_with_the_data(django_assert_num_quer
         InstanceFactory.create_batch(3, series=series)
         ProcessingRunFactory.create_batch(2, series=series)
 
-    with django_assert_num_queries(5):
+    with django_assert_num_queries(9):  # five for studies and series, four for the rest
         timeline = patient_timeline(pk=patient.pk)
 
     assert timeline.series_count == 4
