@@ -195,18 +195,18 @@ class IngestRun:
             # Every series that got instances in this session, across all its requests.
             # The study is queued as a whole: its worker chooses the series to analyse.
             touched = Series.objects.filter(instances__ingest_session=session).distinct()
-            studies = {}
+            studies: dict[int, list[Series]] = {}
             for series in touched:
                 if series.modality not in ANALYSED_MODALITIES:
                     series.state = Series.State.NOT_ANALYSED
                     series.save(update_fields=["state", "updated_at"])
                 elif self.process:
-                    studies[series.study_id] = series.study
+                    studies.setdefault(series.study_id, []).append(series)
                 else:
                     series.state = Series.State.STORED
                     series.save(update_fields=["state", "updated_at"])
-            for study in studies.values():
-                study_queue(study=study)
+            for changed in studies.values():
+                study_queue(study=changed[0].study, series=changed)
         self.session = session
         return session
 

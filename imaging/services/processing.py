@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,16 +47,22 @@ def series_queue(*, series: Series, device: str | None = None) -> ProcessingRun:
     return run
 
 
-def study_queue(*, study: Study, device: str | None = None) -> None:
+def study_queue(
+    *, study: Study, series: Sequence[Series] | None = None, device: str | None = None
+) -> None:
     """Queue ``study``: a worker chooses its series and processes the chosen one.
 
-    The choice reads every series' headers, so it is made by the worker, not here.
+    ``series`` are the series that got new images (default: all of the study's): only
+    they are marked queued, so a series already processed and untouched stays
+    processed and is not run again (its review decisions stay where they are). The
+    choice reads every series' headers, so it is made by the worker, not here.
     """
     from imaging.tasks import study_process_task
 
-    study.series.filter(modality__in=ANALYSED_MODALITIES).update(
-        state=Series.State.QUEUED, state_detail="", updated_at=timezone.now()
-    )
+    queued = study.series.filter(modality__in=ANALYSED_MODALITIES)
+    if series is not None:
+        queued = queued.filter(pk__in=[s.pk for s in series])
+    queued.update(state=Series.State.QUEUED, state_detail="", updated_at=timezone.now())
     transaction.on_commit(lambda: study_process_task.delay(study.pk, device or ""))
 
 
@@ -155,6 +161,9 @@ def study_series_override(
     chosen = study_series_choose(study=study, override_series=series, reason=reason, user=user)
     if chosen.state != Series.State.PROCESSED:
         series_queue(series=chosen, device=device)
+    else:
+        # Already analysed: only the patient's lesions need linking from the new choice.
+        patient_update(patient=study.patient, device=device_resolve(device))
     return chosen
 
 
@@ -498,6 +507,9 @@ def series_process(
     try:
         with recorder.step("track_lesions") as entry:
             entry["result"] = patient_update(patient=study.patient, device=run.device)
+        if entry["result"]["stale_links"]:
+            run.flags = {**run.flags, "stale_review_decisions": entry["result"]["stale_links"]}
+            run.save(update_fields=["flags"])
     except Exception as exc:
         logger.exception("lesion tracking after run %s failed", run.pk)
         with transaction.atomic():
@@ -660,6 +672,8 @@ def patient_update(*, patient, device: str = "cpu") -> dict[str, Any]:
         "studies_tracked": summary.studies_tracked,
         "lesions": summary.lesions,
         "waiting": list(summary.waiting),
+        # Radiologists' decisions that no longer apply: shown, never dropped silently.
+        "stale_links": list(summary.stale_links),
         "risk_scores": scored,
     }
 

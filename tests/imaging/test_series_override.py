@@ -117,3 +117,25 @@ def test_choose_series_command(two_series):
         )  # fmt: skip
     with pytest.raises(CommandError, match="no study"):
         call_command("choose_series", "--study", "1.2.3", stdout=StringIO())
+
+
+def test_new_images_in_another_series_do_not_rerun_the_processed_one(
+    two_series, tmp_path, django_capture_on_commit_callbacks
+):
+    study, short, long = two_series
+    study_process(study=study)
+    long.refresh_from_db()
+    assert long.state == Series.State.PROCESSED and long.processing_runs.count() == 1
+
+    # A late reconstruction of the same study arrives through the ingest service.
+    ct_files(tmp_path / "late", key="late", slices=11, size=24, study_instance_uid=STUDY_UID)
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_paths(paths=[tmp_path / "late"], process=True)
+
+    long.refresh_from_db()
+    study.refresh_from_db()
+    assert study.chosen_series == long
+    assert long.state == Series.State.PROCESSED and long.processing_runs.count() == 1
+    late = study.series.get(slice_count=11)
+    )
+    assert late.state == Series.State.NOT_ANALYSED
