@@ -137,5 +137,4 @@ def test_new_images_in_another_series_do_not_rerun_the_processed_one(
     assert study.chosen_series == long
     assert long.state == Series.State.PROCESSED and long.processing_runs.count() == 1
     late = study.series.get(slice_count=11)
-    )
     assert late.state == Series.State.NOT_ANALYSED
