@@ -17,18 +17,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 from django.db.models import (
-    Case,
     CharField,
     DateField,
     Exists,
     F,
+    FilteredRelation,
     FloatField,
     IntegerField,
     OuterRef,
+    Q,
     QuerySet,
     Subquery,
     Value,
-    When,
     Window,
 )
 from django.db.models.functions import Coalesce, RowNumber
@@ -36,7 +36,7 @@ from django.db.models.functions import Coalesce, RowNumber
 from analytics.core.features import DemographicFeatures, ImagingFeatures, LabFeatures
 from analytics.core.units import ANALYTES
 from analytics.core.volumetric import EXPORT_RESPONSE_COLUMNS
-from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore
+from analytics.models import UNSCORED_RANK, ResponseAssessment, RiskModelVersion, RiskScore
 from imaging.models import LesionMeasurement, Series, Study
 from imaging.selectors import MEASUREMENT_COLUMNS as _MEASUREMENT_COLUMNS
 from patients.models import ClinicalEvent, LabResult, Patient
@@ -55,11 +55,16 @@ __all__ = [
     "MarkerChange",
     "MarkerRule",
     "WorklistOrder",
+    "WorklistPage",
     "WorklistRow",
     "current_model_version",
     "feature_inputs_load",
     "marker_change",
     "worklist",
+    "worklist_page",
+    "cohort_survival",
+    "model_metric_lines",
+    "pipeline_overview",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -385,13 +390,152 @@ def current_model_version() -> RiskModelVersion | None:
     return RiskModelVersion.objects.order_by("-created_at", "-pk").first()
 
 
-def _tier_rank() -> Case:
-    return Case(
-        When(risk_tier=RiskScore.Tier.HIGH, then=Value(0)),
-        When(risk_tier=RiskScore.Tier.INTERMEDIATE, then=Value(1)),
-        When(risk_tier=RiskScore.Tier.LOW, then=Value(2)),
-        default=Value(3),
-        output_field=IntegerField(),
+def _risk_columns(rows: QuerySet, version: RiskModelVersion | None) -> QuerySet:
+    """Annotate the version's latest score of each patient, joined from `LatestRiskScore`.
+
+    One LEFT JOIN on the (model version, patient) key: ordering every patient by tier
+    and score needs no lookup per patient before the page is cut.
+    """
+    if version is None:
+        return rows.annotate(
+            risk_score_id=Value(None, output_field=IntegerField()),
+            risk_score=Value(None, output_field=FloatField()),
+            risk_tier=Value(None, output_field=CharField()),
+            risk_landmark=Value(None, output_field=DateField()),
+            tier_rank=Value(UNSCORED_RANK, output_field=IntegerField()),
+        )
+    return rows.annotate(
+        current_risk=FilteredRelation(
+            "latest_risk_scores", condition=Q(latest_risk_scores__model_version=version)
+        )
+    ).annotate(
+        risk_score_id=F("current_risk__risk_score_id"),
+        risk_score=F("current_risk__score"),
+        risk_tier=F("current_risk__tier"),
+        risk_landmark=F("current_risk__landmark_date"),
+        tier_rank=Coalesce(
+            F("current_risk__tier_rank"), Value(UNSCORED_RANK), output_field=IntegerField()
+        ),
+    )
+
+
+def _last_assessments() -> QuerySet:
+    return ResponseAssessment.objects.filter(
+        patient=OuterRef("pk"), study__study_date__isnull=False
+    ).order_by("-study__study_date", "-pk")
+
+
+def _last_study_date() -> Subquery:
+    return Subquery(
+        Study.objects.filter(patient=OuterRef("pk"), study_date__isnull=False)
+        .order_by("-study_date")
+        .values("study_date")[:1]
+    )
+
+
+def _processing_failed() -> Exists:
+    return Exists(Series.objects.filter(study__patient=OuterRef("pk"), state=Series.State.FAILED))
+
+
+def _awaiting_review() -> Exists:
+    return Exists(
+        LesionMeasurement.objects.filter(
+            lesion__patient=OuterRef("pk"), review_state=LesionMeasurement.Review.PENDING
+        )
+    )
+
+
+def _detail_columns(rows: QuerySet) -> QuerySet:
+    """Annotate the latest response, the latest study and the flags kept in SQL.
+
+    Correlated lookups per patient: `worklist_page` runs them on the page's rows only.
+    """
+    assessments = _last_assessments()
+    return rows.annotate(
+        last_recist=Subquery(assessments.values("recist_response")[:1]),
+        last_new_lesions=Subquery(assessments.values("new_lesions")[:1]),
+        last_assessment_date=Subquery(assessments.values("study__study_date")[:1]),
+        last_study_date=_last_study_date(),
+        processing_failed=_processing_failed(),
+        awaiting_review=_awaiting_review(),
+    )
+
+
+def _ordered(rows: QuerySet, order: WorklistOrder, last_study: str) -> QuerySet:
+    """Rows in the worklist's order; ``last_study`` names the latest study's column.
+    MRNs are unique, so the order is total and the same in every query that applies it."""
+    if order is WorklistOrder.RISK:
+        return rows.order_by("tier_rank", F("risk_score").desc(nulls_last=True), "patient_id")
+    if order is WorklistOrder.LAST_STUDY:
+        return rows.order_by(F(last_study).desc(nulls_last=True), "patient_id")
+    return rows.order_by("patient_id")
+
+
+def _worklist_query(
+    *,
+    tier: str | None,
+    search: str,
+    flags: Collection[str] | None,
+    order: WorklistOrder | str,
+    model_version: RiskModelVersion | None,
+) -> tuple[QuerySet, QuerySet, RiskModelVersion | None, set[str]]:
+    """The matching patients in order, with the risk columns only (filters and order
+    use what else they need as aliases); the unfiltered search; the version; the flags
+    still to check in Python (rising markers are computed outside SQL)."""
+    order = WorklistOrder(order)
+    wanted = set(flags or ())
+    unknown = wanted - set(FLAG_NAMES)
+    if unknown:
+        raise ValueError(f"unknown flags {sorted(unknown)}; known: {', '.join(FLAG_NAMES)}")
+    if tier is not None and tier not in RiskScore.Tier.values:
+        raise ValueError(f"tier must be one of {RiskScore.Tier.values}, not {tier!r}")
+    version = model_version if model_version is not None else current_model_version()
+
+    patients = Patient.objects.filter(_search_filter(search))
+    rows = _risk_columns(patients, version)
+    if tier is not None:
+        rows = rows.filter(risk_tier=tier)
+    # Every flag but the rising markers is SQL, so the database filters on it and a page
+    # of the list can be cut there.
+    if wanted & {"new_progression", "new_lesion"}:
+        assessments = _last_assessments()
+        rows = rows.alias(
+            filter_recist=Subquery(assessments.values("recist_response")[:1]),
+            filter_new_lesions=Subquery(assessments.values("new_lesions")[:1]),
+        )
+        if "new_progression" in wanted:
+            rows = rows.filter(filter_recist="PD")
+        if "new_lesion" in wanted:
+            rows = rows.filter(filter_new_lesions=True)
+    if "processing_failed" in wanted:
+        rows = rows.filter(_processing_failed())
+    if "awaiting_review" in wanted:
+        rows = rows.filter(_awaiting_review())
+    if order is WorklistOrder.LAST_STUDY:
+        rows = rows.alias(order_last_study=_last_study_date())
+    return _ordered(rows, order, "order_last_study"), patients, version, wanted & {"rising_marker"}
+
+
+def _worklist_row(
+    p: Patient, version: RiskModelVersion | None, markers: dict[int, tuple[MarkerChange, ...]]
+) -> WorklistRow:
+    return WorklistRow(
+        pk=p.pk,
+        patient_id=p.patient_id,
+        display_name=p.display_name,
+        model_version_id=version.pk if version is not None else None,
+        risk_score_id=p.risk_score_id,
+        score=p.risk_score,
+        tier=p.risk_tier,
+        landmark_date=p.risk_landmark,
+        last_recist=p.last_recist or "",
+        last_assessment_date=p.last_assessment_date,
+        last_study_date=p.last_study_date,
+        new_progression=p.last_recist == "PD",
+        new_lesion=bool(p.last_new_lesions),
+        rising_markers=markers.get(p.pk, ()),
+        processing_failed=p.processing_failed,
+        awaiting_review=p.awaiting_review,
     )
 
 
@@ -410,86 +554,485 @@ def worklist(
     `FLAG_NAMES` raised. ``order``: a `WorklistOrder`. ``model_version``: whose scores
     to show (default `current_model_version`). Three queries, however many patients.
     """
-    order = WorklistOrder(order)
-    wanted = set(flags or ())
-    unknown = wanted - set(FLAG_NAMES)
-    if unknown:
-        raise ValueError(f"unknown flags {sorted(unknown)}; known: {', '.join(FLAG_NAMES)}")
-    if tier is not None and tier not in RiskScore.Tier.values:
-        raise ValueError(f"tier must be one of {RiskScore.Tier.values}, not {tier!r}")
-    version = model_version if model_version is not None else current_model_version()
-
-    patients = Patient.objects.filter(_search_filter(search))
-    rows = patients
-    if version is not None:
-        scores = RiskScore.objects.filter(patient=OuterRef("pk"), model_version=version).order_by(
-            "-landmark_date", "-computed_at", "-pk"
-        )
-        rows = rows.annotate(
-            risk_score_id=Subquery(scores.values("pk")[:1]),
-            risk_score=Subquery(scores.values("score")[:1]),
-            risk_tier=Subquery(scores.values("tier")[:1]),
-            risk_landmark=Subquery(scores.values("landmark_date")[:1]),
-        )
-    else:
-        rows = rows.annotate(
-            risk_score_id=Value(None, output_field=IntegerField()),
-            risk_score=Value(None, output_field=FloatField()),
-            risk_tier=Value(None, output_field=CharField()),
-            risk_landmark=Value(None, output_field=DateField()),
-        )
-    assessments = ResponseAssessment.objects.filter(
-        patient=OuterRef("pk"), study__study_date__isnull=False
-    ).order_by("-study__study_date", "-pk")
-    rows = rows.annotate(
-        tier_rank=_tier_rank(),
-        last_recist=Subquery(assessments.values("recist_response")[:1]),
-        last_new_lesions=Subquery(assessments.values("new_lesions")[:1]),
-        last_assessment_date=Subquery(assessments.values("study__study_date")[:1]),
-        last_study_date=Subquery(
-            Study.objects.filter(patient=OuterRef("pk"), study_date__isnull=False)
-            .order_by("-study_date")
-            .values("study_date")[:1]
-        ),
-        processing_failed=Exists(
-            Series.objects.filter(study__patient=OuterRef("pk"), state=Series.State.FAILED)
-        ),
-        awaiting_review=Exists(
-            LesionMeasurement.objects.filter(
-                lesion__patient=OuterRef("pk"), review_state=LesionMeasurement.Review.PENDING
-            )
-        ),
+    rows, patients, version, _ = _worklist_query(
+        tier=tier, search=search, flags=flags, order=order, model_version=model_version
     )
-    if tier is not None:
-        rows = rows.filter(risk_tier=tier)
-    if order is WorklistOrder.RISK:
-        rows = rows.order_by("tier_rank", F("risk_score").desc(nulls_last=True), "patient_id")
-    elif order is WorklistOrder.LAST_STUDY:
-        rows = rows.order_by(F("last_study_date").desc(nulls_last=True), "patient_id")
-    else:
-        rows = rows.order_by("patient_id")
-
     markers = _rising_markers(patients)
-    out = []
-    for p in rows:
-        row = WorklistRow(
-            pk=p.pk,
-            patient_id=p.patient_id,
-            display_name=p.display_name,
-            model_version_id=version.pk if version is not None else None,
-            risk_score_id=p.risk_score_id,
-            score=p.risk_score,
-            tier=p.risk_tier,
-            landmark_date=p.risk_landmark,
-            last_recist=p.last_recist or "",
-            last_assessment_date=p.last_assessment_date,
-            last_study_date=p.last_study_date,
-            new_progression=p.last_recist == "PD",
-            new_lesion=bool(p.last_new_lesions),
-            rising_markers=markers.get(p.pk, ()),
-            processing_failed=p.processing_failed,
-            awaiting_review=p.awaiting_review,
-        )
-        if all(getattr(row, name) for name in wanted):
-            out.append(row)
+    out = [_worklist_row(p, version, markers) for p in _detail_columns(rows)]
+    if flags and "rising_marker" in flags:
+        out = [row for row in out if row.rising_marker]
     return out
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    """One page of the worklist, and where it sits in the whole list."""
+
+    rows: tuple[WorklistRow, ...]
+    number: int
+    per_page: int
+    total: int
+    model_version: RiskModelVersion | None
+
+    @property
+    def num_pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.number < self.num_pages
+
+    @property
+    def previous_page_number(self) -> int:
+        return self.number - 1
+
+    @property
+    def next_page_number(self) -> int:
+        return self.number + 1
+
+    @property
+    def start_index(self) -> int:
+        """1-based position of the first row shown (0 on an empty list)."""
+        return (self.number - 1) * self.per_page + 1 if self.rows else 0
+
+    @property
+    def end_index(self) -> int:
+        return self.start_index + len(self.rows) - 1 if self.rows else 0
+
+
+def worklist_page(
+    *,
+    page: int = 1,
+    per_page: int = 50,
+    tier: str | None = None,
+    search: str = "",
+    flags: Collection[str] | None = None,
+    order: WorklistOrder | str = WorklistOrder.RISK,
+    model_version: RiskModelVersion | None = None,
+) -> WorklistPage:
+    """One page of `worklist` (same filters and order), cut in the database.
+
+    Four queries (model version, count, the page's rows, their markers) whatever the
+    number of patients. The list is ordered and cut on the risk columns alone (one join
+    on `LatestRiskScore`); the latest response, latest study and flags are looked up
+    for the page's rows only, by the query that reads them. Asked for the rising-marker
+    flag, the markers of every candidate are needed before the list can be cut, so that
+    filter reads them all first (still a fixed number of queries). ``page`` is clamped
+    into range.
+    """
+    if per_page < 1:
+        raise ValueError(f"per_page must be at least 1, not {per_page}")
+    order = WorklistOrder(order)
+    rows, patients, version, python_flags = _worklist_query(
+        tier=tier, search=search, flags=flags, order=order, model_version=model_version
+    )
+    if python_flags:
+        markers = _rising_markers(patients)
+        matching = [pk for pk in rows.values_list("pk", flat=True) if pk in markers]
+        total = len(matching)
+        number = _page_clamp(page, total, per_page)
+        start = (number - 1) * per_page
+        chosen: list[int] | QuerySet = matching[start : start + per_page]
+    else:
+        total = rows.count()
+        number = _page_clamp(page, total, per_page)
+        start = (number - 1) * per_page
+        chosen = rows[start : start + per_page].values("pk")  # a subquery, not a query
+    shown = _ordered(
+        _detail_columns(_risk_columns(Patient.objects.filter(pk__in=chosen), version)),
+        order,
+        "last_study_date",
+    )
+    cut = list(shown)
+    if not python_flags:
+        markers = _rising_markers(Patient.objects.filter(pk__in=[p.pk for p in cut]))
+    return WorklistPage(
+        rows=tuple(_worklist_row(p, version, markers) for p in cut),
+        number=number,
+        per_page=per_page,
+        total=total,
+        model_version=version,
+    )
+
+
+def _page_clamp(page: int, total: int, per_page: int) -> int:
+    last = max(1, math.ceil(total / per_page))
+    return min(max(1, page), last)
+
+
+# --------------------------------------------------------------------------------------
+# Cohort: survival by risk tier, and the model's metrics
+# --------------------------------------------------------------------------------------
+TIER_ORDER = ("high", "intermediate", "low")
+ENDPOINT_LABELS = {
+    "pfs": "Progression-free survival",
+    "os": "Overall survival",
+}
+
+
+@dataclass(frozen=True)
+class KMCurve:
+    """A Kaplan-Meier estimate for one risk tier (lifelines `KaplanMeierFitter`).
+
+    ``times_days`` start at 0; ``survival`` and the 95% confidence band (Greenwood,
+    log(-log) transformed, lifelines' default) are the values from each time on.
+    ``censored_*``: where follow-up ended without an event, for tick marks.
+    """
+
+    tier: str
+    tier_label: str
+    n: int
+    events: int
+    times_days: tuple[float, ...]
+    survival: tuple[float, ...]
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    censored_days: tuple[float, ...]
+    censored_survival: tuple[float, ...]
+    median_days: float | None
+
+
+@dataclass(frozen=True)
+class CohortSurvival:
+    """Outcomes after each patient's scored landmark, by the tier the score gave.
+
+    Patients count from the landmark date of their latest score of ``model_version``
+    (`analytics.core.features.landmark_outcomes`): for PFS a patient who had already
+    progressed by then is left out, as is anyone without follow-up past it.
+    """
+
+    model_version_id: int
+    endpoint: str
+    endpoint_label: str
+    curves: tuple[KMCurve, ...]
+    n_scored: int
+    excluded: dict[str, int]
+    logrank_p: float | None
+
+    @property
+    def n_included(self) -> int:
+        return sum(c.n for c in self.curves)
+
+
+def _km_curve(tier: str, durations: list[float], events: list[bool]) -> KMCurve:
+    from lifelines import KaplanMeierFitter
+
+    km = KaplanMeierFitter().fit(durations, event_observed=events)
+    table = km.survival_function_
+    band = km.confidence_interval_survival_function_
+    times = [float(t) for t in table.index]
+    censored = [d for d, e in zip(durations, events, strict=True) if not e]
+    at_censor = km.survival_function_at_times(censored).tolist() if censored else []
+    median = km.median_survival_time_
+    return KMCurve(
+        tier=tier,
+        tier_label=str(RiskScore.Tier(tier).label),
+        n=len(durations),
+        events=int(sum(events)),
+        times_days=tuple(times),
+        survival=tuple(float(v) for v in table.iloc[:, 0]),
+        lower=tuple(float(v) for v in band.iloc[:, 0]),
+        upper=tuple(float(v) for v in band.iloc[:, 1]),
+        censored_days=tuple(float(d) for d in censored),
+        censored_survival=tuple(float(v) for v in at_censor),
+        median_days=float(median) if math.isfinite(median) else None,
+    )
+
+
+def cohort_survival(*, model_version: RiskModelVersion) -> CohortSurvival:
+    """Kaplan-Meier curves by risk tier for ``model_version``'s scores (three queries).
+
+    The endpoint is the one the model was fitted for (``parameters["endpoint"]``, PFS
+    by default). A multivariate log-rank test across the tiers gives ``logrank_p``
+    (None with fewer than two tiers holding an event).
+    """
+    from analytics.core.features import landmark_outcomes
+
+    endpoint = str((model_version.parameters or {}).get("endpoint", "pfs"))
+    latest: dict[str, tuple[str, dt.date]] = {}
+    for pid, tier, landmark in (
+        RiskScore.objects.filter(model_version=model_version)
+        .order_by("patient__patient_id", "-landmark_date", "-computed_at", "-pk")
+        .values_list("patient__patient_id", "tier", "landmark_date")
+    ):
+        latest.setdefault(pid, (tier, landmark))
+    landmarks = pd.DataFrame(
+        [(pid, landmark) for pid, (_tier, landmark) in latest.items()],
+        columns=["patient_id", "landmark_date"],
+    )
+    events = _frame(
+        ClinicalEvent.objects.filter(
+            patient__in=RiskScore.objects.filter(model_version=model_version).values("patient_id")
+        )
+        .order_by("patient__patient_id", "date")
+        .values_list("patient__patient_id", "kind", "date"),
+        EVENT_COLUMNS,
+    )
+    outcomes = landmark_outcomes(events=events, landmarks=landmarks, endpoint=endpoint)
+    excluded: dict[str, int] = {}
+    for reason in outcomes.excluded.values():
+        excluded[reason] = excluded.get(reason, 0) + 1
+    by_tier: dict[str, tuple[list[float], list[bool]]] = {}
+    for row in outcomes.table.itertuples(index=False):
+        durations, flags = by_tier.setdefault(latest[row.patient_id][0], ([], []))
+        durations.append(float(row.duration_days))
+        flags.append(bool(row.event))
+    curves = tuple(_km_curve(t, *by_tier[t]) for t in TIER_ORDER if t in by_tier)
+    logrank_p = None
+    if sum(1 for c in curves if c.events) >= 2:
+        from lifelines.statistics import multivariate_logrank_test
+
+        table = outcomes.table
+        groups = [latest[pid][0] for pid in table["patient_id"]]
+        result = multivariate_logrank_test(table["duration_days"], groups, table["event"])
+        logrank_p = float(result.p_value)
+    return CohortSurvival(
+        model_version_id=model_version.pk,
+        endpoint=endpoint,
+        endpoint_label=ENDPOINT_LABELS.get(endpoint, endpoint),
+        curves=curves,
+        n_scored=len(latest),
+        excluded=excluded,
+        logrank_p=logrank_p,
+    )
+
+
+@dataclass(frozen=True)
+class MetricLine:
+    label: str
+    value: float | None
+    sd: float | None
+    help: str
+
+
+_METRIC_LABELS = (
+    (
+        "c_index",
+        "C-index (Harrell), mean over folds",
+        "share of comparable pairs ordered right; 0.5 is chance",
+    ),
+    ("c_index_pooled", "C-index, pooled out-of-fold", "all out-of-fold scores together"),
+    ("auc_182d", "Time-dependent AUC at 182 days", "cumulative/dynamic, IPCW (Uno)"),
+    ("auc_365d", "Time-dependent AUC at 365 days", "cumulative/dynamic, IPCW (Uno)"),
+    ("ibs", "Integrated Brier score", "lower is better; 0.25 is an uninformative model"),
+)
+
+
+def model_metric_lines(version: RiskModelVersion) -> tuple[MetricLine, ...]:
+    """The cross-validated metrics stored on ``version``, labelled, in a fixed order."""
+    metrics = version.metrics or {}
+
+    def number(key: str) -> float | None:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+    return tuple(
+        MetricLine(label=label, value=number(key), sd=number(f"{key}_sd"), help=text)
+        for key, label, text in _METRIC_LABELS
+        if key in metrics
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline: ingest sessions and processing state
+# --------------------------------------------------------------------------------------
+_ACTIVE_SERIES = (
+    Series.State.RECEIVING,
+    Series.State.STORED,
+    Series.State.QUEUED,
+    Series.State.PROCESSING,
+)
+
+
+@dataclass(frozen=True)
+class StepState:
+    name: str
+    status: str
+    seconds: float | None
+    error: str
+
+
+@dataclass(frozen=True)
+class SeriesPipeline:
+    pk: int
+    series_number: int | None
+    description: str
+    modality: str
+    slice_count: int
+    state: str
+    state_label: str
+    state_detail: str
+    updated_at: dt.datetime
+    run_pk: int | None
+    run_status: str
+    run_status_label: str
+    run_error: str
+    run_device: str
+    run_started_at: dt.datetime | None
+    run_finished_at: dt.datetime | None
+    steps: tuple[StepState, ...]
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in _ACTIVE_SERIES
+
+    @property
+    def steps_done(self) -> int:
+        return sum(1 for s in self.steps if s.status == "succeeded")
+
+    @property
+    def current_step(self) -> str:
+        running = [s.name for s in self.steps if s.status == "running"]
+        return running[-1] if running else ""
+
+
+@dataclass(frozen=True)
+class StudyPipeline:
+    pk: int
+    study_date: dt.date | None
+    description: str
+    patient_pk: int
+    patient_id: str
+    series: tuple[SeriesPipeline, ...]
+    last_change: dt.datetime
+
+    @property
+    def is_active(self) -> bool:
+        return any(s.is_active for s in self.series)
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    pk: int
+    source_label: str
+    origin: str
+    status: str
+    status_label: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    files_seen: int
+    stored: int
+    duplicates: int
+    conflicts: int
+    rejected: int
+    warnings: int
+
+
+@dataclass(frozen=True)
+class PipelineOverview:
+    """Recent imports, the studies most recently changed, and series counts per state."""
+
+    sessions: tuple[SessionSummary, ...]
+    studies: tuple[StudyPipeline, ...]
+    state_counts: tuple[tuple[str, str, int], ...]  # state, label, count
+
+    @property
+    def is_active(self) -> bool:
+        return any(s.status == "running" for s in self.sessions) or any(
+            s.is_active for s in self.studies
+        )
+
+
+def pipeline_overview(*, sessions: int = 10, studies: int = 30) -> PipelineOverview:
+    """The pipeline page's data in five queries: recent sessions, state counts, the
+    ``studies`` most recently changed studies with their series and latest runs."""
+    from django.db.models import Count, Max
+
+    from imaging.models import IngestSession, ProcessingRun
+
+    session_rows = tuple(
+        SessionSummary(
+            pk=s.pk,
+            source_label=s.get_source_display(),
+            origin=s.origin,
+            status=s.status,
+            status_label=s.get_status_display(),
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            files_seen=s.files_seen,
+            stored=s.stored,
+            duplicates=s.duplicates,
+            conflicts=s.conflicts,
+            rejected=s.rejected,
+            warnings=s.warnings,
+        )
+        for s in IngestSession.objects.order_by("-started_at", "-pk")[:sessions]
+    )
+    labels = dict(Series.State.choices)
+    counts = {
+        row["state"]: row["n"]
+        for row in Series.objects.values("state").annotate(n=Count("pk")).order_by()
+    }
+    state_counts = tuple(
+        (state, str(labels[state]), counts.get(state, 0)) for state in Series.State.values
+    )
+    recent = list(
+        Study.objects.annotate(last_change=Max("series__updated_at"))
+        .filter(last_change__isnull=False)
+        .select_related("patient")
+        .order_by("-last_change", "-pk")[:studies]
+    )
+    series_rows = list(
+        Series.objects.filter(study__in=[s.pk for s in recent]).order_by(
+            "study_id", "series_number", "series_instance_uid"
+        )
+    )
+    latest_runs: dict[int, ProcessingRun] = {}
+    for run in ProcessingRun.objects.filter(series__in=[s.pk for s in series_rows]).order_by(
+        "series_id", "-created_at", "-pk"
+    ):
+        latest_runs.setdefault(run.series_id, run)
+    by_study: dict[int, list[SeriesPipeline]] = {}
+    for s in series_rows:
+        run = latest_runs.get(s.pk)
+        steps = tuple(
+            StepState(
+                name=str(step.get("name", "")),
+                status=str(step.get("status", "")),
+                seconds=step.get("seconds"),
+                error=str(step.get("error", "")),
+            )
+            for step in ((run.steps or []) if run else [])
+            if isinstance(step, dict)
+        )
+        by_study.setdefault(s.study_id, []).append(
+            SeriesPipeline(
+                pk=s.pk,
+                series_number=s.series_number,
+                description=s.description,
+                modality=s.modality,
+                slice_count=s.slice_count,
+                state=s.state,
+                state_label=s.get_state_display(),
+                state_detail=s.state_detail,
+                updated_at=s.updated_at,
+                run_pk=run.pk if run else None,
+                run_status=run.status if run else "",
+                run_status_label=run.get_status_display() if run else "",
+                run_error=run.error if run else "",
+                run_device=run.device if run else "",
+                run_started_at=run.started_at if run else None,
+                run_finished_at=run.finished_at if run else None,
+                steps=steps,
+            )
+        )
+    return PipelineOverview(
+        sessions=session_rows,
+        studies=tuple(
+            StudyPipeline(
+                pk=st.pk,
+                study_date=st.study_date,
+                description=st.description,
+                patient_pk=st.patient_id,
+                patient_id=st.patient.patient_id,
+                series=tuple(by_study.get(st.pk, ())),
+                last_change=st.last_change,
+            )
+            for st in recent
+        ),
+        state_counts=state_counts,
+    )

@@ -415,8 +415,12 @@ def risk_scores_compute(
     model_version: RiskModelVersion,
     landmark_date: dt.date | None = None,
     today: dt.date | None = None,
+    patient_ids: list[str] | None = None,
 ) -> int:
     """Score every patient at their current landmark (`current_landmarks`); return how many.
+
+    ``patient_ids`` (MRNs) limits the scoring to those patients (a review of one patient's
+    lesions rescores that patient only); None scores everyone.
 
     One `RiskScore` per patient with the score, its tier (thresholds from the training
     rows) and the explanation: every feature's push on the score, largest first, the
@@ -426,7 +430,7 @@ def risk_scores_compute(
     replaces the row of the same key instead of adding one.
     """
     model = risk_model_load(model_version.artifact_file)
-    inputs = feature_inputs_load()
+    inputs = feature_inputs_load(patient_ids=patient_ids)
     landmarks, _skipped = current_landmarks(inputs, landmark_date=landmark_date, today=today)
     if landmarks.empty:
         return 0
@@ -476,6 +480,8 @@ def risk_scores_compute(
         )
     ]
     with transaction.atomic():
+        # Also rewrites these patients' `LatestRiskScore` (the worklist's order), inside
+        # this transaction: see `RiskScoreQuerySet`.
         RiskScore.objects.bulk_create(
             rows,
             batch_size=500,
