@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from imaging.models import (
     LesionMeasurement,
     ProcessingRun,
     Registration,
+    ReviewEvent,
     Segmentation,
     Study,
 )
@@ -63,6 +64,99 @@ class LesionRow:
     jump_ras_mm: tuple[float, float, float] | None
 
 
+ACTION_NAMES = {
+    "accept": "Accepted",
+    "reject": "Rejected as a false positive",
+    "override": "Measurement overridden",
+    "relink": "Relinked",
+    "split": "Split off",
+    "merge": "Merged",
+    "targets": "Targets chosen",
+    "targets_automatic": "Targets returned to the RECIST rules",
+    "carry_over": "Re-tracked: decisions carried or dropped",
+}
+
+
+@dataclass(frozen=True)
+class ReviewHistoryRow:
+    """One review event with the stable keys of what it was about.
+
+    ``event.measurement`` is lost when the rows are rebuilt (every re-track); the
+    Tracking UID, Study Instance UID, segmentation and candidates stored in the event
+    are not. ``lesion`` is the identity that UID names now (None once it ended).
+    """
+
+    event: ReviewEvent
+    action: str
+    lesion_uid: str
+    lesion_label: str
+    lesion: Lesion | None
+    into_label: str
+    study_instance_uid: str
+    study_date: str
+    segmentation: int | None
+    component_labels: list[int]
+    notes: list[str]
+
+
+def _event_subject(event: ReviewEvent) -> dict[str, Any]:
+    before = event.before or {}
+    subject = before.get("subject")
+    if subject:
+        return subject
+    # events written before subjects were stored: their measurement or lesion state
+    return before.get("measurement") or before.get("lesion") or {}
+
+
+def review_history(*, patient: Patient) -> list[ReviewHistoryRow]:
+    """``patient``'s review events, newest first, each with what it was about."""
+    events = list(
+        ReviewEvent.objects.filter(patient=patient).select_related("user").order_by("-at", "-pk")
+    )
+    subjects = [_event_subject(e) for e in events]
+    uids = {s.get("lesion_uid") for s in subjects} | {s.get("into_lesion_uid") for s in subjects}
+    lesions = {
+        lesion.tracking_uid: lesion
+        for lesion in Lesion.objects.filter(patient=patient, tracking_uid__in=uids - {None})
+    }
+    study_dates = dict(
+        Study.objects.filter(patient=patient).values_list("study_instance_uid", "study_date")
+    )
+    rows = []
+    for event, subject in zip(events, subjects, strict=True):
+        uid = subject.get("lesion_uid") or ""
+        lesion = lesions.get(uid)
+        label = subject.get("lesion_label") or ", ".join(subject.get("lesion_labels") or [])
+        into = lesions.get(subject.get("into_lesion_uid") or "")
+        study_uid = subject.get("study_instance_uid") or ""
+        when = subject.get("study_date") or (
+            study_dates[study_uid].isoformat() if study_dates.get(study_uid) else ""
+        )
+        after = event.after or {}
+        notes = [
+            entry.get("message", "")
+            for name in ("stale_reviews", "stale_targets", "stale_links", "carried")
+            for entry in after.get(name) or []
+            if isinstance(entry, dict)
+        ]
+        rows.append(
+            ReviewHistoryRow(
+                event=event,
+                action=ACTION_NAMES.get(event.action, event.action),
+                lesion_uid=uid,
+                lesion_label=lesion.label if lesion is not None else label,
+                lesion=lesion,
+                into_label=into.label if into else subject.get("into_lesion_label") or "",
+                study_instance_uid=study_uid,
+                study_date=when,
+                segmentation=subject.get("segmentation"),
+                component_labels=list(subject.get("component_labels") or []),
+                notes=notes,
+            )
+        )
+    return rows
+
+
 @dataclass
 class Viewer:
     patient: Patient
@@ -74,6 +168,7 @@ class Viewer:
     follow_up_rows: list[LesionRow] = field(default_factory=list)
     responses: list[ResponseAssessment] = field(default_factory=list)
     lesions: list[Lesion] = field(default_factory=list)
+    history: list[ReviewHistoryRow] = field(default_factory=list)
 
     @property
     def registered(self) -> bool:
@@ -174,6 +269,7 @@ def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer
         .order_by("study__study_date", "study__study_time")
     )
     viewer.lesions = list(Lesion.objects.filter(patient=patient).order_by("organ", "label"))
+    viewer.history = review_history(patient=patient)
     return viewer
 
 

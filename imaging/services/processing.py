@@ -673,7 +673,7 @@ def patient_update(*, patient, device: str = "cpu") -> dict[str, Any]:
         "lesions": summary.lesions,
         "waiting": list(summary.waiting),
         # Radiologists' decisions that no longer apply: shown, never dropped silently.
-        "stale_links": list(summary.stale_links),
+        "stale_links": list(summary.stale),
         "risk_scores": scored,
     }
 

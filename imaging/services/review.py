@@ -11,7 +11,10 @@ and a reason, and in one ``transaction.atomic()``:
    reselects targets and recomputes every response assessment;
 3. rescores the patient with the current risk model (features are computed from the
    measurements in force, so they follow too);
-4. writes a `ReviewEvent` with who, when, why and the state before and after.
+4. writes a `ReviewEvent` with who, when, why and the state before and after, with
+   the stable keys of what it was about under ``before["subject"]`` (Tracking UID,
+   Study Instance UID, segmentation and candidates: the measurement rows themselves are
+   rebuilt on every re-track), and any decision the rebuild had to drop (``stale_*``).
 
 Automated values are never changed: overrides sit beside them, and the event keeps
 what was in force before. Rejected candidates stay in the database (review state
@@ -84,11 +87,24 @@ def _measurement_fresh(measurement: LesionMeasurement) -> LesionMeasurement:
     return fresh
 
 
+def _measurement_keys(m: LesionMeasurement) -> dict[str, Any]:
+    """What names this measurement after its row is rebuilt (a review event's subject)."""
+    return {
+        "lesion_uid": m.lesion.tracking_uid,
+        "lesion_label": m.lesion.label,
+        "study_instance_uid": m.study.study_instance_uid,
+        "study_date": m.study.study_date.isoformat() if m.study.study_date else None,
+        "segmentation": m.segmentation_id,
+        "component_labels": list(m.component_labels or [m.component_label]),
+    }
+
+
 def _measurement_state(m: LesionMeasurement) -> dict[str, Any]:
     return {
         "lesion_uid": m.lesion.tracking_uid,
         "lesion_label": m.lesion.label,
         "study_instance_uid": m.study.study_instance_uid,
+        "study_date": m.study.study_date.isoformat() if m.study.study_date else None,
         "segmentation": m.segmentation_id,
         "component_labels": list(m.component_labels or [m.component_label]),
         "status": m.status,
@@ -171,8 +187,9 @@ def _study_key(study) -> tuple:
 
 
 def _recompute(patient: Patient) -> tuple[TrackingSummary, int]:
-    """Rebuild identities, targets and responses, then rescore the patient."""
-    summary = patient_track(patient=patient)
+    """Rebuild identities, targets and responses, then rescore the patient. Decisions
+    the rebuild carries or drops go into the action's own event (`_event_write`)."""
+    summary = patient_track(patient=patient, record_event=False)
     version = current_model_version()
     scored = 0
     if version is not None:
@@ -191,15 +208,20 @@ def _event_write(
     measurement: LesionMeasurement | None,
     summary: TrackingSummary,
     scored: int,
+    subject: dict[str, Any],
 ) -> ReviewEvent:
+    before = {**before, "subject": subject}
     after = {
         **after,
         "responses": _responses_state(patient),
         "targets": _targets_state(patient),
         "risk_scores_recomputed": scored,
     }
-    if summary.stale_links:
-        after["stale_links"] = summary.stale_links
+    # A change of a lesion's candidates (merge, split, relink) clears the reviews and
+    # target choices made on the old set: the event says which.
+    for name in ("stale_links", "stale_reviews", "stale_targets", "carried"):
+        if getattr(summary, name):
+            after[name] = getattr(summary, name)
     event = ReviewEvent.objects.create(
         patient=patient,
         user=user,
@@ -248,6 +270,7 @@ def _decision_record(
         measurement=rebuilt,
         summary=summary,
         scored=scored,
+        subject=_measurement_keys(m),
     )
 
 
@@ -326,6 +349,9 @@ def measurement_override(
             "volume_ml, longest_diameter_mm, short_axis_mm: give at least one value to override"
         )
     with transaction.atomic():
+        # The patient first, as on every other path: two locks taken in opposite
+        # orders by two reviews deadlock on PostgreSQL.
+        _patient_lock(measurement.lesion.patient_id)
         current = _measurement_fresh(measurement)
         longest = values["override_longest_diameter_mm"] or current.longest_diameter_mm
         short = values["override_short_axis_mm"] or current.short_axis_mm
@@ -432,6 +458,11 @@ def lesion_relink(
             measurement=rebuilt,
             summary=summary,
             scored=scored,
+            subject={
+                **_measurement_keys(m),
+                "into_lesion_uid": target.tracking_uid,
+                "into_lesion_label": target.label,
+            },
         )
 
 
@@ -492,6 +523,13 @@ def lesion_merge(*, user, lesion: Lesion, into: Lesion, reason: str) -> ReviewEv
             measurement=rebuilt,
             summary=summary,
             scored=scored,
+            subject={
+                "lesion_uid": source.tracking_uid,
+                "lesion_label": source.label,
+                "into_lesion_uid": target.tracking_uid,
+                "into_lesion_label": target.label,
+                "sightings": [_measurement_keys(m) for m in sightings],
+            },
         )
 
 
@@ -527,6 +565,10 @@ def lesion_split(
             "responses": _responses_state(patient),
             "targets": _targets_state(patient),
         }
+        prior = LesionLink.objects.filter(
+            segmentation_id=m.segmentation_id, component_label=component
+        ).first()
+        followers = _links_joined_with(prior, lesion=m.lesion, after_study=m.study)
         _links_save(
             patient=patient,
             user=user,
@@ -535,6 +577,22 @@ def lesion_split(
             components=[component],
             anchor=None,
         )
+        # The later sightings that joined the lesion in the same decision (a merge)
+        # follow the split-off candidate now, not the lesion it leaves.
+        moved = []
+        for link in followers:
+            moved.append(
+                {
+                    "segmentation": link.segmentation_id,
+                    "component_label": link.component_label,
+                    "anchor_before": [link.anchor_segmentation_id, link.anchor_component_label],
+                }
+            )
+            link.anchor_segmentation_id = m.segmentation_id
+            link.anchor_component_label = component
+            link.user = user
+            link.reason = reason
+            link.save()
         summary, scored = _recompute(patient)
         rebuilt = _candidate_row(m.segmentation_id, component)
         return _event_write(
@@ -543,11 +601,39 @@ def lesion_split(
             action="split",
             reason=reason,
             before=before,
-            after={"measurement": _measurement_state(rebuilt) if rebuilt else None},
+            after={
+                "measurement": _measurement_state(rebuilt) if rebuilt else None,
+                "later_links_moved": moved,
+            },
             measurement=rebuilt,
             summary=summary,
             scored=scored,
+            subject={**_measurement_keys(m), "split_component_label": component},
         )
+
+
+def _links_joined_with(prior: LesionLink | None, *, lesion: Lesion, after_study) -> list:
+    """The links made in the same decision as ``prior`` (same anchor, user and reason:
+    one merge writes them together) on ``lesion``'s candidates at studies after
+    ``after_study``. Links the radiologist made separately stay as they are."""
+    if prior is None or prior.anchor_segmentation_id is None:
+        return []
+    later = {
+        (r.segmentation_id, c)
+        for r in LesionMeasurement.objects.filter(lesion=lesion, segmentation__isnull=False)
+        .exclude(status=LesionMeasurement.Status.RESOLVED)
+        .select_related("study")
+        if _study_key(r.study) > _study_key(after_study)
+        for c in (r.component_labels or [r.component_label])
+    }
+    same_decision = LesionLink.objects.filter(
+        patient_id=prior.patient_id,
+        anchor_segmentation_id=prior.anchor_segmentation_id,
+        anchor_component_label=prior.anchor_component_label,
+        user_id=prior.user_id,
+        reason=prior.reason,
+    ).exclude(pk=prior.pk)
+    return [link for link in same_decision if (link.segmentation_id, link.component_label) in later]
 
 
 def targets_set(*, user, patient: Patient, lesions: Sequence[Lesion], reason: str) -> ReviewEvent:
@@ -616,6 +702,15 @@ def targets_set(*, user, patient: Patient, lesions: Sequence[Lesion], reason: st
             measurement=None,
             summary=summary,
             scored=scored,
+            subject={
+                "lesion_uids": sorted(
+                    baseline[pk].lesion.tracking_uid for pk in wanted if pk in baseline
+                ),
+                "lesion_labels": sorted(
+                    baseline[pk].lesion.label for pk in wanted if pk in baseline
+                ),
+                "study_instance_uid": rows[0].study.study_instance_uid,
+            },
         )
 
 

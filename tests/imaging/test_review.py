@@ -290,6 +290,36 @@ def test_merge_joins_every_sighting_and_split_undoes_it(patient, radiologist):
     assert split_off.lesion.label.startswith("Liver ")
     assert event.after["measurement"]["status"] == "new"
     assert responses(patient)[1].new_lesions
+    # The merge's link at the third study follows the split-off lesion too: one candidate
+    # is one lesion at every study, and the lesion it left is resolved from here on.
+    later = finding_at(2, 5)
+    assert later.lesion == split_off.lesion and later.status == "tracked"
+    assert [m.status for m in small.measurements.order_by("study__study_date")] == [
+        "new",
+        "resolved",
+        "resolved",
+    ]
+    assert [m.lesion.label for m in LesionMeasurement.objects.filter(component_label=5)] == [
+        split_off.lesion.label
+    ] * 2
+    assert event.after["later_links_moved"] == [
+        {
+            "segmentation": later.segmentation_id,
+            "component_label": 5,
+            "anchor_before": [finding_at(0, 3).segmentation_id, 3],
+        }
+    ]
+
+
+def test_a_split_keeps_a_later_link_made_as_a_separate_decision(patient, radiologist):
+    small = Lesion.objects.get(label="Liver 2")
+    lesion_relink(user=radiologist, measurement=finding_at(1, 5), lesion=small, reason="same")
+    lesion_relink(user=radiologist, measurement=finding_at(2, 6), lesion=small, reason="also it")
+
+    lesion_split(user=radiologist, measurement=finding_at(1, 5), reason="not after all")
+
+    assert finding_at(1, 5).lesion != small
+    assert finding_at(2, 6).lesion == small  # said separately: it stays
 
 
 def test_merge_into_the_lesion_seen_first_only(patient, radiologist):

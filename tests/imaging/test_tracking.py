@@ -141,3 +141,21 @@ def test_export_responses_lists_every_study_in_the_published_columns(patient):
     assert tuple(rows[0]) == EXPORT_RESPONSE_COLUMNS
     assert [r["recist_response"] for r in rows] == ["", "SD", "PD"]
     assert rows[2]["new_lesions"] == "True"
+
+
+@pytest.mark.parametrize("undated", [1, 2])
+def test_an_undated_study_is_tracked_last_and_rebuilds_again(patient, undated):
+    patient_track(patient=patient)
+    uids = set(Lesion.objects.values_list("tracking_uid", flat=True))
+    studies = list(patient.studies.order_by("study_date"))
+    studies[undated].study_date = None  # e.g. corrected to "unknown" after ingest
+    studies[undated].save()
+
+    first = patient_track(patient=patient)  # old rows of dated and undated studies
+    again = patient_track(patient=patient)
+
+    assert first.studies_tracked == again.studies_tracked == 3
+    assert set(Lesion.objects.values_list("tracking_uid", flat=True)) == uids
+    baseline = ResponseAssessment.objects.get(patient=patient, is_baseline=True)
+    assert baseline.study == studies[0]
+    assert LesionMeasurement.objects.filter(study=studies[undated]).exists()
