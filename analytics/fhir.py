@@ -1,5 +1,5 @@
 """FHIR R4 resources for the EHR: a patient, their studies, lesion measurements,
-response assessments and risk scores, each built as JSON and validated with fhir.resources.
+response assessments and risk scores, each built as JSON and checked with fhir.resources.
 
 Lesion measurements follow HL7's "DICOM SR to FHIR Resource Mapping" guide (TID 1500
 Measurement Report), adapted to R4: each lesion's identity is a `BodyStructure` carrying
@@ -10,15 +10,29 @@ to one Imaging Measurement `Observation` per quantity: volume (SCT 118565006, mL
 axis (SCT 103339001, mm) and short axis (SCT 103340004, mm), all in UCUM. The guide's
 profiles are written for R5, so ``meta.profile`` does not claim them.
 
-Resource ids are stable and never purely numeric (servers such as HAPI refuse
-client-assigned numeric ids): ``patient-<pk>``, ``study-<pk>``, ``lesion-<pk>``,
-``measurement-<pk>`` (``-volume``, ``-long-axis``, ``-short-axis``), ``response-<pk>``,
-``risk-<pk>``. Values are those in force (a radiologist's override wins); measurements a
-radiologist rejected as false positives are left out; a resolved lesion measures 0.
+Validation: the installed fhir.resources (8.x) ships R5 models by default, R4B under
+``fhir.resources.R4B`` and STU3, but no R4 package. Resources are therefore checked
+against the **R4B** models (`FHIR_VALIDATION_PACKAGE`). R4B changed none of the elements
+RadTrack writes (Patient, ImagingStudy, BodyStructure, Observation, DiagnosticReport,
+RiskAssessment, Bundle), so what passes is meant to be R4 as well, but it is not
+validated against R4 itself; a receiver's own R4 validation is the final word.
+
+Resource ids are never purely numeric (servers such as HAPI refuse client-assigned
+numeric ids) and are derived from keys that survive re-tracking (which deletes and
+rebuilds every LesionMeasurement and ResponseAssessment row): ``patient-<pk>``,
+``study-<pk>``, ``lesion-<h(Tracking UID)>``, ``measurement-<h(Tracking UID, Study
+Instance UID)>`` (``-volume``, ``-long-axis``, ``-short-axis``), ``response-<h(Study
+Instance UID)>``, ``risk-<pk>``, where ``h`` is the first 32 hex digits of a SHA-256.
+Values are those in force (a radiologist's override wins); measurements a radiologist
+rejected as false positives are left out; a resolved lesion measures 0. A measurement
+nobody has reviewed is ``preliminary``, and so is every DiagnosticReport and
+RiskAssessment that rests on one (`results_all_reviewed`).
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import math
 import re
@@ -35,6 +49,8 @@ from imaging.models import Lesion, LesionMeasurement, Series, Study
 from patients.models import Patient
 from patients.services.ehr_import import MRN_SYSTEM
 
+#: The fhir.resources models resources are validated against (no R4 package exists).
+FHIR_VALIDATION_PACKAGE = "fhir.resources.R4B"
 FHIR_BASE = "https://radtrack.example/fhir"
 RECIST_SYSTEM = f"{FHIR_BASE}/CodeSystem/recist-response"
 VOLUMETRIC_SYSTEM = f"{FHIR_BASE}/CodeSystem/volumetric-response"
@@ -88,6 +104,8 @@ OBSERVATION_STATUS = {
     LesionMeasurement.Review.ACCEPTED: "final",
     LesionMeasurement.Review.EDITED: "final",
 }
+#: Review states a radiologist has signed off (rejected rows are not exported at all).
+REVIEWED_STATES = frozenset({LesionMeasurement.Review.ACCEPTED, LesionMeasurement.Review.EDITED})
 ENDPOINT_OUTCOME = {"pfs": "disease progression or death", "os": "death"}
 
 #: The resource types RadTrack serves and pushes, in Bundle order.
@@ -124,6 +142,30 @@ class PatientRecord:
 
 def patient_fhir_id(pk: int) -> str:
     return f"patient-{pk}"
+
+
+def _stable_hash(*keys: str) -> str:
+    return hashlib.sha256("\x1f".join(keys).encode()).hexdigest()[:32]
+
+
+def lesion_fhir_id(tracking_uid: str) -> str:
+    """The BodyStructure id of a lesion, from its DICOM Tracking UID."""
+    return f"lesion-{_stable_hash(tracking_uid)}"
+
+
+def measurement_fhir_id(tracking_uid: str, study_instance_uid: str) -> str:
+    """The measurement group id of a lesion at a study (its members add a suffix)."""
+    return f"measurement-{_stable_hash(tracking_uid, study_instance_uid)}"
+
+
+def response_fhir_id(study_instance_uid: str) -> str:
+    """The DiagnosticReport id of the response assessment of a study."""
+    return f"response-{_stable_hash(study_instance_uid)}"
+
+
+def results_all_reviewed(measurements: Iterable[LesionMeasurement]) -> bool:
+    """True when a radiologist accepted or edited every one of ``measurements``."""
+    return all(m.review_state in REVIEWED_STATES for m in measurements)
 
 
 def patient_pk_from_fhir_id(value: str) -> int | None:
@@ -217,7 +259,9 @@ def _instant(value) -> str:
 
 
 def fhir_resource_validate(resource: dict) -> dict:
-    """Validate ``resource`` against its R4 model and return it as FHIR JSON.
+    """Validate ``resource`` against its R4B model and return it as FHIR JSON.
+
+    R4B, because fhir.resources has no R4 package (see the module docstring).
 
     Raises `FHIRBuildError` naming the resource and each failing field.
     """
@@ -235,7 +279,8 @@ def fhir_resource_validate(resource: dict) -> dict:
             for error in exc.errors()
         )
         raise FHIRBuildError(
-            f"{resource_type}/{resource.get('id', '?')} is not valid FHIR R4: {problems}"
+            f"{resource_type}/{resource.get('id', '?')} is not valid FHIR "
+            f"(checked against the R4B models): {problems}"
         ) from None
     return json.loads(model.model_dump_json())
 
@@ -315,7 +360,7 @@ def fhir_lesion_build(*, lesion: Lesion) -> dict:
     """BodyStructure: the lesion's identity, with its Tracking Identifier and UID."""
     resource: dict = {
         "resourceType": "BodyStructure",
-        "id": f"lesion-{lesion.pk}",
+        "id": lesion_fhir_id(lesion.tracking_uid),
         "identifier": [
             {"type": _concept(TRACKING_IDENTIFIER), "value": lesion.label},
             {
@@ -346,7 +391,7 @@ def _measurement_common(m: LesionMeasurement) -> dict:
         "resourceType": "Observation",
         "status": OBSERVATION_STATUS[m.review_state],
         "subject": _ref("Patient", patient_fhir_id(m.lesion.patient_id)),
-        "focus": [_ref("BodyStructure", f"lesion-{m.lesion_id}")],
+        "focus": [_ref("BodyStructure", lesion_fhir_id(m.lesion.tracking_uid))],
         "issued": _instant(m.reviewed_at or m.created_at),
         "derivedFrom": [_ref("ImagingStudy", f"study-{m.study_id}")],
     }
@@ -364,7 +409,7 @@ def fhir_measurement_build(*, measurement: LesionMeasurement) -> list[dict]:
     if m.review_state not in OBSERVATION_STATUS:
         raise FHIRBuildError(f"measurement {m.pk}: review state {m.review_state!r} is not exported")
     volume_ml, long_mm, short_mm = _measurement_values(m)
-    group_id = f"measurement-{m.pk}"
+    group_id = measurement_fhir_id(m.lesion.tracking_uid, m.study.study_instance_uid)
     members = [
         (f"{group_id}-volume", VOLUME, volume_ml, "mL"),
         (f"{group_id}-long-axis", LONG_AXIS, long_mm, "mm"),
@@ -416,9 +461,17 @@ def _pct(value: float | None) -> str:
 
 
 def fhir_response_build(
-    *, assessment: ResponseAssessment, measurement_ids: Iterable[int] = ()
+    *,
+    assessment: ResponseAssessment,
+    measurement_ids: Iterable[str] = (),
+    all_reviewed: bool = False,
 ) -> dict:
-    """DiagnosticReport: the response assessment of one study (RECIST 1.1 and volumetric)."""
+    """DiagnosticReport: the response assessment of one study (RECIST 1.1 and volumetric).
+
+    ``measurement_ids`` are the ids of the study's measurement groups; ``all_reviewed``
+    whether a radiologist signed off every measurement the assessment rests on (else it
+    is ``preliminary``, like those measurements).
+    """
     a = assessment
     if a.is_baseline:
         conclusion = (
@@ -451,14 +504,14 @@ def fhir_response_build(
             )
     resource: dict = {
         "resourceType": "DiagnosticReport",
-        "id": f"response-{a.pk}",
-        "status": "final",
+        "id": response_fhir_id(a.study.study_instance_uid),
+        "status": "final" if all_reviewed else "preliminary",
         "category": [_concept((V2_DIAGNOSTIC_SERVICE, "RAD", "Radiology"))],
         "code": _concept(IMAGING_REPORT, "Tumour response assessment (RECIST 1.1, volumetric)"),
         "subject": _ref("Patient", patient_fhir_id(a.patient_id)),
         "issued": _instant(a.computed_at),
         "imagingStudy": [_ref("ImagingStudy", f"study-{a.study_id}")],
-        "result": [_ref("Observation", f"measurement-{pk}") for pk in measurement_ids],
+        "result": [_ref("Observation", group_id) for group_id in measurement_ids],
         "conclusion": conclusion,
     }
     if a.study.study_date:
@@ -470,8 +523,11 @@ def fhir_response_build(
     return fhir_resource_validate(resource)
 
 
-def fhir_risk_build(*, score: RiskScore) -> dict:
+def fhir_risk_build(*, score: RiskScore, all_reviewed: bool = False) -> dict:
     """RiskAssessment: the score, its tier and the model version that gave it.
+
+    ``preliminary`` unless ``all_reviewed``: a radiologist signed off every measurement
+    of the patient up to the landmark date (the imaging features the score rests on).
 
     Cox models score the log relative hazard against the training mean, given as
     ``relativeRisk`` = exp(score); GBM models score P(event by the horizon), given as
@@ -498,7 +554,7 @@ def fhir_risk_build(*, score: RiskScore) -> dict:
     resource = {
         "resourceType": "RiskAssessment",
         "id": f"risk-{score.pk}",
-        "status": "final",
+        "status": "final" if all_reviewed else "preliminary",
         "subject": _ref("Patient", patient_fhir_id(score.patient_id)),
         "occurrenceDateTime": _instant(score.computed_at),
         "method": {
@@ -551,6 +607,24 @@ class PatientResources:
         ]
 
 
+def _measurements_up_to(
+    record: PatientRecord, day: datetime.date | None, *, study_id: int | None = None
+) -> list[LesionMeasurement]:
+    """The patient's exported measurements at studies on or before ``day``.
+
+    A response compares with the baseline and the nadir, a risk score uses every study up
+    to its landmark, so all earlier studies count. Undated studies count (the safe side).
+    """
+    return [
+        m
+        for m in record.measurements
+        if m.study_id == study_id
+        or day is None
+        or m.study.study_date is None
+        or m.study.study_date <= day
+    ]
+
+
 def patient_resources_build(*, record: PatientRecord) -> PatientResources:
     """Every resource of one patient, from `patient_record_load`."""
     out = PatientResources(
@@ -561,15 +635,28 @@ def patient_resources_build(*, record: PatientRecord) -> PatientResources:
         for s in record.studies
     ]
     out.lesions = [fhir_lesion_build(lesion=lesion) for lesion in record.lesions]
-    by_study: dict[int, list[int]] = defaultdict(list)
+    by_study: dict[int, list[str]] = defaultdict(list)
     for m in record.measurements:
-        out.observations.extend(fhir_measurement_build(measurement=m))
-        by_study[m.study_id].append(m.pk)
+        group = fhir_measurement_build(measurement=m)
+        out.observations.extend(group)
+        by_study[m.study_id].append(group[0]["id"])
     out.reports = [
-        fhir_response_build(assessment=a, measurement_ids=by_study.get(a.study_id, ()))
+        fhir_response_build(
+            assessment=a,
+            measurement_ids=by_study.get(a.study_id, ()),
+            all_reviewed=results_all_reviewed(
+                _measurements_up_to(record, a.study.study_date, study_id=a.study_id)
+            ),
+        )
         for a in record.assessments
     ]
-    out.risk_assessments = [fhir_risk_build(score=s) for s in record.scores]
+    out.risk_assessments = [
+        fhir_risk_build(
+            score=s,
+            all_reviewed=results_all_reviewed(_measurements_up_to(record, s.landmark_date)),
+        )
+        for s in record.scores
+    ]
     return out
 
 

@@ -7,11 +7,17 @@
 - ``GET Patient/{id}/$everything``: every resource of the patient in one Bundle.
 
 Same authentication and view permissions as the REST API; every read is audited with
-the patient. Errors come back as an OperationOutcome.
+the patient. Errors come back as an OperationOutcome, including a resource RadTrack
+could not build (500, code ``exception``). A search parameter RadTrack does not
+support is refused (400, code ``not-supported``) rather than ignored: ignoring it would
+answer more than was asked for while the self link claimed the filter was applied.
 """
 
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
 from django.urls import path, re_path, reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -24,6 +30,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analytics.fhir import (
+    FHIRBuildError,
     PatientResources,
     fhir_searchset_build,
     patient_pk_from_fhir_id,
@@ -33,6 +40,8 @@ from analytics.fhir import (
 from imaging.api import HasViewPermissions
 from patients.audit import audit_record
 from patients.models import Patient
+
+logger = logging.getLogger(__name__)
 
 FHIR_READ_PERMISSIONS = (
     "patients.view_patient",
@@ -66,19 +75,63 @@ _ISSUE_CODE = {
 }
 
 
+class UnsupportedParameter(APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "not-supported"
+
+
+#: Query parameters every FHIR endpoint takes: FHIR's and DRF's format overrides.
+_FORMAT_PARAMETERS = frozenset({"_format", "format"})
+
+
 class FHIRView(APIView):
     """Base of the FHIR endpoints: FHIR JSON out, OperationOutcome on every error."""
 
     renderer_classes = [FHIRJSONRenderer, JSONRenderer]
     permission_classes = [IsAuthenticated, HasViewPermissions]
     required_permissions = FHIR_READ_PERMISSIONS
+    #: The query parameters this endpoint acts on; any other is refused.
+    supported_parameters: frozenset[str] = frozenset()
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        allowed = self.supported_parameters | _FORMAT_PARAMETERS
+        unsupported = sorted(set(request.query_params) - allowed)
+        if unsupported:
+            supported = ", ".join(sorted(self.supported_parameters)) or "none"
+            raise UnsupportedParameter(
+                f"unsupported search parameter(s): {', '.join(p[:40] for p in unsupported[:5])}"
+                f" (supported here: {supported})"
+            )
 
     def handle_exception(self, exc: Exception) -> Response:
-        response = super().handle_exception(exc)
+        if isinstance(exc, FHIRBuildError):
+            # The message names the resource and the failing fields, never their values.
+            logger.error("FHIR %s: a resource did not build: %s", type(self).__name__, exc)
+            return Response(
+                operation_outcome(code="exception", diagnostics=str(exc)),
+                status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+            )
+        try:
+            response = super().handle_exception(exc)
+        except Exception:
+            if settings.DEBUG_PROPAGATE_EXCEPTIONS:
+                raise
+            # Only the type: an exception's text may quote patient data.
+            logger.error("FHIR %s failed: %s", type(self).__name__, type(exc).__name__)
+            return Response(
+                operation_outcome(
+                    code="exception", diagnostics="internal error while answering the request"
+                ),
+                status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+            )
         detail = exc.detail if isinstance(exc, APIException) else str(exc)
-        response.data = operation_outcome(
-            code=_ISSUE_CODE.get(response.status_code, "exception"), diagnostics=str(detail)
+        code = (
+            UnsupportedParameter.default_code
+            if isinstance(exc, UnsupportedParameter)
+            else _ISSUE_CODE.get(response.status_code, "exception")
         )
+        response.data = operation_outcome(code=code, diagnostics=str(detail))
         return response
 
     def resources_for(self, pk: int | None) -> PatientResources:
@@ -154,6 +207,7 @@ class _PatientSearchView(FHIRView):
 
     resource_type = ""
     attribute = ""
+    supported_parameters = frozenset({"patient", "subject"})
 
     def get(self, request: Request) -> Response:
         wanted = request.query_params.get("patient") or request.query_params.get("subject")

@@ -12,10 +12,18 @@ short axis (mm). A lesion segmented at this study is a TID 1411 volumetric group
 references its segment; a lesion that has resolved (no voxels here) is a TID 1501
 group with zero measurements, so the PACS sees its disappearance.
 
-Geometry: the label map is a `Volume` in LPS mm whose voxel value is the lesion's
-component label (0 = background). It is handed to highdicom as a volume with its own
+Geometry: the label map is a `Volume` in LPS mm whose voxel values are the lesions'
+component labels (0 = background); a lesion split into fragments owns several labels,
+and its segment holds all of them. It is handed to highdicom as a volume with its own
 affine, so the SEG frames carry their true Plane Position (0020,0032) and are matched
-to source slices by position, whether or not the volume was resampled.
+to source slices by position, whether or not the volume was resampled. Its axes must
+therefore run as the source images' do (rows and columns along Image Orientation
+(Patient) (0020,0037), slices along their cross product): a label map whose header was
+corrected (a flip) would otherwise land on the wrong slices or mirrored, so it is
+refused (the caller maps it back to the source header first).
+
+An SR that replaces an earlier one of the same study names it in the Predecessor
+Documents Sequence (0040,A360), PS3.3 C.17.2, so the PACS can show it superseded.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage
 
 from .volume import Volume
 
@@ -46,8 +55,10 @@ class DicomExportError(ValueError):
 class ExportedLesion:
     """A lesion at one study, with the values in force (a radiologist's override wins).
 
-    ``component_label`` is the lesion's value in the label map; ``None`` when the lesion
-    has no voxels at this study (resolved). ``tracking_id`` is the readable label
+    ``component_label`` is the lesion's (largest fragment's) value in the label map;
+    ``None`` when the lesion has no voxels at this study (resolved).
+    ``component_labels`` are all its fragments' values (the measurements cover them
+    all); empty means ``component_label`` alone. ``tracking_id`` is the readable label
     ("Liver 2"), ``tracking_uid`` the DICOM Tracking UID shared across studies.
     """
 
@@ -58,6 +69,14 @@ class ExportedLesion:
     longest_diameter_mm: float
     short_axis_mm: float
     component_label: int | None
+    component_labels: tuple[int, ...] = ()
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Every label-map value of the lesion (none when it has no voxels here)."""
+        if self.component_label is None:
+            return ()
+        return tuple(sorted({int(self.component_label), *map(int, self.component_labels)}))
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,24 @@ class TimePoint:
     def code(self) -> hd.sr.CodedConcept:
         """CID 6146 Time Point Types: Baseline, or Posttreatment for a follow-up."""
         return codes.cid6146.Baseline if self.order == 1 else codes.cid6146.Posttreatment
+
+
+@dataclass(frozen=True)
+class PredecessorDocument:
+    """An SR this one replaces: what Predecessor Documents Sequence (0040,A360) cites."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = Comprehensive3DSRStorage
+
+    def as_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        ds.SOPClassUID = self.sop_class_uid
+        return ds
 
 
 @dataclass(frozen=True)
@@ -124,9 +161,9 @@ def _segmented(lesions: Sequence[ExportedLesion]) -> list[ExportedLesion]:
         (lesion for lesion in lesions if lesion.component_label is not None),
         key=lambda lesion: lesion.component_label,
     )
-    labels = [lesion.component_label for lesion in segmented]
+    labels = [label for lesion in segmented for label in lesion.labels]
     if len(set(labels)) != len(labels):
-        raise DicomExportError(f"two lesions share a component label: {labels}")
+        raise DicomExportError(f"two lesions share a component label: {sorted(labels)}")
     uids = [lesion.tracking_uid for lesion in lesions]
     if len(set(uids)) != len(uids):
         raise DicomExportError("two lesions share a Tracking UID")
@@ -134,6 +171,31 @@ def _segmented(lesions: Sequence[ExportedLesion]) -> list[ExportedLesion]:
         if not lesion.tracking_uid or not lesion.tracking_id:
             raise DicomExportError("every lesion needs a Tracking UID and a readable label")
     return segmented
+
+
+#: Largest difference of direction cosines taken as the same axis (about 0.6 degrees).
+DIRECTION_TOLERANCE = 0.01
+
+
+def _check_orientation(label_map: Volume, source_images: Sequence[Dataset]) -> None:
+    """Refuse a label map whose axes do not run as the source images' do.
+
+    Rows and columns must follow Image Orientation (Patient) (0020,0037) and slices their
+    cross product (the axes `series_volume` builds). A flipped axis would put the mask
+    on mirrored voxels or the wrong slices with no error from highdicom.
+    """
+    orientation = source_images[0].get("ImageOrientationPatient")
+    if orientation is None or len(orientation) != 6:
+        raise DicomExportError("a source image lacks Image Orientation (Patient) (0020,0037)")
+    row = np.asarray([float(v) for v in orientation[:3]])
+    column = np.asarray([float(v) for v in orientation[3:]])
+    expected = np.column_stack([row, column, np.cross(row, column)])
+    if not np.allclose(np.asarray(label_map.direction), expected, atol=DIRECTION_TOLERANCE):
+        raise DicomExportError(
+            "the label map's axes do not run as the source images' Image Orientation "
+            "(Patient) (0020,0037) says (was its header corrected, e.g. a flip?); map it "
+            "back to the source header before exporting"
+        )
 
 
 def _highdicom_volume(label_map: Volume, array: np.ndarray, frame_uid: str) -> hd.Volume:
@@ -183,6 +245,7 @@ def segmentation_build(
             "the label map's Frame of Reference UID differs from the source images'; "
             "it was not drawn on this series"
         )
+    _check_orientation(label_map, source_images)
     segmented = _segmented(lesions)
     if not segmented:
         raise DicomExportError("no lesion has voxels in the label map: nothing to segment")
@@ -195,13 +258,14 @@ def segmentation_build(
         version=model.version[:64],
     )
     for number, lesion in enumerate(segmented, start=1):
-        voxels = labels == lesion.component_label
-        if not voxels.any():
-            raise DicomExportError(
-                f"lesion {lesion.tracking_id!r} has label {lesion.component_label}, "
-                "which has no voxels in the label map"
-            )
-        segments[voxels] = number
+        for label in lesion.labels:
+            if not (labels == label).any():
+                raise DicomExportError(
+                    f"lesion {lesion.tracking_id!r} has label {label}, "
+                    "which has no voxels in the label map"
+                )
+        # Every fragment: the SR's values are measured over all of them.
+        segments[np.isin(labels, lesion.labels)] = number
         sites = [ORGAN_SITES[lesion.organ]] if lesion.organ in ORGAN_SITES else None
         descriptions.append(
             hd.seg.SegmentDescription(
@@ -300,8 +364,12 @@ def measurement_report_build(
     time_point: TimePoint,
     uids: ExportUids,
     series_number: int = 9002,
+    predecessor: PredecessorDocument | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report with one measurement group per lesion.
+
+    ``predecessor`` is the SR of this study this one replaces (values changed): it is
+    cited in the Predecessor Documents Sequence (0040,A360).
 
     Values are the ones in force (volume in ml, long and short axis in mm, PS3.16
     SCT 118565006, 103339001, 103340004). A lesion with a segment in ``segmentation``
@@ -378,6 +446,7 @@ def measurement_report_build(
         is_final=False,
         is_verified=False,
         series_description="RadTrack lesion measurements",
+        previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
     )
 
 

@@ -5,7 +5,14 @@ its segmentation's label map and the source series' headers, builds the objects 
 `imaging.core.dicom_export`, writes them under ``DATA_DIR/exports/dicom/`` and, when
 asked, stores them on the PACS (STOW-RS). UIDs are derived from the content, so
 exporting unchanged results again gives the same objects (the PACS keeps one copy),
-while a radiologist's change gives a new SR instance in the same series.
+while a radiologist's change gives a new SR instance in the same series that names the
+SR it replaces as its predecessor (every SR written is a `DicomExportRecord`).
+
+A split lesion's segment holds all its fragments (``component_labels``), as its
+measurements do. When the run that made the mask corrected the volume's orientation
+(a flipped header; the voxels are untouched), the mask is put back on the source
+header by voxel index, using the geometry the run recorded before the correction; a run
+flagged as corrected without that record is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from django.conf import settings
 
@@ -23,6 +31,7 @@ from imaging.core.dicom_export import (
     DicomExportError,
     ExportedLesion,
     ExportUids,
+    PredecessorDocument,
     SegmentationModel,
     TimePoint,
     dataset_write,
@@ -31,7 +40,16 @@ from imaging.core.dicom_export import (
 )
 from imaging.core.dicom_write import synthetic_uid
 from imaging.core.nifti import volume_read_nifti
-from imaging.models import Instance, LesionMeasurement, PacsTransfer, Segmentation, Series, Study
+from imaging.core.volume import Volume
+from imaging.models import (
+    DicomExportRecord,
+    Instance,
+    LesionMeasurement,
+    PacsTransfer,
+    Segmentation,
+    Series,
+    Study,
+)
 from imaging.services.pacs import PacsConfig, pacs_instances_send
 from imaging.store import file_sha256, object_path
 from patients.audit import audit_record
@@ -104,7 +122,9 @@ def _headers(series: Series) -> list[pydicom.Dataset]:
 
 
 def _lesion(m: LesionMeasurement, *, segmentation_id: int | None) -> ExportedLesion:
-    label = m.component_label if m.segmentation_id == segmentation_id else None
+    on_mask = m.segmentation_id == segmentation_id and m.component_label is not None
+    label = m.component_label if on_mask else None
+    fragments = tuple(int(c) for c in (m.component_labels or [])) if on_mask else ()
     return ExportedLesion(
         tracking_uid=m.lesion.tracking_uid,
         tracking_id=m.lesion.label,
@@ -113,6 +133,61 @@ def _lesion(m: LesionMeasurement, *, segmentation_id: int | None) -> ExportedLes
         longest_diameter_mm=m.effective_longest_diameter_mm,
         short_axis_mm=m.effective_short_axis_mm,
         component_label=label,
+        component_labels=fragments,
+    )
+
+
+#: Tolerances for matching the mask's header to the corrected geometry a run recorded.
+_ORIGIN_TOLERANCE_MM = 1e-3
+_DIRECTION_TOLERANCE = 1e-4
+
+
+def _label_map_on_source_header(label_map: Volume, segmentation: Segmentation) -> Volume:
+    """The mask with the header of the volume as read from DICOM, before any correction.
+
+    The orientation step mirrors only the header (direction and origin), never the array,
+    so voxel (i, j, k) of the stored mask is voxel (i, j, k) of the source series. The
+    geometry before and after comes from the run's ``orientation_standardise`` step.
+    """
+    run = segmentation.processing_run
+    flags = run.flags if run is not None else None
+    if not isinstance(flags, dict) or not flags.get("orientation_corrected"):
+        return label_map
+    step = next(
+        (
+            s
+            for s in run.steps or []
+            if isinstance(s, dict) and s.get("name") == "orientation_standardise"
+        ),
+        None,
+    )
+    result = (step or {}).get("result") or {}
+    keys = ("direction_before", "direction_after", "origin_before_mm", "origin_after_mm")
+    if not all(result.get(key) is not None for key in keys):
+        raise DicomExportError(
+            f"processing run {run.pk} corrected the volume's orientation but did not record "
+            "the geometry before the correction, so the mask cannot be placed on the source "
+            "images; not exported until a person has reviewed the orientation and the study "
+            "is processed again"
+        )
+    after_ok = np.allclose(
+        label_map.direction, np.asarray(result["direction_after"]), atol=_DIRECTION_TOLERANCE
+    ) and np.allclose(
+        label_map.origin_mm, np.asarray(result["origin_after_mm"]), atol=_ORIGIN_TOLERANCE_MM
+    )
+    if not after_ok:
+        raise DicomExportError(
+            f"the mask of segmentation {segmentation.pk} does not carry the corrected "
+            f"geometry processing run {run.pk} recorded, so its relation to the source "
+            "images is unknown; not exported"
+        )
+    return Volume(
+        array=label_map.array,
+        spacing_mm=label_map.spacing_mm,
+        origin_mm=tuple(float(v) for v in result["origin_before_mm"]),
+        direction=np.asarray(result["direction_before"], dtype=float),
+        frame_of_reference_uid=label_map.frame_of_reference_uid,
+        kind="label",
     )
 
 
@@ -187,18 +262,47 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
             raise DicomExportError(
                 f"segmentation {segmentation.pk}: its mask file {segmentation.mask_path} is missing"
             )
-        label_map = volume_read_nifti(path=mask_file, kind="label")
+        label_map = _label_map_on_source_header(
+            volume_read_nifti(path=mask_file, kind="label"), segmentation
+        )
         seg_key = _fingerprint(
             segmentation.pk,
             file_sha256(mask_file),
-            [(x.tracking_uid, x.tracking_id, x.component_label) for x in lesions],
+            label_map.origin_mm,
+            np.asarray(label_map.direction).tolist(),
+            [(x.tracking_uid, x.tracking_id, list(x.labels)) for x in lesions],
         )
-    sr_key = _fingerprint(seg_key, time_point.order, [list(vars(x).values()) for x in lesions])
+    content_key = _fingerprint(seg_key, time_point.order, [list(vars(x).values()) for x in lesions])
+    # The latest SR of the study: the same content is rebuilt as the same object (same
+    # UID, same predecessor); other content replaces it and names it as predecessor.
+    latest = DicomExportRecord.objects.filter(study=study).select_related("predecessor").first()
+    if latest is not None and latest.content_key == content_key:
+        previous = latest.predecessor
+        sr_uid = latest.sr_sop_instance_uid
+    else:
+        previous = latest
+        sr_uid = synthetic_uid(
+            [
+                "radtrack-sr",
+                study.study_instance_uid,
+                content_key,
+                previous.sr_sop_instance_uid if previous is not None else "",
+            ]
+        )
+    predecessor = (
+        PredecessorDocument(
+            study_instance_uid=study.study_instance_uid,
+            series_instance_uid=previous.sr_series_instance_uid,
+            sop_instance_uid=previous.sr_sop_instance_uid,
+        )
+        if previous is not None
+        else None
+    )
     uids = ExportUids(
         seg_series_instance_uid=synthetic_uid([study.study_instance_uid, "radtrack-seg"]),
         seg_sop_instance_uid=synthetic_uid(["radtrack-seg", seg_key or "none"]),
         sr_series_instance_uid=synthetic_uid([study.study_instance_uid, "radtrack-sr"]),
-        sr_sop_instance_uid=synthetic_uid(["radtrack-sr", study.study_instance_uid, sr_key]),
+        sr_sop_instance_uid=sr_uid,
         device_uid=synthetic_uid(["radtrack-device", model.name, model.version]),
     )
 
@@ -223,9 +327,23 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
         model=model,
         time_point=time_point,
         uids=uids,
+        predecessor=predecessor,
     )
     sr_path = str(folder / f"SR-{uids.sr_sop_instance_uid}.dcm")
     dataset_write(dataset=sr, path=Path(settings.DATA_DIR) / sr_path)
+    if latest is None or latest.sr_sop_instance_uid != uids.sr_sop_instance_uid:
+        DicomExportRecord.objects.get_or_create(
+            sr_sop_instance_uid=uids.sr_sop_instance_uid,
+            defaults={
+                "study": study,
+                "content_key": content_key,
+                "sr_series_instance_uid": uids.sr_series_instance_uid,
+                "sr_path": sr_path,
+                "seg_sop_instance_uid": uids.seg_sop_instance_uid if seg is not None else "",
+                "seg_path": seg_path,
+                "predecessor": previous,
+            },
+        )
     result = StudyDicomExport(
         study_id=study.pk,
         seg_path=seg_path,

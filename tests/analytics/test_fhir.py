@@ -16,9 +16,12 @@ from analytics.fhir import (
     FHIRBuildError,
     fhir_resource_validate,
     fhir_transaction_build,
+    lesion_fhir_id,
+    measurement_fhir_id,
     patient_pk_from_fhir_id,
     patient_record_load,
     patient_resources_build,
+    response_fhir_id,
 )
 from patients.models import AuditEvent
 from tests.api.helpers import rows_make
@@ -96,15 +99,17 @@ def test_imaging_studies_carry_uids_series_and_instance_counts(rows, resources):
 
 def test_one_measurement_group_per_lesion_and_study_with_tracking_ids_and_ucum(rows, resources):
     groups = [o for o in resources.observations if _coding(o["code"], DCM)]
+    uid = rows.lesion.tracking_uid
+    followup_id = measurement_fhir_id(uid, rows.followup.study_instance_uid)
     assert sorted(g["id"] for g in groups) == sorted(
-        [f"measurement-{rows.at_baseline.pk}", f"measurement-{rows.at_followup.pk}"]
+        [measurement_fhir_id(uid, rows.baseline.study_instance_uid), followup_id]
     )  # the rejected false positive is not sent
-    group = next(g for g in groups if g["id"] == f"measurement-{rows.at_followup.pk}")
+    group = next(g for g in groups if g["id"] == followup_id)
     assert _coding(group["code"], DCM)[0]["code"] == "125007"
     components = {c["code"]["coding"][0]["code"]: c for c in group["component"]}
     assert components["112039"]["valueString"] == "Liver 1"
     assert components["112040"]["valueString"] == rows.lesion.tracking_uid
-    assert group["focus"] == [{"reference": f"BodyStructure/lesion-{rows.lesion.pk}"}]
+    assert group["focus"] == [{"reference": f"BodyStructure/{lesion_fhir_id(uid)}"}]
     assert group["derivedFrom"] == [{"reference": f"ImagingStudy/study-{rows.followup.pk}"}]
     assert group["status"] == "final"  # edited by a radiologist
 
@@ -129,10 +134,15 @@ def test_one_measurement_group_per_lesion_and_study_with_tracking_ids_and_ucum(r
 
 
 def test_response_report_and_risk_assessment(rows, resources):
-    report = next(r for r in resources.reports if r["id"] == f"response-{rows.response.pk}")
+    report = next(
+        r
+        for r in resources.reports
+        if r["id"] == response_fhir_id(rows.followup.study_instance_uid)
+    )
     assert report["conclusionCode"][0]["coding"][0]["code"] == "PR"
     assert "-35.0% from baseline" in report["conclusion"]
-    assert report["result"] == [{"reference": f"Observation/measurement-{rows.at_followup.pk}"}]
+    group_id = measurement_fhir_id(rows.lesion.tracking_uid, rows.followup.study_instance_uid)
+    assert report["result"] == [{"reference": f"Observation/{group_id}"}]
     assert report["imagingStudy"] == [{"reference": f"ImagingStudy/study-{rows.followup.pk}"}]
 
     (risk,) = resources.risk_assessments
@@ -147,7 +157,9 @@ def test_response_report_and_risk_assessment(rows, resources):
 
 def test_an_invalid_resource_is_refused_naming_it():
     with pytest.raises(
-        FHIRBuildError, match=r"Observation/x is not valid FHIR R4: code: Field required"
+        FHIRBuildError,
+        match=r"Observation/x is not valid FHIR \(checked against the R4B "
+        r"models\): code: Field required",
     ):
         fhir_resource_validate({"resourceType": "Observation", "id": "x", "status": "final"})
 
@@ -214,3 +226,132 @@ def test_fhir_errors_are_operation_outcomes(fhir, rows):
     assert unknown.status_code == 404
     assert unknown.json()["issue"][0]["code"] == "not-found"
     assert fhir.get("/fhir/Patient/12").status_code == 404
+
+
+# -- ids that survive re-tracking (finding 4) ---------------------------------------------
+def _ids(resources) -> set[str]:
+    return {f"{r['resourceType']}/{r['id']}" for r in resources.all()}
+
+
+def test_ids_survive_retracking_which_rebuilds_measurement_and_response_rows(rows, resources):
+    from analytics.models import ResponseAssessment
+    from imaging.models import LesionMeasurement
+
+    before = _ids(resources)
+    # What tracking does: delete every measurement and response row and create new ones.
+    kept = []
+    for m in LesionMeasurement.objects.filter(lesion__patient=rows.alice).order_by("pk"):
+        values = {f.attname: getattr(m, f.attname) for f in m._meta.concrete_fields}
+        values.pop("id")
+        kept.append(values)
+        m.delete()
+    for values in kept:
+        LesionMeasurement.objects.create(**values)
+    for a in ResponseAssessment.objects.filter(patient=rows.alice).order_by("pk"):
+        a.pk = None
+        ResponseAssessment.objects.filter(study=a.study).delete()
+        a.save()
+    after = _ids(patient_resources_build(record=patient_record_load(pk=rows.alice.pk)))
+    assert after == before
+    assert f"BodyStructure/{lesion_fhir_id(rows.lesion.tracking_uid)}" in after
+    assert f"DiagnosticReport/{response_fhir_id(rows.followup.study_instance_uid)}" in after
+
+
+def test_ids_are_valid_fhir_ids_under_64_characters(resources):
+    import re
+
+    for ref in _ids(resources):
+        assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", ref.split("/")[1]), ref
+
+
+# -- preliminary until reviewed (finding 11) ----------------------------------------------
+def _status_by_study(resources, rows):
+    return {
+        study: next(
+            r["status"]
+            for r in resources.reports
+            if r["id"] == response_fhir_id(study.study_instance_uid)
+        )
+        for study in (rows.baseline, rows.followup)
+    }
+
+
+def test_reports_and_risk_are_final_only_when_every_measurement_was_reviewed(rows, resources):
+    # Fixture: both measurements reviewed (accepted, edited).
+    assert set(_status_by_study(resources, rows).values()) == {"final"}
+    assert resources.risk_assessments[0]["status"] == "final"
+
+    rows.at_followup.review_state = "pending"
+    rows.at_followup.save()
+    pending = patient_resources_build(record=patient_record_load(pk=rows.alice.pk))
+    assert _status_by_study(pending, rows) == {
+        rows.baseline: "final",  # the baseline rests on the reviewed baseline measurement
+        rows.followup: "preliminary",
+    }
+    assert pending.risk_assessments[0]["status"] == "preliminary"
+
+    rows.at_followup.review_state = "accepted"
+    rows.at_followup.save()
+    rows.at_baseline.review_state = "pending"
+    rows.at_baseline.save()
+    baseline_pending = patient_resources_build(record=patient_record_load(pk=rows.alice.pk))
+    # The follow-up's percent change is against the baseline, so it is preliminary too.
+    assert set(_status_by_study(baseline_pending, rows).values()) == {"preliminary"}
+    group_statuses = {o["status"] for o in baseline_pending.observations}
+    assert group_statuses == {"final", "preliminary"}
+
+
+# -- FHIR validation models (finding 19) --------------------------------------------------
+def test_resources_are_checked_against_r4b_and_say_so_because_no_r4_package_exists():
+    import importlib.util
+
+    import analytics.fhir as fhir_module
+
+    # If fhir.resources ever ships R4 models, validate against them and drop this.
+    assert importlib.util.find_spec("fhir.resources.R4") is None
+    assert fhir_module.FHIR_VALIDATION_PACKAGE == "fhir.resources.R4B"
+    assert fhir_module.get_fhir_model_class.__module__.startswith("fhir.resources.R4B")
+    assert "no R4 package" in fhir_module.__doc__ and "R4B" in fhir_module.__doc__
+    with pytest.raises(FHIRBuildError, match="checked against the R4B models"):
+        fhir_resource_validate({"resourceType": "Observation", "id": "x", "status": "final"})
+
+
+# -- errors and search parameters (finding 12) --------------------------------------------
+def test_a_resource_that_does_not_build_is_a_500_operation_outcome(fhir, rows):
+    from analytics.models import ResponseAssessment
+
+    ResponseAssessment.objects.filter(pk=rows.response.pk).update(recist_response="XX")
+    response = fhir.get(f"/fhir/Patient/patient-{rows.alice.pk}/$everything")
+    assert response.status_code == 500
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == "exception"
+    assert "'XX' is not one of" in body["issue"][0]["diagnostics"]
+
+
+def test_an_unexpected_error_is_a_500_operation_outcome_without_its_text(fhir, rows, caplog):
+    from analytics.models import RiskScore
+
+    RiskScore.objects.filter(pk=rows.score.pk).update(tier="Smith^Alice")  # no such tier
+    response = fhir.get("/fhir/RiskAssessment", {"patient": f"patient-{rows.alice.pk}"})
+    assert response.status_code == 500
+    issue = response.json()["issue"][0]
+    assert issue["code"] == "exception"
+    assert "Smith" not in issue["diagnostics"]
+    assert "Smith" not in caplog.text
+
+
+def test_unsupported_search_parameters_are_refused_not_ignored(fhir, rows):
+    patient = f"patient-{rows.alice.pk}"
+    refused = fhir.get("/fhir/Observation", {"patient": patient, "date": "ge2024-03-01"})
+    assert refused.status_code == 400
+    issue = refused.json()["issue"][0]
+    assert issue["code"] == "not-supported"
+    assert "date" in issue["diagnostics"] and "patient" in issue["diagnostics"]
+    everything = fhir.get(f"/fhir/Patient/{patient}/$everything", {"_count": "1"})
+    assert everything.status_code == 400
+    assert everything.json()["issue"][0]["code"] == "not-supported"
+    # Supported ones, and the format override, still work; the self link is the query.
+    ok = fhir.get("/fhir/Observation", {"patient": patient, "_format": "json"})
+    assert ok.status_code == 200
+    assert ok.json()["link"][0]["url"].endswith(f"/fhir/Observation?patient={patient}&_format=json")

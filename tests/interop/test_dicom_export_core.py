@@ -243,3 +243,80 @@ def test_sources_from_two_series_are_refused(ct, tmp_path: Path):
             uids=_uids(),
             software_version="x",
         )
+
+
+# -- a split lesion's fragments (finding 5) -----------------------------------------------
+def test_a_split_lesions_segment_holds_every_fragment(ct):
+    headers, grid = ct
+    split = ExportedLesion("2.25.1001", "Liver 1", "liver", 1.3, 14.0, 9.5, 3, (3, 9))
+    seg = segmentation_build(
+        source_images=headers,
+        label_map=_label_map(grid),
+        lesions=[split, LUNG_1],
+        model=MODEL,
+        uids=_uids(),
+        software_version="x",
+    )
+    mask = seg.get_volume(combine_segments=True).array
+    assert int((mask == 1).sum()) == 3 * 5 * 5 + 2 * 2  # label 3 and its fragment 9
+    assert int((mask == 2).sum()) == 9
+
+
+def test_a_fragment_claimed_by_two_lesions_or_missing_is_refused(ct):
+    headers, grid = ct
+    both = ExportedLesion("2.25.1002", "Lung 1", "lung", 0.08, 4.0, 2.4, 7, (7, 3))
+    with pytest.raises(DicomExportError, match="share a component label"):
+        _build(ct, lesions=(LIVER_1, both))
+    ghost = ExportedLesion("2.25.1001", "Liver 1", "liver", 1.3, 14.0, 9.5, 3, (3, 11))
+    with pytest.raises(DicomExportError, match="has label 11, which has no voxels"):
+        _build(ct, lesions=(ghost,))
+
+
+# -- a mask whose header was corrected (finding 9) ----------------------------------------
+@pytest.mark.parametrize("flips", [(-1, 1, 1), (1, 1, -1)])
+def test_a_label_map_with_a_flipped_header_is_refused(ct, flips):
+    from imaging.core.standardise import volume_flip_header
+
+    headers, grid = ct
+    flipped = volume_flip_header(volume=_label_map(grid), flips=flips)
+    with pytest.raises(DicomExportError, match="axes do not run as the source images'"):
+        segmentation_build(
+            source_images=headers,
+            label_map=flipped,
+            lesions=[LIVER_1],
+            model=MODEL,
+            uids=_uids(),
+            software_version="x",
+        )
+
+
+# -- an SR replacing another (finding 10) -------------------------------------------------
+def test_an_sr_names_the_sr_it_replaces_and_still_passes_dciodvfy(ct, tmp_path):
+    from imaging.core.dicom_export import PredecessorDocument
+
+    headers, _ = ct
+    seg, first = _build(ct)
+    earlier = PredecessorDocument(
+        study_instance_uid=first.StudyInstanceUID,
+        series_instance_uid=first.SeriesInstanceUID,
+        sop_instance_uid=first.SOPInstanceUID,
+    )
+    uids = ExportUids(*(synthetic_uid([name]) for name in ("ss", "si", "rs", "r2", "dev")))
+    second = measurement_report_build(
+        source_images=headers,
+        segmentation=seg,
+        lesions=[LIVER_1, LUNG_1],
+        model=MODEL,
+        time_point=TimePoint(2),
+        uids=uids,
+        predecessor=earlier,
+    )
+    (study,) = second.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    (series,) = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    (instance,) = series.ReferencedSOPSequence
+    assert instance.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert instance.ReferencedSOPClassUID == first.SOPClassUID
+    assert dciodvfy_errors(dataset_write(dataset=second, path=tmp_path / "sr2.dcm")) == []
+    assert "PredecessorDocumentsSequence" not in first

@@ -128,3 +128,128 @@ def test_command_refuses_unknown_patient_and_send_without_pacs(tmp_path, setting
     with pytest.raises(CommandError, match="no PACS is configured"):
         call_command("export_dicom", "--patient", case.study.patient.patient_id, "--send")
     assert not AuditEvent.objects.filter(action="dicom.send").exists()
+
+
+def _frames(path: Path) -> dict[tuple, bytes]:
+    """Each SEG frame's pixels by source image, segment, position and orientation."""
+    seg = pydicom.dcmread(path)
+    pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    out = {}
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        position = tuple(
+            round(float(v), 3) for v in frame.PlanePositionSequence[0].ImagePositionPatient
+        )
+        orientation = (
+            frame.get("PlaneOrientationSequence")
+            or seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+        )[0]
+        key = (
+            source.ReferencedSOPInstanceUID,
+            number,
+            position,
+            tuple(round(float(v), 6) for v in orientation.ImageOrientationPatient),
+        )
+        out[key] = pixels[index].tobytes()
+    return out
+
+
+# -- a split lesion (finding 5) -----------------------------------------------------------
+def test_a_split_lesions_segment_holds_all_its_fragments(tmp_path):
+    case = analysed_study(tmp_path, key="svc8")
+    liver, lung = case.measurements
+    lung.delete()  # tracking found label 5 to be a fragment of the liver lesion
+    liver.component_labels = [2, 5]
+    liver.volume_ml = 0.48 + 0.0058
+    liver.save()
+    result = study_dicom_export(study=case.study)
+    seg = hd.seg.segread(_path(result.seg_path))
+    (number,) = seg.get_segment_numbers(tracking_uid=liver.lesion.tracking_uid)
+    mask = seg.get_volume(combine_segments=True).array
+    assert int((mask == number).sum()) == 3 * 5 * 5 + 3 * 3  # both fragments
+    report = hd.sr.srread(_path(result.sr_path))
+    (group,) = report.content.get_volumetric_roi_measurement_groups()
+    volume = group.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))[0]
+    assert volume.value == pytest.approx(0.4858)
+
+
+# -- an orientation-corrected run (finding 9) ---------------------------------------------
+def _corrected_run(case, *, record_geometry: bool = True):
+    """Give the study's mask the header an LR-flip correction gives, as the pipeline does."""
+    from imaging.core.nifti import volume_read_nifti, volume_write_nifti
+    from imaging.core.standardise import volume_flip_header
+    from imaging.models import ProcessingRun
+
+    segmentation = case.measurements[0].segmentation
+    mask_file = _path(segmentation.mask_path)
+    before = volume_read_nifti(path=mask_file, kind="label")
+    after = volume_flip_header(volume=before, flips=(-1, 1, 1))
+    volume_write_nifti(volume=after, path=mask_file)
+    result = {"finding": "left-right flip", "corrected": True}
+    if record_geometry:
+        result.update(
+            direction_before=before.direction.round(6).tolist(),
+            direction_after=after.direction.round(6).tolist(),
+            origin_before_mm=list(before.origin_mm),
+            origin_after_mm=list(after.origin_mm),
+        )
+    run = ProcessingRun.objects.create(
+        series=segmentation.series,
+        status="succeeded",
+        flags={"orientation_review": "left-right flip", "orientation_corrected": True},
+        steps=[{"name": "orientation_standardise", "status": "succeeded", "result": result}],
+    )
+    segmentation.processing_run = run
+    segmentation.save(update_fields=["processing_run"])
+    return run
+
+
+def test_a_corrected_runs_mask_is_exported_on_the_source_images_voxel_for_voxel(tmp_path):
+    case = analysed_study(tmp_path, key="svc9")
+    plain = _frames(_path(study_dicom_export(study=case.study).seg_path))
+    _corrected_run(case)
+    result = study_dicom_export(study=case.study)
+    assert _frames(_path(result.seg_path)) == plain
+    seg = pydicom.dcmread(_path(result.seg_path))
+    source = pydicom.dcmread(case.files[0])
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    assert list(map(float, orientation.ImageOrientationPatient)) == list(
+        map(float, source.ImageOrientationPatient)
+    )
+    assert dciodvfy_errors(_path(result.seg_path)) == []
+
+
+def test_a_corrected_run_without_its_geometry_record_is_refused(tmp_path):
+    case = analysed_study(tmp_path, key="svc10")
+    run = _corrected_run(case, record_geometry=False)
+    with pytest.raises(DicomExportError, match=rf"processing run {run.pk} corrected the volume"):
+        study_dicom_export(study=case.study)
+
+
+# -- a replaced SR names its predecessor (finding 10) -------------------------------------
+def test_a_changed_sr_names_the_one_it_replaces(tmp_path):
+    case = analysed_study(tmp_path, key="svc11")
+    first = study_dicom_export(study=case.study)
+    assert "PredecessorDocumentsSequence" not in pydicom.dcmread(_path(first.sr_path))
+    case.measurements[0].override_longest_diameter_mm = 30.0
+    case.measurements[0].save()
+    changed = study_dicom_export(study=case.study)
+    old = pydicom.dcmread(_path(first.sr_path))
+    new = pydicom.dcmread(_path(changed.sr_path))
+    reference = new.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert reference.SeriesInstanceUID == old.SeriesInstanceUID
+    assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old.SOPInstanceUID
+    assert dciodvfy_errors(_path(changed.sr_path)) == []
+
+    # Unchanged again: the very same object, still naming the same predecessor.
+    again = study_dicom_export(study=case.study)
+    assert again.sr_path == changed.sr_path
+    # Back to the first values: a third version, naming the second (not the first's UID).
+    case.measurements[0].override_longest_diameter_mm = None
+    case.measurements[0].save()
+    reverted = study_dicom_export(study=case.study)
+    assert reverted.sr_path not in (first.sr_path, changed.sr_path)
+    third = pydicom.dcmread(_path(reverted.sr_path))
+    reference = third.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == new.SOPInstanceUID

@@ -3,6 +3,9 @@
 Each patient goes as one transaction Bundle to ``RADTRACK_FHIR_SERVER_URL``; a patient
 the server refuses is reported with the reason and does not stop the others. Each push
 is audited. Exits non-zero if any patient was not taken.
+
+The server's own diagnostics (which may quote patient data) are written to this
+command's stderr for the operator and go to no log.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Command(BaseCommand):
             if not patients.exists():
                 raise CommandError(f"no patient with ID {options['patient']!r}")
         username = f"cli:{getpass.getuser()}"
-        pushed = resources = 0
+        pushed = resources = superseded = 0
         failures: list[str] = []
         rows = list(patients.values_list("pk", flat=True))
         for pk in tqdm(rows, desc="push_fhir", unit="patient", file=sys.stderr, leave=False):
@@ -46,6 +49,9 @@ class Command(BaseCommand):
             except (FHIRPushError, FHIRBuildError) as exc:
                 failures.append(f"patient {pk}: {exc}")
                 self.stderr.write(f"patient {pk}: not pushed: {exc}")
+                detail = getattr(exc, "detail", "")
+                if detail:
+                    self.stderr.write(f"patient {pk}: the server said: {detail}")
                 continue
             audit_record(
                 action="fhir.push",
@@ -56,8 +62,11 @@ class Command(BaseCommand):
             )
             pushed += 1
             resources += result.resources
-        summary = f"push_fhir: {pushed} of {len(rows)} patients pushed ({resources} resources)" + (
-            f", {len(failures)} failed" if failures else ""
+            superseded += result.superseded
+        summary = (
+            f"push_fhir: {pushed} of {len(rows)} patients pushed ({resources} resources, "
+            f"{superseded} superseded marked entered-in-error)"
+            + (f", {len(failures)} failed" if failures else "")
         )
         if failures:
             raise CommandError(summary)
