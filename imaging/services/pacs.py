@@ -180,14 +180,21 @@ def _remote_study(item: dict) -> RemoteStudy:
 
 
 def pacs_studies_find(
-    *, config: PacsConfig, since: dt.date | None = None, study_instance_uid: str = ""
+    *,
+    config: PacsConfig,
+    since: dt.date | None = None,
+    study_instance_uid: str = "",
+    patient_id: str = "",
 ) -> list[RemoteStudy]:
-    """Studies on the PACS with Study Date on or after ``since`` (QIDO-RS, PS3.18 10.6)."""
+    """Studies on the PACS with Study Date on or after ``since``, or of one patient
+    (Patient ID, any date) (QIDO-RS, PS3.18 10.6)."""
     filters: dict[str, str] = {}
     if since is not None:
         filters["StudyDate"] = f"{since:%Y%m%d}-"
     if study_instance_uid:
         filters["StudyInstanceUID"] = study_instance_uid
+    if patient_id:
+        filters["PatientID"] = patient_id
     client = config.client()
     items = pacs_call(
         config=config,
@@ -411,18 +418,64 @@ def pacs_pull(
         .values_list("study_instance_uid")
         .annotate(n=Count("series__instances"))
     )
-    seen = []
-    for study in remote:
-        seen.append(study.study_instance_uid)
-        have = local_counts.get(study.study_instance_uid, 0)
-        if study.instances is not None and have >= study.instances:
-            summary.up_to_date += 1
-            continue
-        retrieve(study.study_instance_uid)
+    seen: list[str] = []
+
+    def take(studies: list[RemoteStudy], counts: dict[str, int]) -> None:
+        for study in studies:
+            if study.study_instance_uid in seen:
+                continue
+            seen.append(study.study_instance_uid)
+            have = counts.get(study.study_instance_uid, 0)
+            # Equal counts: complete. Any other count, more here included (images from
+            # another door), is settled by the retrieve, which compares SOP Instance UIDs.
+            if study.instances is not None and have == study.instances:
+                summary.up_to_date += 1
+                continue
+            retrieve(study.study_instance_uid)
+
+    take(remote, local_counts)
     if trigger == PacsTransfer.Trigger.SCHEDULE:
+        _priors_take(config=config, since=since, remote=remote, take=take, summary=summary)
         for uid in _failed_retrieves_to_retry(seen):
             retrieve(uid)
     return summary
+
+
+def _priors_take(*, config, since, remote, take, summary) -> None:
+    """Earlier studies of the patients seen in this look-back, whatever their date.
+
+    A prior loaded into the PACS late (from another hospital, a restored archive) keeps
+    its old Study Date, so the date search never finds it; the follow-up it belongs to
+    needs it as the baseline.
+    """
+    from patients.models import Patient
+
+    patient_ids = set()
+    for study in remote:
+        local = Study.objects.filter(study_instance_uid=study.study_instance_uid).first()
+        if local is not None:
+            patient_ids.add(local.patient.patient_id)
+    if since is not None:
+        start = timezone.make_aware(dt.datetime.combine(since, dt.time()))
+        patient_ids |= set(
+            Patient.objects.filter(studies__created_at__gte=start).values_list(
+                "patient_id", flat=True
+            )
+        )
+    for patient_id in sorted(patient_ids):
+        try:
+            studies = pacs_studies_find(config=config, patient_id=patient_id)
+        except PacsError as exc:
+            summary.error = f"{summary.error}; {exc}" if summary.error else str(exc)
+            logger.error("PACS search for a patient's earlier studies failed: %s", exc)
+            continue
+        counts = dict(
+            Study.objects.filter(study_instance_uid__in=[r.study_instance_uid for r in studies])
+            .order_by()
+            .values_list("study_instance_uid")
+            .annotate(n=Count("series__instances"))
+        )
+        take(studies, counts)
 
 
 # -- STOW-RS ----------------------------------------------------------------------

@@ -85,7 +85,31 @@ def test_scheduled_pull_takes_recent_studies_and_retries_failed_ones(orthanc, pa
     # The next run finds the recent study complete and makes no transfer for it.
     before = PacsTransfer.objects.count()
     line = pacs_pull_task.delay().get()
-    assert "1 already complete" in line
+    # Both complete: the recent one by date, the old one by its patient's sweep.
+    assert "0 retrieved, 2 already complete" in line
+    assert PacsTransfer.objects.count() == before
+
+
+def test_scheduled_pull_fetches_a_late_prior_of_a_recent_patient(orthanc, pacs, tmp_path):
+    """A prior loaded into the PACS late keeps its old Study Date: the date search never
+    sees it, the patient sweep does. Another patient's old study is left alone."""
+    today = timezone.localdate()
+    common = {"patient_id": "RT-PRIOR", "slices": 4, "size": 24}
+    recent = ct_files(tmp_path / "recent", key="prior-recent", study_date=today, **common)
+    prior = ct_files(tmp_path / "prior", key="prior-old", study_date=dt.date(2019, 2, 1), **common)
+    stranger, _ = _study_in_orthanc(orthanc, tmp_path, "stranger", study_date=dt.date(2019, 3, 1))
+    orthanc.upload(recent + prior)
+
+    line = pacs_pull_task.delay().get()
+
+    # (Orthanc is shared by the module's tests: other recent studies may come too.)
+    assert "0 failed" in line
+    uids = {str(pydicom.dcmread(f[0]).StudyInstanceUID) for f in (recent, prior)}
+    assert uids <= set(Study.objects.values_list("study_instance_uid", flat=True))
+    assert not Study.objects.filter(study_instance_uid=stranger).exists()
+    # Next time both are complete: no transfer, and the prior counts as up to date.
+    before = PacsTransfer.objects.count()
+    assert "0 retrieved" in pacs_pull_task.delay().get()
     assert PacsTransfer.objects.count() == before
 
 
