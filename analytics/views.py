@@ -6,6 +6,9 @@ render. Figures come from `analytics.figures`.
 
 from __future__ import annotations
 
+import time
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -38,6 +41,7 @@ ORDER_LABELS = {
     WorklistOrder.PATIENT: "MRN",
 }
 PIPELINE_POLL_SECONDS = 3
+PIPELINE_AUDIT_REFRESH_SECONDS = 300
 
 
 def _page_number(value: str | None) -> int:
@@ -129,13 +133,29 @@ def cohort_view(request: HttpRequest) -> HttpResponse:
 @permission_required("imaging.view_series", raise_exception=True)
 def pipeline_view(request: HttpRequest) -> HttpResponse:
     """Imports and processing state per study; ``?fragment=1`` gives the live part alone."""
+    from imaging.services.pacs import pacs_transfers_recent
+    from patients.permissions import can_upload
+
     overview = pipeline_overview()
     fragment = request.GET.get("fragment") == "1"
-    audit_record(
-        request=request,
-        action="pipeline.view",
-        object=f"{len(overview.studies)} studies" + (" (refresh)" if fragment else ""),
-    )
-    context = {"overview": overview, "poll_seconds": PIPELINE_POLL_SECONDS}
+    # The live part refreshes every few seconds: a refresh is audited once per
+    # PIPELINE_AUDIT_REFRESH_SECONDS per login session, not on every poll.
+    now = time.time()
+    last = request.session.get("pipeline_audited_at", 0.0)
+    if not fragment or now - last >= PIPELINE_AUDIT_REFRESH_SECONDS:
+        audit_record(
+            request=request,
+            action="pipeline.view",
+            object=f"{len(overview.studies)} studies" + (" (refresh)" if fragment else ""),
+        )
+        request.session["pipeline_audited_at"] = now
+    may_retrieve = can_upload(request.user)
+    context = {
+        "overview": overview,
+        "poll_seconds": PIPELINE_POLL_SECONDS,
+        "may_retrieve": may_retrieve,
+        "pacs_configured": bool(settings.RADTRACK_PACS_DICOMWEB_URL),
+        "transfers": pacs_transfers_recent() if may_retrieve else [],
+    }
     template = "analytics/_pipeline_live.html" if fragment else "analytics/pipeline.html"
     return render(request, template, context)

@@ -29,6 +29,7 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
     extend_schema_view,
+    inline_serializer,
 )
 from rest_framework import exceptions, serializers, status, viewsets
 from rest_framework.generics import ListAPIView, RetrieveAPIView
@@ -702,3 +703,35 @@ class IngestSessionListView(ListAPIView):
         response = super().get(request, *args, **kwargs)
         audit_record(request=request, action="ingest_session.list", object=request.path)
         return response
+
+
+class PacsRetrieveView(APIView):
+    """POST ``{"study_instance_uid": ...}``: queue that study's retrieve from the PACS.
+
+    Answers 202 at once; the transfer's outcome (retried on connection failures) is
+    recorded and shown on the pipeline page.
+    """
+
+    permission_classes = [IsAuthenticated, CanUpload]
+
+    @extend_schema(
+        request=inline_serializer(
+            "PacsRetrieveRequest", {"study_instance_uid": serializers.CharField(max_length=64)}
+        ),
+        responses={
+            202: inline_serializer("PacsRetrieveQueued", {"queued": serializers.CharField()}),
+            400: DetailSerializer,
+        },
+        operation_id="pacs_retrieve",
+    )
+    def post(self, request):
+        from imaging.services.pacs import RetrieveRequestError, pacs_retrieve_queue
+
+        data = request.data if isinstance(request.data, dict) else {}
+        try:
+            uid = pacs_retrieve_queue(
+                study_instance_uid=str(data.get("study_instance_uid", "")), request=request
+            )
+        except RetrieveRequestError as exc:
+            return Response({"detail": str(exc)}, status=400)
+        return Response({"queued": uid}, status=202)

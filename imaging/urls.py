@@ -10,6 +10,7 @@ urlpatterns = [
     path("upload/chunk/", views.upload_chunk_view, name="upload-chunk"),
     path("upload/<int:pk>/finish/", views.upload_finish_view, name="upload-finish"),
     path("sessions/<int:pk>/", views.ingest_session_view, name="ingest-session"),
+    path("pacs/retrieve/", views.pacs_retrieve_view, name="pacs-retrieve"),
     path("patients/<int:pk>/viewer/", review_views.viewer_view, name="viewer"),
     path("studies/<int:pk>/files/<str:kind>/", review_views.viewer_file_view, name="viewer-file"),
     path(

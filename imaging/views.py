@@ -9,6 +9,7 @@ JavaScript the form posts all files at once to ``upload/``.
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -165,3 +166,22 @@ def ingest_session_view(request: HttpRequest, pk: int) -> HttpResponse:
         "imaging/ingest_session.html",
         {"session": session, "studies": studies, "issues": issues},
     )
+
+
+@login_required
+@require_POST
+def pacs_retrieve_view(request: HttpRequest) -> HttpResponse:
+    """Queue the retrieve of one study from the PACS, then back to the pipeline page."""
+    from imaging.services.pacs import RetrieveRequestError, pacs_retrieve_queue
+
+    if not can_upload(request.user):
+        raise PermissionDenied("Your account may not bring images in.")
+    try:
+        uid = pacs_retrieve_queue(
+            study_instance_uid=request.POST.get("study_instance_uid", ""), request=request
+        )
+    except RetrieveRequestError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Retrieve of study {uid} from the PACS queued.")
+    return redirect("analytics:pipeline")

@@ -42,6 +42,7 @@ urlpatterns = [
         name="api-ingest-session-close",
     ),
     path("ehr/", patients_api.EHRImportView.as_view(), name="api-ehr-import"),
+    path("pacs/retrieve/", imaging_api.PacsRetrieveView.as_view(), name="api-pacs-retrieve"),
     path("worklist/", analytics_api.WorklistView.as_view(), name="api-worklist"),
     *router.urls,
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 from pydicom.dataset import Dataset
@@ -529,3 +531,46 @@ def pacs_instances_send(
     elif len(accepted) < len(datasets):
         error = f"the PACS confirmed {len(accepted)} of {len(datasets)} instances"
     return _transfer_finish(transfer, error=error)
+
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class RetrieveRequestError(ValueError):
+    """A retrieve cannot be queued; the message names the field and the reason."""
+
+
+def pacs_retrieve_queue(*, study_instance_uid: str, user=None, request=None) -> str:
+    """Queue the retrieve of one study from the configured PACS; return the UID.
+
+    The worker does the work (`pacs_study_retrieve`), so a slow or unreachable PACS never
+    holds a web request; its outcome is a `PacsTransfer` on the pipeline page.
+    """
+    from patients.audit import audit_record
+
+    uid = (study_instance_uid or "").strip()
+    if not uid or len(uid) > 64 or not _UID.match(uid):
+        raise RetrieveRequestError(
+            "study_instance_uid: a DICOM UID is digits and dots, at most 64 characters"
+        )
+    if not getattr(settings, "RADTRACK_PACS_DICOMWEB_URL", ""):
+        raise RetrieveRequestError(
+            "no PACS is configured (set RADTRACK_PACS_DICOMWEB_URL on the server)"
+        )
+    from imaging.tasks_pacs import pacs_study_retrieve_task
+
+    local = Study.objects.filter(study_instance_uid=uid).first()
+    audit_record(
+        request=request,
+        user=user,
+        action="pacs.retrieve",
+        object=f"study {uid}",
+        patient=local.patient_id if local is not None else None,
+    )
+    transaction.on_commit(lambda: pacs_study_retrieve_task.delay(uid))
+    return uid
+
+
+def pacs_transfers_recent(*, limit: int = 10) -> list[PacsTransfer]:
+    """The latest transfers to and from the PACS, newest first (pipeline page)."""
+    return list(PacsTransfer.objects.order_by("-started_at", "-pk")[:limit])
