@@ -465,6 +465,10 @@ def _ordered(rows: QuerySet, order: WorklistOrder, last_study: str) -> QuerySet:
     """Rows in the worklist's order; ``last_study`` names the latest study's column.
     MRNs are unique, so the order is total and the same in every query that applies it."""
     if order is WorklistOrder.RISK:
+        if isinstance(rows.query.annotations.get("tier_rank"), Value):
+            # No model yet, nobody scored: constants cannot be ordered on (PostgreSQL
+            # refuses them in ORDER BY) and would not change the order anyway.
+            return rows.order_by("patient_id")
         return rows.order_by("tier_rank", F("risk_score").desc(nulls_last=True), "patient_id")
     if order is WorklistOrder.LAST_STUDY:
         return rows.order_by(F(last_study).desc(nulls_last=True), "patient_id")

@@ -569,7 +569,7 @@ def lesions_segment(
     the study as `dicom_volume.series_volume` gives it (any orientation; after
     registration or not: centroids come back in the volume's own patient coordinates).
     """
-    from .measure import lesions_measure
+    from .measure import PARTIAL_VOLUME_RULES, lesions_measure
     from .postprocess import candidates_contrast_filter, postprocess_run
 
     if model is None:
@@ -604,6 +604,8 @@ def lesions_segment(
             "region_dilation_voxels": 2,
             "axial": "planes of constant LPS z",
             "hu_statistics": "study voxels inside the fine mask",
+            "volume": PARTIAL_VOLUME_RULES,
+            "volume_fallback": "the isosurface's volume when partial volume is not possible",
         },
         versions={"numpy": np.__version__},
         seconds=seconds_measure,

@@ -606,6 +606,10 @@ def _candidate_entry(measurement) -> dict[str, Any]:
         "confidence": measurement.confidence,
         "uncertainty": measurement.uncertainty,
         "axial_slice_z_mm": measurement.axial_slice_z_mm,
+        "volume_method": measurement.volume_method,
+        "volume_isosurface_ml": measurement.volume_isosurface_ml,
+        "core_hu": measurement.core_hu,
+        "background_hu": measurement.background_hu,
     }
 
 

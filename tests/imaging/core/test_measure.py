@@ -182,3 +182,54 @@ def test_lesions_measure_keeps_neighbours_apart():
     assert out[1].volume_ml == pytest.approx(4 / 3 * np.pi * 64 / 1000, rel=0.06)
     np.testing.assert_allclose(out[1].centroid_lps_mm, [33.0, 22.0, 22.0], atol=0.3)
     assert out[0].confidence == 0.9 and np.isnan(out[0].uncertainty)
+
+
+@pytest.mark.parametrize(
+    ("radius_mm", "spacing_mm", "direction", "noise_hu", "method", "rel"),
+    [
+        # 5 mm slices, a soft network map 1.6 times too large: the voxels decide.
+        (8.0, (1.0, 1.0, 5.0), HFS, 10.0, "partial_volume", 0.05),
+        (8.0, (0.8, 0.8, 1.25), FFS, 20.0, "partial_volume", 0.05),
+        (12.0, (2.9, 2.9, 5.0), HFP, 15.0, "partial_volume", 0.08),
+        # Smaller than two study voxels across: no core of its own, the isosurface stands.
+        (2.0, (1.0, 1.0, 5.0), HFS, 10.0, "isosurface", None),
+    ],
+)
+def test_volume_is_read_from_the_partial_volume_of_the_study_voxels(
+    radius_mm, spacing_mm, direction, noise_hu, method, rel
+):
+    rng = np.random.default_rng(4)
+    extent = 4 * radius_mm + 30.0
+    liver, lesion = 60.0, 25.0
+    study = occupancy(semi_axes_mm=(radius_mm,) * 3, centre_lps_mm=CENTRE, spacing_mm=spacing_mm,
+                      direction=direction, extent_mm=extent)  # fmt: skip
+    hu = liver + study.array * (lesion - liver)
+    hu = hu + rng.normal(0.0, noise_hu, hu.shape)
+    study = study.with_array(hu.astype(np.float32))
+    # The network's map on the 1.5 mm model grid: soft and too wide (radius + 1.5 mm).
+    model = occupancy(semi_axes_mm=(radius_mm + 1.5,) * 3, centre_lps_mm=CENTRE,
+                      spacing_mm=(1.5,) * 3, direction=HFS, extent_mm=extent)  # fmt: skip
+    mask = (model.array >= 0.5).astype(np.uint16)
+    candidate = LesionCandidate(
+        1, "liver", int(mask.sum()), float(mask.sum() * 1.5**3 / 1000), 0.9, 0.8,
+        tuple((int(x.min()), int(x.max()) + 1) for x in np.nonzero(mask)),
+    )  # fmt: skip
+
+    (out,) = lesions_measure(
+        lesion_probability=model,
+        candidate_mask=model.with_array(mask, kind="label"),
+        candidates=[candidate],
+        study=study,
+    )
+
+    truth_ml = 4 / 3 * np.pi * radius_mm**3 / 1000
+    assert out.volume_method == method
+    assert out.volume_isosurface_ml == pytest.approx(
+        (radius_mm + 1.5) ** 3 / radius_mm**3 * truth_ml, rel=0.1
+    )
+    if method == "partial_volume":
+        assert out.volume_ml == pytest.approx(truth_ml, rel=rel)
+        assert out.core_hu == pytest.approx(lesion, abs=3 * noise_hu / 2)
+        assert out.background_hu == pytest.approx(liver, abs=3.0)
+    else:
+        assert out.volume_ml == out.volume_isosurface_ml and out.core_hu is None
