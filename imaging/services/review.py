@@ -37,7 +37,7 @@ from analytics.models import ResponseAssessment
 from analytics.selectors import current_model_version
 from analytics.services import risk_scores_compute
 from imaging.models import Lesion, LesionLink, LesionMeasurement, ReviewEvent
-from imaging.services.tracking import TrackingSummary, patient_track
+from imaging.services.tracking import TrackingSummary, measurement_keys, patient_track
 from patients.models import Patient
 from patients.permissions import can_review
 
@@ -87,26 +87,9 @@ def _measurement_fresh(measurement: LesionMeasurement) -> LesionMeasurement:
     return fresh
 
 
-def _measurement_keys(m: LesionMeasurement) -> dict[str, Any]:
-    """What names this measurement after its row is rebuilt (a review event's subject)."""
-    return {
-        "lesion_uid": m.lesion.tracking_uid,
-        "lesion_label": m.lesion.label,
-        "study_instance_uid": m.study.study_instance_uid,
-        "study_date": m.study.study_date.isoformat() if m.study.study_date else None,
-        "segmentation": m.segmentation_id,
-        "component_labels": list(m.component_labels or [m.component_label]),
-    }
-
-
 def _measurement_state(m: LesionMeasurement) -> dict[str, Any]:
     return {
-        "lesion_uid": m.lesion.tracking_uid,
-        "lesion_label": m.lesion.label,
-        "study_instance_uid": m.study.study_instance_uid,
-        "study_date": m.study.study_date.isoformat() if m.study.study_date else None,
-        "segmentation": m.segmentation_id,
-        "component_labels": list(m.component_labels or [m.component_label]),
+        **measurement_keys(m),
         "status": m.status,
         "review_state": m.review_state,
         "is_target": m.is_target,
@@ -270,7 +253,7 @@ def _decision_record(
         measurement=rebuilt,
         summary=summary,
         scored=scored,
-        subject=_measurement_keys(m),
+        subject=measurement_keys(m),
     )
 
 
@@ -459,7 +442,7 @@ def lesion_relink(
             summary=summary,
             scored=scored,
             subject={
-                **_measurement_keys(m),
+                **measurement_keys(m),
                 "into_lesion_uid": target.tracking_uid,
                 "into_lesion_label": target.label,
             },
@@ -528,7 +511,7 @@ def lesion_merge(*, user, lesion: Lesion, into: Lesion, reason: str) -> ReviewEv
                 "lesion_label": source.label,
                 "into_lesion_uid": target.tracking_uid,
                 "into_lesion_label": target.label,
-                "sightings": [_measurement_keys(m) for m in sightings],
+                "sightings": [measurement_keys(m) for m in sightings],
             },
         )
 
@@ -608,7 +591,7 @@ def lesion_split(
             measurement=rebuilt,
             summary=summary,
             scored=scored,
-            subject={**_measurement_keys(m), "split_component_label": component},
+            subject={**measurement_keys(m), "split_component_label": component},
         )
 
 

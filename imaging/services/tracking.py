@@ -291,7 +291,7 @@ def _row_components(m: LesionMeasurement) -> list[int]:
     return [int(c) for c in (m.component_labels or [m.component_label])]
 
 
-def _row_keys(m: LesionMeasurement) -> dict[str, Any]:
+def measurement_keys(m: LesionMeasurement) -> dict[str, Any]:
     """The stable keys of an old row: they outlive the row (rebuilt on every track)."""
     return {
         "lesion_uid": m.lesion.tracking_uid,
@@ -397,7 +397,7 @@ def _links_carry(
 
 def _link_keys(link: LesionLink, row_of: dict[tuple[int, int], LesionMeasurement]) -> dict:
     row = row_of.get((link.segmentation_id, link.component_label))
-    keys = _row_keys(row) if row is not None else {}
+    keys = measurement_keys(row) if row is not None else {}
     return {
         **keys,
         "segmentation": link.segmentation_id,
@@ -571,7 +571,7 @@ def _review_stale(m: LesionMeasurement, why: str) -> dict[str, Any]:
             f"the {m.review_state} review of {m.lesion.label} at the study of "
             f"{m.study.study_date} no longer applies and needs re-review: {why}"
         ),
-        **_row_keys(m),
+        **measurement_keys(m),
         "decision": _review_values(m),
     }
 
@@ -598,7 +598,7 @@ def _reviews_carry(old_measurements, carry: _Carry, summary: TrackingSummary) ->
                         f"{', '.join(map(str, sorted(key[1])))} of segmentation {key[0]} "
                         f"({moved_or_why:.1f} mm away at most)"
                     ),
-                    **_row_keys(m),
+                    **measurement_keys(m),
                     "to": {"segmentation": key[0], "component_labels": sorted(key[1])},
                     "distance_mm": moved_or_why,
                     "decision": _review_values(m),
@@ -632,7 +632,7 @@ def _manual_targets_carry(old_measurements, carry: _Carry, summary: TrackingSumm
                         f"{', '.join(map(str, sorted(key[1])))} of segmentation {key[0]} "
                         f"({moved_or_why:.1f} mm away at most)"
                     ),
-                    **_row_keys(m),
+                    **measurement_keys(m),
                     "to": {"segmentation": key[0], "component_labels": sorted(key[1])},
                     "distance_mm": moved_or_why,
                     "decision": {"is_target": True, "target_by_hand": True},
@@ -648,7 +648,7 @@ def _target_stale(m: LesionMeasurement, why: str) -> dict[str, Any]:
             f"{m.lesion.label}, chosen by hand as a target at the baseline of "
             f"{m.study.study_date}, is no longer a target: {why}"
         ),
-        **_row_keys(m),
+        **measurement_keys(m),
         "decision": {"is_target": True, "target_by_hand": True},
     }
 
