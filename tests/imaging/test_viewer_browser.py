@@ -51,6 +51,13 @@ def test_viewer_draws_both_studies_and_review_updates_the_categories(live_server
             ready = page.evaluate("document.body.dataset.viewerReady")
             status = page.text_content("#viewer-status")
             layers = page.evaluate("radtrackViewer.panes.map(p => p.nv.volumes.length)")
+            # Give NiiVue time to resize: a canvas sized to an unbounded parent grows.
+            page.wait_for_timeout(1500)
+            canvases = page.evaluate(
+                "radtrackViewer.panes.map(p => [p.canvas.getBoundingClientRect().height,"
+                " p.nv.opts.isRadiologicalConvention])"
+            )
+            viewport_height = page.evaluate("window.innerHeight")
             page.keyboard.press("1")  # lung window
             lung = page.evaluate(
                 "radtrackViewer.panes.map(p => [p.nv.volumes[0].cal_min, p.nv.volumes[0].cal_max])"
@@ -79,6 +86,9 @@ def test_viewer_draws_both_studies_and_review_updates_the_categories(live_server
     assert ready == "true", status
     assert not errors
     assert layers == [3, 3]  # volume, lesion mask, probability map on each side
+    for height, radiological in canvases:
+        assert 200 < height <= viewport_height  # the whole slice is on screen
+        assert radiological  # the patient's right on the screen's left, as on a PACS
     assert lung == [[-1350, 150], [-1350, 150]]
     for position in positions:
         assert position == pytest.approx(expected, abs=4.0)  # within a 4 mm voxel

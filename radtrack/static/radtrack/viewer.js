@@ -86,7 +86,9 @@
       crosshairColor: [1, 0.85, 0.2, 1],
       isOrientationTextVisible: true,
       dragAndDropEnabled: false,
-      overlayOutlineWidth: 1
+      overlayOutlineWidth: 1,
+      // Radiological convention, as on every PACS: the patient's right on the screen's left.
+      isRadiologicalConvention: true
     });
     await nv.attachTo(canvasId);
     nv.setSliceType(nv.sliceTypeAxial);
