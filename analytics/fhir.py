@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.db.models import Count, Prefetch
+from django.utils import timezone
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -697,3 +698,58 @@ def fhir_transaction_build(*, resources: list[dict]) -> dict:
         ],
     }
     return fhir_resource_validate(bundle)
+
+
+def fhir_capability_statement_build(*, base_url: str, software_version: str) -> dict:
+    """The server's CapabilityStatement (``GET metadata``): what ``/fhir/`` answers.
+
+    Read-only; the interactions and search parameters listed are exactly those the
+    views accept (any other parameter is refused with 400).
+    """
+    patient_search = [
+        {"name": "patient", "type": "reference", "documentation": "Patient/{id} or {id}"},
+        {"name": "subject", "type": "reference", "documentation": "the same as patient"},
+    ]
+
+    def searchable(kind: str) -> dict:
+        return {
+            "type": kind,
+            "interaction": [{"code": "search-type"}],
+            "searchParam": patient_search,
+        }
+
+    resource = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": timezone.now().date().isoformat(),
+        "kind": "instance",
+        "software": {"name": "RadTrack", "version": software_version},
+        "implementation": {"description": "RadTrack lesion tracking (read-only)", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Session or token authentication, the same accounts and "
+                "permissions as RadTrack's pages and REST API; every read is audited.",
+                "resource": [
+                    {
+                        "type": "Patient",
+                        "interaction": [{"code": "read"}],
+                        "operation": [
+                            {
+                                "name": "everything",
+                                "definition": (
+                                    "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                                ),
+                            }
+                        ],
+                    },
+                    searchable("Observation"),
+                    searchable("DiagnosticReport"),
+                    searchable("RiskAssessment"),
+                ],
+            }
+        ],
+    }
+    return fhir_resource_validate(resource)

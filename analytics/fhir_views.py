@@ -4,7 +4,8 @@
 - ``GET Observation?patient=``, ``DiagnosticReport?patient=``, ``RiskAssessment?patient=``:
   ``searchset`` Bundles (``patient`` is ``patient-12`` or ``Patient/patient-12``;
   ``subject`` is accepted as well);
-- ``GET Patient/{id}/$everything``: every resource of the patient in one Bundle.
+- ``GET Patient/{id}/$everything``: every resource of the patient in one Bundle;
+- ``GET metadata``: the CapabilityStatement (no patient data: no login needed).
 
 Same authentication and view permissions as the REST API; every read is audited with
 the patient. Errors come back as an OperationOutcome, including a resource RadTrack
@@ -32,6 +33,7 @@ from rest_framework.views import APIView
 from analytics.fhir import (
     FHIRBuildError,
     PatientResources,
+    fhir_capability_statement_build,
     fhir_searchset_build,
     patient_pk_from_fhir_id,
     patient_record_load,
@@ -279,8 +281,31 @@ class FHIRBaseView(FHIRView):
         )
 
 
+class CapabilityStatementView(FHIRView):
+    """``GET metadata``: the CapabilityStatement; no patient data, so no login needed."""
+
+    permission_classes: list = []
+    authentication_classes: list = []
+
+    @extend_schema(
+        summary="The FHIR server's CapabilityStatement",
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT)},
+        tags=["fhir"],
+    )
+    def get(self, request: Request) -> Response:
+        import importlib.metadata as md
+
+        try:
+            version = md.version("radtrack")
+        except md.PackageNotFoundError:
+            version = "unknown"
+        base = request.build_absolute_uri(reverse("fhir-base"))
+        return Response(fhir_capability_statement_build(base_url=base, software_version=version))
+
+
 urlpatterns = [
     path("", FHIRBaseView.as_view(), name="fhir-base"),
+    path("metadata", CapabilityStatementView.as_view(), name="fhir-metadata"),
     re_path(
         rf"^Patient/(?P<resource_id>{_FHIR_ID})$", PatientReadView.as_view(), name="fhir-patient"
     ),

@@ -355,3 +355,22 @@ def test_unsupported_search_parameters_are_refused_not_ignored(fhir, rows):
     ok = fhir.get("/fhir/Observation", {"patient": patient, "_format": "json"})
     assert ok.status_code == 200
     assert ok.json()["link"][0]["url"].endswith(f"/fhir/Observation?patient={patient}&_format=json")
+
+
+def test_metadata_is_a_valid_capability_statement_of_what_is_served(client):
+    """`GET /fhir/metadata` needs no login (no patient data) and lists exactly the
+    interactions the endpoints answer, validated with fhir.resources."""
+    response = client.get("/fhir/metadata")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/fhir+json")
+    statement = response.json()
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["fhirVersion"] == "4.0.1" and statement["kind"] == "instance"
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert set(resources) == {"Patient", "Observation", "DiagnosticReport", "RiskAssessment"}
+    assert resources["Patient"]["interaction"] == [{"code": "read"}]
+    assert resources["Patient"]["operation"][0]["name"] == "everything"
+    for kind in ("Observation", "DiagnosticReport", "RiskAssessment"):
+        assert {p["name"] for p in resources[kind]["searchParam"]} == {"patient", "subject"}
+    # What it lists is what is answered: a parameter it does not list is refused.
+    assert client.get("/fhir/metadata?foo=1").status_code == 400
