@@ -421,12 +421,6 @@ def partial_volume_measure(
     )
 
 
-def _on_study_grid(labels: Volume, study: Volume) -> np.ndarray:
-    from .registration import SpatialTransform, volume_warp
-
-    return volume_warp(moving=labels, reference=study, transform=SpatialTransform.identity()).array
-
-
 # --------------------------------------------------------------------------- lesions
 def lesion_regions(mask: np.ndarray, *, dilation_voxels: int = 2) -> np.ndarray:
     """Each candidate's region: its voxels grown by ``dilation_voxels``, never into another's.
@@ -462,8 +456,12 @@ def lesions_measure(
     voxel_ml = lesion_probability.voxel_volume_ml
     native = None
     if study is not None and candidates:
-        region_native = _on_study_grid(candidate_mask.with_array(regions, kind="label"), study)
-        inner_native = _on_study_grid(candidate_mask, study)
+        from .registration import volume_onto_grid
+
+        region_native = volume_onto_grid(
+            moving=candidate_mask.with_array(regions, kind="label"), reference=study
+        ).array
+        inner_native = volume_onto_grid(moving=candidate_mask, reference=study).array
         native = (region_native, inner_native, ndimage.find_objects(region_native))
     for candidate in candidates:
         number = candidate.label_value

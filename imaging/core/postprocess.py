@@ -387,13 +387,11 @@ def candidates_contrast_filter(
     A candidate that holds no study voxel centre (smaller than the study's voxels) scores
     0 and is dropped; one without a ring of at least 8 voxels is kept (no evidence).
     """
-    from .registration import SpatialTransform, volume_warp
+    from .registration import volume_onto_grid
 
     settings = settings or ContrastSettings()
     started = time.perf_counter()
-    on_study = volume_warp(
-        moving=candidate_mask, reference=study, transform=SpatialTransform.identity()
-    ).array
+    on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
     hu = study.array
     any_candidate = on_study > 0
     inner = ndimage.generate_binary_structure(3, 1)

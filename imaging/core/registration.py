@@ -226,6 +226,19 @@ def volume_warp(
     return Volume.from_sitk(out, kind=kind, frame_of_reference_uid=reference.frame_of_reference_uid)
 
 
+def volume_onto_grid(
+    *, moving: Volume, reference: Volume, default_value: float | None = None
+) -> Volume:
+    """``moving`` resampled onto ``reference``'s grid in the same patient coordinates
+    (no transform): labels nearest neighbour, scalars linearly (see `volume_warp`)."""
+    return volume_warp(
+        moving=moving,
+        reference=reference,
+        transform=SpatialTransform.identity(),
+        default_value=default_value,
+    )
+
+
 # --------------------------------------------------------------------------- quality
 @dataclass(frozen=True)
 class QualityThresholds:

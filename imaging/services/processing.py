@@ -250,11 +250,8 @@ def device_resolve(requested: str | None) -> str:
     return "cpu"
 
 
-def volume_relative_path(series: Series, run: ProcessingRun) -> str:
-    return f"volumes/{series.series_instance_uid}/run-{run.pk}/volume.nii.gz"
-
-
 def _run_relative_path(series: Series, run: ProcessingRun, name: str) -> str:
+    """Where a run's file goes, relative to the data folder: one folder per run."""
     return f"volumes/{series.series_instance_uid}/run-{run.pk}/{name}"
 
 
@@ -349,7 +346,7 @@ def series_process(
     """Run the pipeline over ``series`` and return the finished run record."""
     from imaging.core.dicom_volume import SeriesVolumeError, series_volume
     from imaging.core.nifti import volume_write_nifti
-    from imaging.core.registration import SpatialTransform, register, transform_write, volume_warp
+    from imaging.core.registration import register, transform_write, volume_onto_grid
     from imaging.core.segmentation import SegmenterError, lesions_segment
     from imaging.core.standardise import orientation_standardise
 
@@ -411,7 +408,7 @@ def series_process(
                     "orientation_corrected": standard.check.flipped,
                 }
 
-        relative = volume_relative_path(series, run)
+        relative = _run_relative_path(series, run, "volume.nii.gz")
         with recorder.step("store_volume", format="NIfTI-1, gzip") as entry:
             target = data_dir() / relative
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -457,15 +454,9 @@ def series_process(
         recorder.records(segmentation.records, group="segment")
 
         with recorder.step("store_segmentation", grid="the stored volume's") as entry:
-            identity = SpatialTransform.identity()
-            mask = volume_warp(
-                moving=segmentation.candidate_mask, reference=volume, transform=identity
-            )
-            probability = volume_warp(
-                moving=segmentation.lesion_probability,
-                reference=volume,
-                transform=identity,
-                default_value=0.0,
+            mask = volume_onto_grid(moving=segmentation.candidate_mask, reference=volume)
+            probability = volume_onto_grid(
+                moving=segmentation.lesion_probability, reference=volume, default_value=0.0
             )
             mask_relative = _run_relative_path(series, run, "lesions.nii.gz")
             probability_relative = _run_relative_path(series, run, "lesion_probability.nii.gz")
@@ -711,19 +702,3 @@ def study_select(
     if not force:
         qs = qs.exclude(chosen_series__state=Series.State.PROCESSED)
     return qs.order_by("patient__patient_id", "study_date", "study_time", "pk")
-
-
-def study_process_many(
-    *,
-    studies,
-    device: str | None = None,
-    force: bool = False,
-    on_done: Callable[[Study, ProcessingRun | None], None] | None = None,
-) -> list[tuple[Study, ProcessingRun | None]]:
-    done = []
-    for study in studies:
-        run = study_process(study=study, device=device, force=force)
-        done.append((study, run))
-        if on_done:
-            on_done(study, run)
-    return done
