@@ -45,12 +45,8 @@ import pydicom
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imaging.core.dicom_write import (  # noqa: E402 - the repository root is on the path now
-    CTSeriesAttributes,
-    ct_series_write,
-    synthetic_uid,
-)
-from imaging.core.volume import Volume  # noqa: E402
+from imaging.core.dicom.write import CTSeriesAttributes, ct_series_write, synthetic_uid  # noqa: E402
+from imaging.core.geometry.volume import Volume  # noqa: E402
 
 INGEST_TARGET = 0.5
 LISTENER_TARGET = 2.5

@@ -35,8 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imaging.core.cohort import cohort_simulate, study_render  # noqa: E402 - path set above
-from imaging.core.registration import point_map, register, resolve_device  # noqa: E402
+from imaging.core.registration.register import point_map, register, resolve_device  # noqa: E402
+from imaging.core.synthetic.cohort import cohort_simulate, study_render  # noqa: E402 - path set above
 
 TRE_MEDIAN_TARGET_MM = 1.5
 TRE_P95_TARGET_MM = 3.0

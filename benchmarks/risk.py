@@ -57,6 +57,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analytics.risk.services import DEFAULT_PENALIZER
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "radtrack.settings")
@@ -66,13 +68,9 @@ import django  # noqa: E402 - the repository root is on the path now
 
 django.setup()  # analytics.services imports models; no database is touched
 
-from analytics.core.survival import (  # noqa: E402
-    cross_validate,
-    harrell_c,
-    risk_model_fit,
-)
-from analytics.core.volumetric import responses_table_build  # noqa: E402
-from analytics.selectors import (  # noqa: E402
+from analytics.lesions.core.volumetric import responses_table_build  # noqa: E402
+from analytics.risk.core.survival import cross_validate, harrell_c, risk_model_fit  # noqa: E402
+from analytics.risk.selectors import (  # noqa: E402
     EVENT_COLUMNS,
     LAB_COLUMNS,
     MEASUREMENT_COLUMNS,
@@ -80,9 +78,9 @@ from analytics.selectors import (  # noqa: E402
     STUDY_COLUMNS,
     FeatureInputs,
 )
-from analytics.services import FEATURES, LandmarkPolicy, training_table_build  # noqa: E402
-from imaging.core.cohort import SimulatedPatient, patient_simulate  # noqa: E402
-from imaging.core.phantom import equivalent_diameter_mm  # noqa: E402
+from analytics.risk.services import FEATURES, LandmarkPolicy, training_table_build  # noqa: E402
+from imaging.core.synthetic.cohort import SimulatedPatient, patient_simulate  # noqa: E402
+from imaging.core.synthetic.phantom import equivalent_diameter_mm  # noqa: E402
 
 TARGET_GAP = 0.03
 CACHE = ROOT / "var" / "benchmarks" / "risk"
@@ -276,8 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="processes for the simulation")
     args = parser.parse_args(argv)
     if args.penalizer is None:
-        from analytics.services import DEFAULT_PENALIZER
-
         args.penalizer = DEFAULT_PENALIZER
 
     sizes = sorted(set(args.sizes))

@@ -45,24 +45,23 @@ from pathlib import Path
 
 import numpy as np
 
+from imaging.core.dicom.volume import series_volume
+from imaging.core.registration.register import register
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from imaging.core import cohort as cohort_mod  # noqa: E402
-from imaging.core.classical import classical_segment  # noqa: E402
-from imaging.core.measure import lesion_regions, lesions_measure, probability_measure  # noqa: E402
-from imaging.core.phantom import equivalent_diameter_mm  # noqa: E402
-from imaging.core.postprocess import postprocess_run  # noqa: E402
-from imaging.core.segmentation import (  # noqa: E402
-    lesions_segment,
-    manifest_read,
-    segmenter_load,
-)
-from imaging.core.training import size_band  # noqa: E402
-from imaging.core.volume import Volume  # noqa: E402
+from imaging.core.geometry.volume import Volume  # noqa: E402
+from imaging.core.segmentation.classical import classical_segment  # noqa: E402
+from imaging.core.segmentation.measure import lesion_regions, lesions_measure, probability_measure  # noqa: E402
+from imaging.core.segmentation.network import lesions_segment, manifest_read, segmenter_load  # noqa: E402
+from imaging.core.segmentation.postprocess import postprocess_run  # noqa: E402
+from imaging.core.segmentation.training import size_band  # noqa: E402
+from imaging.core.synthetic import cohort as cohort_mod  # noqa: E402
+from imaging.core.synthetic.phantom import equivalent_diameter_mm  # noqa: E402
 
 BANDS = ("<5", "5-10", "10-20", ">=20")
 TARGETS = {
@@ -238,8 +237,6 @@ def summarise(rows: list[dict], fps: list[int], seconds: list[float]) -> dict:
 # --------------------------------------------------------------------------- process timing
 def process_time(cohort, patient, study, model, device, workdir: Path) -> dict:
     """DICOM -> volume -> registration to baseline -> segmentation + measurement, timed."""
-    from imaging.core.dicom_volume import series_volume
-    from imaging.core.registration import register
 
     baseline = patient.studies[0]
     fixed = cohort_mod.study_render(cohort, patient, baseline).volume

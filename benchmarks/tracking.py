@@ -55,22 +55,22 @@ from scipy.optimize import linear_sum_assignment
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analytics.core.recist import (  # noqa: E402 - the repository root is on the path now
+from analytics.lesions.core.matching import (  # noqa: E402
+    LesionObservation,
+    TrackedLesion,
+    fragments_combine,
+    lesions_match,
+)
+from analytics.lesions.core.recist import (  # noqa: E402
     LesionReading,
     StudyReading,
     recist_assess,
     targets_select,
     timeline_from_measurements,
 )
-from analytics.core.volumetric import volumetric_assess  # noqa: E402
-from imaging.core.cohort import cohort_simulate, truth_build  # noqa: E402
-from imaging.core.dicom_write import synthetic_uid  # noqa: E402
-from imaging.core.matching import (  # noqa: E402
-    LesionObservation,
-    TrackedLesion,
-    fragments_combine,
-    lesions_match,
-)
+from analytics.lesions.core.volumetric import volumetric_assess  # noqa: E402
+from imaging.core.dicom.write import synthetic_uid  # noqa: E402
+from imaging.core.synthetic.cohort import cohort_simulate, truth_build  # noqa: E402
 
 LINK_TARGET = 0.98
 CATEGORY_TARGET = 0.95

@@ -5,6 +5,9 @@ from django.db import models
 
 from patients.models import Patient
 
+#: Modalities whose series are analysed; other series (SEG, SR, ...) are only stored.
+ANALYSED_MODALITIES = {"CT", "MR"}
+
 
 class Study(models.Model):
     """A DICOM study, keyed by Study Instance UID (0020,000D)."""

@@ -15,6 +15,7 @@ import datetime as dt
 
 import django_filters
 from django.conf import settings
+from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -27,21 +28,22 @@ from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView
 
-from imaging.api import (
-    AuditedReadOnlyViewSet,
+from patients.api_base import AuditedReadOnlyViewSet
+from patients.audit import audit_record
+from patients.ehr.importer import EHRImportError, EHRImportResult, ehr_import
+from patients.models import LabResult, Patient
+from patients.selectors import patient_search_filter
+from patients.serializers import LabResultSerializer, PatientSerializer
+from radtrack.api.base import (
     DetailSerializer,
     IdFilter,
     UploadTooLarge,
     request_content_length,
     upload_limit_message,
 )
-from patients.audit import audit_record
-from patients.models import LabResult, Patient
-from patients.selectors import _search_filter
-from patients.serializers import LabResultSerializer, PatientSerializer
-from patients.services.ehr_import import EHRImportError, EHRImportResult, ehr_import
 
 EHR_IMPORT_PERMISSION = "patients.add_labresult"
 UPLOAD_FIELD = "file"
@@ -247,7 +249,7 @@ class PatientFilter(django_filters.FilterSet):
         fields = ["search", "sex"]
 
     def search_filter(self, queryset, name, value):
-        return queryset.filter(_search_filter(value))
+        return queryset.filter(patient_search_filter(value))
 
 
 @extend_schema_view(
@@ -308,3 +310,10 @@ class LabResultViewSet(AuditedReadOnlyViewSet):
     required_permissions = ("patients.view_patient", "patients.view_labresult")
     audit_noun = "lab"
     queryset = LabResult.objects.order_by("patient__patient_id", "loinc_code", "observed_at", "pk")
+
+
+# -- routes (included by radtrack.api.urls) -----------------------------------------
+router = SimpleRouter()
+router.register("patients", PatientViewSet, basename="api-patient")
+router.register("labs", LabResultViewSet, basename="api-lab")
+urlpatterns = [path("ehr/", EHRImportView.as_view(), name="api-ehr-import"), *router.urls]

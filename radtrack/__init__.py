@@ -1,5 +1,6 @@
-"""RadTrack: lesion tracking across serial CT studies."""
+"""RadTrack: lesion tracking across serial CT studies.
 
-from .celery import app as celery_app
-
-__all__ = ["celery_app"]
+The Celery application lives in `radtrack.celery` (``celery -A radtrack`` finds it); it
+is not imported here, so the Django-free cores can use `radtrack.provenance` without
+loading Celery.
+"""

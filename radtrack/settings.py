@@ -143,6 +143,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TIMEZONE = TIME_ZONE
+# Every module that defines tasks, imported when a worker starts (named, not discovered:
+# tasks live in each sub-domain's package, not in one ``tasks`` module per app).
+CELERY_IMPORTS = (
+    "imaging.ingest.tasks",
+    "imaging.pipeline.tasks",
+    "imaging.exports.tasks",
+    "analytics.risk.tasks",
+)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -223,6 +231,6 @@ RADTRACK_PACS_PULL_INTERVAL_S = float(os.environ.get("RADTRACK_PACS_PULL_INTERVA
 CELERY_BEAT_SCHEDULE = {}
 if RADTRACK_PACS_DICOMWEB_URL:
     CELERY_BEAT_SCHEDULE["pacs-pull"] = {
-        "task": "imaging.tasks_pacs.pacs_pull_task",
+        "task": "imaging.ingest.tasks.pacs_pull_task",
         "schedule": RADTRACK_PACS_PULL_INTERVAL_S,
     }

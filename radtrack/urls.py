@@ -1,4 +1,9 @@
-"""URL routes: the dashboard (worklist at /) and pages behind login, the REST API under /api/v1/, its schema."""
+"""URL routes: the dashboard (worklist at /) and pages behind login, the REST API under
+/api/v1/ and its schema, FHIR under /fhir/.
+
+Each app's routes are included by name, so this module imports no app: the layers
+stay one-way (docs/ARCHITECTURE.md).
+"""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -6,14 +11,15 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
-    path("", include("analytics.urls")),  # the worklist is the home page
+    path("", include("analytics.dashboard.urls")),  # the worklist is the home page
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
-    path("patients/", include("patients.urls")),
-    path("imaging/", include("imaging.urls")),
-    path("api/v1/", include("radtrack.api_urls")),
+    path("patients/", include("analytics.dashboard.patient_urls")),
+    path("imaging/", include("imaging.ingest.urls")),
+    path("imaging/", include("analytics.lesions.urls")),
+    path("api/v1/", include("radtrack.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("fhir/", include("analytics.fhir_views")),
+    path("fhir/", include("analytics.fhir.urls")),
 ]

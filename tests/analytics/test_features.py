@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.core.features import (
+from analytics.risk.core.features import (
     DEMOGRAPHIC_COLUMNS,
     DOUBLING_TIME_CAP_DAYS,
     IMAGING_COLUMNS,
@@ -21,6 +21,7 @@ from analytics.core.features import (
     landmarks_from_baseline,
     volume_doubling_time_days,
 )
+from imaging.core.synthetic.cohort import cohort_simulate
 
 LANDMARK = dt.date(2024, 6, 30)
 
@@ -186,7 +187,6 @@ def test_nothing_after_the_landmark_changes_the_features():
 
 
 def test_no_look_ahead_on_a_simulated_cohort():
-    from imaging.core.cohort import cohort_simulate
 
     cohort = cohort_simulate(n_patients=6, n_timepoints=4, seed=3)
     labs = labs_frame(

@@ -8,7 +8,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient as FHIRPatient
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from analytics.fhir import (
+from analytics.fhir.build import (
     DCM,
     MRN_SYSTEM,
     SCT,
@@ -23,6 +23,8 @@ from analytics.fhir import (
     patient_resources_build,
     response_fhir_id,
 )
+from analytics.models import ResponseAssessment, RiskScore
+from imaging.models import LesionMeasurement
 from patients.models import AuditEvent
 from tests.api.helpers import rows_make
 from tests.patients.factories import UserFactory
@@ -234,8 +236,6 @@ def _ids(resources) -> set[str]:
 
 
 def test_ids_survive_retracking_which_rebuilds_measurement_and_response_rows(rows, resources):
-    from analytics.models import ResponseAssessment
-    from imaging.models import LesionMeasurement
 
     before = _ids(resources)
     # What tracking does: delete every measurement and response row and create new ones.
@@ -305,7 +305,7 @@ def test_reports_and_risk_are_final_only_when_every_measurement_was_reviewed(row
 def test_resources_are_checked_against_r4b_and_say_so_because_no_r4_package_exists():
     import importlib.util
 
-    import analytics.fhir as fhir_module
+    import analytics.fhir.build as fhir_module
 
     # If fhir.resources ever ships R4 models, validate against them and drop this.
     assert importlib.util.find_spec("fhir.resources.R4") is None
@@ -318,7 +318,6 @@ def test_resources_are_checked_against_r4b_and_say_so_because_no_r4_package_exis
 
 # -- errors and search parameters (finding 12) --------------------------------------------
 def test_a_resource_that_does_not_build_is_a_500_operation_outcome(fhir, rows):
-    from analytics.models import ResponseAssessment
 
     ResponseAssessment.objects.filter(pk=rows.response.pk).update(recist_response="XX")
     response = fhir.get(f"/fhir/Patient/patient-{rows.alice.pk}/$everything")
@@ -330,7 +329,6 @@ def test_a_resource_that_does_not_build_is_a_500_operation_outcome(fhir, rows):
 
 
 def test_an_unexpected_error_is_a_500_operation_outcome_without_its_text(fhir, rows, caplog):
-    from analytics.models import RiskScore
 
     RiskScore.objects.filter(pk=rows.score.pk).update(tier="Smith^Alice")  # no such tier
     response = fhir.get("/fhir/RiskAssessment", {"patient": f"patient-{rows.alice.pk}"})

@@ -8,7 +8,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from fhir.resources.R4B.bundle import Bundle
 
-from analytics.fhir_push import FHIRPushError, fhir_patient_push
+from analytics.fhir.push import FHIRPushError, fhir_patient_push
+from imaging.models import FhirPushRecord, LesionMeasurement
 from patients.models import AuditEvent
 from tests.api.helpers import rows_make
 
@@ -183,7 +184,6 @@ def _by_url(bundle: dict) -> dict[str, dict]:
 
 
 def test_retracking_gives_the_same_ids_and_leaves_nothing_stale(ehr, rows):
-    from imaging.models import LesionMeasurement
 
     fhir_patient_push(pk=rows.alice.pk, server_url=ehr.url)
     # Re-tracking deletes and rebuilds the rows with the same values.
@@ -200,7 +200,6 @@ def test_retracking_gives_the_same_ids_and_leaves_nothing_stale(ehr, rows):
 
 
 def test_a_result_no_longer_built_is_marked_entered_in_error_in_the_same_transaction(ehr, rows):
-    from imaging.models import LesionMeasurement
     from tests.imaging.factories import LesionFactory
 
     fhir_patient_push(pk=rows.alice.pk, server_url=ehr.url)
@@ -228,7 +227,6 @@ def test_a_result_no_longer_built_is_marked_entered_in_error_in_the_same_transac
 
 
 def test_a_lesion_merged_away_is_made_inactive(ehr, rows):
-    from imaging.models import LesionMeasurement
 
     fhir_patient_push(pk=rows.alice.pk, server_url=ehr.url)
     lesions = [u for u in _by_url(ehr.received[0]) if u.startswith("BodyStructure/")]
@@ -256,7 +254,6 @@ def test_a_final_result_whose_value_changed_goes_as_amended(ehr, rows):
 
 
 def test_nothing_is_recorded_when_the_server_refuses(ehr, rows):
-    from imaging.models import FhirPushRecord
 
     ehr.answers = [(422, ECHOING_OUTCOME)]
     with pytest.raises(FHIRPushError):

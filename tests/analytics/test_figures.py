@@ -5,9 +5,9 @@ import datetime as dt
 import plotly.graph_objects as go
 import pytest
 
-from analytics import figures
-from analytics.selectors import CohortSurvival, KMCurve
-from patients.selectors import (
+from analytics.dashboard import figures
+from analytics.dashboard.cohort import CohortSurvival, KMCurve
+from analytics.dashboard.patient import (
     LabSeries,
     LesionPoint,
     LesionTrack,

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from analytics.models import RiskModelVersion, RiskScore
-from imaging.core.cohort import cohort_simulate
+from imaging.core.synthetic.cohort import cohort_simulate
 from patients.models import ClinicalEvent
 from tests.analytics.test_services import cohort_load
 

@@ -8,16 +8,11 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from analytics.dashboard.markers import MARKER_RULES, marker_change
+from analytics.dashboard.worklist import FLAG_NAMES, worklist
 from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore
-from analytics.selectors import (
-    FLAG_NAMES,
-    MARKER_RULES,
-    MEASUREMENT_COLUMNS,
-    RESPONSE_COLUMNS,
-    feature_inputs_load,
-    marker_change,
-    worklist,
-)
+from analytics.risk.core.features import feature_table_build
+from analytics.risk.selectors import MEASUREMENT_COLUMNS, RESPONSE_COLUMNS, feature_inputs_load
 from imaging.models import Lesion, LesionMeasurement, Series
 from patients.models import ClinicalEvent, LabResult
 from tests.imaging.factories import SeriesFactory, StudyFactory
@@ -139,7 +134,6 @@ def test_feature_inputs_follow_the_export_layouts_with_values_in_force():
     ]
 
     # The blocks compute from these frames.
-    from analytics.core.features import feature_table_build
 
     table = feature_table_build(
         landmarks=pd.DataFrame(

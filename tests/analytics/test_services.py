@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from analytics.core.features import IMAGING_COLUMNS
-from analytics.core.survival import risk_model_load
 from analytics.models import RiskModelVersion, RiskScore
-from analytics.selectors import feature_inputs_load
-from analytics.services import (
+from analytics.risk.core.features import IMAGING_COLUMNS
+from analytics.risk.core.survival import risk_model_load
+from analytics.risk.selectors import feature_inputs_load
+from analytics.risk.services import (
     FEATURES,
     MIN_EVENTS,
     LandmarkPolicy,
@@ -20,12 +20,12 @@ from analytics.services import (
     training_landmarks,
     training_table_build,
 )
-from analytics.tasks import risk_scores_compute_task
-from imaging.core.cohort import Cohort, cohort_simulate, events_csv_write, labs_csv_write
-from imaging.core.phantom import equivalent_diameter_mm
+from analytics.risk.tasks import risk_scores_compute_task
+from imaging.core.synthetic.cohort import Cohort, cohort_simulate, events_csv_write, labs_csv_write
+from imaging.core.synthetic.phantom import equivalent_diameter_mm
 from imaging.models import Lesion, LesionMeasurement, Study
+from patients.ehr.importer import ehr_import
 from patients.models import ClinicalEvent, LabResult, Patient
-from patients.services.ehr_import import ehr_import
 from tests.patients.factories import PatientFactory
 
 pytestmark = [

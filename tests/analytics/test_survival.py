@@ -8,14 +8,14 @@ import pytest
 from lifelines.datasets import load_lung
 from sklearn.metrics import roc_auc_score
 
-from analytics.core.features import (
+from analytics.risk.core.features import (
     DemographicFeatures,
     LabFeatures,
     feature_table_build,
     landmark_outcomes,
     landmarks_from_baseline,
 )
-from analytics.core.survival import (
+from analytics.risk.core.survival import (
     calibration_by_decile,
     cox_fit,
     cross_validate,
@@ -30,6 +30,7 @@ from analytics.core.survival import (
     tier_thresholds,
     time_dependent_auc,
 )
+from imaging.core.synthetic.cohort import cohort_simulate
 
 FAST_GBM = {"max_iter": 40, "learning_rate": 0.1}
 
@@ -308,7 +309,6 @@ def test_save_load_round_trip_and_provenance(tmp_path):
 
 def test_lab_features_of_the_synthetic_cohort_predict_progression():
     """End to end on the generator's cohort: labs at baseline -> PFS, cross-validated."""
-    from imaging.core.cohort import cohort_simulate
 
     cohort = cohort_simulate(n_patients=120, n_timepoints=4, seed=11)
     labs = pd.DataFrame(

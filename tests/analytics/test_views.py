@@ -12,8 +12,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from analytics.dashboard.cohort import cohort_survival
+from analytics.dashboard.worklist import worklist_page
 from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore
-from analytics.selectors import cohort_survival, worklist_page
 from imaging.models import IngestSession, ProcessingRun, Series
 from patients.models import AuditEvent, ClinicalEvent, LabResult, Patient
 from tests.imaging.factories import ProcessingRunFactory, SeriesFactory, StudyFactory

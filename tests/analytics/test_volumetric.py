@@ -6,10 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-from analytics.core.features import ImagingFeatures
-from analytics.core.recist import LesionReading, StudyReading
-from analytics.core.volumetric import (
-    EXPORT_RESPONSE_COLUMNS,
+from analytics.layouts import EXPORT_RESPONSE_COLUMNS
+from analytics.lesions.core.recist import LesionReading, StudyReading
+from analytics.lesions.core.volumetric import (
     REPEATABILITY_PCT,
     VOLUME_PD_PCT,
     VOLUME_PR_PCT,
@@ -23,6 +22,7 @@ from analytics.core.volumetric import (
     volumetric_assess,
     within_measurement_noise,
 )
+from analytics.risk.core.features import ImagingFeatures
 
 NAN = math.nan
 

@@ -13,9 +13,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from analytics.dashboard.worklist import WorklistOrder, worklist, worklist_page
 from analytics.models import TIER_RANK, LatestRiskScore, RiskModelVersion, RiskScore
-from analytics.selectors import WorklistOrder, worklist, worklist_page
-from analytics.services import risk_model_fit_and_store, risk_scores_compute
+from analytics.risk.services import risk_model_fit_and_store, risk_scores_compute
 from imaging.models import Series
 from patients.models import LabResult, Patient
 from tests.analytics.test_selectors import assessment, lab, lesion, measure

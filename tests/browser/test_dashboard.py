@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from django.urls import reverse
 
-from analytics.core.survival import risk_model_fit, risk_model_save
+from analytics.dashboard.worklist import worklist_page
 from analytics.models import RiskModelVersion, models_dir
-from analytics.selectors import worklist_page
-from analytics.services import FEATURES, risk_scores_compute
+from analytics.risk.core.survival import risk_model_fit, risk_model_save
+from analytics.risk.services import FEATURES, risk_scores_compute
 from imaging.models import LesionMeasurement, Study
 from patients.models import ClinicalEvent, LabResult
 from tests.conftest import require_program

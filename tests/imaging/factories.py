@@ -7,8 +7,8 @@ import factory
 import numpy as np
 from factory.django import DjangoModelFactory
 
-from imaging.core.dicom_write import CTSeriesAttributes, ct_series_write, synthetic_uid
-from imaging.core.volume import Volume
+from imaging.core.dicom.write import CTSeriesAttributes, ct_series_write, synthetic_uid
+from imaging.core.geometry.volume import Volume
 from imaging.models import (
     IngestIssue,
     IngestSession,

@@ -7,8 +7,8 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from analytics.layouts import MEASUREMENT_COLUMNS
 from imaging.models import LesionMeasurement
-from imaging.selectors import MEASUREMENT_COLUMNS
 from patients.models import AuditEvent
 from tests.imaging.factories import LesionFactory, LesionMeasurementFactory, StudyFactory
 from tests.patients.factories import PatientFactory

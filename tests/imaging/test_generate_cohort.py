@@ -18,6 +18,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from imaging.core.synthetic.cohort import SIZES
 from tests.conftest import require_program
 
 
@@ -103,7 +104,6 @@ def test_usage_errors(tmp_path, args, message):
 
 
 def test_unknown_size_is_a_usage_error(tmp_path):
-    from imaging.core.cohort import SIZES
 
     assert sorted(SIZES) == ["full", "small"]  # the command's --size choices
     with pytest.raises(CommandError, match="invalid choice"):

@@ -23,14 +23,16 @@ from pynetdicom import AE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
 
-from imaging.dimse import (
+from imaging.ingest.listener import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_CONFLICT,
     STATUS_SUCCESS,
     StorageListener,
     file_meta_encode,
 )
+from imaging.ingest.service import ingest_paths
 from imaging.models import IngestIssue, IngestSession, Instance, Series
+from imaging.pipeline.tasks import study_process_task
 from imaging.store import object_path
 from tests.conftest import require_program
 from tests.imaging.factories import ct_files
@@ -44,7 +46,6 @@ SIZE = 64
 @pytest.fixture
 def queued(monkeypatch):
     """Series ids sent to the processing task (the broker is what leaves the machine)."""
-    from imaging.tasks import study_process_task
 
     calls: list[int] = []
     monkeypatch.setattr(
@@ -307,7 +308,6 @@ def test_the_command_listens_and_stops_on_sigterm(tmp_path):
 
 
 def test_an_instance_imported_from_a_folder_is_a_duplicate_when_sent_again(listener, series_files):
-    from imaging.services.ingest import ingest_paths
 
     ingest_paths(paths=[series_files[0]], process=False)
 

@@ -15,8 +15,9 @@ import pytest
 from django.core.management import call_command
 
 from analytics.models import ResponseAssessment
-from imaging.core import cohort
-from imaging.core.nifti import volume_read_nifti
+from imaging.core.geometry.nifti import volume_read_nifti
+from imaging.core.synthetic import cohort
+from imaging.ingest.service import ingest_paths
 from imaging.models import (
     Lesion,
     LesionMeasurement,
@@ -26,8 +27,7 @@ from imaging.models import (
     Series,
     Study,
 )
-from imaging.services.ingest import ingest_paths
-from imaging.services.processing import study_process
+from imaging.pipeline.run import study_process
 from imaging.store import data_dir
 
 pytestmark = pytest.mark.django_db

@@ -9,10 +9,10 @@ import pydicom
 import pytest
 from django.core.management import CommandError, call_command
 
-from imaging.core.nifti import volume_read_nifti
+from imaging.core.geometry.nifti import volume_read_nifti
+from imaging.ingest.service import ingest_paths
 from imaging.models import ProcessingRun, Series
-from imaging.services.ingest import ingest_paths
-from imaging.services.processing import series_process
+from imaging.pipeline.run import series_process
 from imaging.store import data_dir
 from tests.imaging.factories import ct_files
 

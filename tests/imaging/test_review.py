@@ -8,17 +8,7 @@ import pandas as pd
 import pytest
 from django.core.exceptions import PermissionDenied
 
-from analytics.core.survival import risk_model_fit, risk_model_save
-from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore, models_dir
-from imaging.models import (
-    Lesion,
-    LesionLink,
-    LesionMeasurement,
-    Registration,
-    ReviewEvent,
-    Segmentation,
-)
-from imaging.services.review import (
+from analytics.lesions.review import (
     ReviewError,
     lesion_merge,
     lesion_relink,
@@ -28,7 +18,17 @@ from imaging.services.review import (
     measurement_reject,
     targets_set,
 )
-from imaging.services.tracking import patient_track
+from analytics.lesions.tracking import patient_track
+from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore, models_dir
+from analytics.risk.core.survival import risk_model_fit, risk_model_save
+from imaging.models import (
+    Lesion,
+    LesionLink,
+    LesionMeasurement,
+    Registration,
+    ReviewEvent,
+    Segmentation,
+)
 from tests.imaging.factories import SeriesFactory, StudyFactory
 from tests.patients.factories import PatientFactory, UserFactory
 

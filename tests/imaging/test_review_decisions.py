@@ -7,9 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from imaging.models import Lesion, LesionLink, LesionMeasurement, ReviewEvent, Segmentation, Study
-from imaging.review_selectors import review_history
-from imaging.services.review import (
+from analytics.lesions.review import (
     lesion_merge,
     lesion_relink,
     lesion_split,
@@ -17,7 +15,9 @@ from imaging.services.review import (
     measurement_reject,
     targets_set,
 )
-from imaging.services.tracking import candidates_pair, patient_track
+from analytics.lesions.selectors import review_history
+from analytics.lesions.tracking import candidates_pair, patient_track
+from imaging.models import Lesion, LesionLink, LesionMeasurement, ReviewEvent, Segmentation, Study
 from tests.imaging.test_review import finding_at, patient_with_studies, responses
 from tests.patients.factories import UserFactory
 
@@ -351,7 +351,7 @@ def test_review_history_names_what_each_event_was_about_after_rebuilds(
     assert (row.segmentation, row.component_labels) == (far.segmentation_id, [6])
 
     client.force_login(radiologist)
-    page = client.get(reverse("imaging:viewer", args=[patient.pk])).content.decode()
+    page = client.get(reverse("lesions:viewer", args=[patient.pk])).content.decode()
     history = page[page.index('id="review-history"') :]
     assert lesion.tracking_uid in history and far.study.study_instance_uid in history
     assert "a vessel" in history and f"segmentation {far.segmentation_id}: 6" in history

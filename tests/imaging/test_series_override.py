@@ -7,14 +7,11 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from imaging.ingest.service import ingest_paths
 from imaging.models import Series, Study
-from imaging.services.ingest import ingest_paths
-from imaging.services.processing import (
-    SeriesOverrideError,
-    study_process,
-    study_series_choose,
-    study_series_override,
-)
+from imaging.pipeline.choice import SeriesOverrideError, study_series_choose
+from imaging.pipeline.queue import study_series_override
+from imaging.pipeline.run import study_process
 from patients.models import AuditEvent
 from tests.imaging.factories import ct_files
 from tests.patients.factories import UserFactory

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from analytics.layouts import EXPORT_RESPONSE_COLUMNS
+from analytics.lesions.tracking import patient_track
 from analytics.models import ResponseAssessment
 from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation
-from imaging.services.tracking import patient_track
 from tests.imaging.factories import SeriesFactory, StudyFactory
 from tests.patients.factories import PatientFactory
 
@@ -130,8 +131,6 @@ def test_export_responses_lists_every_study_in_the_published_columns(patient):
     import io
 
     from django.core.management import call_command
-
-    from analytics.core.volumetric import EXPORT_RESPONSE_COLUMNS
 
     patient_track(patient=patient)
     out = io.StringIO()

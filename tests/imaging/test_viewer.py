@@ -11,8 +11,8 @@ from django.test import RequestFactory
 from django.urls import reverse
 
 from analytics.models import ResponseAssessment
-from imaging.core.nifti import volume_read_nifti, volume_write_nifti
-from imaging.core.volume import Volume
+from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
+from imaging.core.geometry.volume import Volume
 from imaging.models import LesionMeasurement, ProcessingRun, ReviewEvent, Segmentation, Study
 from patients.models import AuditEvent
 from tests.imaging.test_review import SHIFT, patient_with_studies
@@ -85,7 +85,7 @@ def _studies(patient):
 def test_viewer_shows_both_studies_lesions_jumps_and_responses(patient, radiologist_client):
     baseline, _, last = _studies(patient)
 
-    response = radiologist_client.get(reverse("imaging:viewer", args=[patient.pk]))
+    response = radiologist_client.get(reverse("lesions:viewer", args=[patient.pk]))
 
     assert response.status_code == 200
     page = response.content.decode()
@@ -104,13 +104,13 @@ def test_viewer_shows_both_studies_lesions_jumps_and_responses(patient, radiolog
     jump = response.context["jumps"][f"follow_up-{m.pk}"]
     assert jump == pytest.approx([-expected[0], -expected[1], expected[2]])
     assert "Liver 1" in page and "RECIST 1.1" in page
-    assert f'action="{reverse("imaging:measurement-review", args=[m.pk])}"' in page
+    assert f'action="{reverse("lesions:measurement-review", args=[m.pk])}"' in page
     assert AuditEvent.objects.filter(action="viewer.view", patient=patient).count() == 1
 
 
 def test_viewer_other_follow_up_and_bad_study(patient, radiologist_client):
     _, middle, _ = _studies(patient)
-    url = reverse("imaging:viewer", args=[patient.pk])
+    url = reverse("lesions:viewer", args=[patient.pk])
     assert (
         radiologist_client.get(url, {"study": middle.pk}).context["viewer"].follow_up.study
         == middle
@@ -121,7 +121,7 @@ def test_viewer_other_follow_up_and_bad_study(patient, radiologist_client):
 
 
 def test_clinicians_see_no_review_forms_and_strangers_nothing(patient, client):
-    url = reverse("imaging:viewer", args=[patient.pk])
+    url = reverse("lesions:viewer", args=[patient.pk])
     assert client.get(url).status_code == 302  # to the login page
     client.force_login(UserFactory(groups=["clinician"]))
     page = client.get(url).content.decode()
@@ -134,7 +134,7 @@ def test_the_follow_up_file_on_the_baseline_grid_has_the_baseline_geometry(
     patient, radiologist_client
 ):
     baseline, _, last = _studies(patient)
-    url = reverse("imaging:viewer-file", args=[last.pk, "mask"])
+    url = reverse("lesions:viewer-file", args=[last.pk, "mask"])
 
     response = radiologist_client.get(url, {"grid": "baseline"})
 
@@ -159,19 +159,19 @@ def test_the_follow_up_file_on_the_baseline_grid_has_the_baseline_geometry(
 def test_file_endpoint_refuses_unknown_kinds_missing_files_and_escapes(patient, radiologist_client):
     study = _studies(patient)[0]
     assert (
-        radiologist_client.get(reverse("imaging:viewer-file", args=[study.pk, "dicom"])).status_code
+        radiologist_client.get(reverse("lesions:viewer-file", args=[study.pk, "dicom"])).status_code
         == 404
     )
     segmentation = Segmentation.objects.get(series=study.chosen_series)
     segmentation.mask_path = "../../etc/passwd"
     segmentation.save()
-    response = radiologist_client.get(reverse("imaging:viewer-file", args=[study.pk, "mask"]))
+    response = radiologist_client.get(reverse("lesions:viewer-file", args=[study.pk, "mask"]))
     assert response.status_code == 404
     segmentation.probability_path = ""
     segmentation.save()
     assert (
         radiologist_client.get(
-            reverse("imaging:viewer-file", args=[study.pk, "probability"])
+            reverse("lesions:viewer-file", args=[study.pk, "probability"])
         ).status_code
         == 404
     )
@@ -180,11 +180,11 @@ def test_file_endpoint_refuses_unknown_kinds_missing_files_and_escapes(patient, 
 def test_reject_in_the_browser_updates_the_categories(patient, radiologist_client):
     last = _studies(patient)[2]
     far = LesionMeasurement.objects.get(study=last, component_label=6)
-    here = reverse("imaging:viewer", args=[patient.pk]) + f"?study={last.pk}"
+    here = reverse("lesions:viewer", args=[patient.pk]) + f"?study={last.pk}"
     assert ResponseAssessment.objects.get(study=last).recist_response == "PD"
 
     response = radiologist_client.post(
-        reverse("imaging:measurement-review", args=[far.pk]),
+        reverse("lesions:measurement-review", args=[far.pk]),
         {"action": "reject", "reason": "vessel", "next": here},
         follow=True,
     )
@@ -201,7 +201,7 @@ def test_reject_in_the_browser_updates_the_categories(patient, radiologist_clien
 
 def test_review_errors_come_back_as_messages_naming_the_field(patient, radiologist_client):
     m = LesionMeasurement.objects.filter(study=_studies(patient)[0]).first()
-    url = reverse("imaging:measurement-review", args=[m.pk])
+    url = reverse("lesions:measurement-review", args=[m.pk])
     response = radiologist_client.post(url, {"action": "reject", "reason": ""}, follow=True)
     assert "Not saved: reason: give a reason to reject" in response.content.decode()
     response = radiologist_client.post(
@@ -210,7 +210,7 @@ def test_review_errors_come_back_as_messages_naming_the_field(patient, radiologi
     assert (
         "Not saved: longest_diameter_mm: &#x27;x&#x27; is not a number" in response.content.decode()
     )
-    gone = reverse("imaging:measurement-review", args=[999999])
+    gone = reverse("lesions:measurement-review", args=[999999])
     response = radiologist_client.post(gone, {"action": "accept"}, follow=True)
     assert "rebuilt since the page was loaded" in response.content.decode()
     assert not ReviewEvent.objects.exists()
@@ -218,7 +218,7 @@ def test_review_errors_come_back_as_messages_naming_the_field(patient, radiologi
 
 def test_only_reviewers_may_post_and_next_must_be_local(patient, client):
     m = LesionMeasurement.objects.filter(study=_studies(patient)[0]).first()
-    url = reverse("imaging:measurement-review", args=[m.pk])
+    url = reverse("lesions:measurement-review", args=[m.pk])
     client.force_login(UserFactory(groups=["clinician"]))
     assert client.post(url, {"action": "accept"}).status_code == 403
     client.force_login(UserFactory(groups=["radiologist"]))
@@ -230,20 +230,20 @@ def test_targets_relink_and_merge_through_their_endpoints(patient, radiologist_c
     baseline, middle, _ = _studies(patient)
     lung = LesionMeasurement.objects.get(study=baseline, component_label=2).lesion
     radiologist_client.post(
-        reverse("imaging:targets", args=[patient.pk]), {"lesion": [lung.pk], "reason": "r"}
+        reverse("lesions:targets", args=[patient.pk]), {"lesion": [lung.pk], "reason": "r"}
     )
     assert ResponseAssessment.objects.get(study=baseline).sum_diameters_mm == pytest.approx(16.0)
 
     small = LesionMeasurement.objects.get(study=baseline, component_label=3).lesion
     moved = LesionMeasurement.objects.get(study=middle, component_label=5)
     radiologist_client.post(
-        reverse("imaging:measurement-review", args=[moved.pk]),
+        reverse("lesions:measurement-review", args=[moved.pk]),
         {"action": "relink", "lesion": small.pk, "reason": "same lesion"},
     )
     assert LesionMeasurement.objects.get(study=middle, component_label=5).lesion == small
 
     response = radiologist_client.post(
-        reverse("imaging:lesion-merge", args=[small.pk]),
+        reverse("lesions:lesion-merge", args=[small.pk]),
         {"into": 999999, "reason": "r"},
         follow=True,
     )
@@ -262,6 +262,6 @@ def test_the_review_form_partial_renders_for_a_measurement(patient):
         {"measurement": m, "perms": PermWrapper(request.user)},
         request=request,
     )
-    assert reverse("imaging:measurement-review", args=[m.pk]) in html
+    assert reverse("lesions:measurement-review", args=[m.pk]) in html
     assert 'name="next" value="/patients/1/"' in html
     assert re.search(r'name="action" value="accept"', html)

@@ -22,7 +22,7 @@ def test_viewer_draws_both_studies_and_review_updates_the_categories(live_server
     middle = Study.objects.filter(patient=patient).order_by("study_date")[1]
     moved = LesionMeasurement.objects.get(study=middle, component_label=5)
     liver = LesionMeasurement.objects.get(study=middle, component_label=1)
-    url = live_server.url + reverse("imaging:viewer", args=[patient.pk]) + f"?study={middle.pk}"
+    url = live_server.url + reverse("lesions:viewer", args=[patient.pk]) + f"?study={middle.pk}"
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(

@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from imaging.core.dicom.volume import series_volume
+from imaging.core.geometry.nifti import volume_write_nifti
+from imaging.ingest.service import ingest_paths
+from imaging.models import Segmentation, Study
 from tests.conftest import REQUIRE_ALL, require_program
 
 CONFIG_TEMPLATE = Path(__file__).parent / "orthanc" / "orthanc.json"
@@ -153,10 +157,6 @@ def analysed_study(
     import pydicom
     from django.conf import settings
 
-    from imaging.core.dicom_volume import series_volume
-    from imaging.core.nifti import volume_write_nifti
-    from imaging.models import Segmentation, Study
-    from imaging.services.ingest import ingest_paths
     from tests.imaging.factories import LesionFactory, LesionMeasurementFactory, ct_files
 
     files = ct_files(

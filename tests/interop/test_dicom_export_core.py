@@ -14,19 +14,21 @@ import numpy as np
 import pydicom
 import pytest
 
-from imaging.core.dicom_export import (
+from imaging.core.dicom.seg_sr import (
     DicomExportError,
     ExportedLesion,
     ExportUids,
+    PredecessorDocument,
     SegmentationModel,
     TimePoint,
     dataset_write,
     measurement_report_build,
     segmentation_build,
 )
-from imaging.core.dicom_volume import series_volume
-from imaging.core.dicom_write import CTSeriesAttributes, ct_series_write, synthetic_uid
-from imaging.core.volume import Volume
+from imaging.core.dicom.volume import series_volume
+from imaging.core.dicom.write import CTSeriesAttributes, ct_series_write, synthetic_uid
+from imaging.core.geometry.volume import Volume
+from imaging.core.registration.orientation import volume_flip_header
 from tests.interop.conftest import dciodvfy_errors
 
 MODEL = SegmentationModel("lesion-unet", "2.1.0")
@@ -275,7 +277,6 @@ def test_a_fragment_claimed_by_two_lesions_or_missing_is_refused(ct):
 # -- a mask whose header was corrected (finding 9) ----------------------------------------
 @pytest.mark.parametrize("flips", [(-1, 1, 1), (1, 1, -1)])
 def test_a_label_map_with_a_flipped_header_is_refused(ct, flips):
-    from imaging.core.standardise import volume_flip_header
 
     headers, grid = ct
     flipped = volume_flip_header(volume=_label_map(grid), flips=flips)
@@ -292,7 +293,6 @@ def test_a_label_map_with_a_flipped_header_is_refused(ct, flips):
 
 # -- an SR replacing another (finding 10) -------------------------------------------------
 def test_an_sr_names_the_sr_it_replaces_and_still_passes_dciodvfy(ct, tmp_path):
-    from imaging.core.dicom_export import PredecessorDocument
 
     headers, _ = ct
     seg, first = _build(ct)

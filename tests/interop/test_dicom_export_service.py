@@ -12,9 +12,11 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from imaging.core.dicom_export import DicomExportError
-from imaging.models import LesionMeasurement
-from imaging.services.dicom_export import study_dicom_export
+from imaging.core.dicom.seg_sr import DicomExportError
+from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
+from imaging.core.registration.orientation import volume_flip_header
+from imaging.exports.services import study_dicom_export
+from imaging.models import LesionMeasurement, ProcessingRun
 from patients.models import AuditEvent
 from tests.imaging.factories import LesionFactory, LesionMeasurementFactory
 from tests.interop.conftest import analysed_study, dciodvfy_errors
@@ -177,9 +179,6 @@ def test_a_split_lesions_segment_holds_all_its_fragments(tmp_path):
 # -- an orientation-corrected run (finding 9) ---------------------------------------------
 def _corrected_run(case, *, record_geometry: bool = True):
     """Give the study's mask the header an LR-flip correction gives, as the pipeline does."""
-    from imaging.core.nifti import volume_read_nifti, volume_write_nifti
-    from imaging.core.standardise import volume_flip_header
-    from imaging.models import ProcessingRun
 
     segmentation = case.measurements[0].segmentation
     mask_file = _path(segmentation.mask_path)

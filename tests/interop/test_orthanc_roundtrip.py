@@ -20,16 +20,16 @@ from dicomweb_client.api import DICOMwebClient
 from django.core.management import call_command
 from django.utils import timezone
 
-from imaging.dimse import StorageListener
-from imaging.models import IngestSession, Instance, PacsTransfer, Study
-from imaging.services.ingest import IngestRun
-from imaging.services.pacs import (
+from imaging.ingest.listener import StorageListener
+from imaging.ingest.pacs import (
     ANY_TRANSFER_SYNTAX,
     PacsConfig,
     pacs_study_retrieve,
     wado_ingest_sources,
 )
-from imaging.tasks_pacs import pacs_pull_task
+from imaging.ingest.service import IngestRun
+from imaging.ingest.tasks import pacs_pull_task
+from imaging.models import IngestSession, Instance, PacsTransfer, Study
 from tests.imaging.factories import ct_files
 from tests.interop.conftest import analysed_study, dciodvfy_errors
 

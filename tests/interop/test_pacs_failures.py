@@ -14,8 +14,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from imaging.ingest.pacs import PacsConfig, pacs_instances_send, pacs_pull, pacs_study_retrieve
 from imaging.models import PacsTransfer
-from imaging.services.pacs import PacsConfig, pacs_instances_send, pacs_pull, pacs_study_retrieve
 from tests.interop.conftest import free_port
 
 pytestmark = pytest.mark.django_db

@@ -7,16 +7,16 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from imaging.core import cohort as cohort_module
-from imaging.core.cohort import (
+from imaging.core.synthetic import cohort as cohort_module
+from imaging.core.synthetic.cohort import (
     cohort_simulate,
     ehr_bundle_build,
     events_csv_write,
     labs_csv_write,
 )
+from patients.ehr import importer as service
+from patients.ehr.importer import EHRImportError, ehr_import
 from patients.models import ClinicalEvent, LabResult, Patient, UnmatchedEHRRecord
-from patients.services import ehr_import as service
-from patients.services.ehr_import import EHRImportError, ehr_import
 from tests.patients.factories import PatientFactory
 
 pytestmark = pytest.mark.django_db

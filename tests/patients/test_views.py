@@ -9,9 +9,9 @@ from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from analytics.dashboard.patient import patient_list, patient_timeline
 from imaging.models import ProcessingRun, Series
 from patients.permissions import can_upload
-from patients.selectors import patient_list, patient_timeline
 from tests.imaging.factories import (
     IngestSessionFactory,
     InstanceFactory,

@@ -7,11 +7,11 @@ import re
 import pytest
 from django.urls import reverse
 
+from analytics.dashboard.patient import patient_timeline
+from analytics.lesions.responses import responses_recompute
 from analytics.models import RiskModelVersion, RiskScore
 from imaging.models import LesionMeasurement
-from imaging.services.tracking import responses_recompute
 from patients.models import AuditEvent, LabResult
-from patients.selectors import patient_timeline
 from tests.imaging.factories import LesionFactory, LesionMeasurementFactory, StudyFactory
 from tests.patients.factories import PatientFactory, UserFactory
 

@@ -3,9 +3,9 @@
 import pandas as pd
 from django.core.management.base import BaseCommand
 
-from analytics.core.volumetric import EXPORT_RESPONSE_COLUMNS
+from analytics.layouts import EXPORT_RESPONSE_COLUMNS
 from analytics.models import ResponseAssessment
-from radtrack.exports import export_handle
+from patients.exports import export_handle
 
 
 def responses_table(*, patient_ids: list[str] | None = None) -> pd.DataFrame:

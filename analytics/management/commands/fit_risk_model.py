@@ -10,9 +10,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from analytics.core.survival import DEFAULT_HORIZON_DAYS
 from analytics.models import RiskModelVersion
-from analytics.services import (
+from analytics.risk.core.survival import DEFAULT_HORIZON_DAYS
+from analytics.risk.services import (
     LandmarkPolicy,
     RiskModelFitError,
     risk_model_fit_and_store,

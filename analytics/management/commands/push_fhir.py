@@ -17,8 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from analytics.fhir import FHIRBuildError
-from analytics.fhir_push import FHIRPushError, fhir_patient_push
+from analytics.fhir.build import FHIRBuildError
+from analytics.fhir.push import FHIRPushError, fhir_patient_push
 from patients.audit import audit_record
 from patients.models import Patient
 

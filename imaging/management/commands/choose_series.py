@@ -4,7 +4,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from imaging.models import Series, Study
-from imaging.services.processing import SeriesOverrideError, study_series_override
+from imaging.pipeline.choice import SeriesOverrideError
+from imaging.pipeline.queue import study_series_override
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from imaging.dimse import DEFAULT_AE_TITLE, DEFAULT_PORT, listener_start
+from imaging.ingest.listener import DEFAULT_AE_TITLE, DEFAULT_PORT, listener_start
 
 
 class Command(BaseCommand):

@@ -4,8 +4,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from imaging.services.dicom_export import patient_dicom_export
-from imaging.services.pacs import PacsNotConfigured
+from imaging.exports.services import patient_dicom_export
+from imaging.ingest.pacs import PacsNotConfigured
 from patients.models import Patient
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from imaging.core.segmentation import training as tr
+
 
 class Command(BaseCommand):
     help = (
@@ -57,8 +59,7 @@ class Command(BaseCommand):
 
         import torch
 
-        from imaging.core import training as tr
-        from imaging.core.segmentation import SegmenterError, segmenter_load
+        from imaging.core.segmentation.network import SegmenterError, segmenter_load
 
         torch.set_num_threads(options["threads"])
         try:

@@ -10,6 +10,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from imaging.core.synthetic.cohort import cohort_generate
+
 OUTPUTS = ("dicom", "labs.csv", "events.csv", "ehr_bundle.json", "truth.json")
 
 
@@ -67,8 +69,6 @@ class Command(BaseCommand):
                 shutil.rmtree(path)
             else:
                 path.unlink()
-
-        from imaging.core.cohort import cohort_generate  # heavy imports: not for --help
 
         bar = tqdm(
             desc="generate_cohort",

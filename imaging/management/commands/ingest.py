@@ -5,7 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from imaging.services.ingest import FileOutcome, ingest_paths
+from imaging.ingest.service import FileOutcome, ingest_paths
 
 
 class Command(BaseCommand):

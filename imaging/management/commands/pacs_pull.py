@@ -4,8 +4,8 @@ import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
 
+from imaging.ingest.pacs import PacsConfig, PacsError, PacsNotConfigured, pacs_pull
 from imaging.models import PacsTransfer
-from imaging.services.pacs import PacsConfig, PacsError, PacsNotConfigured, pacs_pull
 
 
 def _date(text: str) -> dt.date:

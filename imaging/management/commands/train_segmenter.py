@@ -18,6 +18,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from imaging.core.segmentation import training as tr
+
 
 class Command(BaseCommand):
     help = (
@@ -96,8 +98,7 @@ class Command(BaseCommand):
 
         import torch
 
-        from imaging.core import training as tr
-        from imaging.core.segmentation import WEIGHTS_DIR, SegmenterError, SegmenterSpec
+        from imaging.core.segmentation.network import WEIGHTS_DIR, SegmenterError, SegmenterSpec
 
         torch.set_num_threads(options["threads"])
         w = options["lesion_weight"]

@@ -3,8 +3,8 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from imaging.ingest.verify import storage_verify
 from imaging.models import Instance
-from imaging.services.verify import storage_verify
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from patients.services.ehr_import import EHRImportError, ehr_import
+from patients.ehr.importer import EHRImportError, ehr_import
 
 
 class Command(BaseCommand):

@@ -12,16 +12,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaging.core.anatomy import anatomy_landmarks, body_lung_masks, volume_coarse
-from imaging.core.preprocess import volume_reorient
-from imaging.core.standardise import (
+from imaging.core.geometry.preprocess import volume_reorient
+from imaging.core.geometry.volume import Volume
+from imaging.core.registration.anatomy import anatomy_landmarks, body_lung_masks, volume_coarse
+from imaging.core.registration.orientation import (
     FlipThresholds,
     orientation_check,
     orientation_correct,
     orientation_standardise,
     volume_flip_header,
 )
-from imaging.core.volume import Volume
+from imaging.core.synthetic.cohort import PATIENT_POSITIONS, cohort_simulate, study_render
 
 # Row and column cosines of Image Orientation (Patient) for axial scans (PS3.3 C.7.6.2.1.1).
 POSITIONS = {
@@ -276,8 +277,6 @@ def test_header_flip_is_its_own_inverse_and_exact():
 def cohort_studies() -> list[tuple[str, Volume]]:
     """One synthetic cohort study (imaging.core.cohort) acquired in each patient position."""
     from dataclasses import replace
-
-    from imaging.core.cohort import PATIENT_POSITIONS, cohort_simulate, study_render
 
     cohort = cohort_simulate(n_patients=1, n_timepoints=1, seed=11, size="small")
     patient = cohort.patients[0]

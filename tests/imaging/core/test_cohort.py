@@ -19,7 +19,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from lifelines.utils import concordance_index
 
-from imaging.core.cohort import (
+from imaging.core.synthetic.cohort import (
     EVENT_SYSTEM,
     IMAGE_ORIENTATION,
     LAB_TESTS,
@@ -37,7 +37,7 @@ from imaging.core.cohort import (
     study_render,
     truth_build,
 )
-from imaging.core.phantom import (
+from imaging.core.synthetic.phantom import (
     anatomy_ball_is_within,
     lesion_shape_sample,
     volume_for_diameter_ml,

@@ -20,20 +20,20 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import EnhancedCTImageStorage, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from imaging.core.dicom_volume import (
+from imaging.core.dicom.volume import (
     GeometryLimits,
     SeriesGeometryError,
     SeriesVolumeError,
     series_summary,
     series_volume,
 )
-from imaging.core.dicom_write import (
+from imaging.core.dicom.write import (
     CTSeriesAttributes,
     ct_series_write,
     ct_slice_dataset,
     synthetic_uid,
 )
-from imaging.core.volume import Volume
+from imaging.core.geometry.volume import Volume
 
 # Image Orientation (Patient) for the four standard patient positions (row, column cosines).
 IOP = {

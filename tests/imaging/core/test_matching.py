@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from imaging.core.matching import (
+from analytics.lesions.core.matching import (
     GATE_MIN_MM,
     LesionObservation,
     TrackedLesion,
@@ -17,7 +17,7 @@ from imaging.core.matching import (
     mask_points_lps,
     match_gate_mm,
 )
-from imaging.core.volume import Volume
+from imaging.core.geometry.volume import Volume
 
 
 def sphere_ml(diameter_mm: float) -> float:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaging.core.measure import (
+from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.measure import (
     axial_diameters_mm,
     lesion_regions,
     lesions_measure,
     probability_measure,
 )
-from imaging.core.postprocess import LesionCandidate
-from imaging.core.volume import Volume
+from imaging.core.segmentation.postprocess import LesionCandidate
 
 IDENTITY = np.eye(3)
 HFS = IDENTITY

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from imaging.core.nifti import volume_read_nifti, volume_write_nifti
-from imaging.core.volume import Volume
+from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
+from imaging.core.geometry.volume import Volume
 
 FOR_UID = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678"
 assert len(FOR_UID) == 64

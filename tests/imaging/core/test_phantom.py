@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaging.core import phantom
-from imaging.core.phantom import (
+from imaging.core.synthetic import phantom
+from imaging.core.synthetic.phantom import (
     HU_LUNG,
     LesionAtStudy,
     LesionShape,

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaging.core.postprocess import PostprocessSettings, body_mask, postprocess_run
-from imaging.core.volume import Volume
+from imaging.core.geometry.preprocess import volume_resample
+from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.postprocess import (
+    ContrastSettings,
+    LesionCandidate,
+    PostprocessSettings,
+    body_mask,
+    candidates_contrast_filter,
+    postprocess_run,
+)
 
 SPACING = (1.5, 1.5, 1.5)
 
@@ -145,12 +153,6 @@ def test_contrast_filter_keeps_a_lesion_and_drops_noise_blobs_and_subvoxel_speck
     """On the study's own (thick, noisy) voxels: a real hypodense lesion stands far above
     the noise; a candidate over plain noisy liver and one smaller than a study voxel
     do not."""
-    from imaging.core.postprocess import (
-        ContrastSettings,
-        LesionCandidate,
-        candidates_contrast_filter,
-    )
-    from imaging.core.preprocess import volume_resample
 
     rng = np.random.default_rng(3)
     shape = (24, 60, 60)  # k, j, i: 3 x 3 x 5 mm voxels

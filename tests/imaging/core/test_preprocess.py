@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.core.preprocess import (
+from imaging.core.geometry.preprocess import (
     WINDOW_PRESETS,
     Clahe,
     Denoise,
@@ -26,7 +26,7 @@ from imaging.core.preprocess import (
     volume_resample,
     volume_window,
 )
-from imaging.core.volume import Volume
+from imaging.core.geometry.volume import Volume
 
 DIRECTIONS = {
     "HFS": np.eye(3),

@@ -12,7 +12,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from imaging.core.registration import (
+from imaging.core.geometry.volume import Volume
+from imaging.core.registration.orientation import volume_flip_header
+from imaging.core.registration.register import (
     QualityThresholds,
     SpatialTransform,
     point_map,
@@ -26,8 +28,6 @@ from imaging.core.registration import (
     transform_write,
     volume_warp,
 )
-from imaging.core.standardise import volume_flip_header
-from imaging.core.volume import Volume
 from tests.imaging.core.test_anatomy import trunk_volume
 
 # Test points spread through the trunk (LPS mm, the fixed study's coordinates).

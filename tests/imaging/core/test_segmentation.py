@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from imaging.core import cohort
-from imaging.core.phantom import ScanGeometry, phantom_render, study_label_render
-from imaging.core.segmentation import (
+from imaging.core.segmentation.network import (
     CLASSES,
     MANIFEST_NAME,
     WEIGHTS_DIR,
@@ -26,6 +24,8 @@ from imaging.core.segmentation import (
     manifest_read,
     segmenter_load,
 )
+from imaging.core.synthetic import cohort
+from imaging.core.synthetic.phantom import ScanGeometry, phantom_render, study_label_render
 
 SEED, PATIENT = 13, 4  # feet-first supine; a 10 mm nodule, liver lesions of 24, 25, 18 mm
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from imaging.core.series_choice import (
+from imaging.core.dicom.series_choice import (
     NoEligibleSeriesError,
     SeriesSummary,
     image_plane,

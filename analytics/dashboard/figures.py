@@ -1,0 +1,495 @@
+"""Every Plotly figure the dashboard draws, built as plain dicts ready for ``Plotly.newPlot``.
+
+Figures read the typed objects the selectors return (`PatientTimeline`, `CohortSurvival`,
+a model version's calibration) and never query. They are plain ``{"data", "layout"}``
+dicts rather than ``plotly.graph_objects`` figures: the page only needs JSON, and
+building without graph_objects' validation keeps a patient page fast (the tests check
+every figure against plotly's own schema). Dates are ISO strings; NaN becomes None.
+
+Colours: the Okabe-Ito palette (distinguishable with the common colour-vision
+deficiencies); every trace is also named in its legend and hover text, so colour never
+carries meaning alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from analytics.lesions.core.recist import PD_ABSOLUTE_MM, PD_INCREASE_PCT, PR_DECREASE_PCT, nadir
+
+__all__ = [
+    "TIER_COLOURS",
+    "calibration_figure",
+    "km_figure",
+    "lesion_volume_figure",
+    "patient_figures",
+    "risk_explanation_figure",
+    "response_timeline_figure",
+]
+
+Figure = dict[str, Any]
+
+# Okabe & Ito (2008), "Color Universal Design".
+PALETTE = (
+    "#0072B2",  # blue
+    "#D55E00",  # vermillion
+    "#009E73",  # bluish green
+    "#CC79A7",  # reddish purple
+    "#E69F00",  # orange
+    "#56B4E9",  # sky blue
+    "#000000",  # black
+    "#F0E442",  # yellow (last: weak on white)
+)
+TIER_COLOURS = {"high": "#D55E00", "intermediate": "#E69F00", "low": "#0072B2"}
+INK = "#1b1f24"
+GRID = "#d0d6dd"
+THRESHOLD_PR = "#009E73"
+THRESHOLD_PD = "#D55E00"
+_FONT = {"family": 'system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif', "size": 13}
+
+
+def _number(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _day(value: dt.date | dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat()
+    return value.isoformat()
+
+
+def _layout(**overrides: Any) -> dict[str, Any]:
+    layout: dict[str, Any] = {
+        "font": {**_FONT, "color": INK},
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        "margin": {"l": 64, "r": 24, "t": 72, "b": 48},
+        "hovermode": "closest",
+        # above the plot: below it, a legend collides with the x axis title
+        "legend": {"orientation": "h", "y": 1.0, "x": 0, "yanchor": "bottom"},
+    }
+    layout.update(overrides)
+    return layout
+
+
+def _axis(title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "title": {"text": title},
+        "gridcolor": GRID,
+        "zerolinecolor": GRID,
+        "linecolor": INK,
+        "automargin": True,
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Patient page
+# --------------------------------------------------------------------------------------
+_STATUS_SYMBOL = {"new": "triangle-up", "tracked": "circle", "resolved": "x"}
+
+
+def lesion_volume_figure(*, timeline) -> Figure:
+    """Each lesion's volume (ml, values in force) over time: one line per lesion identity.
+
+    A lesion's first sighting after baseline is drawn as a triangle (new lesion), a
+    resolved one as a cross at 0 ml; measurements a radiologist rejected as false
+    positives are left out. Target lesions are named "(target)" in the legend.
+    """
+    data = []
+    baseline = timeline.studies[0].study_date if timeline.studies else None
+    for i, track in enumerate(timeline.lesions):
+        points = [p for p in track.shown_points if p.study_date is not None]
+        if not points:
+            continue
+        colour = PALETTE[i % len(PALETTE)]
+        name = f"{track.label} (target)" if track.is_target else track.label
+        symbols, sizes, notes = [], [], []
+        for p in points:
+            is_new = p.status == "new" and p.study_date != baseline
+            status = "new" if is_new else ("tracked" if p.status == "new" else p.status)
+            symbols.append(_STATUS_SYMBOL.get(status, "circle"))
+            sizes.append(12 if status in ("new", "resolved") else 8)
+            if is_new:
+                label = "new lesion"
+            elif p.status == "new":
+                label = "seen at baseline"
+            else:
+                label = p.status_label.lower()
+            notes.append(f"{label}; {p.review_label.lower()}")
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": name,
+                "x": [_day(p.study_date) for p in points],
+                "y": [_number(p.volume_ml) for p in points],
+                "customdata": notes,
+                "line": {
+                    "color": colour,
+                    "width": 2,
+                    "dash": "solid" if track.is_target else "dot",
+                },
+                "marker": {
+                    "color": colour,
+                    "symbol": symbols,
+                    "size": sizes,
+                    "line": {"width": 1, "color": INK},
+                },
+                "hovertemplate": f"<b>{track.label}</b><br>%{{x|%Y-%m-%d}}: %{{y:.2f}} ml<br>%{{customdata}}<extra></extra>",
+            }
+        )
+    return {
+        "data": data,
+        "layout": _layout(
+            title={"text": "Lesion volumes", "x": 0, "font": {"size": 15}},
+            xaxis=_axis("Study date", type="date"),
+            yaxis=_axis("Volume (ml)", rangemode="tozero"),
+            showlegend=True,
+        ),
+    }
+
+
+def _pd_thresholds(sums: Sequence[float | None]) -> list[float | None]:
+    """The sum at or above which each study would be target PD (RECIST 1.1 section 4.3.1).
+
+    max(nadir x 1.2, nadir + 5 mm), the nadir being the smallest sum on earlier studies,
+    baseline included (`analytics.core.recist.nadir`); None at baseline.
+    """
+    out: list[float | None] = [None]
+    for k in range(1, len(sums)):
+        earlier = [s for s in sums[:k] if s is not None]
+        if not earlier:
+            out.append(None)
+            continue
+        low = nadir(earlier)
+        out.append(max(low * (1 + PD_INCREASE_PCT / 100.0), low + PD_ABSOLUTE_MM))
+    return out
+
+
+def response_timeline_figure(*, timeline) -> Figure:
+    """Sum of diameters with PR and PD thresholds, total tumour burden, and each lab test,
+    stacked on one shared time axis, with every CT study marked as a vertical line.
+
+    PR threshold: 30% below the baseline sum; PD threshold: +20% and at least +5 mm over
+    the nadir before each study (RECIST 1.1 section 4.3.1), drawn as a step. Each lab
+    test has its own axis in its canonical unit.
+    """
+    responses = [r for r in timeline.responses if r.study_date is not None]
+    rows: list[tuple[str, list[dict[str, Any]]]] = []
+
+    sums = [_number(r.sum_diameters_mm) for r in responses]
+    dates = [_day(r.study_date) for r in responses]
+    if any(s is not None for s in sums):
+        traces = [
+            {
+                "type": "scatter",
+                "mode": "lines+markers+text",
+                "name": "Sum of target diameters",
+                "x": dates,
+                "y": sums,
+                "text": [
+                    r.recist_response or ("baseline" if r.is_baseline else "") for r in responses
+                ],
+                "textposition": "top center",
+                "line": {"color": PALETTE[0], "width": 3},
+                "marker": {"size": 9},
+                "hovertemplate": "%{x|%Y-%m-%d}: %{y:.1f} mm (%{text})<extra>sum of diameters</extra>",
+            }
+        ]
+        base = sums[0]
+        if base is not None and len(dates) > 0:
+            pr = base * (1 + PR_DECREASE_PCT / 100.0)
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"PR threshold ({PR_DECREASE_PCT:.0f}% from baseline)",
+                    "x": [dates[0], dates[-1]],
+                    "y": [pr, pr],
+                    "line": {"color": THRESHOLD_PR, "dash": "dash", "width": 2},
+                    "hovertemplate": f"PR at or below {pr:.1f} mm<extra></extra>",
+                }
+            )
+        pd_line = _pd_thresholds(sums)
+        if any(v is not None for v in pd_line):
+            # One tick per follow-up: the threshold belongs to that study (its nadir is
+            # the smallest earlier sum), so nothing is drawn between studies.
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": f"PD threshold (+{PD_INCREASE_PCT:.0f}% and +{PD_ABSOLUTE_MM:.0f} mm from nadir)",
+                    "x": dates,
+                    "y": pd_line,
+                    "marker": {
+                        "symbol": "line-ew-open",
+                        "size": 28,
+                        "color": THRESHOLD_PD,
+                        "line": {"width": 3, "color": THRESHOLD_PD},
+                    },
+                    "hovertemplate": "PD at or above %{y:.1f} mm<extra></extra>",
+                }
+            )
+        rows.append(("Sum of diameters (mm)", traces))
+
+    burden = [_number(r.total_volume_ml) for r in responses]
+    if any(b is not None for b in burden):
+        rows.append(
+            (
+                "Tumour burden (ml)",
+                [
+                    {
+                        "type": "scatter",
+                        "mode": "lines+markers",
+                        "name": "Total tumour burden",
+                        "x": dates,
+                        "y": burden,
+                        "text": [r.volumetric_response for r in responses],
+                        "line": {"color": PALETTE[2], "width": 3},
+                        "hovertemplate": "%{x|%Y-%m-%d}: %{y:.2f} ml %{text}<extra>tumour burden</extra>",
+                    }
+                ],
+            )
+        )
+
+    for j, lab in enumerate(timeline.labs):
+        rows.append(
+            (
+                f"{lab.key.upper() if len(lab.key) <= 4 else lab.key.capitalize()} ({lab.unit})",
+                [
+                    {
+                        "type": "scatter",
+                        "mode": "lines+markers",
+                        "name": f"{lab.key.upper() if len(lab.key) <= 4 else lab.key.capitalize()}",
+                        "x": [at.isoformat() for at in lab.observed_at],
+                        "y": [_number(v) for v in lab.values],
+                        "line": {"color": PALETTE[(j + 3) % len(PALETTE)], "width": 2},
+                        "marker": {"size": 6},
+                        "hovertemplate": f"%{{x|%Y-%m-%d}}: %{{y:.3g}} {lab.unit}<extra>{lab.display}</extra>",
+                    }
+                ],
+            )
+        )
+
+    data: list[dict[str, Any]] = []
+    layout = _layout(
+        title={"text": "Response and laboratory timeline", "x": 0, "font": {"size": 15}},
+        showlegend=True,
+        legend={"orientation": "h", "y": 1.0, "x": 0, "yanchor": "bottom"},
+        margin={"l": 80, "r": 24, "t": 80, "b": 48},
+    )
+    n = len(rows)
+    gap = 0.04 if n > 1 else 0.0
+    height = (1.0 - gap * (n - 1)) / n if n else 1.0
+    for i, (title, traces) in enumerate(rows):
+        axis = "y" if i == 0 else f"y{i + 1}"
+        top = 1.0 - i * (height + gap)
+        layout["yaxis" if i == 0 else f"yaxis{i + 1}"] = _axis(
+            title, domain=[max(0.0, top - height), top], rangemode="tozero", anchor="x"
+        )
+        for trace in traces:
+            data.append({**trace, "xaxis": "x", "yaxis": axis})
+    bottom = "y" if n <= 1 else f"y{n}"
+    layout["xaxis"] = _axis("Date", type="date", anchor=bottom)
+    layout["shapes"] = [
+        {
+            "type": "line",
+            "xref": "x",
+            "yref": "paper",
+            "x0": _day(study.study_date),
+            "x1": _day(study.study_date),
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": "#6b7684", "width": 1, "dash": "dot"},
+            "layer": "below",
+        }
+        for study in timeline.studies
+        if study.study_date is not None
+    ]
+    layout["height"] = max(360, 170 * n + 140)
+    return {"data": data, "layout": layout}
+
+
+def risk_explanation_figure(*, risk, top: int = 10) -> Figure:
+    """What drives the score: each feature's push (largest ``top`` by size), up or down.
+
+    The scale is the model's (log hazard ratio for Cox, probability for the GBM);
+    features pushing risk up are vermillion, down blue, and the sign is in the label.
+    """
+    items = sorted(risk.contributions, key=lambda c: abs(c.contribution), reverse=True)[:top]
+    items.reverse()  # largest at the top of a horizontal bar chart
+    labels = [
+        f"{c.feature} = {c.value:.3g}" if c.value is not None else f"{c.feature} (missing)"
+        for c in items
+    ]
+    values = [c.contribution for c in items]
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": "Contribution",
+                "x": values,
+                "y": labels,
+                "text": [f"{v:+.3f}" for v in values],
+                "textposition": "auto",
+                "marker": {
+                    "color": [
+                        TIER_COLOURS["high"] if v > 0 else TIER_COLOURS["low"] for v in values
+                    ]
+                },
+                "hovertemplate": "%{y}: %{x:+.3f}<extra></extra>",
+            }
+        ],
+        "layout": _layout(
+            title={"text": "What drives this score", "x": 0, "font": {"size": 15}},
+            xaxis=_axis(
+                f"Push on the score ({risk.scale or 'model scale'}); right raises risk",
+                zeroline=True,
+                zerolinecolor=INK,
+            ),
+            yaxis=_axis("", automargin=True),
+            showlegend=False,
+            height=max(260, 28 * len(items) + 120),
+            margin={"l": 200, "r": 24, "t": 36, "b": 56},
+        ),
+    }
+
+
+def patient_figures(*, timeline) -> dict[str, Figure]:
+    """The patient page's figures by element id; a figure with nothing to draw is left out."""
+    out: dict[str, Figure] = {}
+    if any(t.shown_points for t in timeline.lesions):
+        out["fig-lesions"] = lesion_volume_figure(timeline=timeline)
+    if timeline.responses or timeline.labs:
+        out["fig-timeline"] = response_timeline_figure(timeline=timeline)
+    if timeline.risk is not None and timeline.risk.contributions:
+        out["fig-risk"] = risk_explanation_figure(risk=timeline.risk)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Cohort page
+# --------------------------------------------------------------------------------------
+def km_figure(*, survival) -> Figure:
+    """Kaplan-Meier curves by risk tier: steps with 95% bands and censoring ticks."""
+    data: list[dict[str, Any]] = []
+    for curve in survival.curves:
+        colour = TIER_COLOURS.get(curve.tier, PALETTE[0])
+        name = f"{curve.tier_label} risk (n={curve.n}, {curve.events} events)"
+        times = list(curve.times_days)
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "x": times + times[::-1],
+                "y": list(curve.upper) + list(curve.lower)[::-1],
+                "fill": "toself",
+                "fillcolor": _rgba(colour, 0.12),
+                "line": {"width": 0, "shape": "hv"},
+                "hoverinfo": "skip",
+                "showlegend": False,
+                "legendgroup": curve.tier,
+                "name": f"{curve.tier_label} 95% CI",
+            }
+        )
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": name,
+                "legendgroup": curve.tier,
+                "x": times,
+                "y": list(curve.survival),
+                "line": {"color": colour, "width": 3, "shape": "hv"},
+                "hovertemplate": f"{curve.tier_label}: day %{{x:.0f}}, %{{y:.1%}}<extra></extra>",
+            }
+        )
+        if curve.censored_days:
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": f"{curve.tier_label} censored",
+                    "legendgroup": curve.tier,
+                    "showlegend": False,
+                    "x": list(curve.censored_days),
+                    "y": list(curve.censored_survival),
+                    "marker": {"symbol": "line-ns-open", "size": 10, "color": colour},
+                    "hovertemplate": f"{curve.tier_label}: censored at day %{{x:.0f}}<extra></extra>",
+                }
+            )
+    return {
+        "data": data,
+        "layout": _layout(
+            margin={"l": 64, "r": 24, "t": 40, "b": 48},  # the page heading names it
+            xaxis=_axis("Days since the scored landmark", rangemode="tozero"),
+            yaxis=_axis(
+                "Probability event-free" if survival.endpoint == "pfs" else "Probability alive",
+                range=[0, 1.02],
+                tickformat=".0%",
+            ),
+            showlegend=True,
+        ),
+    }
+
+
+def calibration_figure(
+    *, calibration: Iterable[dict[str, Any]], horizon_days: float | None
+) -> Figure:
+    """Predicted against observed risk by decile of predicted risk (cross-validated).
+
+    Points on the diagonal are perfectly calibrated; a hollow marker is a group whose
+    follow-up ended before the horizon (its observed value is carried forward).
+    """
+    rows = [r for r in calibration if _number(r.get("mean_predicted")) is not None]
+    followed = [bool(r.get("followed_to_horizon", True)) for r in rows]
+    horizon = f" by day {horizon_days:.0f}" if horizon_days else ""
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "Perfect calibration",
+                "x": [0, 1],
+                "y": [0, 1],
+                "line": {"color": "#6b7684", "dash": "dash", "width": 1},
+                "hoverinfo": "skip",
+            },
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "Risk deciles (out-of-fold)",
+                "x": [_number(r.get("mean_predicted")) for r in rows],
+                "y": [_number(r.get("observed")) for r in rows],
+                "customdata": [[r.get("group"), r.get("n")] for r in rows],
+                "line": {"color": PALETTE[0], "width": 2},
+                "marker": {
+                    "size": 10,
+                    "color": PALETTE[0],
+                    "symbol": ["circle" if f else "circle-open" for f in followed],
+                },
+                "hovertemplate": "group %{customdata[0]} (n=%{customdata[1]}): predicted %{x:.1%}, observed %{y:.1%}<extra></extra>",
+            },
+        ],
+        "layout": _layout(
+            title={"text": f"Calibration{horizon}", "x": 0, "font": {"size": 15}},
+            xaxis=_axis("Predicted risk", range=[0, 1], tickformat=".0%"),
+            yaxis=_axis("Observed (Kaplan-Meier)", range=[0, 1], tickformat=".0%"),
+            showlegend=True,
+        ),
+    }
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"

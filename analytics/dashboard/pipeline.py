@@ -1,0 +1,213 @@
+"""Reads for analytics: the model inputs as DataFrames, and the risk-ordered worklist.
+
+`feature_inputs_load` maps the database onto the tables `analytics.core.features`
+expects (the ``export_measurements`` / ``export_responses`` layouts of DESIGN.md for
+imaging). `worklist` gives one typed row per patient with the latest risk score of the
+current model version and the flags a triage nurse acts on, in a fixed number of queries
+whatever the number of patients.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from imaging.models import IngestSession, ProcessingRun, Series, Study
+
+# --------------------------------------------------------------------------------------
+# Pipeline: ingest sessions and processing state
+# --------------------------------------------------------------------------------------
+_ACTIVE_SERIES = (
+    Series.State.RECEIVING,
+    Series.State.STORED,
+    Series.State.QUEUED,
+    Series.State.PROCESSING,
+)
+
+
+@dataclass(frozen=True)
+class StepState:
+    name: str
+    status: str
+    seconds: float | None
+    error: str
+
+
+@dataclass(frozen=True)
+class SeriesPipeline:
+    pk: int
+    series_number: int | None
+    description: str
+    modality: str
+    slice_count: int
+    state: str
+    state_label: str
+    state_detail: str
+    updated_at: dt.datetime
+    run_pk: int | None
+    run_status: str
+    run_status_label: str
+    run_error: str
+    run_device: str
+    run_started_at: dt.datetime | None
+    run_finished_at: dt.datetime | None
+    steps: tuple[StepState, ...]
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in _ACTIVE_SERIES
+
+    @property
+    def steps_done(self) -> int:
+        return sum(1 for s in self.steps if s.status == "succeeded")
+
+    @property
+    def current_step(self) -> str:
+        running = [s.name for s in self.steps if s.status == "running"]
+        return running[-1] if running else ""
+
+
+@dataclass(frozen=True)
+class StudyPipeline:
+    pk: int
+    study_date: dt.date | None
+    description: str
+    patient_pk: int
+    patient_id: str
+    series: tuple[SeriesPipeline, ...]
+    last_change: dt.datetime
+
+    @property
+    def is_active(self) -> bool:
+        return any(s.is_active for s in self.series)
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    pk: int
+    source_label: str
+    origin: str
+    status: str
+    status_label: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    files_seen: int
+    stored: int
+    duplicates: int
+    conflicts: int
+    rejected: int
+    warnings: int
+
+
+@dataclass(frozen=True)
+class PipelineOverview:
+    """Recent imports, the studies most recently changed, and series counts per state."""
+
+    sessions: tuple[SessionSummary, ...]
+    studies: tuple[StudyPipeline, ...]
+    state_counts: tuple[tuple[str, str, int], ...]  # state, label, count
+
+    @property
+    def is_active(self) -> bool:
+        return any(s.status == "running" for s in self.sessions) or any(
+            s.is_active for s in self.studies
+        )
+
+
+def pipeline_overview(*, sessions: int = 10, studies: int = 30) -> PipelineOverview:
+    """The pipeline page's data in five queries: recent sessions, state counts, the
+    ``studies`` most recently changed studies with their series and latest runs."""
+    from django.db.models import Count, Max
+
+    session_rows = tuple(
+        SessionSummary(
+            pk=s.pk,
+            source_label=s.get_source_display(),
+            origin=s.origin,
+            status=s.status,
+            status_label=s.get_status_display(),
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            files_seen=s.files_seen,
+            stored=s.stored,
+            duplicates=s.duplicates,
+            conflicts=s.conflicts,
+            rejected=s.rejected,
+            warnings=s.warnings,
+        )
+        for s in IngestSession.objects.order_by("-started_at", "-pk")[:sessions]
+    )
+    labels = dict(Series.State.choices)
+    counts = {
+        row["state"]: row["n"]
+        for row in Series.objects.values("state").annotate(n=Count("pk")).order_by()
+    }
+    state_counts = tuple(
+        (state, str(labels[state]), counts.get(state, 0)) for state in Series.State.values
+    )
+    recent = list(
+        Study.objects.annotate(last_change=Max("series__updated_at"))
+        .filter(last_change__isnull=False)
+        .select_related("patient")
+        .order_by("-last_change", "-pk")[:studies]
+    )
+    series_rows = list(
+        Series.objects.filter(study__in=[s.pk for s in recent]).order_by(
+            "study_id", "series_number", "series_instance_uid"
+        )
+    )
+    latest_runs: dict[int, ProcessingRun] = {}
+    for run in ProcessingRun.objects.filter(series__in=[s.pk for s in series_rows]).order_by(
+        "series_id", "-created_at", "-pk"
+    ):
+        latest_runs.setdefault(run.series_id, run)
+    by_study: dict[int, list[SeriesPipeline]] = {}
+    for s in series_rows:
+        run = latest_runs.get(s.pk)
+        steps = tuple(
+            StepState(
+                name=str(step.get("name", "")),
+                status=str(step.get("status", "")),
+                seconds=step.get("seconds"),
+                error=str(step.get("error", "")),
+            )
+            for step in ((run.steps or []) if run else [])
+            if isinstance(step, dict)
+        )
+        by_study.setdefault(s.study_id, []).append(
+            SeriesPipeline(
+                pk=s.pk,
+                series_number=s.series_number,
+                description=s.description,
+                modality=s.modality,
+                slice_count=s.slice_count,
+                state=s.state,
+                state_label=s.get_state_display(),
+                state_detail=s.state_detail,
+                updated_at=s.updated_at,
+                run_pk=run.pk if run else None,
+                run_status=run.status if run else "",
+                run_status_label=run.get_status_display() if run else "",
+                run_error=run.error if run else "",
+                run_device=run.device if run else "",
+                run_started_at=run.started_at if run else None,
+                run_finished_at=run.finished_at if run else None,
+                steps=steps,
+            )
+        )
+    return PipelineOverview(
+        sessions=session_rows,
+        studies=tuple(
+            StudyPipeline(
+                pk=st.pk,
+                study_date=st.study_date,
+                description=st.description,
+                patient_pk=st.patient_id,
+                patient_id=st.patient.patient_id,
+                series=tuple(by_study.get(st.pk, ())),
+                last_change=st.last_change,
+            )
+            for st in recent
+        ),
+        state_counts=state_counts,
+    )

@@ -1,0 +1,382 @@
+"""Reads for analytics: the model inputs as DataFrames, and the risk-ordered worklist.
+
+`feature_inputs_load` maps the database onto the tables `analytics.core.features`
+expects (the ``export_measurements`` / ``export_responses`` layouts of DESIGN.md for
+imaging). `worklist` gives one typed row per patient with the latest risk score of the
+current model version and the flags a triage nurse acts on, in a fixed number of queries
+whatever the number of patients.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from django.db.models import (
+    CharField,
+    DateField,
+    Exists,
+    F,
+    FilteredRelation,
+    FloatField,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Coalesce
+
+from analytics.dashboard.markers import MarkerChange, _rising_markers
+from analytics.models import UNSCORED_RANK, ResponseAssessment, RiskModelVersion, RiskScore
+from analytics.risk.selectors import current_model_version
+from imaging.models import LesionMeasurement, Series, Study
+from patients.models import Patient
+from patients.selectors import patient_search_filter
+
+# --------------------------------------------------------------------------------------
+# Worklist
+# --------------------------------------------------------------------------------------
+FLAG_NAMES = (
+    "new_progression",
+    "new_lesion",
+    "rising_marker",
+    "processing_failed",
+    "awaiting_review",
+)
+
+
+class WorklistOrder(enum.StrEnum):
+    RISK = "risk"  # tier high -> intermediate -> low -> unscored, then score, highest first
+    PATIENT = "patient"  # MRN
+    LAST_STUDY = "last_study"  # most recent CT study first
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    """One patient on the worklist.
+
+    Risk: the latest `RiskScore` (by landmark date) of the model version the list was
+    built for; ``score``, ``tier`` and ``landmark_date`` are None when unscored.
+
+    Flags:
+
+    - ``new_progression``: the patient's latest response assessment is RECIST PD;
+    - ``new_lesion``: the latest response assessment found a lesion absent at baseline;
+    - ``rising_markers``: markers whose two latest results moved the wrong way by more
+      than `MARKER_RULES` allows (CEA, LDH, CRP up; albumin, haemoglobin down);
+    - ``processing_failed``: a series of the patient is in state failed;
+    - ``awaiting_review``: a lesion measurement still awaits a radiologist's review.
+    """
+
+    pk: int
+    patient_id: str
+    display_name: str
+    model_version_id: int | None
+    risk_score_id: int | None
+    score: float | None
+    tier: str | None
+    landmark_date: dt.date | None
+    last_recist: str
+    last_assessment_date: dt.date | None
+    last_study_date: dt.date | None
+    new_progression: bool
+    new_lesion: bool
+    rising_markers: tuple[MarkerChange, ...]
+    processing_failed: bool
+    awaiting_review: bool
+
+    @property
+    def rising_marker(self) -> bool:
+        return bool(self.rising_markers)
+
+    @property
+    def tier_label(self) -> str:
+        return str(RiskScore.Tier(self.tier).label) if self.tier else "Not scored"
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The names (`FLAG_NAMES`) of the flags raised, in that order."""
+        return tuple(name for name in FLAG_NAMES if getattr(self, name))
+
+
+def _risk_columns(rows: QuerySet, version: RiskModelVersion | None) -> QuerySet:
+    """Annotate the version's latest score of each patient, joined from `LatestRiskScore`.
+
+    One LEFT JOIN on the (model version, patient) key: ordering every patient by tier
+    and score needs no lookup per patient before the page is cut.
+    """
+    if version is None:
+        return rows.annotate(
+            risk_score_id=Value(None, output_field=IntegerField()),
+            risk_score=Value(None, output_field=FloatField()),
+            risk_tier=Value(None, output_field=CharField()),
+            risk_landmark=Value(None, output_field=DateField()),
+            tier_rank=Value(UNSCORED_RANK, output_field=IntegerField()),
+        )
+    return rows.annotate(
+        current_risk=FilteredRelation(
+            "latest_risk_scores", condition=Q(latest_risk_scores__model_version=version)
+        )
+    ).annotate(
+        risk_score_id=F("current_risk__risk_score_id"),
+        risk_score=F("current_risk__score"),
+        risk_tier=F("current_risk__tier"),
+        risk_landmark=F("current_risk__landmark_date"),
+        tier_rank=Coalesce(
+            F("current_risk__tier_rank"), Value(UNSCORED_RANK), output_field=IntegerField()
+        ),
+    )
+
+
+def _last_assessments() -> QuerySet:
+    return ResponseAssessment.objects.filter(
+        patient=OuterRef("pk"), study__study_date__isnull=False
+    ).order_by("-study__study_date", "-pk")
+
+
+def _last_study_date() -> Subquery:
+    return Subquery(
+        Study.objects.filter(patient=OuterRef("pk"), study_date__isnull=False)
+        .order_by("-study_date")
+        .values("study_date")[:1]
+    )
+
+
+def _processing_failed() -> Exists:
+    return Exists(Series.objects.filter(study__patient=OuterRef("pk"), state=Series.State.FAILED))
+
+
+def _awaiting_review() -> Exists:
+    return Exists(
+        LesionMeasurement.objects.filter(
+            lesion__patient=OuterRef("pk"), review_state=LesionMeasurement.Review.PENDING
+        )
+    )
+
+
+def _detail_columns(rows: QuerySet) -> QuerySet:
+    """Annotate the latest response, the latest study and the flags kept in SQL.
+
+    Correlated lookups per patient: `worklist_page` runs them on the page's rows only.
+    """
+    assessments = _last_assessments()
+    return rows.annotate(
+        last_recist=Subquery(assessments.values("recist_response")[:1]),
+        last_new_lesions=Subquery(assessments.values("new_lesions")[:1]),
+        last_assessment_date=Subquery(assessments.values("study__study_date")[:1]),
+        last_study_date=_last_study_date(),
+        processing_failed=_processing_failed(),
+        awaiting_review=_awaiting_review(),
+    )
+
+
+def _ordered(rows: QuerySet, order: WorklistOrder, last_study: str) -> QuerySet:
+    """Rows in the worklist's order; ``last_study`` names the latest study's column.
+    MRNs are unique, so the order is total and the same in every query that applies it."""
+    if order is WorklistOrder.RISK:
+        if isinstance(rows.query.annotations.get("tier_rank"), Value):
+            # No model yet, nobody scored: constants cannot be ordered on (PostgreSQL
+            # refuses them in ORDER BY) and would not change the order anyway.
+            return rows.order_by("patient_id")
+        return rows.order_by("tier_rank", F("risk_score").desc(nulls_last=True), "patient_id")
+    if order is WorklistOrder.LAST_STUDY:
+        return rows.order_by(F(last_study).desc(nulls_last=True), "patient_id")
+    return rows.order_by("patient_id")
+
+
+def _worklist_query(
+    *,
+    tier: str | None,
+    search: str,
+    flags: Collection[str] | None,
+    order: WorklistOrder | str,
+    model_version: RiskModelVersion | None,
+) -> tuple[QuerySet, QuerySet, RiskModelVersion | None, set[str]]:
+    """The matching patients in order, with the risk columns only (filters and order
+    use what else they need as aliases); the unfiltered search; the version; the flags
+    still to check in Python (rising markers are computed outside SQL)."""
+    order = WorklistOrder(order)
+    wanted = set(flags or ())
+    unknown = wanted - set(FLAG_NAMES)
+    if unknown:
+        raise ValueError(f"unknown flags {sorted(unknown)}; known: {', '.join(FLAG_NAMES)}")
+    if tier is not None and tier not in RiskScore.Tier.values:
+        raise ValueError(f"tier must be one of {RiskScore.Tier.values}, not {tier!r}")
+    version = model_version if model_version is not None else current_model_version()
+
+    patients = Patient.objects.filter(patient_search_filter(search))
+    rows = _risk_columns(patients, version)
+    if tier is not None:
+        rows = rows.filter(risk_tier=tier)
+    # Every flag but the rising markers is SQL, so the database filters on it and a page
+    # of the list can be cut there.
+    if wanted & {"new_progression", "new_lesion"}:
+        assessments = _last_assessments()
+        rows = rows.alias(
+            filter_recist=Subquery(assessments.values("recist_response")[:1]),
+            filter_new_lesions=Subquery(assessments.values("new_lesions")[:1]),
+        )
+        if "new_progression" in wanted:
+            rows = rows.filter(filter_recist="PD")
+        if "new_lesion" in wanted:
+            rows = rows.filter(filter_new_lesions=True)
+    if "processing_failed" in wanted:
+        rows = rows.filter(_processing_failed())
+    if "awaiting_review" in wanted:
+        rows = rows.filter(_awaiting_review())
+    if order is WorklistOrder.LAST_STUDY:
+        rows = rows.alias(order_last_study=_last_study_date())
+    return _ordered(rows, order, "order_last_study"), patients, version, wanted & {"rising_marker"}
+
+
+def _worklist_row(
+    p: Patient, version: RiskModelVersion | None, markers: dict[int, tuple[MarkerChange, ...]]
+) -> WorklistRow:
+    return WorklistRow(
+        pk=p.pk,
+        patient_id=p.patient_id,
+        display_name=p.display_name,
+        model_version_id=version.pk if version is not None else None,
+        risk_score_id=p.risk_score_id,
+        score=p.risk_score,
+        tier=p.risk_tier,
+        landmark_date=p.risk_landmark,
+        last_recist=p.last_recist or "",
+        last_assessment_date=p.last_assessment_date,
+        last_study_date=p.last_study_date,
+        new_progression=p.last_recist == "PD",
+        new_lesion=bool(p.last_new_lesions),
+        rising_markers=markers.get(p.pk, ()),
+        processing_failed=p.processing_failed,
+        awaiting_review=p.awaiting_review,
+    )
+
+
+def worklist(
+    *,
+    tier: str | None = None,
+    search: str = "",
+    flags: Collection[str] | None = None,
+    order: WorklistOrder | str = WorklistOrder.RISK,
+    model_version: RiskModelVersion | None = None,
+) -> list[WorklistRow]:
+    """The worklist: every patient matching the filters, with risk and flags.
+
+    ``tier``: only that tier (low, intermediate or high). ``search``: words in the MRN
+    or name, as the patient list. ``flags``: only patients with every one of these
+    `FLAG_NAMES` raised. ``order``: a `WorklistOrder`. ``model_version``: whose scores
+    to show (default `current_model_version`). Three queries, however many patients.
+    """
+    rows, patients, version, _ = _worklist_query(
+        tier=tier, search=search, flags=flags, order=order, model_version=model_version
+    )
+    markers = _rising_markers(patients)
+    out = [_worklist_row(p, version, markers) for p in _detail_columns(rows)]
+    if flags and "rising_marker" in flags:
+        out = [row for row in out if row.rising_marker]
+    return out
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    """One page of the worklist, and where it sits in the whole list."""
+
+    rows: tuple[WorklistRow, ...]
+    number: int
+    per_page: int
+    total: int
+    model_version: RiskModelVersion | None
+
+    @property
+    def num_pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.number < self.num_pages
+
+    @property
+    def previous_page_number(self) -> int:
+        return self.number - 1
+
+    @property
+    def next_page_number(self) -> int:
+        return self.number + 1
+
+    @property
+    def start_index(self) -> int:
+        """1-based position of the first row shown (0 on an empty list)."""
+        return (self.number - 1) * self.per_page + 1 if self.rows else 0
+
+    @property
+    def end_index(self) -> int:
+        return self.start_index + len(self.rows) - 1 if self.rows else 0
+
+
+def worklist_page(
+    *,
+    page: int = 1,
+    per_page: int = 50,
+    tier: str | None = None,
+    search: str = "",
+    flags: Collection[str] | None = None,
+    order: WorklistOrder | str = WorklistOrder.RISK,
+    model_version: RiskModelVersion | None = None,
+) -> WorklistPage:
+    """One page of `worklist` (same filters and order), cut in the database.
+
+    Four queries (model version, count, the page's rows, their markers) whatever the
+    number of patients. The list is ordered and cut on the risk columns alone (one join
+    on `LatestRiskScore`); the latest response, latest study and flags are looked up
+    for the page's rows only, by the query that reads them. Asked for the rising-marker
+    flag, the markers of every candidate are needed before the list can be cut, so that
+    filter reads them all first (still a fixed number of queries). ``page`` is clamped
+    into range.
+    """
+    if per_page < 1:
+        raise ValueError(f"per_page must be at least 1, not {per_page}")
+    order = WorklistOrder(order)
+    rows, patients, version, python_flags = _worklist_query(
+        tier=tier, search=search, flags=flags, order=order, model_version=model_version
+    )
+    if python_flags:
+        markers = _rising_markers(patients)
+        matching = [pk for pk in rows.values_list("pk", flat=True) if pk in markers]
+        total = len(matching)
+        number = _page_clamp(page, total, per_page)
+        start = (number - 1) * per_page
+        chosen: list[int] | QuerySet = matching[start : start + per_page]
+    else:
+        total = rows.count()
+        number = _page_clamp(page, total, per_page)
+        start = (number - 1) * per_page
+        chosen = rows[start : start + per_page].values("pk")  # a subquery, not a query
+    shown = _ordered(
+        _detail_columns(_risk_columns(Patient.objects.filter(pk__in=chosen), version)),
+        order,
+        "last_study_date",
+    )
+    cut = list(shown)
+    if not python_flags:
+        markers = _rising_markers(Patient.objects.filter(pk__in=[p.pk for p in cut]))
+    return WorklistPage(
+        rows=tuple(_worklist_row(p, version, markers) for p in cut),
+        number=number,
+        per_page=per_page,
+        total=total,
+        model_version=version,
+    )
+
+
+def _page_clamp(page: int, total: int, per_page: int) -> int:
+    last = max(1, math.ceil(total / per_page))
+    return min(max(1, page), last)

@@ -1,0 +1,336 @@
+"""Volumetric response beside RECIST: tumour burden, volume categories, growth rate and VDT.
+
+Thresholds are RECIST 1.1's diameter thresholds carried to volume through a sphere
+(V proportional to d^3), the equivalence RECIST 1.1 itself uses for non-target disease
+(Eisenhauer EA et al., Eur J Cancer 2009;45:228-247, section 4.3.4: a 73% increase in
+volume matches a 20% increase in diameter):
+
+- progression: +20% diameter -> 1.2^3 - 1 = +72.8% volume: PD at >= +73% from the nadir;
+- response: -30% diameter -> 0.7^3 - 1 = -65.7% volume: PR at <= -65% from baseline;
+- complete response: no measurable tumour volume left (all lesions 0 ml).
+
+Repeat-scan variability: volumes of the same lesion on two scans minutes apart differ by
+up to about 20-25% (95% limits of agreement; e.g. Wormanns D et al., Eur Radiol
+2004;14:86-92), which is why the NELSON screening trial counted only volume changes of
+25% or more as growth (Xu DM et al., Lung Cancer 2006;54:177-184). A change smaller than
+`REPEATABILITY_PCT` is flagged ``within_noise``: its growth rate and doubling time are
+reported but say little.
+
+Growth is exponential between two scans: specific growth rate SGR = ln(V2/V1) / t per
+day (Mehrara E et al., Cancer Res 2007;67:3970-3975) and volume doubling time
+VDT = t ln 2 / ln(V2/V1) = ln 2 / SGR (Collins VP et al., Am J Roentgenol 1956;76:988-1000;
+Schwartz M, Cancer 1961;14:1272-1294). Conventions (`volume_doubling_time`):
+
+- shrinking (V2 < V1): VDT is negative and its magnitude is the halving time;
+- no change (V2 = V1): VDT is +inf, SGR 0;
+- V1 = 0 (a lesion that appeared) or V2 = 0 (one that disappeared): no finite rate
+  exists; VDT and SGR are NaN with a note saying which.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analytics.layouts import EXPORT_RESPONSE_COLUMNS
+from analytics.lesions.core.recist import (
+    StudyReading,
+    pct_change,
+    recist_assess,
+    timeline_from_measurements,
+)
+
+__all__ = [
+    "REPEATABILITY_PCT",
+    "VOLUME_PD_PCT",
+    "VOLUME_PR_PCT",
+    "DoublingTime",
+    "LesionVolumeChange",
+    "VolumetricAssessment",
+    "growth_rate_per_day",
+    "responses_table_build",
+    "total_tumour_burden_ml",
+    "volume_doubling_time",
+    "volume_partial_response",
+    "volume_progression",
+    "volume_response",
+    "volumetric_assess",
+    "within_measurement_noise",
+]
+
+VOLUME_PD_PCT = 73.0  # (1.2^3 - 1) = 72.8%
+VOLUME_PR_PCT = -65.0  # (0.7^3 - 1) = -65.7%
+REPEATABILITY_PCT = 25.0
+_PCT_SLACK = 1e-9
+
+
+# --------------------------------------------------------------------------- rules
+def total_tumour_burden_ml(volumes_ml: Iterable[float]) -> float:
+    """Total tumour burden: the sum of all lesion volumes (ml); NaN (not measured) skipped."""
+    return float(sum(v for v in volumes_ml if not math.isnan(v)))
+
+
+def volume_progression(*, volume_ml: float, nadir_ml: float) -> bool:
+    """Volumetric PD: at least +73% from the nadir (smallest volume before, baseline included).
+
+    The sphere equivalent of RECIST 1.1's +20% in diameter (section 4.3.1): 1.2^3 - 1 =
+    72.8%, as in section 4.3.4. Growth from a nadir of 0 (a lesion that came back) is
+    an unbounded increase and counts.
+    """
+    change = pct_change(value=volume_ml, reference=nadir_ml)
+    return change >= VOLUME_PD_PCT - _PCT_SLACK
+
+
+def volume_partial_response(*, volume_ml: float, baseline_ml: float) -> bool:
+    """Volumetric PR: at least -65% from baseline (the sphere equivalent of -30% in
+    diameter, RECIST 1.1 section 4.3.1: 0.7^3 - 1 = -65.7%)."""
+    return pct_change(value=volume_ml, reference=baseline_ml) <= VOLUME_PR_PCT + _PCT_SLACK
+
+
+def volume_response(*, volume_ml: float, baseline_ml: float, nadir_ml: float) -> str:
+    """CR, PR, SD, PD (or NE) for one lesion's or the total volume, like RECIST's targets.
+
+    CR when nothing is left (0 ml) of something that was there; PD by
+    `volume_progression` (wins over PR, as in RECIST 1.1 section 4.3.1); PR by
+    `volume_partial_response`; SD otherwise. NE when the volume is not known.
+    """
+    if math.isnan(volume_ml) or math.isnan(baseline_ml) or math.isnan(nadir_ml):
+        return "NE"
+    if volume_ml == 0:
+        return "CR"
+    if volume_progression(volume_ml=volume_ml, nadir_ml=nadir_ml):
+        return "PD"
+    if volume_partial_response(volume_ml=volume_ml, baseline_ml=baseline_ml):
+        return "PR"
+    return "SD"
+
+
+def within_measurement_noise(*, volume1_ml: float, volume2_ml: float) -> bool:
+    """True when the change between two volumes is under the ~25% repeat-scan variability
+    (module docstring: Wormanns 2004; NELSON, Xu 2006). Both volumes must be positive."""
+    if not (volume1_ml > 0 and volume2_ml > 0):
+        return False
+    return abs(pct_change(value=volume2_ml, reference=volume1_ml)) < REPEATABILITY_PCT
+
+
+def growth_rate_per_day(*, volume1_ml: float, volume2_ml: float, interval_days: float) -> float:
+    """Specific growth rate ln(V2/V1) / t (per day; Mehrara 2007). Negative when shrinking;
+    NaN when a volume is not positive or no time passed."""
+    if interval_days < 0:
+        raise ValueError(f"interval_days must not be negative; got {interval_days}")
+    if not (volume1_ml > 0 and volume2_ml > 0) or interval_days == 0:
+        return math.nan
+    return math.log(volume2_ml / volume1_ml) / interval_days
+
+
+@dataclass(frozen=True)
+class DoublingTime:
+    """Volume doubling time between two scans (see `volume_doubling_time`)."""
+
+    days: float
+    growth_rate_per_day: float
+    within_noise: bool
+    note: str
+
+
+def volume_doubling_time(
+    *, volume1_ml: float, volume2_ml: float, interval_days: float
+) -> DoublingTime:
+    """VDT = t ln 2 / ln(V2/V1) (Collins 1956; Schwartz 1961), with the conventions of the
+    module docstring: negative = halving time, +inf = no change, NaN when a volume is 0
+    (appeared / disappeared) or unknown, or no time passed. ``within_noise`` flags a
+    change under `REPEATABILITY_PCT`."""
+    rate = growth_rate_per_day(
+        volume1_ml=volume1_ml, volume2_ml=volume2_ml, interval_days=interval_days
+    )
+    noise = within_measurement_noise(volume1_ml=volume1_ml, volume2_ml=volume2_ml)
+    if math.isnan(volume1_ml) or math.isnan(volume2_ml):
+        return DoublingTime(math.nan, math.nan, False, "volume not measured")
+    if volume1_ml <= 0 and volume2_ml <= 0:
+        return DoublingTime(math.nan, math.nan, False, "absent at both scans")
+    if volume1_ml <= 0:
+        return DoublingTime(math.nan, math.nan, False, "appeared: no earlier volume")
+    if volume2_ml <= 0:
+        return DoublingTime(math.nan, math.nan, False, "disappeared")
+    if interval_days == 0:
+        return DoublingTime(math.nan, math.nan, noise, "no time between the scans")
+    if rate == 0:
+        return DoublingTime(math.inf, 0.0, True, "no change in volume")
+    days = math.log(2.0) / rate
+    note = "shrinking: the magnitude is the halving time" if rate < 0 else "growing"
+    if noise:
+        note += f"; change within the ~{REPEATABILITY_PCT:.0f}% repeat-scan variability"
+    return DoublingTime(days, rate, noise, note)
+
+
+# --------------------------------------------------------------------------- a timeline
+@dataclass(frozen=True)
+class LesionVolumeChange:
+    """One lesion at one study against its first volume (``reference_ml``: at baseline,
+    or when first seen for a new lesion) and its nadir; VDT against the previous study."""
+
+    lesion_uid: str
+    volume_ml: float
+    reference_ml: float
+    nadir_ml: float
+    pct_change_reference: float
+    pct_change_nadir: float
+    category: str | None
+    doubling_time: DoublingTime | None
+
+
+@dataclass(frozen=True)
+class VolumetricAssessment:
+    """Total tumour burden and the volumetric category at one study.
+
+    ``burden_response`` rates the total volume alone (`volume_response`); ``category``
+    adds the new-lesion rule (RECIST 1.1 section 4.3.5: a new lesion is PD). None at
+    baseline. ``doubling_time``: of the total burden since the previous study.
+    """
+
+    study_uid: str
+    study_date: dt.date
+    is_baseline: bool
+    total_volume_ml: float
+    baseline_volume_ml: float
+    nadir_volume_ml: float
+    pct_change_baseline: float
+    pct_change_nadir: float
+    burden_response: str | None
+    category: str | None
+    new_lesions: bool
+    doubling_time: DoublingTime | None
+    lesions: tuple[LesionVolumeChange, ...]
+
+
+def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAssessment, ...]:
+    """Volumetric response at every study of one patient (baseline first).
+
+    The total burden sums every lesion's volume (targets, non-targets and new lesions;
+    a lesion not read at a study, or with NaN volume, makes the total NaN and the
+    category NE). Its nadir is the smallest total on an earlier study, baseline
+    included. New lesions (absent at baseline, present now) make the category PD.
+    """
+    if not timeline:
+        return ()
+    studies = sorted(timeline, key=lambda s: s.study_date)
+    baseline_uids = {r.lesion_uid for r in studies[0].lesions if r.present}
+    known: list[str] = []
+    history: dict[str, list[float]] = {}  # per lesion: volumes since first seen
+    totals: list[float] = []
+    out: list[VolumetricAssessment] = []
+    previous_total, previous_date = math.nan, None
+    previous_volume: dict[str, float] = {}
+    for index, study in enumerate(studies):
+        for r in study.lesions:
+            if r.lesion_uid not in known and (r.present or index == 0):
+                known.append(r.lesion_uid)
+        volumes = {}
+        for uid in known:
+            reading = study.reading(uid)
+            volumes[uid] = math.nan if reading is None else reading.volume_ml
+        total = math.nan if any(math.isnan(v) for v in volumes.values()) else sum(volumes.values())
+        interval = (study.study_date - previous_date).days if previous_date else 0
+
+        lesions = []
+        for uid, volume in volumes.items():
+            past = history.setdefault(uid, [])
+            reference = next((v for v in past if v > 0), volume)
+            lowest = min((v for v in past if not math.isnan(v)), default=volume)
+            lesions.append(
+                LesionVolumeChange(
+                    lesion_uid=uid,
+                    volume_ml=volume,
+                    reference_ml=reference,
+                    nadir_ml=lowest,
+                    pct_change_reference=pct_change(value=volume, reference=reference),
+                    pct_change_nadir=pct_change(value=volume, reference=lowest),
+                    category=volume_response(
+                        volume_ml=volume, baseline_ml=reference, nadir_ml=lowest
+                    )
+                    if past and reference > 0
+                    else None,
+                    doubling_time=volume_doubling_time(
+                        volume1_ml=previous_volume[uid],
+                        volume2_ml=volume,
+                        interval_days=interval,
+                    )
+                    if uid in previous_volume
+                    else None,
+                )
+            )
+            if volume > 0 or past:
+                past.append(volume)
+        present = {r.lesion_uid for r in study.lesions if r.present}
+        new = bool(present - baseline_uids) if index else False
+        if index == 0:
+            burden = category = None
+            baseline_total = lowest_total = total
+        else:
+            baseline_total = totals[0]
+            finite = [t for t in totals if not math.isnan(t)]
+            lowest_total = min(finite) if finite else math.nan
+            burden = volume_response(
+                volume_ml=total, baseline_ml=baseline_total, nadir_ml=lowest_total
+            )
+            category = "PD" if new else burden
+        out.append(
+            VolumetricAssessment(
+                study_uid=study.study_uid,
+                study_date=study.study_date,
+                is_baseline=index == 0,
+                total_volume_ml=total,
+                baseline_volume_ml=baseline_total,
+                nadir_volume_ml=lowest_total,
+                pct_change_baseline=pct_change(value=total, reference=baseline_total),
+                pct_change_nadir=pct_change(value=total, reference=lowest_total),
+                burden_response=burden,
+                category=category,
+                new_lesions=new,
+                doubling_time=volume_doubling_time(
+                    volume1_ml=previous_total, volume2_ml=total, interval_days=interval
+                )
+                if index
+                else None,
+                lesions=tuple(lesions),
+            )
+        )
+        totals.append(total)
+        previous_total, previous_date = total, study.study_date
+        previous_volume = dict(volumes)
+    return tuple(out)
+
+
+def responses_table_build(
+    *, measurements: pd.DataFrame, slice_thickness_mm: float | None = None
+) -> pd.DataFrame:
+    """The ``export_responses`` table (DESIGN.md) from an ``export_measurements`` table.
+
+    One row per study: RECIST sum of diameters and its changes (`recist_assess`), the
+    total volume, the RECIST and volumetric categories (empty at baseline) and whether a
+    lesion absent at baseline is present.
+    """
+    rows = []
+    for patient_id, timeline in timeline_from_measurements(measurements).items():
+        recist = recist_assess(timeline=timeline, slice_thickness_mm=slice_thickness_mm)
+        volumetric = volumetric_assess(timeline=timeline)
+        for r, v in zip(recist, volumetric, strict=True):
+            rows.append(
+                (
+                    patient_id,
+                    r.study_uid,
+                    r.study_date,
+                    r.sum_diameters_mm,
+                    v.total_volume_ml,
+                    r.pct_change_baseline,
+                    r.pct_change_nadir,
+                    r.category,
+                    v.category,
+                    r.new_lesions,
+                )
+            )
+    return pd.DataFrame(rows, columns=list(EXPORT_RESPONSE_COLUMNS))

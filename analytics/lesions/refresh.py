@@ -1,0 +1,46 @@
+"""What follows for a patient from new imaging results, in one place and one order.
+
+registrations to the baseline -> lesion tracking -> responses -> the risk score, under
+a lock on the patient's row so two workers never track one patient at once. The
+pipeline announces new results (`imaging.pipeline.signals.patient_results_changed`);
+`analytics.apps` connects `patient_results_changed_receive` to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from analytics.lesions.tracking import patient_track
+from analytics.risk.selectors import current_model_version
+from analytics.risk.services import risk_scores_compute
+from imaging.pipeline.registrations import patient_registrations_ensure
+from patients.models import Patient
+
+
+def patient_update(*, patient, device: str = "cpu") -> dict[str, Any]:
+    """After a study is processed: registrations to the baseline, lesion tracking,
+    responses, and the patient's risk score under the current model."""
+    registered = patient_registrations_ensure(patient=patient, device=device)
+    with transaction.atomic():
+        Patient.objects.select_for_update().get(pk=patient.pk)
+        summary = patient_track(patient=patient)
+        model = current_model_version()
+        scored = 0
+        if model is not None:
+            scored = risk_scores_compute(model_version=model, patient_ids=[patient.patient_id])
+    return {
+        "registrations_added": registered,
+        "studies_tracked": summary.studies_tracked,
+        "lesions": summary.lesions,
+        "waiting": list(summary.waiting),
+        # Radiologists' decisions that no longer apply: shown, never dropped silently.
+        "stale_links": list(summary.stale),
+        "risk_scores": scored,
+    }
+
+
+def patient_results_changed_receive(*, patient, device: str, **_signal) -> dict[str, Any]:
+    """The pipeline's announcement of new results, answered with `patient_update`."""
+    return patient_update(patient=patient, device=device)

@@ -1,0 +1,161 @@
+"""Reads for the side-by-side viewer: one patient's baseline and follow-up, their lesions
+placed in the baseline frame, and the image files NiiVue loads.
+
+The viewer shows both studies on the baseline's grid (the "registered grid"): the
+follow-up volume, lesion mask and probability map are resampled through the stored
+registration (`Registration.matrix_fixed_to_moving`, baseline LPS -> follow-up LPS),
+so one slice index is the same anatomy on both sides. Resampled files are derived data,
+kept under ``DATA_DIR/viewer/`` and named after the runs and registration they come
+from, so a new run or registration gives a new file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from analytics.layouts import MEASUREMENT_COLUMNS
+from imaging.models import (
+    Lesion,
+    LesionMeasurement,
+    ReviewEvent,
+    Study,
+)
+from patients.models import Patient
+
+ACTION_NAMES = {
+    "accept": "Accepted",
+    "reject": "Rejected as a false positive",
+    "override": "Measurement overridden",
+    "relink": "Relinked",
+    "split": "Split off",
+    "merge": "Merged",
+    "targets": "Targets chosen",
+    "targets_automatic": "Targets returned to the RECIST rules",
+    "carry_over": "Re-tracked: decisions carried or dropped",
+}
+
+
+@dataclass(frozen=True)
+class ReviewHistoryRow:
+    """One review event with the stable keys of what it was about.
+
+    ``event.measurement`` is lost when the rows are rebuilt (every re-track); the
+    Tracking UID, Study Instance UID, segmentation and candidates stored in the event
+    are not. ``lesion`` is the identity that UID names now (None once it ended).
+    """
+
+    event: ReviewEvent
+    action: str
+    lesion_uid: str
+    lesion_label: str
+    lesion: Lesion | None
+    into_label: str
+    study_instance_uid: str
+    study_date: str
+    segmentation: int | None
+    component_labels: list[int]
+    notes: list[str]
+
+
+def _event_subject(event: ReviewEvent) -> dict[str, Any]:
+    before = event.before or {}
+    subject = before.get("subject")
+    if subject:
+        return subject
+    # events written before subjects were stored: their measurement or lesion state
+    return before.get("measurement") or before.get("lesion") or {}
+
+
+def review_history(*, patient: Patient) -> list[ReviewHistoryRow]:
+    """``patient``'s review events, newest first, each with what it was about."""
+    events = list(
+        ReviewEvent.objects.filter(patient=patient).select_related("user").order_by("-at", "-pk")
+    )
+    subjects = [_event_subject(e) for e in events]
+    uids = {s.get("lesion_uid") for s in subjects} | {s.get("into_lesion_uid") for s in subjects}
+    lesions = {
+        lesion.tracking_uid: lesion
+        for lesion in Lesion.objects.filter(patient=patient, tracking_uid__in=uids - {None})
+    }
+    study_dates = dict(
+        Study.objects.filter(patient=patient).values_list("study_instance_uid", "study_date")
+    )
+    rows = []
+    for event, subject in zip(events, subjects, strict=True):
+        uid = subject.get("lesion_uid") or ""
+        lesion = lesions.get(uid)
+        label = subject.get("lesion_label") or ", ".join(subject.get("lesion_labels") or [])
+        into = lesions.get(subject.get("into_lesion_uid") or "")
+        study_uid = subject.get("study_instance_uid") or ""
+        when = subject.get("study_date") or (
+            study_dates[study_uid].isoformat() if study_dates.get(study_uid) else ""
+        )
+        after = event.after or {}
+        notes = [
+            entry.get("message", "")
+            for name in ("stale_reviews", "stale_targets", "stale_links", "carried")
+            for entry in after.get(name) or []
+            if isinstance(entry, dict)
+        ]
+        rows.append(
+            ReviewHistoryRow(
+                event=event,
+                action=ACTION_NAMES.get(event.action, event.action),
+                lesion_uid=uid,
+                lesion_label=lesion.label if lesion is not None else label,
+                lesion=lesion,
+                into_label=into.label if into else subject.get("into_lesion_label") or "",
+                study_instance_uid=study_uid,
+                study_date=when,
+                segmentation=subject.get("segmentation"),
+                component_labels=list(subject.get("component_labels") or []),
+                notes=notes,
+            )
+        )
+    return rows
+
+
+#: ``manage.py export_measurements`` columns, in order (DESIGN.md).
+
+
+def measurements_table(
+    *, patient_ids: list[str] | None = None, include_rejected: bool = True
+) -> pd.DataFrame:
+    """One row per lesion per study, values as in force (a radiologist's override wins).
+
+    A lesion gone at a study has a row there with status ``resolved`` and volume 0.
+    Centroids are LPS mm in that study's own patient coordinates. Rows a radiologist
+    rejected as false positives are kept with ``review_state`` "rejected" unless
+    ``include_rejected`` is false (the response assessment leaves them out).
+    """
+    rows = LesionMeasurement.objects.select_related("lesion__patient", "study").order_by(
+        "lesion__patient__patient_id", "study__study_date", "study__study_time", "lesion__label"
+    )
+    if patient_ids is not None:
+        rows = rows.filter(lesion__patient__patient_id__in=patient_ids)
+    if not include_rejected:
+        rows = rows.exclude(review_state=LesionMeasurement.Review.REJECTED)
+    records = [
+        (
+            m.lesion.patient.patient_id,
+            m.study.study_instance_uid,
+            m.study.study_date,
+            m.lesion.tracking_uid,
+            m.lesion.label,
+            m.lesion.organ,
+            m.status,
+            m.effective_volume_ml,
+            m.effective_longest_diameter_mm,
+            m.effective_short_axis_mm,
+            m.centroid_x_mm,
+            m.centroid_y_mm,
+            m.centroid_z_mm,
+            m.is_target,
+            m.review_state,
+        )
+        for m in rows
+    ]
+    return pd.DataFrame.from_records(records, columns=list(MEASUREMENT_COLUMNS))

@@ -1,0 +1,18 @@
+"""Lesion pages under /imaging/: the viewer, its image files, and review actions."""
+
+from django.urls import path
+
+from analytics.lesions import views
+
+app_name = "lesions"
+urlpatterns = [
+    path("patients/<int:pk>/viewer/", views.viewer_view, name="viewer"),
+    path("studies/<int:pk>/files/<str:kind>/", views.viewer_file_view, name="viewer-file"),
+    path(
+        "measurements/<int:pk>/review/",
+        views.measurement_review_view,
+        name="measurement-review",
+    ),
+    path("lesions/<int:pk>/merge/", views.lesion_merge_view, name="lesion-merge"),
+    path("patients/<int:pk>/targets/", views.targets_view, name="targets"),
+]

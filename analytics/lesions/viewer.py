@@ -1,0 +1,254 @@
+"""Reads for the side-by-side viewer: one patient's baseline and follow-up, their lesions
+placed in the baseline frame, and the image files NiiVue loads.
+
+The viewer shows both studies on the baseline's grid (the "registered grid"): the
+follow-up volume, lesion mask and probability map are resampled through the stored
+registration (`Registration.matrix_fixed_to_moving`, baseline LPS -> follow-up LPS),
+so one slice index is the same anatomy on both sides. Resampled files are derived data,
+kept under ``DATA_DIR/viewer/`` and named after the runs and registration they come
+from, so a new run or registration gives a new file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from analytics.lesions.selectors import ReviewHistoryRow, review_history
+from analytics.models import ResponseAssessment
+from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
+from imaging.core.registration.register import SpatialTransform, volume_warp
+from imaging.models import (
+    Lesion,
+    LesionMeasurement,
+    ProcessingRun,
+    Registration,
+    Segmentation,
+    Study,
+)
+from imaging.store import data_dir
+from patients.models import Patient
+
+FileKind = Literal["volume", "mask", "probability"]
+
+
+FILE_KINDS: tuple[str, ...] = ("volume", "mask", "probability")
+
+
+class ViewerFileMissing(LookupError):
+    """The study has no such image file (not processed yet, or no probability map)."""
+
+
+@dataclass(frozen=True)
+class StudyImages:
+    """One study's analysed series as the viewer needs it."""
+
+    study: Study
+    run: ProcessingRun
+    segmentation: Segmentation | None
+
+    @property
+    def has_mask(self) -> bool:
+        return self.segmentation is not None and bool(self.segmentation.mask_path)
+
+    @property
+    def has_probability(self) -> bool:
+        return self.segmentation is not None and bool(self.segmentation.probability_path)
+
+
+@dataclass(frozen=True)
+class LesionRow:
+    """A lesion at one study, with where to jump to: RAS mm of the baseline frame
+    (NiiVue's world frame: LPS with x and y negated)."""
+
+    measurement: LesionMeasurement
+    jump_ras_mm: tuple[float, float, float] | None
+
+
+@dataclass
+class Viewer:
+    patient: Patient
+    studies: list[Study]
+    baseline: StudyImages | None
+    follow_up: StudyImages | None
+    registration: Registration | None
+    baseline_rows: list[LesionRow] = field(default_factory=list)
+    follow_up_rows: list[LesionRow] = field(default_factory=list)
+    responses: list[ResponseAssessment] = field(default_factory=list)
+    lesions: list[Lesion] = field(default_factory=list)
+    history: list[ReviewHistoryRow] = field(default_factory=list)
+
+    @property
+    def registered(self) -> bool:
+        return self.follow_up is not None and self.registration is not None
+
+
+def _latest_run(study: Study) -> ProcessingRun | None:
+    if study.chosen_series_id is None:
+        return None
+    return (
+        ProcessingRun.objects.filter(
+            series_id=study.chosen_series_id, status=ProcessingRun.Status.SUCCEEDED
+        )
+        .exclude(volume_path="")
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+
+
+def study_images(*, study: Study) -> StudyImages | None:
+    """The study's latest stored volume and the latest segmentation of its series."""
+    run = _latest_run(study)
+    if run is None:
+        return None
+    segmentation = (
+        Segmentation.objects.filter(series_id=study.chosen_series_id)
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+    return StudyImages(study=study, run=run, segmentation=segmentation)
+
+
+def registration_to_baseline(*, follow_up: Study, baseline: Study) -> Registration | None:
+    """The newest usable registration of the follow-up's series to the baseline's."""
+    if follow_up.pk == baseline.pk:
+        return None
+    return (
+        Registration.objects.filter(
+            moving_series_id=follow_up.chosen_series_id,
+            fixed_series_id=baseline.chosen_series_id,
+            failed=False,
+        )
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+def _to_baseline_ras(m: LesionMeasurement, registration: Registration | None, *, own: bool):
+    if m.centroid_x_mm is None or m.centroid_y_mm is None or m.centroid_z_mm is None:
+        return None
+    point = np.array([m.centroid_x_mm, m.centroid_y_mm, m.centroid_z_mm, 1.0])
+    if not own:
+        if registration is None:
+            return None
+        point = np.linalg.inv(np.asarray(registration.matrix_fixed_to_moving, float)) @ point
+    return (float(-point[0]), float(-point[1]), float(point[2]))
+
+
+def _rows(study: Study, registration, *, own: bool) -> list[LesionRow]:
+    measurements = (
+        LesionMeasurement.objects.filter(study=study)
+        .select_related("lesion", "study", "reviewed_by")
+        .order_by("lesion__organ", "lesion__label")
+    )
+    return [LesionRow(m, _to_baseline_ras(m, registration, own=own)) for m in measurements]
+
+
+def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer:
+    """The viewer of ``patient``: the baseline (first study with a stored volume) and a
+    follow-up (``follow_up_pk``, default the latest study with a stored volume).
+
+    Raises `Study.DoesNotExist` when ``follow_up_pk`` is not one of the patient's studies.
+    """
+    studies = list(Study.objects.filter(patient=patient).order_by("study_date", "study_time", "pk"))
+    imaged = [(s, images) for s in studies if (images := study_images(study=s)) is not None]
+    viewer = Viewer(
+        patient=patient,
+        studies=[s for s, _ in imaged],
+        baseline=None,
+        follow_up=None,
+        registration=None,
+    )
+    if follow_up_pk is not None and follow_up_pk not in {s.pk for s in studies}:
+        raise Study.DoesNotExist(f"study {follow_up_pk} is not one of this patient's studies")
+    if imaged:
+        viewer.baseline = imaged[0][1]
+        chosen = [i for s, i in imaged if s.pk == follow_up_pk] if follow_up_pk else []
+        viewer.follow_up = chosen[0] if chosen else imaged[-1][1]
+        viewer.registration = registration_to_baseline(
+            follow_up=viewer.follow_up.study, baseline=viewer.baseline.study
+        )
+        viewer.baseline_rows = _rows(viewer.baseline.study, None, own=True)
+        if viewer.follow_up.study.pk != viewer.baseline.study.pk:
+            viewer.follow_up_rows = _rows(viewer.follow_up.study, viewer.registration, own=False)
+    viewer.responses = list(
+        ResponseAssessment.objects.filter(patient=patient)
+        .select_related("study")
+        .order_by("study__study_date", "study__study_time")
+    )
+    viewer.lesions = list(Lesion.objects.filter(patient=patient).order_by("organ", "label"))
+    viewer.history = review_history(patient=patient)
+    return viewer
+
+
+def _inside_data_dir(relative: str) -> Path:
+    root = data_dir().resolve()
+    path = (root / relative).resolve()
+    if root not in path.parents:
+        raise ViewerFileMissing(f"{relative}: not inside the data folder")
+    if not path.is_file():
+        raise ViewerFileMissing(f"{relative}: the file is missing from the data folder")
+    return path
+
+
+def viewer_file_path(*, study: Study, kind: FileKind, on_baseline_grid: bool) -> Path:
+    """The NIfTI file of ``kind`` for ``study``, resampled onto the baseline's grid when
+    asked and the study is a registered follow-up (else the study's own file)."""
+    if kind not in FILE_KINDS:
+        raise ViewerFileMissing(f"kind: one of {', '.join(FILE_KINDS)}, not {kind!r}")
+    images = study_images(study=study)
+    if images is None:
+        raise ViewerFileMissing(f"study {study.pk}: no stored volume (not processed yet)")
+    if kind == "volume":
+        relative = images.run.volume_path
+    elif kind == "mask" and images.has_mask:
+        relative = images.segmentation.mask_path
+    elif kind == "probability" and images.has_probability:
+        relative = images.segmentation.probability_path
+    else:
+        raise ViewerFileMissing(f"study {study.pk}: no {kind} file (no segmentation with one)")
+    source = _inside_data_dir(relative)
+    if not on_baseline_grid:
+        return source
+    first = next(
+        (
+            i
+            for s in Study.objects.filter(patient_id=study.patient_id).order_by(
+                "study_date", "study_time", "pk"
+            )
+            if (i := study_images(study=s)) is not None
+        ),
+        None,
+    )
+    if first is None or first.study.pk == study.pk:
+        return source
+    registration = registration_to_baseline(follow_up=study, baseline=first.study)
+    if registration is None:
+        return source
+    return _resampled(source, kind, images, first, registration)
+
+
+def _resampled(
+    source: Path, kind: str, images: StudyImages, first: StudyImages, registration: Registration
+) -> Path:
+
+    owner = images.run.pk if kind == "volume" else images.segmentation.pk
+    name = f"{kind}-{owner}-on-run{first.run.pk}-reg{registration.pk}.nii.gz"
+    target = data_dir() / "viewer" / name
+    if target.is_file():
+        return target
+    reference = volume_read_nifti(path=_inside_data_dir(first.run.volume_path))
+    moving = volume_read_nifti(path=source, kind="label" if kind == "mask" else "scalar")
+    warped = volume_warp(
+        moving=moving,
+        reference=reference,
+        transform=SpatialTransform(np.asarray(registration.matrix_fixed_to_moving, float)),
+        default_value=0.0 if kind == "probability" else None,
+    )
+    partial = target.with_name(f".{target.name}.partial.nii.gz")
+    volume_write_nifti(volume=warped, path=partial)
+    partial.replace(target)  # readers never see a half-written file
+    return target

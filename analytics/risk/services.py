@@ -1,0 +1,512 @@
+"""Fitting risk models on the database's patients, storing them, and scoring every patient.
+
+The arithmetic is all in `analytics.core` (features, survival); this module chooses the
+landmarks, maps rows onto `RiskModelVersion` and `RiskScore`, and keeps the artifacts.
+
+Landmark policy (`LandmarkPolicy`)
+----------------------------------
+Training rows are taken at *landmarks*, dates at which the model will later be asked for
+a risk. The default policy, ``studies``, puts one at every date on which a patient had a
+CT study with lesion measurements or a response assessment: that is when new imaging
+is known and a score would be looked at, and it is what `risk_scores_compute` scores
+(the patient's latest data). A patient with no assessed CT study gets one landmark at
+their baseline (first CT study, else first lab). Several landmarks of one patient are
+stacked (a landmark "supermodel"); cross-validation splits by patient, so no patient is
+in a training and a test fold at once. Only landmarks on or before today count.
+
+``baseline`` puts one landmark per patient at baseline + ``offset_days`` (classic
+landmark analysis at a fixed time since the first CT study, else first lab).
+
+Features at a landmark see nothing after it, and outcomes count from it forwards
+(`analytics.core.features.landmark_outcomes`: a patient who already progressed, or
+whose follow-up ended, by the landmark gives no row there).
+
+Scoring (`risk_scores_compute`)
+-------------------------------
+Every living patient with a CT study or a lab is scored at the date of their latest
+data (`current_landmarks`), with features held inside the range the model was fitted on
+(`features_clip`); the explanation says which values were moved and notes a patient
+who had already progressed (the PFS model's training rows stop at progression).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from django.db import transaction
+from django.utils import timezone
+
+from analytics.models import RiskModelVersion, RiskScore, models_dir
+from analytics.risk.core.features import (
+    DEMOGRAPHIC_COLUMNS,
+    IMAGING_COLUMNS,
+    LAB_COLUMNS,
+    feature_table_build,
+    landmark_outcomes,
+)
+from analytics.risk.core.survival import (
+    DEFAULT_HORIZON_DAYS,
+    EVAL_TIMES_DAYS,
+    cross_validate,
+    library_versions,
+    risk_model_fit,
+    risk_model_load,
+    risk_model_save,
+    table_fingerprint,
+)
+from analytics.risk.selectors import FeatureInputs, feature_inputs_load
+from patients.models import Patient
+
+__all__ = [
+    "DEFAULT_PENALIZER",
+    "FEATURES",
+    "MIN_EVENTS",
+    "LandmarkPolicy",
+    "RiskModelFitError",
+    "TooFewEvents",
+    "TrainingTable",
+    "current_landmarks",
+    "risk_model_fit_and_store",
+    "risk_scores_compute",
+    "training_landmarks",
+    "training_table_build",
+]
+
+FEATURES: tuple[str, ...] = (*IMAGING_COLUMNS, *LAB_COLUMNS, *DEMOGRAPHIC_COLUMNS)
+# Fewer outcome events than this cannot support a model of a dozen or more features
+# with any stability (the usual rule of thumb asks for ten events per feature; this is
+# the floor below which RadTrack refuses to fit at all).
+MIN_EVENTS = 10
+DEFAULT_PENALIZER = 0.1
+
+Progress = Callable[[str], None]
+
+
+class RiskModelFitError(Exception):
+    """The data cannot give a model (too few events, patients or usable features)."""
+
+
+class TooFewEvents(RiskModelFitError):
+    """Fewer outcome events than `MIN_EVENTS` (or than folds) in the training rows."""
+
+    def __init__(self, message: str, *, events: int, needed: int) -> None:
+        super().__init__(message)
+        self.events = events
+        self.needed = needed
+
+
+@dataclass(frozen=True)
+class LandmarkPolicy:
+    """Where training landmarks go (module docstring): ``studies`` or ``baseline``."""
+
+    kind: Literal["studies", "baseline"] = "studies"
+    offset_days: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("studies", "baseline"):
+            raise ValueError(f"landmark policy must be 'studies' or 'baseline', not {self.kind!r}")
+
+    def describe(self) -> str:
+        if self.kind == "studies":
+            return "every assessed CT study date (baseline if none)"
+        return f"baseline + {self.offset_days} days"
+
+
+# --------------------------------------------------------------------------------------
+# Landmarks
+# --------------------------------------------------------------------------------------
+def _dates_by_patient(frame: pd.DataFrame, column: str) -> dict[str, list[dt.date]]:
+    if frame.empty:
+        return {}
+    dates = pd.to_datetime(frame[column])
+    if getattr(dates.dt, "tz", None) is not None:
+        dates = dates.dt.tz_convert("UTC")
+    days = dates.dt.date
+    out: dict[str, list[dt.date]] = {}
+    for pid, day in zip(frame["patient_id"].astype(str), days, strict=True):
+        out.setdefault(pid, []).append(day)
+    return out
+
+
+def _baselines(inputs: FeatureInputs) -> dict[str, dt.date]:
+    """First CT study date, else first lab date (UTC), per patient."""
+    studies = _dates_by_patient(inputs.studies, "study_date")
+    labs = _dates_by_patient(inputs.labs, "observed_at")
+    out = {pid: min(labs[pid]) for pid in labs}
+    out.update({pid: min(dates) for pid, dates in studies.items()})
+    return out
+
+
+def training_landmarks(
+    inputs: FeatureInputs, policy: LandmarkPolicy, *, today: dt.date | None = None
+) -> pd.DataFrame:
+    """``patient_id, landmark_date`` rows under ``policy``, none after ``today``."""
+    today = today or timezone.localdate()
+    baselines = _baselines(inputs)
+    rows: set[tuple[str, dt.date]] = set()
+    if policy.kind == "studies":
+        assessed = _dates_by_patient(inputs.measurements, "study_date")
+        for pid, dates in _dates_by_patient(inputs.responses, "study_date").items():
+            assessed.setdefault(pid, []).extend(dates)
+        for pid, baseline in baselines.items():
+            rows.update((pid, d) for d in (assessed.get(pid) or [baseline]))
+    else:
+        offset = dt.timedelta(days=policy.offset_days)
+        rows.update((pid, baseline + offset) for pid, baseline in baselines.items())
+    return pd.DataFrame(
+        sorted((pid, d) for pid, d in rows if d <= today),
+        columns=["patient_id", "landmark_date"],
+    )
+
+
+def current_landmarks(
+    inputs: FeatureInputs, *, landmark_date: dt.date | None = None, today: dt.date | None = None
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Each patient's scoring landmark, and why the others get none.
+
+    The landmark is ``landmark_date`` when given, else the date of the patient's latest
+    data (CT study or lab), never after today. Left out: patients with no CT study and
+    no lab (nothing to score) and patients who died on or before ``landmark_date`` (when
+    given) or today: a worklist has no use for their risk.
+    """
+    today = today or timezone.localdate()
+    studies = _dates_by_patient(inputs.studies, "study_date")
+    labs = _dates_by_patient(inputs.labs, "observed_at")
+    deaths = {
+        pid: min(d)
+        for pid, d in _dates_by_patient(
+            inputs.events[inputs.events["kind"] == "death"], "date"
+        ).items()
+    }
+    rows, skipped = [], {}
+    for pid in inputs.patients["patient_id"].astype(str):
+        dates = [d for d in (*studies.get(pid, ()), *labs.get(pid, ())) if d <= today]
+        if not dates:
+            skipped[pid] = "no CT study or lab result to score from"
+            continue
+        landmark = landmark_date or max(dates)
+        if pid in deaths and deaths[pid] <= (landmark_date or today):
+            skipped[pid] = f"died on {deaths[pid]:%Y-%m-%d}"
+            continue
+        rows.append((pid, landmark))
+    return pd.DataFrame(rows, columns=["patient_id", "landmark_date"]), skipped
+
+
+# --------------------------------------------------------------------------------------
+# Training table
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingTable:
+    """Features and outcomes per (patient, landmark), and the landmarks left out and why."""
+
+    table: pd.DataFrame  # patient_id, landmark_date, FEATURES..., duration_days, event
+    excluded: dict[tuple[str, dt.date], str]
+
+    @property
+    def n_events(self) -> int:
+        return int(self.table["event"].sum()) if not self.table.empty else 0
+
+    @property
+    def n_patients(self) -> int:
+        return int(self.table["patient_id"].nunique()) if not self.table.empty else 0
+
+    @property
+    def fingerprint(self) -> str:
+        return table_fingerprint(self.table)
+
+
+def training_table_build(
+    *,
+    inputs: FeatureInputs,
+    policy: LandmarkPolicy = LandmarkPolicy(),
+    endpoint: str = "pfs",
+    lookback_days: float = 365.0,
+    today: dt.date | None = None,
+) -> TrainingTable:
+    """Features at every landmark of ``policy`` joined to the outcome after it."""
+    landmarks = training_landmarks(inputs, policy, today=today)
+    outcomes = landmark_outcomes(events=inputs.events, landmarks=landmarks, endpoint=endpoint)
+    eligible = outcomes.table.loc[:, ["patient_id", "landmark_date"]]
+    features = feature_table_build(
+        landmarks=eligible, blocks=inputs.blocks(lookback_days=lookback_days)
+    )
+    table = features.merge(outcomes.table, on=["patient_id", "landmark_date"], how="inner")
+    table = table.loc[:, ["patient_id", "landmark_date", *FEATURES, "duration_days", "event"]]
+    table = table.sort_values(["patient_id", "landmark_date"]).reset_index(drop=True)
+    return TrainingTable(table=table, excluded=outcomes.excluded)
+
+
+# --------------------------------------------------------------------------------------
+# Fit and store
+# --------------------------------------------------------------------------------------
+def _json_safe(value: Any) -> Any:
+    """JSON for a JSONField: NaN and infinities become None (PostgreSQL's jsonb has neither)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def risk_model_fit_and_store(
+    *,
+    kind: Literal["cox", "gbm"] = "cox",
+    policy: LandmarkPolicy = LandmarkPolicy(),
+    endpoint: Literal["pfs", "os"] = "pfs",
+    penalizer: float = DEFAULT_PENALIZER,
+    folds: int = 5,
+    seed: int = 0,
+    horizon_days: float = DEFAULT_HORIZON_DAYS,
+    name: str = "",
+    today: dt.date | None = None,
+    progress: Progress | None = None,
+) -> RiskModelVersion:
+    """Cross-validate, fit on every row, save the artifact and record a `RiskModelVersion`.
+
+    Raises `TooFewEvents` when the training rows hold fewer than `MIN_EVENTS` events
+    (or fewer than ``folds``), and `RiskModelFitError` when the data cannot give a model
+    for another reason (too few patients for the folds, no usable feature, a fold
+    without an event by the horizon for the GBM).
+    """
+    say = progress or (lambda _message: None)
+    if kind not in ("cox", "gbm"):
+        raise ValueError(f"kind must be 'cox' or 'gbm', not {kind!r}")
+    say("loading patients, labs, events and measurements")
+    inputs = feature_inputs_load()
+    say(f"building features at landmarks ({policy.describe()})")
+    training = training_table_build(inputs=inputs, policy=policy, endpoint=endpoint, today=today)
+    table = training.table
+    needed = max(MIN_EVENTS, folds)
+    if training.n_events < needed:
+        raise TooFewEvents(
+            f"only {training.n_events} outcome event{'s' if training.n_events != 1 else ''} "
+            f"({'progression or death' if endpoint == 'pfs' else 'death'} after a landmark) "
+            f"among {len(table)} landmark rows of {training.n_patients} patients; "
+            f"at least {needed} are needed to fit and cross-validate a model",
+            events=training.n_events,
+            needed=needed,
+        )
+    features = list(FEATURES)
+    fit_options: dict[str, Any] = {"penalizer": penalizer} if kind == "cox" else {}
+    try:
+        say(f"cross-validating {kind} over {folds} folds by patient")
+        cv = cross_validate(
+            kind=kind,
+            df=table,
+            features=features,
+            n_splits=folds,
+            random_state=seed,
+            horizon_days=horizon_days,
+            **fit_options,
+        )
+        say(f"fitting the final {kind} model on {len(table)} rows")
+        model = risk_model_fit(
+            kind=kind,
+            df=table,
+            features=features,
+            horizon_days=horizon_days,
+            random_state=seed,
+            **fit_options,
+        )
+    except ValueError as exc:
+        raise RiskModelFitError(str(exc)) from exc
+    # Kept in the artifact, so that scoring can hold new values inside what it was fitted on.
+    model.parameters["feature_ranges"] = feature_ranges(table, model.imputer.inputs)
+
+    fingerprint = training.fingerprint
+    relative = f"{kind}-{fingerprint[:12]}-{uuid.uuid4().hex[:12]}.joblib"
+    path = risk_model_save(model, models_dir() / relative)
+    metrics = {
+        **cv.metrics,
+        "n_rows": len(table),
+        "n_patients": training.n_patients,
+        "n_events": training.n_events,
+        "eval_times_days": list(EVAL_TIMES_DAYS),
+        "horizon_days": horizon_days,
+        "calibration": cv.calibration.to_dict("records"),
+        "folds": cv.fold_metrics.to_dict("records"),
+    }
+    excluded_reasons: dict[str, int] = {}
+    for reason in training.excluded.values():
+        excluded_reasons[reason] = excluded_reasons.get(reason, 0) + 1
+    parameters = {
+        "endpoint": endpoint,
+        "landmark_policy": asdict(policy),
+        "landmarks": policy.describe(),
+        "folds": folds,
+        "seed": seed,
+        "horizon_days": horizon_days,
+        "model": model.parameters,
+        "design_columns": model.imputer.feature_names_out,
+        "dropped_features": model.imputer.dropped,
+        "landmarks_excluded": excluded_reasons,
+    }
+    try:
+        with transaction.atomic():
+            version = RiskModelVersion.objects.create(
+                name=name or f"{kind}-{endpoint}-{timezone.now():%Y%m%d-%H%M%S}",
+                kind=kind,
+                artifact_path=relative,
+                features=features,
+                training_fingerprint=fingerprint,
+                n_training_rows=len(table),
+                parameters=_json_safe(parameters),
+                metrics=_json_safe(metrics),
+                tier_thresholds=_json_safe(model.tiers.as_dict() if model.tiers else {}),
+                library_versions=library_versions(),
+            )
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    return version
+
+
+# --------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------
+def feature_ranges(table: pd.DataFrame, features: list[str]) -> dict[str, list[float]]:
+    """[lowest, highest] of each feature in the training rows (features never seen: absent)."""
+    out = {}
+    for name in features:
+        values = table[name].astype(float).dropna()
+        if not values.empty:
+            out[name] = [float(values.min()), float(values.max())]
+    return out
+
+
+def features_clip(
+    frame: pd.DataFrame, ranges: Mapping[str, list[float]]
+) -> tuple[pd.DataFrame, list[dict[str, float]]]:
+    """Hold each feature inside its training range; per row, the raw values that were moved.
+
+    A model says nothing reliable about values it never saw: a patient whose tumour
+    burden has grown 25-fold since its nadir (someone who progressed long ago, when
+    training rows stop at progression) would otherwise get an extrapolated score far
+    beyond any training patient's. Missing values stay missing.
+    """
+    clipped = frame.copy()
+    moved: list[dict[str, float]] = [{} for _ in range(len(frame))]
+    for name, (low, high) in ranges.items():
+        if name not in frame:
+            continue
+        raw = frame[name].astype(float)
+        clipped[name] = raw.clip(lower=low, upper=high)
+        outside = ((raw < low) | (raw > high)).to_numpy()
+        for i in np.flatnonzero(outside):
+            moved[i][name] = float(raw.iloc[i])
+    return clipped, moved
+
+
+def risk_scores_compute(
+    *,
+    model_version: RiskModelVersion,
+    landmark_date: dt.date | None = None,
+    today: dt.date | None = None,
+    patient_ids: list[str] | None = None,
+) -> int:
+    """Score every patient at their current landmark (`current_landmarks`); return how many.
+
+    ``patient_ids`` (MRNs) limits the scoring to those patients (a review of one patient's
+    lesions rescores that patient only); None scores everyone.
+
+    One `RiskScore` per patient with the score, its tier (thresholds from the training
+    rows) and the explanation: every feature's push on the score, largest first, the
+    raw values held inside the training range (`features_clip`), and notes (e.g. that
+    the patient had already progressed, while the PFS model was fitted on patients who
+    had not). It is keyed by (patient, model version, landmark date), so recomputing
+    replaces the row of the same key instead of adding one.
+    """
+    model = risk_model_load(model_version.artifact_file)
+    inputs = feature_inputs_load(patient_ids=patient_ids)
+    landmarks, _skipped = current_landmarks(inputs, landmark_date=landmark_date, today=today)
+    if landmarks.empty:
+        return 0
+    raw = feature_table_build(landmarks=landmarks, blocks=inputs.blocks())
+    features, moved = features_clip(raw, model.parameters.get("feature_ranges", {}))
+    scores = model.score(features)
+    tiers = model.tier(scores)
+    explanations = model.explain(features)
+    progressed = {}  # only the PFS model's training rows stop at progression
+    if model_version.parameters.get("endpoint", "pfs") == "pfs":
+        progressions = inputs.events[inputs.events["kind"] == "progression"]
+        progressed = {
+            pid: min(dates) for pid, dates in _dates_by_patient(progressions, "date").items()
+        }
+    pks = dict(
+        Patient.objects.filter(patient_id__in=features["patient_id"].tolist()).values_list(
+            "patient_id", "pk"
+        )
+    )
+    now = timezone.now()
+    rows = [
+        RiskScore(
+            patient_id=pks[pid],
+            model_version=model_version,
+            score=float(score),
+            tier=tier,
+            explanation=_json_safe(
+                {
+                    **explanation.as_dict(),
+                    "landmark_date": landmark,
+                    "model_kind": model.kind,
+                    "outside_training_range": outside,
+                    "notes": _score_notes(pid, landmark, progressed, outside),
+                }
+            ),
+            landmark_date=landmark,
+            computed_at=now,
+        )
+        for pid, landmark, score, tier, explanation, outside in zip(
+            features["patient_id"],
+            features["landmark_date"],
+            scores,
+            tiers,
+            explanations,
+            moved,
+            strict=True,
+        )
+    ]
+    with transaction.atomic():
+        # Also rewrites these patients' `LatestRiskScore` (the worklist's order), inside
+        # this transaction: see `RiskScoreQuerySet`.
+        RiskScore.objects.bulk_create(
+            rows,
+            batch_size=500,
+            update_conflicts=True,
+            unique_fields=["patient", "model_version", "landmark_date"],
+            update_fields=["score", "tier", "explanation", "computed_at"],
+        )
+    return len(rows)
+
+
+def _score_notes(
+    patient_id: str,
+    landmark: dt.date,
+    progressed: Mapping[str, dt.date],
+    outside: Mapping[str, float],
+) -> list[str]:
+    notes = []
+    if patient_id in progressed and progressed[patient_id] <= landmark:
+        notes.append(
+            f"progressed on {progressed[patient_id]:%Y-%m-%d}, before this landmark; the "
+            "model was fitted on landmarks before progression"
+        )
+    if outside:
+        notes.append(
+            "held inside the training range: "
+            + ", ".join(f"{k} (was {v:.3g})" for k, v in outside.items())
+        )
+    return notes

@@ -1,0 +1,458 @@
+"""Lesion results as DICOM for the PACS: a Segmentation (SEG) and a Measurement Report SR.
+
+Both are built with highdicom from the source series' own headers, so they sit in the
+same study as the images (Study Instance UID, patient and study attributes copied from
+them, PS3.3 C.7.1 / C.7.2). The SEG (PS3.3 A.51) holds one BINARY segment per lesion,
+each with the lesion's Tracking UID (0062,0021) and Tracking ID (0062,0020) and the
+model that drew it in Segment Algorithm Name / Segmentation Algorithm Identification
+(0062,0009 / 0062,0007). The SR is a Comprehensive 3D SR whose content is TID 1500
+Measurement Report: one measurement group per lesion with its Tracking Identifier
+(TID 4108), the study's Time Point Context (TID 1502), and volume (ml), long axis and
+short axis (mm). A lesion segmented at this study is a TID 1411 volumetric group that
+references its segment; a lesion that has resolved (no voxels here) is a TID 1501
+group with zero measurements, so the PACS sees its disappearance.
+
+Geometry: the label map is a `Volume` in LPS mm whose voxel values are the lesions'
+component labels (0 = background); a lesion split into fragments owns several labels,
+and its segment holds all of them. It is handed to highdicom as a volume with its own
+affine, so the SEG frames carry their true Plane Position (0020,0032) and are matched
+to source slices by position, whether or not the volume was resampled. Its axes must
+therefore run as the source images' do (rows and columns along Image Orientation
+(Patient) (0020,0037), slices along their cross product): a label map whose header was
+corrected (a flip) would otherwise land on the wrong slices or mirrored, so it is
+refused (the caller maps it back to the source header first).
+
+An SR that replaces an earlier one of the same study names it in the Predecessor
+Documents Sequence (0040,A360), PS3.3 C.17.2, so the PACS can show it superseded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage
+
+from imaging.core.geometry.volume import Volume
+
+#: UCUM millilitre; pydicom's code dictionary has no keyword for it.
+MILLILITRE = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
+#: Finding sites by organ (SNOMED CT, CID 7151 Segmentation Property Types).
+ORGAN_SITES = {"liver": codes.SCT.Liver, "lung": codes.SCT.Lung}
+MANUFACTURER = "RadTrack"
+
+
+class DicomExportError(ValueError):
+    """The inputs cannot make a valid SEG or SR; ``str(exc)`` says which and why."""
+
+
+@dataclass(frozen=True)
+class ExportedLesion:
+    """A lesion at one study, with the values in force (a radiologist's override wins).
+
+    ``component_label`` is the lesion's (largest fragment's) value in the label map;
+    ``None`` when the lesion has no voxels at this study (resolved).
+    ``component_labels`` are all its fragments' values (the measurements cover them
+    all); empty means ``component_label`` alone. ``tracking_id`` is the readable label
+    ("Liver 2"), ``tracking_uid`` the DICOM Tracking UID shared across studies.
+    """
+
+    tracking_uid: str
+    tracking_id: str
+    organ: str
+    volume_ml: float
+    longest_diameter_mm: float
+    short_axis_mm: float
+    component_label: int | None
+    component_labels: tuple[int, ...] = ()
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Every label-map value of the lesion (none when it has no voxels here)."""
+        if self.component_label is None:
+            return ()
+        return tuple(sorted({int(self.component_label), *map(int, self.component_labels)}))
+
+
+@dataclass(frozen=True)
+class SegmentationModel:
+    """The model that drew the masks, as recorded on the segmentation."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """Where a study falls in the patient's series of studies (TID 1502).
+
+    ``order`` counts from 1 (the baseline).
+    """
+
+    order: int
+
+    def __post_init__(self) -> None:
+        if self.order < 1:
+            raise DicomExportError(f"time point order counts from 1; got {self.order}")
+
+    @property
+    def label(self) -> str:
+        return "Baseline" if self.order == 1 else f"Follow-up {self.order - 1}"
+
+    @property
+    def code(self) -> hd.sr.CodedConcept:
+        """CID 6146 Time Point Types: Baseline, or Posttreatment for a follow-up."""
+        return codes.cid6146.Baseline if self.order == 1 else codes.cid6146.Posttreatment
+
+
+@dataclass(frozen=True)
+class PredecessorDocument:
+    """An SR this one replaces: what Predecessor Documents Sequence (0040,A360) cites."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = Comprehensive3DSRStorage
+
+    def as_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        ds.SOPClassUID = self.sop_class_uid
+        return ds
+
+
+@dataclass(frozen=True)
+class ExportUids:
+    """UIDs for the objects built; pass the same ones to rebuild the same objects."""
+
+    seg_series_instance_uid: str
+    seg_sop_instance_uid: str
+    sr_series_instance_uid: str
+    sr_sop_instance_uid: str
+    device_uid: str
+
+
+def _check_sources(source_images: Sequence[Dataset]) -> str:
+    """The sources' common Frame of Reference UID; they must be one series of one study."""
+    if not source_images:
+        raise DicomExportError("no source images given")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        values = {str(ds.get(keyword, "")) for ds in source_images}
+        if "" in values:
+            raise DicomExportError(f"a source image lacks {keyword}")
+        if len(values) > 1:
+            raise DicomExportError(
+                f"the source images have {len(values)} different {keyword} values; "
+                "they must be the images of one series"
+            )
+    return str(source_images[0].FrameOfReferenceUID)
+
+
+def _segmented(lesions: Sequence[ExportedLesion]) -> list[ExportedLesion]:
+    """Lesions with voxels at this study, in label order; labels and UIDs must be unique."""
+    segmented = sorted(
+        (lesion for lesion in lesions if lesion.component_label is not None),
+        key=lambda lesion: lesion.component_label,
+    )
+    labels = [label for lesion in segmented for label in lesion.labels]
+    if len(set(labels)) != len(labels):
+        raise DicomExportError(f"two lesions share a component label: {sorted(labels)}")
+    uids = [lesion.tracking_uid for lesion in lesions]
+    if len(set(uids)) != len(uids):
+        raise DicomExportError("two lesions share a Tracking UID")
+    for lesion in lesions:
+        if not lesion.tracking_uid or not lesion.tracking_id:
+            raise DicomExportError("every lesion needs a Tracking UID and a readable label")
+    return segmented
+
+
+#: Largest difference of direction cosines taken as the same axis (about 0.6 degrees).
+DIRECTION_TOLERANCE = 0.01
+
+
+def _check_orientation(label_map: Volume, source_images: Sequence[Dataset]) -> None:
+    """Refuse a label map whose axes do not run as the source images' do.
+
+    Rows and columns must follow Image Orientation (Patient) (0020,0037) and slices their
+    cross product (the axes `series_volume` builds). A flipped axis would put the mask
+    on mirrored voxels or the wrong slices with no error from highdicom.
+    """
+    orientation = source_images[0].get("ImageOrientationPatient")
+    if orientation is None or len(orientation) != 6:
+        raise DicomExportError("a source image lacks Image Orientation (Patient) (0020,0037)")
+    row = np.asarray([float(v) for v in orientation[:3]])
+    column = np.asarray([float(v) for v in orientation[3:]])
+    expected = np.column_stack([row, column, np.cross(row, column)])
+    if not np.allclose(np.asarray(label_map.direction), expected, atol=DIRECTION_TOLERANCE):
+        raise DicomExportError(
+            "the label map's axes do not run as the source images' Image Orientation "
+            "(Patient) (0020,0037) says (was its header corrected, e.g. a flip?); map it "
+            "back to the source header before exporting"
+        )
+
+
+def _highdicom_volume(label_map: Volume, array: np.ndarray, frame_uid: str) -> hd.Volume:
+    """``array`` (on ``label_map``'s grid, axes k, j, i) as a highdicom volume.
+
+    highdicom's affine maps array indices in axis order (k, j, i) to LPS mm, so its
+    columns are the slice, column and row directions scaled by their spacings.
+    """
+    sx, sy, sz = label_map.spacing_mm
+    d = label_map.direction
+    affine = np.eye(4)
+    affine[:3, 0] = d[:, 2] * sz
+    affine[:3, 1] = d[:, 1] * sy
+    affine[:3, 2] = d[:, 0] * sx
+    affine[:3, 3] = label_map.origin_mm
+    return hd.Volume(
+        array=array,
+        affine=affine,
+        coordinate_system="PATIENT",
+        frame_of_reference_uid=frame_uid,
+    )
+
+
+def segmentation_build(
+    *,
+    source_images: Sequence[Dataset],
+    label_map: Volume,
+    lesions: Sequence[ExportedLesion],
+    model: SegmentationModel,
+    uids: ExportUids,
+    software_version: str,
+    series_number: int = 9001,
+) -> hd.seg.Segmentation:
+    """A BINARY DICOM SEG with one segment per segmented lesion, in component-label order.
+
+    ``source_images`` are the headers (pixel data not needed) of the series the label
+    map was drawn on. Voxels of labels that belong to no listed lesion (candidates a
+    radiologist rejected, say) are left out. Raises `DicomExportError` when the label
+    map is not a label volume, is in another frame of reference, or a listed lesion has
+    no voxels in it.
+    """
+    frame_uid = _check_sources(source_images)
+    if label_map.kind != "label":
+        raise DicomExportError(f"the mask must be a label volume; got kind {label_map.kind!r}")
+    if label_map.frame_of_reference_uid and label_map.frame_of_reference_uid != frame_uid:
+        raise DicomExportError(
+            "the label map's Frame of Reference UID differs from the source images'; "
+            "it was not drawn on this series"
+        )
+    _check_orientation(label_map, source_images)
+    segmented = _segmented(lesions)
+    if not segmented:
+        raise DicomExportError("no lesion has voxels in the label map: nothing to segment")
+    labels = np.asarray(label_map.array)
+    segments = np.zeros(labels.shape, dtype=np.uint16 if len(segmented) > 255 else np.uint8)
+    descriptions = []
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=model.name[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=model.version[:64],
+    )
+    for number, lesion in enumerate(segmented, start=1):
+        for label in lesion.labels:
+            if not (labels == label).any():
+                raise DicomExportError(
+                    f"lesion {lesion.tracking_id!r} has label {label}, "
+                    "which has no voxels in the label map"
+                )
+        # Every fragment: the SR's values are measured over all of them.
+        segments[np.isin(labels, lesion.labels)] = number
+        sites = [ORGAN_SITES[lesion.organ]] if lesion.organ in ORGAN_SITES else None
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=lesion.tracking_id[:64],
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Lesion,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=lesion.tracking_uid,
+                tracking_id=lesion.tracking_id[:64],
+                anatomic_regions=sites,
+            )
+        )
+    return hd.seg.Segmentation(
+        source_images=list(source_images),
+        pixel_array=_highdicom_volume(label_map, segments, frame_uid),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.seg_series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=uids.seg_sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.name[:64],
+        software_versions=software_version[:64],
+        device_serial_number=uids.device_uid[-16:],
+        content_label="LESIONS",
+        content_description=f"Lesions by {model.name} {model.version}"[:64],
+        series_description=f"RadTrack lesions ({model.name} {model.version})"[:64],
+    )
+
+
+def _measurements(lesion: ExportedLesion, algorithm: hd.sr.AlgorithmIdentification) -> list:
+    return [
+        hd.sr.Measurement(
+            name=codes.SCT.Volume,
+            value=float(lesion.volume_ml),
+            unit=MILLILITRE,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=codes.SCT.LongAxis,
+            value=float(lesion.longest_diameter_mm),
+            unit=codes.UCUM.Millimeter,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=codes.SCT.ShortAxis,
+            value=float(lesion.short_axis_mm),
+            unit=codes.UCUM.Millimeter,
+            algorithm_id=algorithm,
+        ),
+    ]
+
+
+def _referenced_segment(
+    segmentation: hd.seg.Segmentation, segment_number: int
+) -> hd.sr.ReferencedSegment:
+    """A reference to one segment and the source images its frames derive from.
+
+    Built here rather than by ``ReferencedSegment.from_segmentation``, which expects a
+    Segment Identification Sequence (0062,000A) in every frame's functional groups;
+    with a single segment highdicom moves it to the shared groups.
+    """
+    shared = segmentation.SharedFunctionalGroupsSequence[0]
+    sources: dict[str, str] = {}
+    for frame in segmentation.PerFrameFunctionalGroupsSequence:
+        identification = frame.get("SegmentIdentificationSequence") or shared.get(
+            "SegmentIdentificationSequence"
+        )
+        if int(identification[0].ReferencedSegmentNumber) != segment_number:
+            continue
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                sources.setdefault(source.ReferencedSOPInstanceUID, source.ReferencedSOPClassUID)
+    if not sources:
+        raise DicomExportError(f"segment {segment_number} has no frame derived from a source image")
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=segment_number,
+        source_images=[
+            hd.sr.SourceImageForSegmentation(class_uid, instance_uid)
+            for instance_uid, class_uid in sources.items()
+        ],
+    )
+
+
+def measurement_report_build(
+    *,
+    source_images: Sequence[Dataset],
+    segmentation: hd.seg.Segmentation | None,
+    lesions: Sequence[ExportedLesion],
+    model: SegmentationModel,
+    time_point: TimePoint,
+    uids: ExportUids,
+    series_number: int = 9002,
+    predecessor: PredecessorDocument | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 Measurement Report with one measurement group per lesion.
+
+    ``predecessor`` is the SR of this study this one replaces (values changed): it is
+    cited in the Predecessor Documents Sequence (0040,A360).
+
+    Values are the ones in force (volume in ml, long and short axis in mm, PS3.16
+    SCT 118565006, 103339001, 103340004). A lesion with a segment in ``segmentation``
+    references it (TID 1411); a lesion without one (resolved, or no SEG at all) is a
+    TID 1501 group. Every group carries the lesion's Tracking Identifier (TID 4108) and
+    the study's Time Point Context (TID 1502).
+    """
+    _check_sources(source_images)
+    if not lesions:
+        raise DicomExportError("no lesions to report: a measurement report needs one group")
+    _segmented(lesions)
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version[:64])
+    time_point_context = hd.sr.TimePointContext(
+        time_point=time_point.label,
+        time_point_type=time_point.code,
+        time_point_order=time_point.order,
+    )
+    groups = []
+    for lesion in sorted(lesions, key=lambda lesion: lesion.tracking_id):
+        tracking = hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id)
+        sites = (
+            [hd.sr.FindingSite(anatomic_location=ORGAN_SITES[lesion.organ])]
+            if lesion.organ in ORGAN_SITES
+            else None
+        )
+        segment_numbers = (
+            segmentation.get_segment_numbers(tracking_uid=lesion.tracking_uid)
+            if segmentation is not None and lesion.component_label is not None
+            else []
+        )
+        common = {
+            "tracking_identifier": tracking,
+            "time_point_context": time_point_context,
+            "finding_type": codes.SCT.Lesion,
+            "finding_category": codes.SCT.MorphologicallyAbnormalStructure,
+            "algorithm_id": algorithm,
+            "finding_sites": sites,
+            "measurements": _measurements(lesion, algorithm),
+        }
+        if segment_numbers:
+            groups.append(
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    referenced_segment=_referenced_segment(segmentation, segment_numbers[0]),
+                    **common,
+                )
+            )
+        else:
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids.device_uid,
+            name=model.name[:64],
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{model.name} {model.version}"[:64],
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=uids.sr_series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=uids.sr_sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        # Machine measurements: neither final nor verified until a radiologist signs.
+        is_final=False,
+        is_verified=False,
+        series_description="RadTrack lesion measurements",
+        previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
+    )
+
+
+def dataset_write(*, dataset: Dataset, path: Path) -> Path:
+    """Write ``dataset`` as a DICOM Part 10 file (preamble, DICM, File Meta) at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return path

@@ -1,1 +1,0 @@
-"""Workflows that span models or touch files (HackSoft style: writes live here)."""

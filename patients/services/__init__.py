@@ -1,1 +1,0 @@
-"""Workflows that write patients' data (HackSoft-style services)."""

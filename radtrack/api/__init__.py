@@ -1,0 +1,2 @@
+"""What every app's REST API shares: pagination, id filters, permissions, upload limits,
+and the route table under /api/v1/."""
