@@ -20,7 +20,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework.routers import SimpleRouter
 
-from imaging.models import Series, Study
+from imaging.models import Series, Study, study_order
 from imaging.serializers import SeriesSerializer, StudySerializer
 from patients.api_base import AuditedReadOnlyViewSet
 from radtrack.api.base import IdFilter
@@ -51,7 +51,7 @@ class StudyViewSet(AuditedReadOnlyViewSet):
     required_permissions = (_PATIENT_READ, "imaging.view_study")
     audit_noun = "study"
     queryset = Study.objects.annotate(series_count=Count("series")).order_by(
-        "patient__patient_id", "study_date", "study_time", "pk"
+        "patient__patient_id", *study_order()
     )
 
 

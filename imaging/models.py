@@ -2,11 +2,32 @@
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F
+from django.db.models.expressions import OrderBy
 
 from patients.models import Patient
 
 #: Modalities whose series are analysed; other series (SEG, SR, ...) are only stored.
 ANALYSED_MODALITIES = {"CT", "MR"}
+
+
+def study_order(prefix: str = "") -> tuple[OrderBy, OrderBy, OrderBy]:
+    """The one chronological order of studies: Study Date (0008,0020), then Study Time
+    (0008,0030), then arrival; undated and untimed studies last, on every database.
+
+    ``prefix`` orders other rows by their study (``"study__"`` for a measurement).
+    """
+    return (
+        F(f"{prefix}study_date").asc(nulls_last=True),
+        F(f"{prefix}study_time").asc(nulls_last=True),
+        F(f"{prefix}pk").asc(),
+    )
+
+
+class StudyQuerySet(models.QuerySet):
+    def chronological(self) -> "StudyQuerySet":
+        """Oldest first, as `study_order` says."""
+        return self.order_by(*study_order())
 
 
 class Study(models.Model):
@@ -28,12 +49,25 @@ class Study(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = StudyQuerySet.as_manager()
+
     class Meta:
         ordering = ["patient", "study_date", "study_time"]
         verbose_name_plural = "studies"
 
     def __str__(self) -> str:
         return f"{self.study_date or 'undated'} {self.description}".strip()
+
+    @property
+    def chronological_key(self) -> tuple:
+        """`study_order` in Python, for studies already loaded: sort with this key."""
+        return (
+            self.study_date is None,
+            self.study_date,
+            self.study_time is None,
+            self.study_time,
+            self.pk,
+        )
 
 
 class Series(models.Model):

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pandas as pd
 
-
-def _json_value(value):
-    if value is None:
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_value(value.item())
-    return value
+from radtrack.provenance import json_safe
 
 
 def table_text(table: pd.DataFrame, *, fmt: str) -> str:
@@ -26,7 +15,7 @@ def table_text(table: pd.DataFrame, *, fmt: str) -> str:
         return table.to_csv(index=False, lineterminator="\n")
     if fmt == "json":
         records = [
-            {k: _json_value(v) for k, v in row.items()} for row in table.to_dict(orient="records")
+            {k: json_safe(v) for k, v in row.items()} for row in table.to_dict(orient="records")
         ]
         return json.dumps(records, indent=1) + "\n"
     raise ValueError(f"format must be csv or json; got {fmt!r}")

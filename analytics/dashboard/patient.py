@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count, Max, Min, Q
 
-from analytics.models import ResponseAssessment, RiskScore
+from analytics.lesions.selectors import ResponseRow, response_rows
+from analytics.models import RiskScore
 from analytics.risk.selectors import current_model_version
 from imaging.models import Instance, LesionMeasurement, ProcessingRun, Series, Study
 from patients.models import LabResult, Patient
@@ -160,23 +161,6 @@ class LesionTrack:
 
 
 @dataclass(frozen=True)
-class ResponseRow:
-    """The RECIST 1.1 and volumetric response at one study (`ResponseAssessment`)."""
-
-    study_pk: int
-    study_date: dt.date | None
-    is_baseline: bool
-    sum_diameters_mm: float | None
-    total_volume_ml: float | None
-    pct_change_baseline: float | None
-    pct_change_nadir: float | None
-    recist_response: str
-    volumetric_response: str
-    new_lesions: bool
-    notes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class LabSeries:
     """One laboratory test's results in its canonical unit, oldest first."""
 
@@ -269,7 +253,7 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
     lookup = {"patient_id": patient_id} if patient_id is not None else {"pk": pk}
     patient = Patient.objects.get(**lookup)
 
-    studies = list(Study.objects.filter(patient=patient).order_by("study_date", "study_time", "pk"))
+    studies = list(Study.objects.filter(patient=patient).chronological())
     series_rows = list(
         Series.objects.filter(study__patient=patient).order_by(
             "study_id", "series_number", "series_instance_uid"
@@ -363,7 +347,7 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
         sex=patient.sex,
         sex_label=sex_label(patient.sex),
         lesions=_lesion_tracks(patient),
-        responses=_responses(patient),
+        responses=tuple(response_rows(patient=patient)),
         labs=_lab_series(patient),
         risk=_risk_summary(patient),
         studies=tuple(
@@ -428,30 +412,6 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
             points=tuple(tracks[lesion_pk]),
         )
         for lesion_pk, lesion in lesions.items()
-    )
-
-
-def _responses(patient: Patient) -> tuple[ResponseRow, ...]:
-    rows = (
-        ResponseAssessment.objects.filter(patient=patient)
-        .select_related("study")
-        .order_by("study__study_date", "study__study_time", "pk")
-    )
-    return tuple(
-        ResponseRow(
-            study_pk=r.study_id,
-            study_date=r.study.study_date,
-            is_baseline=r.is_baseline,
-            sum_diameters_mm=r.sum_diameters_mm,
-            total_volume_ml=r.total_volume_ml,
-            pct_change_baseline=r.pct_change_baseline,
-            pct_change_nadir=r.pct_change_nadir,
-            recist_response=r.recist_response,
-            volumetric_response=r.volumetric_response,
-            new_lesions=r.new_lesions,
-            notes=tuple(str(n) for n in (r.notes or ())),
-        )
-        for r in rows
     )
 
 

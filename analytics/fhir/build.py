@@ -196,7 +196,7 @@ def patient_record_load(*, pk: int) -> PatientRecord:
                 ),
             )
         )
-        .order_by("study_date", "study_time", "pk")
+        .chronological()
     )
     measurements = tuple(
         LesionMeasurement.objects.filter(lesion__patient=patient)

@@ -33,11 +33,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from analytics.lesions.core.recist import MAX_TARGETS_PER_ORGAN, MAX_TARGETS_TOTAL, is_measurable
+from analytics.lesions.selectors import response_rows
 from analytics.lesions.tracking import TrackingSummary, measurement_keys, patient_track
-from analytics.models import ResponseAssessment
 from analytics.risk.selectors import current_model_version
 from analytics.risk.services import risk_scores_compute
-from imaging.models import Lesion, LesionLink, LesionMeasurement, ReviewEvent
+from imaging.models import Lesion, LesionLink, LesionMeasurement, ReviewEvent, study_order
 from patients.models import Patient
 from patients.permissions import can_review
 
@@ -105,16 +105,14 @@ def _measurement_state(m: LesionMeasurement) -> dict[str, Any]:
 def _responses_state(patient: Patient) -> list[dict[str, Any]]:
     return [
         {
-            "study_instance_uid": r.study.study_instance_uid,
+            "study_instance_uid": r.study_instance_uid,
             "sum_diameters_mm": r.sum_diameters_mm,
             "total_volume_ml": r.total_volume_ml,
             "recist_response": r.recist_response,
             "volumetric_response": r.volumetric_response,
             "new_lesions": r.new_lesions,
         }
-        for r in ResponseAssessment.objects.filter(patient=patient)
-        .select_related("study")
-        .order_by("study__study_date", "study__study_time", "pk")
+        for r in response_rows(patient=patient)
     ]
 
 
@@ -146,7 +144,7 @@ def _first_sighting(lesion: Lesion) -> LesionMeasurement:
         LesionMeasurement.objects.filter(lesion=lesion)
         .exclude(status=LesionMeasurement.Status.RESOLVED)
         .select_related("study", "lesion")
-        .order_by("study__study_date", "study__study_time", "study_id")
+        .order_by(*study_order("study__"))
         .first()
     )
     if row is None or row.segmentation_id is None or row.component_label is None:
@@ -163,10 +161,6 @@ def _components(m: LesionMeasurement) -> list[int]:
             "segmentation), so it cannot be relinked or split"
         )
     return list(m.component_labels or [m.component_label])
-
-
-def _study_key(study) -> tuple:
-    return (study.study_date is None, study.study_date, study.study_time is None, study.pk)
 
 
 def _recompute(patient: Patient) -> tuple[TrackingSummary, int]:
@@ -407,7 +401,7 @@ def lesion_relink(
         _same_patient_and_organ(m.lesion, target, field_name="lesion")
         components = _components(m)
         anchor = _first_sighting(target)
-        if _study_key(anchor.study) > _study_key(m.study):
+        if anchor.study.chronological_key > m.study.chronological_key:
             raise ReviewError(
                 f"lesion: {target.label} was first seen on {anchor.study.study_date}, after "
                 f"this study ({m.study.study_date}); relink the later finding to the earlier "
@@ -466,7 +460,7 @@ def lesion_merge(*, user, lesion: Lesion, into: Lesion, reason: str) -> ReviewEv
         _same_patient_and_organ(source, target, field_name="into")
         anchor = _first_sighting(target)
         first_of_source = _first_sighting(source)
-        if _study_key(anchor.study) > _study_key(first_of_source.study):
+        if anchor.study.chronological_key > first_of_source.study.chronological_key:
             raise ReviewError(
                 f"into: merge into the lesion seen first; {target.label} was first seen on "
                 f"{anchor.study.study_date}, after {source.label} ({first_of_source.study.study_date})"
@@ -606,7 +600,7 @@ def _links_joined_with(prior: LesionLink | None, *, lesion: Lesion, after_study)
         for r in LesionMeasurement.objects.filter(lesion=lesion, segmentation__isnull=False)
         .exclude(status=LesionMeasurement.Status.RESOLVED)
         .select_related("study")
-        if _study_key(r.study) > _study_key(after_study)
+        if r.study.chronological_key > after_study.chronological_key
         for c in (r.component_labels or [r.component_label])
     }
     same_decision = LesionLink.objects.filter(
@@ -633,7 +627,7 @@ def targets_set(*, user, patient: Patient, lesions: Sequence[Lesion], reason: st
         rows = list(
             LesionMeasurement.objects.filter(lesion__patient=patient)
             .select_related("study", "lesion")
-            .order_by("study__study_date", "study__study_time", "study_id")
+            .order_by(*study_order("study__"))
         )
         if not rows:
             raise ReviewError("lesions: this patient has no tracked lesions")

@@ -11,17 +11,21 @@ from, so a new run or registration gives a new file.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from analytics.layouts import MEASUREMENT_COLUMNS
+from analytics.layouts import EXPORT_RESPONSE_COLUMNS, MEASUREMENT_COLUMNS
+from analytics.models import ResponseAssessment
 from imaging.models import (
     Lesion,
     LesionMeasurement,
     ReviewEvent,
     Study,
+    study_order,
 )
 from patients.models import Patient
 
@@ -132,7 +136,7 @@ def measurements_table(
     ``include_rejected`` is false (the response assessment leaves them out).
     """
     rows = LesionMeasurement.objects.select_related("lesion__patient", "study").order_by(
-        "lesion__patient__patient_id", "study__study_date", "study__study_time", "lesion__label"
+        "lesion__patient__patient_id", *study_order("study__"), "lesion__label"
     )
     if patient_ids is not None:
         rows = rows.filter(lesion__patient__patient_id__in=patient_ids)
@@ -159,3 +163,77 @@ def measurements_table(
         for m in rows
     ]
     return pd.DataFrame.from_records(records, columns=list(MEASUREMENT_COLUMNS))
+
+
+# --------------------------------------------------------------------------- responses
+@dataclass(frozen=True)
+class ResponseRow:
+    """The RECIST 1.1 and volumetric response at one study (`ResponseAssessment`)."""
+
+    study_pk: int
+    study_date: dt.date | None
+    is_baseline: bool
+    sum_diameters_mm: float | None
+    total_volume_ml: float | None
+    pct_change_baseline: float | None
+    pct_change_nadir: float | None
+    recist_response: str
+    volumetric_response: str
+    new_lesions: bool
+    notes: tuple[str, ...]
+    patient_id: str = ""
+    study_instance_uid: str = ""
+
+    def export_record(self) -> tuple:
+        """The row in `analytics.layouts.EXPORT_RESPONSE_COLUMNS` order."""
+        return (
+            self.patient_id,
+            self.study_instance_uid,
+            self.study_date,
+            self.sum_diameters_mm,
+            self.total_volume_ml,
+            self.pct_change_baseline,
+            self.pct_change_nadir,
+            self.recist_response,
+            self.volumetric_response,
+            self.new_lesions,
+        )
+
+
+def response_rows(
+    *, patient: Patient | None = None, patient_ids: Collection[str] | None = None
+) -> list[ResponseRow]:
+    """The response table, one row per assessed study, by MRN and then chronologically;
+    for one ``patient``, or for ``patient_ids`` (MRNs), or for everyone. The one place
+    it is read: the patient page, the export and the review record use it."""
+    rows = ResponseAssessment.objects.select_related("patient", "study").order_by(
+        "patient__patient_id", *study_order("study__")
+    )
+    if patient is not None:
+        rows = rows.filter(patient=patient)
+    if patient_ids is not None:
+        rows = rows.filter(patient__patient_id__in=patient_ids)
+    return [
+        ResponseRow(
+            study_pk=r.study_id,
+            study_date=r.study.study_date,
+            is_baseline=r.is_baseline,
+            sum_diameters_mm=r.sum_diameters_mm,
+            total_volume_ml=r.total_volume_ml,
+            pct_change_baseline=r.pct_change_baseline,
+            pct_change_nadir=r.pct_change_nadir,
+            recist_response=r.recist_response,
+            volumetric_response=r.volumetric_response,
+            new_lesions=r.new_lesions,
+            notes=tuple(str(n) for n in (r.notes or ())),
+            patient_id=r.patient.patient_id,
+            study_instance_uid=r.study.study_instance_uid,
+        )
+        for r in rows
+    ]
+
+
+def responses_table(*, patient_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """``export_responses``: one row per assessed study, in the published columns."""
+    records = [row.export_record() for row in response_rows(patient_ids=patient_ids)]
+    return pd.DataFrame.from_records(records, columns=list(EXPORT_RESPONSE_COLUMNS))

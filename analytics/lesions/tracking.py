@@ -22,7 +22,6 @@ in the `TrackingSummary` (``stale_*``) and, unless the caller records it itself,
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -612,7 +611,7 @@ def _manual_targets_carry(old_measurements, carry: _Carry, summary: TrackingSumm
     found = [m for m in old_measurements if m.status != LesionMeasurement.Status.RESOLVED]
     if not found:
         return {}
-    baseline = min((m.study for m in found), key=_study_order)
+    baseline = min((m.study for m in found), key=lambda s: s.chronological_key)
     manual: dict[tuple[int, frozenset[int]], LesionMeasurement] = {}
     for m in found:
         if m.study_id != baseline.pk or not (m.target_by_hand and m.is_target):
@@ -652,24 +651,13 @@ def _target_stale(m: LesionMeasurement, why: str) -> dict[str, Any]:
     }
 
 
-def _study_order(study: Study) -> tuple:
-    """Date order with undated studies last (as the tracking chain orders them)."""
-    return (
-        study.study_date is None,
-        study.study_date or dt.date.min,
-        study.study_time is None,
-        study.study_time or dt.time.min,
-        study.pk,
-    )
-
-
 def _first_sightings(
     measurements: list[LesionMeasurement], carry: _Carry
 ) -> dict[tuple, tuple[str, str]]:
     """(segmentation, component label) now of every candidate of each old identity's
     first sighting -> (uid, label)."""
     first: dict[str, LesionMeasurement] = {}
-    for m in sorted(measurements, key=lambda m: (_study_order(m.study), m.pk)):
+    for m in sorted(measurements, key=lambda m: (m.study.chronological_key, m.pk)):
         if m.status != LesionMeasurement.Status.RESOLVED:
             first.setdefault(m.lesion.tracking_uid, m)
     sightings: dict[tuple, tuple[str, str]] = {}

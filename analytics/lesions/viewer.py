@@ -28,6 +28,7 @@ from imaging.models import (
     Registration,
     Segmentation,
     Study,
+    study_order,
 )
 from imaging.store import data_dir
 from patients.models import Patient
@@ -153,7 +154,7 @@ def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer
 
     Raises `Study.DoesNotExist` when ``follow_up_pk`` is not one of the patient's studies.
     """
-    studies = list(Study.objects.filter(patient=patient).order_by("study_date", "study_time", "pk"))
+    studies = list(Study.objects.filter(patient=patient).chronological())
     imaged = [(s, images) for s in studies if (images := study_images(study=s)) is not None]
     viewer = Viewer(
         patient=patient,
@@ -177,7 +178,7 @@ def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer
     viewer.responses = list(
         ResponseAssessment.objects.filter(patient=patient)
         .select_related("study")
-        .order_by("study__study_date", "study__study_time")
+        .order_by(*study_order("study__"))
     )
     viewer.lesions = list(Lesion.objects.filter(patient=patient).order_by("organ", "label"))
     viewer.history = review_history(patient=patient)
@@ -216,9 +217,7 @@ def viewer_file_path(*, study: Study, kind: FileKind, on_baseline_grid: bool) ->
     first = next(
         (
             i
-            for s in Study.objects.filter(patient_id=study.patient_id).order_by(
-                "study_date", "study_time", "pk"
-            )
+            for s in Study.objects.filter(patient_id=study.patient_id).chronological()
             if (i := study_images(study=s)) is not None
         ),
         None,

@@ -19,7 +19,7 @@ from analytics.layouts import EXPORT_RESPONSE_COLUMNS as RESPONSE_COLUMNS
 from analytics.layouts import MEASUREMENT_COLUMNS
 from analytics.models import ResponseAssessment, RiskModelVersion
 from analytics.risk.core.features import DemographicFeatures, ImagingFeatures, LabFeatures
-from imaging.models import LesionMeasurement, Study
+from imaging.models import LesionMeasurement, Study, study_order
 from patients.models import ClinicalEvent, LabResult, Patient
 
 # --------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def feature_inputs_load(*, patient_ids: Collection[str] | None = None) -> Featur
     )
     studies = _frame(
         Study.objects.filter(patient__in=within, study_date__isnull=False)
-        .order_by("patient__patient_id", "study_date", "study_time", "pk")
+        .order_by("patient__patient_id", *study_order())
         .values_list("patient__patient_id", "study_instance_uid", "study_date"),
         STUDY_COLUMNS,
     )

@@ -32,7 +32,6 @@ who had already progressed (the PFS model's training rows stop at progression).
 from __future__ import annotations
 
 import datetime as dt
-import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -63,6 +62,7 @@ from analytics.risk.core.survival import (
 )
 from analytics.risk.selectors import FeatureInputs, feature_inputs_load
 from patients.models import Patient
+from radtrack.provenance import json_safe
 
 __all__ = [
     "DEFAULT_PENALIZER",
@@ -246,19 +246,6 @@ def training_table_build(
 # --------------------------------------------------------------------------------------
 # Fit and store
 # --------------------------------------------------------------------------------------
-def _json_safe(value: Any) -> Any:
-    """JSON for a JSONField: NaN and infinities become None (PostgreSQL's jsonb has neither)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return value
 
 
 def risk_model_fit_and_store(
@@ -363,9 +350,9 @@ def risk_model_fit_and_store(
                 features=features,
                 training_fingerprint=fingerprint,
                 n_training_rows=len(table),
-                parameters=_json_safe(parameters),
-                metrics=_json_safe(metrics),
-                tier_thresholds=_json_safe(model.tiers.as_dict() if model.tiers else {}),
+                parameters=json_safe(parameters),
+                metrics=json_safe(metrics),
+                tier_thresholds=json_safe(model.tiers.as_dict() if model.tiers else {}),
                 library_versions=library_versions(),
             )
     except Exception:
@@ -457,7 +444,7 @@ def risk_scores_compute(
             model_version=model_version,
             score=float(score),
             tier=tier,
-            explanation=_json_safe(
+            explanation=json_safe(
                 {
                     **explanation.as_dict(),
                     "landmark_date": landmark,

@@ -97,7 +97,7 @@ def _time_point(study: Study) -> TimePoint:
     studies = list(
         Study.objects.filter(patient_id=study.patient_id, lesion_measurements__isnull=False)
         .distinct()
-        .order_by("study_date", "study_time", "pk")
+        .chronological()
         .values_list("pk", flat=True)
     )
     return TimePoint(order=studies.index(study.pk) + 1)
@@ -378,7 +378,7 @@ def patient_dicom_export(
     studies = (
         Study.objects.filter(patient=patient, lesion_measurements__isnull=False)
         .distinct()
-        .order_by("study_date", "study_time", "pk")
+        .chronological()
     )
     if send:
         config = config or PacsConfig.from_settings()

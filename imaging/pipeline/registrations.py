@@ -30,7 +30,7 @@ def patient_registrations_ensure(*, patient, device: str = "cpu") -> int:
     studies = list(
         Study.objects.filter(patient=patient, chosen_series__isnull=False)
         .select_related("chosen_series")
-        .order_by("study_date", "study_time", "pk")
+        .chronological()
     )
     runs = [(s, latest_volume_run(s.chosen_series)) for s in studies]
     runs = [(s, r) for s, r in runs if r is not None]

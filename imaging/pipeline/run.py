@@ -42,8 +42,12 @@ from imaging.pipeline.choice import study_series_choose
 from imaging.pipeline.selectors import _baseline_series, latest_volume_run
 from imaging.pipeline.signals import patient_results_announce
 from imaging.store import data_dir, object_path
+from radtrack.provenance import json_safe, library_versions
 
 logger = logging.getLogger(__name__)
+
+#: Whose versions go on every run record.
+PIPELINE_LIBRARIES = ("radtrack", "pydicom", "SimpleITK", "numpy", "torch", "monai")
 
 
 # --------------------------------------------------------------------------- the run record
@@ -88,29 +92,8 @@ class RunRecorder:
         self._save()
 
     def _save(self) -> None:
-        self.run.steps = _json_safe(self.steps)
+        self.run.steps = json_safe(self.steps)
         self.run.save(update_fields=["steps"])
-
-
-def _json_safe(value: Any) -> Any:
-    """NumPy scalars and arrays, tuples and paths as JSON can hold them."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
 
 
 def device_resolve(requested: str | None) -> str:
@@ -200,7 +183,7 @@ def series_process(
     run.status = ProcessingRun.Status.RUNNING
     run.started_at = timezone.now()
     run.error = ""
-    run.versions = _versions()
+    run.versions = library_versions(*PIPELINE_LIBRARIES)
     run.flags = {}
     run.save(update_fields=["status", "started_at", "error", "versions", "flags"])
     Series.objects.filter(pk=series.pk).update(
@@ -372,11 +355,11 @@ def _finish(
         run.status = status
         run.error = error
         run.finished_at = timezone.now()
-        run.flags = _json_safe(run.flags or {})
+        run.flags = json_safe(run.flags or {})
         fields = ["status", "error", "finished_at", "device", "flags"]
         if volume_path:
             run.volume_path = volume_path
-            run.volume_geometry = _json_safe(geometry)
+            run.volume_geometry = json_safe(geometry)
             fields += ["volume_path", "volume_geometry"]
         run.save(update_fields=fields)
         if "registration" in outputs:
@@ -398,8 +381,8 @@ def _finish(
                 model_name=segmentation.model_version.rsplit("-", 1)[0],
                 model_version=segmentation.model_version.rsplit("-", 1)[-1],
                 model_sha256=segmentation.model_sha256,
-                steps=_json_safe([r.as_dict() for r in segmentation.records]),
-                lesions=_json_safe([_candidate_entry(m) for m in segmentation.lesions]),
+                steps=json_safe([r.as_dict() for r in segmentation.records]),
+                lesions=json_safe([_candidate_entry(m) for m in segmentation.lesions]),
             )
         failed = status == ProcessingRun.Status.FAILED
         Series.objects.filter(pk=series.pk).update(
@@ -418,7 +401,7 @@ def _registration_store(*, run, moving, fixed, registration, transform_path) -> 
         device=registration.device,
         matrix_fixed_to_moving=registration.transform.matrix.tolist(),
         transform_path=transform_path,
-        quality=_json_safe(registration.quality.as_dict()),
+        quality=json_safe(registration.quality.as_dict()),
         failed=registration.failed,
         failure_reason=registration.reason,
         seconds=registration.seconds,
@@ -446,15 +429,3 @@ def _candidate_entry(measurement) -> dict[str, Any]:
         "core_hu": measurement.core_hu,
         "background_hu": measurement.background_hu,
     }
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {}
-    for name in ("radtrack", "pydicom", "SimpleITK", "numpy", "torch", "monai"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions

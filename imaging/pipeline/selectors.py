@@ -13,7 +13,7 @@ readable reason and leaves earlier results as they were, so running again is saf
 
 from __future__ import annotations
 
-from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study
+from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study, study_order
 
 
 def latest_volume_run(series: Series) -> ProcessingRun | None:
@@ -33,20 +33,15 @@ def _baseline_series(study: Study) -> Series | None:
         Study.objects.filter(patient_id=study.patient_id, chosen_series__isnull=False)
         .exclude(pk=study.pk)
         .select_related("chosen_series")
-        .order_by("study_date", "study_time", "pk")
+        .chronological()
     )
     for other in earlier:
-        if _is_before(other, study) and latest_volume_run(other.chosen_series) is not None:
+        if (
+            other.chronological_key < study.chronological_key
+            and latest_volume_run(other.chosen_series) is not None
+        ):
             return other.chosen_series
     return None
-
-
-def _is_before(a: Study, b: Study) -> bool:
-    key = lambda s: (s.study_date is None, s.study_date, s.study_time is None, s.study_time, s.pk)  # noqa: E731
-    try:
-        return key(a) < key(b)
-    except TypeError:
-        return a.pk < b.pk
 
 
 # --------------------------------------------------------------------------- batches
@@ -65,4 +60,4 @@ def study_select(
     qs = qs.distinct()
     if not force:
         qs = qs.exclude(chosen_series__state=Series.State.PROCESSED)
-    return qs.order_by("patient__patient_id", "study_date", "study_time", "pk")
+    return qs.order_by("patient__patient_id", *study_order())

@@ -12,11 +12,11 @@ from analytics.dashboard.patient import (
     LesionPoint,
     LesionTrack,
     PatientTimeline,
-    ResponseRow,
     RiskContribution,
     RiskSummary,
     StudySummary,
 )
+from analytics.lesions.selectors import ResponseRow
 
 D1, D2, D3 = dt.date(2024, 1, 10), dt.date(2024, 4, 10), dt.date(2024, 7, 10)
 

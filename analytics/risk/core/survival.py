@@ -58,10 +58,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +75,7 @@ from sksurv.util import Surv
 from threadpoolctl import threadpool_limits
 
 from analytics.risk.core.features import MissingValueImputer
+from radtrack import provenance
 
 __all__ = [
     "EVAL_TIMES_DAYS",
@@ -736,8 +735,9 @@ def table_fingerprint(df: pd.DataFrame) -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of what fits and scores the models, to store with each model version."""
-    names = ("lifelines", "scikit-learn", "scikit-survival", "pandas", "numpy", "scipy")
-    return {"python": platform.python_version(), **{n: version(n) for n in names}}
+    return provenance.library_versions(
+        "python", "lifelines", "scikit-learn", "scikit-survival", "pandas", "numpy", "scipy"
+    )
 
 
 def risk_model_save(model: RiskModel, path: Path) -> Path:

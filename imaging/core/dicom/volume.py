@@ -32,6 +32,7 @@ from pydicom.pixels import apply_modality_lut
 
 from imaging.core.dicom.series_choice import SeriesSummary, image_plane
 from imaging.core.geometry.volume import Volume
+from radtrack import provenance
 
 Severity = Literal["info", "warning"]
 
@@ -156,11 +157,7 @@ class SeriesVolumeResult:
 
 
 def library_versions() -> dict[str, str]:
-    return {
-        "pydicom": pydicom.__version__,
-        "SimpleITK": sitk.Version_VersionString(),
-        "numpy": np.__version__,
-    }
+    return provenance.library_versions("pydicom", "SimpleITK", "numpy")
 
 
 # --------------------------------------------------------------------------- headers

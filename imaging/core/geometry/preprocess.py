@@ -42,6 +42,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from imaging.core.geometry.volume import Volume
+from radtrack import provenance
+from radtrack.provenance import json_safe
 
 Interpolation = Literal["linear", "bspline", "nearest"]
 
@@ -74,7 +76,7 @@ WINDOW_PRESETS: dict[str, WindowPreset] = {
 
 
 def library_versions() -> dict[str, str]:
-    return {"SimpleITK": sitk.Version_VersionString(), "numpy": np.__version__}
+    return provenance.library_versions("SimpleITK", "numpy")
 
 
 def _require_scalar(volume: Volume, what: str) -> None:
@@ -464,16 +466,6 @@ class PreprocessResult:
         return [r.as_dict() for r in self.records]
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def preprocess_run(*, volume: Volume, steps: Sequence[PreprocessStep]) -> PreprocessResult:
     """Apply ``steps`` in order; return the final volume and one record per step.
 
@@ -496,10 +488,10 @@ def preprocess_run(*, volume: Volume, steps: Sequence[PreprocessStep]) -> Prepro
         records.append(
             StepRecord(
                 name=step.name,
-                parameters=_jsonable(asdict(step)),  # type: ignore[call-overload]
+                parameters=json_safe(asdict(step)),  # type: ignore[call-overload]
                 versions=dict(versions),
                 seconds=seconds,
-                details=_jsonable(details),
+                details=json_safe(details),
             )
         )
     return PreprocessResult(volume=volume, records=tuple(records))
