@@ -19,7 +19,7 @@ def models_dir() -> Path:
 class RiskModelVersion(models.Model):
     """One fitted risk model: what it was fitted on, with what, and how well it did.
 
-    Everything needed to trace a score back: the artifact (a `analytics.core.survival.
+    Everything needed to trace a score back: the artifact (a `analytics.risk.core.survival.
     RiskModel` written by ``risk_model_save``), the features in order, a SHA-256 of the
     training table, cross-validated metrics, tier thresholds and library versions.
     """

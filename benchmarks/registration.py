@@ -1,6 +1,6 @@
 """Registration accuracy and speed on a generated cohort with known poses.
 
-Each patient of a synthetic cohort (`imaging.core.cohort`) has a baseline and follow-up
+Each patient of a synthetic cohort (`imaging.core.synthetic.cohort`) has a baseline and follow-up
 CT studies, each with its own rigid pose of the body in patient coordinates (up to 10
 degrees and 20 mm), scanner grid, field of view, slice thickness, noise and patient
 position, and lesions that grow or shrink about fixed centres. Every follow-up is
@@ -35,7 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imaging.core.registration.register import point_map, register, resolve_device  # noqa: E402
+from imaging.core.registration.register import register  # noqa: E402
+from imaging.core.registration.torch_backend import resolve_device  # noqa: E402
+from imaging.core.registration.transforms import point_map  # noqa: E402
 from imaging.core.synthetic.cohort import cohort_simulate, study_render  # noqa: E402 - path set above
 
 TRE_MEDIAN_TARGET_MM = 1.5

@@ -1,15 +1,15 @@
 """Risk models on a simulated cohort: cross-validated C-index against the oracle, and fit time.
 
-A synthetic cohort (`imaging.core.cohort.cohort_simulate`; no images are rendered)
+A synthetic cohort (`imaging.core.synthetic.cohort.cohort_simulate`; no images are rendered)
 gives, per patient, labs, age and sex, progression/death/censoring events, every
 lesion's true volume at every CT study, and the hidden true risk (log relative hazard).
 The imaging tables are laid out as ``export_measurements`` rows from the true volumes
 (longest diameter: the equivalent-sphere diameter; a resolved lesion keeps a row with
 volume 0; ``--volume-noise`` adds repeat-scan variability), and RECIST/volumetric
-responses come from them through `analytics.core.volumetric.responses_table_build`.
+responses come from them through `analytics.lesions.core.volumetric.responses_table_build`.
 
 The training table is built exactly as ``manage.py fit_risk_model`` builds it
-(`analytics.services.training_table_build`: the same features, PFS outcomes from each
+(`analytics.risk.services.training_table_build`: the same features, PFS outcomes from each
 landmark), under each landmark policy asked for:
 
 - ``studies`` (the command's default): a landmark at every assessed CT study date. The
@@ -23,7 +23,7 @@ landmark), under each landmark policy asked for:
 Then, per policy and cohort size:
 
 - ``cox`` and ``gbm``: Harrell's C of the out-of-fold scores, mean over the folds of
-  `analytics.core.survival.cross_validate` (patient-level folds);
+  `analytics.risk.core.validation.cross_validate` (patient-level folds);
 - ``oracle``: Harrell's C of the true risk on the same test rows, fold by fold, then the
   mean: what a model that knew each patient's hidden risk would reach;
 - target: each model within 0.03 of the oracle;
@@ -57,8 +57,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analytics.risk.services import DEFAULT_PENALIZER
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "radtrack.settings")
@@ -66,10 +64,12 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "benchmark-only-no-requests-served")
 
 import django  # noqa: E402 - the repository root is on the path now
 
-django.setup()  # analytics.services imports models; no database is touched
+django.setup()  # analytics.risk.services imports models; no database is touched
 
 from analytics.lesions.core.volumetric import responses_table_build  # noqa: E402
-from analytics.risk.core.survival import cross_validate, harrell_c, risk_model_fit  # noqa: E402
+from analytics.risk.core.metrics import harrell_c  # noqa: E402
+from analytics.risk.core.survival import risk_model_fit  # noqa: E402
+from analytics.risk.core.validation import cross_validate  # noqa: E402
 from analytics.risk.selectors import (  # noqa: E402
     EVENT_COLUMNS,
     LAB_COLUMNS,
@@ -78,9 +78,15 @@ from analytics.risk.selectors import (  # noqa: E402
     STUDY_COLUMNS,
     FeatureInputs,
 )
-from analytics.risk.services import FEATURES, LandmarkPolicy, training_table_build  # noqa: E402
-from imaging.core.synthetic.cohort import SimulatedPatient, patient_simulate  # noqa: E402
-from imaging.core.synthetic.phantom import equivalent_diameter_mm  # noqa: E402
+from analytics.risk.services import (  # noqa: E402
+    DEFAULT_PENALIZER,
+    FEATURES,
+    LandmarkPolicy,
+    training_table_build,
+)
+from imaging.core.synthetic.cohort import patient_simulate  # noqa: E402
+from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm  # noqa: E402
+from imaging.core.synthetic.simulated import SimulatedPatient  # noqa: E402
 
 TARGET_GAP = 0.03
 CACHE = ROOT / "var" / "benchmarks" / "risk"
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["studies", "baseline"],
         choices=["studies", "baseline"],
-        help="landmark policies to measure (analytics.services.LandmarkPolicy)",
+        help="landmark policies to measure (analytics.risk.services.LandmarkPolicy)",
     )
     parser.add_argument(
         "--volume-noise",

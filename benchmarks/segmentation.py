@@ -56,12 +56,13 @@ from scipy import ndimage  # noqa: E402
 
 from imaging.core.geometry.volume import Volume  # noqa: E402
 from imaging.core.segmentation.classical import classical_segment  # noqa: E402
+from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.measure import lesion_regions, lesions_measure, probability_measure  # noqa: E402
-from imaging.core.segmentation.network import lesions_segment, manifest_read, segmenter_load  # noqa: E402
+from imaging.core.segmentation.network import manifest_read, segmenter_load  # noqa: E402
 from imaging.core.segmentation.postprocess import postprocess_run  # noqa: E402
-from imaging.core.segmentation.training import size_band  # noqa: E402
+from imaging.core.segmentation.training.validation import size_band  # noqa: E402
 from imaging.core.synthetic import cohort as cohort_mod  # noqa: E402
-from imaging.core.synthetic.phantom import equivalent_diameter_mm  # noqa: E402
+from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm  # noqa: E402
 
 BANDS = ("<5", "5-10", "10-20", ">=20")
 TARGETS = {

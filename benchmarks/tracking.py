@@ -2,13 +2,13 @@
 
 Two sources of measurements, one evaluation:
 
-1. Simulated (default): a synthetic cohort (`imaging.core.cohort.cohort_simulate`, seed
+1. Simulated (default): a synthetic cohort (`imaging.core.synthetic.cohort.cohort_simulate`, seed
    424242 by default, a seed no model is trained on; or ``--truth truth.json`` of a
    generated cohort) gives every lesion's exact centre and volume at every study.
    Each present lesion is "measured" with realistic noise (centroid error per axis,
    repeat-scan volume variability growing for small lesions, longest diameter from the
    measured volume), the observations are linked study after study by
-   `imaging.core.matching.lesions_match` with the true poses as the registration, and
+   `analytics.lesions.core.matching.lesions_match` with the true poses as the registration, and
    written as ``export_measurements`` rows.
 2. ``--measurements export.csv --truth truth.json``: the rows ``manage.py
    export_measurements --format csv`` wrote after the real pipeline (segmentation,
@@ -25,8 +25,8 @@ lesion's radius + 5 mm)), both in that study's own LPS coordinates. Then:
   has a lesion_uid not measured at any earlier study;
 - resolved recognised: a lesion present at the previous study and resolved now has no
   row with volume > 0 under its previous lesion_uid;
-- RECIST 1.1 and volumetric categories per follow-up (`analytics.core.recist`,
-  `analytics.core.volumetric`) from the measurements agree with those from truth.json
+- RECIST 1.1 and volumetric categories per follow-up (`analytics.lesions.core.recist`,
+  `analytics.lesions.core.volumetric`) from the measurements agree with those from truth.json
   (target >= 95%). truth.json has no longest diameter, so the truth side uses each
   lesion's equivalent-sphere diameter (as does the simulated measurement).
 
@@ -55,22 +55,22 @@ from scipy.optimize import linear_sum_assignment
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analytics.lesions.core.matching import (  # noqa: E402
+from analytics.lesions.core.identities import (  # noqa: E402
     LesionObservation,
     TrackedLesion,
     fragments_combine,
-    lesions_match,
 )
-from analytics.lesions.core.recist import (  # noqa: E402
+from analytics.lesions.core.matching import lesions_match  # noqa: E402
+from analytics.lesions.core.readings import (  # noqa: E402
     LesionReading,
     StudyReading,
-    recist_assess,
-    targets_select,
     timeline_from_measurements,
 )
+from analytics.lesions.core.recist import recist_assess, targets_select  # noqa: E402
 from analytics.lesions.core.volumetric import volumetric_assess  # noqa: E402
 from imaging.core.dicom.write import synthetic_uid  # noqa: E402
-from imaging.core.synthetic.cohort import cohort_simulate, truth_build  # noqa: E402
+from imaging.core.synthetic.cohort import cohort_simulate  # noqa: E402
+from imaging.core.synthetic.truth import truth_build  # noqa: E402
 
 LINK_TARGET = 0.98
 CATEGORY_TARGET = 0.95

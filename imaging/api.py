@@ -1,13 +1,5 @@
-"""REST API for sending images in and reading what became of them.
-
-``POST /api/v1/instances/`` takes DICOM files as multipart form data (one or many under
-the field ``file``; zip archives are expanded) or one file as an ``application/dicom``
-body, and answers with the ingest session and what happened to each file.
-``GET /api/v1/ingest-sessions/<id>/`` reads a session's counts and per-file issues.
-
-It also holds the base every app's read API shares (`AuditedReadOnlyViewSet`: view
-permissions, pagination, filters, one audit row per patient shown) and the imaging
-reads: studies, series, lesions and lesion measurements.
+"""REST reads of studies and series (``/api/v1/studies/``, ``/api/v1/series/``), audited
+per patient shown; lesions and their measurements are read under `analytics.lesions.api`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,4 @@
-"""REST representations of studies, series, lesions and lesion measurements (read-only).
-
-Measurements carry both the automated values and the values in force (a radiologist's
-override wins); volumes are in ml, diameters in mm, centroids in LPS mm in the study's
-own patient coordinates.
-"""
+"""REST representations of studies and series (read-only)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ``GET /api/v1/patients/`` and ``/api/v1/labs/`` read (audited, per patient shown);
 ``POST /api/v1/ehr/`` takes a FHIR R4 Bundle or a cohort CSV.
 
-The file goes through `patients.services.ehr_import` (patients matched by MRN, records
+The file goes through `patients.ehr` (patients matched by MRN, records
 for unknown MRNs kept apart, one transaction, idempotent) and the answer lists what was
 created, updated, left unchanged, kept apart as unmatched, skipped and rejected, with
 where and why. Shared with the upload page (`patients.views.ehr_upload_view`).
@@ -33,7 +33,8 @@ from rest_framework.views import APIView
 
 from patients.api_base import AuditedReadOnlyViewSet
 from patients.audit import audit_record
-from patients.ehr.importer import EHRImportError, EHRImportResult, ehr_import
+from patients.ehr.importer import ehr_import
+from patients.ehr.records import EHRImportError, EHRImportResult
 from patients.models import LabResult, Patient
 from patients.selectors import patient_search_filter
 from patients.serializers import LabResultSerializer, PatientSerializer

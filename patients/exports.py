@@ -1,4 +1,7 @@
-"""Writing a table as CSV or JSON for the export commands, and auditing the export."""
+"""The shared body of the export commands (``export_measurements``, ``export_responses``):
+the ``--patient`` check, one audit row per patient whose data left, and the table
+written as CSV or JSON.
+"""
 
 from __future__ import annotations
 

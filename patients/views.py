@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods
 
 from patients.api import UPLOAD_FIELD as EHR_UPLOAD_FIELD
 from patients.api import can_import_ehr, ehr_import_result, ehr_import_run
-from patients.ehr.importer import EHRImportError
+from patients.ehr.records import EHRImportError
 from radtrack.api.base import upload_limit_message
 
 EHR_PROBLEMS_SHOWN = 500  # the API answer lists them all

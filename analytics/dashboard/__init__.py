@@ -1,0 +1,1 @@
+"""The dashboard pages: worklist, cohort, pipeline and patient pages, with their figures."""

@@ -1,7 +1,7 @@
-"""REST API for analytics: response assessments, risk scores and the risk-ordered worklist.
+"""REST API for the risk-ordered worklist (``/api/v1/worklist/``), the page's data as JSON.
 
-Read-only, behind the same view permissions as the pages; every answer is audited with
-one row per patient shown (see `imaging.api.AuditedReadOnlyViewSet`).
+Read-only, behind the same view permissions as the page; every answer is audited with
+one row per patient shown (`patients.api_base.api_read_audit`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from analytics.dashboard.serializers import WorklistQuerySerializer, WorklistRowSerializer
 from analytics.dashboard.worklist import FLAG_NAMES, worklist
-from patients.api_base import api_read_audit as _api_read_audit
+from patients.api_base import api_read_audit
 from radtrack.api.base import APIPagination, HasViewPermissions
 
 _PATIENT_READ = "patients.view_patient"
@@ -49,7 +49,7 @@ class WorklistView(APIView):
         )
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(rows, request, view=self)
-        _api_read_audit(
+        api_read_audit(
             request=request,
             action="api.worklist.list",
             object=f"{request.path} page {paginator.page.number} ({len(page)} rows)",

@@ -1,10 +1,9 @@
-"""Reads for analytics: the model inputs as DataFrames, and the risk-ordered worklist.
+"""Reads for the cohort page: survival by risk tier after the scored landmark, and the
+current model's cross-validated metrics.
 
-`feature_inputs_load` maps the database onto the tables `analytics.core.features`
-expects (the ``export_measurements`` / ``export_responses`` layouts of DESIGN.md for
-imaging). `worklist` gives one typed row per patient with the latest risk score of the
-current model version and the flags a triage nurse acts on, in a fixed number of queries
-whatever the number of patients.
+`cohort_survival` gives Kaplan-Meier curves per tier (lifelines) and a log-rank test in
+a fixed number of queries; `model_metric_lines` labels the metrics stored on a
+`RiskModelVersion`.
 """
 
 from __future__ import annotations
@@ -14,18 +13,15 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from lifelines import KaplanMeierFitter
+from lifelines.statistics import multivariate_logrank_test
 
 from analytics.models import RiskModelVersion, RiskScore
 from analytics.risk.core.features import landmark_outcomes
-from analytics.risk.selectors import EVENT_COLUMNS, _frame
+from analytics.risk.selectors import EVENT_COLUMNS, rows_frame
 from patients.models import ClinicalEvent
 
-# --------------------------------------------------------------------------------------
-# Cohort: survival by risk tier, and the model's metrics
-# --------------------------------------------------------------------------------------
 TIER_ORDER = ("high", "intermediate", "low")
-
-
 ENDPOINT_LABELS = {
     "pfs": "Progression-free survival",
     "os": "Overall survival",
@@ -59,7 +55,7 @@ class CohortSurvival:
     """Outcomes after each patient's scored landmark, by the tier the score gave.
 
     Patients count from the landmark date of their latest score of ``model_version``
-    (`analytics.core.features.landmark_outcomes`): for PFS a patient who had already
+    (`analytics.risk.core.features.landmark_outcomes`): for PFS a patient who had already
     progressed by then is left out, as is anyone without follow-up past it.
     """
 
@@ -77,8 +73,6 @@ class CohortSurvival:
 
 
 def _km_curve(tier: str, durations: list[float], events: list[bool]) -> KMCurve:
-    from lifelines import KaplanMeierFitter
-
     km = KaplanMeierFitter().fit(durations, event_observed=events)
     table = km.survival_function_
     band = km.confidence_interval_survival_function_
@@ -121,13 +115,13 @@ def cohort_survival(*, model_version: RiskModelVersion) -> CohortSurvival:
         [(pid, landmark) for pid, (_tier, landmark) in latest.items()],
         columns=["patient_id", "landmark_date"],
     )
-    events = _frame(
-        ClinicalEvent.objects.filter(
+    events = rows_frame(
+        rows=ClinicalEvent.objects.filter(
             patient__in=RiskScore.objects.filter(model_version=model_version).values("patient_id")
         )
         .order_by("patient__patient_id", "date")
         .values_list("patient__patient_id", "kind", "date"),
-        EVENT_COLUMNS,
+        columns=EVENT_COLUMNS,
     )
     outcomes = landmark_outcomes(events=events, landmarks=landmarks, endpoint=endpoint)
     excluded: dict[str, int] = {}
@@ -141,8 +135,6 @@ def cohort_survival(*, model_version: RiskModelVersion) -> CohortSurvival:
     curves = tuple(_km_curve(t, *by_tier[t]) for t in TIER_ORDER if t in by_tier)
     logrank_p = None
     if sum(1 for c in curves if c.events) >= 2:
-        from lifelines.statistics import multivariate_logrank_test
-
         table = outcomes.table
         groups = [latest[pid][0] for pid in table["patient_id"]]
         result = multivariate_logrank_test(table["duration_days"], groups, table["event"])

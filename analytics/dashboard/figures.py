@@ -18,7 +18,10 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from analytics.dashboard.cohort import CohortSurvival
+from analytics.dashboard.patient import LabSeries, PatientTimeline, RiskSummary, StudySummary
 from analytics.lesions.core.recist import PD_ABSOLUTE_MM, PD_INCREASE_PCT, PR_DECREASE_PCT, nadir
+from analytics.lesions.selectors import ResponseRow
 
 __all__ = [
     "TIER_COLOURS",
@@ -31,6 +34,8 @@ __all__ = [
 ]
 
 Figure = dict[str, Any]
+#: One panel of the stacked response timeline: its axis title and its traces.
+Panel = tuple[str, list[dict[str, Any]]]
 
 # Okabe & Ito (2008), "Color Universal Design".
 PALETTE = (
@@ -97,7 +102,7 @@ def _axis(title: str, **extra: Any) -> dict[str, Any]:
 _STATUS_SYMBOL = {"new": "triangle-up", "tracked": "circle", "resolved": "x"}
 
 
-def lesion_volume_figure(*, timeline) -> Figure:
+def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
     """Each lesion's volume (ml, values in force) over time: one line per lesion identity.
 
     A lesion's first sighting after baseline is drawn as a triangle (new lesion), a
@@ -162,7 +167,7 @@ def _pd_thresholds(sums: Sequence[float | None]) -> list[float | None]:
     """The sum at or above which each study would be target PD (RECIST 1.1 section 4.3.1).
 
     max(nadir x 1.2, nadir + 5 mm), the nadir being the smallest sum on earlier studies,
-    baseline included (`analytics.core.recist.nadir`); None at baseline.
+    baseline included (`analytics.lesions.core.recist.nadir`); None at baseline.
     """
     out: list[float | None] = [None]
     for k in range(1, len(sums)):
@@ -175,7 +180,7 @@ def _pd_thresholds(sums: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def response_timeline_figure(*, timeline) -> Figure:
+def response_timeline_figure(*, timeline: PatientTimeline) -> Figure:
     """Sum of diameters with PR and PD thresholds, total tumour burden, and each lab test,
     stacked on one shared time axis, with every CT study marked as a vertical line.
 
@@ -184,102 +189,106 @@ def response_timeline_figure(*, timeline) -> Figure:
     test has its own axis in its canonical unit.
     """
     responses = [r for r in timeline.responses if r.study_date is not None]
-    rows: list[tuple[str, list[dict[str, Any]]]] = []
+    rows = [*_diameter_rows(responses), *_burden_rows(responses), *_lab_rows(timeline.labs)]
+    return _stacked_figure(rows, studies=timeline.studies)
 
+
+def _diameter_rows(responses: list[ResponseRow]) -> list[Panel]:
+    """The sum of target diameters with its PR and PD thresholds (no panel without sums)."""
     sums = [_number(r.sum_diameters_mm) for r in responses]
     dates = [_day(r.study_date) for r in responses]
-    if any(s is not None for s in sums):
-        traces = [
+    if not any(s is not None for s in sums):
+        return []
+    traces = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers+text",
+            "name": "Sum of target diameters",
+            "x": dates,
+            "y": sums,
+            "text": [r.recist_response or ("baseline" if r.is_baseline else "") for r in responses],
+            "textposition": "top center",
+            "line": {"color": PALETTE[0], "width": 3},
+            "marker": {"size": 9},
+            "hovertemplate": "%{x|%Y-%m-%d}: %{y:.1f} mm (%{text})<extra>sum of diameters</extra>",
+        }
+    ]
+    base = sums[0]
+    if base is not None and len(dates) > 0:
+        pr = base * (1 + PR_DECREASE_PCT / 100.0)
+        traces.append(
             {
                 "type": "scatter",
-                "mode": "lines+markers+text",
-                "name": "Sum of target diameters",
-                "x": dates,
-                "y": sums,
-                "text": [
-                    r.recist_response or ("baseline" if r.is_baseline else "") for r in responses
-                ],
-                "textposition": "top center",
-                "line": {"color": PALETTE[0], "width": 3},
-                "marker": {"size": 9},
-                "hovertemplate": "%{x|%Y-%m-%d}: %{y:.1f} mm (%{text})<extra>sum of diameters</extra>",
+                "mode": "lines",
+                "name": f"PR threshold ({PR_DECREASE_PCT:.0f}% from baseline)",
+                "x": [dates[0], dates[-1]],
+                "y": [pr, pr],
+                "line": {"color": THRESHOLD_PR, "dash": "dash", "width": 2},
+                "hovertemplate": f"PR at or below {pr:.1f} mm<extra></extra>",
             }
-        ]
-        base = sums[0]
-        if base is not None and len(dates) > 0:
-            pr = base * (1 + PR_DECREASE_PCT / 100.0)
-            traces.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "name": f"PR threshold ({PR_DECREASE_PCT:.0f}% from baseline)",
-                    "x": [dates[0], dates[-1]],
-                    "y": [pr, pr],
-                    "line": {"color": THRESHOLD_PR, "dash": "dash", "width": 2},
-                    "hovertemplate": f"PR at or below {pr:.1f} mm<extra></extra>",
-                }
-            )
-        pd_line = _pd_thresholds(sums)
-        if any(v is not None for v in pd_line):
-            # One tick per follow-up: the threshold belongs to that study (its nadir is
-            # the smallest earlier sum), so nothing is drawn between studies.
-            traces.append(
-                {
-                    "type": "scatter",
-                    "mode": "markers",
-                    "name": f"PD threshold (+{PD_INCREASE_PCT:.0f}% and +{PD_ABSOLUTE_MM:.0f} mm from nadir)",
-                    "x": dates,
-                    "y": pd_line,
-                    "marker": {
-                        "symbol": "line-ew-open",
-                        "size": 28,
-                        "color": THRESHOLD_PD,
-                        "line": {"width": 3, "color": THRESHOLD_PD},
-                    },
-                    "hovertemplate": "PD at or above %{y:.1f} mm<extra></extra>",
-                }
-            )
-        rows.append(("Sum of diameters (mm)", traces))
+        )
+    pd_line = _pd_thresholds(sums)
+    if any(v is not None for v in pd_line):
+        # One tick per follow-up: the threshold belongs to that study (its nadir is
+        # the smallest earlier sum), so nothing is drawn between studies.
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"PD threshold (+{PD_INCREASE_PCT:.0f}% and +{PD_ABSOLUTE_MM:.0f} mm from nadir)",
+                "x": dates,
+                "y": pd_line,
+                "marker": {
+                    "symbol": "line-ew-open",
+                    "size": 28,
+                    "color": THRESHOLD_PD,
+                    "line": {"width": 3, "color": THRESHOLD_PD},
+                },
+                "hovertemplate": "PD at or above %{y:.1f} mm<extra></extra>",
+            }
+        )
+    return [("Sum of diameters (mm)", traces)]
 
+
+def _burden_rows(responses: list[ResponseRow]) -> list[Panel]:
+    """Total tumour burden (ml) at each assessed study (no panel without volumes)."""
     burden = [_number(r.total_volume_ml) for r in responses]
-    if any(b is not None for b in burden):
-        rows.append(
-            (
-                "Tumour burden (ml)",
-                [
-                    {
-                        "type": "scatter",
-                        "mode": "lines+markers",
-                        "name": "Total tumour burden",
-                        "x": dates,
-                        "y": burden,
-                        "text": [r.volumetric_response for r in responses],
-                        "line": {"color": PALETTE[2], "width": 3},
-                        "hovertemplate": "%{x|%Y-%m-%d}: %{y:.2f} ml %{text}<extra>tumour burden</extra>",
-                    }
-                ],
-            )
-        )
+    if not any(b is not None for b in burden):
+        return []
+    trace = {
+        "type": "scatter",
+        "mode": "lines+markers",
+        "name": "Total tumour burden",
+        "x": [_day(r.study_date) for r in responses],
+        "y": burden,
+        "text": [r.volumetric_response for r in responses],
+        "line": {"color": PALETTE[2], "width": 3},
+        "hovertemplate": "%{x|%Y-%m-%d}: %{y:.2f} ml %{text}<extra>tumour burden</extra>",
+    }
+    return [("Tumour burden (ml)", [trace])]
 
-    for j, lab in enumerate(timeline.labs):
-        rows.append(
-            (
-                f"{lab.key.upper() if len(lab.key) <= 4 else lab.key.capitalize()} ({lab.unit})",
-                [
-                    {
-                        "type": "scatter",
-                        "mode": "lines+markers",
-                        "name": f"{lab.key.upper() if len(lab.key) <= 4 else lab.key.capitalize()}",
-                        "x": [at.isoformat() for at in lab.observed_at],
-                        "y": [_number(v) for v in lab.values],
-                        "line": {"color": PALETTE[(j + 3) % len(PALETTE)], "width": 2},
-                        "marker": {"size": 6},
-                        "hovertemplate": f"%{{x|%Y-%m-%d}}: %{{y:.3g}} {lab.unit}<extra>{lab.display}</extra>",
-                    }
-                ],
-            )
-        )
 
+def _lab_rows(labs: Iterable[LabSeries]) -> list[Panel]:
+    """One panel per lab test, in its canonical unit."""
+    rows = []
+    for j, lab in enumerate(labs):
+        name = lab.key.upper() if len(lab.key) <= 4 else lab.key.capitalize()
+        trace = {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "x": [at.isoformat() for at in lab.observed_at],
+            "y": [_number(v) for v in lab.values],
+            "line": {"color": PALETTE[(j + 3) % len(PALETTE)], "width": 2},
+            "marker": {"size": 6},
+            "hovertemplate": f"%{{x|%Y-%m-%d}}: %{{y:.3g}} {lab.unit}<extra>{lab.display}</extra>",
+        }
+        rows.append((f"{name} ({lab.unit})", [trace]))
+    return rows
+
+
+def _stacked_figure(rows: list[Panel], *, studies: Iterable[StudySummary]) -> Figure:
+    """The panels stacked top to bottom on one date axis, each CT study a dotted line."""
     data: list[dict[str, Any]] = []
     layout = _layout(
         title={"text": "Response and laboratory timeline", "x": 0, "font": {"size": 15}},
@@ -312,14 +321,14 @@ def response_timeline_figure(*, timeline) -> Figure:
             "line": {"color": "#6b7684", "width": 1, "dash": "dot"},
             "layer": "below",
         }
-        for study in timeline.studies
+        for study in studies
         if study.study_date is not None
     ]
     layout["height"] = max(360, 170 * n + 140)
     return {"data": data, "layout": layout}
 
 
-def risk_explanation_figure(*, risk, top: int = 10) -> Figure:
+def risk_explanation_figure(*, risk: RiskSummary, top: int = 10) -> Figure:
     """What drives the score: each feature's push (largest ``top`` by size), up or down.
 
     The scale is the model's (log hazard ratio for Cox, probability for the GBM);
@@ -365,7 +374,7 @@ def risk_explanation_figure(*, risk, top: int = 10) -> Figure:
     }
 
 
-def patient_figures(*, timeline) -> dict[str, Figure]:
+def patient_figures(*, timeline: PatientTimeline) -> dict[str, Figure]:
     """The patient page's figures by element id; a figure with nothing to draw is left out."""
     out: dict[str, Figure] = {}
     if any(t.shown_points for t in timeline.lesions):
@@ -380,7 +389,7 @@ def patient_figures(*, timeline) -> dict[str, Figure]:
 # --------------------------------------------------------------------------------------
 # Cohort page
 # --------------------------------------------------------------------------------------
-def km_figure(*, survival) -> Figure:
+def km_figure(*, survival: CohortSurvival) -> Figure:
     """Kaplan-Meier curves by risk tier: steps with 95% bands and censoring ticks."""
     data: list[dict[str, Any]] = []
     for curve in survival.curves:

@@ -1,10 +1,8 @@
-"""Reads for analytics: the model inputs as DataFrames, and the risk-ordered worklist.
+"""The worklist's rising-marker flag: a rule per lab test, and the patients who break one.
 
-`feature_inputs_load` maps the database onto the tables `analytics.core.features`
-expects (the ``export_measurements`` / ``export_responses`` layouts of DESIGN.md for
-imaging). `worklist` gives one typed row per patient with the latest risk score of the
-current model version and the flags a triage nurse acts on, in a fixed number of queries
-whatever the number of patients.
+A marker is flagged when its two latest results moved the wrong way (CEA, LDH, CRP up;
+albumin, haemoglobin down) by more than its `MarkerRule` allows; `rising_markers_load`
+finds them for many patients in one query.
 """
 
 from __future__ import annotations
@@ -13,20 +11,13 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
-from django.db.models import (
-    F,
-    QuerySet,
-    Window,
-)
+from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 
 from patients.models import LabResult
 from patients.units import ANALYTES
 
 
-# --------------------------------------------------------------------------------------
-# Rising markers
-# --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MarkerRule:
     """When a change between a test's two latest results is flagged.
@@ -107,7 +98,7 @@ def marker_change(
     return MarkerChange(rule.key, previous, latest, rule.unit, previous_at, latest_at)
 
 
-def _rising_markers(patients: QuerySet) -> dict[int, tuple[MarkerChange, ...]]:
+def rising_markers_load(*, patients: QuerySet) -> dict[int, tuple[MarkerChange, ...]]:
     """Per patient pk, the markers flagged by `MARKER_RULES`: one query (a window function)."""
     ranked = (
         LabResult.objects.filter(patient__in=patients.values("pk"), loinc_code__in=_RULE_BY_CODE)

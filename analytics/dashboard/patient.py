@@ -1,4 +1,4 @@
-"""Reads for the patient pages: the patient list and one patient's timeline.
+"""Reads for the patient pages: the patient list and one patient's whole timeline.
 
 The timeline carries the whole graph the patient page draws: studies and series with
 their processing state, every lesion identity with its measurement at each study, the
@@ -252,92 +252,8 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
         raise TypeError("give exactly one of patient_id or pk")
     lookup = {"patient_id": patient_id} if patient_id is not None else {"pk": pk}
     patient = Patient.objects.get(**lookup)
-
     studies = list(Study.objects.filter(patient=patient).chronological())
-    series_rows = list(
-        Series.objects.filter(study__patient=patient).order_by(
-            "study_id", "series_number", "series_instance_uid"
-        )
-    )
-
-    ingests: dict[int, list[IngestCount]] = defaultdict(list)
-    instance_totals: dict[int, int] = defaultdict(int)
-    warning_totals: dict[int, int] = defaultdict(int)
-    last_received: dict[int, dt.datetime] = {}
-    per_session = (
-        Instance.objects.filter(series__study__patient=patient)
-        .values("series_id", "ingest_session_id")
-        .annotate(
-            n=Count("pk"),
-            with_warnings=Count("pk", filter=~Q(warnings=[])),
-            last=Max("received_at"),
-        )
-        .order_by("series_id", "ingest_session_id")
-    )
-    for row in per_session:
-        series_pk = row["series_id"]
-        ingests[series_pk].append(IngestCount(row["ingest_session_id"], row["n"]))
-        instance_totals[series_pk] += row["n"]
-        warning_totals[series_pk] += row["with_warnings"]
-        if series_pk not in last_received or row["last"] > last_received[series_pk]:
-            last_received[series_pk] = row["last"]
-
-    latest_runs: dict[int, RunSummary] = {}
-    runs = (
-        ProcessingRun.objects.filter(series__study__patient=patient)
-        .order_by("series_id", "-created_at", "-pk")
-        .only(
-            "pk", "series_id", "status", "error", "device", "created_at", "started_at",
-            "finished_at",
-        )
-    )  # fmt: skip
-    for run in runs:
-        if run.series_id not in latest_runs:
-            latest_runs[run.series_id] = RunSummary(
-                pk=run.pk,
-                status=run.status,
-                status_label=run.get_status_display(),
-                error=run.error,
-                device=run.device,
-                created_at=run.created_at,
-                started_at=run.started_at,
-                finished_at=run.finished_at,
-            )
-
-    chosen = {s.chosen_series_id for s in studies if s.chosen_series_id}
-    series_by_study: dict[int, list[SeriesSummary]] = defaultdict(list)
-    for s in series_rows:
-        spacing = (
-            (s.pixel_spacing_row_mm, s.pixel_spacing_column_mm)
-            if s.pixel_spacing_row_mm is not None and s.pixel_spacing_column_mm is not None
-            else None
-        )
-        series_by_study[s.study_id].append(
-            SeriesSummary(
-                pk=s.pk,
-                series_instance_uid=s.series_instance_uid,
-                series_number=s.series_number,
-                modality=s.modality,
-                description=s.description,
-                orientation=s.orientation_label,
-                kernel=s.kernel,
-                rows=s.rows,
-                columns=s.columns,
-                pixel_spacing_mm=spacing,
-                slice_thickness_mm=s.slice_thickness_mm,
-                slice_count=s.slice_count,
-                state=s.state,
-                state_label=s.get_state_display(),
-                state_detail=s.state_detail,
-                is_chosen=s.pk in chosen,
-                instance_count=instance_totals.get(s.pk, 0),
-                instances_with_warnings=warning_totals.get(s.pk, 0),
-                last_received_at=last_received.get(s.pk),
-                ingests=tuple(ingests.get(s.pk, ())),
-                latest_run=latest_runs.get(s.pk),
-            )
-        )
-
+    series_by_study = _series_summaries(patient, studies)
     return PatientTimeline(
         pk=patient.pk,
         patient_id=patient.patient_id,
@@ -363,6 +279,110 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
             for study in studies
         ),
     )
+
+
+@dataclass
+class _Arrivals:
+    """Per series pk: instances per ingest session, totals and the last arrival."""
+
+    ingests: dict[int, list[IngestCount]] = field(default_factory=lambda: defaultdict(list))
+    instances: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    with_warnings: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    last_received: dict[int, dt.datetime] = field(default_factory=dict)
+
+
+def _series_summaries(patient: Patient, studies: list[Study]) -> dict[int, list[SeriesSummary]]:
+    """Every series of ``patient`` by study pk, with arrivals and latest run (three queries)."""
+    series_rows = list(
+        Series.objects.filter(study__patient=patient).order_by(
+            "study_id", "series_number", "series_instance_uid"
+        )
+    )
+    arrivals = _arrivals(patient)
+    latest_runs = _latest_runs(patient)
+    chosen = {s.chosen_series_id for s in studies if s.chosen_series_id}
+    by_study: dict[int, list[SeriesSummary]] = defaultdict(list)
+    for s in series_rows:
+        spacing = (
+            (s.pixel_spacing_row_mm, s.pixel_spacing_column_mm)
+            if s.pixel_spacing_row_mm is not None and s.pixel_spacing_column_mm is not None
+            else None
+        )
+        by_study[s.study_id].append(
+            SeriesSummary(
+                pk=s.pk,
+                series_instance_uid=s.series_instance_uid,
+                series_number=s.series_number,
+                modality=s.modality,
+                description=s.description,
+                orientation=s.orientation_label,
+                kernel=s.kernel,
+                rows=s.rows,
+                columns=s.columns,
+                pixel_spacing_mm=spacing,
+                slice_thickness_mm=s.slice_thickness_mm,
+                slice_count=s.slice_count,
+                state=s.state,
+                state_label=s.get_state_display(),
+                state_detail=s.state_detail,
+                is_chosen=s.pk in chosen,
+                instance_count=arrivals.instances.get(s.pk, 0),
+                instances_with_warnings=arrivals.with_warnings.get(s.pk, 0),
+                last_received_at=arrivals.last_received.get(s.pk),
+                ingests=tuple(arrivals.ingests.get(s.pk, ())),
+                latest_run=latest_runs.get(s.pk),
+            )
+        )
+    return by_study
+
+
+def _arrivals(patient: Patient) -> _Arrivals:
+    """Instance counts per series and ingest session (one grouped query)."""
+    out = _Arrivals()
+    per_session = (
+        Instance.objects.filter(series__study__patient=patient)
+        .values("series_id", "ingest_session_id")
+        .annotate(
+            n=Count("pk"),
+            with_warnings=Count("pk", filter=~Q(warnings=[])),
+            last=Max("received_at"),
+        )
+        .order_by("series_id", "ingest_session_id")
+    )
+    for row in per_session:
+        series_pk = row["series_id"]
+        out.ingests[series_pk].append(IngestCount(row["ingest_session_id"], row["n"]))
+        out.instances[series_pk] += row["n"]
+        out.with_warnings[series_pk] += row["with_warnings"]
+        if series_pk not in out.last_received or row["last"] > out.last_received[series_pk]:
+            out.last_received[series_pk] = row["last"]
+    return out
+
+
+def _latest_runs(patient: Patient) -> dict[int, RunSummary]:
+    """The latest processing run of each series of ``patient`` (one query)."""
+    latest: dict[int, RunSummary] = {}
+    runs = (
+        ProcessingRun.objects.filter(series__study__patient=patient)
+        .order_by("series_id", "-created_at", "-pk")
+        .only(
+            "pk", "series_id", "status", "error", "device", "created_at", "started_at",
+            "finished_at",
+        )
+    )  # fmt: skip
+    for run in runs:
+        if run.series_id not in latest:
+            latest[run.series_id] = RunSummary(
+                pk=run.pk,
+                status=run.status,
+                status_label=run.get_status_display(),
+                error=run.error,
+                device=run.device,
+                created_at=run.created_at,
+                started_at=run.started_at,
+                finished_at=run.finished_at,
+            )
+    return latest
 
 
 def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:

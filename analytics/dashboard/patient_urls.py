@@ -1,7 +1,7 @@
 """Patient pages under /patients/ (the ``patients`` URL namespace).
 
-The list and the EHR upload are the patients app's own pages; the patient page draws
-imaging and analytics results, so it is served from the dashboard, the top layer.
+The list and the patient page are served from the dashboard, the top layer (the page
+draws imaging and analytics results); the EHR upload is the patients app's own page.
 Patients are addressed by primary key, so no MRN reaches access logs.
 """
 

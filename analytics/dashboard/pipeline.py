@@ -1,10 +1,8 @@
-"""Reads for analytics: the model inputs as DataFrames, and the risk-ordered worklist.
+"""Reads for the pipeline page: recent ingest sessions and each study's processing state.
 
-`feature_inputs_load` maps the database onto the tables `analytics.core.features`
-expects (the ``export_measurements`` / ``export_responses`` layouts of DESIGN.md for
-imaging). `worklist` gives one typed row per patient with the latest risk score of the
-current model version and the flags a triage nurse acts on, in a fixed number of queries
-whatever the number of patients.
+`pipeline_overview` gives the series counts per state, the latest imports and the
+studies most recently changed, each series with its latest processing run and steps, in
+a fixed number of queries.
 """
 
 from __future__ import annotations
@@ -12,11 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from django.db.models import Count, Max
+
 from imaging.models import IngestSession, ProcessingRun, Series, Study
 
-# --------------------------------------------------------------------------------------
-# Pipeline: ingest sessions and processing state
-# --------------------------------------------------------------------------------------
 _ACTIVE_SERIES = (
     Series.State.RECEIVING,
     Series.State.STORED,
@@ -117,25 +114,8 @@ class PipelineOverview:
 def pipeline_overview(*, sessions: int = 10, studies: int = 30) -> PipelineOverview:
     """The pipeline page's data in five queries: recent sessions, state counts, the
     ``studies`` most recently changed studies with their series and latest runs."""
-    from django.db.models import Count, Max
-
     session_rows = tuple(
-        SessionSummary(
-            pk=s.pk,
-            source_label=s.get_source_display(),
-            origin=s.origin,
-            status=s.status,
-            status_label=s.get_status_display(),
-            started_at=s.started_at,
-            finished_at=s.finished_at,
-            files_seen=s.files_seen,
-            stored=s.stored,
-            duplicates=s.duplicates,
-            conflicts=s.conflicts,
-            rejected=s.rejected,
-            warnings=s.warnings,
-        )
-        for s in IngestSession.objects.order_by("-started_at", "-pk")[:sessions]
+        _session_summary(s) for s in IngestSession.objects.order_by("-started_at", "-pk")[:sessions]
     )
     labels = dict(Series.State.choices)
     counts = {
@@ -151,50 +131,7 @@ def pipeline_overview(*, sessions: int = 10, studies: int = 30) -> PipelineOverv
         .select_related("patient")
         .order_by("-last_change", "-pk")[:studies]
     )
-    series_rows = list(
-        Series.objects.filter(study__in=[s.pk for s in recent]).order_by(
-            "study_id", "series_number", "series_instance_uid"
-        )
-    )
-    latest_runs: dict[int, ProcessingRun] = {}
-    for run in ProcessingRun.objects.filter(series__in=[s.pk for s in series_rows]).order_by(
-        "series_id", "-created_at", "-pk"
-    ):
-        latest_runs.setdefault(run.series_id, run)
-    by_study: dict[int, list[SeriesPipeline]] = {}
-    for s in series_rows:
-        run = latest_runs.get(s.pk)
-        steps = tuple(
-            StepState(
-                name=str(step.get("name", "")),
-                status=str(step.get("status", "")),
-                seconds=step.get("seconds"),
-                error=str(step.get("error", "")),
-            )
-            for step in ((run.steps or []) if run else [])
-            if isinstance(step, dict)
-        )
-        by_study.setdefault(s.study_id, []).append(
-            SeriesPipeline(
-                pk=s.pk,
-                series_number=s.series_number,
-                description=s.description,
-                modality=s.modality,
-                slice_count=s.slice_count,
-                state=s.state,
-                state_label=s.get_state_display(),
-                state_detail=s.state_detail,
-                updated_at=s.updated_at,
-                run_pk=run.pk if run else None,
-                run_status=run.status if run else "",
-                run_status_label=run.get_status_display() if run else "",
-                run_error=run.error if run else "",
-                run_device=run.device if run else "",
-                run_started_at=run.started_at if run else None,
-                run_finished_at=run.finished_at if run else None,
-                steps=steps,
-            )
-        )
+    by_study = _series_pipelines(recent)
     return PipelineOverview(
         sessions=session_rows,
         studies=tuple(
@@ -210,4 +147,72 @@ def pipeline_overview(*, sessions: int = 10, studies: int = 30) -> PipelineOverv
             for st in recent
         ),
         state_counts=state_counts,
+    )
+
+
+def _session_summary(s: IngestSession) -> SessionSummary:
+    return SessionSummary(
+        pk=s.pk,
+        source_label=s.get_source_display(),
+        origin=s.origin,
+        status=s.status,
+        status_label=s.get_status_display(),
+        started_at=s.started_at,
+        finished_at=s.finished_at,
+        files_seen=s.files_seen,
+        stored=s.stored,
+        duplicates=s.duplicates,
+        conflicts=s.conflicts,
+        rejected=s.rejected,
+        warnings=s.warnings,
+    )
+
+
+def _series_pipelines(studies: list[Study]) -> dict[int, list[SeriesPipeline]]:
+    """The series of ``studies`` by study pk, each with its latest run's steps (two queries)."""
+    series_rows = list(
+        Series.objects.filter(study__in=[s.pk for s in studies]).order_by(
+            "study_id", "series_number", "series_instance_uid"
+        )
+    )
+    latest_runs: dict[int, ProcessingRun] = {}
+    for run in ProcessingRun.objects.filter(series__in=[s.pk for s in series_rows]).order_by(
+        "series_id", "-created_at", "-pk"
+    ):
+        latest_runs.setdefault(run.series_id, run)
+    by_study: dict[int, list[SeriesPipeline]] = {}
+    for s in series_rows:
+        by_study.setdefault(s.study_id, []).append(_series_pipeline(s, latest_runs.get(s.pk)))
+    return by_study
+
+
+def _series_pipeline(s: Series, run: ProcessingRun | None) -> SeriesPipeline:
+    steps = tuple(
+        StepState(
+            name=str(step.get("name", "")),
+            status=str(step.get("status", "")),
+            seconds=step.get("seconds"),
+            error=str(step.get("error", "")),
+        )
+        for step in ((run.steps or []) if run else [])
+        if isinstance(step, dict)
+    )
+    return SeriesPipeline(
+        pk=s.pk,
+        series_number=s.series_number,
+        description=s.description,
+        modality=s.modality,
+        slice_count=s.slice_count,
+        state=s.state,
+        state_label=s.get_state_display(),
+        state_detail=s.state_detail,
+        updated_at=s.updated_at,
+        run_pk=run.pk if run else None,
+        run_status=run.status if run else "",
+        run_status_label=run.get_status_display() if run else "",
+        run_error=run.error if run else "",
+        run_device=run.device if run else "",
+        run_started_at=run.started_at if run else None,
+        run_finished_at=run.finished_at if run else None,
+        steps=steps,
     )

@@ -1,4 +1,4 @@
-"""REST representations of response assessments, risk scores and the worklist (read-only)."""
+"""REST representations of the worklist: its query parameters and its rows (read-only)."""
 
 from __future__ import annotations
 

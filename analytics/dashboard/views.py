@@ -1,7 +1,7 @@
-"""Patient pages: the list, one patient's page (risk, charts, responses, lesions, studies
-and series), and the EHR upload.
+"""The dashboard's pages: the worklist (the home page), the cohort and pipeline pages, the
+patient list and one patient's page (risk, charts, responses, lesions, studies, series).
 
-Every view of patient data, and every import, is audited.
+Every view of patient data is audited.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Reads for analytics: the model inputs as DataFrames, and the risk-ordered worklist.
+"""Reads for the worklist: every patient ordered by risk, with the flags a nurse acts on.
 
-`feature_inputs_load` maps the database onto the tables `analytics.core.features`
-expects (the ``export_measurements`` / ``export_responses`` layouts of DESIGN.md for
-imaging). `worklist` gives one typed row per patient with the latest risk score of the
-current model version and the flags a triage nurse acts on, in a fixed number of queries
-whatever the number of patients.
+`worklist` and `worklist_page` give one typed row per patient with the latest risk
+score of the current model version, the latest response and study, and the flags (new
+progression, new lesion, rising marker, failed processing, awaiting review), in a fixed
+number of queries whatever the number of patients.
 """
 
 from __future__ import annotations
@@ -31,16 +30,13 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 
-from analytics.dashboard.markers import MarkerChange, _rising_markers
+from analytics.dashboard.markers import MarkerChange, rising_markers_load
 from analytics.models import UNSCORED_RANK, ResponseAssessment, RiskModelVersion, RiskScore
 from analytics.risk.selectors import current_model_version
 from imaging.models import LesionMeasurement, Series, Study
 from patients.models import Patient
 from patients.selectors import patient_search_filter
 
-# --------------------------------------------------------------------------------------
-# Worklist
-# --------------------------------------------------------------------------------------
 FLAG_NAMES = (
     "new_progression",
     "new_lesion",
@@ -275,7 +271,7 @@ def worklist(
     rows, patients, version, _ = _worklist_query(
         tier=tier, search=search, flags=flags, order=order, model_version=model_version
     )
-    markers = _rising_markers(patients)
+    markers = rising_markers_load(patients=patients)
     out = [_worklist_row(p, version, markers) for p in _detail_columns(rows)]
     if flags and "rising_marker" in flags:
         out = [row for row in out if row.rising_marker]
@@ -349,7 +345,7 @@ def worklist_page(
         tier=tier, search=search, flags=flags, order=order, model_version=model_version
     )
     if python_flags:
-        markers = _rising_markers(patients)
+        markers = rising_markers_load(patients=patients)
         matching = [pk for pk in rows.values_list("pk", flat=True) if pk in markers]
         total = len(matching)
         number = _page_clamp(page, total, per_page)
@@ -367,7 +363,7 @@ def worklist_page(
     )
     cut = list(shown)
     if not python_flags:
-        markers = _rising_markers(Patient.objects.filter(pk__in=[p.pk for p in cut]))
+        markers = rising_markers_load(patients=Patient.objects.filter(pk__in=[p.pk for p in cut]))
     return WorklistPage(
         rows=tuple(_worklist_row(p, version, markers) for p in cut),
         number=number,

@@ -1,5 +1,5 @@
-"""FHIR R4 resources for the EHR: a patient, their studies, lesion measurements,
-response assessments and risk scores, each built as JSON and checked with fhir.resources.
+"""FHIR R4 resources for the EHR: a patient, their studies, lesions, lesion measurements,
+response assessments and risk scores, each built as JSON and validated (`validation`).
 
 Lesion measurements follow HL7's "DICOM SR to FHIR Resource Mapping" guide (TID 1500
 Measurement Report), adapted to R4: each lesion's identity is a `BodyStructure` carrying
@@ -10,220 +10,68 @@ to one Imaging Measurement `Observation` per quantity: volume (SCT 118565006, mL
 axis (SCT 103339001, mm) and short axis (SCT 103340004, mm), all in UCUM. The guide's
 profiles are written for R5, so ``meta.profile`` does not claim them.
 
-Validation: the installed fhir.resources (8.x) ships R5 models by default, R4B under
-``fhir.resources.R4B`` and STU3, but no R4 package. Resources are therefore checked
-against the **R4B** models (`FHIR_VALIDATION_PACKAGE`). R4B changed none of the elements
-RadTrack writes (Patient, ImagingStudy, BodyStructure, Observation, DiagnosticReport,
-RiskAssessment, Bundle), so what passes is meant to be R4 as well, but it is not
-validated against R4 itself; a receiver's own R4 validation is the final word.
-
-Resource ids are never purely numeric (servers such as HAPI refuse client-assigned
-numeric ids) and are derived from keys that survive re-tracking (which deletes and
-rebuilds every LesionMeasurement and ResponseAssessment row): ``patient-<pk>``,
-``study-<pk>``, ``lesion-<h(Tracking UID)>``, ``measurement-<h(Tracking UID, Study
-Instance UID)>`` (``-volume``, ``-long-axis``, ``-short-axis``), ``response-<h(Study
-Instance UID)>``, ``risk-<pk>``, where ``h`` is the first 32 hex digits of a SHA-256.
 Values are those in force (a radiologist's override wins); measurements a radiologist
 rejected as false positives are left out; a resolved lesion measures 0. A measurement
 nobody has reviewed is ``preliminary``, and so is every DiagnosticReport and
-RiskAssessment that rests on one (`results_all_reviewed`).
+RiskAssessment that rests on one (`results_all_reviewed`). Resource ids: `ids`.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Prefetch
-from django.utils import timezone
-from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
-
+from analytics.fhir.codes import (
+    DCM,
+    DICOM_UID,
+    ENDPOINT_OUTCOME,
+    GENDER,
+    IMAGING_REPORT,
+    LESION_ROLE_SYSTEM,
+    LESION_STATUS_SYSTEM,
+    LONG_AXIS,
+    MEASUREMENT_GROUP,
+    OBSERVATION_CATEGORY,
+    OBSERVATION_STATUS,
+    ORGAN_SITES,
+    RECIST_DISPLAY,
+    RECIST_SYSTEM,
+    REVIEWED_STATES,
+    RISK_LANDMARK_EXTENSION,
+    RISK_MODEL_SYSTEM,
+    RISK_MODEL_VERSION_EXTENSION,
+    RISK_PROBABILITY,
+    RISK_SCORE_EXTENSION,
+    SHORT_AXIS,
+    TIER_TO_RISK_PROBABILITY,
+    TRACKING_IDENTIFIER,
+    TRACKING_UID,
+    UCUM,
+    V2_DIAGNOSTIC_SERVICE,
+    V2_IDENTIFIER_TYPE,
+    VOLUME,
+    VOLUMETRIC_SYSTEM,
+)
+from analytics.fhir.ids import (
+    lesion_fhir_id,
+    measurement_fhir_id,
+    patient_fhir_id,
+    response_fhir_id,
+)
+from analytics.fhir.record import PatientRecord
+from analytics.fhir.validation import FHIRBuildError, fhir_resource_validate
 from analytics.models import ResponseAssessment, RiskScore
 from imaging.models import Lesion, LesionMeasurement, Series, Study
-from patients.ehr.importer import MRN_SYSTEM
+from patients.ehr.fhir_bundle import MRN_SYSTEM
 from patients.models import Patient
-
-#: The fhir.resources models resources are validated against (no R4 package exists).
-FHIR_VALIDATION_PACKAGE = "fhir.resources.R4B"
-FHIR_BASE = "https://radtrack.example/fhir"
-RECIST_SYSTEM = f"{FHIR_BASE}/CodeSystem/recist-response"
-VOLUMETRIC_SYSTEM = f"{FHIR_BASE}/CodeSystem/volumetric-response"
-LESION_STATUS_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-status"
-LESION_ROLE_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-role"
-RISK_MODEL_SYSTEM = f"{FHIR_BASE}/CodeSystem/risk-model-kind"
-RISK_SCORE_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-score"
-RISK_MODEL_VERSION_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-model-version"
-RISK_LANDMARK_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-landmark-date"
-
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
-SCT = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-DICOM_UID = "urn:dicom:uid"
-V2_IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
-V2_DIAGNOSTIC_SERVICE = "http://terminology.hl7.org/CodeSystem/v2-0074"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
-
-#: The (system, code, display) of each coded concept, from PS3.16 and SNOMED CT.
-MEASUREMENT_GROUP = (DCM, "125007", "Measurement Group")
-TRACKING_IDENTIFIER = (DCM, "112039", "Tracking Identifier")
-TRACKING_UID = (DCM, "112040", "Tracking Unique Identifier")
-VOLUME = (SCT, "118565006", "Volume")
-LONG_AXIS = (SCT, "103339001", "Long axis")
-SHORT_AXIS = (SCT, "103340004", "Short axis")
-ORGAN_SITES = {
-    Lesion.Organ.LIVER: (SCT, "10200004", "Liver structure"),
-    Lesion.Organ.LUNG: (SCT, "39607008", "Lung structure"),
-}
-IMAGING_REPORT = (LOINC, "18748-4", "Diagnostic imaging study")
-
-RECIST_DISPLAY = {
-    "CR": "Complete response",
-    "PR": "Partial response",
-    "SD": "Stable disease",
-    "PD": "Progressive disease",
-    "NE": "Not evaluable",
-}
-#: RadTrack's tiers on HL7's risk-probability codes.
-TIER_TO_RISK_PROBABILITY = {
-    RiskScore.Tier.LOW: ("low", "Low likelihood"),
-    RiskScore.Tier.INTERMEDIATE: ("moderate", "Moderate likelihood"),
-    RiskScore.Tier.HIGH: ("high", "High likelihood"),
-}
-GENDER = {"F": "female", "M": "male", "O": "other", "": "unknown"}
-#: Observation.status for each review state (rejected measurements are not exported).
-OBSERVATION_STATUS = {
-    LesionMeasurement.Review.PENDING: "preliminary",
-    LesionMeasurement.Review.ACCEPTED: "final",
-    LesionMeasurement.Review.EDITED: "final",
-}
-#: Review states a radiologist has signed off (rejected rows are not exported at all).
-REVIEWED_STATES = frozenset({LesionMeasurement.Review.ACCEPTED, LesionMeasurement.Review.EDITED})
-ENDPOINT_OUTCOME = {"pfs": "disease progression or death", "os": "death"}
-
-#: The resource types RadTrack serves and pushes, in Bundle order.
-RESOURCE_TYPES = (
-    "Patient",
-    "ImagingStudy",
-    "BodyStructure",
-    "Observation",
-    "DiagnosticReport",
-    "RiskAssessment",
-)
-_ID_PATTERN = re.compile(r"^patient-([0-9]{1,18})$")
-
-
-class FHIRBuildError(ValueError):
-    """A resource RadTrack built does not validate (names the resource and the field)."""
-
-
-# --------------------------------------------------------------------------------------
-# Reading what one patient's resources need
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PatientRecord:
-    """Everything one patient's FHIR resources are built from, loaded once."""
-
-    patient: Patient
-    studies: tuple[Study, ...]
-    series_by_study: dict[int, tuple[Series, ...]]
-    lesions: tuple[Lesion, ...]
-    measurements: tuple[LesionMeasurement, ...]
-    assessments: tuple[ResponseAssessment, ...]
-    scores: tuple[RiskScore, ...]
-
-
-def patient_fhir_id(pk: int) -> str:
-    return f"patient-{pk}"
-
-
-def _stable_hash(*keys: str) -> str:
-    return hashlib.sha256("\x1f".join(keys).encode()).hexdigest()[:32]
-
-
-def lesion_fhir_id(tracking_uid: str) -> str:
-    """The BodyStructure id of a lesion, from its DICOM Tracking UID."""
-    return f"lesion-{_stable_hash(tracking_uid)}"
-
-
-def measurement_fhir_id(tracking_uid: str, study_instance_uid: str) -> str:
-    """The measurement group id of a lesion at a study (its members add a suffix)."""
-    return f"measurement-{_stable_hash(tracking_uid, study_instance_uid)}"
-
-
-def response_fhir_id(study_instance_uid: str) -> str:
-    """The DiagnosticReport id of the response assessment of a study."""
-    return f"response-{_stable_hash(study_instance_uid)}"
 
 
 def results_all_reviewed(measurements: Iterable[LesionMeasurement]) -> bool:
     """True when a radiologist accepted or edited every one of ``measurements``."""
     return all(m.review_state in REVIEWED_STATES for m in measurements)
-
-
-def patient_pk_from_fhir_id(value: str) -> int | None:
-    """The patient's primary key from ``patient-12`` or ``Patient/patient-12``; else None."""
-    value = value.strip()
-    if value.startswith("Patient/"):
-        value = value[len("Patient/") :]
-    match = _ID_PATTERN.match(value)
-    return int(match.group(1)) if match else None
-
-
-def patient_record_load(*, pk: int) -> PatientRecord:
-    """Load a patient and every row their resources use (six queries).
-
-    Lesions are those with an exported measurement.
-
-    `Patient.DoesNotExist` if there is no such patient.
-    """
-    patient = Patient.objects.get(pk=pk)
-    studies = tuple(
-        Study.objects.filter(patient=patient)
-        .prefetch_related(
-            Prefetch(
-                "series",
-                queryset=Series.objects.annotate(instance_count=Count("instances")).order_by(
-                    "series_number", "series_instance_uid"
-                ),
-            )
-        )
-        .chronological()
-    )
-    measurements = tuple(
-        LesionMeasurement.objects.filter(lesion__patient=patient)
-        .exclude(review_state=LesionMeasurement.Review.REJECTED)
-        .select_related("lesion", "study")
-        .order_by("study__study_date", "study_id", "lesion__label", "pk")
-    )
-    lesions = tuple(sorted({m.lesion for m in measurements}, key=lambda x: (x.label, x.pk)))
-    assessments = tuple(
-        ResponseAssessment.objects.filter(patient=patient)
-        .select_related("study")
-        .order_by("study__study_date", "pk")
-    )
-    scores = tuple(
-        RiskScore.objects.filter(patient=patient)
-        .select_related("model_version")
-        .order_by("-landmark_date", "-computed_at", "-pk")
-    )
-    return PatientRecord(
-        patient=patient,
-        studies=studies,
-        series_by_study={s.pk: tuple(s.series.all()) for s in studies},
-        lesions=lesions,
-        measurements=measurements,
-        assessments=assessments,
-        scores=scores,
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -257,33 +105,6 @@ def _ref(resource_type: str, resource_id: str) -> dict:
 
 def _instant(value) -> str:
     return value.isoformat()
-
-
-def fhir_resource_validate(resource: dict) -> dict:
-    """Validate ``resource`` against its R4B model and return it as FHIR JSON.
-
-    R4B, because fhir.resources has no R4 package (see the module docstring).
-
-    Raises `FHIRBuildError` naming the resource and each failing field.
-    """
-    resource_type = resource.get("resourceType", "")
-    try:
-        model_class = get_fhir_model_class(resource_type)
-    except (KeyError, ValueError) as exc:
-        raise FHIRBuildError(f"unknown FHIR resource type {resource_type!r}") from exc
-    try:
-        model = model_class.model_validate(resource)
-    except ValidationError as exc:
-        # Field paths and reasons only: the input values may be patient data.
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(resource)'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise FHIRBuildError(
-            f"{resource_type}/{resource.get('id', '?')} is not valid FHIR "
-            f"(checked against the R4B models): {problems}"
-        ) from None
-    return json.loads(model.model_dump_json())
 
 
 def fhir_patient_build(*, patient: Patient) -> dict:
@@ -659,97 +480,3 @@ def patient_resources_build(*, record: PatientRecord) -> PatientResources:
         for s in record.scores
     ]
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Bundles
-# --------------------------------------------------------------------------------------
-def fhir_searchset_build(*, resources: list[dict], base_url: str, self_url: str) -> dict:
-    """A ``searchset`` Bundle of ``resources`` (all matches: RadTrack does not page them)."""
-    base_url = base_url.rstrip("/")
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": [
-            {
-                "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
-                "resource": r,
-                "search": {"mode": "match"},
-            }
-            for r in resources
-        ],
-    }
-    return fhir_resource_validate(bundle)
-
-
-def fhir_transaction_build(*, resources: list[dict]) -> dict:
-    """A ``transaction`` Bundle that PUTs every resource at its own id (idempotent)."""
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "resource": r,
-                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-            }
-            for r in resources
-        ],
-    }
-    return fhir_resource_validate(bundle)
-
-
-def fhir_capability_statement_build(*, base_url: str, software_version: str) -> dict:
-    """The server's CapabilityStatement (``GET metadata``): what ``/fhir/`` answers.
-
-    Read-only; the interactions and search parameters listed are exactly those the
-    views accept (any other parameter is refused with 400).
-    """
-    patient_search = [
-        {"name": "patient", "type": "reference", "documentation": "Patient/{id} or {id}"},
-        {"name": "subject", "type": "reference", "documentation": "the same as patient"},
-    ]
-
-    def searchable(kind: str) -> dict:
-        return {
-            "type": kind,
-            "interaction": [{"code": "search-type"}],
-            "searchParam": patient_search,
-        }
-
-    resource = {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": timezone.now().date().isoformat(),
-        "kind": "instance",
-        "software": {"name": "RadTrack", "version": software_version},
-        "implementation": {"description": "RadTrack lesion tracking (read-only)", "url": base_url},
-        "fhirVersion": "4.0.1",
-        "format": ["json"],
-        "rest": [
-            {
-                "mode": "server",
-                "documentation": "Session or token authentication, the same accounts and "
-                "permissions as RadTrack's pages and REST API; every read is audited.",
-                "resource": [
-                    {
-                        "type": "Patient",
-                        "interaction": [{"code": "read"}],
-                        "operation": [
-                            {
-                                "name": "everything",
-                                "definition": (
-                                    "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-                                ),
-                            }
-                        ],
-                    },
-                    searchable("Observation"),
-                    searchable("DiagnosticReport"),
-                    searchable("RiskAssessment"),
-                ],
-            }
-        ],
-    }
-    return fhir_resource_validate(resource)

@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 import requests
 from django.conf import settings
 
-from analytics.fhir.build import (
-    fhir_resource_validate,
-    fhir_transaction_build,
-    patient_record_load,
-    patient_resources_build,
-)
+from analytics.fhir.build import patient_resources_build
+from analytics.fhir.bundles import fhir_transaction_build
+from analytics.fhir.record import patient_record_load
+from analytics.fhir.validation import fhir_resource_validate
 from imaging.models import FhirPushRecord
 
 logger = logging.getLogger(__name__)

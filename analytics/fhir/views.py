@@ -16,7 +16,9 @@ answer more than was asked for while the self link claimed the filter was applie
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
@@ -30,15 +32,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from analytics.fhir.build import (
-    FHIRBuildError,
-    PatientResources,
-    fhir_capability_statement_build,
-    fhir_searchset_build,
-    patient_pk_from_fhir_id,
-    patient_record_load,
-    patient_resources_build,
-)
+from analytics.fhir.build import PatientResources, patient_resources_build
+from analytics.fhir.bundles import fhir_capability_statement_build, fhir_searchset_build
+from analytics.fhir.ids import patient_pk_from_fhir_id
+from analytics.fhir.record import patient_record_load
+from analytics.fhir.validation import FHIRBuildError
 from patients.audit import audit_record
 from patients.models import Patient
 from radtrack.api.base import HasViewPermissions
@@ -95,7 +93,7 @@ class FHIRView(APIView):
     #: The query parameters this endpoint acts on; any other is refused.
     supported_parameters: frozenset[str] = frozenset()
 
-    def initial(self, request: Request, *args, **kwargs) -> None:
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         allowed = self.supported_parameters | _FORMAT_PARAMETERS
         unsupported = sorted(set(request.query_params) - allowed)
@@ -293,8 +291,6 @@ class CapabilityStatementView(FHIRView):
         tags=["fhir"],
     )
     def get(self, request: Request) -> Response:
-        import importlib.metadata as md
-
         try:
             version = md.version("radtrack")
         except md.PackageNotFoundError:

@@ -1,14 +1,5 @@
-"""REST API for sending images in and reading what became of them.
-
-``POST /api/v1/instances/`` takes DICOM files as multipart form data (one or many under
-the field ``file``; zip archives are expanded) or one file as an ``application/dicom``
-body, and answers with the ingest session and what happened to each file.
-``GET /api/v1/ingest-sessions/<id>/`` reads a session's counts and per-file issues.
-
-It also holds the base every app's read API shares (`AuditedReadOnlyViewSet`: view
-permissions, pagination, filters, one audit row per patient shown) and the imaging
-reads: studies, series, lesions and lesion measurements.
-"""
+"""REST API reads of the lesion data: lesions (identities across studies), lesion
+measurements and response assessments, each on the audited read-only base."""
 
 from __future__ import annotations
 
@@ -26,11 +17,10 @@ from analytics.lesions.serializers import (
     ResponseAssessmentSerializer,
 )
 from analytics.models import ResponseAssessment
-from imaging.models import Lesion, LesionMeasurement
+from imaging.models import Lesion, LesionMeasurement, study_order
 from patients.api_base import AuditedReadOnlyViewSet
 from radtrack.api.base import IdFilter
 
-# -- imaging reads ------------------------------------------------------------------
 _PATIENT_READ = "patients.view_patient"
 
 
@@ -90,11 +80,8 @@ class LesionMeasurementViewSet(AuditedReadOnlyViewSet):
     audit_noun = "measurement"
     patient_path = "lesion.patient_id"
     queryset = LesionMeasurement.objects.select_related("lesion", "study").order_by(
-        "lesion__patient__patient_id", "study__study_date", "study_id", "lesion__label", "pk"
+        "lesion__patient__patient_id", *study_order("study__"), "lesion__label", "pk"
     )
-
-
-_PATIENT_READ = "patients.view_patient"
 
 
 class ResponseAssessmentFilter(django_filters.FilterSet):
@@ -122,7 +109,7 @@ class ResponseAssessmentViewSet(AuditedReadOnlyViewSet):
     required_permissions = (_PATIENT_READ, "analytics.view_responseassessment")
     audit_noun = "response"
     queryset = ResponseAssessment.objects.select_related("study").order_by(
-        "patient__patient_id", "study__study_date", "pk"
+        "patient__patient_id", *study_order("study__")
     )
 
 

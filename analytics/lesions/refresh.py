@@ -12,14 +12,14 @@ from typing import Any
 
 from django.db import transaction
 
-from analytics.lesions.tracking import patient_track
+from analytics.lesions.tracking.track import patient_track
 from analytics.risk.selectors import current_model_version
 from analytics.risk.services import risk_scores_compute
 from imaging.pipeline.registrations import patient_registrations_ensure
 from patients.models import Patient
 
 
-def patient_update(*, patient, device: str = "cpu") -> dict[str, Any]:
+def patient_update(*, patient: Patient, device: str = "cpu") -> dict[str, Any]:
     """After a study is processed: registrations to the baseline, lesion tracking,
     responses, and the patient's risk score under the current model."""
     registered = patient_registrations_ensure(patient=patient, device=device)
@@ -41,6 +41,8 @@ def patient_update(*, patient, device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def patient_results_changed_receive(*, patient, device: str, **_signal) -> dict[str, Any]:
+def patient_results_changed_receive(
+    *, patient: Patient, device: str, **_signal: object
+) -> dict[str, Any]:
     """The pipeline's announcement of new results, answered with `patient_update`."""
     return patient_update(patient=patient, device=device)

@@ -1,24 +1,5 @@
-"""Lesion identities across a patient's studies, and the responses that follow from them.
-
-`patient_track` rebuilds a patient's identities from the latest segmentation of each
-study's analysed series, matched in the baseline frame through each follow-up's stored
-registration (`imaging.core.matching`). Identities keep their Tracking UID and label
-across rebuilds when their first sighting is unchanged, and a radiologist's decisions
-about a lesion candidate (accept, reject, override) stay with that candidate. A
-radiologist's links (`LesionLink`: this candidate belongs to that lesion, or to a lesion
-of its own) are applied study by study before the next study is matched, so a relinked
-lesion is followed from where the radiologist put it. Targets are chosen at baseline by
-the RECIST 1.1 rules unless a radiologist chose them, and every response assessment is
-recomputed in the same transaction.
-
-Decisions are recorded on segmentation candidates ((segmentation, component label)).
-When a series is segmented again (new images, ``process --force``), every decision made
-on the earlier segmentation is carried to the candidate of the newest one that pairs
-with it (`candidates_pair`) and re-keyed there; a decision that cannot be carried, or
-whose lesion no longer has the same candidates, is never dropped silently: it is listed
-in the `TrackingSummary` (``stale_*``) and, unless the caller records it itself, in a
-`ReviewEvent` ("carry_over") with the values that were in force.
-"""
+"""The RECIST 1.1 and volumetric response of every study of a patient, recomputed from
+the measurements in force and stored as `ResponseAssessment` rows."""
 
 from __future__ import annotations
 
@@ -27,9 +8,7 @@ import numpy as np
 from analytics.lesions.core.volumetric import responses_table_build
 from analytics.lesions.selectors import measurements_table
 from analytics.models import ResponseAssessment
-from imaging.models import (
-    Study,
-)
+from imaging.models import Study
 from patients.models import Patient
 
 
@@ -54,10 +33,10 @@ def responses_recompute(*, patient: Patient) -> list[ResponseAssessment]:
                 patient=patient,
                 study=studies[row.study_instance_uid],
                 is_baseline=index == 0,
-                sum_diameters_mm=_finite(row.sum_diameters_mm),
-                total_volume_ml=_finite(row.total_volume_ml),
-                pct_change_baseline=_finite(row.pct_change_baseline),
-                pct_change_nadir=_finite(row.pct_change_nadir),
+                sum_diameters_mm=finite_or_none(row.sum_diameters_mm),
+                total_volume_ml=finite_or_none(row.total_volume_ml),
+                pct_change_baseline=finite_or_none(row.pct_change_baseline),
+                pct_change_nadir=finite_or_none(row.pct_change_nadir),
                 recist_response=row.recist_response or "",
                 volumetric_response=row.volumetric_response or "",
                 new_lesions=bool(row.new_lesions),
@@ -71,7 +50,9 @@ def responses_recompute(*, patient: Patient) -> list[ResponseAssessment]:
     return made
 
 
-def _finite(value) -> float | None:
+def finite_or_none(value: object) -> float | None:
+    """``value`` as a float, or None when it is not a finite number (the database and
+    JSON hold no NaN or infinity)."""
     try:
         value = float(value)
     except (TypeError, ValueError):

@@ -1,13 +1,6 @@
-"""Reads for the side-by-side viewer: one patient's baseline and follow-up, their lesions
-placed in the baseline frame, and the image files NiiVue loads.
-
-The viewer shows both studies on the baseline's grid (the "registered grid"): the
-follow-up volume, lesion mask and probability map are resampled through the stored
-registration (`Registration.matrix_fixed_to_moving`, baseline LPS -> follow-up LPS),
-so one slice index is the same anatomy on both sides. Resampled files are derived data,
-kept under ``DATA_DIR/viewer/`` and named after the runs and registration they come
-from, so a new run or registration gives a new file.
-"""
+"""Reads of the lesion data for pages, exports and review records: the review history
+with what each event was about, the measurements table (values in force) and the table
+of RECIST 1.1 and volumetric responses."""
 
 from __future__ import annotations
 
@@ -122,9 +115,7 @@ def review_history(*, patient: Patient) -> list[ReviewHistoryRow]:
     return rows
 
 
-#: ``manage.py export_measurements`` columns, in order (DESIGN.md).
-
-
+# --------------------------------------------------------------------------- measurements
 def measurements_table(
     *, patient_ids: list[str] | None = None, include_rejected: bool = True
 ) -> pd.DataFrame:

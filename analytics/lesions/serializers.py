@@ -1,4 +1,4 @@
-"""REST representations of response assessments, risk scores and the worklist (read-only)."""
+"""REST representations of lesions, lesion measurements and response assessments (read-only)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import numpy as np
 from analytics.lesions.selectors import ReviewHistoryRow, review_history
 from analytics.models import ResponseAssessment
 from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
-from imaging.core.registration.register import SpatialTransform, volume_warp
+from imaging.core.registration.transforms import SpatialTransform, volume_warp
 from imaging.models import (
     Lesion,
     LesionMeasurement,

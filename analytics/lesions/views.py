@@ -1,7 +1,7 @@
 """The side-by-side viewer, the image files it loads, and a radiologist's review actions.
 
 Review forms post here and come back to the page they came from (``next``), with the
-outcome as a message; every change goes through `imaging.services.review`, which
+outcome as a message; every change goes through `analytics.lesions.review`, which
 re-tracks the patient and recomputes responses and risk in one transaction. Every
 page and image file served is written to the audit trail.
 """
@@ -17,7 +17,14 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from analytics.lesions import review
+from analytics.lesions.review.common import ReviewError
+from analytics.lesions.review.identities import lesion_merge, lesion_relink, lesion_split
+from analytics.lesions.review.measurements import (
+    measurement_accept,
+    measurement_override,
+    measurement_reject,
+)
+from analytics.lesions.review.targets import targets_set
 from analytics.lesions.viewer import FILE_KINDS, ViewerFileMissing, viewer_build, viewer_file_path
 from imaging.models import Lesion, LesionMeasurement, Study
 from patients.audit import audit_record
@@ -136,7 +143,7 @@ def _run(request: HttpRequest, fallback: str, action, **kwargs) -> HttpResponseR
         raise PermissionDenied("Your account may not review lesions.")
     try:
         event = action(user=request.user, **kwargs)
-    except review.ReviewError as error:
+    except ReviewError as error:
         messages.error(request, f"Not saved: {error}")
         return _back(request, fallback)
     text = {
@@ -177,18 +184,14 @@ def measurement_review_view(request: HttpRequest, pk: int) -> HttpResponseRedire
     action = request.POST.get("action", "")
     reason = request.POST.get("reason", "")
     if action == "accept":
-        return _run(
-            request, fallback, review.measurement_accept, measurement=measurement, reason=reason
-        )
+        return _run(request, fallback, measurement_accept, measurement=measurement, reason=reason)
     if action == "reject":
-        return _run(
-            request, fallback, review.measurement_reject, measurement=measurement, reason=reason
-        )
+        return _run(request, fallback, measurement_reject, measurement=measurement, reason=reason)
     if action == "override":
         return _run(
             request,
             fallback,
-            review.measurement_override,
+            measurement_override,
             measurement=measurement,
             reason=reason,
             volume_ml=request.POST.get("volume_ml"),
@@ -205,7 +208,7 @@ def measurement_review_view(request: HttpRequest, pk: int) -> HttpResponseRedire
         return _run(
             request,
             fallback,
-            review.lesion_relink,
+            lesion_relink,
             measurement=measurement,
             lesion=lesion,
             reason=reason,
@@ -215,7 +218,7 @@ def measurement_review_view(request: HttpRequest, pk: int) -> HttpResponseRedire
         return _run(
             request,
             fallback,
-            review.lesion_split,
+            lesion_split,
             measurement=measurement,
             component_label=_number(component) if component else None,
             reason=reason,
@@ -241,7 +244,7 @@ def lesion_merge_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
     return _run(
         request,
         fallback,
-        review.lesion_merge,
+        lesion_merge,
         lesion=lesion,
         into=into,
         reason=request.POST.get("reason", ""),
@@ -263,7 +266,7 @@ def targets_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
     return _run(
         request,
         _viewer_url(patient.pk),
-        review.targets_set,
+        targets_set,
         patient=patient,
         lesions=lesions,
         reason=request.POST.get("reason", ""),

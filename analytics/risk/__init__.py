@@ -1,0 +1,1 @@
+"""Risk models: landmark features, fitting and scoring, and their REST API and tasks."""

@@ -1,7 +1,7 @@
-"""REST API for analytics: response assessments, risk scores and the risk-ordered worklist.
+"""REST API for risk scores (``/api/v1/risk-scores/``), each with its model version.
 
 Read-only, behind the same view permissions as the pages; every answer is audited with
-one row per patient shown (see `imaging.api.AuditedReadOnlyViewSet`).
+one row per patient shown (see `patients.api_base.AuditedReadOnlyViewSet`).
 """
 
 from __future__ import annotations

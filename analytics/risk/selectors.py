@@ -1,10 +1,9 @@
-"""Reads for analytics: the model inputs as DataFrames, and the risk-ordered worklist.
+"""Reads for the risk models: the database as the tables the feature blocks take.
 
-`feature_inputs_load` maps the database onto the tables `analytics.core.features`
-expects (the ``export_measurements`` / ``export_responses`` layouts of DESIGN.md for
-imaging). `worklist` gives one typed row per patient with the latest risk score of the
-current model version and the flags a triage nurse acts on, in a fixed number of queries
-whatever the number of patients.
+`feature_inputs_load` gives labs, demographics, clinical events, CT studies, lesion
+measurements and response assessments as DataFrames (imaging in the export layouts of
+`analytics.layouts`), keyed by MRN; `current_model_version` is the model whose scores
+the pages show.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import pandas as pd
+from django.db.models import QuerySet
 from django.db.models.functions import Coalesce
 
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS as RESPONSE_COLUMNS
@@ -22,18 +22,9 @@ from analytics.risk.core.features import DemographicFeatures, ImagingFeatures, L
 from imaging.models import LesionMeasurement, Study, study_order
 from patients.models import ClinicalEvent, LabResult, Patient
 
-# --------------------------------------------------------------------------------------
-# Model inputs
-# --------------------------------------------------------------------------------------
 LAB_COLUMNS = ("patient_id", "loinc_code", "value", "unit", "observed_at")
-
-
 PATIENT_COLUMNS = ("patient_id", "birth_date", "sex")
-
-
 EVENT_COLUMNS = ("patient_id", "kind", "date")
-
-
 STUDY_COLUMNS = ("patient_id", "study_instance_uid", "study_date")
 
 
@@ -65,14 +56,15 @@ class FeatureInputs:
         ]
 
 
-def _frame(rows: Iterable[tuple], columns: tuple[str, ...]) -> pd.DataFrame:
+def rows_frame(*, rows: Iterable[tuple], columns: tuple[str, ...]) -> pd.DataFrame:
+    """A DataFrame of ``rows`` (e.g. a ``values_list`` query) with these column names."""
     return pd.DataFrame.from_records(list(rows), columns=list(columns))
 
 
 def feature_inputs_load(*, patient_ids: Collection[str] | None = None) -> FeatureInputs:
     """Load the model inputs of the patients with these MRNs (all patients when None).
 
-    Six queries. Imaging follows the export layouts of DESIGN.md, with each
+    Six queries. Imaging follows the export layouts of `analytics.layouts`, with each
     measurement's values in force (a radiologist's override, else the automated value):
 
     - a measurement a radiologist rejected (a false positive) is left out;
@@ -83,30 +75,55 @@ def feature_inputs_load(*, patient_ids: Collection[str] | None = None) -> Featur
     if patient_ids is not None:
         patients = patients.filter(patient_id__in=list(patient_ids))
     within = patients.values("pk")
+    return FeatureInputs(
+        labs=_labs_load(within),
+        patients=rows_frame(
+            rows=patients.order_by("patient_id").values_list(*PATIENT_COLUMNS),
+            columns=PATIENT_COLUMNS,
+        ),
+        events=_events_load(within),
+        studies=_studies_load(within),
+        measurements=_measurements_load(within),
+        responses=_responses_load(within),
+    )
 
-    labs = _frame(
-        LabResult.objects.filter(patient__in=within)
+
+def _labs_load(within: QuerySet) -> pd.DataFrame:
+    labs = rows_frame(
+        rows=LabResult.objects.filter(patient__in=within)
         .order_by("patient__patient_id", "loinc_code", "observed_at")
         .values_list("patient__patient_id", "loinc_code", "value", "unit", "observed_at"),
-        LAB_COLUMNS,
+        columns=LAB_COLUMNS,
     )
     if not labs.empty:
         labs["observed_at"] = pd.to_datetime(labs["observed_at"], utc=True)
-    people = _frame(patients.order_by("patient_id").values_list(*PATIENT_COLUMNS), PATIENT_COLUMNS)
-    events = _frame(
-        ClinicalEvent.objects.filter(patient__in=within)
+    return labs
+
+
+def _events_load(within: QuerySet) -> pd.DataFrame:
+    return rows_frame(
+        rows=ClinicalEvent.objects.filter(patient__in=within)
         .order_by("patient__patient_id", "date", "kind")
         .values_list("patient__patient_id", "kind", "date"),
-        EVENT_COLUMNS,
+        columns=EVENT_COLUMNS,
     )
-    studies = _frame(
-        Study.objects.filter(patient__in=within, study_date__isnull=False)
+
+
+def _studies_load(within: QuerySet) -> pd.DataFrame:
+    return rows_frame(
+        rows=Study.objects.filter(patient__in=within, study_date__isnull=False)
         .order_by("patient__patient_id", *study_order())
         .values_list("patient__patient_id", "study_instance_uid", "study_date"),
-        STUDY_COLUMNS,
+        columns=STUDY_COLUMNS,
     )
-    measurements = _frame(
-        LesionMeasurement.objects.filter(study__patient__in=within, study__study_date__isnull=False)
+
+
+def _measurements_load(within: QuerySet) -> pd.DataFrame:
+    """One row per lesion per dated study, values in force; resolved lesions measure 0."""
+    measurements = rows_frame(
+        rows=LesionMeasurement.objects.filter(
+            study__patient__in=within, study__study_date__isnull=False
+        )
         .exclude(review_state=LesionMeasurement.Review.REJECTED)
         .annotate(
             volume_in_force=Coalesce("override_volume_ml", "volume_ml"),
@@ -131,13 +148,17 @@ def feature_inputs_load(*, patient_ids: Collection[str] | None = None) -> Featur
             "is_target",
             "review_state",
         ),
-        MEASUREMENT_COLUMNS,
+        columns=MEASUREMENT_COLUMNS,
     )
     if not measurements.empty:
         resolved = measurements["status"] == LesionMeasurement.Status.RESOLVED
         measurements.loc[resolved, ["volume_ml", "longest_diameter_mm", "short_axis_mm"]] = 0.0
-    responses = _frame(
-        ResponseAssessment.objects.filter(patient__in=within, study__study_date__isnull=False)
+    return measurements
+
+
+def _responses_load(within: QuerySet) -> pd.DataFrame:
+    return rows_frame(
+        rows=ResponseAssessment.objects.filter(patient__in=within, study__study_date__isnull=False)
         .order_by("patient__patient_id", "study__study_date", "pk")
         .values_list(
             "patient__patient_id",
@@ -151,15 +172,7 @@ def feature_inputs_load(*, patient_ids: Collection[str] | None = None) -> Featur
             "volumetric_response",
             "new_lesions",
         ),
-        RESPONSE_COLUMNS,
-    )
-    return FeatureInputs(
-        labs=labs,
-        patients=people,
-        events=events,
-        studies=studies,
-        measurements=measurements,
-        responses=responses,
+        columns=RESPONSE_COLUMNS,
     )
 
 

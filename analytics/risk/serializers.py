@@ -1,4 +1,4 @@
-"""REST representations of response assessments, risk scores and the worklist (read-only)."""
+"""REST representations of risk scores and the model versions that gave them (read-only)."""
 
 from __future__ import annotations
 

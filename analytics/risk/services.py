@@ -1,7 +1,8 @@
 """Fitting risk models on the database's patients, storing them, and scoring every patient.
 
-The arithmetic is all in `analytics.core` (features, survival); this module chooses the
-landmarks, maps rows onto `RiskModelVersion` and `RiskScore`, and keeps the artifacts.
+The arithmetic is all in `analytics.risk.core` (features, models, metrics, validation);
+this module chooses the landmarks, maps rows onto `RiskModelVersion` and `RiskScore`,
+and keeps the artifacts.
 
 Landmark policy (`LandmarkPolicy`)
 ----------------------------------
@@ -18,7 +19,7 @@ in a training and a test fold at once. Only landmarks on or before today count.
 landmark analysis at a fixed time since the first CT study, else first lab).
 
 Features at a landmark see nothing after it, and outcomes count from it forwards
-(`analytics.core.features.landmark_outcomes`: a patient who already progressed, or
+(`analytics.risk.core.features.landmark_outcomes`: a patient who already progressed, or
 whose follow-up ended, by the landmark gives no row there).
 
 Scoring (`risk_scores_compute`)
@@ -43,6 +44,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from analytics.models import RiskModelVersion, RiskScore, models_dir
+from analytics.risk.core.estimators import DEFAULT_HORIZON_DAYS
 from analytics.risk.core.features import (
     DEMOGRAPHIC_COLUMNS,
     IMAGING_COLUMNS,
@@ -51,14 +53,17 @@ from analytics.risk.core.features import (
     landmark_outcomes,
 )
 from analytics.risk.core.survival import (
-    DEFAULT_HORIZON_DAYS,
-    EVAL_TIMES_DAYS,
-    cross_validate,
+    RiskModel,
     library_versions,
     risk_model_fit,
     risk_model_load,
     risk_model_save,
     table_fingerprint,
+)
+from analytics.risk.core.validation import (
+    EVAL_TIMES_DAYS,
+    CrossValidationResult,
+    cross_validate,
 )
 from analytics.risk.selectors import FeatureInputs, feature_inputs_load
 from patients.models import Patient
@@ -246,8 +251,6 @@ def training_table_build(
 # --------------------------------------------------------------------------------------
 # Fit and store
 # --------------------------------------------------------------------------------------
-
-
 def risk_model_fit_and_store(
     *,
     kind: Literal["cox", "gbm"] = "cox",
@@ -275,17 +278,75 @@ def risk_model_fit_and_store(
     inputs = feature_inputs_load()
     say(f"building features at landmarks ({policy.describe()})")
     training = training_table_build(inputs=inputs, policy=policy, endpoint=endpoint, today=today)
-    table = training.table
-    needed = max(MIN_EVENTS, folds)
-    if training.n_events < needed:
-        raise TooFewEvents(
-            f"only {training.n_events} outcome event{'s' if training.n_events != 1 else ''} "
-            f"({'progression or death' if endpoint == 'pfs' else 'death'} after a landmark) "
-            f"among {len(table)} landmark rows of {training.n_patients} patients; "
-            f"at least {needed} are needed to fit and cross-validate a model",
-            events=training.n_events,
-            needed=needed,
-        )
+    _events_enough_check(training, endpoint=endpoint, needed=max(MIN_EVENTS, folds))
+    fit = _cross_validate_and_fit(
+        training.table,
+        kind=kind,
+        penalizer=penalizer,
+        folds=folds,
+        seed=seed,
+        horizon_days=horizon_days,
+        say=say,
+    )
+    relative = f"{kind}-{training.fingerprint[:12]}-{uuid.uuid4().hex[:12]}.joblib"
+    path = risk_model_save(fit.model, models_dir() / relative)
+    try:
+        with transaction.atomic():
+            return RiskModelVersion.objects.create(
+                name=name or f"{kind}-{endpoint}-{timezone.now():%Y%m%d-%H%M%S}",
+                kind=kind,
+                artifact_path=relative,
+                features=list(FEATURES),
+                training_fingerprint=training.fingerprint,
+                n_training_rows=len(training.table),
+                parameters=json_safe(
+                    _version_parameters(
+                        fit, training, policy=policy, endpoint=endpoint, folds=folds, seed=seed
+                    )
+                ),
+                metrics=json_safe(_version_metrics(fit, training)),
+                tier_thresholds=json_safe(fit.model.tiers.as_dict() if fit.model.tiers else {}),
+                library_versions=library_versions(),
+            )
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _events_enough_check(training: TrainingTable, *, endpoint: str, needed: int) -> None:
+    """`TooFewEvents` when ``training`` holds fewer than ``needed`` outcome events."""
+    if training.n_events >= needed:
+        return
+    raise TooFewEvents(
+        f"only {training.n_events} outcome event{'s' if training.n_events != 1 else ''} "
+        f"({'progression or death' if endpoint == 'pfs' else 'death'} after a landmark) "
+        f"among {len(training.table)} landmark rows of {training.n_patients} patients; "
+        f"at least {needed} are needed to fit and cross-validate a model",
+        events=training.n_events,
+        needed=needed,
+    )
+
+
+@dataclass(frozen=True)
+class _FittedModel:
+    """The cross-validation of a model kind on the training rows, and the final model."""
+
+    cv: CrossValidationResult
+    model: RiskModel
+    horizon_days: float
+
+
+def _cross_validate_and_fit(
+    table: pd.DataFrame,
+    *,
+    kind: Literal["cox", "gbm"],
+    penalizer: float,
+    folds: int,
+    seed: int,
+    horizon_days: float,
+    say: Progress,
+) -> _FittedModel:
+    """Cross-validate by patient, then fit on every row; `RiskModelFitError` if either fails."""
     features = list(FEATURES)
     fit_options: dict[str, Any] = {"penalizer": penalizer} if kind == "cox" else {}
     try:
@@ -312,53 +373,48 @@ def risk_model_fit_and_store(
         raise RiskModelFitError(str(exc)) from exc
     # Kept in the artifact, so that scoring can hold new values inside what it was fitted on.
     model.parameters["feature_ranges"] = feature_ranges(table, model.imputer.inputs)
+    return _FittedModel(cv=cv, model=model, horizon_days=horizon_days)
 
-    fingerprint = training.fingerprint
-    relative = f"{kind}-{fingerprint[:12]}-{uuid.uuid4().hex[:12]}.joblib"
-    path = risk_model_save(model, models_dir() / relative)
-    metrics = {
-        **cv.metrics,
-        "n_rows": len(table),
+
+def _version_metrics(fit: _FittedModel, training: TrainingTable) -> dict[str, Any]:
+    """`RiskModelVersion.metrics`: cross-validated metrics, calibration and row counts."""
+    return {
+        **fit.cv.metrics,
+        "n_rows": len(training.table),
         "n_patients": training.n_patients,
         "n_events": training.n_events,
         "eval_times_days": list(EVAL_TIMES_DAYS),
-        "horizon_days": horizon_days,
-        "calibration": cv.calibration.to_dict("records"),
-        "folds": cv.fold_metrics.to_dict("records"),
+        "horizon_days": fit.horizon_days,
+        "calibration": fit.cv.calibration.to_dict("records"),
+        "folds": fit.cv.fold_metrics.to_dict("records"),
     }
+
+
+def _version_parameters(
+    fit: _FittedModel,
+    training: TrainingTable,
+    *,
+    policy: LandmarkPolicy,
+    endpoint: str,
+    folds: int,
+    seed: int,
+) -> dict[str, Any]:
+    """`RiskModelVersion.parameters`: how the rows were chosen and the model was fitted."""
     excluded_reasons: dict[str, int] = {}
     for reason in training.excluded.values():
         excluded_reasons[reason] = excluded_reasons.get(reason, 0) + 1
-    parameters = {
+    return {
         "endpoint": endpoint,
         "landmark_policy": asdict(policy),
         "landmarks": policy.describe(),
         "folds": folds,
         "seed": seed,
-        "horizon_days": horizon_days,
-        "model": model.parameters,
-        "design_columns": model.imputer.feature_names_out,
-        "dropped_features": model.imputer.dropped,
+        "horizon_days": fit.horizon_days,
+        "model": fit.model.parameters,
+        "design_columns": fit.model.imputer.feature_names_out,
+        "dropped_features": fit.model.imputer.dropped,
         "landmarks_excluded": excluded_reasons,
     }
-    try:
-        with transaction.atomic():
-            version = RiskModelVersion.objects.create(
-                name=name or f"{kind}-{endpoint}-{timezone.now():%Y%m%d-%H%M%S}",
-                kind=kind,
-                artifact_path=relative,
-                features=features,
-                training_fingerprint=fingerprint,
-                n_training_rows=len(table),
-                parameters=json_safe(parameters),
-                metrics=json_safe(metrics),
-                tier_thresholds=json_safe(model.tiers.as_dict() if model.tiers else {}),
-                library_versions=library_versions(),
-            )
-    except Exception:
-        path.unlink(missing_ok=True)
-        raise
-    return version
 
 
 # --------------------------------------------------------------------------------------
@@ -426,12 +482,7 @@ def risk_scores_compute(
     scores = model.score(features)
     tiers = model.tier(scores)
     explanations = model.explain(features)
-    progressed = {}  # only the PFS model's training rows stop at progression
-    if model_version.parameters.get("endpoint", "pfs") == "pfs":
-        progressions = inputs.events[inputs.events["kind"] == "progression"]
-        progressed = {
-            pid: min(dates) for pid, dates in _dates_by_patient(progressions, "date").items()
-        }
+    progressed = _first_progressions(inputs, model_version)
     pks = dict(
         Patient.objects.filter(patient_id__in=features["patient_id"].tolist()).values_list(
             "patient_id", "pk"
@@ -477,6 +528,20 @@ def risk_scores_compute(
             update_fields=["score", "tier", "explanation", "computed_at"],
         )
     return len(rows)
+
+
+def _first_progressions(
+    inputs: FeatureInputs, model_version: RiskModelVersion
+) -> dict[str, dt.date]:
+    """Each patient's first progression date, for a PFS model only (else empty).
+
+    Only the PFS model's training rows stop at progression, so only its scores need
+    the note that the patient had already progressed.
+    """
+    if model_version.parameters.get("endpoint", "pfs") != "pfs":
+        return {}
+    progressions = inputs.events[inputs.events["kind"] == "progression"]
+    return {pid: min(dates) for pid, dates in _dates_by_patient(progressions, "date").items()}
 
 
 def _score_notes(

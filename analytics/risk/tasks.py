@@ -1,4 +1,4 @@
-"""Celery tasks for analytics: thin, they load a row by key and call one service."""
+"""Celery tasks of the risk models: thin, they load a row by key and call one service."""
 
 from analytics.models import RiskModelVersion
 from analytics.risk.selectors import current_model_version

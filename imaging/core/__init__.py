@@ -1,4 +1,3 @@
-"""Django-free imaging: volumes, DICOM conversion, transforms, models and phantoms.
-
-Nothing under this package may import Django (a test checks it).
-"""
+"""Django-free imaging: volumes with their geometry, DICOM in and out, registration,
+segmentation and measurement, synthetic phantoms. Nothing here imports Django
+(import-linter contract in pyproject.toml)."""

@@ -2,7 +2,7 @@
 
 Gathers a study's measurements (values in force; rejected false positives left out),
 its segmentation's label map and the source series' headers, builds the objects with
-`imaging.core.dicom_export`, writes them under ``DATA_DIR/exports/dicom/`` and, when
+`imaging.core.dicom.seg_sr`, writes them under ``DATA_DIR/exports/dicom/`` and, when
 asked, stores them on the PACS (STOW-RS). UIDs are derived from the content, so
 exporting unchanged results again gives the same objects (the PACS keeps one copy),
 while a radiologist's change gives a new SR instance in the same series that names the
@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -210,101 +211,21 @@ def study_dicom_export(
 
 
 def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) -> StudyDicomExport:
-    measurements = list(
-        LesionMeasurement.objects.filter(study=study)
-        .exclude(review_state=LesionMeasurement.Review.REJECTED)
-        .select_related("lesion")
-        .order_by("lesion__label")
-    )
-    if not measurements:
-        raise DicomExportError("no lesion measurements to export")
-    segmentation_ids = {
-        m.segmentation_id
-        for m in measurements
-        if m.segmentation_id is not None and m.component_label is not None
-    }
-    if len(segmentation_ids) > 1:
-        raise DicomExportError(
-            f"its measurements come from {len(segmentation_ids)} "
-            f"segmentations ({', '.join(map(str, sorted(segmentation_ids)))}); "
-            "track the patient again so that they come from one"
-        )
-    segmentation = (
-        Segmentation.objects.select_related("series").get(pk=segmentation_ids.pop())
-        if segmentation_ids
-        else None
-    )
+    measurements = _measurements_in_force(study)
+    segmentation = _measurements_segmentation(measurements)
     series = segmentation.series if segmentation is not None else study.chosen_series
     if series is None:
         raise DicomExportError("no analysed series to refer to")
-    if segmentation is None:
-        segmentation_row = (
-            Segmentation.objects.filter(series=series).order_by("-created_at").first()
-        )
-        model = (
-            SegmentationModel(segmentation_row.model_name, segmentation_row.model_version)
-            if segmentation_row is not None
-            else SegmentationModel("RadTrack", _software_version())
-        )
-    else:
-        model = SegmentationModel(segmentation.model_name, segmentation.model_version)
-
+    model = _segmentation_model(series, segmentation)
     lesions = [
         _lesion(m, segmentation_id=segmentation.pk if segmentation else None) for m in measurements
     ]
     headers = _headers(series)
     time_point = _time_point(study)
-    seg_key = ""
-    label_map = None
-    if segmentation is not None and any(lesion.component_label for lesion in lesions):
-        mask_file = Path(settings.DATA_DIR) / segmentation.mask_path
-        if not mask_file.is_file():
-            raise DicomExportError(
-                f"segmentation {segmentation.pk}: its mask file {segmentation.mask_path} is missing"
-            )
-        label_map = _label_map_on_source_header(
-            volume_read_nifti(path=mask_file, kind="label"), segmentation
-        )
-        seg_key = _fingerprint(
-            segmentation.pk,
-            file_sha256(mask_file),
-            label_map.origin_mm,
-            np.asarray(label_map.direction).tolist(),
-            [(x.tracking_uid, x.tracking_id, list(x.labels)) for x in lesions],
-        )
+    label_map, seg_key = _label_map_and_key(segmentation, lesions)
     content_key = _fingerprint(seg_key, time_point.order, [list(vars(x).values()) for x in lesions])
-    # The latest SR of the study: the same content is rebuilt as the same object (same
-    # UID, same predecessor); other content replaces it and names it as predecessor.
     latest = DicomExportRecord.objects.filter(study=study).select_related("predecessor").first()
-    if latest is not None and latest.content_key == content_key:
-        previous = latest.predecessor
-        sr_uid = latest.sr_sop_instance_uid
-    else:
-        previous = latest
-        sr_uid = synthetic_uid(
-            [
-                "radtrack-sr",
-                study.study_instance_uid,
-                content_key,
-                previous.sr_sop_instance_uid if previous is not None else "",
-            ]
-        )
-    predecessor = (
-        PredecessorDocument(
-            study_instance_uid=study.study_instance_uid,
-            series_instance_uid=previous.sr_series_instance_uid,
-            sop_instance_uid=previous.sr_sop_instance_uid,
-        )
-        if previous is not None
-        else None
-    )
-    uids = ExportUids(
-        seg_series_instance_uid=synthetic_uid([study.study_instance_uid, "radtrack-seg"]),
-        seg_sop_instance_uid=synthetic_uid(["radtrack-seg", seg_key or "none"]),
-        sr_series_instance_uid=synthetic_uid([study.study_instance_uid, "radtrack-sr"]),
-        sr_sop_instance_uid=sr_uid,
-        device_uid=synthetic_uid(["radtrack-device", model.name, model.version]),
-    )
+    uids, previous = _export_uids(study, model, seg_key, content_key, latest)
 
     folder = Path(EXPORT_FOLDER) / f"study-{study.pk}"
     seg = None
@@ -327,7 +248,7 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
         model=model,
         time_point=time_point,
         uids=uids,
-        predecessor=predecessor,
+        predecessor=_predecessor_document(study, previous),
     )
     sr_path = str(folder / f"SR-{uids.sr_sop_instance_uid}.dcm")
     dataset_write(dataset=sr, path=Path(settings.DATA_DIR) / sr_path)
@@ -361,12 +282,122 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
     return result
 
 
+def _measurements_in_force(study: Study) -> list[LesionMeasurement]:
+    """The study's measurements, rejected false positives left out, by lesion label."""
+    measurements = list(
+        LesionMeasurement.objects.filter(study=study)
+        .exclude(review_state=LesionMeasurement.Review.REJECTED)
+        .select_related("lesion")
+        .order_by("lesion__label")
+    )
+    if not measurements:
+        raise DicomExportError("no lesion measurements to export")
+    return measurements
+
+
+def _measurements_segmentation(measurements: list[LesionMeasurement]) -> Segmentation | None:
+    """The one segmentation the measurements' masks come from (None: no mask at all)."""
+    segmentation_ids = {
+        m.segmentation_id
+        for m in measurements
+        if m.segmentation_id is not None and m.component_label is not None
+    }
+    if len(segmentation_ids) > 1:
+        raise DicomExportError(
+            f"its measurements come from {len(segmentation_ids)} "
+            f"segmentations ({', '.join(map(str, sorted(segmentation_ids)))}); "
+            "track the patient again so that they come from one"
+        )
+    if not segmentation_ids:
+        return None
+    return Segmentation.objects.select_related("series").get(pk=segmentation_ids.pop())
+
+
+def _segmentation_model(series: Series, segmentation: Segmentation | None) -> SegmentationModel:
+    """The algorithm named in the objects: the mask's model, else the series' latest."""
+    row = segmentation or Segmentation.objects.filter(series=series).order_by("-created_at").first()
+    if row is None:
+        return SegmentationModel("RadTrack", _software_version())
+    return SegmentationModel(row.model_name, row.model_version)
+
+
+def _label_map_and_key(
+    segmentation: Segmentation | None, lesions: list[ExportedLesion]
+) -> tuple[Volume | None, str]:
+    """The mask on the source images' header and a key of its content ("" without one)."""
+    if segmentation is None or not any(lesion.component_label for lesion in lesions):
+        return None, ""
+    mask_file = Path(settings.DATA_DIR) / segmentation.mask_path
+    if not mask_file.is_file():
+        raise DicomExportError(
+            f"segmentation {segmentation.pk}: its mask file {segmentation.mask_path} is missing"
+        )
+    label_map = _label_map_on_source_header(
+        volume_read_nifti(path=mask_file, kind="label"), segmentation
+    )
+    seg_key = _fingerprint(
+        segmentation.pk,
+        file_sha256(mask_file),
+        label_map.origin_mm,
+        np.asarray(label_map.direction).tolist(),
+        [(x.tracking_uid, x.tracking_id, list(x.labels)) for x in lesions],
+    )
+    return label_map, seg_key
+
+
+def _export_uids(
+    study: Study,
+    model: SegmentationModel,
+    seg_key: str,
+    content_key: str,
+    latest: DicomExportRecord | None,
+) -> tuple[ExportUids, DicomExportRecord | None]:
+    """UIDs derived from the content, and the SR the new one replaces.
+
+    The same content is rebuilt as the same object (same UID, same predecessor); other
+    content replaces the study's latest SR and names it as its predecessor.
+    """
+    if latest is not None and latest.content_key == content_key:
+        previous = latest.predecessor
+        sr_uid = latest.sr_sop_instance_uid
+    else:
+        previous = latest
+        sr_uid = synthetic_uid(
+            [
+                "radtrack-sr",
+                study.study_instance_uid,
+                content_key,
+                previous.sr_sop_instance_uid if previous is not None else "",
+            ]
+        )
+    uids = ExportUids(
+        seg_series_instance_uid=synthetic_uid([study.study_instance_uid, "radtrack-seg"]),
+        seg_sop_instance_uid=synthetic_uid(["radtrack-seg", seg_key or "none"]),
+        sr_series_instance_uid=synthetic_uid([study.study_instance_uid, "radtrack-sr"]),
+        sr_sop_instance_uid=sr_uid,
+        device_uid=synthetic_uid(["radtrack-device", model.name, model.version]),
+    )
+    return uids, previous
+
+
+def _predecessor_document(
+    study: Study, previous: DicomExportRecord | None
+) -> PredecessorDocument | None:
+    if previous is None:
+        return None
+    return PredecessorDocument(
+        study_instance_uid=study.study_instance_uid,
+        series_instance_uid=previous.sr_series_instance_uid,
+        sop_instance_uid=previous.sr_sop_instance_uid,
+    )
+
+
 def patient_dicom_export(
     *,
     patient: Patient,
     send: bool = False,
     username: str = "",
-    user=None,
+    user: Any = None,
     config: PacsConfig | None = None,
 ) -> PatientDicomExport:
     """Export (and send) every study of ``patient`` that has lesion measurements.

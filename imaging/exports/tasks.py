@@ -1,8 +1,5 @@
-"""Celery tasks for the PACS: thin, each calls one service.
-
-``pacs_pull_task`` runs on the beat schedule (settings.CELERY_BEAT_SCHEDULE) when a
-PACS is configured; the others run on demand. All go to the ``cpu`` queue, off the
-web processes, so a slow or unreachable PACS never holds up a page.
+"""Celery task for DICOM exports: a patient's SEG and SR written (and sent), off the
+web processes, on the ``cpu`` queue.
 """
 
 from __future__ import annotations

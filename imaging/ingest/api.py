@@ -3,18 +3,15 @@
 ``POST /api/v1/instances/`` takes DICOM files as multipart form data (one or many under
 the field ``file``; zip archives are expanded) or one file as an ``application/dicom``
 body, and answers with the ingest session and what happened to each file.
-``GET /api/v1/ingest-sessions/<id>/`` reads a session's counts and per-file issues.
-
-It also holds the base every app's read API shares (`AuditedReadOnlyViewSet`: view
-permissions, pagination, filters, one audit row per patient shown) and the imaging
-reads: studies, series, lesions and lesion measurements.
+``GET /api/v1/ingest-sessions/<id>/`` reads a session's counts and per-file issues;
+``POST /api/v1/pacs/retrieve/`` asks for a study from the PACS.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import django_filters
 from django.conf import settings
@@ -37,9 +34,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from imaging.ingest.retrieve import RetrieveRequestError, pacs_retrieve_queue
-from imaging.ingest.service import FileOutcome, IngestRun, IngestSource, sources_from_upload
+from imaging.ingest.service import FileOutcome, IngestRun, ingest_run
+from imaging.ingest.sources import IngestSource, sources_from_upload
 from imaging.models import IngestIssue, IngestSession
-from patients.audit import audit_record, client_address
+from patients.audit import audit_record
 from patients.permissions import CanUpload, CanViewIngestSession, can_upload
 from radtrack.api.base import (
     ID_PATTERN,
@@ -177,37 +175,6 @@ def ingest_status_code(outcomes: Sequence[FileOutcome]) -> int:
     if "conflict" in statuses:
         return status.HTTP_409_CONFLICT
     return status.HTTP_200_OK
-
-
-def ingest_run(
-    *,
-    request,
-    source: str,
-    sources: Iterable[IngestSource],
-    process: bool = True,
-    resume: IngestSession | None = None,
-    close: bool = True,
-) -> tuple[IngestSession, list[FileOutcome]]:
-    """Import ``sources`` in a session owned by the request's user, and audit it.
-
-    With ``close=False`` the session stays open so that later requests (``resume``)
-    add to it, and its series are queued for processing once, when it is closed.
-    """
-    run = IngestRun(
-        source=source,
-        origin=client_address(request) or "",
-        user=request.user,
-        process=process,
-        resume=resume,
-    )
-    try:
-        outcomes = run.add(sources)
-    except Exception as exc:
-        run.finish(failed=f"the import stopped: {type(exc).__name__}")
-        raise
-    session = run.finish() if close else IngestSession.objects.get(pk=run.session.pk)
-    audit_record(request=request, action="images.upload", object=f"ingest session {session.pk}")
-    return session, outcomes
 
 
 def open_api_session(request: Request) -> IngestSession | None:

@@ -1,7 +1,7 @@
 """The DICOM C-STORE receiver (Storage SCP, PS3.4 Annex B) and C-ECHO (Verification).
 
 Each association is one ingest session: every received instance goes through the one
-ingest service (`imaging.services.ingest.IngestRun`) byte for byte as sent, and the
+ingest service (`imaging.ingest.service.IngestRun`) byte for byte as sent, and the
 C-STORE response reports what happened to it. When the association ends, whether by
 release or abort, the session is finished, which queues processing of every series
 that received new images.
@@ -41,7 +41,8 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from imaging.core.dicom.inspect import ACCEPTED_SOP_CLASSES
-from imaging.ingest.service import FileOutcome, IngestRun, IngestSource
+from imaging.ingest.service import FileOutcome, IngestRun
+from imaging.ingest.sources import IngestSource
 from imaging.models import IngestSession
 
 logger = logging.getLogger(__name__)

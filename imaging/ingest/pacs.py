@@ -28,7 +28,8 @@ from django.db.models import Count
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
-from imaging.ingest.service import FileOutcome, IngestRun, IngestSource
+from imaging.ingest.service import FileOutcome, IngestRun
+from imaging.ingest.sources import IngestSource
 from imaging.models import IngestSession, Instance, PacsTransfer, Study
 from patients.models import Patient
 
@@ -274,65 +275,80 @@ def pacs_study_retrieve(
         pacs_url=config.url[:255],
         trigger=trigger,
     )
-    client = config.client()
-    run: IngestRun | None = None
-    received = [0]
-
-    def on_attempt(n: int) -> None:
-        transfer.attempts = n
-        transfer.save(update_fields=["attempts"])
-
-    def attempt() -> set[str]:
-        nonlocal run
-        remote = _remote_instances(client, study_instance_uid)
-        if not remote:
-            raise PacsError("the PACS lists no instances for this study")
-        missing = remote - set(
-            Instance.objects.filter(sop_instance_uid__in=remote).values_list(
-                "sop_instance_uid", flat=True
-            )
-        )
-        if not missing:
-            return remote
-        if run is None:
-            run = IngestRun(
-                source=IngestSession.Source.DICOMWEB,
-                origin=f"WADO-RS {config.url}"[:255],
-                process=process,
-            )
-            transfer.ingest_session = run.session
-            transfer.save(update_fields=["ingest_session"])
-        datasets = client.iter_study(study_instance_uid, media_types=ANY_TRANSFER_SYNTAX)
-        run.add(wado_ingest_sources(datasets, received), on_file=on_file)
-        return remote
-
+    retrieve = _StudyRetrieve(
+        config=config, client=config.client(), transfer=transfer, process=process, on_file=on_file
+    )
     error = ""
     remote: set[str] = set()
     try:
         remote = pacs_call(
             config=config,
             what="retrieving a study from the PACS (QIDO-RS, WADO-RS)",
-            call=attempt,
-            on_attempt=on_attempt,
+            call=retrieve.attempt,
+            on_attempt=retrieve.attempt_count,
         )
     except PacsError as exc:
         error = str(exc)
-    if run is not None:
-        run.finish(failed=error)
-    transfer.instances = received[0]
-    if not error:
-        stored = set(
-            Instance.objects.filter(sop_instance_uid__in=remote).values_list(
-                "sop_instance_uid", flat=True
-            )
+    if retrieve.run is not None:
+        retrieve.run.finish(failed=error)
+    transfer.instances = retrieve.received[0]
+    return _transfer_finish(transfer, error=error or retrieve.absent_error(remote))
+
+
+def _stored_of(sop_instance_uids: set[str]) -> set[str]:
+    return set(
+        Instance.objects.filter(sop_instance_uid__in=sop_instance_uids).values_list(
+            "sop_instance_uid", flat=True
         )
-        absent = len(remote - stored)
-        if absent:
-            error = (
-                f"{absent} of {len(remote)} instances were not stored; "
-                f"see ingest session {run.session.pk if run else '-'} for the reasons"
+    )
+
+
+@dataclass
+class _StudyRetrieve:
+    """One study's retrieve: each attempt lists the study and fetches it when anything
+    is missing, into one ingest session shared by every attempt."""
+
+    config: PacsConfig
+    client: DICOMwebClient
+    transfer: PacsTransfer
+    process: bool
+    on_file: Callable[[FileOutcome], None] | None
+    run: IngestRun | None = None
+    received: list[int] = field(default_factory=lambda: [0])
+
+    def attempt_count(self, n: int) -> None:
+        self.transfer.attempts = n
+        self.transfer.save(update_fields=["attempts"])
+
+    def attempt(self) -> set[str]:
+        uid = self.transfer.study_instance_uid
+        remote = _remote_instances(self.client, uid)
+        if not remote:
+            raise PacsError("the PACS lists no instances for this study")
+        if not remote - _stored_of(remote):
+            return remote
+        if self.run is None:
+            self.run = IngestRun(
+                source=IngestSession.Source.DICOMWEB,
+                origin=f"WADO-RS {self.config.url}"[:255],
+                process=self.process,
             )
-    return _transfer_finish(transfer, error=error)
+            self.transfer.ingest_session = self.run.session
+            self.transfer.save(update_fields=["ingest_session"])
+        datasets = self.client.iter_study(uid, media_types=ANY_TRANSFER_SYNTAX)
+        self.run.add(wado_ingest_sources(datasets, self.received), on_file=self.on_file)
+        return remote
+
+    def absent_error(self, remote: set[str]) -> str:
+        """Why the transfer failed although every call succeeded ("" when it did not)."""
+        absent = len(remote - _stored_of(remote))
+        if not absent:
+            return ""
+        session = self.run.session.pk if self.run else "-"
+        return (
+            f"{absent} of {len(remote)} instances were not stored; "
+            f"see ingest session {session} for the reasons"
+        )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """One ingest service behind every door: folder, upload, REST, C-STORE and DICOMweb.
 
-Each file is checked (`imaging.core.dicom_inspect`), written to the object store and
+Each file is checked (`imaging.core.dicom.inspect`), written to the object store and
 fsynced, and only then indexed; a batch of files is indexed in one transaction, so a
 crash at any moment leaves no row without its file. The same SOP instance sent again
 with the same bytes is a duplicate and changes nothing; different bytes under a stored
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +30,11 @@ from imaging.core.dicom.inspect import (
     InspectedInstance,
     instance_inspect,
 )
+from imaging.ingest.sources import IngestSource, sources_from_paths
 from imaging.models import ANALYSED_MODALITIES, IngestIssue, IngestSession, Instance, Series, Study
 from imaging.pipeline.queue import study_queue
 from imaging.store import object_write
+from patients.audit import audit_record, client_address
 from patients.models import Patient
 
 logger = logging.getLogger(__name__)
@@ -41,15 +43,6 @@ logger = logging.getLogger(__name__)
 WRITE_THREADS = 8
 
 Status = Literal["stored", "duplicate", "conflict", "rejected"]
-
-
-@dataclass(frozen=True)
-class IngestSource:
-    """Something to import: a name for messages, its size if known, and how to read it."""
-
-    name: str
-    read: Callable[[], bytes]
-    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -536,90 +529,6 @@ def _series_for(item: InspectedInstance, study: Study) -> Series:
     return series
 
 
-# -- sources ----------------------------------------------------------------------
-def _zip_sources(path: Path, label: str) -> Iterator[IngestSource]:
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        yield IngestSource(label, _raiser(OSError(f"not a readable zip archive ({exc})")), 0)
-        return
-    for info in archive.infolist():
-        if info.is_dir() or Path(info.filename).name.startswith("."):
-            continue
-        yield IngestSource(
-            f"{label}:{info.filename}",
-            (lambda i=info: archive.read(i)),
-            info.file_size,
-        )
-
-
-def _raiser(exc: Exception) -> Callable[[], bytes]:
-    def read() -> bytes:
-        raise exc
-
-    return read
-
-
-def sources_from_paths(paths: Iterable[Path]) -> Iterator[IngestSource]:
-    """Files, folders (recursively, in name order) and zip archives as sources."""
-    for root in paths:
-        root = Path(root)
-        if root.is_dir():
-            candidates = sorted(
-                p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-            )
-        elif root.exists():
-            candidates = [root]
-        else:
-            yield IngestSource(str(root), _raiser(OSError("no such file or folder")), None)
-            continue
-        for path in candidates:
-            if zipfile.is_zipfile(path) and path.suffix.lower() == ".zip":
-                yield from _zip_sources(path, str(path))
-            else:
-                yield IngestSource(str(path), path.read_bytes, path.stat().st_size)
-
-
-def sources_from_upload(uploaded_files: Iterable) -> Iterator[IngestSource]:
-    """Django UploadedFile objects (web page or REST multipart); zips are expanded."""
-    for upload in uploaded_files:
-        name = upload.name
-        if name.lower().endswith(".zip"):
-            if upload.size > settings.RADTRACK_MAX_UPLOAD_BYTES:
-                yield IngestSource(name, lambda: b"", upload.size)
-                continue
-            path = getattr(upload, "temporary_file_path", None)
-            if path is not None:
-                yield from _zip_sources(Path(upload.temporary_file_path()), name)
-            else:
-                import io
-
-                data = upload.read()
-                archive_file = io.BytesIO(data)
-                try:
-                    archive = zipfile.ZipFile(archive_file)
-                except zipfile.BadZipFile as exc:
-                    yield IngestSource(
-                        name, _raiser(OSError(f"not a readable zip archive ({exc})")), 0
-                    )
-                    continue
-                for info in archive.infolist():
-                    if info.is_dir():
-                        continue
-                    yield IngestSource(
-                        f"{name}:{info.filename}",
-                        (lambda a=archive, i=info: a.read(i)),
-                        info.file_size,
-                    )
-        else:
-            yield IngestSource(name, (lambda u=upload: _read_upload(u)), upload.size)
-
-
-def _read_upload(upload) -> bytes:
-    upload.seek(0)
-    return upload.read()
-
-
 def ingest_paths(
     *,
     paths: Iterable[Path],
@@ -633,3 +542,34 @@ def ingest_paths(
     )
     outcomes = run.add(sources_from_paths(paths), on_file=on_file)
     return run.finish(), outcomes
+
+
+def ingest_run(
+    *,
+    request,
+    source: str,
+    sources: Iterable[IngestSource],
+    process: bool = True,
+    resume: IngestSession | None = None,
+    close: bool = True,
+) -> tuple[IngestSession, list[FileOutcome]]:
+    """Import ``sources`` in a session owned by the request's user, and audit it.
+
+    With ``close=False`` the session stays open so that later requests (``resume``)
+    add to it, and its series are queued for processing once, when it is closed.
+    """
+    run = IngestRun(
+        source=source,
+        origin=client_address(request) or "",
+        user=request.user,
+        process=process,
+        resume=resume,
+    )
+    try:
+        outcomes = run.add(sources)
+    except Exception as exc:
+        run.finish(failed=f"the import stopped: {type(exc).__name__}")
+        raise
+    session = run.finish() if close else IngestSession.objects.get(pk=run.session.pk)
+    audit_record(request=request, action="images.upload", object=f"ingest session {session.pk}")
+    return session, outcomes

@@ -1,8 +1,8 @@
 """Celery tasks for the PACS: thin, each calls one service.
 
 ``pacs_pull_task`` runs on the beat schedule (settings.CELERY_BEAT_SCHEDULE) when a
-PACS is configured; the others run on demand. All go to the ``cpu`` queue, off the
-web processes, so a slow or unreachable PACS never holds up a page.
+PACS is configured; ``pacs_study_retrieve_task`` on demand. Both go to the ``cpu``
+queue, off the web processes, so a slow or unreachable PACS never holds up a page.
 """
 
 from __future__ import annotations

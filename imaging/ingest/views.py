@@ -19,9 +19,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from imaging.ingest.api import UPLOAD_FIELD, ingest_result, ingest_run
+from imaging.ingest.api import UPLOAD_FIELD, ingest_result
 from imaging.ingest.retrieve import RetrieveRequestError, pacs_retrieve_queue
-from imaging.ingest.service import IngestRun, sources_from_upload
+from imaging.ingest.service import IngestRun, ingest_run
+from imaging.ingest.sources import sources_from_upload
 from imaging.models import IngestSession, Instance
 from patients.audit import audit_record, client_address
 from patients.models import Patient

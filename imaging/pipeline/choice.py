@@ -1,14 +1,6 @@
-"""Processing of stored studies: the series chosen, the pipeline run, and its record.
-
-For each study one series is analysed (`study_series_choose`: the rules, or a user's
-recorded override). Its run goes: device, DICOM to volume, orientation check against
-the anatomy and the patient's baseline, storage as NIfTI, registration to the baseline,
-U-Net segmentation with post-processing and measurement, and then the patient's lesion
-tracking and response assessment. Each step's name, parameters, library versions,
-timing and outcome go to `ProcessingRun.steps`, so every number shown later can be
-traced to what made it. Rows (volume, registration, segmentation) are written together
-when the run succeeds; a failed step marks the run and the series failed with a
-readable reason and leaves earlier results as they were, so running again is safe.
+"""Which series of a study is analysed: the rules of `imaging.core.dicom.series_choice`
+(CT, axial, soft-tissue kernel, thinnest at or under 5 mm, most coverage), or a user's
+override recorded with who, when and why beside what the rules would have chosen.
 """
 
 from __future__ import annotations
@@ -23,7 +15,6 @@ from imaging.store import object_path
 from patients.audit import audit_record
 
 
-# --------------------------------------------------------------------------- series choice
 class SeriesOverrideError(ValueError):
     """A user's series override cannot be applied; the message says why."""
 

@@ -1,14 +1,5 @@
-"""Processing of stored studies: the series chosen, the pipeline run, and its record.
-
-For each study one series is analysed (`study_series_choose`: the rules, or a user's
-recorded override). Its run goes: device, DICOM to volume, orientation check against
-the anatomy and the patient's baseline, storage as NIfTI, registration to the baseline,
-U-Net segmentation with post-processing and measurement, and then the patient's lesion
-tracking and response assessment. Each step's name, parameters, library versions,
-timing and outcome go to `ProcessingRun.steps`, so every number shown later can be
-traced to what made it. Rows (volume, registration, segmentation) are written together
-when the run succeeds; a failed step marks the run and the series failed with a
-readable reason and leaves earlier results as they were, so running again is safe.
+"""Sending stored studies to the workers: a study or series marked queued and its task
+sent once the transaction commits, and a user's series override applied.
 """
 
 from __future__ import annotations
@@ -25,7 +16,6 @@ from imaging.pipeline.signals import patient_results_announce
 from imaging.pipeline.tasks import series_process_task, study_process_task
 
 
-# --------------------------------------------------------------------------- queueing
 def series_queue(*, series: Series, device: str | None = None) -> ProcessingRun:
     """Mark ``series`` queued and send it to the workers once the transaction commits."""
 

@@ -1,17 +1,9 @@
-"""Processing of stored studies: the series chosen, the pipeline run, and its record.
-
-For each study one series is analysed (`study_series_choose`: the rules, or a user's
-recorded override). Its run goes: device, DICOM to volume, orientation check against
-the anatomy and the patient's baseline, storage as NIfTI, registration to the baseline,
-U-Net segmentation with post-processing and measurement, and then the patient's lesion
-tracking and response assessment. Each step's name, parameters, library versions,
-timing and outcome go to `ProcessingRun.steps`, so every number shown later can be
-traced to what made it. Rows (volume, registration, segmentation) are written together
-when the run succeeds; a failed step marks the run and the series failed with a
-readable reason and leaves earlier results as they were, so running again is safe.
-"""
+"""Reads the pipeline needs: a series' latest stored volume, the patient's baseline, and
+the studies a batch run has to process."""
 
 from __future__ import annotations
+
+from django.db.models import QuerySet
 
 from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study, study_order
 
@@ -26,7 +18,7 @@ def latest_volume_run(series: Series) -> ProcessingRun | None:
     )
 
 
-def _baseline_series(study: Study) -> Series | None:
+def baseline_series_of(study: Study) -> Series | None:
     """The analysed series of the patient's earliest study before ``study`` that has a
     stored volume: the frame every follow-up is registered to."""
     earlier = (
@@ -44,10 +36,9 @@ def _baseline_series(study: Study) -> Series | None:
     return None
 
 
-# --------------------------------------------------------------------------- batches
 def study_select(
     *, patient_id: str | None = None, study_uid: str | None = None, force: bool = False
-):
+) -> QuerySet[Study]:
     """Studies in scope with an analysable series; without ``force`` only those whose
     analysed series is not yet processed. Ordered so each patient's baseline goes first."""
     qs = Study.objects.filter(series__modality__in=ANALYSED_MODALITIES).select_related(

@@ -1,4 +1,4 @@
-"""Celery tasks for imaging: thin, they load a row by key and call one service."""
+"""Celery tasks of the pipeline (``gpu`` queue): thin, they load a row by key and run it."""
 
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
-"""REST API for sending images in and reading what became of them.
+"""What every app's REST API shares: primary keys in URLs and filters, pagination, the
+permission check the pages also use, the error body, and the upload size limit.
 
-``POST /api/v1/instances/`` takes DICOM files as multipart form data (one or many under
-the field ``file``; zip archives are expanded) or one file as an ``application/dicom``
-body, and answers with the ingest session and what happened to each file.
-``GET /api/v1/ingest-sessions/<id>/`` reads a session's counts and per-file issues.
-
-It also holds the base every app's read API shares (`AuditedReadOnlyViewSet`: view
-permissions, pagination, filters, one audit row per patient shown) and the imaging
-reads: studies, series, lesions and lesion measurements.
+The audited read-only base that every patient-data viewset uses is
+`patients.api_base.AuditedReadOnlyViewSet` (the audit log lives in patients).
 """
 
 from __future__ import annotations

@@ -8,23 +8,20 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient as FHIRPatient
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from analytics.fhir.build import (
-    DCM,
-    MRN_SYSTEM,
-    SCT,
-    UCUM,
-    FHIRBuildError,
-    fhir_resource_validate,
-    fhir_transaction_build,
+from analytics.fhir.build import patient_resources_build
+from analytics.fhir.bundles import fhir_transaction_build
+from analytics.fhir.codes import DCM, SCT, UCUM
+from analytics.fhir.ids import (
     lesion_fhir_id,
     measurement_fhir_id,
     patient_pk_from_fhir_id,
-    patient_record_load,
-    patient_resources_build,
     response_fhir_id,
 )
+from analytics.fhir.record import patient_record_load
+from analytics.fhir.validation import FHIRBuildError, fhir_resource_validate
 from analytics.models import ResponseAssessment, RiskScore
 from imaging.models import LesionMeasurement
+from patients.ehr.fhir_bundle import MRN_SYSTEM
 from patients.models import AuditEvent
 from tests.api.helpers import rows_make
 from tests.patients.factories import UserFactory
@@ -305,7 +302,7 @@ def test_reports_and_risk_are_final_only_when_every_measurement_was_reviewed(row
 def test_resources_are_checked_against_r4b_and_say_so_because_no_r4_package_exists():
     import importlib.util
 
-    import analytics.fhir.build as fhir_module
+    import analytics.fhir.validation as fhir_module
 
     # If fhir.resources ever ships R4 models, validate against them and drop this.
     assert importlib.util.find_spec("fhir.resources.R4") is None

@@ -6,9 +6,12 @@ import math
 import pandas as pd
 import pytest
 
-from analytics.lesions.core.recist import (
+from analytics.lesions.core.readings import (
     LesionReading,
     StudyReading,
+    timeline_from_measurements,
+)
+from analytics.lesions.core.recist import (
     is_measurable,
     nadir,
     non_target_progression,
@@ -22,7 +25,6 @@ from analytics.lesions.core.recist import (
     target_progression,
     target_response,
     targets_select,
-    timeline_from_measurements,
 )
 
 NAN = math.nan

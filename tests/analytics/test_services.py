@@ -21,8 +21,10 @@ from analytics.risk.services import (
     training_table_build,
 )
 from analytics.risk.tasks import risk_scores_compute_task
-from imaging.core.synthetic.cohort import Cohort, cohort_simulate, events_csv_write, labs_csv_write
-from imaging.core.synthetic.phantom import equivalent_diameter_mm
+from imaging.core.synthetic.cohort import cohort_simulate
+from imaging.core.synthetic.ehr import events_csv_write, labs_csv_write
+from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm
+from imaging.core.synthetic.simulated import Cohort
 from imaging.models import Lesion, LesionMeasurement, Study
 from patients.ehr.importer import ehr_import
 from patients.models import ClinicalEvent, LabResult, Patient

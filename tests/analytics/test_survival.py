@@ -1,13 +1,16 @@
 """Risk models and their metrics, checked against published and hand-computed answers (no database)."""
 
 import datetime as dt
+import sys
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from lifelines.datasets import load_lung
 from sklearn.metrics import roc_auc_score
 
+from analytics.risk.core.estimators import cox_fit, horizon_ipcw_weights
 from analytics.risk.core.features import (
     DemographicFeatures,
     LabFeatures,
@@ -15,21 +18,21 @@ from analytics.risk.core.features import (
     landmark_outcomes,
     landmarks_from_baseline,
 )
-from analytics.risk.core.survival import (
+from analytics.risk.core.metrics import (
     calibration_by_decile,
-    cox_fit,
-    cross_validate,
     harrell_c,
-    horizon_ipcw_weights,
     integrated_brier_score,
+    time_dependent_auc,
+)
+from analytics.risk.core.survival import (
     library_versions,
     risk_model_fit,
     risk_model_load,
     risk_model_save,
     table_fingerprint,
     tier_thresholds,
-    time_dependent_auc,
 )
+from analytics.risk.core.validation import cross_validate
 from imaging.core.synthetic.cohort import cohort_simulate
 
 FAST_GBM = {"max_iter": 40, "learning_rate": 0.1}
@@ -335,3 +338,25 @@ def test_lab_features_of_the_synthetic_cohort_predict_progression():
     assert isinstance(table["landmark_date"].iloc[0], dt.date)
     result = cross_validate(kind="cox", df=table, features=names, n_splits=4, penalizer=0.5)
     assert result.metrics["c_index"] > 0.6
+
+
+def test_a_model_file_written_before_the_layout_move_still_loads(tmp_path):
+    """Model files record their classes' module paths; those moved (analytics.core.* ->
+    analytics.risk.core.*), and a fitted model must stay usable."""
+    data = simulated(n=120, seed=2)
+    model = risk_model_fit(kind="cox", df=data, features=["x1", "x2", "x3"])
+    path = tmp_path / "old.joblib"
+    joblib.dump(model, path, protocol=2)  # protocol 2 names classes as text lines
+    raw = path.read_bytes()
+    old = raw
+    for new_module, old_module in (
+        (b"analytics.risk.core.survival\n", b"analytics.core.survival\n"),
+        (b"analytics.risk.core.estimators\n", b"analytics.core.survival\n"),
+        (b"analytics.risk.core.features\n", b"analytics.core.features\n"),
+    ):
+        old = old.replace(new_module, old_module)
+    assert old != raw and b"analytics.risk.core" not in old
+    path.write_bytes(old)
+    loaded = risk_model_load(path)
+    assert np.array_equal(loaded.score(data), model.score(data))
+    assert "analytics.core.survival" not in sys.modules  # the aliases were temporary

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from imaging.core.synthetic.cohort import LAB_TESTS
+from imaging.core.synthetic.simulated import LAB_TESTS
 from patients.units import ANALYTES, UnitError, lab_value_to_canonical, unit_factor, unit_normalise
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS
-from analytics.lesions.core.recist import LesionReading, StudyReading
+from analytics.lesions.core.readings import LesionReading, StudyReading
 from analytics.lesions.core.volumetric import (
     REPEATABILITY_PCT,
     VOLUME_PD_PCT,

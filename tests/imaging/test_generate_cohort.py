@@ -18,7 +18,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from imaging.core.synthetic.cohort import SIZES
+from imaging.core.synthetic.acquisition import SIZES
 from tests.conftest import require_program
 
 

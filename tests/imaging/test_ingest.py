@@ -12,7 +12,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from imaging.ingest.service import IngestRun, IngestSource, ingest_paths
+from imaging.ingest.service import IngestRun, ingest_paths
+from imaging.ingest.sources import IngestSource
 from imaging.models import IngestIssue, IngestSession, Instance, Series, Study
 from imaging.store import object_path
 from patients.models import Patient

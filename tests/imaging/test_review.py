@@ -8,17 +8,15 @@ import pandas as pd
 import pytest
 from django.core.exceptions import PermissionDenied
 
-from analytics.lesions.review import (
-    ReviewError,
-    lesion_merge,
-    lesion_relink,
-    lesion_split,
+from analytics.lesions.review.common import ReviewError
+from analytics.lesions.review.identities import lesion_merge, lesion_relink, lesion_split
+from analytics.lesions.review.measurements import (
     measurement_accept,
     measurement_override,
     measurement_reject,
-    targets_set,
 )
-from analytics.lesions.tracking import patient_track
+from analytics.lesions.review.targets import targets_set
+from analytics.lesions.tracking.track import patient_track
 from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore, models_dir
 from analytics.risk.core.survival import risk_model_fit, risk_model_save
 from imaging.models import (

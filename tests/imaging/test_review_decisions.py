@@ -7,16 +7,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from analytics.lesions.review import (
-    lesion_merge,
-    lesion_relink,
-    lesion_split,
-    measurement_override,
-    measurement_reject,
-    targets_set,
-)
+from analytics.lesions.review.identities import lesion_merge, lesion_relink, lesion_split
+from analytics.lesions.review.measurements import measurement_override, measurement_reject
+from analytics.lesions.review.targets import targets_set
 from analytics.lesions.selectors import review_history
-from analytics.lesions.tracking import candidates_pair, patient_track
+from analytics.lesions.tracking.carry import candidates_pair
+from analytics.lesions.tracking.track import patient_track
 from imaging.models import Lesion, LesionLink, LesionMeasurement, ReviewEvent, Segmentation, Study
 from tests.imaging.test_review import finding_at, patient_with_studies, responses
 from tests.patients.factories import UserFactory

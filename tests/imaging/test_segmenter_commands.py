@@ -22,9 +22,11 @@ from django.core.management.base import CommandError
 from imaging.core.dicom.write import CTSeriesAttributes, ct_series_write, synthetic_uid
 from imaging.core.geometry.nifti import volume_write_nifti
 from imaging.core.segmentation.network import WEIGHTS_DIR, SegmenterSpec, file_sha256, manifest_read
-from imaging.core.segmentation.training import encoder_parameter_prefixes, seg_labels_read
+from imaging.core.segmentation.training.encoder import encoder_parameter_prefixes
+from imaging.core.segmentation.training.site import seg_labels_read
 from imaging.core.synthetic import cohort
-from imaging.core.synthetic.phantom import ScanGeometry, phantom_render, study_label_render
+from imaging.core.synthetic.labels import study_label_render
+from imaging.core.synthetic.phantom import ScanGeometry, phantom_render
 
 TINY = ["--patients=0", "--small-patients=1", "--timepoints=1", "--val-patients=0",
         "--patch-size=16", "--batch-size=1", "--checkpoint-every=1", "--threads=1", "--quiet"]  # fmt: skip

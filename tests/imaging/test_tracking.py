@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS
-from analytics.lesions.tracking import patient_track
+from analytics.lesions.tracking.track import patient_track
 from analytics.models import ResponseAssessment
 from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation
 from tests.imaging.factories import SeriesFactory, StudyFactory

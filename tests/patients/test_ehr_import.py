@@ -7,15 +7,12 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from imaging.core.synthetic import cohort as cohort_module
-from imaging.core.synthetic.cohort import (
-    cohort_simulate,
-    ehr_bundle_build,
-    events_csv_write,
-    labs_csv_write,
-)
-from patients.ehr import importer as service
-from patients.ehr.importer import EHRImportError, ehr_import
+from imaging.core.synthetic import ehr as cohort_module
+from imaging.core.synthetic.cohort import cohort_simulate
+from imaging.core.synthetic.ehr import ehr_bundle_build, events_csv_write, labs_csv_write
+from patients.ehr import fhir_bundle as service
+from patients.ehr.importer import ehr_import
+from patients.ehr.records import EHRImportError
 from patients.models import ClinicalEvent, LabResult, Patient, UnmatchedEHRRecord
 from tests.patients.factories import PatientFactory
 

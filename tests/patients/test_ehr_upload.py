@@ -7,12 +7,8 @@ from django.urls import reverse
 from django.utils.html import escape
 from rest_framework.authtoken.models import Token
 
-from imaging.core.synthetic.cohort import (
-    cohort_simulate,
-    ehr_bundle_build,
-    events_csv_write,
-    labs_csv_write,
-)
+from imaging.core.synthetic.cohort import cohort_simulate
+from imaging.core.synthetic.ehr import ehr_bundle_build, events_csv_write, labs_csv_write
 from patients.models import AuditEvent, ClinicalEvent, LabResult, UnmatchedEHRRecord
 from tests.patients.factories import PatientFactory, UserFactory
 

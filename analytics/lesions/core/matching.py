@@ -39,23 +39,30 @@ Resolved identities stay candidates: a lesion that reappears where one resolved 
 same lesion (``reappeared``), not a new one. A split identity's measurement at this
 study combines its fragments (`fragments_combine`: volumes and longest diameters add,
 RECIST 1.1 section 4.3.2); a merged identity's volume is counted in the lesion that
-absorbed it.
-
-Readable labels are "<Organ> <n>" ("Liver 2"), with the side for paired organs taken
-from the sign of x in the baseline frame (LPS: +x is the patient's left): "Right lung 1".
+absorbed it. What matching reads and returns is in `analytics.lesions.core.identities`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 from pydicom.uid import generate_uid
 from scipy.optimize import linear_sum_assignment
 
+from analytics.lesions.core.identities import (
+    LesionAssignment,
+    LesionObservation,
+    MatchResult,
+    Merge,
+    Split,
+    TrackedLesion,
+    fragments_combine,
+    lesion_label,
+)
 from imaging.core.geometry.volume import Volume
 
 __all__ = [
@@ -63,18 +70,9 @@ __all__ = [
     "GATE_MIN_MM",
     "GATE_RADIUS_FACTOR",
     "OVERLAP_WEIGHT",
-    "PAIRED_ORGANS",
     "SIZE_WEIGHT",
     "UNMATCHED_COST",
-    "LesionAssignment",
-    "LesionObservation",
-    "MatchResult",
-    "Merge",
-    "Split",
-    "TrackedLesion",
     "equivalent_radius_mm",
-    "fragments_combine",
-    "lesion_label",
     "lesions_match",
     "mask_points_lps",
     "match_gate_mm",
@@ -87,157 +85,14 @@ OVERLAP_WEIGHT = 0.5
 UNMATCHED_COST = 1.0
 CONTACT_OVERLAP = 0.1
 OVERLAP_GRID_MM = 4.0
-# Organs that come in pairs get a side in their label.
-PAIRED_ORGANS = frozenset({"lung", "kidney", "adrenal", "breast", "ovary"})
 
 _IMPOSSIBLE = 1e6
 _SIZE_SATURATION = math.log(8.0)  # a volume ratio of 8 (diameter x2) saturates the size term
 
-LesionStatus = Literal["tracked", "new", "resolved", "merged"]
 PointMap = Callable[[np.ndarray], np.ndarray]
 
 
-# --------------------------------------------------------------------------- data
-@dataclass(frozen=True, eq=False)
-class LesionObservation:
-    """One lesion found in one study, in that study's own LPS coordinates (mm).
-
-    ``key`` is the caller's handle for it (a segmentation label, a row id) and comes back
-    in the result. ``mask_points_lps_mm`` (optional) is an (N, 3) array of its voxel
-    centres.
-    """
-
-    key: str
-    organ: str
-    centroid_lps_mm: tuple[float, float, float]
-    volume_ml: float
-    longest_diameter_mm: float = math.nan
-    short_axis_mm: float = math.nan
-    mask_points_lps_mm: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "organ", _organ(self.organ))
-        object.__setattr__(self, "centroid_lps_mm", _point(self.centroid_lps_mm))
-        if self.mask_points_lps_mm is not None:
-            object.__setattr__(self, "mask_points_lps_mm", _points(self.mask_points_lps_mm))
-
-
-@dataclass(frozen=True, eq=False)
-class TrackedLesion:
-    """A lesion identity as last seen, in the baseline frame (LPS mm of the first study).
-
-    ``volume_ml`` is the last volume measured above zero (it keeps sizing the gate after
-    the lesion resolved); ``resolved`` says it was not seen at the latest study;
-    ``merged_into`` names the identity whose lesion absorbed it, if any.
-    """
-
-    lesion_uid: str
-    label: str
-    organ: str
-    centroid_baseline_mm: tuple[float, float, float]
-    volume_ml: float
-    mask_points_baseline_mm: np.ndarray | None = None
-    resolved: bool = False
-    merged_into: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "organ", _organ(self.organ))
-        object.__setattr__(self, "centroid_baseline_mm", _point(self.centroid_baseline_mm))
-        if self.mask_points_baseline_mm is not None:
-            object.__setattr__(
-                self, "mask_points_baseline_mm", _points(self.mask_points_baseline_mm)
-            )
-
-
-@dataclass(frozen=True)
-class LesionAssignment:
-    """What happened to one identity at this study.
-
-    ``observation_keys``: the current lesions attributed to it: one when tracked or new,
-    two or more for a split, none when resolved or merged. ``distance_mm`` (baseline
-    frame, from its last position to the current centroid) and ``dice`` are NaN when not
-    applicable.
-    """
-
-    lesion_uid: str
-    label: str
-    organ: str
-    status: LesionStatus
-    observation_keys: tuple[str, ...] = ()
-    distance_mm: float = math.nan
-    dice: float = math.nan
-    reappeared: bool = False
-    merged_into: str = ""
-
-
-@dataclass(frozen=True)
-class Merge:
-    """Two or more earlier identities now form one lesion; ``kept_uid`` carries it on."""
-
-    observation_key: str
-    lesion_uids: tuple[str, ...]
-    kept_uid: str
-
-
-@dataclass(frozen=True)
-class Split:
-    """One earlier identity is now in two or more pieces, all attributed to it."""
-
-    lesion_uid: str
-    observation_keys: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class MatchResult:
-    """The outcome for every identity, explicit merges and splits, and the updated identities.
-
-    ``assignments`` has one entry per identity: the previous ones in the order given,
-    then the new ones. ``identities`` is what to pass as ``previous`` for the next study.
-    """
-
-    assignments: tuple[LesionAssignment, ...]
-    identities: tuple[TrackedLesion, ...]
-    merges: tuple[Merge, ...] = ()
-    splits: tuple[Split, ...] = ()
-    _by_key: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
-
-    def with_status(self, status: LesionStatus) -> tuple[LesionAssignment, ...]:
-        return tuple(a for a in self.assignments if a.status == status)
-
-    @property
-    def tracked(self) -> tuple[LesionAssignment, ...]:
-        return self.with_status("tracked")
-
-    @property
-    def new(self) -> tuple[LesionAssignment, ...]:
-        return self.with_status("new")
-
-    @property
-    def resolved(self) -> tuple[LesionAssignment, ...]:
-        return self.with_status("resolved")
-
-    def lesion_uid_of(self, observation_key: str) -> str:
-        """The identity a current observation was attributed to."""
-        return self._by_key[observation_key]
-
-
 # --------------------------------------------------------------------------- helpers
-def _organ(organ: str) -> str:
-    return str(organ).strip().lower()
-
-
-def _point(values) -> tuple[float, float, float]:
-    array = np.asarray(values, dtype=float).reshape(3)
-    return (float(array[0]), float(array[1]), float(array[2]))
-
-
-def _points(values) -> np.ndarray:
-    array = np.asarray(values, dtype=float)
-    if array.ndim != 2 or array.shape[1] != 3:
-        raise ValueError(f"mask points must be an (N, 3) array; got shape {array.shape}")
-    return array
-
-
 def _point_map(to_baseline: np.ndarray | PointMap | None) -> PointMap:
     """Accept None (identity), a 4x4 homogeneous matrix or a callable on (N, 3) arrays."""
     if to_baseline is None:
@@ -290,67 +145,11 @@ def _overlap_of_smaller(a: set | None, b: set | None) -> float:
     return len(a & b) / min(len(a), len(b))
 
 
-def lesion_label(
-    *,
-    organ: str,
-    centroid_baseline_mm: Sequence[float],
-    existing_labels: Sequence[str] = (),
-    midline_x_mm: float = 0.0,
-) -> str:
-    """A readable label "<Organ> <n>", n one more than the highest in use for that prefix.
-
-    Paired organs (`PAIRED_ORGANS`) get the side from the baseline-frame x coordinate:
-    DICOM LPS +x points to the patient's left, so x > midline is "Left", else "Right".
-    ``midline_x_mm`` is the body's left-right centre if known (0 by default).
-    """
-    organ = _organ(organ)
-    name = organ.replace("_", " ")
-    if organ in PAIRED_ORGANS:
-        side = "Left" if float(centroid_baseline_mm[0]) > midline_x_mm else "Right"
-        prefix = f"{side} {name}"
-    else:
-        prefix = name.capitalize()
-    used = [0]
-    for label in existing_labels:
-        head, _, number = label.rpartition(" ")
-        if head == prefix and number.isdigit():
-            used.append(int(number))
-    return f"{prefix} {max(used) + 1}"
-
-
 def mask_points_lps(*, mask: Volume, label: int | None = None) -> np.ndarray:
     """Voxel centres (LPS mm, (N, 3)) of a label volume's foreground, or of one label value."""
     selected = mask.array != 0 if label is None else mask.array == label
     kji = np.argwhere(selected)
     return mask.index_to_lps(kji[:, ::-1].astype(float))
-
-
-def fragments_combine(observations: Sequence[LesionObservation]) -> LesionObservation:
-    """One measurement for a lesion seen as several fragments (a split).
-
-    RECIST 1.1 (Eisenhauer EA et al., Eur J Cancer 2009;45:228-247, section 4.3.2,
-    "lesions that split or coalesce on treatment"): the longest diameters of the
-    fragmented portions are added together. Volumes add too; the centroid is the
-    volume-weighted mean; the short axis is the largest fragment's; mask points are
-    pooled. The key joins the fragments' keys with "+".
-    """
-    if not observations:
-        raise ValueError("no fragments to combine")
-    if len(observations) == 1:
-        return observations[0]
-    volumes = np.array([max(o.volume_ml, 0.0) for o in observations])
-    centres = np.array([o.centroid_lps_mm for o in observations])
-    weights = volumes if volumes.sum() > 0 else np.ones(len(observations))
-    masks = [o.mask_points_lps_mm for o in observations if o.mask_points_lps_mm is not None]
-    return LesionObservation(
-        key="+".join(o.key for o in observations),
-        organ=observations[0].organ,
-        centroid_lps_mm=tuple(np.average(centres, axis=0, weights=weights)),
-        volume_ml=float(volumes.sum()),
-        longest_diameter_mm=float(sum(o.longest_diameter_mm for o in observations)),
-        short_axis_mm=_nanmax([o.short_axis_mm for o in observations]),
-        mask_points_lps_mm=np.concatenate(masks) if masks else None,
-    )
 
 
 # --------------------------------------------------------------------------- matching
@@ -360,6 +159,20 @@ class _Current:
     centre: np.ndarray  # baseline frame
     points: np.ndarray | None  # baseline frame
     cells: set | None
+
+
+@dataclass
+class _Frame:
+    """Both sides of one match in the baseline frame, with every pair's centroid distance
+    (mm), mask Dice and cost (`_IMPOSSIBLE` for a pair that cannot be one lesion)."""
+
+    prev: list[TrackedLesion]
+    prev_cells: list[set | None]
+    prev_centres: np.ndarray
+    cur: list[_Current]
+    distance: np.ndarray
+    dice: np.ndarray
+    cost: np.ndarray
 
 
 def lesions_match(
@@ -382,6 +195,52 @@ def lesions_match(
     decreasing volume.
     """
     make_uid = uid_factory or (lambda: str(generate_uid()))
+    frame = _frame_build(previous, current, to_baseline, overlap_grid_mm)
+    pairs = _assign(frame.cost)
+    prev_to_cur = dict(pairs)
+    cur_to_prev = {j: i for i, j in pairs}
+    split_parts, unpaired_cur = _splits_read(frame, prev_to_cur, cur_to_prev)
+    merged_into = _merges_read(frame, prev_to_cur, cur_to_prev)
+    outcomes: list[tuple[LesionAssignment, TrackedLesion]] = []
+    for i, p in enumerate(frame.prev):
+        if i in prev_to_cur:
+            outcomes.append(_tracked(frame, i, sorted(split_parts[i]), prev_to_cur[i]))
+        elif i in merged_into:
+            kept = frame.prev[cur_to_prev[merged_into[i]]]
+            outcomes.append(_merged(frame, i, merged_into[i], kept))
+        else:
+            resolved = LesionAssignment(
+                lesion_uid=p.lesion_uid, label=p.label, organ=p.organ, status="resolved"
+            )
+            outcomes.append((resolved, replace(p, resolved=True, merged_into="")))
+    labels = [p.label for p in frame.prev]
+    unpaired_cur.sort(
+        key=lambda j: (-max(frame.cur[j].observation.volume_ml, 0.0), frame.cur[j].observation.key)
+    )
+    for j in unpaired_cur:
+        outcomes.append(_new(frame.cur[j], labels, str(make_uid()), midline_x_mm))
+    assignments = tuple(a for a, _ in outcomes)
+    return MatchResult(
+        assignments=assignments,
+        identities=tuple(identity for _, identity in outcomes),
+        merges=_merges_list(frame, merged_into, cur_to_prev),
+        splits=tuple(
+            Split(a.lesion_uid, a.observation_keys)
+            for a in assignments
+            if a.status == "tracked" and len(a.observation_keys) > 1
+        ),
+        _by_key={key: a.lesion_uid for a in assignments for key in a.observation_keys},
+    )
+
+
+def _frame_build(
+    previous: Sequence[TrackedLesion],
+    current: Sequence[LesionObservation],
+    to_baseline: np.ndarray | PointMap | None,
+    overlap_grid_mm: float,
+) -> _Frame:
+    """Both sides in the baseline frame, and the cost of every pair (module docstring):
+    only lesions of one organ within the gate, or whose masks overlap, may pair."""
     keys = [o.key for o in current]
     if len(set(keys)) != len(keys):
         raise ValueError("observation keys must be unique within a study")
@@ -393,165 +252,160 @@ def lesions_match(
             _Current(obs, mapped(obs.centroid_lps_mm)[0], points, _cells(points, overlap_grid_mm))
         )
     prev = list(previous)
-    prev_cells = [_cells(p.mask_points_baseline_mm, overlap_grid_mm) for p in prev]
-    prev_centres = np.array([p.centroid_baseline_mm for p in prev]).reshape(-1, 3)
-
     n, m = len(prev), len(cur)
-    cost = np.full((n, m), _IMPOSSIBLE)
-    distance = np.full((n, m), math.nan)
-    dice = np.full((n, m), math.nan)
+    frame = _Frame(
+        prev=prev,
+        prev_cells=[_cells(p.mask_points_baseline_mm, overlap_grid_mm) for p in prev],
+        prev_centres=np.array([p.centroid_baseline_mm for p in prev]).reshape(-1, 3),
+        cur=cur,
+        distance=np.full((n, m), math.nan),
+        dice=np.full((n, m), math.nan),
+        cost=np.full((n, m), _IMPOSSIBLE),
+    )
     for i, p in enumerate(prev):
         for j, c in enumerate(cur):
-            if p.organ != c.observation.organ:
-                continue
-            d = float(np.linalg.norm(c.centre - prev_centres[i]))
-            overlap = _dice(prev_cells[i], c.cells)
-            distance[i, j], dice[i, j] = d, overlap
-            gate = match_gate_mm(
-                volume_before_ml=p.volume_ml, volume_now_ml=c.observation.volume_ml
-            )
-            overlaps = not math.isnan(overlap) and overlap > 0
-            if d > gate and not overlaps:
-                continue
-            cost[i, j] = min(d / gate, 1.0) + _size_term(p.volume_ml, c.observation.volume_ml)
-            if overlaps:
-                cost[i, j] -= OVERLAP_WEIGHT * overlap
+            if p.organ == c.observation.organ:
+                _pair_cost(frame, i, j)
+    return frame
 
-    pairs = _assign(cost)
-    prev_to_cur = dict(pairs)
-    cur_to_prev = {j: i for i, j in pairs}
 
-    # Leftovers: splits (extra current pieces of a paired identity) and merges.
-    split_parts: dict[int, list[int]] = {i: [j] for i, j in pairs}
+def _pair_cost(frame: _Frame, i: int, j: int) -> None:
+    """Distance, Dice and cost of previous identity ``i`` with current lesion ``j``."""
+    p, c = frame.prev[i], frame.cur[j]
+    d = float(np.linalg.norm(c.centre - frame.prev_centres[i]))
+    overlap = _dice(frame.prev_cells[i], c.cells)
+    frame.distance[i, j], frame.dice[i, j] = d, overlap
+    gate = match_gate_mm(volume_before_ml=p.volume_ml, volume_now_ml=c.observation.volume_ml)
+    overlaps = not math.isnan(overlap) and overlap > 0
+    if d > gate and not overlaps:
+        return
+    frame.cost[i, j] = min(d / gate, 1.0) + _size_term(p.volume_ml, c.observation.volume_ml)
+    if overlaps:
+        frame.cost[i, j] -= OVERLAP_WEIGHT * overlap
+
+
+def _splits_read(
+    frame: _Frame, prev_to_cur: dict[int, int], cur_to_prev: dict[int, int]
+) -> tuple[dict[int, list[int]], list[int]]:
+    """Each paired identity's current pieces (its pair, then every unpaired current
+    lesion touching it: a split), and the current lesions touching none (new)."""
+    split_parts: dict[int, list[int]] = {i: [j] for i, j in prev_to_cur.items()}
     unpaired_cur = []
-    for j in range(m):
+    for j in range(len(frame.cur)):
         if j in cur_to_prev:
             continue
-        owner = _touching(
-            j, [i for i in prev_to_cur], prev, prev_cells, prev_centres, cur, distance, by="cur"
-        )
+        owner = _touching(frame, j, list(prev_to_cur), by="cur")
         if owner is None:
             unpaired_cur.append(j)
         else:
             split_parts[owner].append(j)
+    return split_parts, unpaired_cur
+
+
+def _merges_read(
+    frame: _Frame, prev_to_cur: dict[int, int], cur_to_prev: dict[int, int]
+) -> dict[int, int]:
+    """Unpaired previous identity -> the paired current lesion it touches (it merged)."""
     merged_into: dict[int, int] = {}
-    for i in range(n):
+    for i in range(len(frame.prev)):
         if i in prev_to_cur:
             continue
-        j = _touching(
-            i, list(cur_to_prev), prev, prev_cells, prev_centres, cur, distance, by="prev"
-        )
+        j = _touching(frame, i, list(cur_to_prev), by="prev")
         if j is not None:
             merged_into[i] = j
+    return merged_into
 
-    assignments: list[LesionAssignment] = []
-    identities: list[TrackedLesion] = []
-    by_key: dict[str, str] = {}
-    splits, merges = [], []
-    for i, p in enumerate(prev):
-        if i in prev_to_cur:
-            parts = sorted(split_parts[i])
-            obs = fragments_combine([cur[j].observation for j in parts])
-            pts = [cur[j].points for j in parts if cur[j].points is not None]
-            centre = np.average(
-                [cur[j].centre for j in parts],
-                axis=0,
-                weights=_weights([cur[j].observation.volume_ml for j in parts]),
-            )
-            j0 = prev_to_cur[i]
-            assignments.append(
-                LesionAssignment(
-                    lesion_uid=p.lesion_uid,
-                    label=p.label,
-                    organ=p.organ,
-                    status="tracked",
-                    observation_keys=tuple(cur[j].observation.key for j in parts),
-                    distance_mm=float(np.linalg.norm(centre - prev_centres[i])),
-                    dice=float(dice[i, j0]) if len(parts) == 1 else math.nan,
-                    reappeared=p.resolved or bool(p.merged_into),
-                )
-            )
-            identities.append(
-                replace(
-                    p,
-                    centroid_baseline_mm=tuple(centre),
-                    volume_ml=obs.volume_ml if obs.volume_ml > 0 else p.volume_ml,
-                    mask_points_baseline_mm=np.concatenate(pts) if pts else None,
-                    resolved=False,
-                    merged_into="",
-                )
-            )
-            for j in parts:
-                by_key[cur[j].observation.key] = p.lesion_uid
-            if len(parts) > 1:
-                splits.append(Split(p.lesion_uid, tuple(cur[j].observation.key for j in parts)))
-        elif i in merged_into:
-            kept = prev[cur_to_prev[merged_into[i]]]
-            assignments.append(
-                LesionAssignment(
-                    lesion_uid=p.lesion_uid,
-                    label=p.label,
-                    organ=p.organ,
-                    status="merged",
-                    distance_mm=float(distance[i, merged_into[i]]),
-                    merged_into=kept.lesion_uid,
-                )
-            )
-            identities.append(replace(p, resolved=False, merged_into=kept.lesion_uid))
-        else:
-            assignments.append(
-                LesionAssignment(
-                    lesion_uid=p.lesion_uid, label=p.label, organ=p.organ, status="resolved"
-                )
-            )
-            identities.append(replace(p, resolved=True, merged_into=""))
 
+def _tracked(
+    frame: _Frame, i: int, parts: list[int], paired: int
+) -> tuple[LesionAssignment, TrackedLesion]:
+    """Identity ``i`` seen as the current lesions ``parts`` (more than one: a split,
+    combined by `fragments_combine`), re-placed at their volume-weighted centre."""
+    p, cur = frame.prev[i], frame.cur
+    obs = fragments_combine([cur[j].observation for j in parts])
+    pts = [cur[j].points for j in parts if cur[j].points is not None]
+    centre = np.average(
+        [cur[j].centre for j in parts],
+        axis=0,
+        weights=_weights([cur[j].observation.volume_ml for j in parts]),
+    )
+    assignment = LesionAssignment(
+        lesion_uid=p.lesion_uid,
+        label=p.label,
+        organ=p.organ,
+        status="tracked",
+        observation_keys=tuple(cur[j].observation.key for j in parts),
+        distance_mm=float(np.linalg.norm(centre - frame.prev_centres[i])),
+        dice=float(frame.dice[i, paired]) if len(parts) == 1 else math.nan,
+        reappeared=p.resolved or bool(p.merged_into),
+    )
+    identity = replace(
+        p,
+        centroid_baseline_mm=tuple(centre),
+        volume_ml=obs.volume_ml if obs.volume_ml > 0 else p.volume_ml,
+        mask_points_baseline_mm=np.concatenate(pts) if pts else None,
+        resolved=False,
+        merged_into="",
+    )
+    return assignment, identity
+
+
+def _merged(
+    frame: _Frame, i: int, j: int, kept: TrackedLesion
+) -> tuple[LesionAssignment, TrackedLesion]:
+    """Identity ``i`` absorbed by current lesion ``j``, which ``kept`` carries on."""
+    p = frame.prev[i]
+    assignment = LesionAssignment(
+        lesion_uid=p.lesion_uid,
+        label=p.label,
+        organ=p.organ,
+        status="merged",
+        distance_mm=float(frame.distance[i, j]),
+        merged_into=kept.lesion_uid,
+    )
+    return assignment, replace(p, resolved=False, merged_into=kept.lesion_uid)
+
+
+def _new(
+    c: _Current, labels: list[str], uid: str, midline_x_mm: float
+) -> tuple[LesionAssignment, TrackedLesion]:
+    """A new identity for current lesion ``c``, with the next free label (added to
+    ``labels``)."""
+    label = lesion_label(
+        organ=c.observation.organ,
+        centroid_baseline_mm=c.centre,
+        existing_labels=labels,
+        midline_x_mm=midline_x_mm,
+    )
+    labels.append(label)
+    assignment = LesionAssignment(
+        lesion_uid=uid,
+        label=label,
+        organ=c.observation.organ,
+        status="new",
+        observation_keys=(c.observation.key,),
+    )
+    identity = TrackedLesion(
+        lesion_uid=uid,
+        label=label,
+        organ=c.observation.organ,
+        centroid_baseline_mm=tuple(c.centre),
+        volume_ml=c.observation.volume_ml,
+        mask_points_baseline_mm=c.points,
+    )
+    return assignment, identity
+
+
+def _merges_list(
+    frame: _Frame, merged_into: dict[int, int], cur_to_prev: dict[int, int]
+) -> tuple[Merge, ...]:
+    """One `Merge` per current lesion that absorbed identities, the paired one kept."""
+    merges = []
     for j in sorted(set(merged_into.values())):
-        absorbed = [prev[i].lesion_uid for i in sorted(merged_into) if merged_into[i] == j]
-        kept_uid = prev[cur_to_prev[j]].lesion_uid
-        merges.append(Merge(cur[j].observation.key, (kept_uid, *absorbed), kept_uid))
-
-    labels = [p.label for p in prev]
-    unpaired_cur.sort(
-        key=lambda j: (-max(cur[j].observation.volume_ml, 0.0), cur[j].observation.key)
-    )
-    for j in unpaired_cur:
-        c = cur[j]
-        label = lesion_label(
-            organ=c.observation.organ,
-            centroid_baseline_mm=c.centre,
-            existing_labels=labels,
-            midline_x_mm=midline_x_mm,
-        )
-        labels.append(label)
-        uid = str(make_uid())
-        assignments.append(
-            LesionAssignment(
-                lesion_uid=uid,
-                label=label,
-                organ=c.observation.organ,
-                status="new",
-                observation_keys=(c.observation.key,),
-            )
-        )
-        identities.append(
-            TrackedLesion(
-                lesion_uid=uid,
-                label=label,
-                organ=c.observation.organ,
-                centroid_baseline_mm=tuple(c.centre),
-                volume_ml=c.observation.volume_ml,
-                mask_points_baseline_mm=c.points,
-            )
-        )
-        by_key[c.observation.key] = uid
-    return MatchResult(
-        assignments=tuple(assignments),
-        identities=tuple(identities),
-        merges=tuple(merges),
-        splits=tuple(splits),
-        _by_key=by_key,
-    )
+        absorbed = [frame.prev[i].lesion_uid for i in sorted(merged_into) if merged_into[i] == j]
+        kept_uid = frame.prev[cur_to_prev[j]].lesion_uid
+        merges.append(Merge(frame.cur[j].observation.key, (kept_uid, *absorbed), kept_uid))
+    return tuple(merges)
 
 
 def _size_term(volume_before_ml: float, volume_now_ml: float) -> float:
@@ -559,11 +413,6 @@ def _size_term(volume_before_ml: float, volume_now_ml: float) -> float:
         return SIZE_WEIGHT
     change = abs(math.log(volume_now_ml / volume_before_ml)) / _SIZE_SATURATION
     return SIZE_WEIGHT * min(change, 1.0)
-
-
-def _nanmax(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(max(finite)) if finite else math.nan
 
 
 def _weights(volumes: Sequence[float]) -> np.ndarray:
@@ -594,28 +443,21 @@ def _assign(cost: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _touching(
-    index: int,
-    candidates: list[int],
-    prev: list[TrackedLesion],
-    prev_cells: list,
-    prev_centres: np.ndarray,
-    cur: list[_Current],
-    distance: np.ndarray,
-    *,
-    by: Literal["cur", "prev"],
+    frame: _Frame, index: int, candidates: list[int], *, by: Literal["cur", "prev"]
 ) -> int | None:
     """The closest candidate in contact with ``index`` (a current lesion when ``by`` is
     "cur", candidates being paired previous identities; the reverse for "prev")."""
     best, best_distance = None, math.inf
     for other in candidates:
         i, j = (other, index) if by == "cur" else (index, other)
-        if prev[i].organ != cur[j].observation.organ:
+        p, c = frame.prev[i], frame.cur[j]
+        if p.organ != c.observation.organ:
             continue
-        d = float(distance[i, j])
-        overlap = _overlap_of_smaller(prev_cells[i], cur[j].cells)
+        d = float(frame.distance[i, j])
+        overlap = _overlap_of_smaller(frame.prev_cells[i], c.cells)
         if math.isnan(overlap):
-            reach = equivalent_radius_mm(prev[i].volume_ml) + equivalent_radius_mm(
-                cur[j].observation.volume_ml
+            reach = equivalent_radius_mm(p.volume_ml) + equivalent_radius_mm(
+                c.observation.volume_ml
             )
             touching = d <= reach
         else:

@@ -9,10 +9,9 @@ Scope: non-nodal lesions measured on CT by their longest axial diameter. Lymph n
 (short axis >= 15 mm to be measurable, >= 10 mm pathological, section 3.1.1) are out of
 scope: RadTrack's segmentation does not label nodes, so no rule here treats them.
 
-A patient's `timeline` is a sequence of `StudyReading`s, baseline first. Absence and
-missing data are kept apart: a lesion that has disappeared has diameter 0 (and volume 0);
-a lesion that could not be assessed at a study has NaN, or no reading there at all, and
-makes the target or non-target assessment "not all evaluated" (NE).
+A patient's `timeline` is a sequence of `StudyReading`s, baseline first
+(`analytics.lesions.core.readings`: a disappeared lesion reads 0, one not assessed NaN
+or nothing, which makes the target or non-target assessment "not all evaluated", NE).
 
 `recist_assess` gives per study: the target lesions, their sum of diameters, its change
 from baseline and from the nadir, the target, non-target and overall time point response
@@ -35,10 +34,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-import pandas as pd
+from analytics.lesions.core.readings import LesionReading, StudyReading
 
 __all__ = [
     "MAX_TARGETS_PER_ORGAN",
@@ -49,9 +48,7 @@ __all__ = [
     "PD_ABSOLUTE_MM",
     "PD_INCREASE_PCT",
     "PR_DECREASE_PCT",
-    "LesionReading",
     "RecistAssessment",
-    "StudyReading",
     "is_measurable",
     "nadir",
     "non_target_progression",
@@ -65,7 +62,6 @@ __all__ = [
     "target_progression",
     "target_response",
     "targets_select",
-    "timeline_from_measurements",
 ]
 
 MEASURABLE_MIN_MM = 10.0
@@ -85,51 +81,7 @@ CR, PR, SD, PD, NE = "CR", "PR", "SD", "PD", "NE"
 NON_CR_NON_PD = "non-CR/non-PD"
 
 
-# --------------------------------------------------------------------------- readings
-@dataclass(frozen=True)
-class LesionReading:
-    """One lesion identity at one study.
-
-    ``longest_diameter_mm`` is the longest axial diameter; 0 when the lesion has
-    disappeared, NaN when it was not evaluated. ``volume_ml`` likewise (NaN: not
-    measured). ``is_target`` at baseline: True/False is a radiologist's choice, None lets
-    `targets_select` choose.
-    """
-
-    lesion_uid: str
-    organ: str
-    longest_diameter_mm: float
-    volume_ml: float = math.nan
-    short_axis_mm: float = math.nan
-    is_target: bool | None = None
-
-    @property
-    def present(self) -> bool:
-        """Seen at this study (diameter or volume above zero)."""
-        return self.longest_diameter_mm > 0 or self.volume_ml > 0
-
-    @property
-    def evaluated(self) -> bool:
-        return not math.isnan(self.longest_diameter_mm)
-
-
-@dataclass(frozen=True)
-class StudyReading:
-    """The lesions read at one study. ``non_target_unequivocal_progression``: a
-    radiologist's verdict on non-target disease (None: decide from the volumes)."""
-
-    study_uid: str
-    study_date: dt.date
-    lesions: tuple[LesionReading, ...]
-    non_target_unequivocal_progression: bool | None = None
-
-    def reading(self, lesion_uid: str) -> LesionReading | None:
-        for lesion in self.lesions:
-            if lesion.lesion_uid == lesion_uid:
-                return lesion
-        return None
-
-
+# --------------------------------------------------------------------------- assessment
 @dataclass(frozen=True)
 class RecistAssessment:
     """RECIST 1.1 at one study. At baseline the responses are None and changes are 0.
@@ -396,167 +348,211 @@ def recist_assess(
     if not timeline:
         return ()
     studies = sorted(timeline, key=lambda s: s.study_date)
-    baseline = studies[0]
-    present_at_baseline = [r for r in baseline.lesions if r.present]
-    baseline_uids = {r.lesion_uid for r in present_at_baseline}
-    if any(r.is_target for r in present_at_baseline):
-        targets = tuple(r.lesion_uid for r in present_at_baseline if r.is_target)
-    else:
-        targets = targets_select(lesions=present_at_baseline, slice_thickness_mm=slice_thickness_mm)
-    non_targets = tuple(r.lesion_uid for r in present_at_baseline if r.lesion_uid not in targets)
-
+    baseline = _baseline_lesions(studies[0], slice_thickness_mm=slice_thickness_mm)
+    course = _Course()
     out: list[RecistAssessment] = []
-    sums: list[float] = []  # fully evaluated sums, baseline first
-    non_target_volumes: list[float] = []
-    seen: set[str] = set()
     for index, study in enumerate(studies):
-        diameters, missing = [], 0
-        for uid in targets:
-            reading = study.reading(uid)
-            if reading is None or not reading.evaluated:
-                missing += 1
-            else:
-                diameters.append(reading.longest_diameter_mm)
-        total = sum_of_diameters(diameters)
-        nt_readings = [study.reading(uid) for uid in non_targets]
-        nt_missing = sum(1 for r in nt_readings if r is None or not r.evaluated)
-        nt_present = sum(1 for r in nt_readings if r is not None and r.present)
-        nt_volume = (
-            math.nan
-            if nt_missing
-            else sum(_lesion_volume_ml(r) for r in nt_readings if r is not None)
-        )
-        present_uids = {r.lesion_uid for r in study.lesions if r.present}
-        first_seen = len(present_uids - seen - baseline_uids) if index else 0
-        seen |= present_uids
-        new = bool(present_uids - baseline_uids) if index else False
-
+        targets = _targets_read(study, baseline.targets)
+        non_targets = _non_targets_read(study, baseline.non_targets)
         if index == 0:
-            out.append(
-                RecistAssessment(
-                    study_uid=study.study_uid,
-                    study_date=study.study_date,
-                    is_baseline=True,
-                    target_uids=targets,
-                    non_target_uids=non_targets,
-                    sum_diameters_mm=total,
-                    baseline_sum_mm=total,
-                    nadir_sum_mm=total,
-                    pct_change_baseline=0.0,
-                    pct_change_nadir=0.0,
-                    target_response=None,
-                    non_target_response=None,
-                    new_lesions=False,
-                    new_lesions_first_seen=0,
-                    category=None,
-                )
-            )
-            sums.append(total)
-            non_target_volumes.append(nt_volume)
-            continue
-
-        baseline_sum = sums[0]
-        lowest = nadir(sums)
-        if targets:
-            t_response = target_response(
-                sum_mm=total,
-                baseline_sum_mm=baseline_sum,
-                nadir_sum_mm=lowest,
-                not_evaluated=missing,
-            )
+            out.append(_baseline_assessment(study, baseline, targets))
         else:
-            t_response = None
-        if study.non_target_unequivocal_progression is not None:
-            nt_progression = study.non_target_unequivocal_progression
-        else:
-            known = [v for v in non_target_volumes if not math.isnan(v)]
-            nt_progression = bool(known) and non_target_progression(
-                volume_ml=nt_volume, nadir_volume_ml=min(known)
-            )
-        nt_response = non_target_response(
-            n_baseline=len(non_targets),
-            n_present=nt_present,
-            n_not_evaluated=nt_missing,
-            unequivocal_progression=nt_progression,
-        )
-        out.append(
-            RecistAssessment(
-                study_uid=study.study_uid,
-                study_date=study.study_date,
-                is_baseline=False,
-                target_uids=targets,
-                non_target_uids=non_targets,
-                sum_diameters_mm=total,
-                baseline_sum_mm=baseline_sum,
-                nadir_sum_mm=lowest,
-                pct_change_baseline=pct_change(value=total, reference=baseline_sum)
-                if targets and not missing
-                else math.nan,
-                pct_change_nadir=pct_change(value=total, reference=lowest)
-                if targets and not missing
-                else math.nan,
-                target_response=t_response,
-                non_target_response=nt_response,
-                new_lesions=new,
-                new_lesions_first_seen=first_seen,
-                category=overall_response(
-                    target=t_response, non_target=nt_response, new_lesions=new
-                ),
-            )
-        )
-        if not missing:
-            sums.append(total)
-        non_target_volumes.append(nt_volume)
+            out.append(_follow_up_assessment(study, baseline, targets, non_targets, course))
+        course.record(study, targets, non_targets, is_baseline=index == 0)
     return tuple(out)
 
 
-# --------------------------------------------------------------------------- tables
-def _flag(value) -> bool | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in {"", "nan", "none"}:
-            return None
-        return text in {"1", "true", "t", "yes", "y"}
-    return bool(value)
+@dataclass(frozen=True)
+class _BaselineLesions:
+    """The lesions present at baseline, split into targets and non-targets."""
+
+    targets: tuple[str, ...]
+    non_targets: tuple[str, ...]
+    present: frozenset[str]
 
 
-def timeline_from_measurements(
-    measurements: pd.DataFrame,
-) -> Mapping[str, tuple[StudyReading, ...]]:
-    """Per patient, the timeline from an ``export_measurements`` table (DESIGN.md).
+@dataclass(frozen=True)
+class _TargetsRead:
+    """The targets at one study: the sum of those evaluated, and how many were not."""
 
-    Reads ``patient_id, study_instance_uid, study_date, lesion_uid, organ, volume_ml,
-    longest_diameter_mm`` and, when present, ``short_axis_mm``, ``status``,
-    ``is_target`` and ``review_state``. A row with status ``resolved`` reads as
-    disappeared (0 mm, 0 ml) whatever its numbers; a row whose review_state is
-    ``rejected`` (a radiologist said it is not a lesion) is left out. A study appears
-    only if it has at least one row (a resolved lesion still has one).
+    sum_mm: float
+    not_evaluated: int
+
+
+@dataclass(frozen=True)
+class _NonTargetsRead:
+    """The non-targets at one study: how many are present, how many were not evaluated,
+    and their summed volume (NaN when one was not evaluated)."""
+
+    present: int
+    not_evaluated: int
+    volume_ml: float
+
+
+@dataclass
+class _Course:
+    """What the studies so far leave for the next: the fully evaluated sums (baseline
+    first), the non-target volumes, and every lesion seen present."""
+
+    sums: list[float] = field(default_factory=list)
+    non_target_volumes: list[float] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def record(
+        self,
+        study: StudyReading,
+        targets: _TargetsRead,
+        non_targets: _NonTargetsRead,
+        *,
+        is_baseline: bool,
+    ) -> None:
+        # The baseline sum is the reference even when a target was not evaluated there.
+        if is_baseline or not targets.not_evaluated:
+            self.sums.append(targets.sum_mm)
+        self.non_target_volumes.append(non_targets.volume_ml)
+        self.seen |= _present(study)
+
+
+def _present(study: StudyReading) -> set[str]:
+    return {r.lesion_uid for r in study.lesions if r.present}
+
+
+def _baseline_lesions(
+    baseline: StudyReading, *, slice_thickness_mm: float | None
+) -> _BaselineLesions:
+    """Targets and non-targets among the lesions present at baseline.
+
+    RECIST 1.1 section 4.2: targets by `targets_select`, unless a radiologist flagged
+    some ``is_target`` (then exactly those); every other lesion present is a non-target.
     """
-    frame = measurements.copy()
-    if "review_state" in frame:
-        frame = frame[frame["review_state"].astype(str).str.lower() != "rejected"]
-    frame["study_date"] = pd.to_datetime(frame["study_date"]).dt.date
-    out: dict[str, tuple[StudyReading, ...]] = {}
-    for patient_id, rows in frame.groupby("patient_id", sort=True):
-        studies = []
-        for (study_date, study_uid), group in rows.groupby(
-            ["study_date", "study_instance_uid"], sort=True
-        ):
-            readings = []
-            for row in group.to_dict("records"):
-                resolved = str(row.get("status", "")).lower() == "resolved"
-                readings.append(
-                    LesionReading(
-                        lesion_uid=str(row["lesion_uid"]),
-                        organ=str(row["organ"]).strip().lower(),
-                        longest_diameter_mm=0.0 if resolved else float(row["longest_diameter_mm"]),
-                        volume_ml=0.0 if resolved else float(row["volume_ml"]),
-                        short_axis_mm=float(row.get("short_axis_mm", math.nan)),
-                        is_target=_flag(row.get("is_target")),
-                    )
-                )
-            studies.append(StudyReading(str(study_uid), study_date, tuple(readings)))
-        out[str(patient_id)] = tuple(studies)
-    return out
+    present = [r for r in baseline.lesions if r.present]
+    if any(r.is_target for r in present):
+        targets = tuple(r.lesion_uid for r in present if r.is_target)
+    else:
+        targets = targets_select(lesions=present, slice_thickness_mm=slice_thickness_mm)
+    non_targets = tuple(r.lesion_uid for r in present if r.lesion_uid not in targets)
+    return _BaselineLesions(targets, non_targets, frozenset(r.lesion_uid for r in present))
+
+
+def _targets_read(study: StudyReading, targets: tuple[str, ...]) -> _TargetsRead:
+    """The sum of the evaluated targets' diameters (RECIST 1.1 sections 4.2 and 4.3.2:
+    a disappeared target counts 0 mm) and how many were not evaluated (no reading or
+    NaN; section 4.4.2)."""
+    diameters, missing = [], 0
+    for uid in targets:
+        reading = study.reading(uid)
+        if reading is None or not reading.evaluated:
+            missing += 1
+        else:
+            diameters.append(reading.longest_diameter_mm)
+    return _TargetsRead(sum_of_diameters(diameters), missing)
+
+
+def _non_targets_read(study: StudyReading, non_targets: tuple[str, ...]) -> _NonTargetsRead:
+    """The non-targets present and not evaluated at ``study`` (RECIST 1.1 section 4.3.3),
+    and their volume for the progression yardstick of section 4.3.4."""
+    readings = [study.reading(uid) for uid in non_targets]
+    missing = sum(1 for r in readings if r is None or not r.evaluated)
+    present = sum(1 for r in readings if r is not None and r.present)
+    volume = math.nan if missing else sum(_lesion_volume_ml(r) for r in readings if r is not None)
+    return _NonTargetsRead(present, missing, volume)
+
+
+def _new_lesions(
+    study: StudyReading, baseline: _BaselineLesions, seen: set[str]
+) -> tuple[bool, int]:
+    """Whether a lesion absent at baseline is present (RECIST 1.1 section 4.3.5), and how
+    many of those are seen for the first time. A baseline lesion that disappeared and
+    came back is not new (clarifications: "lesions that disappear and reappear")."""
+    present = _present(study)
+    return bool(present - baseline.present), len(present - seen - baseline.present)
+
+
+def _non_target_unequivocal(
+    study: StudyReading, volume_ml: float, earlier_volumes_ml: Sequence[float]
+) -> bool:
+    """Unequivocal progression of non-target disease (RECIST 1.1 section 4.3.4): the
+    radiologist's verdict when given, else `non_target_progression` from the summed
+    volume against the smallest known earlier one."""
+    if study.non_target_unequivocal_progression is not None:
+        return study.non_target_unequivocal_progression
+    known = [v for v in earlier_volumes_ml if not math.isnan(v)]
+    return bool(known) and non_target_progression(volume_ml=volume_ml, nadir_volume_ml=min(known))
+
+
+def _baseline_assessment(
+    study: StudyReading, baseline: _BaselineLesions, targets: _TargetsRead
+) -> RecistAssessment:
+    """The baseline row: its sum is the reference; no response, nothing new."""
+    return RecistAssessment(
+        study_uid=study.study_uid,
+        study_date=study.study_date,
+        is_baseline=True,
+        target_uids=baseline.targets,
+        non_target_uids=baseline.non_targets,
+        sum_diameters_mm=targets.sum_mm,
+        baseline_sum_mm=targets.sum_mm,
+        nadir_sum_mm=targets.sum_mm,
+        pct_change_baseline=0.0,
+        pct_change_nadir=0.0,
+        target_response=None,
+        non_target_response=None,
+        new_lesions=False,
+        new_lesions_first_seen=0,
+        category=None,
+    )
+
+
+def _follow_up_assessment(
+    study: StudyReading,
+    baseline: _BaselineLesions,
+    targets: _TargetsRead,
+    non_targets: _NonTargetsRead,
+    course: _Course,
+) -> RecistAssessment:
+    """A follow-up row: target, non-target and new-lesion readings combined into the
+    time point response (RECIST 1.1 section 4.4.1, `overall_response`)."""
+    baseline_sum = course.sums[0]
+    lowest = nadir(course.sums)
+    t_response = (
+        target_response(
+            sum_mm=targets.sum_mm,
+            baseline_sum_mm=baseline_sum,
+            nadir_sum_mm=lowest,
+            not_evaluated=targets.not_evaluated,
+        )
+        if baseline.targets
+        else None
+    )
+    nt_response = non_target_response(
+        n_baseline=len(baseline.non_targets),
+        n_present=non_targets.present,
+        n_not_evaluated=non_targets.not_evaluated,
+        unequivocal_progression=_non_target_unequivocal(
+            study, non_targets.volume_ml, course.non_target_volumes
+        ),
+    )
+    new, first_seen = _new_lesions(study, baseline, course.seen)
+    # Changes compare whole sums only: with a target not evaluated they mean nothing.
+    comparable = bool(baseline.targets) and not targets.not_evaluated
+    return RecistAssessment(
+        study_uid=study.study_uid,
+        study_date=study.study_date,
+        is_baseline=False,
+        target_uids=baseline.targets,
+        non_target_uids=baseline.non_targets,
+        sum_diameters_mm=targets.sum_mm,
+        baseline_sum_mm=baseline_sum,
+        nadir_sum_mm=lowest,
+        pct_change_baseline=pct_change(value=targets.sum_mm, reference=baseline_sum)
+        if comparable
+        else math.nan,
+        pct_change_nadir=pct_change(value=targets.sum_mm, reference=lowest)
+        if comparable
+        else math.nan,
+        target_response=t_response,
+        non_target_response=nt_response,
+        new_lesions=new,
+        new_lesions_first_seen=first_seen,
+        category=overall_response(target=t_response, non_target=nt_response, new_lesions=new),
+    )

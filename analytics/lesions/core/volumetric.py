@@ -32,17 +32,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS
-from analytics.lesions.core.recist import (
-    StudyReading,
-    pct_change,
-    recist_assess,
-    timeline_from_measurements,
-)
+from analytics.lesions.core.readings import StudyReading, timeline_from_measurements
+from analytics.lesions.core.recist import pct_change, recist_assess
 
 __all__ = [
     "REPEATABILITY_PCT",
@@ -219,96 +215,144 @@ def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAs
         return ()
     studies = sorted(timeline, key=lambda s: s.study_date)
     baseline_uids = {r.lesion_uid for r in studies[0].lesions if r.present}
-    known: list[str] = []
-    history: dict[str, list[float]] = {}  # per lesion: volumes since first seen
-    totals: list[float] = []
+    course = _Course()
     out: list[VolumetricAssessment] = []
-    previous_total, previous_date = math.nan, None
-    previous_volume: dict[str, float] = {}
     for index, study in enumerate(studies):
-        for r in study.lesions:
-            if r.lesion_uid not in known and (r.present or index == 0):
-                known.append(r.lesion_uid)
-        volumes = {}
-        for uid in known:
-            reading = study.reading(uid)
-            volumes[uid] = math.nan if reading is None else reading.volume_ml
+        course.known_extend(study, is_baseline=index == 0)
+        volumes = {uid: _volume_ml(study, uid) for uid in course.known}
         total = math.nan if any(math.isnan(v) for v in volumes.values()) else sum(volumes.values())
-        interval = (study.study_date - previous_date).days if previous_date else 0
-
-        lesions = []
-        for uid, volume in volumes.items():
-            past = history.setdefault(uid, [])
-            reference = next((v for v in past if v > 0), volume)
-            lowest = min((v for v in past if not math.isnan(v)), default=volume)
-            lesions.append(
-                LesionVolumeChange(
-                    lesion_uid=uid,
-                    volume_ml=volume,
-                    reference_ml=reference,
-                    nadir_ml=lowest,
-                    pct_change_reference=pct_change(value=volume, reference=reference),
-                    pct_change_nadir=pct_change(value=volume, reference=lowest),
-                    category=volume_response(
-                        volume_ml=volume, baseline_ml=reference, nadir_ml=lowest
-                    )
-                    if past and reference > 0
-                    else None,
-                    doubling_time=volume_doubling_time(
-                        volume1_ml=previous_volume[uid],
-                        volume2_ml=volume,
-                        interval_days=interval,
-                    )
-                    if uid in previous_volume
-                    else None,
-                )
-            )
-            if volume > 0 or past:
-                past.append(volume)
-        present = {r.lesion_uid for r in study.lesions if r.present}
-        new = bool(present - baseline_uids) if index else False
-        if index == 0:
-            burden = category = None
-            baseline_total = lowest_total = total
-        else:
-            baseline_total = totals[0]
-            finite = [t for t in totals if not math.isnan(t)]
-            lowest_total = min(finite) if finite else math.nan
-            burden = volume_response(
-                volume_ml=total, baseline_ml=baseline_total, nadir_ml=lowest_total
-            )
-            category = "PD" if new else burden
+        interval = (study.study_date - course.previous_date).days if course.previous_date else 0
+        lesions = tuple(
+            _lesion_change(uid, volume, course, interval_days=interval)
+            for uid, volume in volumes.items()
+        )
         out.append(
-            VolumetricAssessment(
-                study_uid=study.study_uid,
-                study_date=study.study_date,
+            _assessment(
+                study,
+                total,
+                lesions,
+                course,
                 is_baseline=index == 0,
-                total_volume_ml=total,
-                baseline_volume_ml=baseline_total,
-                nadir_volume_ml=lowest_total,
-                pct_change_baseline=pct_change(value=total, reference=baseline_total),
-                pct_change_nadir=pct_change(value=total, reference=lowest_total),
-                burden_response=burden,
-                category=category,
-                new_lesions=new,
-                doubling_time=volume_doubling_time(
-                    volume1_ml=previous_total, volume2_ml=total, interval_days=interval
-                )
-                if index
-                else None,
-                lesions=tuple(lesions),
+                interval_days=interval,
+                new=_new_lesions(study, baseline_uids) if index else False,
             )
         )
-        totals.append(total)
-        previous_total, previous_date = total, study.study_date
-        previous_volume = dict(volumes)
+        course.record(study, volumes, total)
     return tuple(out)
+
+
+@dataclass
+class _Course:
+    """What the studies so far leave for the next: the lesions known (present once, or
+    read at baseline), each one's volumes since first seen, the totals, and the previous
+    study's total, date and volumes (for doubling times)."""
+
+    known: list[str] = field(default_factory=list)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    totals: list[float] = field(default_factory=list)
+    previous_total: float = math.nan
+    previous_date: dt.date | None = None
+    previous_volume: dict[str, float] = field(default_factory=dict)
+
+    def known_extend(self, study: StudyReading, *, is_baseline: bool) -> None:
+        for r in study.lesions:
+            if r.lesion_uid not in self.known and (r.present or is_baseline):
+                self.known.append(r.lesion_uid)
+
+    def record(self, study: StudyReading, volumes: dict[str, float], total: float) -> None:
+        self.totals.append(total)
+        self.previous_total, self.previous_date = total, study.study_date
+        self.previous_volume = dict(volumes)
+
+
+def _new_lesions(study: StudyReading, baseline_uids: set[str]) -> bool:
+    """A lesion absent at baseline is present (RECIST 1.1 section 4.3.5)."""
+    return bool({r.lesion_uid for r in study.lesions if r.present} - baseline_uids)
+
+
+def _volume_ml(study: StudyReading, lesion_uid: str) -> float:
+    reading = study.reading(lesion_uid)
+    return math.nan if reading is None else reading.volume_ml
+
+
+def _lesion_change(
+    uid: str, volume: float, course: _Course, *, interval_days: int
+) -> LesionVolumeChange:
+    """One lesion against its first volume above 0 and its nadir (rated by
+    `volume_response` once it has a history), with its VDT since the previous study;
+    the volume joins its history once the lesion has been seen."""
+    past = course.history.setdefault(uid, [])
+    reference = next((v for v in past if v > 0), volume)
+    lowest = min((v for v in past if not math.isnan(v)), default=volume)
+    change = LesionVolumeChange(
+        lesion_uid=uid,
+        volume_ml=volume,
+        reference_ml=reference,
+        nadir_ml=lowest,
+        pct_change_reference=pct_change(value=volume, reference=reference),
+        pct_change_nadir=pct_change(value=volume, reference=lowest),
+        category=volume_response(volume_ml=volume, baseline_ml=reference, nadir_ml=lowest)
+        if past and reference > 0
+        else None,
+        doubling_time=volume_doubling_time(
+            volume1_ml=course.previous_volume[uid], volume2_ml=volume, interval_days=interval_days
+        )
+        if uid in course.previous_volume
+        else None,
+    )
+    if volume > 0 or past:
+        past.append(volume)
+    return change
+
+
+def _assessment(
+    study: StudyReading,
+    total: float,
+    lesions: tuple[LesionVolumeChange, ...],
+    course: _Course,
+    *,
+    is_baseline: bool,
+    interval_days: int,
+    new: bool,
+) -> VolumetricAssessment:
+    """The total burden at one study against the baseline total and the nadir (the
+    smallest known total before it); a new lesion makes the category PD (RECIST 1.1
+    section 4.3.5)."""
+    if is_baseline:
+        burden = category = None
+        baseline_total = lowest_total = total
+    else:
+        baseline_total = course.totals[0]
+        finite = [t for t in course.totals if not math.isnan(t)]
+        lowest_total = min(finite) if finite else math.nan
+        burden = volume_response(volume_ml=total, baseline_ml=baseline_total, nadir_ml=lowest_total)
+        category = "PD" if new else burden
+    return VolumetricAssessment(
+        study_uid=study.study_uid,
+        study_date=study.study_date,
+        is_baseline=is_baseline,
+        total_volume_ml=total,
+        baseline_volume_ml=baseline_total,
+        nadir_volume_ml=lowest_total,
+        pct_change_baseline=pct_change(value=total, reference=baseline_total),
+        pct_change_nadir=pct_change(value=total, reference=lowest_total),
+        burden_response=burden,
+        category=category,
+        new_lesions=new,
+        doubling_time=None
+        if is_baseline
+        else volume_doubling_time(
+            volume1_ml=course.previous_total, volume2_ml=total, interval_days=interval_days
+        ),
+        lesions=lesions,
+    )
 
 
 def responses_table_build(
     *, measurements: pd.DataFrame, slice_thickness_mm: float | None = None
 ) -> pd.DataFrame:
-    """The ``export_responses`` table (DESIGN.md) from an ``export_measurements`` table.
+    """The ``export_responses`` table (`analytics.layouts.EXPORT_RESPONSE_COLUMNS`) from an
+    ``export_measurements`` table.
 
     One row per study: RECIST sum of diameters and its changes (`recist_assess`), the
     total volume, the RECIST and volumetric categories (empty at baseline) and whether a

@@ -8,7 +8,7 @@ from patients.exports import export_handle
 
 class Command(BaseCommand):
     help = (
-        "One row per lesion per study (DESIGN.md columns), values in force after review; "
+        "One row per lesion per study (the published columns, analytics.layouts), values in force after review; "
         "written to standard output."
     )
 

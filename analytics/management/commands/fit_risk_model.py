@@ -1,17 +1,18 @@
 """``manage.py fit_risk_model [--model cox|gbm]``: cross-validate, store a model version, score everyone.
 
-See `analytics.services` for the landmark policy and what is stored.
+See `analytics.risk.services` for the landmark policy and what is stored.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from analytics.models import RiskModelVersion
-from analytics.risk.core.survival import DEFAULT_HORIZON_DAYS
+from analytics.risk.core.estimators import DEFAULT_HORIZON_DAYS
 from analytics.risk.services import (
     LandmarkPolicy,
     RiskModelFitError,
@@ -73,7 +74,7 @@ class Command(BaseCommand):
         "library versions) and score every patient with it."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--model", choices=["cox", "gbm"], default="cox")
         parser.add_argument(
             "--penalizer", type=float, default=0.1, help="Cox ridge penalty (default 0.1)"
@@ -100,7 +101,7 @@ class Command(BaseCommand):
             "--no-score", action="store_true", help="store the model without scoring patients"
         )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         if options["folds"] < 2:
             raise CommandError("--folds must be at least 2")
         if options["penalizer"] < 0:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import getpass
 import sys
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from analytics.fhir.build import FHIRBuildError
 from analytics.fhir.push import FHIRPushError, fhir_patient_push
+from analytics.fhir.validation import FHIRBuildError
 from patients.audit import audit_record
 from patients.models import Patient
 
@@ -26,10 +27,10 @@ from patients.models import Patient
 class Command(BaseCommand):
     help = "Push patients' FHIR R4 resources to RADTRACK_FHIR_SERVER_URL as transactions."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--patient", metavar="ID", help="only this patient (MRN)")
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         if not settings.RADTRACK_FHIR_SERVER_URL:
             raise CommandError(
                 "no FHIR server is configured: set RADTRACK_FHIR_SERVER_URL to its base URL"

@@ -1,0 +1,1 @@
+"""The Django-free arithmetic of the risk models: features, estimators, metrics, validation."""

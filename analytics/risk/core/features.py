@@ -12,7 +12,7 @@ Each group of features is a `FeatureBlock`: something with a ``name``, the ``col
 fills and ``compute(patient_id, landmark)``. `feature_table_build` asks every block for
 every (patient, landmark) row, so imaging features from lesion tracking plug in as one
 more block (`ImagingFeatures` reads the ``export_measurements`` / ``export_responses``
-layouts from DESIGN.md).
+layouts of `analytics.layouts`).
 
 Missing values (policy)
 -----------------------
@@ -109,7 +109,7 @@ class LabFeatures:
     """Latest value and linear slope per 30 days of CEA, LDH, CRP, albumin and haemoglobin.
 
     ``labs`` has columns ``patient_id, loinc_code, value, observed_at`` (tz-aware), values
-    already in the canonical unit of `analytics.core.units`. Only labs observed before
+    already in the canonical unit of `patients.units`. Only labs observed before
     `landmark_cutoff` and within ``lookback_days`` of it count.
 
     - ``<test>_latest``: the value at the latest observation time (the mean if one time

@@ -346,6 +346,18 @@ def _enhanced_first(ds: Dataset, sequence: str, keyword: str):
 HeaderCache = dict[str, tuple[PatientAttributes, StudyAttributes, SeriesAttributes]]
 
 
+@dataclass(frozen=True)
+class _Identity:
+    """The UIDs and Patient ID an instance must carry to be stored."""
+
+    transfer_syntax: UID | None
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+
+
 def instance_inspect(
     data: bytes, *, name: str = "", headers: HeaderCache | None = None
 ) -> InspectedInstance:
@@ -363,68 +375,12 @@ def instance_inspect(
         warnings.simplefilter("always")
         ds, found = _read_dataset(data)
         if "PixelData" not in ds:
-            # Without pixel data to check lengths against, a cut-short file shows only
-            # as an element whose value runs past the end: convert every one now.
-            # (Images are checked through their Pixel Data length instead, which is
-            # much cheaper than converting every element of every slice.)
-            try:
-                _all_elements_read(ds)
-            except EOFError as exc:
-                raise DicomRejected(f"truncated: {exc}") from None
-            except Exception as exc:
-                raise DicomRejected(
-                    f"an element cannot be read: {type(exc).__name__}: {exc}"
-                ) from None
-
-        meta = getattr(ds, "file_meta", None)
-        transfer_syntax = (
-            UID(str(meta.TransferSyntaxUID)) if meta and "TransferSyntaxUID" in meta else None
-        )
-        sop_class_uid = _require_uid(ds, "SOPClassUID", "(0008,0016)")
-        if sop_class_uid not in ACCEPTED_SOP_CLASSES:
-            raise DicomRejected(
-                f"SOP Class {UID(sop_class_uid).name} is not one RadTrack stores "
-                f"(CT, MR, Segmentation and SR storage)"
-            )
-        sop_instance_uid = _require_uid(ds, "SOPInstanceUID", "(0008,0018)")
-        study_uid = _require_uid(ds, "StudyInstanceUID", "(0020,000D)")
-        series_uid = _require_uid(ds, "SeriesInstanceUID", "(0020,000E)")
-        if meta is not None and meta.get("MediaStorageSOPInstanceUID") not in (
-            None,
-            "",
-            sop_instance_uid,
-        ):
-            found.append("Media Storage SOP Instance UID (0002,0003) differs from SOP Instance UID")
-        patient_id = _text(ds, "PatientID", found)
-        if not patient_id:
-            raise DicomRejected(
-                "Patient ID (0010,0020) is empty: the study cannot be assigned to a patient"
-            )
-        if len(patient_id) > 64:
-            raise DicomRejected("Patient ID (0010,0020) is longer than 64 characters")
-        _check_geometry(ds, sop_class_uid)
-        _check_pixel_data(ds, transfer_syntax)
-
-        position = _floats(ds, "ImagePositionPatient", 3)
-        if sop_class_uid in ENHANCED_CLASSES:
-            position = position or _tuple_or_none(
-                _enhanced_first(ds, "PlanePositionSequence", "ImagePositionPatient"), 3
-            )
-        cached = headers.get(series_uid) if headers is not None else None
-        if (
-            cached
-            and cached[0].patient_id == patient_id
-            and cached[1].study_instance_uid == study_uid
-        ):
-            # Patient, study and series attributes are the same in every image of a
-            # series: read them once per series, not once per slice.
-            patient, study, series = cached
-        else:
-            patient, study, series = _header_attributes(
-                ds, sop_class_uid, patient_id, study_uid, series_uid, found
-            )
-            if headers is not None:
-                headers[series_uid] = (patient, study, series)
+            _check_elements(ds)
+        identity = _identity(ds, found)
+        _check_geometry(ds, identity.sop_class_uid)
+        _check_pixel_data(ds, identity.transfer_syntax)
+        position = _image_position(ds, identity.sop_class_uid)
+        patient, study, series = _series_headers(ds, identity, headers, found)
         instance_number = _number(ds, "InstanceNumber", found, cast=int)
     found.extend(_warning_text(w) for w in caught)
 
@@ -433,9 +389,9 @@ def instance_inspect(
         data=stored,
         sha256=hashlib.sha256(stored).hexdigest(),
         dataset_sha256=hashlib.sha256(memoryview(stored)[dataset_offset(stored) :]).hexdigest(),
-        sop_instance_uid=sop_instance_uid,
-        sop_class_uid=sop_class_uid,
-        transfer_syntax_uid=str(transfer_syntax or ""),
+        sop_instance_uid=identity.sop_instance_uid,
+        sop_class_uid=identity.sop_class_uid,
+        transfer_syntax_uid=str(identity.transfer_syntax or ""),
         instance_number=instance_number,
         image_position=position,
         patient=patient,
@@ -443,6 +399,86 @@ def instance_inspect(
         series=series,
         warnings=tuple(dict.fromkeys(found)),
     )
+
+
+def _check_elements(ds: Dataset) -> None:
+    """Without pixel data to check lengths against, a cut-short file shows only as an
+    element whose value runs past the end: convert every one now. (Images are checked
+    through their Pixel Data length instead, which is much cheaper than converting
+    every element of every slice.)"""
+    try:
+        _all_elements_read(ds)
+    except EOFError as exc:
+        raise DicomRejected(f"truncated: {exc}") from None
+    except Exception as exc:
+        raise DicomRejected(f"an element cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+def _identity(ds: Dataset, found: list[str]) -> _Identity:
+    """The SOP class (one RadTrack stores), the UIDs and the Patient ID, or rejection."""
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = (
+        UID(str(meta.TransferSyntaxUID)) if meta and "TransferSyntaxUID" in meta else None
+    )
+    sop_class_uid = _require_uid(ds, "SOPClassUID", "(0008,0016)")
+    if sop_class_uid not in ACCEPTED_SOP_CLASSES:
+        raise DicomRejected(
+            f"SOP Class {UID(sop_class_uid).name} is not one RadTrack stores "
+            f"(CT, MR, Segmentation and SR storage)"
+        )
+    sop_instance_uid = _require_uid(ds, "SOPInstanceUID", "(0008,0018)")
+    study_uid = _require_uid(ds, "StudyInstanceUID", "(0020,000D)")
+    series_uid = _require_uid(ds, "SeriesInstanceUID", "(0020,000E)")
+    if meta is not None and meta.get("MediaStorageSOPInstanceUID") not in (
+        None,
+        "",
+        sop_instance_uid,
+    ):
+        found.append("Media Storage SOP Instance UID (0002,0003) differs from SOP Instance UID")
+    patient_id = _text(ds, "PatientID", found)
+    if not patient_id:
+        raise DicomRejected(
+            "Patient ID (0010,0020) is empty: the study cannot be assigned to a patient"
+        )
+    if len(patient_id) > 64:
+        raise DicomRejected("Patient ID (0010,0020) is longer than 64 characters")
+    return _Identity(
+        transfer_syntax, sop_class_uid, sop_instance_uid, study_uid, series_uid, patient_id
+    )
+
+
+def _image_position(ds: Dataset, sop_class_uid: str) -> tuple[float, ...] | None:
+    position = _floats(ds, "ImagePositionPatient", 3)
+    if sop_class_uid in ENHANCED_CLASSES:
+        position = position or _tuple_or_none(
+            _enhanced_first(ds, "PlanePositionSequence", "ImagePositionPatient"), 3
+        )
+    return position
+
+
+def _series_headers(
+    ds: Dataset, identity: _Identity, headers: HeaderCache | None, found: list[str]
+) -> tuple[PatientAttributes, StudyAttributes, SeriesAttributes]:
+    """Patient, study and series attributes are the same in every image of a series:
+    read them once per series (kept in ``headers``), not once per slice."""
+    cached = headers.get(identity.series_uid) if headers is not None else None
+    if (
+        cached
+        and cached[0].patient_id == identity.patient_id
+        and cached[1].study_instance_uid == identity.study_uid
+    ):
+        return cached
+    attributes = _header_attributes(
+        ds,
+        identity.sop_class_uid,
+        identity.patient_id,
+        identity.study_uid,
+        identity.series_uid,
+        found,
+    )
+    if headers is not None:
+        headers[identity.series_uid] = attributes
+    return attributes
 
 
 def _header_attributes(

@@ -355,6 +355,57 @@ def _referenced_segment(
     )
 
 
+def _measurement_group(
+    lesion: ExportedLesion,
+    segmentation: hd.seg.Segmentation | None,
+    time_point_context: hd.sr.TimePointContext,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+):
+    """TID 1411 when the lesion has a segment in ``segmentation``, else TID 1501."""
+    tracking = hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id)
+    sites = (
+        [hd.sr.FindingSite(anatomic_location=ORGAN_SITES[lesion.organ])]
+        if lesion.organ in ORGAN_SITES
+        else None
+    )
+    segment_numbers = (
+        segmentation.get_segment_numbers(tracking_uid=lesion.tracking_uid)
+        if segmentation is not None and lesion.component_label is not None
+        else []
+    )
+    common = {
+        "tracking_identifier": tracking,
+        "time_point_context": time_point_context,
+        "finding_type": codes.SCT.Lesion,
+        "finding_category": codes.SCT.MorphologicallyAbnormalStructure,
+        "algorithm_id": algorithm,
+        "finding_sites": sites,
+        "measurements": _measurements(lesion, algorithm),
+    }
+    if segment_numbers:
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_segment=_referenced_segment(segmentation, segment_numbers[0]),
+            **common,
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+
+
+def _device_observer(model: SegmentationModel, uids: ExportUids) -> hd.sr.ObserverContext:
+    """The model as the observing device (TID 1004)."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids.device_uid,
+            name=model.name[:64],
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{model.name} {model.version}"[:64],
+        ),
+    )
+
+
 def measurement_report_build(
     *,
     source_images: Sequence[Dataset],
@@ -387,48 +438,14 @@ def measurement_report_build(
         time_point_type=time_point.code,
         time_point_order=time_point.order,
     )
-    groups = []
-    for lesion in sorted(lesions, key=lambda lesion: lesion.tracking_id):
-        tracking = hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id)
-        sites = (
-            [hd.sr.FindingSite(anatomic_location=ORGAN_SITES[lesion.organ])]
-            if lesion.organ in ORGAN_SITES
-            else None
-        )
-        segment_numbers = (
-            segmentation.get_segment_numbers(tracking_uid=lesion.tracking_uid)
-            if segmentation is not None and lesion.component_label is not None
-            else []
-        )
-        common = {
-            "tracking_identifier": tracking,
-            "time_point_context": time_point_context,
-            "finding_type": codes.SCT.Lesion,
-            "finding_category": codes.SCT.MorphologicallyAbnormalStructure,
-            "algorithm_id": algorithm,
-            "finding_sites": sites,
-            "measurements": _measurements(lesion, algorithm),
-        }
-        if segment_numbers:
-            groups.append(
-                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    referenced_segment=_referenced_segment(segmentation, segment_numbers[0]),
-                    **common,
-                )
-            )
-        else:
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uids.device_uid,
-            name=model.name[:64],
-            manufacturer_name=MANUFACTURER,
-            model_name=f"{model.name} {model.version}"[:64],
-        ),
-    )
+    groups = [
+        _measurement_group(lesion, segmentation, time_point_context, algorithm)
+        for lesion in sorted(lesions, key=lambda lesion: lesion.tracking_id)
+    ]
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=_device_observer(model, uids)
+        ),
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
     )

@@ -1,7 +1,7 @@
 """Choose the one series of a study to analyse, by stated rules, with reasons for all.
 
 The chooser is pure: it reads `SeriesSummary` records (built from headers by
-``dicom_volume.series_summary`` or from the index) and returns a `SeriesChoice` that
+`volume.series_summary` or from the index) and returns a `SeriesChoice` that
 says which series won, which rules it won on, and on which rule each other series lost.
 A user's override is honoured and recorded next to what the rules would have chosen.
 
@@ -16,8 +16,8 @@ the first rule on which it is worse than the best one still in it):
    kernels over sharp (lung / bone) kernels; see `kernel_class`.
 4. Near-full coverage: at least `COVERAGE_FRACTION` of the widest remaining series'
    extent along the slice normal. This guard stops a thin targeted reconstruction of
-   one organ beating the whole-body series on rule 5; it is an addition to the
-   issue's list and is stated in every choice's reasons.
+   one organ beating the whole-body series on rule 5; it is stated in every choice's
+   reasons.
 5. Slice thickness (0018,0050) at or under `MAX_SLICE_THICKNESS_MM` (5 mm).
 6. Thinnest slices (thickness; the spacing between positions when the thickness is
    missing), equal within `THICKNESS_TIE_MM`.

@@ -81,31 +81,21 @@ def _ds_number(value: float) -> str:
     return text[:16]
 
 
-def ct_slice_dataset(
-    volume: Volume, k: int, attrs: CTSeriesAttributes, *, sop_instance_uid: str
-) -> Dataset:
-    """The dataset of slice ``k`` of ``volume`` (pixel data included)."""
-    if volume.kind != "scalar":
-        raise ValueError("only scalar volumes (HU) are written as CT images")
-    row_cosine = volume.direction[:, 0]
-    column_cosine = volume.direction[:, 1]
-    position = volume.index_to_lps(np.array([0.0, 0.0, float(k)]))
-    sx, sy, sz = volume.spacing_mm
-    thickness = attrs.slice_thickness_mm if attrs.slice_thickness_mm is not None else sz
-
+def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "RADTRACK_0_1"
+    return meta
 
-    ds = Dataset()
-    ds.file_meta = meta
+
+def _patient_study_series(ds: Dataset, attrs: CTSeriesAttributes) -> None:
+    """The attributes every slice of the series shares: patient, study, series, equipment."""
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_instance_uid
     ds.StudyDate = attrs.study_date.strftime("%Y%m%d")
     ds.SeriesDate = ds.StudyDate
     ds.ContentDate = ds.StudyDate
@@ -129,7 +119,6 @@ def ct_slice_dataset(
     )
     ds.PatientSex = attrs.patient_sex
     ds.BodyPartExamined = attrs.body_part_examined
-    ds.SliceThickness = _ds_number(thickness)
     ds.KVP = _ds_number(attrs.kvp)
     ds.ConvolutionKernel = attrs.convolution_kernel
     ds.PatientPosition = attrs.patient_position
@@ -138,13 +127,23 @@ def ct_slice_dataset(
     ds.StudyID = attrs.study_id
     ds.SeriesNumber = attrs.series_number
     ds.AcquisitionNumber = 1
-    ds.InstanceNumber = k + 1
-    ds.ImagePositionPatient = [_ds_number(v) for v in position]
-    ds.ImageOrientationPatient = [_ds_number(v) for v in (*row_cosine, *column_cosine)]
     ds.FrameOfReferenceUID = attrs.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     # Laterality (0020,0060) is Type 2C, for paired body parts only: a chest/abdomen
     # series must leave it out (dciodvfy reports an empty one as an error).
+
+
+def _slice_plane(ds: Dataset, volume: Volume, k: int, attrs: CTSeriesAttributes) -> None:
+    """Where slice ``k`` lies (PS3.3 C.7.6.2) and how its pixels become HU."""
+    row_cosine = volume.direction[:, 0]
+    column_cosine = volume.direction[:, 1]
+    position = volume.index_to_lps(np.array([0.0, 0.0, float(k)]))
+    sx, sy, sz = volume.spacing_mm
+    thickness = attrs.slice_thickness_mm if attrs.slice_thickness_mm is not None else sz
+    ds.SliceThickness = _ds_number(thickness)
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [_ds_number(v) for v in position]
+    ds.ImageOrientationPatient = [_ds_number(v) for v in (*row_cosine, *column_cosine)]
     normal = np.cross(row_cosine, column_cosine)
     ds.SliceLocation = _ds_number(float(np.dot(position, normal)))
     ds.PixelSpacing = [_ds_number(sy), _ds_number(sx)]
@@ -154,6 +153,18 @@ def ct_slice_dataset(
     ds.WindowCenter = "40"
     ds.WindowWidth = "400"
 
+
+def ct_slice_dataset(
+    volume: Volume, k: int, attrs: CTSeriesAttributes, *, sop_instance_uid: str
+) -> Dataset:
+    """The dataset of slice ``k`` of ``volume`` (pixel data included)."""
+    if volume.kind != "scalar":
+        raise ValueError("only scalar volumes (HU) are written as CT images")
+    ds = Dataset()
+    ds.file_meta = _file_meta(sop_instance_uid)
+    _patient_study_series(ds, attrs)
+    ds.SOPInstanceUID = sop_instance_uid
+    _slice_plane(ds, volume, k, attrs)
     pixels = hu_to_stored(volume.array[k])
     # pydicom 3 would otherwise replace the SOP Instance UID with a random one, breaking
     # reproducible output and the match with MediaStorageSOPInstanceUID.

@@ -1,0 +1,1 @@
+"""Image geometry in DICOM patient coordinates: the `Volume`, NIfTI storage and preprocessing."""

@@ -7,9 +7,9 @@ header stores spacing, origin and direction as float32, which bounds the round t
 about 1e-5 mm over a body-sized origin.
 
 The volume's kind and frame of reference UID travel in the 80-character ``descrip``
-field (``"label FoR=<uid>"``; a UID over 64 characters is left out); label volumes are written as the smallest unsigned
-integer type that holds them, scalar volumes keep their dtype (float32 HU from
-``dicom_volume``).
+field (``"label FoR=<uid>"``; a UID over 64 characters is left out); label volumes are
+written as the smallest unsigned integer type that holds them, scalar volumes keep their
+dtype (float32 HU from `imaging.core.dicom.volume.series_volume`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Everything is measured in the coordinates the header gives (DICOM patient coordinates,
 LPS mm), on a coarse copy of the volume (about 4 mm, axes along L, P, S), so the
-landmarks say where the header *claims* the organs are; `standardise` compares that
-with where anatomy puts them.
+landmarks say where the header *claims* the organs are; `orientation.orientation_check`
+compares that with where anatomy puts them.
 
 Definitions (deliberately crude, enough to tell left from right and head from feet):
 
@@ -55,8 +55,9 @@ def volume_coarse(*, volume: Volume, spacing_mm: float = 4.0) -> Volume:
     """A smaller copy at about ``spacing_mm``, its axes along L, P, S (identity direction).
 
     Scalar volumes are block-averaged (anti-aliased, and about 0.3 s on a 512x512x300
-    volume) by the whole factor nearest ``spacing_mm / spacing`` along each axis; an axis still finer than 0.8 x ``spacing_mm`` after that (a 3 mm pixel, say)
-    is resampled linearly to ``spacing_mm``. Label volumes take every n-th voxel and
+    volume) by the whole factor nearest ``spacing_mm / spacing`` along each axis; an axis
+    still finer than 0.8 x ``spacing_mm`` after that (a 3 mm pixel, say) is resampled
+    linearly to ``spacing_mm``. Label volumes take every n-th voxel and
     nearest neighbour. The result is permuted and flipped into LPS order
     (``sitk.DICOMOrient``, exact); an oblique volume is resampled onto an axis-aligned
     grid instead. Scalars come out float32. The outer boundary stays where it was, less
@@ -237,102 +238,142 @@ def _point(values: np.ndarray | None) -> Point | None:
     return None if values is None else tuple(round(float(v), 2) for v in values)
 
 
-def anatomy_landmarks(*, volume: Volume, spacing_mm: float = 4.0) -> AnatomyLandmarks:
-    """Coarse landmarks of a CT volume in HU, in the LPS coordinates its header gives."""
-    if volume.kind != "scalar":
-        raise ValueError("anatomy landmarks need a scalar CT volume in HU")
+#: Landmarks that stay None when they cannot be measured.
+_OPTIONAL = (
+    "lung_centroid_lps_mm",
+    "lung_base_s_mm",
+    "liver_centroid_lps_mm",
+    "heart_centroid_lps_mm",
+    "spine_centroid_lps_mm",
+    "head_foot_evidence_mm",
+    "liver_side_evidence_mm",
+    "heart_side_evidence_mm",
+    "spine_evidence_mm",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class _Coarse:
+    """The smoothed HU array ``[S, P, L]`` of the coarse copy, its coordinates and masks."""
+
+    hu: np.ndarray
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray]
+    spacing_mm: tuple[float, float, float]
+    voxel_ml: float
+    body: np.ndarray
+    lungs: np.ndarray
+
+
+def _coarse_anatomy(volume: Volume, spacing_mm: float) -> _Coarse:
     coarse = volume_coarse(volume=volume, spacing_mm=spacing_mm)
     hu = ndimage.gaussian_filter(coarse.array, 0.7)
-    sx, sy, sz = coarse.spacing_mm
-    voxel_ml = coarse.voxel_volume_ml
     nz, ny, nx = hu.shape
     grid = tuple(
         coarse.origin_mm[a] + coarse.spacing_mm[a] * np.arange(n)
         for a, n in enumerate((nx, ny, nz))
     )
-    x, y, z = grid
+    body, lungs = body_lung_arrays(hu, coarse.voxel_volume_ml)
+    return _Coarse(hu, grid, coarse.spacing_mm, coarse.voxel_volume_ml, body, lungs)
 
-    body, lungs = body_lung_arrays(hu, voxel_ml)
-    empty = dict.fromkeys(
-        (
-            "lung_centroid_lps_mm",
-            "lung_base_s_mm",
-            "liver_centroid_lps_mm",
-            "heart_centroid_lps_mm",
-            "spine_centroid_lps_mm",
-            "head_foot_evidence_mm",
-            "liver_side_evidence_mm",
-            "heart_side_evidence_mm",
-            "spine_evidence_mm",
-        )
-    )
-    if body.sum() * voxel_ml < 500.0:
+
+def _depth_mm(anatomy: _Coarse) -> np.ndarray:
+    """Depth below the skin, in-plane (mm): the body wall's muscle and fat are shallow."""
+    sx, sy, _ = anatomy.spacing_mm
+    depth = np.empty(anatomy.hu.shape, dtype=np.float32)
+    for k in range(anatomy.hu.shape[0]):
+        depth[k] = ndimage.distance_transform_edt(anatomy.body[k], sampling=(sy, sx))
+    return depth
+
+
+def anatomy_landmarks(*, volume: Volume, spacing_mm: float = 4.0) -> AnatomyLandmarks:
+    """Coarse landmarks of a CT volume in HU, in the LPS coordinates its header gives."""
+    if volume.kind != "scalar":
+        raise ValueError("anatomy landmarks need a scalar CT volume in HU")
+    anatomy = _coarse_anatomy(volume, spacing_mm)
+    body_ml = float(anatomy.body.sum() * anatomy.voxel_ml)
+    if body_ml < 500.0:
         return AnatomyLandmarks(
             spacing_mm=spacing_mm,
-            body_volume_ml=float(body.sum() * voxel_ml),
+            body_volume_ml=body_ml,
             body_centroid_lps_mm=None,
             lung_volume_ml=0.0,
             liver_volume_ml=0.0,
-            **empty,
+            **dict.fromkeys(_OPTIONAL),
         )
-    body_centre = _centroid(body, grid)
-    # Depth below the skin, in-plane (mm): the body wall's muscle and fat are shallow.
-    depth = np.empty(hu.shape, dtype=np.float32)
-    for k in range(nz):
-        depth[k] = ndimage.distance_transform_edt(body[k], sampling=(sy, sx))
-    deep = depth >= DEEP_MM
-
-    found: dict = dict(empty)
+    body_centre = _centroid(anatomy.body, anatomy.grid)
+    depth = _depth_mm(anatomy)
+    found: dict = dict.fromkeys(_OPTIONAL) | {"liver_volume_ml": 0.0}
     found["spine_centroid_lps_mm"], found["spine_evidence_mm"] = _spine(
-        hu, body, depth, grid, body_centre
+        anatomy.hu, anatomy.body, depth, anatomy.grid, body_centre
     )
-    lung_volume = float(lungs.sum() * voxel_ml)
-    liver_volume = 0.0
+    lung_volume = float(anatomy.lungs.sum() * anatomy.voxel_ml)
     if lung_volume >= 2 * MIN_LUNG_ML:
-        lung_centre = _centroid(lungs, grid)
-        found["lung_centroid_lps_mm"] = lung_centre
-        area = lungs.sum(axis=(1, 2)).astype(float)
-        thorax = area >= 0.3 * area.max()
-        lower = (area < 0.25 * area.max()) & (body.sum(axis=(1, 2)) > 0)
-        soft = body & ~lungs & (hu >= SOFT_TISSUE_HU[0]) & (hu <= SOFT_TISSUE_HU[1])
-        soft_lower = soft & lower[:, None, None]
-        if lower.sum() >= 3 and soft_lower.sum() * voxel_ml >= 50.0:
-            soft_z = _centroid(soft_lower, grid)[2]
-            found["head_foot_evidence_mm"] = float(lung_centre[2] - soft_z)
-            # The lungs' base: the lung-slice boundary on the abdomen's side.
-            lung_z = z[area >= 0.25 * area.max()]
-            if soft_z < lung_centre[2]:
-                base = float(lung_z.min())
-                slab = lower & (z < base) & (z >= base - ABDOMEN_REACH_MM)
-            else:
-                base = float(lung_z.max())
-                slab = lower & (z > base) & (z <= base + ABDOMEN_REACH_MM)
-            found["lung_base_s_mm"] = base
-            liver = _liver(hu, body, deep, slab, grid, voxel_ml)
-            if liver is not None:
-                dense, liver_mask = liver
-                liver_volume = float(liver_mask.sum() * voxel_ml)
-                found["liver_centroid_lps_mm"] = _centroid(liver_mask, grid)
-                slab_body = body & slab[:, None, None]
-                found["liver_side_evidence_mm"] = float(
-                    _centroid(slab_body, grid)[0] - _centroid(dense, grid)[0]
-                )
-        found["heart_centroid_lps_mm"], found["heart_side_evidence_mm"] = _heart(
-            soft, lungs, deep, thorax, grid, voxel_ml
-        )
+        found |= _lung_landmarks(anatomy, depth >= DEEP_MM)
     for key in ("lung_centroid_lps_mm", "liver_centroid_lps_mm"):
         found[key] = _point(found[key])
     for key, value in found.items():
         if key.endswith("_evidence_mm") and value is not None:
             found[key] = round(float(value), 2)
+    found["liver_volume_ml"] = round(found["liver_volume_ml"], 1)
     return AnatomyLandmarks(
         spacing_mm=spacing_mm,
-        body_volume_ml=round(float(body.sum() * voxel_ml), 1),
+        body_volume_ml=round(body_ml, 1),
         body_centroid_lps_mm=_point(body_centre),
         lung_volume_ml=round(lung_volume, 1),
-        liver_volume_ml=round(liver_volume, 1),
         **found,
     )
+
+
+def _lung_landmarks(anatomy: _Coarse, deep: np.ndarray) -> dict:
+    """Lung centroid, and from the lungs the head-foot evidence, liver and heart."""
+    hu, body, lungs = anatomy.hu, anatomy.body, anatomy.lungs
+    found: dict = {"lung_centroid_lps_mm": _centroid(lungs, anatomy.grid)}
+    area = lungs.sum(axis=(1, 2)).astype(float)
+    thorax = area >= 0.3 * area.max()
+    lower = (area < 0.25 * area.max()) & (body.sum(axis=(1, 2)) > 0)
+    soft = body & ~lungs & (hu >= SOFT_TISSUE_HU[0]) & (hu <= SOFT_TISSUE_HU[1])
+    soft_lower = soft & lower[:, None, None]
+    if lower.sum() >= 3 and soft_lower.sum() * anatomy.voxel_ml >= 50.0:
+        found |= _abdomen_landmarks(
+            anatomy, deep, found["lung_centroid_lps_mm"], area, lower, soft_lower
+        )
+    found["heart_centroid_lps_mm"], found["heart_side_evidence_mm"] = _heart(
+        soft, lungs, deep, thorax, anatomy.grid, anatomy.voxel_ml
+    )
+    return found
+
+
+def _abdomen_landmarks(
+    anatomy: _Coarse,
+    deep: np.ndarray,
+    lung_centre: np.ndarray,
+    area: np.ndarray,
+    lower: np.ndarray,
+    soft_lower: np.ndarray,
+) -> dict:
+    """Head-foot evidence, the lungs' base, and the liver in the slab below it."""
+    grid, z = anatomy.grid, anatomy.grid[2]
+    soft_z = _centroid(soft_lower, grid)[2]
+    found: dict = {"head_foot_evidence_mm": float(lung_centre[2] - soft_z)}
+    # The lungs' base: the lung-slice boundary on the abdomen's side.
+    lung_z = z[area >= 0.25 * area.max()]
+    if soft_z < lung_centre[2]:
+        base = float(lung_z.min())
+        slab = lower & (z < base) & (z >= base - ABDOMEN_REACH_MM)
+    else:
+        base = float(lung_z.max())
+        slab = lower & (z > base) & (z <= base + ABDOMEN_REACH_MM)
+    found["lung_base_s_mm"] = base
+    liver = _liver(anatomy.hu, anatomy.body, deep, slab, grid, anatomy.voxel_ml)
+    if liver is not None:
+        dense, liver_mask = liver
+        found["liver_volume_ml"] = float(liver_mask.sum() * anatomy.voxel_ml)
+        found["liver_centroid_lps_mm"] = _centroid(liver_mask, grid)
+        slab_body = anatomy.body & slab[:, None, None]
+        found["liver_side_evidence_mm"] = float(
+            _centroid(slab_body, grid)[0] - _centroid(dense, grid)[0]
+        )
+    return found
 
 
 def _spine(hu, body, depth, grid, body_centre) -> tuple[Point | None, float | None]:

@@ -41,7 +41,7 @@ import numpy as np
 from imaging.core.geometry.preprocess import StepRecord, library_versions
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.anatomy import AnatomyLandmarks, anatomy_landmarks, volume_coarse
-from imaging.core.registration.register import register_rigid_affine_sitk
+from imaging.core.registration.sitk_backend import register_rigid_affine_sitk
 
 Axis = Literal["left_right", "anterior_posterior", "head_foot"]
 Verdict = Literal["consistent", "flipped", "inconclusive", "not_measured"]
@@ -52,7 +52,7 @@ AXES: tuple[Axis, ...] = ("left_right", "anterior_posterior", "head_foot")
 class FlipThresholds:
     """Evidence (mm) beyond which an axis counts as consistent or flipped.
 
-    Measured on the synthetic cohort (`imaging.core.cohort`, 16 studies in HFS, HFP and
+    Measured on the synthetic cohort (`imaging.core.synthetic.cohort`, 16 studies in HFS, HFP and
     FFP, plus every position in the tests): lungs-above-abdomen 143..157 mm, liver right
     of centre 21..34 mm, spine behind centre 62..76 mm, heart left of the lungs' midpoint
     2..6 mm (weak: only a veto). Each threshold is about a third of the smallest correct

@@ -46,6 +46,8 @@ FRACTION_FLOOR = 0.15
 
 @dataclass(frozen=True)
 class ClassicalSettings:
+    """Thresholds and sizes of the classical steps (see the module docs; recorded per run)."""
+
     smooth_sigma_mm: float = 1.0
     lung_air_hu: float = -400.0
     min_lung_ml: float = 100.0

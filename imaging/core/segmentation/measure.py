@@ -9,7 +9,7 @@ between voxel centres, so a 10 mm nodule on a 1.5 mm grid is not measured in 1.5
 steps.
 
 - ``volume_ml``: partial-volume volumetry on the study's own voxels where it can be
-  done (`partial_volume_measure`): each voxel of the lesion's region (its candidate grown
+  done (`partial_volume.partial_volume_measure`): each voxel of the lesion's region (its candidate grown
   by 3 mm) counts for the fraction of lesion it holds, read from its HU between the
   lesion's core and the surrounding tissue. Blurring by the scanner and by thick
   slices moves HU across the edge but keeps their sum, so this volume does not depend
@@ -49,7 +49,9 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from imaging.core.geometry.volume import Volume
-from imaging.core.registration.register import volume_onto_grid
+from imaging.core.registration.transforms import volume_onto_grid
+from imaging.core.segmentation.partial_volume import PartialVolume, partial_volume_measure
+from imaging.core.segmentation.postprocess import LesionCandidate
 
 MAX_FINE_VOXELS = 6_000_000
 SOFT_FLOOR = 0.1
@@ -214,6 +216,95 @@ def _fine_grid(volume: Volume, region: np.ndarray, fine_mm: float) -> tuple[np.n
     return bounds, spacing
 
 
+@dataclass(frozen=True, eq=False)
+class _FineMap:
+    """A lesion's map on the fine grid ([z, y, x], cell centres ``xs``, ``ys``, ``zs`` mm)
+    and its own-grid crop ``p_box`` (values outside the region zeroed)."""
+
+    fine: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+    zs: np.ndarray
+    step: float
+    lo_lps: np.ndarray
+    p_box: np.ndarray
+
+
+def _fine_map(
+    probability: Volume, p: np.ndarray, region: np.ndarray, fine_spacing_mm: float
+) -> _FineMap:
+    """Trilinear samples of ``p`` (limited to ``region``) on the fine LPS grid around it."""
+    box = tuple(
+        slice(max(0, int(lo) - 2), min(n, int(hi) + 3))
+        for lo, hi, n in zip(
+            np.argwhere(region).min(axis=0), np.argwhere(region).max(axis=0), p.shape, strict=True
+        )
+    )
+    p_box = np.where(region[box], p[box], 0.0).astype(np.float32)
+    offset_kji = np.array([s.start for s in box], dtype=float)
+    bounds, step = _fine_grid(probability, region, fine_spacing_mm)
+    n = np.maximum(1, np.ceil((bounds[1] - bounds[0]) / step).astype(int))
+    xs = bounds[0, 0] + (np.arange(n[0]) + 0.5) * step
+    ys = bounds[0, 1] + (np.arange(n[1]) + 0.5) * step
+    zs = bounds[0, 2] + (np.arange(n[2]) + 0.5) * step
+    fine = np.zeros((n[2], n[1], n[0]), dtype=np.float32)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    for kz, z in enumerate(zs):
+        lps = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)], axis=1)
+        ijk = probability.lps_to_index(lps)
+        coords = ijk[:, ::-1].T - offset_kji[:, None]
+        fine[kz] = ndimage.map_coordinates(
+            p_box, coords, order=1, mode="constant", cval=0.0
+        ).reshape(gx.shape)
+    return _FineMap(fine=fine, xs=xs, ys=ys, zs=zs, step=step, lo_lps=bounds[0], p_box=p_box)
+
+
+def _matched_level(fine_map: _FineMap, spacing_mm: tuple[float, float, float]) -> float:
+    """The isosurface whose enclosed volume is the map's own partial-volume sum."""
+    p_box, step = fine_map.p_box, fine_map.step
+    soft_mm3 = float(p_box[p_box >= SOFT_FLOOR].sum()) * float(np.prod(spacing_mm))
+    n_target = int(round(soft_mm3 / step**3))
+    values = np.sort(fine_map.fine.ravel())[::-1]
+    if n_target < 1 or values[0] < MATCHED_LEVELS[0]:
+        return 0.5
+    return float(np.clip(values[min(n_target, values.size) - 1], *MATCHED_LEVELS))
+
+
+def _longest_axial(
+    fine_map: _FineMap, slices: np.ndarray, level: float
+) -> tuple[float, float, float]:
+    """Longest axial diameter, its short axis and the z (mm) of the slice that holds them."""
+    longest, short, slice_z = 0.0, 0.0, float(fine_map.zs[0])
+    for k in np.unique(slices):
+        d, w = axial_diameters_mm(fine_map.fine[k], fine_map.xs, fine_map.ys, level=level)
+        if d > longest:
+            longest, short, slice_z = d, w, float(fine_map.zs[k])
+    return longest, short, slice_z
+
+
+def _sphericity(mask: np.ndarray, step: float) -> float:
+    """SimpleITK's roundness of the fine mask (1 for a sphere; NaN when empty)."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing((step, step, step))
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.ComputePerimeterOn()
+    stats.Execute(image)
+    sphericity = float(stats.GetRoundness(1)) if stats.HasLabel(1) else float("nan")
+    return min(sphericity, 1.0) if np.isfinite(sphericity) else sphericity
+
+
+def _hu_statistics(
+    hu: Volume | None, mask: np.ndarray, lo_lps: np.ndarray, step: float
+) -> tuple[float | None, float | None]:
+    """Mean and SD of the study's own voxels inside the fine mask (None without any)."""
+    if hu is None:
+        return None, None
+    values = _hu_inside(hu, mask, lo_lps, step)
+    if not values.size:
+        return None, None
+    return float(values.mean()), float(values.std(ddof=1) if values.size > 1 else 0.0)
+
+
 def probability_measure(
     *,
     probability: Volume,
@@ -237,76 +328,31 @@ def probability_measure(
         region = p >= 0.01
     if not region.any():
         return None
-    box = tuple(
-        slice(max(0, int(lo) - 2), min(n, int(hi) + 3))
-        for lo, hi, n in zip(
-            np.argwhere(region).min(axis=0), np.argwhere(region).max(axis=0), p.shape, strict=True
-        )
-    )
-    p_box = np.where(region[box], p[box], 0.0).astype(np.float32)
-    offset_kji = np.array([s.start for s in box], dtype=float)
-    bounds, step = _fine_grid(probability, region, fine_spacing_mm)
-    n = np.maximum(1, np.ceil((bounds[1] - bounds[0]) / step).astype(int))
-    xs = bounds[0, 0] + (np.arange(n[0]) + 0.5) * step
-    ys = bounds[0, 1] + (np.arange(n[1]) + 0.5) * step
-    zs = bounds[0, 2] + (np.arange(n[2]) + 0.5) * step
-    fine = np.zeros((n[2], n[1], n[0]), dtype=np.float32)
-    gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    for kz, z in enumerate(zs):
-        lps = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)], axis=1)
-        ijk = probability.lps_to_index(lps)
-        coords = ijk[:, ::-1].T - offset_kji[:, None]
-        fine[kz] = ndimage.map_coordinates(
-            p_box, coords, order=1, mode="constant", cval=0.0
-        ).reshape(gx.shape)
+    fine_map = _fine_map(probability, p, region, fine_spacing_mm)
+    step = fine_map.step
     if level is None:
-        # The isosurface whose enclosed volume is the map's own partial-volume sum.
-        soft_mm3 = float(p_box[p_box >= SOFT_FLOOR].sum()) * float(np.prod(probability.spacing_mm))
-        n_target = int(round(soft_mm3 / step**3))
-        values = np.sort(fine.ravel())[::-1]
-        if n_target < 1 or values[0] < MATCHED_LEVELS[0]:
-            level = 0.5
-        else:
-            level = float(np.clip(values[min(n_target, values.size) - 1], *MATCHED_LEVELS))
-    mask = fine >= level
+        level = _matched_level(fine_map, probability.spacing_mm)
+    mask = fine_map.fine >= level
     count = int(mask.sum())
     if count == 0:
         return None
-    volume_ml = count * step**3 / 1000.0
     kz, jy, ix = np.nonzero(mask)
-    centroid = (float(xs[ix].mean()), float(ys[jy].mean()), float(zs[kz].mean()))
-
-    longest, short, slice_z = 0.0, 0.0, float(zs[0])
-    for k in np.unique(kz):
-        d, w = axial_diameters_mm(fine[k], xs, ys, level=level)
-        if d > longest:
-            longest, short, slice_z = d, w, float(zs[k])
-    points3 = _edge_crossings_3d(fine, (zs, ys, xs), level)
+    longest, short, slice_z = _longest_axial(fine_map, kz, level)
+    points3 = _edge_crossings_3d(fine_map.fine, (fine_map.zs, fine_map.ys, fine_map.xs), level)
     max3d = _max_pair(points3)[0] if len(points3) >= 2 else step
-
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.SetSpacing((step, step, step))
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.ComputePerimeterOn()
-    stats.Execute(image)
-    sphericity = float(stats.GetRoundness(1)) if stats.HasLabel(1) else float("nan")
-
-    mean_hu = sd_hu = None
-    if hu is not None:
-        values = _hu_inside(hu, mask, bounds[0], step)
-        if values.size:
-            mean_hu, sd_hu = (
-                float(values.mean()),
-                float(values.std(ddof=1) if values.size > 1 else 0.0),
-            )
+    mean_hu, sd_hu = _hu_statistics(hu, mask, fine_map.lo_lps, step)
     return ShapeMeasures(
-        volume_ml=volume_ml,
+        volume_ml=count * step**3 / 1000.0,
         longest_axial_diameter_mm=longest,
         short_axis_mm=short,
         axial_slice_z_mm=slice_z,
         max_3d_diameter_mm=float(max3d),
-        centroid_lps_mm=centroid,
-        sphericity=min(sphericity, 1.0) if np.isfinite(sphericity) else sphericity,
+        centroid_lps_mm=(
+            float(fine_map.xs[ix].mean()),
+            float(fine_map.ys[jy].mean()),
+            float(fine_map.zs[kz].mean()),
+        ),
+        sphericity=_sphericity(mask, step),
         mean_hu=mean_hu,
         sd_hu=sd_hu,
         fine_spacing_mm=step,
@@ -340,88 +386,6 @@ def _hu_inside(hu: Volume, mask: np.ndarray, lo_lps: np.ndarray, step: float) ->
     return hu.array[idx[:, 2], idx[:, 1], idx[:, 0]].astype(np.float64)
 
 
-# --------------------------------------------------------------------------- partial volume
-#: The rules of `partial_volume_measure` (recorded with every run).
-PARTIAL_VOLUME_RULES = {
-    "region": "candidate grown by 2 model voxels (3 mm), on the study's own voxels",
-    "core": "the deeper half of the candidate's study voxels (distance from its edge), "
-    "at least one voxel spacing deep; median HU; at least 4 voxels",
-    "background": "study voxels 1-2 voxels outside the region, away from every candidate; "
-    "median HU; at least 8",
-    "fraction": "(HU - background) / (core - background), clipped to -1..2",
-    "min_contrast_hu": 10.0,
-    "max_relative_noise": "sqrt(region voxels) x background noise / contrast <= 10 % of "
-    "the volume, else the isosurface's volume",
-}
-PV_MIN_CORE_VOXELS = 4
-PV_MIN_RING_VOXELS = 8
-PV_MIN_CONTRAST_HU = 10.0
-PV_MAX_RELATIVE_NOISE = 0.1
-
-
-@dataclass(frozen=True)
-class PartialVolume:
-    """A lesion's partial-volume volume and the two HU levels it was read between."""
-
-    volume_ml: float
-    core_hu: float
-    background_hu: float
-    n_region_voxels: int
-    noise_ml: float
-
-
-def partial_volume_measure(
-    *,
-    hu: np.ndarray,
-    spacing_kji_mm: tuple[float, float, float],
-    region: np.ndarray,
-    inner: np.ndarray,
-    others: np.ndarray,
-) -> PartialVolume | None:
-    """Volume of one lesion from the partial volume of the study's own voxels.
-
-    ``hu`` is a box of the study in HU (voxel spacing ``spacing_kji_mm``, array order);
-    ``region`` (bool) the lesion's region there,
-    ``inner`` its candidate voxels, ``others`` every candidate's region (the background
-    ring avoids them). Each region voxel holds the fraction f = (HU - background) /
-    (core - background) of lesion (hypo- or hyperdense alike), unclipped in the middle
-    so noise averages out, clipped to -1..2 against outliers (a vessel, a rib). Returns
-    None without a core of at least `PV_MIN_CORE_VOXELS` voxels, a ring of at least
-    `PV_MIN_RING_VOXELS`, or `PV_MIN_CONTRAST_HU` of contrast, and when the sum's own
-    noise (each region voxel adds the background's noise over the contrast) exceeds
-    `PV_MAX_RELATIVE_NOISE` of the volume: small lesions in thick, noisy slices.
-    """
-    # The core is the deeper half of the candidate (by distance in mm from its edge):
-    # a candidate drawn a little wide would otherwise lend the core its blurred rim.
-    depth = ndimage.distance_transform_edt(np.pad(inner, 1), sampling=spacing_kji_mm)[
-        1:-1, 1:-1, 1:-1
-    ]
-    core = inner & (depth >= max(0.5 * float(depth.max()), max(spacing_kji_mm) + 1e-6))
-    ring = ndimage.binary_dilation(region, iterations=2) & ~others
-    if core.sum() < PV_MIN_CORE_VOXELS or ring.sum() < PV_MIN_RING_VOXELS:
-        return None
-    values = hu.astype(np.float64)
-    background = float(np.median(values[ring]))
-    core_hu = float(np.median(values[core]))
-    if abs(core_hu - background) < PV_MIN_CONTRAST_HU:
-        return None
-    voxel_ml = float(np.prod(spacing_kji_mm)) / 1000.0
-    fraction = np.clip((values[region] - background) / (core_hu - background), -1.0, 2.0)
-    volume_ml = max(float(fraction.sum()) * voxel_ml, 0.0)
-    # The sum's own noise: each region voxel adds noise / contrast of a voxel.
-    noise_hu = 1.4826 * float(np.median(np.abs(values[ring] - background)))
-    noise_ml = np.sqrt(region.sum()) * noise_hu / abs(core_hu - background) * voxel_ml
-    if volume_ml <= 0 or noise_ml > PV_MAX_RELATIVE_NOISE * volume_ml:
-        return None
-    return PartialVolume(
-        volume_ml=volume_ml,
-        core_hu=core_hu,
-        background_hu=background,
-        n_region_voxels=int(region.sum()),
-        noise_ml=float(noise_ml),
-    )
-
-
 # --------------------------------------------------------------------------- lesions
 def lesion_regions(mask: np.ndarray, *, dilation_voxels: int = 2) -> np.ndarray:
     """Each candidate's region: its voxels grown by ``dilation_voxels``, never into another's.
@@ -434,6 +398,59 @@ def lesion_regions(mask: np.ndarray, *, dilation_voxels: int = 2) -> np.ndarray:
     distance, nearest = ndimage.distance_transform_edt(mask == 0, return_indices=True)
     owner = mask[tuple(nearest)]
     return np.where(distance <= dilation_voxels, owner, 0).astype(mask.dtype)
+
+
+def _candidate_crop(
+    lesion_probability: Volume, candidate: LesionCandidate, pad: int = 4
+) -> tuple[tuple[slice, slice, slice], Volume]:
+    """The candidate's box (plus ``pad`` voxels) and the probability map cropped to it."""
+    (k0, k1), (j0, j1), (i0, i1) = candidate.bbox_kji
+    box = (
+        slice(max(0, k0 - pad), k1 + pad),
+        slice(max(0, j0 - pad), j1 + pad),
+        slice(max(0, i0 - pad), i1 + pad),
+    )
+    start = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
+    sub = Volume(
+        array=lesion_probability.array[box],
+        spacing_mm=lesion_probability.spacing_mm,
+        origin_mm=tuple(lesion_probability.index_to_lps(start)),
+        direction=lesion_probability.direction,
+    )
+    return box, sub
+
+
+def _measurement(
+    *,
+    candidate: LesionCandidate,
+    shape: ShapeMeasures,
+    partial: PartialVolume | None,
+    uncertainty: float,
+    volume_grid_ml: float,
+) -> LesionMeasurement:
+    """The measurement: partial-volume volume where there is one, else the isosurface's."""
+    return LesionMeasurement(
+        label_value=candidate.label_value,
+        organ=candidate.organ,
+        volume_ml=partial.volume_ml if partial is not None else shape.volume_ml,
+        longest_axial_diameter_mm=shape.longest_axial_diameter_mm,
+        short_axis_mm=shape.short_axis_mm,
+        max_3d_diameter_mm=shape.max_3d_diameter_mm,
+        centroid_lps_mm=shape.centroid_lps_mm,
+        mean_hu=shape.mean_hu,
+        sd_hu=shape.sd_hu,
+        sphericity=shape.sphericity,
+        confidence=candidate.confidence,
+        uncertainty=uncertainty,
+        axial_slice_z_mm=shape.axial_slice_z_mm,
+        volume_grid_ml=volume_grid_ml,
+        fine_spacing_mm=shape.fine_spacing_mm,
+        level=shape.level,
+        volume_method="partial_volume" if partial is not None else "isosurface",
+        volume_isosurface_ml=shape.volume_ml,
+        core_hu=partial.core_hu if partial is not None else None,
+        background_hu=partial.background_hu if partial is not None else None,
+    )
 
 
 def lesions_measure(
@@ -464,25 +481,12 @@ def lesions_measure(
         native = (region_native, inner_native, ndimage.find_objects(region_native))
     for candidate in candidates:
         number = candidate.label_value
-        (k0, k1), (j0, j1), (i0, i1) = candidate.bbox_kji
-        pad = 4
-        box = (
-            slice(max(0, k0 - pad), k1 + pad),
-            slice(max(0, j0 - pad), j1 + pad),
-            slice(max(0, i0 - pad), i1 + pad),
-        )
+        box, sub = _candidate_crop(lesion_probability, candidate)
         region = regions[box] == number
-        start = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
-        sub = Volume(
-            array=lesion_probability.array[box],
-            spacing_mm=lesion_probability.spacing_mm,
-            origin_mm=tuple(lesion_probability.index_to_lps(start)),
-            direction=lesion_probability.direction,
-        )
+        core = candidate_mask.array[box] == number
         shape = probability_measure(
             probability=sub, region=region, hu=study, fine_spacing_mm=fine_spacing_mm
         )
-        core = candidate_mask.array[box] == number
         if shape is None:
             shape = probability_measure(
                 probability=sub.with_array(core.astype(np.float32)),
@@ -492,35 +496,18 @@ def lesions_measure(
             )
         if shape is None:
             continue
-        partial = None
-        if native is not None:
-            partial = _partial_volume(study, native, number)
+        partial = _partial_volume(study, native, number) if native is not None else None
         if uncertainty is not None:
             u = float(uncertainty.array[box][core].mean()) if core.any() else 0.0
         else:
             u = float("nan")
         out.append(
-            LesionMeasurement(
-                label_value=number,
-                organ=candidate.organ,
-                volume_ml=partial.volume_ml if partial is not None else shape.volume_ml,
-                longest_axial_diameter_mm=shape.longest_axial_diameter_mm,
-                short_axis_mm=shape.short_axis_mm,
-                max_3d_diameter_mm=shape.max_3d_diameter_mm,
-                centroid_lps_mm=shape.centroid_lps_mm,
-                mean_hu=shape.mean_hu,
-                sd_hu=shape.sd_hu,
-                sphericity=shape.sphericity,
-                confidence=candidate.confidence,
+            _measurement(
+                candidate=candidate,
+                shape=shape,
+                partial=partial,
                 uncertainty=u,
-                axial_slice_z_mm=shape.axial_slice_z_mm,
                 volume_grid_ml=float(core.sum() * voxel_ml),
-                fine_spacing_mm=shape.fine_spacing_mm,
-                level=shape.level,
-                volume_method="partial_volume" if partial is not None else "isosurface",
-                volume_isosurface_ml=shape.volume_ml,
-                core_hu=partial.core_hu if partial is not None else None,
-                background_hu=partial.background_hu if partial is not None else None,
             )
         )
     return out

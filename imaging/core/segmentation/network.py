@@ -56,8 +56,6 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import Reorient, Resample, StepRecord, preprocess_run
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.measure import PARTIAL_VOLUME_RULES, lesions_measure
-from imaging.core.segmentation.postprocess import candidates_contrast_filter, postprocess_run
 
 CLASSES: tuple[str, ...] = ("background", "lung", "liver", "lung_nodule", "liver_lesion")
 LESION_CLASSES: dict[int, str] = {3: "lung", 4: "liver"}  # class -> organ
@@ -393,6 +391,86 @@ def _tta_boxes(lesion_prob: np.ndarray, margin: int) -> list[tuple[slice, slice,
     return [tuple(slice(b[2 * a], b[2 * a + 1]) for a in range(3)) for b in merged]  # type: ignore[misc]
 
 
+def _body_inference(
+    *, hu: np.ndarray, model: Segmenter, device: torch.device
+) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray, np.ndarray]:
+    """The body box, its input channels, the probabilities over the whole grid (background
+    outside the box, float16) and the network's probabilities inside the box (float32)."""
+    box = body_box(hu)
+    inputs = model_input_array(hu[box], model.spec)
+    probs = np.zeros((len(model.spec.classes), *hu.shape), dtype=np.float16)
+    probs[0] = 1.0
+    inner = probabilities_predict(model=model, inputs=inputs, device=device)
+    probs[(slice(None), *box)] = inner
+    return box, inputs, probs, inner
+
+
+def _mirrored_pass(
+    *,
+    model: Segmenter,
+    device: torch.device,
+    inputs: np.ndarray,
+    inner: np.ndarray,
+    box: tuple[slice, slice, slice],
+    probs: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Average the left-right mirrored pass into ``probs`` (in place) around plausible lesions.
+
+    Returns the uncertainty map (|p - p mirrored| of the lesion probability, 0 where the
+    mirrored pass did not run) and the number of boxes it ran on.
+    """
+    uncertainty = np.zeros(probs.shape[1:], dtype=np.float32)
+    tta_boxes = _tta_boxes(inner[3] + inner[4], margin=24)
+    for sub in tta_boxes:
+        mirrored = np.ascontiguousarray(inputs[(slice(None), *sub)][..., ::-1])
+        flipped = probabilities_predict(model=model, inputs=mirrored, device=device)[..., ::-1]
+        original = inner[(slice(None), *sub)]
+        averaged = 0.5 * (original + flipped)
+        diff = np.abs((original[3] + original[4]) - (flipped[3] + flipped[4]))
+        full = tuple(
+            slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True)
+        )
+        probs[(slice(None), *full)] = averaged
+        uncertainty[full] = diff
+    return uncertainty, len(tta_boxes)
+
+
+def _inference_record(
+    *,
+    model: Segmenter,
+    device: torch.device,
+    box: tuple[slice, slice, slice],
+    inputs: np.ndarray,
+    tta: bool,
+    n_tta_boxes: int,
+    timings: dict[str, float],
+) -> StepRecord:
+    versions = {"torch": torch.__version__, "monai": _monai_version(), "numpy": np.__version__}
+    return StepRecord(
+        name="segment_unet",
+        parameters={
+            "model": model.spec.label,
+            "sha256": model.spec.sha256,
+            "windows_hu": [list(w) for w in model.spec.windows_hu],
+            "body_threshold_hu": BODY_HU,
+            "window_plan": list(_window_plan(inputs.shape[1:], model.spec)[0]),
+            "sw_batch_size": 1,
+            "blend": "gaussian",
+            "tta": "left-right mirror around lesion probability > 0.1" if tta else "none",
+            "device": str(device),
+            "autocast_float16": device.type == "cuda",
+        },
+        versions=versions,
+        seconds=timings["inference"] + timings["tta"],
+        details={
+            "body_box_kji": [[s.start, s.stop] for s in box],
+            "tta_boxes": n_tta_boxes,
+            "seconds_inference": round(timings["inference"], 3),
+            "seconds_tta": round(timings["tta"], 3),
+        },
+    )
+
+
 def segment_volume(
     *,
     volume: Volume,
@@ -418,63 +496,27 @@ def segment_volume(
     timings["preprocess"] = time.perf_counter() - started
 
     t = time.perf_counter()
-    hu = grid.array
-    box = body_box(hu)
-    inputs = model_input_array(hu[box], model.spec)
-    n_classes = len(model.spec.classes)
-    probs = np.zeros((n_classes, *hu.shape), dtype=np.float16)
-    probs[0] = 1.0
-    inner = probabilities_predict(model=model, inputs=inputs, device=dev)
-    probs[(slice(None), *box)] = inner
+    box, inputs, probs, inner = _body_inference(hu=grid.array, model=model, device=dev)
     timings["inference"] = time.perf_counter() - t
 
-    lesion_inner = inner[3] + inner[4]
-    uncertainty = np.zeros(hu.shape, dtype=np.float32)
-    tta_boxes: list[tuple[slice, slice, slice]] = []
     t = time.perf_counter()
+    uncertainty, n_tta_boxes = np.zeros(grid.array.shape, dtype=np.float32), 0
     if tta:
-        tta_boxes = _tta_boxes(lesion_inner, margin=24)
-        for sub in tta_boxes:
-            mirrored = np.ascontiguousarray(inputs[(slice(None), *sub)][..., ::-1])
-            flipped = probabilities_predict(model=model, inputs=mirrored, device=dev)[..., ::-1]
-            original = inner[(slice(None), *sub)]
-            averaged = 0.5 * (original + flipped)
-            diff = np.abs((original[3] + original[4]) - (flipped[3] + flipped[4]))
-            full = tuple(
-                slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True)
-            )
-            probs[(slice(None), *full)] = averaged
-            uncertainty[full] = diff
+        uncertainty, n_tta_boxes = _mirrored_pass(
+            model=model, device=dev, inputs=inputs, inner=inner, box=box, probs=probs
+        )
     timings["tta"] = time.perf_counter() - t
     label = np.argmax(probs, axis=0).astype(np.uint8)
     lesion = (probs[3].astype(np.float32) + probs[4].astype(np.float32)).clip(0.0, 1.0)
     timings["total"] = time.perf_counter() - started
-    versions = {"torch": torch.__version__, "monai": _monai_version(), "numpy": np.__version__}
-    records = (
-        *records,
-        StepRecord(
-            name="segment_unet",
-            parameters={
-                "model": model.spec.label,
-                "sha256": model.spec.sha256,
-                "windows_hu": [list(w) for w in model.spec.windows_hu],
-                "body_threshold_hu": BODY_HU,
-                "window_plan": list(_window_plan(inputs.shape[1:], model.spec)[0]),
-                "sw_batch_size": 1,
-                "blend": "gaussian",
-                "tta": "left-right mirror around lesion probability > 0.1" if tta else "none",
-                "device": str(dev),
-                "autocast_float16": dev.type == "cuda",
-            },
-            versions=versions,
-            seconds=timings["inference"] + timings["tta"],
-            details={
-                "body_box_kji": [[s.start, s.stop] for s in box],
-                "tta_boxes": len(tta_boxes),
-                "seconds_inference": round(timings["inference"], 3),
-                "seconds_tta": round(timings["tta"], 3),
-            },
-        ),
+    record = _inference_record(
+        model=model,
+        device=dev,
+        box=box,
+        inputs=inputs,
+        tta=tta,
+        n_tta_boxes=n_tta_boxes,
+        timings=timings,
     )
     return SegmentationOutput(
         image=grid,
@@ -487,7 +529,7 @@ def segment_volume(
         device=str(dev),
         tta=tta,
         timings=timings,
-        records=tuple(records),
+        records=(*records, record),
     )
 
 
@@ -529,104 +571,3 @@ def weights_export(
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return path, manifest
-
-
-# --------------------------------------------------------------------------- the pipeline
-@dataclass(frozen=True, eq=False)
-class LesionSegmentation:
-    """Lesions of one study, measured, with the maps that show them and how they were made.
-
-    ``lesions`` are `measure.LesionMeasurement` s (centroids in the study's LPS mm);
-    ``image`` is the study in HU on the model grid (LPS, 1.5 mm); ``candidate_mask`` (label, model grid) holds each lesion's ``label_value``;
-    ``lesion_probability`` (float32, model grid) is the map to store for display;
-    ``label`` the network's argmax (organs and lesions); ``records`` one
-    `preprocess.StepRecord` per step (reorient, resample, inference, each
-    post-processing step, measurement) for the ``ProcessingRun``.
-    """
-
-    lesions: tuple[Any, ...]
-    image: Volume
-    candidate_mask: Volume
-    lesion_probability: Volume
-    uncertainty: Volume
-    label: Volume
-    model_version: str
-    model_sha256: str
-    device: str
-    timings: dict[str, float]
-    records: tuple[StepRecord, ...]
-
-
-def lesions_segment(
-    *,
-    volume: Volume,
-    model: Segmenter | None = None,
-    device: str | torch.device | None = None,
-    tta: bool = True,
-    postprocess_settings: Any = None,
-) -> LesionSegmentation:
-    """The one call for the processing service: CT study in HU -> measured lesions.
-
-    Loads the shipped weights when ``model`` is None (SHA-256 checked). ``volume`` is
-    the study as `dicom_volume.series_volume` gives it (any orientation; after
-    registration or not: centroids come back in the volume's own patient coordinates).
-    """
-
-    if model is None:
-        model = segmenter_load(device=device or "auto")
-    started = time.perf_counter()
-    output = segment_volume(volume=volume, model=model, device=device, tta=tta)
-    t = time.perf_counter()
-    post = postprocess_run(
-        probabilities=output.probabilities,
-        image=output.image,
-        settings=postprocess_settings,
-        uncertainty=output.uncertainty.array if tta else None,
-    )
-    candidate_mask, candidates, contrast_record = candidates_contrast_filter(
-        study=volume, candidate_mask=post.mask, candidates=post.candidates
-    )
-    seconds_post = time.perf_counter() - t
-    t = time.perf_counter()
-    lesions = lesions_measure(
-        lesion_probability=output.lesion_probability,
-        candidate_mask=candidate_mask,
-        candidates=candidates,
-        study=volume,
-        uncertainty=output.uncertainty,
-    )
-    seconds_measure = time.perf_counter() - t
-    measure_record = StepRecord(
-        name="measure_lesions",
-        parameters={
-            "fine_spacing_mm": 0.5,
-            "isosurface": "volume-matched level in 0.3..0.7 of the trilinear lesion probability",
-            "region_dilation_voxels": 2,
-            "axial": "planes of constant LPS z",
-            "hu_statistics": "study voxels inside the fine mask",
-            "volume": PARTIAL_VOLUME_RULES,
-            "volume_fallback": "the isosurface's volume when partial volume is not possible",
-        },
-        versions={"numpy": np.__version__},
-        seconds=seconds_measure,
-        details={"lesions": len(lesions)},
-    )
-    timings = {
-        **output.timings,
-        "postprocess": seconds_post,
-        "measure": seconds_measure,
-        "total": time.perf_counter() - started,
-    }
-    return LesionSegmentation(
-        lesions=tuple(lesions),
-        image=output.image,
-        candidate_mask=candidate_mask,
-        lesion_probability=output.lesion_probability,
-        uncertainty=output.uncertainty,
-        label=output.label,
-        model_version=output.model_version,
-        model_sha256=output.model_sha256,
-        device=output.device,
-        timings=timings,
-        records=(*output.records, *post.records, contrast_record, measure_record),
-    )

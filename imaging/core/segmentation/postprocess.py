@@ -41,6 +41,7 @@ something is there) and mean probability.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,7 +51,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.registration.register import volume_onto_grid
+from imaging.core.registration.transforms import volume_onto_grid
 
 BODY_HU = -500.0
 _CROSS = ndimage.generate_binary_structure(3, 1)
@@ -125,7 +126,9 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask, structure=_CUBE)
 
 
-def _per_component(mask: np.ndarray, fn, *, margin: int = 3) -> np.ndarray:
+def _per_component(
+    mask: np.ndarray, fn: Callable[[np.ndarray, int], np.ndarray], *, margin: int = 3
+) -> np.ndarray:
     """Apply ``fn`` to each component's mask in its own box; union of the results."""
     labels, n = _components(mask)
     out = np.zeros_like(mask)
@@ -140,49 +143,30 @@ def _per_component(mask: np.ndarray, fn, *, margin: int = 3) -> np.ndarray:
     return out
 
 
-def postprocess_run(
-    *,
-    probabilities: np.ndarray,
-    image: Volume,
-    settings: PostprocessSettings | None = None,
-    uncertainty: np.ndarray | None = None,
-) -> PostprocessResult:
-    """Run the steps of the module docstring over class probabilities (classes, k, j, i).
+@dataclass
+class _Recorder:
+    """Collects one `StepRecord` per step, with the components left after it."""
 
-    ``image`` is the HU volume on the same grid (its geometry is the mask's);
-    ``uncertainty`` the flip-TTA disagreement map on that grid, if there is one.
-    """
-    settings = settings or PostprocessSettings()
-    voxel_ml = image.voxel_volume_ml
-    hu = image.array
-    records: list[StepRecord] = []
-    versions = {"scipy": scipy.__version__, "numpy": np.__version__}
+    records: list[StepRecord] = field(default_factory=list)
 
-    def record(name: str, params: dict[str, Any], started: float, mask: np.ndarray, **details):
+    def add(
+        self, name: str, params: dict[str, Any], started: float, mask: np.ndarray, **details: Any
+    ) -> None:
         n = _components(mask)[1]
-        records.append(
+        self.records.append(
             StepRecord(
                 name=f"postprocess_{name}",
                 parameters=params,
-                versions=versions,
+                versions={"scipy": scipy.__version__, "numpy": np.__version__},
                 seconds=time.perf_counter() - started,
                 details={"components_after": int(n), **details},
             )
         )
 
-    p_nodule = probabilities[3].astype(np.float32)
-    p_liver = probabilities[4].astype(np.float32)
-    lesion_p = p_nodule + p_liver
 
-    t = time.perf_counter()
-    mask = lesion_p >= settings.threshold
-    record(
-        "threshold",
-        {"threshold": settings.threshold, "of": "p(lung_nodule) + p(liver_lesion)"},
-        t,
-        mask,
-    )
-
+def _opening_step(
+    mask: np.ndarray, settings: PostprocessSettings, voxel_ml: float, recorder: _Recorder
+) -> np.ndarray:
     t = time.perf_counter()
     cross = _ball(settings.opening_radius_voxels)
     min_open = settings.opening_min_ml / voxel_ml
@@ -193,13 +177,18 @@ def postprocess_run(
         return ndimage.binary_opening(component, structure=cross)
 
     mask = _per_component(mask, opening)
-    record(
+    recorder.add(
         "opening",
         {"radius_voxels": settings.opening_radius_voxels, "structure": "6-connected cross",
          "only_components_of_ml": settings.opening_min_ml},
         t, mask,
     )  # fmt: skip
+    return mask
 
+
+def _closing_step(
+    mask: np.ndarray, settings: PostprocessSettings, recorder: _Recorder
+) -> np.ndarray:
     t = time.perf_counter()
     if settings.closing_radius_voxels > 0:
         radius = settings.closing_radius_voxels
@@ -210,17 +199,18 @@ def postprocess_run(
             ],
             margin=radius + 1,
         )
-    record(
+    recorder.add(
         "closing",
         {"radius_voxels": settings.closing_radius_voxels, "structure": "6-connected cross"},
         t,
         mask,
     )
+    return mask
 
-    t = time.perf_counter()
-    mask = _per_component(mask, lambda c, _n: ndimage.binary_fill_holes(c))
-    record("fill_holes", {"connectivity": "3D"}, t, mask)
 
+def _min_volume_step(
+    mask: np.ndarray, settings: PostprocessSettings, voxel_ml: float, recorder: _Recorder
+) -> np.ndarray:
     t = time.perf_counter()
     labels, n = _components(mask)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -228,8 +218,14 @@ def postprocess_run(
     keep[0] = False
     removed = int(n - keep[1:].sum())
     mask = keep[labels]
-    record("min_volume", {"min_volume_ml": settings.min_volume_ml}, t, mask, removed=removed)
+    recorder.add("min_volume", {"min_volume_ml": settings.min_volume_ml}, t, mask, removed=removed)
+    return mask
 
+
+def _outside_body_step(
+    mask: np.ndarray, hu: np.ndarray, settings: PostprocessSettings, recorder: _Recorder
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop components centred outside the body or in air; also returns the body mask."""
     t = time.perf_counter()
     body = body_mask(hu)
     labels, n = _components(mask)
@@ -248,15 +244,31 @@ def postprocess_run(
             else:
                 keep[number] = True
         mask = keep[labels]
-    record(
+    recorder.add(
         "outside_body",
         {"body_hu": BODY_HU, "air_hu": settings.air_hu, "rule": "centre of mass in body; mean HU >= air_hu"},
         t, mask, removed_outside_body=removed_outside, removed_in_air=removed_air,
     )  # fmt: skip
+    return mask, body
 
+
+def _organ_context(
+    probabilities: np.ndarray, box: tuple[slice, ...], component: np.ndarray, shell: np.ndarray
+) -> float:
+    """Mean p(organ) + p(own lesion class) over the shell (the organ of the likelier class)."""
+    p_nodule = probabilities[3][box].astype(np.float32)
+    p_liver = probabilities[4][box].astype(np.float32)
+    nodule = p_nodule[component].sum() >= p_liver[component].sum()
+    organ_p = probabilities[1 if nodule else 2][box].astype(np.float32) + (
+        p_nodule if nodule else p_liver
+    )
+    return float(organ_p[shell].mean()) if shell.any() else 0.0
+
+
+def _organ_context_step(
+    mask: np.ndarray, probabilities: np.ndarray, settings: PostprocessSettings, recorder: _Recorder
+) -> np.ndarray:
     t = time.perf_counter()
-    p_lung = probabilities[1].astype(np.float32)
-    p_liver_organ = probabilities[2].astype(np.float32)
     labels, n = _components(mask)
     removed_context = 0
     shell_structure = _ball(settings.organ_shell_voxels)
@@ -274,23 +286,26 @@ def postprocess_run(
             shell = ndimage.binary_dilation(component, structure=shell_structure) & (
                 labels[box] == 0
             )
-            nodule = p_nodule[box][component].sum() >= p_liver[box][component].sum()
-            organ_p = (p_lung if nodule else p_liver_organ)[box] + (
-                p_nodule if nodule else p_liver
-            )[box]
-            context = float(organ_p[shell].mean()) if shell.any() else 0.0
-            if context >= settings.min_organ_context:
+            if _organ_context(probabilities, box, component, shell) >= settings.min_organ_context:
                 keep[number] = True
             else:
                 removed_context += 1
         mask = keep[labels]
-    record(
+    recorder.add(
         "organ_context",
         {"shell_voxels": settings.organ_shell_voxels, "min_organ_context": settings.min_organ_context,
          "rule": "mean p(organ) + p(own lesion class) over the shell"},
         t, mask, removed=removed_context,
     )  # fmt: skip
+    return mask
 
+
+def _tta_agreement_step(
+    mask: np.ndarray,
+    uncertainty: np.ndarray | None,
+    settings: PostprocessSettings,
+    recorder: _Recorder,
+) -> np.ndarray:
     t = time.perf_counter()
     removed_tta = 0
     labels, n = _components(mask)
@@ -299,15 +314,21 @@ def postprocess_run(
         keep = np.concatenate([[False], np.asarray(mean_u) <= settings.max_tta_disagreement])
         removed_tta = int(n - keep[1:].sum())
         mask = keep[labels]
-    record(
+    recorder.add(
         "tta_agreement",
         {"max_tta_disagreement": settings.max_tta_disagreement,
          "applied": uncertainty is not None},
         t, mask, removed=removed_tta,
     )  # fmt: skip
+    return mask
 
+
+def _smooth_step(
+    mask: np.ndarray, settings: PostprocessSettings, voxel_ml: float, recorder: _Recorder
+) -> np.ndarray:
     t = time.perf_counter()
     sigma = settings.smooth_sigma_voxels
+    min_open = settings.opening_min_ml / voxel_ml
 
     def smooth(component: np.ndarray, _n: int) -> np.ndarray:
         if sigma <= 0 or component.sum() < min_open:
@@ -316,21 +337,25 @@ def postprocess_run(
         return out if out.any() else component
 
     mask = _per_component(mask, smooth, margin=int(np.ceil(3 * sigma)) + 1)
-    record(
+    recorder.add(
         "smooth",
         {"gaussian_sigma_voxels": sigma, "rethreshold": 0.5,
          "only_components_of_ml": settings.opening_min_ml},
         t, mask,
     )  # fmt: skip
+    return mask
 
-    t = time.perf_counter()
-    labels, n = _components(mask)
+
+def _candidates(
+    labels: np.ndarray, p_nodule: np.ndarray, p_liver: np.ndarray, voxel_ml: float
+) -> list[LesionCandidate]:
+    """One `LesionCandidate` per labelled component, organ by the likelier lesion class."""
     candidates = []
     for number, found in enumerate(ndimage.find_objects(labels), start=1):
         if found is None:
             continue
         component = labels[found] == number
-        p = lesion_p[found][component]
+        p = p_nodule[found][component] + p_liver[found][component]
         organ = (
             "lung"
             if p_nodule[found][component].sum() >= p_liver[found][component].sum()
@@ -347,14 +372,58 @@ def postprocess_run(
                 bbox_kji=tuple((int(s.start), int(s.stop)) for s in found),  # type: ignore[arg-type]
             )
         )
-    record("components", {"connectivity": 26, "confidence": "max lesion probability"}, t, mask,
-           candidates=len(candidates))  # fmt: skip
+    return candidates
+
+
+def postprocess_run(
+    *,
+    probabilities: np.ndarray,
+    image: Volume,
+    settings: PostprocessSettings | None = None,
+    uncertainty: np.ndarray | None = None,
+) -> PostprocessResult:
+    """Run the steps of the module docstring over class probabilities (classes, k, j, i).
+
+    ``image`` is the HU volume on the same grid (its geometry is the mask's);
+    ``uncertainty`` the flip-TTA disagreement map on that grid, if there is one.
+    """
+    settings = settings or PostprocessSettings()
+    voxel_ml = image.voxel_volume_ml
+    recorder = _Recorder()
+
+    p_nodule = probabilities[3].astype(np.float32)
+    p_liver = probabilities[4].astype(np.float32)
+
+    t = time.perf_counter()
+    mask = p_nodule + p_liver >= settings.threshold
+    recorder.add(
+        "threshold",
+        {"threshold": settings.threshold, "of": "p(lung_nodule) + p(liver_lesion)"},
+        t,
+        mask,
+    )
+    mask = _opening_step(mask, settings, voxel_ml, recorder)
+    mask = _closing_step(mask, settings, recorder)
+    t = time.perf_counter()
+    mask = _per_component(mask, lambda c, _n: ndimage.binary_fill_holes(c))
+    recorder.add("fill_holes", {"connectivity": "3D"}, t, mask)
+    mask = _min_volume_step(mask, settings, voxel_ml, recorder)
+    mask, body = _outside_body_step(mask, image.array, settings, recorder)
+    mask = _organ_context_step(mask, probabilities, settings, recorder)
+    mask = _tta_agreement_step(mask, uncertainty, settings, recorder)
+    mask = _smooth_step(mask, settings, voxel_ml, recorder)
+
+    t = time.perf_counter()
+    labels, n = _components(mask)
+    candidates = _candidates(labels, p_nodule, p_liver, voxel_ml)
+    recorder.add("components", {"connectivity": 26, "confidence": "max lesion probability"}, t,
+                 mask, candidates=len(candidates))  # fmt: skip
     label_dtype = np.uint16 if n < 65535 else np.uint32
     return PostprocessResult(
         mask=image.with_array(labels.astype(label_dtype), kind="label"),
         candidates=tuple(candidates),
         body=body,
-        records=tuple(records),
+        records=tuple(recorder.records),
     )
 
 
@@ -367,32 +436,13 @@ class ContrastSettings:
     ring_outer_voxels: int = 3
 
 
-def candidates_contrast_filter(
-    *,
-    study: Volume,
-    candidate_mask: Volume,
+def _contrast_scores(
+    on_study: np.ndarray,
+    hu: np.ndarray,
     candidates: tuple[LesionCandidate, ...],
-    settings: ContrastSettings | None = None,
-) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
-    """Drop candidates whose contrast with their surroundings is within the noise.
-
-    Measured on the study's own voxels (``study`` in HU, before resampling: resampled
-    noise is smoother and would look more significant than it is). For each candidate,
-    its voxels (the model-grid mask mapped to the study grid, nearest neighbour) are
-    compared with a ring ``ring_inner_voxels``..``ring_outer_voxels`` around it, away
-    from every candidate: z = |median(ring) - mean(core)| / (sigma / sqrt(n)), with
-    sigma the ring's robust SD (1.4826 MAD) and n the candidate's voxel count. A
-    real lesion keeps z far above ``min_z`` (a 1.7 ml liver lesion at 18 HU of noise
-    and 3 x 3 x 5 mm voxels scored 8.2; lesions at full resolution score in the
-    tens); the darkest noise blobs of a liver in thick, noisy slices reach about 7.
-    A candidate that holds no study voxel centre (smaller than the study's voxels) scores
-    0 and is dropped; one without a ring of at least 8 voxels is kept (no evidence).
-    """
-
-    settings = settings or ContrastSettings()
-    started = time.perf_counter()
-    on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
-    hu = study.array
+    settings: ContrastSettings,
+) -> dict[int, float | None]:
+    """z of each candidate (by label value) on the study's voxels; None without a ring."""
     any_candidate = on_study > 0
     inner = ndimage.generate_binary_structure(3, 1)
     scores: dict[int, float | None] = {}
@@ -422,6 +472,35 @@ def candidates_contrast_filter(
         sigma = max(1.4826 * float(np.median(np.abs(ring_hu - centre))), 1.0)
         core_hu = hu[box][core].astype(np.float64)
         scores[value] = abs(centre - float(core_hu.mean())) / (sigma / np.sqrt(core_hu.size))
+    return scores
+
+
+def candidates_contrast_filter(
+    *,
+    study: Volume,
+    candidate_mask: Volume,
+    candidates: tuple[LesionCandidate, ...],
+    settings: ContrastSettings | None = None,
+) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
+    """Drop candidates whose contrast with their surroundings is within the noise.
+
+    Measured on the study's own voxels (``study`` in HU, before resampling: resampled
+    noise is smoother and would look more significant than it is). For each candidate,
+    its voxels (the model-grid mask mapped to the study grid, nearest neighbour) are
+    compared with a ring ``ring_inner_voxels``..``ring_outer_voxels`` around it, away
+    from every candidate: z = |median(ring) - mean(core)| / (sigma / sqrt(n)), with
+    sigma the ring's robust SD (1.4826 MAD) and n the candidate's voxel count. A
+    real lesion keeps z far above ``min_z`` (a 1.7 ml liver lesion at 18 HU of noise
+    and 3 x 3 x 5 mm voxels scored 8.2; lesions at full resolution score in the
+    tens); the darkest noise blobs of a liver in thick, noisy slices reach about 7.
+    A candidate that holds no study voxel centre (smaller than the study's voxels) scores
+    0 and is dropped; one without a ring of at least 8 voxels is kept (no evidence).
+    """
+
+    settings = settings or ContrastSettings()
+    started = time.perf_counter()
+    on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
+    scores = _contrast_scores(on_study, study.array, candidates, settings)
     kept = tuple(
         c
         for c in candidates

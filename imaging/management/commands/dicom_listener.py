@@ -49,7 +49,7 @@ class Command(BaseCommand):
         allowed = list(getattr(settings, "RADTRACK_DICOM_ALLOWED_AES", []))
         if options["verbosity"] >= 1:
             # One line per association as it ends (calling AE title and counts only).
-            logging.getLogger("imaging.dimse").setLevel(logging.INFO)
+            logging.getLogger("imaging.ingest.listener").setLevel(logging.INFO)
 
         stop = threading.Event()
         signals = {signal.SIGINT: None, signal.SIGTERM: None}

@@ -13,7 +13,9 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from imaging.core.segmentation import training as tr
+from imaging.core.segmentation.training.finetune import segmenter_finetune
+from imaging.core.segmentation.training.settings import TrainingSettings
+from imaging.core.segmentation.training.site import site_cases_read
 
 
 class Command(BaseCommand):
@@ -64,13 +66,13 @@ class Command(BaseCommand):
         torch.set_num_threads(options["threads"])
         try:
             base = segmenter_load(weights_path=options["weights"], device=options["device"])
-            cases = tr.site_cases_read(data_dir=data, spec=base.spec)
+            cases = site_cases_read(data_dir=data, spec=base.spec)
         except (SegmenterError, ValueError, FileNotFoundError) as exc:
             raise CommandError(str(exc)) from exc
         if len(cases) < 2:
             raise CommandError("fine-tuning needs at least two labelled cases (one validates)")
         version = options["model_version"] or f"{base.spec.version}-ft1"
-        settings = tr.TrainingSettings(
+        settings = TrainingSettings(
             seed=options["seed"],
             steps=options["steps"],
             batch_size=options["batch_size"],
@@ -91,7 +93,7 @@ class Command(BaseCommand):
             bar.update(0)
 
         try:
-            result = tr.segmenter_finetune(
+            result = segmenter_finetune(
                 base=base,
                 cases=cases,
                 out_dir=out,
@@ -116,5 +118,5 @@ class Command(BaseCommand):
         )
 
 
-def _f(value) -> str:
+def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"

@@ -1,7 +1,7 @@
 """``manage.py generate_cohort OUT``: write a synthetic longitudinal CT cohort with its truth.
 
-Needs no database: it only writes files (see `imaging.core.cohort` for what and how).
-Sizes are those of `imaging.core.cohort.SIZES`.
+Needs no database: it only writes files (see `imaging.core.synthetic.cohort` for what and
+how). Sizes are those of `imaging.core.synthetic.acquisition.SIZES`.
 """
 
 import shutil

@@ -1,7 +1,7 @@
 """``manage.py train_segmenter --out DIR``: train the lesion segmenter on generated cohorts.
 
 Needs no database. Renders the training and validation studies in memory (cached under
-``OUT/cache``), trains with `imaging.core.training.segmenter_train` (seeded, logged to
+``OUT/cache``), trains with `training.loop.segmenter_train` (seeded, logged to
 ``OUT/train_log.jsonl``, checkpointed to ``OUT/checkpoint.pt``, resumable with
 ``--resume``), then writes the float16 weights, ``manifest.json`` (with SHA-256) and
 ``MODEL_CARD.md`` into ``OUT`` (and into ``imaging/weights/`` with ``--ship``).
@@ -14,11 +14,20 @@ from the benchmark's seed (benchmarks/segmentation.py refuses a seed used here).
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from imaging.core.segmentation import training as tr
+from imaging.core.segmentation.network import WEIGHTS_DIR, SegmenterError, SegmenterSpec
+from imaging.core.segmentation.training.cases import CohortSource, TrainingCase, cases_load
+from imaging.core.segmentation.training.loop import (
+    TrainingResult,
+    checkpoint_read,
+    segmenter_train,
+)
+from imaging.core.segmentation.training.settings import TrainingSettings
+from imaging.core.segmentation.training.shipping import weights_ship
 
 
 class Command(BaseCommand):
@@ -68,37 +77,8 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args, **options):
-        for name in ("timepoints", "steps", "batch_size", "patch_size"):
-            if options[name] < 1:
-                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("patients", "small_patients", "val_patients"):
-            if options[name] < 0:
-                raise CommandError(f"--{name.replace('_', '-')} must be >= 0")
-        if options["patients"] + options["small_patients"] < 1:
-            raise CommandError("no training data: give --patients or --small-patients")
-        if options["patch_size"] % 8:
-            raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
-        out: Path = options["out"]
-        if out.exists() and not out.is_dir():
-            raise CommandError(f"{out} exists and is not a folder")
-        init = options["init_from"]
-        if init is not None and not init.is_file():
-            raise CommandError(f"--init-from: no checkpoint at {init}")
-        if init is not None and options["resume"]:
-            raise CommandError("--init-from starts a new run; it cannot be combined with --resume")
-        if not 0 <= options["lesion_bias"] <= 1:
-            raise CommandError("--lesion-bias must be between 0 and 1")
-        if options["resume"] and not (out / "checkpoint.pt").exists():
-            raise CommandError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
-        if not options["resume"] and (out / "checkpoint.pt").exists():
-            raise CommandError(
-                f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
-                "another folder"
-            )
-
+        _options_check(options)
         import torch
-
-        from imaging.core.segmentation.network import WEIGHTS_DIR, SegmenterError, SegmenterSpec
 
         torch.set_num_threads(options["threads"])
         w = options["lesion_weight"]
@@ -108,44 +88,70 @@ class Command(BaseCommand):
             version=options["model_version"],
             class_logit_offsets=(0.0, 0.0, 0.0, -math.log(w), -math.log(w)),
         )
-        cs = options["cohort_seed"]
-        tp = options["timepoints"]
-        train_sources = []
-        if options["patients"]:
-            train_sources.append(
-                tr.CohortSource(
-                    cs, "full", tuple(range(options["patients"])), tp, lesion_resize=True
-                )
-            )
-        if options["small_patients"]:
-            train_sources.append(
-                tr.CohortSource(
-                    cs + 1, "small", tuple(range(options["small_patients"])), tp, lesion_resize=True
-                )
-            )
-        val_sources = []
-        if options["val_patients"]:
-            val_sources = [
-                tr.CohortSource(cs + 2, "full", tuple(range(options["val_patients"])), 1),
-                tr.CohortSource(cs + 3, "small", tuple(range(options["val_patients"])), 1),
-            ]
-        data = {
-            "train": [vars(s) | {"patients": len(s.patients)} for s in train_sources],
-            "validation": [vars(s) | {"patients": len(s.patients)} for s in val_sources],
-            "cohort_seeds": sorted({s.seed for s in train_sources + val_sources}),
-            "native_pixel_min_mm": 1.25,
-        }
-        quiet = options["quiet"]
+        out: Path = options["out"]
+        train_sources, val_sources = _sources(options)
+        data = _data_description(train_sources, val_sources)
+        train, val = self._cases_render(
+            train_sources=train_sources,
+            val_sources=val_sources,
+            spec=spec,
+            cache=out / "cache",
+            quiet=options["quiet"],
+        )
+        initial_state = None
+        if options["resume"]:
+            # Keep the first launch's record of the data (and of any warm start).
+            data = checkpoint_read(out / "checkpoint.pt").get("data") or data
+        if options["init_from"] is not None:
+            initial_state = _warm_start(options["init_from"], spec=spec, data=data)
+        result = self._train(
+            train=train, val=val, spec=spec, options=options, initial_state=initial_state, data=data
+        )
+        path, _ = weights_ship(
+            checkpoint_path=result.checkpoint_path,
+            out_dir=out,
+            version=options["model_version"],
+            data=data,
+        )
+        if options["ship"]:
+            _weights_install(out, path)
+        self.stdout.write(
+            f"train_segmenter: {result.steps_done} steps on {len(train)} studies "
+            f"({len(val)} validation) in {result.seconds / 60:.1f} min, loss {result.last_loss:.3f}"
+            f"{_validation_text(result)} -> {path}" + (" (shipped)" if options["ship"] else "")
+        )
+
+    def _cases_render(
+        self,
+        *,
+        train_sources: list[CohortSource],
+        val_sources: list[CohortSource],
+        spec: SegmenterSpec,
+        cache: Path,
+        quiet: bool,
+    ) -> tuple[list[TrainingCase], list[TrainingCase]]:
+        """The training and validation cases (rendered, or read from ``cache``)."""
         n_cases = sum(len(s.studies()) for s in train_sources + val_sources)
         bar = tqdm(total=n_cases, desc="render cases", unit="case", disable=quiet or None,
                    file=self.stderr._out)  # fmt: skip
-        cache = out / "cache"
-        train = tr.cases_load(sources=train_sources, spec=spec, cache_dir=cache,
-                              on_case=lambda _: bar.update(1))  # fmt: skip
-        val = tr.cases_load(sources=val_sources, spec=spec, cache_dir=cache,
-                            on_case=lambda _: bar.update(1))  # fmt: skip
+        train = cases_load(sources=train_sources, spec=spec, cache_dir=cache,
+                           on_case=lambda _: bar.update(1))  # fmt: skip
+        val = cases_load(sources=val_sources, spec=spec, cache_dir=cache,
+                         on_case=lambda _: bar.update(1))  # fmt: skip
         bar.close()
-        settings = tr.TrainingSettings(
+        return train, val
+
+    def _train(
+        self,
+        *,
+        train: list[TrainingCase],
+        val: list[TrainingCase],
+        spec: SegmenterSpec,
+        options: dict[str, Any],
+        initial_state: dict[str, Any] | None,
+        data: dict[str, Any],
+    ) -> TrainingResult:
+        settings = TrainingSettings(
             seed=options["seed"],
             steps=options["steps"],
             batch_size=options["batch_size"],
@@ -157,25 +163,8 @@ class Command(BaseCommand):
             checkpoint_every=options["checkpoint_every"],
             threads=options["threads"],
         )
-        initial_state = None
-        if options["resume"]:
-            # Keep the first launch's record of the data (and of any warm start).
-            saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-            data = saved.get("data") or data
-        if init is not None:
-            state = torch.load(init, map_location="cpu", weights_only=False)
-            if not SegmenterSpec.from_dict(state["spec"]).same_network(spec):
-                raise CommandError(f"--init-from: {init} holds a different network")
-            initial_state = state["network"]
-            data["warm_start"] = {
-                "checkpoint": str(init),
-                "steps": int(state["step"]),
-                "seconds": round(float(state.get("seconds", 0.0)), 1),
-                "settings": state["settings"],
-                "data": state.get("data", {}),
-            }
-        steps_bar = tqdm(total=settings.steps, desc="train", unit="step", disable=quiet or None,
-                         file=self.stderr._out)  # fmt: skip
+        steps_bar = tqdm(total=settings.steps, desc="train", unit="step",
+                         disable=options["quiet"] or None, file=self.stderr._out)  # fmt: skip
 
         def on_step(step: int, loss: float) -> None:
             steps_bar.n = step
@@ -183,8 +172,8 @@ class Command(BaseCommand):
             steps_bar.update(0)
 
         try:
-            result = tr.segmenter_train(
-                out_dir=out,
+            return segmenter_train(
+                out_dir=options["out"],
                 train_cases=train,
                 val_cases=val,
                 spec=spec,
@@ -199,31 +188,110 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         finally:
             steps_bar.close()
-        path, manifest = tr.weights_ship(
-            checkpoint_path=result.checkpoint_path, out_dir=out, version=options["model_version"],
-            data=data,
-        )  # fmt: skip
-        if options["ship"]:
-            WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-            for old in WEIGHTS_DIR.glob("*.pt"):
-                old.unlink()
-            for name in (path.name, "manifest.json", "MODEL_CARD.md"):
-                shutil.copy2(out / name, WEIGHTS_DIR / name)
-        val_text = ""
-        if result.validation:
-            v = result.validation
-            dice = v["dice"]
-            val_text = (
-                f", validation Dice nodule {_f(dice['lung_nodule'])} liver lesion "
-                f"{_f(dice['liver_lesion'])}, sensitivity>=5mm {_f(v['sensitivity_5mm'])}, "
-                f"FP/study {v['false_positives_per_case']:.2f}"
-            )
-        self.stdout.write(
-            f"train_segmenter: {result.steps_done} steps on {len(train)} studies "
-            f"({len(val)} validation) in {result.seconds / 60:.1f} min, loss {result.last_loss:.3f}"
-            f"{val_text} -> {path}" + (" (shipped)" if options["ship"] else "")
+
+
+def _options_check(options: dict[str, Any]) -> None:
+    """Refuse options that cannot make a run, before anything is rendered."""
+    for name in ("timepoints", "steps", "batch_size", "patch_size"):
+        if options[name] < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("patients", "small_patients", "val_patients"):
+        if options[name] < 0:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 0")
+    if options["patients"] + options["small_patients"] < 1:
+        raise CommandError("no training data: give --patients or --small-patients")
+    if options["patch_size"] % 8:
+        raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
+    out: Path = options["out"]
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"{out} exists and is not a folder")
+    init = options["init_from"]
+    if init is not None and not init.is_file():
+        raise CommandError(f"--init-from: no checkpoint at {init}")
+    if init is not None and options["resume"]:
+        raise CommandError("--init-from starts a new run; it cannot be combined with --resume")
+    if not 0 <= options["lesion_bias"] <= 1:
+        raise CommandError("--lesion-bias must be between 0 and 1")
+    if options["resume"] and not (out / "checkpoint.pt").exists():
+        raise CommandError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+    if not options["resume"] and (out / "checkpoint.pt").exists():
+        raise CommandError(
+            f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
+            "another folder"
         )
 
 
-def _f(value) -> str:
+def _sources(options: dict[str, Any]) -> tuple[list[CohortSource], list[CohortSource]]:
+    """Training cohorts (seed, seed + 1) and validation cohorts (seed + 2, seed + 3)."""
+    cs = options["cohort_seed"]
+    tp = options["timepoints"]
+    train_sources = []
+    if options["patients"]:
+        train_sources.append(
+            CohortSource(cs, "full", tuple(range(options["patients"])), tp, lesion_resize=True)
+        )
+    if options["small_patients"]:
+        train_sources.append(
+            CohortSource(
+                cs + 1, "small", tuple(range(options["small_patients"])), tp, lesion_resize=True
+            )
+        )
+    val_sources = []
+    if options["val_patients"]:
+        val_sources = [
+            CohortSource(cs + 2, "full", tuple(range(options["val_patients"])), 1),
+            CohortSource(cs + 3, "small", tuple(range(options["val_patients"])), 1),
+        ]
+    return train_sources, val_sources
+
+
+def _data_description(
+    train_sources: list[CohortSource], val_sources: list[CohortSource]
+) -> dict[str, Any]:
+    """What the model card and manifest record of the training data."""
+    return {
+        "train": [vars(s) | {"patients": len(s.patients)} for s in train_sources],
+        "validation": [vars(s) | {"patients": len(s.patients)} for s in val_sources],
+        "cohort_seeds": sorted({s.seed for s in train_sources + val_sources}),
+        "native_pixel_min_mm": 1.25,
+    }
+
+
+def _warm_start(init: Path, *, spec: SegmenterSpec, data: dict[str, Any]) -> dict[str, Any]:
+    """The network weights of another run's checkpoint; ``data`` records where they came from."""
+    state = checkpoint_read(init)
+    if not SegmenterSpec.from_dict(state["spec"]).same_network(spec):
+        raise CommandError(f"--init-from: {init} holds a different network")
+    data["warm_start"] = {
+        "checkpoint": str(init),
+        "steps": int(state["step"]),
+        "seconds": round(float(state.get("seconds", 0.0)), 1),
+        "settings": state["settings"],
+        "data": state.get("data", {}),
+    }
+    return state["network"]
+
+
+def _weights_install(out: Path, weights: Path) -> None:
+    """Replace the shipped weights in ``imaging/weights/`` by this run's."""
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    for old in WEIGHTS_DIR.glob("*.pt"):
+        old.unlink()
+    for name in (weights.name, "manifest.json", "MODEL_CARD.md"):
+        shutil.copy2(out / name, WEIGHTS_DIR / name)
+
+
+def _validation_text(result: TrainingResult) -> str:
+    if not result.validation:
+        return ""
+    v = result.validation
+    dice = v["dice"]
+    return (
+        f", validation Dice nodule {_f(dice['lung_nodule'])} liver lesion "
+        f"{_f(dice['liver_lesion'])}, sensitivity>=5mm {_f(v['sensitivity_5mm'])}, "
+        f"FP/study {v['false_positives_per_case']:.2f}"
+    )
+
+
+def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"

@@ -1,14 +1,16 @@
 """``manage.py import_ehr FILE...``: labs and outcome events from a FHIR R4 Bundle or cohort CSVs.
 
-See `patients.services.ehr_import` for what is read and how records are matched.
+See `patients.ehr.importer` for what is read and how records are matched.
 """
 
 from pathlib import Path
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from patients.ehr.importer import EHRImportError, ehr_import
+from patients.ehr.importer import ehr_import
+from patients.ehr.records import EHRImportError
 
 
 class Command(BaseCommand):
@@ -19,14 +21,14 @@ class Command(BaseCommand):
         "file is one transaction; importing the same file again changes nothing."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
         parser.add_argument(
             "--show", type=int, default=20, help="list at most this many problems per file"
         )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         files: list[Path] = options["files"]
         unreadable = [f for f in files if not f.is_file()]
         if unreadable:
@@ -42,7 +44,7 @@ class Command(BaseCommand):
                 file=self.stderr._out,
             )
 
-            def progress(done: int, total: int, bar=bar) -> None:
+            def progress(done: int, total: int, bar: tqdm = bar) -> None:
                 if bar.total != total:
                     bar.reset(total=total)
                 bar.update(done - bar.n)

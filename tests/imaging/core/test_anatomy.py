@@ -22,7 +22,8 @@ from imaging.core.registration.orientation import (
     orientation_standardise,
     volume_flip_header,
 )
-from imaging.core.synthetic.cohort import PATIENT_POSITIONS, cohort_simulate, study_render
+from imaging.core.synthetic.acquisition import PATIENT_POSITIONS
+from imaging.core.synthetic.cohort import cohort_simulate, study_render
 
 # Row and column cosines of Image Orientation (Patient) for axial scans (PS3.3 C.7.6.2.1.1).
 POSITIONS = {
@@ -275,7 +276,7 @@ def test_header_flip_is_its_own_inverse_and_exact():
 # --------------------------------------------------------------------------- cohort phantom
 @pytest.fixture(scope="module")
 def cohort_studies() -> list[tuple[str, Volume]]:
-    """One synthetic cohort study (imaging.core.cohort) acquired in each patient position."""
+    """One synthetic cohort study (imaging.core.synthetic.cohort) acquired in each patient position."""
     from dataclasses import replace
 
     cohort = cohort_simulate(n_patients=1, n_timepoints=1, seed=11, size="small")

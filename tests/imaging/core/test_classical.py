@@ -9,7 +9,8 @@ from imaging.core.geometry.preprocess import volume_reorient, volume_resample
 from imaging.core.segmentation.classical import ClassicalSettings, classical_segment
 from imaging.core.segmentation.postprocess import postprocess_run
 from imaging.core.synthetic import cohort
-from imaging.core.synthetic.phantom import ScanGeometry, phantom_render, study_label_render
+from imaging.core.synthetic.labels import study_label_render
+from imaging.core.synthetic.phantom import ScanGeometry, phantom_render
 
 SEED, PATIENT = 14, 4  # head-first prone; liver lesions of 12 and 11 mm, a 16 mm nodule
 

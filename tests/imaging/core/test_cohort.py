@@ -1,6 +1,6 @@
 """The synthetic cohort: truth against written images, outcomes against true risk, records.
 
-No database and no Django: `imaging.core.cohort` is pure Python. Geometry is checked on
+No database and no Django: `imaging.core.synthetic.cohort` is pure Python. Geometry is checked on
 real DICOM files written by the project's writer and read back with pydicom.
 """
 
@@ -19,29 +19,26 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from lifelines.utils import concordance_index
 
+from imaging.core.synthetic.acquisition import IMAGE_ORIENTATION, SIZES
+from imaging.core.synthetic.anatomy_structures import anatomy_ball_is_within
 from imaging.core.synthetic.cohort import (
-    EVENT_SYSTEM,
-    IMAGE_ORIENTATION,
-    LAB_TESTS,
-    MRN_SYSTEM,
-    SIZES,
-    SimulatedLesion,
     cohort_generate,
     cohort_simulate,
     cohort_survival,
-    ehr_bundle_build,
-    events_csv_write,
-    labs_csv_write,
     patient_simulate,
     study_dicom_write,
     study_render,
-    truth_build,
 )
-from imaging.core.synthetic.phantom import (
-    anatomy_ball_is_within,
-    lesion_shape_sample,
-    volume_for_diameter_ml,
+from imaging.core.synthetic.ehr import (
+    EVENT_SYSTEM,
+    MRN_SYSTEM,
+    ehr_bundle_build,
+    events_csv_write,
+    labs_csv_write,
 )
+from imaging.core.synthetic.lesion_shape import lesion_shape_sample, volume_for_diameter_ml
+from imaging.core.synthetic.simulated import LAB_TESTS, SimulatedLesion
+from imaging.core.synthetic.truth import truth_build
 
 EXPECTED_LABS = {  # LOINC code -> UCUM unit (checked against LOINC's example units)
     "2039-6": "ng/mL",  # CEA

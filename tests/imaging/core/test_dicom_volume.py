@@ -20,13 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import EnhancedCTImageStorage, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from imaging.core.dicom.volume import (
-    GeometryLimits,
-    SeriesGeometryError,
-    SeriesVolumeError,
-    series_summary,
-    series_volume,
-)
+from imaging.core.dicom.slice_geometry import GeometryLimits
+from imaging.core.dicom.slices import SeriesGeometryError, SeriesVolumeError
+from imaging.core.dicom.volume import series_summary, series_volume
 from imaging.core.dicom.write import (
     CTSeriesAttributes,
     ct_series_write,

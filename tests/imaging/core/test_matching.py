@@ -6,13 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from analytics.lesions.core.matching import (
-    GATE_MIN_MM,
+from analytics.lesions.core.identities import (
     LesionObservation,
     TrackedLesion,
-    equivalent_radius_mm,
     fragments_combine,
     lesion_label,
+)
+from analytics.lesions.core.matching import (
+    GATE_MIN_MM,
+    equivalent_radius_mm,
     lesions_match,
     mask_points_lps,
     match_gate_mm,

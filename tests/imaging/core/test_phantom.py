@@ -1,6 +1,6 @@
 """The CT phantom: exact lesion volumes, partial-volume rendering, anatomy layout, noise.
 
-No database and no Django: `imaging.core.phantom` is pure NumPy/SciPy.
+No database and no Django: `imaging.core.synthetic.phantom` is pure NumPy/SciPy.
 """
 
 from __future__ import annotations
@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 
 from imaging.core.synthetic import phantom
-from imaging.core.synthetic.phantom import (
-    HU_LUNG,
-    LesionAtStudy,
+from imaging.core.synthetic.anatomy import HU_LUNG, anatomy_sample
+from imaging.core.synthetic.anatomy_structures import anatomy_ball_is_within, anatomy_label
+from imaging.core.synthetic.lesion_shape import (
     LesionShape,
-    ScanGeometry,
-    anatomy_ball_is_within,
-    anatomy_label,
-    anatomy_sample,
     equivalent_diameter_mm,
-    lesion_fraction_render,
     lesion_shape_sample,
-    phantom_render,
+    sphere_quadrature,
     volume_for_diameter_ml,
+)
+from imaging.core.synthetic.phantom import (
+    LesionAtStudy,
+    ScanGeometry,
+    lesion_fraction_render,
+    phantom_render,
 )
 
 
@@ -82,7 +83,7 @@ def test_irregular_lesion_exact_volume_and_centroid(seed):
     shape = lesion_shape_sample(rng, centre_body_mm=np.zeros(3), hu=20.0, irregular=True)
     assert shape.is_irregular
     # Converged: a 4x finer quadrature changes nothing that matters.
-    u, w = phantom._sphere_quadrature(256, 512)
+    u, w = sphere_quadrature(256, 512)
     rho = shape.rho(u)
     fine_volume = np.sum(w * rho**3) / 3.0
     assert shape.unit_volume_mm3 == pytest.approx(fine_volume, rel=1e-9)
@@ -98,7 +99,7 @@ def test_irregular_lesion_exact_volume_and_centroid(seed):
 def test_irregular_lesions_are_not_spheres():
     rng = np.random.default_rng(4)
     shape = lesion_shape_sample(rng, centre_body_mm=np.zeros(3), hu=20.0, irregular=True)
-    u, _ = phantom._sphere_quadrature(32, 64)
+    u, _ = sphere_quadrature(32, 64)
     rho = shape.rho(u)
     assert rho.max() / rho.min() > 1.2  # visibly lobulated
     lo, hi = shape.rho_bounds

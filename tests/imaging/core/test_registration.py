@@ -14,15 +14,13 @@ import torch
 
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.orientation import volume_flip_header
-from imaging.core.registration.register import (
-    QualityThresholds,
+from imaging.core.registration.quality import QualityThresholds, registration_quality
+from imaging.core.registration.register import register
+from imaging.core.registration.sitk_backend import register_rigid_affine_sitk
+from imaging.core.registration.torch_backend import register_torch, resolve_device
+from imaging.core.registration.transforms import (
     SpatialTransform,
     point_map,
-    register,
-    register_rigid_affine_sitk,
-    register_torch,
-    registration_quality,
-    resolve_device,
     rotation_matrix,
     transform_read,
     transform_write,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from imaging.core.segmentation.lesions import lesions_segment
 from imaging.core.segmentation.network import (
     CLASSES,
     MANIFEST_NAME,
@@ -20,12 +21,12 @@ from imaging.core.segmentation.network import (
     SegmenterError,
     device_select,
     file_sha256,
-    lesions_segment,
     manifest_read,
     segmenter_load,
 )
 from imaging.core.synthetic import cohort
-from imaging.core.synthetic.phantom import ScanGeometry, phantom_render, study_label_render
+from imaging.core.synthetic.labels import study_label_render
+from imaging.core.synthetic.phantom import ScanGeometry, phantom_render
 
 SEED, PATIENT = 13, 4  # feet-first supine; a 10 mm nodule, liver lesions of 24, 25, 18 mm
 

@@ -1,0 +1,129 @@
+"""A radiologist's choice of the RECIST 1.1 target lesions at baseline (an empty choice
+returns to the rules), kept as ``target_by_hand`` on the baseline rows, which
+re-tracking carries by their segmentation candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import transaction
+
+from analytics.lesions.core.recist import MAX_TARGETS_PER_ORGAN, MAX_TARGETS_TOTAL, is_measurable
+from analytics.lesions.review.common import (
+    Reviewer,
+    ReviewError,
+    patient_lock,
+    patient_recompute,
+    reason_clean,
+    responses_state,
+    review_event_write,
+    reviewer_require,
+    targets_state,
+)
+from imaging.models import Lesion, LesionMeasurement, ReviewEvent, study_order
+from patients.models import Patient
+
+
+def targets_set(
+    *, user: Reviewer, patient: Patient, lesions: Sequence[Lesion], reason: str
+) -> ReviewEvent:
+    """Choose the RECIST 1.1 target lesions by hand (an empty choice returns to the rules).
+
+    Each target must be found at baseline, not rejected, and measurable (longest
+    diameter in force >= 10 mm, RECIST 1.1 section 3.1.1); at most 5 in all and 2 per
+    organ (section 4.2).
+    """
+    reviewer_require(user)
+    reason = reason_clean(reason, required=True, action="change the target lesions")
+    with transaction.atomic():
+        patient = patient_lock(patient.pk)
+        rows = list(
+            LesionMeasurement.objects.filter(lesion__patient=patient)
+            .select_related("study", "lesion")
+            .order_by(*study_order("study__"))
+        )
+        if not rows:
+            raise ReviewError("lesions: this patient has no tracked lesions")
+        baseline_study = rows[0].study_id
+        baseline = {r.lesion_id: r for r in rows if r.study_id == baseline_study}
+        wanted = {lesion.pk for lesion in lesions}
+        _targets_check(wanted, baseline, rows)
+        before = {"responses": responses_state(patient), "targets": targets_state(patient)}
+        for row in baseline.values():
+            row.is_target = row.lesion_id in wanted
+            row.target_by_hand = bool(wanted)
+        LesionMeasurement.objects.bulk_update(baseline.values(), ["is_target", "target_by_hand"])
+        summary, scored = patient_recompute(patient)
+        return review_event_write(
+            patient=patient,
+            user=user,
+            action="targets" if wanted else "targets_automatic",
+            reason=reason,
+            before=before,
+            after={"chosen_by_hand": bool(wanted)},
+            measurement=None,
+            summary=summary,
+            scored=scored,
+            subject={
+                "lesion_uids": sorted(
+                    baseline[pk].lesion.tracking_uid for pk in wanted if pk in baseline
+                ),
+                "lesion_labels": sorted(
+                    baseline[pk].lesion.label for pk in wanted if pk in baseline
+                ),
+                "study_instance_uid": rows[0].study.study_instance_uid,
+            },
+        )
+
+
+def _targets_check(
+    wanted: set[int],
+    baseline: dict[int, LesionMeasurement],
+    rows: Sequence[LesionMeasurement],
+) -> None:
+    """A `ReviewError` unless every wanted lesion (by pk) may be a target and the choice
+    keeps RECIST 1.1's limits."""
+    per_organ: dict[str, int] = {}
+    for pk in sorted(wanted):
+        row = baseline.get(pk)
+        _target_check(row, pk, rows)
+        per_organ[row.lesion.organ] = per_organ.get(row.lesion.organ, 0) + 1
+    if len(wanted) > MAX_TARGETS_TOTAL:
+        raise ReviewError(
+            f"lesions: at most {MAX_TARGETS_TOTAL} targets (RECIST 1.1 section 4.2), "
+            f"not {len(wanted)}"
+        )
+    crowded = [organ for organ, n in per_organ.items() if n > MAX_TARGETS_PER_ORGAN]
+    if crowded:
+        raise ReviewError(
+            f"lesions: at most {MAX_TARGETS_PER_ORGAN} targets per organ (RECIST 1.1 "
+            f"section 4.2); {', '.join(crowded)} has more"
+        )
+
+
+def _target_check(
+    row: LesionMeasurement | None, pk: int, rows: Sequence[LesionMeasurement]
+) -> None:
+    """One lesion's baseline row may be a target: found, not rejected, measurable
+    (RECIST 1.1 section 3.1.1)."""
+    if row is None or row.status == LesionMeasurement.Status.RESOLVED:
+        raise ReviewError(
+            f"lesions: a target must be found at baseline; {_lesion_name(pk, rows)} is not"
+        )
+    if row.review_state == LesionMeasurement.Review.REJECTED:
+        raise ReviewError(
+            f"lesions: {row.lesion.label} was rejected as a false positive at baseline"
+        )
+    if not is_measurable(longest_diameter_mm=row.effective_longest_diameter_mm):
+        raise ReviewError(
+            f"lesions: {row.lesion.label} measures "
+            f"{row.effective_longest_diameter_mm:.1f} mm at baseline; a target must "
+            "be measurable (at least 10 mm, RECIST 1.1 section 3.1.1)"
+        )
+
+
+def _lesion_name(pk: int, rows: Sequence[LesionMeasurement]) -> str:
+    for row in rows:
+        if row.lesion_id == pk:
+            return row.lesion.label
+    return f"lesion {pk}"

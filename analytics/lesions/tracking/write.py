@@ -1,0 +1,273 @@
+"""Writing a rebuild: the identities (`Lesion`, keeping their Tracking UID and label when
+first seen in the same candidate), one measurement row per identity per study with the
+review decisions that fit it, and the RECIST 1.1 targets marked on those rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.uid import generate_uid
+
+from analytics.lesions.core.identities import LesionAssignment, fragments_combine
+from analytics.lesions.core.readings import LesionReading
+from analytics.lesions.core.recist import targets_select
+from analytics.lesions.tracking.carry import CandidateSet
+from analytics.lesions.tracking.chain import Chain, StudyInput, candidate_observation
+from analytics.lesions.tracking.summary import (
+    TrackingSummary,
+    review_stale_entry,
+    target_stale_entry,
+)
+from imaging.models import Lesion, LesionMeasurement
+from patients.models import Patient
+
+#: A review decision carried to the candidates it was made on: (review fields, old row)
+Reviews = dict[CandidateSet, tuple[dict[str, Any], LesionMeasurement]]
+
+
+# --------------------------------------------------------------------------- identities
+def identities_resolve(
+    *, chain: Chain, first_sightings: dict[tuple[int, int], tuple[str, str]]
+) -> dict[str, tuple[str, str]]:
+    """Map each identity of this rebuild to a (Tracking UID, label): the old identity's
+    when it was first seen in the same candidate, otherwise a new UID and a free label."""
+    resolved: dict[str, tuple[str, str]] = {}
+    labels_taken: set[str] = set()
+    fresh: list[tuple[str, str]] = []
+    for entry, result in chain:
+        for assignment in result.assignments:
+            if assignment.lesion_uid in resolved or assignment.status != "new":
+                continue
+            # Every candidate of an old first sighting names its identity; a split-off
+            # candidate comes after the identity it left, which claims the label first.
+            old = next(
+                (
+                    first_sightings[(entry.segmentation.pk, int(key))]
+                    for key in assignment.observation_keys
+                    if (entry.segmentation.pk, int(key)) in first_sightings
+                ),
+                None,
+            )
+            if old is not None and old[1] not in labels_taken:
+                resolved[assignment.lesion_uid] = old
+                labels_taken.add(old[1])
+            else:
+                resolved[assignment.lesion_uid] = ("", "")
+                fresh.append((assignment.lesion_uid, assignment.label))
+    for temp_uid, label in fresh:
+        label = _label_free(label, labels_taken)
+        labels_taken.add(label)
+        resolved[temp_uid] = (str(generate_uid()), label)
+    return resolved
+
+
+def _label_free(label: str, taken: set[str]) -> str:
+    """``label``, or the lowest "<stem> <n>" not taken when it is."""
+    if label not in taken:
+        return label
+    stem = label.rsplit(" ", 1)[0]
+    n = 1
+    while f"{stem} {n}" in taken:
+        n += 1
+    return f"{stem} {n}"
+
+
+def lesions_write(
+    *, patient: Patient, chain: Chain, uid_of: dict[str, tuple[str, str]]
+) -> dict[str, Lesion]:
+    """Replace ``patient``'s measurement rows and identities by this rebuild's: identities
+    that end are deleted, kept ones relabelled, new ones created. Returns them by UID."""
+    LesionMeasurement.objects.filter(lesion__patient=patient).delete()
+    kept = {uid for uid, _ in uid_of.values()}
+    Lesion.objects.filter(patient=patient).exclude(tracking_uid__in=kept).delete()
+    lesions = {lesion.tracking_uid: lesion for lesion in Lesion.objects.filter(patient=patient)}
+    organ_of = {i.lesion_uid: i.organ for _, r in chain for i in r.identities}
+    for temp_uid, (uid, label) in uid_of.items():
+        lesion = lesions.get(uid)
+        if lesion is None:
+            lesions[uid] = Lesion.objects.create(
+                patient=patient, tracking_uid=uid, label=label, organ=organ_of[temp_uid]
+            )
+        elif lesion.label != label:
+            lesion.label = label
+            lesion.save(update_fields=["label"])
+    return lesions
+
+
+# --------------------------------------------------------------------------- measurements
+def measurement_rows_build(
+    *,
+    chain: Chain,
+    uid_of: dict[str, tuple[str, str]],
+    lesions: dict[str, Lesion],
+    reviews: Reviews,
+    summary: TrackingSummary,
+) -> list[LesionMeasurement]:
+    """One unsaved row per identity per study of the chain. A review decision goes to
+    the row with exactly the candidates it was made on (and is taken from ``reviews``);
+    one that no row takes up is listed in ``summary.stale_reviews``."""
+    candidates_by_key = {
+        (entry.segmentation.pk, str(c["component_label"])): c
+        for entry, _ in chain
+        for c in entry.segmentation.lesions
+    }
+    rows = []
+    for entry, result in chain:
+        for assignment in result.assignments:
+            lesion = lesions[uid_of[assignment.lesion_uid][0]]
+            if assignment.status in ("resolved", "merged"):
+                rows.append(_resolved_row(lesion, entry))
+                continue
+            parts = [
+                candidates_by_key[(entry.segmentation.pk, key)]
+                for key in assignment.observation_keys
+            ]
+            rows.append(_measurement(lesion, entry, assignment, parts, reviews))
+    for _, old in reviews.values():  # decisions no rebuilt row took up
+        summary.stale_reviews.append(
+            review_stale_entry(
+                measurement=old,
+                why="the lesion's candidates at this study changed (a merge, split, relink or "
+                "a new segmentation), so its review no longer fits the measurement",
+            )
+        )
+    return rows
+
+
+def _resolved_row(lesion: Lesion, entry: StudyInput) -> LesionMeasurement:
+    """The row of an identity not seen at this study (resolved, or merged into another)."""
+    return LesionMeasurement(
+        lesion=lesion,
+        study=entry.study,
+        segmentation=entry.segmentation,
+        status=LesionMeasurement.Status.RESOLVED,
+        volume_ml=0.0,
+        longest_diameter_mm=0.0,
+        short_axis_mm=0.0,
+    )
+
+
+def _measurement(
+    lesion: Lesion,
+    entry: StudyInput,
+    assignment: LesionAssignment,
+    parts: list[dict[str, Any]],
+    reviews: Reviews,
+) -> LesionMeasurement:
+    """One measurement row from one candidate, or from several (a lesion seen as
+    fragments: a split, a merge, a relink) combined by `fragments_combine` (RECIST 1.1
+    section 4.3.2: the fragments' longest diameters add up; so do their volumes).
+
+    A review decision applies only to a row with exactly the candidates it was made on.
+    """
+    parts = sorted(parts, key=lambda c: (-c["volume_ml"], int(c["component_label"])))
+    main = parts[0]
+    combined = fragments_combine([candidate_observation(c) for c in parts])
+    row = LesionMeasurement(
+        lesion=lesion,
+        study=entry.study,
+        segmentation=entry.segmentation,
+        component_label=int(main["component_label"]),
+        component_labels=[int(c["component_label"]) for c in parts],
+        status=LesionMeasurement.Status.NEW
+        if assignment.status == "new"
+        else LesionMeasurement.Status.TRACKED,
+        volume_ml=float(combined.volume_ml),
+        longest_diameter_mm=float(combined.longest_diameter_mm),
+        short_axis_mm=float(combined.short_axis_mm),
+        # the largest fragment's: a 3D extent does not add up over fragments
+        max_3d_diameter_mm=main.get("max_3d_diameter_mm"),
+        centroid_x_mm=float(combined.centroid_lps_mm[0]),
+        centroid_y_mm=float(combined.centroid_lps_mm[1]),
+        centroid_z_mm=float(combined.centroid_lps_mm[2]),
+        mean_hu=main.get("mean_hu"),
+        sd_hu=main.get("sd_hu"),
+        sphericity=main.get("sphericity"),
+        confidence=main.get("confidence"),
+        uncertainty=main.get("uncertainty"),
+    )
+    decision = reviews.pop((entry.segmentation.pk, frozenset(row.component_labels)), None)
+    if decision is not None:
+        for name, value in decision[0].items():
+            setattr(row, name, value)
+    return row
+
+
+# --------------------------------------------------------------------------- targets
+def targets_mark(
+    *,
+    rows: list[LesionMeasurement],
+    baseline_segmentation: int | None,
+    manual: dict[CandidateSet, LesionMeasurement],
+    summary: TrackingSummary,
+) -> None:
+    """RECIST 1.1 targets at baseline (a radiologist's choice wins), marked on every row.
+
+    ``manual``: (segmentation, set of components) -> old row, of each lesion a radiologist
+    chose as a target (`analytics.lesions.review.targets.targets_set`). A choice holds for
+    a baseline row with exactly those candidates, found and not rejected; the others are
+    listed in ``summary.stale_targets``. The choice stays in force, and every row says so
+    (``target_by_hand``), as long as one chosen lesion remains.
+    """
+    at_baseline = {
+        (r.segmentation_id, frozenset(r.component_labels)): r
+        for r in rows
+        if r.segmentation_id == baseline_segmentation
+        and r.status != LesionMeasurement.Status.RESOLVED
+    }
+    chosen_by_hand = _targets_chosen_by_hand(at_baseline, baseline_segmentation, manual, summary)
+    if chosen_by_hand:
+        targets = chosen_by_hand
+    else:
+        baseline = [
+            r for r in at_baseline.values() if r.review_state != LesionMeasurement.Review.REJECTED
+        ]
+        targets = _targets_by_the_rules(baseline)
+    for row in rows:
+        row.is_target = row.lesion.tracking_uid in targets
+        row.target_by_hand = bool(chosen_by_hand)
+
+
+def _targets_chosen_by_hand(
+    at_baseline: dict[CandidateSet, LesionMeasurement],
+    baseline_segmentation: int | None,
+    manual: dict[CandidateSet, LesionMeasurement],
+    summary: TrackingSummary,
+) -> set[str]:
+    """The Tracking UIDs of the hand-chosen targets that still hold at baseline; the
+    others are listed in ``summary.stale_targets`` with the reason."""
+    chosen: set[str] = set()
+    for key, old in manual.items():
+        row = at_baseline.get(key)
+        if row is None:
+            why = (
+                "the baseline changed"
+                if key[0] != baseline_segmentation
+                else "its candidates at baseline changed (a merge, split, relink or a new "
+                "segmentation)"
+            )
+        elif row.review_state == LesionMeasurement.Review.REJECTED:
+            why = "it was rejected as a false positive at baseline"
+        else:
+            chosen.add(row.lesion.tracking_uid)
+            continue
+        summary.stale_targets.append(target_stale_entry(measurement=old, why=why))
+    return chosen
+
+
+def _targets_by_the_rules(baseline: list[LesionMeasurement]) -> set[str]:
+    """The targets RECIST 1.1 section 4.2 selects among the baseline rows (`targets_select`),
+    with the values in force (a radiologist's override wins)."""
+    return set(
+        targets_select(
+            lesions=[
+                LesionReading(
+                    lesion_uid=r.lesion.tracking_uid,
+                    organ=r.lesion.organ,
+                    longest_diameter_mm=r.effective_longest_diameter_mm,
+                    volume_ml=r.effective_volume_ml,
+                )
+                for r in baseline
+            ]
+        )
+    )

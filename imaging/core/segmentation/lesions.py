@@ -1,0 +1,130 @@
+"""The processing service's one call: a CT study in HU to measured lesions, every step recorded.
+
+`lesions_segment` runs the segmenter (`network.segment_volume`), the post-processing
+(`postprocess.postprocess_run`), the contrast filter on the study's own voxels
+(`postprocess.candidates_contrast_filter`) and the measurements
+(`measure.lesions_measure`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imaging.core.geometry.preprocess import StepRecord
+from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
+from imaging.core.segmentation.network import Segmenter, segment_volume, segmenter_load
+from imaging.core.segmentation.partial_volume import PARTIAL_VOLUME_RULES
+from imaging.core.segmentation.postprocess import (
+    PostprocessSettings,
+    candidates_contrast_filter,
+    postprocess_run,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class LesionSegmentation:
+    """Lesions of one study, measured, with the maps that show them and how they were made.
+
+    ``lesions`` are `measure.LesionMeasurement` s (centroids in the study's LPS mm);
+    ``image`` is the study in HU on the model grid (LPS, 1.5 mm); ``candidate_mask``
+    (label, model grid) holds each lesion's ``label_value``;
+    ``lesion_probability`` (float32, model grid) is the map to store for display;
+    ``label`` the network's argmax (organs and lesions); ``records`` one
+    `preprocess.StepRecord` per step (reorient, resample, inference, each
+    post-processing step, measurement) for the ``ProcessingRun``.
+    """
+
+    lesions: tuple[LesionMeasurement, ...]
+    image: Volume
+    candidate_mask: Volume
+    lesion_probability: Volume
+    uncertainty: Volume
+    label: Volume
+    model_version: str
+    model_sha256: str
+    device: str
+    timings: dict[str, float]
+    records: tuple[StepRecord, ...]
+
+
+def _measure_record(n_lesions: int, seconds: float) -> StepRecord:
+    return StepRecord(
+        name="measure_lesions",
+        parameters={
+            "fine_spacing_mm": 0.5,
+            "isosurface": "volume-matched level in 0.3..0.7 of the trilinear lesion probability",
+            "region_dilation_voxels": 2,
+            "axial": "planes of constant LPS z",
+            "hu_statistics": "study voxels inside the fine mask",
+            "volume": PARTIAL_VOLUME_RULES,
+            "volume_fallback": "the isosurface's volume when partial volume is not possible",
+        },
+        versions={"numpy": np.__version__},
+        seconds=seconds,
+        details={"lesions": n_lesions},
+    )
+
+
+def lesions_segment(
+    *,
+    volume: Volume,
+    model: Segmenter | None = None,
+    device: str | torch.device | None = None,
+    tta: bool = True,
+    postprocess_settings: PostprocessSettings | None = None,
+) -> LesionSegmentation:
+    """The one call for the processing service: CT study in HU -> measured lesions.
+
+    Loads the shipped weights when ``model`` is None (SHA-256 checked). ``volume`` is
+    the study as `dicom.volume.series_volume` gives it (any orientation; after
+    registration or not: centroids come back in the volume's own patient coordinates).
+    """
+    if model is None:
+        model = segmenter_load(device=device or "auto")
+    started = time.perf_counter()
+    output = segment_volume(volume=volume, model=model, device=device, tta=tta)
+    t = time.perf_counter()
+    post = postprocess_run(
+        probabilities=output.probabilities,
+        image=output.image,
+        settings=postprocess_settings,
+        uncertainty=output.uncertainty.array if tta else None,
+    )
+    candidate_mask, candidates, contrast_record = candidates_contrast_filter(
+        study=volume, candidate_mask=post.mask, candidates=post.candidates
+    )
+    seconds_post = time.perf_counter() - t
+    t = time.perf_counter()
+    lesions = lesions_measure(
+        lesion_probability=output.lesion_probability,
+        candidate_mask=candidate_mask,
+        candidates=candidates,
+        study=volume,
+        uncertainty=output.uncertainty,
+    )
+    seconds_measure = time.perf_counter() - t
+    measure_record = _measure_record(len(lesions), seconds_measure)
+    timings = {
+        **output.timings,
+        "postprocess": seconds_post,
+        "measure": seconds_measure,
+        "total": time.perf_counter() - started,
+    }
+    return LesionSegmentation(
+        lesions=tuple(lesions),
+        image=output.image,
+        candidate_mask=candidate_mask,
+        lesion_probability=output.lesion_probability,
+        uncertainty=output.uncertainty,
+        label=output.label,
+        model_version=output.model_version,
+        model_sha256=output.model_sha256,
+        device=output.device,
+        timings=timings,
+        records=(*output.records, *post.records, contrast_record, measure_record),
+    )

@@ -1,0 +1,105 @@
+"""What reading an EHR file yields: the records parsed before matching, the problems found
+on the way, the import's result, and the error for a file that cannot be read at all."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DemographicsRecord",
+    "EHRImportError",
+    "EHRImportResult",
+    "EHRRecord",
+    "EventRecord",
+    "LabRecord",
+    "Problem",
+]
+
+
+class EHRImportError(Exception):
+    """The file as a whole cannot be read (not UTF-8, not JSON, not a Bundle, unknown CSV)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Where a record is (``entry[3] Observation/abc``, ``labs.csv line 7``) and why it was not used."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass
+class EHRImportResult:
+    """Counts per outcome, the MRNs that matched nobody, and every skip and rejection.
+
+    ``records`` counts bundle entries or CSV rows read; ``created``, ``updated``,
+    ``unchanged`` and ``unmatched`` count the records derived from them (a Patient with
+    a ``deceasedDateTime`` gives two: its demographics and a death event).
+    """
+
+    source_name: str
+    format: str
+    records: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    unmatched: int = 0
+    unmatched_identifiers: set[str] = field(default_factory=set)
+    skipped: list[Problem] = field(default_factory=list)
+    rejected: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    created_by_type: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        return (
+            f"{self.source_name} ({self.format}): {self.records} records: "
+            f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.unmatched} unmatched ({len(self.unmatched_identifiers)} unknown MRNs), "
+            f"{len(self.skipped)} skipped, {len(self.rejected)} rejected"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Parsed records, before matching
+# --------------------------------------------------------------------------------------
+@dataclass
+class EHRRecord:
+    """One record read: where it is, the MRN it names, its type and the data as received."""
+
+    where: str
+    mrn: str
+    record_type: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class LabRecord(EHRRecord):
+    """A lab result in the unit it came in (converted to the canonical unit on writing)."""
+
+    loinc_code: str = ""
+    value: float = math.nan
+    unit: str = ""
+    observed_at: dt.datetime | None = None
+
+
+@dataclass
+class EventRecord(EHRRecord):
+    """A clinical event: progression, death or censoring (`ClinicalEvent.Kind`)."""
+
+    kind: str = ""
+    date: dt.date | None = None
+
+
+@dataclass
+class DemographicsRecord(EHRRecord):
+    """A Patient resource's birth date and sex, to fill a matched patient's blanks."""
+
+    birth_date: dt.date | None = None
+    sex: str | None = None
