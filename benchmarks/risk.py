@@ -28,8 +28,15 @@ Then, per policy and cohort size:
   mean: what a model that knew each patient's hidden risk would reach;
 - target: each model within 0.03 of the oracle;
 - fit time: one `risk_model_fit` on every row (the final model the command stores), and
-  the whole cross-validation, in seconds; also how long simulating and building the
-  features took.
+  the whole cross-validation, in seconds; also how long building the responses table
+  and the training table (landmarks, outcomes, features) took.
+
+``--reference N`` first builds the feature table of the first N patients' landmarks
+twice, row by row (`tests/analytics/features_rowwise.py`, the implementation the
+whole-table blocks replaced) and with the blocks, checks the values are the same and
+prints the speed-up (target >= 50x). ``--end-to-end`` times ``manage.py fit_risk_model``
+instead, on a fresh database holding the largest cohort (`benchmarks/risk_end_to_end.py`;
+SQLite, or PostgreSQL with ``--database-url``), stage by stage (target <= 120 s).
 
 The cohort is simulated once for the largest size and cached under
 ``var/benchmarks/risk/``; smaller sizes are its first patients (a patient does not
@@ -39,8 +46,10 @@ change when the cohort grows).
     .venv/bin/python benchmarks/risk.py --landmarks baseline  # one policy only
     .venv/bin/python benchmarks/risk.py --sizes 100 1000      # a quicker look
     .venv/bin/python benchmarks/risk.py --jobs 2              # simulate on two processes
+    .venv/bin/python benchmarks/risk.py --sizes 10000 --reference 1000 --end-to-end
 
-Exits 1 when a model misses the target at the largest size under any policy.
+Exits 1 when a model misses the target at the largest size under any policy, or a
+``--reference`` or ``--end-to-end`` target is missed.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ import django  # noqa: E402 - the repository root is on the path now
 django.setup()  # analytics.risk.services imports models; no database is touched
 
 from analytics.lesions.core.volumetric import responses_table_build  # noqa: E402
+from analytics.risk.core import features as features_module  # noqa: E402
 from analytics.risk.core.metrics import harrell_c  # noqa: E402
 from analytics.risk.core.survival import risk_model_fit  # noqa: E402
 from analytics.risk.core.validation import cross_validate  # noqa: E402
@@ -82,6 +92,7 @@ from analytics.risk.services import (  # noqa: E402
     DEFAULT_PENALIZER,
     FEATURES,
     LandmarkPolicy,
+    training_landmarks,
     training_table_build,
 )
 from imaging.core.synthetic.cohort import patient_simulate  # noqa: E402
@@ -89,6 +100,8 @@ from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm  # noqa: 
 from imaging.core.synthetic.simulated import SimulatedPatient  # noqa: E402
 
 TARGET_GAP = 0.03
+END_TO_END_TARGET_S = 120.0
+REFERENCE_TARGET = 50.0
 CACHE = ROOT / "var" / "benchmarks" / "risk"
 TODAY = pd.Timestamp("2035-01-01").date()  # after every simulated follow-up
 
@@ -185,12 +198,55 @@ class Row:
     n_patients: int
     n_rows: int
     n_events: int
+    seconds_responses: float
     seconds_features: float
     oracle_c: float
     model_c: dict[str, float]
     model_c_sd: dict[str, float]
     cv_seconds: dict[str, float]
     fit_seconds: dict[str, float]
+
+
+def feature_inputs(tables: dict[str, pd.DataFrame]) -> FeatureInputs:
+    """The tables as `fit_risk_model` reads them, responses built from the measurements."""
+    return FeatureInputs(
+        labs=tables["labs"],
+        patients=tables["patients"],
+        events=tables["events"],
+        studies=tables["studies"],
+        measurements=tables["measurements"],
+        responses=responses_table_build(measurements=tables["measurements"]),
+    )
+
+
+def reference_report(tables: dict[str, pd.DataFrame], *, n: int) -> bool:
+    """Row-by-row features (the implementation they replaced) against the blocks, on the
+    landmarks of the first ``n`` patients (``studies`` policy); True when >= 50x faster
+    and the same values (`tests/analytics/test_features_vectorised.py`)."""
+    from tests.analytics import features_rowwise as rowwise
+    from tests.analytics.test_features_vectorised import assert_same_features
+
+    inputs = feature_inputs(first_patients(tables, n))
+    landmarks = training_landmarks(inputs, LandmarkPolicy("studies"), today=TODAY)
+    seconds, built = {}, {}
+    for name, module in (("row by row", rowwise), ("blocks", features_module)):
+        started = time.perf_counter()
+        blocks = [
+            module.LabFeatures(inputs.labs),
+            module.DemographicFeatures(inputs.patients),
+            module.ImagingFeatures(inputs.measurements, inputs.responses),
+        ]
+        built[name] = module.feature_table_build(landmarks=landmarks, blocks=blocks)
+        seconds[name] = time.perf_counter() - started
+    assert_same_features(built["row by row"], built["blocks"])
+    speedup = seconds["row by row"] / seconds["blocks"]
+    rows = len(landmarks)
+    for name, value in seconds.items():
+        print(
+            f"  features, {name}: {rows} rows in {value:.2f} s ({1000 * value / rows:.3f} ms/row)"
+        )
+    print(f"  same values; {speedup:.0f}x faster (target >= {REFERENCE_TARGET:.0f}x)", flush=True)
+    return speedup >= REFERENCE_TARGET
 
 
 def measure(
@@ -203,15 +259,9 @@ def measure(
     models: list[str],
 ) -> Row:
     started = time.perf_counter()
-    responses = responses_table_build(measurements=tables["measurements"])
-    inputs = FeatureInputs(
-        labs=tables["labs"],
-        patients=tables["patients"],
-        events=tables["events"],
-        studies=tables["studies"],
-        measurements=tables["measurements"],
-        responses=responses,
-    )
+    inputs = feature_inputs(tables)
+    seconds_responses = time.perf_counter() - started
+    started = time.perf_counter()
     training = training_table_build(inputs=inputs, policy=LandmarkPolicy(landmarks), today=TODAY)
     seconds_features = time.perf_counter() - started
     table = training.table
@@ -247,6 +297,7 @@ def measure(
         n_patients=int(tables["patients"].shape[0]),
         n_rows=len(table),
         n_events=training.n_events,
+        seconds_responses=seconds_responses,
         seconds_features=seconds_features,
         oracle_c=float(np.mean(oracle)),
         model_c=model_c,
@@ -254,6 +305,32 @@ def measure(
         cv_seconds=cv_seconds,
         fit_seconds=fit_seconds,
     )
+
+
+def end_to_end_report(args: argparse.Namespace, *, n: int) -> int:
+    """``fit_risk_model`` end to end at ``n`` patients, per model kind; exits 1 over the target."""
+    from risk_end_to_end import end_to_end_run
+
+    cohort_path = CACHE / (
+        f"cohort-seed{args.seed}-t{args.timepoints}-noise{args.volume_noise:g}-n{n}.pkl"
+    )
+    result = end_to_end_run(
+        cohort_path=cohort_path, n_patients=n, kinds=args.models, database_url=args.database_url
+    )
+    database = "PostgreSQL" if args.database_url else "SQLite"
+    counts = ", ".join(f"{v} {k}" for k, v in result["counts"].items())
+    print(f"database ({database}) filled in {result['filled_s']:.0f} s: {counts}")
+    met = True
+    for run in result["runs"]:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in run["stages"].items())
+        print(f"  fit_risk_model --model {run['kind']}: {run['seconds']:.1f} s ({stages})")
+        print(f"    {run['rows']}; {run['scores']} scores stored in all")
+        met = met and run["seconds"] <= END_TO_END_TARGET_S
+    verdict = "met" if met else "MISSED"
+    print(
+        f"target: fit_risk_model end to end <= {END_TO_END_TARGET_S:.0f} s at {n} patients: {verdict}"
+    )
+    return 0 if met else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +355,20 @@ def main(argv: list[str] | None = None) -> int:
         help="SD of log volume added to each true lesion volume (0: the exact truth)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="processes for the simulation")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="instead of comparing models: time manage.py fit_risk_model on a database "
+        "holding the largest cohort (benchmarks/risk_end_to_end.py)",
+    )
+    parser.add_argument("--database-url", help="PostgreSQL URL for --end-to-end (default SQLite)")
+    parser.add_argument(
+        "--reference",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first time the row-by-row features against the blocks on N patients",
+    )
     args = parser.parse_args(argv)
     if args.penalizer is None:
         args.penalizer = DEFAULT_PENALIZER
@@ -297,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.0f} s)",
         flush=True,
     )
+    fast_enough = True
+    if args.reference:
+        fast_enough = reference_report(everyone, n=args.reference)
+    if args.end_to_end:
+        return max(end_to_end_report(args, n=sizes[-1]), 0 if fast_enough else 1)
     rows = []
     for landmarks in args.landmarks:
         for n in sizes:
@@ -314,14 +410,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"  {landmarks}, {n} patients: {row.n_rows} rows, {row.n_events} events, "
-                f"features {row.seconds_features:.0f} s, oracle C {row.oracle_c:.3f}, {summary}",
+                f"features {row.seconds_features:.1f} s, oracle C {row.oracle_c:.3f}, {summary}",
                 flush=True,
             )
+    met = tables_print(rows, models=args.models, folds=args.folds, largest=sizes[-1])
+    return 0 if met and fast_enough else 1
 
+
+def tables_print(rows: list[Row], *, models: list[str], folds: int, largest: int) -> bool:
+    """The C-index and time tables; True when every model is within the target at ``largest``."""
     print()
-    print(f"Cross-validated C-index of PFS ({args.folds} folds by patient)")
+    print(f"Cross-validated C-index of PFS ({folds} folds by patient)")
     header = f"{'landmarks':>9} {'patients':>8} {'rows':>6} {'events':>6} {'oracle':>7}"
-    for kind in args.models:
+    for kind in models:
         header += f" {kind + ' C':>14} {'gap':>6}"
     print(header)
     met = True
@@ -330,32 +431,36 @@ def main(argv: list[str] | None = None) -> int:
             f"{row.landmarks:>9} {row.n_patients:>8} {row.n_rows:>6} {row.n_events:>6} "
             f"{row.oracle_c:>7.3f}"
         )
-        for kind in args.models:
+        for kind in models:
             gap = row.oracle_c - row.model_c[kind]
             line += f" {row.model_c[kind]:>7.3f} ± {row.model_c_sd[kind]:.3f} {gap:>6.3f}"
-            if row.n_patients == sizes[-1] and gap > TARGET_GAP:
+            if row.n_patients == largest and gap > TARGET_GAP:
                 met = False
         print(line)
     print()
     print(
-        "Time (s): features = landmarks + feature table; fit = one fit on every row; cv = all folds"
+        "Time (s): responses = RECIST/volumetric table from the measurements; features = "
+        "landmarks, outcomes and feature table; fit = one fit on every row; cv = all folds"
     )
-    header = f"{'landmarks':>9} {'patients':>8} {'features':>9}"
-    for kind in args.models:
+    header = f"{'landmarks':>9} {'patients':>8} {'responses':>9} {'features':>9}"
+    for kind in models:
         header += f" {kind + ' fit':>9} {kind + ' cv':>9}"
     print(header)
     for row in rows:
-        line = f"{row.landmarks:>9} {row.n_patients:>8} {row.seconds_features:>9.1f}"
-        for kind in args.models:
+        line = (
+            f"{row.landmarks:>9} {row.n_patients:>8} {row.seconds_responses:>9.1f} "
+            f"{row.seconds_features:>9.2f}"
+        )
+        for kind in models:
             line += f" {row.fit_seconds[kind]:>9.2f} {row.cv_seconds[kind]:>9.1f}"
         print(line)
     print()
     verdict = "met" if met else "MISSED"
     print(
         f"target: each model's C-index within {TARGET_GAP} of the oracle at "
-        f"{sizes[-1]} patients: {verdict}"
+        f"{largest} patients: {verdict}"
     )
-    return 0 if met else 1
+    return met
 
 
 if __name__ == "__main__":

@@ -128,14 +128,26 @@ class LandmarkPolicy:
 # Landmarks
 # --------------------------------------------------------------------------------------
 def _dates_by_patient(frame: pd.DataFrame, column: str) -> dict[str, list[dt.date]]:
+    """Each patient's distinct dates of ``column`` (a tz-aware time: its UTC date), ascending."""
     if frame.empty:
         return {}
     dates = pd.to_datetime(frame[column])
     if getattr(dates.dt, "tz", None) is not None:
-        dates = dates.dt.tz_convert("UTC")
-    days = dates.dt.date
+        dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
+    # Duplicates go before the (slow) conversion to date objects: labs share their dates.
+    days = (
+        pd.DataFrame(
+            {
+                "patient_id": frame["patient_id"].astype(str).to_numpy(),
+                "day": dates.dt.normalize().to_numpy(),
+            }
+        )
+        .dropna()
+        .drop_duplicates()
+        .sort_values(["patient_id", "day"], kind="stable")
+    )
     out: dict[str, list[dt.date]] = {}
-    for pid, day in zip(frame["patient_id"].astype(str), days, strict=True):
+    for pid, day in zip(days["patient_id"].tolist(), days["day"].dt.date.tolist(), strict=True):
         out.setdefault(pid, []).append(day)
     return out
 
@@ -263,8 +275,12 @@ def risk_model_fit_and_store(
     name: str = "",
     today: dt.date | None = None,
     progress: Progress | None = None,
+    inputs: FeatureInputs | None = None,
 ) -> RiskModelVersion:
     """Cross-validate, fit on every row, save the artifact and record a `RiskModelVersion`.
+
+    ``inputs``: every patient's model inputs, when the caller has already loaded them
+    (`feature_inputs_load`); else they are loaded here.
 
     Raises `TooFewEvents` when the training rows hold fewer than `MIN_EVENTS` events
     (or fewer than ``folds``), and `RiskModelFitError` when the data cannot give a model
@@ -274,8 +290,9 @@ def risk_model_fit_and_store(
     say = progress or (lambda _message: None)
     if kind not in ("cox", "gbm"):
         raise ValueError(f"kind must be 'cox' or 'gbm', not {kind!r}")
-    say("loading patients, labs, events and measurements")
-    inputs = feature_inputs_load()
+    if inputs is None:
+        say("loading patients, labs, events and measurements")
+        inputs = feature_inputs_load()
     say(f"building features at landmarks ({policy.describe()})")
     training = training_table_build(inputs=inputs, policy=policy, endpoint=endpoint, today=today)
     _events_enough_check(training, endpoint=endpoint, needed=max(MIN_EVENTS, folds))
@@ -459,11 +476,15 @@ def risk_scores_compute(
     landmark_date: dt.date | None = None,
     today: dt.date | None = None,
     patient_ids: list[str] | None = None,
+    inputs: FeatureInputs | None = None,
 ) -> int:
     """Score every patient at their current landmark (`current_landmarks`); return how many.
 
     ``patient_ids`` (MRNs) limits the scoring to those patients (a review of one patient's
-    lesions rescores that patient only); None scores everyone.
+    lesions rescores that patient only); None scores everyone. ``inputs``: the model
+    inputs of the patients to score, when the caller has already loaded them
+    (`feature_inputs_load`, as ``fit_risk_model`` does for fitting and scoring); else
+    they are loaded here.
 
     One `RiskScore` per patient with the score, its tier (thresholds from the training
     rows) and the explanation: every feature's push on the score, largest first, the
@@ -473,7 +494,10 @@ def risk_scores_compute(
     replaces the row of the same key instead of adding one.
     """
     model = risk_model_load(model_version.artifact_file)
-    inputs = feature_inputs_load(patient_ids=patient_ids)
+    if inputs is not None and patient_ids is not None:
+        raise ValueError("give the patients to score as inputs or as patient_ids, not both")
+    if inputs is None:
+        inputs = feature_inputs_load(patient_ids=patient_ids)
     landmarks, _skipped = current_landmarks(inputs, landmark_date=landmark_date, today=today)
     if landmarks.empty:
         return 0
@@ -483,11 +507,11 @@ def risk_scores_compute(
     tiers = model.tier(scores)
     explanations = model.explain(features)
     progressed = _first_progressions(inputs, model_version)
-    pks = dict(
-        Patient.objects.filter(patient_id__in=features["patient_id"].tolist()).values_list(
-            "patient_id", "pk"
-        )
-    )
+    patients = Patient.objects.all()
+    if patient_ids is not None:
+        # Everyone's MRNs in one IN list could pass SQLite's limit on bound parameters.
+        patients = patients.filter(patient_id__in=features["patient_id"].tolist())
+    pks = dict(patients.values_list("patient_id", "pk"))
     now = timezone.now()
     rows = [
         RiskScore(

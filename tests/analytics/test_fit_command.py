@@ -5,6 +5,8 @@ import re
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from analytics.models import RiskModelVersion, RiskScore
 from imaging.core.synthetic.cohort import cohort_simulate
@@ -32,7 +34,12 @@ def fit(*args: str) -> tuple[str, str]:
 
 def test_fit_prints_cross_validated_figures_stores_a_version_and_scores(cohort, tmp_path):
     cohort_load(cohort, tmp_path)
-    out, err = fit("--model", "cox", "--folds", "3", "--penalizer", "1.0", "--seed", "2")
+    with CaptureQueriesContext(connection) as queries:
+        out, err = fit("--model", "cox", "--folds", "3", "--penalizer", "1.0", "--seed", "2")
+    # The patients' data are read once, for fitting and scoring alike.
+    lab_reads = [q for q in queries if q["sql"].lstrip().upper().startswith("SELECT")
+                 and "patients_labresult" in q["sql"]]  # fmt: skip
+    assert len(lab_reads) == 1
     version = RiskModelVersion.objects.get()
     for label, key in [
         ("C-index (Harrell)", "c_index"),

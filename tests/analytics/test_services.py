@@ -374,3 +374,21 @@ def test_scores_hold_values_inside_the_training_range_and_say_so(loaded):
 
 def at(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(9), dt.UTC)
+
+
+def test_scores_from_inputs_already_loaded_are_the_same(loaded):
+    version = risk_model_fit_and_store(kind="cox", **FAST)
+    risk_scores_compute(model_version=version, today=TODAY)
+    before = {
+        (s.patient_id, s.landmark_date): (s.score, s.tier, s.explanation)
+        for s in RiskScore.objects.filter(model_version=version)
+    }
+    inputs = feature_inputs_load()
+    assert risk_scores_compute(model_version=version, today=TODAY, inputs=inputs) == len(before)
+    after = {
+        (s.patient_id, s.landmark_date): (s.score, s.tier, s.explanation)
+        for s in RiskScore.objects.filter(model_version=version)
+    }
+    assert after == before
+    with pytest.raises(ValueError, match="not both"):
+        risk_scores_compute(model_version=version, inputs=inputs, patient_ids=["X"])

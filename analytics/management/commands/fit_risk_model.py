@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from analytics.models import RiskModelVersion
 from analytics.risk.core.estimators import DEFAULT_HORIZON_DAYS
+from analytics.risk.selectors import feature_inputs_load
 from analytics.risk.services import (
     LandmarkPolicy,
     RiskModelFitError,
@@ -115,6 +116,9 @@ class Command(BaseCommand):
                 self.stderr.write(f"  {message}…")
 
         started = time.monotonic()
+        # Read once: the model is fitted on, and then scores, the same snapshot of the data.
+        progress("loading patients, labs, events and measurements")
+        inputs = feature_inputs_load()
         try:
             version = risk_model_fit_and_store(
                 kind=options["model"],
@@ -126,6 +130,7 @@ class Command(BaseCommand):
                 horizon_days=options["horizon_days"],
                 name=options["name"],
                 progress=progress,
+                inputs=inputs,
             )
         except RiskModelFitError as exc:
             raise CommandError(f"cannot fit a {options['model']} model: {exc}") from exc
@@ -134,7 +139,7 @@ class Command(BaseCommand):
         scored = 0
         if not options["no_score"]:
             progress("scoring every patient")
-            scored = risk_scores_compute(model_version=version)
+            scored = risk_scores_compute(model_version=version, inputs=inputs)
         thresholds = version.tier_thresholds
         self.stdout.write(
             f"fit_risk_model: stored {version.kind} model version {version.pk} "

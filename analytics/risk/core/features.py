@@ -9,10 +9,12 @@ what was known by the end of that day and nothing later:
   whose follow-up ended, or who already progressed, on or before it is left out.
 
 Each group of features is a `FeatureBlock`: something with a ``name``, the ``columns`` it
-fills and ``compute(patient_id, landmark)``. `feature_table_build` asks every block for
-every (patient, landmark) row, so imaging features from lesion tracking plug in as one
-more block (`ImagingFeatures` reads the ``export_measurements`` / ``export_responses``
-layouts of `analytics.layouts`).
+fills and ``compute_table(landmarks)``, which computes every (patient, landmark) row at
+once (the blocks here do it with whole-table operations, `analytics.risk.core.grouped`;
+``compute(patient_id, landmark)`` gives one row). `feature_table_build` asks every block
+for the table, so imaging features from lesion tracking plug in as one more block
+(`ImagingFeatures` reads the ``export_measurements`` / ``export_responses`` layouts of
+`analytics.layouts`).
 
 Missing values (policy)
 -----------------------
@@ -43,6 +45,15 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from analytics.risk.core.grouped import (
+    calendar_days,
+    dated_rows,
+    day_numbers,
+    grouped_slope_per_30d,
+    landmark_keys,
+    last_on_or_before,
+    prefix_members,
+)
 from patients.units import ANALYTES
 
 __all__ = [
@@ -60,6 +71,7 @@ __all__ = [
     "landmark_cutoff",
     "landmark_outcomes",
     "landmarks_from_baseline",
+    "study_date_features",
     "volume_doubling_time_days",
 ]
 
@@ -72,28 +84,26 @@ def landmark_cutoff(landmark: dt.date) -> pd.Timestamp:
 
 
 class FeatureBlock(Protocol):
-    """A group of features computed from one patient's data at one landmark date."""
+    """A group of features computed for many (patient, landmark) rows at once."""
 
     name: str
     columns: tuple[str, ...]
 
-    def compute(self, patient_id: str, landmark: dt.date) -> Mapping[str, float]:
-        """Values for ``columns`` (missing keys and NaN mean "not available")."""
+    def compute_table(self, landmarks: pd.DataFrame) -> pd.DataFrame:
+        """``columns`` for each row of ``landmarks`` (``patient_id, landmark_date``), in its
+        order; a missing column or NaN means "not available"."""
         ...
 
 
-def _groups(frame: pd.DataFrame, key: str = "patient_id") -> dict[str, pd.DataFrame]:
-    if frame.empty:
-        return {}
-    return {str(k): g for k, g in frame.groupby(key, sort=False)}
+class _OneRow:
+    """``compute(patient_id, landmark)``: one (patient, landmark) row of a `FeatureBlock`."""
 
-
-def _slope_per_30d(days: np.ndarray, values: np.ndarray) -> float:
-    """Least-squares slope of ``values`` against ``days``, per 30 days; NaN under 2 distinct days."""
-    if len(days) < 2 or np.ptp(days) == 0:
-        return math.nan
-    slope = np.polyfit(days.astype(float), values.astype(float), 1)[0]
-    return float(slope * 30.0)
+    def compute(self, patient_id: str, landmark: dt.date) -> dict[str, float]:
+        """Values for ``columns`` at one landmark, as `feature_table_build` gives them."""
+        table = self.compute_table(  # type: ignore[attr-defined]
+            pd.DataFrame({"patient_id": [patient_id], "landmark_date": [landmark]})
+        )
+        return {c: float(table[c].iloc[0]) for c in self.columns}  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------
@@ -102,10 +112,12 @@ def _slope_per_30d(days: np.ndarray, values: np.ndarray) -> float:
 LAB_COLUMNS: tuple[str, ...] = tuple(
     f"{a.key}_{suffix}" for a in ANALYTES.values() for suffix in ("latest", "slope_per_30d")
 )
+_ANALYTE_INDEX = {a.loinc_code: i for i, a in enumerate(ANALYTES.values())}
+_DAY_NS = 86_400 * 10**9
 
 
 @dataclass
-class LabFeatures:
+class LabFeatures(_OneRow):
     """Latest value and linear slope per 30 days of CEA, LDH, CRP, albumin and haemoglobin.
 
     ``labs`` has columns ``patient_id, loinc_code, value, observed_at`` (tz-aware), values
@@ -122,33 +134,52 @@ class LabFeatures:
     lookback_days: float = 365.0
     name: str = "labs"
     columns: tuple[str, ...] = LAB_COLUMNS
-    _by_patient: dict[str, pd.DataFrame] = field(init=False, repr=False)
+    _labs: pd.DataFrame = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        labs = self.labs.loc[:, ["patient_id", "loinc_code", "value", "observed_at"]].copy()
-        labs["observed_at"] = pd.to_datetime(labs["observed_at"], utc=True)
-        labs["value"] = labs["value"].astype(float)
-        self._by_patient = _groups(labs)
+        labs = self.labs.loc[:, ["patient_id", "loinc_code", "value", "observed_at"]]
+        analyte = labs["loinc_code"].map(_ANALYTE_INDEX)
+        known = analyte.notna().to_numpy()
+        observed = pd.to_datetime(labs["observed_at"], utc=True).dt.tz_localize(None)
+        self._labs = pd.DataFrame(
+            {
+                "patient_id": labs["patient_id"].astype(str).to_numpy(dtype=object)[known],
+                "analyte": analyte.to_numpy()[known].astype(np.int64),
+                "value": labs["value"].astype(float).to_numpy()[known],
+                "observed_ns": observed.astype("datetime64[ns]").to_numpy().view(np.int64)[known],
+            }
+        )
 
-    def compute(self, patient_id: str, landmark: dt.date) -> dict[str, float]:
-        out = dict.fromkeys(self.columns, math.nan)
-        labs = self._by_patient.get(patient_id)
-        if labs is None:
-            return out
-        cutoff = landmark_cutoff(landmark)
-        start = cutoff - pd.Timedelta(days=self.lookback_days)
-        window = labs[(labs["observed_at"] < cutoff) & (labs["observed_at"] >= start)]
-        for analyte in ANALYTES.values():
-            rows = window[window["loinc_code"] == analyte.loinc_code]
-            if rows.empty:
-                continue
-            latest_at = rows["observed_at"].max()
-            out[f"{analyte.key}_latest"] = float(
-                rows.loc[rows["observed_at"] == latest_at, "value"].mean()
-            )
-            days = ((rows["observed_at"] - cutoff) / pd.Timedelta(days=1)).to_numpy()
-            out[f"{analyte.key}_slope_per_30d"] = _slope_per_30d(days, rows["value"].to_numpy())
-        return out
+    def compute_table(self, landmarks: pd.DataFrame) -> pd.DataFrame:
+        keys = landmark_keys(landmarks)
+        n_analytes = len(_ANALYTE_INDEX)
+        n_groups = len(keys) * n_analytes
+        # Each landmark row against every lab of its patient, then only those in its window.
+        cutoffs = keys["landmark_date"].to_numpy().view(np.int64) + _DAY_NS
+        pairs = pd.DataFrame(
+            {"row": np.arange(len(keys)), "patient_id": keys["patient_id"], "cutoff": cutoffs}
+        ).merge(self._labs, on="patient_id", how="inner", sort=False)
+        observed, cutoff = pairs["observed_ns"].to_numpy(), pairs["cutoff"].to_numpy()
+        inside = (observed < cutoff) & (
+            observed >= cutoff - pd.Timedelta(days=self.lookback_days).value
+        )
+        observed, cutoff = observed[inside], cutoff[inside]
+        values = pairs["value"].to_numpy()[inside]
+        groups = pairs["row"].to_numpy()[inside] * n_analytes + pairs["analyte"].to_numpy()[inside]
+        # Latest: the mean of the values at the latest observation time of the window.
+        latest_at = np.full(n_groups, np.iinfo(np.int64).min)
+        np.maximum.at(latest_at, groups, observed)
+        at_latest = observed == latest_at[groups]
+        count = np.bincount(groups[at_latest], minlength=n_groups)
+        total = np.bincount(groups[at_latest], weights=values[at_latest], minlength=n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            latest = np.where(count > 0, total / count, np.nan)
+        days = (observed - cutoff).astype(float) / float(_DAY_NS)
+        slope = grouped_slope_per_30d(groups, days, values, n_groups=n_groups)
+        out = np.empty((len(keys), 2 * n_analytes))
+        out[:, 0::2] = latest.reshape(len(keys), n_analytes)
+        out[:, 1::2] = slope.reshape(len(keys), n_analytes)
+        return pd.DataFrame(out, columns=list(LAB_COLUMNS))
 
 
 # --------------------------------------------------------------------------------------
@@ -158,7 +189,7 @@ DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("age_years", "sex_male")
 
 
 @dataclass
-class DemographicFeatures:
+class DemographicFeatures(_OneRow):
     """Age at the landmark and sex.
 
     ``patients`` has columns ``patient_id, birth_date, sex`` (``F``/``M``/``O``/blank).
@@ -171,19 +202,33 @@ class DemographicFeatures:
     patients: pd.DataFrame
     name: str = "demographics"
     columns: tuple[str, ...] = DEMOGRAPHIC_COLUMNS
-    _by_patient: dict[str, tuple[dt.date | None, str]] = field(init=False, repr=False)
+    _by_patient: pd.DataFrame = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._by_patient = {}
-        for row in self.patients.itertuples(index=False):
-            birth = row.birth_date
-            birth = None if birth is None or pd.isna(birth) else pd.Timestamp(birth).date()
-            self._by_patient[str(row.patient_id)] = (birth, str(row.sex or ""))
+        patients = self.patients.loc[:, ["patient_id", "birth_date", "sex"]]
+        by_patient = pd.DataFrame(
+            {
+                "birth": calendar_days(patients["birth_date"]).to_numpy(),
+                "sex_male": [
+                    {"M": 1.0, "F": 0.0}.get(str(s or ""), math.nan) for s in patients["sex"]
+                ],
+            },
+            index=patients["patient_id"].astype(str).to_numpy(dtype=object),
+        )
+        # A patient listed twice counts with the last row.
+        self._by_patient = by_patient[~by_patient.index.duplicated(keep="last")]
 
-    def compute(self, patient_id: str, landmark: dt.date) -> dict[str, float]:
-        birth, sex = self._by_patient.get(patient_id, (None, ""))
-        age = (landmark - birth).days / DAYS_PER_YEAR if birth else math.nan
-        return {"age_years": age, "sex_male": {"M": 1.0, "F": 0.0}.get(sex, math.nan)}
+    def compute_table(self, landmarks: pd.DataFrame) -> pd.DataFrame:
+        keys = landmark_keys(landmarks)
+        mine = self._by_patient.reindex(keys["patient_id"])
+        birth = mine["birth"].to_numpy()
+        known = ~np.isnat(birth)
+        age = np.full(len(keys), np.nan)
+        whole_days = day_numbers(keys["landmark_date"].to_numpy()[known]) - day_numbers(
+            birth[known]
+        )
+        age[known] = whole_days.astype(float) / DAYS_PER_YEAR
+        return pd.DataFrame({"age_years": age, "sex_male": mine["sex_male"].to_numpy(dtype=float)})
 
 
 # --------------------------------------------------------------------------------------
@@ -225,7 +270,7 @@ def volume_doubling_time_days(
 
 
 @dataclass
-class ImagingFeatures:
+class ImagingFeatures(_OneRow):
     """Tumour-burden features from tracked lesions, at the last CT study on or before the landmark.
 
     ``measurements`` has the ``export_measurements`` columns this block needs:
@@ -240,83 +285,144 @@ class ImagingFeatures:
     - ``organs_involved``: distinct organs with a lesion of volume > 0 at the last study.
     - ``fastest_doubling_time_days``: shortest `volume_doubling_time_days` over lesions
       measured (> 0) at the last two studies; capped at 3650 days (also for no growth);
-      NaN with one study or no lesion present at both.
+      NaN with one study or no lesion present at both. (A lesion measured in two
+      studies of one date counts with its mean volume there.)
     - ``last_recist_ordinal``: the last RECIST 1.1 response by the landmark as CR 0,
       PR 1, SD 2, PD 3; NaN for NE or no assessment.
 
-    All are NaN for a patient with no CT study by the landmark.
+    All are NaN for a patient with no CT study by the landmark. "Studies" here are study
+    dates: every feature of a landmark is the one of the patient's last study date on or
+    before it, so they are computed once per study date (`study_date_features`).
     """
 
     measurements: pd.DataFrame
     responses: pd.DataFrame | None = None
     name: str = "imaging"
     columns: tuple[str, ...] = IMAGING_COLUMNS
-    _by_patient: dict[str, pd.DataFrame] = field(init=False, repr=False)
-    _responses: dict[str, pd.DataFrame] = field(init=False, repr=False)
+    _by_date: pd.DataFrame = field(init=False, repr=False)
+    _responses: pd.DataFrame = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        m = self.measurements.loc[
+        measurements = self.measurements.loc[
             :, ["patient_id", "study_date", "lesion_uid", "organ", "volume_ml"]
-        ].copy()
-        m["study_date"] = pd.to_datetime(m["study_date"]).dt.date
-        m["volume_ml"] = m["volume_ml"].astype(float)
-        self._by_patient = _groups(m)
-        r = self.responses
-        if r is None:
-            self._responses = {}
-        else:
-            r = r.loc[:, ["patient_id", "study_date", "recist_response"]].copy()
-            r["study_date"] = pd.to_datetime(r["study_date"]).dt.date
-            self._responses = _groups(r)
+        ]
+        self._by_date = study_date_features(
+            dated_rows(measurements, "study_date").astype({"volume_ml": float})
+        )
+        responses = self.responses
+        if responses is None:
+            responses = pd.DataFrame(columns=["patient_id", "study_date", "recist_response"])
+        responses = dated_rows(
+            responses.loc[:, ["patient_id", "study_date", "recist_response"]], "study_date"
+        )
+        self._responses = responses.assign(
+            ordinal=responses["recist_response"].astype(str).map(RECIST_ORDINAL).astype(float)
+        )
 
-    def compute(self, patient_id: str, landmark: dt.date) -> dict[str, float]:
-        out = dict.fromkeys(self.columns, math.nan)
-        rows = self._by_patient.get(patient_id)
-        if rows is None:
-            return out
-        rows = rows[rows["study_date"] <= landmark]
-        if rows.empty:
-            return out
-        burden = rows.groupby("study_date")["volume_ml"].sum().sort_index()
-        dates = list(burden.index)
-        last = dates[-1]
-        out["total_burden_ml"] = float(burden.iloc[-1])
-        log_burden = np.log(burden.to_numpy() + BURDEN_LOG_OFFSET_ML)
-        days = np.array([(d - dates[0]).days for d in dates], dtype=float)
-        out["burden_log_slope_per_30d"] = _slope_per_30d(days, log_burden)
-        out["burden_ratio_to_nadir"] = float(
-            (burden.iloc[-1] + BURDEN_LOG_OFFSET_ML) / (burden.min() + BURDEN_LOG_OFFSET_ML)
+    def compute_table(self, landmarks: pd.DataFrame) -> pd.DataFrame:
+        keys = landmark_keys(landmarks)
+        patients, days = keys["patient_id"].to_numpy(), keys["landmark_date"].to_numpy()
+        out = pd.DataFrame(np.nan, index=range(len(keys)), columns=list(IMAGING_COLUMNS))
+        by_date = self._by_date
+        last = last_on_or_before(
+            table_patients=by_date["patient_id"].to_numpy(),
+            table_days=by_date["day"].to_numpy(),
+            key_patients=patients,
+            key_days=days,
         )
-        present = rows[rows["volume_ml"] > 0]
-        first_seen = present.groupby("lesion_uid")["study_date"].min()
-        out["new_lesions"] = float((first_seen > dates[0]).sum())
-        out["organs_involved"] = float(
-            present.loc[present["study_date"] == last, "organ"].nunique()
+        seen = last >= 0
+        dated_columns = [c for c in IMAGING_COLUMNS if c in by_date]
+        out.loc[seen, dated_columns] = by_date[dated_columns].to_numpy()[last[seen]]
+        responses = self._responses
+        response = last_on_or_before(
+            table_patients=responses["patient_id"].to_numpy(),
+            table_days=responses["day"].to_numpy(),
+            key_patients=patients,
+            key_days=days,
         )
-        if len(dates) >= 2:
-            previous = dates[-2]
-            before = present[present["study_date"] == previous].set_index("lesion_uid")["volume_ml"]
-            now = present[present["study_date"] == last].set_index("lesion_uid")["volume_ml"]
-            both = before.index.intersection(now.index)
-            vdts = [
-                volume_doubling_time_days(
-                    volume1_ml=float(before[uid]),
-                    volume2_ml=float(now[uid]),
-                    interval_days=(last - previous).days,
-                )
-                for uid in both
-            ]
-            vdts = [v for v in vdts if not math.isnan(v)]
-            if vdts:
-                out["fastest_doubling_time_days"] = min(vdts)
-        responses = self._responses.get(patient_id)
-        if responses is not None:
-            known = responses[responses["study_date"] <= landmark].sort_values("study_date")
-            if not known.empty:
-                out["last_recist_ordinal"] = RECIST_ORDINAL.get(
-                    str(known["recist_response"].iloc[-1]), math.nan
-                )
+        # Responses count only for a patient with a CT study by the landmark.
+        assessed = seen & (response >= 0)
+        out.loc[assessed, "last_recist_ordinal"] = responses["ordinal"].to_numpy()[
+            response[assessed]
+        ]
         return out
+
+
+def study_date_features(measurements: pd.DataFrame) -> pd.DataFrame:
+    """The imaging features at each of each patient's study dates, sorted by patient and date.
+
+    ``measurements``: ``patient_id`` (str), ``day`` (midnight datetime64, no NaT),
+    ``lesion_uid``, ``organ``, ``volume_ml`` (float). Columns: ``patient_id, day`` and
+    every `IMAGING_COLUMNS` but ``last_recist_ordinal``, each as a landmark on that date
+    (or before the patient's next study date) would see it.
+    """
+    burden = measurements.groupby(["patient_id", "day"], sort=True)["volume_ml"].sum()
+    out = burden.rename("total_burden_ml").reset_index()
+    patient = out.groupby("patient_id", sort=False)
+    index_in_patient = patient.cumcount().to_numpy()
+    first = np.arange(len(out)) - index_in_patient
+    total = out["total_burden_ml"].to_numpy()
+    out["burden_log_slope_per_30d"] = _burden_log_slopes(out, first, index_in_patient)
+    nadir = patient["total_burden_ml"].cummin().to_numpy()
+    out["burden_ratio_to_nadir"] = (total + BURDEN_LOG_OFFSET_ML) / (nadir + BURDEN_LOG_OFFSET_ML)
+    present = measurements[measurements["volume_ml"] > 0]
+    key = pd.MultiIndex.from_frame(out.loc[:, ["patient_id", "day"]])
+    # New lesions: first seen after the patient's first study date, counted up to each date.
+    first_seen = (
+        present.groupby(["patient_id", "lesion_uid"], sort=False)["day"].min().reset_index()
+    )
+    first_date = patient["day"].first()
+    first_seen = first_seen[first_seen["day"] > first_seen["patient_id"].map(first_date)]
+    arrivals = first_seen.groupby(["patient_id", "day"]).size().reindex(key, fill_value=0)
+    out["new_lesions"] = (
+        pd.Series(arrivals.to_numpy(), index=out.index)
+        .groupby(out["patient_id"])
+        .cumsum()
+        .astype(float)
+    )
+    organs = present.groupby(["patient_id", "day"])["organ"].nunique()
+    out["organs_involved"] = organs.reindex(key, fill_value=0).to_numpy().astype(float)
+    fastest = _fastest_doubling_times(present, out, index_in_patient)
+    out["fastest_doubling_time_days"] = fastest.reindex(key).to_numpy(dtype=float)
+    return out
+
+
+def _burden_log_slopes(
+    by_date: pd.DataFrame, first: np.ndarray, index_in_patient: np.ndarray
+) -> np.ndarray:
+    """Slope of ln(burden + 0.1) per 30 days over each date and the patient's dates before it."""
+    owners, members = prefix_members(first, index_in_patient + 1)
+    day = day_numbers(by_date["day"].to_numpy())
+    since_first = (day[members] - day[first[owners]]).astype(float)
+    log_burden = np.log(by_date["total_burden_ml"].to_numpy() + BURDEN_LOG_OFFSET_ML)
+    return grouped_slope_per_30d(owners, since_first, log_burden[members], n_groups=len(by_date))
+
+
+def _fastest_doubling_times(
+    present: pd.DataFrame, by_date: pd.DataFrame, index_in_patient: np.ndarray
+) -> pd.Series:
+    """Per (patient, day) with an earlier study date: the shortest doubling time since it."""
+    volumes = (
+        present.groupby(["patient_id", "lesion_uid", "day"], sort=False)["volume_ml"]
+        .mean()
+        .reset_index()
+    )
+    order = by_date.loc[:, ["patient_id", "day"]].assign(k=index_in_patient)
+    volumes = volumes.merge(order, on=["patient_id", "day"], how="inner")
+    before = volumes.assign(k=volumes["k"] + 1)
+    both = volumes.merge(before, on=["patient_id", "lesion_uid", "k"], suffixes=("", "_before"))
+    intervals = day_numbers(both["day"].to_numpy()) - day_numbers(both["day_before"].to_numpy())
+    times = [
+        volume_doubling_time_days(volume1_ml=v1, volume2_ml=v2, interval_days=days)
+        for v1, v2, days in zip(
+            both["volume_ml_before"].tolist(),
+            both["volume_ml"].tolist(),
+            intervals.tolist(),
+            strict=True,
+        )
+    ]
+    both = both.assign(doubling=np.asarray(times, dtype=float)).dropna(subset=["doubling"])
+    return both.groupby(["patient_id", "day"])["doubling"].min()
 
 
 # --------------------------------------------------------------------------------------
@@ -327,19 +433,25 @@ def feature_table_build(*, landmarks: pd.DataFrame, blocks: Sequence[FeatureBloc
 
     ``landmarks`` has columns ``patient_id, landmark_date`` (a patient may have several
     landmarks). Values are floats; NaN marks a missing value (see the module docstring).
+    Every block computes all rows at once (`FeatureBlock.compute_table`).
     """
     names = [c for block in blocks for c in block.columns]
     if len(set(names)) != len(names):
         raise ValueError(f"feature blocks share column names: {sorted(names)}")
-    records = []
-    for row in landmarks.itertuples(index=False):
-        landmark = pd.Timestamp(row.landmark_date).date()
-        record: dict[str, object] = {"patient_id": str(row.patient_id), "landmark_date": landmark}
-        for block in blocks:
-            values = block.compute(str(row.patient_id), landmark)
-            record.update({c: float(values.get(c, math.nan)) for c in block.columns})
-        records.append(record)
-    return pd.DataFrame.from_records(records, columns=["patient_id", "landmark_date", *names])
+    keys = landmark_keys(landmarks)
+    columns: dict[str, object] = {
+        "patient_id": keys["patient_id"],
+        "landmark_date": keys["landmark_date"].dt.date,
+    }
+    for block in blocks:
+        values = block.compute_table(keys)
+        if len(values) != len(keys):
+            raise ValueError(
+                f"feature block {block.name!r} gave {len(values)} rows for {len(keys)} landmarks"
+            )
+        for column in block.columns:
+            columns[column] = values[column].to_numpy(dtype=float) if column in values else np.nan
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(keys)))
 
 
 @dataclass(frozen=True)
@@ -366,17 +478,19 @@ def landmark_outcomes(
     """
     if endpoint not in {"pfs", "os"}:
         raise ValueError(f"endpoint must be 'pfs' or 'os', not {endpoint!r}")
-    ev = events.loc[:, ["patient_id", "kind", "date"]].copy()
-    ev["date"] = pd.to_datetime(ev["date"]).dt.date
-    by_patient = _groups(ev)
+    ev = events.loc[:, ["patient_id", "kind", "date"]]
+    ev = ev[ev["patient_id"].notna()]
+    by_patient: dict[str, dict[str, list[dt.date]]] = {}
+    for pid, kind, date in zip(
+        ev["patient_id"].astype(str), ev["kind"], pd.to_datetime(ev["date"]).dt.date, strict=True
+    ):
+        by_patient.setdefault(pid, {}).setdefault(str(kind), []).append(date)
     rows, excluded = [], {}
-    for lm in landmarks.itertuples(index=False):
-        pid, landmark = str(lm.patient_id), pd.Timestamp(lm.landmark_date).date()
-        mine = by_patient.get(pid)
-        kinds: dict[str, list[dt.date]] = {}
-        if mine is not None:
-            for kind, date in zip(mine["kind"], mine["date"], strict=True):
-                kinds.setdefault(str(kind), []).append(date)
+    keys = landmark_keys(landmarks)
+    for pid, landmark in zip(
+        keys["patient_id"].tolist(), keys["landmark_date"].dt.date.tolist(), strict=True
+    ):
+        kinds = by_patient.get(pid, {})
         deaths, censors = kinds.get("death", []), kinds.get("censor", [])
         if not deaths and not censors:
             excluded[(pid, landmark)] = "no death or censor (last follow-up) date"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -184,17 +185,21 @@ class RiskModel:
                 for column in self._design_columns_of(source):
                     swapped[column] = reference_row[column].iloc[0]
                 per_feature[source] = scores - self.estimator.risk(swapped)
+        # Plain lists per feature: reading a DataFrame cell by cell costs more than the rest.
+        raw_values = {
+            f: [None if math.isnan(v) else v for v in raw[f].tolist()] if f in raw else None
+            for f in per_feature
+        }
+        pushes = {f: np.asarray(values, dtype=float).tolist() for f, values in per_feature.items()}
         explanations = []
         for i in range(len(x)):
             contributions = [
                 Contribution(
                     feature=f,
-                    value=None
-                    if f not in raw or pd.isna(raw[f].iloc[i])
-                    else float(raw[f].iloc[i]),
-                    contribution=float(values[i]),
+                    value=None if raw_values[f] is None else raw_values[f][i],
+                    contribution=pushes[f][i],
                 )
-                for f, values in per_feature.items()
+                for f in per_feature
             ]
             contributions.sort(key=lambda c: abs(c.contribution), reverse=True)
             explanations.append(
