@@ -5,19 +5,27 @@ into a cache folder by RadTrack's own DICOM writer):
 
 1. a bare loop of ``pydicom.dcmread`` plus ``.pixel_array`` over the files;
 2. ``manage.py ingest --no-process`` into a fresh data folder and database;
-3. ``manage.py dicom_listener --no-process`` receiving the series from dcmtk's storescu;
-4. Debian's Orthanc receiving the same series from the same storescu command;
+3. a bare pynetdicom Storage SCP that only writes and fsyncs each instance (the ceiling
+   for a listener built on pynetdicom);
+4. ``manage.py dicom_listener --no-process``;
+5. Debian's Orthanc;
 
-and prints instances per second, ingest / bare loop and listener / Orthanc, with the
-targets (>= 0.5 and >= 2.5). Only the import or the transfer is timed; starting Django,
-migrating, starting the servers and checking the result afterwards are not.
+3 to 5 each receive the series from dcmtk's storescu over one association, and again
+split over 8 parallel associations. It prints instances per second and the ratios with
+their targets: ingest / bare loop >= 1.0, listener / Orthanc >= 3, listener / bare SCP
+>= 0.8. Only the import or the transfer is timed; starting Django, migrating, starting
+the servers and checking the result afterwards are not. The load average of the machine
+is printed before and after.
 
-    .venv/bin/python benchmarks/ingest.py [--slices 300] [--size 512]
+    .venv/bin/python benchmarks/ingest.py [--slices 300] [--size 512] [--repeat 3]
         [--database-url postgres://postgres@127.0.0.1:5432/radtrack_bench]
+        [--baseline-tree /tmp/radtrack-before]
 
 With ``--database-url`` (PostgreSQL), each measurement gets a fresh database created
 beside the named one on the same server and dropped afterwards; the named database
-itself is never touched. Without it, each gets a fresh SQLite file.
+itself is never touched. Without it, each gets a fresh SQLite file. With
+``--baseline-tree`` (a checkout of an earlier commit, e.g. ``git archive HEAD | tar -x
+-C DIR``), its ``manage.py ingest`` and listener are measured too, in the same run.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +57,10 @@ sys.path.insert(0, str(ROOT))
 from imaging.core.dicom.write import CTSeriesAttributes, ct_series_write, synthetic_uid  # noqa: E402
 from imaging.core.geometry.volume import Volume  # noqa: E402
 
-INGEST_TARGET = 0.5
-LISTENER_TARGET = 2.5
+INGEST_TARGET = 1.0
+ORTHANC_TARGET = 3.0
+CEILING_TARGET = 0.8
+PARALLEL = 8
 ORTHANC = "/usr/sbin/Orthanc"
 
 # Run inside a subprocess with its own RADTRACK_DATA_DIR and DATABASE_URL, so that
@@ -61,11 +72,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "radtrack.settings")
 django.setup()
 from django.core.management import call_command
 from imaging.models import Instance
+import resource
+def cpu():
+    return sum(r.ru_utime + r.ru_stime
+               for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 out = io.StringIO()
-started = time.perf_counter()
+cpu_before, started = cpu(), time.perf_counter()
 call_command("ingest", sys.argv[1], no_process=True, quiet=True, stdout=out)
-seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "stored": Instance.objects.count(),
+seconds, cpu_seconds = time.perf_counter() - started, cpu() - cpu_before
+print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "stored": Instance.objects.count(),
                   "summary": out.getvalue().strip()}))
 """
 _COUNT_PROGRAM = """
@@ -77,6 +92,32 @@ from imaging.models import IngestSession, Instance
 print(json.dumps({"stored": Instance.objects.count(),
                   "sessions": list(IngestSession.objects.values("status", "stored", "rejected"))}))
 """
+#: The ceiling: pynetdicom receiving with the listener's PDU size, writing each instance
+#: (File Meta and data set as received) and fsyncing it before answering, nothing else.
+_BARE_SCP_PROGRAM = """
+import os, sys
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+port, folder = int(sys.argv[1]), sys.argv[2]
+def store(event):
+    path = os.path.join(folder, event.request.AffectedSOPInstanceUID + ".dcm")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, event.encoded_dataset())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return 0x0000
+ae = AE("BARESCP")
+ae.maximum_pdu_size = 1 << 20
+ae.maximum_associations = 16
+ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+print("listening", flush=True)
+sys.stdin.read()
+server.shutdown()
+"""
 
 
 @dataclass
@@ -84,6 +125,9 @@ class Result:
     name: str
     files: int
     seconds: float
+    #: CPU seconds the importing or receiving side used (user + system, all its
+    #: threads and reader processes): less sensitive to other load than ``seconds``.
+    cpu_seconds: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -192,26 +236,28 @@ def django_env(data_dir: Path, database_url: str) -> dict[str, str]:
     return env
 
 
-def run_checked(args: list[str], env: dict[str, str] | None = None, **kw) -> str:
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+def run_checked(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args[:3])}... failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
 
 
-def migrate(env: dict[str, str]) -> None:
-    run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env)
+def storescu(files: list[Path], port: int, called: str, associations: int = 1) -> float:
+    """Send ``files`` over ``associations`` parallel associations; the seconds it took."""
+    groups = [files[i::associations] for i in range(associations)]
 
+    def send(group: list[Path]) -> subprocess.CompletedProcess:
+        args = ["storescu", "-aet", "BENCHSCU", "-aec", called, "127.0.0.1", str(port)]
+        return subprocess.run(args + [str(p) for p in group], capture_output=True, text=True)
 
-def storescu(files: list[Path], port: int, called: str) -> float:
-    """Send ``files`` over one association; return the seconds it took."""
-    args = ["storescu", "-aet", "BENCHSCU", "-aec", called, "127.0.0.1", str(port)]
-    args += [str(p) for p in files]
     started = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True)
+    with ThreadPoolExecutor(max_workers=associations) as pool:
+        results = list(pool.map(send, groups))
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"storescu to {called} failed:\n{done.stderr[-2000:]}")
+    for done in results:
+        if done.returncode != 0:
+            raise SystemExit(f"storescu to {called} failed:\n{done.stderr[-2000:]}")
     return seconds
 
 
@@ -227,38 +273,56 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 # -- measurements --------------------------------------------------------------------
 def bare_read(files: list[Path]) -> Result:
-    started = time.perf_counter()
+    cpu_before, started = time.process_time(), time.perf_counter()
     for path in files:
         ds = pydicom.dcmread(path)
         _ = ds.pixel_array
-    return Result("pydicom dcmread + pixel_array", len(files), time.perf_counter() - started)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    return Result("pydicom dcmread + pixel_array", len(files), seconds, cpu)
 
 
-def ingest_command(folder: Path, files: list[Path], database_url: str | None) -> Result:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a running process has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_storescu(pid: int, files: list[Path], port: int, called: str, n: int):
+    """storescu's seconds, and the CPU seconds the receiving process used meanwhile."""
+    cpu_before = process_cpu(pid)
+    seconds = storescu(files, port, called, n)
+    return seconds, process_cpu(pid) - cpu_before
+
+
+def ingest_command(folder: Path, files: list[Path], database_url: str | None, tree: Path) -> Result:
     with tempfile.TemporaryDirectory(prefix="radtrack-bench-ingest-") as tmp:
         work = Path(tmp)
         with fresh_database(database_url, "ingest", work) as url:
             env = django_env(work / "data", url)
-            migrate(env)
-            out = run_checked([sys.executable, "-c", _INGEST_PROGRAM, str(folder)], env)
+            run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env, tree)
+            out = run_checked([sys.executable, "-c", _INGEST_PROGRAM, str(folder)], env, tree)
             report = json.loads(out.strip().splitlines()[-1])
     if report["stored"] != len(files):
         raise SystemExit(f"ingest stored {report['stored']} of {len(files)}: {report['summary']}")
-    return Result("manage.py ingest --no-process", len(files), report["seconds"])
+    return Result(f"manage.py ingest{_label(tree)}", len(files), report["seconds"], report["cpu"])
 
 
-def listener(files: list[Path], database_url: str | None) -> Result:
+def _label(tree: Path) -> str:
+    return "" if tree == ROOT else " (before)"
+
+
+def listener(files: list[Path], database_url: str | None, tree: Path, parallel: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="radtrack-bench-listener-") as tmp:
         work = Path(tmp)
         with fresh_database(database_url, "listener", work) as url:
             env = django_env(work / "data", url)
-            migrate(env)
+            run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env, tree)
             port = free_port()
             log = open(work / "listener.log", "w")  # noqa: SIM115 - closed below
             proc = subprocess.Popen(
                 [sys.executable, "manage.py", "dicom_listener", "--port", str(port)]
                 + ["--no-process", "--grace", "30"],
-                cwd=ROOT,
+                cwd=tree,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -268,17 +332,39 @@ def listener(files: list[Path], database_url: str | None) -> Result:
                 line = proc.stdout.readline()
                 if "listening" not in line:
                     raise SystemExit(f"the listener did not start: {line}")
-                seconds = storescu(files, port, "RADTRACK")
+                seconds, cpu = timed_storescu(proc.pid, files, port, "RADTRACK", parallel)
             finally:
-                stop(proc)  # waits for the association's session to be finished
+                stop(proc)  # waits for the associations' sessions to be finished
                 log.close()
-            report = json.loads(run_checked([sys.executable, "-c", _COUNT_PROGRAM], env))
+            report = json.loads(run_checked([sys.executable, "-c", _COUNT_PROGRAM], env, tree))
     if report["stored"] != len(files):
         raise SystemExit(f"the listener stored {report['stored']} of {len(files)}: {report}")
-    return Result("dicom_listener (storescu)", len(files), seconds)
+    return Result(f"dicom_listener{_label(tree)} x{parallel}", len(files), seconds, cpu)
 
 
-def orthanc(files: list[Path]) -> Result | None:
+def bare_scp(files: list[Path], parallel: int) -> Result:
+    with tempfile.TemporaryDirectory(prefix="radtrack-bench-scp-") as tmp:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BARE_SCP_PROGRAM, str(port), tmp],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            if "listening" not in proc.stdout.readline():
+                raise SystemExit("the bare SCP did not start")
+            seconds, cpu = timed_storescu(proc.pid, files, port, "BARESCP", parallel)
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+        stored = len(list(Path(tmp).glob("*.dcm")))
+    if stored != len(files):
+        raise SystemExit(f"the bare SCP stored {stored} of {len(files)}")
+    return Result(f"bare pynetdicom SCP x{parallel}", len(files), seconds, cpu)
+
+
+def orthanc(files: list[Path], parallel: int) -> Result | None:
     if not Path(ORTHANC).exists():
         print(f"{ORTHANC} is not installed (apt-get install orthanc): Orthanc skipped")
         return None
@@ -314,7 +400,7 @@ def orthanc(files: list[Path]) -> Result | None:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise SystemExit("Orthanc did not start; see its log") from None
                     time.sleep(0.2)
-            seconds = storescu(files, dicom_port, "ORTHANC")
+            seconds, cpu = timed_storescu(proc.pid, files, dicom_port, "ORTHANC", parallel)
             with urllib.request.urlopen(f"{base}/statistics", timeout=10) as response:
                 count = json.load(response)["CountInstances"]
         finally:
@@ -322,26 +408,35 @@ def orthanc(files: list[Path]) -> Result | None:
             log.close()
     if count != len(files):
         raise SystemExit(f"Orthanc stored {count} of {len(files)}")
-    return Result("Orthanc 1.10 (storescu)", len(files), seconds)
+    return Result(f"Orthanc 1.10 x{parallel}", len(files), seconds, cpu)
 
 
 # -- report --------------------------------------------------------------------------
-def report(bare: Result, ingest: Result, scp: Result, peer: Result | None, database: str) -> None:
-    rows = [bare, ingest, scp] + ([peer] if peer else [])
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def report(rows: dict[str, Result | None], database: str, loads: tuple[str, str]) -> None:
     print()
-    print(f"database: {database}; {os.cpu_count()} CPUs")
-    print(f"{'measurement':<34} {'files':>6} {'seconds':>8} {'files/s':>8}")
-    for r in rows:
-        print(f"{r.name:<34} {r.files:>6} {r.seconds:>8.2f} {r.rate:>8.1f}")
+    print(f"database: {database}; {os.cpu_count()} CPUs; before: {loads[0]}; after: {loads[1]}")
+    print(f"{'measurement':<36} {'files':>6} {'seconds':>8} {'files/s':>8} {'cpu ms/file':>12}")
+    for r in rows.values():
+        if r is not None:
+            cpu = r.cpu_seconds / r.files * 1000
+            print(f"{r.name:<36} {r.files:>6} {r.seconds:>8.2f} {r.rate:>8.1f} {cpu:>12.2f}")
     print()
-    print(f"{'ratio':<34} {'value':>6} {'target':>8} {'met':>8}")
-    ratios = [("ingest / bare read", ingest.rate / bare.rate, INGEST_TARGET)]
-    if peer:
-        ratios.append(("listener / Orthanc", scp.rate / peer.rate, LISTENER_TARGET))
-    for name, value, target in ratios:
-        print(
-            f"{name:<34} {value:>6.2f} {'>= ' + str(target):>8} {'yes' if value >= target else 'NO':>8}"
-        )
+    print(f"{'ratio':<36} {'value':>6} {'target':>8} {'met':>8}")
+    ratios = [("ingest / bare read", "ingest", "bare", INGEST_TARGET)]
+    for n in (1, PARALLEL):
+        ratios.append((f"listener / Orthanc, x{n}", f"listener{n}", f"orthanc{n}", ORTHANC_TARGET))
+        ratios.append((f"listener / bare SCP, x{n}", f"listener{n}", f"scp{n}", CEILING_TARGET))
+    for name, top, bottom, target in ratios:
+        if rows.get(top) is None or rows.get(bottom) is None:
+            continue
+        value = rows[top].rate / rows[bottom].rate
+        met = "yes" if value >= target else "NO"
+        print(f"{name:<36} {value:>6.2f} {'>= ' + str(target):>8} {met:>8}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,14 +453,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-orthanc", action="store_true")
     parser.add_argument(
+        "--baseline-tree", type=Path, help="an earlier checkout, measured too ('before' rows)"
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
         help="run each measurement N times and keep the fastest (for a busy machine)",
     )
     args = parser.parse_args(argv)
-    if args.slices < 1 or args.size < 8:
-        parser.error("--slices must be at least 1 and --size at least 8")
+    if args.slices < PARALLEL or args.size < 8:
+        parser.error(f"--slices must be at least {PARALLEL} and --size at least 8")
     if not shutil.which("storescu"):
         parser.error("storescu is not installed (apt-get install dcmtk)")
 
@@ -379,14 +477,28 @@ def main(argv: list[str] | None = None) -> None:
         results = [r for r in results if r is not None]
         return min(results, key=lambda r: r.seconds) if results else None
 
-    bare = fastest(lambda: bare_read(files))
-    ingest = fastest(lambda: ingest_command(folder, files, args.database_url))
-    scp = fastest(lambda: listener(files, args.database_url))
-    peer = None if args.skip_orthanc else fastest(lambda: orthanc(files))
-    database = "PostgreSQL" if args.database_url else "SQLite"
+    loads = [_load()]
+    db = args.database_url
+    rows: dict[str, Result | None] = {"bare": fastest(lambda: bare_read(files))}
+    rows["ingest"] = fastest(lambda: ingest_command(folder, files, db, ROOT))
+    if args.baseline_tree:
+        rows["ingest_before"] = fastest(
+            lambda: ingest_command(folder, files, db, args.baseline_tree)
+        )
+    for n in (1, PARALLEL):
+        rows[f"scp{n}"] = fastest(lambda n=n: bare_scp(files, n))
+        rows[f"listener{n}"] = fastest(lambda n=n: listener(files, db, ROOT, n))
+        if args.baseline_tree:
+            rows[f"listener_before{n}"] = fastest(
+                lambda n=n: listener(files, db, args.baseline_tree, n)
+            )
+        if not args.skip_orthanc:
+            rows[f"orthanc{n}"] = fastest(lambda n=n: orthanc(files, n))
+    loads.append(_load())
+    database = "PostgreSQL" if db else "SQLite"
     if args.repeat > 1:
         database += f"; fastest of {args.repeat} runs each"
-    report(bare, ingest, scp, peer, database)
+    report(rows, database, (loads[0], loads[1]))
 
 
 if __name__ == "__main__":

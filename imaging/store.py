@@ -1,20 +1,30 @@
 """The content-addressed object store for original DICOM files.
 
 A file lives at ``objects/ab/cd/<sha256>.dcm`` under ``RADTRACK_DATA_DIR``. Writes go
-to a temporary name in the same folder, are fsynced, then renamed, and the folder is
-fsynced, so a crash leaves either the whole file or nothing under its final name.
+to a temporary name in the same folder (``.incoming-*.part``), are fsynced, then renamed,
+and the folder is fsynced, so a crash leaves either the whole file or nothing under its
+final name; at worst a temporary file, or a whole file no index row names yet, which
+`objects_scan` and `temporaries_scan` find for ``manage.py verify_storage``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
 OBJECTS = "objects"
+TEMPORARY_PREFIX = ".incoming-"
+TEMPORARY_SUFFIX = ".part"
+#: Where files are staged before their content (and so their name) is known.
+INCOMING = f"{OBJECTS}/.incoming"
 
 
 def data_dir() -> Path:
@@ -44,27 +54,140 @@ def object_write(data: bytes, sha256: str) -> tuple[str, bool]:
     crash after the write and before the index); a mismatch is repaired.
     """
     relative = object_relative_path(sha256)
-    final = object_path(relative)
-    if final.exists() and final.stat().st_size == len(data) and file_sha256(final) == sha256:
+    if object_present(relative, size=len(data)) and object_matches(relative, sha256):
         return relative, False
-    folder = final.parent
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".part")
+    return object_publish(object_stage(data, sha256), sha256)
+
+
+def object_present(relative: str, *, size: int) -> bool:
+    """Whether an object of ``size`` bytes is stored under ``relative`` (not its content)."""
+    try:
+        return object_path(relative).stat().st_size == size
+    except OSError:
+        return False
+
+
+def object_matches(relative: str, sha256: str) -> bool:
+    """Whether the object stored under ``relative`` hashes to ``sha256``."""
+    try:
+        return file_sha256(object_path(relative)) == sha256
+    except OSError:
+        return False
+
+
+def object_stage(data: bytes, sha256: str | None = None) -> str:
+    """Write ``data`` to a temporary file beside where it will live (in the staging
+    folder while its SHA-256 is not known yet), fsynced; its relative path.
+    `object_publish` gives it its final name, `object_discard` removes it."""
+    folder = object_path(object_relative_path(sha256) if sha256 else f"{INCOMING}/x").parent
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(folder.parent)
+        if sha256:
+            _fsync_dir(folder.parent.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, final)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(folder)
-    if created:
+    return str(Path(tmp_name).relative_to(data_dir()))
+
+
+def object_stage_copy(source: Path, *, preamble_bytes: int = 128, durable: bool = True) -> str:
+    """Copy the file at ``source`` into the store's staging folder, its preamble
+    zeroed; its relative path. The copy is made by the kernel where it can
+    (``copy_file_range``): the bytes are checked and hashed from the copy, so what is
+    indexed is exactly what is stored. With ``durable=False`` it is not fsynced here:
+    `object_publish` must then be told (``sync_staged``), so that many are fsynced
+    together."""
+    folder = object_path(INCOMING)
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
         _fsync_dir(folder.parent)
-        _fsync_dir(folder.parent.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
+    try:
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+            _copy(src, out, os.fstat(src.fileno()).st_size)
+            out.flush()
+            head = os.pread(out.fileno(), preamble_bytes + 4, 0)
+            if (
+                head[preamble_bytes:] == b"DICM"
+                and head[:preamble_bytes].count(0) != preamble_bytes
+            ):
+                os.pwrite(out.fileno(), bytes(preamble_bytes), 0)
+            if durable:
+                os.fsync(out.fileno())
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return str(Path(tmp_name).relative_to(data_dir()))
+
+
+def _copy(src, out, size: int) -> None:
+    try:
+        copied = 0
+        while copied < size:
+            n = os.copy_file_range(src.fileno(), out.fileno(), size - copied)
+            if n == 0:
+                break  # the source shrank meanwhile: what is copied is what is checked
+            copied += n
+    except (AttributeError, OSError):  # no copy_file_range here, or across file systems
+        src.seek(0)
+        out.seek(0)
+        out.truncate()
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
+def object_publish(staged: str, sha256: str, *, sync_staged: bool = False) -> tuple[str, bool]:
+    """Give a staged file its final name: (relative path, True). Its folder, and the
+    folders above that gained an entry, are fsynced together (the file system commits
+    them at once) before this returns; with ``sync_staged`` the file itself first."""
+    relative = object_relative_path(sha256)
+    final = object_path(relative)
+    if sync_staged:
+        fd = os.open(object_path(staged), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    changed = [final.parent]
+    if not final.parent.exists():
+        if not final.parent.parent.exists():
+            changed.append(final.parent.parent.parent)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        changed.append(final.parent.parent)
+    try:
+        os.replace(object_path(staged), final)
+    except BaseException:
+        object_path(staged).unlink(missing_ok=True)
+        raise
+    _fsync_dirs(changed)
     return relative, True
+
+
+_syncers: dict[int, ThreadPoolExecutor] = {}
+
+
+def _fsync_dirs(folders: list[Path]) -> None:
+    """fsync each folder, concurrently, and wait for all."""
+    if len(folders) == 1:
+        _fsync_dir(folders[0])
+        return
+    # One pool per process: a forked reader process must not inherit the parent's.
+    pool = _syncers.get(os.getpid())
+    if pool is None:
+        pool = _syncers[os.getpid()] = ThreadPoolExecutor(4, thread_name_prefix="fsync")
+    for done in [pool.submit(_fsync_dir, folder) for folder in folders]:
+        done.result()
+
+
+def object_discard(staged: str) -> None:
+    """Remove a staged file that is not to be kept (a repeat, or a refused object)."""
+    object_path(staged).unlink(missing_ok=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -73,3 +196,58 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def object_delete(relative: str) -> None:
+    """Remove one stored object (one no index row names); gone already is fine."""
+    path = object_path(relative)
+    path.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file found in the object store: its path relative to the data folder, and age."""
+
+    relative: str
+    modified_at: float
+
+    @property
+    def sha256(self) -> str:
+        return Path(self.relative).stem
+
+
+def _walk(want_temporary: bool) -> Iterator[StoredFile]:
+    root = data_dir() / OBJECTS
+    if not root.is_dir():
+        return
+    if want_temporary and (root / ".incoming").is_dir():
+        for entry in sorted(os.scandir(root / ".incoming"), key=lambda e: e.name):
+            if entry.is_file() and entry.name.startswith(TEMPORARY_PREFIX):
+                yield StoredFile(f"{INCOMING}/{entry.name}", entry.stat().st_mtime)
+    for first in sorted(p for p in root.iterdir() if p.is_dir() and p.name != ".incoming"):
+        for second in sorted(p for p in first.iterdir() if p.is_dir()):
+            for entry in sorted(os.scandir(second), key=lambda e: e.name):
+                temporary = entry.name.startswith(TEMPORARY_PREFIX)
+                if not entry.is_file() or temporary != want_temporary:
+                    continue
+                relative = f"{OBJECTS}/{first.name}/{second.name}/{entry.name}"
+                yield StoredFile(relative, entry.stat().st_mtime)
+
+
+def objects_scan() -> Iterator[StoredFile]:
+    """Every stored object, in the order of its relative path (as text)."""
+    return _walk(want_temporary=False)
+
+
+def temporaries_scan() -> Iterator[StoredFile]:
+    """Every temporary file a write left behind (``.incoming-*.part``)."""
+    return _walk(want_temporary=True)
+
+
+def temporary_delete(relative: str) -> None:
+    """Remove a temporary file left by an interrupted write."""
+    name = Path(relative).name
+    if not (name.startswith(TEMPORARY_PREFIX) and name.endswith(TEMPORARY_SUFFIX)):
+        raise ValueError(f"{relative} is not a temporary file of the object store")
+    object_path(relative).unlink(missing_ok=True)

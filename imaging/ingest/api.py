@@ -9,12 +9,14 @@ body, and answers with the ingest session and what happened to each file.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
 
 import django_filters
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.urls import path, re_path
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
@@ -23,6 +25,7 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
+    extend_schema_field,
     inline_serializer,
 )
 from rest_framework import exceptions, serializers, status
@@ -37,7 +40,7 @@ from imaging.ingest.retrieve import RetrieveRequestError, pacs_retrieve_queue
 from imaging.ingest.service import FileOutcome, IngestRun, ingest_run
 from imaging.ingest.sources import IngestSource, sources_from_upload
 from imaging.models import IngestIssue, IngestSession
-from patients.audit import audit_record
+from patients.audit import audit_patients_shown, audit_record
 from patients.permissions import CanUpload, CanViewIngestSession, can_upload
 from radtrack.api.base import (
     ID_PATTERN,
@@ -47,6 +50,8 @@ from radtrack.api.base import (
     request_content_length,
     upload_limit_message,
 )
+
+logger = logging.getLogger(__name__)
 
 UPLOAD_FIELD = "file"
 
@@ -107,9 +112,26 @@ class IngestIssueSerializer(serializers.ModelSerializer):
         fields = ["kind", "file_name", "reason", "sop_instance_uid"]
 
 
+def ingest_session_patient_pks(session: IngestSession) -> list[int]:
+    """The patients whose images the session stored (their API ids), in id order."""
+    return sorted(session.instances.values_list("series__study__patient_id", flat=True).distinct())
+
+
 class IngestSessionSerializer(serializers.ModelSerializer):
-    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    user = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="the account that ran it; null for the command line, listener and PACS",
+    )
     issues = IngestIssueSerializer(many=True, read_only=True)
+    patients = serializers.SerializerMethodField(
+        help_text="ids of the patients whose images it stored (/api/v1/patients/{id}/)"
+    )
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
+    def get_patients(self, session: IngestSession) -> list[int]:
+        return ingest_session_patient_pks(session)
 
     class Meta:
         model = IngestSession
@@ -128,6 +150,7 @@ class IngestSessionSerializer(serializers.ModelSerializer):
             "rejected",
             "warnings",
             "issues",
+            "patients",
         ]
 
 
@@ -315,13 +338,23 @@ class InstancesView(APIView):
                     status=status.HTTP_400_BAD_REQUEST,
                 )
             sources = sources_from_upload(files)
-        session, outcomes = ingest_run(
-            request=request,
-            source=IngestSession.Source.API,
-            sources=sources,
-            resume=open_api_session(request),
-            close=_close_requested(request),
-        )
+        resume = open_api_session(request)
+        try:
+            session, outcomes = ingest_run(
+                request=request,
+                source=IngestSession.Source.API,
+                sources=sources,
+                resume=resume,
+                close=_close_requested(request),
+            )
+        except (OperationalError, InterfaceError) as exc:
+            # The session is marked failed; files stored before are kept. Only the type
+            # is logged: a database message can quote the values it refused.
+            logger.error("an API import stopped: %s", type(exc).__name__)
+            return Response(
+                {"detail": "the database is unavailable: send the files again later"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
         return Response(ingest_result(session, outcomes), status=ingest_status_code(outcomes))
 
 
@@ -342,8 +375,11 @@ class IngestSessionView(RetrieveAPIView):
 
     def retrieve(self, request: Request, *args, **kwargs) -> Response:
         response = super().retrieve(request, *args, **kwargs)
-        audit_record(
-            request=request, action="ingest_session.read", object=f"ingest session {kwargs['pk']}"
+        audit_patients_shown(
+            request=request,
+            action="ingest_session.read",
+            object=f"ingest session {kwargs['pk']}",
+            patient_pks=response.data.get("patients", []),
         )
         return response
 
@@ -407,7 +443,13 @@ class IngestSessionListView(ListAPIView):
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         response = super().get(request, *args, **kwargs)
-        audit_record(request=request, action="ingest_session.list", object=request.path)
+        rows = (response.data or {}).get("results", []) if response.status_code == 200 else []
+        audit_patients_shown(
+            request=request,
+            action="ingest_session.list",
+            object=request.path,
+            patient_pks=[pk for row in rows for pk in row.get("patients", [])],
+        )
         return response
 
 

@@ -2,9 +2,15 @@
 
 Each association is one ingest session: every received instance goes through the one
 ingest service (`imaging.ingest.service.IngestRun`) byte for byte as sent, and the
-C-STORE response reports what happened to it. When the association ends, whether by
+C-STORE response reports what happened to it, only once the instance is durable (its
+file written and fsynced). Index rows are committed in groups across the instances of
+an association (`GROUP_COMMIT_INSTANCES`, and when it ends); a crash between the two
+leaves files that ``manage.py verify_storage --repair`` indexes. A file refused for what
+it holds gets a refusal status (0xC000, or 0xC001 for a conflict), never "out of
+resources", so no sender resends it forever. When the association ends, whether by
 release or abort, the session is finished, which queues processing of every series
-that received new images.
+that received new images. `imaging.ingest.guard` keeps idle or malformed connections
+from blocking real senders.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -38,12 +45,21 @@ from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTAT
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
 from imaging.core.dicom.inspect import ACCEPTED_SOP_CLASSES
+from imaging.ingest.guard import (
+    MAX_REQUEST_PDU_BYTES,
+    ConnectionGuard,
+    GuardedServer,
+    GuardLimits,
+    connection_lost,
+    pdu_length_bound,
+)
+from imaging.ingest.readers import staging_discard
 from imaging.ingest.service import FileOutcome, IngestRun
 from imaging.ingest.sources import IngestSource
 from imaging.models import IngestSession
+from imaging.store import object_stage
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +94,8 @@ MAXIMUM_PDU_BYTES = 1 << 20
 
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "RADTRACK"
+#: Index rows of an association committed together (the files are durable one by one).
+GROUP_COMMIT_INSTANCES = 32
 
 
 def _explicit_le(group: int, element: int, vr: bytes, value: bytes) -> bytes:
@@ -131,15 +149,19 @@ class _AssociationState:
 
 
 def store_status(outcome: FileOutcome) -> Dataset:
-    """The C-STORE response status for an ingest outcome, with Error Comment (0000,0902)."""
+    """The C-STORE response status for an ingest outcome, with Error Comment (0000,0902).
+
+    Only a failure to write (the disk) is "out of resources", which asks the sender to
+    try again later; anything about the file itself is a refusal, so that it is not
+    sent again and again.
+    """
     status = Dataset()
     if outcome.status in ("stored", "duplicate"):
         status.Status = STATUS_SUCCESS
         return status
     if outcome.status == "conflict":
         status.Status = STATUS_CONFLICT
-    elif outcome.reason.startswith("could not be stored") or " MB limit" in outcome.reason:
-        # Disk full or an object over the size limit: the sender's problem is ours.
+    elif outcome.reason.startswith("could not be stored"):
         status.Status = STATUS_OUT_OF_RESOURCES
     else:
         status.Status = STATUS_CANNOT_UNDERSTAND
@@ -167,8 +189,17 @@ class StorageListener:
         if allowed_aes is None:
             allowed_aes = getattr(settings, "RADTRACK_DICOM_ALLOWED_AES", [])
         self.allowed_aes = [a.strip() for a in allowed_aes if a.strip()]
+        self.guard = ConnectionGuard(
+            GuardLimits(
+                max_connections=settings.RADTRACK_DICOM_MAX_ASSOCIATIONS,
+                max_per_address=settings.RADTRACK_DICOM_MAX_PER_ADDRESS,
+            )
+        )
         self.ae = self._application_entity()
-        self.server: ThreadedAssociationServer | None = None
+        self.server: GuardedServer | None = None
+        self._stager = ThreadPoolExecutor(
+            max_workers=settings.RADTRACK_DICOM_MAX_ASSOCIATIONS, thread_name_prefix="stage"
+        )
         self._lock = threading.Lock()
         self._states: dict[int, _AssociationState] = {}
         self._threads: set[Association] = set()
@@ -182,13 +213,19 @@ class StorageListener:
         """
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_connection_open),
+            (evt.EVT_CONN_CLOSE, lambda event: connection_lost(event.assoc)),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self.server = self.ae.start_server(
-            (host, port), block=False, evt_handlers=handlers, ae_title=self.ae_title
+        server = self.ae.make_server(
+            (host, port), ae_title=self.ae_title, evt_handlers=handlers, server_class=GuardedServer
         )
-        bound_host, bound_port = self.server.server_address[:2]
+        server.admit = self.guard.admit
+        threading.Thread(
+            target=server.serve_forever, name=f"DicomListener@{port}", daemon=True
+        ).start()
+        self.server = server
+        bound_host, bound_port = server.server_address[:2]
         return str(bound_host), int(bound_port)
 
     def stop(self, *, grace_s: float = 10.0) -> None:
@@ -209,6 +246,7 @@ class StorageListener:
             if assoc.ident is not None:
                 assoc.join(timeout=30)
         self.ae.shutdown()
+        self._stager.shutdown(wait=True)
 
     def abort_all(self) -> None:
         """Make a `stop` in progress abort open associations now (safe in a signal handler)."""
@@ -222,7 +260,13 @@ class StorageListener:
     def _application_entity(self) -> AE:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
-        ae.maximum_associations = 16
+        # The guard enforces the limit; connections it displaced may linger a moment.
+        ae.maximum_associations = 2 * settings.RADTRACK_DICOM_MAX_ASSOCIATIONS
+        # ARTIM: the time a connection has to send its A-ASSOCIATE-RQ (and to close
+        # after an A-ABORT); then an association may idle this long between messages.
+        ae.acse_timeout = settings.RADTRACK_DICOM_ARTIM_S
+        ae.network_timeout = settings.RADTRACK_DICOM_IDLE_S
+        ae.dimse_timeout = settings.RADTRACK_DICOM_IDLE_S
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -245,11 +289,15 @@ class StorageListener:
         """
         assoc = event.assoc
         body = assoc.run
+        address = event.address[0] if isinstance(event.address, tuple) else str(event.address)
+        self.guard.opened(assoc, str(address))
+        pdu_length_bound(assoc, max(MAXIMUM_PDU_BYTES, MAX_REQUEST_PDU_BYTES))
 
         def run() -> None:
             try:
                 body()
             finally:
+                self.guard.closed(assoc)
                 self._association_end(assoc)
 
         assoc.run = run  # type: ignore[method-assign]
@@ -273,19 +321,25 @@ class StorageListener:
                     origin=state.origin,
                     process=state.process,
                     batch_size=1,
+                    group_commit=GROUP_COMMIT_INSTANCES,
                 )
             data = self._received_file(event)
-            (outcome,) = state.run.add([IngestSource(name, lambda: data, len(data))])
-        except (DatabaseError, OSError) as exc:
+            # The bytes go to disk while they are checked (the other core): the C-STORE
+            # response waits for both, and the copy is named once its hash is known.
+            staging = self._stager.submit(object_stage, data)
+            source = IngestSource(name, lambda: data, len(data), staging=staging)
+            try:
+                (outcome,) = state.run.add([source])
+            except Exception:
+                staging_discard(staging)
+                raise
+        except (OperationalError, InterfaceError, OSError) as exc:
             # The database or the disk is unavailable: refuse for now, so that the
             # sender keeps the instance and tries again. Only the type is logged, as
             # a database message can quote the values it refused.
-            logger.error("%s: not stored: %s", name, type(exc).__name__)
-            state.counts["refused"] = state.counts.get("refused", 0) + 1
-            status = Dataset()
-            status.Status = STATUS_OUT_OF_RESOURCES
-            status.ErrorComment = "temporarily unable to store; send again later"
-            return status
+            return self._refusal(state, name, exc, STATUS_OUT_OF_RESOURCES, "send again later")
+        except Exception as exc:  # anything else is about this instance: refuse it
+            return self._refusal(state, name, exc, STATUS_CANNOT_UNDERSTAND, "cannot be stored")
         state.counts[outcome.status] = state.counts.get(outcome.status, 0) + 1
         if outcome.status in ("rejected", "conflict"):
             # The reason names the problem, never a patient attribute's value.
@@ -293,6 +347,17 @@ class StorageListener:
         return store_status(outcome)
 
     # -- helpers ------------------------------------------------------------------
+    @staticmethod
+    def _refusal(
+        state: _AssociationState, name: str, exc: Exception, code: int, advice: str
+    ) -> Dataset:
+        logger.error("%s: not stored: %s", name, type(exc).__name__)
+        state.counts["refused"] = state.counts.get("refused", 0) + 1
+        status = Dataset()
+        status.Status = code
+        status.ErrorComment = f"not stored ({type(exc).__name__}); {advice}"[:64]
+        return status
+
     def _state_for(self, assoc: Association) -> _AssociationState:
         with self._lock:
             state = self._states.get(id(assoc))

@@ -2,69 +2,72 @@
 
 Each file is checked (`imaging.core.dicom.inspect`), written to the object store and
 fsynced, and only then indexed; a batch of files is indexed in one transaction, so a
-crash at any moment leaves no row without its file. The same SOP instance sent again
+crash at any moment leaves no row without its file (at worst a file without its row,
+which ``manage.py verify_storage --repair`` indexes). The same SOP instance sent again
 with the same bytes is a duplicate and changes nothing; different bytes under a stored
-SOP Instance UID are a conflict and are refused. When an import ends, every image
-series that received new instances is queued for processing once the transaction
-commits.
+SOP Instance UID are a conflict and are refused. A file whose values the database
+refuses is refused alone: the others of its batch are stored. When an import ends,
+every image series that received new instances is queued for processing once the
+transaction commits. The session records the process working on it and a heartbeat, so
+that one whose process died is found and marked failed (`ingest_sessions_reap`).
 """
 
 from __future__ import annotations
 
 import logging
-import zipfile
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from imaging.core.dicom.inspect import (
-    DicomRejected,
-    HeaderCache,
-    InspectedInstance,
-    instance_inspect,
+from imaging.core.dicom.inspect import HeaderCache, InspectedInstance, text_clean
+from imaging.ingest.index import (
+    Rows,
+    instance_row,
+    misfiled_reason,
+    owners_of,
+    parents_for,
+    stored_dataset_hashes,
 )
+from imaging.ingest.outcomes import FileOutcome, refused_outcome, repeat_outcome, stored_outcome
+from imaging.ingest.readers import Inspected, ReadLimits, sources_inspect, staging_discard
+from imaging.ingest.sessions import dead_sessions, owner_here
 from imaging.ingest.sources import IngestSource, sources_from_paths
-from imaging.models import ANALYSED_MODALITIES, IngestIssue, IngestSession, Instance, Series, Study
+from imaging.models import ANALYSED_MODALITIES, IngestIssue, IngestSession, Instance, Series
 from imaging.pipeline.queue import study_queue
-from imaging.store import object_write
+from imaging.store import (
+    object_delete,
+    object_discard,
+    object_matches,
+    object_publish,
+    object_relative_path,
+    object_write,
+)
 from patients.audit import audit_record, client_address
-from patients.models import Patient
 
 logger = logging.getLogger(__name__)
 
 #: Files written at once: fsync waits on the disk, not the interpreter.
 WRITE_THREADS = 8
-
-Status = Literal["stored", "duplicate", "conflict", "rejected"]
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    name: str
-    status: Status
-    reason: str = ""
-    sop_instance_uid: str = ""
-    warnings: tuple[str, ...] = ()
-
-    def line(self) -> str:
-        """One line for a person: what happened to this file and why."""
-        text = f"{self.name}: {self.status}"
-        if self.reason:
-            text += f": {self.reason}"
-        return text
+#: With group commits, rows wait at most this long for the next commit.
+GROUP_COMMIT_WAIT_S = 0.5
 
 
 @dataclass
-class _Pending:
-    name: str
-    item: InspectedInstance
+class _Written:
+    """A new file on disk, waiting for its index row."""
+
+    index: int
+    found: Inspected
+    relative: str
+    written_now: bool
 
 
 @dataclass
@@ -72,31 +75,44 @@ class _Staged:
     """A batch whose repeats are sorted out and whose new files are being written."""
 
     outcomes: dict[int, FileOutcome]
-    fresh: list[tuple[int, _Pending]]
+    fresh: list[tuple[int, Inspected]]
     writes: list[Future]
 
 
-@dataclass
-class _Rows:
-    """Patient, study and series rows by UID, and which patient and study own each."""
+class _Unindexed:
+    """SOP instances this process has stored but not yet indexed (group commits), so a
+    repeat from another association is judged against them before it is answered."""
 
-    patients: dict[str, Patient] = field(default_factory=dict)
-    studies: dict[str, Study] = field(default_factory=dict)
-    series: dict[str, Series] = field(default_factory=dict)
-    study_patient: dict[str, str] = field(default_factory=dict)
-    series_study: dict[str, str] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hashes: dict[str, str] = {}
 
-    def update(self, other: _Rows) -> None:
-        self.patients.update(other.patients)
-        self.studies.update(other.studies)
-        self.series.update(other.series)
-        self.study_patient.update(other.study_patient)
-        self.series_study.update(other.series_study)
+    def get(self, uid: str) -> str | None:
+        with self._lock:
+            return self._hashes.get(uid)
+
+    def add(self, uid: str, dataset_sha256: str) -> None:
+        with self._lock:
+            self._hashes[uid] = dataset_sha256
+
+    def remove(self, uids: Iterable[str]) -> None:
+        with self._lock:
+            for uid in uids:
+                self._hashes.pop(uid, None)
+
+
+_UNINDEXED = _Unindexed()
 
 
 @dataclass
 class IngestRun:
-    """An ingest session in progress; add sources, then `finish`."""
+    """An ingest session in progress; add sources, then `finish`.
+
+    ``group_commit`` > 1 keeps the index rows of up to that many stored files (or
+    `GROUP_COMMIT_WAIT_S` worth) for one commit: the files themselves are durable when
+    `add` returns (the listener's C-STORE responses), the rows follow in the next commit
+    and at `flush`/`finish`. ``readers`` > 1 reads files on disk in that many processes.
+    """
 
     source: str
     origin: str = ""
@@ -105,22 +121,36 @@ class IngestRun:
     batch_size: int = 64
     #: Carry on an open session begun by an earlier request (chunked uploads).
     resume: IngestSession | None = None
+    #: Record this process as the session's owner while it works on it.
+    claim: bool = True
+    group_commit: int = 1
+    readers: int = 1
     session: IngestSession = field(init=False)
-    # Rows this run has committed, by UID: later batches of the same series need no
-    # queries for them (an association sends one instance per batch).
-    _known: _Rows = field(default_factory=_Rows, init=False)
+    # Rows this run has committed, by UID, and the owners it has claimed: later batches
+    # of the same series need no queries for them.
+    _known: Rows = field(default_factory=Rows, init=False)
     _headers: HeaderCache = field(default_factory=dict, init=False)
+    _deferred: list[_Written] = field(default_factory=list, init=False)
+    _deferred_outcomes: list[FileOutcome] = field(default_factory=list, init=False)
+    _deferred_since: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
+        owner = owner_here() if self.claim else ""
         if self.resume is not None:
             if self.resume.status != IngestSession.Status.RUNNING:
                 raise ValueError(f"ingest session {self.resume.pk} is already closed")
             self.session = self.resume
+            if owner:
+                IngestSession.objects.filter(pk=self.session.pk).update(
+                    owner=owner, heartbeat_at=timezone.now()
+                )
             return
         self.session = IngestSession.objects.create(
             source=self.source,
-            origin=self.origin[:255],
+            origin=text_clean(self.origin)[:255],
             user=self.user if getattr(self.user, "is_authenticated", False) else None,
+            owner=owner,
+            heartbeat_at=timezone.now(),
         )
 
     # -- public -------------------------------------------------------------------
@@ -137,8 +167,6 @@ class IngestRun:
         once its files are safely on disk.
         """
         outcomes: list[FileOutcome] = []
-        batch: list[_Pending] = []
-        in_flight: _Staged | None = None
 
         def emit(done: Iterable[FileOutcome]) -> None:
             for outcome in done:
@@ -147,259 +175,223 @@ class IngestRun:
                     on_file(outcome)
 
         with ThreadPoolExecutor(max_workers=WRITE_THREADS) as writer:
-            for src in sources:
-                pending_or_outcome = self._inspect(src)
-                if isinstance(pending_or_outcome, FileOutcome):
-                    self._record([pending_or_outcome])
-                    emit([pending_or_outcome])
+            in_flight: _Staged | None = None
+            for batch, refused in self._batches(sources):
+                if refused:
+                    self._record(refused)
+                    emit(refused)
+                if not batch:
                     continue
-                batch.append(pending_or_outcome)
-                if len(batch) >= self.batch_size:
-                    staged = self._stage(batch, writer)
-                    batch = []
-                    if in_flight is not None:
-                        emit(self._commit(in_flight))
-                    in_flight = staged
-            if batch:
                 staged = self._stage(batch, writer)
                 if in_flight is not None:
                     emit(self._commit(in_flight))
                 in_flight = staged
             if in_flight is not None:
                 emit(self._commit(in_flight))
+        if self._deferred and (
+            len(self._deferred) >= self.group_commit
+            or time.monotonic() - self._deferred_since >= GROUP_COMMIT_WAIT_S
+        ):
+            self.flush()
         return outcomes
 
-    def finish(self, *, failed: str = "") -> IngestSession:
-        """Close the session and queue processing of every series that got new images."""
+    def flush(self) -> None:
+        """Commit the index rows kept for a group commit."""
+        if not self._deferred and not self._deferred_outcomes:
+            return
+        written, kept_back = self._deferred, self._deferred_outcomes
+        # Counted in the same transaction as the rows: the stored files, and the
+        # duplicates and refusals answered since the last commit.
+        outcomes: dict[int, FileOutcome] = {}
+        for n, entry in enumerate(written):
+            entry.index = n
+            outcomes[n] = stored_outcome(entry.found)
+        for n, outcome in enumerate(kept_back, start=len(written)):
+            outcomes[n] = outcome
+        # When the database is unreachable this raises and the rows wait for the next
+        # try (at the latest `finish`); their files are already durable.
+        self._index_all(written, outcomes)
+        self._deferred, self._deferred_outcomes = [], []
+        _UNINDEXED.remove(w.found.item.sop_instance_uid for w in written)
 
+    def release(self) -> None:
+        """This process stops working on the session (it stays open for later requests)."""
+        self.flush()
+        IngestSession.objects.filter(pk=self.session.pk).update(owner="")
+
+    def finish(self, *, failed: str = "") -> IngestSession:
+        """Close the session and queue processing of every series that got new images.
+
+        A session already closed (marked failed when its process was thought dead) stays
+        as it is and queues nothing again.
+        """
+        self.flush()
         with transaction.atomic():
             session = IngestSession.objects.select_for_update().get(pk=self.session.pk)
+            if session.status != IngestSession.Status.RUNNING:
+                self.session = session
+                return session
             session.status = IngestSession.Status.FAILED if failed else IngestSession.Status.DONE
             session.finished_at = timezone.now()
-            session.save(update_fields=["status", "finished_at"])
+            session.owner = ""
+            session.save(update_fields=["status", "finished_at", "owner"])
             if failed:
                 IngestIssue.objects.create(
                     session=session,
                     kind=IngestIssue.Kind.REJECTED,
                     file_name="(session)",
-                    reason=failed,
+                    reason=text_clean(failed),
                 )
-            # Every series that got instances in this session, across all its requests.
-            # The study is queued as a whole: its worker chooses the series to analyse.
-            touched = Series.objects.filter(instances__ingest_session=session).distinct()
-            studies: dict[int, list[Series]] = {}
-            for series in touched:
-                if series.modality not in ANALYSED_MODALITIES:
-                    series.state = Series.State.NOT_ANALYSED
-                    series.save(update_fields=["state", "updated_at"])
-                elif self.process:
-                    studies.setdefault(series.study_id, []).append(series)
-                else:
-                    series.state = Series.State.STORED
-                    series.save(update_fields=["state", "updated_at"])
-            for changed in studies.values():
-                study_queue(study=changed[0].study, series=changed)
+            self._queue_touched(session)
         self.session = session
         return session
 
     # -- steps --------------------------------------------------------------------
-    def _inspect(self, src: IngestSource) -> _Pending | FileOutcome:
-        limit = settings.RADTRACK_MAX_UPLOAD_BYTES
-        if src.size is not None and src.size > limit:
-            return FileOutcome(
-                src.name,
-                "rejected",
-                f"{src.size / 2**20:.1f} MB is over the {limit / 2**20:.0f} MB limit",
-            )
-        try:
-            data = src.read()
-        except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
-            return FileOutcome(src.name, "rejected", f"cannot be read: {exc}")
-        if len(data) > limit:
-            return FileOutcome(
-                src.name,
-                "rejected",
-                f"{len(data) / 2**20:.1f} MB is over the {limit / 2**20:.0f} MB limit",
-            )
-        try:
-            return _Pending(src.name, instance_inspect(data, name=src.name, headers=self._headers))
-        except DicomRejected as exc:
-            return FileOutcome(src.name, "rejected", str(exc))
-        except Exception as exc:  # a reader bug must not stop the batch
-            logger.exception("unexpected error while reading an incoming file")
-            return FileOutcome(src.name, "rejected", f"unreadable ({type(exc).__name__}: {exc})")
+    def _batches(
+        self, sources: Iterable[IngestSource]
+    ) -> Iterator[tuple[list[Inspected], list[FileOutcome]]]:
+        """Checked files in batches of ``batch_size``, with the files refused meanwhile."""
+        limits = ReadLimits(settings.RADTRACK_MAX_UPLOAD_BYTES, settings.RADTRACK_MAX_DECODED_BYTES)
+        batch: list[Inspected] = []
+        refused: list[FileOutcome] = []
+        for found in sources_inspect(
+            sources, limits=limits, headers=self._headers, workers=self.readers
+        ):
+            if found.item is None:
+                refused.append(FileOutcome(found.name, "rejected", found.reason))
+            else:
+                batch.append(found)
+            if len(batch) >= self.batch_size or len(refused) >= self.batch_size:
+                yield batch, refused
+                batch, refused = [], []
+        if batch or refused:
+            yield batch, refused
 
-    def _stage(self, batch: list[_Pending], writer: ThreadPoolExecutor) -> _Staged:
+    def _stage(self, batch: list[Inspected], writer: ThreadPoolExecutor) -> _Staged:
         """Sort out repeats and misfiled objects, and start writing the rest."""
         outcomes: dict[int, FileOutcome] = {}
-        uids = [p.item.sop_instance_uid for p in batch]
-        known = dict(
-            Instance.objects.filter(sop_instance_uid__in=uids)
-            .order_by()
-            .values_list("sop_instance_uid", "dataset_sha256")
-        )
+        known = stored_dataset_hashes([f.item.sop_instance_uid for f in batch])
         seen_in_batch: dict[str, str] = {}
-        fresh: list[tuple[int, _Pending]] = []
-        for index, pending in enumerate(batch):
-            item = pending.item
-            uid = item.sop_instance_uid
+        fresh: list[tuple[int, Inspected]] = []
+        for index, found in enumerate(batch):
+            uid = found.item.sop_instance_uid
             previous = known[uid] if uid in known else seen_in_batch.get(uid)
+            if previous is None and self.group_commit > 1:
+                previous = _UNINDEXED.get(uid)
             if previous is not None:
-                outcomes[index] = _repeat_outcome(pending, previous)
+                outcomes[index] = repeat_outcome(found, previous)
+                _discard(found)
                 continue
-            seen_in_batch[item.sop_instance_uid] = item.dataset_sha256
-            fresh.append((index, pending))
+            seen_in_batch[uid] = found.item.dataset_sha256
+            fresh.append((index, found))
 
-        fresh, refused = self._check_hierarchy(fresh)
-        outcomes.update(refused)
-        if len(fresh) == 1:  # one C-STORE: no thread hand-over for a single file
+        study_owner, series_owner = owners_of([f.item for _, f in fresh], self._known)
+        keep = []
+        for index, found in fresh:
+            reason = misfiled_reason(found.item, study_owner, series_owner)
+            if reason:
+                outcomes[index] = refused_outcome(found, reason)
+                _discard(found)
+            else:
+                keep.append((index, found))
+                self._known.study_patient[found.item.study.study_instance_uid] = (
+                    found.item.patient.patient_id
+                )
+                self._known.series_study[found.item.series.series_instance_uid] = (
+                    found.item.study.study_instance_uid
+                )
+                if self.group_commit > 1:
+                    _UNINDEXED.add(found.item.sop_instance_uid, found.item.dataset_sha256)
+        if len(keep) == 1:  # one C-STORE: no thread hand-over for a single file
             future: Future = Future()
-            future.set_result(_object_store(fresh[0][1].item))
+            future.set_result(_object_store(keep[0][1]))
             writes = [future]
         else:
-            writes = [writer.submit(_object_store, pending.item) for _, pending in fresh]
-        return _Staged(outcomes=outcomes, fresh=fresh, writes=writes)
+            writes = [writer.submit(_object_store, found) for _, found in keep]
+        return _Staged(outcomes=outcomes, fresh=keep, writes=writes)
 
     def _commit(self, staged: _Staged) -> list[FileOutcome]:
-        """Index a staged batch once its files are on disk, in one transaction."""
+        """Index a staged batch once its files are on disk (or keep it for a group commit)."""
         outcomes = staged.outcomes
-        written: list[tuple[int, _Pending, str]] = []
-        for (index, pending), future in zip(staged.fresh, staged.writes, strict=True):
+        written: list[_Written] = []
+        for (index, found), future in zip(staged.fresh, staged.writes, strict=True):
             result = future.result()
-            if isinstance(result, OSError):
-                outcomes[index] = FileOutcome(
-                    pending.name, "rejected", f"could not be stored: {result}"
-                )
+            if isinstance(result, str):  # why it could not be stored
+                outcomes[index] = refused_outcome(found, result)
+                _UNINDEXED.remove([found.item.sop_instance_uid])
                 continue
-            written.append((index, pending, result))
+            written.append(_Written(index, found, *result))
+        outcomes.update({w.index: stored_outcome(w.found) for w in written})
+        if self.group_commit > 1:
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred.extend(written)
+            ordered = [outcomes[i] for i in sorted(outcomes)]
+            self._deferred_outcomes.extend(o for o in ordered if o.status != "stored")
+            return ordered
+        late = self._index_all(written, outcomes)
+        return [late.get(i, outcomes[i]) for i in sorted(outcomes)]
+
+    def _index_all(
+        self, written: list[_Written], outcomes: dict[int, FileOutcome]
+    ) -> dict[int, FileOutcome]:
+        """Index ``written`` in one transaction with the counters of ``outcomes``; when
+        the database refuses, file by file. Returns the outcomes that changed."""
         try:
             with transaction.atomic():
-                indexed, rows = self._index(written)
-                outcomes.update(indexed)
-                ordered = [outcomes[i] for i in sorted(outcomes)]
-                # Counters in the same transaction: one commit per batch.
-                self._record_rows(ordered)
+                rows = self._index(written)
+                self._record_rows([outcomes[i] for i in sorted(outcomes)])
             self._known.update(rows)
-            return ordered
+            return {}
+        except (IntegrityError, DataError):
+            # Stored meanwhile by another import, the same file twice, or a value the
+            # database refuses: index one by one, so only that file is refused.
+            pass
+        changed: dict[int, FileOutcome] = {}
+        for entry in written:
+            outcome = self._index_one(entry)
+            if outcome.status != "stored":
+                changed[entry.index] = outcome
+        final = {**outcomes, **changed}
+        self._record([final[i] for i in sorted(final)])
+        return changed
+
+    def _index_one(self, entry: _Written) -> FileOutcome:
+        item = entry.found.item
+        try:
+            with transaction.atomic():
+                rows = self._index([entry])
+            self._known.update(rows)
+            return stored_outcome(entry.found)
         except IntegrityError:
-            # Stored meanwhile by another import, or by an earlier batch of this one
-            # (the same file twice): index one by one.
-            for entry in written:
-                try:
-                    with transaction.atomic():
-                        indexed, rows = self._index([entry])
-                    outcomes.update(indexed)
-                    self._known.update(rows)
-                except IntegrityError:
-                    index, pending, _ = entry
-                    previous = (
-                        Instance.objects.filter(sop_instance_uid=pending.item.sop_instance_uid)
-                        .order_by()
-                        .values_list("dataset_sha256", flat=True)
-                        .first()
-                    )
-                    outcomes[index] = _repeat_outcome(pending, previous or "")
-        ordered = [outcomes[i] for i in sorted(outcomes)]
-        self._record(ordered)
-        return ordered
+            previous = stored_dataset_hashes([item.sop_instance_uid]).get(item.sop_instance_uid)
+            outcome = repeat_outcome(entry.found, previous or "")
+        except DataError as exc:
+            logger.warning("the database refused an incoming file's values: %s", type(exc).__name__)
+            outcome = refused_outcome(
+                entry.found, "the database refused a value read from it; nothing was stored"
+            )
+        if entry.written_now and outcome.status != "duplicate":
+            object_delete(entry.relative)  # no row names it: a conflicting or refused file
+        return outcome
 
-    def _check_hierarchy(
-        self, fresh: list[tuple[int, _Pending]]
-    ) -> tuple[list[tuple[int, _Pending]], dict[int, FileOutcome]]:
-        """Refuse files whose study or series is already filed under another parent."""
-        study_owner = dict(self._known.study_patient)
-        series_owner = dict(self._known.series_study)
-        studies = {p.item.study.study_instance_uid for _, p in fresh} - study_owner.keys()
-        if studies:
-            study_owner.update(
-                Study.objects.filter(study_instance_uid__in=studies)
-                .order_by()
-                .values_list("study_instance_uid", "patient__patient_id")
-            )
-        series = {p.item.series.series_instance_uid for _, p in fresh} - series_owner.keys()
-        if series:
-            series_owner.update(
-                Series.objects.filter(series_instance_uid__in=series)
-                .order_by()
-                .values_list("series_instance_uid", "study__study_instance_uid")
-            )
-        keep, refused = [], {}
-        for index, pending in fresh:
-            item = pending.item
-            owner = study_owner.setdefault(item.study.study_instance_uid, item.patient.patient_id)
-            if owner != item.patient.patient_id:
-                refused[index] = FileOutcome(
-                    pending.name,
-                    "rejected",
-                    "its Study Instance UID is already stored under a different Patient ID",
-                    item.sop_instance_uid,
-                )
-                continue
-            parent = series_owner.setdefault(
-                item.series.series_instance_uid, item.study.study_instance_uid
-            )
-            if parent != item.study.study_instance_uid:
-                refused[index] = FileOutcome(
-                    pending.name,
-                    "rejected",
-                    "its Series Instance UID is already stored under a different study",
-                    item.sop_instance_uid,
-                )
-                continue
-            keep.append((index, pending))
-        return keep, refused
-
-    def _index(
-        self, written: list[tuple[int, _Pending, str]]
-    ) -> tuple[dict[int, FileOutcome], _Rows]:
-        new, known = _Rows(), self._known
+    def _index(self, written: list[_Written]) -> Rows:
+        new = Rows()
         if not written:
-            return {}, new
+            return new
         rows = []
-        outcomes = {}
         added: dict[int, int] = {}
-        for index, pending, relative in written:
-            item = pending.item
-            patient_id = item.patient.patient_id
-            study_uid = item.study.study_instance_uid
-            series_uid = item.series.series_instance_uid
-            patient = (
-                new.patients.get(patient_id) or known.patients.get(patient_id) or _patient_for(item)
-            )
-            study = (
-                new.studies.get(study_uid)
-                or known.studies.get(study_uid)
-                or _study_for(item, patient)
-            )
-            series = (
-                new.series.get(series_uid)
-                or known.series.get(series_uid)
-                or _series_for(item, study)
-            )
-            new.patients[patient_id] = patient
-            new.studies[study_uid] = study
-            new.series[series_uid] = series
-            new.study_patient[study_uid] = patient_id
-            new.series_study[series_uid] = study_uid
+        for entry in written:
+            series = parents_for(entry.found.item, new, self._known)
             added[series.pk] = added.get(series.pk, 0) + 1
             rows.append(
-                Instance(
-                    sop_instance_uid=item.sop_instance_uid,
+                instance_row(
+                    entry.found.item,
                     series=series,
-                    sop_class_uid=item.sop_class_uid,
-                    transfer_syntax_uid=item.transfer_syntax_uid,
-                    instance_number=item.instance_number,
-                    image_position=list(item.image_position) if item.image_position else None,
-                    stored_path=relative,
-                    size_bytes=len(item.data),
-                    sha256=item.sha256,
-                    dataset_sha256=item.dataset_sha256,
-                    warnings=list(item.warnings),
-                    ingest_session=self.session,
+                    relative=entry.relative,
+                    size_bytes=entry.found.size_bytes,
+                    session=self.session,
                 )
-            )
-            outcomes[index] = FileOutcome(
-                pending.name, "stored", "", item.sop_instance_uid, item.warnings
             )
         Instance.objects.bulk_create(rows)
         now = timezone.now()
@@ -407,12 +399,13 @@ class IngestRun:
             Series.objects.filter(pk=series_pk).update(
                 slice_count=F("slice_count") + n, updated_at=now
             )
-        return outcomes, new
+        return new
 
     def _record(self, outcomes: list[FileOutcome]) -> None:
         """Add outcomes to the session's counters and keep its per-file issues."""
-        with transaction.atomic():
-            self._record_rows(outcomes)
+        if outcomes:
+            with transaction.atomic():
+                self._record_rows(outcomes)
 
     def _record_rows(self, outcomes: list[FileOutcome]) -> None:
         if not outcomes:
@@ -429,104 +422,76 @@ class IngestRun:
             increments["files_seen"] += 1
             increments[counter[outcome.status]] = increments.get(counter[outcome.status], 0) + 1
             if outcome.status in ("rejected", "conflict"):
-                issues.append(
-                    IngestIssue(
-                        session=self.session,
-                        kind=outcome.status,
-                        file_name=outcome.name[-1024:],
-                        reason=outcome.reason,
-                        sop_instance_uid=outcome.sop_instance_uid,
-                    )
-                )
+                issues.append(self._issue(outcome, outcome.status, outcome.reason))
             for warning in outcome.warnings:
                 increments["warnings"] = increments.get("warnings", 0) + 1
-                issues.append(
-                    IngestIssue(
-                        session=self.session,
-                        kind=IngestIssue.Kind.WARNING,
-                        file_name=outcome.name[-1024:],
-                        reason=warning,
-                        sop_instance_uid=outcome.sop_instance_uid,
-                    )
-                )
+                issues.append(self._issue(outcome, IngestIssue.Kind.WARNING, warning))
         IngestSession.objects.filter(pk=self.session.pk).update(
-            **{name: F(name) + n for name, n in increments.items()}
+            heartbeat_at=timezone.now(), **{name: F(name) + n for name, n in increments.items()}
         )
         IngestIssue.objects.bulk_create(issues)
 
-
-def _object_store(item: InspectedInstance) -> str | OSError:
-    """Write one object to the store (fsynced); its relative path, or the error."""
-    try:
-        return object_write(item.data, item.sha256)[0]
-    except OSError as exc:
-        return exc
-
-
-def _repeat_outcome(pending: _Pending, stored_dataset_sha256: str) -> FileOutcome:
-    """Same data set: a duplicate, whatever File Meta the sender wrote; else a conflict."""
-    if stored_dataset_sha256 == pending.item.dataset_sha256:
-        return FileOutcome(
-            pending.name, "duplicate", "already stored", pending.item.sop_instance_uid
+    def _issue(self, outcome: FileOutcome, kind: str, reason: str) -> IngestIssue:
+        return IngestIssue(
+            session=self.session,
+            kind=kind,
+            file_name=outcome.name[-1024:],
+            reason=reason,
+            sop_instance_uid=outcome.sop_instance_uid,
         )
-    return FileOutcome(
-        pending.name,
-        "conflict",
-        "a different file is already stored under this SOP Instance UID; the stored file is kept",
-        pending.item.sop_instance_uid,
-    )
+
+    def _queue_touched(self, session: IngestSession) -> None:
+        # Every series that got instances in this session, across all its requests.
+        # The study is queued as a whole: its worker chooses the series to analyse.
+        touched = Series.objects.filter(instances__ingest_session=session).distinct()
+        studies: dict[int, list[Series]] = {}
+        for series in touched:
+            if series.modality not in ANALYSED_MODALITIES:
+                series.state = Series.State.NOT_ANALYSED
+                series.save(update_fields=["state", "updated_at"])
+            elif self.process:
+                studies.setdefault(series.study_id, []).append(series)
+            else:
+                series.state = Series.State.STORED
+                series.save(update_fields=["state", "updated_at"])
+        for changed in studies.values():
+            study_queue(study=changed[0].study, series=changed)
 
 
-def _patient_for(item: InspectedInstance) -> Patient:
-    patient, _ = Patient.objects.get_or_create(
-        patient_id=item.patient.patient_id,
-        defaults={
-            "name": item.patient.name,
-            "birth_date": item.patient.birth_date,
-            "sex": item.patient.sex,
-        },
-    )
-    return patient
+def _object_store(found: Inspected) -> tuple[str, bool] | str:
+    """Write one object to the store (fsynced), or give a staged one its final name:
+    (relative path, whether written now), or why it could not be stored."""
+    item = found.item
+    try:
+        if found.staging is not None:  # written meanwhile: the same bytes, now named
+            return object_publish(found.staging.result(), item.sha256)
+        if found.staged:  # copied by a reader process, not yet fsynced
+            return object_publish(found.staged, item.sha256, sync_staged=True)
+        if found.in_store:
+            relative = _in_store_path(item)
+            if relative:
+                return relative, False
+            return "the store held a damaged copy of this file, now removed: send it again"
+        return object_write(item.data, item.sha256)
+    except OSError as exc:
+        return f"could not be stored: {exc}"
 
 
-def _study_for(item: InspectedInstance, patient: Patient) -> Study:
-    attrs = item.study
-    study, _ = Study.objects.get_or_create(
-        study_instance_uid=attrs.study_instance_uid,
-        defaults={
-            "patient": patient,
-            "study_date": attrs.study_date,
-            "study_time": attrs.study_time,
-            "accession_number": attrs.accession_number,
-            "description": attrs.description,
-        },
-    )
-    return study
+def _in_store_path(item: InspectedInstance) -> str:
+    """The path of an object a reader process found already stored, when its content is
+    right; a damaged one (left by a crash mid-write) is removed."""
+    relative = object_relative_path(item.sha256)
+    if object_matches(relative, item.sha256):
+        return relative
+    object_delete(relative)
+    return ""
 
 
-def _series_for(item: InspectedInstance, study: Study) -> Series:
-    attrs = item.series
-    series, _ = Series.objects.get_or_create(
-        series_instance_uid=attrs.series_instance_uid,
-        defaults={
-            "study": study,
-            "modality": attrs.modality,
-            "series_number": attrs.series_number,
-            "description": attrs.description,
-            "manufacturer": attrs.manufacturer,
-            "kernel": attrs.kernel,
-            "body_part": attrs.body_part,
-            "rows": attrs.rows,
-            "columns": attrs.columns,
-            "pixel_spacing_row_mm": attrs.pixel_spacing_row_mm,
-            "pixel_spacing_column_mm": attrs.pixel_spacing_column_mm,
-            "slice_thickness_mm": attrs.slice_thickness_mm,
-            "image_orientation": list(attrs.image_orientation) if attrs.image_orientation else None,
-            "patient_position": attrs.patient_position,
-            "frame_of_reference_uid": attrs.frame_of_reference_uid,
-        },
-    )
-    return series
+def _discard(found: Inspected) -> None:
+    if found.staged:
+        object_discard(found.staged)
+    if found.staging is not None:
+        staging_discard(found.staging)
 
 
 def ingest_paths(
@@ -534,13 +499,23 @@ def ingest_paths(
     paths: Iterable[Path],
     process: bool = True,
     on_file: Callable[[FileOutcome], None] | None = None,
+    readers: int = 1,
 ) -> tuple[IngestSession, list[FileOutcome]]:
-    """Import files, folders and zips from disk (``manage.py ingest``)."""
+    """Import files, folders and zips from disk (``manage.py ingest``), with ``readers``
+    reader processes; an import that stops (an error, Ctrl-C) is marked failed."""
     paths = list(paths)
     run = IngestRun(
-        source=IngestSession.Source.FOLDER, origin=", ".join(map(str, paths))[:255], process=process
+        source=IngestSession.Source.FOLDER,
+        origin=", ".join(map(str, paths))[:255],
+        process=process,
+        batch_size=256 if readers > 1 else 64,
+        readers=readers,
     )
-    outcomes = run.add(sources_from_paths(paths), on_file=on_file)
+    try:
+        outcomes = run.add(sources_from_paths(paths), on_file=on_file)
+    except BaseException as exc:
+        run.finish(failed=f"the import stopped: {type(exc).__name__}")
+        raise
     return run.finish(), outcomes
 
 
@@ -570,6 +545,20 @@ def ingest_run(
     except Exception as exc:
         run.finish(failed=f"the import stopped: {type(exc).__name__}")
         raise
-    session = run.finish() if close else IngestSession.objects.get(pk=run.session.pk)
+    if close:
+        session = run.finish()
+    else:
+        run.release()
+        session = IngestSession.objects.get(pk=run.session.pk)
     audit_record(request=request, action="images.upload", object=f"ingest session {session.pk}")
     return session, outcomes
+
+
+def ingest_sessions_reap() -> list[tuple[IngestSession, str]]:
+    """Mark failed, with the reason, every running session whose process died or that
+    stopped making progress, and queue what it stored; the sessions and reasons."""
+    reaped = []
+    for found in dead_sessions():
+        run = IngestRun(source=found.session.source, resume=found.session, claim=False)
+        reaped.append((run.finish(failed=found.reason), found.reason))
+    return reaped

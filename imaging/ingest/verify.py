@@ -1,12 +1,32 @@
-"""Re-check every stored original against the SHA-256 recorded when it arrived."""
+"""Re-check the object store against the index, and repair what an interrupted import
+left: every indexed file against the SHA-256 recorded when it arrived; files no index
+row names (a crash between the write and the index, or rows of a group commit that
+never came); temporary files of interrupted writes; and ingest sessions whose process
+died. Repair indexes the orphaned files that are good DICOM objects (in a session of
+source "repair"), removes the rest and the temporaries, and marks dead sessions failed.
+Files younger than ``min_age_s`` are left alone: an import may still be writing them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imaging.models import Instance
-from imaging.store import file_sha256, object_path
+from imaging.ingest.service import IngestRun, ingest_sessions_reap
+from imaging.ingest.sessions import DeadSession, dead_sessions
+from imaging.ingest.sources import IngestSource, SourceRefused
+from imaging.models import IngestSession, Instance
+from imaging.store import (
+    StoredFile,
+    file_sha256,
+    object_delete,
+    object_path,
+    objects_scan,
+    temporaries_scan,
+    temporary_delete,
+)
 
 
 @dataclass
@@ -14,14 +34,31 @@ class StorageCheck:
     checked: int = 0
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    temporaries: list[str] = field(default_factory=list)
+    dead: list[DeadSession] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.corrupt
+        return not (self.missing or self.corrupt or self.orphans or self.temporaries or self.dead)
 
 
-def storage_verify(*, on_instance: Callable[[], None] | None = None) -> StorageCheck:
-    """Hash every stored file; report the SOP Instance UIDs whose file is gone or changed."""
+@dataclass
+class StorageRepair:
+    """What ``--repair`` did."""
+
+    reindexed: int = 0
+    removed: list[str] = field(default_factory=list)
+    temporaries_removed: int = 0
+    sessions_failed: int = 0
+    session: int | None = None
+
+
+def storage_verify(
+    *, on_instance: Callable[[], None] | None = None, min_age_s: float = 600.0
+) -> StorageCheck:
+    """Hash every stored file; find missing and changed files, orphans, temporaries and
+    dead sessions."""
     result = StorageCheck()
     rows = Instance.objects.order_by("pk").values_list("sop_instance_uid", "stored_path", "sha256")
     for sop_instance_uid, relative, sha256 in rows.iterator(chunk_size=2000):
@@ -33,4 +70,66 @@ def storage_verify(*, on_instance: Callable[[], None] | None = None) -> StorageC
             result.corrupt.append(sop_instance_uid)
         if on_instance:
             on_instance()
+    cutoff = time.time() - min_age_s
+    result.orphans = [f.relative for f in _unindexed(objects_scan()) if f.modified_at < cutoff]
+    result.temporaries = [f.relative for f in temporaries_scan() if f.modified_at < cutoff]
+    result.dead = dead_sessions()
     return result
+
+
+def _unindexed(files) -> list[StoredFile]:
+    """The stored files no index row names, looked up one first-level folder at a time
+    (by the indexed SHA-256 prefix), so memory stays small on a large store."""
+    found: list[StoredFile] = []
+    prefix, named = None, set()
+    for stored in files:
+        first = stored.sha256[:2]
+        if first != prefix:
+            prefix = first
+            named = set(
+                Instance.objects.filter(sha256__startswith=first).values_list(
+                    "stored_path", flat=True
+                )
+            )
+        if stored.relative not in named:
+            found.append(stored)
+    return found
+
+
+def storage_repair(*, check: StorageCheck) -> StorageRepair:
+    """Index the good orphans, remove the others and the stale temporaries, and mark
+    dead sessions failed."""
+    repair = StorageRepair()
+    for relative in check.temporaries:
+        temporary_delete(relative)
+        repair.temporaries_removed += 1
+    repair.sessions_failed = len(ingest_sessions_reap())
+    if not check.orphans:
+        return repair
+    run = IngestRun(source=IngestSession.Source.REPAIR, origin="verify_storage --repair")
+    sources = [_orphan_source(relative) for relative in check.orphans]
+    outcomes = {o.name: o for o in run.add(sources)}
+    repair.session = run.finish().pk
+    for relative in check.orphans:
+        outcome = outcomes[relative]
+        if outcome.status == "stored":
+            repair.reindexed += 1
+        elif not Instance.objects.filter(stored_path=relative).exists():
+            # A copy of an indexed object, a conflicting or damaged file: never
+            # acknowledged as stored, and nothing names it.
+            object_delete(relative)
+            repair.removed.append(f"{relative}: {outcome.status}: {outcome.reason}")
+    return repair
+
+
+def _orphan_source(relative: str) -> IngestSource:
+    path = object_path(relative)
+    name = path.stem
+
+    def read() -> bytes:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != name:
+            raise SourceRefused("its content does not match its name: the file is damaged")
+        return data
+
+    return IngestSource(relative, read, path.stat().st_size)

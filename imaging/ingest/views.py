@@ -93,7 +93,12 @@ def upload_chunk_view(request: HttpRequest) -> JsonResponse:
         process=False,
         resume=session,
     )
-    outcomes = run.add(sources_from_upload(files))
+    try:
+        outcomes = run.add(sources_from_upload(files))
+    except Exception as exc:
+        run.finish(failed=f"the upload stopped: {type(exc).__name__}")
+        raise
+    run.release()  # the next chunk may come to another process
     session = IngestSession.objects.get(pk=run.session.pk)
     if session_id == "":
         audit_record(request=request, action="images.upload", object=f"ingest session {session.pk}")

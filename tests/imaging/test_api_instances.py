@@ -6,10 +6,10 @@ import zipfile
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 
 from imaging.models import IngestIssue, IngestSession, Instance, Series
 from patients.models import AuditEvent
+from radtrack.api.tokens import api_token_issue
 from tests.imaging.factories import IngestIssueFactory, IngestSessionFactory, ct_files
 from tests.patients.factories import UserFactory
 
@@ -216,9 +216,9 @@ def test_over_the_size_limit_answers_413(api, settings, series_files):
 
 
 def test_token_authentication(client, radiologist, series_files):
-    token = Token.objects.create(user=radiologist)
+    token = api_token_issue(user=radiologist)
 
-    response = _post(client, series_files, HTTP_AUTHORIZATION=f"Token {token.key}")
+    response = _post(client, series_files, HTTP_AUTHORIZATION=f"Token {token}")
 
     assert response.status_code == 201
     assert IngestSession.objects.get().user == radiologist

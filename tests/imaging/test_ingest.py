@@ -354,3 +354,35 @@ def test_the_same_data_set_with_another_senders_file_meta_is_a_duplicate(tmp_pat
 
     assert outcome.status == "duplicate"
     assert Instance.objects.count() == 1
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_reader_processes_give_the_same_outcomes_and_leave_nothing_staged(tmp_path, readers):
+    """With reader processes each file is copied into the store's staging folder and
+    checked there; outcomes, stored bytes and what is left on disk are as without."""
+    folder = tmp_path / "mixed"
+    files = ct_files(folder, key="pool", slices=5, size=32)
+    data = bytearray(files[0].read_bytes())
+    data[:128] = b"MZ" + b"\x90" * 126  # a preamble to zero
+    files[0].write_bytes(bytes(data))
+    (folder / "notes.txt").write_text("not an image")
+    files[1].write_bytes(files[1].read_bytes()[:-300])  # truncated
+    with zipfile.ZipFile(folder / "more.zip", "w") as zf:
+        zf.write(files[2], "again/IM3.dcm")  # the same instance twice in one import
+
+    session, outcomes = _ingest([folder], readers=readers)
+
+    statuses = sorted(o.status for o in outcomes)
+    assert statuses == ["duplicate", "rejected", "rejected", "stored", "stored", "stored", "stored"]
+    assert (session.stored, session.rejected, session.duplicates) == (4, 2, 1)
+    first = Instance.objects.get(sop_instance_uid=pydicom.dcmread(files[0]).SOPInstanceUID)
+    stored = object_path(first.stored_path).read_bytes()
+    assert stored[:128] == bytes(128) and stored[128:] == bytes(data[128:])
+    assert first.sha256 == hashlib.sha256(stored).hexdigest()
+    assert first.size_bytes == len(stored)
+    leftovers = [p for p in object_path("objects").rglob("*") if p.name.startswith(".incoming-")]
+    assert leftovers == []
+
+    again, repeat = _ingest([folder], readers=readers)
+    assert again.stored == 0 and again.duplicates == 5
+    assert [p for p in object_path("objects").rglob("*") if p.name.startswith(".incoming-")] == []

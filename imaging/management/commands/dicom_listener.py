@@ -6,8 +6,10 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from imaging.ingest.listener import DEFAULT_AE_TITLE, DEFAULT_PORT, listener_start
+from imaging.ingest.service import ingest_sessions_reap
 
 
 class Command(BaseCommand):
@@ -51,6 +53,12 @@ class Command(BaseCommand):
             # One line per association as it ends (calling AE title and counts only).
             logging.getLogger("imaging.ingest.listener").setLevel(logging.INFO)
 
+        # Sessions of an earlier listener (or import) that was killed are closed first.
+        try:
+            for session, reason in ingest_sessions_reap():
+                self.stderr.write(f"ingest session {session.pk} marked failed: {reason}")
+        except DatabaseError as exc:
+            self.stderr.write(f"could not look for dead ingest sessions: {type(exc).__name__}")
         stop = threading.Event()
         signals = {signal.SIGINT: None, signal.SIGTERM: None}
         for signum in signals:

@@ -1,5 +1,6 @@
 """``manage.py ingest PATH...``: import DICOM files, folders (recursively) and zip archives."""
 
+import os
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -21,6 +22,12 @@ class Command(BaseCommand):
             action="store_true",
             help="store and index only; do not queue the series for processing",
         )
+        parser.add_argument(
+            "--readers",
+            type=int,
+            default=min(os.cpu_count() or 1, 4),
+            help="processes reading and checking files in parallel (one per core, at most 4)",
+        )
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args, **options):
@@ -37,7 +44,14 @@ class Command(BaseCommand):
             if outcome.status in ("rejected", "conflict"):
                 bar.write(outcome.line(), file=self.stderr._out)
 
-        session, _ = ingest_paths(paths=paths, process=not options["no_process"], on_file=report)
+        if options["readers"] < 1:
+            raise CommandError("--readers must be at least 1")
+        session, _ = ingest_paths(
+            paths=paths,
+            process=not options["no_process"],
+            on_file=report,
+            readers=options["readers"],
+        )
         bar.close()
         self.stdout.write(
             f"ingest session {session.pk}: {session.files_seen} files, {session.stored} stored, "
