@@ -1,8 +1,11 @@
 """Reading the cohort CSVs ``generate_cohort`` writes into records, before matching.
 
 ``labs.csv`` (``patient_id, loinc_code, value, unit, observed_at`` and optional
-``display``) and ``events.csv`` (``patient_id, kind, date``), told apart by header.
-Date-times need a UTC offset; a date alone means midnight UTC.
+``display`` and ``comparator``) and ``events.csv`` (``patient_id, kind, date``), told
+apart by header. ``patient_id`` is RadTrack's MRN. A censored lab value gives its bound
+as ``<0.5`` in ``value`` or ``<`` in ``comparator``. Date-times need a UTC offset; a
+date alone means midnight UTC. A file with a field longer than `MAX_FIELD_CHARS` is
+refused whole.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 
+from patients.ehr.identifiers import Subject
 from patients.ehr.records import (
     EHRImportError,
     EHRImportResult,
@@ -25,6 +30,10 @@ __all__ = ["EVENT_CSV_COLUMNS", "LAB_CSV_COLUMNS", "csv_records"]
 
 LAB_CSV_COLUMNS = {"patient_id", "loinc_code", "value", "unit", "observed_at"}
 EVENT_CSV_COLUMNS = {"patient_id", "kind", "date"}
+#: The longest field read (Python's csv module stops at 131 072 characters): no column
+#: of these layouts comes near it.
+MAX_FIELD_CHARS = 4096
+_COMPARATOR = re.compile(r"^\s*(<=|>=|<|>)\s*(.*)$")
 
 
 def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRecord]:
@@ -34,7 +43,10 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
     reason; `EHRImportError` when the header is neither layout.
     """
     reader = csv.DictReader(io.StringIO(text))
-    header = {h.strip() for h in (reader.fieldnames or [])}
+    try:
+        header = {h.strip() for h in (reader.fieldnames or [])}
+    except csv.Error as exc:
+        raise EHRImportError(f"{name} line 1: not a CSV header ({exc})") from exc
     if header >= LAB_CSV_COLUMNS:
         result.format, read_row = "labs CSV", _lab_row
     elif header >= EVENT_CSV_COLUMNS:
@@ -46,10 +58,17 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
             f"({', '.join(sorted(EVENT_CSV_COLUMNS))})"
         )
     records: list[EHRRecord] = []
-    for row in reader:
+    for row in _rows(reader, name):
         result.records += 1
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        row = {(k or "").strip(): _text(v) for k, v in row.items() if k is not None}
         where = f"{name} line {reader.line_num}"
+        too_long = [k for k, v in row.items() if len(v) > MAX_FIELD_CHARS]
+        if too_long:
+            # No cell of these layouts is anywhere near this: the file is not one of them.
+            raise EHRImportError(
+                f"{where}: column {too_long[0][:40]} is longer than {MAX_FIELD_CHARS} "
+                "characters; not a labs or events CSV"
+            )
         mrn = row.get("patient_id", "")
         if not mrn:
             result.rejected.append(Problem(where, "column patient_id is empty"))
@@ -60,11 +79,48 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
     return records
 
 
+def _text(value: object) -> str:
+    """A cell as stripped text (an extra cell beyond the header comes as a list)."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value).strip()
+    return (value or "").strip() if isinstance(value, str | type(None)) else str(value)
+
+
+def _rows(reader: csv.DictReader, name: str):
+    """The reader's rows; a row the csv module cannot read (a field over its limit, a
+    broken quote) stops the file with its line number."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # The row being read when the csv module gave up starts after the last line read.
+            raise EHRImportError(
+                f"{name} line {reader.line_num + 1}: cannot be read as CSV ({exc})"
+            ) from exc
+
+
 def _lab_row(
     row: dict[str, str], where: str, mrn: str, result: EHRImportResult
 ) -> LabRecord | None:
+    text = row["value"]
+    comparator = row.get("comparator", "")
+    match = _COMPARATOR.match(text)
+    if match:
+        if comparator and comparator != match.group(1):
+            result.rejected.append(
+                Problem(where, f"column value {text!r} disagrees with comparator {comparator!r}")
+            )
+            return None
+        comparator, text = match.group(1), match.group(2)
+    if comparator not in ("", "<", "<=", ">=", ">"):
+        result.rejected.append(
+            Problem(where, f"column comparator: {comparator!r} is not <, <=, >= or >")
+        )
+        return None
     try:
-        value = float(row["value"])
+        value = float(text)
     except ValueError:
         result.rejected.append(Problem(where, f"column value: {row['value']!r} is not a number"))
         return None
@@ -75,13 +131,14 @@ def _lab_row(
         return None
     return LabRecord(
         where,
-        mrn,
+        Subject.from_mrn(mrn),
         "labs.csv",
         row,
         loinc_code=row["loinc_code"],
         value=value,
         unit=row["unit"],
         observed_at=observed_at,
+        comparator=comparator,
     )
 
 
@@ -103,7 +160,7 @@ def _event_row(
     except ValueError:
         result.rejected.append(Problem(where, f"column date: {row['date']!r} is not a date"))
         return None
-    return EventRecord(where, mrn, "events.csv", row, kind=event_kind, date=date)
+    return EventRecord(where, Subject.from_mrn(mrn), "events.csv", row, kind=event_kind, date=date)
 
 
 def _csv_datetime_parse(text: str) -> dt.datetime:

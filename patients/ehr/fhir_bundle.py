@@ -1,80 +1,64 @@
-"""Reading a FHIR R4 Bundle of labs and outcome events into records, before matching.
+"""Reading FHIR R4 data into records, before matching: a Bundle, or Bulk Data NDJSON.
 
-Each entry's resource is parsed with ``fhir.resources.R4B``; a resource that fails is
-rejected with its entry index, type, id and the field at fault, and the rest of the
-bundle is still read. Code values that library does not check (Observation.status,
-Patient.gender, Condition.verificationStatus) are checked here.
+A Bundle's entries are read in order; a Bundle inside a Bundle (a ``collection`` of
+search results, say) is read entry by entry, up to `MAX_NESTED_BUNDLES` deep; the
+resources a resource contains (``contained``) are read as resources of their own, their
+subject and time those of their container unless they give one. In a ``transaction``
+or ``batch``, a DELETE, GET or PATCH entry is skipped with the reason (an import adds
+and amends; it never deletes). NDJSON (FHIR Bulk Data, one resource per line) is read
+line by line and a line that cannot be read is rejected by its number.
 
-- ``Patient``: the MRN is the identifier typed ``MR`` (v2-0203), else the one in
-  `MRN_SYSTEM`, else the only identifier; ``birthDate`` and ``gender`` fill a matched
-  patient's blanks (a disagreement is reported, never overwritten); ``deceasedDateTime``
-  is a death event.
-- ``Observation`` with a LOINC code of `patients.units` and a ``valueQuantity``:
-  a lab, converted to the code's canonical unit (an unknown unit is rejected); other
-  LOINC codes are skipped and reported.
-- ``Observation`` LOINC 97509-4 (cancer disease progression) with value SNOMED
-  271299001 (condition worsened), or coded `EVENT_SYSTEM` ``progression``: progression;
-  `EVENT_SYSTEM` ``censor``: last follow-up alive.
-- ``Condition`` coded SNOMED 271299001 or `EVENT_SYSTEM` ``progression``: progression
-  at its onset (else recorded) date.
-- Only Observations with status final, amended or corrected count.
-- A subject is found by the entry's ``fullUrl``, ``Patient/<id>``, or a logical
-  reference carrying the MRN in ``subject.identifier``.
+Each resource is validated with ``fhir.resources.R4B``; one that fails is rejected with
+where it is, its type and id and the field at fault, and the rest is still read.
+References between resources follow the R4 rules (`patients.ehr.fhir_references`).
+What each resource type yields is in `patients.ehr.fhir_resources`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from patients.ehr.records import (
-    DemographicsRecord,
-    EHRImportError,
-    EHRImportResult,
-    EHRRecord,
-    EventRecord,
-    LabRecord,
-    Problem,
+from patients.ehr.fhir_json import JSONTooDeep, json_depth, json_load
+from patients.ehr.fhir_references import FhirEntry, ReferenceResolver
+from patients.ehr.fhir_resources import (
+    EVENT_SYSTEM,
+    Effective,
+    ObservationContext,
+    condition_record,
+    observation_effective,
+    observation_records,
+    patient_records,
+    patient_subject,
 )
-from patients.models import Patient
-from patients.units import ANALYTES, CODE_ALIASES
+from patients.ehr.identifiers import V2_IDENTIFIER_TYPE, Identifier, Subject
+from patients.ehr.records import EHRImportError, EHRImportResult, EHRRecord, Problem
 
-__all__ = ["EVENT_SYSTEM", "MRN_SYSTEM", "bundle_records"]
+__all__ = [
+    "EVENT_SYSTEM",
+    "MAX_NESTED_BUNDLES",
+    "MRN_SYSTEM",
+    "V2_IDENTIFIER_TYPE",
+    "bundle_records",
+    "ndjson_files_records",
+    "ndjson_records",
+]
 
+#: RadTrack's MRN system when ``RADTRACK_MRN_SYSTEM`` is not set (the synthetic cohort's).
 MRN_SYSTEM = "https://radtrack.example/fhir/sid/mrn"
-EVENT_SYSTEM = "https://radtrack.example/fhir/CodeSystem/clinical-event"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-V2_IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
-LOINC_DISEASE_PROGRESSION = "97509-4"
-SNOMED_CONDITION_WORSENED = "271299001"
-
-# FHIR R4 value sets that fhir.resources does not enforce.
-OBSERVATION_STATUS = {
-    "registered",
-    "preliminary",
-    "final",
-    "amended",
-    "corrected",
-    "cancelled",
-    "entered-in-error",
-    "unknown",
+#: How many Bundles deep a Bundle inside a Bundle is still read.
+MAX_NESTED_BUNDLES = 4
+#: Entry requests that carry nothing to import, and why each is skipped.
+_REQUESTS_SKIPPED = {
+    "DELETE": "a DELETE request: an import adds and amends results, it never deletes them "
+    "(delete a wrong result in RadTrack)",
+    "GET": "a GET request carries no resource to import",
+    "HEAD": "a HEAD request carries no resource to import",
+    "PATCH": "a PATCH request: partial updates are not applied (send the whole resource)",
 }
-OBSERVATION_STATUS_USED = {"final", "amended", "corrected"}
-GENDER_TO_SEX = {
-    "male": Patient.Sex.MALE,
-    "female": Patient.Sex.FEMALE,
-    "other": Patient.Sex.OTHER,
-    "unknown": Patient.Sex.UNKNOWN,
-}
-VERIFICATION_NOT_TRUE = {"refuted", "entered-in-error"}
 
 
 def _field_path(loc: Iterable[Any]) -> str:
@@ -90,340 +74,323 @@ def _validation_reason(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _codings(concept: Any) -> list[tuple[str | None, str | None]]:
-    if concept is None:
-        return []
-    return [(c.system, c.code) for c in (concept.coding or [])]
-
-
-def _mrn_of(patient: Any) -> str | None:
-    identifiers = [i for i in (patient.identifier or []) if i.value]
-    typed = [
-        i
-        for i in identifiers
-        if i.type is not None and ("MR" in {code for _, code in _codings(i.type)})
-    ]
-    if typed:
-        return typed[0].value.strip()
-    by_system = [i for i in identifiers if i.system == MRN_SYSTEM]
-    if by_system:
-        return by_system[0].value.strip()
-    if len(identifiers) == 1:
-        return identifiers[0].value.strip()
-    return None
-
-
-def _as_datetime(value: Any) -> dt.datetime | None:
-    """A FHIR dateTime as an aware UTC datetime; a full date means midnight UTC; else None."""
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC) if value.tzinfo else None
-    if isinstance(value, dt.date):
-        return dt.datetime.combine(value, dt.time(0, 0), tzinfo=dt.UTC)
-    return None
-
-
-def _as_date(value: Any) -> dt.date | None:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return None
+def _named(where: str, resource: dict) -> str:
+    rtype = str(resource.get("resourceType", "")) or "(no resourceType)"
+    rid = resource.get("id")
+    return f"{where} {rtype}" + (f"/{rid}" if rid else "")
 
 
 # --------------------------------------------------------------------------------------
-# The Bundle and its entries
+# Collecting the resources: bundle entries, nested bundles, NDJSON lines
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _ParsedEntry:
-    """A Bundle entry whose resource validated: where it is, the model, the entry as read."""
-
-    where: str
-    resource: Any
-    entry: dict
-
-
 def bundle_records(*, text: str, result: EHRImportResult) -> list[EHRRecord]:
     """The labs, events and demographics of a FHIR R4 Bundle (module docstring).
 
     Entries that cannot be used are added to ``result`` as skipped or rejected, with the
     reason; `EHRImportError` when ``text`` is not a FHIR Bundle at all.
     """
-    parsed = _entries_parse(_bundle_entries(text, result), result)
-    # Patients first, so that references can be resolved whatever the entry order.
-    subjects: dict[str, str] = {}
-    records = _patient_entries_read(parsed, subjects, result)
-    records += _clinical_entries_read(parsed, subjects, result)
-    return records
-
-
-def _bundle_entries(text: str, result: EHRImportResult) -> list:
-    """The entries of the Bundle in ``text``, once the Bundle itself (without them) validates."""
-    try:
-        bundle = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EHRImportError(
-            f"{result.source_name} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-            f"{exc.msg})"
-        ) from exc
+    bundle = json_load(text, where=result.source_name)
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
         raise EHRImportError(f"{result.source_name} is not a FHIR Bundle (resourceType {kind!r})")
+    problem = _bundle_problem(bundle)
+    if problem:
+        raise EHRImportError(f"{result.source_name}: {problem}")
+    entries: list[FhirEntry] = []
+    _bundle_collect(bundle, "", 0, entries, result)
+    return _entries_records(entries, result)
+
+
+def ndjson_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRecord]:
+    """The records of an NDJSON file (FHIR Bulk Data): one resource per line.
+
+    Blank lines are passed over; a line that is not a JSON object is rejected with its
+    number. `EHRImportError` when no line at all is a JSON object.
+    """
+    return ndjson_files_records(files=[(name, text)], result=result)
+
+
+def ndjson_files_records(
+    *, files: list[tuple[str, str]], result: EHRImportResult
+) -> list[EHRRecord]:
+    """The records of NDJSON files read as one: a Bulk Data export writes one file per
+    resource type, so an Observation's ``Patient/123`` names a line of Patient.ndjson."""
+    entries: list[FhirEntry] = []
+    for name, text in files:
+        if not _ndjson_collect(text, name, entries, result):
+            raise EHRImportError(f"{name}: no line is a FHIR resource in JSON (not NDJSON)")
+    return _entries_records(entries, result)
+
+
+def _ndjson_collect(text: str, name: str, out: list[FhirEntry], result: EHRImportResult) -> int:
+    """Each line of ``text`` as a `FhirEntry`; the number of lines that were JSON objects."""
+    read = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        result.records += 1
+        where = f"{name} line {number}"
+        try:
+            resource = json_load(line, where=where)
+        except EHRImportError as exc:
+            reason = str(exc).removeprefix(where).lstrip(": ").removeprefix("is ")
+            result.rejected.append(Problem(where, reason))
+            continue
+        if not isinstance(resource, dict):
+            result.rejected.append(Problem(where, "the line is not a JSON object"))
+            continue
+        read += 1
+        if resource.get("resourceType") == "Bundle":
+            _nested_bundle(resource, _named(where, resource), 1, out, result)
+        else:
+            out.append(FhirEntry(_named(where, resource), None, resource))
+    return read
+
+
+def _bundle_problem(bundle: dict) -> str:
+    """Why ``bundle`` (without its entries) is not a valid Bundle, or ""."""
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
-        raise EHRImportError(f"{result.source_name}: Bundle.entry is not a list")
-    result.records = len(entries)
+        return "Bundle.entry is not a list"
     try:
         get_fhir_model_class("Bundle").model_validate({**bundle, "entry": []})
     except ValidationError as exc:
-        raise EHRImportError(f"{result.source_name}: Bundle {_validation_reason(exc)}") from exc
-    return entries
+        return f"Bundle {_validation_reason(exc)}"
+    return ""
 
 
-def _entries_parse(entries: list, result: EHRImportResult) -> list[_ParsedEntry]:
-    """Each entry's resource validated against its R4B model; the others rejected."""
-    parsed: list[_ParsedEntry] = []
+def _bundle_collect(
+    bundle: dict, prefix: str, depth: int, out: list[FhirEntry], result: EHRImportResult
+) -> None:
+    """Every entry of ``bundle`` (and of the bundles it holds) as a `FhirEntry`."""
+    entries = bundle.get("entry") or []
+    result.records += len(entries)
     for index, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            result.rejected.append(Problem(f"entry[{index}]", "entry has no resource object"))
+        where = f"{prefix}entry[{index}]"
+        if not isinstance(entry, dict):
+            result.rejected.append(Problem(where, "entry is not an object"))
             continue
-        rtype = str(resource.get("resourceType", ""))
-        where = f"entry[{index}] {rtype or '(no resourceType)'}"
-        if resource.get("id"):
-            where += f"/{resource['id']}"
+        request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
+        method = str(request.get("method") or "").upper()
+        if method in _REQUESTS_SKIPPED:
+            url = str(request.get("url") or "")[:80]
+            result.skipped.append(
+                Problem(f"{where} {method} {url}".rstrip(), _REQUESTS_SKIPPED[method])
+            )
+            continue
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            result.rejected.append(Problem(where, "entry has no resource object"))
+            continue
+        named = _named(where, resource)
+        if resource.get("resourceType") == "Bundle":
+            _nested_bundle(resource, named, depth + 1, out, result)
+            continue
+        full_url = entry.get("fullUrl")
+        out.append(FhirEntry(named, full_url if isinstance(full_url, str) else None, resource))
+
+
+def _nested_bundle(
+    bundle: dict, where: str, depth: int, out: list[FhirEntry], result: EHRImportResult
+) -> None:
+    """Read a Bundle found inside a Bundle (or on an NDJSON line), or say why not."""
+    if depth > MAX_NESTED_BUNDLES:
+        result.rejected.append(
+            Problem(where, f"a Bundle nested more than {MAX_NESTED_BUNDLES} deep is not read")
+        )
+        return
+    problem = _bundle_problem(bundle)
+    if problem:
+        result.rejected.append(Problem(where, problem))
+        return
+    result.outcome(where, f"read as a Bundle of {len(bundle.get('entry') or [])} entries")
+    _bundle_collect(bundle, f"{where} ", depth, out, result)
+
+
+# --------------------------------------------------------------------------------------
+# Validating, resolving and reading
+# --------------------------------------------------------------------------------------
+def _entries_validate(entries: list[FhirEntry], result: EHRImportResult) -> list[FhirEntry]:
+    """Each resource validated against its R4B model (and its contained ones listed)."""
+    valid: list[FhirEntry] = []
+    for entry in entries:
+        rtype = entry.resource_type
         try:
             model = get_fhir_model_class(rtype)
         except (ValueError, KeyError):
-            result.rejected.append(Problem(where, f"unknown FHIR R4 resourceType {rtype!r}"))
+            result.rejected.append(Problem(entry.where, f"unknown FHIR R4 resourceType {rtype!r}"))
             continue
         try:
-            obj = model.model_validate(resource)
+            json_depth(entry.resource)
+            entry.model = model.model_validate(entry.resource)
         except ValidationError as exc:
-            result.rejected.append(Problem(where, _validation_reason(exc)))
+            result.rejected.append(Problem(entry.where, _validation_reason(exc)))
             continue
-        parsed.append(_ParsedEntry(where, obj, entry | {"resource": resource}))
-    return parsed
-
-
-def _patient_entries_read(
-    parsed: list[_ParsedEntry], subjects: dict[str, str], result: EHRImportResult
-) -> list[EHRRecord]:
-    """The Patients' records; each Patient's references are added to ``subjects`` (to MRN)."""
-    records: list[EHRRecord] = []
-    for item in parsed:
-        obj = item.resource
-        if obj.get_resource_type() != "Patient":
+        except (JSONTooDeep, RecursionError):
+            result.rejected.append(Problem(entry.where, "the resource is nested too deeply"))
             continue
-        mrn = _mrn_of(obj)
-        if mrn is None:
-            result.rejected.append(
-                Problem(
-                    item.where,
-                    "field identifier: no MRN (no identifier typed MR, nor a single one)",
-                )
+        valid.append(entry)
+        for index, (raw, obj) in enumerate(
+            zip(
+                entry.resource.get("contained") or [],
+                getattr(entry.model, "contained", None) or [],
+                strict=False,
             )
-            continue
-        for key in (item.entry.get("fullUrl"), f"Patient/{obj.id}" if obj.id else None):
-            if key:
-                subjects[key] = mrn
-        records += _patient_records(obj, item.where, mrn, item.entry["resource"], result)
-    return records
+        ):
+            child = FhirEntry(
+                _named(f"{entry.where} contained[{index}]", raw), None, raw, obj, container=entry
+            )
+            if child.resource_id:
+                entry.contained[child.resource_id] = child
+            valid.append(child)
+    return valid
 
 
-def _clinical_entries_read(
-    parsed: list[_ParsedEntry], subjects: dict[str, str], result: EHRImportResult
-) -> list[EHRRecord]:
-    """The Observations' and Conditions' records; other resource types are skipped."""
+def _entries_records(entries: list[FhirEntry], result: EHRImportResult) -> list[EHRRecord]:
+    """The records of validated entries: Patients first, so references resolve whatever
+    the order; then Observations and Conditions; every other type skipped."""
+    entries = _entries_validate(entries, result)
+    resolver = ReferenceResolver(entries)
+    subjects: dict[int, Subject] = {}
     records: list[EHRRecord] = []
-    for item in parsed:
-        obj, where = item.resource, item.where
-        rtype = obj.get_resource_type()
+    for entry in entries:
+        if entry.resource_type != "Patient":
+            continue
+        subject = patient_subject(entry.model)
+        if not subject.identifiers:
+            result.rejected.append(Problem(entry.where, "field identifier: the Patient has none"))
+            continue
+        subjects[id(entry)] = subject
+        records += patient_records(entry.model, entry.where, subject, entry.resource, result)
+    effective, parents = _inherited_context(entries, resolver)
+    for entry in entries:
+        rtype = entry.resource_type
         if rtype == "Patient":
             continue
         if rtype not in {"Observation", "Condition"}:
-            result.skipped.append(Problem(where, f"{rtype} resources are not imported"))
+            _skip_other(entry, result)
             continue
-        mrn = _subject_mrn(obj.subject, subjects)
-        if mrn is None:
-            reference = obj.subject.reference if obj.subject else None
-            result.rejected.append(
-                Problem(
-                    where,
-                    f"field subject: {reference!r} is not a Patient in this bundle "
-                    "(include the Patient, or give subject.identifier with the MRN)",
-                )
-            )
+        subject = _subject_of(entry, resolver, subjects, parents, result)
+        if subject is None:
             continue
-        payload = item.entry["resource"]
         if rtype == "Observation":
-            record = _observation_record(obj, where, mrn, payload, result)
+            records += observation_records(
+                entry.model,
+                ObservationContext(
+                    where=entry.where,
+                    subject=subject,
+                    effective=effective.get(id(entry)),
+                    payload=entry.resource,
+                    full_url=entry.full_url,
+                    result=result,
+                ),
+            )
         else:
-            record = _condition_record(obj, where, mrn, payload, result)
-        if record is not None:
-            records.append(record)
+            record = condition_record(entry.model, entry.where, subject, entry.resource, result)
+            if record is not None:
+                records.append(record)
     return records
 
 
-def _subject_mrn(subject: Any, subjects: dict[str, str]) -> str | None:
-    if subject is None:
-        return None
-    if subject.reference:
-        reference = subject.reference
-        if reference in subjects:
-            return subjects[reference]
-        tail = "/".join(reference.rstrip("/").split("/")[-2:])  # absolute URL -> Patient/id
-        if tail in subjects:
-            return subjects[tail]
-    identifier = subject.identifier
-    if identifier is not None and identifier.value:
-        return identifier.value.strip()
-    return None
+def _skip_other(entry: FhirEntry, result: EHRImportResult) -> None:
+    rtype = entry.resource_type
+    if rtype == "DiagnosticReport":
+        count = len(entry.model.result or [])
+        reason = f"a report: its {count} results are read as Observations (entries or contained)"
+    else:
+        reason = f"{rtype} resources are not imported"
+    result.skipped.append(Problem(entry.where, reason))
 
 
-def _patient_records(
-    obj: Any, where: str, mrn: str, payload: dict, result: EHRImportResult
-) -> list[EHRRecord]:
-    out: list[EHRRecord] = []
-    gender = obj.gender
-    if gender is not None and gender not in GENDER_TO_SEX:
+def _inherited_context(
+    entries: list[FhirEntry], resolver: ReferenceResolver
+) -> tuple[dict[int, Effective], dict[int, FhirEntry]]:
+    """Each Observation's time, its own or else that of the DiagnosticReport (``result``)
+    or panel (``hasMember``) that lists it, followed down nested panels; and the report
+    or panel that lists each Observation (whose subject one without its own takes)."""
+    times: dict[int, Effective] = {}
+    parents: dict[int, FhirEntry] = {}
+    queue: list[tuple[FhirEntry, Effective | None]] = []
+    for entry in entries:
+        if entry.resource_type not in {"Observation", "DiagnosticReport"}:
+            continue
+        own = observation_effective(entry.model)
+        if own is not None:
+            times[id(entry)] = Effective(own)
+        queue.append((entry, Effective(own, entry.where) if own is not None else None))
+    while queue:
+        parent, inherited = queue.pop(0)
+        children = (
+            parent.model.result
+            if parent.resource_type == "DiagnosticReport"
+            else parent.model.hasMember
+        )
+        for reference in children or []:
+            child = resolver.resolve(reference.reference, parent)
+            if child is None or child.resource_type != "Observation":
+                continue
+            parents.setdefault(id(child), parent)
+            if inherited is not None and id(child) not in times:
+                times[id(child)] = inherited
+                queue.append((child, inherited))
+    return times, parents
+
+
+def _subject_of(
+    entry: FhirEntry,
+    resolver: ReferenceResolver,
+    subjects: dict[int, Subject],
+    parents: dict[int, FhirEntry],
+    result: EHRImportResult,
+) -> Subject | None:
+    """The subject of an Observation or Condition: the Patient its reference resolves to,
+    else the identifier the reference carries. Without a subject of its own, a contained
+    resource takes its container's, and an Observation that of the report or panel that
+    lists it. Rejected (None) when nothing names a patient."""
+    subject_ref = entry.model.subject
+    holder = entry
+    seen = {id(entry)}
+    while subject_ref is None:
+        holder = holder.container or parents.get(id(holder))
+        if holder is None or id(holder) in seen:
+            break
+        seen.add(id(holder))
+        subject_ref = getattr(holder.model, "subject", None)
+    if subject_ref is None or holder is None:
         result.rejected.append(
-            Problem(where, f"field gender: {gender!r} is not male, female, other or unknown")
+            Problem(entry.where, "field subject: no subject (nor one in a report that lists it)")
         )
-        return out
-    birth = obj.birthDate if isinstance(obj.birthDate, dt.date) else None
-    if obj.birthDate is not None and birth is None:
-        result.notes.append(f"{where}: partial birthDate {obj.birthDate!r} not used")
-    out.append(
-        DemographicsRecord(
-            where,
-            mrn,
-            "Patient",
-            payload,
-            birth_date=birth,
-            sex=GENDER_TO_SEX[gender] if gender else None,
+        return None
+    target = resolver.resolve(subject_ref.reference, holder)
+    if target is not None and target.resource_type != "Patient":
+        result.rejected.append(
+            Problem(entry.where, f"field subject: names a {target.resource_type}, not a Patient")
         )
-    )
-    if obj.deceasedDateTime is not None:
-        date = _as_date(obj.deceasedDateTime)
-        if date is None:
+        return None
+    if target is not None:
+        subject = subjects.get(id(target))
+        if subject is None:
             result.rejected.append(
-                Problem(
-                    where, f"field deceasedDateTime: {obj.deceasedDateTime!r} is not a full date"
-                )
+                Problem(entry.where, f"field subject: its Patient ({target.where}) was not read")
             )
-        else:
-            out.append(
-                EventRecord(where, mrn, "Patient.deceased", payload, kind="death", date=date)
+        return subject
+    identifier = subject_ref.identifier
+    if identifier is not None and identifier.value and identifier.value.strip():
+        codes = [c.code for c in (identifier.type.coding or [])] if identifier.type else []
+        return Subject(
+            (
+                Identifier(
+                    (identifier.system or "").strip(),
+                    identifier.value.strip(),
+                    next((c for c in codes if c), ""),
+                ),
             )
-    elif obj.deceasedBoolean:
-        result.skipped.append(Problem(where, "deceasedBoolean without a date: no death event"))
-    return out
-
-
-def _observation_record(
-    obj: Any, where: str, mrn: str, payload: dict, result: EHRImportResult
-) -> EHRRecord | None:
-    """A final Observation as a progression or censoring event, or as a lab."""
-    if obj.status not in OBSERVATION_STATUS:
-        result.rejected.append(
-            Problem(where, f"field status: {obj.status!r} is not an Observation status")
         )
-        return None
-    if obj.status not in OBSERVATION_STATUS_USED:
-        result.skipped.append(Problem(where, f"status {obj.status!r}: not a final result"))
-        return None
-    codings = _codings(obj.code)
-    loinc_codes = [code for system, code in codings if system == LOINC and code]
-    own_codes = {code for system, code in codings if system == EVENT_SYSTEM}
-    effective = obj.effectiveDateTime
-    if effective is None and obj.effectivePeriod is not None:
-        effective = obj.effectivePeriod.start
-    if LOINC_DISEASE_PROGRESSION in loinc_codes or own_codes & {"progression", "censor"}:
-        return _observation_event(obj, where, mrn, payload, result, own_codes, effective)
-    lab_codes = [c for c in loinc_codes if c in ANALYTES or c in CODE_ALIASES]
-    if not lab_codes:
-        shown = ", ".join(f"{s}|{c}" for s, c in codings) or "no coding"
-        result.skipped.append(Problem(where, f"not a lab test RadTrack uses ({shown})"))
-        return None
-    return _observation_lab(obj, where, mrn, payload, result, lab_codes[0], effective)
-
-
-def _observation_event(
-    obj: Any,
-    where: str,
-    mrn: str,
-    payload: dict,
-    result: EHRImportResult,
-    own_codes: set[str | None],
-    effective: Any,
-) -> EventRecord | None:
-    """A disease-status Observation: censoring, progression, or skipped if not worsened."""
-    date = _as_date(effective)
-    if date is None:
-        result.rejected.append(
-            Problem(where, "field effectiveDateTime: a full date is needed for an event")
+    result.rejected.append(
+        Problem(
+            entry.where,
+            f"field subject: {subject_ref.reference!r} is not a Patient in this file "
+            "(include the Patient, or give subject.identifier with the MRN's system and value)",
         )
-        return None
-    if "censor" in own_codes:
-        return EventRecord(where, mrn, "Observation", payload, kind="censor", date=date)
-    worsened = (SNOMED, SNOMED_CONDITION_WORSENED) in _codings(obj.valueCodeableConcept)
-    if "progression" in own_codes or worsened:
-        return EventRecord(where, mrn, "Observation", payload, kind="progression", date=date)
-    result.skipped.append(Problem(where, "disease status is not 'condition worsened'"))
-    return None
-
-
-def _observation_lab(
-    obj: Any,
-    where: str,
-    mrn: str,
-    payload: dict,
-    result: EHRImportResult,
-    loinc_code: str,
-    effective: Any,
-) -> LabRecord | None:
-    """A lab Observation's value, unit and time; rejected when any of them is missing."""
-    quantity = obj.valueQuantity
-    if quantity is None or quantity.value is None:
-        result.rejected.append(Problem(where, "field valueQuantity: a lab needs a value"))
-        return None
-    unit = quantity.code if quantity.system == UCUM and quantity.code else quantity.unit
-    if not unit:
-        result.rejected.append(Problem(where, "field valueQuantity: no unit (code or unit)"))
-        return None
-    observed_at = _as_datetime(effective)
-    if observed_at is None:
-        result.rejected.append(
-            Problem(where, "field effectiveDateTime: a lab needs a full date or date-time")
-        )
-        return None
-    return LabRecord(
-        where,
-        mrn,
-        "Observation",
-        payload,
-        loinc_code=loinc_code,
-        value=float(quantity.value),
-        unit=unit,
-        observed_at=observed_at,
     )
-
-
-def _condition_record(
-    obj: Any, where: str, mrn: str, payload: dict, result: EHRImportResult
-) -> EHRRecord | None:
-    codings = set(_codings(obj.code))
-    if not ({(SNOMED, SNOMED_CONDITION_WORSENED), (EVENT_SYSTEM, "progression")} & codings):
-        result.skipped.append(Problem(where, "Condition is not a progression"))
-        return None
-    verification = {code for _, code in _codings(obj.verificationStatus)}
-    if verification & VERIFICATION_NOT_TRUE:
-        result.skipped.append(Problem(where, f"verificationStatus {sorted(verification)}"))
-        return None
-    date = _as_date(obj.onsetDateTime) or _as_date(obj.recordedDate)
-    if date is None:
-        result.rejected.append(
-            Problem(where, "field onsetDateTime: a progression needs a full onset or recorded date")
-        )
-        return None
-    return EventRecord(where, mrn, "Condition", payload, kind="progression", date=date)
+    return None

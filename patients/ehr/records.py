@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from patients.ehr.identifiers import Subject
+
 __all__ = [
     "DemographicsRecord",
     "EHRImportError",
@@ -21,7 +23,8 @@ __all__ = [
 
 
 class EHRImportError(Exception):
-    """The file as a whole cannot be read (not UTF-8, not JSON, not a Bundle, unknown CSV)."""
+    """The file as a whole cannot be read (not UTF-8, not JSON, not a Bundle, unknown CSV,
+    nested too deeply, a CSV field over the limit)."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,11 @@ class Problem:
 class EHRImportResult:
     """Counts per outcome, the MRNs that matched nobody, and every skip and rejection.
 
-    ``records`` counts bundle entries or CSV rows read; ``created``, ``updated``,
-    ``unchanged`` and ``unmatched`` count the records derived from them (a Patient with
-    a ``deceasedDateTime`` gives two: its demographics and a death event).
+    ``records`` counts bundle entries (nested bundles' too), NDJSON lines or CSV rows
+    read; ``created``, ``updated``, ``unchanged`` and ``unmatched`` count the records
+    derived from them (a Patient with a ``deceasedDateTime`` gives two: its demographics
+    and a death event). ``outcomes`` lists (where, outcome) for every record written,
+    left unchanged or kept apart, beside ``skipped`` and ``rejected``.
     """
 
     source_name: str
@@ -56,12 +61,17 @@ class EHRImportResult:
     rejected: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     created_by_type: Counter = field(default_factory=Counter)
+    outcomes: list[tuple[str, str]] = field(default_factory=list)
+
+    def outcome(self, where: str, what: str) -> None:
+        """Note that the record at ``where`` was created, updated, unchanged or unmatched."""
+        self.outcomes.append((where, what))
 
     def summary(self) -> str:
         return (
             f"{self.source_name} ({self.format}): {self.records} records: "
             f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.unmatched} unmatched ({len(self.unmatched_identifiers)} unknown MRNs), "
+            f"{self.unmatched} unmatched ({len(self.unmatched_identifiers)} unknown patients), "
             f"{len(self.skipped)} skipped, {len(self.rejected)} rejected"
         )
 
@@ -71,22 +81,29 @@ class EHRImportResult:
 # --------------------------------------------------------------------------------------
 @dataclass
 class EHRRecord:
-    """One record read: where it is, the MRN it names, its type and the data as received."""
+    """One record read: where it is, whom it names, its type and the data as received."""
 
     where: str
-    mrn: str
+    subject: Subject
     record_type: str
     payload: dict[str, Any]
 
 
 @dataclass
 class LabRecord(EHRRecord):
-    """A lab result in the unit it came in (converted to the canonical unit on writing)."""
+    """A lab result in the unit it came in (converted to the canonical unit on writing).
+
+    ``comparator`` is FHIR's QuantityComparator (``<``, ``<=``, ``>=``, ``>``) of a
+    censored result, "" for an exact one; ``identifiers`` are the sender's identifiers
+    of the result (``[{"system", "value"}]``), kept with it.
+    """
 
     loinc_code: str = ""
     value: float = math.nan
     unit: str = ""
     observed_at: dt.datetime | None = None
+    comparator: str = ""
+    identifiers: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from imaging.core.synthetic import ehr as cohort_module
 from imaging.core.synthetic.cohort import cohort_simulate
 from imaging.core.synthetic.ehr import ehr_bundle_build, events_csv_write, labs_csv_write
 from patients.ehr import fhir_bundle as service
+from patients.ehr import fhir_resources as codes
 from patients.ehr.importer import ehr_import
 from patients.ehr.records import EHRImportError
 from patients.models import ClinicalEvent, LabResult, Patient, UnmatchedEHRRecord
@@ -87,8 +88,8 @@ def bundle(*resources, mrn="RT-9001", patient=None):
 def test_codes_agree_with_the_cohort_generator():
     assert service.MRN_SYSTEM == cohort_module.MRN_SYSTEM
     assert service.EVENT_SYSTEM == cohort_module.EVENT_SYSTEM
-    assert service.LOINC_DISEASE_PROGRESSION == cohort_module.LOINC_DISEASE_PROGRESSION
-    assert service.SNOMED_CONDITION_WORSENED == cohort_module.SNOMED_CONDITION_WORSENED
+    assert codes.LOINC_DISEASE_PROGRESSION == cohort_module.LOINC_DISEASE_PROGRESSION
+    assert codes.SNOMED_CONDITION_WORSENED == cohort_module.SNOMED_CONDITION_WORSENED
 
 
 def test_fhir_bundle_imports_labs_events_and_demographics_and_keeps_unmatched_apart(
@@ -230,23 +231,23 @@ def test_statuses_conditions_logical_references_and_death():
     by_identifier["subject"] = {"identifier": {"system": service.MRN_SYSTEM, "value": "RT-9001"}}
     progression = {
         "resourceType": "Condition",
-        "code": {"coding": [{"system": service.SNOMED, "code": service.SNOMED_CONDITION_WORSENED}]},
+        "code": {"coding": [{"system": codes.SNOMED, "code": codes.SNOMED_CONDITION_WORSENED}]},
         "subject": {"reference": "urn:uuid:p1"},
         "onsetDateTime": "2024-07-02",
     }
     stable = {
         "resourceType": "Observation",
         "status": "final",
-        "code": {"coding": [{"system": LOINC, "code": service.LOINC_DISEASE_PROGRESSION}]},
+        "code": {"coding": [{"system": LOINC, "code": codes.LOINC_DISEASE_PROGRESSION}]},
         "subject": {"reference": "urn:uuid:p1"},
         "effectiveDateTime": "2024-05-02",
-        "valueCodeableConcept": {"coding": [{"system": service.SNOMED, "code": "359746009"}]},
+        "valueCodeableConcept": {"coding": [{"system": codes.SNOMED, "code": "359746009"}]},
     }
     heart_rate = observation("8867-4", 70, "/min")
     person = {
         "resourceType": "Patient",
         "id": "p1",
-        "identifier": [{"system": "urn:other", "value": "RT-9001"}],
+        "identifier": [{"system": service.MRN_SYSTEM, "value": "RT-9001"}],
         "gender": "male",
         "birthDate": "1951-02-03",
         "deceasedDateTime": "2024-09-30T10:00:00+02:00",
@@ -271,7 +272,7 @@ def test_demographics_that_disagree_are_reported_not_overwritten():
     patient = PatientFactory(patient_id="RT-9001", birth_date=dt.date(1960, 1, 1), sex="F")
     person = {
         "resourceType": "Patient",
-        "identifier": [{"value": "RT-9001"}],
+        "identifier": [{"system": service.MRN_SYSTEM, "value": "RT-9001"}],
         "gender": "male",
         "birthDate": "1960-01-01",
     }

@@ -5,11 +5,11 @@ import json
 import pytest
 from django.urls import reverse
 from django.utils.html import escape
-from rest_framework.authtoken.models import Token
 
 from imaging.core.synthetic.cohort import cohort_simulate
 from imaging.core.synthetic.ehr import ehr_bundle_build, events_csv_write, labs_csv_write
 from patients.models import AuditEvent, ClinicalEvent, LabResult, UnmatchedEHRRecord
+from radtrack.api.tokens import api_token_issue
 from tests.patients.factories import PatientFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -82,6 +82,32 @@ def test_page_imports_a_bundle_and_shows_the_result(client, radiologist, cohort,
     assert (again["created"], again["updated"]) == (0, 0)
     assert again["unchanged"] == result["created"] + result["updated"] + result["unchanged"]
     assert AuditEvent.objects.filter(action="ehr.import").count() == 2
+
+
+def test_page_takes_fhir_bulk_data_ndjson(client, radiologist, cohort, files, known):
+    page = client.get(reverse(PAGE)).content.decode()
+    picker = next(
+        line for line in page.splitlines() if 'id="ehr-file"' in line and "<input" in line
+    )
+    assert ".ndjson" in picker and "application/fhir+ndjson" in picker
+    assert "FHIR Bulk Data NDJSON" in page
+    bundle = json.loads((files / "ehr_bundle.json").read_text())
+    # Bulk Data has no fullUrl: references name Type/id, as an export writes them.
+    names = {}
+    for n, entry in enumerate(bundle["entry"]):
+        entry["resource"].setdefault("id", f"r{n}")
+        names[entry["fullUrl"]] = f"{entry['resource']['resourceType']}/{entry['resource']['id']}"
+    text = json.dumps([e["resource"] for e in bundle["entry"]])
+    for full_url, name in names.items():
+        text = text.replace(f'"{full_url}"', f'"{name}"')
+    lines = "\n".join(json.dumps(r) for r in json.loads(text)) + "\n"
+    (files / "Observation.ndjson").write_text(lines)
+    with (files / "Observation.ndjson").open("rb") as f:
+        response = client.post(reverse(PAGE), {"file": f})
+    assert response.status_code == 200
+    result = response.context["result"]
+    assert result["format"] == "FHIR NDJSON" and result["rejected"] == []
+    assert LabResult.objects.count() == labs_of(cohort, 2)
 
 
 def test_page_imports_csv_and_lists_rejected_rows_with_reasons(
@@ -159,8 +185,9 @@ def test_api_takes_a_bundle_body(client, radiologist, cohort, files, known, cont
 
 
 def test_api_takes_csv_as_body_or_multipart_with_a_token(client, cohort, files, known):
-    token = Token.objects.create(user=UserFactory(groups=["radiologist"]))
-    auth = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    user = UserFactory(groups=["radiologist"])
+    token = api_token_issue(user=user)
+    auth = {"HTTP_AUTHORIZATION": f"Token {token}"}
     response = client.post(
         reverse(API), (files / "events.csv").read_bytes(), content_type="text/csv", **auth
     )
@@ -171,7 +198,7 @@ def test_api_takes_csv_as_body_or_multipart_with_a_token(client, cohort, files, 
     with (files / "labs.csv").open("rb") as f:
         response = client.post(reverse(API), {"file": f}, **auth)
     assert response.status_code == 201
-    assert response.json()["source"] == f"upload labs.csv by {token.user.username}"
+    assert response.json()["source"] == f"upload labs.csv by {user.username}"
     assert LabResult.objects.count() == labs_of(cohort, 2)
 
 
