@@ -53,6 +53,7 @@ class LesionMeasurementFilter(django_filters.FilterSet):
     study = IdFilter(field_name="study_id", help_text="study id")
     lesion = IdFilter(field_name="lesion_id", help_text="lesion id")
     status = django_filters.ChoiceFilter(choices=LesionMeasurement.Status.choices)
+    finding_state = django_filters.ChoiceFilter(choices=LesionMeasurement.FindingState.choices)
     review_state = django_filters.ChoiceFilter(choices=LesionMeasurement.Review.choices)
     # "true" or "false"; anything else is a 400 rather than silently no filter.
     is_target = django_filters.TypedChoiceFilter(
@@ -61,7 +62,15 @@ class LesionMeasurementFilter(django_filters.FilterSet):
 
     class Meta:
         model = LesionMeasurement
-        fields = ["patient", "study", "lesion", "status", "review_state", "is_target"]
+        fields = [
+            "patient",
+            "study",
+            "lesion",
+            "status",
+            "finding_state",
+            "review_state",
+            "is_target",
+        ]
 
 
 @extend_schema_view(
@@ -79,7 +88,7 @@ class LesionMeasurementViewSet(AuditedReadOnlyViewSet):
     required_permissions = (_PATIENT_READ, "imaging.view_lesionmeasurement")
     audit_noun = "measurement"
     patient_path = "lesion.patient_id"
-    queryset = LesionMeasurement.objects.select_related("lesion", "study").order_by(
+    queryset = LesionMeasurement.objects.select_related("lesion", "study", "merged_into").order_by(
         "lesion__patient__patient_id", *study_order("study__"), "lesion__label", "pk"
     )
 
@@ -88,12 +97,15 @@ class ResponseAssessmentFilter(django_filters.FilterSet):
     patient = IdFilter(field_name="patient_id", help_text="patient id")
     study = IdFilter(field_name="study_id", help_text="study id")
     recist_response = django_filters.ChoiceFilter(
-        choices=[(c, c) for c in ("CR", "PR", "SD", "PD", "NE")]
+        choices=[(c, c) for c in ("CR", "PR", "SD", "PD", "NE", "non-CR/non-PD")]
+    )
+    needs_attention = django_filters.TypedChoiceFilter(
+        choices=[("true", "true"), ("false", "false")], coerce=lambda value: value == "true"
     )
 
     class Meta:
         model = ResponseAssessment
-        fields = ["patient", "study", "recist_response"]
+        fields = ["patient", "study", "recist_response", "needs_attention"]
 
 
 @extend_schema_view(

@@ -25,18 +25,23 @@ def patient_update(*, patient: Patient, device: str = "cpu") -> dict[str, Any]:
     registered = patient_registrations_ensure(patient=patient, device=device)
     with transaction.atomic():
         Patient.objects.select_for_update().get(pk=patient.pk)
-        summary = patient_track(patient=patient)
+        summary = patient_track(patient=patient, trigger="new imaging results were processed")
         model = current_model_version()
         scored = 0
         if model is not None:
             scored = risk_scores_compute(model_version=model, patient_ids=[patient.patient_id])
+    details = summary.as_dict()
     return {
         "registrations_added": registered,
         "studies_tracked": summary.studies_tracked,
         "lesions": summary.lesions,
-        "waiting": list(summary.waiting),
+        # Follow-ups linked without a registration, and studies not followed: shown on
+        # the run as warnings, never as a plain success.
+        "provisional": details["provisional"],
+        "not_followed": details["not_followed"],
         # Radiologists' decisions that no longer apply: shown, never dropped silently.
         "stale_links": list(summary.stale),
+        "stale_manual": details["stale_manual"],
         "risk_scores": scored,
     }
 

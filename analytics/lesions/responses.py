@@ -1,53 +1,254 @@
-"""The RECIST 1.1 and volumetric response of every study of a patient, recomputed from
-the measurements in force and stored as `ResponseAssessment` rows."""
+"""The RECIST 1.1, volumetric and (when it applies) iRECIST response of every study of a
+patient, and the patient's best overall response, recomputed from the measurements in
+force and stored as `ResponseAssessment` and `BestOverallResponse` rows.
+
+Rows are updated in place, study by study: a category that changes (a later study
+confirmed an equivocal new lesion, so PD is dated from its first sighting; a review)
+keeps its earlier value in ``revisions`` with when, why and what caused it. A study
+whose lesions cannot be followed (no segmentation), or whose links are provisional,
+gets a row too: NE, with the reason.
+
+Once a patient's rows are written, `responses_written` is sent (inside the writing
+transaction), so that what answers to a new or changed response (the HL7 results out,
+`analytics.hl7.events`) can act on it without this layer importing upward.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
+from typing import Any
 
-from analytics.lesions.core.volumetric import responses_table_build
+import numpy as np
+from django.conf import settings
+from django.dispatch import Signal
+from django.utils import timezone
+
+from analytics.lesions.core.bor import BestResponseSettings
+from analytics.lesions.core.patient import PatientResponses, patient_responses_assess
+from analytics.lesions.core.readings import StudyReading, timeline_from_measurements
 from analytics.lesions.selectors import measurements_table
-from analytics.models import ResponseAssessment
+from analytics.models import (
+    BestOverallResponse,
+    ResponseAssessment,
+    ResponseSettings,
+    StudyResponseReview,
+)
 from imaging.models import Study
 from patients.models import Patient
 
+#: Sent after `responses_recompute` wrote a patient's responses, before the transaction
+#: commits: ``patient`` and ``assessments`` (every study's row as written). Receivers
+#: that act outside the database queue that work with ``transaction.on_commit``.
+responses_written = Signal()
 
-def responses_recompute(*, patient: Patient) -> list[ResponseAssessment]:
-    """Recompute the RECIST 1.1 and volumetric response of every study of ``patient``.
 
-    Rejected candidates are left out; a radiologist's overrides are in force.
+def best_response_settings() -> BestResponseSettings:
+    """The confirmation interval and minimum duration of stable disease in force
+    (settings ``RADTRACK_RECIST_*``; RECIST 1.1 sections 4.4.3 and 4.6)."""
+    return BestResponseSettings(
+        confirmation_days=getattr(settings, "RADTRACK_RECIST_CONFIRMATION_DAYS", 28),
+        min_sd_days=getattr(settings, "RADTRACK_RECIST_MIN_SD_DAYS", 42),
+        require_confirmation=getattr(settings, "RADTRACK_RECIST_REQUIRE_CONFIRMATION", True),
+    )
+
+
+def irecist_applies(patient: Patient) -> bool:
+    """Whether a clinician set iRECIST for ``patient`` (`ResponseSettings`)."""
+    return ResponseSettings.objects.filter(patient=patient, irecist=True).exists()
+
+
+def responses_recompute(
+    *,
+    patient: Patient,
+    chain: Sequence[Any] = (),
+    gaps: Sequence[Any] = (),
+    trigger: str = "recomputed",
+) -> list[ResponseAssessment]:
+    """Recompute the responses of every study of ``patient`` (module docstring).
+
+    ``chain``: the studies followed (`analytics.lesions.tracking.chain.StudyInput`, with
+    the slice thickness and why their links are provisional; without it, the studies
+    with measurements, as read); ``gaps``: the studies not
+    followed (`StudyGap`), each NE with its reason. Rejected findings are left out; a
+    radiologist's overrides and verdicts are in force. ``trigger``: what caused it, for
+    the record of any revision.
     """
-    table = measurements_table(patient_ids=[patient.patient_id], include_rejected=False)
-    ResponseAssessment.objects.filter(patient=patient).delete()
-    if table.empty:
-        return []
-    responses = responses_table_build(measurements=table)
+    timeline, undated = _timeline(patient, chain)
+    result = patient_responses_assess(
+        timeline=timeline, irecist=irecist_applies(patient), settings=best_response_settings()
+    )
+    existing = {r.study_id: r for r in ResponseAssessment.objects.filter(patient=patient)}
     studies = {
         s.study_instance_uid: s
-        for s in Study.objects.filter(study_instance_uid__in=list(responses["study_instance_uid"]))
+        for s in Study.objects.filter(patient=patient).only(
+            "pk", "study_instance_uid", "study_date"
+        )
     }
-    made = []
-    for index, row in enumerate(responses.itertuples(index=False)):
-        made.append(
-            ResponseAssessment.objects.create(
-                patient=patient,
-                study=studies[row.study_instance_uid],
-                is_baseline=index == 0,
-                sum_diameters_mm=finite_or_none(row.sum_diameters_mm),
-                total_volume_ml=finite_or_none(row.total_volume_ml),
-                pct_change_baseline=finite_or_none(row.pct_change_baseline),
-                pct_change_nadir=finite_or_none(row.pct_change_nadir),
-                recist_response=row.recist_response or "",
-                volumetric_response=row.volumetric_response or "",
-                new_lesions=bool(row.new_lesions),
-                inputs={
-                    "measurements": int(
-                        (table["study_instance_uid"] == row.study_instance_uid).sum()
-                    )
-                },
+    kept: list[ResponseAssessment] = []
+    for index, reading in enumerate(sorted(timeline, key=lambda s: s.study_date)):
+        study = studies[reading.study_uid]
+        values = _values(result, index, reading)
+        kept.append(_save(patient, study, existing.pop(study.pk, None), values, trigger))
+    for study, reason in [*((g.study, g.reason) for g in gaps), *undated]:
+        if study.pk in {r.study_id for r in kept}:
+            continue
+        values = _not_evaluable_values(reason)
+        kept.append(_save(patient, study, existing.pop(study.pk, None), values, trigger))
+    for stale in existing.values():
+        stale.delete()
+    _best_save(patient, result)
+    responses_written.send(sender=ResponseAssessment, patient=patient, assessments=kept)
+    return kept
+
+
+def _timeline(patient: Patient, chain: Sequence[Any]) -> tuple[list[StudyReading], list]:
+    """The patient's dated studies as readings (every study followed, with or without
+    lesions), and the undated ones with the reason they cannot be assessed."""
+    table = measurements_table(patient_ids=[patient.patient_id], include_rejected=False)
+    read = {s.study_uid: s for s in timeline_from_measurements(table).get(patient.patient_id, ())}
+    verdicts = dict(
+        StudyResponseReview.objects.filter(study__patient=patient).values_list(
+            "study_id", "non_target_progression"
+        )
+    )
+    study_pk = dict(Study.objects.filter(patient=patient).values_list("study_instance_uid", "pk"))
+    timeline, undated = [], []
+    if not chain:  # no rebuild said which studies it followed: those with measurements
+        for reading in read.values():
+            verdict = verdicts.get(study_pk.get(reading.study_uid))
+            timeline.append(
+                StudyReading(**{**reading.__dict__, "non_target_unequivocal_progression": verdict})
+            )
+        return timeline, undated
+    for entry in chain:
+        study = entry.study
+        if study.study_date is None:
+            undated.append((study, "the study has no date, so it cannot be placed in time"))
+            continue
+        base = read.get(study.study_instance_uid)
+        timeline.append(
+            StudyReading(
+                study_uid=study.study_instance_uid,
+                study_date=study.study_date,
+                lesions=base.lesions if base is not None else (),
+                non_target_unequivocal_progression=verdicts.get(study.pk),
+                not_evaluable=(entry.provisional,) if entry.provisional else (),
+                slice_thickness_mm=entry.slice_thickness_mm,
             )
         )
-    return made
+    return timeline, undated
+
+
+def _values(result: PatientResponses, index: int, reading: StudyReading) -> dict[str, Any]:
+    """The stored fields of one study's assessment."""
+    r, v = result.recist[index], result.volumetric[index]
+    i = result.irecist[index] if result.irecist is not None else None
+    notes = list(r.notes)
+    if i is not None and i.notes:
+        notes += [f"iRECIST: {n}" for n in i.notes]
+    if v.category == "NE" and not r.is_baseline and not reading.not_evaluable:
+        notes.append("volumetric NE: a lesion's volume is not known at this study")
+    return {
+        "is_baseline": r.is_baseline,
+        "sum_diameters_mm": finite_or_none(r.sum_diameters_mm),
+        "total_volume_ml": finite_or_none(v.total_volume_ml),
+        "pct_change_baseline": finite_or_none(r.pct_change_baseline),
+        "pct_change_nadir": finite_or_none(r.pct_change_nadir),
+        "recist_response": r.category or "",
+        "volumetric_response": v.category or "",
+        "irecist_response": (i.category or "") if i is not None else "",
+        "new_lesions": r.new_lesions,
+        "pending_new_lesions": len(r.pending),
+        "possible_non_target_progression": r.possible_non_target_progression,
+        "progression_dated_from": r.progression_dated_from,
+        "needs_attention": r.attention,
+        "response_note": "; ".join(notes),
+        "notes": notes,
+        "inputs": {
+            "lesions": len(reading.lesions),
+            "targets": list(r.target_uids),
+            "non_targets": list(r.non_target_uids),
+            "new_lesions": list(r.new_lesion_uids),
+            "pending": [p.lesion_uid for p in r.pending],
+            "category_as_read": r.category_as_read,
+        },
+    }
+
+
+def _not_evaluable_values(reason: str) -> dict[str, Any]:
+    note = f"not evaluable: {reason}"
+    return {
+        "is_baseline": False,
+        "sum_diameters_mm": None,
+        "total_volume_ml": None,
+        "pct_change_baseline": None,
+        "pct_change_nadir": None,
+        "recist_response": "NE",
+        "volumetric_response": "NE",
+        "irecist_response": "",
+        "new_lesions": False,
+        "pending_new_lesions": 0,
+        "possible_non_target_progression": False,
+        "progression_dated_from": None,
+        "needs_attention": True,
+        "response_note": note,
+        "notes": [note],
+        "inputs": {"lesions": 0},
+    }
+
+
+#: Fields whose change is recorded as a revision of the study's assessment.
+_REVISED = ("recist_response", "irecist_response", "volumetric_response")
+
+
+def _save(
+    patient: Patient,
+    study: Study,
+    row: ResponseAssessment | None,
+    values: dict[str, Any],
+    trigger: str,
+) -> ResponseAssessment:
+    """Write one study's assessment in place, recording any revised category."""
+    if row is None:
+        return ResponseAssessment.objects.create(patient=patient, study=study, **values)
+    revisions = list(row.revisions or [])
+    for name in _REVISED:
+        before, after = getattr(row, name), values[name]
+        if before and before != after:
+            revisions.append(
+                {
+                    "at": timezone.now().isoformat(),
+                    "field": name,
+                    "from": before,
+                    "to": after,
+                    "reason": f"{trigger}; now: {values['response_note'] or 'no note'}",
+                }
+            )
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.revisions = revisions
+    row.save()
+    return row
+
+
+def _best_save(patient: Patient, result: PatientResponses) -> None:
+    """The patient's best overall response (none before a follow-up is assessed)."""
+    best, best_i = result.best, result.best_irecist
+    if best is None or len(result.recist) < 2:
+        BestOverallResponse.objects.filter(patient=patient).delete()
+        return
+    BestOverallResponse.objects.update_or_create(
+        patient=patient,
+        defaults={
+            "recist": best.category,
+            "recist_date": best.date,
+            "recist_note": best.note,
+            "irecist": best_i.category if best_i else "",
+            "irecist_date": best_i.date if best_i else None,
+            "irecist_note": best_i.note if best_i else "",
+            "settings": best_response_settings().as_dict(),
+        },
+    )
 
 
 def finite_or_none(value: object) -> float | None:

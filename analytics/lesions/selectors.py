@@ -1,18 +1,28 @@
 """Reads of the lesion data for pages, exports and review records: the review history
 with what each event was about, the measurements table (values in force) and the table
-of RECIST 1.1 and volumetric responses."""
+of RECIST 1.1, volumetric and iRECIST responses with each patient's best overall
+response."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from django.core.exceptions import ObjectDoesNotExist
 
-from analytics.layouts import EXPORT_RESPONSE_COLUMNS, MEASUREMENT_COLUMNS
-from analytics.models import ResponseAssessment
+from analytics.layouts import (
+    EXPORT_RESPONSE_COLUMNS,
+    EXPORT_RESPONSE_EXTRA_COLUMNS,
+    MEASUREMENT_COLUMNS,
+    MEASUREMENT_EXTRA_COLUMNS,
+)
+from analytics.lesions.core.readings import TOO_SMALL_MM
+from analytics.models import BestOverallResponse, ResponseAssessment
 from imaging.models import (
     Lesion,
     LesionMeasurement,
@@ -32,6 +42,12 @@ ACTION_NAMES = {
     "targets": "Targets chosen",
     "targets_automatic": "Targets returned to the RECIST rules",
     "carry_over": "Re-tracked: decisions carried or dropped",
+    "gone": "Confirmed gone",
+    "too_small": "Present, too small to measure",
+    "add": "Measured by hand",
+    "links_confirm": "Proposed links confirmed",
+    "non_target_verdict": "Non-target progression decided",
+    "irecist": "iRECIST setting changed",
 }
 
 
@@ -119,47 +135,88 @@ def review_history(*, patient: Patient) -> list[ReviewHistoryRow]:
 def measurements_table(
     *, patient_ids: list[str] | None = None, include_rejected: bool = True
 ) -> pd.DataFrame:
-    """One row per lesion per study, values as in force (a radiologist's override wins).
+    """One row per lesion per study, values as in force (a radiologist's override wins),
+    in the published columns then `MEASUREMENT_EXTRA_COLUMNS`.
 
-    A lesion gone at a study has a row there with status ``resolved`` and volume 0.
-    Centroids are LPS mm in that study's own patient coordinates. Rows a radiologist
-    rejected as false positives are kept with ``review_state`` "rejected" unless
+    A lesion not seen at a study has a row there: ``not_found`` with empty sizes (never
+    0), ``merged`` or ``resolved`` (confirmed gone) with 0. One a radiologist says is too
+    small to measure reads 5 mm (RECIST 1.1 section 4.3.2) with no volume. Centroids are
+    LPS mm in that study's own patient coordinates. Rows rejected as false positives
+    (the row, or its whole lesion) are kept with their state unless
     ``include_rejected`` is false (the response assessment leaves them out).
     """
-    rows = LesionMeasurement.objects.select_related("lesion__patient", "study").order_by(
-        "lesion__patient__patient_id", *study_order("study__"), "lesion__label"
-    )
+    rows = LesionMeasurement.objects.select_related(
+        "lesion__patient", "study", "merged_into"
+    ).order_by("lesion__patient__patient_id", *study_order("study__"), "lesion__label")
     if patient_ids is not None:
         rows = rows.filter(lesion__patient__patient_id__in=patient_ids)
     if not include_rejected:
-        rows = rows.exclude(review_state=LesionMeasurement.Review.REJECTED)
-    records = [
-        (
-            m.lesion.patient.patient_id,
-            m.study.study_instance_uid,
-            m.study.study_date,
-            m.lesion.tracking_uid,
-            m.lesion.label,
-            m.lesion.organ,
-            m.status,
-            m.effective_volume_ml,
-            m.effective_longest_diameter_mm,
-            m.effective_short_axis_mm,
-            m.centroid_x_mm,
-            m.centroid_y_mm,
-            m.centroid_z_mm,
-            m.is_target,
-            m.review_state,
+        rows = rows.exclude(review_state=LesionMeasurement.Review.REJECTED).exclude(
+            finding_state=LesionMeasurement.FindingState.REJECTED
         )
-        for m in rows
-    ]
-    return pd.DataFrame.from_records(records, columns=list(MEASUREMENT_COLUMNS))
+    records = [(*_published(m), *_extra(m)) for m in rows]
+    return pd.DataFrame.from_records(
+        records, columns=[*MEASUREMENT_COLUMNS, *MEASUREMENT_EXTRA_COLUMNS]
+    )
+
+
+def _sizes(m: LesionMeasurement) -> tuple[float, float, float]:
+    """(volume ml, longest mm, short axis mm) as the export gives them."""
+    if m.status == LesionMeasurement.Status.NOT_FOUND:
+        return math.nan, math.nan, math.nan
+    if m.too_small:
+        return math.nan, TOO_SMALL_MM, TOO_SMALL_MM
+    volume = m.effective_volume_ml
+    return (
+        math.nan if volume is None else volume,
+        m.effective_longest_diameter_mm,
+        m.effective_short_axis_mm,
+    )
+
+
+def _published(m: LesionMeasurement) -> tuple:
+    volume, longest, short = _sizes(m)
+    return (
+        m.lesion.patient.patient_id,
+        m.study.study_instance_uid,
+        m.study.study_date,
+        m.lesion.tracking_uid,
+        m.lesion.label,
+        m.lesion.organ,
+        m.status,
+        volume,
+        longest,
+        short,
+        m.centroid_x_mm,
+        m.centroid_y_mm,
+        m.centroid_z_mm,
+        m.is_target,
+        m.review_state,
+    )
+
+
+def _extra(m: LesionMeasurement) -> tuple:
+    return (
+        m.finding_state,
+        m.state_reason,
+        m.link_provisional,
+        m.too_small,
+        m.merged_into.tracking_uid if m.merged_into is not None else "",
+        m.confidence,
+        m.manual_finding_id is not None,
+    )
 
 
 # --------------------------------------------------------------------------- responses
 @dataclass(frozen=True)
 class ResponseRow:
-    """The RECIST 1.1 and volumetric response at one study (`ResponseAssessment`)."""
+    """The RECIST 1.1, volumetric and iRECIST response at one study (`ResponseAssessment`).
+
+    ``response_note``: what the category rests on, and why a study is NE;
+    ``needs_attention``: a person should look (NE, equivocal new lesions pending,
+    possible non-target progression, a lesion not found, provisional links);
+    ``revisions``: earlier categories of this study and why they changed.
+    """
 
     study_pk: int
     study_date: dt.date | None
@@ -174,6 +231,17 @@ class ResponseRow:
     notes: tuple[str, ...]
     patient_id: str = ""
     study_instance_uid: str = ""
+    irecist_response: str = ""
+    response_note: str = ""
+    needs_attention: bool = False
+    pending_new_lesions: int = 0
+    possible_non_target_progression: bool = False
+    progression_dated_from: dt.date | None = None
+    revisions: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def not_evaluable(self) -> bool:
+        return self.recist_response == "NE"
 
     def export_record(self) -> tuple:
         """The row in `analytics.layouts.EXPORT_RESPONSE_COLUMNS` order."""
@@ -190,13 +258,57 @@ class ResponseRow:
             self.new_lesions,
         )
 
+    def export_extra(self, best: BestOverallResponse | None) -> tuple:
+        """The row's `analytics.layouts.EXPORT_RESPONSE_EXTRA_COLUMNS`, with the patient's
+        best overall response (``best``)."""
+        return (
+            self.response_note,
+            self.needs_attention,
+            self.pending_new_lesions,
+            self.possible_non_target_progression,
+            self.progression_dated_from,
+            self.irecist_response,
+            best.recist if best else "",
+            best.recist_date if best else None,
+            best.irecist if best else "",
+            best.irecist_date if best else None,
+            json.dumps(list(self.revisions)) if self.revisions else "",
+        )
+
+
+def response_row(r: ResponseAssessment) -> ResponseRow:
+    """One stored assessment as a `ResponseRow` (its patient and study loaded)."""
+    return ResponseRow(
+        study_pk=r.study_id,
+        study_date=r.study.study_date,
+        is_baseline=r.is_baseline,
+        sum_diameters_mm=r.sum_diameters_mm,
+        total_volume_ml=r.total_volume_ml,
+        pct_change_baseline=r.pct_change_baseline,
+        pct_change_nadir=r.pct_change_nadir,
+        recist_response=r.recist_response,
+        volumetric_response=r.volumetric_response,
+        new_lesions=r.new_lesions,
+        notes=tuple(str(n) for n in (r.notes or ())),
+        patient_id=r.patient.patient_id,
+        study_instance_uid=r.study.study_instance_uid,
+        irecist_response=r.irecist_response,
+        response_note=r.response_note,
+        needs_attention=r.needs_attention,
+        pending_new_lesions=r.pending_new_lesions,
+        possible_non_target_progression=r.possible_non_target_progression,
+        progression_dated_from=r.progression_dated_from,
+        revisions=tuple(r.revisions or ()),
+    )
+
 
 def response_rows(
     *, patient: Patient | None = None, patient_ids: Collection[str] | None = None
 ) -> list[ResponseRow]:
-    """The response table, one row per assessed study, by MRN and then chronologically;
-    for one ``patient``, or for ``patient_ids`` (MRNs), or for everyone. The one place
-    it is read: the patient page, the export and the review record use it."""
+    """The response table, one row per study assessed (or found not evaluable), by MRN
+    and then chronologically; for one ``patient``, or for ``patient_ids`` (MRNs), or for
+    everyone. The one place it is read: the patient page, the export and the review
+    record use it."""
     rows = ResponseAssessment.objects.select_related("patient", "study").order_by(
         "patient__patient_id", *study_order("study__")
     )
@@ -204,27 +316,60 @@ def response_rows(
         rows = rows.filter(patient=patient)
     if patient_ids is not None:
         rows = rows.filter(patient__patient_id__in=patient_ids)
-    return [
-        ResponseRow(
-            study_pk=r.study_id,
-            study_date=r.study.study_date,
-            is_baseline=r.is_baseline,
-            sum_diameters_mm=r.sum_diameters_mm,
-            total_volume_ml=r.total_volume_ml,
-            pct_change_baseline=r.pct_change_baseline,
-            pct_change_nadir=r.pct_change_nadir,
-            recist_response=r.recist_response,
-            volumetric_response=r.volumetric_response,
-            new_lesions=r.new_lesions,
-            notes=tuple(str(n) for n in (r.notes or ())),
-            patient_id=r.patient.patient_id,
-            study_instance_uid=r.study.study_instance_uid,
-        )
-        for r in rows
-    ]
+    return [response_row(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class BestResponseRow:
+    """A patient's best overall response (RECIST 1.1, and iRECIST when it applies)."""
+
+    recist: str
+    recist_date: dt.date | None
+    recist_note: str
+    irecist: str
+    irecist_date: dt.date | None
+    irecist_note: str
+    settings: dict[str, Any]
+
+
+def best_response_of(patient: Patient) -> BestResponseRow | None:
+    """``patient``'s best overall response, None before any follow-up is assessed (load
+    the patient with ``select_related("best_overall_response")`` to read it for free)."""
+    try:
+        best = patient.best_overall_response
+    except ObjectDoesNotExist:
+        return None
+    return BestResponseRow(
+        recist=best.recist,
+        recist_date=best.recist_date,
+        recist_note=best.recist_note,
+        irecist=best.irecist,
+        irecist_date=best.irecist_date,
+        irecist_note=best.irecist_note,
+        settings=dict(best.settings or {}),
+    )
+
+
+def irecist_of(patient: Patient) -> bool:
+    """Whether iRECIST applies to ``patient`` (load with ``select_related(
+    "response_settings")`` to read it for free)."""
+    try:
+        return bool(patient.response_settings.irecist)
+    except ObjectDoesNotExist:
+        return False
 
 
 def responses_table(*, patient_ids: Collection[str] | None = None) -> pd.DataFrame:
-    """``export_responses``: one row per assessed study, in the published columns."""
-    records = [row.export_record() for row in response_rows(patient_ids=patient_ids)]
-    return pd.DataFrame.from_records(records, columns=list(EXPORT_RESPONSE_COLUMNS))
+    """``export_responses``: one row per study assessed or not evaluable, in the published
+    columns then `analytics.layouts.EXPORT_RESPONSE_EXTRA_COLUMNS`."""
+    rows = response_rows(patient_ids=patient_ids)
+    best = {
+        b.patient.patient_id: b
+        for b in BestOverallResponse.objects.select_related("patient").filter(
+            patient__patient_id__in={r.patient_id for r in rows}
+        )
+    }
+    records = [(*row.export_record(), *row.export_extra(best.get(row.patient_id))) for row in rows]
+    return pd.DataFrame.from_records(
+        records, columns=[*EXPORT_RESPONSE_COLUMNS, *EXPORT_RESPONSE_EXTRA_COLUMNS]
+    )

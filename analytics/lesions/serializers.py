@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from analytics.lesions.core.readings import TOO_SMALL_MM
 from analytics.models import ResponseAssessment
 from imaging.models import Lesion, LesionMeasurement
 
@@ -12,7 +13,12 @@ class ResponseAssessmentSerializer(serializers.ModelSerializer):
     patient = serializers.IntegerField(source="patient_id", read_only=True)
     study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
     study_date = serializers.DateField(source="study.study_date", read_only=True)
-    recist_response = serializers.CharField(read_only=True, help_text="CR, PR, SD, PD or NE")
+    recist_response = serializers.CharField(
+        read_only=True, help_text="CR, PR, SD, PD, NE or non-CR/non-PD (non-target disease only)"
+    )
+    response_note = serializers.CharField(
+        read_only=True, help_text="what the category rests on; why a study is NE"
+    )
 
     class Meta:
         model = ResponseAssessment
@@ -32,6 +38,13 @@ class ResponseAssessmentSerializer(serializers.ModelSerializer):
             "new_lesions",
             "notes",
             "computed_at",
+            "response_note",
+            "needs_attention",
+            "pending_new_lesions",
+            "possible_non_target_progression",
+            "progression_dated_from",
+            "irecist_response",
+            "revisions",
         ]
         read_only_fields = fields
 
@@ -64,15 +77,19 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
     lesion_uid = serializers.CharField(source="lesion.tracking_uid", read_only=True)
     lesion_label = serializers.CharField(source="lesion.label", read_only=True)
     organ = serializers.CharField(source="lesion.organ", read_only=True)
-    volume_ml = serializers.FloatField(
-        source="effective_volume_ml", read_only=True, help_text="in force (override wins), ml"
+    volume_ml = serializers.SerializerMethodField(
+        help_text="in force (override wins), ml; null when the lesion was not found"
     )
-    longest_diameter_mm = serializers.FloatField(
-        source="effective_longest_diameter_mm", read_only=True, help_text="in force, mm"
+    longest_diameter_mm = serializers.SerializerMethodField(
+        help_text="in force, mm; null when not found; 5 when too small to measure"
     )
-    short_axis_mm = serializers.FloatField(
-        source="effective_short_axis_mm", read_only=True, help_text="in force, mm"
+    short_axis_mm = serializers.SerializerMethodField(
+        help_text="in force, mm; null when not found; 5 when too small to measure"
     )
+    merged_into_uid = serializers.CharField(
+        source="merged_into.tracking_uid", read_only=True, default=None, allow_null=True
+    )
+    measured_by_hand = serializers.SerializerMethodField()
     automated_volume_ml = serializers.FloatField(source="volume_ml", read_only=True)
     automated_longest_diameter_mm = serializers.FloatField(
         source="longest_diameter_mm", read_only=True
@@ -111,5 +128,28 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
             "review_state",
             "review_reason",
             "reviewed_at",
+            "finding_state",
+            "state_reason",
+            "link_provisional",
+            "too_small",
+            "merged_into_uid",
+            "measured_by_hand",
         ]
         read_only_fields = fields
+
+    def _in_force(self, m: LesionMeasurement, value: float | None) -> float | None:
+        if m.status == LesionMeasurement.Status.NOT_FOUND:
+            return None
+        return value
+
+    def get_volume_ml(self, m: LesionMeasurement) -> float | None:
+        return None if m.too_small else self._in_force(m, m.effective_volume_ml)
+
+    def get_longest_diameter_mm(self, m: LesionMeasurement) -> float | None:
+        return TOO_SMALL_MM if m.too_small else self._in_force(m, m.effective_longest_diameter_mm)
+
+    def get_short_axis_mm(self, m: LesionMeasurement) -> float | None:
+        return TOO_SMALL_MM if m.too_small else self._in_force(m, m.effective_short_axis_mm)
+
+    def get_measured_by_hand(self, m: LesionMeasurement) -> bool:
+        return m.manual_finding_id is not None

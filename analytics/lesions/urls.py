@@ -15,4 +15,12 @@ urlpatterns = [
     ),
     path("lesions/<int:pk>/merge/", views.lesion_merge_view, name="lesion-merge"),
     path("patients/<int:pk>/targets/", views.targets_view, name="targets"),
+    path("patients/<int:pk>/lesions/add/", views.lesion_add_view, name="lesion-add"),
+    path("patients/<int:pk>/irecist/", views.irecist_view, name="irecist"),
+    path(
+        "studies/<int:pk>/links/confirm/",
+        views.study_links_confirm_view,
+        name="study-links-confirm",
+    ),
+    path("studies/<int:pk>/non-target/", views.non_target_verdict_view, name="non-target-verdict"),
 ]

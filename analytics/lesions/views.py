@@ -18,7 +18,15 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from analytics.lesions.review.common import ReviewError
+from analytics.lesions.review.findings import (
+    lesion_add,
+    measurement_gone,
+    measurement_too_small,
+    non_target_progression_decide,
+    study_links_confirm,
+)
 from analytics.lesions.review.identities import lesion_merge, lesion_relink, lesion_split
+from analytics.lesions.review.irecist import can_set_irecist, irecist_set
 from analytics.lesions.review.measurements import (
     measurement_accept,
     measurement_override,
@@ -138,8 +146,10 @@ def viewer_file_view(request: HttpRequest, pk: int, kind: str) -> FileResponse:
     return response
 
 
-def _run(request: HttpRequest, fallback: str, action, **kwargs) -> HttpResponseRedirect:
-    if not can_review(request.user):
+def _run(
+    request: HttpRequest, fallback: str, action, *, allowed: bool | None = None, **kwargs
+) -> HttpResponseRedirect:
+    if not (can_review(request.user) if allowed is None else allowed):
         raise PermissionDenied("Your account may not review lesions.")
     try:
         event = action(user=request.user, **kwargs)
@@ -155,6 +165,12 @@ def _run(request: HttpRequest, fallback: str, action, **kwargs) -> HttpResponseR
         "merge": "Merged",
         "targets": "Target lesions saved",
         "targets_automatic": "Targets returned to the RECIST rules",
+        "gone": "Confirmed gone",
+        "too_small": "Marked present but too small to measure (counts 5 mm)",
+        "add": "Lesion measured by hand",
+        "links_confirm": "Proposed links confirmed",
+        "non_target_verdict": "Non-target verdict saved",
+        "irecist": "iRECIST setting saved",
     }[event.action]
     messages.success(request, f"{text}; responses and risk recomputed.")
     return _back(request, fallback)
@@ -187,6 +203,12 @@ def measurement_review_view(request: HttpRequest, pk: int) -> HttpResponseRedire
         return _run(request, fallback, measurement_accept, measurement=measurement, reason=reason)
     if action == "reject":
         return _run(request, fallback, measurement_reject, measurement=measurement, reason=reason)
+    if action == "gone":
+        return _run(request, fallback, measurement_gone, measurement=measurement, reason=reason)
+    if action == "too_small":
+        return _run(
+            request, fallback, measurement_too_small, measurement=measurement, reason=reason
+        )
     if action == "override":
         return _run(
             request,
@@ -223,7 +245,10 @@ def measurement_review_view(request: HttpRequest, pk: int) -> HttpResponseRedire
             component_label=_number(component) if component else None,
             reason=reason,
         )
-    messages.error(request, "Not saved: action: one of accept, reject, override, relink, split")
+    messages.error(
+        request,
+        "Not saved: action: one of accept, reject, override, relink, split, gone, too_small",
+    )
     return _back(request, fallback)
 
 
@@ -269,6 +294,96 @@ def targets_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
         targets_set,
         patient=patient,
         lesions=lesions,
+        reason=request.POST.get("reason", ""),
+    )
+
+
+@require_POST
+@login_required
+def lesion_add_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Measure a lesion by hand at the posted ``study``: a new one in ``organ`` (a lymph
+    node by its short axis) or the posted ``lesion`` where it was not found."""
+    patient = get_object_or_404(Patient, pk=pk)
+    fallback = _viewer_url(patient.pk)
+    study = Study.objects.filter(pk=_number(request.POST.get("study")), patient=patient).first()
+    if study is None:
+        messages.error(request, "Not saved: study: choose one of this patient's studies")
+        return _back(request, fallback)
+    lesion = None
+    if request.POST.get("lesion"):
+        lesion = Lesion.objects.filter(
+            pk=_number(request.POST.get("lesion")), patient=patient
+        ).first()
+        if lesion is None:
+            messages.error(request, "Not saved: lesion: choose one of this patient's lesions")
+            return _back(request, fallback)
+    return _run(
+        request,
+        fallback,
+        lesion_add,
+        study=study,
+        organ=request.POST.get("organ", "") if lesion is None else lesion.organ,
+        longest_diameter_mm=request.POST.get("longest_diameter_mm"),
+        short_axis_mm=request.POST.get("short_axis_mm"),
+        volume_ml=request.POST.get("volume_ml"),
+        lesion=lesion,
+        reason=request.POST.get("reason", ""),
+    )
+
+
+@require_POST
+@login_required
+def study_links_confirm_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Confirm the links proposed for a follow-up that could not be registered."""
+    study = get_object_or_404(Study, pk=pk)
+    return _run(
+        request,
+        _viewer_url(study.patient_id, study.pk),
+        study_links_confirm,
+        study=study,
+        reason=request.POST.get("reason", ""),
+    )
+
+
+_VERDICTS = {"progression": True, "no_progression": False, "withdraw": None}
+
+
+@require_POST
+@login_required
+def non_target_verdict_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Record (or withdraw) a radiologist's verdict on non-target progression."""
+    study = get_object_or_404(Study, pk=pk)
+    fallback = _viewer_url(study.patient_id, study.pk)
+    verdict = request.POST.get("verdict", "")
+    if verdict not in _VERDICTS:
+        messages.error(request, "Not saved: verdict: one of progression, no_progression, withdraw")
+        return _back(request, fallback)
+    return _run(
+        request,
+        fallback,
+        non_target_progression_decide,
+        study=study,
+        progression=_VERDICTS[verdict],
+        reason=request.POST.get("reason", ""),
+    )
+
+
+@require_POST
+@login_required
+def irecist_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """Apply iRECIST to a patient's responses (``enabled`` on) or stop (off)."""
+    patient = get_object_or_404(Patient, pk=pk)
+    enabled = request.POST.get("enabled", "")
+    if enabled not in ("on", "off"):
+        messages.error(request, "Not saved: enabled: on or off")
+        return _back(request, _viewer_url(patient.pk))
+    return _run(
+        request,
+        _viewer_url(patient.pk),
+        irecist_set,
+        allowed=can_set_irecist(request.user),
+        patient=patient,
+        enabled=enabled == "on",
         reason=request.POST.get("reason", ""),
     )
 

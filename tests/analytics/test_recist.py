@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 
+from analytics.lesions.core.assess import recist_assess
 from analytics.lesions.core.readings import (
     LesionReading,
     StudyReading,
@@ -18,7 +19,6 @@ from analytics.lesions.core.recist import (
     non_target_response,
     overall_response,
     pct_change,
-    recist_assess,
     sphere_diameter_mm,
     sum_of_diameters,
     target_partial_response,
@@ -352,8 +352,11 @@ def test_timeline_reappearing_baseline_lesion_is_not_new():
     rows = recist_assess(timeline=timeline)
     assert not rows[2].new_lesions and not rows[3].new_lesions
     assert rows[2].category == "SD"
-    # Back by 5 mm or more (sphere of the non-target volume) from a nadir of nothing.
-    assert rows[3].non_target_response == "PD" and rows[3].category == "PD"
+    # Back by 5 mm or more (sphere of the non-target volume) from a nadir of nothing: with
+    # measurable disease that is for a radiologist to call (RECIST 1.1 section 4.3.4).
+    assert rows[3].non_target_response == "non-CR/non-PD" and rows[3].category == "SD"
+    assert rows[3].possible_non_target_progression and rows[3].attention
+    assert any("possible non-target progression" in n for n in rows[3].notes)
 
 
 def test_timeline_radiologist_targets_and_non_target_verdict_win():
@@ -367,7 +370,7 @@ def test_timeline_radiologist_targets_and_non_target_verdict_win():
     assert rows[1].category == "PD"
 
 
-def test_timeline_non_target_volume_growth_is_progression():
+def test_timeline_non_target_volume_growth_with_targets_is_possible_progression_only():
     timeline = [
         study(0, lesion("a", ld=30), lesion("s", ld=8, volume=2.0)),
         study(60, lesion("a", ld=30), lesion("s", ld=9, volume=1.5)),
@@ -375,8 +378,27 @@ def test_timeline_non_target_volume_growth_is_progression():
         study(180, lesion("a", ld=30), lesion("s", ld=14, volume=4.0)),  # +167%, +5.5 mm
     ]
     rows = recist_assess(timeline=timeline)
-    assert [r.non_target_response for r in rows[1:]] == ["non-CR/non-PD"] * 2 + ["PD"]
-    assert rows[3].category == "PD"
+    assert [r.non_target_response for r in rows[1:]] == ["non-CR/non-PD"] * 3
+    assert [r.possible_non_target_progression for r in rows[1:]] == [False, False, True]
+    assert rows[3].category == "SD"
+    # The radiologist's verdict decides.
+    timeline[3] = study(180, lesion("a", ld=30), lesion("s", ld=14, volume=4.0), nt_pd=True)
+    assert recist_assess(timeline=timeline)[3].category == "PD"
+    timeline[3] = study(180, lesion("a", ld=30), lesion("s", ld=14, volume=4.0), nt_pd=False)
+    rows = recist_assess(timeline=timeline)
+    assert rows[3].category == "SD" and not rows[3].possible_non_target_progression
+
+
+def test_timeline_non_target_volume_growth_without_targets_is_progression():
+    timeline = [
+        study(0, lesion("s", ld=8, volume=2.0)),
+        study(60, lesion("s", ld=9, volume=1.5)),
+        study(120, lesion("s", ld=12, volume=2.7)),  # +80% of 1.5, but only +4.1 mm
+        study(180, lesion("s", ld=14, volume=4.0)),  # +167%, +5.5 mm
+    ]
+    rows = recist_assess(timeline=timeline)
+    assert [r.category for r in rows[1:]] == ["non-CR/non-PD", "non-CR/non-PD", "PD"]
+    assert not any(r.possible_non_target_progression for r in rows)
 
 
 def test_timeline_without_measurable_disease_uses_table_2():
@@ -413,3 +435,31 @@ def test_timeline_from_measurements_reads_the_export_layout():
     assert l2.longest_diameter_mm == 0.0 and not l2.present  # resolved reads as gone
     rows = recist_assess(timeline=timeline)
     assert rows[0].target_uids == ("L1",) and rows[1].category == "PR"
+
+
+# --------------------------------------------------------------------------- nodes, lines
+@pytest.mark.parametrize(
+    ("short_axis", "expected"),
+    [(15.0, True), (14.9, False), (NAN, False)],
+)
+def test_a_lymph_node_is_measurable_by_its_short_axis(short_axis, expected):
+    # RECIST 1.1 section 3.1.1: 15 mm in short axis, whatever the longest diameter.
+    assert (
+        is_measurable(longest_diameter_mm=40.0, short_axis_mm=short_axis, is_node=True) is expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("nadir_ml", "now_ml", "expected"),
+    [
+        pytest.param(10.0, 17.28, True, id="exactly +72.8%"),
+        pytest.param(10.0, 17.27, False, id="+72.7%: the line is not rounded to 73%"),
+    ],
+)
+def test_non_target_yardstick_is_72_8_percent_exactly(nadir_ml, now_ml, expected):
+    assert non_target_progression(volume_ml=now_ml, nadir_volume_ml=nadir_ml) is expected
+
+
+def test_targets_select_counts_all_lymph_nodes_as_one_organ():
+    nodes = [LesionReading(f"n{i}", "lymph_node", 30.0, short_axis_mm=20.0 - i) for i in range(3)]
+    assert targets_select(lesions=nodes) == ("n0", "n1")  # two per organ, by short axis

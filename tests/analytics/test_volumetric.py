@@ -27,31 +27,42 @@ from analytics.risk.core.features import ImagingFeatures
 NAN = math.nan
 
 
-def test_thresholds_are_the_sphere_equivalents_of_recist():
-    assert round((1.2**3 - 1) * 100, 1) == 72.8 and VOLUME_PD_PCT == 73.0
-    assert round((0.7**3 - 1) * 100, 1) == -65.7 and VOLUME_PR_PCT == -65.0
+def test_thresholds_are_the_sphere_equivalents_of_recist_exactly():
+    # Not rounded either way: 1.2^3 - 1 and 0.7^3 - 1 as they are.
+    assert math.isclose(VOLUME_PD_PCT, 72.8, abs_tol=1e-9)
+    assert math.isclose(VOLUME_PR_PCT, -65.7, abs_tol=1e-9)
     assert REPEATABILITY_PCT == 25.0
 
 
 @pytest.mark.parametrize(
     ("nadir_ml", "now_ml", "expected"),
     [
-        (10.0, 17.3, True),
-        (10.0, 17.2, False),
-        (0.0, 0.1, True),
-        (0.0, 0.0, False),
-        (5.0, 2.0, False),
+        pytest.param(10.0, 17.28, True, id="exactly +72.8%"),
+        pytest.param(10.0, 17.27, False, id="+72.7%"),
+        pytest.param(10.0, 17.3, True, id="+73%"),
+        pytest.param(0.05, 0.09, False, id="+80% but a 4.6 -> 5.6 mm sphere: the floor"),
+        pytest.param(0.0, 0.1, True, id="from nothing to a 5.8 mm sphere"),
+        pytest.param(0.0, 0.06, False, id="from nothing to a 4.9 mm sphere"),
+        pytest.param(0.0, 0.0, False, id="nothing either time"),
+        pytest.param(5.0, 2.0, False, id="shrinking"),
+        pytest.param(5.0, NAN, False, id="not measured"),
     ],
 )
-def test_volume_progression_at_73_percent_over_nadir(nadir_ml, now_ml, expected):
+def test_volume_progression_at_72_8_percent_and_5_mm_over_nadir(nadir_ml, now_ml, expected):
     assert volume_progression(volume_ml=now_ml, nadir_ml=nadir_ml) is expected
 
 
 @pytest.mark.parametrize(
     ("baseline_ml", "now_ml", "expected"),
-    [(10.0, 3.5, True), (10.0, 3.6, False), (10.0, 0.0, True), (10.0, 12.0, False)],
+    [
+        pytest.param(10.0, 3.43, True, id="exactly -65.7%"),
+        pytest.param(10.0, 3.44, False, id="-65.6%"),
+        pytest.param(10.0, 3.5, False, id="-65% is not enough"),
+        pytest.param(10.0, 0.0, True, id="all gone"),
+        pytest.param(10.0, 12.0, False, id="growing"),
+    ],
 )
-def test_volume_partial_response_at_65_percent_below_baseline(baseline_ml, now_ml, expected):
+def test_volume_partial_response_at_65_7_percent_below_baseline(baseline_ml, now_ml, expected):
     assert volume_partial_response(volume_ml=now_ml, baseline_ml=baseline_ml) is expected
 
 
@@ -59,12 +70,20 @@ def test_volume_partial_response_at_65_percent_below_baseline(baseline_ml, now_m
     ("baseline_ml", "nadir_ml", "now_ml", "expected"),
     [
         pytest.param(10.0, 10.0, 0.0, "CR", id="nothing left"),
-        pytest.param(10.0, 10.0, 3.5, "PR", id="exactly -65%"),
+        pytest.param(10.0, 10.0, 3.43, "PR", id="exactly -65.7%"),
+        pytest.param(10.0, 10.0, 3.5, "SD", id="-65%: not PR"),
         pytest.param(10.0, 10.0, 8.0, "SD", id="-20%"),
-        pytest.param(10.0, 10.0, 17.3, "PD", id="exactly +73%"),
-        pytest.param(10.0, 2.0, 3.46, "PD", id="PD after a nadir wins over -65% from baseline"),
+        pytest.param(10.0, 10.0, 17.28, "PD", id="exactly +72.8%"),
+        pytest.param(100.0, 20.0, 34.6, "PD", id="PD after a nadir wins over -65.4% from baseline"),
+        pytest.param(
+            10.0, 2.0, 3.46, "SD", id="+73% from a small nadir but the sphere grows 3.2 mm"
+        ),
         pytest.param(10.0, 2.0, 3.4, "PR", id="+70% from nadir: continued PR"),
         pytest.param(10.0, 10.0, NAN, "NE", id="not measured"),
+        pytest.param(0.0, 0.0, 0.0, "NE", id="nothing at baseline, nothing now: not a CR"),
+        pytest.param(0.0, 0.0, 0.05, "NE", id="nothing at baseline, a 4.6 mm sphere now"),
+        pytest.param(0.0, 0.0, 2.0, "PD", id="nothing at baseline, 2 ml now"),
+        pytest.param(0.05, 0.05, 0.09, "SD", id="0.05 -> 0.09 ml is not PD"),
     ],
 )
 def test_volume_response(baseline_ml, nadir_ml, now_ml, expected):
@@ -142,15 +161,15 @@ def test_volumetric_timeline_response_nadir_new_lesion_and_doubling_time():
         study(0, reading("a", 8.0), reading("b", 2.0)),  # 10
         study(60, reading("a", 2.5), reading("b", 0.5)),  # 3: -70% PR
         study(120, reading("a", 2.8), reading("b", 0.6)),  # 3.4: -66%, +13% from nadir: PR
-        study(180, reading("a", 5.0), reading("b", 0.6)),  # 5.6: +87% from nadir 3: PD
+        study(180, reading("a", 7.0), reading("b", 0.6)),  # 7.6: +153%, 17.9 -> 24.4 mm: PD
         study(240, reading("a", 1.0), reading("b", 0.0), reading("n", 0.05)),  # new: PD
     ]
     rows = volumetric_assess(timeline=timeline)
     assert [r.burden_response for r in rows] == [None, "PR", "PR", "PD", "PR"]
     assert [r.category for r in rows] == [None, "PR", "PR", "PD", "PD"]
-    assert [r.total_volume_ml for r in rows] == pytest.approx([10.0, 3.0, 3.4, 5.6, 1.05])
+    assert [r.total_volume_ml for r in rows] == pytest.approx([10.0, 3.0, 3.4, 7.6, 1.05])
     assert rows[3].nadir_volume_ml == 3.0 and rows[3].pct_change_nadir == pytest.approx(
-        100 * 2.6 / 3
+        100 * 4.6 / 3
     )
     assert rows[4].new_lesions and not rows[3].new_lesions
     assert rows[2].doubling_time.days == pytest.approx(60 * math.log(2) / math.log(3.4 / 3))
@@ -161,7 +180,7 @@ def test_volumetric_timeline_response_nadir_new_lesion_and_doubling_time():
     lesion_n = {c.lesion_uid: c for c in rows[4].lesions}["n"]
     assert lesion_n.category is None and lesion_n.reference_ml == 0.05
     lesion_a = {c.lesion_uid: c for c in rows[3].lesions}["a"]
-    assert lesion_a.nadir_ml == 2.5 and lesion_a.category == "PD"  # +100% over its nadir
+    assert lesion_a.nadir_ml == 2.5 and lesion_a.category == "PD"  # +180%, 16.8 -> 23.7 mm
 
 
 def test_volumetric_unread_lesion_makes_the_total_unknown():
@@ -190,7 +209,7 @@ def measurement_rows():
 
 def test_responses_table_has_the_export_layout_and_feeds_imaging_features():
     table = responses_table_build(measurements=measurement_rows())
-    assert tuple(table.columns) == EXPORT_RESPONSE_COLUMNS
+    assert tuple(table.columns) == (*EXPORT_RESPONSE_COLUMNS, "response_note")
     assert table["study_instance_uid"].tolist() == ["1.1", "1.2", "1.3"]
     assert table["sum_diameters_mm"].tolist() == [30.0, 20.0, 20.5]
     assert table["recist_response"].tolist() == [None, "PR", "PD"]

@@ -247,7 +247,9 @@ def test_relink_follows_the_lesion_into_later_studies_and_survives_rebuilds(pati
         .filter(measurements__component_label=5)
         .exists()
     )
-    assert [r.new_lesions for r in responses(patient)] == [False, False, True]
+    # Liver 4, seen once at the last study, is an equivocal new lesion: pending, not PD.
+    assert [r.new_lesions for r in responses(patient)] == [False, False, False]
+    assert [r.pending_new_lesions for r in responses(patient)] == [0, 0, 1]
     assert event.action == "relink" and event.after["linked_to"]["lesion_label"] == "Liver 2"
     link = LesionLink.objects.get()
     assert link.user == radiologist and link.reason == "same lesion, misregistered"
@@ -277,7 +279,8 @@ def test_merge_joins_every_sighting_and_split_undoes_it(patient, radiologist):
     assert finding_at(1, 5).lesion == small and finding_at(2, 5).lesion == small
     assert not Lesion.objects.filter(tracking_uid=moved.tracking_uid).exists()
     assert LesionLink.objects.count() == 2
-    assert [r.new_lesions for r in responses(patient)] == [False, False, True]
+    assert [r.new_lesions for r in responses(patient)] == [False, False, False]
+    assert [r.pending_new_lesions for r in responses(patient)] == [0, 0, 1]
 
     event = lesion_split(
         user=radiologist, measurement=finding_at(1, 5), reason="two lesions after all"
@@ -289,13 +292,14 @@ def test_merge_joins_every_sighting_and_split_undoes_it(patient, radiologist):
     assert event.after["measurement"]["status"] == "new"
     assert responses(patient)[1].new_lesions
     # The merge's link at the third study follows the split-off lesion too: one candidate
-    # is one lesion at every study, and the lesion it left is resolved from here on.
+    # is one lesion at every study, and the lesion it left is not found from here on
+    # (never "resolved" by itself: only a radiologist confirms a lesion gone).
     later = finding_at(2, 5)
     assert later.lesion == split_off.lesion and later.status == "tracked"
     assert [m.status for m in small.measurements.order_by("study__study_date")] == [
         "new",
-        "resolved",
-        "resolved",
+        "not_found",
+        "not_found",
     ]
     assert [m.lesion.label for m in LesionMeasurement.objects.filter(component_label=5)] == [
         split_off.lesion.label

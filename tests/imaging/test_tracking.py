@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analytics.layouts import EXPORT_RESPONSE_COLUMNS
+from analytics.layouts import EXPORT_RESPONSE_COLUMNS, EXPORT_RESPONSE_EXTRA_COLUMNS
 from analytics.lesions.tracking.track import patient_track
 from analytics.models import ResponseAssessment
 from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation
@@ -73,14 +73,19 @@ def patient():
 def test_lesions_are_linked_through_the_registration(patient):
     summary = patient_track(patient=patient)
 
-    assert summary.studies_tracked == 3 and not summary.waiting
+    assert summary.studies_tracked == 3 and not summary.provisional and not summary.gaps
     lesions = {lesion.label: lesion for lesion in Lesion.objects.filter(patient=patient)}
     assert set(lesions) == {"Liver 1", "Liver 2", "Left lung 1"}
     statuses = [m.status for m in lesions["Liver 1"].measurements.order_by("study__study_date")]
     assert statuses == ["new", "tracked", "tracked"]
-    lung = [m.status for m in lesions["Left lung 1"].measurements.order_by("study__study_date")]
-    assert lung == ["new", "tracked", "resolved"]
-    assert lesions["Liver 2"].measurements.get().status == "new"
+    lung = list(lesions["Left lung 1"].measurements.order_by("study__study_date"))
+    # Not seen at the third study: not found, needs review; never "resolved" by itself.
+    assert [m.status for m in lung] == ["new", "tracked", "not_found"]
+    assert [m.finding_state for m in lung] == ["confirmed", "confirmed", "not_found"]
+    assert "a radiologist must confirm it gone" in lung[2].state_reason
+    new_one = lesions["Liver 2"].measurements.get()
+    assert new_one.status == "new" and new_one.finding_state == "equivocal"
+    assert "seen once" in new_one.state_reason
     assert LesionMeasurement.objects.filter(is_target=True, status="new").count() == 2
 
 
@@ -90,10 +95,15 @@ def test_responses_follow_the_tracked_lesions(patient):
     responses = list(
         ResponseAssessment.objects.filter(patient=patient).order_by("study__study_date")
     )
-    assert [r.recist_response for r in responses] == ["", "SD", "PD"]
+    # A target not found makes the third study NE (never CR or PR from a missed lesion),
+    # and the new lesion, seen once, is equivocal: pending, not PD.
+    assert [r.recist_response for r in responses] == ["", "SD", "NE"]
     assert responses[0].is_baseline
     assert responses[1].sum_diameters_mm == pytest.approx(27.0 + 14.0)
-    assert responses[2].new_lesions
+    last = responses[2]
+    assert not last.new_lesions and last.pending_new_lesions == 1 and last.needs_attention
+    assert "target Left lung 1 not evaluated" in last.response_note
+    assert "PD pending confirmation of one equivocal new lesion: Liver 2" in last.response_note
 
 
 def test_a_rebuild_keeps_identities_and_review_decisions(patient):
@@ -103,27 +113,51 @@ def test_a_rebuild_keeps_identities_and_review_decisions(patient):
     new_one.review_state = LesionMeasurement.Review.REJECTED
     new_one.review_reason = "a vessel, not a lesion"
     new_one.save()
+    # The radiologist confirms the lung target gone at the third study.
+    gone = LesionMeasurement.objects.get(lesion__label="Left lung 1", status="not_found")
+    gone.review_state = LesionMeasurement.Review.ACCEPTED
+    gone.save()
 
     patient_track(patient=patient)
 
     assert set(Lesion.objects.values_list("tracking_uid", flat=True)) == uids
     again = LesionMeasurement.objects.get(lesion__label="Liver 2")
-    assert again.review_state == "rejected"
+    assert again.review_state == "rejected" and again.finding_state == "rejected"
     assert again.review_reason == "a vessel, not a lesion"
+    lung = LesionMeasurement.objects.get(lesion__label="Left lung 1", study=gone.study)
+    assert lung.status == "resolved" and lung.finding_state == "confirmed"
     last = ResponseAssessment.objects.filter(patient=patient).order_by("study__study_date").last()
-    assert not last.new_lesions  # the rejected candidate no longer counts
+    assert not last.new_lesions and not last.pending_new_lesions  # rejected: not counted
     assert last.recist_response == "PR"  # 21 mm against 48 mm at baseline
+    # The third study read NE before the review and PR after: the change is recorded.
+    assert [(r["field"], r["from"], r["to"]) for r in last.revisions] == [
+        ("recist_response", "NE", "PR"),
+        ("volumetric_response", "NE", "PR"),
+    ]
+    assert all("now:" in r["reason"] for r in last.revisions)
 
 
-def test_tracking_stops_at_a_failed_registration(patient):
+def test_a_failed_registration_never_stops_tracking(patient):
     last = Registration.objects.order_by("pk").last()
     last.failed = True
+    last.failure_reason = "lung overlap 0.56 < 0.8"
     last.save()
 
     summary = patient_track(patient=patient)
 
-    assert summary.studies_tracked == 2
-    assert "registration to the baseline failed" in summary.waiting[0]
+    # The follow-up is followed all the same: its lesions measured and linked, the links
+    # provisional, its response NE with the reason.
+    assert summary.studies_tracked == 3
+    assert "registration to the baseline failed (lung overlap 0.56 < 0.8)" in summary.provisional[0]
+    third = last.moving_series.study
+    rows = list(LesionMeasurement.objects.filter(study=third).select_related("lesion"))
+    found = [m for m in rows if m.is_found]
+    assert len(found) == 2 and all(m.volume_ml > 0 for m in found)
+    assert all(m.link_provisional for m in rows)
+    response = ResponseAssessment.objects.get(study=third)
+    assert response.recist_response == "NE" and response.needs_attention
+    assert "not evaluable: its registration to the baseline failed" in response.response_note
+    assert "provisional until a radiologist confirms them" in response.response_note
 
 
 def test_export_responses_lists_every_study_in_the_published_columns(patient):
@@ -137,9 +171,11 @@ def test_export_responses_lists_every_study_in_the_published_columns(patient):
     call_command("export_responses", "--patient", "TRACK-1", stdout=out, stderr=io.StringIO())
 
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert tuple(rows[0]) == EXPORT_RESPONSE_COLUMNS
-    assert [r["recist_response"] for r in rows] == ["", "SD", "PD"]
-    assert rows[2]["new_lesions"] == "True"
+    assert tuple(rows[0]) == (*EXPORT_RESPONSE_COLUMNS, *EXPORT_RESPONSE_EXTRA_COLUMNS)
+    assert tuple(rows[0])[len(EXPORT_RESPONSE_COLUMNS)] == "response_note"
+    assert [r["recist_response"] for r in rows] == ["", "SD", "NE"]
+    assert rows[2]["new_lesions"] == "False" and rows[2]["pending_new_lesions"] == "1"
+    assert "not evaluated" in rows[2]["response_note"] and rows[2]["needs_attention"] == "True"
 
 
 @pytest.mark.parametrize("undated", [1, 2])
@@ -158,3 +194,16 @@ def test_an_undated_study_is_tracked_last_and_rebuilds_again(patient, undated):
     baseline = ResponseAssessment.objects.get(patient=patient, is_baseline=True)
     assert baseline.study == studies[0]
     assert LesionMeasurement.objects.filter(study=studies[undated]).exists()
+
+
+def test_track_lesions_command_recomputes_from_what_is_stored(patient):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    out = io.StringIO()
+    call_command("track_lesions", "--patient", "TRACK-1", stdout=out, stderr=io.StringIO())
+    assert "3 studies, 3 lesions" in out.getvalue()
+    assert ResponseAssessment.objects.filter(patient=patient).count() == 3
+    with pytest.raises(CommandError, match="no patient with MRN"):
+        call_command("track_lesions", "--patient", "NOPE", stdout=io.StringIO())

@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 from pydicom.uid import generate_uid
 from scipy.optimize import linear_sum_assignment
 
@@ -89,7 +90,7 @@ OVERLAP_GRID_MM = 4.0
 _IMPOSSIBLE = 1e6
 _SIZE_SATURATION = math.log(8.0)  # a volume ratio of 8 (diameter x2) saturates the size term
 
-PointMap = Callable[[np.ndarray], np.ndarray]
+PointMap = Callable[[ArrayLike], np.ndarray]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -116,15 +117,18 @@ def equivalent_radius_mm(volume_ml: float) -> float:
     return float(np.cbrt(3.0 * volume_ml * 1000.0 / (4.0 * math.pi)))
 
 
-def match_gate_mm(*, volume_before_ml: float, volume_now_ml: float) -> float:
+def match_gate_mm(
+    *, volume_before_ml: float, volume_now_ml: float, gate_min_mm: float = GATE_MIN_MM
+) -> float:
     """How far apart (mm, baseline frame) two centroids may be and still be one lesion.
 
     ``max(GATE_MIN_MM, GATE_RADIUS_FACTOR * (r_before + r_now))``: a 10 mm floor covers
     registration and centroid error for small lesions; beyond it, half again the sum of
     the equivalent radii lets a large lesion's centroid wander as it grows unevenly.
+    A placement without registration (landmarks) passes a wider floor, ``gate_min_mm``.
     """
     radii = equivalent_radius_mm(volume_before_ml) + equivalent_radius_mm(volume_now_ml)
-    return max(GATE_MIN_MM, GATE_RADIUS_FACTOR * radii)
+    return max(gate_min_mm, GATE_RADIUS_FACTOR * radii)
 
 
 def _cells(points: np.ndarray | None, grid_mm: float) -> set[tuple[int, int, int]] | None:
@@ -183,6 +187,7 @@ def lesions_match(
     uid_factory: Callable[[], str] | None = None,
     overlap_grid_mm: float = OVERLAP_GRID_MM,
     midline_x_mm: float = 0.0,
+    gate_min_mm: float = GATE_MIN_MM,
 ) -> MatchResult:
     """Attribute the lesions of a new study to the patient's identities (module docstring).
 
@@ -192,10 +197,10 @@ def lesions_match(
     matrix or a callable on (N, 3) arrays; None for the baseline study itself.
     ``uid_factory`` makes a DICOM Tracking UID (0062,0021) for each new identity
     (default ``pydicom.uid.generate_uid``). New identities are labelled in order of
-    decreasing volume.
+    decreasing volume. ``gate_min_mm``: the gate's floor (`match_gate_mm`).
     """
     make_uid = uid_factory or (lambda: str(generate_uid()))
-    frame = _frame_build(previous, current, to_baseline, overlap_grid_mm)
+    frame = _frame_build(previous, current, to_baseline, overlap_grid_mm, gate_min_mm)
     pairs = _assign(frame.cost)
     prev_to_cur = dict(pairs)
     cur_to_prev = {j: i for i, j in pairs}
@@ -238,6 +243,7 @@ def _frame_build(
     current: Sequence[LesionObservation],
     to_baseline: np.ndarray | PointMap | None,
     overlap_grid_mm: float,
+    gate_min_mm: float = GATE_MIN_MM,
 ) -> _Frame:
     """Both sides in the baseline frame, and the cost of every pair (module docstring):
     only lesions of one organ within the gate, or whose masks overlap, may pair."""
@@ -265,17 +271,19 @@ def _frame_build(
     for i, p in enumerate(prev):
         for j, c in enumerate(cur):
             if p.organ == c.observation.organ:
-                _pair_cost(frame, i, j)
+                _pair_cost(frame, i, j, gate_min_mm)
     return frame
 
 
-def _pair_cost(frame: _Frame, i: int, j: int) -> None:
+def _pair_cost(frame: _Frame, i: int, j: int, gate_min_mm: float = GATE_MIN_MM) -> None:
     """Distance, Dice and cost of previous identity ``i`` with current lesion ``j``."""
     p, c = frame.prev[i], frame.cur[j]
     d = float(np.linalg.norm(c.centre - frame.prev_centres[i]))
     overlap = _dice(frame.prev_cells[i], c.cells)
     frame.distance[i, j], frame.dice[i, j] = d, overlap
-    gate = match_gate_mm(volume_before_ml=p.volume_ml, volume_now_ml=c.observation.volume_ml)
+    gate = match_gate_mm(
+        volume_before_ml=p.volume_ml, volume_now_ml=c.observation.volume_ml, gate_min_mm=gate_min_mm
+    )
     overlaps = not math.isnan(overlap) and overlap > 0
     if d > gate and not overlaps:
         return
@@ -323,7 +331,7 @@ def _tracked(
     combined by `fragments_combine`), re-placed at their volume-weighted centre."""
     p, cur = frame.prev[i], frame.cur
     obs = fragments_combine([cur[j].observation for j in parts])
-    pts = [cur[j].points for j in parts if cur[j].points is not None]
+    pts = [points for points in (cur[j].points for j in parts) if points is not None]
     centre = np.average(
         [cur[j].centre for j in parts],
         axis=0,
@@ -373,7 +381,7 @@ def _new(
     ``labels``)."""
     label = lesion_label(
         organ=c.observation.organ,
-        centroid_baseline_mm=c.centre,
+        centroid_baseline_mm=tuple(c.centre),
         existing_labels=labels,
         midline_x_mm=midline_x_mm,
     )

@@ -1,10 +1,12 @@
-"""A patient's timeline of lesion readings, the input of the RECIST 1.1 and volumetric
-assessments: one lesion at one study (`LesionReading`), one study (`StudyReading`), and
-the timelines read from an export table (`timeline_from_measurements`).
+"""A patient's timeline of lesion readings, the input of the RECIST 1.1, iRECIST and
+volumetric assessments: one lesion at one study (`LesionReading`), one study
+(`StudyReading`), and the timelines read from an export table
+(`timeline_from_measurements`).
 
-Absence and missing data are kept apart: a lesion that has disappeared has diameter 0
-(and volume 0); a lesion that could not be assessed at a study has NaN, or no reading
-there at all.
+Absence and missing data are kept apart: a lesion confirmed gone has diameter 0 (and
+volume 0); a lesion not found, or not assessed, has state ``not_found``, NaN, or no
+reading there at all, and is never read as gone. What a reading may count for is its
+``state`` (`analytics.lesions.core.findings`).
 """
 
 from __future__ import annotations
@@ -16,17 +18,40 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["LesionReading", "StudyReading", "timeline_from_measurements"]
+__all__ = [
+    "CONFIRMED",
+    "EQUIVOCAL",
+    "LYMPH_NODE",
+    "NOT_FOUND",
+    "REJECTED",
+    "TOO_SMALL_MM",
+    "LesionReading",
+    "StudyReading",
+    "timeline_from_measurements",
+]
+
+#: Finding states (`analytics.lesions.core.findings`).
+CONFIRMED, EQUIVOCAL, NOT_FOUND, REJECTED = "confirmed", "equivocal", "not_found", "rejected"
+#: The organ whose lesions are measured by their short axis (RECIST 1.1 section 3.1.1).
+LYMPH_NODE = "lymph_node"
+#: RECIST 1.1 section 4.3.2: a target present but too small to measure counts 5 mm (the
+#: working group's clarification: a lesion that can be measured keeps its measurement,
+#: even below 5 mm; only one that cannot be measured gets the default).
+TOO_SMALL_MM = 5.0
 
 
 @dataclass(frozen=True)
 class LesionReading:
     """One lesion identity at one study.
 
-    ``longest_diameter_mm`` is the longest axial diameter; 0 when the lesion has
-    disappeared, NaN when it was not evaluated. ``volume_ml`` likewise (NaN: not
-    measured). ``is_target`` at baseline: True/False is a radiologist's choice, None lets
-    the rules choose (`analytics.lesions.core.recist.targets_select`).
+    ``longest_diameter_mm`` is the longest axial diameter; 0 when the lesion is confirmed
+    gone, NaN when it was not evaluated. ``volume_ml`` likewise (NaN: not measured).
+    ``is_target`` at baseline: True/False is a radiologist's choice, None lets the rules
+    choose (`analytics.lesions.core.recist.targets_select`). ``state``: confirmed,
+    equivocal, not_found or rejected (`analytics.lesions.core.findings`), ``note`` why.
+    ``too_small``: a radiologist says it is present but too small to measure.
+    ``merged_into``: the lesion that absorbed it at this study (coalescence).
+    ``confidence``: the segmenter's, NaN for a lesion measured by hand.
     """
 
     lesion_uid: str
@@ -35,26 +60,67 @@ class LesionReading:
     volume_ml: float = math.nan
     short_axis_mm: float = math.nan
     is_target: bool | None = None
+    state: str = CONFIRMED
+    note: str = ""
+    too_small: bool = False
+    merged_into: str = ""
+    confidence: float = math.nan
+    label: str = ""
+
+    @property
+    def is_node(self) -> bool:
+        return self.organ == LYMPH_NODE
+
+    @property
+    def name(self) -> str:
+        return self.label or self.lesion_uid
+
+    @property
+    def size_mm(self) -> float:
+        """The diameter RECIST 1.1 sums (section 4.2): the short axis of a lymph node,
+        the longest diameter of any other lesion; `TOO_SMALL_MM` for one too small to
+        measure (section 4.3.2); NaN when not found or not measured."""
+        if self.state == NOT_FOUND:
+            return math.nan
+        if self.too_small:
+            return TOO_SMALL_MM
+        if self.is_node:
+            if math.isnan(self.short_axis_mm):
+                return 0.0 if self.longest_diameter_mm == 0 else math.nan
+            return self.short_axis_mm
+        return self.longest_diameter_mm
 
     @property
     def present(self) -> bool:
-        """Seen at this study (diameter or volume above zero)."""
-        return self.longest_diameter_mm > 0 or self.volume_ml > 0
+        """Seen at this study (diameter or volume above zero, or too small to measure);
+        never a lesion not found, rejected or merged into another."""
+        if self.state in (NOT_FOUND, REJECTED) or self.merged_into:
+            return False
+        return self.too_small or self.longest_diameter_mm > 0 or self.volume_ml > 0
 
     @property
     def evaluated(self) -> bool:
-        return not math.isnan(self.longest_diameter_mm)
+        """Its size is known at this study (a merged lesion's is its absorber's)."""
+        if self.state in (NOT_FOUND, REJECTED):
+            return False
+        return bool(self.merged_into) or not math.isnan(self.size_mm)
 
 
 @dataclass(frozen=True)
 class StudyReading:
     """The lesions read at one study. ``non_target_unequivocal_progression``: a
-    radiologist's verdict on non-target disease (None: decide from the volumes)."""
+    radiologist's verdict on non-target disease (None: the rules decide, see
+    `analytics.lesions.core.recist.non_target_unequivocal`). ``not_evaluable``: why the
+    study as a whole cannot be assessed (its lesion links are provisional, its
+    segmentation is missing); its time point is then NE whatever the lesions say.
+    ``slice_thickness_mm``: of the analysed series (measurability, section 3.1.1)."""
 
     study_uid: str
     study_date: dt.date
     lesions: tuple[LesionReading, ...]
     non_target_unequivocal_progression: bool | None = None
+    not_evaluable: tuple[str, ...] = ()
+    slice_thickness_mm: float | None = None
 
     def reading(self, lesion_uid: str) -> LesionReading | None:
         for lesion in self.lesions:
@@ -75,22 +141,62 @@ def _flag(value) -> bool | None:
     return bool(value)
 
 
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _reading(row: Mapping) -> LesionReading:
+    """One export row as a reading: ``resolved`` is gone (0), ``not_found`` unknown,
+    ``merged`` carried by the lesion named in ``merged_into_uid``."""
+    status = _text(row.get("status")).lower()
+    state = _text(row.get("finding_state")).lower() or CONFIRMED
+    gone = status in ("resolved", "merged")
+    if status == "not_found":
+        state = NOT_FOUND
+    return LesionReading(
+        lesion_uid=str(row["lesion_uid"]),
+        organ=str(row["organ"]).strip().lower(),
+        longest_diameter_mm=0.0 if gone else _number(row["longest_diameter_mm"]),
+        volume_ml=0.0 if gone else _number(row["volume_ml"]),
+        short_axis_mm=0.0 if gone else _number(row.get("short_axis_mm", math.nan)),
+        is_target=_flag(row.get("is_target")),
+        state=state,
+        note=_text(row.get("state_reason")),
+        too_small=bool(_flag(row.get("too_small_to_measure"))),
+        merged_into=_text(row.get("merged_into_uid")) if status == "merged" else "",
+        confidence=_number(row.get("confidence", math.nan)),
+        label=_text(row.get("lesion_label")),
+    )
+
+
 def timeline_from_measurements(
     measurements: pd.DataFrame,
 ) -> Mapping[str, tuple[StudyReading, ...]]:
     """Per patient, the timeline from an ``export_measurements`` table
-    (`analytics.layouts.MEASUREMENT_COLUMNS`).
+    (`analytics.layouts.MEASUREMENT_COLUMNS`, and the extra columns after them).
 
     Reads ``patient_id, study_instance_uid, study_date, lesion_uid, organ, volume_ml,
     longest_diameter_mm`` and, when present, ``short_axis_mm``, ``status``,
-    ``is_target`` and ``review_state``. A row with status ``resolved`` reads as
-    disappeared (0 mm, 0 ml) whatever its numbers; a row whose review_state is
-    ``rejected`` (a radiologist said it is not a lesion) is left out. A study appears
-    only if it has at least one row (a resolved lesion still has one).
+    ``is_target``, ``review_state``, ``finding_state``, ``state_reason``,
+    ``too_small_to_measure``, ``merged_into_uid`` and ``confidence``. Status
+    ``resolved`` (confirmed gone) reads as 0 mm and 0 ml whatever the numbers;
+    ``not_found`` as not evaluated (state not_found, never 0); ``merged`` as 0 with the
+    lesion that absorbed it. A row a radiologist rejected (review_state or finding_state
+    ``rejected``) is left out. A study appears only if it has at least one row.
     """
     frame = measurements.copy()
-    if "review_state" in frame:
-        frame = frame[frame["review_state"].astype(str).str.lower() != "rejected"]
+    for column in ("review_state", "finding_state"):
+        if column in frame:
+            frame = frame[frame[column].astype(str).str.lower() != REJECTED]
     frame["study_date"] = pd.to_datetime(frame["study_date"]).dt.date
     out: dict[str, tuple[StudyReading, ...]] = {}
     for patient_id, rows in frame.groupby("patient_id", sort=True):
@@ -98,19 +204,7 @@ def timeline_from_measurements(
         for (study_date, study_uid), group in rows.groupby(
             ["study_date", "study_instance_uid"], sort=True
         ):
-            readings = []
-            for row in group.to_dict("records"):
-                resolved = str(row.get("status", "")).lower() == "resolved"
-                readings.append(
-                    LesionReading(
-                        lesion_uid=str(row["lesion_uid"]),
-                        organ=str(row["organ"]).strip().lower(),
-                        longest_diameter_mm=0.0 if resolved else float(row["longest_diameter_mm"]),
-                        volume_ml=0.0 if resolved else float(row["volume_ml"]),
-                        short_axis_mm=float(row.get("short_axis_mm", math.nan)),
-                        is_target=_flag(row.get("is_target")),
-                    )
-                )
-            studies.append(StudyReading(str(study_uid), study_date, tuple(readings)))
+            readings = tuple(_reading(row) for row in group.to_dict("records"))
+            studies.append(StudyReading(str(study_uid), study_date, readings))
         out[str(patient_id)] = tuple(studies)
     return out

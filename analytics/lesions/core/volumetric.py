@@ -3,11 +3,23 @@
 Thresholds are RECIST 1.1's diameter thresholds carried to volume through a sphere
 (V proportional to d^3), the equivalence RECIST 1.1 itself uses for non-target disease
 (Eisenhauer EA et al., Eur J Cancer 2009;45:228-247, section 4.3.4: a 73% increase in
-volume matches a 20% increase in diameter):
+volume matches a 20% increase in diameter). They are used exactly, not rounded, so that
+neither side of a line is favoured (a change exactly on the line counts, as in RECIST):
 
-- progression: +20% diameter -> 1.2^3 - 1 = +72.8% volume: PD at >= +73% from the nadir;
-- response: -30% diameter -> 0.7^3 - 1 = -65.7% volume: PR at <= -65% from baseline;
-- complete response: no measurable tumour volume left (all lesions 0 ml).
+- progression: +20% diameter -> 1.2^3 - 1 = +72.8% volume from the nadir, AND the
+  diameter of the sphere of that volume grows by at least 5 mm (section 4.3.1's absolute
+  increase carried over: the relative change of a small volume is mostly measurement
+  error, which grows as lesions shrink: Buckler AJ et al., Acad Radiol
+  2015;22:1393-1408, the test-retest study behind the QIBA CT Volumetry profile), so
+  0.05 -> 0.09 ml (+80%, a sphere of 4.6 -> 5.6 mm) is not progression;
+- response: -30% diameter -> 0.7^3 - 1 = -65.7% volume from baseline;
+- complete response: no tumour volume left of a burden there was at baseline; with
+  nothing at baseline there is nothing to respond: NE.
+
+Findings count as RECIST counts them (`analytics.lesions.core.assess`): a lesion not
+found makes the total unknown (NE), an equivocal new lesion is left out until
+confirmed, one too small to measure counts the sphere of 5 mm, a merged one counts in
+the lesion that absorbed it, and a study that cannot be assessed as a whole is NE.
 
 Repeat-scan variability: volumes of the same lesion on two scans minutes apart differ by
 up to about 20-25% (95% limits of agreement; e.g. Wormanns D et al., Eur Radiol
@@ -37,11 +49,22 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS
-from analytics.lesions.core.readings import StudyReading, timeline_from_measurements
-from analytics.lesions.core.recist import pct_change, recist_assess
+from analytics.lesions.core.assess import recist_assess
+from analytics.lesions.core.findings import node_normal
+from analytics.lesions.core.readings import (
+    CONFIRMED,
+    NOT_FOUND,
+    REJECTED,
+    TOO_SMALL_MM,
+    LesionReading,
+    StudyReading,
+    timeline_from_measurements,
+)
+from analytics.lesions.core.recist import pct_change, sphere_diameter_mm
 
 __all__ = [
     "REPEATABILITY_PCT",
+    "VOLUME_PD_DIAMETER_MM",
     "VOLUME_PD_PCT",
     "VOLUME_PR_PCT",
     "DoublingTime",
@@ -58,8 +81,9 @@ __all__ = [
     "within_measurement_noise",
 ]
 
-VOLUME_PD_PCT = 73.0  # (1.2^3 - 1) = 72.8%
-VOLUME_PR_PCT = -65.0  # (0.7^3 - 1) = -65.7%
+VOLUME_PD_PCT = (1.2**3 - 1.0) * 100.0  # +72.8%
+VOLUME_PR_PCT = (0.7**3 - 1.0) * 100.0  # -65.7%
+VOLUME_PD_DIAMETER_MM = 5.0
 REPEATABILITY_PCT = 25.0
 _PCT_SLACK = 1e-9
 
@@ -71,35 +95,43 @@ def total_tumour_burden_ml(volumes_ml: Iterable[float]) -> float:
 
 
 def volume_progression(*, volume_ml: float, nadir_ml: float) -> bool:
-    """Volumetric PD: at least +73% from the nadir (smallest volume before, baseline included).
+    """Volumetric PD: at least +72.8% from the nadir (smallest volume before, baseline
+    included) and a sphere at least 5 mm larger in diameter (module docstring).
 
-    The sphere equivalent of RECIST 1.1's +20% in diameter (section 4.3.1): 1.2^3 - 1 =
-    72.8%, as in section 4.3.4. Growth from a nadir of 0 (a lesion that came back) is
-    an unbounded increase and counts.
+    The sphere equivalent of RECIST 1.1's +20% and +5 mm in diameter (section 4.3.1),
+    as in section 4.3.4. Growth from a nadir of 0 (a lesion that came back) is an
+    unbounded relative increase, so the 5 mm decide.
     """
+    if math.isnan(volume_ml) or math.isnan(nadir_ml):
+        return False
     change = pct_change(value=volume_ml, reference=nadir_ml)
-    return change >= VOLUME_PD_PCT - _PCT_SLACK
+    grown_mm = sphere_diameter_mm(volume_ml) - sphere_diameter_mm(nadir_ml)
+    return change >= VOLUME_PD_PCT - _PCT_SLACK and grown_mm >= VOLUME_PD_DIAMETER_MM - _PCT_SLACK
 
 
 def volume_partial_response(*, volume_ml: float, baseline_ml: float) -> bool:
-    """Volumetric PR: at least -65% from baseline (the sphere equivalent of -30% in
-    diameter, RECIST 1.1 section 4.3.1: 0.7^3 - 1 = -65.7%)."""
+    """Volumetric PR: at least -65.7% from baseline (the sphere equivalent of -30% in
+    diameter, RECIST 1.1 section 4.3.1: 0.7^3 - 1)."""
     return pct_change(value=volume_ml, reference=baseline_ml) <= VOLUME_PR_PCT + _PCT_SLACK
 
 
 def volume_response(*, volume_ml: float, baseline_ml: float, nadir_ml: float) -> str:
     """CR, PR, SD, PD (or NE) for one lesion's or the total volume, like RECIST's targets.
 
-    CR when nothing is left (0 ml) of something that was there; PD by
-    `volume_progression` (wins over PR, as in RECIST 1.1 section 4.3.1); PR by
-    `volume_partial_response`; SD otherwise. NE when the volume is not known.
+    NE when a volume is not known, or when there was nothing at baseline and there is
+    nothing to call progression now (no burden to respond: a CR would claim a response
+    that never happened); PD by `volume_progression` (wins over PR, as in RECIST 1.1
+    section 4.3.1); CR when nothing is left (0 ml) of a burden there was; PR by
+    `volume_partial_response`; SD otherwise.
     """
     if math.isnan(volume_ml) or math.isnan(baseline_ml) or math.isnan(nadir_ml):
         return "NE"
-    if volume_ml == 0:
-        return "CR"
     if volume_progression(volume_ml=volume_ml, nadir_ml=nadir_ml):
         return "PD"
+    if baseline_ml == 0:
+        return "NE"
+    if volume_ml == 0:
+        return "CR"
     if volume_partial_response(volume_ml=volume_ml, baseline_ml=baseline_ml):
         return "PR"
     return "SD"
@@ -206,15 +238,16 @@ class VolumetricAssessment:
 def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAssessment, ...]:
     """Volumetric response at every study of one patient (baseline first).
 
-    The total burden sums every lesion's volume (targets, non-targets and new lesions;
-    a lesion not read at a study, or with NaN volume, makes the total NaN and the
-    category NE). Its nadir is the smallest total on an earlier study, baseline
-    included. New lesions (absent at baseline, present now) make the category PD.
+    The total burden sums every counted lesion's volume (targets, non-targets and
+    confirmed new lesions; a lesion not read or not found at a study, or with NaN
+    volume, makes the total NaN and the category NE). Its nadir is the smallest total on
+    an earlier study, baseline included. Confirmed new lesions (absent at baseline,
+    present now) make the category PD; a study not evaluable as a whole is NE.
     """
     if not timeline:
         return ()
     studies = sorted(timeline, key=lambda s: s.study_date)
-    baseline_uids = {r.lesion_uid for r in studies[0].lesions if r.present}
+    baseline_uids = {r.lesion_uid for r in studies[0].lesions if _counts(r)}
     course = _Course()
     out: list[VolumetricAssessment] = []
     for index, study in enumerate(studies):
@@ -256,7 +289,9 @@ class _Course:
 
     def known_extend(self, study: StudyReading, *, is_baseline: bool) -> None:
         for r in study.lesions:
-            if r.lesion_uid not in self.known and (r.present or is_baseline):
+            if r.lesion_uid in self.known:
+                continue
+            if _counts(r) or (is_baseline and r.state == CONFIRMED and not _normal_node(r)):
                 self.known.append(r.lesion_uid)
 
     def record(self, study: StudyReading, volumes: dict[str, float], total: float) -> None:
@@ -265,14 +300,34 @@ class _Course:
         self.previous_volume = dict(volumes)
 
 
+def _normal_node(r: LesionReading) -> bool:
+    return r.is_node and node_normal(r.size_mm)
+
+
+def _counts(r: LesionReading) -> bool:
+    """A lesion seen that counts: confirmed, present, not a normal-sized node."""
+    return r.present and r.state == CONFIRMED and not _normal_node(r)
+
+
 def _new_lesions(study: StudyReading, baseline_uids: set[str]) -> bool:
-    """A lesion absent at baseline is present (RECIST 1.1 section 4.3.5)."""
-    return bool({r.lesion_uid for r in study.lesions if r.present} - baseline_uids)
+    """A confirmed lesion absent at baseline is present (RECIST 1.1 section 4.3.5)."""
+    return bool({r.lesion_uid for r in study.lesions if _counts(r)} - baseline_uids)
+
+
+#: A lesion present but too small to measure: the sphere of `TOO_SMALL_MM` (ml).
+_TOO_SMALL_ML = math.pi * TOO_SMALL_MM**3 / 6000.0
 
 
 def _volume_ml(study: StudyReading, lesion_uid: str) -> float:
+    """Its volume at ``study``: NaN when not read or not found; 0 when gone or merged."""
     reading = study.reading(lesion_uid)
-    return math.nan if reading is None else reading.volume_ml
+    if reading is None or reading.state in (NOT_FOUND, REJECTED):
+        return math.nan
+    if reading.merged_into:
+        return 0.0
+    if reading.too_small:
+        return _TOO_SMALL_ML
+    return reading.volume_ml
 
 
 def _lesion_change(
@@ -326,7 +381,7 @@ def _assessment(
         finite = [t for t in course.totals if not math.isnan(t)]
         lowest_total = min(finite) if finite else math.nan
         burden = volume_response(volume_ml=total, baseline_ml=baseline_total, nadir_ml=lowest_total)
-        category = "PD" if new else burden
+        category = "NE" if study.not_evaluable else ("PD" if new else burden)
     return VolumetricAssessment(
         study_uid=study.study_uid,
         study_date=study.study_date,
@@ -351,12 +406,12 @@ def _assessment(
 def responses_table_build(
     *, measurements: pd.DataFrame, slice_thickness_mm: float | None = None
 ) -> pd.DataFrame:
-    """The ``export_responses`` table (`analytics.layouts.EXPORT_RESPONSE_COLUMNS`) from an
-    ``export_measurements`` table.
+    """The ``export_responses`` table (`analytics.layouts.EXPORT_RESPONSE_COLUMNS`, then
+    ``response_note``) from an ``export_measurements`` table.
 
     One row per study: RECIST sum of diameters and its changes (`recist_assess`), the
-    total volume, the RECIST and volumetric categories (empty at baseline) and whether a
-    lesion absent at baseline is present.
+    total volume, the RECIST and volumetric categories (empty at baseline), whether a
+    confirmed lesion absent at baseline is present, and what the category rests on.
     """
     rows = []
     for patient_id, timeline in timeline_from_measurements(measurements).items():
@@ -375,6 +430,7 @@ def responses_table_build(
                     r.category,
                     v.category,
                     r.new_lesions,
+                    "; ".join(r.notes),
                 )
             )
-    return pd.DataFrame(rows, columns=list(EXPORT_RESPONSE_COLUMNS))
+    return pd.DataFrame(rows, columns=[*EXPORT_RESPONSE_COLUMNS, "response_note"])

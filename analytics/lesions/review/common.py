@@ -91,8 +91,8 @@ def candidate_row(segmentation_id: int | None, component: int | None) -> LesionM
 def first_sighting(lesion: Lesion) -> LesionMeasurement:
     """The lesion's first row where it was found in a segmentation (a link's anchor)."""
     row = (
-        LesionMeasurement.objects.filter(lesion=lesion)
-        .exclude(status=LesionMeasurement.Status.RESOLVED)
+        LesionMeasurement.objects.filter(lesion=lesion, component_label__isnull=False)
+        .filter(status__in=LesionMeasurement.FOUND)
         .select_related("study", "lesion")
         .order_by(*study_order("study__"))
         .first()
@@ -121,6 +121,8 @@ def measurement_state(m: LesionMeasurement) -> dict[str, Any]:
         **measurement_keys(m),
         "status": m.status,
         "review_state": m.review_state,
+        "finding_state": m.finding_state,
+        "too_small": m.too_small,
         "is_target": m.is_target,
         "volume_ml": m.volume_ml,
         "longest_diameter_mm": m.longest_diameter_mm,
@@ -140,7 +142,9 @@ def responses_state(patient: Patient) -> list[dict[str, Any]]:
             "total_volume_ml": r.total_volume_ml,
             "recist_response": r.recist_response,
             "volumetric_response": r.volumetric_response,
+            "irecist_response": r.irecist_response,
             "new_lesions": r.new_lesions,
+            "response_note": r.response_note,
         }
         for r in response_rows(patient=patient)
     ]
@@ -167,10 +171,13 @@ def measurement_before(m: LesionMeasurement, patient: Patient) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------- after
-def patient_recompute(patient: Patient) -> tuple[TrackingSummary, int]:
+def patient_recompute(
+    patient: Patient, *, trigger: str = "a radiologist's review"
+) -> tuple[TrackingSummary, int]:
     """Rebuild identities, targets and responses, then rescore the patient. Decisions
-    the rebuild carries or drops go into the action's own event (`review_event_write`)."""
-    summary = patient_track(patient=patient, record_event=False)
+    the rebuild carries or drops go into the action's own event (`review_event_write`);
+    ``trigger`` goes on any response category the rebuild revises."""
+    summary = patient_track(patient=patient, record_event=False, trigger=trigger)
     version = current_model_version()
     scored = 0
     if version is not None:

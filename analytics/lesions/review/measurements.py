@@ -137,10 +137,16 @@ def _decision_record(
     """Shared path of accept, reject and override: save the review fields, rebuild."""
     patient = patient_lock(measurement.lesion.patient_id)
     m = measurement_fresh(measurement)
-    if m.status == LesionMeasurement.Status.RESOLVED:
+    if m.manual_finding_id is not None:
         raise ReviewError(
-            f"measurement: {m.lesion.label} is resolved at this study (nothing was found "
-            f"there); only a found lesion can be {action}ed"
+            f"measurement: {m.lesion.label} was measured by hand at this study; its values "
+            "are the radiologist's own (measure it again by hand to change them)"
+        )
+    if not m.is_found:
+        raise ReviewError(
+            f"measurement: {m.lesion.label} was not found at this study ({m.get_status_display()}"
+            f"); only a found lesion can be {action}ed: confirm it gone, mark it too small "
+            "to measure, or measure it by hand instead"
         )
     before = measurement_before(m, patient)
     for name, value in changes.items():
@@ -149,7 +155,7 @@ def _decision_record(
     m.reviewed_by = user
     m.reviewed_at = timezone.now()
     m.save()
-    summary, scored = patient_recompute(patient)
+    summary, scored = patient_recompute(patient, trigger=f"review: {action} {m.lesion.label}")
     rebuilt = candidate_row(m.segmentation_id, m.component_label)
     after = {"measurement": measurement_state(rebuilt) if rebuilt else None}
     return review_event_write(

@@ -30,7 +30,8 @@ def targets_set(
     """Choose the RECIST 1.1 target lesions by hand (an empty choice returns to the rules).
 
     Each target must be found at baseline, not rejected, and measurable (longest
-    diameter in force >= 10 mm, RECIST 1.1 section 3.1.1); at most 5 in all and 2 per
+    diameter in force >= 10 mm, or twice the slice thickness above 5 mm; a lymph node
+    by its short axis, 15 mm: RECIST 1.1 section 3.1.1); at most 5 in all and 2 per
     organ (section 4.2).
     """
     reviewer_require(user)
@@ -39,7 +40,7 @@ def targets_set(
         patient = patient_lock(patient.pk)
         rows = list(
             LesionMeasurement.objects.filter(lesion__patient=patient)
-            .select_related("study", "lesion")
+            .select_related("study__chosen_series", "lesion")
             .order_by(*study_order("study__"))
         )
         if not rows:
@@ -105,20 +106,37 @@ def _target_check(
     row: LesionMeasurement | None, pk: int, rows: Sequence[LesionMeasurement]
 ) -> None:
     """One lesion's baseline row may be a target: found, not rejected, measurable
-    (RECIST 1.1 section 3.1.1)."""
-    if row is None or row.status == LesionMeasurement.Status.RESOLVED:
+    (RECIST 1.1 section 3.1.1: 10 mm, or twice a slice thickness over 5 mm; a lymph
+    node 15 mm in short axis)."""
+    if row is None or not row.is_found:
         raise ReviewError(
             f"lesions: a target must be found at baseline; {_lesion_name(pk, rows)} is not"
         )
-    if row.review_state == LesionMeasurement.Review.REJECTED:
+    if (
+        row.review_state == LesionMeasurement.Review.REJECTED
+        or row.finding_state == LesionMeasurement.FindingState.REJECTED
+    ):
         raise ReviewError(
             f"lesions: {row.lesion.label} was rejected as a false positive at baseline"
         )
-    if not is_measurable(longest_diameter_mm=row.effective_longest_diameter_mm):
+    node = row.lesion.organ == Lesion.Organ.LYMPH_NODE
+    thickness = row.study.chosen_series.slice_thickness_mm if row.study.chosen_series else None
+    if not is_measurable(
+        longest_diameter_mm=row.effective_longest_diameter_mm,
+        slice_thickness_mm=thickness,
+        short_axis_mm=row.effective_short_axis_mm,
+        is_node=node,
+    ):
+        size = (
+            f"{row.effective_short_axis_mm:.1f} mm in short axis (a node needs 15 mm)"
+            if node
+            else f"{row.effective_longest_diameter_mm:.1f} mm"
+            + (f" with {thickness:g} mm slices" if thickness and thickness > 5 else "")
+        )
         raise ReviewError(
-            f"lesions: {row.lesion.label} measures "
-            f"{row.effective_longest_diameter_mm:.1f} mm at baseline; a target must "
-            "be measurable (at least 10 mm, RECIST 1.1 section 3.1.1)"
+            f"lesions: {row.lesion.label} measures {size} at baseline; a target must be "
+            "measurable (at least 10 mm, or twice the slice thickness above 5 mm; RECIST "
+            "1.1 section 3.1.1)"
         )
 
 

@@ -26,6 +26,7 @@ from analytics.lesions.tracking.summary import (
     review_stale_entry,
     review_values,
     row_components,
+    row_key,
     target_stale_entry,
 )
 from imaging.models import LesionLink, LesionMeasurement, Segmentation
@@ -159,6 +160,9 @@ class CarriedDecisions:
     links: dict[int, list[LesionLink]]
     #: review fields and the old row, by the candidates the review was made on
     reviews: dict[CandidateSet, tuple[dict[str, Any], LesionMeasurement]]
+    #: review fields and the old row of a lesion not found at a study (confirmed gone,
+    #: too small to measure), by (study pk, Tracking UID): no candidate to key it by
+    absences: dict[tuple[int, str], tuple[dict[str, Any], LesionMeasurement]]
     #: the old baseline row of each target a radiologist chose, by its candidates
     manual_targets: dict[CandidateSet, LesionMeasurement]
     #: (segmentation, component) of an old identity's first sighting -> (uid, label)
@@ -181,19 +185,22 @@ def decisions_carry(
         | {link.segmentation_id for link in link_rows}
         | {link.anchor_segmentation_id for link in link_rows if link.anchor_segmentation_id},
     )
-    row_of = {
-        (m.segmentation_id, c): m
-        for m in old_measurements
-        if m.status != LesionMeasurement.Status.RESOLVED
-        for c in row_components(m)
-    }
+    row_of = {(m.segmentation_id, c): m for m in old_measurements for c in row_components(m)}
     links = _links_carry(links=link_rows, carry=carry, row_of=row_of, summary=summary)
-    reviews = _reviews_carry(old_measurements, carry, summary)
+    on_candidates = [m for m in old_measurements if row_components(m)]
+    reviews = _reviews_carry(on_candidates, carry, summary)
     manual_targets = _manual_targets_carry(old_measurements, carry, summary)
     return CarriedDecisions(
         row_of=row_of,
         links=links,
         reviews=reviews,
+        absences={
+            (m.study_id, m.lesion.tracking_uid): ({f: getattr(m, f) for f in REVIEW_FIELDS}, m)
+            for m in old_measurements
+            if not row_components(m)
+            and m.manual_finding_id is None
+            and m.review_state != LesionMeasurement.Review.PENDING
+        },
         manual_targets=manual_targets,
         first_sightings=_first_sightings(old_measurements, carry),
     )
@@ -353,13 +360,16 @@ def _manual_targets_carry(
 ) -> dict[CandidateSet, LesionMeasurement]:
     """(segmentation, frozenset of components) now -> old row, for each target a
     radiologist chose at the old baseline."""
-    found = [m for m in old_measurements if m.status != LesionMeasurement.Status.RESOLVED]
+    found = [m for m in old_measurements if m.is_found]
     if not found:
         return {}
     baseline = min((m.study for m in found), key=lambda s: s.chronological_key)
     manual: dict[CandidateSet, LesionMeasurement] = {}
     for m in found:
         if m.study_id != baseline.pk or not (m.target_by_hand and m.is_target):
+            continue
+        if m.manual_finding_id is not None:  # measured by hand: kept by its finding
+            manual[row_key(m)] = m
             continue
         key, moved_or_why = carry.candidates(m.segmentation_id, row_components(m))
         if key is None:
@@ -410,7 +420,7 @@ def _first_sightings(
     first sighting -> (uid, label)."""
     first: dict[str, LesionMeasurement] = {}
     for m in sorted(measurements, key=lambda m: (m.study.chronological_key, m.pk)):
-        if m.status != LesionMeasurement.Status.RESOLVED:
+        if row_components(m):
             first.setdefault(m.lesion.tracking_uid, m)
     sightings: dict[tuple[int, int], tuple[str, str]] = {}
     for uid, m in first.items():

@@ -13,6 +13,7 @@ from imaging.models import LesionLink, LesionMeasurement
 #: Review fields carried over from one rebuild to the next, per lesion candidate.
 REVIEW_FIELDS = (
     "review_state",
+    "too_small",
     "override_volume_ml",
     "override_longest_diameter_mm",
     "override_short_axis_mm",
@@ -37,7 +38,13 @@ class TrackingSummary:
 
     studies_tracked: int = 0
     lesions: int = 0
-    waiting: list[str] = field(default_factory=list)
+    #: follow-ups linked without a registration to the baseline, one sentence each
+    provisional: list[str] = field(default_factory=list)
+    #: studies with images to analyse but no segmentation (`chain.StudyGap`)
+    gaps: list[Any] = field(default_factory=list)
+    #: measurements by hand that no row could take (their study is not followed, or the
+    #: segmentation found the lesion there itself)
+    stale_manual: list[dict[str, Any]] = field(default_factory=list)
     #: radiologists' links that no longer apply (their candidate or anchor is gone); the
     #: links themselves stay stored, so they are listed again on every rebuild
     stale_links: list[dict[str, Any]] = field(default_factory=list)
@@ -58,7 +65,12 @@ class TrackingSummary:
         return {
             "studies_tracked": self.studies_tracked,
             "lesions": self.lesions,
-            "waiting": list(self.waiting),
+            "provisional": list(self.provisional),
+            "not_followed": [
+                f"study of {g.study.study_date or 'an undated study'}: {g.reason}"
+                for g in self.gaps
+            ],
+            "stale_manual": list(self.stale_manual),
             "stale_links": list(self.stale_links),
             "stale_reviews": list(self.stale_reviews),
             "stale_targets": list(self.stale_targets),
@@ -71,6 +83,14 @@ def row_components(m: LesionMeasurement) -> list[int]:
     if m.component_label is None:
         return []
     return [int(c) for c in (m.component_labels or [m.component_label])]
+
+
+def row_key(m: LesionMeasurement) -> tuple[int, frozenset[int]]:
+    """What a decision on a row is kept by: (segmentation, its candidates), or, for a
+    lesion measured by hand, (minus the `ManualFinding`'s pk, no candidate)."""
+    if m.manual_finding_id is not None:
+        return (-m.manual_finding_id, frozenset())
+    return (m.segmentation_id, frozenset(row_components(m)))
 
 
 def measurement_keys(m: LesionMeasurement) -> dict[str, Any]:
