@@ -1,12 +1,15 @@
 """REST API for patients: reads of patients and labs, and EHR data in.
 
 ``GET /api/v1/patients/`` and ``/api/v1/labs/`` read (audited, per patient shown);
-``POST /api/v1/ehr/`` takes a FHIR R4 Bundle or a cohort CSV.
+``POST /api/v1/ehr/`` takes a FHIR R4 Bundle, FHIR Bulk Data NDJSON
+(``application/fhir+ndjson``) or a cohort CSV.
 
-The file goes through `patients.ehr` (patients matched by MRN, records
-for unknown MRNs kept apart, one transaction, idempotent) and the answer lists what was
-created, updated, left unchanged, kept apart as unmatched, skipped and rejected, with
-where and why. Shared with the upload page (`patients.views.ehr_upload_view`).
+The file goes through `patients.ehr` (patients matched by their identifiers, records
+that match nobody kept apart with the reason, one transaction, idempotent) and the
+answer lists what was created, updated, left unchanged, kept apart as unmatched, skipped
+and rejected, with where and why. A file that cannot be read at all (not UTF-8, JSON
+nested too deeply, a CSV field over the limit) is a 400 with the reason. Shared with
+the upload page (`patients.views.ehr_upload_view`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from rest_framework.views import APIView
 
 from patients.api_base import AuditedReadOnlyViewSet
 from patients.audit import audit_record
-from patients.ehr.importer import ehr_import
+from patients.ehr.importer import NDJSON_MEDIA_TYPES, ehr_import
 from patients.ehr.records import EHRImportError, EHRImportResult
 from patients.models import LabResult, Patient
 from patients.selectors import patient_search_filter
@@ -89,6 +92,14 @@ class CSVParser(_RawBodyParser):
     media_type = "text/csv"
 
 
+class FHIRNDJSONParser(_RawBodyParser):
+    media_type = "application/fhir+ndjson"
+
+
+class NDJSONParser(_RawBodyParser):
+    media_type = "application/ndjson"
+
+
 # -- serializers --------------------------------------------------------------------
 class ProblemSerializer(serializers.Serializer):
     where = serializers.CharField(help_text="entry index and resource, or CSV line")
@@ -97,20 +108,25 @@ class ProblemSerializer(serializers.Serializer):
 
 class EHRImportResultSerializer(serializers.Serializer):
     source = serializers.CharField(help_text="the file name the rows were stored under")
-    format = serializers.CharField(help_text="FHIR Bundle or CSV")
-    records = serializers.IntegerField(help_text="bundle entries or CSV rows read")
+    format = serializers.CharField(help_text="FHIR Bundle, FHIR NDJSON, labs CSV or events CSV")
+    records = serializers.IntegerField(help_text="bundle entries, NDJSON lines or CSV rows read")
     created = serializers.IntegerField()
     updated = serializers.IntegerField(help_text="labs whose value changed (amended results)")
     unchanged = serializers.IntegerField(help_text="already stored as sent")
-    unmatched = serializers.IntegerField(help_text="records for MRNs that match no patient")
-    unmatched_identifiers = serializers.ListField(child=serializers.CharField())
+    unmatched = serializers.IntegerField(help_text="records that match no patient (kept apart)")
+    unmatched_identifiers = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="the identifiers that matched nobody: an MRN, or system|value",
+    )
     rejected = ProblemSerializer(many=True)
     skipped = ProblemSerializer(many=True)
     notes = serializers.ListField(child=serializers.CharField())
 
 
 class EHRUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="a FHIR R4 Bundle (JSON), labs.csv or events.csv")
+    file = serializers.FileField(
+        help_text="a FHIR R4 Bundle (JSON), FHIR NDJSON (.ndjson), labs.csv or events.csv"
+    )
 
 
 def ehr_import_result(result: EHRImportResult) -> dict:
@@ -132,15 +148,20 @@ def ehr_import_result(result: EHRImportResult) -> dict:
     ).data
 
 
-def ehr_import_run(*, request, data: bytes, name: str) -> EHRImportResult:
+def ehr_import_run(
+    *, request, data: bytes, name: str, ndjson: bool | None = None
+) -> EHRImportResult:
     """Import one uploaded file and write the audit row; `EHRImportError` if unreadable.
 
-    Rows are stored with the source ``upload <name> by <username>``.
+    Rows are stored with the source ``upload <name> by <username>``. ``ndjson``: the
+    body is NDJSON (None: a ``.ndjson`` name says so, else the content).
     """
     username = request.user.get_username()
     source = f"upload {name} by {username}"[:255]
+    if ndjson is None and name.lower().endswith(".ndjson"):
+        ndjson = True
     try:
-        result = ehr_import(path_or_bytes=data, source_name=source)
+        result = ehr_import(path_or_bytes=data, source_name=source, ndjson=ndjson)
     except EHRImportError as exc:
         audit_record(request=request, action="ehr.import", object=f"{name}: refused: {exc}")
         raise
@@ -177,25 +198,37 @@ class EHRImportView(APIView):
     """Import laboratory results and outcome events from a FHIR R4 Bundle or cohort CSV."""
 
     permission_classes = [IsAuthenticated, CanImportEHR]
-    parser_classes = [MultiPartParser, FHIRJSONParser, JSONBodyParser, CSVParser]
+    parser_classes = [
+        MultiPartParser,
+        FHIRJSONParser,
+        JSONBodyParser,
+        CSVParser,
+        FHIRNDJSONParser,
+        NDJSONParser,
+    ]
 
     @extend_schema(
         operation_id="ehr_import",
         summary="Import EHR labs and events",
         description=(
             "Send one file: a FHIR R4 Bundle (`application/fhir+json` or `application/json` "
-            "body) or the `labs.csv` / `events.csv` layout `generate_cohort` writes "
-            f"(`text/csv` body), or either as multipart form data under `{UPLOAD_FIELD}`. "
-            "Patients are matched by MRN and never created; records for unknown MRNs are "
-            "kept apart and counted as unmatched. The file is one transaction, and sending "
-            "it again changes nothing (counted as unchanged). Every record not used is "
-            "listed with where it was and why."
+            "body), FHIR Bulk Data NDJSON (`application/fhir+ndjson`: one resource per "
+            "line, problems named by line number) or the `labs.csv` / `events.csv` layout "
+            f"`generate_cohort` writes (`text/csv` body), or any of them as multipart form "
+            f"data under `{UPLOAD_FIELD}`. Patients are matched by identifier (the MRN in "
+            "RADTRACK_MRN_SYSTEM, or another system's identifier a patient is known to "
+            "carry) and never created; records that match nobody are kept apart with the "
+            "reason and counted as unmatched. A lab value outside its test's plausible range "
+            "is rejected. The file is one transaction, and sending it again changes nothing "
+            "(counted as unchanged). Every record not used is listed with where it was and why."
         ),
         request={
             "multipart/form-data": EHRUploadSerializer,
             "application/fhir+json": OpenApiTypes.OBJECT,
             "application/json": OpenApiTypes.OBJECT,
             "text/csv": OpenApiTypes.STR,
+            "application/fhir+ndjson": OpenApiTypes.STR,
+            "application/ndjson": OpenApiTypes.STR,
         },
         responses={
             201: OpenApiResponse(EHRImportResultSerializer, "something was created or updated"),
@@ -227,8 +260,9 @@ class EHRImportView(APIView):
                 return Response(
                     {"detail": "the request body is empty"}, status=status.HTTP_400_BAD_REQUEST
                 )
+        ndjson = True if request.content_type.split(";")[0].strip() in NDJSON_MEDIA_TYPES else None
         try:
-            result = ehr_import_run(request=request, data=data, name=name)
+            result = ehr_import_run(request=request, data=data, name=name, ndjson=ndjson)
         except EHRImportError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         changed = result.created or result.updated

@@ -1,11 +1,15 @@
-"""Who may do what: the three groups and the checks pages and API views share.
+"""Who may do what: the groups and the checks pages and API views share.
 
 Groups (created by migration ``patients.0002_groups``):
 
 - ``clinician``: sees patients, studies, series and their processing (view permissions).
 - ``radiologist``: as clinician, and may upload images (``imaging.add_instance``).
-- ``admin``: as radiologist, and manages users, groups and API tokens, and reads the
-  audit trail (in the Django admin site, which also needs the account's staff flag).
+- ``admin``: as radiologist, and manages accounts and API tokens, lifts login lockouts,
+  and reads the audit trail (in the Django admin site, which also needs the account's
+  staff flag). Only a superuser grants groups, permissions or superuser status
+  (`patients.admin`), so an administrator cannot raise their own rights.
+- ``researcher``: de-identified data only (``patients.export_research``, no view
+  permission): the research download page, never a name, MRN or real date.
 
 Checks go through Django permissions, not group names, so a superuser passes them all
 and an administrator can grant one permission to one account.
@@ -18,7 +22,8 @@ from rest_framework.permissions import BasePermission
 CLINICIAN = "clinician"
 RADIOLOGIST = "radiologist"
 ADMIN = "admin"
-GROUPS = (CLINICIAN, RADIOLOGIST, ADMIN)
+RESEARCHER = "researcher"
+GROUPS = (CLINICIAN, RADIOLOGIST, ADMIN, RESEARCHER)
 
 UPLOAD_PERMISSION = "imaging.add_instance"
 
@@ -34,6 +39,14 @@ REVIEW_PERMISSION = "imaging.change_lesionmeasurement"
 def can_review(user) -> bool:
     """Whether ``user`` may review lesions (accept, reject, relink, targets, overrides)."""
     return bool(user is not None and user.is_authenticated and user.has_perm(REVIEW_PERMISSION))
+
+
+RESEARCH_PERMISSION = "patients.export_research"
+
+
+def can_export_research(user) -> bool:
+    """Whether ``user`` may download de-identified research data."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(RESEARCH_PERMISSION))
 
 
 def can_view_ingest_session(user, session) -> bool:

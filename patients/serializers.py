@@ -23,8 +23,15 @@ class LabResultSerializer(serializers.ModelSerializer):
     loinc_code = serializers.CharField(read_only=True, help_text="LOINC code of the test")
     value = serializers.FloatField(read_only=True, help_text="in `unit`, the test's canonical unit")
     unit = serializers.CharField(read_only=True, help_text="UCUM unit")
+    comparator = serializers.CharField(
+        read_only=True,
+        help_text="empty for an exact value; <, <=, >= or > when the value is a bound "
+        "(a censored result such as < 0.5 ng/mL)",
+    )
 
     class Meta:
         model = LabResult
-        fields = ["id", "patient", "loinc_code", "value", "unit", "observed_at", "source"]
+        fields = [
+            "id", "patient", "loinc_code", "comparator", "value", "unit", "observed_at", "source",
+        ]  # fmt: skip
         read_only_fields = fields

@@ -4,6 +4,10 @@ Every lab value is stored in its code's canonical unit, so features and models n
 see two units for one test. A unit or code not in these tables is refused with a
 `UnitError` that names both; nothing is guessed.
 
+A value outside its analyte's plausible range (`Analyte.plausible_range`, in the
+canonical unit) is refused with an `ImplausibleValue`: such a number is a unit or keying
+error, never a result to compute with.
+
 Units are UCUM case-sensitive codes (https://ucum.org/ucum): ``ug`` is microgram, ``L``
 and ``l`` are both litre, ``U`` is the enzyme unit (umol/min) and ``kat`` the katal
 (mol/s). A few spellings seen in lab feeds that are not UCUM codes are normalised first
@@ -21,8 +25,10 @@ __all__ = [
     "CODE_ALIASES",
     "Analyte",
     "CanonicalValue",
+    "ImplausibleValue",
     "UnitError",
     "analyte_for",
+    "lab_value_plausibility_check",
     "lab_value_to_canonical",
     "unit_factor",
     "unit_normalise",
@@ -36,6 +42,10 @@ class UnitError(ValueError):
         super().__init__(message)
         self.loinc_code = loinc_code
         self.unit = unit
+
+
+class ImplausibleValue(UnitError):
+    """A converted lab value outside its analyte's plausible range; names both."""
 
 
 # Mass in grams and volume in litres of the UCUM prefixes a lab report uses.
@@ -77,7 +87,10 @@ class Analyte:
     """A laboratory test: LOINC code, canonical UCUM unit and the units converted into it.
 
     ``factors[unit]`` multiplies a value in ``unit`` to give it in ``canonical_unit``.
-    ``key`` is the short name features use (``cea_latest``...).
+    ``key`` is the short name features use (``cea_latest``...). ``plausible_range``
+    (low, high, inclusive, canonical unit) bounds what a real specimen can give: set
+    well outside the extremes reported in patients, so only impossible numbers (a
+    wrong unit, a keying error, an overflow) are refused, never a rare true one.
     """
 
     key: str
@@ -85,6 +98,7 @@ class Analyte:
     display: str
     canonical_unit: str
     factors: Mapping[str, float] = field(repr=False)
+    plausible_range: tuple[float, float] = (0.0, float("inf"))
 
 
 ANALYTES: dict[str, Analyte] = {
@@ -96,6 +110,8 @@ ANALYTES: dict[str, Analyte] = {
             "Carcinoembryonic Ag [Mass/volume] in Serum or Plasma",
             "ng/mL",
             _mass_concentration("ng/mL"),
+            # Metastatic colorectal cancer reaches tens of thousands of ng/mL; 1 g/L is not.
+            (0.0, 1_000_000.0),
         ),
         Analyte(
             "ldh",
@@ -103,6 +119,8 @@ ANALYTES: dict[str, Analyte] = {
             "Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma",
             "U/L",
             _ENZYME_ACTIVITY_U_PER_L,
+            # Tumour lysis and haemolysis reach tens of thousands of U/L.
+            (0.0, 500_000.0),
         ),
         Analyte(
             "crp",
@@ -110,6 +128,8 @@ ANALYTES: dict[str, Analyte] = {
             "C reactive protein [Mass/volume] in Serum or Plasma",
             "mg/L",
             _mass_concentration("mg/L"),
+            # Septic shock rarely passes 500 mg/L; 5 g/L of one plasma protein is impossible.
+            (0.0, 5_000.0),
         ),
         Analyte(
             "albumin",
@@ -117,6 +137,8 @@ ANALYTES: dict[str, Analyte] = {
             "Albumin [Mass/volume] in Serum or Plasma",
             "g/dL",
             _mass_concentration("g/dL"),
+            # Total serum protein is about 7 g/dL; albumin above 15 g/dL is not serum.
+            (0.0, 15.0),
         ),
         Analyte(
             "hemoglobin",
@@ -127,6 +149,8 @@ ANALYTES: dict[str, Analyte] = {
                 **_mass_concentration("g/dL"),
                 "mmol/L": HEMOGLOBIN_G_PER_DL_PER_MMOL_PER_L,
             },
+            # Whole blood holds at most about 35 g/dL of haemoglobin (red cells themselves).
+            (0.0, 35.0),
         ),
     )
 }
@@ -196,7 +220,8 @@ def lab_value_to_canonical(*, loinc_code: str, value: float, unit: str) -> Canon
 
     The result is rounded to 12 significant digits so that a conversion such as
     41 g/L -> 4.1 g/dL does not carry binary noise into comparisons on re-import.
-    Raises `UnitError` for an unknown code or unit, or a value that is not finite.
+    Raises `UnitError` for an unknown code or unit, or a value that is not finite, and
+    `ImplausibleValue` for one outside the analyte's plausible range.
     """
     analyte = analyte_for(loinc_code)
     factor = unit_factor(loinc_code=loinc_code, unit=unit)
@@ -208,4 +233,25 @@ def lab_value_to_canonical(*, loinc_code: str, value: float, unit: str) -> Canon
             unit=unit,
         )
     converted = float(f"{number * factor:.12g}")
+    lab_value_plausibility_check(analyte=analyte, value=converted, given=f"{value!r} {unit}")
     return CanonicalValue(analyte.loinc_code, converted, analyte.canonical_unit)
+
+
+def lab_value_plausibility_check(*, analyte: Analyte, value: float, given: str = "") -> None:
+    """Refuse a value (canonical unit) outside the analyte's plausible range.
+
+    A concentration or activity is never negative, and the upper bound is far above
+    any result reported in a patient (`Analyte`), so what fails is a unit or keying
+    error. Raises `ImplausibleValue` naming the value, the range and the unit.
+    """
+    low, high = analyte.plausible_range
+    if low <= value <= high:
+        return
+    shown = f" (given as {given})" if given else ""
+    raise ImplausibleValue(
+        f"value {value:g} {analyte.canonical_unit}{shown} for LOINC {analyte.loinc_code} "
+        f"({analyte.key}) is outside the plausible range {low:g}-{high:g} "
+        f"{analyte.canonical_unit}; check the unit and the number",
+        loinc_code=analyte.loinc_code,
+        unit=analyte.canonical_unit,
+    )

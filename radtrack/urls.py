@@ -8,7 +8,9 @@ stay one-way (docs/ARCHITECTURE.md).
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+from radtrack.health import health_view
 
 urlpatterns = [
     path("", include("analytics.dashboard.urls")),  # the worklist is the home page
@@ -20,6 +22,11 @@ urlpatterns = [
     path("imaging/", include("analytics.lesions.urls")),
     path("api/v1/", include("radtrack.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The split view serves its script from a URL: the Content-Security-Policy allows no
+    # inline script.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("fhir/", include("analytics.fhir.urls")),
+    path("audit/", include("analytics.audit.urls")),
+    path("research/", include("analytics.research.urls")),
+    path("healthz/", health_view, name="health"),
 ]

@@ -28,6 +28,26 @@ def require_program(name: str, *, why: str = "") -> str:
 
 
 @pytest.fixture(autouse=True)
+def _cache_clear():
+    """Counts kept in the cache (failed API authentications) start afresh in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _static_files_unhashed(settings, tmp_path):
+    """Pages render without `collectstatic`: the served site's hashed, compressed names
+    need its manifest (tests/production checks that storage itself)."""
+    settings.STATIC_ROOT = tmp_path / "static"
+    settings.STATIC_ROOT.mkdir()
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(autouse=True)
 def _data_dir(tmp_path, settings):
     """Every test stores files under its own temporary data folder."""
     settings.DATA_DIR = tmp_path / "data"

@@ -1,10 +1,10 @@
 """GET /api/v1/...: permissions, token and session auth, filters, pagination, audit."""
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from imaging.models import IngestSession
 from patients.models import AuditEvent
+from radtrack.api.tokens import api_token_issue
 from tests.api.helpers import rows_make
 from tests.imaging.factories import IngestSessionFactory
 from tests.patients.factories import UserFactory
@@ -52,8 +52,8 @@ def test_anonymous_and_groupless_accounts_are_refused(client, rows, url):
 
 @pytest.mark.parametrize("url", LISTS)
 def test_a_token_reads_every_list(client, rows, clinician, url):
-    token = Token.objects.create(user=clinician)
-    response = client.get(url, HTTP_AUTHORIZATION=f"Token {token.key}")
+    token = api_token_issue(user=clinician)
+    response = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["count"] >= 1

@@ -11,8 +11,8 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections, transaction
-from rest_framework.authtoken.models import Token
 
+from radtrack.api.tokens import api_token_issue
 from tests.api.helpers import rows_make
 from tests.patients.factories import UserFactory
 
@@ -67,7 +67,7 @@ def wsgi_app():
 def test_no_generated_request_gets_a_server_error(wsgi_app):
     rows_make()
     admin = UserFactory(groups=["admin"])
-    headers = {"Authorization": f"Token {Token.objects.create(user=admin).key}"}
+    headers = {"Authorization": f"Token {api_token_issue(user=admin)}"}
     schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app, headers=headers)
     failures: list[str] = []
     operations = 0
@@ -97,3 +97,89 @@ def test_no_generated_request_gets_a_server_error(wsgi_app):
         send()
     assert operations >= len(READ_PATHS)
     assert not failures, "\n".join(failures[:20])
+
+
+# -- responses as documented (issue 20, "API schema") ------------------------------------
+def _path_values(rows, session_pk: int) -> dict[str, object]:
+    from imaging.models import Series
+
+    return {
+        "/api/v1/patients/{id}/": rows.alice.pk,
+        "/api/v1/labs/{id}/": rows.lab.pk,
+        "/api/v1/lesions/{id}/": rows.lesion.pk,
+        "/api/v1/measurements/{id}/": rows.at_baseline.pk,
+        "/api/v1/responses/{id}/": rows.response.pk,
+        "/api/v1/risk-scores/{id}/": rows.score.pk,
+        "/api/v1/series/{id}/": Series.objects.order_by("pk").first().pk,
+        "/api/v1/studies/{id}/": rows.baseline.pk,
+        "/api/v1/ingest-sessions/{id}/": session_pk,
+    }
+
+
+def _cases(operation, rows, session_pk: int) -> list[tuple[str, object]]:
+    """A real request (200 expected) and, where the path names a record, an unknown one."""
+    path = operation.path
+    fhir_patient = f"patient-{rows.alice.pk}"
+    query = {}
+    for parameter in operation.query:
+        if parameter.is_required and parameter.name == "patient":
+            query["patient"] = fhir_patient
+        elif parameter.is_required and parameter.name == "identifier":
+            query["identifier"] = rows.alice.patient_id
+    found: dict[str, object] = {}
+    missing: dict[str, object] = {}
+    for parameter in operation.path_parameters:
+        if parameter.name == "id":
+            found["id"], missing["id"] = _path_values(rows, session_pk)[path], 987654321
+        elif parameter.name == "resource_id":
+            found["resource_id"], missing["resource_id"] = fhir_patient, "patient-987654321"
+        elif parameter.name == "resource_type":
+            found["resource_type"] = missing["resource_type"] = "Patient"
+    cases = [("real", operation.Case(path_parameters=found or None, query=query or None))]
+    if missing:
+        cases.append(("unknown", operation.Case(path_parameters=missing, query=query or None)))
+    return cases
+
+
+def test_every_get_answers_as_the_schema_documents(wsgi_app):
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    from tests.imaging.factories import IngestIssueFactory, IngestSessionFactory, InstanceFactory
+
+    rows = rows_make()
+    # A session of the listener: no account (user is null), one issue, one image.
+    session = IngestSessionFactory(user=None, source="dimse", rejected=1, files_seen=2)
+    IngestIssueFactory(session=session, file_name="bad.dcm", reason="empty file")
+    InstanceFactory(ingest_session=session)
+    admin = UserFactory(groups=["admin"])
+    headers = {"Authorization": f"Token {api_token_issue(user=admin)}"}
+    schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app, headers=headers)
+    checks = [response_schema_conformance, status_code_conformance, content_type_conformance]
+    failures, answered = [], {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.method.upper() != "GET":
+            continue
+        for kind, case in _cases(operation, rows, session.pk):
+            for auth in (headers, {}):  # with a token, and anonymous (401 documented)
+                response = case.call(headers=auth)
+                answered[(operation.path, kind, bool(auth))] = response.status_code
+                try:
+                    case.validate_response(response, checks=checks, headers=auth)
+                except BaseExceptionGroup as group:  # schemathesis: one failure per check
+                    for exc in group.exceptions:
+                        failures.append(f"{operation.path} {kind} auth={bool(auth)}: {exc}"[:700])
+    assert not failures, "\n".join(failures)
+    real = {path: code for (path, kind, auth), code in answered.items() if kind == "real" and auth}
+    assert len(real) >= len(READ_PATHS)
+    assert {code for path, code in real.items() if path != "/fhir/metadata"} == {200}, real
+    anonymous = {
+        code for (p, kind, auth), code in answered.items() if not auth and p != "/fhir/metadata"
+    }
+    assert anonymous == {401}
+    unknown = {code for (p, kind, auth), code in answered.items() if kind == "unknown" and auth}
+    assert unknown == {404}

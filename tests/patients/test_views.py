@@ -279,3 +279,25 @@ def test_groups_keep_their_permissions_after_the_database_is_flushed():
     clinician = UserFactory(groups=["clinician"])
     assert clinician.has_perm("analytics.view_riskscore")
     assert not clinician.has_perm("imaging.add_instance")
+
+
+def test_a_clinician_may_switch_irecist_on_and_migrate_gives_existing_databases_that():
+    """Switching iRECIST on is the treating clinician's call: the clinician group has the
+    permission on response settings, and an existing database whose group lacks it gets
+    it on its next ``migrate`` (the groups are synced after every migrate)."""
+    from django.contrib.auth.models import Group, Permission
+    from django.core.management import call_command
+
+    from analytics.lesions.review.irecist import can_set_irecist
+
+    clinician = UserFactory(groups=["clinician"])
+    assert clinician.has_perm("analytics.change_responsesettings") and can_set_irecist(clinician)
+    assert not clinician.has_perm("imaging.change_lesionmeasurement")  # not a reviewer
+    group = Group.objects.get(name="clinician")
+    group.permissions.remove(Permission.objects.get(codename="change_responsesettings"))
+    assert not can_set_irecist(type(clinician).objects.get(pk=clinician.pk))
+
+    call_command("migrate", verbosity=0)  # nothing to apply: the groups are synced anyway
+
+    assert can_set_irecist(type(clinician).objects.get(pk=clinician.pk))
+    assert UserFactory(groups=["admin"]).has_perm("analytics.change_responsesettings")

@@ -4,6 +4,8 @@ import secrets
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -14,7 +16,8 @@ class Command(BaseCommand):
     help = (
         "Create (or update) a demo login in the radiologist and admin groups, with staff "
         "access to the admin site, and print its password. Running it again keeps the "
-        "account and sets a new password."
+        "account and sets a new password. A --password must pass the password validators "
+        "(AUTH_PASSWORD_VALIDATORS): it opens an administrator account."
     )
 
     def add_arguments(self, parser):
@@ -41,6 +44,10 @@ class Command(BaseCommand):
         user.is_active = True
         if options["email"]:
             user.email = options["email"]
+        try:
+            validate_password(password, user=user)
+        except ValidationError as exc:
+            raise CommandError("password refused: " + " ".join(exc.messages)) from None
         user.set_password(password)
         user.save()
         user.groups.add(*groups)
