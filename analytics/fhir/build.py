@@ -1,5 +1,6 @@
 """FHIR R4 resources for the EHR: a patient, their studies, lesions, lesion measurements,
-response assessments and risk scores, each built as JSON and validated (`validation`).
+response assessments, best overall responses, risk scores, imported labs and the
+segmentation model, each built as JSON and validated (`validation`).
 
 Lesion measurements follow HL7's "DICOM SR to FHIR Resource Mapping" guide (TID 1500
 Measurement Report), adapted to R4: each lesion's identity is a `BodyStructure` carrying
@@ -10,10 +11,13 @@ to one Imaging Measurement `Observation` per quantity: volume (SCT 118565006, mL
 axis (SCT 103339001, mm) and short axis (SCT 103340004, mm), all in UCUM. The guide's
 profiles are written for R5, so ``meta.profile`` does not claim them.
 
-Values are those in force (a radiologist's override wins); measurements a radiologist
-rejected as false positives are left out; a resolved lesion measures 0. A measurement
-nobody has reviewed is ``preliminary``, and so is every DiagnosticReport and
-RiskAssessment that rests on one (`results_all_reviewed`). Resource ids: `ids`.
+Values are those in force (a radiologist's override wins); findings a radiologist
+rejected as false positives (the row, or the whole lesion) are left out; a resolved
+lesion measures 0, and a lesion not found, merged or measured without a volume says so
+with ``dataAbsentReason`` instead of a value (`analytics.fhir.measurements`). A
+measurement nobody has reviewed is ``preliminary``, and so is every DiagnosticReport,
+best-response Observation and RiskAssessment that rests on one (`results_all_reviewed`;
+reports: `analytics.fhir.responses`). Resource ids: `ids`.
 """
 
 from __future__ import annotations
@@ -29,44 +33,26 @@ from analytics.fhir.codes import (
     DICOM_UID,
     ENDPOINT_OUTCOME,
     GENDER,
-    IMAGING_REPORT,
-    LESION_ROLE_SYSTEM,
-    LESION_STATUS_SYSTEM,
-    LONG_AXIS,
-    MEASUREMENT_GROUP,
-    OBSERVATION_CATEGORY,
-    OBSERVATION_STATUS,
-    ORGAN_SITES,
-    RECIST_DISPLAY,
-    RECIST_SYSTEM,
     REVIEWED_STATES,
     RISK_LANDMARK_EXTENSION,
     RISK_MODEL_SYSTEM,
     RISK_MODEL_VERSION_EXTENSION,
     RISK_PROBABILITY,
     RISK_SCORE_EXTENSION,
-    SHORT_AXIS,
     TIER_TO_RISK_PROBABILITY,
-    TRACKING_IDENTIFIER,
-    TRACKING_UID,
     UCUM,
-    V2_DIAGNOSTIC_SERVICE,
     V2_IDENTIFIER_TYPE,
-    VOLUME,
-    VOLUMETRIC_SYSTEM,
 )
-from analytics.fhir.ids import (
-    lesion_fhir_id,
-    measurement_fhir_id,
-    patient_fhir_id,
-    response_fhir_id,
-)
+from analytics.fhir.ids import measurement_fhir_id, patient_fhir_id
+from analytics.fhir.labs import fhir_device_build, fhir_lab_build
+from analytics.fhir.measurements import fhir_lesion_build, fhir_measurement_build
 from analytics.fhir.record import PatientRecord
+from analytics.fhir.responses import fhir_best_responses_build, fhir_response_build
 from analytics.fhir.validation import FHIRBuildError, fhir_resource_validate
-from analytics.models import ResponseAssessment, RiskScore
-from imaging.models import Lesion, LesionMeasurement, Series, Study
-from patients.ehr.fhir_bundle import MRN_SYSTEM
-from patients.models import Patient
+from analytics.models import RiskScore
+from imaging.models import LesionMeasurement, Series, Study
+from patients.ehr.identifiers import mrn_system
+from patients.models import Patient, PatientIdentifier
 
 
 def results_all_reviewed(measurements: Iterable[LesionMeasurement]) -> bool:
@@ -107,8 +93,15 @@ def _instant(value) -> str:
     return value.isoformat()
 
 
-def fhir_patient_build(*, patient: Patient) -> dict:
-    """Patient: the MRN as identifier type MR in RadTrack's MRN system, name, sex, birth."""
+def fhir_patient_build(*, patient: Patient, identifiers: Iterable[PatientIdentifier] = ()) -> dict:
+    """Patient: the MRN as identifier type MR in the site's MRN system
+    (``RADTRACK_MRN_SYSTEM``), the other identifiers the EHR gave, name, sex, birth."""
+    others = []
+    for row in identifiers:
+        other: dict = {"system": row.system, "value": row.value}
+        if row.type_code:
+            other["type"] = {"coding": [{"system": V2_IDENTIFIER_TYPE, "code": row.type_code}]}
+        others.append(other)
     resource: dict = {
         "resourceType": "Patient",
         "id": patient_fhir_id(patient.pk),
@@ -116,9 +109,10 @@ def fhir_patient_build(*, patient: Patient) -> dict:
             {
                 "use": "usual",
                 "type": _concept((V2_IDENTIFIER_TYPE, "MR", "Medical record number")),
-                "system": MRN_SYSTEM,
+                "system": mrn_system(),
                 "value": patient.patient_id,
-            }
+            },
+            *others,
         ],
         "gender": GENDER.get(patient.sex, "unknown"),
     }
@@ -175,173 +169,6 @@ def fhir_imaging_study_build(*, study: Study, series: Iterable[Series]) -> dict:
             if s.description:
                 entry["description"] = s.description
             resource["series"].append(entry)
-    return fhir_resource_validate(resource)
-
-
-def fhir_lesion_build(*, lesion: Lesion) -> dict:
-    """BodyStructure: the lesion's identity, with its Tracking Identifier and UID."""
-    resource: dict = {
-        "resourceType": "BodyStructure",
-        "id": lesion_fhir_id(lesion.tracking_uid),
-        "identifier": [
-            {"type": _concept(TRACKING_IDENTIFIER), "value": lesion.label},
-            {
-                "type": _concept(TRACKING_UID),
-                "system": DICOM_UID,
-                "value": f"urn:oid:{lesion.tracking_uid}",
-            },
-        ],
-        "active": lesion.merged_into_id is None,
-        "morphology": {"text": "Lesion"},
-        "description": lesion.label,
-        "patient": _ref("Patient", patient_fhir_id(lesion.patient_id)),
-    }
-    site = ORGAN_SITES.get(lesion.organ)
-    resource["location"] = _concept(site) if site else {"text": lesion.get_organ_display()}
-    return fhir_resource_validate(resource)
-
-
-def _measurement_values(m: LesionMeasurement) -> tuple[float, float, float]:
-    """Volume (ml) and long and short axes (mm) in force; a resolved lesion measures 0."""
-    if m.status == LesionMeasurement.Status.RESOLVED:
-        return 0.0, 0.0, 0.0
-    return m.effective_volume_ml, m.effective_longest_diameter_mm, m.effective_short_axis_mm
-
-
-def _measurement_common(m: LesionMeasurement) -> dict:
-    out: dict = {
-        "resourceType": "Observation",
-        "status": OBSERVATION_STATUS[m.review_state],
-        "subject": _ref("Patient", patient_fhir_id(m.lesion.patient_id)),
-        "focus": [_ref("BodyStructure", lesion_fhir_id(m.lesion.tracking_uid))],
-        "issued": _instant(m.reviewed_at or m.created_at),
-        "derivedFrom": [_ref("ImagingStudy", f"study-{m.study_id}")],
-    }
-    if m.study.study_date:
-        out["effectiveDateTime"] = m.study.study_date.isoformat()
-    site = ORGAN_SITES.get(m.lesion.organ)
-    if site:
-        out["bodySite"] = _concept(site)
-    return out
-
-
-def fhir_measurement_build(*, measurement: LesionMeasurement) -> list[dict]:
-    """The Imaging Measurement Group of one lesion at one study, then its three measurements."""
-    m = measurement
-    if m.review_state not in OBSERVATION_STATUS:
-        raise FHIRBuildError(f"measurement {m.pk}: review state {m.review_state!r} is not exported")
-    volume_ml, long_mm, short_mm = _measurement_values(m)
-    group_id = measurement_fhir_id(m.lesion.tracking_uid, m.study.study_instance_uid)
-    members = [
-        (f"{group_id}-volume", VOLUME, volume_ml, "mL"),
-        (f"{group_id}-long-axis", LONG_AXIS, long_mm, "mm"),
-        (f"{group_id}-short-axis", SHORT_AXIS, short_mm, "mm"),
-    ]
-    imaging = {"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}
-    group = {
-        **_measurement_common(m),
-        "id": group_id,
-        "category": [imaging, _concept(MEASUREMENT_GROUP)],
-        "code": _concept(MEASUREMENT_GROUP, "Lesion measurement group"),
-        "hasMember": [_ref("Observation", member_id) for member_id, *_ in members],
-        "component": [
-            {"code": _concept(TRACKING_IDENTIFIER), "valueString": m.lesion.label},
-            {"code": _concept(TRACKING_UID), "valueString": m.lesion.tracking_uid},
-            {
-                "code": {"coding": [{"system": LESION_STATUS_SYSTEM, "code": "status"}]},
-                "valueCodeableConcept": {
-                    "coding": [
-                        {
-                            "system": LESION_STATUS_SYSTEM,
-                            "code": m.status,
-                            "display": m.get_status_display(),
-                        }
-                    ]
-                },
-            },
-            {
-                "code": {"coding": [{"system": LESION_ROLE_SYSTEM, "code": "recist-target"}]},
-                "valueBoolean": bool(m.is_target),
-            },
-        ],
-    }
-    out = [fhir_resource_validate(group)]
-    for member_id, concept, value, unit in members:
-        member = {
-            **_measurement_common(m),
-            "id": member_id,
-            "category": [imaging],
-            "code": _concept(concept),
-            "valueQuantity": _quantity(value, unit),
-        }
-        out.append(fhir_resource_validate(member))
-    return out
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.1f}%"
-
-
-def fhir_response_build(
-    *,
-    assessment: ResponseAssessment,
-    measurement_ids: Iterable[str] = (),
-    all_reviewed: bool = False,
-) -> dict:
-    """DiagnosticReport: the response assessment of one study (RECIST 1.1 and volumetric).
-
-    ``measurement_ids`` are the ids of the study's measurement groups; ``all_reviewed``
-    whether a radiologist signed off every measurement the assessment rests on (else it
-    is ``preliminary``, like those measurements).
-    """
-    a = assessment
-    if a.is_baseline:
-        conclusion = (
-            f"Baseline: sum of diameters {a.sum_diameters_mm or 0:.1f} mm, "
-            f"total volume {a.total_volume_ml or 0:.2f} mL."
-        )
-    else:
-        conclusion = (
-            f"RECIST 1.1: {a.recist_response or 'not assessed'} "
-            f"({_pct(a.pct_change_baseline)} from baseline, {_pct(a.pct_change_nadir)} from "
-            f"nadir sum of diameters); volumetric: {a.volumetric_response or 'not assessed'}; "
-            f"new lesions: {'yes' if a.new_lesions else 'no'}."
-        )
-    codes = []
-    for system, value, what in (
-        (RECIST_SYSTEM, a.recist_response, "RECIST 1.1"),
-        (VOLUMETRIC_SYSTEM, a.volumetric_response, "Volumetric"),
-    ):
-        if value:
-            if value not in RECIST_DISPLAY:
-                raise FHIRBuildError(
-                    f"response assessment {a.pk}: {what} category {value!r} is not one of "
-                    f"{', '.join(RECIST_DISPLAY)}"
-                )
-            codes.append(
-                {
-                    "coding": [{"system": system, "code": value, "display": RECIST_DISPLAY[value]}],
-                    "text": f"{what}: {RECIST_DISPLAY[value]}",
-                }
-            )
-    resource: dict = {
-        "resourceType": "DiagnosticReport",
-        "id": response_fhir_id(a.study.study_instance_uid),
-        "status": "final" if all_reviewed else "preliminary",
-        "category": [_concept((V2_DIAGNOSTIC_SERVICE, "RAD", "Radiology"))],
-        "code": _concept(IMAGING_REPORT, "Tumour response assessment (RECIST 1.1, volumetric)"),
-        "subject": _ref("Patient", patient_fhir_id(a.patient_id)),
-        "issued": _instant(a.computed_at),
-        "imagingStudy": [_ref("ImagingStudy", f"study-{a.study_id}")],
-        "result": [_ref("Observation", group_id) for group_id in measurement_ids],
-        "conclusion": conclusion,
-    }
-    if a.study.study_date:
-        resource["effectiveDateTime"] = a.study.study_date.isoformat()
-    if codes:
-        resource["conclusionCode"] = codes
-    if not resource["result"]:
-        del resource["result"]
     return fhir_resource_validate(resource)
 
 
@@ -416,7 +243,10 @@ class PatientResources:
     lesions: list[dict] = field(default_factory=list)
     observations: list[dict] = field(default_factory=list)
     reports: list[dict] = field(default_factory=list)
+    best_responses: list[dict] = field(default_factory=list)
     risk_assessments: list[dict] = field(default_factory=list)
+    labs: list[dict] = field(default_factory=list)
+    devices: list[dict] = field(default_factory=list)
 
     def all(self) -> list[dict]:
         return [
@@ -424,9 +254,23 @@ class PatientResources:
             *self.imaging_studies,
             *self.lesions,
             *self.observations,
+            *self.labs,
             *self.reports,
+            *self.best_responses,
             *self.risk_assessments,
+            *self.devices,
         ]
+
+    def find(self, resource_type: str, resource_id: str) -> dict | None:
+        """The resource of that type and id, or None."""
+        return next(
+            (
+                r
+                for r in self.all()
+                if r["resourceType"] == resource_type and r["id"] == resource_id
+            ),
+            None,
+        )
 
 
 def _measurements_up_to(
@@ -450,7 +294,8 @@ def _measurements_up_to(
 def patient_resources_build(*, record: PatientRecord) -> PatientResources:
     """Every resource of one patient, from `patient_record_load`."""
     out = PatientResources(
-        patient_pk=record.patient.pk, patient=fhir_patient_build(patient=record.patient)
+        patient_pk=record.patient.pk,
+        patient=fhir_patient_build(patient=record.patient, identifiers=record.identifiers),
     )
     out.imaging_studies = [
         fhir_imaging_study_build(study=s, series=record.series_by_study.get(s.pk, ()))
@@ -458,8 +303,12 @@ def patient_resources_build(*, record: PatientRecord) -> PatientResources:
     ]
     out.lesions = [fhir_lesion_build(lesion=lesion) for lesion in record.lesions]
     by_study: dict[int, list[str]] = defaultdict(list)
+    group_ids = {
+        measurement_fhir_id(m.lesion.tracking_uid, m.study.study_instance_uid)
+        for m in record.measurements
+    }
     for m in record.measurements:
-        group = fhir_measurement_build(measurement=m)
+        group = fhir_measurement_build(measurement=m, group_ids=group_ids)
         out.observations.extend(group)
         by_study[m.study_id].append(group[0]["id"])
     out.reports = [
@@ -472,11 +321,26 @@ def patient_resources_build(*, record: PatientRecord) -> PatientResources:
         )
         for a in record.assessments
     ]
+    out.best_responses = fhir_best_responses_build(
+        best=record.best,
+        assessments=record.assessments,
+        all_reviewed=results_all_reviewed(record.measurements),
+    )
     out.risk_assessments = [
         fhir_risk_build(
             score=s,
             all_reviewed=results_all_reviewed(_measurements_up_to(record, s.landmark_date)),
         )
         for s in record.scores
+    ]
+    out.labs = [fhir_lab_build(lab=lab) for lab in record.labs]
+    models = {
+        (m.segmentation.model_name, m.segmentation.model_version): m.segmentation.model_sha256
+        for m in record.measurements
+        if m.segmentation_id and m.segmentation is not None
+    }
+    out.devices = [
+        fhir_device_build(model_name=name, model_version=version, model_sha256=sha)
+        for (name, version), sha in sorted(models.items())
     ]
     return out

@@ -1,7 +1,7 @@
 """FHIR R4 Bundles and the server's CapabilityStatement, each validated like every resource.
 
-A ``searchset`` answers the ``/fhir/`` reads; a ``transaction`` carries a push to the
-EHR, PUTting each resource at its own id.
+A ``searchset`` answers the ``/fhir/`` searches (a page of matches, with paging links);
+a ``transaction`` carries a push to the EHR, PUTting each resource at its own id.
 """
 
 from __future__ import annotations
@@ -11,22 +11,38 @@ from django.utils import timezone
 from analytics.fhir.validation import fhir_resource_validate
 
 
-def fhir_searchset_build(*, resources: list[dict], base_url: str, self_url: str) -> dict:
-    """A ``searchset`` Bundle of ``resources`` (all matches: RadTrack does not page them)."""
+def fhir_searchset_build(
+    *,
+    resources: list[dict],
+    base_url: str,
+    self_url: str,
+    total: int | None = None,
+    links: list[dict] | None = None,
+    outcome: dict | None = None,
+) -> dict:
+    """A ``searchset`` Bundle of ``resources`` (one page of ``total`` matches).
+
+    ``links`` are the paging links after ``self`` (first, previous, next, last);
+    ``outcome`` an OperationOutcome about the search itself (parameters ignored), carried
+    as an entry with search mode ``outcome`` as R4 says.
+    """
     base_url = base_url.rstrip("/")
+    entries = [
+        {
+            "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
+            "resource": r,
+            "search": {"mode": "match"},
+        }
+        for r in resources
+    ]
+    if outcome is not None:
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     bundle = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": len(resources),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": [
-            {
-                "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
-                "resource": r,
-                "search": {"mode": "match"},
-            }
-            for r in resources
-        ],
+        "total": len(resources) if total is None else total,
+        "link": [{"relation": "self", "url": self_url}, *(links or [])],
+        "entry": entries,
     }
     return fhir_resource_validate(bundle)
 
@@ -47,24 +63,67 @@ def fhir_transaction_build(*, resources: list[dict]) -> dict:
     return fhir_resource_validate(bundle)
 
 
-def fhir_capability_statement_build(*, base_url: str, software_version: str) -> dict:
-    """The server's CapabilityStatement (``GET metadata``): what ``/fhir/`` answers.
-
-    Read-only; the interactions and search parameters listed are exactly those the
-    views accept (any other parameter is refused with 400).
-    """
-    patient_search = [
-        {"name": "patient", "type": "reference", "documentation": "Patient/{id} or {id}"},
-        {"name": "subject", "type": "reference", "documentation": "the same as patient"},
-    ]
-
-    def searchable(kind: str) -> dict:
-        return {
-            "type": kind,
-            "interaction": [{"code": "search-type"}],
-            "searchParam": patient_search,
+#: What each resource type answers: read, and search by these parameters.
+_PATIENT_REFERENCE = [
+    {"name": "patient", "type": "reference", "documentation": "Patient/{id} or {id}"},
+    {"name": "subject", "type": "reference", "documentation": "the same as patient"},
+]
+_RESULT_PARAMETERS = [
+    {"name": "_count", "type": "number", "documentation": "page size (default 50, at most 500)"},
+    {"name": "_offset", "type": "number", "documentation": "matches to skip (the paging links)"},
+]
+_SEARCH_PARAMETERS = {
+    "Patient": [
+        {
+            "name": "identifier",
+            "type": "token",
+            "documentation": "system|value, value, |value or system| (the MRN, or another "
+            "identifier the patient carries)",
         }
+    ],
+    "Observation": [
+        *_PATIENT_REFERENCE,
+        {"name": "category", "type": "token", "documentation": "laboratory or imaging"},
+    ],
+    "DiagnosticReport": _PATIENT_REFERENCE,
+    "RiskAssessment": _PATIENT_REFERENCE,
+    "ImagingStudy": _PATIENT_REFERENCE,
+    "BodyStructure": _PATIENT_REFERENCE,
+}
+#: Every type RadTrack writes: each is readable at [base]/Type/id.
+READABLE_TYPES = (
+    "Patient",
+    "ImagingStudy",
+    "BodyStructure",
+    "Observation",
+    "DiagnosticReport",
+    "RiskAssessment",
+    "Device",
+)
 
+
+def _resource_capability(kind: str) -> dict:
+    entry: dict = {"type": kind, "interaction": [{"code": "read"}]}
+    if kind in _SEARCH_PARAMETERS:
+        entry["interaction"].append({"code": "search-type"})
+        entry["searchParam"] = [*_SEARCH_PARAMETERS[kind], *_RESULT_PARAMETERS]
+    if kind == "Patient":
+        entry["operation"] = [
+            {
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            }
+        ]
+    return entry
+
+
+def fhir_capability_statement_build(*, base_url: str, software_version: str) -> dict:
+    """The server's CapabilityStatement (``GET metadata`` and ``GET /fhir/``).
+
+    Read-only: every type RadTrack writes can be read by id; searches take the
+    parameters listed. Others are ignored, as R4 says, unless the client sends
+    ``Prefer: handling=strict`` (then 400); JSON only (``_format=xml`` is 406).
+    """
     resource = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -78,24 +137,10 @@ def fhir_capability_statement_build(*, base_url: str, software_version: str) -> 
             {
                 "mode": "server",
                 "documentation": "Session or token authentication, the same accounts and "
-                "permissions as RadTrack's pages and REST API; every read is audited.",
-                "resource": [
-                    {
-                        "type": "Patient",
-                        "interaction": [{"code": "read"}],
-                        "operation": [
-                            {
-                                "name": "everything",
-                                "definition": (
-                                    "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-                                ),
-                            }
-                        ],
-                    },
-                    searchable("Observation"),
-                    searchable("DiagnosticReport"),
-                    searchable("RiskAssessment"),
-                ],
+                "permissions as RadTrack's pages and REST API; every read is audited. "
+                "Search parameters not listed are ignored (and named in an OperationOutcome "
+                "entry) unless the request says Prefer: handling=strict.",
+                "resource": [_resource_capability(kind) for kind in READABLE_TYPES],
             }
         ],
     }

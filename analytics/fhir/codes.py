@@ -13,12 +13,23 @@ from imaging.models import Lesion, LesionMeasurement
 FHIR_BASE = "https://radtrack.example/fhir"
 RECIST_SYSTEM = f"{FHIR_BASE}/CodeSystem/recist-response"
 VOLUMETRIC_SYSTEM = f"{FHIR_BASE}/CodeSystem/volumetric-response"
+IRECIST_SYSTEM = f"{FHIR_BASE}/CodeSystem/irecist-response"
+#: What a patient-level response Observation states (the best overall responses).
+RESPONSE_OBSERVATION_SYSTEM = f"{FHIR_BASE}/CodeSystem/response-observation"
 LESION_STATUS_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-status"
+#: A finding's state (confirmed, equivocal, not_found, rejected): what the rules count.
+FINDING_STATE_SYSTEM = f"{FHIR_BASE}/CodeSystem/finding-state"
 LESION_ROLE_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-role"
 RISK_MODEL_SYSTEM = f"{FHIR_BASE}/CodeSystem/risk-model-kind"
 RISK_SCORE_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-score"
 RISK_MODEL_VERSION_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-model-version"
 RISK_LANDMARK_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-landmark-date"
+#: A category a later recomputation changed: field, from, to, at, reason (sub-extensions).
+RESPONSE_REVISION_EXTENSION = f"{FHIR_BASE}/StructureDefinition/response-revision"
+#: PD resting on a new lesion is dated from its first sighting (RECIST 1.1 section 4.3.5).
+PROGRESSION_DATED_FROM_EXTENSION = f"{FHIR_BASE}/StructureDefinition/progression-dated-from"
+#: The settings a best overall response was found with (confirmation, minimum SD).
+BEST_RESPONSE_SETTINGS_EXTENSION = f"{FHIR_BASE}/StructureDefinition/best-response-settings"
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT = "http://snomed.info/sct"
@@ -29,6 +40,7 @@ V2_IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V2_DIAGNOSTIC_SERVICE = "http://terminology.hl7.org/CodeSystem/v2-0074"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
+DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 
 #: The (system, code, display) of each coded concept, from PS3.16 and SNOMED CT.
 MEASUREMENT_GROUP = (DCM, "125007", "Measurement Group")
@@ -40,6 +52,7 @@ SHORT_AXIS = (SCT, "103340004", "Short axis")
 ORGAN_SITES = {
     Lesion.Organ.LIVER: (SCT, "10200004", "Liver structure"),
     Lesion.Organ.LUNG: (SCT, "39607008", "Lung structure"),
+    Lesion.Organ.LYMPH_NODE: (SCT, "59441001", "Structure of lymph node"),
 }
 IMAGING_REPORT = (LOINC, "18748-4", "Diagnostic imaging study")
 
@@ -49,7 +62,30 @@ RECIST_DISPLAY = {
     "SD": "Stable disease",
     "PD": "Progressive disease",
     "NE": "Not evaluable",
+    # RECIST 1.1 Table 2: non-target disease only, neither gone nor progressing.
+    "non-CR/non-PD": "Non-CR/non-PD",
 }
+#: iRECIST (Seymour et al., Lancet Oncol 2017) time point and best overall responses.
+IRECIST_DISPLAY = {
+    "iCR": "Immune complete response",
+    "iPR": "Immune partial response",
+    "iSD": "Immune stable disease",
+    "iUPD": "Immune unconfirmed progressive disease",
+    "iCPD": "Immune confirmed progressive disease",
+    "NE": "Not evaluable",
+    "non-iCR/non-iUPD": "Non-iCR/non-iUPD",
+}
+#: The patient-level Observations: best overall response by RECIST 1.1 and by iRECIST.
+BEST_RESPONSE = (
+    RESPONSE_OBSERVATION_SYSTEM,
+    "best-overall-response",
+    "Best overall response (RECIST 1.1)",
+)
+IRECIST_BEST_RESPONSE = (
+    RESPONSE_OBSERVATION_SYSTEM,
+    "irecist-best-overall-response",
+    "Best overall response (iRECIST)",
+)
 #: RadTrack's tiers on HL7's risk-probability codes.
 TIER_TO_RISK_PROBABILITY = {
     RiskScore.Tier.LOW: ("low", "Low likelihood"),

@@ -173,10 +173,11 @@ def fhir_bundle_post(
     )
 
 
-#: Elements left out of a resource's content hash: the status RadTrack sets here, and
-#: when it was issued (re-tracking rebuilds rows, so their timestamps change with no
-#: change of value).
-_UNHASHED = frozenset({"status", "meta", "text", "issued"})
+#: Elements left out of a resource's content hash: the status RadTrack sets here, when
+#: it was issued (re-tracking rebuilds rows, so their timestamps change with no change
+#: of value), and the device (model) reference, which names how a value was made: a
+#: new model comes with new values, and adding the reference changed no value.
+_UNHASHED = frozenset({"status", "meta", "text", "issued", "device"})
 #: Statuses after which a changed result must say it was amended (FHIR R4 ObservationStatus
 #: and DiagnosticReportStatus).
 _SIGNED_STATUSES = frozenset({"final", "amended", "corrected"})

@@ -1,12 +1,22 @@
 """Export a study's lesions as DICOM SEG and SR files, and send them to the PACS.
 
-Gathers a study's measurements (values in force; rejected false positives left out),
+Gathers a study's measurements (values in force; findings rejected as false positives,
+at that study or for the whole lesion, left out),
 its segmentation's label map and the source series' headers, builds the objects with
 `imaging.core.dicom.seg_sr`, writes them under ``DATA_DIR/exports/dicom/`` and, when
-asked, stores them on the PACS (STOW-RS). UIDs are derived from the content, so
-exporting unchanged results again gives the same objects (the PACS keeps one copy),
-while a radiologist's change gives a new SR instance in the same series that names the
-SR it replaces as its predecessor (every SR written is a `DicomExportRecord`).
+asked, stores them on the PACS (STOW-RS) and reports what the PACS did with each
+(`imaging.exports.pacs_check`). UIDs are derived from the content (and
+`CONTENT_VERSION`), so exporting unchanged results again gives the same objects: the
+file already written under a UID is reused as it is, never rebuilt with new times, so
+one SOP Instance UID always names the same bytes; a file that went missing is rebuilt
+with the times of its first export. A radiologist's change gives a new SR instance in
+the same series that names the SR it replaces as its predecessor (every SR written is a
+`DicomExportRecord`). Each lesion's SR volume is reported twice, the segment's own voxel
+volume and the value in force, each with its method (`imaging.core.dicom.seg_sr`).
+A value a lesion does not have at the study is left out of the SR with the finding's
+state said instead, never written as 0 (`_lesion_values`): a lesion not found there,
+merged into another, too small to measure, or measured by hand without a volume; a
+lesion a radiologist confirmed gone measures 0.
 
 A split lesion's segment holds all its fragments (``component_labels``), as its
 measurements do. When the run that made the mask corrected the volume's orientation
@@ -17,18 +27,22 @@ flagged as corrected without that record is refused rather than guessed at.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pydicom
 from django.conf import settings
+from django.utils import timezone
 
 from imaging.core.dicom.seg_sr import (
+    CONTENT_VERSION,
     DicomExportError,
     ExportedLesion,
     ExportUids,
@@ -37,12 +51,14 @@ from imaging.core.dicom.seg_sr import (
     TimePoint,
     dataset_write,
     measurement_report_build,
+    segment_volumes_ml,
     segmentation_build,
 )
 from imaging.core.dicom.write import synthetic_uid
 from imaging.core.geometry.nifti import volume_read_nifti
 from imaging.core.geometry.volume import Volume
-from imaging.ingest.pacs import PacsConfig, pacs_instances_send
+from imaging.exports.pacs_check import pacs_export_send
+from imaging.ingest.pacs import PacsConfig
 from imaging.models import (
     DicomExportRecord,
     Instance,
@@ -57,6 +73,9 @@ from patients.audit import audit_record
 from patients.models import Patient
 
 EXPORT_FOLDER = "exports/dicom"
+Status = LesionMeasurement.Status
+State = LesionMeasurement.FindingState
+Sizes = tuple[float | None, float | None, float | None]
 
 
 @dataclass
@@ -69,14 +88,21 @@ class StudyDicomExport:
     lesions: int = 0
     segments: int = 0
     transfer: PacsTransfer | None = None
+    reused: list[str] = field(default_factory=list)
+    pacs: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         text = f"study {self.study_id}: {self.lesions} lesions, {self.segments} segments"
         text += f"; SEG {self.seg_path or '(none: no lesion segmented)'}; SR {self.sr_path}"
+        if self.reused:
+            text += f" (unchanged: {' and '.join(self.reused)} reused as written before)"
         if self.transfer is not None:
             text += f"; sent: {self.transfer.status}"
             if self.transfer.error:
                 text += f" ({self.transfer.error})"
+        if self.pacs:
+            text += "; the PACS: " + ", ".join(f"{k} {v}" for k, v in self.pacs.items())
         return text
 
 
@@ -122,19 +148,39 @@ def _headers(series: Series) -> list[pydicom.Dataset]:
     return headers
 
 
+def _lesion_values(m: LesionMeasurement) -> tuple[Sizes, str]:
+    """(volume ml, long axis mm, short axis mm) the lesion has at the study, None for
+    those it has not, and its state for the SR ("" when it reads as measured)."""
+    if m.status == Status.MERGED:
+        return (None, None, None), "merged"
+    if m.status == Status.NOT_FOUND or m.finding_state == State.NOT_FOUND:
+        return (None, None, None), "not_found"
+    if m.status == Status.RESOLVED:
+        return (0.0, 0.0, 0.0), ""
+    if m.too_small:
+        return (None, None, None), "too_small"
+    sizes = (m.effective_volume_ml, m.effective_longest_diameter_mm, m.effective_short_axis_mm)
+    return sizes, "equivocal" if m.finding_state == State.EQUIVOCAL else ""
+
+
 def _lesion(m: LesionMeasurement, *, segmentation_id: int | None) -> ExportedLesion:
     on_mask = m.segmentation_id == segmentation_id and m.component_label is not None
+    (volume, longest, short), state = _lesion_values(m)
+    if state in {"merged", "not_found", "too_small"}:
+        on_mask = False  # no voxels of its own at this study
     label = m.component_label if on_mask else None
     fragments = tuple(int(c) for c in (m.component_labels or [])) if on_mask else ()
     return ExportedLesion(
         tracking_uid=m.lesion.tracking_uid,
         tracking_id=m.lesion.label,
         organ=m.lesion.organ,
-        volume_ml=m.effective_volume_ml,
-        longest_diameter_mm=m.effective_longest_diameter_mm,
-        short_axis_mm=m.effective_short_axis_mm,
+        volume_ml=volume,
+        longest_diameter_mm=longest,
+        short_axis_mm=short,
         component_label=label,
         component_labels=fragments,
+        volume_by_radiologist=m.override_volume_ml is not None,
+        state=state,
     )
 
 
@@ -223,35 +269,49 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
     headers = _headers(series)
     time_point = _time_point(study)
     label_map, seg_key = _label_map_and_key(segmentation, lesions)
-    content_key = _fingerprint(seg_key, time_point.order, [list(vars(x).values()) for x in lesions])
+    if label_map is not None:
+        volumes = segment_volumes_ml(label_map=label_map, lesions=lesions)
+        lesions = [replace(x, mask_volume_ml=volumes.get(x.tracking_uid)) for x in lesions]
+    content_key = _fingerprint(
+        CONTENT_VERSION, seg_key, time_point.order, [list(vars(x).values()) for x in lesions]
+    )
     latest = DicomExportRecord.objects.filter(study=study).select_related("predecessor").first()
     uids, previous = _export_uids(study, model, seg_key, content_key, latest)
 
     folder = Path(EXPORT_FOLDER) / f"study-{study.pk}"
+    result = StudyDicomExport(study_id=study.pk, sr_path="", lesions=len(lesions))
     seg = None
-    seg_path = ""
     if label_map is not None:
-        seg = segmentation_build(
+        result.seg_path = str(folder / f"SEG-{uids.seg_sop_instance_uid}.dcm")
+
+        def build_seg() -> hd.seg.Segmentation:
+            return segmentation_build(
+                source_images=headers,
+                label_map=label_map,
+                lesions=lesions,
+                model=model,
+                uids=uids,
+                software_version=_software_version(),
+            )
+
+        seg = _stored_or_built(result, "SEG", result.seg_path, uids.seg_sop_instance_uid, build_seg)
+        result.segments = len(seg.SegmentSequence)
+    result.sr_path = str(folder / f"SR-{uids.sr_sop_instance_uid}.dcm")
+    _stored_or_built(
+        result,
+        "SR",
+        result.sr_path,
+        uids.sr_sop_instance_uid,
+        lambda: measurement_report_build(
             source_images=headers,
-            label_map=label_map,
+            segmentation=seg,
             lesions=lesions,
             model=model,
+            time_point=time_point,
             uids=uids,
-            software_version=_software_version(),
-        )
-        seg_path = str(folder / f"SEG-{uids.seg_sop_instance_uid}.dcm")
-        dataset_write(dataset=seg, path=Path(settings.DATA_DIR) / seg_path)
-    sr = measurement_report_build(
-        source_images=headers,
-        segmentation=seg,
-        lesions=lesions,
-        model=model,
-        time_point=time_point,
-        uids=uids,
-        predecessor=_predecessor_document(study, previous),
+            predecessor=_predecessor_document(study, previous),
+        ),
     )
-    sr_path = str(folder / f"SR-{uids.sr_sop_instance_uid}.dcm")
-    dataset_write(dataset=sr, path=Path(settings.DATA_DIR) / sr_path)
     if latest is None or latest.sr_sop_instance_uid != uids.sr_sop_instance_uid:
         DicomExportRecord.objects.get_or_create(
             sr_sop_instance_uid=uids.sr_sop_instance_uid,
@@ -259,34 +319,94 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
                 "study": study,
                 "content_key": content_key,
                 "sr_series_instance_uid": uids.sr_series_instance_uid,
-                "sr_path": sr_path,
+                "sr_path": result.sr_path,
                 "seg_sop_instance_uid": uids.seg_sop_instance_uid if seg is not None else "",
-                "seg_path": seg_path,
+                "seg_path": result.seg_path,
                 "predecessor": previous,
             },
         )
-    result = StudyDicomExport(
-        study_id=study.pk,
-        seg_path=seg_path,
-        sr_path=sr_path,
-        lesions=len(lesions),
-        segments=len(seg.SegmentSequence) if seg is not None else 0,
-    )
     if send:
-        paths = [Path(settings.DATA_DIR) / p for p in (seg_path, sr_path) if p]
-        result.transfer = pacs_instances_send(
-            study_instance_uid=study.study_instance_uid, paths=paths, config=config
-        )
-        result.transfer.study = study
-        result.transfer.save(update_fields=["study"])
+        _send(study, result, config)
     return result
 
 
+def _send(study: Study, result: StudyDicomExport, config: PacsConfig | None) -> None:
+    """Store the objects on the PACS and note what it did with each (`pacs_export_send`)."""
+    paths = [Path(settings.DATA_DIR) / p for p in (result.seg_path, result.sr_path) if p]
+    report = pacs_export_send(
+        study_instance_uid=study.study_instance_uid, paths=paths, config=config
+    )
+    result.transfer = report.transfer
+    result.transfer.study = study
+    result.transfer.save(update_fields=["study"])
+    result.pacs = report.outcomes
+    result.warnings += report.warnings
+
+
+def _stored_or_built(
+    result: StudyDicomExport, kind: str, relative: str, sop_instance_uid: str, build
+):
+    """The object already written under ``sop_instance_uid`` as it is, else built now and
+    written (a rebuild of a lost file keeps its first export's content date and time)."""
+    path = Path(settings.DATA_DIR) / relative
+    if path.is_file():
+        try:
+            stored = pydicom.dcmread(path)
+        except (OSError, pydicom.errors.InvalidDicomError):
+            stored = None
+        if stored is not None and str(stored.get("SOPInstanceUID", "")) == sop_instance_uid:
+            result.reused.append(kind)
+            return hd.seg.Segmentation.from_dataset(stored) if kind == "SEG" else stored
+    started = dt.datetime.now()
+    dataset = build()
+    _content_time_set(dataset, _first_exported_at(kind, sop_instance_uid), built_after=started)
+    dataset_write(dataset=dataset, path=path)
+    return dataset
+
+
+def _first_exported_at(kind: str, sop_instance_uid: str) -> dt.datetime:
+    """When the object with this UID was first exported (now, if never)."""
+    field_name = "seg_sop_instance_uid" if kind == "SEG" else "sr_sop_instance_uid"
+    first = (
+        DicomExportRecord.objects.filter(**{field_name: sop_instance_uid})
+        .order_by("created_at", "pk")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    return first or timezone.now()
+
+
+def _content_time_set(
+    dataset: pydicom.Dataset, at: dt.datetime, *, built_after: dt.datetime
+) -> None:
+    """Set the times the build stamped (content and instance creation, PS3.3 C.12.1,
+    C.10.9; highdicom's Contributing Equipment item, C.12.1.1.5) to ``at``, in local
+    time as highdicom writes them; ``built_after`` tells the stamps apart from the
+    source images' own (earlier) contribution times."""
+    at = timezone.localtime(at).replace(tzinfo=None)
+    for prefix in ("Content", "InstanceCreation"):
+        if f"{prefix}Date" in dataset:
+            setattr(dataset, f"{prefix}Date", at.strftime("%Y%m%d"))
+        if f"{prefix}Time" in dataset:
+            setattr(dataset, f"{prefix}Time", at.strftime("%H%M%S"))
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        stamped = str(item.get("ContributionDateTime", ""))
+        try:
+            when = dt.datetime.strptime(stamped[:14], "%Y%m%d%H%M%S")
+        except ValueError:
+            continue
+        if when >= built_after.replace(microsecond=0):
+            item.ContributionDateTime = at.strftime("%Y%m%d%H%M%S")
+
+
 def _measurements_in_force(study: Study) -> list[LesionMeasurement]:
-    """The study's measurements, rejected false positives left out, by lesion label."""
+    """The study's measurements by lesion label, false positives left out: a row a
+    radiologist rejected, and every row of a lesion whose rejection holds for the whole
+    identity (finding state ``rejected``)."""
     measurements = list(
         LesionMeasurement.objects.filter(study=study)
         .exclude(review_state=LesionMeasurement.Review.REJECTED)
+        .exclude(finding_state=State.REJECTED)
         .select_related("lesion")
         .order_by("lesion__label")
     )

@@ -1,5 +1,5 @@
 """Celery task for DICOM exports: a patient's SEG and SR written (and sent), off the
-web processes, on the ``cpu`` queue.
+web processes, on the ``export`` queue.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from patients.models import Patient
 from radtrack.celery import radtrack_task
 
 
-@radtrack_task(queue="cpu")
+@radtrack_task(queue="export")
 def patient_dicom_export_task(patient_id: int, send: bool = False, username: str = "") -> int:
     """Export (and send) a patient's SEG and SR; returns the number of studies exported."""
 

@@ -202,7 +202,8 @@ def test_patient_read_and_everything(fhir, rows):
 
 @pytest.mark.parametrize(
     "resource_type, expected",
-    [("Observation", 8), ("DiagnosticReport", 2), ("RiskAssessment", 1)],
+    # Observations: 2 measurement groups of 4 resources each, and the imported lab.
+    [("Observation", 9), ("DiagnosticReport", 2), ("RiskAssessment", 1)],
 )
 def test_searches_by_patient(fhir, rows, resource_type, expected):
     bundle = fhir.get(f"/fhir/{resource_type}", {"patient": f"Patient/patient-{rows.alice.pk}"})
@@ -336,17 +337,29 @@ def test_an_unexpected_error_is_a_500_operation_outcome_without_its_text(fhir, r
     assert "Smith" not in caplog.text
 
 
-def test_unsupported_search_parameters_are_refused_not_ignored(fhir, rows):
+def test_unsupported_search_parameters_are_ignored_unless_strict_handling_is_asked(fhir, rows):
+    """R4 search: a server ignores what it does not support (and leaves it out of the
+    self link), unless the client sends Prefer: handling=strict."""
     patient = f"patient-{rows.alice.pk}"
-    refused = fhir.get("/fhir/Observation", {"patient": patient, "date": "ge2024-03-01"})
+    lenient = fhir.get("/fhir/Observation", {"patient": patient, "date": "ge2024-03-01"})
+    assert lenient.status_code == 200
+    body = lenient.json()
+    assert body["link"][0]["url"].endswith(f"/fhir/Observation?patient={patient}")
+    (outcome,) = [e for e in body["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome["resource"]["issue"][0]["severity"] == "warning"
+    assert "date" in outcome["resource"]["issue"][0]["diagnostics"]
+    refused = fhir.get(
+        "/fhir/Observation",
+        {"patient": patient, "date": "ge2024-03-01"},
+        HTTP_PREFER="handling=strict",
+    )
     assert refused.status_code == 400
     issue = refused.json()["issue"][0]
     assert issue["code"] == "not-supported"
     assert "date" in issue["diagnostics"] and "patient" in issue["diagnostics"]
-    everything = fhir.get(f"/fhir/Patient/{patient}/$everything", {"_count": "1"})
-    assert everything.status_code == 400
-    assert everything.json()["issue"][0]["code"] == "not-supported"
-    # Supported ones, and the format override, still work; the self link is the query.
+    everything = fhir.get(f"/fhir/Patient/{patient}/$everything", {"_count": "1", "_since": "x"})
+    assert everything.status_code == 200 and len(everything.json()["entry"]) == 2  # + outcome
+    # The format override still works; the self link is the query applied.
     ok = fhir.get("/fhir/Observation", {"patient": patient, "_format": "json"})
     assert ok.status_code == 200
     assert ok.json()["link"][0]["url"].endswith(f"/fhir/Observation?patient={patient}&_format=json")
@@ -362,10 +375,22 @@ def test_metadata_is_a_valid_capability_statement_of_what_is_served(client):
     assert statement["resourceType"] == "CapabilityStatement"
     assert statement["fhirVersion"] == "4.0.1" and statement["kind"] == "instance"
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(resources) == {"Patient", "Observation", "DiagnosticReport", "RiskAssessment"}
-    assert resources["Patient"]["interaction"] == [{"code": "read"}]
+    assert set(resources) == {
+        "Patient", "ImagingStudy", "BodyStructure", "Observation", "DiagnosticReport",
+        "RiskAssessment", "Device",
+    }  # fmt: skip
+    for kind, entry in resources.items():
+        assert {"code": "read"} in entry["interaction"], kind
     assert resources["Patient"]["operation"][0]["name"] == "everything"
+    assert {p["name"] for p in resources["Patient"]["searchParam"]} == {
+        "identifier", "_count", "_offset",
+    }  # fmt: skip
     for kind in ("Observation", "DiagnosticReport", "RiskAssessment"):
-        assert {p["name"] for p in resources[kind]["searchParam"]} == {"patient", "subject"}
-    # What it lists is what is answered: a parameter it does not list is refused.
-    assert client.get("/fhir/metadata?foo=1").status_code == 400
+        assert {"patient", "subject", "_count"} <= {
+            p["name"] for p in resources[kind]["searchParam"]
+        }
+    assert "Device" not in {k for k, r in resources.items() if "searchParam" in r}
+    # The base answers the same statement; XML is not served.
+    assert client.get("/fhir/").json()["resourceType"] == "CapabilityStatement"
+    xml = client.get("/fhir/metadata?_format=xml")
+    assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"

@@ -236,6 +236,25 @@ def test_a_lesion_merged_away_is_made_inactive(ehr, rows):
     assert [second[u]["active"] for u in lesions] == [False]
 
 
+def test_a_lesion_rejected_later_for_its_whole_identity_goes_entered_in_error(ehr, rows):
+    """A rejection at one study holds for the lesion at every study (finding state
+    ``rejected``, whatever the row's own review): what was sent of it before is marked
+    entered-in-error, and its BodyStructure inactive, in the next push."""
+    fhir_patient_push(pk=rows.alice.pk, server_url=ehr.url)
+    first = _by_url(ehr.received[0])
+    lesion_url = next(u for u in first if u.startswith("BodyStructure/"))
+    sent = {u for u, r in first.items() if r.get("focus") == [{"reference": lesion_url}]}
+    assert len(sent) == 8  # two studies: a group and three measurements each
+    LesionMeasurement.objects.filter(pk=rows.at_baseline.pk).update(review_state="rejected")
+    LesionMeasurement.objects.filter(lesion=rows.lesion).update(finding_state="rejected")
+    result = fhir_patient_push(pk=rows.alice.pk, server_url=ehr.url)
+    second = _by_url(ehr.received[1])
+    Bundle.model_validate(ehr.received[1])
+    assert {second[u]["status"] for u in sent} == {"entered-in-error"}
+    assert second[lesion_url]["active"] is False
+    assert result.superseded == 9
+
+
 def test_a_final_result_whose_value_changed_goes_as_amended(ehr, rows):
     fhir_patient_push(pk=rows.alice.pk, server_url=ehr.url)
     rows.at_followup.override_volume_ml = 4.0

@@ -1,4 +1,5 @@
-"""``export_measurements``: DESIGN.md's columns, values in force, resolved rows, audit."""
+"""``export_measurements``: the published columns then the later ones, values in force,
+resolved and not-found rows, audit."""
 
 import csv
 import io
@@ -7,7 +8,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from analytics.layouts import MEASUREMENT_COLUMNS
+from analytics.layouts import MEASUREMENT_COLUMNS, MEASUREMENT_EXTRA_COLUMNS
 from imaging.models import LesionMeasurement
 from patients.models import AuditEvent
 from tests.imaging.factories import LesionFactory, LesionMeasurementFactory, StudyFactory
@@ -29,6 +30,18 @@ def timeline():
         longest_diameter_mm=0.0,
         short_axis_mm=0.0,
         status=LesionMeasurement.Status.RESOLVED,
+    )
+    missed = LesionFactory(patient=patient, label="Liver 2")
+    LesionMeasurementFactory(lesion=missed, study=baseline, status="new")
+    LesionMeasurementFactory(
+        lesion=missed,
+        study=follow_up,
+        volume_ml=0.0,
+        longest_diameter_mm=0.0,
+        short_axis_mm=0.0,
+        status=LesionMeasurement.Status.NOT_FOUND,
+        finding_state=LesionMeasurement.FindingState.NOT_FOUND,
+        state_reason="not found at this study",
     )
     edited = LesionFactory(patient=patient, label="Right lung 1", organ="lung")
     LesionMeasurementFactory(
@@ -53,10 +66,15 @@ def _export(*args):
 def test_csv_has_the_published_columns_and_one_row_per_lesion_per_study(timeline):
     rows = list(csv.DictReader(io.StringIO(_export("--format", "csv"))))
 
-    assert tuple(rows[0].keys()) == MEASUREMENT_COLUMNS
-    assert len(rows) == 3
+    # The published columns first, unchanged; later columns after them.
+    assert tuple(rows[0].keys()) == (*MEASUREMENT_COLUMNS, *MEASUREMENT_EXTRA_COLUMNS)
+    assert len(rows) == 5
     resolved = [r for r in rows if r["status"] == "resolved"]
     assert len(resolved) == 1 and float(resolved[0]["volume_ml"]) == 0.0
+    # A lesion not found is never written as 0 or as resolved: its sizes are empty.
+    missed = next(r for r in rows if r["status"] == "not_found")
+    assert missed["volume_ml"] == missed["longest_diameter_mm"] == missed["short_axis_mm"] == ""
+    assert missed["finding_state"] == "not_found" and missed["state_reason"]
     edited = next(r for r in rows if r["lesion_label"] == "Right lung 1")
     assert float(edited["longest_diameter_mm"]) == 14.5  # the radiologist's value is in force
     assert edited["review_state"] == "edited"

@@ -7,6 +7,7 @@ RadTrack's own CT writer and a label map drawn here.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -23,6 +24,7 @@ from imaging.core.dicom.seg_sr import (
     TimePoint,
     dataset_write,
     measurement_report_build,
+    segment_volumes_ml,
     segmentation_build,
 )
 from imaging.core.dicom.volume import series_volume
@@ -30,6 +32,7 @@ from imaging.core.dicom.write import CTSeriesAttributes, ct_series_write, synthe
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.orientation import volume_flip_header
 from tests.interop.conftest import dciodvfy_errors
+from tests.interop.dicom_checks import sr_mask_volumes
 
 MODEL = SegmentationModel("lesion-unet", "2.1.0")
 LIVER_1 = ExportedLesion("2.25.1001", "Liver 1", "liver", 1.25, 14.0, 9.5, 3)
@@ -76,6 +79,8 @@ def _uids() -> ExportUids:
 
 def _build(ct, lesions=(LIVER_1, LUNG_1, LIVER_2_GONE), time_point: TimePoint | None = None):
     headers, grid = ct
+    volumes = segment_volumes_ml(label_map=_label_map(grid), lesions=list(lesions))
+    lesions = [replace(x, mask_volume_ml=volumes.get(x.tracking_uid)) for x in lesions]
     seg = segmentation_build(
         source_images=headers,
         label_map=_label_map(grid),
@@ -156,13 +161,18 @@ def test_sr_has_a_group_per_lesion_with_tracking_time_point_and_values(ct, tmp_p
     assert liver.reference_type.meaning == "Referenced Segment"
     assert liver.referenced_segment.referenced_segment_numbers == [1]
     assert liver.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
-    values = {m.name.meaning: (m.value, m.unit.value) for m in liver.get_measurements()}
+    values = {
+        (m.name.meaning, m.method.value if m.method else None): (m.value, m.unit.value)
+        for m in liver.get_measurements()
+    }
+    # 75 voxels of 0.8 x 0.8 x 2.5 mm: the segment's own volume, and the value in force.
     assert values == {
-        "Volume": (1.25, "ml"),
-        "Long axis": (14.0, "mm"),
-        "Short axis": (9.5, "mm"),
+        ("Volume", "126030"): (pytest.approx(0.12), "ml"),
+        ("Volume", "PVV"): (1.25, "ml"),
+        ("Long axis", None): (14.0, "mm"),
+        ("Short axis", None): (9.5, "mm"),
         # TID 1502's Time Point Order is a NUM item, so highdicom lists it here too.
-        "Time Point Order": (3.0, "1"),
+        ("Time Point Order", None): (3.0, "1"),
     }
     # The resolved lesion has no segment but still its own group (TID 1501), volume 0.
     (gone,) = back.content.get_image_measurement_groups()
@@ -173,6 +183,40 @@ def test_sr_has_a_group_per_lesion_with_tracking_time_point_and_values(ct, tmp_p
     text = str(back)
     assert text.count("Follow-up 2") == 3  # one Time Point per group
     assert "Posttreatment" in text
+
+
+def test_every_sr_volume_of_a_segment_is_recomputed_from_the_seg(ct, tmp_path):
+    """The voxel-sum Volume of each referenced segment equals that segment's voxels in the
+    SEG as read back; the value in force says it is another method (partial volume)."""
+    seg, sr = _build(ct)
+    seg_back = hd.seg.segread(dataset_write(dataset=seg, path=tmp_path / "seg.dcm"))
+    sr_back = hd.sr.srread(dataset_write(dataset=sr, path=tmp_path / "sr.dcm"))
+    checked = sr_mask_volumes(seg_back, sr_back)
+    assert {c[0] for c in checked} == {"Liver 1", "Lung 1"}
+    for tracking_id, in_sr, from_seg, methods in checked:
+        assert in_sr == pytest.approx(from_seg, rel=1e-6), tracking_id
+        assert methods == ["126030", "PVV"], tracking_id
+
+
+def test_a_segment_without_its_mask_volume_is_refused(ct):
+    headers, grid = ct
+    seg = segmentation_build(
+        source_images=headers,
+        label_map=_label_map(grid),
+        lesions=[LIVER_1],
+        model=MODEL,
+        uids=_uids(),
+        software_version="radtrack 0.1.0",
+    )
+    with pytest.raises(DicomExportError, match="mask volume is not given"):
+        measurement_report_build(
+            source_images=headers,
+            segmentation=seg,
+            lesions=[LIVER_1],
+            model=MODEL,
+            time_point=TimePoint(1),
+            uids=_uids(),
+        )
 
 
 def test_baseline_time_point_is_coded_as_baseline():
@@ -305,7 +349,7 @@ def test_an_sr_names_the_sr_it_replaces_and_still_passes_dciodvfy(ct, tmp_path):
     second = measurement_report_build(
         source_images=headers,
         segmentation=seg,
-        lesions=[LIVER_1, LUNG_1],
+        lesions=[replace(LIVER_1, mask_volume_ml=0.12), replace(LUNG_1, mask_volume_ml=0.0144)],
         model=MODEL,
         time_point=TimePoint(2),
         uids=uids,

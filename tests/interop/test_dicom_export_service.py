@@ -20,6 +20,7 @@ from imaging.models import LesionMeasurement, ProcessingRun
 from patients.models import AuditEvent
 from tests.imaging.factories import LesionFactory, LesionMeasurementFactory
 from tests.interop.conftest import analysed_study, dciodvfy_errors
+from tests.interop.dicom_checks import segment_volume_ml, sr_mask_volumes
 
 pytestmark = pytest.mark.django_db
 
@@ -58,8 +59,13 @@ def test_export_uses_reviewed_values_and_leaves_rejected_lesions_out(tmp_path):
     assert [s.TrackingUID for s in seg.SegmentSequence] == [liver.lesion.tracking_uid]
     report = hd.sr.srread(_path(result.sr_path))
     (group,) = report.content.get_volumetric_roi_measurement_groups()
-    volume = group.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))[0]
-    assert volume.value == pytest.approx(0.61)
+    volumes = group.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))
+    by_method = {v.method.value: v.value for v in volumes}
+    # The radiologist's value says it is one; the segment's own volume is still there.
+    assert by_method["RADVAL"] == pytest.approx(0.61)
+    assert by_method["126030"] == pytest.approx(
+        segment_volume_ml(hd.seg.segread(_path(result.seg_path)), 1)
+    )
 
 
 def test_same_results_give_the_same_uids_and_a_change_a_new_sr(tmp_path):
@@ -75,6 +81,57 @@ def test_same_results_give_the_same_uids_and_a_change_a_new_sr(tmp_path):
     old = pydicom.dcmread(_path(first.sr_path))
     new = pydicom.dcmread(_path(changed.sr_path))
     assert new.SeriesInstanceUID == old.SeriesInstanceUID
+
+
+def test_a_second_export_of_unchanged_results_gives_the_same_bytes(tmp_path):
+    """Same UIDs, same bytes: the objects written before are reused as they are, and a
+    file that went missing is rebuilt with its first export's times (issue: the times
+    changed under the same SOP Instance UID)."""
+    case = analysed_study(tmp_path, key="svc3b")
+    first = study_dicom_export(study=case.study)
+    seg_bytes = _path(first.seg_path).read_bytes()
+    sr_bytes = _path(first.sr_path).read_bytes()
+    assert first.reused == []
+    again = study_dicom_export(study=case.study)
+    assert again.reused == ["SEG", "SR"] and "reused" in again.line()
+    assert _path(again.seg_path).read_bytes() == seg_bytes
+    assert _path(again.sr_path).read_bytes() == sr_bytes
+    _path(first.sr_path).unlink()
+    rebuilt = study_dicom_export(study=case.study)
+    assert rebuilt.reused == ["SEG"]
+    back = pydicom.dcmread(_path(rebuilt.sr_path))
+    before = pydicom.dcmread(pydicom.filebase.DicomBytesIO(sr_bytes))
+    assert back.SOPInstanceUID == before.SOPInstanceUID
+    assert (back.ContentDate, back.ContentTime) == (before.ContentDate, before.ContentTime)
+    assert (back.InstanceCreationDate, back.InstanceCreationTime) == (
+        before.InstanceCreationDate,
+        before.InstanceCreationTime,
+    )
+    assert _path(rebuilt.sr_path).read_bytes() == sr_bytes
+
+
+def test_every_sr_volume_is_the_volume_of_the_seg_segment_it_references(tmp_path):
+    """The partial-volume estimate differs from the mask's voxels by design; the SR gives
+    both, each with its method, and the voxel one is the SEG segment's volume."""
+    case = analysed_study(tmp_path, key="svc3c")
+    result = study_dicom_export(study=case.study)
+    seg = hd.seg.segread(_path(result.seg_path))
+    report = hd.sr.srread(_path(result.sr_path))
+    checked = sr_mask_volumes(seg, report)
+    assert len(checked) == 2
+    for tracking_id, in_sr, from_seg, methods in checked:
+        assert in_sr == pytest.approx(from_seg, rel=1e-6), tracking_id
+        assert methods == ["126030", "PVV"], tracking_id
+    stored = {m.lesion.label: m.volume_ml for m in case.measurements}
+    in_force = {
+        g.tracking_identifier: [
+            m.value
+            for m in g.get_measurements()
+            if m.method is not None and m.method.value == "PVV"
+        ][0]
+        for g in report.content.get_volumetric_roi_measurement_groups()
+    }
+    assert in_force == pytest.approx(stored)
 
 
 def test_follow_up_is_a_later_time_point_and_resolved_lesion_is_reported(tmp_path):
@@ -172,8 +229,10 @@ def test_a_split_lesions_segment_holds_all_its_fragments(tmp_path):
     assert int((mask == number).sum()) == 3 * 5 * 5 + 3 * 3  # both fragments
     report = hd.sr.srread(_path(result.sr_path))
     (group,) = report.content.get_volumetric_roi_measurement_groups()
-    volume = group.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))[0]
-    assert volume.value == pytest.approx(0.4858)
+    volumes = group.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))
+    by_method = {v.method.value: v.value for v in volumes}
+    assert by_method["PVV"] == pytest.approx(0.4858)
+    assert by_method["126030"] == pytest.approx(segment_volume_ml(seg, number))
 
 
 # -- an orientation-corrected run (finding 9) ---------------------------------------------
@@ -252,3 +311,82 @@ def test_a_changed_sr_names_the_one_it_replaces(tmp_path):
     third = pydicom.dcmread(_path(reverted.sr_path))
     reference = third.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == new.SOPInstanceUID
+
+
+def _numbers(group) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for m in group.get_measurements():
+        if m.name.value != "126073":  # Time Point Order (TID 1502), not a measurement
+            out.setdefault(m.name.meaning, []).append(m.value)
+    return out
+
+
+def _states(group) -> list[str]:
+    return [
+        q.value.meaning for q in group.get_qualitative_evaluations() if q.name.value == "FSTATE"
+    ]
+
+
+def test_absent_values_are_left_out_not_zero_and_rejected_lesions_not_exported(tmp_path):
+    """Not found, merged, too small and measured by hand without a volume: the SR has no
+    value for what the lesion does not have, and says its state; a lesion rejected at
+    another study (its rejection holds for the identity) is not in the SR or the SEG."""
+    case = analysed_study(tmp_path, key="svc9")
+    liver, lung = case.measurements
+    patient = case.study.patient
+
+    def lesion_at(label: str, organ: str = "liver", **fields) -> LesionMeasurement:
+        row = LesionFactory(patient=patient, label=label, organ=organ)
+        return LesionMeasurementFactory(lesion=row, study=case.study, **fields)
+
+    absent = {"volume_ml": 0.0, "longest_diameter_mm": 0.0, "short_axis_mm": 0.0}
+    lesion_at("Missed 1", status="not_found", finding_state="not_found", **absent)
+    lesion_at("Merged 1", status="merged", merged_into=liver.lesion, **absent)
+    lesion_at("Small 1", status="tracked", too_small=True, review_state="edited", **absent)
+    lesion_at("Node 1", organ="lymph_node", status="new", volume_ml=None,
+              longest_diameter_mm=21.0, short_axis_mm=15.5)  # fmt: skip
+    LesionMeasurement.objects.filter(pk=lung.pk).update(
+        finding_state="rejected", state_reason="rejected at the baseline by a radiologist"
+    )
+    result = study_dicom_export(study=case.study)
+    assert dciodvfy_errors(_path(result.sr_path)) == []
+    seg = pydicom.dcmread(_path(result.seg_path))
+    assert [s.TrackingUID for s in seg.SegmentSequence] == [liver.lesion.tracking_uid]
+    report = hd.sr.srread(_path(result.sr_path))
+    groups = {
+        g.tracking_identifier: g
+        for g in report.content.get_image_measurement_groups()
+        + report.content.get_volumetric_roi_measurement_groups()
+    }
+    assert set(groups) == {"Liver svc9", "Missed 1", "Merged 1", "Small 1", "Node 1"}
+    for label, state in (
+        ("Missed 1", "Not found, needs review"),
+        ("Merged 1", "Merged into another lesion"),
+        ("Small 1", "Present, too small to measure"),
+    ):
+        assert _numbers(groups[label]) == {}, label
+        assert _states(groups[label]) == [state], label
+    assert _numbers(groups["Node 1"]) == {"Long axis": [21.0], "Short axis": [15.5]}
+    assert _states(groups["Liver svc9"]) == [] and len(_numbers(groups["Liver svc9"])) == 3
+
+    # Unchanged results: the same objects, reused byte for byte.
+    sr_bytes = _path(result.sr_path).read_bytes()
+    again = study_dicom_export(study=case.study)
+    assert again.reused == ["SEG", "SR"] and again.sr_path == result.sr_path
+    assert _path(again.sr_path).read_bytes() == sr_bytes
+
+
+def test_an_equivocal_finding_keeps_its_values_and_says_so_in_a_new_sr(tmp_path):
+    case = analysed_study(tmp_path, key="svc10")
+    first = study_dicom_export(study=case.study)
+    LesionMeasurement.objects.filter(pk=case.measurements[1].pk).update(finding_state="equivocal")
+    changed = study_dicom_export(study=case.study)
+    assert changed.sr_path != first.sr_path and changed.seg_path == first.seg_path
+    report = hd.sr.srread(_path(changed.sr_path))
+    (lung,) = [
+        g
+        for g in report.content.get_volumetric_roi_measurement_groups()
+        if g.tracking_identifier == "Lung svc10"
+    ]
+    assert _states(lung) == ["Equivocal, awaiting confirmation"]
+    assert _numbers(lung)["Long axis"] == [case.measurements[1].longest_diameter_mm]

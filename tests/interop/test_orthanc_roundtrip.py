@@ -176,3 +176,44 @@ def test_seg_and_sr_go_back_by_stow_and_read_back(orthanc, pacs, tmp_path):
     path = tmp_path / "seg-from-orthanc.dcm"
     seg.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
+    # The SR's voxel-sum volumes, read back from Orthanc, are those of the SEG's segments.
+    from tests.interop.dicom_checks import sr_mask_volumes
+
+    for tracking_id, in_sr, from_seg, _ in sr_mask_volumes(
+        hd.seg.Segmentation.from_dataset(seg), report
+    ):
+        assert in_sr == pytest.approx(from_seg, rel=1e-6), tracking_id
+    assert "the PACS: SEG stored, SR stored" in out.getvalue()
+
+
+def test_send_reports_what_the_pacs_did_and_warns_of_other_content_under_our_uid(
+    orthanc, pacs, tmp_path, settings
+):
+    from pathlib import Path
+
+    from imaging.exports.services import study_dicom_export
+
+    case = analysed_study(tmp_path, key="rt-again", patient_id="RT-AGAIN")
+    orthanc.upload(case.files)
+    first = study_dicom_export(study=case.study, send=True, config=pacs)
+    assert first.pacs == {"SEG": "stored", "SR": "stored"} and first.warnings == []
+    again = study_dicom_export(study=case.study, send=True, config=pacs)
+    assert again.pacs == {"SEG": "already present", "SR": "already present"}
+    assert again.warnings == []
+
+    # Another object already holds the UID of the SR the next export will write:
+    # Orthanc keeps its copy, and the export says so.
+    case.measurements[0].override_longest_diameter_mm = 31.0
+    case.measurements[0].save()
+    built = study_dicom_export(study=case.study)
+    sr_path = Path(settings.DATA_DIR) / built.sr_path
+    other = pydicom.dcmread(sr_path)
+    other.SeriesDescription = "someone else's object"
+    impostor = tmp_path / "impostor.dcm"
+    other.save_as(impostor, enforce_file_format=True)
+    orthanc.upload([impostor])
+    out, err = StringIO(), StringIO()
+    # A warning, not a failure: the SEG and the earlier SR are where they should be.
+    call_command("export_dicom", "--patient", "RT-AGAIN", "--send", stdout=out, stderr=err)
+    assert "SEG already present, SR kept different content" in out.getvalue()
+    assert "warning: study" in err.getvalue() and "kept different content" in err.getvalue()

@@ -1,4 +1,10 @@
-"""``manage.py export_dicom --patient ID [--send]``: a patient's lesions as DICOM SEG and SR."""
+"""``manage.py export_dicom --patient ID [--send]``: a patient's lesions as DICOM SEG and SR.
+
+Unchanged results are not rebuilt: the objects written before are reused as they are.
+With ``--send``, each object's line says what the PACS did with it (stored, already
+present, replaced); a PACS that kept other content under one of our UIDs is a warning
+on stderr.
+"""
 
 import getpass
 
@@ -32,6 +38,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         for export in outcome.exports:
             self.stdout.write(export.line())
+            for warning in export.warnings:
+                self.stderr.write(f"warning: study {export.study_id}: {warning}")
         for error in outcome.errors:
             self.stderr.write(error)
         failed_sends = [e for e in outcome.exports if e.transfer is not None and e.transfer.error]
