@@ -33,6 +33,15 @@ lesion's radius + 5 mm)), both in that study's own LPS coordinates. Then:
     .venv/bin/python benchmarks/tracking.py [--patients 200] [--timepoints 5] [--seed 424242]
     .venv/bin/python benchmarks/tracking.py --truth OUT/truth.json --measurements export.csv
     .venv/bin/python benchmarks/tracking.py --write-measurements var/benchmarks/tracking.csv
+    .venv/bin/python benchmarks/tracking.py --truth OUT/truth.json --measurements m.csv \
+        --responses r.csv --compare-before HEAD
+
+``--compare-before REF`` (with ``--responses``, an ``export_responses`` CSV of the same
+run) measures what the response rules changed: the categories the pipeline stored now
+against those RadTrack's rules at git revision REF give for the same measurements, read
+as that revision's tracking wrote them (a lesion not found written "resolved" at 0 mm,
+every finding counted, no study followed past a failed registration). Each follow-up
+whose category changed is counted with why (`change_reasons`).
 
 Exits 1 when a target is missed.
 """
@@ -55,6 +64,7 @@ from scipy.optimize import linear_sum_assignment
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analytics.lesions.core.assess import recist_assess  # noqa: E402
 from analytics.lesions.core.identities import (  # noqa: E402
     LesionObservation,
     TrackedLesion,
@@ -66,7 +76,7 @@ from analytics.lesions.core.readings import (  # noqa: E402
     StudyReading,
     timeline_from_measurements,
 )
-from analytics.lesions.core.recist import recist_assess, targets_select  # noqa: E402
+from analytics.lesions.core.recist import targets_select  # noqa: E402
 from analytics.lesions.core.volumetric import volumetric_assess  # noqa: E402
 from imaging.core.dicom.write import synthetic_uid  # noqa: E402
 from imaging.core.synthetic.cohort import cohort_simulate  # noqa: E402
@@ -364,6 +374,134 @@ def report(ev: Evaluation, *, source: str, seconds: float, events: Counter) -> b
     return all_met
 
 
+# --------------------------------------------------------------------------- before / after
+def rules_before(ref: str, into: Path):
+    """The response rules (readings, recist, volumetric) as they were at git ``ref``,
+    imported from ``into`` as the package ``rules_before`` (read with ``git show``)."""
+    import importlib
+    import subprocess
+
+    package = into / "rules_before"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    for name in ("readings", "recist", "volumetric"):
+        text = subprocess.run(
+            ["git", "show", f"{ref}:analytics/lesions/core/{name}.py"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        text = text.replace("analytics.lesions.core.", "rules_before.")
+        (package / f"{name}.py").write_text(text)
+    sys.path.insert(0, str(into))
+    return importlib.import_module("rules_before.volumetric")
+
+
+def table_as_before(measurements: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+    """The export as the earlier tracking wrote it: a lesion not found, or merged, was a
+    "resolved" row at 0; finding states did not exist; a patient's studies were not
+    followed from the first follow-up whose registration failed."""
+    frame = measurements.copy()
+    absent = frame["status"].isin(["not_found", "merged"])
+    frame.loc[absent, "status"] = "resolved"
+    frame.loc[absent, ["volume_ml", "longest_diameter_mm", "short_axis_mm"]] = 0.0
+    provisional = responses[
+        responses["response_note"].fillna("").str.contains("registration to the baseline")
+    ]
+    for pid, rows in provisional.groupby("patient_id"):
+        first = pd.to_datetime(rows["study_date"]).min()
+        later = (frame["patient_id"] == pid) & (pd.to_datetime(frame["study_date"]) >= first)
+        frame = frame[~later]
+    return frame[[c for c in MEASUREMENT_COLUMNS if c in frame]]
+
+
+def change_reasons(study: pd.DataFrame, response: pd.Series, kind: str) -> list[str]:
+    """Why a follow-up's category differs from the earlier rules' (module docstring)."""
+    note = str(response.get("response_note") or "")
+    reasons = []
+    if "registration to the baseline" in note:
+        reasons.append("registration failed: followed now (links provisional, NE), not before")
+    if note.startswith("not evaluable: ") and "registration" not in note:
+        reasons.append("no segmentation: an NE row with the reason now, none before")
+    if (study["status"] == "not_found").any():
+        reasons.append("a lesion not found: not evaluated now, read as gone (0 mm) before")
+    if float(response.get("pending_new_lesions") or 0) > 0:
+        reasons.append("an equivocal new lesion pending confirmation: not PD yet")
+    dated = response.get("progression_dated_from")
+    if isinstance(dated, str) and dated and dated < str(response["study_date"]):
+        reasons.append("PD dated from a new lesion's first sighting, confirmed later")
+    if str(response.get("possible_non_target_progression")) == "True":
+        reasons.append("non-target volume growth with targets: for review, not PD")
+    if kind == "volumetric" and not reasons:
+        reasons.append(
+            "volumetric lines exact (+72.8%, -65.7%), the 5 mm floor, or NE without a baseline burden"
+        )
+    return reasons or ["other (see the response note)"]
+
+
+def truth_categories(truth: dict) -> dict[tuple[str, str, str], str]:
+    """(patient, study UID, "recist"/"volumetric") -> the category truth.json gives."""
+    out = {}
+    for patient in truth["patients"]:
+        timeline = truth_timeline(patient)
+        for kind, assess in (("recist", recist_assess), ("volumetric", volumetric_assess)):
+            for a in assess(timeline=timeline)[1:]:
+                out[(patient["patient_id"], a.study_uid, kind)] = a.category
+    return out
+
+
+def _against_truth(pairs: list[tuple[str, str]]) -> str:
+    """How many categories agree with truth, are NE (shown as not assessable), or are
+    wrong (shown as assessed, and not truth's)."""
+    agree = sum(1 for shown, true in pairs if shown == true)
+    unassessed = sum(1 for shown, _ in pairs if shown in ("NE", "not assessed"))
+    wrong = len(pairs) - agree - unassessed
+    return f"{agree} agree with truth, {unassessed} NE or not assessed, {wrong} wrong"
+
+
+def compare_before(
+    *,
+    ref: str,
+    measurements: pd.DataFrame,
+    responses: pd.DataFrame,
+    scratch: Path,
+    truth: dict,
+) -> None:
+    """Print the share of follow-ups whose RECIST 1.1 and volumetric categories changed
+    from the rules at ``ref`` to those stored now, why, and how each agrees with truth."""
+    before = rules_before(ref, scratch).responses_table_build(
+        measurements=table_as_before(measurements, responses)
+    )
+    old = {(str(r.patient_id), str(r.study_instance_uid)): r for r in before.itertuples()}
+    expected = truth_categories(truth)
+    follow_ups = responses[responses["recist_response"].fillna("") != ""]
+    for kind, column in (("RECIST 1.1", "recist_response"), ("volumetric", "volumetric_response")):
+        changed, why, then_now = 0, Counter(), []
+        for _, response in follow_ups.iterrows():
+            key = (str(response["patient_id"]), str(response["study_instance_uid"]))
+            was = getattr(old[key], column) if key in old else None
+            was = was if isinstance(was, str) and was else "not assessed"
+            now = response[column]
+            true = expected.get((*key, "volumetric" if column.startswith("vol") else "recist"))
+            then_now.append(((was, true), (now, true)))
+            if was == now:
+                continue
+            changed += 1
+            study = measurements[measurements["study_instance_uid"].astype(str) == key[1]]
+            for reason in change_reasons(
+                study, response, "volumetric" if column.startswith("vol") else "recist"
+            ):
+                why[f"{was} -> {now}: {reason}"] += 1
+        total = len(follow_ups)
+        share = _pct(changed / total if total else math.nan)
+        print(f"\n{kind}: {changed} of {total} follow-ups changed category ({share}) since {ref}")
+        for text, n in sorted(why.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {n:3d}  {text}")
+        print(f"  before: {_against_truth([b for b, _ in then_now])}")
+        print(f"  now:    {_against_truth([a for _, a in then_now])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=200)
@@ -372,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", type=Path, help="truth.json of a generated cohort")
     parser.add_argument("--measurements", type=Path, help="export_measurements CSV to evaluate")
     parser.add_argument("--write-measurements", type=Path, help="write the simulated rows here")
+    parser.add_argument("--responses", type=Path, help="export_responses CSV of the same run")
+    parser.add_argument(
+        "--compare-before", metavar="REF", help="git revision whose response rules to compare with"
+    )
     parser.add_argument("--noise-seed", type=int, default=1)
     parser.add_argument("--centroid-noise-mm", type=float, default=Noise.centroid_mm)
     parser.add_argument("--volume-cv", type=float, default=Noise.volume_cv)
@@ -379,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.measurements and not args.truth:
         parser.error("--measurements needs --truth (the truth.json of the same cohort)")
+    if args.compare_before and not (args.measurements and args.responses):
+        parser.error("--compare-before needs --measurements and --responses of one run")
     if args.patients < 1 or args.timepoints < 2:
         parser.error("--patients must be at least 1 and --timepoints at least 2")
 
@@ -413,6 +557,20 @@ def main(argv: list[str] | None = None) -> int:
             measurements.to_csv(args.write_measurements, index=False)
     ev = evaluate(truth, measurements)
     ok = report(ev, source=source, seconds=time.perf_counter() - started, events=events)
+    if args.compare_before:
+        import tempfile
+
+        responses = pd.read_csv(
+            args.responses, dtype={"study_instance_uid": str, "patient_id": str}
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            compare_before(
+                ref=args.compare_before,
+                measurements=measurements,
+                responses=responses,
+                scratch=Path(scratch),
+                truth=truth,
+            )
     return 0 if ok else 1
 
 

@@ -60,11 +60,15 @@ class SeriesAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Instance)
-class InstanceAdmin(ReadOnlyAdmin):
+class InstanceAdmin(AuditedAdminMixin, ReadOnlyAdmin):
+    audit_noun = "instance"
     list_display = ["sop_instance_uid", "series", "instance_number", "size_bytes", "received_at"]
     search_fields = ["sop_instance_uid", "sha256"]
-    list_select_related = ["series"]
+    list_select_related = ["series__study"]
     raw_id_fields = ["series", "ingest_session"]
+
+    def _patient_of(self, obj):
+        return obj.series.study.patient_id
 
 
 class IngestIssueInline(admin.TabularInline):
@@ -79,7 +83,8 @@ class IngestIssueInline(admin.TabularInline):
 
 
 @admin.register(IngestSession)
-class IngestSessionAdmin(ReadOnlyAdmin):
+class IngestSessionAdmin(AuditedAdminMixin, ReadOnlyAdmin):
+    audit_noun = "ingest session"
     list_display = [
         "pk",
         "source",
@@ -97,10 +102,22 @@ class IngestSessionAdmin(ReadOnlyAdmin):
     list_select_related = ["user"]
     inlines = [IngestIssueInline]
 
+    def _patients_of(self, obj) -> list[int]:
+        # A session may bring in several patients' images: each is named.
+        return list(
+            Instance.objects.filter(ingest_session=obj)
+            .values_list("series__study__patient_id", flat=True)
+            .distinct()
+        )
+
 
 @admin.register(ProcessingRun)
-class ProcessingRunAdmin(ReadOnlyAdmin):
+class ProcessingRunAdmin(AuditedAdminMixin, ReadOnlyAdmin):
+    audit_noun = "processing run"
     list_display = ["pk", "series", "status", "device", "created_at", "finished_at"]
     list_filter = ["status", "device"]
-    list_select_related = ["series"]
+    list_select_related = ["series__study"]
     raw_id_fields = ["series"]
+
+    def _patient_of(self, obj):
+        return obj.series.study.patient_id

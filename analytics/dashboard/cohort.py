@@ -17,7 +17,7 @@ from lifelines import KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test
 
 from analytics.models import RiskModelVersion, RiskScore
-from analytics.risk.core.features import landmark_outcomes
+from analytics.risk.core.outcomes import landmark_outcomes
 from analytics.risk.selectors import EVENT_COLUMNS, rows_frame
 from patients.models import ClinicalEvent
 

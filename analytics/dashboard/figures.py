@@ -99,15 +99,16 @@ def _axis(title: str, **extra: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Patient page
 # --------------------------------------------------------------------------------------
-_STATUS_SYMBOL = {"new": "triangle-up", "tracked": "circle", "resolved": "x"}
+_STATUS_SYMBOL = {"new": "triangle-up", "tracked": "circle", "resolved": "x", "merged": "x"}
 
 
 def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
     """Each lesion's volume (ml, values in force) over time: one line per lesion identity.
 
-    A lesion's first sighting after baseline is drawn as a triangle (new lesion), a
-    resolved one as a cross at 0 ml; measurements a radiologist rejected as false
-    positives are left out. Target lesions are named "(target)" in the legend.
+    A lesion's first sighting after baseline is drawn as a triangle (new lesion), one a
+    radiologist confirmed gone (or merged into another) as a cross at 0 ml; studies where
+    it was not found draw nothing (nothing was measured), and measurements rejected as
+    false positives are left out. Target lesions are named "(target)" in the legend.
     """
     data = []
     baseline = timeline.studies[0].study_date if timeline.studies else None
@@ -122,7 +123,7 @@ def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
             is_new = p.status == "new" and p.study_date != baseline
             status = "new" if is_new else ("tracked" if p.status == "new" else p.status)
             symbols.append(_STATUS_SYMBOL.get(status, "circle"))
-            sizes.append(12 if status in ("new", "resolved") else 8)
+            sizes.append(12 if status in ("new", "resolved", "merged") else 8)
             if is_new:
                 label = "new lesion"
             elif p.status == "new":
@@ -268,20 +269,36 @@ def _burden_rows(responses: list[ResponseRow]) -> list[Panel]:
     return [("Tumour burden (ml)", [trace])]
 
 
+#: Marker of a lab point by comparator: a censored result points the way its bound goes.
+_BOUND_SYMBOLS = {
+    "<": "triangle-down",
+    "<=": "triangle-down",
+    ">": "triangle-up",
+    ">=": "triangle-up",
+}
+
+
 def _lab_rows(labs: Iterable[LabSeries]) -> list[Panel]:
-    """One panel per lab test, in its canonical unit."""
+    """One panel per lab test, in its canonical unit. A censored result is drawn at its
+    bound with a triangle pointing the way the bound goes, and its hover text reads as
+    the result does ("< 0.5 ng/mL"), never as an exact value."""
     rows = []
     for j, lab in enumerate(labs):
         name = lab.key.upper() if len(lab.key) <= 4 else lab.key.capitalize()
+        comparators = lab.comparators or ("",) * len(lab.values)
         trace = {
             "type": "scatter",
             "mode": "lines+markers",
             "name": name,
             "x": [at.isoformat() for at in lab.observed_at],
             "y": [_number(v) for v in lab.values],
+            "text": list(lab.value_labels),
             "line": {"color": PALETTE[(j + 3) % len(PALETTE)], "width": 2},
-            "marker": {"size": 6},
-            "hovertemplate": f"%{{x|%Y-%m-%d}}: %{{y:.3g}} {lab.unit}<extra>{lab.display}</extra>",
+            "marker": {
+                "size": [9 if c else 6 for c in comparators],
+                "symbol": [_BOUND_SYMBOLS.get(c, "circle") for c in comparators],
+            },
+            "hovertemplate": f"%{{x|%Y-%m-%d}}: %{{text}}<extra>{lab.display}</extra>",
         }
         rows.append((f"{name} ({lab.unit})", [trace]))
     return rows

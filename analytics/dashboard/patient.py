@@ -12,84 +12,26 @@ never query the database themselves.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db.models import Count, Max, Min, Q
 
-from analytics.lesions.selectors import ResponseRow, response_rows
+from analytics.dashboard.series import SeriesSummary, series_summaries
+from analytics.lesions.selectors import (
+    BestResponseRow,
+    ResponseRow,
+    best_response_of,
+    irecist_of,
+    response_rows,
+)
 from analytics.models import RiskScore
 from analytics.risk.selectors import current_model_version
-from imaging.models import Instance, LesionMeasurement, ProcessingRun, Series, Study
+from imaging.models import LesionMeasurement, Series, Study
 from patients.models import LabResult, Patient
 from patients.selectors import patient_search_filter, sex_label
 from patients.units import ANALYTES
-
-_SERIES_TERMINAL_STATES = {Series.State.PROCESSED, Series.State.NOT_ANALYSED}
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """The latest processing run of a series."""
-
-    pk: int
-    status: str
-    status_label: str
-    error: str
-    device: str
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-
-    @property
-    def seconds(self) -> float | None:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
-        return None
-
-
-@dataclass(frozen=True)
-class IngestCount:
-    """How many instances of a series one ingest session brought in."""
-
-    session_id: int | None
-    instances: int
-
-
-@dataclass(frozen=True)
-class SeriesSummary:
-    """A series as the patient page shows it: what it is, how it arrived, its state."""
-
-    pk: int
-    series_instance_uid: str
-    series_number: int | None
-    modality: str
-    description: str
-    orientation: str
-    kernel: str
-    rows: int | None
-    columns: int | None
-    pixel_spacing_mm: tuple[float, float] | None
-    slice_thickness_mm: float | None
-    slice_count: int
-    state: str
-    state_label: str
-    state_detail: str
-    is_chosen: bool
-    instance_count: int
-    instances_with_warnings: int
-    last_received_at: dt.datetime | None
-    ingests: tuple[IngestCount, ...]
-    latest_run: RunSummary | None
-
-    @property
-    def is_failed(self) -> bool:
-        return self.state == Series.State.FAILED
-
-    @property
-    def is_settled(self) -> bool:
-        """Nothing more will happen to it without someone acting."""
-        return self.state in _SERIES_TERMINAL_STATES or self.is_failed
 
 
 @dataclass(frozen=True)
@@ -101,6 +43,8 @@ class StudySummary:
     accession_number: str
     description: str
     series: tuple[SeriesSummary, ...]
+    response: ResponseRow | None = None
+    """The study's response assessment: its banner says when it is NE and why."""
 
     @property
     def series_count(self) -> int:
@@ -115,7 +59,9 @@ class StudySummary:
 class LesionPoint:
     """A lesion at one study, values in force (a radiologist's override wins).
 
-    Sizes in ml and mm; a resolved lesion keeps its row with volume and diameters 0.
+    Sizes in ml and mm; a lesion confirmed gone or merged measures 0; one not found has
+    no sizes (NaN, shown as a dash), never 0. ``finding_state`` and ``state_reason``:
+    what the rules may count it for and why (`analytics.lesions.core.findings`).
     """
 
     measurement_pk: int
@@ -133,10 +79,23 @@ class LesionPoint:
     is_overridden: bool
     row: LesionMeasurement | None = field(default=None, compare=False, repr=False)
     """The loaded row (lesion, study and reviewer joined), for the review form partial."""
+    finding_state: str = LesionMeasurement.FindingState.CONFIRMED
+    finding_label: str = ""
+    state_reason: str = ""
+    link_provisional: bool = False
+    too_small: bool = False
+    by_hand: bool = False
 
     @property
     def is_rejected(self) -> bool:
-        return self.review_state == LesionMeasurement.Review.REJECTED
+        return (
+            self.review_state == LesionMeasurement.Review.REJECTED
+            or self.finding_state == LesionMeasurement.FindingState.REJECTED
+        )
+
+    @property
+    def is_not_found(self) -> bool:
+        return self.status == LesionMeasurement.Status.NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -156,8 +115,9 @@ class LesionTrack:
 
     @property
     def shown_points(self) -> tuple[LesionPoint, ...]:
-        """The measurements not rejected as false positives (what the charts draw)."""
-        return tuple(p for p in self.points if not p.is_rejected)
+        """What the charts draw: the measurements not rejected as false positives, and
+        not the studies where the lesion was not found (nothing was measured there)."""
+        return tuple(p for p in self.points if not p.is_rejected and not p.is_not_found)
 
 
 @dataclass(frozen=True)
@@ -170,6 +130,22 @@ class LabSeries:
     unit: str
     observed_at: tuple[dt.datetime, ...]
     values: tuple[float, ...]
+    #: Per value: "" when exact, else the bound a censored result gives ("<" 0.5).
+    comparators: tuple[str, ...] = ()
+
+    @property
+    def value_labels(self) -> tuple[str, ...]:
+        """Each value as read: ``< 0.5 ng/mL`` for a censored one, never a bare number."""
+        comparators = self.comparators or ("",) * len(self.values)
+        return tuple(
+            f"{c + ' ' if c else ''}{v:g} {self.unit}"
+            for c, v in zip(comparators, self.values, strict=True)
+        )
+
+    @property
+    def dated_labels(self) -> tuple[tuple[dt.datetime, str], ...]:
+        """(observed_at, value label) pairs, oldest first, for the lab table."""
+        return tuple(zip(self.observed_at, self.value_labels, strict=True))
 
 
 @dataclass(frozen=True)
@@ -215,6 +191,8 @@ class PatientTimeline:
     responses: tuple[ResponseRow, ...] = ()
     labs: tuple[LabSeries, ...] = ()
     risk: RiskSummary | None = None
+    best_response: BestResponseRow | None = None
+    irecist: bool = False
 
     @property
     def study_count(self) -> int:
@@ -251,9 +229,13 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
     if (patient_id is None) == (pk is None):
         raise TypeError("give exactly one of patient_id or pk")
     lookup = {"patient_id": patient_id} if patient_id is not None else {"pk": pk}
-    patient = Patient.objects.get(**lookup)
+    patient = Patient.objects.select_related("best_overall_response", "response_settings").get(
+        **lookup
+    )
     studies = list(Study.objects.filter(patient=patient).chronological())
-    series_by_study = _series_summaries(patient, studies)
+    series_by_study = series_summaries(patient, studies)
+    responses = tuple(response_rows(patient=patient))
+    response_of = {r.study_pk: r for r in responses}
     return PatientTimeline(
         pk=patient.pk,
         patient_id=patient.patient_id,
@@ -263,9 +245,11 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
         sex=patient.sex,
         sex_label=sex_label(patient.sex),
         lesions=_lesion_tracks(patient),
-        responses=tuple(response_rows(patient=patient)),
+        responses=responses,
         labs=_lab_series(patient),
         risk=_risk_summary(patient),
+        best_response=best_response_of(patient),
+        irecist=irecist_of(patient),
         studies=tuple(
             StudySummary(
                 pk=study.pk,
@@ -275,114 +259,11 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
                 accession_number=study.accession_number,
                 description=study.description,
                 series=tuple(series_by_study.get(study.pk, ())),
+                response=response_of.get(study.pk),
             )
             for study in studies
         ),
     )
-
-
-@dataclass
-class _Arrivals:
-    """Per series pk: instances per ingest session, totals and the last arrival."""
-
-    ingests: dict[int, list[IngestCount]] = field(default_factory=lambda: defaultdict(list))
-    instances: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    with_warnings: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    last_received: dict[int, dt.datetime] = field(default_factory=dict)
-
-
-def _series_summaries(patient: Patient, studies: list[Study]) -> dict[int, list[SeriesSummary]]:
-    """Every series of ``patient`` by study pk, with arrivals and latest run (three queries)."""
-    series_rows = list(
-        Series.objects.filter(study__patient=patient).order_by(
-            "study_id", "series_number", "series_instance_uid"
-        )
-    )
-    arrivals = _arrivals(patient)
-    latest_runs = _latest_runs(patient)
-    chosen = {s.chosen_series_id for s in studies if s.chosen_series_id}
-    by_study: dict[int, list[SeriesSummary]] = defaultdict(list)
-    for s in series_rows:
-        spacing = (
-            (s.pixel_spacing_row_mm, s.pixel_spacing_column_mm)
-            if s.pixel_spacing_row_mm is not None and s.pixel_spacing_column_mm is not None
-            else None
-        )
-        by_study[s.study_id].append(
-            SeriesSummary(
-                pk=s.pk,
-                series_instance_uid=s.series_instance_uid,
-                series_number=s.series_number,
-                modality=s.modality,
-                description=s.description,
-                orientation=s.orientation_label,
-                kernel=s.kernel,
-                rows=s.rows,
-                columns=s.columns,
-                pixel_spacing_mm=spacing,
-                slice_thickness_mm=s.slice_thickness_mm,
-                slice_count=s.slice_count,
-                state=s.state,
-                state_label=s.get_state_display(),
-                state_detail=s.state_detail,
-                is_chosen=s.pk in chosen,
-                instance_count=arrivals.instances.get(s.pk, 0),
-                instances_with_warnings=arrivals.with_warnings.get(s.pk, 0),
-                last_received_at=arrivals.last_received.get(s.pk),
-                ingests=tuple(arrivals.ingests.get(s.pk, ())),
-                latest_run=latest_runs.get(s.pk),
-            )
-        )
-    return by_study
-
-
-def _arrivals(patient: Patient) -> _Arrivals:
-    """Instance counts per series and ingest session (one grouped query)."""
-    out = _Arrivals()
-    per_session = (
-        Instance.objects.filter(series__study__patient=patient)
-        .values("series_id", "ingest_session_id")
-        .annotate(
-            n=Count("pk"),
-            with_warnings=Count("pk", filter=~Q(warnings=[])),
-            last=Max("received_at"),
-        )
-        .order_by("series_id", "ingest_session_id")
-    )
-    for row in per_session:
-        series_pk = row["series_id"]
-        out.ingests[series_pk].append(IngestCount(row["ingest_session_id"], row["n"]))
-        out.instances[series_pk] += row["n"]
-        out.with_warnings[series_pk] += row["with_warnings"]
-        if series_pk not in out.last_received or row["last"] > out.last_received[series_pk]:
-            out.last_received[series_pk] = row["last"]
-    return out
-
-
-def _latest_runs(patient: Patient) -> dict[int, RunSummary]:
-    """The latest processing run of each series of ``patient`` (one query)."""
-    latest: dict[int, RunSummary] = {}
-    runs = (
-        ProcessingRun.objects.filter(series__study__patient=patient)
-        .order_by("series_id", "-created_at", "-pk")
-        .only(
-            "pk", "series_id", "status", "error", "device", "created_at", "started_at",
-            "finished_at",
-        )
-    )  # fmt: skip
-    for run in runs:
-        if run.series_id not in latest:
-            latest[run.series_id] = RunSummary(
-                pk=run.pk,
-                status=run.status,
-                status_label=run.get_status_display(),
-                error=run.error,
-                device=run.device,
-                created_at=run.created_at,
-                started_at=run.started_at,
-                finished_at=run.finished_at,
-            )
-    return latest
 
 
 def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
@@ -396,7 +277,7 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
     lesions = {}
     for m in rows:
         lesions.setdefault(m.lesion_id, m.lesion)
-        resolved = m.status == LesionMeasurement.Status.RESOLVED
+        volume, longest, short = _point_sizes(m)
         tracks.setdefault(m.lesion_id, []).append(
             LesionPoint(
                 measurement_pk=m.pk,
@@ -404,9 +285,9 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
                 study_date=m.study.study_date,
                 status=m.status,
                 status_label=m.get_status_display(),
-                volume_ml=0.0 if resolved else m.effective_volume_ml,
-                longest_diameter_mm=0.0 if resolved else m.effective_longest_diameter_mm,
-                short_axis_mm=0.0 if resolved else m.effective_short_axis_mm,
+                volume_ml=volume,
+                longest_diameter_mm=longest,
+                short_axis_mm=short,
                 confidence=m.confidence,
                 is_target=m.is_target,
                 review_state=m.review_state,
@@ -420,6 +301,12 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
                     )
                 ),
                 row=m,
+                finding_state=m.finding_state,
+                finding_label=m.get_finding_state_display(),
+                state_reason=m.state_reason,
+                link_provisional=m.link_provisional,
+                too_small=m.too_small,
+                by_hand=m.manual_finding_id is not None,
             )
         )
     return tuple(
@@ -435,15 +322,25 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
     )
 
 
+def _point_sizes(m: LesionMeasurement) -> tuple[float, float, float]:
+    """(volume, longest, short axis) shown: 0 for a lesion gone or merged, nothing (NaN)
+    for one not found or too small to measure (which counts 5 mm, said beside it)."""
+    if m.status in (LesionMeasurement.Status.RESOLVED, LesionMeasurement.Status.MERGED):
+        return 0.0, 0.0, 0.0
+    if m.status == LesionMeasurement.Status.NOT_FOUND or m.too_small:
+        return math.nan, math.nan, math.nan
+    return m.effective_volume_ml, m.effective_longest_diameter_mm, m.effective_short_axis_mm
+
+
 def _lab_series(patient: Patient) -> tuple[LabSeries, ...]:
     """Lab results per LOINC code, RadTrack's known tests first in `ANALYTES` order."""
-    by_code: dict[str, list[tuple[dt.datetime, float, str]]] = defaultdict(list)
-    for code, value, unit, at in (
+    by_code: dict[str, list[tuple[dt.datetime, float, str, str]]] = defaultdict(list)
+    for code, value, unit, at, comparator in (
         LabResult.objects.filter(patient=patient)
         .order_by("loinc_code", "observed_at")
-        .values_list("loinc_code", "value", "unit", "observed_at")
+        .values_list("loinc_code", "value", "unit", "observed_at", "comparator")
     ):
-        by_code[code].append((at, value, unit))
+        by_code[code].append((at, value, unit, comparator))
     known = list(ANALYTES)
     ordered = sorted(by_code, key=lambda c: (known.index(c) if c in known else len(known), c))
     out = []
@@ -458,6 +355,7 @@ def _lab_series(patient: Patient) -> tuple[LabSeries, ...]:
                 unit=analyte.canonical_unit if analyte else results[-1][2],
                 observed_at=tuple(r[0] for r in results),
                 values=tuple(r[1] for r in results),
+                comparators=tuple(r[3] for r in results),
             )
         )
     return tuple(out)

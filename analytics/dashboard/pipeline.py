@@ -1,8 +1,9 @@
 """Reads for the pipeline page: recent ingest sessions and each study's processing state.
 
 `pipeline_overview` gives the series counts per state, the latest imports and the
-studies most recently changed, each series with its latest processing run and steps, in
-a fixed number of queries.
+studies most recently changed, each series with its latest processing run, its steps and
+how far it has got, in a fixed number of queries, and how much waits in each task queue.
+`processing_summary` is the worklist's one-line view of the same progress.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from dataclasses import dataclass
 
 from django.db.models import Count, Max
 
-from imaging.models import IngestSession, ProcessingRun, Series, Study
+from analytics.dashboard.series import run_status_label, run_warnings
+from imaging.models import ANALYSED_MODALITIES, IngestSession, ProcessingRun, Series, Study
+from imaging.pipeline.queue import queue_depths
+from imaging.pipeline.record import RunProgress, run_progress
+from radtrack.celery import TRANSIENT_ERRORS
 
 _ACTIVE_SERIES = (
     Series.State.RECEIVING,
@@ -49,6 +54,12 @@ class SeriesPipeline:
     run_started_at: dt.datetime | None
     run_finished_at: dt.datetime | None
     steps: tuple[StepState, ...]
+    # What the run flagged (a failed registration, provisional links): "succeeded with
+    # warnings", never a plain success.
+    run_warnings: tuple[str, ...] = ()
+    run_attempts: int = 0
+    run_heartbeat_at: dt.datetime | None = None
+    progress: RunProgress | None = None
 
     @property
     def is_active(self) -> bool:
@@ -97,12 +108,33 @@ class SessionSummary:
 
 
 @dataclass(frozen=True)
+class QueueState:
+    """Messages waiting per task queue, or why the broker could not say."""
+
+    depths: tuple[tuple[str, int], ...]
+    error: str = ""
+
+
+def queue_state() -> QueueState | None:
+    """The broker's queue depths; None when tasks run in-process. The page stays up when
+    the broker is down: it says so instead."""
+    try:
+        depths = queue_depths()
+    except TRANSIENT_ERRORS as exc:
+        return QueueState(
+            depths=(), error=f"the task queue cannot be reached ({type(exc).__name__})"
+        )
+    return None if depths is None else QueueState(depths=tuple(depths.items()))
+
+
+@dataclass(frozen=True)
 class PipelineOverview:
     """Recent imports, the studies most recently changed, and series counts per state."""
 
     sessions: tuple[SessionSummary, ...]
     studies: tuple[StudyPipeline, ...]
     state_counts: tuple[tuple[str, str, int], ...]  # state, label, count
+    queues: QueueState | None = None
 
     @property
     def is_active(self) -> bool:
@@ -147,6 +179,52 @@ def pipeline_overview(*, sessions: int = 10, studies: int = 30) -> PipelineOverv
             for st in recent
         ),
         state_counts=state_counts,
+        queues=queue_state(),
+    )
+
+
+@dataclass(frozen=True)
+class ProcessingSummary:
+    """The worklist's line on processing: analysed series per state, and the runs now
+    going with their step and share done."""
+
+    waiting: int
+    running: int
+    done: int
+    failed: int
+    current: tuple[RunProgress, ...]
+
+    @property
+    def is_active(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.running + self.done + self.failed
+
+
+def processing_summary() -> ProcessingSummary:
+    """Counts of series by processing state and the running runs' progress (one query,
+    and one more while something runs)."""
+    analysed = Series.objects.filter(modality__in=ANALYSED_MODALITIES)
+    counts = {
+        row["state"]: row["n"]
+        for row in analysed.values("state").annotate(n=Count("pk")).order_by()
+    }
+    running = counts.get(Series.State.PROCESSING, 0)
+    runs = (
+        ProcessingRun.objects.filter(status=ProcessingRun.Status.RUNNING)
+        .order_by("pk")
+        .only("status", "steps")[:5]
+        if running
+        else []
+    )
+    return ProcessingSummary(
+        waiting=counts.get(Series.State.QUEUED, 0) + counts.get(Series.State.STORED, 0),
+        running=running,
+        done=counts.get(Series.State.PROCESSED, 0),
+        failed=counts.get(Series.State.FAILED, 0),
+        current=tuple(run_progress(status=r.status, steps=r.steps or []) for r in runs),
     )
 
 
@@ -187,6 +265,7 @@ def _series_pipelines(studies: list[Study]) -> dict[int, list[SeriesPipeline]]:
 
 
 def _series_pipeline(s: Series, run: ProcessingRun | None) -> SeriesPipeline:
+    warnings = run_warnings(run.flags) if run else ()
     steps = tuple(
         StepState(
             name=str(step.get("name", "")),
@@ -209,10 +288,16 @@ def _series_pipeline(s: Series, run: ProcessingRun | None) -> SeriesPipeline:
         updated_at=s.updated_at,
         run_pk=run.pk if run else None,
         run_status=run.status if run else "",
-        run_status_label=run.get_status_display() if run else "",
+        run_status_label=run_status_label(run.status, run.get_status_display(), warnings)
+        if run
+        else "",
+        run_warnings=warnings,
         run_error=run.error if run else "",
         run_device=run.device if run else "",
         run_started_at=run.started_at if run else None,
         run_finished_at=run.finished_at if run else None,
         steps=steps,
+        run_attempts=run.attempts if run else 0,
+        run_heartbeat_at=run.heartbeat_at if run else None,
+        progress=run_progress(status=run.status, steps=run.steps or []) if run else None,
     )

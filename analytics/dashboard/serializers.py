@@ -36,6 +36,13 @@ class MarkerChangeSerializer(serializers.Serializer):
     unit = serializers.CharField(help_text="UCUM unit")
     previous_at = serializers.DateTimeField()
     latest_at = serializers.DateTimeField()
+    previous_comparator = serializers.CharField(
+        help_text='"" for an exact value; <, <=, >= or > when the result was censored '
+        "(the value is then that bound)"
+    )
+    latest_comparator = serializers.CharField(
+        help_text='"" for an exact value; <, <=, >= or > when the result was censored'
+    )
 
 
 class WorklistRowSerializer(serializers.Serializer):

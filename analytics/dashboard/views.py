@@ -22,12 +22,14 @@ from analytics.dashboard import figures
 from analytics.dashboard.cohort import cohort_survival, model_metric_lines
 from analytics.dashboard.figures import patient_figures
 from analytics.dashboard.patient import patient_list, patient_timeline
-from analytics.dashboard.pipeline import pipeline_overview
+from analytics.dashboard.pipeline import pipeline_overview, processing_summary
 from analytics.dashboard.worklist import FLAG_NAMES, WorklistOrder, worklist_page
+from analytics.lesions.review.irecist import can_set_irecist
 from analytics.models import RiskModelVersion, RiskScore
 from analytics.risk.selectors import current_model_version
 from imaging.ingest.pacs import pacs_transfers_recent
-from patients.audit import audit_record
+from imaging.models import Lesion
+from patients.audit import audit_patients_shown, audit_record
 from patients.models import Patient
 from patients.permissions import can_upload
 
@@ -56,6 +58,8 @@ def patient_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
             "viewer_available": _viewer_available(timeline.pk),
             "review_available": _review_available(),
             "can_review": request.user.has_perm("imaging.change_lesionmeasurement"),
+            "can_set_irecist": can_set_irecist(request.user),
+            "organ_choices": Lesion.Organ.choices,
         },
     )
 
@@ -88,6 +92,7 @@ FLAG_LABELS = {
     "rising_marker": "Rising marker",
     "processing_failed": "Processing failed",
     "awaiting_review": "Awaiting review",
+    "needs_attention": "Needs attention",
 }
 
 
@@ -137,7 +142,12 @@ def worklist_view(request: HttpRequest) -> HttpResponse:
         described.append("flags " + ",".join(flags))
     if search:
         described.append(f"search {search!r}")
-    audit_record(request=request, action="worklist.view", object=", ".join(described))
+    audit_patients_shown(
+        request=request,
+        action="worklist.view",
+        object=", ".join(described),
+        patient_pks=[row.pk for row in page.rows],
+    )
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -154,6 +164,8 @@ def worklist_view(request: HttpRequest) -> HttpResponse:
             "order_choices": [(str(k), v) for k, v in ORDER_LABELS.items()],
             "filter_query": query.urlencode(),
             "filtered": bool(search or tier or flags),
+            "processing": processing_summary(),
+            "poll_seconds": PIPELINE_POLL_SECONDS,
         },
     )
 
@@ -194,6 +206,12 @@ def cohort_view(request: HttpRequest) -> HttpResponse:
 def pipeline_view(request: HttpRequest) -> HttpResponse:
     """Imports and processing state per study; ``?fragment=1`` gives the live part alone."""
 
+    if request.GET.get("fragment") == "processing":  # the worklist's line: counts only
+        return render(
+            request,
+            "analytics/_processing_banner.html",
+            {"processing": processing_summary(), "polled": True},
+        )
     overview = pipeline_overview()
     fragment = request.GET.get("fragment") == "1"
     # The live part refreshes every few seconds: a refresh is audited once per
@@ -201,10 +219,11 @@ def pipeline_view(request: HttpRequest) -> HttpResponse:
     now = time.time()
     last = request.session.get("pipeline_audited_at", 0.0)
     if not fragment or now - last >= PIPELINE_AUDIT_REFRESH_SECONDS:
-        audit_record(
+        audit_patients_shown(
             request=request,
             action="pipeline.view",
             object=f"{len(overview.studies)} studies" + (" (refresh)" if fragment else ""),
+            patient_pks=[study.patient_pk for study in overview.studies],
         )
         request.session["pipeline_audited_at"] = now
     may_retrieve = can_upload(request.user)
@@ -229,10 +248,11 @@ def patient_list_view(request: HttpRequest) -> HttpResponse:
     search = request.GET.get("q", "").strip()[:100]
     rows = patient_list(search=search)
     page = Paginator(rows, PATIENTS_PER_PAGE).get_page(request.GET.get("page"))
-    audit_record(
+    audit_patients_shown(
         request=request,
         action="patient.list",
         object=f"search {search!r}, page {page.number}" if search else f"page {page.number}",
+        patient_pks=[row.pk for row in page.object_list],
     )
     return render(
         request,

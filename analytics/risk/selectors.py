@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from django.db.models import QuerySet
 from django.db.models.functions import Coalesce
@@ -22,7 +23,12 @@ from analytics.risk.core.features import DemographicFeatures, ImagingFeatures, L
 from imaging.models import LesionMeasurement, Study, study_order
 from patients.models import ClinicalEvent, LabResult, Patient
 
+#: RECIST 1.1 section 4.3.2: a lesion present but too small to measure counts 5 mm (the
+#: same default as the lesion rules, which this layer sits below).
+TOO_SMALL_MM = 5.0
 LAB_COLUMNS = ("patient_id", "loinc_code", "value", "unit", "observed_at")
+#: After `LAB_COLUMNS`: the bound of a censored result ("<", "<=", ">=", ">"; "" exact).
+LAB_EXTRA_COLUMNS = ("comparator",)
 PATIENT_COLUMNS = ("patient_id", "birth_date", "sex")
 EVENT_COLUMNS = ("patient_id", "kind", "date")
 STUDY_COLUMNS = ("patient_id", "study_instance_uid", "study_date")
@@ -32,7 +38,9 @@ STUDY_COLUMNS = ("patient_id", "study_instance_uid", "study_date")
 class FeatureInputs:
     """Everything the feature blocks and outcomes read, keyed by MRN (``patient_id``).
 
-    - ``labs``: `LAB_COLUMNS`, values in the canonical unit, ``observed_at`` tz-aware UTC.
+    - ``labs``: `LAB_COLUMNS` then `LAB_EXTRA_COLUMNS`, values in the canonical unit,
+      ``observed_at`` tz-aware UTC; a censored value keeps its ``comparator`` (the
+      features never read it as exact).
     - ``patients``: `PATIENT_COLUMNS` (``sex`` F/M/O or blank).
     - ``events``: `EVENT_COLUMNS` (progression / death / censor).
     - ``studies``: `STUDY_COLUMNS`, every dated CT study (processed or not).
@@ -67,8 +75,14 @@ def feature_inputs_load(*, patient_ids: Collection[str] | None = None) -> Featur
     Six queries. Imaging follows the export layouts of `analytics.layouts`, with each
     measurement's values in force (a radiologist's override, else the automated value):
 
-    - a measurement a radiologist rejected (a false positive) is left out;
-    - a lesion resolved at a study keeps its row there, with volume and diameters 0;
+    - a false positive is left out: a row a radiologist rejected, and every row of a
+      lesion whose rejection holds for the whole identity (finding state ``rejected``);
+    - a lesion confirmed gone (``resolved``) or merged into another (measured as part of
+      it) keeps its row there, with volume and diameters 0;
+    - a lesion not found at a study keeps its row with volume and diameters NaN (not
+      known: never 0, which would read as gone); one a radiologist says is too small to
+      measure has diameters 5 mm (RECIST 1.1 section 4.3.2) and no volume; one measured
+      by hand without a volume has its diameters and no volume;
     - studies without a study date are left out (they cannot be placed in time).
     """
     patients = Patient.objects.all()
@@ -92,8 +106,10 @@ def _labs_load(within: QuerySet) -> pd.DataFrame:
     labs = rows_frame(
         rows=LabResult.objects.filter(patient__in=within)
         .order_by("patient__patient_id", "loinc_code", "observed_at")
-        .values_list("patient__patient_id", "loinc_code", "value", "unit", "observed_at"),
-        columns=LAB_COLUMNS,
+        .values_list(
+            "patient__patient_id", "loinc_code", "value", "unit", "observed_at", "comparator"
+        ),
+        columns=(*LAB_COLUMNS, *LAB_EXTRA_COLUMNS),
     )
     if not labs.empty:
         labs["observed_at"] = pd.to_datetime(labs["observed_at"], utc=True)
@@ -118,13 +134,20 @@ def _studies_load(within: QuerySet) -> pd.DataFrame:
     )
 
 
+#: Read beside `MEASUREMENT_COLUMNS` to place the values (`_measurement_sizes`), then dropped.
+_STATE_COLUMNS = ("finding_state", "too_small")
+_SIZES = ["volume_ml", "longest_diameter_mm", "short_axis_mm"]
+
+
 def _measurements_load(within: QuerySet) -> pd.DataFrame:
-    """One row per lesion per dated study, values in force; resolved lesions measure 0."""
+    """One row per lesion per dated study, values in force, what is not known NaN
+    (`feature_inputs_load`)."""
     measurements = rows_frame(
         rows=LesionMeasurement.objects.filter(
             study__patient__in=within, study__study_date__isnull=False
         )
         .exclude(review_state=LesionMeasurement.Review.REJECTED)
+        .exclude(finding_state=LesionMeasurement.FindingState.REJECTED)
         .annotate(
             volume_in_force=Coalesce("override_volume_ml", "volume_ml"),
             longest_in_force=Coalesce("override_longest_diameter_mm", "longest_diameter_mm"),
@@ -147,12 +170,29 @@ def _measurements_load(within: QuerySet) -> pd.DataFrame:
             "centroid_z_mm",
             "is_target",
             "review_state",
+            *_STATE_COLUMNS,
         ),
-        columns=MEASUREMENT_COLUMNS,
+        columns=(*MEASUREMENT_COLUMNS, *_STATE_COLUMNS),
     )
-    if not measurements.empty:
-        resolved = measurements["status"] == LesionMeasurement.Status.RESOLVED
-        measurements.loc[resolved, ["volume_ml", "longest_diameter_mm", "short_axis_mm"]] = 0.0
+    return _measurement_sizes(measurements).loc[:, list(MEASUREMENT_COLUMNS)]
+
+
+def _measurement_sizes(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Sizes as the features read them: 0 where the lesion is gone or part of another,
+    NaN where they are not known, 5 mm without a volume where it is too small to measure."""
+    measurements = measurements.astype({name: float for name in _SIZES})
+    if measurements.empty:
+        return measurements
+    status = measurements["status"]
+    gone = status.isin([LesionMeasurement.Status.RESOLVED, LesionMeasurement.Status.MERGED])
+    not_found = (status == LesionMeasurement.Status.NOT_FOUND) | (
+        measurements["finding_state"] == LesionMeasurement.FindingState.NOT_FOUND
+    )
+    small = measurements["too_small"].astype(bool) & ~gone & ~not_found
+    measurements.loc[gone, _SIZES] = 0.0
+    measurements.loc[not_found & ~gone, _SIZES] = np.nan
+    measurements.loc[small, "volume_ml"] = np.nan
+    measurements.loc[small, ["longest_diameter_mm", "short_axis_mm"]] = TOO_SMALL_MM
     return measurements
 
 

@@ -50,8 +50,8 @@ from analytics.risk.core.features import (
     IMAGING_COLUMNS,
     LAB_COLUMNS,
     feature_table_build,
-    landmark_outcomes,
 )
+from analytics.risk.core.outcomes import landmark_outcomes
 from analytics.risk.core.survival import (
     RiskModel,
     library_versions,

@@ -1,7 +1,13 @@
 """The imaging app's models, one module per part of a study's life (Django finds them here)."""
 
 from imaging.models.exchange import DicomExportRecord, FhirPushRecord, PacsTransfer
-from imaging.models.lesions import Lesion, LesionLink, LesionMeasurement, ReviewEvent
+from imaging.models.lesions import (
+    Lesion,
+    LesionLink,
+    LesionMeasurement,
+    ManualFinding,
+    ReviewEvent,
+)
 from imaging.models.processing import ProcessingRun, Registration, Segmentation
 from imaging.models.studies import (
     ANALYSED_MODALITIES,
@@ -24,6 +30,7 @@ __all__ = [
     "Lesion",
     "LesionLink",
     "LesionMeasurement",
+    "ManualFinding",
     "PacsTransfer",
     "ProcessingRun",
     "Registration",

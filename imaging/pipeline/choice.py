@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from imaging.core.dicom.series_choice import series_choose
+from imaging.core.dicom.slices import SeriesVolumeError
 from imaging.core.dicom.volume import series_summary
 from imaging.models import ANALYSED_MODALITIES, Series, Study
 from imaging.store import object_path
@@ -20,15 +21,23 @@ class SeriesOverrideError(ValueError):
 
 
 def _series_summaries(study: Study) -> list:
-
+    """The chooser's view of each analysable series; a series whose images cannot be
+    read as a volume (a legacy multi-frame CT, mixed series) is marked failed with the
+    reason and left out, never left queued."""
     summaries = []
     for series in study.series.filter(modality__in=ANALYSED_MODALITIES).order_by("pk"):
         paths = [
             object_path(p)
             for p in series.instances.order_by("pk").values_list("stored_path", flat=True)
         ]
-        if paths:
+        if not paths:
+            continue
+        try:
             summaries.append(series_summary(sources=paths))
+        except SeriesVolumeError as exc:
+            series.state = Series.State.FAILED
+            series.state_detail = f"its images cannot be read as a volume: {exc}"
+            series.save(update_fields=["state", "state_detail", "updated_at"])
     return summaries
 
 
@@ -84,7 +93,8 @@ def study_series_choose(
         study.chosen_series = chosen
         study.series_choice = record
         study.save(update_fields=["chosen_series", "series_choice"])
-        for series in study.series.filter(modality__in=ANALYSED_MODALITIES).exclude(pk=chosen.pk):
+        others = study.series.filter(modality__in=ANALYSED_MODALITIES).exclude(pk=chosen.pk)
+        for series in others.exclude(state=Series.State.FAILED):
             series.state = Series.State.NOT_ANALYSED
             series.state_detail = f"not chosen for analysis: {rejected.get(series.series_instance_uid, 'another series was chosen')}"
             series.save(update_fields=["state", "state_detail", "updated_at"])

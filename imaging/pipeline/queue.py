@@ -1,11 +1,18 @@
 """Sending stored studies to the workers: a study or series marked queued and its task
 sent once the transaction commits, and a user's series override applied.
+
+When the broker cannot be reached the work stays marked queued, with `UNSENT_DETAIL` on
+its series, and `queued_resend` (beat, every few minutes) sends it again, so a Redis
+restart never loses work and never fails the page or the import that queued it.
+`queue_depths` tells the pipeline page how much waits in each queue.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,6 +21,12 @@ from imaging.pipeline.choice import study_series_choose
 from imaging.pipeline.run import device_resolve
 from imaging.pipeline.signals import patient_results_announce
 from imaging.pipeline.tasks import series_process_task, study_process_task
+from radtrack.celery import TRANSIENT_ERRORS, app
+
+logger = logging.getLogger(__name__)
+
+#: The series detail while its task could not be sent (shown on the pipeline page).
+UNSENT_DETAIL = "waiting for the task queue, which could not be reached; sent again when it is back"
 
 
 def series_queue(*, series: Series, device: str | None = None) -> ProcessingRun:
@@ -25,7 +38,9 @@ def series_queue(*, series: Series, device: str | None = None) -> ProcessingRun:
     series.state = Series.State.QUEUED
     series.state_detail = ""
     series.save(update_fields=["state", "state_detail", "updated_at"])
-    transaction.on_commit(lambda: series_process_task.delay(series.pk, device or ""))
+    transaction.on_commit(
+        lambda: _send(series_process_task, series.pk, device or "", series=[series.pk])
+    )
     return run
 
 
@@ -43,8 +58,67 @@ def study_queue(
     queued = study.series.filter(modality__in=ANALYSED_MODALITIES)
     if series is not None:
         queued = queued.filter(pk__in=[s.pk for s in series])
+    queued_pks = list(queued.values_list("pk", flat=True))
     queued.update(state=Series.State.QUEUED, state_detail="", updated_at=timezone.now())
-    transaction.on_commit(lambda: study_process_task.delay(study.pk, device or ""))
+    transaction.on_commit(
+        lambda: _send(study_process_task, study.pk, device or "", series=queued_pks)
+    )
+
+
+def _send(task, *args, series: list[int]) -> None:
+    """Send ``task``; when the broker is unreachable, mark ``series`` for `queued_resend`."""
+    try:
+        task.delay(*args)
+    except TRANSIENT_ERRORS as exc:
+        logger.warning(
+            "task queue unreachable (%s): %s for %s left queued",
+            type(exc).__name__,
+            task.name,
+            args,
+        )
+        Series.objects.filter(pk__in=series, state=Series.State.QUEUED).update(
+            state_detail=UNSENT_DETAIL
+        )
+
+
+def queued_resend() -> int:
+    """Send again each study or series whose task could not be sent; how many were."""
+    unsent = Series.objects.filter(state=Series.State.QUEUED, state_detail=UNSENT_DETAIL)
+    sent = 0
+    for study in Study.objects.filter(series__in=unsent).distinct():
+        waiting = list(unsent.filter(study=study))
+        for one in [s for s in waiting if _has_queued_run(s)]:  # a user's override
+            Series.objects.filter(pk=one.pk).update(state_detail="")
+            transaction.on_commit(lambda pk=one.pk: _send(series_process_task, pk, "", series=[pk]))
+            sent += 1
+        rest = [s for s in waiting if not _has_queued_run(s)]
+        if rest:
+            study_queue(study=study, series=rest)
+            sent += 1
+    return sent
+
+
+def _has_queued_run(series: Series) -> bool:
+    return series.processing_runs.filter(status=ProcessingRun.Status.QUEUED).exists()
+
+
+def queue_depths() -> dict[str, int] | None:
+    """Messages waiting in each queue (settings.RADTRACK_TASK_QUEUES); None when tasks run
+    in-process (no broker). Raises one of `TRANSIENT_ERRORS` when the broker is down."""
+    if app.conf.task_always_eager:
+        return None
+    from kombu.exceptions import ChannelError
+
+    depths: dict[str, int] = {}
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+        channel = conn.default_channel
+        for name in settings.RADTRACK_TASK_QUEUES:
+            try:
+                depths[name] = channel.queue_declare(queue=name, passive=True).message_count
+            except ChannelError:  # never declared: nothing was ever sent there
+                depths[name] = 0
+    return depths
 
 
 def study_series_override(

@@ -3,15 +3,25 @@ when a study that arrives late becomes the baseline, every follow-up is register
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 
 from imaging.core.registration.register import register
 from imaging.core.registration.transforms import transform_write
 from imaging.models import Registration, Study
 from imaging.pipeline.selectors import latest_volume_run
-from imaging.pipeline.storage import registration_store, run_relative_path, run_volume_read
+from imaging.pipeline.storage import (
+    registration_failure_store,
+    registration_store,
+    run_relative_path,
+    run_volume_read,
+)
 from imaging.store import data_dir
 from patients.models import Patient
+from radtrack.celery import TRANSIENT_ERRORS
+
+logger = logging.getLogger(__name__)
 
 
 def patient_registrations_ensure(*, patient: Patient, device: str = "cpu") -> int:
@@ -37,9 +47,24 @@ def patient_registrations_ensure(*, patient: Patient, device: str = "cpu") -> in
         if Registration.objects.filter(moving_series=series, fixed_series=fixed_series).exists():
             continue
         fixed = fixed if fixed is not None else run_volume_read(baseline_run)
-        registration = register(
-            fixed=fixed, moving=run_volume_read(run), backend=backend, device=device
-        )
+        try:
+            registration = register(
+                fixed=fixed, moving=run_volume_read(run), backend=backend, device=device
+            )
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # never stops tracking: the follow-up is linked provisionally
+            logger.exception("registration of series %s raised", series.pk)
+            registration_failure_store(
+                run=run,
+                moving=series,
+                fixed=fixed_series,
+                backend=backend,
+                device=device,
+                reason=f"registration raised {type(exc).__name__}: {exc}",
+            )
+            done += 1
+            continue
         transform_path = run_relative_path(series, run, f"to_baseline-{fixed_series.pk}.tfm")
         transform_write(transform=registration.transform, path=data_dir() / transform_path)
         registration_store(

@@ -27,21 +27,24 @@ from imaging.core.dicom.slices import SeriesVolumeError
 from imaging.core.dicom.volume import series_volume
 from imaging.core.geometry.nifti import volume_write_nifti
 from imaging.core.geometry.volume import Volume
+from imaging.core.registration.anatomy import anatomy_landmarks
 from imaging.core.registration.orientation import orientation_standardise
 from imaging.core.registration.register import register
 from imaging.core.registration.transforms import transform_write, volume_onto_grid
 from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study
 from imaging.pipeline.choice import study_series_choose
-from imaging.pipeline.record import RunRecorder, StepFailed
+from imaging.pipeline.record import RunRecorder, StepFailed, run_claim
 from imaging.pipeline.selectors import baseline_series_of, latest_volume_run
 from imaging.pipeline.signals import patient_results_announce
 from imaging.pipeline.storage import (
+    registration_failure_store,
     registration_store,
     run_relative_path,
     run_volume_read,
     segmentation_store,
 )
 from imaging.store import data_dir, object_path
+from radtrack.celery import TRANSIENT_ERRORS
 from radtrack.provenance import json_safe, library_versions
 
 logger = logging.getLogger(__name__)
@@ -99,7 +102,9 @@ def study_process(
             study.chosen_series = None
             study.series_choice = {"error": reason}
             study.save(update_fields=["chosen_series", "series_choice"])
-            study.series.filter(modality__in=ANALYSED_MODALITIES).update(
+            study.series.filter(modality__in=ANALYSED_MODALITIES).exclude(
+                state=Series.State.FAILED  # unreadable: the chooser said why
+            ).update(
                 state=Series.State.NOT_ANALYSED, state_detail=reason, updated_at=timezone.now()
             )
         return None
@@ -144,7 +149,7 @@ def series_process(
         _step_volume(state)
         _step_orientation(state)
         _step_store_volume(state)
-        _step_register(state)
+        _step_register_never_blocking(state)
         _step_segment(state)
         _finish(
             run,
@@ -157,6 +162,10 @@ def series_process(
     except StepFailed as exc:
         _finish(run, series, status=ProcessingRun.Status.FAILED, error=str(exc))
         return run
+    except TRANSIENT_ERRORS:
+        # The database or the broker went away for a moment: the run stays claimed and
+        # the task's retry takes it over (imaging.pipeline.record.run_claim).
+        raise
     except Exception as exc:
         logger.exception("processing run %s failed unexpectedly", run.pk)
         step = state.recorder.steps[-1]["name"] if state.recorder.steps else "start"
@@ -168,10 +177,9 @@ def series_process(
 
 
 def _run_start(series: Series) -> ProcessingRun:
-    """The queued run of ``series`` (or a new one), marked running; the series too."""
-    run = series.processing_runs.filter(status=ProcessingRun.Status.QUEUED).order_by(
-        "created_at"
-    ).last() or ProcessingRun.objects.create(series=series)
+    """The run of ``series`` this attempt claims (`run_claim`: the interrupted or queued
+    one, or a new one), marked running; the series too."""
+    run = run_claim(series=series)
     run.status = ProcessingRun.Status.RUNNING
     run.started_at = timezone.now()
     run.error = ""
@@ -220,15 +228,43 @@ def _step_orientation(state: _RunState) -> None:
         state.baseline_volume = run_volume_read(latest_volume_run(state.baseline_series))
     uid = state.baseline_series.series_instance_uid if state.baseline_series else None
     with state.recorder.step("orientation_standardise", baseline_series_instance_uid=uid) as entry:
-        standard = orientation_standardise(volume=state.volume, baseline=state.baseline_volume)
+        standard = _orientation_standardise(state)
         state.volume = standard.volume
-        entry["result"] = standard.record.details
+        entry["result"] = {
+            **standard.record.details,
+            # Where the anatomy is in the corrected volume: lesions are placed by it when
+            # a follow-up cannot be registered (analytics.lesions.core.landmarks).
+            "landmarks": (
+                anatomy_landmarks(volume=standard.volume)
+                if standard.check.flipped
+                else standard.check.landmarks
+            ).as_dict(),
+        }
         entry["versions"] = standard.record.versions
         if standard.needs_review:
             state.flag(
                 orientation_review=standard.check.finding,
                 orientation_corrected=standard.check.flipped,
             )
+
+
+def _orientation_standardise(state: _RunState):
+    """`orientation_standardise` against the baseline; when comparing with the baseline
+    is impossible (the studies share no anatomy, so aligning them raises), the anatomy
+    alone decides, and the run says so: the study is still segmented and measured."""
+    try:
+        return orientation_standardise(volume=state.volume, baseline=state.baseline_volume)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        if state.baseline_volume is None:
+            raise
+        logger.warning("run %s: orientation not compared with the baseline: %s", state.run.pk, exc)
+        state.flag(
+            orientation_baseline_unchecked=f"not compared with the baseline "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}); anatomy alone"
+        )
+        return orientation_standardise(volume=state.volume, baseline=None)
 
 
 def _step_store_volume(state: _RunState) -> None:
@@ -268,6 +304,21 @@ def _step_register(state: _RunState) -> None:
         state.outputs["registration"] = (registration, transform_relative, state.baseline_series)
         if registration.failed:
             state.flag(registration_failed=registration.reason)
+
+
+def _step_register_never_blocking(state: _RunState) -> None:
+    """`_step_register`, whose failure (even an exception) is flagged and never stops
+    the run: segmentation and measurement do not depend on registration, and the
+    lesions of a study that cannot be registered are linked provisionally."""
+    try:
+        _step_register(state)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        logger.exception("registration in run %s raised", state.run.pk)
+        reason = f"registration raised {type(exc).__name__}: {exc}"
+        state.flag(registration_failed=reason)
+        state.outputs["registration_error"] = (reason, state.baseline_series)
 
 
 def _step_segment(state: _RunState) -> None:
@@ -328,8 +379,13 @@ def _step_announce(state: _RunState) -> None:
             entry["result"] = patient_results_announce(
                 patient=series.study.patient, device=run.device
             )
-        if entry["result"].get("stale_links"):
-            run.flags = {**run.flags, "stale_review_decisions": entry["result"]["stale_links"]}
+        warnings = {
+            "stale_review_decisions": entry["result"].get("stale_links"),
+            "lesion_links_provisional": entry["result"].get("provisional"),
+            "studies_not_followed": entry["result"].get("not_followed"),
+        }
+        if any(warnings.values()):
+            run.flags = {**run.flags, **{k: v for k, v in warnings.items() if v}}
             run.save(update_fields=["flags"])
     except Exception as exc:
         logger.exception("lesion tracking after run %s failed", run.pk)
@@ -373,6 +429,16 @@ def _finish(
                 fixed=fixed_series,
                 registration=registration,
                 transform_path=transform_path,
+            )
+        elif "registration_error" in outputs:
+            reason, fixed_series = outputs["registration_error"]
+            registration_failure_store(
+                run=run,
+                moving=series,
+                fixed=fixed_series,
+                backend=settings.RADTRACK_REGISTRATION_BACKEND,
+                device=run.device,
+                reason=reason,
             )
         if "segmentation" in outputs:
             segmentation, mask_path, probability_path = outputs["segmentation"]

@@ -41,6 +41,26 @@ def registration_store(
     )
 
 
+def registration_failure_store(
+    *, run: ProcessingRun, moving: Series, fixed: Series, backend: str, device: str, reason: str
+) -> Registration:
+    """The `Registration` row of a registration that raised instead of answering: failed,
+    with the reason and an identity matrix that nothing uses (a failed registration is
+    never used), so that the follow-up shows why it was not registered and is not
+    registered again on every refresh."""
+    return Registration.objects.create(
+        moving_series=moving,
+        fixed_series=fixed,
+        processing_run=run,
+        backend=backend,
+        device=device,
+        matrix_fixed_to_moving=[[float(i == j) for j in range(4)] for i in range(4)],
+        quality={},
+        failed=True,
+        failure_reason=reason,
+    )
+
+
 def segmentation_store(
     *, run: ProcessingRun, series: Series, segmentation: Any, mask_path: str, probability_path: str
 ) -> Segmentation:

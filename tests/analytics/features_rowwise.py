@@ -4,7 +4,10 @@ Kept only as the reference that `tests/analytics/test_features_vectorised.py` co
 `analytics.risk.core.features` with, and that ``benchmarks/risk.py --reference`` times
 it against. The code is the row-by-row implementation as it stood (each block's
 ``compute(patient_id, landmark)`` filtering one patient's rows with pandas), with the
-constants and the doubling-time rule imported from the module it was part of.
+constants and the doubling-time rule imported from the module it was part of. The rules
+for what is not known were added to both, in step (features' "What is not known is
+missing" policy): a censored lab result is never read as exact, and a volume not known
+makes the study's burden not known.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from analytics.risk.core.features import (
     IMAGING_COLUMNS,
     LAB_COLUMNS,
     RECIST_ORDINAL,
-    LandmarkOutcomes,
     landmark_cutoff,
     volume_doubling_time_days,
 )
+from analytics.risk.core.outcomes import LandmarkOutcomes
 from patients.units import ANALYTES
 
 __all__ = [
@@ -77,6 +80,8 @@ class LabFeatures:
         labs = self.labs.loc[:, ["patient_id", "loinc_code", "value", "observed_at"]].copy()
         labs["observed_at"] = pd.to_datetime(labs["observed_at"], utc=True)
         labs["value"] = labs["value"].astype(float)
+        comparator = pd.Series(self.labs.get("comparator", ""), index=labs.index)
+        labs["censored"] = [bool(str(c or "").strip()) for c in comparator]
         self._by_patient = _groups(labs)
 
     def compute(self, patient_id: str, landmark: dt.date) -> dict[str, float]:
@@ -92,9 +97,11 @@ class LabFeatures:
             if rows.empty:
                 continue
             latest_at = rows["observed_at"].max()
-            out[f"{analyte.key}_latest"] = float(
-                rows.loc[rows["observed_at"] == latest_at, "value"].mean()
-            )
+            latest = rows[rows["observed_at"] == latest_at]
+            if not latest["censored"].any():  # a bound is not the latest value
+                out[f"{analyte.key}_latest"] = float(latest["value"].mean())
+            if rows["censored"].any():  # a line through a bound is not a trend
+                continue
             days = ((rows["observed_at"] - cutoff) / pd.Timedelta(days=1)).to_numpy()
             out[f"{analyte.key}_slope_per_30d"] = _slope_per_30d(days, rows["value"].to_numpy())
         return out
@@ -165,6 +172,11 @@ class ImagingFeatures:
         ].copy()
         m["study_date"] = pd.to_datetime(m["study_date"]).dt.date
         m["volume_ml"] = m["volume_ml"].astype(float)
+        m["longest_diameter_mm"] = (
+            self.measurements["longest_diameter_mm"].astype(float)
+            if "longest_diameter_mm" in self.measurements
+            else math.nan
+        )
         self._by_patient = _groups(m)
         r = self.responses
         if r is None:
@@ -182,22 +194,29 @@ class ImagingFeatures:
         rows = rows[rows["study_date"] <= landmark]
         if rows.empty:
             return out
-        burden = rows.groupby("study_date")["volume_ml"].sum().sort_index()
+        sums = rows.groupby("study_date")["volume_ml"].sum()
+        unknown = rows["volume_ml"].isna().groupby(rows["study_date"]).any()
+        burden = sums.where(~unknown).sort_index()
         dates = list(burden.index)
         last = dates[-1]
         out["total_burden_ml"] = float(burden.iloc[-1])
-        log_burden = np.log(burden.to_numpy() + BURDEN_LOG_OFFSET_ML)
-        days = np.array([(d - dates[0]).days for d in dates], dtype=float)
-        out["burden_log_slope_per_30d"] = _slope_per_30d(days, log_burden)
-        out["burden_ratio_to_nadir"] = float(
-            (burden.iloc[-1] + BURDEN_LOG_OFFSET_ML) / (burden.min() + BURDEN_LOG_OFFSET_ML)
-        )
-        present = rows[rows["volume_ml"] > 0]
-        first_seen = present.groupby("lesion_uid")["study_date"].min()
+        known = burden[burden.notna()]
+        if not math.isnan(burden.iloc[-1]):
+            log_burden = np.log(known.to_numpy() + BURDEN_LOG_OFFSET_ML)
+            days = np.array([(d - dates[0]).days for d in known.index], dtype=float)
+            out["burden_log_slope_per_30d"] = _slope_per_30d(days, log_burden)
+            out["burden_ratio_to_nadir"] = float(
+                (burden.iloc[-1] + BURDEN_LOG_OFFSET_ML) / (known.min() + BURDEN_LOG_OFFSET_ML)
+            )
+        volume, longest = rows["volume_ml"], rows["longest_diameter_mm"]
+        seen = rows[(volume > 0) | (volume.isna() & (longest > 0))]
+        first_seen = seen.groupby("lesion_uid")["study_date"].min()
         out["new_lesions"] = float((first_seen > dates[0]).sum())
-        out["organs_involved"] = float(
-            present.loc[present["study_date"] == last, "organ"].nunique()
-        )
+        involved = set(seen.loc[seen["study_date"] == last, "organ"])
+        not_found = rows[(rows["study_date"] == last) & volume.isna() & longest.isna()]
+        doubtful = set(not_found["organ"]) - involved
+        out["organs_involved"] = math.nan if doubtful else float(len(involved))
+        present = rows[volume > 0]
         if len(dates) >= 2:
             previous = dates[-2]
             before = present[present["study_date"] == previous].set_index("lesion_uid")["volume_ml"]

@@ -17,10 +17,9 @@ from analytics.risk.core.features import (
     LabFeatures,
     MissingValueImputer,
     feature_table_build,
-    landmark_outcomes,
-    landmarks_from_baseline,
     volume_doubling_time_days,
 )
+from analytics.risk.core.outcomes import landmark_outcomes, landmarks_from_baseline
 from imaging.core.synthetic.cohort import cohort_simulate
 
 LANDMARK = dt.date(2024, 6, 30)
@@ -262,3 +261,51 @@ def test_imputer_uses_training_rows_only_and_adds_indicators():
     assert out["complete"].tolist() == [2.5, 1.0]  # missing only in test: median, no indicator
     assert out["flag_missing"].tolist() == [0.0, 1.0]
     assert imputer.source_of("x_missing") == "x" and imputer.source_of("x") == "x"
+
+
+# -- what is not known is missing, never 0 ----------------------------------------------
+def test_a_censored_lab_is_never_read_as_exact():
+    cea = "2039-6"
+    labs = pd.DataFrame(
+        [("A", cea, 0.5, at("2024-04-01"), "<"), ("A", cea, 0.6, at("2024-05-01"), ""),
+         ("B", cea, 4.0, at("2024-04-01"), ""), ("B", cea, 1000.0, at("2024-05-01"), ">")],
+        columns=["patient_id", "loinc_code", "value", "observed_at", "comparator"],
+    )  # fmt: skip
+    block = LabFeatures(labs)
+    a, b = block.compute("A", LANDMARK), block.compute("B", LANDMARK)
+    # "< 0.5" then 0.6: the latest is exact; no trend through a bound.
+    assert a["cea_latest"] == 0.6 and math.isnan(a["cea_slope_per_30d"])
+    # 4 then "> 1000": the latest is not known (not the earlier 4), nor the trend.
+    assert math.isnan(b["cea_latest"]) and math.isnan(b["cea_slope_per_30d"])
+    exact = LabFeatures(labs.drop(columns=["comparator"])).compute("B", LANDMARK)
+    assert exact["cea_latest"] == 1000.0 and exact["cea_slope_per_30d"] > 0
+
+
+def test_a_volume_not_known_makes_the_burden_not_known_never_smaller():
+    rows = pd.DataFrame(
+        [("A", "2024-01-01", "L1", "liver", 4.0, 20.0), ("A", "2024-01-01", "L2", "lung", 2.0, 15.0),
+         # L2 not found at the follow-up: neither present nor gone
+         ("A", "2024-03-01", "L1", "liver", 3.0, 18.0), ("A", "2024-03-01", "L2", "lung", np.nan, np.nan),
+         ("A", "2024-05-01", "L1", "liver", 2.0, 16.0), ("A", "2024-05-01", "L2", "lung", 1.0, 12.0),
+         # a node measured by hand (a diameter, no volume): present, volume not known
+         ("A", "2024-05-01", "N1", "lymph_node", np.nan, 18.0)],
+        columns=["patient_id", "study_date", "lesion_uid", "organ", "volume_ml",
+                 "longest_diameter_mm"],
+    )  # fmt: skip
+    block = ImagingFeatures(rows)
+    march = block.compute("A", dt.date(2024, 3, 1))
+    for name in ("total_burden_ml", "burden_log_slope_per_30d", "burden_ratio_to_nadir"):
+        assert math.isnan(march[name]), name  # not 3.0, as if L2 had gone
+    assert math.isnan(march["organs_involved"])  # the lung: not known
+    may = block.compute("A", dt.date(2024, 5, 1))
+    assert math.isnan(may["total_burden_ml"])  # the node's volume is not known
+    assert may["organs_involved"] == 3.0 and may["new_lesions"] == 1.0  # the node is there
+    known = block.compute("A", dt.date(2024, 1, 1))
+    assert known["total_burden_ml"] == 6.0 and known["organs_involved"] == 2.0
+    # Without the node, May's burden is known and its nadir is January's known burden.
+    may_without = ImagingFeatures(rows[rows["lesion_uid"] != "N1"]).compute(
+        "A", dt.date(2024, 5, 1)
+    )
+    assert may_without["total_burden_ml"] == 3.0
+    assert may_without["burden_ratio_to_nadir"] == pytest.approx((3.0 + 0.1) / (3.0 + 0.1))
+    assert may_without["burden_log_slope_per_30d"] < 0  # over January and May only

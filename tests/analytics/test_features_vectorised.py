@@ -2,8 +2,9 @@
 
 `tests/analytics/features_rowwise.py` keeps the row-by-row implementation the blocks
 replaced; on a generated cohort, roughened with the cases real data has (same-day
-studies, resolved lesions, tied and lone labs, unknown sex, landmarks before any data
-or for patients with none), every feature must come out the same: NaN where it was NaN,
+studies, resolved lesions, lesions not found at a study or measured by hand without a
+volume, tied and lone labs, censored labs, unknown sex, landmarks before any data or for
+patients with none), every feature must come out the same: NaN where it was NaN,
 bit for bit for every value that is not a least-squares slope, and slopes to 1e-9
 (``np.polyfit`` solved them by SVD; the blocks use the centred normal equation, which
 differs only in the last bits of rounding).
@@ -18,12 +19,8 @@ import pytest
 
 from analytics.lesions.core.volumetric import responses_table_build
 from analytics.risk.core import features
-from analytics.risk.core.features import (
-    DEMOGRAPHIC_COLUMNS,
-    IMAGING_COLUMNS,
-    LAB_COLUMNS,
-    landmark_outcomes,
-)
+from analytics.risk.core.features import DEMOGRAPHIC_COLUMNS, IMAGING_COLUMNS, LAB_COLUMNS
+from analytics.risk.core.outcomes import landmark_outcomes
 from imaging.core.synthetic.cohort import cohort_simulate
 from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm
 from tests.analytics import features_rowwise as rowwise
@@ -43,7 +40,9 @@ def assert_same_features(before: pd.DataFrame, after: pd.DataFrame) -> None:
 
 
 def _measurements(cohort, rng: np.random.Generator) -> pd.DataFrame:
-    """Every lesion at every study it is present or resolved at, with repeat-scan noise."""
+    """Every lesion at every study it is present or resolved at, with repeat-scan noise;
+    now and then a lesion not found (no volume, no diameter) or measured by hand (a
+    diameter, no volume), as the risk selector gives them."""
     rows = []
     for p in cohort.patients:
         for k, study in enumerate(p.studies):
@@ -53,6 +52,12 @@ def _measurements(cohort, rng: np.random.Generator) -> pd.DataFrame:
                     continue
                 volume = lesion.volume_ml(study.day) * float(np.exp(rng.normal(0.0, 0.1)))
                 volume = 0.0 if state == "resolved" else volume
+                diameter = equivalent_diameter_mm(volume)
+                chance = rng.random()
+                if k > 0 and chance < 0.05:  # not found: neither present nor gone
+                    volume = diameter = math.nan
+                elif chance > 0.97:  # measured by hand: a diameter, no volume
+                    volume, diameter = math.nan, max(diameter, 6.0)
                 uid = study.study_instance_uid
                 # Some patients' last study is split in two studies of the same date, each
                 # holding some of the lesions (a chest CT and an abdomen CT on one day).
@@ -61,7 +66,7 @@ def _measurements(cohort, rng: np.random.Generator) -> pd.DataFrame:
                 rows.append(
                     (p.patient_id, uid, study.study_date, lesion.tracking_uid,
                      lesion.lesion_id, lesion.organ, "tracked", volume,
-                     equivalent_diameter_mm(volume), 0.8 * equivalent_diameter_mm(volume),
+                     diameter, 0.8 * diameter,
                      None, None, None, None, "accepted")
                 )  # fmt: skip
     return pd.DataFrame(
@@ -83,6 +88,8 @@ def _labs(cohort, rng: np.random.Generator) -> pd.DataFrame:
     ]
     labs = pd.DataFrame(rows, columns=["patient_id", "loinc_code", "value", "observed_at"])
     labs = labs[rng.random(len(labs)) > 0.25]
+    # Censored results ("< 0.5", "> 1000"): bounds, never read as exact values.
+    labs = labs.assign(comparator=rng.choice(["", "<", ">="], size=len(labs), p=[0.9, 0.07, 0.03]))
     ties = labs.sample(frac=0.05, random_state=1).assign(value=lambda t: t["value"] * 1.3)
     unknown = labs.head(5).assign(loinc_code="99999-9")  # not a test RadTrack models
     return pd.concat([labs, ties, unknown], ignore_index=True)
@@ -157,6 +164,18 @@ def test_the_cohort_covers_the_cases(inputs):
         assert values.notna().any() and values.isna().any(), column
     assert (before["fastest_doubling_time_days"] < features.DOUBLING_TIME_CAP_DAYS).any()
     assert (before["new_lesions"] > 0).any() and (before["burden_ratio_to_nadir"] > 1).any()
+    # What is not known is exercised: a study's burden unknown while the study is there,
+    # an organ count unknown, and censored labs that change latest values and slopes.
+    at_a_study = before["new_lesions"].notna()
+    assert (at_a_study & before["total_burden_ml"].isna()).any()
+    assert (at_a_study & before["organs_involved"].isna()).any()
+    exact = features.feature_table_build(
+        landmarks=inputs["landmarks"],
+        blocks=[features.LabFeatures(inputs["labs"].drop(columns=["comparator"]))],
+    )
+    for suffix in ("latest", "slope_per_30d"):
+        columns = [c for c in LAB_COLUMNS if c.endswith(suffix)]
+        assert (before[columns].isna() & exact[columns].notna()).any().any(), suffix
 
 
 @pytest.mark.parametrize("lookback_days", [365.0, 90.0])

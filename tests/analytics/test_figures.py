@@ -235,3 +235,17 @@ def test_calibration_figure_marks_groups_not_followed_to_the_horizon():
     assert points["x"] == [0.1, 0.5, 0.8] and points["y"] == [0.12, None, 0.7]
     assert points["marker"]["symbol"] == ["circle", "circle", "circle-open"]
     assert figure["layout"]["title"]["text"] == "Calibration by day 365"
+
+
+def test_a_censored_lab_reads_as_its_bound_in_the_hover_text_and_marker():
+    cea = LabSeries(
+        "2039-6", "cea", "CEA", "ng/mL",
+        (dt.datetime(2024, 1, 9, tzinfo=dt.UTC), dt.datetime(2024, 2, 9, tzinfo=dt.UTC),
+         dt.datetime(2024, 3, 9, tzinfo=dt.UTC)),
+        (0.5, 0.6, 1000.0), ("<", "", ">"),
+    )  # fmt: skip
+    ((title, (trace,)),) = figures._lab_rows([cea])
+    valid(go.Figure(data=[trace]).to_dict())
+    assert trace["text"] == ["< 0.5 ng/mL", "0.6 ng/mL", "> 1000 ng/mL"]
+    assert "%{text}" in trace["hovertemplate"] and "%{y" not in trace["hovertemplate"]
+    assert trace["marker"]["symbol"] == ["triangle-down", "circle", "triangle-up"]

@@ -11,19 +11,14 @@ from lifelines.datasets import load_lung
 from sklearn.metrics import roc_auc_score
 
 from analytics.risk.core.estimators import cox_fit, horizon_ipcw_weights
-from analytics.risk.core.features import (
-    DemographicFeatures,
-    LabFeatures,
-    feature_table_build,
-    landmark_outcomes,
-    landmarks_from_baseline,
-)
+from analytics.risk.core.features import DemographicFeatures, LabFeatures, feature_table_build
 from analytics.risk.core.metrics import (
     calibration_by_decile,
     harrell_c,
     integrated_brier_score,
     time_dependent_auc,
 )
+from analytics.risk.core.outcomes import landmark_outcomes, landmarks_from_baseline
 from analytics.risk.core.survival import (
     library_versions,
     risk_model_fit,

@@ -68,6 +68,32 @@ def test_train_one_step_then_resume(tmp_path):
     assert manifest_read()["sha256"] == file_sha256(WEIGHTS_DIR / manifest_read()["file"])
 
 
+def test_train_one_generated_step_then_resume(tmp_path):
+    """With ``--generated`` every patch comes fresh from the variation generator, seeded by
+    (seed, step): the run records the generator, and a resumed run draws the batches an
+    uninterrupted one would."""
+    from imaging.core.segmentation.training.generated import GeneratedData, batch_generate
+
+    run = tmp_path / "generated"
+    args = ["--generated", "--loader-workers=0", "--recalibrate-batches=2", "--plain-share=0.5",
+            *TINY]  # fmt: skip
+    stdout = _run("train_segmenter", f"--out={run}", "--steps=1", *args)
+    assert stdout.startswith("train_segmenter: 1 steps on 0 studies")
+    manifest = json.loads((run / "manifest.json").read_text())
+    generator = manifest["training"]["data"]["generator"]
+    assert generator["plain_share"] == 0.5 and generator["patch_size"] == 16
+    assert manifest["training"]["settings"]["generated"] is True
+    _run("train_segmenter", f"--out={run}", "--steps=2", "--resume", *args)
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+    data = GeneratedData(patch_size=16, batch_size=1, lesion_bias=0.5, plain_share=0.5)
+    spec = SegmenterSpec()
+    once, again = (batch_generate(seed=0, step=1, spec=spec, data=data) for _ in range(2))
+    assert np.array_equal(once[0], again[0]) and np.array_equal(once[1], again[1])
+    other = batch_generate(seed=0, step=2, spec=spec, data=data)
+    assert not np.array_equal(once[0], other[0])
+    assert once[0].shape == (1, 2, 16, 16, 16) and np.allclose(once[1].sum(axis=1), 1.0, atol=1e-3)
+
+
 def test_train_usage_errors(tmp_path):
     with pytest.raises(CommandError, match="no checkpoint"):
         _run("train_segmenter", f"--out={tmp_path / 'none'}", "--resume", *TINY)
@@ -75,6 +101,8 @@ def test_train_usage_errors(tmp_path):
         _run("train_segmenter", f"--out={tmp_path / 'x'}", *TINY[:-4], "--patch-size=20")
     with pytest.raises(CommandError, match="no training data"):
         _run("train_segmenter", f"--out={tmp_path / 'x'}", "--patients=0", "--small-patients=0")
+    with pytest.raises(CommandError, match="plain-share"):
+        _run("train_segmenter", f"--out={tmp_path / 'x'}", "--generated", "--plain-share=2", *TINY)
 
 
 # --------------------------------------------------------------------------- fine-tuning
