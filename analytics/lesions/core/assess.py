@@ -22,7 +22,12 @@ applies them study after study and says, for each, what the category rests on
   time point where it was first seen reads PD, dated from then.
 - Non-target progression: `non_target_unequivocal` (the volume yardstick decides only
   without measurable disease; with targets it raises "possible non-target progression").
-- A lesion back after a complete response is PD (`reappearance_after_complete_response`).
+- A lesion back after a complete response is PD (`reappearance_after_complete_response`),
+  but a non-target lymph node back at 10 mm or more only by unequivocal progression: it
+  is raised as possible non-target progression for review (`reappearance_counts`).
+- A confirmed PR continues while the targets do not progress from their nadir, even when
+  the sum is back under 30% below baseline (`continuing_partial_response`; confirmation
+  as the `BestResponseSettings` say).
 - A study that cannot be assessed as a whole (``StudyReading.not_evaluable``: its lesion
   links are provisional, its segmentation missing) is NE with the reason; the category
   its readings would give is kept in ``category_as_read`` and said in the notes.
@@ -35,6 +40,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from analytics.lesions.core.bor import BestResponse, BestResponseSettings, best_overall_response
 from analytics.lesions.core.findings import node_normal
 from analytics.lesions.core.readings import (
     CONFIRMED,
@@ -43,9 +49,12 @@ from analytics.lesions.core.readings import (
     StudyReading,
 )
 from analytics.lesions.core.recist import (
+    CR,
     NE,
     PD,
+    PR,
     coalesced_sizes_mm,
+    continuing_partial_response,
     lesion_measurable,
     nadir,
     non_target_progression,
@@ -54,23 +63,21 @@ from analytics.lesions.core.recist import (
     overall_response,
     pct_change,
     reappearance_after_complete_response,
+    reappearance_counts,
     sum_of_diameters,
     target_complete,
     target_response,
     targets_select,
 )
+from analytics.lesions.core.response_notes import (
+    PendingLesion,
+    continuing_note,
+    not_measurable_note,
+    pending_note,
+    reappearance_notes,
+)
 
 __all__ = ["PendingLesion", "RecistAssessment", "recist_assess"]
-
-
-@dataclass(frozen=True)
-class PendingLesion:
-    """An equivocal new lesion at one study: what it is and since when."""
-
-    lesion_uid: str
-    label: str
-    first_seen: dt.date
-    size_mm: float
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class RecistAssessment:
     not_evaluable: tuple[str, ...] = ()
     category_as_read: str | None = None
     non_target_volume_ml: float = math.nan
+    continuing_response_since: dt.date | None = None
     notes: tuple[str, ...] = ()
     attention: bool = False
 
@@ -151,7 +159,7 @@ def _baseline_lesions(study: StudyReading, slice_thickness_mm: float | None) -> 
             if lesion_measurable(r, slice_thickness_mm=slice_thickness_mm):
                 measurable.append(r.lesion_uid)
             else:
-                notes.append(_not_measurable_note(r, slice_thickness_mm))
+                notes.append(not_measurable_note(r, slice_thickness_mm))
         targets = tuple(measurable)
     else:
         targets = targets_select(lesions=present, slice_thickness_mm=slice_thickness_mm)
@@ -165,34 +173,33 @@ def _baseline_lesions(study: StudyReading, slice_thickness_mm: float | None) -> 
     )
 
 
-def _not_measurable_note(r: LesionReading, slice_thickness_mm: float | None) -> str:
-    if r.is_node:
-        size = f"a short axis of {r.short_axis_mm:.1f} mm (a node needs 15 mm)"
-    else:
-        minimum = (
-            10.0 if not slice_thickness_mm or slice_thickness_mm <= 5 else 2 * slice_thickness_mm
-        )
-        size = f"{r.longest_diameter_mm:.1f} mm (it needs {minimum:g} mm"
-        size += f" with {slice_thickness_mm:g} mm slices)" if slice_thickness_mm else ")"
-    return (
-        f"{r.name} was chosen as a target but measures {size}: not measurable, so it is "
-        "followed as a non-target (RECIST 1.1 section 3.1.1)"
-    )
-
-
 # --------------------------------------------------------------------------- the course
 @dataclass
 class _Course:
     """What the studies so far leave for the next: the fully evaluated sums (baseline
     first), the non-target volumes, each lesion's first sighting, the baseline lesions
-    gone at the latest evaluated study, and the latest evaluated category."""
+    gone at the latest evaluated study, the latest evaluated category, and every
+    follow-up's (date, category) for the response confirmed so far."""
 
+    baseline_date: dt.date
+    settings: BestResponseSettings
     sums: list[float] = field(default_factory=list)
     non_target_volumes: list[float] = field(default_factory=list)
     first_seen: dict[str, dt.date] = field(default_factory=dict)
     counted_new: set[str] = field(default_factory=set)
     gone: set[str] = field(default_factory=set)
     last_category: tuple[str, dt.date] | None = None
+    timepoints: list[tuple[dt.date, str]] = field(default_factory=list)
+
+    def response_confirmed(self) -> BestResponse | None:
+        """The PR or CR confirmed so far (the best overall response, confirmation as the
+        settings require), None without one or once PD came (PD ends the course)."""
+        if any(category == PD for _, category in self.timepoints):
+            return None
+        best = best_overall_response(
+            timepoints=self.timepoints, baseline_date=self.baseline_date, settings=self.settings
+        )
+        return best if best.category in (PR, CR) else None
 
     def record(self, study: StudyReading, baseline: _Baseline, row: RecistAssessment) -> None:
         evaluated = not row.not_evaluable
@@ -201,9 +208,11 @@ class _Course:
         if evaluated:
             self.non_target_volumes.append(row.non_target_volume_ml)
         for r in study.lesions:
-            if r.present:
+            if r.present and not (r.is_node and node_normal(r.size_mm)):  # a lesion
                 self.first_seen.setdefault(r.lesion_uid, study.study_date)
         self.counted_new |= set(row.new_lesion_uids)
+        if not row.is_baseline:
+            self.timepoints.append((study.study_date, row.category or NE))
         if evaluated and row.category not in (None, NE):
             self.last_category = (row.category, study.study_date)
             self.gone = {
@@ -227,19 +236,24 @@ def _lesion_present(r: LesionReading, is_node: bool) -> bool:
 
 # --------------------------------------------------------------------------- a timeline
 def recist_assess(
-    *, timeline: Sequence[StudyReading], slice_thickness_mm: float | None = None
+    *,
+    timeline: Sequence[StudyReading],
+    slice_thickness_mm: float | None = None,
+    settings: BestResponseSettings | None = None,
 ) -> tuple[RecistAssessment, ...]:
     """RECIST 1.1 at every study of one patient (baseline first; module docstring).
 
     ``slice_thickness_mm``: of the baseline series, when its `StudyReading` does not say
-    (measurability, RECIST 1.1 section 3.1.1).
+    (measurability, RECIST 1.1 section 3.1.1). ``settings``: when a PR counts as
+    confirmed (`analytics.lesions.core.bor`; a confirmed PR continues while the targets
+    do not progress).
     """
     if not timeline:
         return ()
     studies = sorted(timeline, key=lambda s: s.study_date)
     thickness = studies[0].slice_thickness_mm or slice_thickness_mm
     baseline = _baseline_lesions(studies[0], thickness)
-    course = _Course()
+    course = _Course(studies[0].study_date, settings or BestResponseSettings())
     out: list[RecistAssessment] = []
     for index, study in enumerate(studies):
         if index == 0:
@@ -380,6 +394,33 @@ def _new_lesions_read(study: StudyReading, baseline: _Baseline, course: _Course)
     return _NewRead(tuple(counted), tuple(pending))
 
 
+@dataclass(frozen=True)
+class _NonTargetDecision:
+    """Non-target progression at one follow-up: unequivocal (it makes PD), possible (for
+    review: the volume yardstick with measurable disease, or a non-target node back after
+    a complete response), and the non-target volumes known before (their nadir)."""
+
+    unequivocal: bool
+    by_volume: bool
+    known_volumes: list[float]
+
+
+def _non_target_decide(
+    study: StudyReading, baseline: _Baseline, course: _Course, volume_ml: float
+) -> _NonTargetDecision:
+    """`non_target_unequivocal` with the volume yardstick from the non-targets' nadir."""
+    known = [v for v in course.non_target_volumes if not math.isnan(v)]
+    yardstick = bool(known) and non_target_progression(
+        volume_ml=volume_ml, nadir_volume_ml=min(known)
+    )
+    unequivocal, possible = non_target_unequivocal(
+        verdict=study.non_target_unequivocal_progression,
+        yardstick=yardstick,
+        measurable_disease=bool(baseline.targets),
+    )
+    return _NonTargetDecision(unequivocal, possible, known)
+
+
 def _follow_up_assessment(
     study: StudyReading, baseline: _Baseline, course: _Course
 ) -> RecistAssessment:
@@ -389,40 +430,32 @@ def _follow_up_assessment(
     non_targets = _non_targets_read(study, baseline)
     new = _new_lesions_read(study, baseline, course)
     baseline_sum, lowest = course.sums[0], nadir(course.sums)
-    t_response = None
+    strict = t_response = None
+    continuing = course.response_confirmed()
     if baseline.targets:
-        t_response = target_response(
+        strict = target_response(
             sum_mm=targets.sum_mm,
             baseline_sum_mm=baseline_sum,
             nadir_sum_mm=lowest,
             not_evaluated=targets.not_evaluated,
             complete=targets.complete,
         )
-    known = [v for v in course.non_target_volumes if not math.isnan(v)]
-    yardstick = bool(known) and non_target_progression(
-        volume_ml=non_targets.volume_ml, nadir_volume_ml=min(known)
-    )
-    unequivocal, possible = non_target_unequivocal(
-        verdict=study.non_target_unequivocal_progression,
-        yardstick=yardstick,
-        measurable_disease=bool(baseline.targets),
-    )
+        t_response = continuing_partial_response(
+            target=strict, response_confirmed=continuing is not None
+        )
+    decision = _non_target_decide(study, baseline, course, non_targets.volume_ml)
     nt_response = non_target_response(
         n_baseline=len(baseline.non_targets),
         n_present=non_targets.present,
         n_not_evaluated=non_targets.not_evaluated,
-        unequivocal_progression=unequivocal,
+        unequivocal_progression=decision.unequivocal,
     )
     as_read = overall_response(
         target=t_response, non_target=nt_response, new_lesions=bool(new.counted)
     )
-    reappeared = _reappeared(study, baseline, course)
-    if reappearance_after_complete_response(
-        previous_overall=course.last_category[0] if course.last_category else None,
-        reappeared=bool(reappeared),
-    ):
+    back = _reappeared(study, baseline, course)
+    if back.lesions:
         as_read = PD
-    category = NE if study.not_evaluable else as_read
     comparable = bool(baseline.targets) and not targets.not_evaluated
     first_seen = [course.first_seen.get(r.lesion_uid, study.study_date) for r in new.counted]
     row = RecistAssessment(
@@ -446,28 +479,52 @@ def _follow_up_assessment(
         new_lesions_first_seen=sum(
             1 for r in new.counted if r.lesion_uid not in course.counted_new
         ),
-        category=category,
+        category=NE if study.not_evaluable else as_read,
         new_lesion_uids=tuple(r.lesion_uid for r in new.counted),
         pending=new.pending,
-        possible_non_target_progression=possible,
+        possible_non_target_progression=decision.by_volume
+        or (bool(back.nodes) and study.non_target_unequivocal_progression is None),
         progression_dated_from=min(first_seen) if first_seen else None,
-        reappearance=bool(reappeared) and as_read == PD,
+        reappearance=bool(back.lesions),
         not_evaluable=tuple(study.not_evaluable),
         category_as_read=as_read,
         non_target_volume_ml=non_targets.volume_ml,
+        continuing_response_since=continuing.confirmed_on
+        if continuing is not None and strict != t_response
+        else None,
     )
-    notes = _notes(row, targets, non_targets, new, reappeared, course, baseline, known)
+    notes = _notes(row, targets, non_targets, new, back, course, baseline, decision)
     return _with_notes(row, notes)
 
 
-def _reappeared(study: StudyReading, baseline: _Baseline, course: _Course) -> list[str]:
-    """Baseline lesions gone at the latest evaluated study and present again now."""
-    out = []
+@dataclass(frozen=True)
+class _Reappearance:
+    """After a complete response (``since``): the baseline lesions back that make PD, and
+    the non-target lymph nodes back at 10 mm or more, left to review
+    (`reappearance_counts`)."""
+
+    lesions: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+    since: dt.date | None = None
+
+
+def _reappeared(study: StudyReading, baseline: _Baseline, course: _Course) -> _Reappearance:
+    """Baseline lesions gone at the latest evaluated study, when that was a complete
+    response, and present again now (`reappearance_after_complete_response`)."""
+    previous, since = course.last_category or (None, None)
+    lesions, nodes = [], []
     for uid in sorted(course.gone):
         r = study.reading(uid)
-        if r is not None and r.evaluated and _lesion_present(r, baseline.is_node.get(uid, False)):
-            out.append(baseline.labels[uid])
-    return out
+        is_node = baseline.is_node.get(uid, False)
+        if r is None or not r.evaluated or not _lesion_present(r, is_node):
+            continue
+        counts = reappearance_counts(is_node=is_node, is_target=uid in baseline.targets)
+        (lesions if counts else nodes).append(baseline.labels[uid])
+    if not reappearance_after_complete_response(
+        previous_overall=previous, reappeared=bool(lesions or nodes)
+    ):
+        return _Reappearance()
+    return _Reappearance(tuple(lesions), tuple(nodes), since)
 
 
 def _with_notes(row: RecistAssessment, notes: list[str]) -> RecistAssessment:
@@ -486,10 +543,10 @@ def _notes(
     targets: _TargetsRead,
     non_targets: _NonTargetsRead,
     new: _NewRead,
-    reappeared: list[str],
+    back: _Reappearance,
     course: _Course,
     baseline: _Baseline,
-    known_volumes: list[float],
+    decision: _NonTargetDecision,
 ) -> list[str]:
     """What the time point rests on, one sentence each, most important first."""
     notes: list[str] = []
@@ -509,15 +566,17 @@ def _notes(
         notes.append(
             f"new lesion{'s' if len(new.counted) > 1 else ''}: {names} (RECIST 1.1 section 4.3.5)"
         )
-    if row.reappearance:
-        since = course.last_category[1] if course.last_category else None
+    notes += reappearance_notes(lesions=back.lesions, nodes=back.nodes, since=back.since)
+    if row.continuing_response_since is not None:
         notes.append(
-            f"{', '.join(reappeared)} reappeared after the complete response of {since}: PD"
+            continuing_note(
+                pct_change_baseline=row.pct_change_baseline, since=row.continuing_response_since
+            )
         )
     if new.pending:
-        notes.append(_pending_note(new.pending, progression=row.category_as_read == PD))
-    if row.possible_non_target_progression:
-        low = min(known_volumes)
+        notes.append(pending_note(new.pending, progression=row.category_as_read == PD))
+    if decision.by_volume:
+        low = min(decision.known_volumes)
         change = pct_change(value=row.non_target_volume_ml, reference=low)
         notes.append(
             f"possible non-target progression: non-target volume {low:.2f} -> "
@@ -525,19 +584,3 @@ def _notes(
             "measurable disease a radiologist decides (RECIST 1.1 section 4.3.4)"
         )
     return notes
-
-
-def _pending_note(pending: tuple[PendingLesion, ...], *, progression: bool) -> str:
-    """'PD pending confirmation of one equivocal new lesion (...), first seen on ...'."""
-    count = (
-        "one equivocal new lesion" if len(pending) == 1 else f"{len(pending)} equivocal new lesions"
-    )
-    which = ", ".join(
-        f"{p.label} ({p.size_mm:.1f} mm), first seen on {p.first_seen}"
-        if not math.isnan(p.size_mm)
-        else f"{p.label}, first seen on {p.first_seen}"
-        for p in pending
-    )
-    if progression:
-        return f"also {count} awaiting confirmation: {which}"
-    return f"PD pending confirmation of {count}: {which}"

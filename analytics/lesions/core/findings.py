@@ -221,7 +221,7 @@ def finding_states(*, sightings: Sequence[Sighting]) -> dict[tuple[str, int], Fi
             for s in group:
                 out[(uid, s.study_index)] = FindingState(REJECTED, reason)
             continue
-        at_baseline = any(s.found and s.study_index == 0 for s in group)
+        at_baseline = any(_seen_as_lesion(s) and s.study_index == 0 for s in group)
         confirmation = None if at_baseline else _new_lesion_confirmation(group)
         for s in group:
             out[(uid, s.study_index)] = _sighting_state(s, group, at_baseline, confirmation)
@@ -231,7 +231,7 @@ def finding_states(*, sightings: Sequence[Sighting]) -> dict[tuple[str, int], Fi
 def _new_lesion_confirmation(group: list[Sighting]) -> str | None:
     """How a new lesion was confirmed (None: not yet): a radiologist, or a repeat
     sighting after its first that would itself be unequivocal."""
-    found = [s for s in group if s.found]
+    found = [s for s in group if _seen_as_lesion(s)]
     if not found:
         return None
     by_radiologist = next((s for s in found if radiologist_confirms(s)), None)
@@ -263,7 +263,7 @@ def _sighting_state(
             f"a normal-sized lymph node (short axis {s.short_axis_mm:.1f} mm, under "
             f"{NODE_NORMAL_BELOW_MM:g} mm): not a lesion (RECIST 1.1 section 3.1.1)",
         )
-    first = next(x for x in group if x.found)
+    first = next(x for x in group if _seen_as_lesion(x))
     if confirmation is not None:
         return FindingState(
             CONFIRMED,
@@ -286,7 +286,7 @@ def _equivocal_reason(s: Sighting, group: list[Sighting], first: Sighting) -> st
     if low_confidence(s.confidence):
         reasons.append(f"low confidence ({s.confidence:.2f})")
     later = [x for x in group if x.study_index > first.study_index]
-    if not any(x.found for x in group if x is not first):
+    if not any(_seen_as_lesion(x) for x in group if x is not first):
         if later:
             reasons.append(f"seen once: not found again on {later[0].when}")
         else:
@@ -299,6 +299,13 @@ def _equivocal_reason(s: Sighting, group: list[Sighting], first: Sighting) -> st
         + ". It counts once a radiologist accepts it or a later study confirms it "
         "(RECIST 1.1 section 4.3.5)"
     )
+
+
+def _seen_as_lesion(s: Sighting) -> bool:
+    """Found, and a lesion: a lymph node under 10 mm in short axis is normal (RECIST 1.1
+    section 3.1.1), so a node normal at baseline that grows to 10 mm or more is new from
+    the study where it first does, and equivocal from there (module docstring)."""
+    return s.found and not (s.is_node and node_normal(s.short_axis_mm))
 
 
 def _absent_state(s: Sighting, group: list[Sighting], at_baseline: bool) -> FindingState:

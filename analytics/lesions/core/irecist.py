@@ -282,20 +282,40 @@ def _after_iupd(
             f"assessment does not confirm it ({'; '.join(why)})",
             *notes,
         ]
-    if _resolved(r, pending):
+    if _resolved(study, r, pending):
         state.unconfirmed = None
         category = irecist_category(_without_known_new(r))
         return category, [f"the iUPD of {pending.date} was not confirmed: the bar is reset", *notes]
+    if _non_target_undecided(study, r, pending):
+        notes.append(
+            "the non-target progression was a radiologist's verdict: whether it increased "
+            "further (iCPD) or no longer progresses (reset) is theirs to say at this study"
+        )
     return I_UPD, [f"the iUPD of {pending.date} is neither confirmed nor resolved", *notes]
 
 
-def _resolved(r: RecistAssessment, pending: _Unconfirmed) -> bool:
+def _non_target_undecided(study: StudyReading, r: RecistAssessment, pending: _Unconfirmed) -> bool:
+    """An iUPD of the non-target disease, with measurable disease, made by a radiologist's
+    verdict (RECIST 1.1 section 4.3.4) and none at this study: nothing says whether it
+    increased further or no longer progresses, so it stays iUPD (iRECIST Table 2: it
+    "remains iUPD unless iCPD is confirmed")."""
+    return (
+        "non-target" in pending.categories
+        and bool(r.target_uids)
+        and study.non_target_unequivocal_progression is None
+    )
+
+
+def _resolved(study: StudyReading, r: RecistAssessment, pending: _Unconfirmed) -> bool:
     """What progressed at the iUPD no longer does: targets under the PD line again,
-    non-targets not progressing, and the new lesions gone or the targets shrinking
-    further since the iUPD (the working group's scenario B)."""
+    non-targets not progressing (by a radiologist's word when they decided the iUPD),
+    and the new lesions gone or the targets shrinking further since the iUPD (the
+    working group's scenario B)."""
     if "target" in pending.categories and r.target_response == PD:
         return False
-    if "non-target" in pending.categories and r.non_target_response == PD:
+    if "non-target" in pending.categories and (
+        r.non_target_response == PD or _non_target_undecided(study, r, pending)
+    ):
         return False
     if "new lesions" in pending.categories and r.new_lesions:
         shrinking = r.sum_diameters_mm < pending.target_sum_mm

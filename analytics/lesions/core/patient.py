@@ -42,7 +42,9 @@ def patient_responses_assess(
 ) -> PatientResponses:
     """Every assessment of one patient's ``timeline`` (see each module for its rules)."""
     studies = sorted(timeline, key=lambda s: s.study_date)
-    recist = recist_assess(timeline=studies, slice_thickness_mm=slice_thickness_mm)
+    recist = recist_assess(
+        timeline=studies, slice_thickness_mm=slice_thickness_mm, settings=settings
+    )
     volumetric = volumetric_assess(timeline=studies)
     if not recist:
         return PatientResponses((), (), None, None, None)

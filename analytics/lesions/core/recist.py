@@ -33,6 +33,7 @@ __all__ = [
     "PD_INCREASE_PCT",
     "PR_DECREASE_PCT",
     "coalesced_sizes_mm",
+    "continuing_partial_response",
     "is_measurable",
     "lesion_measurable",
     "nadir",
@@ -42,6 +43,7 @@ __all__ = [
     "overall_response",
     "pct_change",
     "reappearance_after_complete_response",
+    "reappearance_counts",
     "sphere_diameter_mm",
     "sum_of_diameters",
     "target_complete",
@@ -340,6 +342,35 @@ def reappearance_after_complete_response(*, previous_overall: str | None, reappe
     PD). ``previous_overall``: the latest evaluated time point before this one.
     """
     return reappeared and previous_overall == CR
+
+
+def reappearance_counts(*, is_node: bool, is_target: bool) -> bool:
+    """Whether a lesion seen again after a complete response is, by itself, disease
+    reappeared (`reappearance_after_complete_response`).
+
+    The RECIST working group's answer "Abnormal lymph node" (RECIST 1.1 questions and
+    clarifications, recist.eortc.org): nodes under 10 mm are benign, so "a node is only
+    considered to have 'reappeared' if it is >= 10 mm (Target lesion) or has unequivocally
+    progressed (Non Target lesion)". A non-nodal lesion seen again counts, and a target
+    node back at 10 mm or more (the caller checks the size); a non-target node back at
+    10 mm or more does not by itself: whether it unequivocally progressed is a
+    radiologist's call (section 4.3.4), so it is raised for review.
+    """
+    return is_target or not is_node
+
+
+def continuing_partial_response(*, target: str | None, response_confirmed: bool) -> str | None:
+    """The target response after a confirmed PR (or CR): SD reads PR.
+
+    The RECIST working group's clarification of SD (RECIST 1.1 questions and
+    clarifications, recist.eortc.org): "A confirmed PR at a next visit is considered to
+    be a continuing PR unless the criteria for PD are met - the subsequent response is not
+    based on the change from baseline but the change from the nadir" (their iRECIST
+    answer "Managing PR when TP measurements change slightly over time": sums of 100, 70,
+    70, 80, 80 read PR at every time point). ``response_confirmed``: a PR or CR confirmed
+    (when confirmation is required, `analytics.lesions.core.bor`) and no PD since.
+    """
+    return PR if target == SD and response_confirmed else target
 
 
 def coalesced_sizes_mm(
