@@ -1,75 +1,22 @@
-"""The audit trail: one `AuditEvent` row for every view or export of a patient's data.
+"""The audit trail: one `AuditEvent` row for every view or export of a patient's data,
+and every administrative act on an account.
 
-The client address is the peer's ``REMOTE_ADDR``. ``X-Forwarded-For`` is honoured only
-when that peer is a proxy listed in ``settings.RADTRACK_TRUSTED_PROXIES`` (addresses or
-networks, e.g. ``["127.0.0.1", "10.0.0.0/8"]``); otherwise any client could write
-whatever address it liked into the trail.
+The client address comes from `radtrack.addresses.client_address` (``X-Forwarded-For``
+only from the trusted proxies in ``settings.RADTRACK_TRUSTED_PROXIES``).
 """
 
 from __future__ import annotations
 
-import ipaddress
+import copy
 from collections.abc import Iterable
 
-from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest
 
 from patients.models import AuditEvent, Patient
+from radtrack.addresses import client_address
 
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _parse_address(text: str) -> _IPAddress | None:
-    text = text.strip()
-    if text.startswith("[") and "]" in text:  # "[::1]:8000"
-        text = text[1 : text.index("]")]
-    elif text.count(":") == 1:  # "192.0.2.1:8000"
-        text = text.split(":", 1)[0]
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _trusted_networks() -> list[_IPNetwork]:
-    entries: Iterable[str] = getattr(settings, "RADTRACK_TRUSTED_PROXIES", ()) or ()
-    if isinstance(entries, str):
-        entries = entries.split(",")
-    networks = []
-    for entry in entries:
-        entry = entry.strip()
-        if entry:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-    return networks
-
-
-def _is_trusted(address: _IPAddress, networks: list[_IPNetwork]) -> bool:
-    return any(address in network for network in networks)
-
-
-def client_address(request: HttpRequest) -> str | None:
-    """The address the request came from, as far as it can be trusted.
-
-    Walks ``X-Forwarded-For`` from the right (the entry the nearest proxy added)
-    past every trusted proxy, and returns the first address that is not one.
-    """
-    peer = _parse_address(request.META.get("REMOTE_ADDR", "") or "")
-    if peer is None:
-        return None
-    networks = _trusted_networks()
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if not forwarded or not _is_trusted(peer, networks):
-        return str(peer)
-    address = peer
-    for hop in reversed(forwarded.split(",")):
-        parsed = _parse_address(hop)
-        if parsed is None:
-            break  # a garbled entry: stop at the last address we could trust
-        address = parsed
-        if not _is_trusted(parsed, networks):
-            break
-    return str(address)
+__all__ = ["audit_patients_shown", "audit_record", "client_address"]
 
 
 def audit_record(
@@ -90,15 +37,48 @@ def audit_record(
     primary key. ``username`` names a caller without an account (a command-line
     export names the operating-system user).
     """
+    event = _event(request=request, user=user, action=action, object=object, username=username)
+    event.patient_id = patient.pk if isinstance(patient, Patient) else patient
+    event.save()
+    return event
+
+
+def _event(*, request, user, action: str, object: str, username: str) -> AuditEvent:
+    """An unsaved row without its patient (`audit_record` says what each argument is)."""
     if user is None and request is not None:
         user = getattr(request, "user", None)
     if user is not None and not getattr(user, "is_authenticated", False):
         user = None
-    return AuditEvent.objects.create(
+    return AuditEvent(
         user=user,
         username=user.get_username() if user is not None else username[:150],
         action=action[:64],
         object=object[:255],
-        patient_id=patient.pk if isinstance(patient, Patient) else patient,
         remote_address=client_address(request) if request is not None else None,
     )
+
+
+def audit_patients_shown(
+    *,
+    request: HttpRequest | None = None,
+    user=None,
+    action: str,
+    object: str,
+    patient_pks: Iterable[int | None],
+    username: str = "",
+) -> None:
+    """One audit row per patient a page or list showed (one without a patient if none).
+
+    Rows per patient let the trail answer "who saw this patient's data", whether they
+    opened the patient or paged through a list that included them. One INSERT for all
+    of them: a page of 50 patients costs one query, not 50.
+    """
+    pks = sorted({pk for pk in patient_pks if pk is not None})
+    template = _event(request=request, user=user, action=action, object=object, username=username)
+    rows = []
+    for pk in pks or [None]:
+        row = copy.copy(template)
+        row.patient_id = pk
+        rows.append(row)
+    with transaction.atomic():
+        AuditEvent.objects.bulk_create(rows)

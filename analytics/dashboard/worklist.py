@@ -2,8 +2,11 @@
 
 `worklist` and `worklist_page` give one typed row per patient with the latest risk
 score of the current model version, the latest response and study, and the flags (new
-progression, new lesion, rising marker, failed processing, awaiting review), in a fixed
-number of queries whatever the number of patients.
+progression, new lesion, rising marker, failed processing, awaiting review, needs
+attention), in a fixed number of queries whatever the number of patients. The score and
+the flags are read from rows kept in step when what they rest on is written
+(`LatestRiskScore`, `WorklistFlags` via `analytics.dashboard.flags`), so every filter and
+order is a join and an index, never a lookup per patient.
 """
 
 from __future__ import annotations
@@ -17,23 +20,20 @@ from dataclasses import dataclass
 from django.db.models import (
     CharField,
     DateField,
-    Exists,
     F,
     FilteredRelation,
     FloatField,
     IntegerField,
-    OuterRef,
     Q,
     QuerySet,
-    Subquery,
     Value,
 )
 from django.db.models.functions import Coalesce
 
-from analytics.dashboard.markers import MarkerChange, rising_markers_load
-from analytics.models import UNSCORED_RANK, ResponseAssessment, RiskModelVersion, RiskScore
+from analytics.dashboard.flags import markers_from_json
+from analytics.dashboard.markers import MarkerChange
+from analytics.models import UNSCORED_RANK, RiskModelVersion, RiskScore
 from analytics.risk.selectors import current_model_version
-from imaging.models import LesionMeasurement, Series, Study
 from patients.models import Patient
 from patients.selectors import patient_search_filter
 
@@ -43,6 +43,7 @@ FLAG_NAMES = (
     "rising_marker",
     "processing_failed",
     "awaiting_review",
+    "needs_attention",
 )
 
 
@@ -59,14 +60,20 @@ class WorklistRow:
     Risk: the latest `RiskScore` (by landmark date) of the model version the list was
     built for; ``score``, ``tier`` and ``landmark_date`` are None when unscored.
 
-    Flags:
+    Flags (stored per patient with the latest study, `analytics.dashboard.flags`):
 
     - ``new_progression``: the patient's latest response assessment is RECIST PD;
     - ``new_lesion``: the latest response assessment found a lesion absent at baseline;
     - ``rising_markers``: markers whose two latest results moved the wrong way by more
-      than `MARKER_RULES` allows (CEA, LDH, CRP up; albumin, haemoglobin down);
+      than `MARKER_RULES` allows (CEA, LDH, CRP up; albumin, haemoglobin down), a
+      censored result counting only as far as its bound proves (`markers.proven_change`);
     - ``processing_failed``: a series of the patient is in state failed;
-    - ``awaiting_review``: a lesion measurement still awaits a radiologist's review.
+    - ``awaiting_review``: a lesion measurement still awaits a radiologist's review (a
+      lesion rejected as a whole awaits nothing);
+    - ``needs_attention``: a study's response cannot be assessed (NE: a lesion not found,
+      links proposed without registration, no segmentation) or waits on a person
+      (equivocal new lesions, possible non-target progression): `ResponseAssessment.
+      needs_attention`, with the reason in its note.
     """
 
     pk: int
@@ -85,6 +92,7 @@ class WorklistRow:
     rising_markers: tuple[MarkerChange, ...]
     processing_failed: bool
     awaiting_review: bool
+    needs_attention: bool = False
 
     @property
     def rising_marker(self) -> bool:
@@ -129,45 +137,19 @@ def _risk_columns(rows: QuerySet, version: RiskModelVersion | None) -> QuerySet:
     )
 
 
-def _last_assessments() -> QuerySet:
-    return ResponseAssessment.objects.filter(
-        patient=OuterRef("pk"), study__study_date__isnull=False
-    ).order_by("-study__study_date", "-pk")
-
-
-def _last_study_date() -> Subquery:
-    return Subquery(
-        Study.objects.filter(patient=OuterRef("pk"), study_date__isnull=False)
-        .order_by("-study_date")
-        .values("study_date")[:1]
-    )
-
-
-def _processing_failed() -> Exists:
-    return Exists(Series.objects.filter(study__patient=OuterRef("pk"), state=Series.State.FAILED))
-
-
-def _awaiting_review() -> Exists:
-    return Exists(
-        LesionMeasurement.objects.filter(
-            lesion__patient=OuterRef("pk"), review_state=LesionMeasurement.Review.PENDING
-        )
-    )
-
-
 def _detail_columns(rows: QuerySet) -> QuerySet:
-    """Annotate the latest response, the latest study and the flags kept in SQL.
-
-    Correlated lookups per patient: `worklist_page` runs them on the page's rows only.
-    """
-    assessments = _last_assessments()
+    """Annotate the latest response and study and the flags: one join on `WorklistFlags`
+    (a patient without a row has no study, response or lab result: no flag raised)."""
     return rows.annotate(
-        last_recist=Subquery(assessments.values("recist_response")[:1]),
-        last_new_lesions=Subquery(assessments.values("new_lesions")[:1]),
-        last_assessment_date=Subquery(assessments.values("study__study_date")[:1]),
-        last_study_date=_last_study_date(),
-        processing_failed=_processing_failed(),
-        awaiting_review=_awaiting_review(),
+        last_recist=F("worklist_flags__last_recist"),
+        last_assessment_date=F("worklist_flags__last_assessment_date"),
+        flag_new_progression=F("worklist_flags__new_progression"),
+        flag_new_lesion=F("worklist_flags__new_lesion"),
+        flag_rising_markers=F("worklist_flags__rising_markers"),
+        flag_awaiting_review=F("worklist_flags__awaiting_review"),
+        flag_needs_attention=F("worklist_flags__needs_attention"),
+        flag_processing_failed=F("worklist_flags__processing_failed"),
+        last_study_date=F("worklist_flags__last_study_date"),
     )
 
 
@@ -192,10 +174,9 @@ def _worklist_query(
     flags: Collection[str] | None,
     order: WorklistOrder | str,
     model_version: RiskModelVersion | None,
-) -> tuple[QuerySet, QuerySet, RiskModelVersion | None, set[str]]:
-    """The matching patients in order, with the risk columns only (filters and order
-    use what else they need as aliases); the unfiltered search; the version; the flags
-    still to check in Python (rising markers are computed outside SQL)."""
+) -> tuple[QuerySet, RiskModelVersion | None]:
+    """The matching patients in order, with the risk columns only (the filters and the
+    order read the stored flags by a join), and the model version."""
     order = WorklistOrder(order)
     wanted = set(flags or ())
     unknown = wanted - set(FLAG_NAMES)
@@ -209,30 +190,13 @@ def _worklist_query(
     rows = _risk_columns(patients, version)
     if tier is not None:
         rows = rows.filter(risk_tier=tier)
-    # Every flag but the rising markers is SQL, so the database filters on it and a page
-    # of the list can be cut there.
-    if wanted & {"new_progression", "new_lesion"}:
-        assessments = _last_assessments()
-        rows = rows.alias(
-            filter_recist=Subquery(assessments.values("recist_response")[:1]),
-            filter_new_lesions=Subquery(assessments.values("new_lesions")[:1]),
-        )
-        if "new_progression" in wanted:
-            rows = rows.filter(filter_recist="PD")
-        if "new_lesion" in wanted:
-            rows = rows.filter(filter_new_lesions=True)
-    if "processing_failed" in wanted:
-        rows = rows.filter(_processing_failed())
-    if "awaiting_review" in wanted:
-        rows = rows.filter(_awaiting_review())
-    if order is WorklistOrder.LAST_STUDY:
-        rows = rows.alias(order_last_study=_last_study_date())
-    return _ordered(rows, order, "order_last_study"), patients, version, wanted & {"rising_marker"}
+    # The flags are a join on their table (an INNER JOIN: no row, no flag raised).
+    if wanted:
+        rows = rows.filter(**{f"worklist_flags__{name}": True for name in sorted(wanted)})
+    return _ordered(rows, order, "worklist_flags__last_study_date"), version
 
 
-def _worklist_row(
-    p: Patient, version: RiskModelVersion | None, markers: dict[int, tuple[MarkerChange, ...]]
-) -> WorklistRow:
+def _worklist_row(p: Patient, version: RiskModelVersion | None) -> WorklistRow:
     return WorklistRow(
         pk=p.pk,
         patient_id=p.patient_id,
@@ -245,11 +209,12 @@ def _worklist_row(
         last_recist=p.last_recist or "",
         last_assessment_date=p.last_assessment_date,
         last_study_date=p.last_study_date,
-        new_progression=p.last_recist == "PD",
-        new_lesion=bool(p.last_new_lesions),
-        rising_markers=markers.get(p.pk, ()),
-        processing_failed=p.processing_failed,
-        awaiting_review=p.awaiting_review,
+        new_progression=bool(p.flag_new_progression),
+        new_lesion=bool(p.flag_new_lesion),
+        rising_markers=markers_from_json(p.flag_rising_markers),
+        processing_failed=bool(p.flag_processing_failed),
+        awaiting_review=bool(p.flag_awaiting_review),
+        needs_attention=bool(p.flag_needs_attention),
     )
 
 
@@ -266,16 +231,13 @@ def worklist(
     ``tier``: only that tier (low, intermediate or high). ``search``: words in the MRN
     or name, as the patient list. ``flags``: only patients with every one of these
     `FLAG_NAMES` raised. ``order``: a `WorklistOrder`. ``model_version``: whose scores
-    to show (default `current_model_version`). Three queries, however many patients.
+    to show (default `current_model_version`). Two queries (the version, the rows),
+    however many patients.
     """
-    rows, patients, version, _ = _worklist_query(
+    rows, version = _worklist_query(
         tier=tier, search=search, flags=flags, order=order, model_version=model_version
     )
-    markers = rising_markers_load(patients=patients)
-    out = [_worklist_row(p, version, markers) for p in _detail_columns(rows)]
-    if flags and "rising_marker" in flags:
-        out = [row for row in out if row.rising_marker]
-    return out
+    return [_worklist_row(p, version) for p in _detail_columns(rows)]
 
 
 @dataclass(frozen=True)
@@ -330,42 +292,28 @@ def worklist_page(
 ) -> WorklistPage:
     """One page of `worklist` (same filters and order), cut in the database.
 
-    Four queries (model version, count, the page's rows, their markers) whatever the
-    number of patients. The list is ordered and cut on the risk columns alone (one join
-    on `LatestRiskScore`); the latest response, latest study and flags are looked up
-    for the page's rows only, by the query that reads them. Asked for the rising-marker
-    flag, the markers of every candidate are needed before the list can be cut, so that
-    filter reads them all first (still a fixed number of queries). ``page`` is clamped
-    into range.
+    Three queries (model version, count, the page's rows) whatever the number of
+    patients and whatever the filters: the list is filtered, ordered and cut on the
+    risk columns and the stored flags (joins on `LatestRiskScore` and `WorklistFlags`),
+    and the page's rows are read by one more join. ``page`` is clamped into range.
     """
     if per_page < 1:
         raise ValueError(f"per_page must be at least 1, not {per_page}")
     order = WorklistOrder(order)
-    rows, patients, version, python_flags = _worklist_query(
+    rows, version = _worklist_query(
         tier=tier, search=search, flags=flags, order=order, model_version=model_version
     )
-    if python_flags:
-        markers = rising_markers_load(patients=patients)
-        matching = [pk for pk in rows.values_list("pk", flat=True) if pk in markers]
-        total = len(matching)
-        number = _page_clamp(page, total, per_page)
-        start = (number - 1) * per_page
-        chosen: list[int] | QuerySet = matching[start : start + per_page]
-    else:
-        total = rows.count()
-        number = _page_clamp(page, total, per_page)
-        start = (number - 1) * per_page
-        chosen = rows[start : start + per_page].values("pk")  # a subquery, not a query
+    total = rows.count()
+    number = _page_clamp(page, total, per_page)
+    start = (number - 1) * per_page
+    chosen = rows[start : start + per_page].values("pk")  # a subquery, not a query
     shown = _ordered(
         _detail_columns(_risk_columns(Patient.objects.filter(pk__in=chosen), version)),
         order,
         "last_study_date",
     )
-    cut = list(shown)
-    if not python_flags:
-        markers = rising_markers_load(patients=Patient.objects.filter(pk__in=[p.pk for p in cut]))
     return WorklistPage(
-        rows=tuple(_worklist_row(p, version, markers) for p in cut),
+        rows=tuple(_worklist_row(p, version) for p in shown),
         number=number,
         per_page=per_page,
         total=total,

@@ -5,8 +5,10 @@ reused process id is not mistaken for it) while a process is working on it, and 
 heartbeat each time a batch is indexed. A session still "running" is dead when its
 owner ran on this host and is gone, or when it has shown no heartbeat for
 ``RADTRACK_INGEST_STALE_MINUTES`` (another host's process, or an upload the browser
-abandoned between chunks). `imaging.ingest.service.ingest_sessions_reap` marks such
-sessions failed and queues what they stored, like any ended import.
+abandoned between chunks). `imaging.ingest.service.ingest_sessions_reap` indexes the
+files such a session stored and had not indexed yet (its journal,
+`imaging.ingest.journal`), marks it failed and queues what it stored, like any ended
+import.
 """
 
 from __future__ import annotations

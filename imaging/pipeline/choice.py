@@ -12,7 +12,7 @@ from imaging.core.dicom.series_choice import series_choose
 from imaging.core.dicom.slices import SeriesVolumeError
 from imaging.core.dicom.volume import series_summary
 from imaging.models import ANALYSED_MODALITIES, Series, Study
-from imaging.store import object_path
+from imaging.store import object_local
 from patients.audit import audit_record
 
 
@@ -27,7 +27,7 @@ def _series_summaries(study: Study) -> list:
     summaries = []
     for series in study.series.filter(modality__in=ANALYSED_MODALITIES).order_by("pk"):
         paths = [
-            object_path(p)
+            object_local(p)
             for p in series.instances.order_by("pk").values_list("stored_path", flat=True)
         ]
         if not paths:

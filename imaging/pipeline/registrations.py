@@ -17,7 +17,7 @@ from imaging.pipeline.storage import (
     run_relative_path,
     run_volume_read,
 )
-from imaging.store import data_dir
+from imaging.store import data_dir, derived_publish
 from patients.models import Patient
 from radtrack.celery import TRANSIENT_ERRORS
 
@@ -67,6 +67,7 @@ def patient_registrations_ensure(*, patient: Patient, device: str = "cpu") -> in
             continue
         transform_path = run_relative_path(series, run, f"to_baseline-{fixed_series.pk}.tfm")
         transform_write(transform=registration.transform, path=data_dir() / transform_path)
+        derived_publish(transform_path)
         registration_store(
             run=run,
             moving=series,

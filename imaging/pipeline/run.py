@@ -13,7 +13,6 @@ analytics links the lesions across studies.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +42,7 @@ from imaging.pipeline.storage import (
     run_volume_read,
     segmentation_store,
 )
-from imaging.store import data_dir, object_path
+from imaging.store import data_dir, derived_publish, object_local
 from radtrack.celery import TRANSIENT_ERRORS
 from radtrack.provenance import json_safe, library_versions
 
@@ -70,18 +69,13 @@ def device_resolve(requested: str | None) -> str:
     return "cpu"
 
 
-_segmenters: dict[str, Any] = {}
-_segmenters_lock = threading.Lock()
-
-
 def _segmenter(device: str) -> Any:
-    """The shipped segmenter, loaded once per worker process and device (SHA-256 checked)."""
-    from imaging.core.segmentation.network import segmenter_load
+    """The registry's active model (the shipped weights until another version is promoted,
+    `imaging.modelhub`), loaded once per worker process, device and version, its files
+    checked against their SHA-256."""
+    from imaging.modelhub.services import active_segmenter
 
-    with _segmenters_lock:
-        if device not in _segmenters:
-            _segmenters[device] = segmenter_load(device=device)
-        return _segmenters[device]
+    return active_segmenter(device=device)
 
 
 # --------------------------------------------------------------------------- a study
@@ -127,6 +121,8 @@ class _RunState:
     baseline_series: Series | None = None
     baseline_volume: Volume | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: The series' instances the volume was read from: (how many, the highest pk).
+    instances_read: tuple[int, int] | None = None
 
     def path(self, name: str) -> str:
         return run_relative_path(self.series, self.run, name)
@@ -151,6 +147,7 @@ def series_process(
         _step_store_volume(state)
         _step_register_never_blocking(state)
         _step_segment(state)
+        _step_statistics(state)
         _finish(
             run,
             series,
@@ -161,6 +158,7 @@ def series_process(
         )
     except StepFailed as exc:
         _finish(run, series, status=ProcessingRun.Status.FAILED, error=str(exc))
+        _requeue_if_instances_arrived(state)
         return run
     except TRANSIENT_ERRORS:
         # The database or the broker went away for a moment: the run stays claimed and
@@ -171,9 +169,46 @@ def series_process(
         step = state.recorder.steps[-1]["name"] if state.recorder.steps else "start"
         error = f"unexpected error in step {step}: {type(exc).__name__}: {exc}"
         _finish(run, series, status=ProcessingRun.Status.FAILED, error=error)
+        _requeue_if_instances_arrived(state)
         return run
     _step_announce(state)
+    _drift_check(state)
+    _requeue_if_instances_arrived(state)
     return run
+
+
+def _instances_mark(series: Series) -> tuple[int, int]:
+    """(how many instances, the highest pk): it changes whenever an instance is added."""
+    pks = list(series.instances.values_list("pk", flat=True))
+    return len(pks), max(pks, default=0)
+
+
+def _requeue_if_instances_arrived(state: _RunState) -> None:
+    """Queue the series again when instances arrived after its volume was read.
+
+    An import that ends while this run works queues the study, but this run then marks
+    the series processed (or failed) from the instances it read, and the queued task
+    would skip it as done: the new images would never be analysed. So the run says so on
+    its flags, and the series goes back to the queue, whose next run reads them all.
+    """
+    if state.instances_read is None:
+        return
+    now = _instances_mark(state.series)
+    if now == state.instances_read:
+        return
+    from imaging.pipeline.queue import study_queue  # the queue module imports this one
+
+    added = now[0] - state.instances_read[0]
+    with transaction.atomic():
+        state.flag(instances_arrived_during_run=added)
+        state.run.save(update_fields=["flags"])
+        study_queue(study=state.series.study, series=[state.series], device=state.run.device)
+    logger.info(
+        "series %s got %s instances during run %s: queued again",
+        state.series.pk,
+        added,
+        state.run.pk,
+    )
 
 
 def _run_start(series: Series) -> ProcessingRun:
@@ -201,10 +236,9 @@ def _step_device(state: _RunState, device: str | None) -> None:
 def _step_volume(state: _RunState) -> None:
     """DICOM to a geometry-true volume: slices ordered along the normal, gaps and tilt
     found and recorded (`imaging.core.dicom.volume`)."""
-    paths = [
-        object_path(p)
-        for p in state.series.instances.order_by("pk").values_list("stored_path", flat=True)
-    ]
+    read = list(state.series.instances.order_by("pk").values_list("pk", "stored_path"))
+    state.instances_read = (len(read), max((pk for pk, _ in read), default=0))
+    paths = [object_local(p) for _, p in read]
     with state.recorder.step("series_to_volume", n_files=len(paths)) as entry:
         try:
             result = series_volume(sources=paths)
@@ -273,6 +307,7 @@ def _step_store_volume(state: _RunState) -> None:
         target = data_dir() / state.volume_path
         target.parent.mkdir(parents=True, exist_ok=True)
         volume_write_nifti(volume=state.volume, path=target)
+        derived_publish(state.volume_path)  # readable by every machine (imaging.store)
         entry["result"] = {"path": state.volume_path}
 
 
@@ -295,6 +330,7 @@ def _step_register(state: _RunState) -> None:
         )
         transform_relative = state.path("to_baseline.tfm")
         transform_write(transform=registration.transform, path=data_dir() / transform_relative)
+        derived_publish(transform_relative)
         entry["result"] = {
             "failed": registration.failed,
             "reason": registration.reason,
@@ -330,7 +366,7 @@ def _step_segment(state: _RunState) -> None:
     from imaging.core.segmentation.network import SegmenterError
 
     device = state.run.device
-    with state.recorder.step("segment", model="shipped", tta=True) as entry:
+    with state.recorder.step("segment", model="the registry's active version", tta=True) as entry:
         try:
             segmentation = lesions_segment(
                 volume=state.volume, model=_segmenter(device), device=device
@@ -354,8 +390,43 @@ def _step_segment(state: _RunState) -> None:
         probability_relative = state.path("lesion_probability.nii.gz")
         volume_write_nifti(volume=mask, path=data_dir() / mask_relative)
         volume_write_nifti(volume=probability, path=data_dir() / probability_relative)
+        derived_publish(mask_relative)
+        derived_publish(probability_relative)
         entry["result"] = {"mask": mask_relative, "probability": probability_relative}
         state.outputs["segmentation"] = (segmentation, mask_relative, probability_relative)
+
+
+def _step_statistics(state: _RunState) -> None:
+    """What the study looked like to the model and what it found, for the drift checks
+    (`imaging.modelhub.drift`); a failure here is logged and never fails the run."""
+    from imaging.modelhub.drift import study_statistics_build
+
+    segmentation = state.outputs["segmentation"][0]
+    try:
+        with state.recorder.step("study_statistics") as entry:
+            statistics = study_statistics_build(segmentation=segmentation)
+            entry["result"] = {"noise_hu": statistics["inputs"]["noise_hu"],
+                               "lesions": statistics["outputs"]["lesions"]}  # fmt: skip
+        state.outputs["statistics"] = (statistics, segmentation.model_version)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        logger.exception("study statistics of run %s failed", state.run.pk)
+
+
+def _drift_check(state: _RunState) -> None:
+    """After tracking (equivocal findings are known then): the drift checks of the study's
+    scanner/protocol; a failure is logged and never fails the run."""
+    if "statistics" not in state.outputs or state.run.status != ProcessingRun.Status.SUCCEEDED:
+        return
+    from imaging.modelhub.drift import drift_after_run
+
+    try:
+        drift_after_run(run=state.run)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        logger.exception("drift checks after run %s failed", state.run.pk)
 
 
 def _geometry(state: _RunState) -> dict[str, Any]:
@@ -448,6 +519,13 @@ def _finish(
                 segmentation=segmentation,
                 mask_path=mask_path,
                 probability_path=probability_path,
+            )
+        if "statistics" in outputs:
+            from imaging.modelhub.drift import study_statistics_store
+
+            statistics, model_label = outputs["statistics"]
+            study_statistics_store(
+                run=run, series=series, model_label=model_label, statistics=statistics
             )
         failed = status == ProcessingRun.Status.FAILED
         Series.objects.filter(pk=series.pk).update(

@@ -8,7 +8,7 @@ from typing import Any
 from imaging.core.geometry.nifti import volume_read_nifti
 from imaging.core.geometry.volume import Volume
 from imaging.models import ProcessingRun, Registration, Segmentation, Series
-from imaging.store import data_dir
+from imaging.store import derived_local
 from radtrack.provenance import json_safe
 
 
@@ -19,7 +19,7 @@ def run_relative_path(series: Series, run: ProcessingRun, name: str) -> str:
 
 def run_volume_read(run: ProcessingRun) -> Volume:
     """The volume a succeeded run stored (NIfTI, LPS geometry restored)."""
-    return volume_read_nifti(path=data_dir() / run.volume_path)
+    return volume_read_nifti(path=derived_local(run.volume_path))
 
 
 def registration_store(
@@ -71,8 +71,9 @@ def segmentation_store(
         processing_run=run,
         mask_path=mask_path,
         probability_path=probability_path,
-        model_name=segmentation.model_version.rsplit("-", 1)[0],
-        model_version=segmentation.model_version.rsplit("-", 1)[-1],
+        # name-version: registry names hold no hyphen, versions may ("1.0.0-ft1").
+        model_name=segmentation.model_version.split("-", 1)[0],
+        model_version=segmentation.model_version.split("-", 1)[-1],
         model_sha256=segmentation.model_sha256,
         steps=json_safe([r.as_dict() for r in segmentation.records]),
         lesions=json_safe([candidate_entry(m) for m in segmentation.lesions]),

@@ -18,6 +18,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import OperationalError
 from django.utils import timezone
+from kombu import pools as kombu_pools
 
 from imaging.models import ProcessingRun, Series
 from imaging.pipeline.queue import UNSENT_DETAIL, queue_depths, queued_resend, study_queue
@@ -38,6 +39,9 @@ def test_each_task_goes_to_its_queue(settings):
     assert _queue_of("imaging.ingest.tasks.pacs_pull_task") == "ingest"
     assert _queue_of("imaging.ingest.tasks.pacs_study_retrieve_task") == "ingest"
     assert _queue_of("imaging.exports.tasks.patient_dicom_export_task") == "export"
+    # HL7 results out wait on the EHR's MLLP peer, as the DICOM sends wait on the PACS.
+    assert _queue_of("analytics.hl7.tasks.hl7_study_send_task") == "export"
+    assert _queue_of("analytics.hl7.tasks.hl7_results_send_task") == "export"
     assert _queue_of("analytics.risk.tasks.risk_scores_compute_task") == "cpu"
     assert _queue_of("imaging.pipeline.tasks.queued_resend_task") == "cpu"
 
@@ -260,9 +264,13 @@ def broker_down():
 
 
 def _pools_forget() -> None:
-    """Connections are pooled per broker URL: drop them so the next send uses the new one."""
-    if app._pool is not None:
-        app._pool.force_close_all()
+    """Connections are pooled per broker URL: drop them so the next send uses the new one.
+
+    kombu keeps its pools in global groups keyed by the broker URL: closing one without
+    removing it from its group leaves a closed pool for every later send ("Acquire on
+    closed pool" in the next test), so the groups are reset too.
+    """
+    kombu_pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
 

@@ -91,6 +91,33 @@ def test_https_switches_on_secure_cookies_hsts_redirect_proxy_header_and_deny(tm
     }
 
 
+_FRAMING = """
+import django, json
+django.setup()
+from django.test import Client
+answer = Client(HTTP_HOST="radtrack.hospital.example").get("/healthz/", secure=True)
+print(json.dumps({"csp": answer.headers.get("Content-Security-Policy", ""),
+                  "xfo": answer.headers.get("X-Frame-Options", "")}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("https", "ancestors", "xfo"), [(True, "'none'", "DENY"), (False, "'self'", "SAMEORIGIN")]
+)
+def test_the_csp_frames_the_pages_as_x_frame_options_does(tmp_path, https, ancestors, xfo):
+    """Browsers that read CSP's frame-ancestors ignore X-Frame-Options: the two agree."""
+    env = _production(tmp_path) if https else _env(tmp_path)
+    env["DJANGO_ALLOWED_HOSTS"] = "radtrack.hospital.example"
+    done = _run([sys.executable, "-c", _FRAMING], env)
+    assert done.returncode == 0, done.stderr
+    headers = json.loads(done.stdout.strip().splitlines()[-1])
+    directives = [d.strip() for d in headers["csp"].split(";")]
+    assert [d for d in directives if d.startswith("frame-ancestors")] == [
+        f"frame-ancestors {ancestors}"
+    ]
+    assert headers["xfo"] == xfo
+
+
 def test_the_demo_keeps_plain_http(tmp_path):
     done = _run([sys.executable, "-c", _SHOW], _env(tmp_path))
     values = json.loads(done.stdout)

@@ -1,11 +1,13 @@
 """``manage.py verify_storage [--repair]``: re-check every stored file against its SHA-256,
-and find (and with ``--repair`` fix) what an interrupted import left behind."""
+and find (and with ``--repair`` fix) what an interrupted import left behind, on the
+filesystem or in the S3 bucket, whichever is the image store (`imaging.store`)."""
 
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from imaging.ingest.verify import storage_repair, storage_verify
 from imaging.models import Instance
+from imaging.store import store_describe
 
 
 class Command(BaseCommand):
@@ -36,6 +38,7 @@ class Command(BaseCommand):
             file=self.stderr._out,
             disable=options["quiet"] or None,
         )
+        self.stdout.write(f"store: {store_describe()}")
         result = storage_verify(
             on_instance=lambda: bar.update(1), min_age_s=options["min_age_minutes"] * 60
         )
