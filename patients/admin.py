@@ -1,7 +1,7 @@
 """Admin site for patients and the audit trail (read-only: rows are only ever added).
 
-The identifiers kept from EHR imports and the HL7 result messages sent are shown
-read-only: they change only through the import and the sender, which keep them
+The identifiers and medications kept from EHR imports and the HL7 result messages sent
+are shown read-only: they change only through the import and the sender, which keep them
 consistent with what the EHR holds. Every list and view of them is audited like any
 patient data. Accounts, groups, API tokens and login lockouts are in
 `patients.admin_accounts`.
@@ -18,6 +18,7 @@ from patients.models import (
     LabResult,
     Patient,
     PatientIdentifier,
+    PatientMedication,
     ResultMessage,
 )
 
@@ -133,6 +134,20 @@ class PatientIdentifierAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelA
     list_display = ["patient", "system", "value", "type_code", "source", "created_at"]
     list_filter = ["type_code"]
     search_fields = ["patient__patient_id", "system", "value"]
+    list_select_related = ["patient"]
+
+    def _patient_of(self, obj):
+        return obj.patient_id
+
+
+@admin.register(PatientMedication)
+class PatientMedicationAdmin(AuditedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    audit_noun = "medication"
+    list_display = [
+        "patient", "name", "checkpoint_inhibitor", "kind", "status", "started_on", "source",
+    ]  # fmt: skip
+    list_filter = ["kind", "status"]
+    search_fields = ["patient__patient_id", "name", "checkpoint_inhibitor"]
     list_select_related = ["patient"]
 
     def _patient_of(self, obj):

@@ -16,6 +16,7 @@ VIEW = [
     ("patients", "view_unmatchedehrrecord"),
     ("patients", "view_patientidentifier"),
     ("patients", "view_resultmessage"),
+    ("patients", "view_patientmedication"),
     ("imaging", "view_study"),
     ("imaging", "view_series"),
     ("imaging", "view_instance"),
@@ -64,6 +65,19 @@ MANAGE = (
     + [("axes", "view_accessfailurelog")]
 )
 
+#: The segmentation model registry (`imaging.modelhub`): radiologists read the versions,
+#: their validation reports and the drift alerts; administrators promote, roll back and
+#: acknowledge alerts.
+MODELS_VIEW = [
+    ("modelhub", "view_segmentationmodel"),
+    ("modelhub", "view_validationreport"),
+    ("modelhub", "view_driftalert"),
+]
+MODELS_MANAGE = MODELS_VIEW + [
+    ("modelhub", "change_segmentationmodel"),
+    ("modelhub", "change_driftalert"),
+]
+
 #: The one permission of the researcher group: de-identified data only (no view
 #: permission, so no identified page, REST or FHIR answer lets a researcher in).
 RESEARCH_PERMISSION = ("patients", "export_research")
@@ -72,8 +86,8 @@ RESEARCH = [RESEARCH_PERMISSION]
 
 GROUPS: dict[str, list[tuple[str, str]]] = {
     "clinician": VIEW + RESPONSE_SETTINGS,
-    "radiologist": VIEW + UPLOAD + REVIEW,
-    "admin": VIEW + UPLOAD + REVIEW + RESPONSE_SETTINGS + MANAGE + RESEARCH,
+    "radiologist": VIEW + UPLOAD + REVIEW + MODELS_VIEW,
+    "admin": VIEW + UPLOAD + REVIEW + RESPONSE_SETTINGS + MANAGE + RESEARCH + MODELS_MANAGE,
     "researcher": RESEARCH,
 }
 

@@ -1,8 +1,9 @@
 """Reading the cohort CSVs ``generate_cohort`` writes into records, before matching.
 
 ``labs.csv`` (``patient_id, loinc_code, value, unit, observed_at`` and optional
-``display`` and ``comparator``) and ``events.csv`` (``patient_id, kind, date``), told
-apart by header. ``patient_id`` is RadTrack's MRN. A censored lab value gives its bound
+``display`` and ``comparator``), ``events.csv`` (``patient_id, kind, date``) and
+``medications.csv`` (``patient_id, code_system, code, name, start_date`` and optional
+``end_date, kind, status, id``: `patients.ehr.medications`), told apart by header. ``patient_id`` is RadTrack's MRN. A censored lab value gives its bound
 as ``<0.5`` in ``value`` or ``<`` in ``comparator``. Date-times need a UTC offset; a
 date alone means midnight UTC. A file with a field longer than `MAX_FIELD_CHARS` is
 refused whole.
@@ -16,6 +17,7 @@ import io
 import re
 
 from patients.ehr.identifiers import Subject
+from patients.ehr.medications import MEDICATION_CSV_COLUMNS, medication_csv_row
 from patients.ehr.records import (
     EHRImportError,
     EHRImportResult,
@@ -37,7 +39,7 @@ _COMPARATOR = re.compile(r"^\s*(<=|>=|<|>)\s*(.*)$")
 
 
 def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRecord]:
-    """The labs or events of a cohort CSV called ``name`` (module docstring).
+    """The labs, events or medications of a CSV called ``name`` (module docstring).
 
     Rows that cannot be used are added to ``result`` as rejected, with the line and the
     reason; `EHRImportError` when the header is neither layout.
@@ -49,13 +51,16 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
         raise EHRImportError(f"{name} line 1: not a CSV header ({exc})") from exc
     if header >= LAB_CSV_COLUMNS:
         result.format, read_row = "labs CSV", _lab_row
+    elif header >= MEDICATION_CSV_COLUMNS:
+        result.format, read_row = "medications CSV", medication_csv_row
     elif header >= EVENT_CSV_COLUMNS:
         result.format, read_row = "events CSV", _event_row
     else:
         raise EHRImportError(
             f"{name}: columns {sorted(header)} are neither labs.csv "
             f"({', '.join(sorted(LAB_CSV_COLUMNS))}) nor events.csv "
-            f"({', '.join(sorted(EVENT_CSV_COLUMNS))})"
+            f"({', '.join(sorted(EVENT_CSV_COLUMNS))}) nor medications.csv "
+            f"({', '.join(sorted(MEDICATION_CSV_COLUMNS))})"
         )
     records: list[EHRRecord] = []
     for row in _rows(reader, name):
@@ -67,7 +72,7 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
             # No cell of these layouts is anywhere near this: the file is not one of them.
             raise EHRImportError(
                 f"{where}: column {too_long[0][:40]} is longer than {MAX_FIELD_CHARS} "
-                "characters; not a labs or events CSV"
+                "characters; not a labs, events or medications CSV"
             )
         mrn = row.get("patient_id", "")
         if not mrn:

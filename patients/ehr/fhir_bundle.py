@@ -11,7 +11,8 @@ line by line and a line that cannot be read is rejected by its number.
 Each resource is validated with ``fhir.resources.R4B``; one that fails is rejected with
 where it is, its type and id and the field at fault, and the rest is still read.
 References between resources follow the R4 rules (`patients.ehr.fhir_references`).
-What each resource type yields is in `patients.ehr.fhir_resources`.
+What each resource type yields is in `patients.ehr.fhir_resources` (medications:
+`patients.ehr.fhir_medications`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from patients.ehr.fhir_json import JSONTooDeep, json_depth, json_load
+from patients.ehr.fhir_medications import MEDICATION_RESOURCE_TYPES, medication_records
 from patients.ehr.fhir_references import FhirEntry, ReferenceResolver
 from patients.ehr.fhir_resources import (
     EVENT_SYSTEM,
@@ -84,7 +86,7 @@ def _named(where: str, resource: dict) -> str:
 # Collecting the resources: bundle entries, nested bundles, NDJSON lines
 # --------------------------------------------------------------------------------------
 def bundle_records(*, text: str, result: EHRImportResult) -> list[EHRRecord]:
-    """The labs, events and demographics of a FHIR R4 Bundle (module docstring).
+    """The labs, events, demographics and medications of a FHIR R4 Bundle (module doc).
 
     Entries that cannot be used are added to ``result`` as skipped or rejected, with the
     reason; `EHRImportError` when ``text`` is not a FHIR Bundle at all.
@@ -248,7 +250,7 @@ def _entries_validate(entries: list[FhirEntry], result: EHRImportResult) -> list
 
 def _entries_records(entries: list[FhirEntry], result: EHRImportResult) -> list[EHRRecord]:
     """The records of validated entries: Patients first, so references resolve whatever
-    the order; then Observations and Conditions; every other type skipped."""
+    the order; then Observations, Conditions and medications; every other type skipped."""
     entries = _entries_validate(entries, result)
     resolver = ReferenceResolver(entries)
     subjects: dict[int, Subject] = {}
@@ -267,13 +269,15 @@ def _entries_records(entries: list[FhirEntry], result: EHRImportResult) -> list[
         rtype = entry.resource_type
         if rtype == "Patient":
             continue
-        if rtype not in {"Observation", "Condition"}:
+        if rtype not in {"Observation", "Condition", *MEDICATION_RESOURCE_TYPES}:
             _skip_other(entry, result)
             continue
         subject = _subject_of(entry, resolver, subjects, parents, result)
         if subject is None:
             continue
-        if rtype == "Observation":
+        if rtype in MEDICATION_RESOURCE_TYPES:
+            records += medication_records(entry, subject, resolver, result)
+        elif rtype == "Observation":
             records += observation_records(
                 entry.model,
                 ObservationContext(
@@ -297,6 +301,11 @@ def _skip_other(entry: FhirEntry, result: EHRImportResult) -> None:
     if rtype == "DiagnosticReport":
         count = len(entry.model.result or [])
         reason = f"a report: its {count} results are read as Observations (entries or contained)"
+    elif rtype == "Medication":
+        reason = (
+            "a Medication: read through the MedicationStatement, MedicationAdministration "
+            "or MedicationRequest that names it"
+        )
     else:
         reason = f"{rtype} resources are not imported"
     result.skipped.append(Problem(entry.where, reason))

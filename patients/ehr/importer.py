@@ -1,12 +1,21 @@
-"""EHR data in: one FHIR R4 Bundle or cohort CSV file, matched to patients and written.
+"""EHR data in: one FHIR R4 Bundle, FHIR Bulk Data NDJSON or cohort CSV file, matched to
+patients and written.
 
 Reading is in `patients.ehr.fhir_bundle` and `patients.ehr.csv_files`; this module
-writes what they read. Patients are matched by MRN (`Patient.patient_id`) and never
-created here. A record whose MRN matches no patient is stored, as received, in
-`UnmatchedEHRRecord` and counted as unmatched. Each file is one transaction. A lab is
-keyed by (patient, LOINC code, observed_at) and an event by (patient, kind, date), so
-importing the same data again creates nothing: it is counted as unchanged; a lab whose
-value changed (an amended result) is updated.
+writes what they read. Patients are matched by their identifiers
+(`patients.ehr.identifiers`: the MRN in ``RADTRACK_MRN_SYSTEM``, or another (system,
+value) a patient is known to carry) and never created here. A record that matches no
+patient is stored, as received, in `UnmatchedEHRRecord` with the reason and counted as
+unmatched. Each file is one transaction. A lab is keyed by (patient, LOINC code,
+observed_at) and an event by (patient, kind, date), so importing the same data again
+creates nothing: it is counted as unchanged; a lab whose value or comparator changed (an
+amended result) is updated. A lab value outside its test's plausible range is rejected
+(`patients.units`). The labs are written in bulk at the end; that write announces the
+patients whose results changed (`patients.signals.lab_results_changed`), so what derives
+from them (the worklist's marker flags) is rewritten in the same transaction. Medications
+are written by `patients.ehr.medications` (keyed by the sender's identifier); one that is
+an immune checkpoint inhibitor is announced there, and the iRECIST switch that answers
+adds its notes to the report.
 """
 
 from __future__ import annotations
@@ -22,7 +31,14 @@ from pathlib import Path
 from django.db import transaction
 
 from patients.ehr.csv_files import csv_records
-from patients.ehr.fhir_bundle import bundle_records
+from patients.ehr.fhir_bundle import bundle_records, ndjson_files_records, ndjson_records
+from patients.ehr.identifiers import (
+    SubjectMatch,
+    identifier_token,
+    patient_identifiers_add,
+    subjects_match,
+)
+from patients.ehr.medications import MedicationRecord, MedicationsWrite
 from patients.ehr.records import (
     DemographicsRecord,
     EHRImportError,
@@ -35,7 +51,10 @@ from patients.ehr.records import (
 from patients.models import ClinicalEvent, LabResult, Patient, UnmatchedEHRRecord
 from patients.units import UnitError, lab_value_to_canonical
 
-__all__ = ["ProgressCallback", "ehr_import"]
+__all__ = ["NDJSON_MEDIA_TYPES", "ProgressCallback", "ehr_import", "ehr_import_ndjson_files"]
+
+#: Media types (and the file suffix ``.ndjson``) that say "one resource per line".
+NDJSON_MEDIA_TYPES = ("application/fhir+ndjson", "application/ndjson", "application/x-ndjson")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -45,10 +64,13 @@ def ehr_import(
     path_or_bytes: Path | str | bytes,
     source_name: str | None = None,
     on_progress: ProgressCallback | None = None,
+    ndjson: bool | None = None,
 ) -> EHRImportResult:
-    """Import one FHIR R4 Bundle or cohort CSV file (module docstring); one transaction.
+    """Import one FHIR R4 Bundle, NDJSON or cohort CSV file (module docstring); one
+    transaction.
 
-    ``source_name`` is stored on every row written (default: the file name).
+    ``source_name`` is stored on every row written (default: the file name). ``ndjson``
+    says the file is NDJSON (a ``.ndjson`` file is; None: told from the content).
     Raises `EHRImportError` when the file as a whole cannot be read.
     """
     if isinstance(path_or_bytes, bytes):
@@ -60,21 +82,71 @@ def ehr_import(
         except OSError as exc:
             raise EHRImportError(f"cannot read {path}: {exc.strerror or exc}") from exc
         name = source_name or path.name
+        if ndjson is None and path.suffix.lower() == ".ndjson":
+            ndjson = True
+    text = _text(data, name)
+    records, result = _records_read(text, name, ndjson)
+    with transaction.atomic():
+        _apply(records, result, name, on_progress)
+    return result
+
+
+def ehr_import_ndjson_files(
+    *, paths: list[Path], on_progress: ProgressCallback | None = None
+) -> EHRImportResult:
+    """Import NDJSON files together, as one transaction (FHIR Bulk Data writes one file
+    per resource type, and their references cross files). Rows are stored with the
+    source ``a.ndjson+b.ndjson``."""
+    files = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise EHRImportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        files.append((Path(path).name, _text(data, Path(path).name)))
+    name = "+".join(n for n, _ in files)[:255]
+    result = EHRImportResult(name, "FHIR NDJSON")
+    records = ndjson_files_records(files=files, result=result)
+    with transaction.atomic():
+        _apply(records, result, name, on_progress)
+    return result
+
+
+def _text(data: bytes, name: str) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise EHRImportError(f"{name} is not UTF-8 text (byte {exc.start})") from exc
     if not text.strip():
         raise EHRImportError(f"{name} is empty")
-    if text.lstrip().startswith("{"):
+    # PostgreSQL text and jsonb hold no NUL character, raw or escaped in JSON.
+    if "\x00" in text or "\\u0000" in text:
+        raise EHRImportError(f"{name} contains a NUL character (U+0000), which no record may hold")
+    return text
+
+
+def _looks_like_ndjson(text: str) -> bool:
+    """Several non-blank lines, the first of them a whole JSON object on its own."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _records_read(
+    text: str, name: str, ndjson: bool | None
+) -> tuple[list[EHRRecord], EHRImportResult]:
+    if ndjson or (ndjson is None and _looks_like_ndjson(text)):
+        result = EHRImportResult(name, "FHIR NDJSON")
+        return ndjson_records(text=text, name=name, result=result), result
+    if text.lstrip().startswith(("{", "[")):
         result = EHRImportResult(name, "FHIR Bundle")
-        records = bundle_records(text=text, result=result)
-    else:
-        result = EHRImportResult(name, "CSV")
-        records = csv_records(text=text, name=name, result=result)
-    with transaction.atomic():
-        _apply(records, result, name, on_progress)
-    return result
+        return bundle_records(text=text, result=result), result
+    result = EHRImportResult(name, "CSV")
+    return csv_records(text=text, name=name, result=result), result
 
 
 # --------------------------------------------------------------------------------------
@@ -87,6 +159,7 @@ class _Known:
     labs: dict[tuple[int, str, dt.datetime], LabResult]
     events: set[tuple[int, str, dt.date]]
     new_labs: list[LabResult] = field(default_factory=list)
+    changed_labs: dict[int, LabResult] = field(default_factory=dict)
     new_events: list[ClinicalEvent] = field(default_factory=list)
 
 
@@ -96,8 +169,8 @@ def _apply(
     source: str,
     on_progress: ProgressCallback | None,
 ) -> None:
-    patients = Patient.objects.in_bulk({r.mrn for r in records}, field_name="patient_id")
-    matched_ids = [p.pk for p in patients.values()]
+    matches = subjects_match(r.subject for r in records)
+    matched_ids = [m.patient.pk for m in matches.values() if m.patient is not None]
     known = _Known(
         labs={
             (lab.patient_id, lab.loinc_code, lab.observed_at): lab
@@ -110,22 +183,32 @@ def _apply(
             )
         },
     )
+    medications = MedicationsWrite.for_patients(matched_ids)
     unmatched_seen: set[str] = set()
     total = len(records)
     for done, record in enumerate(records, start=1):
         if on_progress:
             on_progress(done, total)
-        patient = patients.get(record.mrn)
+        match = matches[record.subject]
+        patient = match.patient
         if patient is None:
-            _keep_unmatched(record, result, source, unmatched_seen)
+            _keep_unmatched(record, match, result, source, unmatched_seen)
         elif isinstance(record, LabRecord):
             _apply_lab(patient, record, known, result, source)
         elif isinstance(record, EventRecord):
             _apply_event(patient, record, known, result, source)
         elif isinstance(record, DemographicsRecord):
-            _apply_demographics(patient, record, result)
+            _apply_demographics(patient, record, result, source)
+        elif isinstance(record, MedicationRecord):
+            medications.apply(patient, record, result, source)
     LabResult.objects.bulk_create(known.new_labs, batch_size=500)
+    LabResult.objects.bulk_update(
+        known.changed_labs.values(),
+        ["value", "unit", "source", "comparator", "identifiers"],
+        batch_size=500,
+    )
     ClinicalEvent.objects.bulk_create(known.new_events, batch_size=500)
+    medications.finish(result)
 
 
 def _apply_lab(
@@ -145,24 +228,34 @@ def _apply_lab(
         lab = LabResult(
             patient=patient,
             loinc_code=canonical.loinc_code,
+            comparator=record.comparator,
             value=canonical.value,
             unit=canonical.unit,
             observed_at=record.observed_at,
             source=source,
+            identifiers=record.identifiers,
         )
         known.labs[key] = lab
         known.new_labs.append(lab)
         result.created += 1
         result.created_by_type["lab"] += 1
-    elif math.isclose(existing.value, canonical.value, rel_tol=1e-9, abs_tol=0.0) and (
-        existing.unit == canonical.unit
+        result.outcome(record.where, "created")
+    elif (
+        math.isclose(existing.value, canonical.value, rel_tol=1e-9, abs_tol=0.0)
+        and existing.unit == canonical.unit
+        and existing.comparator == record.comparator
     ):
         result.unchanged += 1
+        result.outcome(record.where, "unchanged")
     else:
         existing.value, existing.unit, existing.source = canonical.value, canonical.unit, source
-        if existing.pk is not None:
-            existing.save(update_fields=["value", "unit", "source"])
+        existing.comparator = record.comparator
+        if record.identifiers:
+            existing.identifiers = record.identifiers
+        if existing.pk is not None:  # else it is created at the end, as it is now
+            known.changed_labs[existing.pk] = existing
         result.updated += 1
+        result.outcome(record.where, "updated")
 
 
 def _apply_event(
@@ -171,6 +264,7 @@ def _apply_event(
     key = (patient.pk, record.kind, record.date)
     if key in known.events:
         result.unchanged += 1
+        result.outcome(record.where, "unchanged")
         return
     known.events.add(key)
     known.new_events.append(
@@ -178,11 +272,13 @@ def _apply_event(
     )
     result.created += 1
     result.created_by_type[record.kind] += 1
+    result.outcome(record.where, "created")
 
 
 def _apply_demographics(
-    patient: Patient, record: DemographicsRecord, result: EHRImportResult
+    patient: Patient, record: DemographicsRecord, result: EHRImportResult, source: str
 ) -> None:
+    """Fill the patient's blank birth date and sex; keep its other identifiers."""
     changed = []
     for name, value in (("birth_date", record.birth_date), ("sex", record.sex)):
         if value in (None, ""):
@@ -195,38 +291,53 @@ def _apply_demographics(
             result.notes.append(
                 f"{record.where}: {name} differs from the patient's record; kept the record's"
             )
+    before = patient.identifiers.count()
+    for problem in patient_identifiers_add(patient=patient, subject=record.subject, source=source):
+        result.notes.append(f"{record.where}: {problem}")
+    added = patient.identifiers.count() - before
     if changed:
         patient.save(update_fields=changed)
+    if changed or added:
         result.updated += 1
+        result.outcome(record.where, "updated")
     else:
         result.unchanged += 1
+        result.outcome(record.where, "unchanged")
 
 
 def _keep_unmatched(
-    record: EHRRecord, result: EHRImportResult, source: str, seen: set[str]
+    record: EHRRecord, match: SubjectMatch, result: EHRImportResult, source: str, seen: set[str]
 ) -> None:
     fingerprint = _fingerprint(record)
     result.unmatched += 1
-    result.unmatched_identifiers.add(record.mrn)
+    result.unmatched_identifiers.add(record.subject.shown)
+    result.outcome(record.where, f"unmatched: {match.reason}")
     if fingerprint in seen:
         return
     seen.add(fingerprint)
+    first = record.subject.identifiers[0] if record.subject.identifiers else None
     UnmatchedEHRRecord.objects.get_or_create(
         fingerprint=fingerprint,
         defaults={
             "source": source,
             "record_type": record.record_type,
-            "patient_identifier": record.mrn[:64],
+            "patient_identifier": (record.subject.mrn or (first.value if first else ""))[:64],
+            "identifier_system": ("" if record.subject.mrn or first is None else first.system)[
+                :255
+            ],
             "payload": record.payload,
-            "reason": "MRN matches no patient",
+            "reason": match.reason[:255],
         },
     )
 
 
 def _fingerprint(record: EHRRecord) -> str:
-    text = json.dumps(
-        {"type": record.record_type, "mrn": record.mrn, "payload": record.payload},
-        sort_keys=True,
-        default=str,
-    )
+    # Named by the MRN alone, the key is the one earlier versions wrote (re-importing an
+    # old file adds nothing); otherwise by every identifier given.
+    key: dict = {"type": record.record_type, "payload": record.payload}
+    if record.subject.mrn:
+        key["mrn"] = record.subject.mrn
+    else:
+        key["subject"] = [identifier_token(i) for i in record.subject.identifiers]
+    text = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

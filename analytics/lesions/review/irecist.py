@@ -1,7 +1,8 @@
 """A clinician's choice of iRECIST for a patient on immunotherapy (Seymour L et al.,
-Lancet Oncol 2017;18:e143-e152), shown beside RECIST 1.1. The EHR import carries no
-medications, so the choice is the clinician's alone; it is kept with who, when and why,
-and the patient's responses are recomputed at once."""
+Lancet Oncol 2017;18:e143-e152), shown beside RECIST 1.1. It is kept with who, when and
+why, and the patient's responses are recomputed at once. An EHR import that brings an
+immune checkpoint inhibitor switches it on where no person has decided
+(`analytics.lesions.review.irecist_ehr`); the clinician's choice, on or off, stands."""
 
 from __future__ import annotations
 
