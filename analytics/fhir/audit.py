@@ -111,6 +111,15 @@ def audit_event_fhir(event: AuditEvent, *, base_url: str) -> dict:
     return fhir_resource_validate(resource)
 
 
+def audit_event_pk_from_fhir_id(resource_id: str) -> int | None:
+    """The audit row's key in an AuditEvent id ``audit-<pk>`` (as `audit_event_fhir`
+    writes it); None for any other id."""
+    prefix, _, number = resource_id.partition("-")
+    if prefix != "audit" or not (number.isascii() and number.isdigit()):
+        return None
+    return int(number) if str(int(number)) == number else None
+
+
 def audit_bundle_fhir(events: Iterable[AuditEvent], *, base_url: str) -> dict:
     """A ``collection`` Bundle of the rows' AuditEvents, each with its full URL."""
     entries = []

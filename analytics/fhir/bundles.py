@@ -140,7 +140,11 @@ def fhir_capability_statement_build(*, base_url: str, software_version: str) -> 
                 "permissions as RadTrack's pages and REST API; every read is audited. "
                 "Search parameters not listed are ignored (and named in an OperationOutcome "
                 "entry) unless the request says Prefer: handling=strict.",
-                "resource": [_resource_capability(kind) for kind in READABLE_TYPES],
+                "resource": [
+                    *(_resource_capability(kind) for kind in READABLE_TYPES),
+                    # The audit trail's export names each row by its URL here.
+                    {"type": "AuditEvent", "interaction": [{"code": "read"}]},
+                ],
             }
         ],
     }

@@ -1,10 +1,12 @@
 """FHIR R4 routes under /fhir/: the CapabilityStatement at the base and ``metadata``, read of
-every type RadTrack writes, searches, ``$everything``; anything else a 404 OperationOutcome."""
+every type RadTrack writes (the audit trail's AuditEvents too), searches, ``$everything``;
+anything else a 404 OperationOutcome."""
 
 from django.urls import path, re_path
 
 from analytics.fhir.views import (
     FHIR_ID_PATTERN,
+    AuditEventReadView,
     BodyStructureSearchView,
     CapabilityStatementView,
     DiagnosticReportSearchView,
@@ -42,6 +44,11 @@ urlpatterns = [
     path("RiskAssessment", RiskAssessmentSearchView.as_view(), name="fhir-riskassessment-search"),
     path("ImagingStudy", ImagingStudySearchView.as_view(), name="fhir-imagingstudy-search"),
     path("BodyStructure", BodyStructureSearchView.as_view(), name="fhir-bodystructure-search"),
+    re_path(
+        rf"^AuditEvent/(?P<resource_id>{FHIR_ID_PATTERN})$",
+        AuditEventReadView.as_view(),
+        name="fhir-auditevent",
+    ),
     re_path(
         rf"^(?P<resource_type>[A-Z][A-Za-z]{{1,40}})/(?P<resource_id>{FHIR_ID_PATTERN})$",
         ResourceReadView.as_view(),

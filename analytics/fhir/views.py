@@ -40,6 +40,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from analytics.fhir.audit import audit_event_fhir, audit_event_pk_from_fhir_id
 from analytics.fhir.build import PatientResources, fhir_patient_build, patient_resources_build
 from analytics.fhir.bundles import (
     READABLE_TYPES,
@@ -59,7 +60,7 @@ from analytics.fhir.search import (
 )
 from analytics.fhir.validation import FHIRBuildError
 from patients.audit import audit_patients_shown, audit_record
-from patients.models import Patient
+from patients.models import AuditEvent, Patient
 from radtrack.api.base import HasViewPermissions
 
 logger = logging.getLogger(__name__)
@@ -271,6 +272,34 @@ class ResourceReadView(FHIRView):
             raise NotFound(f"no Device has the id {resource_id}")
         audit_record(request=request, action="fhir.device.read", object=f"Device/{resource_id}")
         return Response(found)
+
+
+class AuditEventReadView(FHIRView):
+    """``GET AuditEvent/audit-<id>``: one row of the audit trail, the resource each entry
+    of the trail's FHIR export names by its URL; for those who may read the trail, and
+    reading it is itself audited (``audit.read``)."""
+
+    required_permissions = ("patients.view_auditevent",)
+
+    @extend_schema(
+        operation_id="fhir_auditevent_read",
+        summary="One AuditEvent of the audit trail (audit permission needed)",
+        responses={200: _RESOURCE, 404: _OUTCOME},
+        tags=["fhir"],
+    )
+    def get(self, request: Request, resource_id: str) -> Response:
+        pk = audit_event_pk_from_fhir_id(resource_id)
+        event = AuditEvent.objects.filter(pk=pk).first() if pk is not None else None
+        if event is None:
+            raise NotFound(f"no AuditEvent has the id {resource_id}")
+        audit_record(
+            request=request,
+            action="audit.read",
+            object=f"AuditEvent/{resource_id}",
+            patient=event.patient_id,
+        )
+        base = request.build_absolute_uri(reverse("fhir-base"))
+        return Response(audit_event_fhir(event, base_url=base))
 
 
 class PatientEverythingView(FHIRView):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from hl7apy.consts import VALIDATION_LEVEL
@@ -340,17 +341,29 @@ class Ack:
         return self.code in {"AE", "CE"}
 
 
+#: MSA-1 (HL7 table 0008): original mode AA/AE/AR, enhanced mode CA/CE/CR.
+ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+#: Control characters but tab: none belongs in the text kept (PostgreSQL refuses NUL).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def ack_read(text: str) -> Ack:
-    """The MSA of an ACK (any v2 version); `AckError` when there is none."""
+    """The MSA of an ACK (any v2 version); `AckError` when there is none or its code is
+    not one of `ACK_CODES`. The EHR's text (MSA-3, ERR-8) comes back without control
+    characters: it is kept on the message's row."""
     try:
         message = parse_message(text.replace("\n", "\r").strip(), find_groups=False)
         msa = message.msa
         code = msa.msa_1.value.strip()
-        control_id = msa.msa_2.value.strip()
+        control_id = _CONTROL.sub("", msa.msa_2.value).strip()
         said = msa.msa_3.value.strip() if msa.msa_3 else ""
     except (HL7apyException, AttributeError, IndexError, ValueError) as exc:
         raise AckError(f"the answer is not an HL7 ACK ({type(exc).__name__})") from exc
     if not code:
         raise AckError("the ACK has no acknowledgment code (MSA-1)")
+    if code not in ACK_CODES:
+        shown = _CONTROL.sub("?", code)[:10]
+        raise AckError(f"the ACK's acknowledgment code (MSA-1) {shown!r} is not an HL7 one")
     errors = [str(e.err_8.value) for e in message.children if e.name == "ERR" and e.err_8.value]
-    return Ack(code=code, control_id=control_id, text="; ".join([said, *errors]).strip("; "))
+    said = _CONTROL.sub("", "; ".join([said, *errors])).strip("; ")
+    return Ack(code=code, control_id=control_id, text=said)

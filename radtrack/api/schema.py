@@ -2,9 +2,10 @@
 own ``_format`` parameter in place of DRF's ``format``.
 
 drf-spectacular documents what each view declares; the answers that come from the
-shared machinery (authentication, permissions, unknown ids, unsupported bodies,
-throttling) are added here for every operation, with the body they really have:
-``{"detail": "..."}`` under ``/api/``, an OperationOutcome under ``/fhir/``.
+shared machinery (authentication, permissions, unknown ids, unsupported bodies, formats
+other than FHIR JSON, throttling) are added here for every operation, with the body
+they really have: ``{"detail": "..."}`` under ``/api/``, an OperationOutcome under
+``/fhir/``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _DESCRIPTIONS = {
     "401": "no valid credentials (the answer carries WWW-Authenticate: Token)",
     "403": "the account may not do this",
     "404": "no such record",
+    "406": "a format other than FHIR JSON was asked for (_format or Accept)",
     "415": "the body's media type is not one this operation reads",
     "429": "too many failed authentications from this address (see Retry-After)",
 }
@@ -78,6 +80,8 @@ def _operation_errors(path: str, method: str, operation: dict) -> None:
         wanted.append("404")
     if "requestBody" in operation:
         wanted.append("415")
+    if fhir:
+        wanted.append("406")  # FHIRView.initial: only JSON is served
     for status in wanted:
         responses.setdefault(status, _error(status, fhir))
     if fhir:

@@ -357,8 +357,13 @@ def test_unsupported_search_parameters_are_ignored_unless_strict_handling_is_ask
     issue = refused.json()["issue"][0]
     assert issue["code"] == "not-supported"
     assert "date" in issue["diagnostics"] and "patient" in issue["diagnostics"]
-    everything = fhir.get(f"/fhir/Patient/{patient}/$everything", {"_count": "1", "_since": "x"})
+    everything = fhir.get(
+        f"/fhir/Patient/{patient}/$everything", {"_count": "1", "_since": "x", "_summary": "true"}
+    )
     assert everything.status_code == 200 and len(everything.json()["entry"]) == 2  # + outcome
+    (ignored,) = [e for e in everything.json()["entry"] if e["search"]["mode"] == "outcome"]
+    said = ignored["resource"]["issue"][0]["diagnostics"]
+    assert "_since" in said and "_summary" in said
     # The format override still works; the self link is the query applied.
     ok = fhir.get("/fhir/Observation", {"patient": patient, "_format": "json"})
     assert ok.status_code == 200
@@ -377,7 +382,7 @@ def test_metadata_is_a_valid_capability_statement_of_what_is_served(client):
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {
         "Patient", "ImagingStudy", "BodyStructure", "Observation", "DiagnosticReport",
-        "RiskAssessment", "Device",
+        "RiskAssessment", "Device", "AuditEvent",
     }  # fmt: skip
     for kind, entry in resources.items():
         assert {"code": "read"} in entry["interaction"], kind

@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import stat
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from analytics.research.deid import (
     descriptor_clean,
 )
 from patients.models import AuditEvent, LabResult
+from tests.conftest import require_program
 from tests.interop.conftest import analysed_study, dciodvfy_errors
 from tests.patients.factories import UserFactory
 
@@ -318,14 +320,20 @@ def test_tables_use_the_dicom_uids(tmp_path, cohort):
     assert {d.PatientID for kind in files.values() for d in kind} == {rows[0]["patient_id"]}
 
 
-def test_exported_files_pass_dciodvfy_as_their_sources_do(tmp_path, cohort):
+def test_exported_files_pass_dciodvfy_and_dcentvfy(tmp_path, cohort):
     first, _, _ = cohort
     out, _, _ = _export(tmp_path, "--patients", "RT-RES-A")
     files = _files(out)
-    source_errors = set(dciodvfy_errors(first.files[0]))
-    assert set(dciodvfy_errors(Path(files["CT"][0].filename))) <= source_errors
-    for dataset in files["SEG"] + files["SR"]:
-        assert dciodvfy_errors(Path(dataset.filename)) == []
+    assert dciodvfy_errors(first.files[0]) == []  # the source is valid, and so is its copy
+    for dataset in files["CT"][:1] + files["SEG"] + files["SR"]:
+        assert dciodvfy_errors(Path(dataset.filename)) == [], dataset.filename
+    # The de-identified objects of a patient agree with each other, entity by entity
+    # (one patient, study and series attributes across all their files).
+    dcentvfy = require_program("dcentvfy", why="checks entities across the exported files")
+    paths = [d.filename for kind in files.values() for d in kind]
+    result = subprocess.run([dcentvfy, *paths], capture_output=True, text=True, timeout=120)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "Error" in line]
+    assert result.returncode == 0 and not errors, errors[:5]
 
 
 def test_key_is_apart_private_and_the_export_audited(tmp_path, cohort):

@@ -131,6 +131,11 @@ def _cases(operation, rows, session_pk: int) -> list[tuple[str, object]]:
     for parameter in operation.path_parameters:
         if parameter.name == "id":
             found["id"], missing["id"] = _path_values(rows, session_pk)[path], 987654321
+        elif parameter.name == "resource_id" and path.startswith("/fhir/AuditEvent/"):
+            from patients.audit import audit_record
+
+            event = audit_record(action="patient.view", username="someone", patient=rows.alice)
+            found["resource_id"], missing["resource_id"] = f"audit-{event.pk}", "audit-987654321"
         elif parameter.name == "resource_id":
             found["resource_id"], missing["resource_id"] = fhir_patient, "patient-987654321"
         elif parameter.name == "resource_type":
@@ -183,3 +188,75 @@ def test_every_get_answers_as_the_schema_documents(wsgi_app):
     assert anonymous == {401}
     unknown = {code for (p, kind, auth), code in answered.items() if kind == "unknown" and auth}
     assert unknown == {404}
+
+
+def _body_path_values(rows) -> dict[str, dict[str, object]]:
+    """Real path values for the operations that read a body (so the body is what fails)."""
+    return {
+        "/api/v1/studies/{study_instance_uid}/lesions/": {
+            "study_instance_uid": rows.baseline.study_instance_uid
+        },
+        "/api/v1/measurements/{id}/mask/": {"id": rows.at_baseline.pk},
+    }
+
+
+def test_refusals_answer_as_the_schema_documents(wsgi_app):
+    """403 for an account without the view permissions (a researcher), 406 for FHIR XML,
+    415 for a body no operation reads: each documented, with the body it really has;
+    FHIR operations document FHIR's ``_format``, never DRF's ``format``."""
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    from tests.imaging.factories import IngestSessionFactory
+
+    rows = rows_make()
+    admin = {"Authorization": f"Token {api_token_issue(user=UserFactory(groups=['admin']))}"}
+    researcher = UserFactory(groups=["researcher"])
+    outsider = {"Authorization": f"Token {api_token_issue(user=researcher)}"}
+    schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app, headers=admin)
+    checks = [response_schema_conformance, status_code_conformance, content_type_conformance]
+    failures, answered = [], {}
+
+    def check(label: str, case, headers: dict) -> None:
+        response = case.call(headers=headers)
+        answered[label] = response.status_code
+        try:
+            case.validate_response(response, checks=checks, headers=headers)
+        except BaseExceptionGroup as group:
+            failures.extend(f"{label}: {exc}"[:700] for exc in group.exceptions)
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        path, method = operation.path, operation.method.upper()
+        names = {p.name for p in operation.query}
+        if path.startswith("/fhir/"):
+            assert "_format" in names and "format" not in names, path
+        if method == "GET":
+            found = dict(_cases(operation, rows, session_pk=0)[0][1].path_parameters or {})
+            if "id" in found and path.startswith("/api/v1/ingest-sessions/"):
+                found["id"] = IngestSessionFactory(user=None).pk  # not the researcher's
+            query = {"patient": f"patient-{rows.alice.pk}", "identifier": "MRN-A"}
+            query = {k: v for k, v in query.items() if k in names}
+            if path != "/fhir/metadata":
+                case = operation.Case(path_parameters=found or None, query=query or None)
+                check(f"403 GET {path}", case, outsider)
+            if path.startswith("/fhir/"):
+                xml = operation.Case(
+                    path_parameters=found or None, query={**query, "_format": "xml"}
+                )
+                check(f"406 GET {path}", xml, admin)
+        elif operation.body:
+            values = _body_path_values(rows).get(path)
+            case = operation.Case(
+                path_parameters=values, body="plain text", media_type="text/plain"
+            )
+            check(f"415 {method} {path}", case, admin)
+    assert not failures, "\n".join(failures)
+    # Any account lists its own ingest sessions (a researcher has none): not a refusal.
+    assert answered.pop("403 GET /api/v1/ingest-sessions/") == 200
+    expected = {label: int(label[:3]) for label in answered}
+    assert answered == expected
+    assert {label[:3] for label in answered} == {"403", "406", "415"}

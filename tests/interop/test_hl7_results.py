@@ -72,9 +72,11 @@ class _Handler(socketserver.BaseRequestHandler):
                 self.request.recv(1)
             return
         control_id = parse_message(text, find_groups=False).msh.msh_10.value
+        code, _, said = code.partition("|")  # "AE|the EHR's text" scripts MSA-3 too
+        said = said or ("bad OBX" if code != "AA" else "")
         ack = (
             "MSH|^~\\&|EHR|HOSP|RADTRACK|RADTRACK|20240101120000||ACK^R01^ACK|A1|P|2.5.1\r"
-            f"MSA|{code}|{control_id}|{'bad OBX' if code != 'AA' else ''}\r"
+            f"MSA|{code}|{control_id}|{said}\r"
         )
         self.request.sendall(VT + ack.encode() + FS_CR)
 
@@ -165,6 +167,23 @@ def test_ae_is_retried_and_ar_is_reported_with_the_ehrs_reason(listen):
     assert outcome.status == "rejected"
     assert outcome.message.ack_code == "AR" and "bad OBX" in outcome.message.error
     assert len(server.received) == 3  # a rejection is not retried
+
+
+def test_what_an_ehr_answers_is_kept_only_as_text_a_database_holds(listen):
+    """An ACK is the EHR's text: control characters (a NUL, which PostgreSQL refuses) are
+    cleaned from the reason kept, and an acknowledgment code that is none of HL7's six
+    (longer than the 2 characters kept) is a failed attempt, never a database error."""
+    rows = rows_make()
+    listen("AR|bad\x00 OBX\x1b[0m")
+    outcome = hl7_study_send(assessment=rows.response, sleep=lambda s: None)
+    assert outcome.status == "rejected"
+    assert ResultMessage.objects.get().error == "bad OBX[0m"
+    for code in ("ACK", "A\x00", "ZZ"):
+        listen(f"{code}|x", f"{code}|x", f"{code}|x")
+        outcome = hl7_study_send(assessment=rows.response, force=True, sleep=lambda s: None)
+        assert outcome.status == "failed" and outcome.message.attempts == 3
+        assert "acknowledgment code" in outcome.message.error
+        assert "\x00" not in outcome.message.error and outcome.message.ack_code == ""
 
 
 def test_no_ack_and_no_listener_are_failures_after_the_attempts(listen, settings):

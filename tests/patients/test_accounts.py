@@ -226,3 +226,40 @@ def test_login_unlock_command_lifts_and_audits(client, settings):
     assert AuditEvent.objects.filter(action="admin.lockout.lift").exists()
     with pytest.raises(CommandError):
         call_command("login_unlock")
+
+
+# -- an address that cannot be known (PostgreSQL keeps addresses in inet columns) ---------
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("address", ["", "unix:/run/radtrack.sock", "testserver"])
+def test_an_unknown_client_address_is_stored_as_null(client, address):
+    """axes' AccessAttempt and AccessLog and the audit trail keep the address in a
+    GenericIPAddressField (inet on PostgreSQL, which refuses any text but an address):
+    one that cannot be known (a Unix socket, the test client's force_login) is NULL,
+    at a failed login, a login, a force_login and a page read, outside any transaction."""
+    from axes.models import AccessLog
+
+    UserFactory(username="nurse2", groups=["clinician"])
+    assert _login(client, "nurse2", "wrong", address=address).status_code == 200
+    assert list(AccessAttempt.objects.values_list("username", "ip_address")) == [("nurse2", None)]
+    assert _login(client, "nurse2", PASSWORD, address=address).status_code == 302
+    client.force_login(UserFactory(username="nurse3", groups=["clinician"]))
+    assert client.get(reverse("patients:list"), REMOTE_ADDR=address).status_code == 200
+    logins = set(AccessLog.objects.values_list("username", "ip_address"))
+    assert logins == {("nurse2", None), ("nurse3", None)}
+    reads = AuditEvent.objects.filter(action="patient.list", username="nurse3")
+    assert list(reads.values_list("remote_address", flat=True)) == [None]
+
+
+def test_failures_from_unknown_addresses_lock_accounts_not_every_such_client(client, settings):
+    """With no address to count, a lockout is per account: wrong passwords for other
+    accounts from an unknown address do not lock out everyone else without one."""
+    settings.AXES_FAILURE_LIMIT = 3
+    UserFactory(username="innocent", groups=["clinician"])
+    UserFactory(username="target", groups=["clinician"])
+    for n in range(3):
+        _login(client, f"guess{n}", "wrong", address="")
+    assert _login(client, "innocent", PASSWORD, address="").status_code == 302
+    for _ in range(3):
+        _login(client, "target", "wrong", address="")
+    assert _login(client, "target", PASSWORD, address="").status_code == 429
+    assert _login(client, "target", PASSWORD, address="198.51.100.30").status_code == 429

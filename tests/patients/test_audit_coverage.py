@@ -214,3 +214,29 @@ def test_a_bad_date_filter_is_a_400_with_the_field(admin_client):
     response = admin_client.get(reverse("audit:log"), {"date_from": "yesterday"})
     assert response.status_code == 400
     assert b"Enter a valid date" in response.content
+
+
+def test_every_audit_event_of_the_fhir_export_can_be_read_at_its_full_url(admin_client, trail):
+    """Issue 20: every fullUrl RadTrack writes can be read; the trail's rows too, by those
+    who may read the trail, and the read is itself audited."""
+    _, _, rows = trail
+    bundle = admin_client.get(reverse("audit:log"), {"format": "fhir"}).json()
+    assert len(bundle["entry"]) >= len(rows)
+    for entry in bundle["entry"]:
+        path = entry["fullUrl"][entry["fullUrl"].index("/fhir/") :]
+        answer = admin_client.get(path)
+        assert answer.status_code == 200, path
+        assert answer["Content-Type"].startswith("application/fhir+json")
+        assert answer.json() == entry["resource"], path
+    assert AuditEvent.objects.filter(action="audit.read", object=f"AuditEvent/audit-{rows[0].pk}")
+    for unknown in ("audit-987654321", "audit-01", "patient-1"):
+        answer = admin_client.get(f"/fhir/AuditEvent/{unknown}")
+        assert answer.status_code == 404 and answer.json()["resourceType"] == "OperationOutcome"
+
+
+def test_audit_events_need_the_audit_permission_over_fhir(client, trail):
+    _, _, rows = trail
+    client.force_login(UserFactory(groups=["clinician"]))
+    answer = client.get(f"/fhir/AuditEvent/audit-{rows[0].pk}")
+    assert answer.status_code == 403 and answer.json()["resourceType"] == "OperationOutcome"
+    assert not AuditEvent.objects.filter(action="audit.read").exists()
