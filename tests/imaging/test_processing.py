@@ -50,12 +50,15 @@ def test_ingest_queues_processing_and_the_run_stores_a_geometry_true_volume(
         "store_volume",
         "segment",
         "store_segmentation",
+        "study_statistics",
         "track_lesions",
     ]
-    # The segmenter's own steps (reorient, resample, inference, post-processing,
-    # measurement) are recorded inside the run too, with their parameters and versions.
+    # The segmenter's own steps (body crop, reorient, resample, inference,
+    # post-processing, measurement) are recorded inside the run too, with their parameters
+    # and versions.
     inner = [s["name"] for s in run.steps if s.get("group") == "segment"]
-    assert inner[:3] == ["reorient", "resample", "segment_unet"] and inner[-1] == "measure_lesions"
+    assert inner[:4] == ["body_crop", "reorient", "resample", "segment_unet"]
+    assert inner[-1] == "measure_lesions"
     assert all(s["status"] == "succeeded" and s["seconds"] >= 0 for s in run.steps)
     assert run.versions["pydicom"] == pydicom.__version__
 

@@ -1,27 +1,72 @@
 """The chain of studies a rebuild follows: each study's newest segmentation of its
-analysed series with its registration to the baseline, read as `lesions_match` inputs."""
+analysed series with how it is placed in the baseline frame, read as `lesions_match`
+inputs; and the studies that cannot be followed (no segmentation), with the reason.
+
+Segmentation and measurement never wait for a registration: a follow-up without a usable
+registration to the baseline is still followed, placed by anatomical landmarks
+(`analytics.lesions.core.landmarks`), and its links are marked provisional with the
+reason, for a radiologist to confirm.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from analytics.lesions.core.identities import LesionObservation, MatchResult
+from analytics.lesions.core.landmarks import landmark_placement
 from analytics.lesions.tracking.summary import TrackingSummary
-from imaging.models import Registration, Segmentation, Study
+from imaging.core.registration.transforms import point_map, transform_read
+from imaging.models import (
+    ANALYSED_MODALITIES,
+    ProcessingRun,
+    Registration,
+    Segmentation,
+    Series,
+    Study,
+)
+from imaging.store import derived_local
 from patients.models import Patient
+
+logger = logging.getLogger(__name__)
+
+#: Series states after which nothing more happens without someone acting.
+_SETTLED = (Series.State.PROCESSED, Series.State.FAILED, Series.State.NOT_ANALYSED)
 
 
 @dataclass(frozen=True)
 class StudyInput:
-    """One study of the chain: the segmentation tracked for it and its LPS -> baseline LPS
-    matrix (the identity at the baseline)."""
+    """One study of the chain: the segmentation tracked for it, its LPS -> baseline LPS
+    matrix (the identity at the baseline), and, when that matrix is not a registration,
+    why its links are provisional (``provisional``, one sentence). ``point_map``: when
+    the registration kept a deformable (B-spline) stage, its stored transform carrying
+    this study's LPS points to the baseline's, which matching uses for lesion positions
+    (``to_baseline`` is then its affine part)."""
 
     study: Study
     segmentation: Segmentation
     to_baseline: np.ndarray
+    provisional: str = ""
+    geometry: dict[str, Any] | None = None
+    slice_thickness_mm: float | None = None
+    point_map: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def positions_to_baseline(self) -> np.ndarray | Callable[[np.ndarray], np.ndarray]:
+        """What matching maps this study's lesion positions with."""
+        return self.point_map if self.point_map is not None else self.to_baseline
+
+
+@dataclass(frozen=True)
+class StudyGap:
+    """A study whose lesions cannot be followed (no segmentation), and why."""
+
+    study: Study
+    reason: str
 
 
 #: Each study of the chain with what matching (and the radiologist's links) made of it.
@@ -29,40 +74,152 @@ Chain = list[tuple[StudyInput, MatchResult]]
 
 
 def study_inputs(*, patient: Patient, summary: TrackingSummary) -> list[StudyInput]:
-    """Studies with a segmentation of their analysed series, in date order, up to the
-    first follow-up that has no usable registration to the baseline (listed in
-    ``summary.waiting``)."""
+    """Studies with a segmentation of their analysed series, in date order; a follow-up
+    without a usable registration to the baseline is placed by landmarks, its links
+    provisional (``StudyInput.provisional`` says why). Studies with analysable images
+    but no segmentation go to ``summary.gaps``."""
     inputs: list[StudyInput] = []
     studies = Study.objects.filter(patient=patient).select_related("chosen_series").chronological()
-    baseline_series = None
+    baseline: StudyInput | None = None
     for study in studies:
         series = study.chosen_series
         segmentation = (
-            Segmentation.objects.filter(series=series).order_by("-created_at", "-pk").first()
+            Segmentation.objects.filter(series=series)
+            .select_related("processing_run")
+            .order_by("-created_at", "-pk")
+            .first()
             if series is not None
             else None
         )
         if segmentation is None:
+            gap = _gap(study)
+            if gap is not None:
+                summary.gaps.append(gap)
             continue
-        if baseline_series is None:
-            baseline_series = series
-            inputs.append(StudyInput(study, segmentation, np.eye(4)))
-            continue
-        registration = (
-            Registration.objects.filter(moving_series=series, fixed_series=baseline_series)
-            .order_by("-created_at")
-            .first()
+        entry = StudyInput(
+            study,
+            segmentation,
+            np.eye(4),
+            geometry=_geometry(segmentation),
+            slice_thickness_mm=series.slice_thickness_mm,
         )
-        if registration is None or registration.failed:
-            why = "failed" if registration is not None else "is missing"
-            summary.waiting.append(
-                f"study of {study.study_date}: its registration to the baseline {why}; "
-                "lesions are not linked from here on until it is redone or reviewed"
-            )
-            break
-        fixed_to_moving = np.asarray(registration.matrix_fixed_to_moving, dtype=float)
-        inputs.append(StudyInput(study, segmentation, np.linalg.inv(fixed_to_moving)))
+        if baseline is None:
+            baseline = entry
+        else:
+            entry = _placed(entry, baseline)
+        inputs.append(entry)
     return inputs
+
+
+def _gap(study: Study) -> StudyGap | None:
+    """Why a study with images to analyse has no segmentation; None while it is still
+    on its way (queued, processing) or when it has nothing to analyse."""
+    series = study.chosen_series
+    if series is None:
+        analysable = study.series.filter(modality__in=ANALYSED_MODALITIES)
+        if not analysable.exists() or analysable.exclude(state__in=_SETTLED).exists():
+            return None
+        error = (study.series_choice or {}).get("error") or "no series could be chosen"
+        return StudyGap(study, f"no series of this study could be analysed: {error}")
+    if series.state not in _SETTLED:
+        return None
+    if series.state == Series.State.FAILED:
+        return StudyGap(study, f"processing failed: {series.state_detail or 'no reason recorded'}")
+    if series.state == Series.State.NOT_ANALYSED:
+        return StudyGap(study, f"its series was not analysed: {series.state_detail}")
+    return StudyGap(study, "its segmentation is missing")
+
+
+def _geometry(segmentation: Segmentation) -> dict[str, Any] | None:
+    run = segmentation.processing_run
+    return run.volume_geometry if run is not None else None
+
+
+def _placed(entry: StudyInput, baseline: StudyInput) -> StudyInput:
+    """The follow-up placed by its registration to the baseline, or, without a usable
+    one, by landmarks and marked provisional."""
+    registration = (
+        Registration.objects.filter(
+            moving_series=entry.segmentation.series_id,
+            fixed_series=baseline.segmentation.series_id,
+        )
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+    if registration is not None and not registration.failed:
+        fixed_to_moving = np.asarray(registration.matrix_fixed_to_moving, dtype=float)
+        return _with(
+            entry,
+            to_baseline=np.linalg.inv(fixed_to_moving),
+            point_map=_deformable_to_baseline(registration),
+        )
+    if registration is None:
+        why = "there is no registration to the baseline"
+    else:
+        why = f"its registration to the baseline failed ({registration.failure_reason or 'no reason recorded'})"
+    placement = landmark_placement(
+        baseline=landmarks_of(baseline.segmentation), follow_up=landmarks_of(entry.segmentation)
+    )
+    if placement is not None:
+        how = f"lesions linked by anatomical landmarks ({placement.basis})"
+        matrix = placement.to_baseline
+    else:
+        how = "no anatomical landmark both studies share: lesions linked by scanner coordinates"
+        matrix = np.eye(4)
+    reason = f"{why}; {how}: the links are provisional until a radiologist confirms them"
+    return _with(entry, to_baseline=matrix, provisional=reason)
+
+
+def _deformable_to_baseline(
+    registration: Registration,
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Follow-up LPS -> baseline LPS through the registration's stored transform when it
+    is deformable (the B-spline inverted point by point); None for an affine one, or
+    when the file cannot be read (the stored matrix, its affine part, places it then)."""
+    if not registration.transform_path:
+        return None
+    try:
+        transform = transform_read(path=derived_local(registration.transform_path))
+    except (OSError, RuntimeError, ValueError):
+        logger.warning(
+            "registration %s: transform file unreadable, its matrix used", registration.pk
+        )
+        return None
+    if transform.is_affine:
+        return None
+    return lambda points: point_map(transform, points, inverse=True)
+
+
+def _with(entry: StudyInput, **changes: Any) -> StudyInput:
+    return StudyInput(**{**entry.__dict__, **changes})
+
+
+def landmarks_of(segmentation: Segmentation) -> dict[str, Any] | None:
+    """The anatomical landmarks of the volume a segmentation was made on: recorded by its
+    run's orientation step, else measured now from the stored volume (runs recorded
+    before landmarks were)."""
+    run = segmentation.processing_run
+    if run is None:
+        return None
+    for step in run.steps or []:
+        if isinstance(step, dict) and step.get("name") == "orientation_standardise":
+            landmarks = (step.get("result") or {}).get("landmarks")
+            if landmarks:
+                return landmarks
+    return _landmarks_measured(run)
+
+
+def _landmarks_measured(run: ProcessingRun) -> dict[str, Any] | None:
+    if not run.volume_path:
+        return None
+    from imaging.core.registration.anatomy import anatomy_landmarks
+    from imaging.pipeline.storage import run_volume_read
+
+    try:
+        return anatomy_landmarks(volume=run_volume_read(run)).as_dict()
+    except (OSError, ValueError) as exc:
+        logger.warning("landmarks of run %s could not be measured: %s", run.pk, exc)
+        return None
 
 
 def candidate_observation(candidate: dict[str, Any]) -> LesionObservation:

@@ -1,20 +1,32 @@
 """`patient_track`: rebuild a patient's lesion identities and measurements from the newest
 segmentation of each study, with the radiologists' decisions carried over, then
-recompute every response assessment, all in one transaction."""
+recompute every response assessment, all in one transaction.
+
+Every study with a segmentation is followed: one without a registration to the baseline
+is matched on a landmark placement with a wider gate (`PROVISIONAL_GATE_MIN_MM`), its
+links marked provisional, and it does not move the identities' positions."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from itertools import count
 
 from django.db import transaction
 
-from analytics.lesions.core.identities import TrackedLesion
-from analytics.lesions.core.matching import lesions_match
+from analytics.lesions.core.identities import MatchResult, TrackedLesion
+from analytics.lesions.core.matching import GATE_MIN_MM, lesions_match
 from analytics.lesions.responses import responses_recompute
 from analytics.lesions.tracking.carry import CarriedDecisions, decisions_carry
 from analytics.lesions.tracking.chain import Chain, StudyInput, observations, study_inputs
 from analytics.lesions.tracking.links import links_apply
+from analytics.lesions.tracking.states import (
+    absences_apply,
+    finding_states_mark,
+    manual_identities,
+    manual_labels,
+    manual_rows_apply,
+)
 from analytics.lesions.tracking.summary import TrackingSummary, link_stale_entry
 from analytics.lesions.tracking.write import (
     identities_resolve,
@@ -27,8 +39,14 @@ from patients.models import Patient
 
 logger = logging.getLogger(__name__)
 
+#: The matching gate's floor for a follow-up placed by landmarks, not registered: its
+#: placement can be off by a centimetre or two (no rotation, coverage differences).
+PROVISIONAL_GATE_MIN_MM = 2.0 * GATE_MIN_MM
 
-def patient_track(*, patient: Patient, record_event: bool = True) -> TrackingSummary:
+
+def patient_track(
+    *, patient: Patient, record_event: bool = True, trigger: str = "new results"
+) -> TrackingSummary:
     """Rebuild ``patient``'s lesion identities and measurements, then their responses.
 
     Identities come from the latest segmentation of each study's analysed series,
@@ -43,26 +61,51 @@ def patient_track(*, patient: Patient, record_event: bool = True) -> TrackingSum
     ones that cannot be are listed in the returned summary
     (`analytics.lesions.tracking.carry`). With ``record_event`` (default) a carry or a
     dropped decision is also written as a `ReviewEvent` ("carry_over", no user); the
-    review services record it in their own event instead.
+    review services record it in their own event instead. ``trigger`` says what caused
+    the rebuild, for the record of any response category it revises.
     """
     summary = TrackingSummary()
     inputs = study_inputs(patient=patient, summary=summary)
     with transaction.atomic():
         decisions = decisions_carry(patient=patient, inputs=inputs, summary=summary)
-        chain = _chain_match(inputs, decisions, summary)
-        uid_of = identities_resolve(chain=chain, first_sightings=decisions.first_sightings)
-        lesions = lesions_write(patient=patient, chain=chain, uid_of=uid_of)
-        rows = measurement_rows_build(
-            chain=chain, uid_of=uid_of, lesions=lesions, reviews=decisions.reviews, summary=summary
+        chain, provisional_keys = _chain_match(inputs, decisions, summary)
+        by_hand = manual_identities(patient=patient)
+        followed = {uid for uid, _ in decisions.first_sightings.values()}
+        uid_of = identities_resolve(
+            chain=chain,
+            first_sightings=decisions.first_sightings,
+            reserved=manual_labels(patient=patient, uids=set(by_hand) - followed),
         )
+        lesions = lesions_write(patient=patient, chain=chain, uid_of=uid_of, also_keep=set(by_hand))
+        rows = measurement_rows_build(
+            chain=chain,
+            uid_of=uid_of,
+            lesions=lesions,
+            reviews=decisions.reviews,
+            summary=summary,
+            provisional_keys=provisional_keys,
+        )
+        absences_apply(rows=rows, absences=dict(decisions.absences), summary=summary)
+        rows = manual_rows_apply(
+            patient=patient, rows=rows, chain=chain, lesions=lesions, summary=summary
+        )
+        finding_states_mark(rows=rows, chain=chain)
+        baseline = chain[0][0] if chain else None
         targets_mark(
             rows=rows,
-            baseline_segmentation=chain[0][0].segmentation.pk if chain else None,
+            baseline_segmentation=baseline.segmentation.pk if baseline else None,
             manual=decisions.manual_targets,
             summary=summary,
+            baseline_study=baseline.study.pk if baseline else None,
+            slice_thickness_mm=baseline.slice_thickness_mm if baseline else None,
         )
         LesionMeasurement.objects.bulk_create(rows)
-        responses_recompute(patient=patient)
+        responses_recompute(
+            patient=patient,
+            chain=[entry for entry, _ in chain],
+            gaps=summary.gaps,
+            trigger=trigger,
+        )
         summary.studies_tracked = len(chain)
         summary.lesions = len(uid_of)
         if record_event and (summary.carried or summary.stale_reviews or summary.stale_targets):
@@ -74,10 +117,13 @@ def patient_track(*, patient: Patient, record_event: bool = True) -> TrackingSum
 
 def _chain_match(
     inputs: list[StudyInput], decisions: CarriedDecisions, summary: TrackingSummary
-) -> Chain:
+) -> tuple[Chain, dict[int, set[str]]]:
     """Match each study against the identities so far, then apply the radiologist's
-    links on its segmentation; links on segmentations no longer tracked are stale."""
+    links on its segmentation; links on segmentations no longer tracked are stale.
+    Returns the chain and, per segmentation placed without a registration, the
+    candidates whose link is a proposal (no radiologist's link decided it)."""
     chain: Chain = []
+    provisional_keys: dict[int, set[str]] = {}
     previous: list[TrackedLesion] = []
     # placeholders until `identities_resolve` keeps an old Tracking UID or makes a new one
     temporary = (f"pending-{n}" for n in count())
@@ -87,14 +133,16 @@ def _chain_match(
         result = lesions_match(
             previous=previous,
             current=observations(entry.segmentation),
-            to_baseline=entry.to_baseline,
+            to_baseline=entry.positions_to_baseline,
             uid_factory=lambda: next(temporary),
+            gate_min_mm=PROVISIONAL_GATE_MIN_MM if entry.provisional else GATE_MIN_MM,
         )
+        decided = links.pop(entry.segmentation.pk, [])
         result = links_apply(
             result=result,
             previous=previous,
             entry=entry,
-            links=links.pop(entry.segmentation.pk, []),
+            links=decided,
             owner=owner,
             uid_factory=lambda: next(temporary),
             summary=summary,
@@ -103,8 +151,20 @@ def _chain_match(
         for assignment in result.assignments:
             for key in assignment.observation_keys:
                 owner[(entry.segmentation.pk, int(key))] = assignment.lesion_uid
+        if entry.provisional:
+            loose = {str(c["component_label"]) for c in entry.segmentation.lesions} - {
+                str(link.component_label) for link in decided
+            }
+            provisional_keys[entry.segmentation.pk] = loose
+            previous = _positions_kept(previous, result)
+            if loose:
+                when = entry.study.study_date or "an undated study"
+                summary.provisional.append(f"study of {when}: {entry.provisional}")
+            else:  # every link here is a radiologist's: nothing is a proposal
+                entry = StudyInput(**{**entry.__dict__, "provisional": ""})
+        else:
+            previous = list(result.identities)
         chain.append((entry, result))
-        previous = list(result.identities)
     for stale in links.values():  # links on segmentations no longer in the chain
         summary.stale_links.extend(
             link_stale_entry(
@@ -112,7 +172,22 @@ def _chain_match(
             )
             for link in stale
         )
-    return chain
+    return chain, provisional_keys
+
+
+def _positions_kept(previous: list[TrackedLesion], result: MatchResult) -> list[TrackedLesion]:
+    """The identities after a study placed without a registration: what became of each
+    (seen, not seen, merged), but known lesions keep their registered position, so that
+    a landmark placement never moves where the next study looks for them."""
+    before = {p.lesion_uid: p for p in previous}
+    kept = []
+    for identity in result.identities:
+        old = before.get(identity.lesion_uid)
+        if old is None:
+            kept.append(identity)
+        else:
+            kept.append(replace(old, resolved=identity.resolved, merged_into=identity.merged_into))
+    return kept
 
 
 def _carry_event_write(patient: Patient, summary: TrackingSummary) -> ReviewEvent:

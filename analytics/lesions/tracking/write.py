@@ -1,9 +1,14 @@
 """Writing a rebuild: the identities (`Lesion`, keeping their Tracking UID and label when
 first seen in the same candidate), one measurement row per identity per study with the
-review decisions that fit it, and the RECIST 1.1 targets marked on those rows."""
+review decisions that fit it, and the RECIST 1.1 targets marked on those rows.
+
+An identity not seen at a study gets a ``not_found`` row (or ``merged``, with the lesion
+that absorbed it), never a "resolved" one: only a radiologist's confirmation makes it
+gone (`analytics.lesions.tracking.states`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydicom.uid import generate_uid
@@ -13,9 +18,11 @@ from analytics.lesions.core.readings import LesionReading
 from analytics.lesions.core.recist import targets_select
 from analytics.lesions.tracking.carry import CandidateSet
 from analytics.lesions.tracking.chain import Chain, StudyInput, candidate_observation
+from analytics.lesions.tracking.states import absent_row
 from analytics.lesions.tracking.summary import (
     TrackingSummary,
     review_stale_entry,
+    row_key,
     target_stale_entry,
 )
 from imaging.models import Lesion, LesionMeasurement
@@ -27,12 +34,16 @@ Reviews = dict[CandidateSet, tuple[dict[str, Any], LesionMeasurement]]
 
 # --------------------------------------------------------------------------- identities
 def identities_resolve(
-    *, chain: Chain, first_sightings: dict[tuple[int, int], tuple[str, str]]
+    *,
+    chain: Chain,
+    first_sightings: dict[tuple[int, int], tuple[str, str]],
+    reserved: set[str] = frozenset(),
 ) -> dict[str, tuple[str, str]]:
     """Map each identity of this rebuild to a (Tracking UID, label): the old identity's
-    when it was first seen in the same candidate, otherwise a new UID and a free label."""
+    when it was first seen in the same candidate, otherwise a new UID and a free label
+    (never one of the ``reserved`` labels: those of lesions measured by hand)."""
     resolved: dict[str, tuple[str, str]] = {}
-    labels_taken: set[str] = set()
+    labels_taken: set[str] = set(reserved)
     fresh: list[tuple[str, str]] = []
     for entry, result in chain:
         for assignment in result.assignments:
@@ -73,12 +84,17 @@ def _label_free(label: str, taken: set[str]) -> str:
 
 
 def lesions_write(
-    *, patient: Patient, chain: Chain, uid_of: dict[str, tuple[str, str]]
+    *,
+    patient: Patient,
+    chain: Chain,
+    uid_of: dict[str, tuple[str, str]],
+    also_keep: set[str] = frozenset(),
 ) -> dict[str, Lesion]:
     """Replace ``patient``'s measurement rows and identities by this rebuild's: identities
-    that end are deleted, kept ones relabelled, new ones created. Returns them by UID."""
+    that end are deleted (but not those in ``also_keep``: lesions measured by hand),
+    kept ones relabelled, new ones created. Returns them by UID."""
     LesionMeasurement.objects.filter(lesion__patient=patient).delete()
-    kept = {uid for uid, _ in uid_of.values()}
+    kept = {uid for uid, _ in uid_of.values()} | set(also_keep)
     Lesion.objects.filter(patient=patient).exclude(tracking_uid__in=kept).delete()
     lesions = {lesion.tracking_uid: lesion for lesion in Lesion.objects.filter(patient=patient)}
     organ_of = {i.lesion_uid: i.organ for _, r in chain for i in r.identities}
@@ -102,10 +118,15 @@ def measurement_rows_build(
     lesions: dict[str, Lesion],
     reviews: Reviews,
     summary: TrackingSummary,
+    provisional_keys: dict[int, set[str]] | None = None,
 ) -> list[LesionMeasurement]:
     """One unsaved row per identity per study of the chain. A review decision goes to
     the row with exactly the candidates it was made on (and is taken from ``reviews``);
-    one that no row takes up is listed in ``summary.stale_reviews``."""
+    one that no row takes up is listed in ``summary.stale_reviews``. A row whose
+    candidates are in ``provisional_keys`` (segmentation pk -> candidate keys linked
+    without a registration) is marked ``link_provisional``; an identity not seen gets an
+    absent row (`analytics.lesions.tracking.states.absent_row`)."""
+    provisional_keys = provisional_keys or {}
     candidates_by_key = {
         (entry.segmentation.pk, str(c["component_label"])): c
         for entry, _ in chain
@@ -113,16 +134,29 @@ def measurement_rows_build(
     }
     rows = []
     for entry, result in chain:
+        loose = provisional_keys.get(entry.segmentation.pk, set())
+        identities = {i.lesion_uid: i for i in result.identities}
         for assignment in result.assignments:
             lesion = lesions[uid_of[assignment.lesion_uid][0]]
             if assignment.status in ("resolved", "merged"):
-                rows.append(_resolved_row(lesion, entry))
+                into = uid_of.get(assignment.merged_into, ("", ""))[0]
+                row = absent_row(
+                    lesion,
+                    entry,
+                    merged_into=lesions.get(into),
+                    identity=identities.get(assignment.lesion_uid),
+                )
+                # Not seen here because of links still proposed: as provisional as they.
+                row.link_provisional = bool(loose)
+                rows.append(row)
                 continue
             parts = [
                 candidates_by_key[(entry.segmentation.pk, key)]
                 for key in assignment.observation_keys
             ]
-            rows.append(_measurement(lesion, entry, assignment, parts, reviews))
+            row = _measurement(lesion, entry, assignment, parts, reviews)
+            row.link_provisional = bool(loose & set(assignment.observation_keys))
+            rows.append(row)
     for _, old in reviews.values():  # decisions no rebuilt row took up
         summary.stale_reviews.append(
             review_stale_entry(
@@ -132,19 +166,6 @@ def measurement_rows_build(
             )
         )
     return rows
-
-
-def _resolved_row(lesion: Lesion, entry: StudyInput) -> LesionMeasurement:
-    """The row of an identity not seen at this study (resolved, or merged into another)."""
-    return LesionMeasurement(
-        lesion=lesion,
-        study=entry.study,
-        segmentation=entry.segmentation,
-        status=LesionMeasurement.Status.RESOLVED,
-        volume_ml=0.0,
-        longest_diameter_mm=0.0,
-        short_axis_mm=0.0,
-    )
 
 
 def _measurement(
@@ -185,12 +206,21 @@ def _measurement(
         sphericity=main.get("sphericity"),
         confidence=main.get("confidence"),
         uncertainty=main.get("uncertainty"),
+        origin=candidate_origin(main),
     )
     decision = reviews.pop((entry.segmentation.pk, frozenset(row.component_labels)), None)
     if decision is not None:
         for name, value in decision[0].items():
             setattr(row, name, value)
     return row
+
+
+def candidate_origin(candidate: dict[str, Any]) -> str:
+    """Who drew a candidate (`LesionMeasurement.Origin`): its ``source`` entry, written
+    when a radiologist added, propagated or edited it (`analytics.lesions.review`)."""
+    kind = (candidate.get("source") or {}).get("kind", "")
+    origins = LesionMeasurement.Origin
+    return kind if kind in origins.values else origins.AUTOMATED
 
 
 # --------------------------------------------------------------------------- targets
@@ -200,29 +230,31 @@ def targets_mark(
     baseline_segmentation: int | None,
     manual: dict[CandidateSet, LesionMeasurement],
     summary: TrackingSummary,
+    baseline_study: int | None = None,
+    slice_thickness_mm: float | None = None,
 ) -> None:
     """RECIST 1.1 targets at baseline (a radiologist's choice wins), marked on every row.
 
     ``manual``: (segmentation, set of components) -> old row, of each lesion a radiologist
-    chose as a target (`analytics.lesions.review.targets.targets_set`). A choice holds for
-    a baseline row with exactly those candidates, found and not rejected; the others are
-    listed in ``summary.stale_targets``. The choice stays in force, and every row says so
-    (``target_by_hand``), as long as one chosen lesion remains.
+    chose as a target (`analytics.lesions.review.targets.targets_set`; a lesion measured
+    by hand is keyed by its finding, `row_key`). A choice holds for a baseline row with
+    exactly those candidates, found and not rejected; the others are listed in
+    ``summary.stale_targets``. The choice stays in force, and every row says so
+    (``target_by_hand``), as long as one chosen lesion remains. Without a choice the
+    rules choose, measurability judged with the baseline's ``slice_thickness_mm``
+    (RECIST 1.1 section 3.1.1). Run after the finding states are marked.
     """
-    at_baseline = {
-        (r.segmentation_id, frozenset(r.component_labels)): r
-        for r in rows
-        if r.segmentation_id == baseline_segmentation
-        and r.status != LesionMeasurement.Status.RESOLVED
-    }
+    at_baseline = {row_key(r): r for r in rows if r.study_id == baseline_study and r.is_found}
     chosen_by_hand = _targets_chosen_by_hand(at_baseline, baseline_segmentation, manual, summary)
     if chosen_by_hand:
         targets = chosen_by_hand
     else:
         baseline = [
-            r for r in at_baseline.values() if r.review_state != LesionMeasurement.Review.REJECTED
+            r
+            for r in at_baseline.values()
+            if r.finding_state != LesionMeasurement.FindingState.REJECTED
         ]
-        targets = _targets_by_the_rules(baseline)
+        targets = _targets_by_the_rules(baseline, slice_thickness_mm)
     for row in rows:
         row.is_target = row.lesion.tracking_uid in targets
         row.target_by_hand = bool(chosen_by_hand)
@@ -246,8 +278,8 @@ def _targets_chosen_by_hand(
                 else "its candidates at baseline changed (a merge, split, relink or a new "
                 "segmentation)"
             )
-        elif row.review_state == LesionMeasurement.Review.REJECTED:
-            why = "it was rejected as a false positive at baseline"
+        elif row.finding_state == LesionMeasurement.FindingState.REJECTED:
+            why = "it was rejected as a false positive"
         else:
             chosen.add(row.lesion.tracking_uid)
             continue
@@ -255,9 +287,12 @@ def _targets_chosen_by_hand(
     return chosen
 
 
-def _targets_by_the_rules(baseline: list[LesionMeasurement]) -> set[str]:
+def _targets_by_the_rules(
+    baseline: list[LesionMeasurement], slice_thickness_mm: float | None
+) -> set[str]:
     """The targets RECIST 1.1 section 4.2 selects among the baseline rows (`targets_select`),
-    with the values in force (a radiologist's override wins)."""
+    with the values in force (a radiologist's override wins) and the baseline's slice
+    thickness (section 3.1.1)."""
     return set(
         targets_select(
             lesions=[
@@ -265,9 +300,15 @@ def _targets_by_the_rules(baseline: list[LesionMeasurement]) -> set[str]:
                     lesion_uid=r.lesion.tracking_uid,
                     organ=r.lesion.organ,
                     longest_diameter_mm=r.effective_longest_diameter_mm,
-                    volume_ml=r.effective_volume_ml,
+                    volume_ml=_or_nan(r.effective_volume_ml),
+                    short_axis_mm=r.effective_short_axis_mm,
                 )
                 for r in baseline
-            ]
+            ],
+            slice_thickness_mm=slice_thickness_mm,
         )
     )
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value

@@ -19,11 +19,11 @@ Durations are in days; both take an imputed design table (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -78,7 +78,7 @@ class CoxModel:
         x = frame.loc[:, self.covariates].astype(float)
         return ((x - self.means) @ self.coefficients.loc[self.covariates]).to_numpy(float)
 
-    def survival_at(self, frame: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+    def survival_at(self, frame: pd.DataFrame, times: npt.ArrayLike) -> np.ndarray:
         """S(t | x), shape (rows, times)."""
         curves = self.fitter.predict_survival_function(
             frame.loc[:, self.covariates], times=np.asarray(times, float)
@@ -169,7 +169,7 @@ class HorizonGBMModel:
         p = np.clip(self.risk(frame), 1e-6, 1 - 1e-6)
         return np.log(p / (1 - p))
 
-    def survival_at(self, frame: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+    def survival_at(self, frame: pd.DataFrame, times: npt.ArrayLike) -> np.ndarray:
         x = pd.DataFrame({"gbm_logit": self.logit(frame)}, index=frame.index)
         return self.curve.predict_survival_function(x, times=np.asarray(times, float)).T.to_numpy()
 

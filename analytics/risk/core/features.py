@@ -32,13 +32,28 @@ cross-validation fold on the training rows only, never on test rows:
 
 A value missing only in test rows (never in training) is filled with the training
 median without an indicator, because the model has no coefficient for one.
+
+What is not known is missing, never 0 (policy)
+----------------------------------------------
+- A censored lab result (a ``comparator``: "< 0.5 ng/mL") is a bound, not a value. It
+  is never read as exact: ``<test>_latest`` is NaN when the latest result in the window
+  is censored (not the earlier exact one, which would read as current), and
+  ``<test>_slope_per_30d`` is NaN when any result in the window is censored (a line
+  through a bound is not a trend). The feature list stays as it is: the imputer's
+  ``_missing`` indicators carry "not known" to the models.
+- A lesion's volume that is not known at a study (``volume_ml`` NaN: the lesion was not
+  found there, is too small to measure, or was measured by hand without a volume)
+  makes that study's total burden unknown: ``total_burden_ml``, its log slope and its
+  ratio to the nadir are NaN at that study (the slope and the nadir use the studies
+  whose burden is known). A lesion not found (no volume, no diameter) is neither present
+  nor gone: ``organs_involved`` is NaN when its organ is not otherwise involved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,12 +80,9 @@ __all__ = [
     "FeatureBlock",
     "ImagingFeatures",
     "LabFeatures",
-    "LandmarkOutcomes",
     "MissingValueImputer",
     "feature_table_build",
     "landmark_cutoff",
-    "landmark_outcomes",
-    "landmarks_from_baseline",
     "study_date_features",
     "volume_doubling_time_days",
 ]
@@ -98,12 +110,12 @@ class FeatureBlock(Protocol):
 class _OneRow:
     """``compute(patient_id, landmark)``: one (patient, landmark) row of a `FeatureBlock`."""
 
-    def compute(self, patient_id: str, landmark: dt.date) -> dict[str, float]:
+    def compute(self: FeatureBlock, patient_id: str, landmark: dt.date) -> dict[str, float]:
         """Values for ``columns`` at one landmark, as `feature_table_build` gives them."""
-        table = self.compute_table(  # type: ignore[attr-defined]
+        table = self.compute_table(
             pd.DataFrame({"patient_id": [patient_id], "landmark_date": [landmark]})
         )
-        return {c: float(table[c].iloc[0]) for c in self.columns}  # type: ignore[attr-defined]
+        return {c: float(table[c].iloc[0]) for c in self.columns}
 
 
 # --------------------------------------------------------------------------------------
@@ -121,13 +133,16 @@ class LabFeatures(_OneRow):
     """Latest value and linear slope per 30 days of CEA, LDH, CRP, albumin and haemoglobin.
 
     ``labs`` has columns ``patient_id, loinc_code, value, observed_at`` (tz-aware), values
-    already in the canonical unit of `patients.units`. Only labs observed before
-    `landmark_cutoff` and within ``lookback_days`` of it count.
+    already in the canonical unit of `patients.units`, and optionally ``comparator``
+    (``<``, ``<=``, ``>=``, ``>`` for a censored result; blank or absent: exact). Only
+    labs observed before `landmark_cutoff` and within ``lookback_days`` of it count.
 
     - ``<test>_latest``: the value at the latest observation time (the mean if one time
-      has several values); NaN when no such lab is in the window.
+      has several values); NaN when no such lab is in the window, or when a result at
+      that time is censored.
     - ``<test>_slope_per_30d``: ordinary least-squares slope of value on time, in the
-      canonical unit per 30 days, over the window; NaN with fewer than two distinct times.
+      canonical unit per 30 days, over the window; NaN with fewer than two distinct
+      times, or when a result in the window is censored.
     """
 
     labs: pd.DataFrame
@@ -147,6 +162,7 @@ class LabFeatures(_OneRow):
                 "analyte": analyte.to_numpy()[known].astype(np.int64),
                 "value": labs["value"].astype(float).to_numpy()[known],
                 "observed_ns": observed.astype("datetime64[ns]").to_numpy().view(np.int64)[known],
+                "censored": lab_censored(self.labs)[known],
             }
         )
 
@@ -165,21 +181,32 @@ class LabFeatures(_OneRow):
         )
         observed, cutoff = observed[inside], cutoff[inside]
         values = pairs["value"].to_numpy()[inside]
+        censored = pairs["censored"].to_numpy(dtype=float)[inside]
         groups = pairs["row"].to_numpy()[inside] * n_analytes + pairs["analyte"].to_numpy()[inside]
-        # Latest: the mean of the values at the latest observation time of the window.
+        # Latest: the mean of the values at the latest observation time of the window,
+        # unless one of them is censored (a bound, not a value).
         latest_at = np.full(n_groups, np.iinfo(np.int64).min)
         np.maximum.at(latest_at, groups, observed)
         at_latest = observed == latest_at[groups]
         count = np.bincount(groups[at_latest], minlength=n_groups)
         total = np.bincount(groups[at_latest], weights=values[at_latest], minlength=n_groups)
+        bound = np.bincount(groups[at_latest], weights=censored[at_latest], minlength=n_groups)
         with np.errstate(invalid="ignore", divide="ignore"):
-            latest = np.where(count > 0, total / count, np.nan)
+            latest = np.where((count > 0) & (bound == 0), total / count, np.nan)
         days = (observed - cutoff).astype(float) / float(_DAY_NS)
         slope = grouped_slope_per_30d(groups, days, values, n_groups=n_groups)
+        slope[np.bincount(groups, weights=censored, minlength=n_groups) > 0] = np.nan
         out = np.empty((len(keys), 2 * n_analytes))
         out[:, 0::2] = latest.reshape(len(keys), n_analytes)
         out[:, 1::2] = slope.reshape(len(keys), n_analytes)
         return pd.DataFrame(out, columns=list(LAB_COLUMNS))
+
+
+def lab_censored(labs: pd.DataFrame) -> np.ndarray:
+    """Per row of ``labs``, whether the result is censored (a ``comparator`` is set)."""
+    if "comparator" not in labs:
+        return np.zeros(len(labs), dtype=bool)
+    return labs["comparator"].fillna("").astype(str).str.strip().ne("").to_numpy()
 
 
 # --------------------------------------------------------------------------------------
@@ -244,7 +271,9 @@ IMAGING_COLUMNS: tuple[str, ...] = (
     "last_recist_ordinal",
 )
 # RECIST 1.1 overall response as an ordered number; NE (not evaluable) is missing.
-RECIST_ORDINAL = {"CR": 0.0, "PR": 1.0, "SD": 2.0, "PD": 3.0}
+#: The last RECIST 1.1 category as a number; "non-CR/non-PD" (only non-target disease,
+#: persisting) sits where SD does (RECIST 1.1 section 4.4.2, Table 2). NE is missing.
+RECIST_ORDINAL = {"CR": 0.0, "PR": 1.0, "SD": 2.0, "non-CR/non-PD": 2.0, "PD": 3.0}
 # Burden is logged as ln(ml + this) so that a burden that resolves to 0 stays finite.
 BURDEN_LOG_OFFSET_ML = 0.1
 # A lesion that is not growing, or doubles more slowly than this, is given this
@@ -274,15 +303,23 @@ class ImagingFeatures(_OneRow):
     """Tumour-burden features from tracked lesions, at the last CT study on or before the landmark.
 
     ``measurements`` has the ``export_measurements`` columns this block needs:
-    ``patient_id, study_date, lesion_uid, organ, volume_ml`` (a resolved lesion has
-    volume 0). ``responses`` (optional) has ``patient_id, study_date, recist_response``.
+    ``patient_id, study_date, lesion_uid, organ, volume_ml`` and, optionally,
+    ``longest_diameter_mm``. A lesion confirmed gone or merged into another has volume
+    (and diameter) 0; a volume not known is NaN (not found: no diameter either; measured
+    by hand or too small to measure: a diameter). ``responses`` (optional) has
+    ``patient_id, study_date, recist_response``.
 
-    - ``total_burden_ml``: sum of lesion volumes at the last study.
+    - ``total_burden_ml``: sum of lesion volumes at the last study; NaN when one of
+      them is not known.
     - ``burden_log_slope_per_30d``: least-squares slope of ln(burden + 0.1 ml) per 30
-      days over all studies up to the landmark; NaN with one study.
-    - ``burden_ratio_to_nadir``: (burden + 0.1) / (lowest burden so far + 0.1); 1 at baseline.
-    - ``new_lesions``: lesions first seen (volume > 0) after the first study.
-    - ``organs_involved``: distinct organs with a lesion of volume > 0 at the last study.
+      days over the studies up to the landmark whose burden is known; NaN with one such
+      study, or when the last study's burden is not known.
+    - ``burden_ratio_to_nadir``: (burden + 0.1) / (lowest known burden so far + 0.1); 1 at
+      baseline; NaN when the last study's burden is not known.
+    - ``new_lesions``: lesions first seen (volume > 0, or without a volume a diameter
+      > 0) after the first study.
+    - ``organs_involved``: distinct organs with a lesion seen at the last study; NaN when
+      a lesion there was not found and no lesion seen there is in its organ.
     - ``fastest_doubling_time_days``: shortest `volume_doubling_time_days` over lesions
       measured (> 0) at the last two studies; capped at 3650 days (also for no growth);
       NaN with one study or no lesion present at both. (A lesion measured in two
@@ -305,9 +342,11 @@ class ImagingFeatures(_OneRow):
     def __post_init__(self) -> None:
         measurements = self.measurements.loc[
             :, ["patient_id", "study_date", "lesion_uid", "organ", "volume_ml"]
-        ]
+        ].assign(longest_diameter_mm=_optional(self.measurements, "longest_diameter_mm"))
         self._by_date = study_date_features(
-            dated_rows(measurements, "study_date").astype({"volume_ml": float})
+            dated_rows(measurements, "study_date").astype(
+                {"volume_ml": float, "longest_diameter_mm": float}
+            )
         )
         responses = self.responses
         if responses is None:
@@ -348,24 +387,37 @@ class ImagingFeatures(_OneRow):
         return out
 
 
+def _optional(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """``frame[column]`` as floats, or NaN throughout when the frame has no such column."""
+    if column not in frame:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+
+
 def study_date_features(measurements: pd.DataFrame) -> pd.DataFrame:
     """The imaging features at each of each patient's study dates, sorted by patient and date.
 
     ``measurements``: ``patient_id`` (str), ``day`` (midnight datetime64, no NaT),
-    ``lesion_uid``, ``organ``, ``volume_ml`` (float). Columns: ``patient_id, day`` and
-    every `IMAGING_COLUMNS` but ``last_recist_ordinal``, each as a landmark on that date
-    (or before the patient's next study date) would see it.
+    ``lesion_uid``, ``organ``, ``volume_ml`` and ``longest_diameter_mm`` (floats, NaN when
+    not known). Columns: ``patient_id, day`` and every `IMAGING_COLUMNS` but
+    ``last_recist_ordinal``, each as a landmark on that date (or before the patient's
+    next study date) would see it.
     """
-    burden = measurements.groupby(["patient_id", "day"], sort=True)["volume_ml"].sum()
+    keys = ["patient_id", "day"]
+    volume = measurements["volume_ml"]
+    unknown = volume.isna().groupby([measurements[k] for k in keys], sort=True).any()
+    burden = measurements.groupby(keys, sort=True)["volume_ml"].sum().where(~unknown)
     out = burden.rename("total_burden_ml").reset_index()
     patient = out.groupby("patient_id", sort=False)
     index_in_patient = patient.cumcount().to_numpy()
     first = np.arange(len(out)) - index_in_patient
     total = out["total_burden_ml"].to_numpy()
     out["burden_log_slope_per_30d"] = _burden_log_slopes(out, first, index_in_patient)
-    nadir = patient["total_burden_ml"].cummin().to_numpy()
+    nadir = patient["total_burden_ml"].cummin().to_numpy()  # of the known burdens so far
     out["burden_ratio_to_nadir"] = (total + BURDEN_LOG_OFFSET_ML) / (nadir + BURDEN_LOG_OFFSET_ML)
-    present = measurements[measurements["volume_ml"] > 0]
+    # Seen: a known volume decides; without one, a diameter says the lesion is there.
+    seen = (volume > 0) | (volume.isna() & (measurements["longest_diameter_mm"] > 0))
+    present = measurements[seen]
     key = pd.MultiIndex.from_frame(out.loc[:, ["patient_id", "day"]])
     # New lesions: first seen after the patient's first study date, counted up to each date.
     first_seen = (
@@ -382,20 +434,40 @@ def study_date_features(measurements: pd.DataFrame) -> pd.DataFrame:
     )
     organs = present.groupby(["patient_id", "day"])["organ"].nunique()
     out["organs_involved"] = organs.reindex(key, fill_value=0).to_numpy().astype(float)
-    fastest = _fastest_doubling_times(present, out, index_in_patient)
+    out.loc[_organs_unknown(measurements, seen).reindex(key, fill_value=False).to_numpy(),
+            "organs_involved"] = np.nan  # fmt: skip
+    fastest = _fastest_doubling_times(measurements[volume > 0], out, index_in_patient)
     out["fastest_doubling_time_days"] = fastest.reindex(key).to_numpy(dtype=float)
     return out
+
+
+def _organs_unknown(measurements: pd.DataFrame, seen: pd.Series) -> pd.Series:
+    """Per (patient, day): a lesion not found there (neither volume nor diameter known)
+    is in an organ in which no lesion was seen there, so the organ count is not known."""
+    keys = ["patient_id", "day", "organ"]
+    not_found = measurements["volume_ml"].isna() & measurements["longest_diameter_mm"].isna()
+    doubtful = measurements.loc[not_found, keys].drop_duplicates()
+    involved = measurements.loc[seen, keys].drop_duplicates().assign(involved=True)
+    doubtful = doubtful.merge(involved, on=keys, how="left")
+    doubtful = doubtful[doubtful["involved"].isna()]
+    return doubtful.groupby(["patient_id", "day"]).size() > 0
 
 
 def _burden_log_slopes(
     by_date: pd.DataFrame, first: np.ndarray, index_in_patient: np.ndarray
 ) -> np.ndarray:
-    """Slope of ln(burden + 0.1) per 30 days over each date and the patient's dates before it."""
+    """Slope of ln(burden + 0.1) per 30 days over each date and the patient's dates before
+    it whose burden is known; NaN where the date's own burden is not known."""
     owners, members = prefix_members(first, index_in_patient + 1)
     day = day_numbers(by_date["day"].to_numpy())
+    burden = by_date["total_burden_ml"].to_numpy()
+    known = ~np.isnan(burden[members])
+    owners, members = owners[known], members[known]
     since_first = (day[members] - day[first[owners]]).astype(float)
-    log_burden = np.log(by_date["total_burden_ml"].to_numpy() + BURDEN_LOG_OFFSET_ML)
-    return grouped_slope_per_30d(owners, since_first, log_burden[members], n_groups=len(by_date))
+    log_burden = np.log(burden + BURDEN_LOG_OFFSET_ML)
+    slopes = grouped_slope_per_30d(owners, since_first, log_burden[members], n_groups=len(by_date))
+    slopes[np.isnan(burden)] = np.nan
+    return slopes
 
 
 def _fastest_doubling_times(
@@ -452,69 +524,6 @@ def feature_table_build(*, landmarks: pd.DataFrame, blocks: Sequence[FeatureBloc
         for column in block.columns:
             columns[column] = values[column].to_numpy(dtype=float) if column in values else np.nan
     return pd.DataFrame(columns, index=pd.RangeIndex(len(keys)))
-
-
-@dataclass(frozen=True)
-class LandmarkOutcomes:
-    """Time from landmark to event per eligible (patient, landmark), and why others were left out."""
-
-    table: pd.DataFrame  # patient_id, landmark_date, duration_days, event
-    excluded: dict[tuple[str, dt.date], str]
-
-
-def landmark_outcomes(
-    *,
-    events: pd.DataFrame,
-    landmarks: pd.DataFrame,
-    endpoint: str = "pfs",
-) -> LandmarkOutcomes:
-    """Outcome after each landmark from ``events`` (``patient_id, kind, date``).
-
-    ``endpoint``: ``"pfs"`` (progression or death, whichever first) or ``"os"`` (death).
-    End of follow-up is the death date, else the latest censor date. Left out, with the
-    reason: no death or censor row; follow-up ending on or before the landmark; for
-    PFS, a progression on or before the landmark (the model estimates risk for
-    patients still progression-free at the landmark).
-    """
-    if endpoint not in {"pfs", "os"}:
-        raise ValueError(f"endpoint must be 'pfs' or 'os', not {endpoint!r}")
-    ev = events.loc[:, ["patient_id", "kind", "date"]]
-    ev = ev[ev["patient_id"].notna()]
-    by_patient: dict[str, dict[str, list[dt.date]]] = {}
-    for pid, kind, date in zip(
-        ev["patient_id"].astype(str), ev["kind"], pd.to_datetime(ev["date"]).dt.date, strict=True
-    ):
-        by_patient.setdefault(pid, {}).setdefault(str(kind), []).append(date)
-    rows, excluded = [], {}
-    keys = landmark_keys(landmarks)
-    for pid, landmark in zip(
-        keys["patient_id"].tolist(), keys["landmark_date"].dt.date.tolist(), strict=True
-    ):
-        kinds = by_patient.get(pid, {})
-        deaths, censors = kinds.get("death", []), kinds.get("censor", [])
-        if not deaths and not censors:
-            excluded[(pid, landmark)] = "no death or censor (last follow-up) date"
-            continue
-        end = min(deaths) if deaths else max(censors)
-        progressions = sorted(kinds.get("progression", []))
-        if endpoint == "pfs" and progressions and progressions[0] <= landmark:
-            excluded[(pid, landmark)] = "progressed on or before the landmark"
-            continue
-        if end <= landmark:
-            excluded[(pid, landmark)] = "follow-up ended on or before the landmark"
-            continue
-        event_dates = list(deaths)
-        if endpoint == "pfs":
-            event_dates += progressions
-        event_dates = [d for d in event_dates if d > landmark]
-        if event_dates:
-            first = min(event_dates)
-            rows.append((pid, landmark, float((first - landmark).days), True))
-        else:
-            rows.append((pid, landmark, float((end - landmark).days), False))
-    table = pd.DataFrame(rows, columns=["patient_id", "landmark_date", "duration_days", "event"])
-    table["event"] = table["event"].astype(bool)
-    return LandmarkOutcomes(table=table, excluded=excluded)
 
 
 # --------------------------------------------------------------------------------------
@@ -580,14 +589,3 @@ class MissingValueImputer:
         """The raw feature a design column comes from (``x_missing`` -> ``x``)."""
         stem = design_column.removesuffix("_missing")
         return stem if design_column != stem and stem in self.indicators else design_column
-
-
-def landmarks_from_baseline(
-    baselines: Mapping[str, dt.date] | Iterable[tuple[str, dt.date]], *, offset_days: int
-) -> pd.DataFrame:
-    """A landmark per patient at baseline + ``offset_days`` (``patient_id, landmark_date``)."""
-    items = baselines.items() if isinstance(baselines, Mapping) else baselines
-    return pd.DataFrame(
-        [(str(pid), date + dt.timedelta(days=offset_days)) for pid, date in items],
-        columns=["patient_id", "landmark_date"],
-    )

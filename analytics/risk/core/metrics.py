@@ -19,9 +19,9 @@ Durations are in days; a higher score or risk always means an earlier event.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from lifelines import KaplanMeierFitter
 from lifelines.utils import concordance_index
@@ -40,9 +40,7 @@ __all__ = [
 ]
 
 
-def harrell_c(
-    *, durations: Sequence[float], events: Sequence[bool], scores: Sequence[float]
-) -> float:
+def harrell_c(*, durations: npt.ArrayLike, events: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     """Harrell's concordance index; higher ``scores`` mean earlier events."""
     return float(
         concordance_index(
@@ -51,18 +49,18 @@ def harrell_c(
     )
 
 
-def _surv(durations: Sequence[float], events: Sequence[bool]) -> np.ndarray:
+def _surv(durations: npt.ArrayLike, events: npt.ArrayLike) -> np.ndarray:
     return Surv.from_arrays(event=np.asarray(events, bool), time=np.asarray(durations, float))
 
 
 def time_dependent_auc(
     *,
-    durations: Sequence[float],
-    events: Sequence[bool],
-    risk: np.ndarray,
-    times: Sequence[float],
-    censoring_durations: Sequence[float] | None = None,
-    censoring_events: Sequence[bool] | None = None,
+    durations: npt.ArrayLike,
+    events: npt.ArrayLike,
+    risk: npt.ArrayLike,
+    times: npt.ArrayLike,
+    censoring_durations: npt.ArrayLike | None = None,
+    censoring_events: npt.ArrayLike | None = None,
 ) -> np.ndarray:
     """Uno's IPCW cumulative/dynamic AUC at each of ``times``.
 
@@ -70,29 +68,30 @@ def time_dependent_auc(
     (e.g. 1 - S(t | x)). G comes from ``censoring_durations/events`` (default: the same
     rows). Entries are NaN where not estimable (see module docstring).
     """
-    durations = np.asarray(durations, float)
-    events = np.asarray(events, bool)
-    risk = np.asarray(risk, float)
-    if risk.ndim == 1:
-        risk = np.repeat(risk[:, None], len(times), axis=1)
+    d = np.asarray(durations, float)
+    e = np.asarray(events, bool)
+    t_grid = np.atleast_1d(np.asarray(times, float))
+    r = np.asarray(risk, float)
+    if r.ndim == 1:
+        r = np.repeat(r[:, None], len(t_grid), axis=1)
     train = _surv(
-        durations if censoring_durations is None else censoring_durations,
-        events if censoring_events is None else censoring_events,
+        d if censoring_durations is None else censoring_durations,
+        e if censoring_events is None else censoring_events,
     )
-    test = _surv(durations, events)
-    out = np.full(len(times), np.nan)
-    for i, t in enumerate(times):
-        cases = (durations <= t) & events
-        controls = durations > t
-        if not (durations.min() <= t < durations.max()) or not cases.any() or not controls.any():
+    test = _surv(d, e)
+    out = np.full(len(t_grid), np.nan)
+    for i, t in enumerate(t_grid):
+        cases = (d <= t) & e
+        controls = d > t
+        if not (d.min() <= t < d.max()) or not cases.any() or not controls.any():
             continue
-        auc, _ = cumulative_dynamic_auc(train, test, risk[:, i : i + 1], times=[t])
+        auc, _ = cumulative_dynamic_auc(train, test, r[:, i : i + 1], times=[t])
         out[i] = float(np.atleast_1d(auc)[0])
     return out
 
 
 def ibs_time_grid(
-    durations: Sequence[float], *, n: int = 50, lower_q: float = 0.1, upper_q: float = 0.9
+    durations: npt.ArrayLike, *, n: int = 50, lower_q: float = 0.1, upper_q: float = 0.9
 ) -> np.ndarray:
     """An evenly spaced grid between the ``lower_q`` and ``upper_q`` quantiles of ``durations``."""
     lo, hi = np.quantile(np.asarray(durations, float), [lower_q, upper_q])
@@ -101,36 +100,36 @@ def ibs_time_grid(
 
 def integrated_brier_score(
     *,
-    durations: Sequence[float],
-    events: Sequence[bool],
-    survival: np.ndarray,
-    times: Sequence[float],
-    censoring_durations: Sequence[float] | None = None,
-    censoring_events: Sequence[bool] | None = None,
+    durations: npt.ArrayLike,
+    events: npt.ArrayLike,
+    survival: npt.ArrayLike,
+    times: npt.ArrayLike,
+    censoring_durations: npt.ArrayLike | None = None,
+    censoring_events: npt.ArrayLike | None = None,
 ) -> float:
     """Graf's IPCW integrated Brier score of ``survival`` (rows, len(times)) over ``times``.
 
     Times outside the follow-up of these rows ([min, max)) are dropped first; NaN when
     fewer than two remain. Lower is better; 0.25 is what S = 0.5 everywhere scores.
     """
-    durations = np.asarray(durations, float)
-    times = np.asarray(times, float)
-    keep = (times >= durations.min()) & (times < durations.max())
+    d = np.asarray(durations, float)
+    t_grid = np.asarray(times, float)
+    keep = (t_grid >= d.min()) & (t_grid < d.max())
     if keep.sum() < 2:
         return math.nan
     train = _surv(
-        durations if censoring_durations is None else censoring_durations,
+        d if censoring_durations is None else censoring_durations,
         events if censoring_events is None else censoring_events,
     )
-    test = _surv(durations, events)
-    return float(_sksurv_ibs(train, test, np.asarray(survival, float)[:, keep], times[keep]))
+    test = _surv(d, events)
+    return float(_sksurv_ibs(train, test, np.asarray(survival, float)[:, keep], t_grid[keep]))
 
 
 def calibration_by_decile(
     *,
-    durations: Sequence[float],
-    events: Sequence[bool],
-    risk: Sequence[float],
+    durations: npt.ArrayLike,
+    events: npt.ArrayLike,
+    risk: npt.ArrayLike,
     horizon_days: float = DEFAULT_HORIZON_DAYS,
     n_groups: int = 10,
 ) -> pd.DataFrame:
@@ -140,22 +139,22 @@ def calibration_by_decile(
     Kaplan-Meier survival at the horizon), ``followed_to_horizon`` (False when the
     group's follow-up ends before the horizon, so ``observed`` is carried forward).
     """
-    risk = pd.Series(np.asarray(risk, float))
-    groups = min(n_groups, len(risk))
-    labels = pd.qcut(risk.rank(method="first"), q=groups, labels=False)
-    durations = np.asarray(durations, float)
-    events = np.asarray(events, bool)
+    risk_s = pd.Series(np.asarray(risk, float))
+    groups = min(n_groups, len(risk_s))
+    labels = pd.qcut(risk_s.rank(method="first"), q=groups, labels=False)
+    d = np.asarray(durations, float)
+    e = np.asarray(events, bool)
     rows = []
     for g in range(groups):
         mask = (labels == g).to_numpy()
-        km = KaplanMeierFitter().fit(durations[mask], event_observed=events[mask])
+        km = KaplanMeierFitter().fit(d[mask], event_observed=e[mask])
         rows.append(
             {
                 "group": g + 1,
                 "n": int(mask.sum()),
-                "mean_predicted": float(risk[mask].mean()),
+                "mean_predicted": float(risk_s[mask].mean()),
                 "observed": float(1.0 - km.survival_function_at_times([horizon_days]).iloc[0]),
-                "followed_to_horizon": bool(durations[mask].max() >= horizon_days),
+                "followed_to_horizon": bool(d[mask].max() >= horizon_days),
             }
         )
     return pd.DataFrame(rows)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import joblib
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from analytics.risk.core.estimators import (
@@ -87,7 +88,7 @@ class TierThresholds:
 
 
 def tier_thresholds(
-    scores: Sequence[float], *, quantiles: tuple[float, float] = (1 / 3, 2 / 3)
+    scores: npt.ArrayLike, *, quantiles: tuple[float, float] = (1 / 3, 2 / 3)
 ) -> TierThresholds:
     """Tier cut-points at the given quantiles (tertiles by default) of training scores."""
     low, high = np.quantile(np.asarray(scores, float), quantiles)
@@ -149,10 +150,10 @@ class RiskModel:
             return self.estimator.linear_predictor(x)
         return self.estimator.risk(x)
 
-    def survival_at(self, frame: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+    def survival_at(self, frame: pd.DataFrame, times: npt.ArrayLike) -> np.ndarray:
         return self.estimator.survival_at(self.design(frame), times)
 
-    def risk_at(self, frame: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+    def risk_at(self, frame: pd.DataFrame, times: npt.ArrayLike) -> np.ndarray:
         """P(event by t) for each t, shape (rows, times)."""
         return 1.0 - self.survival_at(frame, times)
 
@@ -186,8 +187,10 @@ class RiskModel:
                     swapped[column] = reference_row[column].iloc[0]
                 per_feature[source] = scores - self.estimator.risk(swapped)
         # Plain lists per feature: reading a DataFrame cell by cell costs more than the rest.
-        raw_values = {
-            f: [None if math.isnan(v) else v for v in raw[f].tolist()] if f in raw else None
+        raw_values: dict[str, list[float | None]] = {
+            f: [None if math.isnan(v) else v for v in raw[f].tolist()]
+            if f in raw
+            else [None] * len(x)
             for f in per_feature
         }
         pushes = {f: np.asarray(values, dtype=float).tolist() for f, values in per_feature.items()}
@@ -196,7 +199,7 @@ class RiskModel:
             contributions = [
                 Contribution(
                     feature=f,
-                    value=None if raw_values[f] is None else raw_values[f][i],
+                    value=raw_values[f][i],
                     contribution=pushes[f][i],
                 )
                 for f in per_feature
@@ -324,7 +327,7 @@ class _MovedModule(types.ModuleType):
 
 @contextmanager
 def _moved_modules() -> Iterator[None]:
-    added = {}
+    added: dict[str, types.ModuleType] = {}
     for name, homes in _MOVED_MODULES.items():
         if name not in sys.modules:
             added[name] = sys.modules[name] = _MovedModule(name, homes)

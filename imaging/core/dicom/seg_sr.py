@@ -5,12 +5,26 @@ same study as the images (Study Instance UID, patient and study attributes copie
 them, PS3.3 C.7.1 / C.7.2). The SEG (PS3.3 A.51) holds one BINARY segment per lesion,
 each with the lesion's Tracking UID (0062,0021) and Tracking ID (0062,0020) and the
 model that drew it in Segment Algorithm Name / Segmentation Algorithm Identification
-(0062,0009 / 0062,0007). The SR is a Comprehensive 3D SR whose content is TID 1500
+(0062,0009 / 0062,0007); a segment a radiologist added with a click is SEMIAUTOMATIC
+(Segment Algorithm Type (0062,0008), naming the click-guided method) and one whose mask
+a radiologist edited is MANUAL, and the SR then names that radiologist as its person
+observer. The SR is a Comprehensive 3D SR whose content is TID 1500
 Measurement Report: one measurement group per lesion with its Tracking Identifier
 (TID 4108), the study's Time Point Context (TID 1502), and volume (ml), long axis and
 short axis (mm). A lesion segmented at this study is a TID 1411 volumetric group that
-references its segment; a lesion that has resolved (no voxels here) is a TID 1501
-group with zero measurements, so the PACS sees its disappearance.
+references its segment; a lesion without voxels here is a TID 1501 group. A lesion a
+radiologist confirmed gone (resolved) measures 0 mm and 0 ml, so the PACS sees its
+disappearance.
+
+A measurement the lesion does not have at the study is absent, never a 0: TID 1501 and
+TID 1411 make every measurement row optional. A lesion not found (expected, not seen),
+merged into another lesion, or present but too small to measure has a group with no
+measurement at all, and a Qualitative Evaluation (`FINDING_STATE`, RadTrack's private
+codes) saying which; a lesion measured by hand without a volume has its diameters and no
+volume; an equivocal new finding keeps its values and says it is equivocal. (A NUM
+content item with an empty Measured Value Sequence and a Numeric Value Qualifier such
+as DCM 114010 "Value unknown" is allowed by PS3.3 C.18.1, but highdicom, and so the
+readers built on it, cannot read one back; a missing row is read by every reader.)
 
 Geometry: the label map is a `Volume` in LPS mm whose voxel values are the lesions'
 component labels (0 = background); a lesion split into fragments owns several labels,
@@ -22,8 +36,18 @@ therefore run as the source images' do (rows and columns along Image Orientation
 corrected (a flip) would otherwise land on the wrong slices or mirrored, so it is
 refused (the caller maps it back to the source header first).
 
+Volumes: a lesion with a segment has two Volume (SCT 118565006) measurements, each
+saying how it was made with a Measurement Method (SCT 370129005): the volume of the
+segment's own voxels, which anyone can recompute from the SEG (DCM 126030 "Sum of
+segmented voxel method for volume"), and the value in force, RadTrack's partial-volume
+volumetry (`PARTIAL_VOLUME_METHOD`) or a radiologist's value (`RADIOLOGIST_METHOD`). The
+two differ by design: partial-volume volumetry counts the fraction of each edge voxel
+the lesion fills, the mask only whole voxels.
+
 An SR that replaces an earlier one of the same study names it in the Predecessor
 Documents Sequence (0040,A360), PS3.3 C.17.2, so the PACS can show it superseded.
+`CONTENT_VERSION` counts changes to what the objects say, so that a new layout gets new
+UIDs rather than new bytes under an old one.
 """
 
 from __future__ import annotations
@@ -43,8 +67,50 @@ from imaging.core.geometry.volume import Volume
 #: UCUM millilitre; pydicom's code dictionary has no keyword for it.
 MILLILITRE = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
 #: Finding sites by organ (SNOMED CT, CID 7151 Segmentation Property Types).
-ORGAN_SITES = {"liver": codes.SCT.Liver, "lung": codes.SCT.Lung}
+ORGAN_SITES = {
+    "liver": codes.SCT.Liver,
+    "lung": codes.SCT.Lung,
+    "lymph_node": codes.SCT.LymphNode,
+}
 MANUFACTURER = "RadTrack"
+#: What the SEG and SR say and how (raised when either changes; it is part of their UIDs).
+#: 3: absent measurements are left out, and a finding's state is said (module docstring).
+#: 4: a segment a radiologist drew or edited says so, and the SR names the editor.
+CONTENT_VERSION = 4
+#: A segment's Segment Algorithm Type (0062,0008) by who drew it (`ExportedLesion`).
+ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
+#: The click-guided method a radiologist's added (SEMIAUTOMATIC) segment was grown with.
+CLICK_ALGORITHM_NAME = "RadTrack click-guided region growing"
+#: PS3.16 CID 7474: the volume of the segment's voxels.
+MASK_VOLUME_METHOD = codes.DCM.SumOfSegmentedVoxelMethodForVolume
+#: RadTrack's own methods (a private coding scheme, "99" prefix as PS3.16 8.2 allows).
+PARTIAL_VOLUME_METHOD = hd.sr.CodedConcept(
+    value="PVV", scheme_designator="99RADTRACK", meaning="Partial-volume corrected volumetry"
+)
+RADIOLOGIST_METHOD = hd.sr.CodedConcept(
+    value="RADVAL", scheme_designator="99RADTRACK", meaning="Value entered by a radiologist"
+)
+#: The Qualitative Evaluation naming a finding's state when it is not a plain measured
+#: lesion, and its values, by `ExportedLesion.state`.
+FINDING_STATE = hd.sr.CodedConcept(
+    value="FSTATE", scheme_designator="99RADTRACK", meaning="Finding state"
+)
+FINDING_STATES = {
+    "equivocal": hd.sr.CodedConcept(
+        value="EQUIVOCAL",
+        scheme_designator="99RADTRACK",
+        meaning="Equivocal, awaiting confirmation",
+    ),
+    "not_found": hd.sr.CodedConcept(
+        value="NOTFOUND", scheme_designator="99RADTRACK", meaning="Not found, needs review"
+    ),
+    "merged": hd.sr.CodedConcept(
+        value="MERGED", scheme_designator="99RADTRACK", meaning="Merged into another lesion"
+    ),
+    "too_small": hd.sr.CodedConcept(
+        value="TOOSMALL", scheme_designator="99RADTRACK", meaning="Present, too small to measure"
+    ),
+}
 
 
 class DicomExportError(ValueError):
@@ -56,20 +122,34 @@ class ExportedLesion:
     """A lesion at one study, with the values in force (a radiologist's override wins).
 
     ``component_label`` is the lesion's (largest fragment's) value in the label map;
-    ``None`` when the lesion has no voxels at this study (resolved).
+    ``None`` when the lesion has no voxels at this study (resolved, not found, merged,
+    measured by hand).
     ``component_labels`` are all its fragments' values (the measurements cover them
     all); empty means ``component_label`` alone. ``tracking_id`` is the readable label
     ("Liver 2"), ``tracking_uid`` the DICOM Tracking UID shared across studies.
+    ``volume_ml`` is the volume in force, a radiologist's when ``volume_by_radiologist``;
+    ``mask_volume_ml`` the volume of its voxels in the label map (`segment_volumes_ml`),
+    None without them. A value the lesion does not have here is None (not found,
+    merged, too small to measure, no volume when measured by hand): it is left out of
+    the SR, never written as 0. ``state``: "" for a lesion measured as it reads, else a
+    key of `FINDING_STATES` (equivocal, not_found, merged, too_small), said in the SR.
+    ``algorithm_type`` is how its segment was drawn (`ALGORITHM_TYPES`): by the model
+    (AUTOMATIC), grown from a radiologist's click (SEMIAUTOMATIC), or edited by hand
+    (MANUAL).
     """
 
     tracking_uid: str
     tracking_id: str
     organ: str
-    volume_ml: float
-    longest_diameter_mm: float
-    short_axis_mm: float
+    volume_ml: float | None
+    longest_diameter_mm: float | None
+    short_axis_mm: float | None
     component_label: int | None
     component_labels: tuple[int, ...] = ()
+    volume_by_radiologist: bool = False
+    mask_volume_ml: float | None = None
+    state: str = ""
+    algorithm_type: str = "AUTOMATIC"
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -157,10 +237,10 @@ def _check_sources(source_images: Sequence[Dataset]) -> str:
 
 def _segmented(lesions: Sequence[ExportedLesion]) -> list[ExportedLesion]:
     """Lesions with voxels at this study, in label order; labels and UIDs must be unique."""
-    segmented = sorted(
-        (lesion for lesion in lesions if lesion.component_label is not None),
-        key=lambda lesion: lesion.component_label,
-    )
+    labelled = [
+        (lesion.component_label, lesion) for lesion in lesions if lesion.component_label is not None
+    ]
+    segmented = [lesion for _, lesion in sorted(labelled, key=lambda pair: pair[0])]
     labels = [label for lesion in segmented for label in lesion.labels]
     if len(set(labels)) != len(labels):
         raise DicomExportError(f"two lesions share a component label: {sorted(labels)}")
@@ -252,12 +332,25 @@ def segmentation_build(
     labels = np.asarray(label_map.array)
     segments = np.zeros(labels.shape, dtype=np.uint16 if len(segmented) > 255 else np.uint8)
     descriptions = []
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=model.name[:64],
-        family=codes.cid7162.ArtificialIntelligence,
-        version=model.version[:64],
-    )
+    algorithms = {
+        "AUTOMATIC": hd.AlgorithmIdentificationSequence(
+            name=model.name[:64],
+            family=codes.cid7162.ArtificialIntelligence,
+            version=model.version[:64],
+        ),
+        "SEMIAUTOMATIC": hd.AlgorithmIdentificationSequence(
+            name=CLICK_ALGORITHM_NAME,
+            family=codes.cid7162.NeighborhoodAnalysis,
+            version=software_version[:64],
+        ),
+        "MANUAL": None,  # drawn by a person: no algorithm (PS3.3 C.8.20.4)
+    }
     for number, lesion in enumerate(segmented, start=1):
+        if lesion.algorithm_type not in ALGORITHM_TYPES:
+            raise DicomExportError(
+                f"lesion {lesion.tracking_id!r}: segment algorithm type "
+                f"{lesion.algorithm_type!r} is not one of {', '.join(ALGORITHM_TYPES)}"
+            )
         for label in lesion.labels:
             if not (labels == label).any():
                 raise DicomExportError(
@@ -273,8 +366,8 @@ def segmentation_build(
                 segment_label=lesion.tracking_id[:64],
                 segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
                 segmented_property_type=codes.SCT.Lesion,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues[lesion.algorithm_type],
+                algorithm_identification=algorithms[lesion.algorithm_type],
                 tracking_uid=lesion.tracking_uid,
                 tracking_id=lesion.tracking_id[:64],
                 anatomic_regions=sites,
@@ -299,27 +392,71 @@ def segmentation_build(
     )
 
 
-def _measurements(lesion: ExportedLesion, algorithm: hd.sr.AlgorithmIdentification) -> list:
-    return [
+def segment_volumes_ml(*, label_map: Volume, lesions: Sequence[ExportedLesion]) -> dict[str, float]:
+    """Each segmented lesion's voxel volume (ml) in ``label_map``, by Tracking UID: the
+    count of voxels holding any of its labels times the voxel's volume, which is what
+    its SEG segment holds (`segmentation_build` writes those voxels on this grid)."""
+    labels = np.asarray(label_map.array)
+    voxel_ml = float(np.prod(label_map.spacing_mm)) / 1000.0
+    return {
+        lesion.tracking_uid: float(np.isin(labels, lesion.labels).sum()) * voxel_ml
+        for lesion in lesions
+        if lesion.labels
+    }
+
+
+def _measurements(
+    lesion: ExportedLesion, algorithm: hd.sr.AlgorithmIdentification, *, with_mask: bool
+) -> list:
+    """Volume(s), long and short axis, those the lesion has. With the segment referenced,
+    the mask's own volume comes first; the value in force always says its method
+    (module docstring)."""
+    volumes = []
+    if with_mask and lesion.mask_volume_ml is not None:
+        volumes.append(
+            hd.sr.Measurement(
+                name=codes.SCT.Volume,
+                value=float(lesion.mask_volume_ml),
+                unit=MILLILITRE,
+                method=MASK_VOLUME_METHOD,
+                algorithm_id=algorithm,
+            )
+        )
+    if lesion.volume_ml is not None:
+        volumes.append(
+            hd.sr.Measurement(
+                name=codes.SCT.Volume,
+                value=float(lesion.volume_ml),
+                unit=MILLILITRE,
+                method=RADIOLOGIST_METHOD
+                if lesion.volume_by_radiologist
+                else PARTIAL_VOLUME_METHOD,
+                algorithm_id=None if lesion.volume_by_radiologist else algorithm,
+            )
+        )
+    axes = [
         hd.sr.Measurement(
-            name=codes.SCT.Volume,
-            value=float(lesion.volume_ml),
-            unit=MILLILITRE,
-            algorithm_id=algorithm,
-        ),
-        hd.sr.Measurement(
-            name=codes.SCT.LongAxis,
-            value=float(lesion.longest_diameter_mm),
-            unit=codes.UCUM.Millimeter,
-            algorithm_id=algorithm,
-        ),
-        hd.sr.Measurement(
-            name=codes.SCT.ShortAxis,
-            value=float(lesion.short_axis_mm),
-            unit=codes.UCUM.Millimeter,
-            algorithm_id=algorithm,
-        ),
+            name=name, value=float(value), unit=codes.UCUM.Millimeter, algorithm_id=algorithm
+        )
+        for name, value in (
+            (codes.SCT.LongAxis, lesion.longest_diameter_mm),
+            (codes.SCT.ShortAxis, lesion.short_axis_mm),
+        )
+        if value is not None
     ]
+    return [*volumes, *axes]
+
+
+def _state_evaluations(lesion: ExportedLesion) -> list[hd.sr.QualitativeEvaluation] | None:
+    """The finding's state, when it is not a plain measured lesion (module docstring)."""
+    if not lesion.state:
+        return None
+    if lesion.state not in FINDING_STATES:
+        raise DicomExportError(
+            f"lesion {lesion.tracking_id!r}: unknown finding state {lesion.state!r} (one of "
+            f"{', '.join(FINDING_STATES)})"
+        )
+    return [hd.sr.QualitativeEvaluation(name=FINDING_STATE, value=FINDING_STATES[lesion.state])]
 
 
 def _referenced_segment(
@@ -376,6 +513,11 @@ def _measurement_group(
         if segmentation is not None and lesion.component_label is not None
         else []
     )
+    if segment_numbers and lesion.mask_volume_ml is None:
+        raise DicomExportError(
+            f"lesion {lesion.tracking_id!r} references a segment but its mask volume is not "
+            "given (segment_volumes_ml): the SR would report no volume of the SEG it cites"
+        )
     common = {
         "tracking_identifier": tracking,
         "time_point_context": time_point_context,
@@ -383,9 +525,10 @@ def _measurement_group(
         "finding_category": codes.SCT.MorphologicallyAbnormalStructure,
         "algorithm_id": algorithm,
         "finding_sites": sites,
-        "measurements": _measurements(lesion, algorithm),
+        "measurements": _measurements(lesion, algorithm, with_mask=bool(segment_numbers)),
+        "qualitative_evaluations": _state_evaluations(lesion),
     }
-    if segment_numbers:
+    if segmentation is not None and segment_numbers:
         return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             referenced_segment=_referenced_segment(segmentation, segment_numbers[0]),
             **common,
@@ -406,6 +549,14 @@ def _device_observer(model: SegmentationModel, uids: ExportUids) -> hd.sr.Observ
     )
 
 
+def _person_observer(name: str) -> hd.sr.ObserverContext:
+    """The radiologist who edited the segments as the observing person (TID 1003)."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=name[:64]),
+    )
+
+
 def measurement_report_build(
     *,
     source_images: Sequence[Dataset],
@@ -416,16 +567,21 @@ def measurement_report_build(
     uids: ExportUids,
     series_number: int = 9002,
     predecessor: PredecessorDocument | None = None,
+    editor: str = "",
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report with one measurement group per lesion.
 
     ``predecessor`` is the SR of this study this one replaces (values changed): it is
-    cited in the Predecessor Documents Sequence (0040,A360).
+    cited in the Predecessor Documents Sequence (0040,A360). ``editor`` names the
+    radiologist who last drew or edited a segment of the study: the report's person
+    observer (TID 1003), beside the model as device observer (TID 1004).
 
     Values are the ones in force (volume in ml, long and short axis in mm, PS3.16
     SCT 118565006, 103339001, 103340004). A lesion with a segment in ``segmentation``
-    references it (TID 1411); a lesion without one (resolved, or no SEG at all) is a
-    TID 1501 group. Every group carries the lesion's Tracking Identifier (TID 4108) and
+    references it (TID 1411) and also reports the segment's own voxel volume
+    (``mask_volume_ml``, method DCM 126030); a lesion without one (no voxels here, or no
+    SEG at all) is a TID 1501 group. Values the lesion does not have are left out and
+    its state said instead (module docstring). Every group carries the lesion's Tracking Identifier (TID 4108) and
     the study's Time Point Context (TID 1502).
     """
     _check_sources(source_images)
@@ -444,7 +600,8 @@ def measurement_report_build(
     ]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
-            observer_device_context=_device_observer(model, uids)
+            observer_person_context=_person_observer(editor) if editor else None,
+            observer_device_context=_device_observer(model, uids),
         ),
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -125,7 +125,7 @@ class SeriesChoice:
         }
 
 
-def image_plane(*, row_cosine: Sequence[float], column_cosine: Sequence[float]) -> ImagePlane:
+def image_plane(*, row_cosine: Iterable[float], column_cosine: Iterable[float]) -> ImagePlane:
     """The acquisition plane from Image Orientation (Patient) (0020,0037) cosines (LPS).
 
     The slice normal (row x column) within `PLANE_TOLERANCE_DEG` of the S axis is axial,
@@ -138,9 +138,10 @@ def image_plane(*, row_cosine: Sequence[float], column_cosine: Sequence[float]) 
     if norm < 1e-6:
         return "unknown"
     limit = math.cos(math.radians(PLANE_TOLERANCE_DEG))
-    for axis, plane in ((2, "axial"), (1, "coronal"), (0, "sagittal")):
+    planes: tuple[tuple[int, ImagePlane], ...] = ((2, "axial"), (1, "coronal"), (0, "sagittal"))
+    for axis, plane in planes:
         if abs(normal[axis]) / norm >= limit:
-            return plane  # type: ignore[return-value]
+            return plane
     return "oblique"
 
 

@@ -91,9 +91,9 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _orientation_text(s: Slice) -> str:
-    assert s.row_cosine is not None and s.column_cosine is not None
-    values = "\\".join(f"{v:g}" for v in (*s.row_cosine, *s.column_cosine))
-    return f"{image_plane(row_cosine=s.row_cosine, column_cosine=s.column_cosine)} ({values})"
+    row, column = s.orientation()
+    values = "\\".join(f"{v:g}" for v in (*row, *column))
+    return f"{image_plane(row_cosine=row, column_cosine=column)} ({values})"
 
 
 def orientation_groups(*, slices: list[Slice], tolerance_deg: float) -> list[list[Slice]]:
@@ -101,11 +101,12 @@ def orientation_groups(*, slices: list[Slice], tolerance_deg: float) -> list[lis
     the largest group first."""
     groups: list[list[Slice]] = []
     for s in slices:
+        row, column = s.orientation()
         for group in groups:
-            ref = group[0]
+            ref_row, ref_column = group[0].orientation()
             if (
-                _angle_deg(s.row_cosine, ref.row_cosine) <= tolerance_deg
-                and _angle_deg(s.column_cosine, ref.column_cosine) <= tolerance_deg
+                _angle_deg(row, ref_row) <= tolerance_deg
+                and _angle_deg(column, ref_column) <= tolerance_deg
             ):
                 group.append(s)
                 break
@@ -198,13 +199,13 @@ def slices_check_common(slices: list[Slice]) -> None:
                 f"{s.rows}x{s.columns} at {s.where()}",
                 code="mixed_size",
             )
-        if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-5):
+        if not np.allclose(s.spacing_ji(), first.spacing_ji(), rtol=1e-4, atol=1e-5):
             raise SeriesGeometryError(
                 f"pixel spacing differs: {first.pixel_spacing} mm at {first.where()} and "
                 f"{s.pixel_spacing} mm at {s.where()}",
                 code="mixed_pixel_spacing",
             )
-    if min(first.pixel_spacing) <= 0:
+    if min(first.spacing_ji()) <= 0:
         raise SeriesGeometryError(
             f"non-positive Pixel Spacing {first.pixel_spacing} at {first.where()}",
             code="missing_geometry",
@@ -216,8 +217,9 @@ def slices_ordered(
 ) -> tuple[list[Slice], np.ndarray]:
     """Slices sorted by position along the normal, duplicates refused; and the normal."""
     first = slices[0]
-    row = first.row_cosine / np.linalg.norm(first.row_cosine)
-    column = first.column_cosine / np.linalg.norm(first.column_cosine)
+    row, column = first.orientation()
+    row = row / np.linalg.norm(row)
+    column = column / np.linalg.norm(column)
     if abs(float(np.dot(row, column))) > 1e-3:
         raise SeriesGeometryError(
             f"row and column cosines of Image Orientation (Patient) are not perpendicular "
@@ -227,7 +229,7 @@ def slices_ordered(
     normal = np.cross(row, column)
     normal /= np.linalg.norm(normal)
     for s in slices:
-        s.normal_position = float(np.dot(s.position, normal))
+        s.normal_position = float(np.dot(s.position_mm(), normal))
     ordered = sorted(slices, key=lambda s: s.normal_position)
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.normal_position - a.normal_position < limits.duplicate_position_mm:
@@ -339,10 +341,10 @@ def geometry_plan(
 ) -> GeometryPlan:
     """How the ordered slices map onto a regular grid: tilt, usual spacing, whether they
     need resampling, and what was found; `SeriesGeometryError` beyond ``limits``."""
-    first = ordered[0]
-    row = first.row_cosine / np.linalg.norm(first.row_cosine)
-    column = first.column_cosine / np.linalg.norm(first.column_cosine)
-    spacing_j, spacing_i = first.pixel_spacing
+    row, column = ordered[0].orientation()
+    row = row / np.linalg.norm(row)
+    column = column / np.linalg.norm(column)
+    spacing_j, spacing_i = ordered[0].spacing_ji()
     findings: list[SeriesFinding] = []
     tilt = _tilt(ordered, normal, min(spacing_i, spacing_j), limits, findings)
     usual, regular = _slice_spacing(ordered, limits, findings)

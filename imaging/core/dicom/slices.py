@@ -58,6 +58,34 @@ class Slice:
         frame = f" frame {self.frame + 1}" if self.frame is not None else ""
         return f"{number}{frame} ({self.sop_instance_uid})".strip()
 
+    def orientation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, column) direction cosines of Image Orientation (Patient) (0020,0037);
+        `SeriesGeometryError` when the image has none."""
+        if self.row_cosine is None or self.column_cosine is None:
+            raise SeriesGeometryError(
+                f"{self.where()} lacks Image Orientation (Patient) (0020,0037)",
+                code="missing_geometry",
+            )
+        return self.row_cosine, self.column_cosine
+
+    def position_mm(self) -> np.ndarray:
+        """Image Position (Patient) (0020,0032), LPS mm; `SeriesGeometryError` when absent."""
+        if self.position is None:
+            raise SeriesGeometryError(
+                f"{self.where()} lacks Image Position (Patient) (0020,0032)",
+                code="missing_geometry",
+            )
+        return self.position
+
+    def spacing_ji(self) -> tuple[float, float]:
+        """Pixel Spacing (0028,0030) as (row spacing Δj, column spacing Δi) in mm;
+        `SeriesGeometryError` when the image has none."""
+        if self.pixel_spacing is None:
+            raise SeriesGeometryError(
+                f"{self.where()} lacks Pixel Spacing (0028,0030)", code="missing_geometry"
+            )
+        return self.pixel_spacing
+
 
 def _floats(value: Any, count: int) -> np.ndarray | None:
     if value is None or value == "":

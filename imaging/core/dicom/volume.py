@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from imaging.core.dicom.series_choice import SeriesSummary, image_plane
+from imaging.core.dicom.series_choice import ImagePlane, SeriesSummary, image_plane
 from imaging.core.dicom.slice_geometry import (
     DEFAULT_LIMITS,
     GeometryLimits,
@@ -293,16 +293,16 @@ def series_summary(*, sources: Sequence[Dataset | str | Path]) -> SeriesSummary:
     slices = [s for ds in datasets for s in slices_of(ds)]
     images = [s for s in slices if "LOCALIZER" not in s.image_type] or slices
     oriented = [s for s in images if s.row_cosine is not None]
-    plane = "unknown"
+    plane: ImagePlane = "unknown"
     spacing = coverage = None
     n_slices = len(images)
     if oriented:
         group = orientation_groups(
             slices=oriented, tolerance_deg=DEFAULT_LIMITS.orientation_tolerance_deg
         )[0]
-        ref = group[0]
-        plane = image_plane(row_cosine=ref.row_cosine, column_cosine=ref.column_cosine)
-        normal = np.cross(ref.row_cosine, ref.column_cosine)
+        row, column = group[0].orientation()
+        plane = image_plane(row_cosine=row, column_cosine=column)
+        normal = np.cross(row, column)
         positions = sorted(
             {round(float(np.dot(s.position, normal)), 3) for s in group if s.position is not None}
         )

@@ -60,11 +60,12 @@ def volume_read_nifti(*, path: Path, kind: VolumeKind | None = None) -> Volume:
     """
     image = sitk.ReadImage(str(path))
     notes = image.GetMetaData(_NOTES_KEY) if image.HasMetaDataKey(_NOTES_KEY) else ""
-    recorded_kind, _, frame_uid = notes.partition(" FoR=")
-    if recorded_kind not in ("scalar", "label"):
-        recorded_kind, frame_uid = "scalar", ""
+    recorded, _, frame_uid = notes.partition(" FoR=")
+    recorded_kind: VolumeKind = "label" if recorded == "label" else "scalar"
+    if recorded not in ("scalar", "label"):
+        frame_uid = ""
     return Volume.from_sitk(
         image,
-        kind=kind or recorded_kind,  # type: ignore[arg-type]
+        kind=kind or recorded_kind,
         frame_of_reference_uid=frame_uid.strip(),
     )

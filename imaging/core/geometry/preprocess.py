@@ -341,7 +341,10 @@ def volume_normalise(
 
 # --------------------------------------------------------------------------- steps
 class PreprocessStep(Protocol):
+    """A frozen dataclass (its fields are the recorded parameters) with a name."""
+
     name: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
     def apply(self, volume: Volume) -> tuple[Volume, dict[str, Any]]:
         """The new volume, and what the step measured or decided (JSON-ready)."""
@@ -409,11 +412,12 @@ class Window:
             width_hu=self.width_hu,
             output=self.output,
         )
-        window = (
-            window_preset(name=self.preset)
-            if self.preset
-            else WindowPreset(center_hu=self.center_hu, width_hu=self.width_hu)  # type: ignore[arg-type]
-        )
+        if self.preset is not None:
+            window = window_preset(name=self.preset)
+        elif self.center_hu is not None and self.width_hu is not None:
+            window = WindowPreset(center_hu=self.center_hu, width_hu=self.width_hu)
+        else:  # volume_window has refused it already
+            raise ValueError("give a window preset name or both center_hu and width_hu")
         return out, {"lower_hu": window.lower_hu, "upper_hu": window.upper_hu}
 
 
@@ -488,7 +492,7 @@ def preprocess_run(*, volume: Volume, steps: Sequence[PreprocessStep]) -> Prepro
         records.append(
             StepRecord(
                 name=step.name,
-                parameters=json_safe(asdict(step)),  # type: ignore[call-overload]
+                parameters=json_safe(asdict(step)),
                 versions=dict(versions),
                 seconds=seconds,
                 details=json_safe(details),

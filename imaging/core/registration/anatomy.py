@@ -33,6 +33,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from imaging.core.geometry.preprocess import volume_resample
+from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 
 BODY_HU = -500.0
@@ -82,7 +83,7 @@ def volume_coarse(*, volume: Volume, spacing_mm: float = 4.0) -> Volume:
         frame_of_reference_uid=volume.frame_of_reference_uid,
     )
     if min(coarse.spacing_mm) < 0.8 * spacing_mm:
-        target = tuple(max(s, spacing_mm) if s < 0.8 * spacing_mm else s for s in coarse.spacing_mm)
+        target = vec3(max(s, spacing_mm) if s < 0.8 * spacing_mm else s for s in coarse.spacing_mm)
         coarse = volume_resample(volume=coarse, spacing_mm=target)
     return coarse
 
@@ -107,7 +108,7 @@ def _block_mean(volume: Volume, factors: list[int]) -> Volume:
     ]
     return Volume(
         array=np.ascontiguousarray(array, dtype=np.float32),
-        spacing_mm=tuple(s * f for s, f in zip(volume.spacing_mm, factors, strict=True)),
+        spacing_mm=vec3(s * f for s, f in zip(volume.spacing_mm, factors, strict=True)),
         origin_mm=tuple(volume.index_to_lps((np.asarray(factors, dtype=float) - 1.0) / 2.0)),
         direction=volume.direction,
         frame_of_reference_uid=volume.frame_of_reference_uid,
@@ -235,7 +236,7 @@ def _centroid(mask: np.ndarray, grid: tuple[np.ndarray, np.ndarray, np.ndarray])
 
 
 def _point(values: np.ndarray | None) -> Point | None:
-    return None if values is None else tuple(round(float(v), 2) for v in values)
+    return None if values is None else vec3(round(float(v), 2) for v in values)
 
 
 #: Landmarks that stay None when they cannot be measured.
@@ -268,9 +269,11 @@ def _coarse_anatomy(volume: Volume, spacing_mm: float) -> _Coarse:
     coarse = volume_coarse(volume=volume, spacing_mm=spacing_mm)
     hu = ndimage.gaussian_filter(coarse.array, 0.7)
     nz, ny, nx = hu.shape
-    grid = tuple(
-        coarse.origin_mm[a] + coarse.spacing_mm[a] * np.arange(n)
-        for a, n in enumerate((nx, ny, nz))
+    origin, spacing = coarse.origin_mm, coarse.spacing_mm
+    grid = (
+        origin[0] + spacing[0] * np.arange(nx),
+        origin[1] + spacing[1] * np.arange(ny),
+        origin[2] + spacing[2] * np.arange(nz),
     )
     body, lungs = body_lung_arrays(hu, coarse.voxel_volume_ml)
     return _Coarse(hu, grid, coarse.spacing_mm, coarse.voxel_volume_ml, body, lungs)

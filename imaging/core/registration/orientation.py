@@ -37,8 +37,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from imaging.core.geometry.preprocess import StepRecord, library_versions
+from imaging.core.geometry.triples import IntVec3, ivec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.anatomy import AnatomyLandmarks, anatomy_landmarks, volume_coarse
 from imaging.core.registration.sitk_backend import register_rigid_affine_sitk
@@ -209,7 +211,7 @@ def _axis_findings(
 
 
 def volume_flip_header(
-    *, volume: Volume, flips: tuple[int, int, int], centre_lps_mm: np.ndarray | None = None
+    *, volume: Volume, flips: tuple[int, int, int], centre_lps_mm: npt.ArrayLike | None = None
 ) -> Volume:
     """Mirror the volume's geometry along LPS axes where ``flips`` is -1, about ``centre_lps_mm``.
 
@@ -238,12 +240,12 @@ def _candidates(
     """The header as it is, the anatomy's proposal, and the proposal toggled along the
     left-right axis (the subtlest anatomical cue) and along any axis the anatomy is not
     sure of (confidence below 1)."""
-    out = {(1, 1, 1), proposed}
+    out: set[IntVec3] = {(1, 1, 1), proposed}
     for n, axis in enumerate(axes):
         if axis.axis == "left_right" or axis.confidence < 1.0:
             toggled = list(proposed)
             toggled[n] = -toggled[n]
-            out.add(tuple(toggled))
+            out.add(ivec3(toggled))
     return sorted(out, key=lambda f: (sum(s < 0 for s in f), f[::-1]))
 
 
@@ -271,10 +273,11 @@ def baseline_agreement(
             affine_levels_mm=None,
             iterations=60,
             samples=10_000,
+            start_search=False,
         )
         scores[flip_code(flips)] = result.quality.ncc
     ranked = sorted(scores.values(), reverse=True)
-    preferred = max(scores, key=scores.get)
+    preferred = max(scores, key=lambda code: scores[code])
     return BaselineAgreement(
         scores=scores,
         preferred=preferred,
@@ -299,7 +302,7 @@ def orientation_check(
     thresholds = thresholds or FlipThresholds()
     landmarks = anatomy_landmarks(volume=volume)
     axes = _axis_findings(landmarks, thresholds)
-    proposed = tuple(-1 if a.verdict == "flipped" else 1 for a in axes)
+    proposed = ivec3(-1 if a.verdict == "flipped" else 1 for a in axes)
     disagreements: list[str] = []
     agreement = None
     if baseline is not None:
@@ -319,7 +322,7 @@ def orientation_check(
                 f"the baseline fits the study best flipped {preferred} (NCC "
                 f"{scores[preferred]:.3f} vs {scores[code]:.3f}); anatomy alone does not show it"
             )
-    flips = tuple(proposed)
+    flips = proposed
     reasons = list(disagreements)
     if flips != (1, 1, 1):
         names = [a.axis for a, s in zip(axes, flips, strict=True) if s < 0]

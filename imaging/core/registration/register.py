@@ -1,14 +1,16 @@
 """Register a follow-up CT to the patient's baseline with the named backend.
 
 Two backends return the same `result.RegistrationResult`: `sitk_backend` (SimpleITK,
-Mattes mutual information, rigid then affine, optionally B-spline) and `torch_backend`
-(the same rigid-then-affine model optimised with Adam on the CPU or a CUDA GPU). Both
-start from the body centroids and the long axes of the body's axial sections
-(`start.registration_start`), keep a later stage only when it improves the metric (a
-patient who has not changed shape gains nothing from extra freedom), and end with
-`quality.registration_quality`'s verdict, so a failed registration is never used
-silently. Transforms map fixed (baseline) LPS mm to moving (follow-up) LPS mm
-(`transforms.SpatialTransform`).
+Mattes mutual information, rigid then affine, then a B-spline deformation for the lungs
+and liver, which move between studies) and `torch_backend` (the same rigid-then-affine
+model optimised with Adam on the CPU or a CUDA GPU; it has no deformable stage). Both
+start from the best of several poses (the header's geometry, body and lung centroids,
+the axial sections' principal axes; `start.registration_start`), keep a later stage
+only when it improves the metric (a patient who has not changed shape gains nothing
+from extra freedom), and end with `quality.registration_quality`'s verdict, so a failed
+registration is never used silently. Transforms map fixed (baseline) LPS mm to moving
+(follow-up) LPS mm (`transforms.SpatialTransform`), deformable ones included;
+`transforms.point_map` carries points either way.
 """
 
 from __future__ import annotations
@@ -26,10 +28,16 @@ def register(
     moving: Volume,
     backend: Backend = "simpleitk",
     device: Device = "auto",
+    deformable: bool = True,
     **options: Any,
 ) -> RegistrationResult:
-    """Register with the named backend (``device`` applies to torch; SimpleITK is CPU)."""
+    """Register with the named backend (``device`` applies to torch; SimpleITK is CPU).
+
+    ``deformable`` adds SimpleITK's B-spline stage (kept only when it helps); the torch
+    backend has none and records that it ran rigid and affine only.
+    """
     if backend == "simpleitk":
+        options.setdefault("bspline", deformable)
         return register_rigid_affine_sitk(fixed=fixed, moving=moving, **options)
     if backend == "torch":
         # Imported here so that processes which never register with torch never load it.

@@ -207,7 +207,13 @@ def _problem(
     tensors = (
         (tensor(start.fixed.array).clamp(lo, hi) - lo) / (hi - lo),
         (tensor(start.moving.array).clamp(lo, hi) - lo) / (hi - lo),
-        tensor(sampling_mask(start.fixed_masks[0]).astype(np.float32)),
+        tensor(
+            (
+                start.sampling
+                if start.sampling is not None
+                else sampling_mask(start.fixed_masks[0])
+            ).astype(np.float32)
+        ),
     )
     levels = {mm: _TorchLevel(start, mm, base_mm, tensors, device) for mm in levels_mm}
     loss_fn = GlobalMutualInformationLoss(kernel_type="b-spline", num_bins=32).to(device)
@@ -404,5 +410,6 @@ def _register_torch(
             "metric": "MONAI GlobalMutualInformationLoss, b-spline Parzen, 32 bins",
             "metric_hu": list(METRIC_HU),
             "thresholds": asdict(thresholds),
+            "deformable": "none: the torch backend registers rigid then affine only",
         },
     )

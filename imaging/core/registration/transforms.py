@@ -20,6 +20,19 @@ import SimpleITK as sitk
 
 from imaging.core.geometry.volume import Volume, VolumeKind
 
+#: SimpleITK transforms ``p -> A (p - c) + c + t`` with a matrix, centre and translation;
+_MATRIX_OFFSET = (
+    sitk.AffineTransform,
+    sitk.Euler3DTransform,
+    sitk.Similarity3DTransform,
+    sitk.VersorRigid3DTransform,
+    sitk.ScaleVersor3DTransform,
+    sitk.ScaleSkewVersor3DTransform,
+    sitk.ComposeScaleSkewVersor3DTransform,
+)
+#: those with a matrix and centre but no ``GetTranslation`` (``t = 0``).
+_MATRIX_ABOUT_CENTRE = (sitk.ScaleTransform, sitk.VersorTransform)
+
 
 @dataclass(frozen=True, eq=False)
 class SpatialTransform:
@@ -72,6 +85,31 @@ class SpatialTransform:
         out = flat @ self.matrix[:3, :3].T + self.matrix[:3, 3]
         return out.reshape(points.shape)
 
+    def map_points_inverse(
+        self, points_lps_mm: np.ndarray, *, tolerance_mm: float = 0.01, iterations: int = 50
+    ) -> np.ndarray:
+        """Moving LPS mm point or (N, 3) points back to fixed LPS mm.
+
+        Exact for an affine transform; with a B-spline, the fixed point ``q`` with
+        ``bspline(q) = A^-1 p`` is found by fixed-point iteration ``q <- q - (bspline(q) -
+        r)``, which converges for the smooth, small deformations registration keeps
+        (displacement gradients well below 1), to ``tolerance_mm``.
+        """
+        points = np.asarray(points_lps_mm, dtype=float)
+        flat = np.atleast_2d(points)
+        linear = self.matrix[:3, :3]
+        target = (flat - self.matrix[:3, 3]) @ np.linalg.inv(linear).T
+        if self.bspline is None:
+            return target.reshape(points.shape)
+        q = target.copy()
+        for _ in range(iterations):
+            moved = np.array([self.bspline.TransformPoint(tuple(map(float, p))) for p in q])
+            step = moved - target
+            q -= step
+            if np.abs(step).max() < tolerance_mm:
+                break
+        return q.reshape(points.shape)
+
     def affine_sitk(self) -> sitk.AffineTransform:
         affine = sitk.AffineTransform(3)
         affine.SetMatrix(tuple(self.matrix[:3, :3].flatten()))
@@ -109,15 +147,19 @@ class SpatialTransform:
             matrix = np.eye(4)
             matrix[:3, 3] = transform.GetOffset()
             return cls(matrix)
-        try:
-            linear = np.asarray(transform.GetMatrix(), dtype=float).reshape(3, 3)
-        except AttributeError:
-            raise ValueError(f"cannot express a {transform.GetName()} as a matrix") from None
-        centre = np.asarray(transform.GetCenter())
-        translation = np.asarray(transform.GetTranslation())
+        if isinstance(transform, _MATRIX_OFFSET):
+            translation = np.asarray(transform.GetTranslation(), dtype=float)
+        elif isinstance(transform, _MATRIX_ABOUT_CENTRE):
+            translation = np.zeros(3)
+        else:
+            raise ValueError(f"cannot express a {transform.GetName()} as a matrix")
+        if transform.GetDimension() != 3:
+            raise ValueError(f"a {transform.GetDimension()}D {transform.GetName()} is not 3D")
+        linear_part = np.asarray(transform.GetMatrix(), dtype=float).reshape(3, 3)
+        centre = np.asarray(transform.GetCenter(), dtype=float)
         matrix = np.eye(4)
-        matrix[:3, :3] = linear
-        matrix[:3, 3] = translation + centre - linear @ centre
+        matrix[:3, :3] = linear_part
+        matrix[:3, 3] = translation + centre - linear_part @ centre
         return cls(matrix)
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,8 +171,17 @@ class SpatialTransform:
         }
 
 
-def point_map(transform: SpatialTransform, points_lps: np.ndarray) -> np.ndarray:
-    """Map fixed (baseline) LPS mm points (3,) or (N, 3) to the moving study's LPS mm."""
+def point_map(
+    transform: SpatialTransform, points_lps: np.ndarray, *, inverse: bool = False
+) -> np.ndarray:
+    """Map fixed (baseline) LPS mm points (3,) or (N, 3) to the moving study's LPS mm, or
+    with ``inverse`` the moving (follow-up) study's points back to the baseline's.
+
+    The one way positions cross between studies: affine and deformable (B-spline)
+    transforms alike, as `transform_read` returns them from the stored file.
+    """
+    if inverse:
+        return transform.map_points_inverse(points_lps)
     return transform.map_points(points_lps)
 
 

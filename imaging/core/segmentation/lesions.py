@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from imaging.core.geometry.preprocess import StepRecord
+from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
-from imaging.core.segmentation.network import Segmenter, segment_volume, segmenter_load
+from imaging.core.segmentation.network import VolumeSegmenter, segmenter_load
 from imaging.core.segmentation.partial_volume import PARTIAL_VOLUME_RULES
 from imaging.core.segmentation.postprocess import (
     PostprocessSettings,
@@ -70,33 +71,66 @@ def _measure_record(n_lesions: int, seconds: float) -> StepRecord:
     )
 
 
+def study_around(*, study: Volume, mask: Volume, margin_mm: float = 12.0) -> Volume:
+    """The part of ``study`` (its own grid and voxels) around the labelled voxels of
+    ``mask`` (any grid), plus ``margin_mm``: what the contrast filter and partial-volume
+    volumetry read, so they resample candidates onto that box rather than onto the
+    whole study (three whole-study resamplings of a 512 x 512 x 300 grid before)."""
+    kji = np.argwhere(mask.array > 0)
+    if not len(kji):
+        return study
+    lo, hi = kji.min(axis=0), kji.max(axis=0)
+    corners = np.array([[i, j, k] for i in (lo[2], hi[2]) for j in (lo[1], hi[1]) for k in (lo[0], hi[0])],
+                       dtype=float)  # fmt: skip
+    ijk = study.lps_to_index(mask.index_to_lps(corners))
+    # At least five voxels either side: the contrast ring reaches three, volumetry four.
+    margin = np.maximum(margin_mm / np.asarray(study.spacing_mm), 5.0)
+    start = np.maximum(np.floor(ijk.min(axis=0) - margin).astype(int), 0)
+    stop = np.minimum(
+        np.ceil(ijk.max(axis=0) + margin).astype(int) + 1, np.asarray(study.shape_ijk)
+    )
+    if np.any(stop <= start):
+        return study
+    box = (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0]))
+    return Volume(
+        array=study.array[box],
+        spacing_mm=study.spacing_mm,
+        origin_mm=vec3(study.index_to_lps(start.astype(float))),
+        direction=study.direction,
+        frame_of_reference_uid=study.frame_of_reference_uid,
+        kind=study.kind,
+    )
+
+
 def lesions_segment(
     *,
     volume: Volume,
-    model: Segmenter | None = None,
+    model: VolumeSegmenter | None = None,
     device: str | torch.device | None = None,
     tta: bool = True,
     postprocess_settings: PostprocessSettings | None = None,
 ) -> LesionSegmentation:
     """The one call for the processing service: CT study in HU -> measured lesions.
 
-    Loads the shipped weights when ``model`` is None (SHA-256 checked). ``volume`` is
+    Loads the shipped weights when ``model`` is None (SHA-256 checked); any loaded model
+    format answers (`network.VolumeSegmenter`: the shipped network, or a registered
+    nnU-Net, MONAI bundle or ONNX model). ``volume`` is
     the study as `dicom.volume.series_volume` gives it (any orientation; after
     registration or not: centroids come back in the volume's own patient coordinates).
     """
     if model is None:
         model = segmenter_load(device=device or "auto")
     started = time.perf_counter()
-    output = segment_volume(volume=volume, model=model, device=device, tta=tta)
+    output = model.segment(volume=volume, device=device, tta=tta)
     t = time.perf_counter()
     post = postprocess_run(
         probabilities=output.probabilities,
         image=output.image,
         settings=postprocess_settings,
-        uncertainty=output.uncertainty.array if tta else None,
     )
+    around = study_around(study=volume, mask=post.mask)
     candidate_mask, candidates, contrast_record = candidates_contrast_filter(
-        study=volume, candidate_mask=post.mask, candidates=post.candidates
+        study=around, candidate_mask=post.mask, candidates=post.candidates
     )
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
@@ -104,7 +138,7 @@ def lesions_segment(
         lesion_probability=output.lesion_probability,
         candidate_mask=candidate_mask,
         candidates=candidates,
-        study=volume,
+        study=around,
         uncertainty=output.uncertainty,
     )
     seconds_measure = time.perf_counter() - t

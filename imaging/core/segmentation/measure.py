@@ -48,6 +48,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.partial_volume import PartialVolume, partial_volume_measure
@@ -496,7 +497,11 @@ def lesions_measure(
             )
         if shape is None:
             continue
-        partial = _partial_volume(study, native, number) if native is not None else None
+        partial = (
+            _partial_volume(study, native, number)
+            if study is not None and native is not None
+            else None
+        )
         if uncertainty is not None:
             u = float(uncertainty.array[box][core].mean()) if core.any() else 0.0
         else:
@@ -525,7 +530,7 @@ def _partial_volume(study: Volume, native, number: int) -> PartialVolume | None:
     )
     return partial_volume_measure(
         hu=study.array[box],
-        spacing_kji_mm=tuple(float(v) for v in study.spacing_mm[::-1]),
+        spacing_kji_mm=vec3(study.spacing_mm[::-1]),
         region=region_native[box] == number,
         inner=inner_native[box] == number,
         others=region_native[box] > 0,

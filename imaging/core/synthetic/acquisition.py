@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from imaging.core.dicom.write import synthetic_uid
+from imaging.core.geometry.triples import vec3
 from imaging.core.synthetic.anatomy import BodyAnatomy
 from imaging.core.synthetic.phantom import ScanGeometry
 
@@ -101,7 +103,7 @@ class SimulatedStudy:
     shift_mm: float
     scanner: ScannerSettings
 
-    def to_lps(self, point_body_mm: np.ndarray) -> np.ndarray:
+    def to_lps(self, point_body_mm: npt.ArrayLike) -> np.ndarray:
         return (
             self.pose_body_to_lps[:3, :3] @ np.asarray(point_body_mm) + self.pose_body_to_lps[:3, 3]
         )
@@ -163,7 +165,7 @@ def scanner_sample(
         slice_spacing_mm=round(spacing, 4),
         slice_thickness_mm=thickness,
         noise_hu=round(float(rng.uniform(8.0, 25.0)), 2),
-        fov_centre_lps_mm=tuple(float(v) for v in centre_lps),
+        fov_centre_lps_mm=vec3(centre_lps),
         kernel=str(rng.choice(["STANDARD", "B30f", "FC08", "SOFT"])),
     )
 

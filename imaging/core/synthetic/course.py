@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from imaging.core.dicom.write import synthetic_uid
+from imaging.core.geometry.triples import vec3
 from imaging.core.synthetic.acquisition import study_days_schedule
 from imaging.core.synthetic.anatomy import BodyAnatomy
 from imaging.core.synthetic.anatomy_structures import anatomy_balls_within, anatomy_label
@@ -131,8 +132,8 @@ def _lesion_place(
                 batch = points[start : start + 3]
                 inside = np.nonzero(anatomy_balls_within(anatomy, batch, reach + 3.0, label))[0]
                 if len(inside):
-                    centre = tuple(float(v) for v in batch[inside[0]])
-                    return replace(shape, centre_body_mm=centre), max_volume_ml
+                    centre_mm = vec3(batch[inside[0]])
+                    return replace(shape, centre_body_mm=centre_mm), max_volume_ml
         max_volume_ml *= 0.6
     return None
 

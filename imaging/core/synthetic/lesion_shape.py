@@ -15,6 +15,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from imaging.core.geometry.triples import vec3
+
 _QUADRATURE_POLAR = 64
 _QUADRATURE_AZIMUTH = 128
 
@@ -72,7 +74,7 @@ def _shape_constants(
         float(_rho(directions, amplitudes, sharpness, np.asarray(directions)).max()),
     )
     rho_max = min(sampled + lipschitz * np.pi / 60.0, 1.0 + sum(amplitudes))
-    return volume, tuple(float(v) for v in centroid), rho_max, lipschitz
+    return volume, vec3(centroid), float(rho_max), float(lipschitz)
 
 
 @dataclass(frozen=True)
@@ -166,14 +168,14 @@ def lesion_shape_sample(
 ) -> LesionShape:
     """A sphere, or a lobulated shape with 3-6 smooth bumps of random size and direction."""
     if not irregular:
-        return LesionShape(tuple(float(v) for v in centre_body_mm), float(hu))
+        return LesionShape(vec3(centre_body_mm), float(hu))
     n = int(rng.integers(3, 7))
     directions = rng.normal(size=(n, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     return LesionShape(
-        centre_body_mm=tuple(float(v) for v in centre_body_mm),
+        centre_body_mm=vec3(centre_body_mm),
         hu=float(hu),
-        lobe_directions=tuple(tuple(float(v) for v in d) for d in directions),
+        lobe_directions=tuple(vec3(d) for d in directions),
         lobe_amplitudes=tuple(float(v) for v in rng.uniform(0.12, 0.4, size=n)),
         lobe_sharpness=tuple(float(v) for v in rng.uniform(3.0, 9.0, size=n)),
     )

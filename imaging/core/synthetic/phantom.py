@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from imaging.core.geometry.triples import ivec3, vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.synthetic.anatomy import HU_AIR, BodyAnatomy
 from imaging.core.synthetic.anatomy_structures import (
@@ -76,9 +77,9 @@ class ScanGeometry:
         half = (np.asarray(shape_ijk, dtype=float) - 1.0) / 2.0 * np.asarray(spacing_mm)
         origin = np.asarray(centre_lps_mm, dtype=float) - direction @ half
         return cls(
-            shape_ijk=tuple(int(n) for n in shape_ijk),
-            spacing_mm=tuple(float(s) for s in spacing_mm),
-            origin_mm=tuple(float(o) for o in origin),
+            shape_ijk=ivec3(shape_ijk),
+            spacing_mm=vec3(spacing_mm),
+            origin_mm=vec3(origin),
             direction=direction,
             slice_thickness_mm=float(slice_thickness_mm),
         )

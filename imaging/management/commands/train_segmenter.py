@@ -11,6 +11,7 @@ Cohort seeds: training uses ``--cohort-seed`` (full-size-like studies) and
 from the benchmark's seed (benchmarks/segmentation.py refuses a seed used here).
 """
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -60,8 +61,33 @@ class Command(BaseCommand):
             "--init-from",
             type=Path,
             default=None,
-            help="warm start: the network weights of another run's checkpoint.pt "
-            "(fresh optimiser and schedule; recorded in the model card)",
+            help="warm start: the network weights of another run's checkpoint.pt or a "
+            "shipped weights file (fresh optimiser and schedule; recorded in the model card)",
+        )
+        parser.add_argument(
+            "--generated",
+            action="store_true",
+            help="train on patches drawn fresh from the variation generator "
+            "(imaging.core.synthetic.variation*) instead of rendered cohort studies; "
+            "--patients and --small-patients then only size nothing (validation stays)",
+        )
+        parser.add_argument(
+            "--plain-share",
+            type=float,
+            default=0.2,
+            help="with --generated: share of patches from the cohort's plain phantom",
+        )
+        parser.add_argument(
+            "--loader-workers",
+            type=int,
+            default=1,
+            help="with --generated: processes rendering patches while the network trains",
+        )
+        parser.add_argument(
+            "--recalibrate-batches",
+            type=int,
+            default=40,
+            help="batches whose exact batch-norm statistics replace the running ones at the end",
         )
         parser.add_argument("--validate-every", type=int, default=600)
         parser.add_argument("--checkpoint-every", type=int, default=50)
@@ -90,7 +116,7 @@ class Command(BaseCommand):
         )
         out: Path = options["out"]
         train_sources, val_sources = _sources(options)
-        data = _data_description(train_sources, val_sources)
+        data = _data_description(train_sources, val_sources, options)
         train, val = self._cases_render(
             train_sources=train_sources,
             val_sources=val_sources,
@@ -162,6 +188,10 @@ class Command(BaseCommand):
             validate_every=options["validate_every"],
             checkpoint_every=options["checkpoint_every"],
             threads=options["threads"],
+            generated=options["generated"],
+            plain_share=options["plain_share"],
+            loader_workers=options["loader_workers"],
+            recalibrate_batches=options["recalibrate_batches"],
         )
         steps_bar = tqdm(total=settings.steps, desc="train", unit="step",
                          disable=options["quiet"] or None, file=self.stderr._out)  # fmt: skip
@@ -198,8 +228,9 @@ def _options_check(options: dict[str, Any]) -> None:
     for name in ("patients", "small_patients", "val_patients"):
         if options[name] < 0:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 0")
-    if options["patients"] + options["small_patients"] < 1:
-        raise CommandError("no training data: give --patients or --small-patients")
+    if options["patients"] + options["small_patients"] < 1 and not options["generated"]:
+        raise CommandError("no training data: give --patients, --small-patients or --generated")
+    _generated_options_check(options)
     if options["patch_size"] % 8:
         raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
     out: Path = options["out"]
@@ -221,16 +252,27 @@ def _options_check(options: dict[str, Any]) -> None:
         )
 
 
+def _generated_options_check(options: dict[str, Any]) -> None:
+    if not 0 <= options["plain_share"] <= 1:
+        raise CommandError("--plain-share must be between 0 and 1")
+    if options["loader_workers"] < 0:
+        raise CommandError("--loader-workers must be >= 0")
+    if options["recalibrate_batches"] < 0:
+        raise CommandError("--recalibrate-batches must be >= 0")
+
+
 def _sources(options: dict[str, Any]) -> tuple[list[CohortSource], list[CohortSource]]:
     """Training cohorts (seed, seed + 1) and validation cohorts (seed + 2, seed + 3)."""
     cs = options["cohort_seed"]
     tp = options["timepoints"]
     train_sources = []
-    if options["patients"]:
+    if options["generated"]:
+        pass  # patches come from the generator; the cohort only validates
+    elif options["patients"]:
         train_sources.append(
             CohortSource(cs, "full", tuple(range(options["patients"])), tp, lesion_resize=True)
         )
-    if options["small_patients"]:
+    if options["small_patients"] and not options["generated"]:
         train_sources.append(
             CohortSource(
                 cs + 1, "small", tuple(range(options["small_patients"])), tp, lesion_resize=True
@@ -246,20 +288,46 @@ def _sources(options: dict[str, Any]) -> tuple[list[CohortSource], list[CohortSo
 
 
 def _data_description(
-    train_sources: list[CohortSource], val_sources: list[CohortSource]
+    train_sources: list[CohortSource], val_sources: list[CohortSource], options: dict[str, Any]
 ) -> dict[str, Any]:
     """What the model card and manifest record of the training data."""
-    return {
+    data = {
         "train": [vars(s) | {"patients": len(s.patients)} for s in train_sources],
         "validation": [vars(s) | {"patients": len(s.patients)} for s in val_sources],
         "cohort_seeds": sorted({s.seed for s in train_sources + val_sources}),
         "native_pixel_min_mm": 1.25,
     }
+    if options["generated"]:
+        data["generator"] = {
+            "modules": [
+                "imaging.core.synthetic.variation",
+                "imaging.core.synthetic.variation_lesions",
+                "imaging.core.synthetic.variation_render",
+                "imaging.core.segmentation.training.generated",
+            ],
+            "patches": "a new scene, lesions and acquisition per patch, seeded by (seed, step)",
+            "plain_share": options["plain_share"],
+            "patch_size": options["patch_size"],
+        }
+    return data
 
 
 def _warm_start(init: Path, *, spec: SegmenterSpec, data: dict[str, Any]) -> dict[str, Any]:
-    """The network weights of another run's checkpoint; ``data`` records where they came from."""
+    """The network weights of another run's checkpoint, or of shipped weights (a
+    ``state_dict`` and ``spec``, as in ``imaging/weights``); ``data`` records where they
+    came from."""
     state = checkpoint_read(init)
+    if "network" not in state and "state_dict" in state:
+        # Shipped weights: how they were trained is in the manifest beside them.
+        manifest = init.parent / "manifest.json"
+        training = (
+            json.loads(manifest.read_text()).get("training", {}) if manifest.is_file() else {}
+        )
+        state = {"network": state["state_dict"], "spec": state["spec"],
+                 "step": training.get("steps", 0), "seconds": training.get("seconds", 0.0),
+                 "settings": training.get("settings", {}), "data": training.get("data", {})}  # fmt: skip
+        if not state["settings"]:
+            raise CommandError(f"--init-from: no training record beside {init} (manifest.json)")
     if not SegmenterSpec.from_dict(state["spec"]).same_network(spec):
         raise CommandError(f"--init-from: {init} holds a different network")
     data["warm_start"] = {

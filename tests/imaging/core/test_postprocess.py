@@ -86,7 +86,6 @@ def test_every_step_is_recorded_with_its_parameters(scene):
         "postprocess_min_volume",
         "postprocess_outside_body",
         "postprocess_organ_context",
-        "postprocess_tta_agreement",
         "postprocess_smooth",
         "postprocess_components",
     ]
@@ -119,15 +118,47 @@ def test_candidates_are_the_real_lesions_with_organ_and_confidence(scene):
     assert nodule.n_voxels >= 15  # a 5 mm nodule survives opening and smoothing
 
 
-def test_lesions_the_mirrored_pass_disagrees_on_are_dropped(scene):
-    image, p, truth = scene
-    uncertainty = np.zeros(image.array.shape, np.float32)
-    uncertainty[truth["nodule"]] = 0.6
-    result = postprocess_run(probabilities=p, image=image, uncertainty=uncertainty)
-    assert "lung" not in [c.organ for c in result.candidates]
-    assert len(result.candidates) == 3
-    record = next(r for r in result.records if r.name == "postprocess_tta_agreement")
-    assert record.details["removed"] == 1 and record.parameters["applied"]
+def test_a_nodule_the_network_sees_no_lung_around_is_kept_by_the_lung_mask():
+    """Organ context does not hang on the network alone: with no lung probability at all
+    (a network that has not learnt this patient's lungs), a nodule in a lung's air is
+    still kept, as a lung nodule, while a blob in plain soft tissue is not."""
+    shape = (48, 96, 96)
+    hu = np.full(shape, -1000.0, np.float32)
+    j, i = np.ogrid[: shape[1], : shape[2]]
+    hu[:, ((j - 48) / 44.0) ** 2 + ((i - 48) / 44.0) ** 2 <= 1] = 40.0
+    lung = _ball(shape, (24, 48, 36), 22)  # about 150 ml of air
+    hu[lung] = -850.0
+    nodule = _ball(shape, (24, 48, 30), 3)
+    blob = _ball(shape, (24, 48, 82), 3)  # soft tissue, no organ
+    hu[nodule | blob] = 30.0
+    p = np.zeros((5, *shape), np.float32)
+    p[3][nodule] = 0.9
+    p[4][blob] = 0.9
+    p[0] = 1.0 - p[3] - p[4]
+    image = Volume(hu, SPACING, (0.0, 0.0, 0.0))
+    result = postprocess_run(probabilities=p, image=image)
+    assert [c.organ for c in result.candidates] == ["lung"]
+    assert result.candidates[0].n_voxels >= 0.5 * nodule.sum()
+    record = next(r for r in result.records if r.name == "postprocess_organ_context")
+    assert record.details["kept_by_lung_mask"] == 1 and record.details["removed"] == 1
+    # The lung mask is the only witness here: without it the nodule goes too.
+    strict = postprocess_run(
+        probabilities=p, image=image, settings=PostprocessSettings(min_lung_share=1.01)
+    )
+    assert strict.candidates == ()
+
+
+def test_no_step_depends_on_the_side(scene):
+    """Mirroring the scene left-right mirrors the candidates and changes nothing else."""
+    image, p, _ = scene
+    result = postprocess_run(probabilities=p, image=image)
+    mirrored = postprocess_run(
+        probabilities=np.ascontiguousarray(p[..., ::-1]),
+        image=image.with_array(np.ascontiguousarray(image.array[..., ::-1])),
+    )
+    key = sorted((c.organ, c.n_voxels, round(c.confidence, 3)) for c in result.candidates)
+    assert key == sorted((c.organ, c.n_voxels, round(c.confidence, 3)) for c in mirrored.candidates)
+    assert np.array_equal(result.mask.array > 0, mirrored.mask.array[..., ::-1] > 0)
 
 
 def test_settings_change_the_outcome(scene):

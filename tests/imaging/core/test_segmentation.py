@@ -1,13 +1,16 @@
 """The shipped segmenter: its weights and manifest, device choice, and the real model at work.
 
-The model test runs the shipped network (no double) over a rendered feet-first study
-and scores it against the phantom's exact truth on the model grid.
+The model tests run the shipped network (no double): over a rendered feet-first study of
+the training generator, scored against the phantom's exact truth on the model grid; and
+over a patient of the independent evaluation generator with a nodule in each lung, as
+it is and mirrored left-right (a flipped patient).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,6 +30,8 @@ from imaging.core.segmentation.network import (
 from imaging.core.synthetic import cohort
 from imaging.core.synthetic.labels import study_label_render
 from imaging.core.synthetic.phantom import ScanGeometry, phantom_render
+from imaging.core.synthetic_eval.cohort import patient_draw
+from imaging.core.synthetic_eval.cohort import study_render as eval_study_render
 
 SEED, PATIENT = 13, 4  # feet-first supine; a 10 mm nodule, liver lesions of 24, 25, 18 mm
 
@@ -122,7 +127,7 @@ def test_real_model_finds_and_measures_the_lesions(model, feet_first_study):
     result = lesions_segment(volume=volume, model=model, device="cpu", tta=True)
     assert result.model_version == model.spec.label and result.model_sha256 == model.spec.sha256
     names = [r.name for r in result.records]
-    assert names[:3] == ["reorient", "resample", "segment_unet"]
+    assert names[:4] == ["body_crop", "reorient", "resample", "segment_unet"]
     assert "postprocess_min_volume" in names and names[-1] == "measure_lesions"
 
     grid = result.candidate_mask
@@ -158,3 +163,55 @@ def test_real_model_finds_and_measures_the_lesions(model, feet_first_study):
         assert 0.5 < best.confidence <= 1.0 and np.isfinite(best.uncertainty)
     false_positives = [m for m in result.lesions if m.label_value not in matched]
     assert len(false_positives) <= 1
+
+
+@pytest.fixture(scope="module")
+def two_sided_patient():
+    """A patient of the evaluation generator (an anatomy the segmenter was never trained
+    on) with a nodule in each lung, rendered as a 2.5 mm slab that holds both."""
+    patient = patient_draw(
+        seed=11, index=1, n_studies=1, size="small", positions=("HFS",),
+        lesion_counts=(2, 0, 0), lesion_diameters_mm=(11.0, 14.0),
+        lesion_kinds=("solid", "lobulated", "spiculated"),
+    )  # fmt: skip
+    study = patient.studies[0]
+    acquisition = replace(
+        study.acquisition, matrix=224, pixel_mm=1.6, slice_spacing_mm=2.5,
+        slice_thickness_mm=2.5, z_start_mm=-5.0, z_end_mm=130.0, noise_hu=12.0,
+    )  # fmt: skip
+    patient = replace(patient, studies=(replace(study, acquisition=acquisition),))
+    rendered = eval_study_render(patient, patient.studies[0])
+    assert sorted(t.side for t in rendered.lesions) == ["left", "right"]
+    return rendered
+
+
+def _mirrored_centre(volume, centre):
+    """Where a point lands when the image is mirrored left-right (i -> n - 1 - i)."""
+    ijk = volume.lps_to_index(np.asarray(centre))
+    ijk[0] = volume.shape_ijk[0] - 1 - ijk[0]
+    return volume.index_to_lps(ijk)
+
+
+@pytest.mark.parametrize("mirrored", [False, True], ids=["as_is", "flipped_patient"])
+def test_nodules_are_found_in_both_lungs_of_a_patient_and_of_its_mirror_image(
+    model, two_sided_patient, mirrored
+):
+    """No step assumes which side the organs are on: each lung's nodule is found as a
+    lung nodule, and so are both in the mirror image of the patient (liver on the left,
+    heart on the right), where the right lung's nodule is now on the left."""
+    volume = two_sided_patient.volume
+    truths = [
+        (t.side, np.asarray(t.centre_lps_mm), t.diameter_mm) for t in two_sided_patient.lesions
+    ]
+    if mirrored:
+        volume = volume.with_array(np.ascontiguousarray(volume.array[..., ::-1]))
+        truths = [(side, _mirrored_centre(volume, c), d) for side, c, d in truths]
+    result = lesions_segment(volume=volume, model=model, device="cpu")
+    for side, centre, diameter in truths:
+        near = [
+            m for m in result.lesions
+            if np.linalg.norm(np.asarray(m.centroid_lps_mm) - centre) <= diameter / 2 + 3.0
+        ]  # fmt: skip
+        assert near, f"the {side} lung's nodule was missed ({'mirrored' if mirrored else 'as is'})"
+        assert max(near, key=lambda m: m.volume_ml).organ == "lung"
+    assert not [r for r in result.records if "tta_agreement" in r.name]

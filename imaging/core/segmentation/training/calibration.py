@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -29,6 +29,7 @@ def batchnorm_recalibrate(
     settings: TrainingSettings,
     device: torch.device,
     skip_prefixes: Sequence[str] = (),
+    batches: Callable[[int], np.ndarray] | None = None,
 ) -> int:
     """Replace batch-norm running statistics by exact averages over fresh training patches.
 
@@ -36,14 +37,15 @@ def batchnorm_recalibrate(
     on this data at step 150, evaluating with them dropped the liver Dice of a
     validation crop from 0.92 (batch statistics) to 0.62, and recalibrating brought it
     back to 0.93. Layers under ``skip_prefixes`` (a frozen encoder) keep theirs.
-    Returns the number of layers recalibrated.
+    ``batches(n)`` gives the n-th batch of inputs when patches do not come from
+    ``cases`` (a generated run). Returns the number of layers recalibrated.
     """
     layers = [
         module
         for name, module in network.named_modules()
         if is_batch_norm(module) and not any((name + ".").startswith(p) for p in skip_prefixes)
     ]
-    if not layers or not cases or settings.recalibrate_batches <= 0:
+    if not layers or not (cases or batches) or settings.recalibrate_batches <= 0:
         return 0
     was_training = network.training
     momenta = [layer.momentum for layer in layers]
@@ -56,16 +58,19 @@ def batchnorm_recalibrate(
             module.eval()
     rng = seeded_rng(settings.seed, 13)
     with torch.no_grad():
-        for _ in range(settings.recalibrate_batches):
-            inputs, _targets = patch_batch(
-                cases=cases,
-                rng=rng,
-                spec=spec,
-                count=settings.batch_size,
-                size=settings.patch_size,
-                lesion_bias=settings.lesion_bias,
-            )
-            network(torch.from_numpy(inputs).to(device))
+        for n in range(settings.recalibrate_batches):
+            if batches is not None:
+                inputs = batches(n)
+            else:
+                inputs, _targets = patch_batch(
+                    cases=cases,
+                    rng=rng,
+                    spec=spec,
+                    count=settings.batch_size,
+                    size=settings.patch_size,
+                    lesion_bias=settings.lesion_bias,
+                )
+            network(torch.from_numpy(np.ascontiguousarray(inputs)).to(device))
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
     network.train(was_training)

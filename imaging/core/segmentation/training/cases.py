@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.network import CLASSES, SegmenterSpec, body_box, model_grid
+from imaging.core.synthetic.acquisition import Size
 from imaging.core.synthetic.cohort import cohort_rng, patient_simulate
 from imaging.core.synthetic.labels import LABEL_CODES, StudyLabels, study_label_render
 from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm, volume_for_diameter_ml
@@ -154,7 +156,7 @@ def _body_crop(volume: Volume, spec: SegmenterSpec) -> tuple[Volume, np.ndarray,
     crop = ScanGeometry(
         shape_ijk=(hu.shape[2], hu.shape[1], hu.shape[0]),
         spacing_mm=grid.spacing_mm,
-        origin_mm=tuple(float(v) for v in origin),
+        origin_mm=vec3(origin),
         direction=grid.direction,
         slice_thickness_mm=grid.spacing_mm[2],
     )
@@ -180,7 +182,7 @@ def _lesion_records(
 def case_render(
     *,
     cohort_seed: int,
-    size: str,
+    size: Size,
     patient_index: int,
     study_index: int,
     spec: SegmenterSpec,
@@ -227,7 +229,7 @@ def case_render(
         lesion_code=truth.lesion_code,
         lesion_index=truth.lesion_index.astype(np.uint8),
         lesions=_lesion_records(truth, lesions),
-        spacing_mm=tuple(grid.spacing_mm),
+        spacing_mm=grid.spacing_mm,
         meta={
             "patient_position": scanner.patient_position,
             "slice_thickness_mm": scanner.slice_thickness_mm,
@@ -243,7 +245,7 @@ class CohortSource:
     """Which simulated studies make a split: a seed, a size and patient indices."""
 
     seed: int
-    size: str
+    size: Size
     patients: tuple[int, ...]
     timepoints: int = 2
     lesion_resize: bool = False

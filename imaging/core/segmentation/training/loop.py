@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,11 @@ from imaging.core.segmentation.training.encoder import (
     encoder_parameter_prefixes,
     frozen_norms_keep,
 )
+from imaging.core.segmentation.training.generated import (
+    GeneratedData,
+    batch_generate,
+    loader_build,
+)
 from imaging.core.segmentation.training.patches import patch_batch
 from imaging.core.segmentation.training.settings import TrainingSettings, learning_rate_factor
 from imaging.core.segmentation.training.validation import validate
@@ -49,6 +54,7 @@ RESUMABLE_SETTINGS = (
     "checkpoint_every",
     "threads",
     "recalibrate_batches",
+    "loader_workers",
 )
 
 
@@ -80,7 +86,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     data_description: dict[str, Any] | None
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds_before: float = 0.0
@@ -88,6 +94,7 @@ class _Run:
     last_loss: float = float("nan")
     window_loss: list[float] = field(default_factory=list)
     validation: dict[str, Any] | None = None
+    batches: Iterator[Any] | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -148,6 +155,7 @@ def _run_start(
         optimizer=optimizer,
         scheduler=scheduler,
         data_description=data_description,
+        loss_fn=_loss_build(settings, dev),
     )
 
 
@@ -209,18 +217,53 @@ def _train_mode(run: _Run) -> None:
 
 
 def _recalibrate(run: _Run) -> None:
+    settings = run.settings
+    batches = None
+    if settings.generated:
+        data = generated_data(settings)
+
+        def batches(n: int) -> np.ndarray:
+            return batch_generate(seed=settings.seed, step=n, spec=run.spec, data=data,
+                                   stream=13)[0]  # fmt: skip
+
     batchnorm_recalibrate(
         network=run.network,
         cases=run.train_cases,
         spec=run.spec,
-        settings=run.settings,
+        settings=settings,
         device=run.device,
         skip_prefixes=run.frozen_prefixes,
+        batches=batches,
     )
 
 
-def _optimisation_step(run: _Run) -> None:
+def generated_data(settings: TrainingSettings) -> GeneratedData:
+    """What a generated run's patches are made of, from its settings."""
+    return GeneratedData(
+        patch_size=settings.patch_size,
+        batch_size=settings.batch_size,
+        lesion_bias=settings.lesion_bias,
+        plain_share=settings.plain_share,
+    )
+
+
+def _batch(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's batch: from the generator's loader, or patches of the training cases."""
     settings = run.settings
+    if settings.generated:
+        if run.batches is None:
+            run.batches = iter(
+                loader_build(
+                    seed=settings.seed,
+                    spec=run.spec,
+                    data=generated_data(settings),
+                    first_step=run.step,
+                    last_step=settings.steps,
+                    workers=settings.loader_workers,
+                )
+            )
+        inputs, targets = next(run.batches)
+        return torch.as_tensor(inputs), torch.as_tensor(targets)
     inputs, targets = patch_batch(
         cases=run.train_cases,
         rng=seeded_rng(settings.seed, 7, run.step),
@@ -229,8 +272,13 @@ def _optimisation_step(run: _Run) -> None:
         size=settings.patch_size,
         lesion_bias=settings.lesion_bias,
     )
-    x = torch.from_numpy(inputs).to(run.device)
-    y = torch.from_numpy(targets).to(run.device)
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def _optimisation_step(run: _Run) -> None:
+    inputs, targets = _batch(run)
+    x = inputs.to(run.device)
+    y = targets.to(run.device)
     run.optimizer.zero_grad(set_to_none=True)
     loss = run.loss_fn(run.network(x), y)
     loss.backward()
@@ -332,7 +380,6 @@ def segmenter_train(
     )
     if resume:
         _checkpoint_resume(run)
-    run.loss_fn = _loss_build(settings, run.device)
     run.started = time.perf_counter()
     if run.history and "validation" in run.history[-1]:
         run.validation = run.history[-1]["validation"]

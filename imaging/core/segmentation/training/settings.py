@@ -27,6 +27,11 @@ class TrainingSettings:
     freeze_encoder: bool = False
     recalibrate_batches: int = 40
     lesion_weight: float = 1.0
+    #: Draw every patch fresh from the variation generator (`training.generated`)
+    #: instead of from rendered cohort studies; ``plain_share`` of them plain phantom.
+    generated: bool = False
+    plain_share: float = 0.2
+    loader_workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

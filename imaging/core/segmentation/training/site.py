@@ -8,6 +8,7 @@ highdicom and mapped to classes by their labels (`segment_class`). Targets are h
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import highdicom
 import numpy as np
@@ -108,7 +109,7 @@ def site_case_build(
     lesion = np.isin(lab_array, (3, 4))
     components, n = ndimage.label(lesion, structure=np.ones((3, 3, 3)))
     voxel_ml = float(np.prod(grid.spacing_mm)) / 1000.0
-    lesions = []
+    lesions: list[dict[str, Any]] = []
     index = np.zeros(lab_array.shape, dtype=np.uint8)
     for number in range(1, min(n, 255) + 1):
         mask = components == number
@@ -131,7 +132,7 @@ def site_case_build(
         lesion_code=np.where(lesion, lab_array, 0).astype(np.uint8),
         lesion_index=index,
         lesions=tuple(lesions),
-        spacing_mm=tuple(grid.spacing_mm),
+        spacing_mm=grid.spacing_mm,
         meta={"source": "site"},
     )
 
