@@ -11,6 +11,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework.routers import SimpleRouter
 
+from analytics.lesions.corrections_api import urlpatterns as corrections_urlpatterns
 from analytics.lesions.serializers import (
     LesionMeasurementSerializer,
     LesionSerializer,
@@ -130,4 +131,4 @@ router = SimpleRouter()
 router.register("lesions", LesionViewSet, basename="api-lesion")
 router.register("measurements", LesionMeasurementViewSet, basename="api-measurement")
 router.register("responses", ResponseAssessmentViewSet, basename="api-response")
-urlpatterns = router.urls
+urlpatterns = router.urls + corrections_urlpatterns

@@ -48,6 +48,8 @@ ACTION_NAMES = {
     "links_confirm": "Proposed links confirmed",
     "non_target_verdict": "Non-target progression decided",
     "irecist": "iRECIST setting changed",
+    "lesion_add_click": "Added with one click, followed through the studies",
+    "mask_edit": "Mask edited",
 }
 
 

@@ -134,6 +134,7 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
             "too_small",
             "merged_into_uid",
             "measured_by_hand",
+            "origin",
         ]
         read_only_fields = fields
 

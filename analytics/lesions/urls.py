@@ -8,6 +8,7 @@ app_name = "lesions"
 urlpatterns = [
     path("patients/<int:pk>/viewer/", views.viewer_view, name="viewer"),
     path("studies/<int:pk>/files/<str:kind>/", views.viewer_file_view, name="viewer-file"),
+    path("measurements/<int:pk>/mask/", views.measurement_mask_view, name="measurement-mask"),
     path(
         "measurements/<int:pk>/review/",
         views.measurement_review_view,

@@ -11,6 +11,7 @@ from, so a new run or registration gives a new file.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +31,7 @@ from imaging.models import (
     Study,
     study_order,
 )
-from imaging.store import data_dir
+from imaging.store import data_dir, derived_local
 from patients.models import Patient
 
 FileKind = Literal["volume", "mask", "probability"]
@@ -190,6 +191,9 @@ def _inside_data_dir(relative: str) -> Path:
     path = (root / relative).resolve()
     if root not in path.parents:
         raise ViewerFileMissing(f"{relative}: not inside the data folder")
+    if not path.is_file():  # written by another machine: fetched from the image store
+        with contextlib.suppress(FileNotFoundError):
+            path = derived_local(relative)
     if not path.is_file():
         raise ViewerFileMissing(f"{relative}: the file is missing from the data folder")
     return path

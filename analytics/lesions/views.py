@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
+from analytics.lesions.corrections_viewer import correction_context, lesion_mask_path
 from analytics.lesions.review.common import ReviewError
 from analytics.lesions.review.findings import (
     lesion_add,
@@ -114,8 +115,36 @@ def viewer_view(request: HttpRequest, pk: int) -> HttpResponse:
             "presets": WINDOW_PRESETS,
             "can_review": can_review(request.user),
             "here": request.get_full_path(),
+            "correction": correction_context(viewer=viewer)
+            if viewer.baseline and can_review(request.user)
+            else None,
         },
     )
+
+
+@require_GET
+@login_required
+@permission_required("imaging.view_study", raise_exception=True)
+def measurement_mask_view(request: HttpRequest, pk: int) -> FileResponse:
+    """One lesion's mask at its study (NIfTI, 0/1, the study's own grid): the drawing
+    the viewer edits with the brush and eraser."""
+    measurement = get_object_or_404(
+        LesionMeasurement.objects.select_related("lesion", "study"), pk=pk
+    )
+    try:
+        path = lesion_mask_path(measurement=measurement)
+    except ViewerFileMissing as error:
+        raise Http404(str(error)) from None
+    audit_record(
+        request=request,
+        action="images.view",
+        object=f"measurement {measurement.pk} mask",
+        patient=measurement.lesion.patient_id,
+    )
+    response = FileResponse(path.open("rb"), content_type="application/octet-stream")
+    response["Content-Disposition"] = f'inline; filename="measurement{measurement.pk}-mask.nii.gz"'
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 @require_GET

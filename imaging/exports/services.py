@@ -68,7 +68,7 @@ from imaging.models import (
     Series,
     Study,
 )
-from imaging.store import file_sha256, object_path
+from imaging.store import derived_local, file_sha256, object_local
 from patients.audit import audit_record
 from patients.models import Patient
 
@@ -137,7 +137,7 @@ def _headers(series: Series) -> list[pydicom.Dataset]:
         raise DicomExportError(f"series {series.pk} has no stored instances to refer to")
     headers = []
     for instance in instances:
-        path = object_path(instance.stored_path)
+        path = object_local(instance.stored_path)
         try:
             headers.append(pydicom.dcmread(path, stop_before_pixels=True))
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
@@ -163,7 +163,36 @@ def _lesion_values(m: LesionMeasurement) -> tuple[Sizes, str]:
     return sizes, "equivocal" if m.finding_state == State.EQUIVOCAL else ""
 
 
-def _lesion(m: LesionMeasurement, *, segmentation_id: int | None) -> ExportedLesion:
+#: Segment Algorithm Type of a candidate by who drew it (its ``source``, written when a
+#: radiologist added, propagated or edited it: `analytics.lesions.review`).
+_ALGORITHM_TYPE = {"added": "SEMIAUTOMATIC", "propagated": "SEMIAUTOMATIC", "edited": "MANUAL"}
+
+
+def _sources(segmentation: Segmentation | None) -> dict[int, dict]:
+    """Who drew each candidate a radiologist drew, by component label."""
+    if segmentation is None:
+        return {}
+    return {
+        int(c["component_label"]): c["source"]
+        for c in segmentation.lesions
+        if isinstance(c.get("source"), dict)
+    }
+
+
+def _editor(sources: dict[int, dict], lesions: list[ExportedLesion]) -> str:
+    """The radiologist who last drew or edited an exported segment, as a DICOM Person
+    Name ("" when none did)."""
+    drawn = [sources[x.component_label] for x in lesions if x.component_label in sources]
+    drawn = [d for d in drawn if d.get("user")]
+    if not drawn:
+        return ""
+    last = max(drawn, key=lambda d: str(d.get("at", "")))
+    return str(last.get("person_name") or f"{last['user']}^")  # a DICOM Person Name
+
+
+def _lesion(
+    m: LesionMeasurement, *, segmentation_id: int | None, sources: dict[int, dict] | None = None
+) -> ExportedLesion:
     on_mask = m.segmentation_id == segmentation_id and m.component_label is not None
     (volume, longest, short), state = _lesion_values(m)
     if state in {"merged", "not_found", "too_small"}:
@@ -181,6 +210,11 @@ def _lesion(m: LesionMeasurement, *, segmentation_id: int | None) -> ExportedLes
         component_labels=fragments,
         volume_by_radiologist=m.override_volume_ml is not None,
         state=state,
+        algorithm_type=_ALGORITHM_TYPE.get(
+            ((sources or {}).get(label) or {}).get("kind", ""), "AUTOMATIC"
+        )
+        if label is not None
+        else "AUTOMATIC",
     )
 
 
@@ -263,8 +297,10 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
     if series is None:
         raise DicomExportError("no analysed series to refer to")
     model = _segmentation_model(series, segmentation)
+    sources = _sources(segmentation)
     lesions = [
-        _lesion(m, segmentation_id=segmentation.pk if segmentation else None) for m in measurements
+        _lesion(m, segmentation_id=segmentation.pk if segmentation else None, sources=sources)
+        for m in measurements
     ]
     headers = _headers(series)
     time_point = _time_point(study)
@@ -310,6 +346,7 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
             time_point=time_point,
             uids=uids,
             predecessor=_predecessor_document(study, previous),
+            editor=_editor(sources, lesions),
         ),
     )
     if latest is None or latest.sr_sop_instance_uid != uids.sr_sop_instance_uid:
@@ -447,7 +484,10 @@ def _label_map_and_key(
     """The mask on the source images' header and a key of its content ("" without one)."""
     if segmentation is None or not any(lesion.component_label for lesion in lesions):
         return None, ""
-    mask_file = Path(settings.DATA_DIR) / segmentation.mask_path
+    try:
+        mask_file = derived_local(segmentation.mask_path)
+    except FileNotFoundError:
+        mask_file = Path(settings.DATA_DIR) / segmentation.mask_path
     if not mask_file.is_file():
         raise DicomExportError(
             f"segmentation {segmentation.pk}: its mask file {segmentation.mask_path} is missing"

@@ -14,6 +14,8 @@ class Lesion(models.Model):
     class Organ(models.TextChoices):
         LUNG = "lung", "Lung"
         LIVER = "liver", "Liver"
+        # Measured by its short axis (RECIST 1.1 section 3.1.1); added by a radiologist.
+        LYMPH_NODE = "lymph_node", "Lymph node"
         OTHER = "other", "Other"
 
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="lesions")
@@ -42,12 +44,35 @@ class LesionMeasurement(models.Model):
 
     Automated values are never overwritten: an override is kept beside them with its
     reason, and ``effective_*`` properties give the value in force.
+
+    ``status`` says what the tracking found: the lesion (``new``, ``tracked``), nothing
+    where it was expected (``not_found``: its stored numbers are 0 and mean nothing;
+    never read as gone), or nothing because it joined another lesion (``merged``).
+    ``resolved`` is a lesion a radiologist confirmed gone. ``finding_state`` says what
+    the rules may count (`analytics.lesions.core.findings`), ``state_reason`` why.
     """
 
     class Status(models.TextChoices):
         NEW = "new", "New"
         TRACKED = "tracked", "Tracked"
-        RESOLVED = "resolved", "Resolved"
+        RESOLVED = "resolved", "Gone (confirmed by a radiologist)"
+        NOT_FOUND = "not_found", "Not found, needs review"
+        MERGED = "merged", "Merged into another lesion"
+
+    class FindingState(models.TextChoices):
+        CONFIRMED = "confirmed", "Confirmed"
+        EQUIVOCAL = "equivocal", "Equivocal, awaiting confirmation"
+        NOT_FOUND = "not_found", "Not found, needs review"
+        REJECTED = "rejected", "Rejected"
+
+    #: Statuses of a row whose lesion was seen at its study.
+    FOUND = (Status.NEW, Status.TRACKED)
+
+    class Origin(models.TextChoices):
+        AUTOMATED = "automated", "Found by the segmenter"
+        ADDED = "added", "Added by a radiologist"
+        PROPAGATED = "propagated", "Propagated from a radiologist's addition"
+        EDITED = "edited", "Mask edited by a radiologist"
 
     class Review(models.TextChoices):
         PENDING = "pending", "Awaiting review"
@@ -64,7 +89,9 @@ class LesionMeasurement(models.Model):
         null=True, blank=True, help_text="value of this lesion in the segmentation's label map"
     )
     status = models.CharField(max_length=16, choices=Status.choices)
-    volume_ml = models.FloatField()
+    volume_ml = models.FloatField(
+        null=True, blank=True, help_text="none when not measured (a lesion measured by hand)"
+    )
     longest_diameter_mm = models.FloatField()
     short_axis_mm = models.FloatField()
     max_3d_diameter_mm = models.FloatField(null=True, blank=True)
@@ -87,6 +114,42 @@ class LesionMeasurement(models.Model):
         "lesion's fragments); component_label is the largest",
     )
     review_state = models.CharField(max_length=16, choices=Review.choices, default=Review.PENDING)
+    origin = models.CharField(
+        max_length=16,
+        choices=Origin.choices,
+        default=Origin.AUTOMATED,
+        help_text="who drew the lesion's mask at this study (its candidate's source)",
+    )
+    finding_state = models.CharField(
+        max_length=16, choices=FindingState.choices, default=FindingState.CONFIRMED
+    )
+    state_reason = models.TextField(blank=True, help_text="why the finding is in its state")
+    link_provisional = models.BooleanField(
+        default=False,
+        help_text="linked to its lesion without a registration to the baseline (anatomical "
+        "landmarks): a proposal awaiting a radiologist's review",
+    )
+    merged_into = models.ForeignKey(
+        Lesion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="status merged: the lesion that absorbed this one at this study",
+    )
+    too_small = models.BooleanField(
+        default=False,
+        help_text="a radiologist says the lesion is present but too small to measure "
+        "(counts 5 mm, RECIST 1.1 section 4.3.2)",
+    )
+    manual_finding = models.ForeignKey(
+        "ManualFinding",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="measurements",
+        help_text="measured by hand by a radiologist, not by the segmentation",
+    )
     override_volume_ml = models.FloatField(null=True, blank=True)
     override_longest_diameter_mm = models.FloatField(null=True, blank=True)
     override_short_axis_mm = models.FloatField(null=True, blank=True)
@@ -107,6 +170,11 @@ class LesionMeasurement(models.Model):
 
     def __str__(self) -> str:
         return f"{self.lesion} at study {self.study_id}"
+
+    @property
+    def is_found(self) -> bool:
+        """The lesion was seen at this study (by the segmentation or a radiologist)."""
+        return self.status in self.FOUND
 
     @property
     def effective_volume_ml(self) -> float:
@@ -200,3 +268,35 @@ class LesionLink(models.Model):
                 f"of segmentation {self.anchor_segmentation_id}"
             )
         return f"candidate {self.component_label} of segmentation {self.segmentation_id} {target}"
+
+
+class ManualFinding(models.Model):
+    """A lesion a radiologist measured by hand at one study (a lymph node the segmenter
+    does not find, or a lesion it missed). ``lesion_uid`` names its identity: a new one
+    made when it was added, or a lesion the segmentation follows. Re-tracking turns each
+    into a measurement row, so the finding outlives every rebuild."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="manual_findings")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="manual_findings")
+    lesion_uid = models.CharField(max_length=64, help_text="Tracking UID of its lesion")
+    label = models.CharField(max_length=64, help_text="the lesion's label when it was added")
+    organ = models.CharField(max_length=16, choices=Lesion.Organ.choices)
+    longest_diameter_mm = models.FloatField()
+    short_axis_mm = models.FloatField()
+    volume_ml = models.FloatField(null=True, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField()
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["patient", "at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "lesion_uid"], name="one_manual_finding_per_lesion_and_study"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} measured by hand at study {self.study_id}"

@@ -1,5 +1,6 @@
 """Processing runs and what they made: registrations to the baseline and segmentations."""
 
+from django.conf import settings
 from django.db import models
 
 from imaging.models.studies import Series
@@ -32,6 +33,16 @@ class ProcessingRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Who is on the run, so a repeat delivery of its task (a worker lost, a retry) takes
+    # the same record over instead of starting a second one (imaging.pipeline.record).
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="times the run was started: a retry or a redelivery adds one"
+    )
+    task_id = models.CharField(max_length=64, blank=True, help_text="Celery task of the attempt")
+    worker = models.CharField(max_length=255, blank=True, help_text="host:pid of the attempt")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the attempt last recorded a step"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -108,6 +119,31 @@ class Segmentation(models.Model):
         help_text="lesion candidates found: component_label, organ, volume_ml, "
         "longest_diameter_mm, short_axis_mm, max_3d_diameter_mm, centroid_lps_mm, mean_hu, "
         "sd_hu, sphericity, confidence, uncertainty (study's own LPS, mm)",
+    )
+    # A radiologist's correction is a new version of the series' segmentation: the
+    # model's output and every earlier version stay, each with its own mask file.
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="corrections",
+        help_text="the version this one corrects (a lesion added, a mask edited); "
+        "none for a model's own output",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="the radiologist who made this version; none for a model's",
+    )
+    correction = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="what this version changed from its parent: action (add, propagate, "
+        "mask_edit), component_label, method and parameters, reason",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -5,6 +5,7 @@ from django.db import models
 from django.db.models import F
 from django.db.models.expressions import OrderBy
 
+from imaging.models.announce import AnnouncedRow, AnnouncingQuerySet, chunks
 from patients.models import Patient
 
 #: Modalities whose series are analysed; other series (SEG, SR, ...) are only stored.
@@ -24,14 +25,20 @@ def study_order(prefix: str = "") -> tuple[OrderBy, OrderBy, OrderBy]:
     )
 
 
-class StudyQuerySet(models.QuerySet):
+class StudyQuerySet(AnnouncingQuerySet):
+    """Studies; writes that add or remove one, or change its date or patient, announce
+    it (`imaging.models.announce`)."""
+
     def chronological(self) -> "StudyQuerySet":
         """Oldest first, as `study_order` says."""
         return self.order_by(*study_order())
 
 
-class Study(models.Model):
+class Study(AnnouncedRow, models.Model):
     """A DICOM study, keyed by Study Instance UID (0020,000D)."""
+
+    # The worklist's latest study per patient follows these (analytics.dashboard.flags).
+    announced_fields = ("study_date", "patient_id")
 
     study_instance_uid = models.CharField(max_length=64, unique=True)
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
@@ -58,6 +65,10 @@ class Study(models.Model):
     def __str__(self) -> str:
         return f"{self.study_date or 'undated'} {self.description}".strip()
 
+    @classmethod
+    def patients_of_values(cls, values, *, using: str) -> set[int]:
+        return {v["patient_id"] for v in values}
+
     @property
     def chronological_key(self) -> tuple:
         """`study_order` in Python, for studies already loaded: sort with this key."""
@@ -70,8 +81,11 @@ class Study(models.Model):
         )
 
 
-class Series(models.Model):
+class Series(AnnouncedRow, models.Model):
     """A DICOM series, keyed by Series Instance UID (0020,000E)."""
+
+    # The worklist's "processing failed" flag follows these (analytics.dashboard.flags).
+    announced_fields = ("state", "study_id")
 
     class State(models.TextChoices):
         RECEIVING = "receiving", "Receiving"
@@ -108,12 +122,23 @@ class Series(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = AnnouncingQuerySet.as_manager()
+
     class Meta:
         ordering = ["study", "series_number", "series_instance_uid"]
         verbose_name_plural = "series"
 
     def __str__(self) -> str:
         return f"{self.modality} {self.series_number or ''} {self.description}".strip()
+
+    @classmethod
+    def patients_of_values(cls, values, *, using: str) -> set[int]:
+        studies = Study._base_manager.using(using)
+        return {
+            pk
+            for part in chunks(v["study_id"] for v in values)
+            for pk in studies.filter(pk__in=part).values_list("patient_id", flat=True)
+        }
 
     @property
     def orientation_label(self) -> str:
@@ -139,6 +164,7 @@ class IngestSession(models.Model):
         API = "api", "REST API"
         DIMSE = "dimse", "DICOM C-STORE"
         DICOMWEB = "dicomweb", "DICOMweb"
+        REPAIR = "repair", "Storage repair"
 
     class Status(models.TextChoices):
         RUNNING = "running", "Running"
@@ -155,6 +181,14 @@ class IngestSession(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    owner = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="host:pid:start of the process working on it; empty between requests",
+    )
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="when it last made progress (a batch indexed)"
+    )
     files_seen = models.PositiveIntegerField(default=0)
     stored = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)

@@ -1,0 +1,76 @@
+"""What the viewer needs to correct lesions: where a click on either pane lands in that
+study's own coordinates, the API routes it calls (the same services as the REST API:
+`analytics.lesions.corrections_api`), and one lesion's mask at one study as a drawing
+NiiVue can edit (0/1 on the study's own grid, derived from the segmentation's label map
+and kept under ``DATA_DIR/viewer/`` named after the version and candidates it shows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.urls import reverse
+
+from analytics.lesions.review.versions import label_map_read, study_segmentation
+from analytics.lesions.viewer import Viewer, ViewerFileMissing
+from imaging.core.geometry.nifti import volume_write_nifti
+from imaging.models import LesionMeasurement
+from imaging.store import data_dir
+
+
+def lesion_mask_path(*, measurement: LesionMeasurement) -> Path:
+    """The lesion's voxels at its study (NIfTI, 0/1, the study's own grid)."""
+    m = measurement
+    if m.segmentation_id is None or m.component_label is None or not m.is_found:
+        raise ViewerFileMissing(f"measurement {m.pk}: the lesion has no mask at this study")
+    images = study_segmentation(study=m.study)
+    if images is None or images.segmentation.pk != m.segmentation_id:
+        raise ViewerFileMissing(
+            f"measurement {m.pk}: its segmentation was replaced; reload the viewer"
+        )
+    labels = sorted({int(c) for c in (m.component_labels or [m.component_label])})
+    name = f"lesionmask-{m.segmentation_id}-{'-'.join(map(str, labels))}.nii.gz"
+    target = data_dir() / "viewer" / name
+    if target.is_file():
+        return target
+    try:
+        label_map = label_map_read(images)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise ViewerFileMissing(f"measurement {m.pk}: its label map cannot be read") from error
+    drawing = np.isin(label_map.array, labels).astype(np.uint8)
+    partial = target.with_name(f".{target.name}.partial.nii.gz")
+    volume_write_nifti(volume=label_map.with_array(drawing, kind="label"), path=partial)
+    partial.replace(target)  # readers never see a half-written file
+    return target
+
+
+def _to_own_lps(viewer: Viewer, side: str) -> list[list[float]]:
+    """The 4x4 matrix from a pane's world LPS to the shown study's own LPS: the
+    follow-up pane shows the baseline grid when registered (its registration maps
+    baseline LPS to follow-up LPS), else every pane shows its study's own grid."""
+    if side == "follow_up" and viewer.registered:
+        return np.asarray(viewer.registration.matrix_fixed_to_moving, dtype=float).tolist()
+    return np.eye(4).tolist()
+
+
+def correction_context(*, viewer: Viewer) -> dict[str, Any]:
+    """The viewer's correction settings (JSON for the page's script), by pane."""
+    sides: dict[str, Any] = {}
+    for side, images in (("baseline", viewer.baseline), ("follow_up", viewer.follow_up)):
+        if images is None:
+            continue
+        sides[side] = {
+            "study": images.study.pk,
+            "add_url": reverse(
+                "api-study-lesion-add",
+                kwargs={"study_instance_uid": images.study.study_instance_uid},
+            ),
+            "to_own_lps": _to_own_lps(viewer, side),
+            "own_volume": reverse("lesions:viewer-file", args=[images.study.pk, "volume"]),
+        }
+    return {
+        "sides": sides,
+        "mask_api": reverse("api-measurement-mask", kwargs={"pk": 0}).replace("/0/", "/{id}/"),
+        "drawing": reverse("lesions:measurement-mask", args=[0]).replace("/0/", "/{id}/"),
+    }
