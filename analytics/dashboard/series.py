@@ -25,6 +25,7 @@ _WARNINGS = {
     "orientation_corrected": "orientation corrected",
     "orientation_baseline_unchecked": "orientation not compared with the baseline",
     "stale_review_decisions": "review decisions that no longer apply",
+    "corrections_not_carried": "needs attention: radiologists' corrections not carried forward",
 }
 
 

@@ -12,6 +12,11 @@ from typing import Any
 
 from django.db import transaction
 
+from analytics.lesions.review.carry_forward import (
+    CarryForward,
+    carried_files_remove,
+    corrections_carry_forward,
+)
 from analytics.lesions.tracking.track import patient_track
 from analytics.risk.selectors import current_model_version
 from analytics.risk.services import risk_scores_compute
@@ -20,18 +25,31 @@ from patients.models import Patient
 
 
 def patient_update(*, patient: Patient, device: str = "cpu") -> dict[str, Any]:
-    """After a study is processed: registrations to the baseline, lesion tracking,
-    responses, and the patient's risk score under the current model."""
+    """After a study is processed: registrations to the baseline, radiologists'
+    corrections carried onto new automated segmentations
+    (`analytics.lesions.review.carry_forward`), lesion tracking, responses, and the
+    patient's risk score under the current model."""
     registered = patient_registrations_ensure(patient=patient, device=device)
-    with transaction.atomic():
-        Patient.objects.select_for_update().get(pk=patient.pk)
-        summary = patient_track(patient=patient, trigger="new imaging results were processed")
-        model = current_model_version()
-        scored = 0
-        if model is not None:
-            scored = risk_scores_compute(model_version=model, patient_ids=[patient.patient_id])
+    carried = CarryForward()
+    try:
+        with transaction.atomic():
+            Patient.objects.select_for_update().get(pk=patient.pk)
+            # A radiologist's corrections go onto a new automated segmentation first.
+            carried = corrections_carry_forward(patient=patient)
+            summary = patient_track(patient=patient, trigger="new imaging results were processed")
+            model = current_model_version()
+            scored = 0
+            if model is not None:
+                scored = risk_scores_compute(model_version=model, patient_ids=[patient.patient_id])
+    except Exception:
+        carried_files_remove(carried)
+        raise
     details = summary.as_dict()
     return {
+        # Corrections re-applied on the new automated segmentation, and the ones that
+        # could not be (with the reason): the run is flagged for those.
+        "corrections_carried_forward": carried.carried,
+        "corrections_not_carried": [entry["message"] for entry in carried.not_carried],
         "registrations_added": registered,
         "studies_tracked": summary.studies_tracked,
         "lesions": summary.lesions,
