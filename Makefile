@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "torch==2.13.0"
+	# nnU-Net v2 without its timm/torchvision (pyproject.toml, extra "models", says why)
+	$(BIN)/pip install --quiet --no-deps "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4"
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 

@@ -303,7 +303,11 @@ class ResponseAssessment(models.Model):
     """RECIST 1.1 and volumetric response of one study against the patient's baseline.
 
     Recomputed whenever a measurement it depends on changes (review, reprocessing);
-    ``inputs`` lists the measurement rows and values it was computed from.
+    ``inputs`` lists the measurement rows and values it was computed from. A study
+    whose response cannot be assessed has a row too: ``recist_response`` NE and the
+    reason in ``response_note``. A category that changes on a recomputation (a later
+    study confirmed an equivocal new lesion, a review) keeps its history in
+    ``revisions``.
     """
 
     patient = models.ForeignKey(
@@ -317,9 +321,39 @@ class ResponseAssessment(models.Model):
     total_volume_ml = models.FloatField(null=True, blank=True)
     pct_change_baseline = models.FloatField(null=True, blank=True)
     pct_change_nadir = models.FloatField(null=True, blank=True)
-    recist_response = models.CharField(max_length=8, blank=True, help_text="CR, PR, SD, PD or NE")
-    volumetric_response = models.CharField(max_length=8, blank=True)
-    new_lesions = models.BooleanField(default=False)
+    recist_response = models.CharField(
+        max_length=20, blank=True, help_text="CR, PR, SD, PD, NE or non-CR/non-PD"
+    )
+    volumetric_response = models.CharField(max_length=20, blank=True)
+    irecist_response = models.CharField(
+        max_length=20,
+        blank=True,
+        help_text="iCR, iPR, iSD, iUPD, iCPD, NE or non-iCR/non-iUPD; blank unless iRECIST "
+        "applies to the patient",
+    )
+    new_lesions = models.BooleanField(
+        default=False, help_text="a confirmed new lesion (absent at baseline) is present"
+    )
+    pending_new_lesions = models.PositiveSmallIntegerField(
+        default=0, help_text="equivocal new lesions that count only once confirmed"
+    )
+    possible_non_target_progression = models.BooleanField(
+        default=False, help_text="the volume yardstick suggests it: a radiologist decides"
+    )
+    progression_dated_from = models.DateField(
+        null=True, blank=True, help_text="PD from a new lesion: the date it was first seen"
+    )
+    needs_attention = models.BooleanField(
+        default=False,
+        db_index=True,
+        help_text="not evaluable, provisional, pending or possible progression: see the note",
+    )
+    response_note = models.TextField(
+        blank=True, help_text="what the category rests on and why it is not evaluable"
+    )
+    revisions = models.JSONField(
+        default=list, blank=True, help_text="[{at, field, from, to, reason}] oldest first"
+    )
     notes = models.JSONField(default=list, blank=True)
     inputs = models.JSONField(default=dict, blank=True)
     computed_at = models.DateTimeField(auto_now=True)
@@ -329,3 +363,133 @@ class ResponseAssessment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.recist_response or 'baseline'} at study {self.study_id}"
+
+
+class BestOverallResponse(models.Model):
+    """A patient's best overall response over all follow-ups (RECIST 1.1 section 4.4.3,
+    confirmation per section 4.6; iRECIST's iBOR when iRECIST applies), recomputed with
+    the responses. ``settings`` records the confirmation interval and minimum duration
+    of stable disease it used."""
+
+    patient = models.OneToOneField(
+        "patients.Patient", on_delete=models.CASCADE, related_name="best_overall_response"
+    )
+    recist = models.CharField(max_length=20, blank=True)
+    recist_date = models.DateField(null=True, blank=True)
+    recist_note = models.TextField(blank=True)
+    irecist = models.CharField(max_length=20, blank=True)
+    irecist_date = models.DateField(null=True, blank=True)
+    irecist_note = models.TextField(blank=True)
+    settings = models.JSONField(default=dict, blank=True)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"best overall response {self.recist or 'none'} of patient {self.patient_id}"
+
+
+class ResponseSettings(models.Model):
+    """How a patient's responses are assessed beyond RECIST 1.1: iRECIST (Seymour et al.
+    2017) for a patient on immunotherapy, set by a clinician with a reason."""
+
+    patient = models.OneToOneField(
+        "patients.Patient", on_delete=models.CASCADE, related_name="response_settings"
+    )
+    irecist = models.BooleanField(default=False)
+    reason = models.TextField(blank=True)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    set_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "response settings"
+
+    def __str__(self) -> str:
+        return f"patient {self.patient_id}: iRECIST {'on' if self.irecist else 'off'}"
+
+
+class StudyResponseReview(models.Model):
+    """A radiologist's verdict on one study's non-target disease: unequivocal
+    progression or not (RECIST 1.1 section 4.3.4 leaves it to judgement)."""
+
+    study = models.OneToOneField(
+        "imaging.Study", on_delete=models.CASCADE, related_name="response_review"
+    )
+    non_target_progression = models.BooleanField()
+    reason = models.TextField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        verdict = "progression" if self.non_target_progression else "no progression"
+        return f"non-target {verdict} at study {self.study_id}"
+
+
+class WorklistFlags(models.Model):
+    """A patient's worklist flags and latest response, computed ahead of the worklist.
+
+    The worklist filters and orders every patient on these before it cuts a page, so
+    they are stored, one row per patient, instead of being worked out per patient on
+    every request (`analytics.dashboard.flags`, which states each flag's rule). Like
+    `LatestRiskScore`, a row is rewritten in the transaction that changed what it rests
+    on: the responses and measurements (`analytics.lesions.responses.responses_written`,
+    sent by every tracking rebuild and review), the lab results (`patients.signals.
+    lab_results_changed`, sent by every write through `LabResult`) and the studies and
+    series (`imaging.signals.patient_imaging_changed`, sent by every write through
+    `Study` and `Series` that adds a study, dates it or changes a series' state). Only
+    `analytics.dashboard.flags.worklist_flags_refresh` writes here.
+    """
+
+    patient = models.OneToOneField(
+        "patients.Patient",
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="worklist_flags",
+    )
+    last_recist = models.CharField(
+        max_length=20, blank=True, help_text="RECIST 1.1 category of the latest dated assessment"
+    )
+    last_assessment_date = models.DateField(null=True, blank=True)
+    new_progression = models.BooleanField(default=False, help_text="the latest category is PD")
+    new_lesion = models.BooleanField(
+        default=False, help_text="the latest assessment found a lesion absent at baseline"
+    )
+    rising_marker = models.BooleanField(default=False)
+    rising_markers = models.JSONField(
+        default=list, blank=True, help_text="the markers moving the wrong way, as shown"
+    )
+    awaiting_review = models.BooleanField(default=False)
+    needs_attention = models.BooleanField(default=False)
+    processing_failed = models.BooleanField(
+        default=False, help_text="a series of the patient is in state failed"
+    )
+    last_study_date = models.DateField(null=True, blank=True, help_text="the latest dated study")
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "worklist flags"
+        # Each flag filters the whole list: a small index over the patients raising it.
+        indexes = [
+            models.Index(fields=["patient"], condition=models.Q(**{name: True}), name=f"wl_{tag}")
+            for name, tag in (
+                ("new_progression", "progression"),
+                ("new_lesion", "new_lesion"),
+                ("rising_marker", "marker"),
+                ("awaiting_review", "review"),
+                ("needs_attention", "attention"),
+                ("processing_failed", "failed"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"worklist flags of patient {self.patient_id}"

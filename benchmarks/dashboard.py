@@ -220,6 +220,8 @@ def cohort_fill(n_patients: int, *, seed: int = 0) -> None:
             events.append(ClinicalEvent(patient=p, kind="censor", date=end + dt.timedelta(days=30)))
         LesionMeasurement.objects.bulk_create(measurements, batch_size=2000)
         ResponseAssessment.objects.bulk_create(assessments, batch_size=2000)
+        # Also rewrites each patient's `WorklistFlags` (the worklist's filters), from the
+        # responses and measurements written above and these labs.
         LabResult.objects.bulk_create(labs, batch_size=2000)
         # Also writes each patient's `LatestRiskScore`, the row the worklist orders on.
         RiskScore.objects.bulk_create(scores, batch_size=2000)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db import transaction
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import viewsets
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from patients.audit import audit_record
+from patients.audit import audit_patients_shown
 from radtrack.api.base import ID_PATTERN, APIPagination, HasViewPermissions
 
 
@@ -25,13 +24,7 @@ def api_read_audit(
     Rows per patient let the audit trail answer "who saw this patient's data", whether
     they opened the patient or paged through a list that included them.
     """
-    pks = sorted({pk for pk in patient_pks if pk is not None})
-    if not pks:
-        audit_record(request=request, action=action, object=object)
-        return
-    with transaction.atomic():
-        for pk in pks:
-            audit_record(request=request, action=action, object=object, patient=pk)
+    audit_patients_shown(request=request, action=action, object=object, patient_pks=patient_pks)
 
 
 def _attribute_path(obj, path: str):

@@ -20,6 +20,7 @@ urlpatterns = [
     path("patients/", include("analytics.dashboard.patient_urls")),
     path("imaging/", include("imaging.ingest.urls")),
     path("imaging/", include("analytics.lesions.urls")),
+    path("models/", include("imaging.modelhub.urls")),
     path("api/v1/", include("radtrack.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its script from a URL: the Content-Security-Policy allows no

@@ -193,6 +193,8 @@ class PatientTimeline:
     risk: RiskSummary | None = None
     best_response: BestResponseRow | None = None
     irecist: bool = False
+    #: Why iRECIST applies: the clinician's reason, or the EHR import's (the drug and file).
+    irecist_reason: str = ""
 
     @property
     def study_count(self) -> int:
@@ -250,6 +252,7 @@ def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) ->
         risk=_risk_summary(patient),
         best_response=best_response_of(patient),
         irecist=irecist_of(patient),
+        irecist_reason=patient.response_settings.reason if irecist_of(patient) else "",
         studies=tuple(
             StudySummary(
                 pk=study.pk,

@@ -28,6 +28,7 @@ from analytics.lesions.review.irecist import can_set_irecist
 from analytics.models import RiskModelVersion, RiskScore
 from analytics.risk.selectors import current_model_version
 from imaging.ingest.pacs import pacs_transfers_recent
+from imaging.modelhub.selectors import drift_alerts_open
 from imaging.models import Lesion
 from patients.audit import audit_patients_shown, audit_record
 from patients.models import Patient
@@ -166,6 +167,7 @@ def worklist_view(request: HttpRequest) -> HttpResponse:
             "filtered": bool(search or tier or flags),
             "processing": processing_summary(),
             "poll_seconds": PIPELINE_POLL_SECONDS,
+            "model_alerts": drift_alerts_open(),
         },
     )
 
@@ -233,6 +235,7 @@ def pipeline_view(request: HttpRequest) -> HttpResponse:
         "may_retrieve": may_retrieve,
         "pacs_configured": bool(settings.RADTRACK_PACS_DICOMWEB_URL),
         "transfers": pacs_transfers_recent() if may_retrieve else [],
+        "model_alerts": [] if fragment else drift_alerts_open(),
     }
     template = "analytics/_pipeline_live.html" if fragment else "analytics/pipeline.html"
     return render(request, template, context)

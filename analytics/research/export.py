@@ -42,6 +42,7 @@ from analytics.research.deid import (
 )
 from imaging.exports.services import patient_dicom_export
 from imaging.models import Instance
+from imaging.store import object_local
 from patients.audit import audit_record
 from patients.models import LabResult, Patient
 
@@ -190,7 +191,7 @@ def _series_files(patient: Patient) -> dict[tuple[str, str], list[Path]]:
     )
     for instance in instances:
         key = (instance.series.study.study_instance_uid, instance.series.series_instance_uid)
-        grouped.setdefault(key, []).append(_data_path(instance.stored_path))
+        grouped.setdefault(key, []).append(object_local(instance.stored_path))
     return grouped
 
 

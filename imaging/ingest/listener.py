@@ -5,7 +5,9 @@ ingest service (`imaging.ingest.service.IngestRun`) byte for byte as sent, and t
 C-STORE response reports what happened to it, only once the instance is durable (its
 file written and fsynced). Index rows are committed in groups across the instances of
 an association (`GROUP_COMMIT_INSTANCES`, and when it ends); a crash between the two
-leaves files that ``manage.py verify_storage --repair`` indexes. A file refused for what
+leaves files the session's journal lists, which the reaper of the dead session (this
+command when it starts again, or the scheduled task) indexes into it
+(`imaging.ingest.journal`). A file refused for what
 it holds gets a refusal status (0xC000, or 0xC001 for a conflict), never "out of
 resources", so no sender resends it forever. When the association ends, whether by
 release or abort, the session is finished, which queues processing of every series
@@ -15,6 +17,7 @@ from blocking real senders.
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import threading
@@ -376,10 +379,11 @@ class StorageListener:
         """The instance in Part 10 form: the data set exactly as sent, behind File Meta.
 
         The same bytes as ``event.encoded_dataset()``, without building a pydicom
-        dataset for File Meta on every instance (a good part of the receive cost).
+        dataset for File Meta on every instance (a good part of the receive cost), and
+        with the data set copied once, straight from pynetdicom's buffer.
         """
         request = event.request
-        return b"".join(
+        head = b"".join(
             (
                 bytes(128),
                 b"DICM",
@@ -388,9 +392,13 @@ class StorageListener:
                     sop_instance_uid=str(request.AffectedSOPInstanceUID),
                     transfer_syntax_uid=str(event.context.transfer_syntax),
                 ),
-                event.encoded_dataset(include_meta=False),
             )
         )
+        received = getattr(request, "DataSet", None)
+        if not isinstance(received, io.BytesIO):
+            return head + event.encoded_dataset(include_meta=False)
+        with received.getbuffer() as dataset:
+            return b"".join((head, dataset))
 
     def _association_end(self, assoc: Association) -> None:
         with self._lock:

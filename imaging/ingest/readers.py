@@ -1,24 +1,28 @@
-"""Reading and checking incoming files, in this process or in a pool of reader processes.
+"""Reading and checking incoming files, one by one or in reader threads.
 
 `source_inspect` reads one source and checks it (`imaging.core.dicom.inspect`). For a
-folder import, `sources_inspect` hands the files on disk to reader processes, which copy
-each file into the object store's staging folder (by the kernel, fsynced) and check and
-hash that copy, so that both cores work, what is indexed is exactly what is stored, and
-only a small description of each file comes back; the importing process then decides what is new and gives staged files
-their final names, or discards them, and writes the index. Files keep their order.
+folder import, `sources_inspect` hands the files on disk to reader threads, which copy
+each file into the object store's staging folder (by the kernel), check and hash that
+copy (so what is indexed is exactly what is stored) and start writing it to the disk;
+the importing thread then decides what is new, has the staged copies of a batch fsynced
+and named together, or discards them, and writes the index. Files keep their order.
+
+Threads, not processes: copying, hashing and waiting on the disk release the
+interpreter lock, and a plain image is read without pydicom (`inspect_fast`), so two
+threads keep both cores busy with none of the start-up, copied memory and pickled
+results of reader processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
-import multiprocessing
+import os
 import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +58,9 @@ class ReadLimits:
 class Inspected:
     """One source read and checked: the instance, or the reason it is refused.
 
-    A reader process leaves ``item.data`` empty and instead either ``staged`` names the
-    staged copy holding the bytes (fsynced), or ``in_store`` says an object of that name
-    and size was already stored.
+    A reader thread leaves ``item.data`` empty and instead either ``staged`` names the
+    staged copy holding the bytes (not fsynced yet), or ``in_store`` says an object of
+    that name and size was already stored.
     """
 
     name: str
@@ -119,26 +123,23 @@ def data_inspect(
     return Inspected(name, item=item, size_bytes=len(item.data))
 
 
-# -- reader processes ------------------------------------------------------------------
-_worker_headers: HeaderCache = {}
-
-
-def _worker_read(name: str, path: str, limits: ReadLimits) -> Inspected:
-    """In a reader process: copy one file into the store's staging folder, then check
-    and hash the copy (so what is indexed is exactly what is stored); no bytes travel
-    back to the importing process."""
+# -- reader threads --------------------------------------------------------------------
+def _file_read(name: str, path: str, limits: ReadLimits, headers: HeaderCache) -> Inspected:
+    """In a reader thread: copy one file into the store's staging folder, then check
+    and hash the copy (so what is indexed is exactly what is stored), and start writing
+    it to the disk, which the batch's fsync then waits for."""
     size = Path(path).stat().st_size
     if size > limits.max_file_bytes:
         return Inspected(name, reason=_size_reason(size, limits.max_file_bytes))
     try:
-        # fsynced when published, with the rest of its batch (`object_publish`).
+        # fsynced when published, with the rest of its batch (`objects_publish`).
         staged = object_stage_copy(Path(path), durable=False)
     except OSError as exc:
         return Inspected(name, reason=f"cannot be read: {exc}")
     try:
         item = instance_inspect_file(
             object_path(staged),
-            headers=_worker_headers,
+            headers=headers,
             max_decoded_bytes=limits.max_decoded_bytes,
         )
     except DicomRejected as exc:
@@ -148,24 +149,37 @@ def _worker_read(name: str, path: str, limits: ReadLimits) -> Inspected:
         object_discard(staged)
         logger.error("unexpected %s while reading an incoming file", type(exc).__name__)
         return Inspected(name, reason=f"unreadable ({type(exc).__name__})")
-    size = object_path(staged).stat().st_size
-    if object_present(object_relative_path(item.sha256), size=size):
+    try:
+        size = _writeback_start(object_path(staged))
+        in_store = object_present(object_relative_path(item.sha256), size=size)
+    except OSError as exc:
         object_discard(staged)
-        staged, in_store = None, True
-    else:
-        in_store = False
+        return Inspected(name, reason=f"cannot be read: {exc}")
+    if in_store:
+        object_discard(staged)
+        staged = None
     return Inspected(name, item=item, size_bytes=size, staged=staged, in_store=in_store)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor | None:
-    """Reader processes forked from this one (they inherit its settings); None where
-    fork is unavailable, and then files are read in this process."""
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+def _writeback_start(path: Path) -> int:
+    """Start writing a staged copy to the disk now (its pages are not read again), so
+    that the fsync of its batch finds little left to do; its size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            # Linux starts the writeback of dirty pages here, then drops clean ones.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor | None:
+    """Reader threads, or None: files are then read one by one as they come."""
+    if workers < 2:
         return None
-    # Objects that exist now are left out of the children's garbage collection, which
-    # would otherwise touch (and so copy) most of the parent's memory pages.
-    gc.freeze()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reader")
 
 
 def sources_inspect(
@@ -175,10 +189,12 @@ def sources_inspect(
     headers: HeaderCache,
     workers: int = 1,
     window_bytes: int = 256 * 2**20,
+    max_ahead: int = 256,
 ) -> Iterator[Inspected]:
     """Each source read and checked, in order. With ``workers`` > 1 files on disk go to
-    reader processes (at most ``window_bytes`` of them in flight); other sources (zip
-    entries, uploads) are read here as they come."""
+    reader threads, at most ``window_bytes`` and ``max_ahead`` files ahead of the caller
+    (which meanwhile publishes and indexes a batch); other sources (zip entries,
+    uploads) are read here as they come."""
     pool = _pool(workers)
     if pool is None:
         for src in sources:
@@ -190,14 +206,14 @@ def sources_inspect(
         for src in sources:
             if src.path is not None and (src.size or 0) <= limits.max_file_bytes:
                 size = src.size or 0
-                future = pool.submit(_worker_read, src.name, str(src.path), limits)
+                future = pool.submit(_file_read, src.name, str(src.path), limits, headers)
                 ahead.append((src.name, future, None, size))
                 in_flight += size
             else:
                 ahead.append(
                     (src.name, None, source_inspect(src, limits=limits, headers=headers), 0)
                 )
-            while ahead and (in_flight > window_bytes or len(ahead) > 4 * workers):
+            while ahead and (in_flight > window_bytes or len(ahead) > max_ahead):
                 found, in_flight = _next(ahead, in_flight)
                 yield found
         while ahead:
@@ -205,7 +221,6 @@ def sources_inspect(
             yield found
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        gc.unfreeze()
         _discard_unused(ahead)
 
 
@@ -215,8 +230,8 @@ def _next(ahead: deque, in_flight: int) -> tuple[Inspected, int]:
         return done, in_flight
     try:
         return future.result(), in_flight - size
-    except Exception as exc:  # a reader process died (killed, out of memory)
-        reason = f"could not be read: the reader process failed ({type(exc).__name__})"
+    except Exception as exc:  # a reader bug must not stop the import
+        reason = f"could not be read: the reader failed ({type(exc).__name__})"
         return Inspected(name, reason=reason), in_flight - size
 
 

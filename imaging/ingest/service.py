@@ -3,7 +3,8 @@
 Each file is checked (`imaging.core.dicom.inspect`), written to the object store and
 fsynced, and only then indexed; a batch of files is indexed in one transaction, so a
 crash at any moment leaves no row without its file (at worst a file without its row,
-which ``manage.py verify_storage --repair`` indexes). The same SOP instance sent again
+which the session's journal lists, `imaging.ingest.journal`, so that the reaper of a
+dead session indexes it; ``manage.py verify_storage --repair`` finds any other). The same SOP instance sent again
 with the same bytes is a duplicate and changes nothing; different bytes under a stored
 SOP Instance UID are a conflict and are refused. A file whose values the database
 refuses is refused alone: the others of its batch are stored. When an import ends,
@@ -27,7 +28,7 @@ from django.db import DataError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from imaging.core.dicom.inspect import HeaderCache, InspectedInstance, text_clean
+from imaging.core.dicom.inspect import HeaderCache, text_clean
 from imaging.ingest.index import (
     Rows,
     instance_row,
@@ -36,20 +37,21 @@ from imaging.ingest.index import (
     parents_for,
     stored_dataset_hashes,
 )
+from imaging.ingest.journal import (
+    journal_append,
+    journal_clear,
+    journal_unindexed,
+    journals_of_closed_sessions_index,
+    stored_object_source,
+)
 from imaging.ingest.outcomes import FileOutcome, refused_outcome, repeat_outcome, stored_outcome
-from imaging.ingest.readers import Inspected, ReadLimits, sources_inspect, staging_discard
+from imaging.ingest.readers import Inspected, ReadLimits, sources_inspect
 from imaging.ingest.sessions import dead_sessions, owner_here
 from imaging.ingest.sources import IngestSource, sources_from_paths
+from imaging.ingest.writes import Share, discard, writes_start
 from imaging.models import ANALYSED_MODALITIES, IngestIssue, IngestSession, Instance, Series
 from imaging.pipeline.queue import study_queue
-from imaging.store import (
-    object_delete,
-    object_discard,
-    object_matches,
-    object_publish,
-    object_relative_path,
-    object_write,
-)
+from imaging.store import object_delete
 from patients.audit import audit_record, client_address
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class _Staged:
 
     outcomes: dict[int, FileOutcome]
     fresh: list[tuple[int, Inspected]]
-    writes: list[Future]
+    writes: list[Future | Share]
 
 
 class _Unindexed:
@@ -111,7 +113,7 @@ class IngestRun:
     ``group_commit`` > 1 keeps the index rows of up to that many stored files (or
     `GROUP_COMMIT_WAIT_S` worth) for one commit: the files themselves are durable when
     `add` returns (the listener's C-STORE responses), the rows follow in the next commit
-    and at `flush`/`finish`. ``readers`` > 1 reads files on disk in that many processes.
+    and at `flush`/`finish`. ``readers`` > 1 reads files on disk in that many threads.
     """
 
     source: str
@@ -226,6 +228,7 @@ class IngestRun:
         as it is and queues nothing again.
         """
         self.flush()
+        journal_clear(self.session.pk)  # every file it lists is indexed now
         with transaction.atomic():
             session = IngestSession.objects.select_for_update().get(pk=self.session.pk)
             if session.status != IngestSession.Status.RUNNING:
@@ -280,7 +283,7 @@ class IngestRun:
                 previous = _UNINDEXED.get(uid)
             if previous is not None:
                 outcomes[index] = repeat_outcome(found, previous)
-                _discard(found)
+                discard(found)
                 continue
             seen_in_batch[uid] = found.item.dataset_sha256
             fresh.append((index, found))
@@ -291,7 +294,7 @@ class IngestRun:
             reason = misfiled_reason(found.item, study_owner, series_owner)
             if reason:
                 outcomes[index] = refused_outcome(found, reason)
-                _discard(found)
+                discard(found)
             else:
                 keep.append((index, found))
                 self._known.study_patient[found.item.study.study_instance_uid] = (
@@ -302,13 +305,9 @@ class IngestRun:
                 )
                 if self.group_commit > 1:
                     _UNINDEXED.add(found.item.sop_instance_uid, found.item.dataset_sha256)
-        if len(keep) == 1:  # one C-STORE: no thread hand-over for a single file
-            future: Future = Future()
-            future.set_result(_object_store(keep[0][1]))
-            writes = [future]
-        else:
-            writes = [writer.submit(_object_store, found) for _, found in keep]
-        return _Staged(outcomes=outcomes, fresh=keep, writes=writes)
+        return _Staged(
+            outcomes=outcomes, fresh=keep, writes=writes_start([f for _, f in keep], writer)
+        )
 
     def _commit(self, staged: _Staged) -> list[FileOutcome]:
         """Index a staged batch once its files are on disk (or keep it for a group commit)."""
@@ -322,6 +321,7 @@ class IngestRun:
                 continue
             written.append(_Written(index, found, *result))
         outcomes.update({w.index: stored_outcome(w.found) for w in written})
+        journal_append(session_pk=self.session.pk, relatives=(w.relative for w in written))
         if self.group_commit > 1:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
@@ -458,42 +458,6 @@ class IngestRun:
             study_queue(study=changed[0].study, series=changed)
 
 
-def _object_store(found: Inspected) -> tuple[str, bool] | str:
-    """Write one object to the store (fsynced), or give a staged one its final name:
-    (relative path, whether written now), or why it could not be stored."""
-    item = found.item
-    try:
-        if found.staging is not None:  # written meanwhile: the same bytes, now named
-            return object_publish(found.staging.result(), item.sha256)
-        if found.staged:  # copied by a reader process, not yet fsynced
-            return object_publish(found.staged, item.sha256, sync_staged=True)
-        if found.in_store:
-            relative = _in_store_path(item)
-            if relative:
-                return relative, False
-            return "the store held a damaged copy of this file, now removed: send it again"
-        return object_write(item.data, item.sha256)
-    except OSError as exc:
-        return f"could not be stored: {exc}"
-
-
-def _in_store_path(item: InspectedInstance) -> str:
-    """The path of an object a reader process found already stored, when its content is
-    right; a damaged one (left by a crash mid-write) is removed."""
-    relative = object_relative_path(item.sha256)
-    if object_matches(relative, item.sha256):
-        return relative
-    object_delete(relative)
-    return ""
-
-
-def _discard(found: Inspected) -> None:
-    if found.staged:
-        object_discard(found.staged)
-    if found.staging is not None:
-        staging_discard(found.staging)
-
-
 def ingest_paths(
     *,
     paths: Iterable[Path],
@@ -502,13 +466,14 @@ def ingest_paths(
     readers: int = 1,
 ) -> tuple[IngestSession, list[FileOutcome]]:
     """Import files, folders and zips from disk (``manage.py ingest``), with ``readers``
-    reader processes; an import that stops (an error, Ctrl-C) is marked failed."""
+    reader threads; an import that stops (an error, Ctrl-C) is marked failed."""
     paths = list(paths)
     run = IngestRun(
         source=IngestSession.Source.FOLDER,
         origin=", ".join(map(str, paths))[:255],
         process=process,
-        batch_size=256 if readers > 1 else 64,
+        # Small enough that one batch is published and indexed while the next is read.
+        batch_size=64,
         readers=readers,
     )
     try:
@@ -556,9 +521,20 @@ def ingest_run(
 
 def ingest_sessions_reap() -> list[tuple[IngestSession, str]]:
     """Mark failed, with the reason, every running session whose process died or that
-    stopped making progress, and queue what it stored; the sessions and reasons."""
+    stopped making progress, having indexed into it the files it stored and had not
+    indexed yet (its journal, `imaging.ingest.journal`; the C-STORE senders were told
+    they are stored), and queue what it stored; the sessions and reasons."""
     reaped = []
     for found in dead_sessions():
         run = IngestRun(source=found.session.source, resume=found.session, claim=False)
-        reaped.append((run.finish(failed=found.reason), found.reason))
+        reason = found.reason
+        orphans = journal_unindexed(found.session.pk)
+        if orphans:
+            outcomes = run.add([stored_object_source(r) for r in orphans])
+            indexed = sum(o.status == "stored" for o in outcomes)
+            reason += (
+                f"; {indexed} of {len(orphans)} files it had stored but not indexed were indexed"
+            )
+        reaped.append((run.finish(failed=reason), reason))
+    journals_of_closed_sessions_index()
     return reaped

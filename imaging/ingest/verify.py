@@ -5,24 +5,24 @@ never came); temporary files of interrupted writes; and ingest sessions whose pr
 died. Repair indexes the orphaned files that are good DICOM objects (in a session of
 source "repair"), removes the rest and the temporaries, and marks dead sessions failed.
 Files younger than ``min_age_s`` are left alone: an import may still be writing them.
+It works the same on either store (`imaging.store`: the filesystem or S3), reading every
+object back and hashing it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imaging.ingest.journal import stored_object_source
 from imaging.ingest.service import IngestRun, ingest_sessions_reap
 from imaging.ingest.sessions import DeadSession, dead_sessions
-from imaging.ingest.sources import IngestSource, SourceRefused
 from imaging.models import IngestSession, Instance
 from imaging.store import (
     StoredFile,
-    file_sha256,
     object_delete,
-    object_path,
+    object_sha256,
     objects_scan,
     temporaries_scan,
     temporary_delete,
@@ -62,11 +62,11 @@ def storage_verify(
     result = StorageCheck()
     rows = Instance.objects.order_by("pk").values_list("sop_instance_uid", "stored_path", "sha256")
     for sop_instance_uid, relative, sha256 in rows.iterator(chunk_size=2000):
-        path = object_path(relative)
         result.checked += 1
-        if not path.is_file():
+        found = object_sha256(relative)
+        if found is None:
             result.missing.append(sop_instance_uid)
-        elif file_sha256(path) != sha256:
+        elif found != sha256:
             result.corrupt.append(sop_instance_uid)
         if on_instance:
             on_instance()
@@ -107,7 +107,7 @@ def storage_repair(*, check: StorageCheck) -> StorageRepair:
     if not check.orphans:
         return repair
     run = IngestRun(source=IngestSession.Source.REPAIR, origin="verify_storage --repair")
-    sources = [_orphan_source(relative) for relative in check.orphans]
+    sources = [stored_object_source(relative) for relative in check.orphans]
     outcomes = {o.name: o for o in run.add(sources)}
     repair.session = run.finish().pk
     for relative in check.orphans:
@@ -120,16 +120,3 @@ def storage_repair(*, check: StorageCheck) -> StorageRepair:
             object_delete(relative)
             repair.removed.append(f"{relative}: {outcome.status}: {outcome.reason}")
     return repair
-
-
-def _orphan_source(relative: str) -> IngestSource:
-    path = object_path(relative)
-    name = path.stem
-
-    def read() -> bytes:
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != name:
-            raise SourceRefused("its content does not match its name: the file is damaged")
-        return data
-
-    return IngestSource(relative, read, path.stat().st_size)

@@ -454,6 +454,8 @@ def _step_announce(state: _RunState) -> None:
             "stale_review_decisions": entry["result"].get("stale_links"),
             "lesion_links_provisional": entry["result"].get("provisional"),
             "studies_not_followed": entry["result"].get("not_followed"),
+            # a radiologist's corrections that could not go onto the new segmentation
+            "corrections_not_carried": entry["result"].get("corrections_not_carried"),
         }
         if any(warnings.values()):
             run.flags = {**run.flags, **{k: v for k, v in warnings.items() if v}}

@@ -2,12 +2,14 @@
 
 import datetime as dt
 import itertools
+import math
 
 import pandas as pd
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from analytics.dashboard.flags import worklist_flags_refresh
 from analytics.dashboard.markers import MARKER_RULES, marker_change
 from analytics.dashboard.worklist import FLAG_NAMES, worklist
 from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore
@@ -55,7 +57,7 @@ def measure(lesion_, study, volume, *, status="tracked", review="accepted", **ex
     )
 
 
-def assessment(patient, study, recist, *, new_lesions=False, baseline=False):
+def assessment(patient, study, recist, *, new_lesions=False, baseline=False, attention=False):
     return ResponseAssessment.objects.create(
         patient=patient,
         study=study,
@@ -64,6 +66,8 @@ def assessment(patient, study, recist, *, new_lesions=False, baseline=False):
         new_lesions=new_lesions,
         sum_diameters_mm=10.0,
         total_volume_ml=1.0,
+        needs_attention=attention,
+        response_note="not evaluable: a target not found" if attention else "",
     )
 
 
@@ -147,6 +151,55 @@ def test_feature_inputs_follow_the_export_layouts_with_values_in_force():
     assert table["sex_male"].iloc[0] == 1.0
 
 
+def test_feature_inputs_never_read_what_is_not_known_as_zero():
+    """Not found: NaN (not 0, which would read as gone); merged: 0 (measured in the lesion
+    that absorbed it); too small: 5 mm and no volume; measured by hand: no volume; a
+    lesion rejected at one study is left out at every study; a censored lab keeps its
+    comparator."""
+    patient = PatientFactory(patient_id="MRN-1")
+    base = StudyFactory(patient=patient, study_date=dt.date(2024, 1, 10))
+    follow = StudyFactory(patient=patient, study_date=dt.date(2024, 4, 10))
+    missed, absorbed, small, node, false = (
+        lesion(patient, "Liver 1"), lesion(patient, "Liver 2"), lesion(patient, "Liver 3"),
+        lesion(patient, "Node 1", "lymph_node"), lesion(patient, "Liver 4"),
+    )  # fmt: skip
+    for each in (missed, absorbed, small):
+        measure(each, base, 2.0, status="new")
+    measure(missed, follow, 0.0, status="not_found", finding_state="not_found", review="pending")
+    measure(absorbed, follow, 0.0, status="merged", merged_into=missed)
+    measure(small, follow, 0.0, too_small=True, review="edited")
+    LesionMeasurement.objects.create(
+        lesion=node, study=follow, status="new", volume_ml=None, longest_diameter_mm=21.0,
+        short_axis_mm=16.0, review_state="accepted",
+    )  # fmt: skip
+    measure(false, base, 1.0, status="new", review="rejected", finding_state="rejected")
+    measure(false, follow, 1.2, review="pending", finding_state="rejected")
+    LabResult.objects.create(
+        patient=patient, loinc_code=CEA, value=0.5, comparator="<", unit="ng/mL",
+        observed_at=at(dt.date(2024, 4, 1)),
+    )  # fmt: skip
+
+    inputs = feature_inputs_load(patient_ids=["MRN-1"])
+    m = inputs.measurements
+    assert tuple(m.columns) == MEASUREMENT_COLUMNS
+    assert "Liver 4" not in set(m["lesion_label"])
+    later = m[m["study_date"] == dt.date(2024, 4, 10)].set_index("lesion_label")
+    sizes = ["volume_ml", "longest_diameter_mm", "short_axis_mm"]
+    assert later.loc["Liver 1", sizes].isna().all()
+    assert later.loc["Liver 2", sizes].tolist() == [0.0, 0.0, 0.0]
+    assert math.isnan(later.loc["Liver 3", "volume_ml"])
+    assert later.loc["Liver 3", ["longest_diameter_mm", "short_axis_mm"]].tolist() == [5.0, 5.0]
+    assert math.isnan(later.loc["Node 1", "volume_ml"])
+    assert later.loc["Node 1", "longest_diameter_mm"] == 21.0
+    assert inputs.labs["comparator"].tolist() == ["<"]
+    table = feature_table_build(
+        landmarks=pd.DataFrame([("MRN-1", dt.date(2024, 4, 10))], columns=["patient_id", "landmark_date"]),
+        blocks=inputs.blocks(),
+    )  # fmt: skip
+    assert math.isnan(table["total_burden_ml"].iloc[0])  # not 0 + 0 + 0
+    assert math.isnan(table["cea_latest"].iloc[0])  # "< 0.5" is not 0.5
+
+
 def test_feature_inputs_of_nobody_are_empty_frames_with_columns():
     inputs = feature_inputs_load(patient_ids=[])
     assert inputs.measurements.empty and tuple(inputs.measurements.columns) == MEASUREMENT_COLUMNS
@@ -226,6 +279,11 @@ def flagged():
     p = made["awaiting_review"] = PatientFactory(patient_id="REVIEW")
     measure(lesion(p, "Liver 1"), StudyFactory(patient=p, study_date=day), 3.0, review="pending")
 
+    p = made["needs_attention"] = PatientFactory(patient_id="NE")
+    s1, s2 = StudyFactory(patient=p, study_date=day), StudyFactory(patient=p, study_date=later)
+    assessment(p, s1, "", baseline=True)
+    assessment(p, s2, "NE", attention=True)  # a study that could not be assessed
+
     p = made["none"] = PatientFactory(patient_id="QUIET")
     s1, s2 = StudyFactory(patient=p, study_date=day), StudyFactory(patient=p, study_date=later)
     assessment(p, s1, "", baseline=True)
@@ -238,6 +296,9 @@ def flagged():
     lab(p, LDH, 400.0, later)  # doubled, but over 180 days apart: not the latest trend
     lab(p, HB, 13.0, day)
     lab(p, HB, 14.5, later)  # rising haemoglobin is not a warning
+    # Responses and measurements written straight into the tables, not by a tracking
+    # rebuild (whose `responses_written` refreshes the flags): refresh them as it would.
+    worklist_flags_refresh()
     return made
 
 
@@ -261,6 +322,7 @@ def test_each_flag_is_raised_for_its_patient_only(flagged):
 
 def test_flag_and_search_filters(flagged):
     assert [r.patient_id for r in worklist(flags=["awaiting_review"])] == ["REVIEW"]
+    assert [r.patient_id for r in worklist(flags=["needs_attention"])] == ["NE"]
     assert [r.patient_id for r in worklist(flags=["new_progression", "rising_marker"])] == []
     assert [r.patient_id for r in worklist(search="cea")] == ["CEA"]
     with pytest.raises(ValueError, match="unknown flags"):
@@ -298,6 +360,52 @@ def test_marker_rules(code, previous, latest, flagged):
     assert (change is not None) is flagged
 
 
+@pytest.mark.parametrize(
+    "code, previous, latest, flagged",
+    [
+        # (value, comparator) pairs: a censored result is a bound, not a value.
+        (CEA, (0.5, "<"), (0.6, ""), False),  # at least +0.1 from at most 0.5: not proven
+        (CEA, (0.5, "<"), (5.0, ""), True),  # at least +4.5 from at most 0.5
+        (CEA, (0.6, ""), (1000.0, ">"), True),  # at least +999
+        (CEA, (0.6, ""), (2.0, "<"), False),  # the latest may be below 0.6
+        (CEA, (1000.0, ">"), (2000.0, ""), False),  # the previous may be above 2000
+        (CEA, (4.0, "<="), (8.0, ">"), True),  # from 4 or less to over 8
+        (CEA, (4.0, ">="), (8.0, ">"), False),  # the previous may be above 8
+        (ALBUMIN, (4.0, ">"), (3.5, ""), True),  # a fall of at least 0.5 from over 4
+        (ALBUMIN, (4.0, "<"), (3.5, ""), False),  # it may have been 3.4 before
+        (ALBUMIN, (4.0, ""), (3.0, "<"), True),  # to under 3: a fall of at least 1
+    ],
+)
+def test_a_censored_marker_is_flagged_only_when_its_bounds_prove_the_move(
+    code, previous, latest, flagged
+):
+    rule = next(r for r in MARKER_RULES if r.loinc_code == code)
+    change = marker_change(
+        rule, previous=previous[0], latest=latest[0], previous_comparator=previous[1],
+        latest_comparator=latest[1], previous_at=at(dt.date(2024, 1, 1)),
+        latest_at=at(dt.date(2024, 2, 1)),
+    )  # fmt: skip
+    assert (change is not None) is flagged
+
+
+def test_the_worklist_shows_a_censored_marker_with_its_comparator():
+    proven, unproven = PatientFactory(patient_id="UP"), PatientFactory(patient_id="LOW")
+    for patient, results in (
+        (proven, [(0.6, ""), (1000.0, ">")]),
+        (unproven, [(0.5, "<"), (0.6, "")]),
+    ):
+        for day, (value, comparator) in zip(
+            (dt.date(2024, 1, 1), dt.date(2024, 2, 1)), results, strict=True
+        ):
+            LabResult.objects.create(
+                patient=patient, loinc_code=CEA, value=value, comparator=comparator,
+                unit="ng/mL", observed_at=at(day),
+            )  # fmt: skip
+    rows = {r.patient_id: r for r in worklist()}
+    assert [str(m) for m in rows["UP"].rising_markers] == ["cea 0.6 → > 1000 ng/mL"]
+    assert rows["LOW"].rising_markers == () and "rising_marker" not in rows["LOW"].flags
+
+
 # -- query count ----------------------------------------------------------------------
 def _patients_with_everything(n: int, version: RiskModelVersion, start: int) -> None:
     for i in range(start, start + n):
@@ -311,6 +419,7 @@ def _patients_with_everything(n: int, version: RiskModelVersion, start: int) -> 
         lab(patient, CEA, 3.0, dt.date(2024, 1, 1))
         lab(patient, CEA, 3.0 + i % 7, dt.date(2024, 2, 28))
         score(patient, version, float(i), ("low", "intermediate", "high")[i % 3])
+    worklist_flags_refresh()  # as a tracking rebuild would (see `flagged`)
 
 
 def _queries(**kwargs) -> tuple[int, int]:

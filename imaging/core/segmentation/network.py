@@ -19,22 +19,23 @@ Batch norm rather than instance norm, so that the statistics do not depend on th
 window size: inference uses bigger windows (up to 128^3, fewer overlaps) than the
 64^3 training patches.
 
-Input: the study is reoriented to LPS (exact) and resampled linearly to 1.5 mm
-(`preprocess.Reorient`, `preprocess.Resample`), then fed as two channels: HU clipped
-to -1000..1000 and to -150..250, each scaled to [0, 1] (a lung and a soft-tissue
-window: liver lesions differ from liver by only 20-45 HU). Only the body's bounding
-box (voxels above -500 HU, plus a margin) is inferred; outside it every voxel is
-background.
+Input (`model_input`): the study is cut to the body's box on its own grid (largest
+component above -500 HU, plus 12 mm), and only that is reoriented to LPS (exact) and
+resampled linearly to 1.5 mm (`preprocess.Reorient`, `preprocess.Resample`), then fed
+as two channels: HU clipped to -1000..1000 and to -150..250, each scaled to [0, 1] (a
+lung and a soft-tissue window: liver lesions differ from liver by only 20-45 HU).
 
 Inference: ``monai.inferers.sliding_window_inference`` with windows sized to tile the
 box with about 24 voxels of overlap (at most 128 per axis), one window at a time
 (``sw_batch_size=1``), Gaussian blending of softmax probabilities accumulated on the
 CPU (``device="cpu"``), so GPU memory is one window whatever the study's size; on CUDA
-under ``torch.autocast`` (float16). Test-time augmentation mirrors left-right: the
-mirrored pass runs on boxes around every region with lesion probability above 0.1
-(plus context), is mirrored back and averaged in; the per-voxel uncertainty is the
-absolute difference of the two lesion probabilities (0 where the mirrored pass did not
-run because no lesion is plausible there).
+under ``torch.autocast`` (float16). Test-time augmentation mirrors left-right, a
+transform the network is trained to be equivariant to (every training patch is
+mirrored half the time, `training.generated`): the mirrored pass runs on boxes around
+every region with lesion probability above 0.1 (plus context), is mirrored back and
+averaged in; the per-voxel uncertainty is the absolute difference of the two lesion
+probabilities (0 where the mirrored pass did not run because no lesion is plausible
+there). The uncertainty is reported with each lesion and never removes one.
 
 Weights: ``imaging/weights/manifest.json`` names the file, the model name and version,
 its SHA-256 and its spec; `segmenter_load` refuses a file whose digest differs.
@@ -48,21 +49,27 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from imaging.core.geometry.preprocess import Reorient, Resample, StepRecord, preprocess_run
+from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.model_input import (
+    BODY_HU,
+    body_box,
+    body_crop,
+    model_grid,
+    model_input_array,
+)
 
 CLASSES: tuple[str, ...] = ("background", "lung", "liver", "lung_nodule", "liver_lesion")
 LESION_CLASSES: dict[int, str] = {3: "lung", 4: "liver"}  # class -> organ
 ORGAN_CLASSES: dict[str, int] = {"lung": 1, "liver": 2}
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"  # imaging/weights
 MANIFEST_NAME = "manifest.json"
-BODY_HU = -500.0
 TTA_LESION_THRESHOLD = 0.1
 
 
@@ -188,6 +195,24 @@ class Segmenter:
     def version(self) -> str:
         return self.spec.label
 
+    def segment(
+        self, *, volume: Volume, device: str | torch.device | None = None, tta: bool = True
+    ) -> SegmentationOutput:
+        """`segment_volume` with this network: the call every model format answers."""
+        return segment_volume(volume=volume, model=self, device=device, tta=tta)
+
+
+class VolumeSegmenter(Protocol):
+    """A loaded model of any format (`Segmenter`, `imaging.core.modelhub.adapters`): its
+    ``name-version`` and one call from a study in HU to probabilities on its grid."""
+
+    @property
+    def version(self) -> str: ...
+
+    def segment(
+        self, *, volume: Volume, device: str | torch.device | None = None, tta: bool = True
+    ) -> SegmentationOutput: ...
+
 
 def segmenter_from_network(
     *, network: torch.nn.Module, spec: SegmenterSpec, device: str | torch.device = "auto"
@@ -243,37 +268,6 @@ def segmenter_load(
 
 
 # --------------------------------------------------------------------------- input
-def model_grid(*, volume: Volume, spec: SegmenterSpec) -> tuple[Volume, tuple[StepRecord, ...]]:
-    """The study in HU on the model grid: reoriented to LPS, resampled linearly (recorded)."""
-    result = preprocess_run(
-        volume=volume, steps=[Reorient(), Resample(spacing_mm=tuple(spec.spacing_mm))]
-    )
-    return result.volume, result.records
-
-
-def model_input_array(hu: np.ndarray, spec: SegmenterSpec) -> np.ndarray:
-    """Channels (C, k, j, i) float32: HU clipped to each window of ``spec`` and scaled to [0, 1]."""
-    out = np.empty((len(spec.windows_hu), *hu.shape), dtype=np.float32)
-    for c, (low, high) in enumerate(spec.windows_hu):
-        np.clip(hu, low, high, out=out[c])
-        out[c] -= low
-        out[c] /= high - low
-    return out
-
-
-def body_box(hu: np.ndarray, *, margin: int = 8) -> tuple[slice, slice, slice]:
-    """Bounding box ([k, j, i] slices) of voxels above -500 HU, plus ``margin`` voxels."""
-    mask = hu > BODY_HU
-    if not mask.any():
-        return tuple(slice(0, n) for n in hu.shape)  # type: ignore[return-value]
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(0, hit[0] - margin), min(hu.shape[axis], hit[-1] + 1 + margin)))
-    return tuple(box)  # type: ignore[return-value]
-
-
 def _window_plan(shape: tuple[int, ...], spec: SegmenterSpec) -> tuple[tuple[int, ...], float]:
     """Window size per axis (a multiple of the network's divisor) and the overlap fraction."""
     ov, top, div = spec.window_overlap_voxels, spec.max_window_voxels, spec.divisor
@@ -388,7 +382,7 @@ def _tta_boxes(lesion_prob: np.ndarray, margin: int) -> list[tuple[slice, slice,
                     changed = True
                     break
         merged.append(cur)
-    return [tuple(slice(b[2 * a], b[2 * a + 1]) for a in range(3)) for b in merged]  # type: ignore[misc]
+    return [(slice(b[0], b[1]), slice(b[2], b[3]), slice(b[4], b[5])) for b in merged]
 
 
 def _body_inference(
@@ -480,18 +474,21 @@ def segment_volume(
 ) -> SegmentationOutput:
     """Segment a CT study (HU, any orientation and spacing) with ``model``.
 
-    Steps (each recorded): reorient to LPS, resample to the model grid, window the
-    channels, crop to the body, sliding-window inference, and (``tta``) the left-right
-    mirrored pass around plausible lesions. Returns probabilities on the model grid with
-    its geometry; map them back with `preprocess.volume_resample` if the original grid
-    is wanted (nearest neighbour for labels).
+    Steps (each recorded): crop to the body on the study's own grid, reorient to LPS,
+    resample to the model grid, window the channels, sliding-window inference, and
+    (``tta``) the left-right mirrored pass around plausible lesions. Returns
+    probabilities on the model grid of the body's box with its geometry; map them back
+    with `preprocess.volume_resample` if the original grid is wanted (nearest neighbour
+    for labels).
     """
     if volume.kind != "scalar":
         raise SegmenterError("segment_volume needs a scalar CT volume in HU")
     dev = device_select(device) if device is not None else model.device
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    grid, records = model_grid(volume=volume, spec=model.spec)
+    cropped, crop_record = body_crop(volume=volume)
+    grid, records = model_grid(volume=cropped, spec=model.spec)
+    records = (crop_record, *records)
     grid = grid.with_array(grid.array.astype(np.float32, copy=False))
     timings["preprocess"] = time.perf_counter() - started
 

@@ -6,6 +6,11 @@ Needs no database. ``DATA`` holds one folder per labelled series: the image as
 ``seg.dcm`` (segments mapped to those classes by their labels). A seeded quarter of the
 cases (at least one) validates before and after; ``OUT`` receives the fine-tuned
 weights, ``manifest.json``, ``MODEL_CARD.md`` and ``finetune_report.{md,json}``.
+
+``--from-reviews`` (no DATA, no --out) learns from the radiologists' reviewed studies
+instead: the active model is fine-tuned on them mixed with its original training data,
+registered as a candidate, validated on the locked set and retired at once if it
+regresses (`imaging.modelhub.training`).
 """
 
 from pathlib import Path
@@ -27,8 +32,26 @@ class Command(BaseCommand):
     requires_system_checks = []
 
     def add_arguments(self, parser):
-        parser.add_argument("data", type=Path, help="folder of case folders (see module docs)")
-        parser.add_argument("--out", type=Path, required=True, help="output folder")
+        parser.add_argument(
+            "data", type=Path, nargs="?", help="folder of case folders (see module docs)"
+        )
+        parser.add_argument("--out", type=Path, help="output folder")
+        parser.add_argument(
+            "--from-reviews",
+            action="store_true",
+            help="fine-tune the active model on reviewed studies; register and validate it",
+        )
+        parser.add_argument(
+            "--original-cases",
+            type=int,
+            default=4,
+            help="with --from-reviews: original training cases mixed in",
+        )
+        parser.add_argument(
+            "--promote",
+            action="store_true",
+            help="with --from-reviews: promote the result when its report passes",
+        )
         parser.add_argument("--weights", type=Path, default=None, help="base weights (.pt)")
         parser.add_argument("--steps", type=int, default=200)
         parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (small)")
@@ -43,6 +66,10 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args, **options):
+        if options["from_reviews"] or options["data"] is None or options["out"] is None:
+            from imaging.modelhub.finetune_command import finetune_from_reviews_command
+
+            return finetune_from_reviews_command(self, options)
         data: Path = options["data"]
         out: Path = options["out"]
         if not data.is_dir():

@@ -26,7 +26,7 @@ class Command(BaseCommand):
             "--readers",
             type=int,
             default=min(os.cpu_count() or 1, 4),
-            help="processes reading and checking files in parallel (one per core, at most 4)",
+            help="threads reading and checking files in parallel (one per core, at most 4)",
         )
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -1,0 +1,329 @@
+"""Fine-tuning from reviewed corrections: a lesion kind the model was never trained on.
+
+    .venv/bin/python benchmarks/finetune.py                     # the issue's size (20 reviewed)
+    .venv/bin/python benchmarks/finetune.py --review 6 --test 4 --other 3 --steps 60   # small
+
+The shipped model was trained on the training generator's cohort, which draws no
+ground-glass nodules (only the generated-variation mode does, and the shipped weights
+never used it): it is a model trained without that lesion kind. The benchmark:
+
+1. ``--review`` studies of the evaluation generator (`imaging.core.synthetic_eval`, seed
+   5501) whose lung nodules are all of ``--kind`` go through `lesions_segment` with the
+   shipped model, as ``process`` runs them. Their review is what a radiologist who saw the
+   generator's truth would do: every candidate on a true lesion accepted, every other one
+   rejected, every missed lesion added with its outline drawn (the truth's mask). The
+   corrections become training cases exactly as reviewed studies do in RadTrack
+   (`imaging.core.modelhub.corrections.reviewed_case`: organs from the model, lesions
+   from the review).
+2. ``--original`` cases of the shipped model's own training cohort (seed 1001, small) are
+   mixed in against forgetting, and the shipped weights are fine-tuned (transfer
+   learning: `training.loop.segmenter_train` from them, small learning rate).
+3. Before and after, on studies never trained on: ``--test`` studies of that kind (seed
+   5502): sensitivity on the kind; ``--other`` studies with every other kind (seed 5503):
+   sensitivity per organ and size band, false positives per study, volume error, and the
+   promotion rule's regressions (`imaging.core.modelhub.compare`, default margins).
+
+Targets (issue 17): a gain of at least 20 points on the kind, and no other organ or size
+band worse by more than the margins. Results go to ``--out``/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from imaging.core.modelhub.compare import Margins, regressions  # noqa: E402
+from imaging.core.modelhub.corrections import Correction, reviewed_case  # noqa: E402
+from imaging.core.modelhub.scoring import report_metrics, study_score  # noqa: E402
+from imaging.core.modelhub.validation_set import (  # noqa: E402
+    TruthLesion,
+    ValidationCase,
+    longest_axial_mm,
+    size_band,
+    truth_labels_renderer,
+)
+from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
+from imaging.core.segmentation.network import segmenter_from_network, segmenter_load  # noqa: E402
+from imaging.core.segmentation.training.cases import CohortSource, cases_load  # noqa: E402
+from imaging.core.segmentation.training.loop import segmenter_train  # noqa: E402
+from imaging.core.segmentation.training.settings import TrainingSettings  # noqa: E402
+from imaging.core.synthetic_eval.cohort import patient_draw, study_render  # noqa: E402
+from imaging.core.synthetic_eval.lesions import LIVER_KINDS, LUNG_KINDS  # noqa: E402
+
+SEEDS = {"review": 5501, "test": 5502, "other": 5503}
+
+
+def _case(
+    seed: int, index: int, *, kind: str, other: bool, size: str, cache: Path
+) -> ValidationCase:
+    """One evaluation study: lung nodules all of ``kind``, or (``other``) of every other kind."""
+    lung = [k for k in LUNG_KINDS if k != kind] if other else [kind]
+    patient = patient_draw(seed=seed, index=index, n_studies=1, size=size, lesion_counts=(3, 2, 1),
+                           lesion_kinds=(*lung, *LIVER_KINDS), lesion_diameters_mm=(8.0, 25.0),
+                           thicknesses=(2.5 if size != "small" else 5.0,))  # fmt: skip
+    study = patient.studies[0]
+    path = cache / f"{seed}-{index}-{'not-' if other else ''}{kind}-{size}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as data:
+            from imaging.core.geometry.volume import Volume
+
+            volume = Volume(array=data["hu"].astype(np.float32), spacing_mm=tuple(data["spacing"]),
+                            origin_mm=tuple(data["origin"]), direction=data["direction"])  # fmt: skip
+            truths = [TruthLesion(**{**t, "centre_lps_mm": tuple(t["centre_lps_mm"])})
+                      for t in json.loads(str(data["truth"]))]  # fmt: skip
+    else:
+        rendered = study_render(patient, study, seed=seed)
+        volume = rendered.volume
+        truths = []
+        for t in rendered.lesions:
+            lesion = next(x for x in study.lesions if x.lesion_id == t.lesion_id)
+            mapping = patient.mapping(study)
+            longest = None if t.negative else longest_axial_mm(
+                lambda x, y, z, lesion=lesion, mapping=mapping: lesion.field(*mapping.to_reference(x, y, z)) < 0,
+                np.asarray(t.centre_lps_mm), lesion.reach_mm)  # fmt: skip
+            truths.append(TruthLesion(t.lesion_id, t.organ, t.side, t.kind, t.negative, float(t.volume_ml),
+                                      tuple(map(float, t.centre_lps_mm)), longest))  # fmt: skip
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, hu=np.clip(np.round(volume.array), -1024, 3071).astype(np.int16),
+                            spacing=volume.spacing_mm, origin=volume.origin_mm, direction=volume.direction,
+                            truth=json.dumps([t.as_json() for t in truths]))  # fmt: skip
+    return ValidationCase(f"{seed}-{index}", "generated", volume, tuple(truths), {},
+                          truth_labels=truth_labels_renderer(patient, study, truths))  # fmt: skip
+
+
+def _review(case: ValidationCase, model, device: str):
+    """The study as the model segments it, its simulated review, and the training case."""
+    seg = lesions_segment(volume=case.volume, model=model, device=device, tta=False)
+    rows, candidates = study_score(
+        case=case, lesions=seg.lesions, candidate_mask=seg.candidate_mask
+    )
+    organs = {m.label_value: m.organ for m in seg.lesions}
+    corrections = [Correction("accepted" if c.true_lesion else "rejected", organs[c.label_value], c.label_value)
+                   for c in candidates]  # fmt: skip
+    labels = case.truth_labels(case.volume)
+    for n, truth in enumerate(case.truths, start=1):
+        row = next((r for r in rows if r.lesion_id == truth.lesion_id), None)
+        if truth.negative or row is None or row.detected:
+            continue
+        drawn = case.volume.with_array((labels == n).astype(np.uint8), kind="label")
+        corrections.append(Correction("added", truth.organ, mask=drawn))
+    training = reviewed_case(case_id=f"review-{case.case_id}", image=case.volume, candidate_mask=seg.candidate_mask,
+                             organ_label=seg.label, corrections=corrections, spec=model.spec)  # fmt: skip
+    kinds = {k: sum(c.kind == k for c in corrections) for k in ("accepted", "rejected", "added")}
+    return training, kinds
+
+
+def _reviewed_cached(case: ValidationCase, model, device: str, cache: Path):
+    """`_review`, kept in ``cache`` (the shipped model's review of a study does not change)."""
+    from imaging.core.segmentation.training.cases import TrainingCase
+
+    path = cache / f"{case.case_id}.npz"
+    if path.exists():
+        training = TrainingCase.load(path)
+        return training, training.meta["corrections"]
+    training, kinds = _review(case, model, device)
+    cache.mkdir(parents=True, exist_ok=True)
+    training.save(path)
+    return training, kinds
+
+
+def _judge(cases, model, device: str, label: str) -> dict:
+    lesions, candidates, seconds = [], [], []
+    for case in cases:
+        t = time.perf_counter()
+        seg = lesions_segment(volume=case.volume, model=model, device=device, tta=False)
+        seconds.append(time.perf_counter() - t)
+        rows, cands = study_score(case=case, lesions=seg.lesions, candidate_mask=seg.candidate_mask)
+        lesions += rows
+        candidates += cands
+        print(f"  [{label}] {case.case_id}: {sum(r.detected for r in rows)}/{len(rows)} found, "
+              f"FP {sum(not c.true_lesion for c in cands)}, {seconds[-1]:.0f} s", flush=True)  # fmt: skip
+    metrics = report_metrics(lesions=lesions, candidates=candidates, seconds=seconds)
+    return {"metrics": metrics, "lesions": [r.as_json() for r in lesions]}
+
+
+def _kind_sensitivity(result: dict, kind: str) -> tuple[int, int]:
+    rows = [r for r in result["lesions"] if r["kind"] == kind]
+    return sum(r["detected"] for r in rows), len(rows)
+
+
+def _band_rows(before: dict, after: dict) -> list[tuple[str, int, int, int]]:
+    out = []
+    keys = sorted({(r["organ"], size_band(r["diameter_mm"])) for r in before["lesions"]})
+    for organ, band in keys:
+        b = [
+            r
+            for r in before["lesions"]
+            if (r["organ"], size_band(r["diameter_mm"])) == (organ, band)
+        ]
+        a = [
+            r
+            for r in after["lesions"]
+            if (r["organ"], size_band(r["diameter_mm"])) == (organ, band)
+        ]
+        out.append(
+            (
+                f"{organ} {band} mm",
+                len(b),
+                sum(r["detected"] for r in b),
+                sum(r["detected"] for r in a),
+            )
+        )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", default="ground_glass", choices=LUNG_KINDS)
+    parser.add_argument("--review", type=int, default=20, help="reviewed studies of the kind")
+    parser.add_argument("--test", type=int, default=8, help="held-out studies of the kind")
+    parser.add_argument("--other", type=int, default=8, help="held-out studies of every other kind")
+    parser.add_argument("--original", type=int, default=6, help="original training cases mixed in")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--patch-size", type=int, default=64)
+    parser.add_argument("--freeze-encoder", action="store_true")
+    parser.add_argument("--size", choices=["small", "medium"], default="small")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--cache", type=Path, default=ROOT / "var" / "benchmarks" / "finetune-cache"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "benchmarks" / "finetune")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    started = time.perf_counter()
+    base = segmenter_load(device=device)
+    print(f"base {base.version} on {device}; kind {args.kind}; review {args.review}, test {args.test}, "
+          f"other {args.other}, original {args.original}, {args.steps} steps", flush=True)  # fmt: skip
+
+    def cases(name: str, count: int, other: bool = False) -> list[ValidationCase]:
+        return [_case(SEEDS[name], n, kind=args.kind, other=other, size=args.size, cache=args.cache)
+                for n in range(count)]  # fmt: skip
+
+    review, test, other = (
+        cases("review", args.review),
+        cases("test", args.test),
+        cases("other", args.other, True),
+    )
+    print(f"studies ready in {time.perf_counter() - started:.0f} s", flush=True)
+
+    t = time.perf_counter()
+    training, reviewed = [], {"accepted": 0, "rejected": 0, "added": 0}
+    for case in review:
+        case_training, kinds = _reviewed_cached(case, base, device, args.cache / "reviews")
+        training.append(case_training)
+        reviewed = {k: reviewed[k] + kinds[k] for k in reviewed}
+    print(f"reviews: {reviewed} in {time.perf_counter() - t:.0f} s", flush=True)
+    originals = cases_load(sources=[CohortSource(seed=1001, size="small", patients=tuple(range(args.original)),
+                                                 timepoints=1, lesion_resize=True)],
+                           spec=base.spec, cache_dir=args.cache / "original")  # fmt: skip
+
+    print("before:", flush=True)
+    before_path = args.cache / f"before-{args.kind}-{args.size}-{args.test}-{args.other}.json"
+    if before_path.exists():  # the shipped model's results on these studies do not change
+        before = json.loads(before_path.read_text())
+    else:
+        before = {
+            "test": _judge(test, base, device, "test"),
+            "other": _judge(other, base, device, "other"),
+        }
+        before_path.write_text(json.dumps(before, default=float))
+    settings = TrainingSettings(
+        seed=0, steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
+        learning_rate=args.lr, warmup_steps=min(20, args.steps), lesion_bias=0.6,
+        validate_every=args.steps, checkpoint_every=args.steps, threads=args.threads,
+        freeze_encoder=args.freeze_encoder,
+    )  # fmt: skip
+    t = time.perf_counter()
+    state = {k: v.detach().cpu().float() for k, v in base.network.state_dict().items()}
+    result = segmenter_train(out_dir=args.out / "train", train_cases=[*training, *originals], val_cases=[],
+                             spec=base.spec, settings=settings, initial_state=state, device=device)  # fmt: skip
+    train_seconds = time.perf_counter() - t
+    tuned = segmenter_from_network(
+        network=_network(result.checkpoint_path), spec=base.spec, device=device
+    )
+    print(f"fine-tuned {args.steps} steps in {train_seconds:.0f} s; after:", flush=True)
+    after = {
+        "test": _judge(test, tuned, device, "test"),
+        "other": _judge(other, tuned, device, "other"),
+    }
+
+    found_b, n_kind = _kind_sensitivity(before["test"], args.kind)
+    found_a, _ = _kind_sensitivity(after["test"], args.kind)
+    gain = 100.0 * (found_a - found_b) / n_kind if n_kind else 0.0
+    regressed = regressions(
+        candidate=after["other"]["metrics"], active=before["other"]["metrics"], margins=Margins()
+    )
+    _print_summary(args, n_kind, found_b, found_a, gain, before, after, regressed, train_seconds, reviewed,
+                   len(originals), time.perf_counter() - started)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({
+        "settings": vars(args) | {"cache": str(args.cache), "out": str(args.out)}, "reviewed": reviewed,
+        "kind": {"lesions": n_kind, "before": found_b, "after": found_a, "gain_points": gain},
+        "before": before, "after": after, "regressions": regressed, "train_seconds": train_seconds,
+    }, indent=1, default=float))  # fmt: skip
+    return 0
+
+
+def _network(checkpoint: Path):
+    from imaging.core.segmentation.training.loop import network_from_checkpoint
+
+    return network_from_checkpoint(checkpoint)[0]
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _print_summary(args, n_kind, found_b, found_a, gain, before, after, regressed, train_seconds, reviewed,
+                   n_original, seconds):  # fmt: skip
+    print(f"\n### Fine-tuning on {args.review} reviewed studies of {args.kind} nodules "
+          f"({reviewed['accepted']} accepted, {reviewed['rejected']} rejected, {reviewed['added']} added), "
+          f"{n_original} original cases, {args.steps} steps ({train_seconds:.0f} s)\n")  # fmt: skip
+    print("| measure | before | after | target |\n| --- | ---: | ---: | --- |")
+    print(f"| {args.kind} nodules detected ({args.test} held-out studies) | {found_b}/{n_kind} | {found_a}/{n_kind} | "
+          f"gain >= 20 points: {gain:+.1f} ({'met' if gain >= 20 else 'not met'}) |")  # fmt: skip
+    b, a = before["other"]["metrics"], after["other"]["metrics"]
+    for group, label in (
+        ("overall", "other kinds"),
+        *((o, f"other kinds, {o}") for o in ("lung", "liver")),
+    ):
+        bm = b["overall"] if group == "overall" else b["by_organ"][group]
+        am = a["overall"] if group == "overall" else a["by_organ"][group]
+        print(
+            f"| {label}: sensitivity | {_pct(bm['sensitivity'])} | {_pct(am['sensitivity'])} | >= -1 point |"
+        )
+        print(
+            f"| {label}: false positives per study | {bm['fp_per_study']:.2f} | {am['fp_per_study']:.2f} | <= +0.2 |"
+        )
+        print(
+            f"| {label}: median volume error | {_pct(bm['volume_error_median'])} | {_pct(am['volume_error_median'])} | <= +2 points |"
+        )
+    print(
+        "\n| other kinds, organ and size band | lesions | detected before | detected after |\n| --- | ---: | ---: | ---: |"
+    )
+    for name, n, db, da in _band_rows(before["other"], after["other"]):
+        print(f"| {name} | {n} | {db} | {da} |")
+    verdict = "none" if not regressed else "; ".join(r["text"] for r in regressed)
+    print(f"\nregressions beyond the margins: {verdict}\ntotal {seconds / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

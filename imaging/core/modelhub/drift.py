@@ -1,0 +1,241 @@
+"""Drift: what each processed study looked like to the model, and whether that changed.
+
+Input statistics are read on the model grid (the study as the model is fed it: LPS,
+resampled, HU), so training cases, validation studies and a site's studies are measured
+alike: HU percentiles of the body (above -500 HU, largest component, filled), the lungs
+(air inside the body in components of 100 ml or more, `registration.anatomy`) and the
+liver (the model's own liver and liver-lesion labels); a noise estimate (the robust SD
+of each axial slice's residual after its four neighbours' mean, in soft tissue, scaled
+for white noise) and a texture measure, ``noise_correlation`` (the same estimate after
+2 x 2 averaging over half the fine one: about 1 for white noise, higher for the
+correlated noise of a soft kernel, lower for a sharp one). Output statistics: lesions
+found, their mean confidence, the share under 0.9 confidence, and the share of the
+study's findings that tracking left equivocal (filled in after tracking).
+
+`drift_check` compares one scanner/protocol group's latest studies with the model's
+reference (its training and validation studies) and with the group's own first studies,
+statistic by statistic, with the two-sample Kolmogorov-Smirnov test (Bonferroni over
+the statistics), and reports a protocol that neither the reference nor the site had
+seen before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, stats
+
+from imaging.core.registration.anatomy import body_lung_arrays
+
+PERCENTILES = (5, 25, 50, 75, 95)
+#: The numbers drift is tested on (flat names, see `flat_statistics`).
+TESTED = (
+    "noise_hu",
+    "noise_correlation",
+    "body_hu_p50",
+    "lung_hu_p50",
+    "liver_hu_p50",
+    "mean_confidence",
+    "lesions",
+    "equivocal_share",
+)
+MAX_SAMPLE = 200_000
+WHITE_NOISE_SCALE = 1.0 / np.sqrt(1.25)  # residual x - mean(4 neighbours) of white noise
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float] | None:
+    if values.size < 20:
+        return None
+    if values.size > MAX_SAMPLE:
+        values = values[:: int(np.ceil(values.size / MAX_SAMPLE))]
+    return {
+        f"p{p}": round(float(v), 2)
+        for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)
+    }
+
+
+def _residual_sd(plane: np.ndarray, mask: np.ndarray) -> list[float]:
+    """Robust SD of ``plane`` minus the mean of its four neighbours, inside ``mask``."""
+    neighbours = (plane[:-2, 1:-1] + plane[2:, 1:-1] + plane[1:-1, :-2] + plane[1:-1, 2:]) / 4.0
+    residual = (plane[1:-1, 1:-1] - neighbours)[mask[1:-1, 1:-1]]
+    if residual.size < 50:
+        return []
+    mad = np.median(np.abs(residual - np.median(residual)))
+    return [float(1.4826 * mad * WHITE_NOISE_SCALE)]
+
+
+def noise_estimates(
+    hu: np.ndarray, soft: np.ndarray, *, slices: int = 12
+) -> tuple[float | None, float | None]:
+    """(noise SD in HU, noise correlation) from up to ``slices`` axial slices."""
+    ks = np.flatnonzero(soft.reshape(soft.shape[0], -1).sum(axis=1) > 200)
+    if not len(ks):
+        return None, None
+    fine, coarse = [], []
+    for k in ks[np.linspace(0, len(ks) - 1, min(slices, len(ks))).astype(int)]:
+        plane, mask = hu[k].astype(np.float64), soft[k]
+        fine += _residual_sd(plane, mask)
+        h, w = (plane.shape[0] // 2) * 2, (plane.shape[1] // 2) * 2
+        pooled = plane[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        pooled_mask = mask[:h, :w].reshape(h // 2, 2, w // 2, 2).all(axis=(1, 3))
+        coarse += _residual_sd(pooled, pooled_mask)
+    if not fine:
+        return None, None
+    noise = float(np.median(fine))
+    correlation = float(np.median(coarse)) / (noise / 2.0) if coarse and noise > 0 else None
+    return round(noise, 3), None if correlation is None else round(correlation, 4)
+
+
+def input_statistics(
+    *, hu: np.ndarray, organ: np.ndarray | None, spacing_mm: Sequence[float]
+) -> dict[str, Any]:
+    """Input statistics of a study on the model grid (``organ``: the model's labels, RadTrack
+    codes, or None). See the module docs."""
+    hu = np.asarray(hu, dtype=np.float32)
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    body, lungs = body_lung_arrays(hu, voxel_ml)
+    soft = ndimage.binary_erosion(body & ~lungs & (hu > -200) & (hu < 300), iterations=2)
+    liver = np.isin(organ, (2, 4)) if organ is not None else np.zeros_like(body)
+    noise, correlation = noise_estimates(hu, soft)
+    return {
+        "body_hu": _percentiles(hu[body]),
+        "lung_hu": _percentiles(hu[lungs]),
+        "liver_hu": _percentiles(hu[liver]),
+        "body_ml": round(float(body.sum()) * voxel_ml, 1),
+        "lung_ml": round(float(lungs.sum()) * voxel_ml, 1),
+        "liver_ml": round(float(liver.sum()) * voxel_ml, 1),
+        "noise_hu": noise,
+        "noise_correlation": correlation,
+    }
+
+
+def output_statistics(*, confidences: Sequence[float]) -> dict[str, Any]:
+    """Lesions found, their mean confidence and the share under 0.9 (equivocal share later)."""
+    values = [float(c) for c in confidences]
+    return {
+        "lesions": len(values),
+        "mean_confidence": round(float(np.mean(values)), 4) if values else None,
+        "low_confidence_share": round(sum(c < 0.9 for c in values) / len(values), 4)
+        if values
+        else None,
+        "equivocal_share": None,
+    }
+
+
+def flat_statistics(
+    inputs: Mapping[str, Any], outputs: Mapping[str, Any]
+) -> dict[str, float | None]:
+    """The tested numbers of one study (`TESTED`) from its stored inputs and outputs."""
+
+    def p50(key: str) -> float | None:
+        block = inputs.get(key) or {}
+        return block.get("p50")
+
+    return {
+        "noise_hu": inputs.get("noise_hu"),
+        "noise_correlation": inputs.get("noise_correlation"),
+        "body_hu_p50": p50("body_hu"),
+        "lung_hu_p50": p50("lung_hu"),
+        "liver_hu_p50": p50("liver_hu"),
+        "mean_confidence": outputs.get("mean_confidence"),
+        "lesions": outputs.get("lesions"),
+        "equivocal_share": outputs.get("equivocal_share"),
+    }
+
+
+def thickness_band(thickness_mm: float | None) -> str:
+    if thickness_mm is None:
+        return "thickness unknown"
+    if thickness_mm <= 1.5:
+        return "slices <= 1.5 mm"
+    return "slices 1.5-3 mm" if thickness_mm <= 3.0 else "slices > 3 mm"
+
+
+def protocol_key(*, scanner: str, kernel: str, slice_thickness_mm: float | None) -> str:
+    """The group a study's drift is followed in: scanner | kernel | slice thickness band."""
+    return " | ".join(
+        [scanner.strip() or "unknown scanner", kernel.strip() or "unknown kernel",
+         thickness_band(slice_thickness_mm)]
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DriftFinding:
+    """A new protocol, or one statistic of a group that shifted against a reference."""
+
+    kind: str  # new_protocol | shift
+    protocol: str
+    statistic: str = ""
+    reference: str = ""
+    message: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _values(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    return np.array([r[key] for r in rows if r.get(key) is not None], dtype=float)
+
+
+def _shift(
+    *, protocol: str, key: str, recent: np.ndarray, reference: np.ndarray, name: str,
+    alpha: float, window: int,
+) -> DriftFinding | None:  # fmt: skip
+    if len(recent) < window or len(reference) < window:
+        return None
+    if np.ptp(np.concatenate([recent, reference])) == 0:
+        return None
+    result = stats.ks_2samp(recent, reference)
+    if result.pvalue >= alpha:
+        return None
+    before, after = float(np.median(reference)), float(np.median(recent))
+    return DriftFinding(
+        kind="shift", protocol=protocol, statistic=key, reference=name,
+        message=f"{key.replace('_', ' ')}: median {after:.3g} in the last {len(recent)} studies "
+                f"against {before:.3g} in {name} (two-sample KS p = {result.pvalue:.1e})",
+        detail={"ks": float(result.statistic), "p_value": float(result.pvalue), "alpha": alpha,
+                "median_recent": after, "median_reference": before, "n_recent": len(recent),
+                "n_reference": len(reference)},
+    )  # fmt: skip
+
+
+def drift_check(
+    *,
+    protocol: str,
+    history: Sequence[Mapping[str, Any]],
+    reference: Mapping[str, Sequence[float]] | None,
+    known_protocols: set[str],
+    window: int = 10,
+    alpha: float = 0.01,
+) -> list[DriftFinding]:
+    """Findings for one group after a new study (``history``: its studies' flat statistics,
+    oldest first, the new one last). Tests are Bonferroni-corrected over `TESTED` and the
+    two references (the model's, and the group's own first ``window`` studies)."""
+    findings = []
+    if len(history) == 1 and protocol not in known_protocols:
+        findings.append(DriftFinding(
+            kind="new_protocol", protocol=protocol,
+            message=f"first study from {protocol}: neither the model's training and validation "
+                    "studies nor this site's earlier studies came from it",
+        ))  # fmt: skip
+    corrected = alpha / (2 * len(TESTED))
+    recent = history[-window:]
+    for key in TESTED:
+        tests = []
+        if reference and reference.get(key):
+            tests.append((np.asarray(reference[key], dtype=float), "the model's reference studies"))
+        if len(history) >= 2 * window:
+            tests.append(
+                (_values(history[:window], key), f"this protocol's first {window} studies")
+            )
+        for values, name in tests:
+            found = _shift(protocol=protocol, key=key, recent=_values(recent, key),
+                           reference=values, name=name, alpha=corrected, window=window)  # fmt: skip
+            if found is not None:
+                findings.append(found)
+                break
+    return findings

@@ -1,0 +1,140 @@
+"""Learning from corrections: reviewed studies become training examples with their
+provenance, ``finetune_segmenter --from-reviews`` fine-tunes the active model on them
+(original data mixed in), registers and validates the result; a study of the locked set
+is never trained on; the labels follow the review (accepted lesion, rejected candidate,
+added lesion drawn by hand)."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+
+from imaging.core.geometry.volume import Volume
+from imaging.core.modelhub.corrections import Correction, reviewed_labels
+from imaging.modelhub.models import SegmentationModel, TrainingExample
+from imaging.modelhub.training import training_examples_sync
+from imaging.models import LesionMeasurement, ManualFinding
+from tests.imaging.modelhub.conftest import processed_phantom_study, review_all, tiny_active
+
+pytestmark = pytest.mark.django_db
+
+
+def _grid(array, kind="scalar"):
+    return Volume(
+        array=array,
+        spacing_mm=(2.0, 2.0, 2.0),
+        origin_mm=(0.0, 0.0, 0.0),
+        direction=np.eye(3),
+        kind=kind,
+    )
+
+
+def test_review_decisions_become_hard_labels():
+    hu = np.zeros((10, 10, 10), dtype=np.float32)
+    organs = np.full(hu.shape, 2, dtype=np.uint8)  # the model's liver everywhere
+    organs[0:2] = 4  # and a liver lesion of its own that nobody confirmed
+    mask = np.zeros(hu.shape, dtype=np.uint16)
+    mask[4:6, 4:6, 4:6] = 1  # accepted
+    mask[7:9, 7:9, 7:9] = 2  # rejected
+    drawn = np.zeros(hu.shape, dtype=np.uint8)
+    drawn[1:3, 6:8, 1:3] = 1  # missed by the model, drawn by the radiologist
+    corrections = [Correction("accepted", "liver", 1), Correction("rejected", "liver", 2),
+                   Correction("added", "lung", mask=_grid(drawn, "label"))]  # fmt: skip
+    label, notes = reviewed_labels(image=_grid(hu), candidate_mask=_grid(mask, "label"),
+                                   organ_label=_grid(organs, "label"), corrections=corrections)  # fmt: skip
+    assert notes == []
+    assert (label.array[4:6, 4:6, 4:6] == 4).all()  # a liver lesion
+    assert (label.array[7:9, 7:9, 7:9] == 2).all()  # a hard negative: liver
+    assert (label.array[1:3, 6:8, 1:3] == 3).all()  # a lung nodule, as drawn
+    assert label.array[0, 0, 0] == 2  # the model's own lesion is not a lesion by itself
+    with pytest.raises(
+        ValueError, match=r"candidate\(s\) \[2\] of the segmentation have no review decision"
+    ):
+        reviewed_labels(image=_grid(hu), candidate_mask=_grid(mask, "label"),
+                        organ_label=_grid(organs, "label"), corrections=corrections[:1])  # fmt: skip
+    with pytest.raises(ValueError, match="needs its drawn mask"):
+        reviewed_labels(image=_grid(hu), candidate_mask=_grid(mask, "label"), organ_label=_grid(organs, "label"),
+                        corrections=[*corrections[:2], Correction("added", "liver")])  # fmt: skip
+
+
+def test_examples_carry_provenance_and_say_why_one_is_left_out(tmp_path, tiny_sources, admin_user):
+    tiny_active(tiny_sources)
+    pending = processed_phantom_study(tmp_path, key="e1", patient_id="MH-E1")
+    reviewed = processed_phantom_study(tmp_path, key="e2", patient_id="MH-E2")
+    added = processed_phantom_study(tmp_path, key="e3", patient_id="MH-E3")
+    LesionMeasurement.objects.filter(study=pending).update(review_state="pending")
+    # A study becomes an example with its first review decision: the pending one is none.
+    review_all(reviewed, admin_user, state="rejected")
+    review_all(added, admin_user)
+    ManualFinding.objects.create(patient=added.patient, study=added, lesion_uid="2.25.1", label="Node 1",
+                                 organ="lymph_node", longest_diameter_mm=15, short_axis_mm=12, user=admin_user,
+                                 reason="missed node")  # fmt: skip
+    examples = {e.study_id: e for e in training_examples_sync()}
+    assert set(examples) == {reviewed.pk, added.pk}
+    ok = examples[reviewed.pk]
+    assert ok.status == TrainingExample.Status.INCLUDED
+    assert [c["kind"] for c in ok.corrections] == ["rejected"]
+    assert ok.provenance["model"] == "tiny-a" and ok.provenance["reviewers"] == [
+        admin_user.username
+    ]
+    assert ok.provenance["study_instance_uid"] == reviewed.study_instance_uid
+    left_out = examples[added.pk]
+    assert left_out.status == TrainingExample.Status.EXCLUDED
+    assert "added by hand have no drawn mask" in left_out.reason
+
+
+def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locked_set(
+    tmp_path, tiny_sources, settings, admin_user
+):
+    settings.RADTRACK_VALIDATION_SET = {"name": "site-only", "studies": 0}
+    tiny_active(tiny_sources)
+    locked = processed_phantom_study(tmp_path, key="f1", patient_id="MH-F1")
+    train = processed_phantom_study(tmp_path, key="f2", patient_id="MH-F2", seed=3)
+    review_all(locked, admin_user)
+    review_all(train, admin_user)
+    call_command("model_validation_set", f"--add={locked.study_instance_uid}", stdout=StringIO())
+    # The shipped RadTrack weights are active again (fine-tuning starts from RadTrack weights).
+    SegmentationModel.objects.filter(status="active").update(status="retired")
+    SegmentationModel.objects.filter(name="lesionseg").update(status="active")
+    with pytest.raises(CommandError, match="takes no DATA or --out"):
+        call_command("finetune_segmenter", str(tmp_path), "--from-reviews", stdout=StringIO())
+
+    out = StringIO()
+    call_command("finetune_segmenter", "--from-reviews", "--steps=2", "--batch-size=1", "--patch-size=32",
+                 "--original-cases=1", "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
+    model = SegmentationModel.objects.get(version="1.0.0-ft1")
+    assert out.getvalue().startswith(
+        "finetune_segmenter: lesionseg-1.0.0-ft1 from lesionseg-1.0.0 on 1 reviewed"
+    )
+    assert model.parent.label == "lesionseg-1.0.0" and model.format == "radtrack"
+    assert model.training["studies"] == [train.study_instance_uid]
+    assert locked.study_instance_uid not in str(model.training)
+    assert len(model.training["original_cases"]) == 1
+    report = model.reports.get()
+    assert report.compared_with.label == "lesionseg-1.0.0"
+    assert [s["study_instance_uid"] for s in report.site_studies] == [locked.study_instance_uid]
+    if report.passed:
+        assert model.status == "candidate"
+    else:  # regressed: retired at once, never active
+        assert model.status == "retired" and model.events.filter(action="retire").exists()
+    assert SegmentationModel.objects.get(status="active").label == "lesionseg-1.0.0"
+
+
+def test_a_lesion_a_radiologist_drew_is_a_decision_until_rejected(
+    tmp_path, tiny_sources, admin_user
+):
+    """A radiologist's addition (the correction tool's new segmentation version, origin
+    ``added``) is a decision by itself; a propagated one waits for review."""
+    tiny_active(tiny_sources)
+    study = processed_phantom_study(tmp_path, key="d1", patient_id="MH-D1")
+    LesionMeasurement.objects.filter(study=study).update(origin="added", review_state="pending")
+    (example,) = training_examples_sync()
+    assert example.status == TrainingExample.Status.INCLUDED
+    assert [c["kind"] for c in example.corrections] == ["added"]
+    LesionMeasurement.objects.filter(study=study).update(origin="propagated")
+    (example,) = training_examples_sync()
+    assert example.status == TrainingExample.Status.EXCLUDED
+    assert example.reason == "no review decision on its newest segmentation"
