@@ -88,25 +88,3 @@ def stored_object_source(relative: str) -> IngestSource:
         return data
 
     return IngestSource(relative, read, object_size(relative))
-
-
-def journals_of_closed_sessions_index() -> int:
-    """Journals on this machine of sessions already closed (reaped by a machine that
-    could not read them): the files they list that no row names are indexed in a repair
-    session, and the journals go. How many files were indexed."""
-    from imaging.ingest.service import IngestRun  # which imports this module
-    from imaging.models import IngestSession
-
-    closed = IngestSession.objects.filter(pk__in=journal_sessions()).exclude(
-        status=IngestSession.Status.RUNNING
-    )
-    pks = list(closed.values_list("pk", flat=True))
-    orphans = [r for pk in pks for r in journal_unindexed(pk)]
-    indexed = 0
-    if orphans:
-        run = IngestRun(source=IngestSession.Source.REPAIR, origin="journal of a closed session")
-        indexed = sum(o.status == "stored" for o in run.add(map(stored_object_source, orphans)))
-        run.finish()
-    for pk in pks:
-        journal_clear(pk)
-    return indexed

@@ -40,8 +40,8 @@ from imaging.ingest.index import (
 from imaging.ingest.journal import (
     journal_append,
     journal_clear,
+    journal_sessions,
     journal_unindexed,
-    journals_of_closed_sessions_index,
     stored_object_source,
 )
 from imaging.ingest.outcomes import FileOutcome, refused_outcome, repeat_outcome, stored_outcome
@@ -473,7 +473,7 @@ def ingest_paths(
         origin=", ".join(map(str, paths))[:255],
         process=process,
         # Small enough that one batch is published and indexed while the next is read.
-        batch_size=64,
+        batch_size=32,
         readers=readers,
     )
     try:
@@ -538,3 +538,22 @@ def ingest_sessions_reap() -> list[tuple[IngestSession, str]]:
         reaped.append((run.finish(failed=reason), reason))
     journals_of_closed_sessions_index()
     return reaped
+
+
+def journals_of_closed_sessions_index() -> int:
+    """Journals on this machine of sessions already closed (reaped by a machine that
+    could not read them): the files they list that no row names are indexed in a repair
+    session, and the journals go. How many files were indexed."""
+    closed = IngestSession.objects.filter(pk__in=journal_sessions()).exclude(
+        status=IngestSession.Status.RUNNING
+    )
+    pks = list(closed.values_list("pk", flat=True))
+    orphans = [r for pk in pks for r in journal_unindexed(pk)]
+    indexed = 0
+    if orphans:
+        run = IngestRun(source=IngestSession.Source.REPAIR, origin="journal of a closed session")
+        indexed = sum(o.status == "stored" for o in run.add(map(stored_object_source, orphans)))
+        run.finish()
+    for pk in pks:
+        journal_clear(pk)
+    return indexed

@@ -512,7 +512,8 @@ def _reappeared(study: StudyReading, baseline: _Baseline, course: _Course) -> _R
     """Baseline lesions gone at the latest evaluated study, when that was a complete
     response, and present again now (`reappearance_after_complete_response`)."""
     previous, since = course.last_category or (None, None)
-    lesions, nodes = [], []
+    lesions: list[str] = []
+    nodes: list[str] = []
     for uid in sorted(course.gone):
         r = study.reading(uid)
         is_node = baseline.is_node.get(uid, False)

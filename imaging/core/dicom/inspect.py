@@ -345,7 +345,7 @@ def _quick(buffer, headers: HeaderCache | None, max_decoded_bytes: int | None):
     """(data set offset, what `_checked` returns) for a plain image of a series whose
     header is already read (`plain_image_read`); (0, None) for pydicom's path."""
     plain = plain_image_read(buffer, CROSS_SECTIONAL_CLASSES) if headers else None
-    if plain is None:
+    if plain is None or headers is None:
         return 0, None
     cached = headers.get(plain.series_instance_uid)
     if (

@@ -145,9 +145,9 @@ def _plain_image(buffer, sop_classes) -> PlainImage:
         series_instance_uid=_uid(buffer, found.get(0x0020000E)),
         patient_id=_text(buffer, found.get(0x00100020)),
         instance_number=None if number is None else _integer(buffer, number),
-        image_position=_decimals(buffer, found.get(0x00200032), 3),
+        image_position=_triple(_decimals(buffer, found.get(0x00200032), 3)),
         image_orientation=_decimals(buffer, found.get(0x00200037), 6),
-        pixel_spacing=_decimals(buffer, found.get(0x00280030), 2),
+        pixel_spacing=_pair(_decimals(buffer, found.get(0x00280030), 2)),
         pixel_bytes_needed=needed,
         dataset_offset=start,
     )
@@ -309,6 +309,14 @@ def _integer(buffer, element) -> int:
     if not _INT32[0] <= number <= _INT32[1]:
         raise _NotPlain
     return number
+
+
+def _triple(values: tuple[float, ...]) -> tuple[float, float, float]:
+    return (values[0], values[1], values[2])  # `_decimals` checked the count
+
+
+def _pair(values: tuple[float, ...]) -> tuple[float, float]:
+    return (values[0], values[1])
 
 
 def _decimals(buffer, element, count: int) -> tuple[float, ...]:

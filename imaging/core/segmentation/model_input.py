@@ -10,7 +10,8 @@ the model's spacing, `body_box` finds the body's box again on that grid, and
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -19,10 +20,19 @@ from imaging.core.geometry.preprocess import Reorient, Resample, StepRecord, pre
 from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 
-if TYPE_CHECKING:
-    from imaging.core.segmentation.network import SegmenterSpec
-
 BODY_HU = -500.0
+
+
+class SegmenterSpec(Protocol):
+    """What the input needs of a model's spec (`network.SegmenterSpec` has it): the grid's
+    spacing and the HU windows of its channels. A protocol, so that this module does not
+    import the network module that imports it."""
+
+    @property
+    def spacing_mm(self) -> Sequence[float]: ...
+
+    @property
+    def windows_hu(self) -> Sequence[Sequence[float]]: ...
 
 
 def body_crop(*, volume: Volume, margin_mm: float = 12.0) -> tuple[Volume, StepRecord]:
