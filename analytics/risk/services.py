@@ -480,11 +480,9 @@ def risk_scores_compute(
 ) -> int:
     """Score every patient at their current landmark (`current_landmarks`); return how many.
 
-    ``patient_ids`` (MRNs) limits the scoring to those patients (a review of one patient's
-    lesions rescores that patient only); None scores everyone. ``inputs``: the model
-    inputs of the patients to score, when the caller has already loaded them
-    (`feature_inputs_load`, as ``fit_risk_model`` does for fitting and scoring); else
-    they are loaded here.
+    ``patient_ids`` (MRNs) limits the scoring to those patients (None: everyone);
+    ``inputs`` are their model inputs when the caller has loaded them already
+    (`feature_inputs_load`, as ``fit_risk_model`` does).
 
     One `RiskScore` per patient with the score, its tier (thresholds from the training
     rows) and the explanation: every feature's push on the score, largest first, the

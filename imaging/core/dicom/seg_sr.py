@@ -62,6 +62,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
+from imaging.core.dicom.seg_geometry import (
+    DicomExportError,
+    check_orientation,
+    check_sources,
+    highdicom_volume,
+)
 from imaging.core.geometry.volume import Volume
 
 #: UCUM millilitre; pydicom's code dictionary has no keyword for it.
@@ -111,10 +117,6 @@ FINDING_STATES = {
         value="TOOSMALL", scheme_designator="99RADTRACK", meaning="Present, too small to measure"
     ),
 }
-
-
-class DicomExportError(ValueError):
-    """The inputs cannot make a valid SEG or SR; ``str(exc)`` says which and why."""
 
 
 @dataclass(frozen=True)
@@ -219,22 +221,6 @@ class ExportUids:
     device_uid: str
 
 
-def _check_sources(source_images: Sequence[Dataset]) -> str:
-    """The sources' common Frame of Reference UID; they must be one series of one study."""
-    if not source_images:
-        raise DicomExportError("no source images given")
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-        values = {str(ds.get(keyword, "")) for ds in source_images}
-        if "" in values:
-            raise DicomExportError(f"a source image lacks {keyword}")
-        if len(values) > 1:
-            raise DicomExportError(
-                f"the source images have {len(values)} different {keyword} values; "
-                "they must be the images of one series"
-            )
-    return str(source_images[0].FrameOfReferenceUID)
-
-
 def _segmented(lesions: Sequence[ExportedLesion]) -> list[ExportedLesion]:
     """Lesions with voxels at this study, in label order; labels and UIDs must be unique."""
     labelled = [
@@ -253,50 +239,23 @@ def _segmented(lesions: Sequence[ExportedLesion]) -> list[ExportedLesion]:
     return segmented
 
 
-#: Largest difference of direction cosines taken as the same axis (about 0.6 degrees).
-DIRECTION_TOLERANCE = 0.01
-
-
-def _check_orientation(label_map: Volume, source_images: Sequence[Dataset]) -> None:
-    """Refuse a label map whose axes do not run as the source images' do.
-
-    Rows and columns must follow Image Orientation (Patient) (0020,0037) and slices their
-    cross product (the axes `series_volume` builds). A flipped axis would put the mask
-    on mirrored voxels or the wrong slices with no error from highdicom.
-    """
-    orientation = source_images[0].get("ImageOrientationPatient")
-    if orientation is None or len(orientation) != 6:
-        raise DicomExportError("a source image lacks Image Orientation (Patient) (0020,0037)")
-    row = np.asarray([float(v) for v in orientation[:3]])
-    column = np.asarray([float(v) for v in orientation[3:]])
-    expected = np.column_stack([row, column, np.cross(row, column)])
-    if not np.allclose(np.asarray(label_map.direction), expected, atol=DIRECTION_TOLERANCE):
-        raise DicomExportError(
-            "the label map's axes do not run as the source images' Image Orientation "
-            "(Patient) (0020,0037) says (was its header corrected, e.g. a flip?); map it "
-            "back to the source header before exporting"
-        )
-
-
-def _highdicom_volume(label_map: Volume, array: np.ndarray, frame_uid: str) -> hd.Volume:
-    """``array`` (on ``label_map``'s grid, axes k, j, i) as a highdicom volume.
-
-    highdicom's affine maps array indices in axis order (k, j, i) to LPS mm, so its
-    columns are the slice, column and row directions scaled by their spacings.
-    """
-    sx, sy, sz = label_map.spacing_mm
-    d = label_map.direction
-    affine = np.eye(4)
-    affine[:3, 0] = d[:, 2] * sz
-    affine[:3, 1] = d[:, 1] * sy
-    affine[:3, 2] = d[:, 0] * sx
-    affine[:3, 3] = label_map.origin_mm
-    return hd.Volume(
-        array=array,
-        affine=affine,
-        coordinate_system="PATIENT",
-        frame_of_reference_uid=frame_uid,
-    )
+def _algorithms(
+    model: SegmentationModel, software_version: str
+) -> dict[str, hd.AlgorithmIdentificationSequence | None]:
+    """The Algorithm Identification of each segment algorithm type (PS3.3 C.8.20.4)."""
+    return {
+        "AUTOMATIC": hd.AlgorithmIdentificationSequence(
+            name=model.name[:64],
+            family=codes.cid7162.ArtificialIntelligence,
+            version=model.version[:64],
+        ),
+        "SEMIAUTOMATIC": hd.AlgorithmIdentificationSequence(
+            name=CLICK_ALGORITHM_NAME,
+            family=codes.cid7162.NeighborhoodAnalysis,
+            version=software_version[:64],
+        ),
+        "MANUAL": None,  # drawn by a person: no algorithm (PS3.3 C.8.20.4)
+    }
 
 
 def segmentation_build(
@@ -317,7 +276,7 @@ def segmentation_build(
     map is not a label volume, is in another frame of reference, or a listed lesion has
     no voxels in it.
     """
-    frame_uid = _check_sources(source_images)
+    frame_uid = check_sources(source_images)
     if label_map.kind != "label":
         raise DicomExportError(f"the mask must be a label volume; got kind {label_map.kind!r}")
     if label_map.frame_of_reference_uid and label_map.frame_of_reference_uid != frame_uid:
@@ -325,26 +284,14 @@ def segmentation_build(
             "the label map's Frame of Reference UID differs from the source images'; "
             "it was not drawn on this series"
         )
-    _check_orientation(label_map, source_images)
+    check_orientation(label_map, source_images)
     segmented = _segmented(lesions)
     if not segmented:
         raise DicomExportError("no lesion has voxels in the label map: nothing to segment")
     labels = np.asarray(label_map.array)
     segments = np.zeros(labels.shape, dtype=np.uint16 if len(segmented) > 255 else np.uint8)
     descriptions = []
-    algorithms = {
-        "AUTOMATIC": hd.AlgorithmIdentificationSequence(
-            name=model.name[:64],
-            family=codes.cid7162.ArtificialIntelligence,
-            version=model.version[:64],
-        ),
-        "SEMIAUTOMATIC": hd.AlgorithmIdentificationSequence(
-            name=CLICK_ALGORITHM_NAME,
-            family=codes.cid7162.NeighborhoodAnalysis,
-            version=software_version[:64],
-        ),
-        "MANUAL": None,  # drawn by a person: no algorithm (PS3.3 C.8.20.4)
-    }
+    algorithms = _algorithms(model, software_version)
     for number, lesion in enumerate(segmented, start=1):
         if lesion.algorithm_type not in ALGORITHM_TYPES:
             raise DicomExportError(
@@ -375,7 +322,7 @@ def segmentation_build(
         )
     return hd.seg.Segmentation(
         source_images=list(source_images),
-        pixel_array=_highdicom_volume(label_map, segments, frame_uid),
+        pixel_array=highdicom_volume(label_map, segments, frame_uid),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.seg_series_instance_uid,
@@ -584,7 +531,7 @@ def measurement_report_build(
     its state said instead (module docstring). Every group carries the lesion's Tracking Identifier (TID 4108) and
     the study's Time Point Context (TID 1502).
     """
-    _check_sources(source_images)
+    check_sources(source_images)
     if not lesions:
         raise DicomExportError("no lesions to report: a measurement report needs one group")
     _segmented(lesions)

@@ -352,13 +352,11 @@ def register_rigid_affine_sitk(
     alternative, keeping the better on a held-out sample), then affine over
     ``affine_levels_mm`` (None skips it), then, if ``bspline``, a cubic B-spline with
     control points about ``bspline_grid_mm`` apart (L-BFGS-B at twice the finest
-    spacing on ``bspline_samples`` points: measured on `benchmarks/registration.py`, a
-    60 mm grid on 5 000 points fitted noise and contrast differences and doubled the
-    error at landmarks, 90 mm on 20 000 points halved it where the lungs and liver had
-    moved with breathing). Levels are resolutions in mm, made by shrinking a
-    block-averaged copy at the finest level. The metric samples about ``samples``
-    random points of the fixed body per level (``seed``), where the moving study has
-    data.
+    spacing on ``bspline_samples`` points; `benchmarks/registration.py`: a 60 mm grid on
+    5 000 points doubled the landmark error, 90 mm on 20 000 halved it where the organs
+    moved with breathing). Levels are resolutions in mm (shrunk block-averaged copies);
+    the metric samples about ``samples`` random points of the fixed body per level
+    (``seed``) where the moving study has data.
 
     A later stage is kept only if it improves the metric on the finest level (its last
     value against its first, which is the previous stage's result, on the same sample;
