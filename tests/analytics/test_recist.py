@@ -437,6 +437,22 @@ def test_timeline_from_measurements_reads_the_export_layout():
     assert rows[0].target_uids == ("L1",) and rows[1].category == "PR"
 
 
+def test_timeline_from_measurements_keeps_dates_beyond_pandas_timestamps():
+    """Study dates are calendar dates: one after 2262 (pandas' nanosecond limit), as a
+    date object or as text, is read, not refused."""
+    columns = ["patient_id", "study_instance_uid", "study_date", "lesion_uid", "lesion_label",
+               "organ", "status", "volume_ml", "longest_diameter_mm", "short_axis_mm"]  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            ("P1", "1.2.1", dt.date(2274, 2, 9), "L1", "Liver 1", "liver", "new", 10.0, 27.0, 20.0),
+            ("P1", "1.2.2", "2274-05-10", "L1", "Liver 1", "liver", "tracked", 4.0, 18.0, 15.0),
+        ],
+        columns=columns,
+    )
+    ((_, timeline),) = timeline_from_measurements(frame).items()
+    assert [s.study_date for s in timeline] == [dt.date(2274, 2, 9), dt.date(2274, 5, 10)]
+
+
 # --------------------------------------------------------------------------- nodes, lines
 @pytest.mark.parametrize(
     ("short_axis", "expected"),

@@ -15,6 +15,7 @@ import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -197,7 +198,9 @@ def timeline_from_measurements(
     for column in ("review_state", "finding_state"):
         if column in frame:
             frame = frame[frame[column].astype(str).str.lower() != REJECTED]
-    frame["study_date"] = pd.to_datetime(frame["study_date"]).dt.date
+    # Dates stay dates: pandas' nanosecond timestamps end in 2262, and a study's date is a
+    # calendar date (any year DICOM can write), so each is converted on its own.
+    frame["study_date"] = frame["study_date"].map(_calendar_date)
     out: dict[str, tuple[StudyReading, ...]] = {}
     for patient_id, rows in frame.groupby("patient_id", sort=True):
         studies = []
@@ -208,3 +211,12 @@ def timeline_from_measurements(
             studies.append(StudyReading(str(study_uid), study_date, readings))
         out[str(patient_id)] = tuple(studies)
     return out
+
+
+def _calendar_date(value: Any) -> dt.date:
+    """A study date as a `datetime.date`, from a date, a datetime or an ISO text."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
