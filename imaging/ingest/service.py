@@ -473,7 +473,7 @@ def ingest_paths(
         origin=", ".join(map(str, paths))[:255],
         process=process,
         # Small enough that one batch is published and indexed while the next is read.
-        batch_size=32,
+        batch_size=64,
         readers=readers,
     )
     try:

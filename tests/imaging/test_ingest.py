@@ -357,8 +357,8 @@ def test_the_same_data_set_with_another_senders_file_meta_is_a_duplicate(tmp_pat
 
 
 @pytest.mark.parametrize("readers", [1, 2])
-def test_reader_processes_give_the_same_outcomes_and_leave_nothing_staged(tmp_path, readers):
-    """With reader processes each file is copied into the store's staging folder and
+def test_reader_threads_give_the_same_outcomes_and_leave_nothing_staged(tmp_path, readers):
+    """With reader threads each file is copied into the store's staging folder and
     checked there; outcomes, stored bytes and what is left on disk are as without."""
     folder = tmp_path / "mixed"
     files = ct_files(folder, key="pool", slices=5, size=32)
