@@ -233,7 +233,9 @@ def test_clinician_path_through_the_dashboard(live_server):
     # Without the "new" lesion the middle study is no longer PD, but the baseline's small
     # liver target was not found there either: not evaluable, never a silent 0 mm.
     assert before == "PD" and after == "NE"
-    assert struck == 1  # shown struck through, with its review state
+    # Rejection holds for the lesion, not one study (RECIST 4.3.5 review rule, issue 15):
+    # both of its sightings, middle and last study, are struck through with their state.
+    assert struck == 2
     assert logged_out.startswith(reverse("login"))
     assert set(cohort_drawn) == {"fig-km", "fig-calibration"}
     assert "BROWSER-DASH" in pipeline_text and "Processed" in pipeline_text

@@ -213,8 +213,11 @@ def timeline_from_measurements(
     return out
 
 
-def _calendar_date(value: Any) -> dt.date:
-    """A study date as a `datetime.date`, from a date, a datetime or an ISO text."""
+def _calendar_date(value: Any) -> dt.date | None:
+    """A study date as a `datetime.date`, from a date, a datetime or an ISO text; None
+    for an undated study (left out here, as before: `responses` places those last)."""
+    if value is None or pd.isna(value):
+        return None
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
