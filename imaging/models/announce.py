@@ -38,7 +38,9 @@ class AnnouncedRow:
 
     @classmethod
     def patients_of_values(cls, values: Iterable[Values], *, using: str) -> set[int]:
-        raise NotImplementedError
+        """The patients (primary keys) that rows with these ``values`` belong to; each
+        model using the mixin defines it."""
+        raise NotImplementedError(f"{cls.__name__} must define patients_of_values")
 
     @classmethod
     def from_db(cls, db, field_names, values):

@@ -125,7 +125,7 @@ def _chain_match(
     chain: Chain = []
     provisional_keys: dict[int, set[str]] = {}
     previous: list[TrackedLesion] = []
-    # placeholders until `identities_resolve` keeps an old Tracking UID or makes a new one
+    # Temporary keys until `identities_resolve` keeps an old Tracking UID or makes a new one
     temporary = (f"pending-{n}" for n in count())
     owner: dict[tuple[int, int], str] = {}  # (segmentation, component) -> identity so far
     links = dict(decisions.links)
