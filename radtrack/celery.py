@@ -66,6 +66,14 @@ def task_queue(*, task_name: str) -> str:
     return settings.RADTRACK_GPU_QUEUE if declared == "gpu" else declared
 
 
+def registered_task(name: str) -> Any:
+    """The task registered as ``name``, its module imported first when this process has
+    not yet (a producer sending by name need not import the module that defines it)."""
+    if name not in _TASK_QUEUES:
+        app.loader.import_default_modules()
+    return app.tasks[name]
+
+
 def _route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict:
     return {"queue": task_queue(task_name=name)}
 

@@ -18,12 +18,16 @@ from django.utils import timezone
 
 from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study
 from imaging.pipeline.choice import study_series_choose
-from imaging.pipeline.run import device_resolve
+from imaging.pipeline.device import device_resolve
 from imaging.pipeline.signals import patient_results_announce
-from imaging.pipeline.tasks import series_process_task, study_process_task
-from radtrack.celery import TRANSIENT_ERRORS, app
+from radtrack.celery import TRANSIENT_ERRORS, app, registered_task
 
 logger = logging.getLogger(__name__)
+
+#: The tasks are sent by name, as a producer on another machine would: their module
+#: runs the pipeline, which queues again, so this one does not import it.
+SERIES_TASK = "imaging.pipeline.tasks.series_process_task"
+STUDY_TASK = "imaging.pipeline.tasks.study_process_task"
 
 #: The series detail while its task could not be sent (shown on the pipeline page).
 UNSENT_DETAIL = "waiting for the task queue, which could not be reached; sent again when it is back"
@@ -38,9 +42,7 @@ def series_queue(*, series: Series, device: str | None = None) -> ProcessingRun:
     series.state = Series.State.QUEUED
     series.state_detail = ""
     series.save(update_fields=["state", "state_detail", "updated_at"])
-    transaction.on_commit(
-        lambda: _send(series_process_task, series.pk, device or "", series=[series.pk])
-    )
+    transaction.on_commit(lambda: _send(SERIES_TASK, series.pk, device or "", series=[series.pk]))
     return run
 
 
@@ -60,13 +62,13 @@ def study_queue(
         queued = queued.filter(pk__in=[s.pk for s in series])
     queued_pks = list(queued.values_list("pk", flat=True))
     queued.update(state=Series.State.QUEUED, state_detail="", updated_at=timezone.now())
-    transaction.on_commit(
-        lambda: _send(study_process_task, study.pk, device or "", series=queued_pks)
-    )
+    transaction.on_commit(lambda: _send(STUDY_TASK, study.pk, device or "", series=queued_pks))
 
 
-def _send(task, *args, series: list[int]) -> None:
-    """Send ``task``; when the broker is unreachable, mark ``series`` for `queued_resend`."""
+def _send(task_name: str, *args, series: list[int]) -> None:
+    """Send the task ``task_name``; when the broker is unreachable, mark ``series`` for
+    `queued_resend`."""
+    task = registered_task(task_name)
     try:
         task.delay(*args)
     except TRANSIENT_ERRORS as exc:
@@ -89,7 +91,7 @@ def queued_resend() -> int:
         waiting = list(unsent.filter(study=study))
         for one in [s for s in waiting if _has_queued_run(s)]:  # a user's override
             Series.objects.filter(pk=one.pk).update(state_detail="")
-            transaction.on_commit(lambda pk=one.pk: _send(series_process_task, pk, "", series=[pk]))
+            transaction.on_commit(lambda pk=one.pk: _send(SERIES_TASK, pk, "", series=[pk]))
             sent += 1
         rest = [s for s in waiting if not _has_queued_run(s)]
         if rest:

@@ -32,6 +32,8 @@ from imaging.core.registration.register import register
 from imaging.core.registration.transforms import transform_write, volume_onto_grid
 from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study
 from imaging.pipeline.choice import study_series_choose
+from imaging.pipeline.device import device_resolve
+from imaging.pipeline.queue import study_queue
 from imaging.pipeline.record import RunRecorder, StepFailed, run_claim
 from imaging.pipeline.selectors import baseline_series_of, latest_volume_run
 from imaging.pipeline.signals import patient_results_announce
@@ -50,23 +52,6 @@ logger = logging.getLogger(__name__)
 
 #: Whose versions go on every run record.
 PIPELINE_LIBRARIES = ("radtrack", "pydicom", "SimpleITK", "numpy", "torch", "monai")
-
-
-def device_resolve(requested: str | None) -> str:
-    """``auto`` picks CUDA when torch sees a GPU, else the CPU; ``cuda`` without one fails."""
-    requested = (requested or settings.RADTRACK_DEVICE or "auto").lower()
-    if requested not in {"auto", "cpu", "cuda"}:
-        raise ValueError(f"device must be auto, cpu or cuda; got {requested!r}")
-    if requested == "cpu":
-        return "cpu"
-    # torch loads only when a device is asked for: processes that queue work never do.
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if requested == "cuda":
-        raise StepFailed("--device cuda was asked for but torch sees no CUDA GPU")
-    return "cpu"
 
 
 def _segmenter(device: str) -> Any:
@@ -196,8 +181,6 @@ def _requeue_if_instances_arrived(state: _RunState) -> None:
     now = _instances_mark(state.series)
     if now == state.instances_read:
         return
-    from imaging.pipeline.queue import study_queue  # the queue module imports this one
-
     added = now[0] - state.instances_read[0]
     with transaction.atomic():
         state.flag(instances_arrived_during_run=added)

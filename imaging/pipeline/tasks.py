@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from imaging.models import ProcessingRun, Series, Study
+from imaging.pipeline.queue import queued_resend
 from imaging.pipeline.record import RunBusy
 from imaging.pipeline.run import series_process, study_process
 from radtrack.celery import TRANSIENT_ERRORS, radtrack_task
@@ -47,8 +48,6 @@ def study_process_task(self: Any, study_id: int, device: str = "") -> None:
 @radtrack_task(queue="cpu")
 def queued_resend_task() -> int:
     """Send again the work queued while the broker was unreachable (on beat's schedule)."""
-    from imaging.pipeline.queue import queued_resend
-
     return queued_resend()
 
 

@@ -3,7 +3,8 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from imaging.pipeline.run import device_resolve, study_process
+from imaging.pipeline.device import device_resolve
+from imaging.pipeline.run import study_process
 from imaging.pipeline.selectors import study_select
 from patients.models import Patient
 
