@@ -11,7 +11,9 @@ worked out per patient on every request. The rules:
 - ``awaiting_review``: a lesion measurement still awaits a radiologist (a finding
   rejected as a whole awaits nothing);
 - ``needs_attention``: an assessment cannot be assessed or waits on a person
-  (`ResponseAssessment.needs_attention`);
+  (`ResponseAssessment.needs_attention`), or the latest run of a series could not carry
+  a radiologist's corrections onto its new segmentation (run flag
+  ``corrections_not_carried``) and no correction was made on that series since;
 - ``processing_failed``: a series of the patient is in state failed;
 
 and, for the order "latest study first", the date of the latest dated study.
@@ -35,7 +37,7 @@ from django.utils import timezone
 
 from analytics.dashboard.markers import MarkerChange, rising_markers_load
 from analytics.models import ResponseAssessment, WorklistFlags
-from imaging.models import LesionMeasurement, Series, Study
+from imaging.models import LesionMeasurement, ProcessingRun, Segmentation, Series, Study
 from patients.models import Patient
 
 #: Patients per refresh query: under SQLite's limit on bound parameters.
@@ -83,6 +85,22 @@ def _latest_assessment(field: str) -> Subquery:
     )
 
 
+def _corrections_not_carried() -> Exists:
+    """A series whose latest run left a radiologist's corrections behind, untouched since
+    (a correction made on the series after the run means a person has looked)."""
+    later_run = ProcessingRun.objects.filter(series=OuterRef("series"), pk__gt=OuterRef("pk"))
+    correction_since = Segmentation.objects.filter(
+        series=OuterRef("series"), parent__isnull=False, created_at__gt=OuterRef("finished_at")
+    )
+    return Exists(
+        ProcessingRun.objects.filter(
+            series__study__patient=OuterRef("pk"), flags__has_key="corrections_not_carried"
+        )
+        .exclude(Exists(later_run))
+        .exclude(Exists(correction_since))
+    )
+
+
 def _refresh_some(pks: list[int], using: str) -> int:
     patients = Patient.objects.using(using).filter(pk__in=pks)
     rows = patients.annotate(
@@ -96,7 +114,8 @@ def _refresh_some(pks: list[int], using: str) -> int:
         ),
         needs_attention=Exists(
             ResponseAssessment.objects.filter(patient=OuterRef("pk"), needs_attention=True)
-        ),
+        )
+        | _corrections_not_carried(),
         processing_failed=Exists(
             Series.objects.filter(study__patient=OuterRef("pk"), state=Series.State.FAILED)
         ),

@@ -1,8 +1,10 @@
 """REST API of a radiologist's corrections: add a missed lesion with one click
-(``POST /api/v1/studies/{study_instance_uid}/lesions/``) and replace a lesion's mask at
-one study (``PUT /api/v1/measurements/{id}/mask``). Both go through the review services
-(`analytics.lesions.review.additions`, `.masks`), which recompute tracking, responses
-and risk in one transaction and record a `ReviewEvent`; each call is also audited."""
+(``POST /api/v1/studies/{study_instance_uid}/lesions/``), replace a lesion's mask at
+one study (``PUT /api/v1/measurements/{id}/mask``) and file a lesion under another
+organ (``PUT /api/v1/lesions/{id}/organ``). Each goes through a review service
+(`analytics.lesions.review.additions`, `.masks`, `.organ`), which recomputes tracking,
+responses and risk in one transaction and records a `ReviewEvent`; each call is also
+audited."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from rest_framework.views import APIView
 from analytics.lesions.review.additions import lesion_add_at_seed
 from analytics.lesions.review.common import ReviewError
 from analytics.lesions.review.masks import mask_from_nifti, mask_from_runs, measurement_mask_replace
+from analytics.lesions.review.organ import lesion_organ_set
 from analytics.lesions.serializers import LesionMeasurementSerializer
 from imaging.models import Lesion, LesionMeasurement, Study
 from patients.audit import audit_record
@@ -250,6 +253,76 @@ class MeasurementMaskView(_Reviewing):
         return Response(data)
 
 
+class LesionOrganSerializer(serializers.Serializer):
+    organ = serializers.ChoiceField(choices=Lesion.Organ.values)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+
+class LesionOrganChangedSerializer(serializers.Serializer):
+    lesion_id = serializers.IntegerField()
+    tracking_uid = serializers.CharField(help_text="unchanged: the same lesion")
+    label = serializers.CharField(help_text="its label in the new organ")
+    organ = serializers.CharField()
+    review_event = serializers.IntegerField()
+    segmentation_versions = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="the segmentation versions made, one per study where it has a mask",
+    )
+
+
+class LesionOrganView(_Reviewing):
+    """File a lesion under another organ at every study."""
+
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        operation_id="lesion_organ_set",
+        summary="File a lesion under another organ",
+        description=(
+            "The lesion keeps its Tracking UID and takes a label in the new organ; each "
+            "study where it has a mask gets a new segmentation version saying who "
+            "changed the organ and when (the earlier versions stay), and tracking, "
+            "responses and risk are recomputed. A new run of the model keeps the "
+            "choice. Needs the radiologist role."
+        ),
+        request=LesionOrganSerializer,
+        responses={
+            200: LesionOrganChangedSerializer,
+            400: OpenApiResponse(DetailSerializer, "the same organ, or a bad field"),
+            404: OpenApiResponse(DetailSerializer, "no such lesion"),
+        },
+        tags=["imaging"],
+    )
+    def put(self, request: Request, pk: int) -> Response:
+        lesion = get_object_or_404(Lesion, pk=pk)
+        body = LesionOrganSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            changed = lesion_organ_set(
+                user=request.user,
+                lesion=lesion,
+                organ=body.validated_data["organ"],
+                reason=body.validated_data.get("reason", ""),
+            )
+        except ReviewError as error:
+            return self._refused(error)
+        audit_record(
+            request=request,
+            action="api.lesion.organ",
+            object=f"lesion {lesion.pk}",
+            patient=lesion.patient_id,
+        )
+        answer = {
+            "lesion_id": changed.lesion.pk,
+            "tracking_uid": changed.lesion.tracking_uid,
+            "label": changed.lesion.label,
+            "organ": changed.lesion.organ,
+            "review_event": changed.event.pk,
+            "segmentation_versions": [v.pk for v in changed.versions],
+        }
+        return Response(LesionOrganChangedSerializer(answer).data)
+
+
 def _json_object(data) -> object:
     if isinstance(data, str):
         try:
@@ -269,5 +342,10 @@ urlpatterns = [
         rf"^measurements/(?P<pk>{ID_PATTERN})/mask/?$",
         MeasurementMaskView.as_view(),
         name="api-measurement-mask",
+    ),
+    re_path(
+        rf"^lesions/(?P<pk>{ID_PATTERN})/organ/?$",
+        LesionOrganView.as_view(),
+        name="api-lesion-organ",
     ),
 ]

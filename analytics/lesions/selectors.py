@@ -50,6 +50,7 @@ ACTION_NAMES = {
     "irecist": "iRECIST setting changed",
     "lesion_add_click": "Added with one click, followed through the studies",
     "mask_edit": "Mask edited",
+    "organ": "Filed under another organ",
 }
 
 

@@ -15,6 +15,7 @@ urlpatterns = [
         name="measurement-review",
     ),
     path("lesions/<int:pk>/merge/", views.lesion_merge_view, name="lesion-merge"),
+    path("lesions/<int:pk>/organ/", views.lesion_organ_view, name="lesion-organ"),
     path("patients/<int:pk>/targets/", views.targets_view, name="targets"),
     path("patients/<int:pk>/lesions/add/", views.lesion_add_view, name="lesion-add"),
     path("patients/<int:pk>/irecist/", views.irecist_view, name="irecist"),

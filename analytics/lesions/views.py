@@ -33,9 +33,10 @@ from analytics.lesions.review.measurements import (
     measurement_override,
     measurement_reject,
 )
+from analytics.lesions.review.organ import lesion_organ_set
 from analytics.lesions.review.targets import targets_set
 from analytics.lesions.viewer import FILE_KINDS, ViewerFileMissing, viewer_build, viewer_file_path
-from imaging.models import Lesion, LesionMeasurement, Study
+from imaging.models import Lesion, LesionMeasurement, ReviewEvent, Study
 from patients.audit import audit_record
 from patients.models import Patient
 from patients.permissions import can_review
@@ -114,6 +115,7 @@ def viewer_view(request: HttpRequest, pk: int) -> HttpResponse:
             "jumps": jumps,
             "presets": WINDOW_PRESETS,
             "can_review": can_review(request.user),
+            "organ_choices": Lesion.Organ.choices,
             "here": request.get_full_path(),
             "correction": correction_context(viewer=viewer)
             if viewer.baseline and can_review(request.user)
@@ -200,6 +202,7 @@ def _run(
         "links_confirm": "Proposed links confirmed",
         "non_target_verdict": "Non-target verdict saved",
         "irecist": "iRECIST setting saved",
+        "organ": "Filed under the new organ at every study",
     }[event.action]
     messages.success(request, f"{text}; responses and risk recomputed.")
     return _back(request, fallback)
@@ -303,6 +306,25 @@ def lesion_merge_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
         into=into,
         reason=request.POST.get("reason", ""),
     )
+
+
+@require_POST
+@login_required
+def lesion_organ_view(request: HttpRequest, pk: int) -> HttpResponseRedirect:
+    """File lesion ``pk`` under the posted ``organ`` at every study."""
+    lesion = get_object_or_404(Lesion, pk=pk)
+    return _run(
+        request,
+        _viewer_url(lesion.patient_id),
+        _organ_set,
+        lesion=lesion,
+        organ=request.POST.get("organ", ""),
+        reason=request.POST.get("reason", ""),
+    )
+
+
+def _organ_set(**kwargs) -> ReviewEvent:
+    return lesion_organ_set(**kwargs).event
 
 
 @require_POST

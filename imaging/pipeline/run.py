@@ -44,6 +44,7 @@ from imaging.pipeline.storage import (
     run_volume_read,
     segmentation_store,
 )
+from imaging.signals import patient_imaging_announce
 from imaging.store import data_dir, derived_publish, object_local
 from radtrack.celery import TRANSIENT_ERRORS
 from radtrack.provenance import json_safe, library_versions
@@ -441,8 +442,11 @@ def _step_announce(state: _RunState) -> None:
             "corrections_not_carried": entry["result"].get("corrections_not_carried"),
         }
         if any(warnings.values()):
-            run.flags = {**run.flags, **{k: v for k, v in warnings.items() if v}}
-            run.save(update_fields=["flags"])
+            with transaction.atomic():
+                run.flags = {**run.flags, **{k: v for k, v in warnings.items() if v}}
+                run.save(update_fields=["flags"])
+                # the worklist's "needs attention" reads corrections left behind
+                patient_imaging_announce(patient_pks=[series.study.patient_id], using=run._state.db)
     except Exception as exc:
         logger.exception("lesion tracking after run %s failed", run.pk)
         with transaction.atomic():

@@ -8,10 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
+from analytics.dashboard.flags import worklist_flags_refresh
 from analytics.dashboard.series import run_warnings
 from analytics.lesions.refresh import patient_update
+from analytics.models import ResponseAssessment, WorklistFlags
 from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
 from imaging.models import LesionLink, LesionMeasurement, ProcessingRun, Segmentation
 from imaging.store import data_dir
@@ -162,3 +165,35 @@ def test_a_correction_that_cannot_be_carried_is_listed_and_flagged(tmp_path):
         f"segmentation {correction.pk} was replaced" in entry["message"]
         for entry in result["stale_links"]
     )
+
+
+def test_corrections_left_behind_put_the_patient_on_the_worklist_until_someone_corrects(
+    tmp_path,
+):
+    case = correction_patient(patient_id="CARRY-3", missed_at=(0,))
+    _add_and_edit(case, tmp_path)
+    new_automated = _reprocess(case.studies[0], shifted=True)
+    result = patient_update(patient=case.patient)
+    # the responses flag the patient too (the nodule now looks new at the follow-up):
+    # leave them out to see what the run's flag does alone
+    ResponseAssessment.objects.filter(patient=case.patient).update(needs_attention=False)
+    worklist_flags_refresh(patient_pks=[case.patient.pk])
+    assert not WorklistFlags.objects.get(patient=case.patient).needs_attention
+
+    run = new_automated.processing_run
+    run.flags = {"corrections_not_carried": result["corrections_not_carried"]}
+    run.finished_at = timezone.now()
+    run.save(update_fields=["flags", "finished_at"])
+    worklist_flags_refresh(patient_pks=[case.patient.pk])
+    assert WorklistFlags.objects.get(patient=case.patient).needs_attention
+
+    # the radiologist adds the nodule again on the new segmentation: a person has looked
+    radiologist = UserFactory(groups=["radiologist"])
+    again = _client(radiologist).post(
+        f"/api/v1/studies/{case.studies[0].study_instance_uid}/lesions/",
+        {"seed_lps_mm": [float(v) for v in case.centres[0]], "reason": "added again"},
+        format="json",
+    )
+    assert again.status_code == 201, again.json()
+    assert not ResponseAssessment.objects.filter(patient=case.patient, needs_attention=True)
+    assert not WorklistFlags.objects.get(patient=case.patient).needs_attention

@@ -10,7 +10,9 @@ new version on top of the model's output: each drawn candidate of the latest cor
 voxel set stored in that correction's label map (the same study grid), replacing the
 automated components it overlaps, as the original edit did. The candidate entry, with
 its source, is copied, so tracking carries its links, reviews and Tracking UID to it
-(`analytics.lesions.tracking.carry` pairs candidates by centroid). A correction that
+(`analytics.lesions.tracking.carry` pairs candidates by centroid). A model's candidate
+a radiologist only filed under another organ (`analytics.lesions.review.organ`) gives
+its organ to the new candidate that covers most of its voxels. A correction that
 cannot be re-applied (the grid changed, the label map is missing) is listed with the
 reason and the run is flagged; it is never dropped silently.
 """
@@ -89,8 +91,45 @@ def _drawn(correction: Segmentation) -> list[dict[str, Any]]:
     return [c for c in correction.lesions if isinstance(c.get("source"), dict)]
 
 
+def _refiled(correction: Segmentation) -> list[dict[str, Any]]:
+    """The model's candidates a radiologist filed under another organ (and drew nothing
+    of): only their organ is carried (`analytics.lesions.review.organ`)."""
+    return [
+        c
+        for c in correction.lesions
+        if isinstance(c.get("organ_set"), dict) and not isinstance(c.get("source"), dict)
+    ]
+
+
+def _refile(
+    array: np.ndarray, old_map: Volume, refiled: list[dict[str, Any]], lesions: list[dict]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The new candidate list with each refiled candidate's organ given to the new
+    candidate that covers most of its old voxels; and the refiled ones none covers."""
+    organ_of: dict[int, dict[str, Any]] = {}
+    lost = []
+    for candidate in refiled:
+        under = array[old_map.array == int(candidate["component_label"])]
+        labels, counts = np.unique(under[under > 0], return_counts=True)
+        if len(labels) == 0:
+            lost.append(candidate)
+            continue
+        organ_of[int(labels[np.argmax(counts)])] = candidate
+    out = [
+        {**c, "organ": organ_of[label]["organ"], "organ_set": organ_of[label]["organ_set"]}
+        if (label := int(c["component_label"])) in organ_of
+        and not isinstance(c.get("source"), dict)
+        else c
+        for c in lesions
+    ]
+    return out, lost
+
+
 def _listed(study: Study, correction: Segmentation, candidate: dict, reason: str) -> dict:
-    source = candidate.get("source") or {}
+    source = candidate.get("source") or {
+        "kind": "refiled",
+        **{k: v for k, v in (candidate.get("organ_set") or {}).items() if k in ("user", "at")},
+    }
     return {
         "study_instance_uid": study.study_instance_uid,
         "segmentation": correction.pk,
@@ -139,20 +178,28 @@ def _study_carry(study: Study, result: CarryForward) -> None:
         return
     correction = _latest_correction(images.segmentation)
     drawn = _drawn(correction) if correction is not None else []
-    if not drawn:
+    refiled = _refiled(correction) if correction is not None else []
+    if not drawn and not refiled:
         return
     try:
         label_map = label_map_read(images)
         old_map = volume_read_nifti(path=derived_local(correction.mask_path), kind="label")
     except (FileNotFoundError, OSError, RuntimeError, ValueError) as error:
         reason = f"a label map could not be read ({type(error).__name__})"
-        result.not_carried.extend(_listed(study, correction, c, reason) for c in drawn)
+        result.not_carried.extend(_listed(study, correction, c, reason) for c in drawn + refiled)
         return
     difference = _grid_difference(old_map, label_map)
     if difference:
-        result.not_carried.extend(_listed(study, correction, c, difference) for c in drawn)
+        result.not_carried.extend(
+            _listed(study, correction, c, difference) for c in drawn + refiled
+        )
         return
     array, lesions, replaced = _reapply(label_map, old_map, drawn, images.segmentation.lesions)
+    lesions, lost = _refile(array, old_map, refiled, lesions)
+    result.not_carried.extend(
+        _listed(study, correction, c, "no candidate of the new segmentation covers it")
+        for c in lost
+    )
     version = segmentation_version_write(
         images=StudySegmentation(study, images.segmentation, images.run),
         label_map=label_map.with_array(array, kind="label"),
@@ -162,11 +209,12 @@ def _study_carry(study: Study, result: CarryForward) -> None:
             "action": "carry_forward",
             "from_segmentation": correction.pk,
             "carried": [int(c["component_label"]) for c in drawn],
+            "refiled": [int(c["component_label"]) for c in refiled if c not in lost],
             "automated_components_replaced": replaced,
         },
     )
     result.versions.append(version)
-    result.carried += len(drawn)
+    result.carried += len(drawn) + len(refiled) - len(lost)
 
 
 def corrections_carry_forward(*, patient: Patient) -> CarryForward:

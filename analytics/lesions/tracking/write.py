@@ -44,7 +44,7 @@ def identities_resolve(
     (never one of the ``reserved`` labels: those of lesions measured by hand)."""
     resolved: dict[str, tuple[str, str]] = {}
     labels_taken: set[str] = set(reserved)
-    fresh: list[tuple[str, str]] = []
+    fresh: list[tuple[str, str, str]] = []
     for entry, result in chain:
         for assignment in result.assignments:
             if assignment.lesion_uid in resolved or assignment.status != "new":
@@ -59,17 +59,28 @@ def identities_resolve(
                 ),
                 None,
             )
-            if old is not None and old[1] not in labels_taken:
+            if old is not None and _organ_of_label(old[1]) != _organ_of_label(assignment.label):
+                # refiled under another organ by a radiologist: same UID, a new label
+                resolved[assignment.lesion_uid] = ("", "")
+                fresh.append((assignment.lesion_uid, assignment.label, old[0]))
+            elif old is not None and old[1] not in labels_taken:
                 resolved[assignment.lesion_uid] = old
                 labels_taken.add(old[1])
             else:
                 resolved[assignment.lesion_uid] = ("", "")
-                fresh.append((assignment.lesion_uid, assignment.label))
-    for temp_uid, label in fresh:
+                fresh.append((assignment.lesion_uid, assignment.label, ""))
+    for temp_uid, label, uid in fresh:
         label = _label_free(label, labels_taken)
         labels_taken.add(label)
-        resolved[temp_uid] = (str(generate_uid()), label)
+        resolved[temp_uid] = (uid or str(generate_uid()), label)
     return resolved
+
+
+def _organ_of_label(label: str) -> str:
+    """A label's organ, without its side: "lung" of "Right lung 2" (a side read again
+    from a changed mask does not relabel a lesion; a change of organ does)."""
+    stem = label.rsplit(" ", 1)[0].lower()
+    return stem.removeprefix("left ").removeprefix("right ")
 
 
 def _label_free(label: str, taken: set[str]) -> str:
@@ -92,7 +103,8 @@ def lesions_write(
 ) -> dict[str, Lesion]:
     """Replace ``patient``'s measurement rows and identities by this rebuild's: identities
     that end are deleted (but not those in ``also_keep``: lesions measured by hand),
-    kept ones relabelled, new ones created. Returns them by UID."""
+    kept ones relabelled (and refiled, when a radiologist changed the organ), new ones
+    created. Returns them by UID."""
     LesionMeasurement.objects.filter(lesion__patient=patient).delete()
     kept = {uid for uid, _ in uid_of.values()} | set(also_keep)
     Lesion.objects.filter(patient=patient).exclude(tracking_uid__in=kept).delete()
@@ -104,9 +116,9 @@ def lesions_write(
             lesions[uid] = Lesion.objects.create(
                 patient=patient, tracking_uid=uid, label=label, organ=organ_of[temp_uid]
             )
-        elif lesion.label != label:
-            lesion.label = label
-            lesion.save(update_fields=["label"])
+        elif (lesion.label, lesion.organ) != (label, organ_of[temp_uid]):
+            lesion.label, lesion.organ = label, organ_of[temp_uid]
+            lesion.save(update_fields=["label", "organ"])
     return lesions
 
 
