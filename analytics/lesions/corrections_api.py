@@ -71,7 +71,7 @@ class _Point(serializers.ListField):
 class LesionAddSerializer(serializers.Serializer):
     seed_lps_mm = _Point(help_text="the click: [x, y, z] in the study's own LPS mm")
     organ = serializers.ChoiceField(
-        choices=Lesion.Organ.values,
+        choices=Lesion.Organ.choices,
         required=False,
         help_text="default: read from the tissue around the lesion (lung, liver, other)",
     )
@@ -254,7 +254,9 @@ class MeasurementMaskView(_Reviewing):
 
 
 class LesionOrganSerializer(serializers.Serializer):
-    organ = serializers.ChoiceField(choices=Lesion.Organ.values)
+    organ = serializers.ChoiceField(
+        choices=Lesion.Organ.choices, help_text="the organ to file it under"
+    )
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
 
 

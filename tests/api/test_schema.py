@@ -197,6 +197,7 @@ def _body_path_values(rows) -> dict[str, dict[str, object]]:
             "study_instance_uid": rows.baseline.study_instance_uid
         },
         "/api/v1/measurements/{id}/mask/": {"id": rows.at_baseline.pk},
+        "/api/v1/lesions/{id}/organ/": {"id": rows.lesion.pk},
     }
 
 

@@ -181,7 +181,16 @@ def patient_recompute(
     version = current_model_version()
     scored = 0
     if version is not None:
-        scored = risk_scores_compute(model_version=version, patient_ids=[patient.patient_id])
+        try:
+            scored = risk_scores_compute(model_version=version, patient_ids=[patient.patient_id])
+        except FileNotFoundError:
+            # the review would leave a stale score: refuse it whole, saying why
+            raise ReviewError(
+                f"risk model {version.name}: its file {version.artifact_path} is missing from "
+                "the store, so the risk score cannot follow the change; nothing was saved "
+                "(an administrator restores the file or fits the model again: "
+                "manage.py fit_risk_model)"
+            ) from None
     return summary, scored
 
 
