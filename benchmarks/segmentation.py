@@ -214,11 +214,12 @@ def _rows_table(rows: list[dict]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- process timing
-def process_time(model, device: str, workdir: Path) -> dict:
-    """DICOM -> volume -> orientation -> registration -> segmentation + measurement."""
+def process_time(model, device: str, workdir: Path, patients: int = 4) -> dict:
+    """DICOM -> volume -> orientation -> registration -> segmentation + measurement, of
+    the follow-up with the most slices among ``patients`` generated patients."""
     from imaging.core.registration.orientation import orientation_standardise
 
-    cohort = cohort_mod.cohort_simulate(n_patients=4, n_timepoints=2, seed=4242, size="full")
+    cohort = cohort_mod.cohort_simulate(n_patients=patients, n_timepoints=2, seed=4242, size="full")
     patient, study = max(((p, s) for p in cohort.patients for s in p.studies[1:]),
                          key=lambda ps: ps[1].scanner.n_slices)  # fmt: skip
     fixed = cohort_mod.study_render(cohort, patient, patient.studies[0]).volume
@@ -277,6 +278,8 @@ def main() -> int:
                         help="evaluation studies' matrix (512, 256, 128); the training set "
                              "is full size unless small")  # fmt: skip
     parser.add_argument("--process", action="store_true", help="also time a whole study end to end")
+    parser.add_argument("--process-patients", type=int, default=4,
+                        help="time the follow-up with the most slices among this many patients")  # fmt: skip
     parser.add_argument(
         "--cache", type=Path, default=ROOT / "var" / "benchmarks" / "segmentation-eval"
     )
@@ -315,7 +318,7 @@ def main() -> int:
         )
     if args.process:
         with tempfile.TemporaryDirectory() as tmp:
-            times = process_time(model, args.device, Path(tmp))
+            times = process_time(model, args.device, Path(tmp), args.process_patients)
         results["process"] = times
         print("\nprocess of one full-size study (" + str(times["n_slices"]) + " slices): " +
               ", ".join(f"{k} {v:.1f} s" for k, v in times.items() if k != "n_slices") +

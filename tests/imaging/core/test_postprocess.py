@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from imaging.core.geometry.preprocess import volume_resample
 from imaging.core.geometry.volume import Volume
+from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.postprocess import (
     ContrastSettings,
     LesionCandidate,
@@ -235,3 +237,42 @@ def test_contrast_filter_keeps_a_lesion_and_drops_noise_blobs_and_subvoxel_speck
         settings=ContrastSettings(min_z=z["1"] + 1),
     )  # fmt: skip
     assert none_kept == ()
+
+
+def test_contrast_filter_keeps_a_rim_enhancing_lesion_whose_mean_equals_the_liver():
+    """A bright rim around a dark centre averages to the liver's HU: its voxels' spread
+    beyond the noise keeps it, where the shift of the mean alone would drop it."""
+
+    rng = np.random.default_rng(5)
+    shape = (24, 60, 60)  # k, j, i: 3 x 3 x 5 mm voxels
+    liver = np.full(shape, 60.0, np.float32)
+    ks, js, is_ = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    r2 = (ks * 5.0 - 60) ** 2 + (js * 3.0 - 60) ** 2 + (is_ * 3.0 - 60) ** 2
+    centre, rim = r2 <= 7.0**2, (r2 > 7.0**2) & (r2 <= 10.0**2)  # a 20 mm metastasis
+    liver[centre], liver[rim] = 10.0, 60.0 + 50.0 * centre.sum() / rim.sum()  # mean 60 HU
+    assert abs(float(liver[centre | rim].mean()) - 60.0) < 1e-3
+    study = Volume(
+        liver + rng.normal(0, 20.0, shape).astype(np.float32), (3.0, 3.0, 5.0), (0, 0, 0)
+    )
+    grid = volume_resample(volume=study, spacing_mm=(1.5, 1.5, 1.5))
+    k, j, i = np.ogrid[: grid.array.shape[0], : grid.array.shape[1], : grid.array.shape[2]]
+    labels = ((k * 1.5 - 60) ** 2 + (j * 1.5 - 60) ** 2 + (i * 1.5 - 60) ** 2) <= 10.0**2
+    mask = grid.with_array(labels.astype(np.uint16), kind="label")
+    candidate = LesionCandidate(
+        label_value=1, organ="liver", n_voxels=int(labels.sum()),
+        volume_ml=float(labels.sum() * 1.5**3 / 1000), confidence=1.0,
+        mean_probability=0.9, bbox_kji=((0, 1), (0, 1), (0, 1)),
+    )  # fmt: skip
+
+    _, kept, record = candidates_contrast_filter(
+        study=study, candidate_mask=mask, candidates=(candidate,)
+    )
+
+    assert kept == (candidate,), record.details
+    assert "mean|core - median(ring)|" in record.parameters["rule"]
+    # the shift of the mean alone is within the noise
+    core = volume_onto_grid(moving=mask, reference=study).array > 0
+    ring = ndimage.binary_dilation(core, iterations=3) & ~ndimage.binary_dilation(core)
+    shift = abs(np.median(study.array[ring]) - study.array[core].mean())
+    sigma = 1.4826 * np.median(np.abs(study.array[ring] - np.median(study.array[ring])))
+    assert shift / (sigma / np.sqrt(core.sum())) < 8.0 < record.details["z"]["1"]
