@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
@@ -101,10 +102,23 @@ def reviewed_case(
     label, notes = reviewed_labels(
         image=image, candidate_mask=candidate_mask, organ_label=organ_label, corrections=corrections
     )
-    case = site_case_build(case_id=case_id, image=image, label=label, spec=spec)
+    rejected = [
+        int(c.component_label)
+        for c in corrections
+        if c.kind == "rejected" and c.component_label is not None
+    ]
+    centres = ndimage.center_of_mass(
+        candidate_mask.array > 0, candidate_mask.array, rejected
+    ) if rejected else []  # fmt: skip
+    hard = [
+        candidate_mask.index_to_lps(np.asarray(kji, dtype=float)[::-1]).tolist() for kji in centres
+    ]
+    case = site_case_build(case_id=case_id, image=image, label=label, spec=spec,
+                           hard_negatives_lps_mm=hard)  # fmt: skip
     counts = {k: sum(c.kind == k for c in corrections) for k in KINDS}
     return TrainingCase(
         case_id=case.case_id, hu=case.hu, organ=case.organ, lesion_fraction=case.lesion_fraction,
         lesion_code=case.lesion_code, lesion_index=case.lesion_index, lesions=case.lesions,
-        spacing_mm=case.spacing_mm, meta={"source": "review", "corrections": counts, "notes": notes},
+        spacing_mm=case.spacing_mm, meta={"source": "review", "corrections": counts, "notes": notes,
+                                          "hard_negatives_kji": case.meta["hard_negatives_kji"]},
     )  # fmt: skip

@@ -6,6 +6,7 @@ added lesion drawn by hand)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from io import StringIO
 
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from imaging.core.geometry.volume import Volume
-from imaging.core.modelhub.corrections import Correction, reviewed_labels
+from imaging.core.modelhub.corrections import Correction, reviewed_case, reviewed_labels
+from imaging.core.segmentation.network import SegmenterSpec
+from imaging.core.segmentation.training.patches import _patch_centre
 from imaging.modelhub.models import SegmentationModel, TrainingExample
 from imaging.modelhub.training import training_examples_sync
 from imaging.models import LesionMeasurement, ManualFinding
@@ -138,3 +141,27 @@ def test_a_lesion_a_radiologist_drew_is_a_decision_until_rejected(
     (example,) = training_examples_sync()
     assert example.status == TrainingExample.Status.EXCLUDED
     assert example.reason == "no review decision on its newest segmentation"
+
+
+def test_rejected_candidates_are_kept_as_hard_negatives_and_patches_are_centred_there():
+    """What the model wrongly saw as a lesion is where a reviewed study's patches go."""
+    hu = np.full((30, 30, 30), 40.0, dtype=np.float32)  # body everywhere
+    organs = np.full(hu.shape, 2, dtype=np.uint8)
+    mask = np.zeros(hu.shape, dtype=np.uint16)
+    mask[5:8, 5:8, 5:8] = 1  # accepted
+    mask[20:24, 20:24, 20:24] = 2  # rejected, centred at index 21.5 (43 mm)
+    corrections = [Correction("accepted", "liver", 1), Correction("rejected", "liver", 2)]
+    case = reviewed_case(case_id="r1", image=_grid(hu), candidate_mask=_grid(mask, "label"),
+                         organ_label=_grid(organs, "label"), corrections=corrections,
+                         spec=SegmenterSpec())  # fmt: skip
+
+    (point,) = case.meta["hard_negatives_kji"]
+    assert np.allclose(np.asarray(point) * np.asarray(case.spacing_mm)[::-1], 43.0, atol=1.5)
+    rng = np.random.default_rng(0)
+    size = 16
+    centres = np.array([_patch_centre(case, rng, size, 0.0) for _ in range(400)])
+    near = np.all(np.abs(centres - np.asarray(point)) <= size // 4, axis=1).mean()
+    assert 0.3 < near < 0.55  # HARD_NEGATIVE_SHARE of the patches (0.4), and a few by chance
+    plain = replace(case, meta={**case.meta, "hard_negatives_kji": []})
+    centres = np.array([_patch_centre(plain, rng, size, 0.0) for _ in range(400)])
+    assert np.all(np.abs(centres - np.asarray(point)) <= size // 4, axis=1).mean() < 0.15

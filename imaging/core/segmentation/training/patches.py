@@ -2,7 +2,8 @@
 
 A patch of ``size`` voxels is centred on a lesion (chosen uniformly among the case's
 lesions, so small ones count as much as large ones) with probability ``lesion_bias``,
-on a lung or liver voxel a quarter of the rest, else anywhere; a left-right mirror, a
+on a candidate a radiologist rejected (reviewed studies only) a share of the rest, on a
+lung or liver voxel a quarter of what is left, else anywhere; a left-right mirror, a
 HU offset and extra noise augment it.
 """
 
@@ -14,6 +15,11 @@ import numpy as np
 
 from imaging.core.segmentation.network import SegmenterSpec, model_input_array
 from imaging.core.segmentation.training.cases import N_CLASSES, TrainingCase
+
+#: The share of the patches not centred on a lesion that a reviewed study centres on one
+#: of its rejected candidates (``meta["hard_negatives_kji"]``): what the network wrongly
+#: saw as a lesion is what it most needs to unlearn.
+HARD_NEGATIVE_SHARE = 0.4
 
 
 def _crop(array: np.ndarray, start: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -48,15 +54,23 @@ def soft_target(
 def _patch_centre(
     case: TrainingCase, rng: np.random.Generator, size: int, lesion_bias: float
 ) -> np.ndarray:
-    """On a lesion (``lesion_bias``), on lung or liver (a quarter of the rest), else anywhere."""
+    """On a lesion (``lesion_bias``); on a hard negative of a reviewed study (a candidate
+    a radiologist rejected: `HARD_NEGATIVE_SHARE` of the rest), on lung or liver (a
+    quarter of what is left), else anywhere."""
     roll = rng.random()
     centre = None
+    hard = case.meta.get("hard_negatives_kji") or []
+    hard_share = HARD_NEGATIVE_SHARE * (1 - lesion_bias) if hard else 0.0
     if roll < lesion_bias and case.lesions:
         which = int(rng.integers(len(case.lesions))) + 1
         voxels = np.argwhere(case.lesion_index == which)
         if len(voxels):
             centre = voxels[rng.integers(len(voxels))] + rng.integers(-size // 4, size // 4 + 1, 3)
-    elif roll < lesion_bias + (1 - lesion_bias) / 4:
+    elif roll < lesion_bias + hard_share:
+        centre = np.asarray(hard[rng.integers(len(hard))]) + rng.integers(
+            -size // 4, size // 4 + 1, 3
+        )
+    elif roll < lesion_bias + hard_share + (1 - lesion_bias - hard_share) / 4:
         organ = 1 if rng.random() < 0.5 else 2
         flat = np.flatnonzero(case.organ.ravel()[::97] == organ)
         if len(flat):

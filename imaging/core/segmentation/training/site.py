@@ -7,6 +7,7 @@ highdicom and mapped to classes by their labels (`segment_class`). Targets are h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +96,27 @@ def _label_on_grid(label: Volume, grid: Volume) -> np.ndarray:
 
 
 def site_case_build(
-    *, case_id: str, image: Volume, label: Volume, spec: SegmenterSpec
+    *,
+    case_id: str,
+    image: Volume,
+    label: Volume,
+    spec: SegmenterSpec,
+    hard_negatives_lps_mm: Sequence[Sequence[float]] = (),
 ) -> TrainingCase:
-    """A site's labelled series as a training case on the model grid (hard targets)."""
+    """A site's labelled series as a training case on the model grid (hard targets).
+    ``hard_negatives_lps_mm``: points (the image's LPS mm) where the network was wrong to
+    see a lesion (a rejected candidate's centre), kept in ``meta["hard_negatives_kji"]``
+    on the case's grid so that patches are also centred there (`training.patches`)."""
     grid, _ = model_grid(volume=image, spec=spec)
     lab_array = _label_on_grid(label, grid)
     box = body_box(grid.array)
+    start = np.array([b.start for b in box])
+    stop = np.array([b.stop for b in box])
+    hard = []
+    for point in hard_negatives_lps_mm:
+        kji = np.round(grid.lps_to_index(np.asarray(point, dtype=float))[::-1]).astype(int)
+        if np.all(kji >= start) and np.all(kji < stop):
+            hard.append((kji - start).tolist())
     hu = grid.array[box]
     lab_array = lab_array[box]
     organ = lab_array.copy()
@@ -133,7 +149,7 @@ def site_case_build(
         lesion_index=index,
         lesions=tuple(lesions),
         spacing_mm=grid.spacing_mm,
-        meta={"source": "site"},
+        meta={"source": "site", "hard_negatives_kji": hard},
     )
 
 
