@@ -137,14 +137,15 @@ def _versions_write(
 ) -> list[Segmentation]:
     """A new version of each segmentation holding the lesion, its candidates refiled."""
     components: dict[int, set[int]] = defaultdict(set)
+    studies = {}
     rows = LesionMeasurement.objects.filter(lesion=lesion, segmentation__isnull=False)
     for m in rows.select_related("study"):
         if m.component_label is not None:
             components[m.segmentation_id].update(m.component_labels or [m.component_label])
+            studies[m.segmentation_id] = m.study
     versions = []
     for segmentation_id, labels in sorted(components.items()):
-        study = rows.filter(segmentation_id=segmentation_id).first().study
-        images = study_segmentation_require(study=study)
+        images = study_segmentation_require(study=studies[segmentation_id])
         if images.segmentation.pk != segmentation_id:
             raise ReviewError(
                 "lesion: a segmentation it was measured on was replaced since the page "
