@@ -194,6 +194,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--freeze-encoder", action="store_true")
+    parser.add_argument("--hard-negative-share", type=float, default=0.4,
+                        help="of the patches not on a lesion, the share on a rejected candidate")  # fmt: skip
     parser.add_argument("--size", choices=["small", "medium"], default="small")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=2)
@@ -249,7 +251,7 @@ def main() -> int:
         seed=0, steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
         learning_rate=args.lr, warmup_steps=min(20, args.steps), lesion_bias=0.6,
         validate_every=args.steps, checkpoint_every=args.steps, threads=args.threads,
-        freeze_encoder=args.freeze_encoder,
+        freeze_encoder=args.freeze_encoder, hard_negative_share=args.hard_negative_share,
     )  # fmt: skip
     t = time.perf_counter()
     state = {k: v.detach().cpu().float() for k, v in base.network.state_dict().items()}

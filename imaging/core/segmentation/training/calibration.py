@@ -69,6 +69,7 @@ def batchnorm_recalibrate(
                     count=settings.batch_size,
                     size=settings.patch_size,
                     lesion_bias=settings.lesion_bias,
+                    hard_negative_share=settings.hard_negative_share,
                 )
             network(torch.from_numpy(np.ascontiguousarray(inputs)).to(device))
     for layer, momentum in zip(layers, momenta, strict=True):

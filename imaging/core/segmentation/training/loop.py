@@ -271,6 +271,7 @@ def _batch(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
         count=settings.batch_size,
         size=settings.patch_size,
         lesion_bias=settings.lesion_bias,
+        hard_negative_share=settings.hard_negative_share,
     )
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 

@@ -16,9 +16,9 @@ import numpy as np
 from imaging.core.segmentation.network import SegmenterSpec, model_input_array
 from imaging.core.segmentation.training.cases import N_CLASSES, TrainingCase
 
-#: The share of the patches not centred on a lesion that a reviewed study centres on one
-#: of its rejected candidates (``meta["hard_negatives_kji"]``): what the network wrongly
-#: saw as a lesion is what it most needs to unlearn.
+#: The default share of the patches not centred on a lesion that a reviewed study centres
+#: on one of its rejected candidates (``meta["hard_negatives_kji"]``): what the network
+#: wrongly saw as a lesion is what it most needs to unlearn (`TrainingSettings`).
 HARD_NEGATIVE_SHARE = 0.4
 
 
@@ -52,15 +52,19 @@ def soft_target(
 
 
 def _patch_centre(
-    case: TrainingCase, rng: np.random.Generator, size: int, lesion_bias: float
+    case: TrainingCase,
+    rng: np.random.Generator,
+    size: int,
+    lesion_bias: float,
+    hard_negative_share: float = HARD_NEGATIVE_SHARE,
 ) -> np.ndarray:
     """On a lesion (``lesion_bias``); on a hard negative of a reviewed study (a candidate
-    a radiologist rejected: `HARD_NEGATIVE_SHARE` of the rest), on lung or liver (a
+    a radiologist rejected: ``hard_negative_share`` of the rest), on lung or liver (a
     quarter of what is left), else anywhere."""
     roll = rng.random()
     centre = None
     hard = case.meta.get("hard_negatives_kji") or []
-    hard_share = HARD_NEGATIVE_SHARE * (1 - lesion_bias) if hard else 0.0
+    hard_share = hard_negative_share * (1 - lesion_bias) if hard else 0.0
     if roll < lesion_bias and case.lesions:
         which = int(rng.integers(len(case.lesions))) + 1
         voxels = np.argwhere(case.lesion_index == which)
@@ -88,9 +92,10 @@ def patch_sample(
     size: int,
     lesion_bias: float,
     augment: bool = True,
+    hard_negative_share: float = HARD_NEGATIVE_SHARE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training patch: inputs (C, s, s, s) and soft targets (classes, s, s, s)."""
-    start = _patch_centre(case, rng, size, lesion_bias) - size // 2
+    start = _patch_centre(case, rng, size, lesion_bias, hard_negative_share) - size // 2
     hu = _crop(case.hu, start, size, -1024).astype(np.float32)
     organ = _crop(case.organ, start, size, 0)
     fraction = _crop(case.lesion_fraction, start, size, 0)
@@ -113,12 +118,18 @@ def patch_batch(
     count: int,
     size: int,
     lesion_bias: float,
+    hard_negative_share: float = HARD_NEGATIVE_SHARE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` patches of randomly chosen cases, stacked: inputs and soft targets."""
     batch = [
         patch_sample(
-            cases[int(rng.integers(len(cases)))], rng, spec=spec, size=size, lesion_bias=lesion_bias
-        )
+            cases[int(rng.integers(len(cases)))],
+            rng,
+            spec=spec,
+            size=size,
+            lesion_bias=lesion_bias,
+            hard_negative_share=hard_negative_share,
+        )  # fmt: skip
         for _ in range(count)
     ]
     return np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])

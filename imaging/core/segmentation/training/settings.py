@@ -19,6 +19,9 @@ class TrainingSettings:
     weight_decay: float = 1e-5
     warmup_steps: int = 50
     lesion_bias: float = 0.5
+    #: Of the patches not on a lesion, the share centred on a candidate a radiologist
+    #: rejected, in reviewed studies that have them (`training.patches`).
+    hard_negative_share: float = 0.4
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
     validate_every: int = 400
