@@ -59,9 +59,7 @@ def task_queue(*, task_name: str) -> str:
     to ``RADTRACK_GPU_QUEUE`` (``cpu`` unless a GPU worker reads ``gpu``)."""
     from django.conf import settings
 
-    if task_name not in _TASK_QUEUES:
-        # Sent by name from a process that never imported it (beat): import them all.
-        app.loader.import_default_modules()
+    _task_modules_import(task_name)
     declared = _TASK_QUEUES.get(task_name, settings.CELERY_TASK_DEFAULT_QUEUE)
     return settings.RADTRACK_GPU_QUEUE if declared == "gpu" else declared
 
@@ -69,9 +67,15 @@ def task_queue(*, task_name: str) -> str:
 def registered_task(name: str) -> Any:
     """The task registered as ``name``, its module imported first when this process has
     not yet (a producer sending by name need not import the module that defines it)."""
+    _task_modules_import(name)
+    return app.tasks[name]
+
+
+def _task_modules_import(name: str) -> None:
+    """Import the task modules (settings ``CELERY_IMPORTS``) when ``name`` is not yet
+    registered here: a process sending by name (beat, the web) may never have."""
     if name not in _TASK_QUEUES:
         app.loader.import_default_modules()
-    return app.tasks[name]
 
 
 def _route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict:

@@ -15,11 +15,12 @@ import numpy as np
 
 from imaging.core.segmentation.network import SegmenterSpec, model_input_array
 from imaging.core.segmentation.training.cases import N_CLASSES, TrainingCase
+from imaging.core.segmentation.training.settings import TrainingSettings
 
 #: The default share of the patches not centred on a lesion that a reviewed study centres
 #: on one of its rejected candidates (``meta["hard_negatives_kji"]``): what the network
-#: wrongly saw as a lesion is what it most needs to unlearn (`TrainingSettings`).
-HARD_NEGATIVE_SHARE = 0.4
+#: wrongly saw as a lesion is what it most needs to unlearn.
+HARD_NEGATIVE_SHARE = TrainingSettings.hard_negative_share
 
 
 def _crop(array: np.ndarray, start: np.ndarray, size: int, fill: float) -> np.ndarray:
