@@ -48,7 +48,7 @@ from imaging.modelhub.services import (
 )
 from imaging.modelhub.validation import model_validate
 from imaging.models import LesionMeasurement, Study
-from imaging.store import data_dir
+from imaging.store import data_dir, derived_local
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _corrections(example: TrainingExample) -> list[Correction]:
     out = []
     for c in example.corrections:
         mask = (
-            volume_read_nifti(path=data_dir() / c["mask_path"], kind="label")
+            volume_read_nifti(path=derived_local(c["mask_path"]), kind="label")
             if c.get("mask_path")
             else None
         )
