@@ -87,8 +87,12 @@ def _latest_assessment(field: str) -> Subquery:
 
 def _corrections_not_carried() -> Exists:
     """A series whose latest run left a radiologist's corrections behind, untouched since
-    (a correction made on the series after the run means a person has looked)."""
-    later_run = ProcessingRun.objects.filter(series=OuterRef("series"), pk__gt=OuterRef("pk"))
+    (a correction made on the series after the run means a person has looked). Only a
+    later run that succeeded replaces it: one queued, running or failed has not shown
+    anything new, and the corrections are still left behind."""
+    later_run = ProcessingRun.objects.filter(
+        series=OuterRef("series"), pk__gt=OuterRef("pk"), status=ProcessingRun.Status.SUCCEEDED
+    )
     correction_since = Segmentation.objects.filter(
         series=OuterRef("series"), parent__isnull=False, created_at__gt=OuterRef("finished_at")
     )

@@ -187,6 +187,12 @@ def test_corrections_left_behind_put_the_patient_on_the_worklist_until_someone_c
     worklist_flags_refresh(patient_pks=[case.patient.pk])
     assert WorklistFlags.objects.get(patient=case.patient).needs_attention
 
+    # a new run queued (or failed) on the series shows nothing new: the flag stays
+    queued = ProcessingRun.objects.create(series=run.series)
+    worklist_flags_refresh(patient_pks=[case.patient.pk])
+    assert WorklistFlags.objects.get(patient=case.patient).needs_attention
+    queued.delete()
+
     # the radiologist adds the nodule again on the new segmentation: a person has looked
     radiologist = UserFactory(groups=["radiologist"])
     again = _client(radiologist).post(
