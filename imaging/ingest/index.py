@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from django.db import connection
 
 from imaging.core.dicom.inspect import InspectedInstance
+from imaging.core.dicom.part10 import DicomRejected, buffer_hashes, dataset_offset
 from imaging.models import IngestSession, Instance, Series, Study
+from imaging.store import object_read
 from patients.models import Patient
 
 
@@ -76,7 +78,9 @@ def stored_dataset_hashes(uids: list[str]) -> dict[str, str]:
     """``dataset_sha256`` of the instances already stored under these SOP Instance UIDs.
 
     One plain query on the unique index: asked once per received instance by the
-    listener, where the ORM's own work would be a good part of the cost.
+    listener, where the ORM's own work would be a good part of the cost. A row indexed
+    before the data set's hash was kept (migration 0003) has none: it is computed from
+    the stored file now and saved, so that a repeat of it is a duplicate, not a conflict.
     """
     if not uids:
         return {}
@@ -84,11 +88,27 @@ def stored_dataset_hashes(uids: list[str]) -> dict[str, str]:
     marks = ", ".join(["%s"] * len(uids))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT sop_instance_uid, dataset_sha256 FROM {table} "  # values go as parameters
+            f"SELECT sop_instance_uid, dataset_sha256, stored_path FROM {table} "  # parameters
             f"WHERE sop_instance_uid IN ({marks})",
             list(uids),
         )
-        return dict(cursor.fetchall())
+        rows = cursor.fetchall()
+    return {
+        uid: digest or _dataset_hash_backfill(uid, stored_path) for uid, digest, stored_path in rows
+    }
+
+
+def _dataset_hash_backfill(uid: str, stored_path: str) -> str:
+    """The data set hash of a stored file indexed without one, saved on its row; empty
+    when the file cannot be read (the repeat is then refused as a conflict, and the
+    stored row kept, as before)."""
+    try:
+        data = object_read(stored_path)
+        _, digest = buffer_hashes(data, dataset_offset(data))
+    except (OSError, ValueError, DicomRejected):
+        return ""
+    Instance.objects.filter(sop_instance_uid=uid, dataset_sha256="").update(dataset_sha256=digest)
+    return digest
 
 
 def owners_of(

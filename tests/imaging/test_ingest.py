@@ -356,6 +356,26 @@ def test_the_same_data_set_with_another_senders_file_meta_is_a_duplicate(tmp_pat
     assert Instance.objects.count() == 1
 
 
+def test_a_row_indexed_before_data_set_hashes_were_kept_gets_one_when_it_is_sent_again(
+    tmp_path,
+):
+    """Rows from before migration 0003 have no data set hash: a repeat of one is a
+    duplicate (its hash computed from the stored file and saved), a changed file a
+    conflict."""
+    paths = ct_files(tmp_path / "a", slices=2, key="old-rows", size=32)
+    _ingest(paths)
+    kept = {i.sop_instance_uid: i.dataset_sha256 for i in Instance.objects.all()}
+    Instance.objects.update(dataset_sha256="")
+    ds = pydicom.dcmread(paths[1])
+    ds.PatientComments = "changed after it was stored"
+    ds.save_as(tmp_path / "changed.dcm", enforce_file_format=True)
+
+    _, outcomes = _ingest([paths[0], tmp_path / "changed.dcm"])
+
+    assert [o.status for o in outcomes] == ["duplicate", "conflict"]
+    assert {i.sop_instance_uid: i.dataset_sha256 for i in Instance.objects.all()} == kept
+
+
 @pytest.mark.parametrize("readers", [1, 2])
 def test_reader_threads_give_the_same_outcomes_and_leave_nothing_staged(tmp_path, readers):
     """With reader threads each file is copied into the store's staging folder and
