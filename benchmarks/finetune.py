@@ -55,7 +55,7 @@ from imaging.core.modelhub.validation_set import (  # noqa: E402
 from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.network import segmenter_from_network, segmenter_load  # noqa: E402
 from imaging.core.segmentation.training.cases import CohortSource, cases_load  # noqa: E402
-from imaging.core.segmentation.training.loop import segmenter_train  # noqa: E402
+from imaging.core.segmentation.training.mining import train_with_mining  # noqa: E402
 from imaging.core.segmentation.training.settings import TrainingSettings  # noqa: E402
 from imaging.core.synthetic_eval.cohort import patient_draw, study_render  # noqa: E402
 from imaging.core.synthetic_eval.lesions import LIVER_KINDS, LUNG_KINDS  # noqa: E402
@@ -196,6 +196,9 @@ def main() -> int:
     parser.add_argument("--freeze-encoder", action="store_true")
     parser.add_argument("--hard-negative-share", type=float, default=0.4,
                         help="of the patches not on a lesion, the share on a rejected candidate")  # fmt: skip
+    parser.add_argument("--mining-steps", type=int, default=0,
+                        help="then mine the fine-tuned network's false candidates on the training "
+                             "cases as hard negatives and train this many steps more (0: no)")  # fmt: skip
     parser.add_argument("--size", choices=["small", "medium"], default="small")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=2)
@@ -252,15 +255,16 @@ def main() -> int:
         learning_rate=args.lr, warmup_steps=min(20, args.steps), lesion_bias=0.6,
         validate_every=args.steps, checkpoint_every=args.steps, threads=args.threads,
         freeze_encoder=args.freeze_encoder, hard_negative_share=args.hard_negative_share,
+        mining_steps=args.mining_steps,
     )  # fmt: skip
     t = time.perf_counter()
     state = {k: v.detach().cpu().float() for k, v in base.network.state_dict().items()}
-    result = segmenter_train(out_dir=args.out / "train", train_cases=[*training, *originals], val_cases=[],
-                             spec=base.spec, settings=settings, initial_state=state, device=device)  # fmt: skip
+    checkpoint, mined = train_with_mining(out_dir=args.out, cases=[*training, *originals], spec=base.spec,
+                                          settings=settings, initial_state=state, device=device)  # fmt: skip
+    if args.mining_steps:
+        print(f"mined {mined} false candidates on the training cases", flush=True)
+    tuned = segmenter_from_network(network=_network(checkpoint), spec=base.spec, device=device)
     train_seconds = time.perf_counter() - t
-    tuned = segmenter_from_network(
-        network=_network(result.checkpoint_path), spec=base.spec, device=device
-    )
     print(f"fine-tuned {args.steps} steps in {train_seconds:.0f} s; after:", flush=True)
     after = {
         "test": _judge(test, tuned, device, "test"),

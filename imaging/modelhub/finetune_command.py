@@ -14,11 +14,7 @@ from imaging.core.segmentation.training.settings import TrainingSettings
 from imaging.modelhub.services import RegistryError
 
 
-def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any]) -> None:
-    import torch
-
-    from imaging.modelhub.training import finetune_from_reviews
-
+def _options_check(options: dict[str, Any]) -> None:
     if not options["from_reviews"]:
         raise CommandError("give DATA and --out, or --from-reviews")
     if options["data"] is not None or options["out"] is not None:
@@ -30,8 +26,17 @@ def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any])
         raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
     if not 0 < options["lr"] <= 1e-3:
         raise CommandError("--lr must be in (0, 1e-3]: fine-tuning uses a small rate")
-    if options["original_cases"] < 0:
-        raise CommandError("--original-cases cannot be negative")
+    for name in ("original_cases", "mining_steps"):
+        if options[name] < 0:
+            raise CommandError(f"--{name.replace('_', '-')} cannot be negative")
+
+
+def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any]) -> None:
+    import torch
+
+    from imaging.modelhub.training import finetune_from_reviews
+
+    _options_check(options)
     torch.set_num_threads(options["threads"])
     device = options["device"]
     if device == "auto":
@@ -42,8 +47,9 @@ def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any])
         warmup_steps=min(20, options["steps"]), validate_every=options["steps"],
         checkpoint_every=max(1, min(50, options["steps"])), threads=options["threads"],
         freeze_encoder=options["freeze_encoder"], lesion_bias=0.6,
+        mining_steps=options["mining_steps"],
     )  # fmt: skip
-    bar = tqdm(total=settings.steps, desc="finetune", unit="step",
+    bar = tqdm(total=settings.steps + settings.mining_steps, desc="finetune", unit="step",
                disable=options["quiet"] or None, file=command.stderr._out)  # fmt: skip
 
     def on_step(step: int, loss: float) -> None:
@@ -72,6 +78,7 @@ def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any])
     command.stdout.write(
         f"finetune_segmenter: {outcome.model.label} from {outcome.model.parent.label if outcome.model.parent else '?'} "
         f"on {outcome.examples} reviewed studies + {outcome.original_cases} original cases, "
-        f"{settings.steps} steps in {outcome.seconds:.0f} s; locked-set sensitivity "
+        f"{settings.steps + settings.mining_steps} steps in {outcome.seconds:.0f} s; "
+        "locked-set sensitivity "
         f"{'-' if sens is None else f'{100 * sens:.1f} %'}; {verdict}"
     )

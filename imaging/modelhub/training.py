@@ -28,7 +28,7 @@ from imaging.core.geometry.nifti import volume_read_nifti
 from imaging.core.modelhub.corrections import Correction, reviewed_case
 from imaging.core.segmentation.network import Segmenter
 from imaging.core.segmentation.training.cases import CohortSource, TrainingCase, cases_load
-from imaging.core.segmentation.training.loop import segmenter_train
+from imaging.core.segmentation.training.mining import train_with_mining
 from imaging.core.segmentation.training.settings import TrainingSettings
 from imaging.core.segmentation.training.shipping import weights_ship
 from imaging.modelhub.models import (
@@ -167,14 +167,13 @@ def _next_version(base: SegmentationModel) -> str:
     return f"{base.version}-ft{n}"
 
 
-def _train(*, base_row, base, cases, settings, device, on_step, work) -> Path:
+def _train(*, base_row, base, cases, settings, device, on_step, work) -> tuple[Path, int]:
     state = {k: v.detach().cpu().float() for k, v in base.network.state_dict().items()}
-    result = segmenter_train(
-        out_dir=work / "train", train_cases=cases, val_cases=[], spec=base.spec, settings=settings,
-        initial_state=state, device=device, on_step=on_step,
+    return train_with_mining(
+        out_dir=work, cases=cases, spec=base.spec, settings=settings, initial_state=state,
+        device=device, on_step=on_step,
         data_description={"from_reviews": True, "base": base_row.label},
     )  # fmt: skip
-    return result.checkpoint_path
 
 
 def finetune_from_reviews(
@@ -208,11 +207,11 @@ def finetune_from_reviews(
     )
     work = data_dir() / "modelhub" / "finetune" / f"{base_row.name}-{version}"
     shutil.rmtree(work, ignore_errors=True)
-    checkpoint = _train(base_row=base_row, base=base, cases=[*cases, *originals], settings=settings,
-                        device=device, on_step=on_step, work=work)  # fmt: skip
+    checkpoint, mined = _train(base_row=base_row, base=base, cases=[*cases, *originals],
+                               settings=settings, device=device, on_step=on_step, work=work)  # fmt: skip
     data = {"base": base_row.label, "base_sha256": base_row.sha256,
             "examples": [e.pk for e in examples], "studies": [e.provenance["study_instance_uid"] for e in examples],
-            "original_cases": [c.case_id for c in originals]}  # fmt: skip
+            "original_cases": [c.case_id for c in originals], "mined_false_candidates": mined}  # fmt: skip
     weights_ship(checkpoint_path=checkpoint, out_dir=work / "ship", version=version, data=data,
                  title="Lesion segmenter (fine-tuned on reviewed studies)")  # fmt: skip
     row = model_register(

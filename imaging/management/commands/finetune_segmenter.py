@@ -52,6 +52,15 @@ class Command(BaseCommand):
             action="store_true",
             help="with --from-reviews: promote the result when its report passes",
         )
+        parser.add_argument(
+            "--mining-steps",
+            type=int,
+            default=0,
+            help="with --from-reviews: then add the fine-tuned network's own false candidates "
+            "on the reviewed studies to their hard negatives and train this many steps more "
+            "(benchmarks/README.md: about 30%% of --steps took false positives from +2.5 to "
+            "+1.5 per study)",
+        )
         parser.add_argument("--weights", type=Path, default=None, help="base weights (.pt)")
         parser.add_argument("--steps", type=int, default=200)
         parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (small)")

@@ -107,7 +107,7 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
 
     out = StringIO()
     call_command("finetune_segmenter", "--from-reviews", "--steps=2", "--batch-size=1", "--patch-size=32",
-                 "--original-cases=1", "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
+                 "--original-cases=1", "--mining-steps=1", "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
     model = SegmentationModel.objects.get(version="1.0.0-ft1")
     assert out.getvalue().startswith(
         "finetune_segmenter: lesionseg-1.0.0-ft1 from lesionseg-1.0.0 on 1 reviewed"
@@ -116,6 +116,9 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
     assert model.training["studies"] == [train.study_instance_uid]
     assert locked.study_instance_uid not in str(model.training)
     assert len(model.training["original_cases"]) == 1
+    # the network's own false candidates on its training cases were mined, then 1 step more
+    assert model.training["settings"]["mining_steps"] == 1
+    assert isinstance(model.training["mined_false_candidates"], int)
     report = model.reports.get()
     assert report.compared_with.label == "lesionseg-1.0.0"
     assert [s["study_instance_uid"] for s in report.site_studies] == [locked.study_instance_uid]

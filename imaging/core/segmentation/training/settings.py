@@ -22,6 +22,9 @@ class TrainingSettings:
     #: Of the patches not on a lesion, the share centred on a candidate a radiologist
     #: rejected, in reviewed studies that have them (`training.patches`).
     hard_negative_share: float = 0.4
+    #: Then this many steps more after the network's own false candidates on the
+    #: training cases were added to their hard negatives (`training.mining`); 0: none.
+    mining_steps: int = 0
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
     validate_every: int = 400
