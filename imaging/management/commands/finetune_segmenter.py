@@ -58,8 +58,8 @@ class Command(BaseCommand):
             default=0,
             help="with --from-reviews: then add the fine-tuned network's own false candidates "
             "on the reviewed studies to their hard negatives and train this many steps more "
-            "(benchmarks/README.md: about 30%% of --steps took false positives from +2.5 to "
-            "+1.5 per study)",
+            "(benchmarks/README.md: measured both better and worse than without; off by "
+            "default)",
         )
         parser.add_argument("--weights", type=Path, default=None, help="base weights (.pt)")
         parser.add_argument("--steps", type=int, default=200)
