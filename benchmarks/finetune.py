@@ -199,6 +199,7 @@ def main() -> int:
     parser.add_argument("--mining-steps", type=int, default=0,
                         help="then mine the fine-tuned network's false candidates on the training "
                              "cases as hard negatives and train this many steps more (0: no)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="training seed (patches, order)")
     parser.add_argument("--size", choices=["small", "medium"], default="small")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=2)
@@ -251,7 +252,7 @@ def main() -> int:
         }
         before_path.write_text(json.dumps(before, default=float))
     settings = TrainingSettings(
-        seed=0, steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
+        seed=args.seed, steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
         learning_rate=args.lr, warmup_steps=min(20, args.steps), lesion_bias=0.6,
         validate_every=args.steps, checkpoint_every=args.steps, threads=args.threads,
         freeze_encoder=args.freeze_encoder, hard_negative_share=args.hard_negative_share,
