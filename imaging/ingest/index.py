@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from django.db import connection
 
 from imaging.core.dicom.inspect import InspectedInstance
-from imaging.core.dicom.part10 import DicomRejected, buffer_hashes, dataset_offset
+from imaging.core.dicom.part10 import buffer_hashes, dataset_offset
 from imaging.models import IngestSession, Instance, Series, Study
 from imaging.store import object_read
 from patients.models import Patient
@@ -105,7 +105,7 @@ def _dataset_hash_backfill(uid: str, stored_path: str) -> str:
     try:
         data = object_read(stored_path)
         _, digest = buffer_hashes(data, dataset_offset(data))
-    except (OSError, ValueError, DicomRejected):
+    except OSError:  # the store's errors, S3's included
         return ""
     Instance.objects.filter(sop_instance_uid=uid, dataset_sha256="").update(dataset_sha256=digest)
     return digest

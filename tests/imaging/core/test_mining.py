@@ -4,6 +4,8 @@ does not."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from imaging.core.geometry.volume import Volume
@@ -68,7 +70,7 @@ def test_a_candidate_on_a_labelled_lesion_is_no_hard_negative():
     code = case.lesion_code.copy()
     code[UNLABELLED] = 4  # both cubes labelled now
     (mined,), added = hard_negatives_mine(
-        cases=[TrainingCase(**{**case.__dict__, "lesion_code": code})], model=_Stub(), device="cpu"
+        cases=[replace(case, lesion_code=code)], model=_Stub(), device="cpu"
     )
 
     assert added == 0 and mined.meta["hard_negatives_kji"] == []
