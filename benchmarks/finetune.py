@@ -55,6 +55,7 @@ from imaging.core.modelhub.validation_set import (  # noqa: E402
 from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.network import segmenter_from_network, segmenter_load  # noqa: E402
 from imaging.core.segmentation.training.cases import CohortSource, cases_load  # noqa: E402
+from imaging.core.segmentation.training.interpolation import checkpoint_interpolate  # noqa: E402
 from imaging.core.segmentation.training.mining import train_with_mining  # noqa: E402
 from imaging.core.segmentation.training.settings import TrainingSettings  # noqa: E402
 from imaging.core.synthetic_eval.cohort import patient_draw, study_render  # noqa: E402
@@ -200,6 +201,12 @@ def main() -> int:
                         help="then mine the fine-tuned network's false candidates on the training "
                              "cases as hard negatives and train this many steps more (0: no)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="training seed (patches, order)")
+    parser.add_argument("--tuned-shares", type=_shares, default=(1.0,),
+                        help="comma-separated shares of the fine-tuned weights to judge, the rest "
+                             "the shipped model's (training.interpolation); 1: as tuned")  # fmt: skip
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="judge this earlier fine-tune's checkpoint (same data and settings) "
+                             "instead of training again")  # fmt: skip
     parser.add_argument("--size", choices=["small", "medium"], default="small")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=2)
@@ -260,33 +267,56 @@ def main() -> int:
     )  # fmt: skip
     t = time.perf_counter()
     state = {k: v.detach().cpu().float() for k, v in base.network.state_dict().items()}
-    checkpoint, mined = train_with_mining(out_dir=args.out, cases=[*training, *originals], spec=base.spec,
-                                          settings=settings, initial_state=state, device=device)  # fmt: skip
-    if args.mining_steps:
-        print(f"mined {mined} false candidates on the training cases", flush=True)
-    tuned = segmenter_from_network(network=_network(checkpoint), spec=base.spec, device=device)
+    cases_all = [*training, *originals]
+    if args.checkpoint is not None:
+        checkpoint = args.checkpoint
+        print(f"fine-tune taken from {checkpoint} (not trained again)", flush=True)
+    else:
+        checkpoint, mined = train_with_mining(out_dir=args.out, cases=cases_all, spec=base.spec,
+                                              settings=settings, initial_state=state, device=device)  # fmt: skip
+        if args.mining_steps:
+            print(f"mined {mined} false candidates on the training cases", flush=True)
     train_seconds = time.perf_counter() - t
-    print(f"fine-tuned {args.steps} steps in {train_seconds:.0f} s; after:", flush=True)
-    after = {
-        "test": _judge(test, tuned, device, "test"),
-        "other": _judge(other, tuned, device, "other"),
-    }
-
-    found_b, n_kind = _kind_sensitivity(before["test"], args.kind)
-    found_a, _ = _kind_sensitivity(after["test"], args.kind)
-    gain = 100.0 * (found_a - found_b) / n_kind if n_kind else 0.0
-    regressed = regressions(
-        candidate=after["other"]["metrics"], active=before["other"]["metrics"], margins=Margins()
-    )
-    _print_summary(args, n_kind, found_b, found_a, gain, before, after, regressed, train_seconds, reviewed,
-                   len(originals), time.perf_counter() - started)  # fmt: skip
+    print(f"fine-tuned {args.steps} steps in {train_seconds:.0f} s", flush=True)
+    results = {}
+    for share in args.tuned_shares:
+        path = checkpoint if share == 1.0 else checkpoint_interpolate(
+            checkpoint=checkpoint, base=state, share=share, cases=cases_all, spec=base.spec,
+            settings=settings, device=device, out_dir=args.out / f"share-{share:g}")  # fmt: skip
+        tuned = segmenter_from_network(network=_network(path), spec=base.spec, device=device)
+        print(f"after (tuned share {share:g}):", flush=True)
+        after = {
+            "test": _judge(test, tuned, device, f"test {share:g}"),
+            "other": _judge(other, tuned, device, f"other {share:g}"),
+        }
+        found_b, n_kind = _kind_sensitivity(before["test"], args.kind)
+        found_a, _ = _kind_sensitivity(after["test"], args.kind)
+        gain = 100.0 * (found_a - found_b) / n_kind if n_kind else 0.0
+        regressed = regressions(
+            candidate=after["other"]["metrics"],
+            active=before["other"]["metrics"],
+            margins=Margins(),
+        )
+        _print_summary(args, share, n_kind, found_b, found_a, gain, before, after, regressed, train_seconds,
+                       reviewed, len(originals), time.perf_counter() - started)  # fmt: skip
+        results[f"{share:g}"] = {
+            "kind": {"lesions": n_kind, "before": found_b, "after": found_a, "gain_points": gain},
+            "after": after, "regressions": regressed,
+        }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({
-        "settings": vars(args) | {"cache": str(args.cache), "out": str(args.out)}, "reviewed": reviewed,
-        "kind": {"lesions": n_kind, "before": found_b, "after": found_a, "gain_points": gain},
-        "before": before, "after": after, "regressions": regressed, "train_seconds": train_seconds,
+        "settings": vars(args) | {"cache": str(args.cache), "out": str(args.out),
+                                  "checkpoint": str(args.checkpoint)},
+        "reviewed": reviewed, "before": before, "by_tuned_share": results, "train_seconds": train_seconds,
     }, indent=1, default=float))  # fmt: skip
     return 0
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    shares = tuple(float(x) for x in text.split(","))
+    if not all(0.0 < x <= 1.0 for x in shares):
+        raise argparse.ArgumentTypeError("each share must be in (0, 1]")
+    return shares
 
 
 def _network(checkpoint: Path):
@@ -299,11 +329,12 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def _print_summary(args, n_kind, found_b, found_a, gain, before, after, regressed, train_seconds, reviewed,
+def _print_summary(args, share, n_kind, found_b, found_a, gain, before, after, regressed, train_seconds, reviewed,
                    n_original, seconds):  # fmt: skip
     print(f"\n### Fine-tuning on {args.review} reviewed studies of {args.kind} nodules "
           f"({reviewed['accepted']} accepted, {reviewed['rejected']} rejected, {reviewed['added']} added), "
-          f"{n_original} original cases, {args.steps} steps ({train_seconds:.0f} s)\n")  # fmt: skip
+          f"{n_original} original cases, {args.steps} steps ({train_seconds:.0f} s), "
+          f"tuned share {share:g}\n")  # fmt: skip
     print("| measure | before | after | target |\n| --- | ---: | ---: | --- |")
     print(f"| {args.kind} nodules detected ({args.test} held-out studies) | {found_b}/{n_kind} | {found_a}/{n_kind} | "
           f"gain >= 20 points: {gain:+.1f} ({'met' if gain >= 20 else 'not met'}) |")  # fmt: skip

@@ -29,6 +29,8 @@ def _options_check(options: dict[str, Any]) -> None:
     for name in ("original_cases", "mining_steps"):
         if options[name] < 0:
             raise CommandError(f"--{name.replace('_', '-')} cannot be negative")
+    if not 0 < options["tuned_share"] <= 1:
+        raise CommandError("--tuned-share must be in (0, 1]: the share of the fine-tuned weights")
 
 
 def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any]) -> None:
@@ -47,7 +49,7 @@ def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any])
         warmup_steps=min(20, options["steps"]), validate_every=options["steps"],
         checkpoint_every=max(1, min(50, options["steps"])), threads=options["threads"],
         freeze_encoder=options["freeze_encoder"], lesion_bias=0.6,
-        mining_steps=options["mining_steps"],
+        mining_steps=options["mining_steps"], tuned_share=options["tuned_share"],
     )  # fmt: skip
     bar = tqdm(total=settings.steps + settings.mining_steps, desc="finetune", unit="step",
                disable=options["quiet"] or None, file=command.stderr._out)  # fmt: skip

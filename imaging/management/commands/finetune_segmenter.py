@@ -61,6 +61,13 @@ class Command(BaseCommand):
             "(benchmarks/README.md: measured both better and worse than without; off by "
             "default)",
         )
+        parser.add_argument(
+            "--tuned-share",
+            type=float,
+            default=1.0,
+            help="with --from-reviews: keep this share of the fine-tuned weights and take the "
+            "rest from the active model's (weight-space ensembling; 1: as tuned)",
+        )
         parser.add_argument("--weights", type=Path, default=None, help="base weights (.pt)")
         parser.add_argument("--steps", type=int, default=200)
         parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (small)")

@@ -107,7 +107,7 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
 
     out = StringIO()
     call_command("finetune_segmenter", "--from-reviews", "--steps=2", "--batch-size=1", "--patch-size=32",
-                 "--original-cases=1", "--mining-steps=1", "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
+                 "--original-cases=1", "--mining-steps=1", "--tuned-share=0.5", "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
     model = SegmentationModel.objects.get(version="1.0.0-ft1")
     assert out.getvalue().startswith(
         "finetune_segmenter: lesionseg-1.0.0-ft1 from lesionseg-1.0.0 on 1 reviewed"
@@ -119,6 +119,8 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
     # the network's own false candidates on its training cases were mined, then 1 step more
     assert model.training["settings"]["mining_steps"] == 1
     assert isinstance(model.training["mined_false_candidates"], int)
+    # and moved half-way back to the active model's weights
+    assert model.training["settings"]["tuned_share"] == 0.5
     report = model.reports.get()
     assert report.compared_with.label == "lesionseg-1.0.0"
     assert [s["study_instance_uid"] for s in report.site_studies] == [locked.study_instance_uid]
@@ -168,3 +170,10 @@ def test_rejected_candidates_are_kept_as_hard_negatives_and_patches_are_centred_
     plain = replace(case, meta={**case.meta, "hard_negatives_kji": []})
     centres = np.array([_patch_centre(plain, rng, size, 0.0) for _ in range(400)])
     assert np.all(np.abs(centres - np.asarray(point)) <= size // 4, axis=1).mean() < 0.15
+
+
+def test_a_tuned_share_outside_0_1_is_refused_before_anything_is_trained():
+    for share in ("0", "1.5"):
+        with pytest.raises(CommandError, match=r"--tuned-share must be in \(0, 1\]"):
+            call_command("finetune_segmenter", "--from-reviews", f"--tuned-share={share}",
+                         stdout=StringIO(), stderr=StringIO())  # fmt: skip

@@ -32,6 +32,7 @@ from imaging.core.segmentation.network import (
     segmenter_from_network,
 )
 from imaging.core.segmentation.training.cases import TrainingCase
+from imaging.core.segmentation.training.interpolation import checkpoint_interpolate
 from imaging.core.segmentation.training.loop import network_from_checkpoint, segmenter_train
 from imaging.core.segmentation.training.settings import TrainingSettings
 
@@ -90,16 +91,41 @@ def train_with_mining(
 ) -> tuple[Path, int]:
     """Fine-tune from ``initial_state`` for ``settings.steps``; then, when
     ``settings.mining_steps`` is set, mine the network's false candidates on ``cases``
-    (`hard_negatives_mine`) and train ``mining_steps`` more from where it stopped.
+    (`hard_negatives_mine`) and train ``mining_steps`` more from where it stopped; then,
+    when ``settings.tuned_share`` is under 1, move the weights that far back towards
+    ``initial_state`` (`training.interpolation`).
 
     Returns the final checkpoint and how many false candidates were mined.
     """
     first = segmenter_train(out_dir=out_dir / "train", train_cases=cases, val_cases=[], spec=spec,
                             settings=settings, initial_state=initial_state, device=device,
                             on_step=on_step, data_description=data_description)  # fmt: skip
-    if not settings.mining_steps:
-        return first.checkpoint_path, 0
-    network = network_from_checkpoint(first.checkpoint_path)[0]
+    checkpoint, added = first.checkpoint_path, 0
+    if settings.mining_steps:
+        checkpoint, added = _mined_train(out_dir=out_dir, cases=cases, spec=spec, settings=settings,
+                                         checkpoint=checkpoint, device=device, on_step=on_step,
+                                         data_description=data_description)  # fmt: skip
+    if settings.tuned_share < 1.0:
+        checkpoint = checkpoint_interpolate(checkpoint=checkpoint, base=initial_state,
+                                            share=settings.tuned_share, cases=cases, spec=spec,
+                                            settings=settings, device=device,
+                                            out_dir=out_dir / "interpolated")  # fmt: skip
+    return checkpoint, added
+
+
+def _mined_train(
+    *,
+    out_dir: Path,
+    cases: Sequence[TrainingCase],
+    spec: SegmenterSpec,
+    settings: TrainingSettings,
+    checkpoint: Path,
+    device: str,
+    on_step: Callable[[int, float], None] | None,
+    data_description: dict[str, Any] | None,
+) -> tuple[Path, int]:
+    """Mine the false candidates of the network in ``checkpoint`` and train on from it."""
+    network = network_from_checkpoint(checkpoint)[0]
     tuned = segmenter_from_network(network=network, spec=spec, device=device)
     mined, added = hard_negatives_mine(cases=cases, model=tuned, device=device)
     state = {k: v.detach().cpu().float() for k, v in network.state_dict().items()}

@@ -25,6 +25,9 @@ class TrainingSettings:
     #: Then this many steps more after the network's own false candidates on the
     #: training cases were added to their hard negatives (`training.mining`); 0: none.
     mining_steps: int = 0
+    #: Of a fine-tune, the share of the tuned weights kept; the rest is the starting
+    #: model's (`training.interpolation`, weight-space ensembling); 1.0: as tuned.
+    tuned_share: float = 1.0
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
     validate_every: int = 400
