@@ -150,7 +150,8 @@ def _judge(cases, model, device: str, label: str) -> dict:
         print(f"  [{label}] {case.case_id}: {sum(r.detected for r in rows)}/{len(rows)} found, "
               f"FP {sum(not c.true_lesion for c in cands)}, {seconds[-1]:.0f} s", flush=True)  # fmt: skip
     metrics = report_metrics(lesions=lesions, candidates=candidates, seconds=seconds)
-    return {"metrics": metrics, "lesions": [r.as_json() for r in lesions]}
+    return {"metrics": metrics, "lesions": [r.as_json() for r in lesions],
+            "candidates": [c.as_json() for c in candidates]}  # fmt: skip
 
 
 def _kind_sensitivity(result: dict, kind: str) -> tuple[int, int]:
