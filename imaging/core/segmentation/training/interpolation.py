@@ -23,7 +23,7 @@ import torch
 from imaging.core.segmentation.network import SegmenterSpec, device_select
 from imaging.core.segmentation.training.calibration import batchnorm_recalibrate
 from imaging.core.segmentation.training.cases import TrainingCase
-from imaging.core.segmentation.training.loop import checkpoint_read, network_from_checkpoint
+from imaging.core.segmentation.training.loop import network_from_checkpoint
 from imaging.core.segmentation.training.settings import TrainingSettings
 
 
@@ -85,8 +85,3 @@ def checkpoint_interpolate(
     torch.save(saved, tmp)
     tmp.replace(path)
     return path
-
-
-def tuned_share_read(checkpoint: Path) -> float:
-    """The share of the fine-tuned weights a checkpoint holds (1.0 when not interpolated)."""
-    return float(checkpoint_read(checkpoint)["settings"].get("tuned_share", 1.0))
