@@ -279,6 +279,7 @@ def main() -> int:
             print(f"mined {mined} false candidates on the training cases", flush=True)
     train_seconds = time.perf_counter() - t
     print(f"fine-tuned {args.steps} steps in {train_seconds:.0f} s", flush=True)
+    found_b, n_kind = _kind_sensitivity(before["test"], args.kind)
     results = {}
     for share in args.tuned_shares:
         path = checkpoint if share == 1.0 else checkpoint_interpolate(
@@ -290,7 +291,6 @@ def main() -> int:
             "test": _judge(test, tuned, device, f"test {share:g}"),
             "other": _judge(other, tuned, device, f"other {share:g}"),
         }
-        found_b, n_kind = _kind_sensitivity(before["test"], args.kind)
         found_a, _ = _kind_sensitivity(after["test"], args.kind)
         gain = 100.0 * (found_a - found_b) / n_kind if n_kind else 0.0
         regressed = regressions(
