@@ -291,6 +291,7 @@ def study_dicom_export(
 
 
 def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) -> StudyDicomExport:
+    exported_at = timezone.now()
     measurements = _measurements_in_force(study)
     segmentation = _measurements_segmentation(measurements)
     series = segmentation.series if segmentation is not None else study.chosen_series
@@ -330,7 +331,9 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
                 software_version=_software_version(),
             )
 
-        seg = _stored_or_built(result, "SEG", result.seg_path, uids.seg_sop_instance_uid, build_seg)
+        seg = _stored_or_built(
+            result, "SEG", result.seg_path, uids.seg_sop_instance_uid, build_seg, exported_at
+        )
         result.segments = len(seg.SegmentSequence)
     result.sr_path = str(folder / f"SR-{uids.sr_sop_instance_uid}.dcm")
     _stored_or_built(
@@ -348,6 +351,7 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
             predecessor=_predecessor_document(study, previous),
             editor=_editor(sources, lesions),
         ),
+        exported_at,
     )
     if latest is None or latest.sr_sop_instance_uid != uids.sr_sop_instance_uid:
         DicomExportRecord.objects.get_or_create(
@@ -360,6 +364,7 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
                 "seg_sop_instance_uid": uids.seg_sop_instance_uid if seg is not None else "",
                 "seg_path": result.seg_path,
                 "predecessor": previous,
+                "created_at": exported_at,
             },
         )
     if send:
@@ -381,10 +386,17 @@ def _send(study: Study, result: StudyDicomExport, config: PacsConfig | None) -> 
 
 
 def _stored_or_built(
-    result: StudyDicomExport, kind: str, relative: str, sop_instance_uid: str, build
+    result: StudyDicomExport,
+    kind: str,
+    relative: str,
+    sop_instance_uid: str,
+    build,
+    exported_at: dt.datetime,
 ):
     """The object already written under ``sop_instance_uid`` as it is, else built now and
-    written (a rebuild of a lost file keeps its first export's content date and time)."""
+    written with the times of its first export (``exported_at`` when this is the first:
+    the time the export's record keeps, so that a rebuild of a lost file stamps the same
+    second)."""
     path = Path(settings.DATA_DIR) / relative
     if path.is_file():
         try:
@@ -396,13 +408,14 @@ def _stored_or_built(
             return hd.seg.Segmentation.from_dataset(stored) if kind == "SEG" else stored
     started = dt.datetime.now()
     dataset = build()
-    _content_time_set(dataset, _first_exported_at(kind, sop_instance_uid), built_after=started)
+    first = _first_exported_at(kind, sop_instance_uid) or exported_at
+    _content_time_set(dataset, first, built_after=started)
     dataset_write(dataset=dataset, path=path)
     return dataset
 
 
-def _first_exported_at(kind: str, sop_instance_uid: str) -> dt.datetime:
-    """When the object with this UID was first exported (now, if never)."""
+def _first_exported_at(kind: str, sop_instance_uid: str) -> dt.datetime | None:
+    """When the object with this UID was first exported (None, if never)."""
     field_name = "seg_sop_instance_uid" if kind == "SEG" else "sr_sop_instance_uid"
     first = (
         DicomExportRecord.objects.filter(**{field_name: sop_instance_uid})
@@ -410,7 +423,7 @@ def _first_exported_at(kind: str, sop_instance_uid: str) -> dt.datetime:
         .values_list("created_at", flat=True)
         .first()
     )
-    return first or timezone.now()
+    return first
 
 
 def _content_time_set(

@@ -1,6 +1,7 @@
 """Transfers to and from other systems: PACS retrieves and sends, DICOM exports, FHIR pushes."""
 
 from django.db import models
+from django.utils import timezone
 
 from imaging.models.studies import IngestSession, Study
 from patients.models import Patient
@@ -73,7 +74,11 @@ class DicomExportRecord(models.Model):
     predecessor = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="successors"
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="when the objects were first built: the content and instance creation "
+        "times they carry, kept when a lost file is rebuilt",
+    )
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from imaging.core.dicom.seg_sr import DicomExportError
 from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
@@ -83,11 +84,15 @@ def test_same_results_give_the_same_uids_and_a_change_a_new_sr(tmp_path):
     assert new.SeriesInstanceUID == old.SeriesInstanceUID
 
 
-def test_a_second_export_of_unchanged_results_gives_the_same_bytes(tmp_path):
+def test_a_second_export_of_unchanged_results_gives_the_same_bytes(tmp_path, monkeypatch):
     """Same UIDs, same bytes: the objects written before are reused as they are, and a
     file that went missing is rebuilt with its first export's times (issue: the times
-    changed under the same SOP Instance UID)."""
+    changed under the same SOP Instance UID). The clock moves a second at each reading, so
+    a stamp and a record time taken at two readings never agree by luck."""
     case = analysed_study(tmp_path, key="svc3b")
+    readings = iter(range(10_000))
+    start = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: start + dt.timedelta(seconds=next(readings)))
     first = study_dicom_export(study=case.study)
     seg_bytes = _path(first.seg_path).read_bytes()
     sr_bytes = _path(first.sr_path).read_bytes()
