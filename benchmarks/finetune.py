@@ -276,7 +276,9 @@ def main() -> int:
         checkpoint, mined = train_with_mining(out_dir=args.out, cases=cases_all, spec=base.spec,
                                               settings=settings, initial_state=state, device=device)  # fmt: skip
         if args.mining_steps:
-            print(f"mined {mined} false candidates on the training cases", flush=True)
+            data = torch.load(checkpoint, map_location="cpu", weights_only=False)["data"]
+            print(f"mined {mined} false candidates on the training cases "
+                  f"({data.get('mined_by_organ')})", flush=True)  # fmt: skip
     train_seconds = time.perf_counter() - t
     print(f"fine-tuned {args.steps} steps in {train_seconds:.0f} s", flush=True)
     found_b, n_kind = _kind_sensitivity(before["test"], args.kind)

@@ -11,7 +11,8 @@ import numpy as np
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.network import CLASSES, SegmentationOutput
 from imaging.core.segmentation.training.cases import TrainingCase
-from imaging.core.segmentation.training.mining import hard_negatives_mine
+from imaging.core.segmentation.training.mining import _mined_by_organ, hard_negatives_mine
+from imaging.core.segmentation.training.patches import _patch_centre
 
 SHAPE = (40, 40, 40)
 SPACING = (1.5, 1.5, 2.0)  # (i, j, k): not cubic, so that a swapped axis shows
@@ -74,3 +75,37 @@ def test_a_candidate_on_a_labelled_lesion_is_no_hard_negative():
     )
 
     assert added == 0 and mined.meta["hard_negatives_kji"] == []
+
+
+def test_hard_negatives_of_each_organ_get_an_equal_share_of_the_patches():
+    """Nine lung false candidates and one in the liver: the liver's gets half of the
+    hard-negative patches, not a tenth (the many lung ones would drown it)."""
+    organ = np.ones(SHAPE, dtype=np.uint8)
+    organ[:, :, 30:] = 2  # liver for i >= 30
+    lung = [[5 + 3 * n, 20, 10] for n in range(9)]
+    liver = [20, 20, 35]
+    case = replace(_case([*lung, liver]), organ=organ)
+    rng = np.random.default_rng(1)
+    size = 8
+    centres = np.array(
+        [_patch_centre(case, rng, size, 0.0, hard_negative_share=1.0) for _ in range(600)]
+    )
+    at_liver = np.all(np.abs(centres - np.asarray(liver)) <= size // 4, axis=1).mean()
+    assert 0.4 < at_liver < 0.6
+    # One organ only: every hard negative as likely as another.
+    lung_only = replace(case, meta={**case.meta, "hard_negatives_kji": lung})
+    centres = np.array(
+        [_patch_centre(lung_only, rng, size, 0.0, hard_negative_share=1.0) for _ in range(900)]
+    )
+    first = np.all(np.abs(centres - np.asarray(lung[0])) <= size // 4, axis=1).mean()
+    assert 0.05 < first < 0.2
+
+
+def test_the_mined_false_candidates_are_counted_per_organ():
+    before = _case([[1, 2, 3]])
+    (mined,), _ = hard_negatives_mine(cases=[before], model=_Stub(), device="cpu")
+    assert _mined_by_organ(before=[before], after=[mined]) == {
+        "elsewhere": 0,
+        "lung": 0,
+        "liver": 1,
+    }

@@ -34,6 +34,7 @@ from imaging.core.segmentation.network import (
 from imaging.core.segmentation.training.cases import TrainingCase
 from imaging.core.segmentation.training.interpolation import checkpoint_interpolate
 from imaging.core.segmentation.training.loop import network_from_checkpoint, segmenter_train
+from imaging.core.segmentation.training.patches import hard_negative_organs
 from imaging.core.segmentation.training.settings import TrainingSettings
 
 
@@ -128,6 +129,7 @@ def _mined_train(
     network = network_from_checkpoint(checkpoint)[0]
     tuned = segmenter_from_network(network=network, spec=spec, device=device)
     mined, added = hard_negatives_mine(cases=cases, model=tuned, device=device)
+    by_organ = _mined_by_organ(before=cases, after=mined)
     state = {k: v.detach().cpu().float() for k, v in network.state_dict().items()}
     again = dataclasses.replace(settings, steps=settings.mining_steps, warmup_steps=0,
                                 validate_every=settings.mining_steps,
@@ -141,5 +143,20 @@ def _mined_train(
                              spec=spec, settings=again, initial_state=state, device=device,
                              on_step=on_mined_step,
                              data_description={**(data_description or {}), "mined": added,
+                                               "mined_by_organ": by_organ,
                                                "after_steps": settings.steps})  # fmt: skip
     return second.checkpoint_path, added
+
+
+def _mined_by_organ(
+    *, before: Sequence[TrainingCase], after: Sequence[TrainingCase]
+) -> dict[str, int]:
+    """How many of the mined false candidates lie in the lung, the liver, and elsewhere."""
+    names = {0: "elsewhere", 1: "lung", 2: "liver"}
+    counts = dict.fromkeys(names.values(), 0)
+    for old, new in zip(before, after, strict=True):
+        known = len(old.meta.get("hard_negatives_kji") or [])
+        centres = list(new.meta.get("hard_negatives_kji") or [])[known:]
+        for organ in hard_negative_organs(new, centres):
+            counts[names.get(organ, "elsewhere")] += 1
+    return counts

@@ -2,8 +2,9 @@
 
 A patch of ``size`` voxels is centred on a lesion (chosen uniformly among the case's
 lesions, so small ones count as much as large ones) with probability ``lesion_bias``,
-on a candidate a radiologist rejected (reviewed studies only) a share of the rest, on a
-lung or liver voxel a quarter of what is left, else anywhere; a left-right mirror, a
+on a candidate a radiologist rejected or the network was found to make (a share of the
+rest, each organ that has such hard negatives taking an equal part), on a lung or liver
+voxel a quarter of what is left, else anywhere; a left-right mirror, a
 HU offset and extra noise augment it.
 """
 
@@ -52,6 +53,26 @@ def soft_target(
     return target
 
 
+def hard_negative_organs(case: TrainingCase, hard: Sequence[Sequence[int]]) -> list[int]:
+    """The organ code (0 outside lung and liver, 1 lung, 2 liver) at each hard negative."""
+    top = np.asarray(case.organ.shape) - 1
+    return [int(case.organ[tuple(np.clip(np.asarray(p), 0, top))]) for p in hard]
+
+
+def _hard_negative(
+    case: TrainingCase, hard: Sequence[Sequence[int]], rng: np.random.Generator
+) -> np.ndarray:
+    """One of the case's hard negatives, the organs taking equal turns: a network's false
+    candidates are mostly in the lung (vessels, fissures), and the few in the liver would
+    otherwise get almost none of the patches that unlearn them."""
+    organs = hard_negative_organs(case, hard)
+    groups = sorted(set(organs))
+    if len(groups) > 1:
+        pick = groups[int(rng.integers(len(groups)))]
+        hard = [p for p, organ in zip(hard, organs, strict=True) if organ == pick]
+    return np.asarray(hard[int(rng.integers(len(hard)))])
+
+
 def _patch_centre(
     case: TrainingCase,
     rng: np.random.Generator,
@@ -60,8 +81,9 @@ def _patch_centre(
     hard_negative_share: float = HARD_NEGATIVE_SHARE,
 ) -> np.ndarray:
     """On a lesion (``lesion_bias``); on a hard negative of a reviewed study (a candidate
-    a radiologist rejected: ``hard_negative_share`` of the rest), on lung or liver (a
-    quarter of what is left), else anywhere."""
+    a radiologist rejected, or one mined: ``hard_negative_share`` of the rest, each organ
+    with hard negatives an equal share of those), on lung or liver (a quarter of what is
+    left), else anywhere."""
     roll = rng.random()
     centre = None
     hard = case.meta.get("hard_negatives_kji") or []
@@ -72,9 +94,7 @@ def _patch_centre(
         if len(voxels):
             centre = voxels[rng.integers(len(voxels))] + rng.integers(-size // 4, size // 4 + 1, 3)
     elif roll < lesion_bias + hard_share:
-        centre = np.asarray(hard[rng.integers(len(hard))]) + rng.integers(
-            -size // 4, size // 4 + 1, 3
-        )
+        centre = _hard_negative(case, hard, rng) + rng.integers(-size // 4, size // 4 + 1, 3)
     elif roll < lesion_bias + hard_share + (1 - lesion_bias - hard_share) / 4:
         organ = 1 if rng.random() < 0.5 else 2
         flat = np.flatnonzero(case.organ.ravel()[::97] == organ)
