@@ -58,6 +58,7 @@ from imaging.core.dicom.write import synthetic_uid
 from imaging.core.geometry.nifti import volume_read_nifti
 from imaging.core.geometry.volume import Volume
 from imaging.exports.pacs_check import pacs_export_send
+from imaging.exports.stamps import content_time_set, first_exported_at
 from imaging.ingest.pacs import PacsConfig
 from imaging.models import (
     DicomExportRecord,
@@ -408,45 +409,10 @@ def _stored_or_built(
             return hd.seg.Segmentation.from_dataset(stored) if kind == "SEG" else stored
     started = dt.datetime.now()
     dataset = build()
-    first = _first_exported_at(kind, sop_instance_uid) or exported_at
-    _content_time_set(dataset, first, built_after=started)
+    first = first_exported_at(kind, sop_instance_uid) or exported_at
+    content_time_set(dataset, first, built_after=started)
     dataset_write(dataset=dataset, path=path)
     return dataset
-
-
-def _first_exported_at(kind: str, sop_instance_uid: str) -> dt.datetime | None:
-    """When the object with this UID was first exported (None, if never)."""
-    field_name = "seg_sop_instance_uid" if kind == "SEG" else "sr_sop_instance_uid"
-    first = (
-        DicomExportRecord.objects.filter(**{field_name: sop_instance_uid})
-        .order_by("created_at", "pk")
-        .values_list("created_at", flat=True)
-        .first()
-    )
-    return first
-
-
-def _content_time_set(
-    dataset: pydicom.Dataset, at: dt.datetime, *, built_after: dt.datetime
-) -> None:
-    """Set the times the build stamped (content and instance creation, PS3.3 C.12.1,
-    C.10.9; highdicom's Contributing Equipment item, C.12.1.1.5) to ``at``, in local
-    time as highdicom writes them; ``built_after`` tells the stamps apart from the
-    source images' own (earlier) contribution times."""
-    at = timezone.localtime(at).replace(tzinfo=None)
-    for prefix in ("Content", "InstanceCreation"):
-        if f"{prefix}Date" in dataset:
-            setattr(dataset, f"{prefix}Date", at.strftime("%Y%m%d"))
-        if f"{prefix}Time" in dataset:
-            setattr(dataset, f"{prefix}Time", at.strftime("%H%M%S"))
-    for item in dataset.get("ContributingEquipmentSequence", []):
-        stamped = str(item.get("ContributionDateTime", ""))
-        try:
-            when = dt.datetime.strptime(stamped[:14], "%Y%m%d%H%M%S")
-        except ValueError:
-            continue
-        if when >= built_after.replace(microsecond=0):
-            item.ContributionDateTime = at.strftime("%Y%m%d%H%M%S")
 
 
 def _measurements_in_force(study: Study) -> list[LesionMeasurement]:
