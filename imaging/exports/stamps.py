@@ -18,13 +18,12 @@ from imaging.models import DicomExportRecord
 def first_exported_at(kind: str, sop_instance_uid: str) -> dt.datetime | None:
     """When the object with this UID was first exported (None, if never)."""
     field_name = "seg_sop_instance_uid" if kind == "SEG" else "sr_sop_instance_uid"
-    first = (
+    return (
         DicomExportRecord.objects.filter(**{field_name: sop_instance_uid})
         .order_by("created_at", "pk")
         .values_list("created_at", flat=True)
         .first()
     )
-    return first
 
 
 def content_time_set(
