@@ -56,6 +56,7 @@ from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.network import segmenter_from_network, segmenter_load  # noqa: E402
 from imaging.core.segmentation.training.cases import CohortSource, cases_load  # noqa: E402
 from imaging.core.segmentation.training.interpolation import checkpoint_interpolate  # noqa: E402
+from imaging.core.segmentation.training.loop import checkpoint_read  # noqa: E402
 from imaging.core.segmentation.training.mining import train_with_mining  # noqa: E402
 from imaging.core.segmentation.training.settings import TrainingSettings  # noqa: E402
 from imaging.core.synthetic_eval.cohort import patient_draw, study_render  # noqa: E402
@@ -276,7 +277,7 @@ def main() -> int:
         checkpoint, mined = train_with_mining(out_dir=args.out, cases=cases_all, spec=base.spec,
                                               settings=settings, initial_state=state, device=device)  # fmt: skip
         if args.mining_steps:
-            data = torch.load(checkpoint, map_location="cpu", weights_only=False)["data"]
+            data = checkpoint_read(checkpoint)["data"]
             print(f"mined {mined} false candidates on the training cases "
                   f"({data.get('mined_by_organ')})", flush=True)  # fmt: skip
     train_seconds = time.perf_counter() - t
