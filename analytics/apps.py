@@ -15,9 +15,14 @@ class AnalyticsConfig(AppConfig):
         from analytics.lesions.refresh import patient_results_changed_receive
         from analytics.lesions.responses import responses_written
         from analytics.lesions.review.irecist_ehr import irecist_from_medications_receive
+        from analytics.risk.tasks import risk_scores_patients_receive
         from imaging.pipeline.signals import patient_results_changed
         from imaging.signals import patient_imaging_changed
-        from patients.signals import checkpoint_inhibitors_imported, lab_results_changed
+        from patients.signals import (
+            checkpoint_inhibitors_imported,
+            clinical_events_imported,
+            lab_results_changed,
+        )
 
         patient_results_changed.connect(
             patient_results_changed_receive, dispatch_uid="radtrack-lesions-refresh"
@@ -36,6 +41,11 @@ class AnalyticsConfig(AppConfig):
         )
         lab_results_changed.connect(
             worklist_flags_patients_receive, dispatch_uid="radtrack-flags-labs"
+        )
+        # Scores follow new labs and outcomes once the write commits (a queued task).
+        lab_results_changed.connect(risk_scores_patients_receive, dispatch_uid="radtrack-risk-labs")
+        clinical_events_imported.connect(
+            risk_scores_patients_receive, dispatch_uid="radtrack-risk-events"
         )
         patient_imaging_changed.connect(
             worklist_flags_patients_receive, dispatch_uid="radtrack-flags-imaging"

@@ -43,3 +43,17 @@ def checkpoint_inhibitors_announce(*, patient_pks: Iterable[int], using: str) ->
         sender="patients.PatientMedication", patient_pks=pks, using=using
     )
     return [note for _receiver, notes in replies for note in (notes or [])]
+
+
+#: Sent inside an EHR import's transaction, once its clinical events (progression,
+#: death, ...) are written, with ``patient_pks`` (a frozenset of the patients who got a
+#: new event) and ``using``. What rests on a patient's outcomes listens (their risk
+#: score is recomputed once the import commits, `analytics.risk.tasks`).
+clinical_events_imported = Signal()
+
+
+def clinical_events_announce(*, patient_pks: Iterable[int], using: str) -> None:
+    """Tell the listeners that these patients got new clinical events."""
+    pks = frozenset(patient_pks)
+    if pks:
+        clinical_events_imported.send(sender="patients.ClinicalEvent", patient_pks=pks, using=using)

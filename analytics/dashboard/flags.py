@@ -77,12 +77,15 @@ def worklist_flags_refresh(
     return written
 
 
-def _latest_assessment(field: str) -> Subquery:
-    return Subquery(
-        ResponseAssessment.objects.filter(patient=OuterRef("pk"), study__study_date__isnull=False)
-        .order_by("-study__study_date", "-pk")
-        .values(field)[:1]
+def _latest_assessment(field: str, *, assessed_only: bool = False) -> Subquery:
+    """``field`` of the patient's latest dated assessment; with ``assessed_only`` the
+    latest with a category other than NE."""
+    rows = ResponseAssessment.objects.filter(
+        patient=OuterRef("pk"), study__study_date__isnull=False
     )
+    if assessed_only:
+        rows = rows.exclude(recist_response__in=("", "NE"))
+    return Subquery(rows.order_by("-study__study_date", "-pk").values(field)[:1])
 
 
 def _corrections_not_carried() -> Exists:
@@ -109,6 +112,9 @@ def _refresh_some(pks: list[int], using: str) -> int:
     patients = Patient.objects.using(using).filter(pk__in=pks)
     rows = patients.annotate(
         last_recist=_latest_assessment("recist_response"),
+        # A follow-up that could not be assessed after a PD does not undo it (PD ends
+        # the course): the progression stays flagged.
+        last_assessed_recist=_latest_assessment("recist_response", assessed_only=True),
         last_new_lesions=_latest_assessment("new_lesions"),
         last_assessment_date=_latest_assessment("study__study_date"),
         awaiting_review=Exists(
@@ -131,6 +137,7 @@ def _refresh_some(pks: list[int], using: str) -> int:
     ).values_list(
         "pk",
         "last_recist",
+        "last_assessed_recist",
         "last_new_lesions",
         "last_assessment_date",
         "awaiting_review",
@@ -145,7 +152,7 @@ def _refresh_some(pks: list[int], using: str) -> int:
             patient_id=pk,
             last_recist=recist or "",
             last_assessment_date=assessed,
-            new_progression=recist == "PD",
+            new_progression=assessed_recist == "PD",
             new_lesion=bool(new_lesions),
             rising_marker=pk in markers,
             rising_markers=[marker_to_json(m) for m in markers.get(pk, ())],
@@ -155,7 +162,17 @@ def _refresh_some(pks: list[int], using: str) -> int:
             last_study_date=last_study,
             computed_at=now,
         )
-        for pk, recist, new_lesions, assessed, review, attention, failed, last_study in rows
+        for (
+            pk,
+            recist,
+            assessed_recist,
+            new_lesions,
+            assessed,
+            review,
+            attention,
+            failed,
+            last_study,
+        ) in rows
     ]
     WorklistFlags.objects.using(using).bulk_create(
         flags, update_conflicts=True, unique_fields=["patient"], update_fields=list(_FIELDS)

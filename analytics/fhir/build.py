@@ -56,8 +56,10 @@ from patients.models import Patient, PatientIdentifier
 
 
 def results_all_reviewed(measurements: Iterable[LesionMeasurement]) -> bool:
-    """True when a radiologist accepted or edited every one of ``measurements``."""
-    return all(m.review_state in REVIEWED_STATES for m in measurements)
+    """True when there are measurements and a radiologist accepted or edited every one
+    of them. None at all is not a sign-off: nothing says a radiologist looked."""
+    states = [m.review_state for m in measurements]
+    return bool(states) and all(state in REVIEWED_STATES for state in states)
 
 
 # --------------------------------------------------------------------------------------
@@ -227,7 +229,10 @@ def fhir_risk_build(*, score: RiskScore, all_reviewed: bool = False) -> dict:
             {
                 "text": f"Score {score.score:.4g} ({version.kind}); tier {score.tier}; no data "
                 f"after {score.landmark_date.isoformat()} was used."
-            }
+            },
+            # What the score's page says about it (progressed before the landmark, values
+            # held inside the training range): the EHR must not lose the caveats.
+            *({"text": str(note)} for note in (score.explanation or {}).get("notes", [])),
         ],
     }
     return fhir_resource_validate(resource)

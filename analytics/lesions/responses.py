@@ -15,6 +15,7 @@ transaction), so that what answers to a new or changed response (the HL7 results
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,6 +89,8 @@ def responses_recompute(
     for index, reading in enumerate(sorted(timeline, key=lambda s: s.study_date)):
         study = studies[reading.study_uid]
         values = _values(result, index, reading)
+        if index == 0:
+            _baseline_substitution_note(values, reading.study_date, gaps)
         kept.append(_save(patient, study, existing.pop(study.pk, None), values, trigger))
     for study, reason in [*((g.study, g.reason) for g in gaps), *undated]:
         if study.pk in {r.study_id for r in kept}:
@@ -148,9 +151,19 @@ def _values(result: PatientResponses, index: int, reading: StudyReading) -> dict
         notes += [f"iRECIST: {n}" for n in i.notes]
     if v.category == "NE" and not r.is_baseline and not reading.not_evaluable:
         notes.append("volumetric NE: a lesion's volume is not known at this study")
+    total = finite_or_none(r.sum_diameters_mm)
+    if r.targets_not_evaluated and total is not None:
+        # A partial sum is not the sum of the targets: shown, charted or sent on as one
+        # it would read as a response nobody measured.
+        measured = len(r.target_uids) - r.targets_not_evaluated
+        notes.append(
+            f"sum of diameters unknown: {r.targets_not_evaluated} of {len(r.target_uids)} "
+            f"targets not evaluated (the {measured} measured sum to {total:.1f} mm)"
+        )
+        total = None
     return {
         "is_baseline": r.is_baseline,
-        "sum_diameters_mm": finite_or_none(r.sum_diameters_mm),
+        "sum_diameters_mm": total,
         "total_volume_ml": finite_or_none(v.total_volume_ml),
         "pct_change_baseline": finite_or_none(r.pct_change_baseline),
         "pct_change_nadir": finite_or_none(r.pct_change_nadir),
@@ -173,6 +186,30 @@ def _values(result: PatientResponses, index: int, reading: StudyReading) -> dict
             "category_as_read": r.category_as_read,
         },
     }
+
+
+def _baseline_substitution_note(
+    values: dict[str, Any], baseline_date: dt.date, gaps: Sequence[Any]
+) -> None:
+    """The baseline is the first study followed; when an earlier study could not be
+    analysed (failed, or still without a segmentation), that earlier one may be the
+    pre-treatment scan the responses should be measured from. Said on the baseline row,
+    which then needs attention, rather than every later response resting on it quietly."""
+    earlier = sorted(
+        (g for g in gaps if g.study.study_date is not None and g.study.study_date < baseline_date),
+        key=lambda g: g.study.study_date,
+    )
+    if not earlier:
+        return
+    which = "; ".join(f"{g.study.study_date} ({g.reason})" for g in earlier)
+    note = (
+        f"baseline taken from this study, but an earlier study could not be analysed: "
+        f"{which}. If that was the pre-treatment scan, the responses are measured from the "
+        "wrong baseline until it is analysed"
+    )
+    values["notes"] = [note, *values["notes"]]
+    values["response_note"] = "; ".join(values["notes"])
+    values["needs_attention"] = True
 
 
 def _not_evaluable_values(reason: str) -> dict[str, Any]:

@@ -90,11 +90,16 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
         source="merged_into.tracking_uid", read_only=True, default=None, allow_null=True
     )
     measured_by_hand = serializers.SerializerMethodField()
-    automated_volume_ml = serializers.FloatField(source="volume_ml", read_only=True)
-    automated_longest_diameter_mm = serializers.FloatField(
-        source="longest_diameter_mm", read_only=True
+    automated_volume_ml = serializers.SerializerMethodField(
+        help_text="the segmenter's own, ml; null when it measured nothing for this lesion "
+        "here (not found, or merged into another)"
     )
-    automated_short_axis_mm = serializers.FloatField(source="short_axis_mm", read_only=True)
+    automated_longest_diameter_mm = serializers.SerializerMethodField(
+        help_text="the segmenter's own, mm; null when not found or merged"
+    )
+    automated_short_axis_mm = serializers.SerializerMethodField(
+        help_text="the segmenter's own, mm; null when not found or merged"
+    )
 
     class Meta:
         model = LesionMeasurement
@@ -151,6 +156,21 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
 
     def get_short_axis_mm(self, m: LesionMeasurement) -> float | None:
         return TOO_SMALL_MM if m.too_small else self._in_force(m, m.effective_short_axis_mm)
+
+    def _automated(self, m: LesionMeasurement, value: float) -> float | None:
+        """The segmenter's number; a row of a lesion not seen here stores 0 for nothing."""
+        if m.status in (LesionMeasurement.Status.NOT_FOUND, LesionMeasurement.Status.MERGED):
+            return None
+        return value
+
+    def get_automated_volume_ml(self, m: LesionMeasurement) -> float | None:
+        return self._automated(m, m.volume_ml)
+
+    def get_automated_longest_diameter_mm(self, m: LesionMeasurement) -> float | None:
+        return self._automated(m, m.longest_diameter_mm)
+
+    def get_automated_short_axis_mm(self, m: LesionMeasurement) -> float | None:
+        return self._automated(m, m.short_axis_mm)
 
     def get_measured_by_hand(self, m: LesionMeasurement) -> bool:
         return m.manual_finding_id is not None

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -504,6 +504,9 @@ def risk_scores_compute(
     scores = model.score(features)
     tiers = model.tier(scores)
     explanations = model.explain(features)
+    # The features the model uses (one never seen in training is dropped by it).
+    absent = features.loc[:, list(model.imputer.inputs)].isna()
+    missing = [list(absent.columns[row]) for row in absent.to_numpy()]
     progressed = _first_progressions(inputs, model_version)
     patients = Patient.objects.all()
     if patient_ids is not None:
@@ -523,19 +526,20 @@ def risk_scores_compute(
                     "landmark_date": landmark,
                     "model_kind": model.kind,
                     "outside_training_range": outside,
-                    "notes": _score_notes(pid, landmark, progressed, outside),
+                    "notes": _score_notes(pid, landmark, progressed, outside, gaps),
                 }
             ),
             landmark_date=landmark,
             computed_at=now,
         )
-        for pid, landmark, score, tier, explanation, outside in zip(
+        for pid, landmark, score, tier, explanation, outside, gaps in zip(
             features["patient_id"],
             features["landmark_date"],
             scores,
             tiers,
             explanations,
             moved,
+            missing,
             strict=True,
         )
     ]
@@ -571,6 +575,7 @@ def _score_notes(
     landmark: dt.date,
     progressed: Mapping[str, dt.date],
     outside: Mapping[str, float],
+    missing: Sequence[str] = (),
 ) -> list[str]:
     notes = []
     if patient_id in progressed and progressed[patient_id] <= landmark:
@@ -582,5 +587,10 @@ def _score_notes(
         notes.append(
             "held inside the training range: "
             + ", ".join(f"{k} (was {v:.3g})" for k, v in outside.items())
+        )
+    if missing:
+        notes.append(
+            "no value at this landmark, so the model filled in its training cohort's: "
+            + ", ".join(missing)
         )
     return notes

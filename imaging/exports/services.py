@@ -121,13 +121,17 @@ def _software_version() -> str:
 
 
 def _time_point(study: Study) -> TimePoint:
-    """The study's place among its patient's studies that have lesion measurements."""
+    """The study's place among its patient's studies that were segmented (a baseline
+    where nothing was found is still the baseline: counting only the studies with
+    lesion rows would call the first follow-up with a lesion "Baseline")."""
     studies = list(
-        Study.objects.filter(patient_id=study.patient_id, lesion_measurements__isnull=False)
+        Study.objects.filter(patient_id=study.patient_id, series__segmentations__isnull=False)
         .distinct()
         .chronological()
         .values_list("pk", flat=True)
     )
+    if study.pk not in studies:
+        raise DicomExportError(f"study {study.pk} has no segmentation: nothing to export")
     return TimePoint(order=studies.index(study.pk) + 1)
 
 

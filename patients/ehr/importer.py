@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import transaction
+from django.db import router, transaction
 
 from patients.ehr.csv_files import csv_records
 from patients.ehr.fhir_bundle import bundle_records, ndjson_files_records, ndjson_records
@@ -49,6 +49,7 @@ from patients.ehr.records import (
     Problem,
 )
 from patients.models import ClinicalEvent, LabResult, Patient, UnmatchedEHRRecord
+from patients.signals import clinical_events_announce
 from patients.units import UnitError, lab_value_to_canonical
 
 __all__ = ["NDJSON_MEDIA_TYPES", "ProgressCallback", "ehr_import", "ehr_import_ndjson_files"]
@@ -208,6 +209,10 @@ def _apply(
         batch_size=500,
     )
     ClinicalEvent.objects.bulk_create(known.new_events, batch_size=500)
+    clinical_events_announce(
+        patient_pks={e.patient_id for e in known.new_events},
+        using=router.db_for_write(ClinicalEvent),
+    )
     medications.finish(result)
 
 

@@ -399,3 +399,14 @@ def test_metadata_is_a_valid_capability_statement_of_what_is_served(client):
     assert client.get("/fhir/").json()["resourceType"] == "CapabilityStatement"
     xml = client.get("/fhir/metadata?_format=xml")
     assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_score_with_no_imaging_reviewed_is_preliminary_and_carries_its_notes(rows):
+    # Bob has a score and no measurement at all: nothing a radiologist signed off, so the
+    # RiskAssessment cannot be final, and the caveats of the score go with it.
+    note = "no value at this landmark, so the model filled in its training cohort's: cea_slope"
+    RiskScore.objects.filter(patient=rows.bob).update(explanation={"notes": [note]})
+    built = patient_resources_build(record=patient_record_load(pk=rows.bob.pk))
+    (risk,) = built.risk_assessments
+    assert risk["status"] == "preliminary"
+    assert note in [n["text"] for n in risk["note"]]

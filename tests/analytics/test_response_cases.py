@@ -285,11 +285,47 @@ def test_too_small_to_measure_counts_5_mm_not_0():
 
 
 # --------------------------------------------------------------------------- reappearance
-def test_a_target_back_after_a_complete_response_is_pd():
+def test_a_target_back_after_a_complete_response_is_pd_once_confirmed():
     gone = {"t1": Seen(None, gone=True), "t2": Seen(None, organ="lung", gone=True)}
-    rows, _ = run((0, BASE), (60, gone), (120, {**gone, "t1": Seen(4)}))
+    rows, _ = run((0, BASE), (60, gone), (120, {**gone, "t1": Seen(4, review="accepted")}))
     assert categories(rows) == ["CR", "PD"] and rows[2].reappearance
     assert any("reappeared after the complete response" in n for n in rows[2].notes)
+
+
+def test_an_automated_finding_back_after_a_complete_response_is_pending_not_pd():
+    # One doubtful 4 mm finding linked to a lesion a radiologist confirmed gone: held to
+    # the new-lesion rule (RECIST 1.1 section 4.3.5), so the CR stands, flagged, until a
+    # radiologist accepts it or a later study sees it again unequivocally.
+    gone = {"t1": Seen(None, gone=True), "t2": Seen(None, organ="lung", gone=True)}
+    rows, states = run((0, BASE), (60, gone), (120, {**gone, "t1": Seen(4, confidence=0.55)}))
+    assert categories(rows) == ["CR", "CR"] and not rows[2].reappearance
+    assert rows[2].attention and [p.lesion_uid for p in rows[2].pending] == ["t1"]
+    assert rows[2].sum_diameters_mm == 0.0
+    assert (
+        "PD pending confirmation of one equivocal lesion back after it was confirmed gone: "
+        "t1 (4.0 mm), first seen again on 2024-04-30" in rows[2].notes[-1]
+    )
+    assert states[("t1", 2)].state == "equivocal"
+    assert "back after it was confirmed gone on 2024-03-01" in states[("t1", 2)].reason
+    assert "low confidence (0.55)" in states[("t1", 2)].reason
+    # Seen again, measurable and confident: confirmed, and PD from its first return.
+    rows, states = run(
+        (0, BASE),
+        (60, gone),
+        (120, {**gone, "t1": Seen(4, confidence=0.55)}),
+        (180, {**gone, "t1": Seen(12)}),
+    )
+    assert categories(rows) == ["CR", "PD", "PD"] and rows[2].reappearance
+    assert states[("t1", 2)].state == "confirmed"
+    assert "confirmed: seen again on 2024-06-29 (12.0 mm)" in states[("t1", 2)].reason
+    # Gone again at the next study: the doubtful finding never counted.
+    rows, _ = run(
+        (0, BASE),
+        (60, gone),
+        (120, {**gone, "t1": Seen(4, confidence=0.55)}),
+        (180, gone),
+    )
+    assert categories(rows) == ["CR", "CR", "CR"]
 
 
 def test_a_non_target_back_after_a_complete_response_is_pd():
@@ -299,15 +335,21 @@ def test_a_non_target_back_after_a_complete_response_is_pd():
         "t2": Seen(None, organ="lung", gone=True),
         "nt": Seen(None, gone=True),
     }
-    rows, _ = run((0, base), (60, gone), (120, {**gone, "nt": Seen(5)}))
+    rows, _ = run((0, base), (60, gone), (120, {**gone, "nt": Seen(5, review="accepted")}))
     assert categories(rows) == ["CR", "PD"]
+    rows, _ = run((0, base), (60, gone), (120, {**gone, "nt": Seen(5)}))
+    assert categories(rows) == ["CR", "CR"] and rows[2].pending
 
 
-def test_a_lesion_back_after_a_partial_response_re_enters_the_sum():
+def test_a_lesion_back_after_a_partial_response_re_enters_the_sum_once_confirmed():
+    partial = {"t1": Seen(18), "t2": Seen(None, organ="lung", gone=True)}
+    rows, _ = run((0, BASE), (60, partial), (120, {"t1": Seen(18), "t2": Seen(4, organ="lung")}))
+    assert categories(rows) == ["PR", "PR"] and rows[2].sum_diameters_mm == 18.0
+    assert rows[2].pending and rows[2].attention
     rows, _ = run(
         (0, BASE),
-        (60, {"t1": Seen(18), "t2": Seen(None, organ="lung", gone=True)}),
-        (120, {"t1": Seen(18), "t2": Seen(4, organ="lung")}),
+        (60, partial),
+        (120, {"t1": Seen(18), "t2": Seen(4, organ="lung", review="accepted")}),
     )
     assert categories(rows) == ["PR", "PR"] and rows[2].sum_diameters_mm == 22.0
 

@@ -171,7 +171,8 @@ def test_disease_back_after_cr_is_pd_even_with_an_ne_study_between():
         (0, BASE),
         (60, gone),
         (120, {"t1": Seen(None), "t2": Seen(None, organ=LUNG, gone=True)}),  # t1 not found
-        (180, {**gone, "t1": Seen(4)}),  # 4 mm: back after the CR of day 60
+        # 4 mm, accepted by a radiologist: back after the CR of day 60
+        (180, {**gone, "t1": Seen(4, review="accepted")}),
     )
     assert categories(rows) == ["CR", "NE", "PD"]
     assert f"complete response of {day(60)}" in rows[3].notes[0]

@@ -320,6 +320,21 @@ def test_each_flag_is_raised_for_its_patient_only(flagged):
     assert rows["CEA"].last_study_date is None
 
 
+def test_a_follow_up_not_assessable_after_pd_keeps_the_progression_flagged():
+    # PD ends the course: a later study that failed or could not be assessed (NE) must
+    # not take the patient off the "new progression" list.
+    p = PatientFactory(patient_id="PD-THEN-NE")
+    days = [dt.date(2024, 1, 10), dt.date(2024, 3, 10), dt.date(2024, 5, 10)]
+    s1, s2, s3 = (StudyFactory(patient=p, study_date=d) for d in days)
+    assessment(p, s1, "", baseline=True)
+    assessment(p, s2, "PD")
+    assessment(p, s3, "NE", attention=True)
+    worklist_flags_refresh()
+    (row,) = worklist(flags=["new_progression"])
+    assert row.patient_id == "PD-THEN-NE" and row.last_recist == "NE"
+    assert set(row.flags) == {"new_progression", "needs_attention"}
+
+
 def test_flag_and_search_filters(flagged):
     assert [r.patient_id for r in worklist(flags=["awaiting_review"])] == ["REVIEW"]
     assert [r.patient_id for r in worklist(flags=["needs_attention"])] == ["NE"]

@@ -352,11 +352,8 @@ def test_scores_hold_values_inside_the_training_range_and_say_so(loaded):
     assert score.explanation["outside_training_range"]["cea_latest"] == high * 50
     cea = next(c for c in score.explanation["contributions"] if c["feature"] == "cea_latest")
     assert cea["value"] == high
-    note = score.explanation["notes"][-1]
-    assert (
-        note.startswith("held inside the training range: ")
-        and f"cea_latest (was {high * 50:.3g})" in note
-    )
+    note = next(n for n in score.explanation["notes"] if n.startswith("held inside"))
+    assert f"cea_latest (was {high * 50:.3g})" in note
 
     progressed = [
         s
@@ -370,6 +367,42 @@ def test_scores_hold_values_inside_the_training_range_and_say_so(loaded):
     ]
     assert progressed, "the cohort should hold a living patient who progressed"
     assert all(s.explanation["notes"][0].startswith("progressed on") for s in progressed)
+
+
+def test_a_score_with_features_filled_in_says_which(loaded):
+    # A patient with one CEA and no CT: every imaging feature is the model's guess.
+    lonely = PatientFactory(patient_id="LABS-ONLY")
+    LabResult.objects.create(
+        patient=lonely, loinc_code="2039-6", value=3.0, unit="ng/mL", observed_at=at(TODAY)
+    )
+    version = risk_model_fit_and_store(kind="cox", **FAST)
+    risk_scores_compute(model_version=version, today=TODAY)
+    for score in RiskScore.objects.filter(model_version=version):
+        gaps = [c["feature"] for c in score.explanation["contributions"] if c["value"] is None]
+        said = [n for n in score.explanation["notes"] if n.startswith("no value at this")]
+        assert bool(gaps) == bool(said), score.patient_id
+        assert all(g in said[0] for g in gaps)
+    lonely_notes = RiskScore.objects.get(patient=lonely).explanation["notes"]
+    assert any("total_burden_ml" in n for n in lonely_notes if n.startswith("no value"))
+
+
+def test_an_ehr_import_rescores_its_patients_once_committed(
+    loaded, django_capture_on_commit_callbacks
+):
+    version = risk_model_fit_and_store(kind="cox", **FAST)
+    risk_scores_compute(model_version=version, today=TODAY)
+    alive = next(p for p in loaded.patients if not any(e.kind == "death" for e in p.events))
+    patient = Patient.objects.get(patient_id=alive.patient_id)
+    day = max(lab.observed_at.date() for lab in alive.labs) + dt.timedelta(days=7)
+    assert not RiskScore.objects.filter(patient=patient, landmark_date=day).exists()
+    csv = f"patient_id,loinc_code,value,unit,observed_at\n{alive.patient_id},2039-6,250,ng/mL,{day}T09:00:00+00:00\n"
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        ehr_import(path_or_bytes=csv.encode(), source_name="spike.csv")
+    assert queued, "the import queues the rescoring"
+    # Scored at the new landmark, with the new CEA in its features.
+    score = RiskScore.objects.get(patient=patient, model_version=version, landmark_date=day)
+    cea = next(c for c in score.explanation["contributions"] if c["feature"] == "cea_latest")
+    assert cea["value"] is not None
 
 
 def at(day: dt.date) -> dt.datetime:

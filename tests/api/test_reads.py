@@ -6,7 +6,7 @@ from imaging.models import IngestSession
 from patients.models import AuditEvent
 from radtrack.api.tokens import api_token_issue
 from tests.api.helpers import rows_make
-from tests.imaging.factories import IngestSessionFactory
+from tests.imaging.factories import IngestSessionFactory, LesionMeasurementFactory, StudyFactory
 from tests.patients.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -85,6 +85,19 @@ def test_measurements_give_values_in_force_and_filter_by_patient_and_study(api, 
     assert edited["lesion_uid"] == rows.lesion.tracking_uid
     assert edited["study_instance_uid"] == rows.followup.study_instance_uid
     assert api.get("/api/v1/measurements/", {"patient": rows.bob.pk}).json()["count"] == 0
+
+
+def test_a_lesion_not_found_has_no_numbers_automated_or_in_force(api, rows):
+    # Its row stores 0 for nothing: an API client must not read "gone".
+    later = StudyFactory(patient=rows.alice, study_date=rows.followup.study_date)
+    LesionMeasurementFactory(
+        lesion=rows.lesion, study=later, status="not_found", volume_ml=0.0,
+        longest_diameter_mm=0.0, short_axis_mm=0.0,
+    )  # fmt: skip
+    (row,) = api.get("/api/v1/measurements/", {"study": later.pk}).json()["results"]
+    assert row["status"] == "not_found"
+    for name in ("volume_ml", "longest_diameter_mm", "short_axis_mm"):
+        assert row[name] is None and row[f"automated_{name}"] is None
 
 
 @pytest.mark.parametrize(

@@ -303,7 +303,12 @@ def test_a_lesion_of_several_candidates_adds_their_longest_diameters(
             pk=row.pk
         )
     )
-    assert responses(patient)[study].sum_diameters_mm == pytest.approx(longest_mm + others)
+    # A target is still not found there, so the targets measured are not the sum of the
+    # targets: it is left out, and the note carries what the measured ones add up to.
+    assert LesionMeasurement.objects.filter(study=row.study, is_target=True, status="not_found")
+    assessed = responses(patient)[study]
+    assert assessed.sum_diameters_mm is None
+    assert f"measured sum to {longest_mm + others:.1f} mm" in assessed.response_note
 
 
 def _date(index):

@@ -195,8 +195,12 @@ def test_confirming_proposed_links_makes_a_study_assessable(radiologist):
     event = study_links_confirm(user=radiologist, study=study, reason="checked side by side")
 
     assert not LesionMeasurement.objects.filter(study=study, link_provisional=True).exists()
-    note = ResponseAssessment.objects.get(study=study).response_note
+    assessed = ResponseAssessment.objects.get(study=study)
+    note = assessed.response_note
     assert "provisional" not in note and "Left lung 1 not evaluated" in note
+    # The targets measured there do not make the sum of the targets.
+    assert assessed.sum_diameters_mm is None and assessed.pct_change_baseline is None
+    assert "sum of diameters unknown: 1 of 2 targets not evaluated (the 1 measured" in note
     assert event.action == "links_confirm" and event.after["confirmed"] == ["Liver 1"]
     with pytest.raises(ReviewError, match="no link of this study is waiting"):
         study_links_confirm(user=radiologist, study=study, reason="again")

@@ -1,12 +1,14 @@
 """Lesion identities over time from stored segmentations and registrations."""
 
+import datetime as dt
+
 import numpy as np
 import pytest
 
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS, EXPORT_RESPONSE_EXTRA_COLUMNS
 from analytics.lesions.tracking.track import patient_track
 from analytics.models import ResponseAssessment
-from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation
+from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation, Study
 from tests.imaging.factories import SeriesFactory, StudyFactory
 from tests.patients.factories import PatientFactory
 
@@ -158,6 +160,43 @@ def test_a_failed_registration_never_stops_tracking(patient):
     assert response.recist_response == "NE" and response.needs_attention
     assert "not evaluable: its registration to the baseline failed" in response.response_note
     assert "provisional until a radiologist confirms them" in response.response_note
+
+
+def test_a_deformable_transform_that_cannot_be_read_leaves_the_links_provisional(patient):
+    # Placed by the affine part alone, lesions in a moving lung or liver can be linked to
+    # a neighbour: never silently.
+    last = Registration.objects.order_by("pk").last()
+    last.transform_path = "registrations/lost.tfm"
+    last.save()
+
+    summary = patient_track(patient=patient)
+
+    third = last.moving_series.study
+    assert (
+        "deformable transform could not be read (the file is missing)" in (summary.provisional[0])
+    )
+    assert all(m.link_provisional for m in LesionMeasurement.objects.filter(study=third))
+    response = ResponseAssessment.objects.get(study=third)
+    assert response.recist_response == "NE" and response.needs_attention
+    assert "placed by its affine part only" in response.response_note
+
+
+def test_an_earlier_study_that_failed_is_said_on_the_baseline_it_leaves(patient):
+    # The pre-treatment scan failed processing: the first study followed becomes the
+    # baseline, and its row says so and asks for attention.
+    first = Study.objects.filter(patient=patient).order_by("study_date").first()
+    earlier = StudyFactory(patient=patient, study_date=first.study_date - dt.timedelta(days=30))
+    series = SeriesFactory(study=earlier, state="failed", state_detail="the volume is empty")
+    earlier.chosen_series = series
+    earlier.save()
+
+    patient_track(patient=patient)
+
+    baseline = ResponseAssessment.objects.get(study=first)
+    assert baseline.is_baseline and baseline.needs_attention
+    assert "an earlier study could not be analysed" in baseline.response_note
+    assert "processing failed: the volume is empty" in baseline.response_note
+    assert ResponseAssessment.objects.get(study=earlier).recist_response == "NE"
 
 
 def test_export_responses_lists_every_study_in_the_published_columns(patient):

@@ -166,6 +166,16 @@ def test_follow_up_is_a_later_time_point_and_resolved_lesion_is_reported(tmp_pat
     assert dciodvfy_errors(_path(result.sr_path)) == []
 
 
+def test_a_baseline_where_nothing_was_found_is_still_the_baseline(tmp_path):
+    # The first study with a lesion row is the follow-up: it is not the baseline.
+    base = analysed_study(tmp_path, key="svc4c", study_date=dt.date(2024, 1, 10))
+    LesionMeasurement.objects.filter(study=base.study).delete()
+    follow = analysed_study(tmp_path, key="svc4d", study_date=dt.date(2024, 4, 10))
+    result = study_dicom_export(study=follow.study)
+    text = str(pydicom.dcmread(_path(result.sr_path)))
+    assert "Follow-up 1" in text and "Baseline" not in text
+
+
 def test_missing_mask_file_is_named(tmp_path):
     case = analysed_study(tmp_path, key="svc5")
     _path(case.measurements[0].segmentation.mask_path).unlink()

@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from analytics.lesions.core.bor import BestResponse, BestResponseSettings, best_overall_response
 from analytics.lesions.core.findings import node_normal
@@ -86,7 +86,9 @@ class RecistAssessment:
 
     ``sum_diameters_mm`` sums the targets evaluated at this study (all of them unless the
     target response is NE or a PD made by the evaluated ones alone); the percentage
-    changes are NaN when a target was not evaluated or there are no targets.
+    changes are NaN when a target was not evaluated or there are no targets;
+    ``targets_not_evaluated`` says how many were not (the sum is then partial, and the
+    stored responses leave it out: `analytics.lesions.responses`).
     ``new_lesions``: a confirmed lesion absent at baseline is present (Table 1's "new
     lesions"); ``new_lesions_first_seen``: how many of them are seen for the first time
     here; ``new_lesion_uids`` which. ``pending``: equivocal new lesions, not counted.
@@ -121,6 +123,7 @@ class RecistAssessment:
     category_as_read: str | None = None
     non_target_volume_ml: float = math.nan
     continuing_response_since: dt.date | None = None
+    targets_not_evaluated: int = 0
     notes: tuple[str, ...] = ()
     attention: bool = False
 
@@ -187,6 +190,7 @@ class _Course:
     non_target_volumes: list[float] = field(default_factory=list)
     first_seen: dict[str, dt.date] = field(default_factory=dict)
     counted_new: set[str] = field(default_factory=set)
+    back_since: dict[str, dt.date] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     last_category: tuple[str, dt.date] | None = None
     timepoints: list[tuple[dt.date, str]] = field(default_factory=list)
@@ -259,10 +263,34 @@ def recist_assess(
         if index == 0:
             row = _baseline_assessment(study, baseline)
         else:
-            row = _follow_up_assessment(study, baseline, course)
+            study, held = _returns_held(study, baseline, course)
+            row = _follow_up_assessment(study, baseline, course, held)
         out.append(row)
         course.record(study, baseline, row)
     return tuple(out)
+
+
+def _returns_held(
+    study: StudyReading, baseline: _Baseline, course: _Course
+) -> tuple[StudyReading, tuple[PendingLesion, ...]]:
+    """A baseline lesion seen again after it was confirmed gone, while that finding is
+    equivocal (`analytics.lesions.core.findings`): read as still gone, and followed as
+    pending, as an equivocal new lesion is (RECIST 1.1 section 4.3.5). Once confirmed
+    its state is confirmed at every sighting of its return, and it counts from the
+    first."""
+    readings: list[LesionReading] = []
+    held: list[PendingLesion] = []
+    for r in study.lesions:
+        if r.lesion_uid in baseline.present and r.state == EQUIVOCAL and r.present:
+            first = course.back_since.setdefault(r.lesion_uid, study.study_date)
+            held.append(PendingLesion(r.lesion_uid, r.name, first, r.size_mm, back=True))
+            r = replace(r, longest_diameter_mm=0.0, volume_ml=0.0, short_axis_mm=0.0)
+        elif r.evaluated and not r.present:
+            course.back_since.pop(r.lesion_uid, None)
+        readings.append(r)
+    if not held:
+        return study, ()
+    return replace(study, lesions=tuple(readings)), tuple(held)
 
 
 def _baseline_assessment(study: StudyReading, baseline: _Baseline) -> RecistAssessment:
@@ -422,7 +450,10 @@ def _non_target_decide(
 
 
 def _follow_up_assessment(
-    study: StudyReading, baseline: _Baseline, course: _Course
+    study: StudyReading,
+    baseline: _Baseline,
+    course: _Course,
+    held: tuple[PendingLesion, ...] = (),
 ) -> RecistAssessment:
     """A follow-up row: target, non-target and new-lesion readings combined into the
     time point response (RECIST 1.1 section 4.4.1, `overall_response`)."""
@@ -465,6 +496,7 @@ def _follow_up_assessment(
         target_uids=baseline.targets,
         non_target_uids=baseline.non_targets,
         sum_diameters_mm=targets.sum_mm,
+        targets_not_evaluated=targets.not_evaluated,
         baseline_sum_mm=baseline_sum,
         nadir_sum_mm=lowest,
         pct_change_baseline=pct_change(value=targets.sum_mm, reference=baseline_sum)
@@ -481,7 +513,7 @@ def _follow_up_assessment(
         ),
         category=NE if study.not_evaluable else as_read,
         new_lesion_uids=tuple(r.lesion_uid for r in new.counted),
-        pending=new.pending,
+        pending=new.pending + held,
         possible_non_target_progression=decision.by_volume
         or (bool(back.nodes) and study.non_target_unequivocal_progression is None),
         progression_dated_from=min(first_seen) if first_seen else None,
@@ -574,8 +606,8 @@ def _notes(
                 pct_change_baseline=row.pct_change_baseline, since=row.continuing_response_since
             )
         )
-    if new.pending:
-        notes.append(pending_note(new.pending, progression=row.category_as_read == PD))
+    if row.pending:
+        notes.append(pending_note(row.pending, progression=row.category_as_read == PD))
     if decision.by_volume:
         low = min(decision.known_volumes)
         change = pct_change(value=row.non_target_volume_ml, reference=low)

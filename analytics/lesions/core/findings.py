@@ -225,6 +225,47 @@ def finding_states(*, sightings: Sequence[Sighting]) -> dict[tuple[str, int], Fi
         confirmation = None if at_baseline else _new_lesion_confirmation(group)
         for s in group:
             out[(uid, s.study_index)] = _sighting_state(s, group, at_baseline, confirmation)
+        if at_baseline:
+            out.update(_reappearance_states(group))
+    return out
+
+
+def _reappearance_states(group: list[Sighting]) -> dict[tuple[str, int], FindingState]:
+    """A baseline lesion confirmed gone and then seen again: each run of sightings from
+    its return until it is confirmed gone again is held to the new-lesion rule (an
+    automated finding back where a radiologist saw nothing is equivocal until a
+    radiologist accepts it or a later study sees it again unequivocally), so that one
+    doubtful blob near a lesion gone does not turn a complete response into PD."""
+    out: dict[tuple[str, int], FindingState] = {}
+    runs: list[tuple[Sighting, list[Sighting]]] = []
+    gone: Sighting | None = None
+    for s in group:
+        if s.gone_confirmed:
+            gone = s
+        elif gone is not None and (_seen_as_lesion(s) or (runs and runs[-1][0] is gone)):
+            if not runs or runs[-1][0] is not gone:
+                runs.append((gone, []))
+            runs[-1][1].append(s)  # from its return on, found or not
+    for gone, run in runs:
+        confirmation = _new_lesion_confirmation(run)
+        first = run[0]
+        back = f"back after it was confirmed gone on {gone.when}, first seen again on {first.when}"
+        for s in run:
+            if not _seen_as_lesion(s):
+                continue
+            provisional = (
+                "; linked to it without a registration (a proposal awaiting review)"
+                if s.provisional
+                else ""
+            )
+            if confirmation is not None:
+                state = FindingState(CONFIRMED, f"{back}; confirmed: {confirmation}{provisional}")
+            else:
+                reason = _equivocal_reason(s, run, first).replace(
+                    f"new since baseline, first seen on {first.when}", back, 1
+                )
+                state = FindingState(EQUIVOCAL, reason + provisional)
+            out[(s.lesion_uid, s.study_index)] = state
     return out
 
 

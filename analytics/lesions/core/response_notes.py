@@ -22,12 +22,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PendingLesion:
-    """An equivocal new lesion at one study: what it is and since when."""
+    """An equivocal new lesion at one study, or (``back``) a baseline lesion seen again
+    after it was confirmed gone, not yet confirmed: what it is and since when."""
 
     lesion_uid: str
     label: str
     first_seen: dt.date
     size_mm: float
+    back: bool = False
 
 
 def not_measurable_note(r: LesionReading, slice_thickness_mm: float | None) -> str:
@@ -49,19 +51,27 @@ def not_measurable_note(r: LesionReading, slice_thickness_mm: float | None) -> s
 def pending_note(pending: Sequence[PendingLesion], *, progression: bool) -> str:
     """'PD pending confirmation of one equivocal new lesion: Liver 3 (4.0 mm), first seen
     on 2024-03-01' (section 4.3.5); "also ... awaiting confirmation" when the time point
-    is PD anyway."""
-    count = (
-        "one equivocal new lesion" if len(pending) == 1 else f"{len(pending)} equivocal new lesions"
-    )
-    which = ", ".join(
-        f"{p.label} ({p.size_mm:.1f} mm), first seen on {p.first_seen}"
-        if not math.isnan(p.size_mm)
-        else f"{p.label}, first seen on {p.first_seen}"
-        for p in pending
-    )
+    is PD anyway. A lesion back after it was confirmed gone is named as such: until it
+    is confirmed it is read as still gone."""
+    parts = []
+    for back, what in ((False, "new lesion"), (True, "lesion back after it was confirmed gone")):
+        group = [p for p in pending if p.back == back]
+        if not group:
+            continue
+        count = f"one equivocal {what}" if len(group) == 1 else f"{len(group)} equivocal {what}s"
+        seen = "first seen again on" if back else "first seen on"
+        which = ", ".join(
+            f"{p.label} ({p.size_mm:.1f} mm), {seen} {p.first_seen}"
+            if not math.isnan(p.size_mm)
+            else f"{p.label}, {seen} {p.first_seen}"
+            for p in group
+        )
+        parts.append(
+            f"{count} awaiting confirmation: {which}" if progression else f"{count}: {which}"
+        )
     if progression:
-        return f"also {count} awaiting confirmation: {which}"
-    return f"PD pending confirmation of {count}: {which}"
+        return "also " + "; ".join(parts)
+    return "PD pending confirmation of " + "; ".join(parts)
 
 
 def reappearance_notes(

@@ -53,6 +53,7 @@ from analytics.lesions.core.assess import recist_assess
 from analytics.lesions.core.findings import node_normal
 from analytics.lesions.core.readings import (
     CONFIRMED,
+    EQUIVOCAL,
     NOT_FOUND,
     REJECTED,
     TOO_SMALL_MM,
@@ -324,6 +325,10 @@ def _volume_ml(study: StudyReading, lesion_uid: str) -> float:
     if reading is None or reading.state in (NOT_FOUND, REJECTED):
         return math.nan
     if reading.merged_into:
+        return 0.0
+    if reading.state == EQUIVOCAL:
+        # A known lesion seen again after it was confirmed gone, not yet confirmed
+        # (`analytics.lesions.core.findings`): still gone until it is.
         return 0.0
     if reading.too_small:
         return _TOO_SMALL_ML

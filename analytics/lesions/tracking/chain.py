@@ -148,10 +148,20 @@ def _placed(entry: StudyInput, baseline: StudyInput) -> StudyInput:
     )
     if registration is not None and not registration.failed:
         fixed_to_moving = np.asarray(registration.matrix_fixed_to_moving, dtype=float)
+        deformable, unreadable = _deformable_to_baseline(registration)
         return _with(
             entry,
             to_baseline=np.linalg.inv(fixed_to_moving),
-            point_map=_deformable_to_baseline(registration),
+            point_map=deformable,
+            # Lungs and liver move between studies: placed by the affine part alone, a
+            # lesion can be linked to its neighbour. Said, and left for a radiologist.
+            provisional=(
+                f"its registration's deformable transform could not be read ({unreadable}): "
+                "lesions placed by its affine part only; the links are provisional until "
+                "a radiologist confirms them"
+                if unreadable
+                else ""
+            ),
         )
     if registration is None:
         why = "there is no registration to the baseline"
@@ -172,22 +182,28 @@ def _placed(entry: StudyInput, baseline: StudyInput) -> StudyInput:
 
 def _deformable_to_baseline(
     registration: Registration,
-) -> Callable[[np.ndarray], np.ndarray] | None:
+) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str]:
     """Follow-up LPS -> baseline LPS through the registration's stored transform when it
-    is deformable (the B-spline inverted point by point); None for an affine one, or
-    when the file cannot be read (the stored matrix, its affine part, places it then)."""
+    is deformable (the B-spline inverted point by point), and why the file could not be
+    read (""); no map for an affine one, nor when the file cannot be read (the stored
+    matrix, its affine part, places it then, and the links are provisional)."""
     if not registration.transform_path:
-        return None
+        return None, ""
+    why = ""
     try:
-        transform = transform_read(path=derived_local(registration.transform_path))
-    except (OSError, RuntimeError, ValueError):
-        logger.warning(
-            "registration %s: transform file unreadable, its matrix used", registration.pk
-        )
-        return None
+        path = derived_local(registration.transform_path)
+        if path.is_file():
+            transform = transform_read(path=path)
+        else:
+            why = "the file is missing"
+    except (OSError, RuntimeError, ValueError) as exc:
+        why = f"{type(exc).__name__}: the file is damaged or unreachable"
+    if why:
+        logger.warning("registration %s: transform unreadable, its matrix used", registration.pk)
+        return None, why
     if transform.is_affine:
-        return None
-    return lambda points: point_map(transform, points, inverse=True)
+        return None, ""
+    return (lambda points: point_map(transform, points, inverse=True)), ""
 
 
 def _with(entry: StudyInput, **changes: Any) -> StudyInput:
