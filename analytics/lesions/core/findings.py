@@ -20,7 +20,10 @@ Four states (`analytics.lesions.core.readings`):
 
 An automated new finding is equivocal until a radiologist accepts it (or measures it by
 hand) or a later study sees it again as a finding that would itself be unequivocal:
-measurable in size, with the segmenter confident, linked through a registration. A
+measurable in size, with the segmenter confident, linked through a registration. The
+same holds for a baseline lesion a radiologist confirmed gone that the segmenter sees
+again: after a complete response its return is PD, so one doubtful finding must not make
+it so on its own. A
 lymph node below 10 mm in short axis is normal, not a lesion (section 3.1.1); a new node
 between 10 and 15 mm stays equivocal until it reaches 15 mm or is accepted (the RECIST
 working group: a node growing from 9 to 11 mm "may not represent true disease"; Schwartz
