@@ -148,6 +148,9 @@ def _measurements_load(within: QuerySet) -> pd.DataFrame:
         )
         .exclude(review_state=LesionMeasurement.Review.REJECTED)
         .exclude(finding_state=LesionMeasurement.FindingState.REJECTED)
+        # An equivocal finding (new, or back after it was gone) counts nowhere until it
+        # is confirmed, as in the response rules: not in the burden, not as a new lesion.
+        .exclude(finding_state=LesionMeasurement.FindingState.EQUIVOCAL)
         .annotate(
             volume_in_force=Coalesce("override_volume_ml", "volume_ml"),
             longest_in_force=Coalesce("override_longest_diameter_mm", "longest_diameter_mm"),

@@ -200,6 +200,30 @@ def test_feature_inputs_never_read_what_is_not_known_as_zero():
     assert math.isnan(table["cea_latest"].iloc[0])  # "< 0.5" is not 0.5
 
 
+def test_an_equivocal_finding_is_no_new_lesion_and_no_burden_until_confirmed():
+    # As in the response rules: a doubtful new finding awaiting confirmation must not
+    # raise the patient's risk through "new lesions" or the tumour burden.
+    patient = PatientFactory(patient_id="MRN-1")
+    base = StudyFactory(patient=patient, study_date=dt.date(2024, 1, 10))
+    follow = StudyFactory(patient=patient, study_date=dt.date(2024, 4, 10))
+    known, doubtful = lesion(patient, "Liver 1"), lesion(patient, "Liver 2")
+    measure(known, base, 2.0, status="new")
+    measure(known, follow, 2.0)
+    pending = measure(doubtful, follow, 1.5, status="new", review="pending")
+    landmark = pd.DataFrame([("MRN-1", follow.study_date)], columns=["patient_id", "landmark_date"])
+
+    def features():
+        table = feature_table_build(
+            landmarks=landmark, blocks=feature_inputs_load(patient_ids=["MRN-1"]).blocks()
+        )
+        return table["new_lesions"].iloc[0], table["total_burden_ml"].iloc[0]
+
+    LesionMeasurement.objects.filter(pk=pending.pk).update(finding_state="equivocal")
+    assert features() == (0.0, 2.0)
+    LesionMeasurement.objects.filter(pk=pending.pk).update(finding_state="confirmed")
+    assert features() == (1.0, 3.5)
+
+
 def test_feature_inputs_of_nobody_are_empty_frames_with_columns():
     inputs = feature_inputs_load(patient_ids=[])
     assert inputs.measurements.empty and tuple(inputs.measurements.columns) == MEASUREMENT_COLUMNS
