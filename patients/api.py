@@ -113,6 +113,10 @@ class EHRImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     updated = serializers.IntegerField(help_text="labs whose value changed (amended results)")
     unchanged = serializers.IntegerField(help_text="already stored as sent")
+    retracted = serializers.IntegerField(
+        help_text="results and progressions the EHR withdrew (entered in error, refuted), "
+        "removed from RadTrack"
+    )
     unmatched = serializers.IntegerField(help_text="records that match no patient (kept apart)")
     unmatched_identifiers = serializers.ListField(
         child=serializers.CharField(),
@@ -139,6 +143,7 @@ def ehr_import_result(result: EHRImportResult) -> dict:
             "created": result.created,
             "updated": result.updated,
             "unchanged": result.unchanged,
+            "retracted": result.retracted,
             "unmatched": result.unmatched,
             "unmatched_identifiers": sorted(result.unmatched_identifiers),
             "rejected": [{"where": p.where, "reason": p.reason} for p in result.rejected],
@@ -178,6 +183,7 @@ _EXAMPLE = OpenApiExample(
         "created": 2,
         "updated": 0,
         "unchanged": 0,
+        "retracted": 0,
         "unmatched": 1,
         "unmatched_identifiers": ["MRN-UNKNOWN"],
         "rejected": [

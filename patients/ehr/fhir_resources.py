@@ -14,7 +14,9 @@
   `EVENT_SYSTEM` ``censor``: last follow-up alive.
 - ``Condition`` coded SNOMED 271299001 or `EVENT_SYSTEM` ``progression``: progression
   at its onset (else recorded) date.
-- Only Observations with status final, amended or corrected count. The time is
+- Only Observations with status final, amended or corrected count. One
+  ``entered-in-error`` (withdrawn after release), and a progression Condition
+  ``refuted`` or ``entered-in-error``, retract what an earlier import stored of it. The time is
   ``effectiveDateTime``, ``effectiveInstant`` or ``effectivePeriod.start``; an
   Observation without one takes that of the DiagnosticReport or panel that lists it
   (``inherited``).
@@ -34,6 +36,7 @@ from patients.ehr.records import (
     EventRecord,
     LabRecord,
     Problem,
+    RetractionRecord,
 )
 from patients.models import Patient
 from patients.units import ANALYTES, CODE_ALIASES
@@ -224,6 +227,8 @@ def observation_records(obj: Any, ctx: ObservationContext) -> list[EHRRecord]:
             Problem(ctx.where, f"field status: {obj.status!r} is not an Observation status")
         )
         return []
+    if obj.status == "entered-in-error":
+        return _observation_retractions(obj, ctx)
     if obj.status not in OBSERVATION_STATUS_USED:
         ctx.skipped.append(Problem(ctx.where, f"status {obj.status!r}: not a final result"))
         return []
@@ -255,6 +260,50 @@ def observation_records(obj: Any, ctx: ObservationContext) -> list[EHRRecord]:
                 Problem(ctx.where, f"not a lab test RadTrack uses ({_shown_codes(codings)})")
             )
     return records
+
+
+def _observation_retractions(obj: Any, ctx: ObservationContext) -> list[EHRRecord]:
+    """An Observation withdrawn after release (``entered-in-error``): what it gave,
+    as retractions (a lab per code it and its components carry, or a progression)."""
+    codings = _codings(obj.code)
+    own_codes = {code for system, code in codings if system == EVENT_SYSTEM}
+    when = ctx.effective.value if ctx.effective else None
+    common = (ctx.where, ctx.subject, "Observation", ctx.payload)
+    if LOINC_DISEASE_PROGRESSION in {c for s, c in codings if s == LOINC} or "progression" in (
+        own_codes
+    ):
+        date = _as_date(when)
+        if date is None:
+            ctx.rejected.append(
+                Problem(ctx.where, "field effectiveDateTime: a retracted event needs its date")
+            )
+            return []
+        return [RetractionRecord(*common, kind="progression", date=date)]
+    out: list[EHRRecord] = []
+    holders = [(obj, ctx.where, _lab_codes(codings))] + [
+        (c, f"{ctx.where} component[{i}]", _lab_codes(_codings(c.code)))
+        for i, c in enumerate(obj.component or [])
+    ]
+    for holder, where, codes in holders:
+        if not codes:
+            continue
+        identifiers = _result_identifiers(holder, ctx.full_url)
+        if where != ctx.where:
+            identifiers = [{**i, "component": where.rsplit(" ", 1)[-1]} for i in identifiers]
+        out.append(
+            RetractionRecord(
+                where,
+                ctx.subject,
+                "Observation",
+                ctx.payload,
+                loinc_code=codes[0],
+                observed_at=_as_datetime(when),
+                identifiers=identifiers,
+            )
+        )
+    if not out:
+        ctx.skipped.append(Problem(ctx.where, "entered in error, and not a result RadTrack uses"))
+    return out
 
 
 def _component_records(obj: Any, ctx: ObservationContext) -> list[EHRRecord]:
@@ -370,13 +419,19 @@ def condition_record(
         result.skipped.append(Problem(where, "Condition is not a progression"))
         return None
     verification = {code for _, code in _codings(obj.verificationStatus)}
-    if verification & VERIFICATION_NOT_TRUE:
-        result.skipped.append(Problem(where, f"verificationStatus {sorted(verification)}"))
-        return None
     date = _as_date(obj.onsetDateTime) or _as_date(obj.recordedDate)
+    if date is None and verification & VERIFICATION_NOT_TRUE:
+        result.skipped.append(
+            Problem(where, f"verificationStatus {sorted(verification)}, and no date to retract by")
+        )
+        return None
     if date is None:
         result.rejected.append(
             Problem(where, "field onsetDateTime: a progression needs a full onset or recorded date")
         )
         return None
+    if verification & VERIFICATION_NOT_TRUE:
+        # Refuted or entered in error: a progression RadTrack may hold from an earlier
+        # import is withdrawn.
+        return RetractionRecord(where, subject, "Condition", payload, kind="progression", date=date)
     return EventRecord(where, subject, "Condition", payload, kind="progression", date=date)

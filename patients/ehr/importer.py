@@ -47,10 +47,11 @@ from patients.ehr.records import (
     EventRecord,
     LabRecord,
     Problem,
+    RetractionRecord,
 )
 from patients.models import ClinicalEvent, LabResult, Patient, UnmatchedEHRRecord
 from patients.signals import clinical_events_announce
-from patients.units import UnitError, lab_value_to_canonical
+from patients.units import CODE_ALIASES, UnitError, lab_value_to_canonical
 
 __all__ = ["NDJSON_MEDIA_TYPES", "ProgressCallback", "ehr_import", "ehr_import_ndjson_files"]
 
@@ -162,6 +163,8 @@ class _Known:
     new_labs: list[LabResult] = field(default_factory=list)
     changed_labs: dict[int, LabResult] = field(default_factory=dict)
     new_events: list[ClinicalEvent] = field(default_factory=list)
+    retracted_labs: set[int] = field(default_factory=set)
+    retracted_events: set[tuple[int, str, dt.date]] = field(default_factory=set)
 
 
 def _apply(
@@ -202,15 +205,22 @@ def _apply(
             _apply_demographics(patient, record, result, source)
         elif isinstance(record, MedicationRecord):
             medications.apply(patient, record, result, source)
+        elif isinstance(record, RetractionRecord):
+            _apply_retraction(patient, record, known, result)
     LabResult.objects.bulk_create(known.new_labs, batch_size=500)
     LabResult.objects.bulk_update(
         known.changed_labs.values(),
         ["value", "unit", "source", "comparator", "identifiers"],
         batch_size=500,
     )
+    # Withdrawn by the EHR: deleted (the deletes announce, so flags and scores follow).
+    LabResult.objects.filter(pk__in=known.retracted_labs).delete()
+    for patient_pk, kind, date in known.retracted_events:
+        ClinicalEvent.objects.filter(patient_id=patient_pk, kind=kind, date=date).delete()
     ClinicalEvent.objects.bulk_create(known.new_events, batch_size=500)
     clinical_events_announce(
-        patient_pks={e.patient_id for e in known.new_events},
+        patient_pks={e.patient_id for e in known.new_events}
+        | {patient_pk for patient_pk, _, _ in known.retracted_events},
         using=router.db_for_write(ClinicalEvent),
     )
     medications.finish(result)
@@ -278,6 +288,57 @@ def _apply_event(
     result.created += 1
     result.created_by_type[record.kind] += 1
     result.outcome(record.where, "created")
+
+
+def _apply_retraction(
+    patient: Patient, record: RetractionRecord, known: _Known, result: EHRImportResult
+) -> None:
+    """Remove what RadTrack holds of a result or progression the EHR withdrew; a
+    withdrawal of something never stored is noted as skipped."""
+    if record.kind:
+        key = (patient.pk, record.kind, record.date)
+        if key in known.events:
+            known.events.discard(key)
+            known.new_events = [
+                e for e in known.new_events if (e.patient_id, e.kind, e.date) != key
+            ]
+            known.retracted_events.add(key)
+            result.retracted += 1
+            result.outcome(record.where, "retracted")
+            return
+        result.skipped.append(
+            Problem(record.where, f"withdrawn by the EHR, and no {record.kind} stored on that date")
+        )
+        return
+    lab = _retracted_lab(patient, record, known)
+    if lab is None:
+        result.skipped.append(Problem(record.where, "entered in error, and no such result stored"))
+        return
+    known.labs = {k: v for k, v in known.labs.items() if v is not lab}
+    if lab.pk is None:  # stored earlier in this same import: not stored after all
+        known.new_labs = [x for x in known.new_labs if x is not lab]
+    else:
+        known.changed_labs.pop(lab.pk, None)
+        known.retracted_labs.add(lab.pk)
+    result.retracted += 1
+    result.outcome(record.where, "retracted")
+
+
+def _retracted_lab(patient: Patient, record: RetractionRecord, known: _Known) -> LabResult | None:
+    """The stored result a withdrawal names: by the sender's identifiers, else by its
+    LOINC code (aliases read as the code RadTrack keeps) and time."""
+    mine = [lab for (pk, _, _), lab in known.labs.items() if pk == patient.pk]
+    wanted = {(i.get("system", ""), i["value"], i.get("component", "")) for i in record.identifiers}
+    if wanted:
+        for lab in mine:
+            held = {
+                (i.get("system", ""), i["value"], i.get("component", ""))
+                for i in lab.identifiers or []
+            }
+            if held & wanted:
+                return lab
+    code = CODE_ALIASES.get(record.loinc_code, record.loinc_code)
+    return known.labs.get((patient.pk, code, record.observed_at))
 
 
 def _apply_demographics(

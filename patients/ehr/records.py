@@ -19,6 +19,7 @@ __all__ = [
     "EventRecord",
     "LabRecord",
     "Problem",
+    "RetractionRecord",
 ]
 
 
@@ -55,6 +56,7 @@ class EHRImportResult:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    retracted: int = 0
     unmatched: int = 0
     unmatched_identifiers: set[str] = field(default_factory=set)
     skipped: list[Problem] = field(default_factory=list)
@@ -71,6 +73,7 @@ class EHRImportResult:
         return (
             f"{self.source_name} ({self.format}): {self.records} records: "
             f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.retracted} retracted, "
             f"{self.unmatched} unmatched ({len(self.unmatched_identifiers)} unknown patients), "
             f"{len(self.skipped)} skipped, {len(self.rejected)} rejected"
         )
@@ -120,3 +123,17 @@ class DemographicsRecord(EHRRecord):
 
     birth_date: dt.date | None = None
     sex: str | None = None
+
+
+@dataclass
+class RetractionRecord(EHRRecord):
+    """The EHR withdrew a result it had sent (an Observation ``entered-in-error``) or a
+    progression (a Condition ``refuted`` or ``entered-in-error``): what RadTrack holds of
+    it is removed. A lab is found by the sender's identifiers, else by code and time; an
+    event by its kind and date."""
+
+    loinc_code: str = ""
+    observed_at: dt.datetime | None = None
+    identifiers: list[dict[str, str]] = field(default_factory=list)
+    kind: str = ""
+    date: dt.date | None = None

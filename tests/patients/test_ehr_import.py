@@ -290,6 +290,48 @@ def test_an_amended_value_updates_the_stored_lab():
     assert list(patient.lab_results.values_list("value", flat=True)) == [3.4]
 
 
+def test_results_and_progressions_the_ehr_withdraws_are_removed():
+    # A CEA sent, then withdrawn (entered in error) by code and time, another withdrawn
+    # by its identifier, and a progression Condition later refuted.
+    patient = PatientFactory(patient_id="RT-9001")
+    first = observation("2039-6", 30.0, "ng/mL", when="2024-03-01T08:30:00Z")
+    second = observation("2039-6", 40.0, "ng/mL", when="2024-04-01T08:30:00Z")
+    second["identifier"] = [{"system": "urn:lab", "value": "cea-42"}]
+    kept = observation("2039-6", 3.0, "ng/mL", when="2024-05-01T08:30:00Z")
+    progression = {
+        "resourceType": "Condition",
+        "code": {"coding": [{"system": codes.SNOMED, "code": codes.SNOMED_CONDITION_WORSENED}]},
+        "subject": {"reference": "urn:uuid:p1"},
+        "onsetDateTime": "2024-04-15",
+    }
+    ehr_import(path_or_bytes=bundle(first, second, kept, progression))
+    assert patient.lab_results.count() == 3 and patient.events.count() == 1
+
+    withdrawn_first = {**first, "status": "entered-in-error"}
+    withdrawn_second = {**second, "status": "entered-in-error", "effectiveDateTime": "2024-04-02"}
+    refuted = {
+        **progression,
+        "verificationStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "code": "refuted",
+                }
+            ]
+        },
+    }
+    never_stored = observation("2039-6", 9.0, "ng/mL", when="2020-01-01T00:00:00Z")
+    never_stored["status"] = "entered-in-error"
+    result = ehr_import(
+        path_or_bytes=bundle(withdrawn_first, withdrawn_second, refuted, never_stored)
+    )
+    assert result.retracted == 3 and result.rejected == []
+    assert [p.reason for p in result.skipped] == ["entered in error, and no such result stored"]
+    assert list(patient.lab_results.values_list("value", flat=True)) == [3.0]
+    assert not patient.events.exists()
+    assert "3 retracted" in result.summary()
+
+
 def test_csv_rows_with_bad_values_are_rejected_with_line_and_column(tmp_path):
     PatientFactory(patient_id="RT-1")
     path = tmp_path / "labs.csv"
