@@ -8,7 +8,14 @@ import pytest
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS, EXPORT_RESPONSE_EXTRA_COLUMNS
 from analytics.lesions.tracking.track import patient_track
 from analytics.models import ResponseAssessment
-from imaging.models import Lesion, LesionMeasurement, Registration, Segmentation, Study
+from imaging.models import (
+    Lesion,
+    LesionMeasurement,
+    ProcessingRun,
+    Registration,
+    Segmentation,
+    Study,
+)
 from tests.imaging.factories import SeriesFactory, StudyFactory
 from tests.patients.factories import PatientFactory
 
@@ -179,6 +186,28 @@ def test_a_deformable_transform_that_cannot_be_read_leaves_the_links_provisional
     response = ResponseAssessment.objects.get(study=third)
     assert response.recist_response == "NE" and response.needs_attention
     assert "placed by its affine part only" in response.response_note
+
+
+def test_a_follow_up_whose_orientation_is_to_review_waits_for_a_radiologist(patient):
+    # Mirrored, each lesion would be linked to its mirror image: the links are proposals.
+    last = Registration.objects.order_by("pk").last()
+    series = last.moving_series
+    run = ProcessingRun.objects.create(
+        series=series,
+        status="succeeded",
+        flags={"orientation_review": "the anatomy reads left-right mirrored"},
+    )
+    Segmentation.objects.filter(series=series).update(processing_run=run)
+
+    patient_track(patient=patient)
+
+    response = ResponseAssessment.objects.get(study=series.study)
+    assert response.recist_response == "NE" and response.needs_attention
+    assert (
+        "orientation was flagged for review (the anatomy reads left-right mirrored)"
+        in response.response_note
+    )
+    assert all(m.link_provisional for m in LesionMeasurement.objects.filter(study=series.study))
 
 
 def test_an_earlier_study_that_failed_is_said_on_the_baseline_it_leaves(patient):

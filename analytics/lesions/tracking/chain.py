@@ -106,7 +106,7 @@ def study_inputs(*, patient: Patient, summary: TrackingSummary) -> list[StudyInp
         if baseline is None:
             baseline = entry
         else:
-            entry = _placed(entry, baseline)
+            entry = _orientation_checked(_placed(entry, baseline))
         inputs.append(entry)
     return inputs
 
@@ -178,6 +178,24 @@ def _placed(entry: StudyInput, baseline: StudyInput) -> StudyInput:
         matrix = np.eye(4)
     reason = f"{why}; {how}: the links are provisional until a radiologist confirms them"
     return _with(entry, to_baseline=matrix, provisional=reason)
+
+
+def _orientation_checked(entry: StudyInput) -> StudyInput:
+    """A follow-up whose run flagged its orientation for review (the header and the
+    anatomy disagree, or it was flipped to match the baseline): a wrong left/right
+    would link each lesion to its mirror image, so the links wait for a radiologist."""
+    run = entry.segmentation.processing_run
+    finding = (run.flags or {}).get("orientation_review") if run is not None else None
+    if not finding:
+        return entry
+    reason = (
+        f"its orientation was flagged for review ({finding}): a wrong left/right would "
+        "link lesions to their mirror images; the links are provisional until a "
+        "radiologist confirms them"
+    )
+    return _with(
+        entry, provisional=f"{entry.provisional}; {reason}" if entry.provisional else reason
+    )
 
 
 def _deformable_to_baseline(
