@@ -341,6 +341,34 @@ def test_targets_by_hand_are_checked_with_the_slice_thickness_and_nodes_by_short
     assert targets == {"Left lung 1"}
 
 
+def test_a_hand_chosen_target_no_longer_measurable_is_no_target_anywhere(radiologist):
+    # Chosen at 11 mm; the baseline's 6 mm slices make it not measurable (12 mm needed):
+    # the exports, FHIR and HL7 read is_target, so it must not say "target" any more.
+    from analytics.lesions.review.targets import targets_set
+
+    plan = [[(1, "liver", LIVER, 1.2, 11.0), (2, "lung", LUNG, 14.0, 30.0)], PLAN[1]]
+    patient = patient_with_studies("FIND-6B", plan)
+    liver = Lesion.objects.get(patient=patient, label="Liver 1")
+    lung = Lesion.objects.get(patient=patient, label="Left lung 1")
+    targets_set(user=radiologist, patient=patient, lesions=[liver, lung], reason="chosen")
+    baseline = patient.studies.order_by("study_date").first()
+    baseline.chosen_series.slice_thickness_mm = 6.0
+    baseline.chosen_series.save()
+
+    summary = patient_track(patient=patient)
+
+    targets = set(
+        LesionMeasurement.objects.filter(lesion__patient=patient, is_target=True).values_list(
+            "lesion__label", flat=True
+        )
+    )
+    assert targets == {"Left lung 1"}
+    (stale,) = summary.stale_targets
+    assert "Liver 1, chosen by hand as a target" in stale["message"]
+    assert "not measurable at baseline" in stale["message"]
+    assert responses(patient)[0].sum_diameters_mm == pytest.approx(30.0)
+
+
 def test_an_equivocal_new_lesion_confirmed_later_revises_the_earlier_study_to_pd(radiologist):
     far = np.array([-40.0, -30.0, -200.0])
     plan = [

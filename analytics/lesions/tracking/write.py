@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from analytics.lesions.core.identities import LesionAssignment, fragments_combine
 from analytics.lesions.core.readings import LesionReading
-from analytics.lesions.core.recist import targets_select
+from analytics.lesions.core.recist import lesion_measurable, targets_select
 from analytics.lesions.tracking.carry import CandidateSet
 from analytics.lesions.tracking.chain import Chain, StudyInput, candidate_observation
 from analytics.lesions.tracking.states import absent_row
@@ -257,7 +257,9 @@ def targets_mark(
     (RECIST 1.1 section 3.1.1). Run after the finding states are marked.
     """
     at_baseline = {row_key(r): r for r in rows if r.study_id == baseline_study and r.is_found}
-    chosen_by_hand = _targets_chosen_by_hand(at_baseline, baseline_segmentation, manual, summary)
+    chosen_by_hand = _targets_chosen_by_hand(
+        at_baseline, baseline_segmentation, manual, summary, slice_thickness_mm
+    )
     if chosen_by_hand:
         targets = chosen_by_hand
     else:
@@ -277,9 +279,12 @@ def _targets_chosen_by_hand(
     baseline_segmentation: int | None,
     manual: dict[CandidateSet, LesionMeasurement],
     summary: TrackingSummary,
+    slice_thickness_mm: float | None = None,
 ) -> set[str]:
     """The Tracking UIDs of the hand-chosen targets that still hold at baseline; the
-    others are listed in ``summary.stale_targets`` with the reason."""
+    others are listed in ``summary.stale_targets`` with the reason. One that is not
+    measurable (RECIST 1.1 section 3.1.1) is not a target, so it is not marked one:
+    what the exports and messages call targets is what the sum adds up."""
     chosen: set[str] = set()
     for key, old in manual.items():
         row = at_baseline.get(key)
@@ -292,6 +297,8 @@ def _targets_chosen_by_hand(
             )
         elif row.finding_state == LesionMeasurement.FindingState.REJECTED:
             why = "it was rejected as a false positive"
+        elif not lesion_measurable(_reading(row), slice_thickness_mm=slice_thickness_mm):
+            why = "it is not measurable at baseline (RECIST 1.1 section 3.1.1): a non-target"
         else:
             chosen.add(row.lesion.tracking_uid)
             continue
@@ -307,18 +314,20 @@ def _targets_by_the_rules(
     thickness (section 3.1.1)."""
     return set(
         targets_select(
-            lesions=[
-                LesionReading(
-                    lesion_uid=r.lesion.tracking_uid,
-                    organ=r.lesion.organ,
-                    longest_diameter_mm=r.effective_longest_diameter_mm,
-                    volume_ml=_or_nan(r.effective_volume_ml),
-                    short_axis_mm=r.effective_short_axis_mm,
-                )
-                for r in baseline
-            ],
-            slice_thickness_mm=slice_thickness_mm,
+            lesions=[_reading(r) for r in baseline], slice_thickness_mm=slice_thickness_mm
         )
+    )
+
+
+def _reading(r: LesionMeasurement) -> LesionReading:
+    """A baseline row as the rules read it: the values in force."""
+    return LesionReading(
+        lesion_uid=r.lesion.tracking_uid,
+        organ=r.lesion.organ,
+        longest_diameter_mm=r.effective_longest_diameter_mm,
+        volume_ml=_or_nan(r.effective_volume_ml),
+        short_axis_mm=r.effective_short_axis_mm,
+        too_small=r.too_small,
     )
 
 
