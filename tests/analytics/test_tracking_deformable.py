@@ -8,6 +8,8 @@ identity; through the matrix alone it would sit 15 mm off, beyond the 10 mm gate
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -69,7 +71,11 @@ def patient():
     plan = [[NODULE, LIVER], [moved, LIVER]]
     baseline = None
     for index, (nodule, liver) in enumerate(plan):
-        series = SeriesFactory(study=StudyFactory(patient=patient), state="processed")
+        # Dates said, not left to the factory's sequence (which wraps after 200 studies).
+        day = dt.date(2024, 1, 10) + dt.timedelta(days=91 * index)
+        series = SeriesFactory(
+            study=StudyFactory(patient=patient, study_date=day), state="processed"
+        )
         series.study.chosen_series = series
         series.study.save()
         Segmentation.objects.create(

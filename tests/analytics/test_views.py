@@ -94,6 +94,10 @@ def test_worklist_orders_by_risk_with_flags_and_audits(clinician):
     ):
         assert text in row, text
     assert "Not scored" in content
+    assert "no CT" not in row
+    # LOW has a score and no CT study: its tier rests on labs alone, and says so.
+    low_row = re.search(r"<tr>.*?LOW.*?</tr>", content, re.S).group(0)
+    assert "no CT: scored on labs alone" in low_row
     assert reverse("patients:detail", args=[high.pk]) in content
     # One audit row per patient shown (who saw this patient's data, page by page).
     events = AuditEvent.objects.filter(action="worklist.view")

@@ -28,7 +28,8 @@ class StudyFactory(DjangoModelFactory):
 
     study_instance_uid = factory.Sequence(lambda n: synthetic_uid([f"study-{n}"]))
     patient = factory.SubFactory(PatientFactory)
-    # Every 90 days from 2024, wrapping after about 50 years so a long test run stays in range.
+    # Every 90 days from 2024, wrapping after about 50 years so a long test run stays in range:
+    # a fixture whose studies must follow one another in time gives their dates itself.
     study_date = factory.Sequence(lambda n: dt.date(2024, 1, 1) + dt.timedelta(days=90 * (n % 200)))
     description = "CT CHEST ABDOMEN"
 

@@ -2,6 +2,7 @@
 resolved and not-found rows, audit."""
 
 import csv
+import datetime as dt
 import io
 import json
 
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def timeline():
     patient = PatientFactory(patient_id="MRN-7")
-    baseline, follow_up = StudyFactory(patient=patient), StudyFactory(patient=patient)
+    baseline = StudyFactory(patient=patient, study_date=dt.date(2024, 1, 10))
+    follow_up = StudyFactory(patient=patient, study_date=dt.date(2024, 4, 10))
     lesion = LesionFactory(patient=patient, label="Liver 1")
     LesionMeasurementFactory(lesion=lesion, study=baseline, status="new", is_target=True)
     LesionMeasurementFactory(

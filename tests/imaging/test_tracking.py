@@ -54,7 +54,11 @@ def patient():
     ]
     baseline_series = None
     for index, candidates in enumerate(plan):
-        series = SeriesFactory(study=StudyFactory(patient=patient), state="processed")
+        # Dates said, not left to the factory's sequence (which wraps after 200 studies).
+        day = dt.date(2024, 1, 10) + dt.timedelta(days=91 * index)
+        series = SeriesFactory(
+            study=StudyFactory(patient=patient, study_date=day), state="processed"
+        )
         series.study.chosen_series = series
         series.study.save()
         shift = SHIFT if index else np.zeros(3)
