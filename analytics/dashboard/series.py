@@ -18,6 +18,8 @@ _SERIES_TERMINAL_STATES = {Series.State.PROCESSED, Series.State.NOT_ANALYSED}
 
 #: What a run's flags mean, in a few words (`ProcessingRun.flags`).
 _WARNINGS = {
+    "volume_warnings": "the volume was built with",
+    "hu_implausible": "CT numbers implausible",
     "registration_failed": "registration to the baseline failed",
     "lesion_links_provisional": "lesions linked without a registration, awaiting review",
     "studies_not_followed": "studies whose lesions could not be followed",

@@ -135,7 +135,7 @@ def _timeline(patient: Patient, chain: Sequence[Any]) -> tuple[list[StudyReading
                 study_date=study.study_date,
                 lesions=base.lesions if base is not None else (),
                 non_target_unequivocal_progression=verdicts.get(study.pk),
-                not_evaluable=(entry.provisional,) if entry.provisional else (),
+                not_evaluable=tuple(r for r in (entry.provisional, entry.unreliable) if r),
                 slice_thickness_mm=entry.slice_thickness_mm,
             )
         )

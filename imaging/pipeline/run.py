@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from imaging.core.dicom.series_choice import NoEligibleSeriesError
 from imaging.core.dicom.slices import SeriesVolumeError
-from imaging.core.dicom.volume import series_volume
+from imaging.core.dicom.volume import hu_implausible, series_volume
 from imaging.core.geometry.nifti import volume_write_nifti
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.anatomy import anatomy_landmarks
@@ -235,6 +235,14 @@ def _step_volume(state: _RunState) -> None:
             "dropped": record["dropped_sop_instance_uids"],
         }
         entry["versions"] = record["versions"]
+    # Slices filled in by interpolation, a tilt resampled, images left out, gaps between
+    # thin slices: the run says so ("succeeded with warnings"), never a plain success.
+    warnings = [f["message"] for f in record["findings"] if f["severity"] == "warning"]
+    if warnings:
+        state.flag(volume_warnings=warnings)
+    implausible = hu_implausible(result.volume.array)
+    if implausible:
+        state.flag(hu_implausible=implausible)
     state.volume, state.volume_record = result.volume, record
 
 

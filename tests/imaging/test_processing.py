@@ -9,6 +9,7 @@ import pydicom
 import pytest
 from django.core.management import CommandError, call_command
 
+from analytics.dashboard.series import run_status_label, run_warnings
 from imaging.core.geometry.nifti import volume_read_nifti
 from imaging.ingest.service import ingest_paths
 from imaging.models import ProcessingRun, Series
@@ -91,6 +92,37 @@ def test_a_series_that_cannot_be_built_fails_with_a_readable_reason(tmp_path, in
     assert run.steps[-1]["name"] == "series_to_volume"
     assert run.steps[-1]["status"] == "failed"
     assert not run.volume_path
+
+
+def test_a_volume_built_with_slices_filled_in_is_a_run_with_warnings(tmp_path, ingest_and_process):
+    files = ct_files(tmp_path / "s", slices=12, key="k4", size=32)
+    files[5].unlink()  # one slice never arrived: filled in by interpolation
+
+    ingest_and_process(tmp_path / "s")
+
+    run = Series.objects.get().processing_runs.get()
+    assert run.status == ProcessingRun.Status.SUCCEEDED
+    (warning, *_) = run.flags["volume_warnings"]
+    assert "1 slice(s) missing" in warning
+    assert run_status_label(run.status, "Succeeded", run_warnings(run.flags)) == (
+        "Succeeded with warnings"
+    )
+
+
+def test_ct_numbers_that_are_not_hounsfield_units_are_flagged(tmp_path, ingest_and_process):
+    # The raw stored values without their Rescale Intercept: air reads 0, not -1024.
+    files = ct_files(tmp_path / "s", slices=12, key="k5", size=32)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        del ds.RescaleIntercept
+        del ds.RescaleSlope
+        ds.save_as(path, enforce_file_format=True)
+
+    ingest_and_process(tmp_path / "s")
+
+    run = Series.objects.get().processing_runs.get()
+    assert "may not be Hounsfield units" in run.flags["hu_implausible"]
+    assert any(w.startswith("CT numbers implausible") for w in run_warnings(run.flags))
 
 
 def test_processing_again_keeps_the_earlier_run_and_its_volume(tmp_path, ingest_and_process):

@@ -214,6 +214,23 @@ def test_a_follow_up_whose_orientation_is_to_review_waits_for_a_radiologist(pati
     assert all(m.link_provisional for m in LesionMeasurement.objects.filter(study=series.study))
 
 
+def test_a_follow_up_whose_ct_numbers_are_not_hu_is_not_evaluable(patient):
+    last = Registration.objects.order_by("pk").last()
+    series = last.moving_series
+    run = ProcessingRun.objects.create(
+        series=series, status="succeeded", flags={"hu_implausible": "air reads 0 HU"}
+    )
+    Segmentation.objects.filter(series=series).update(processing_run=run)
+
+    patient_track(patient=patient)
+
+    response = ResponseAssessment.objects.get(study=series.study)
+    assert response.recist_response == "NE" and response.needs_attention
+    assert "its CT numbers are implausible (air reads 0 HU)" in response.response_note
+    # Its links themselves were registered: not proposals.
+    assert not LesionMeasurement.objects.filter(study=series.study, link_provisional=True)
+
+
 def test_an_earlier_study_that_failed_is_said_on_the_baseline_it_leaves(patient):
     # The pre-treatment scan failed processing: the first study followed becomes the
     # baseline, and its row says so and asks for attention.

@@ -45,7 +45,9 @@ class StudyInput:
     why its links are provisional (``provisional``, one sentence). ``point_map``: when
     the registration kept a deformable (B-spline) stage, its stored transform carrying
     this study's LPS points to the baseline's, which matching uses for lesion positions
-    (``to_baseline`` is then its affine part)."""
+    (``to_baseline`` is then its affine part). ``unreliable``: why its measurements
+    cannot be trusted (its CT numbers do not read as HU), which makes it not evaluable
+    whatever its links."""
 
     study: Study
     segmentation: Segmentation
@@ -54,6 +56,7 @@ class StudyInput:
     geometry: dict[str, Any] | None = None
     slice_thickness_mm: float | None = None
     point_map: Callable[[np.ndarray], np.ndarray] | None = None
+    unreliable: str = ""
 
     @property
     def positions_to_baseline(self) -> np.ndarray | Callable[[np.ndarray], np.ndarray]:
@@ -96,12 +99,15 @@ def study_inputs(*, patient: Patient, summary: TrackingSummary) -> list[StudyInp
             if gap is not None:
                 summary.gaps.append(gap)
             continue
+        run = segmentation.processing_run
+        implausible = (run.flags or {}).get("hu_implausible") if run is not None else None
         entry = StudyInput(
             study,
             segmentation,
             np.eye(4),
             geometry=_geometry(segmentation),
             slice_thickness_mm=series.slice_thickness_mm,
+            unreliable=f"its CT numbers are implausible ({implausible})" if implausible else "",
         )
         if baseline is None:
             baseline = entry

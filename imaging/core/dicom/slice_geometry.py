@@ -283,8 +283,9 @@ def _tilt(
         if header_tilt:
             findings.append(
                 SeriesFinding(
+                    # Two header fields that disagree: a person should see it.
                     "header_gantry_tilt",
-                    "info",
+                    "warning",
                     f"Gantry/Detector Tilt (0018,1120) is {header_tilt:g}° but the slice "
                     "positions run along the normal, so the images need no tilt correction",
                 )
@@ -324,7 +325,18 @@ def _slice_spacing(
     else:
         _classify_gaps(ordered, d, gaps, usual, tolerance, limits, findings)
     thickness = float_or_none(ordered[0].dataset.get("SliceThickness"))
-    if thickness and abs(thickness - usual) > tolerance:
+    if thickness and usual - thickness > tolerance:
+        # Thin slices far apart: what lies between them was never imaged. A lesion
+        # smaller than the gap can fall between two slices.
+        findings.append(
+            SeriesFinding(
+                "gaps_between_slices",
+                "warning",
+                f"slices of {thickness:g} mm (Slice Thickness, 0018,0050) every {usual:.4g} mm: "
+                f"{usual - thickness:.4g} mm between slices was not imaged",
+            )
+        )
+    elif thickness and abs(thickness - usual) > tolerance:
         findings.append(
             SeriesFinding(
                 "spacing_from_positions",

@@ -327,3 +327,26 @@ def series_summary(*, sources: Sequence[Dataset | str | Path]) -> SeriesSummary:
         image_type=images[0].image_type,
         series_number=int_or_none(first.get("SeriesNumber")),
     )
+
+
+#: Air (outside the body, lungs, bowel) reads about -1000 HU on every calibrated CT; a
+#: series whose darkest voxels are far from it is not in Hounsfield units (a missing
+#: Rescale Intercept, a vendor's raw values) or is not a CT of a body.
+AIR_HU_RANGE = (-1150.0, -800.0)
+
+
+def hu_implausible(array: np.ndarray) -> str:
+    """Why the volume's values do not read as Hounsfield units ("" when they do): its
+    darkest percent should be air."""
+    sample = np.asarray(array[:: max(1, array.shape[0] // 16)], dtype=np.float32).ravel()
+    if sample.size == 0:
+        return ""
+    darkest = float(np.percentile(sample, 1))
+    low, high = AIR_HU_RANGE
+    if low <= darkest <= high:
+        return ""
+    return (
+        f"the darkest 1% of voxels reads {darkest:.0f} HU where air should read about -1000 "
+        "HU: the values may not be Hounsfield units (Rescale Slope/Intercept missing or "
+        "wrong); lesion segmentation and measurements rest on HU"
+    )

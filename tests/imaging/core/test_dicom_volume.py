@@ -222,6 +222,18 @@ def test_spacing_comes_from_positions_not_slice_thickness(tmp_path):
     assert "5 mm" in result.findings[0].message
 
 
+def test_thin_slices_far_apart_are_a_warning_not_a_contiguous_volume(tmp_path):
+    # 1 mm slices every 2.5 mm: 1.5 mm between two slices was never imaged.
+    written, _ = marked_volume(direction_for(*IOP["HFS"]))
+    paths = ct_series_write(written, tmp_path, attrs(slice_thickness_mm=1.0))
+
+    result = series_volume(sources=paths)
+
+    (gap,) = result.findings
+    assert (gap.code, gap.severity) == ("gaps_between_slices", "warning")
+    assert "1.5 mm between slices was not imaged" in gap.message
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
 def test_compressed_transfer_syntaxes_decode(tmp_path, syntax):
     array = np.random.default_rng(2).integers(-1000, 2000, (3, 32, 32)).astype(np.float32)
