@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -65,6 +65,7 @@ from analytics.risk.core.validation import (
     CrossValidationResult,
     cross_validate,
 )
+from analytics.risk.score_notes import features_missing, score_notes
 from analytics.risk.selectors import FeatureInputs, feature_inputs_load
 from patients.models import Patient
 from radtrack.provenance import json_safe
@@ -127,6 +128,29 @@ class LandmarkPolicy:
 # --------------------------------------------------------------------------------------
 # Landmarks
 # --------------------------------------------------------------------------------------
+def _patient_pks(mrns: list[str] | None) -> dict[str, int]:
+    """Primary keys by MRN, of these patients (None: everyone's, without an IN list of
+    every MRN, which could pass SQLite's limit on bound parameters)."""
+    patients = Patient.objects.all()
+    if mrns is not None:
+        patients = patients.filter(patient_id__in=mrns)
+    return dict(patients.values_list("patient_id", "pk"))
+
+
+def _first_progressions(
+    inputs: FeatureInputs, model_version: RiskModelVersion
+) -> dict[str, dt.date]:
+    """Each patient's first progression date, for a PFS model only (else empty).
+
+    Only the PFS model's training rows stop at progression, so only its scores need
+    the note that the patient had already progressed.
+    """
+    if model_version.parameters.get("endpoint", "pfs") != "pfs":
+        return {}
+    progressions = inputs.events[inputs.events["kind"] == "progression"]
+    return {pid: min(dates) for pid, dates in _dates_by_patient(progressions, "date").items()}
+
+
 def _dates_by_patient(frame: pd.DataFrame, column: str) -> dict[str, list[dt.date]]:
     """Each patient's distinct dates of ``column`` (a tz-aware time: its UTC date), ascending."""
     if frame.empty:
@@ -504,15 +528,9 @@ def risk_scores_compute(
     scores = model.score(features)
     tiers = model.tier(scores)
     explanations = model.explain(features)
-    # The features the model uses (one never seen in training is dropped by it).
-    absent = features.loc[:, list(model.imputer.inputs)].isna()
-    missing = [list(absent.columns[row]) for row in absent.to_numpy()]
+    missing = features_missing(features, model.imputer.inputs)
     progressed = _first_progressions(inputs, model_version)
-    patients = Patient.objects.all()
-    if patient_ids is not None:
-        # Everyone's MRNs in one IN list could pass SQLite's limit on bound parameters.
-        patients = patients.filter(patient_id__in=features["patient_id"].tolist())
-    pks = dict(patients.values_list("patient_id", "pk"))
+    pks = _patient_pks(features["patient_id"].tolist() if patient_ids is not None else None)
     now = timezone.now()
     rows = [
         RiskScore(
@@ -526,7 +544,7 @@ def risk_scores_compute(
                     "landmark_date": landmark,
                     "model_kind": model.kind,
                     "outside_training_range": outside,
-                    "notes": _score_notes(pid, landmark, progressed, outside, gaps),
+                    "notes": score_notes(pid, landmark, progressed, outside, gaps),
                 }
             ),
             landmark_date=landmark,
@@ -554,43 +572,3 @@ def risk_scores_compute(
             update_fields=["score", "tier", "explanation", "computed_at"],
         )
     return len(rows)
-
-
-def _first_progressions(
-    inputs: FeatureInputs, model_version: RiskModelVersion
-) -> dict[str, dt.date]:
-    """Each patient's first progression date, for a PFS model only (else empty).
-
-    Only the PFS model's training rows stop at progression, so only its scores need
-    the note that the patient had already progressed.
-    """
-    if model_version.parameters.get("endpoint", "pfs") != "pfs":
-        return {}
-    progressions = inputs.events[inputs.events["kind"] == "progression"]
-    return {pid: min(dates) for pid, dates in _dates_by_patient(progressions, "date").items()}
-
-
-def _score_notes(
-    patient_id: str,
-    landmark: dt.date,
-    progressed: Mapping[str, dt.date],
-    outside: Mapping[str, float],
-    missing: Sequence[str] = (),
-) -> list[str]:
-    notes = []
-    if patient_id in progressed and progressed[patient_id] <= landmark:
-        notes.append(
-            f"progressed on {progressed[patient_id]:%Y-%m-%d}, before this landmark; the "
-            "model was fitted on landmarks before progression"
-        )
-    if outside:
-        notes.append(
-            "held inside the training range: "
-            + ", ".join(f"{k} (was {v:.3g})" for k, v in outside.items())
-        )
-    if missing:
-        notes.append(
-            "no value at this landmark, so the model filled in its training cohort's: "
-            + ", ".join(missing)
-        )
-    return notes

@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from analytics.lesions.core.bor import BestResponse, BestResponseSettings, best_overall_response
 from analytics.lesions.core.findings import node_normal
@@ -62,8 +62,6 @@ from analytics.lesions.core.recist import (
     non_target_unequivocal,
     overall_response,
     pct_change,
-    reappearance_after_complete_response,
-    reappearance_counts,
     sum_of_diameters,
     target_complete,
     target_response,
@@ -76,6 +74,7 @@ from analytics.lesions.core.response_notes import (
     pending_note,
     reappearance_notes,
 )
+from analytics.lesions.core.returns import Reappearance, lesion_present, reappeared, returns_held
 
 __all__ = ["PendingLesion", "RecistAssessment", "recist_assess"]
 
@@ -224,18 +223,8 @@ class _Course:
                 for uid in baseline.present
                 if (reading := study.reading(uid)) is not None
                 and reading.evaluated
-                and not _lesion_present(reading, baseline.is_node.get(uid, False))
+                and not lesion_present(reading, baseline.is_node.get(uid, False))
             }
-
-
-def _lesion_present(r: LesionReading, is_node: bool) -> bool:
-    """Disease there: a lesion seen, or a node of 10 mm or more in short axis (RECIST 1.1
-    section 4.3.1, a node under 10 mm counts as normal for a complete response)."""
-    if r.merged_into:
-        return True
-    if is_node:
-        return r.present and not node_normal(r.size_mm)
-    return r.present
 
 
 # --------------------------------------------------------------------------- a timeline
@@ -263,34 +252,11 @@ def recist_assess(
         if index == 0:
             row = _baseline_assessment(study, baseline)
         else:
-            study, held = _returns_held(study, baseline, course)
+            study, held = returns_held(study, baseline.present, course.back_since)
             row = _follow_up_assessment(study, baseline, course, held)
         out.append(row)
         course.record(study, baseline, row)
     return tuple(out)
-
-
-def _returns_held(
-    study: StudyReading, baseline: _Baseline, course: _Course
-) -> tuple[StudyReading, tuple[PendingLesion, ...]]:
-    """A baseline lesion seen again after it was confirmed gone, while that finding is
-    equivocal (`analytics.lesions.core.findings`): read as still gone, and followed as
-    pending, as an equivocal new lesion is (RECIST 1.1 section 4.3.5). Once confirmed
-    its state is confirmed at every sighting of its return, and it counts from the
-    first."""
-    readings: list[LesionReading] = []
-    held: list[PendingLesion] = []
-    for r in study.lesions:
-        if r.lesion_uid in baseline.present and r.state == EQUIVOCAL and r.present:
-            first = course.back_since.setdefault(r.lesion_uid, study.study_date)
-            held.append(PendingLesion(r.lesion_uid, r.name, first, r.size_mm, back=True))
-            r = replace(r, longest_diameter_mm=0.0, volume_ml=0.0, short_axis_mm=0.0)
-        elif r.evaluated and not r.present:
-            course.back_since.pop(r.lesion_uid, None)
-        readings.append(r)
-    if not held:
-        return study, ()
-    return replace(study, lesions=tuple(readings)), tuple(held)
 
 
 def _baseline_assessment(study: StudyReading, baseline: _Baseline) -> RecistAssessment:
@@ -380,7 +346,7 @@ def _non_targets_read(study: StudyReading, baseline: _Baseline) -> _NonTargetsRe
             why = r.note if r is not None and r.note else "no measurement at this study"
             notes.append(f"non-target {baseline.labels[uid]} not evaluated: {why}")
             continue
-        present += _lesion_present(r, baseline.is_node.get(uid, False))
+        present += lesion_present(r, baseline.is_node.get(uid, False))
         volumes.append(0.0 if r.merged_into else _lesion_volume_ml(r))
     volume = math.nan if missing else float(sum(volumes))
     return _NonTargetsRead(present, missing, volume, tuple(notes))
@@ -529,35 +495,16 @@ def _follow_up_assessment(
     return _with_notes(row, notes)
 
 
-@dataclass(frozen=True)
-class _Reappearance:
-    """After a complete response (``since``): the baseline lesions back that make PD, and
-    the non-target lymph nodes back at 10 mm or more, left to review
-    (`reappearance_counts`)."""
-
-    lesions: tuple[str, ...] = ()
-    nodes: tuple[str, ...] = ()
-    since: dt.date | None = None
-
-
-def _reappeared(study: StudyReading, baseline: _Baseline, course: _Course) -> _Reappearance:
-    """Baseline lesions gone at the latest evaluated study, when that was a complete
-    response, and present again now (`reappearance_after_complete_response`)."""
-    previous, since = course.last_category or (None, None)
-    lesions: list[str] = []
-    nodes: list[str] = []
-    for uid in sorted(course.gone):
-        r = study.reading(uid)
-        is_node = baseline.is_node.get(uid, False)
-        if r is None or not r.evaluated or not _lesion_present(r, is_node):
-            continue
-        counts = reappearance_counts(is_node=is_node, is_target=uid in baseline.targets)
-        (lesions if counts else nodes).append(baseline.labels[uid])
-    if not reappearance_after_complete_response(
-        previous_overall=previous, reappeared=bool(lesions or nodes)
-    ):
-        return _Reappearance()
-    return _Reappearance(tuple(lesions), tuple(nodes), since)
+def _reappeared(study: StudyReading, baseline: _Baseline, course: _Course) -> Reappearance:
+    """`reappeared`: the baseline lesions gone at the latest evaluated study, back now."""
+    return reappeared(
+        study,
+        gone=course.gone,
+        is_node=baseline.is_node,
+        targets=baseline.targets,
+        labels=baseline.labels,
+        last_category=course.last_category,
+    )
 
 
 def _with_notes(row: RecistAssessment, notes: list[str]) -> RecistAssessment:
@@ -576,7 +523,7 @@ def _notes(
     targets: _TargetsRead,
     non_targets: _NonTargetsRead,
     new: _NewRead,
-    back: _Reappearance,
+    back: Reappearance,
     course: _Course,
     baseline: _Baseline,
     decision: _NonTargetDecision,
