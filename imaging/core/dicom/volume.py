@@ -242,6 +242,7 @@ def series_volume(
     findings: list[SeriesFinding] = []
     geometry = _geometry(_slices_once(datasets, findings), limits, findings)
     ordered, plan = geometry.ordered, geometry.plan
+    _acquisitions_check(ordered)
     findings += plan.findings
     needs_resample = plan.tilted or not plan.regular
     if needs_resample and not allow_resample:
@@ -327,6 +328,26 @@ def series_summary(*, sources: Sequence[Dataset | str | Path]) -> SeriesSummary:
         image_type=images[0].image_type,
         series_number=int_or_none(first.get("SeriesNumber")),
     )
+
+
+def _acquisitions_check(ordered: Sequence[Any]) -> None:
+    """Refuse two scans interleaved in one series: along the slice direction, the images
+    of one Acquisition Number (0020,0012) must lie together. A step-and-shoot scan gives
+    each table position its own number, in blocks; two helical scans of the same range
+    (two breath-holds, two phases) stored as one series alternate, and stacked they
+    would mix two moments slice by slice."""
+    numbers = [s.dataset.get("AcquisitionNumber") for s in ordered]
+    if any(n is None or n == "" for n in numbers):
+        return
+    blocks = [n for i, n in enumerate(numbers) if i == 0 or n != numbers[i - 1]]
+    repeated = sorted({str(n) for n in blocks if blocks.count(n) > 1})
+    if repeated:
+        raise SeriesVolumeError(
+            f"images of Acquisition Number {', '.join(repeated)} are interleaved with those "
+            "of another acquisition along the slice direction: two scans stored as one "
+            "series cannot be stacked into one volume",
+            code="interleaved_acquisitions",
+        )
 
 
 #: Air (outside the body, lungs, bowel) reads about -1000 HU on every calibrated CT; a

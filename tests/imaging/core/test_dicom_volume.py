@@ -535,3 +535,24 @@ def test_series_summary_from_headers(tmp_path):
     assert summary.slice_spacing_mm == pytest.approx(2.5)
     assert summary.coverage_mm == pytest.approx(2.5 * (SHAPE_KJI[0] - 1))
     assert summary.series_number == 3
+
+
+def _numbered(paths: list[Path], numbers: list[int]) -> None:
+    for path, number in zip(paths, numbers, strict=True):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionNumber = number
+        ds.save_as(path, enforce_file_format=True)
+
+
+def test_two_scans_interleaved_in_one_series_are_refused(tmp_path):
+    # Two breath-holds of the same range stored as one series: stacked, they would
+    # alternate between two moments slice by slice.
+    paths = write_slices(tmp_path / "mixed", positions=axial_positions(8))
+    _numbered(paths, [1, 2, 1, 2, 1, 2, 1, 2])
+    with pytest.raises(SeriesVolumeError, match="Acquisition Number 1, 2 are interleaved") as err:
+        series_volume(sources=paths)
+    assert err.value.code == "interleaved_acquisitions"
+    # A step-and-shoot scan numbers each table position: blocks, one after another.
+    blocks = write_slices(tmp_path / "steps", positions=axial_positions(8))
+    _numbered(blocks, [1, 1, 1, 1, 2, 2, 2, 2])
+    assert series_volume(sources=blocks).volume.shape_ijk[2] == 8
