@@ -135,6 +135,17 @@ def _group(ds: Dataset, frame_item: Dataset | None, sequence: str) -> Dataset | 
     return None
 
 
+def header_value(ds: Dataset, keyword: str, sequence: str) -> Any:
+    """``keyword`` at the top level of ``ds`` or, in an enhanced multi-frame instance,
+    in its first frame's functional group ``sequence`` (per-frame, then shared): Slice
+    Thickness lives in Pixel Measures, Convolution Kernel in CT Reconstruction there."""
+    value = ds.get(keyword)
+    if value not in (None, ""):
+        return value
+    item = _group(ds, _first(ds.get("PerFrameFunctionalGroupsSequence")), sequence)
+    return item.get(keyword) if item is not None else None
+
+
 def _frame_slice(ds: Dataset, frame: int, item: Dataset) -> Slice:
     """Frame ``frame`` of an enhanced multi-frame instance, from its functional groups."""
     position = _group(ds, item, "PlanePositionSequence")

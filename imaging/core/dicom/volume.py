@@ -44,6 +44,7 @@ from imaging.core.dicom.slices import (
     dataset_read,
     datasets_series_uid,
     float_or_none,
+    header_value,
     int_or_none,
     slices_of,
 )
@@ -311,8 +312,15 @@ def series_summary(*, sources: Sequence[Dataset | str | Path]) -> SeriesSummary:
         if len(positions) >= 2:
             spacing = float(np.median(np.diff(positions)))
             coverage = positions[-1] - positions[0]
-    thicknesses = [t for t in (float_or_none(s.dataset.get("SliceThickness")) for s in images) if t]
-    kernel = first.get("ConvolutionKernel", "")
+    thicknesses = [
+        t
+        for t in (
+            float_or_none(header_value(s.dataset, "SliceThickness", "PixelMeasuresSequence"))
+            for s in images
+        )
+        if t
+    ]
+    kernel = header_value(first, "ConvolutionKernel", "CTReconstructionSequence") or ""
     if not isinstance(kernel, str):
         kernel = "\\".join(str(v) for v in kernel)
     return SeriesSummary(

@@ -276,6 +276,9 @@ def test_enhanced_multiframe_ct_with_frames_out_of_order(tmp_path):
     ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         delattr(ds, keyword)
+    for keyword in ("SliceThickness", "ConvolutionKernel"):  # in the functional groups
+        if keyword in ds:
+            delattr(ds, keyword)
     stored = np.stack([np.rint(written.array[k] + 1024).astype(np.uint16) for k in order])
     ds.set_pixel_data(stored, photometric_interpretation="MONOCHROME2", bits_stored=12)
     ds.RescaleIntercept, ds.RescaleSlope = "0", "1"  # the functional group value wins
@@ -295,6 +298,7 @@ def test_enhanced_multiframe_ct_with_frames_out_of_order(tmp_path):
         PixelValueTransformationSequence=DicomSequence(
             [item(RescaleIntercept=-1024, RescaleSlope=1, RescaleType="HU")]
         ),
+        CTReconstructionSequence=DicomSequence([item(ConvolutionKernel="B70f")]),
     )
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(
@@ -316,6 +320,10 @@ def test_enhanced_multiframe_ct_with_frames_out_of_order(tmp_path):
     np.testing.assert_allclose(result.volume.origin_mm, written.origin_mm, atol=1e-6)
     np.testing.assert_allclose(result.volume.direction, written.direction, atol=1e-9)
     assert result.slice_sop_instance_uids[0].endswith(f"#{order.index(0) + 1}")
+    # The series chooser reads the kernel and thickness where Enhanced CT keeps them.
+    summary = series_summary(sources=[path])
+    assert summary.convolution_kernel == "B70f"
+    assert summary.slice_thickness_mm == pytest.approx(SPACING[2])
 
 
 # --------------------------------------------------------------------- detections
