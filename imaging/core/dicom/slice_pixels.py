@@ -9,6 +9,7 @@ openjpeg, RLE); Rescale Slope and Intercept, or a Modality LUT, give modality va
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,7 +49,32 @@ def slices_pixels(ordered: list[Slice]) -> np.ndarray:
             stack[k] = apply_modality_lut(frame, ds)
         else:
             stack[k] = frame.astype(np.float64) * s.slope + s.intercept
+        padding = _padding(frame, ds)
+        if padding is not None:
+            stack[k][padding] = PADDING_HU
     return stack
+
+
+#: What a padded pixel (outside the reconstructed field of view) becomes: air. Left as
+#: stored (often -2000 or -3024 after rescale), it would read as tissue darker than air
+#: wherever the volume is interpolated or a lesion's background ring reaches the edge.
+PADDING_HU = -1024.0
+
+
+def _padding(frame: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The pixels Pixel Padding Value (0028,0120), with Pixel Padding Range Limit
+    (0028,0121) when given, marks as outside the image (PS3.3 C.7.5.1.1.2); None when
+    the image has no padding or is not CT."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or str(ds.get("Modality", "CT")) != "CT":
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        mask = frame == value
+    else:
+        low, high = sorted((int(value), int(limit)))
+        mask = (frame >= low) & (frame <= high)
+    return mask if mask.any() else None
 
 
 def stack_resample_along_normal(

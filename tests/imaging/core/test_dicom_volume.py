@@ -564,3 +564,23 @@ def test_two_scans_interleaved_in_one_series_are_refused(tmp_path):
     blocks = write_slices(tmp_path / "steps", positions=axial_positions(8))
     _numbered(blocks, [1, 1, 1, 1, 2, 2, 2, 2])
     assert series_volume(sources=blocks).volume.shape_ijk[2] == 8
+
+
+def test_padded_pixels_outside_the_field_of_view_read_as_air(tmp_path):
+    # Pixel Padding Value marks pixels outside the reconstructed circle: stored 0 with an
+    # intercept of -1024 they would read -1024 anyway, so pad with -2000 (stored), which
+    # rescales to -3024 HU, darker than anything in a body.
+    paths = write_slices(tmp_path / "padded", positions=axial_positions(4))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.astype(np.int16)
+        pixels[:, :3] = -2000
+        ds.PixelRepresentation = 1
+        ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=16)
+        ds.add_new(0x00280120, "SS", -2000)  # Pixel Padding Value, signed
+        ds.save_as(path, enforce_file_format=True)
+
+    volume = series_volume(sources=paths).volume
+
+    assert float(volume.array.min()) >= -1024.0
+    np.testing.assert_array_equal(volume.array[:, :, :3], -1024.0)
