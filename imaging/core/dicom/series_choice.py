@@ -70,8 +70,12 @@ class SeriesSummary:
 
     @property
     def effective_thickness_mm(self) -> float | None:
-        """Slice thickness, or the spacing between positions when no thickness is given."""
-        return self.slice_thickness_mm if self.slice_thickness_mm else self.slice_spacing_mm
+        """How finely the series samples the body along the slice direction: the slice
+        thickness, or the spacing between positions when that is larger (thin slices far
+        apart leave the gap between them unimaged: 1 mm slices every 10 mm are not a
+        thin series), or the spacing alone when no thickness is given."""
+        values = [v for v in (self.slice_thickness_mm, self.slice_spacing_mm) if v]
+        return max(values) if values else None
 
     def label(self) -> str:
         """A short human name: number, description and UID."""
@@ -224,6 +228,14 @@ def _coverage(series: SeriesSummary) -> float:
     return series.coverage_mm if series.coverage_mm is not None else 0.0
 
 
+def _thickness_text(series: SeriesSummary) -> str:
+    """'slice thickness 2 mm', or what a gapped series really samples."""
+    thickness, spacing = series.slice_thickness_mm, series.slice_spacing_mm
+    if thickness and spacing and spacing > thickness + THICKNESS_TIE_MM:
+        return f"slices of {_fmt_mm(thickness)} every {_fmt_mm(spacing)}"
+    return f"slice thickness {_fmt_mm(series.effective_thickness_mm)}"
+
+
 def _thickness(series: SeriesSummary) -> float:
     value = series.effective_thickness_mm
     return value if value is not None else math.inf
@@ -258,14 +270,14 @@ _RULES: tuple[_Rule, ...] = (
         f"slices at or under {MAX_SLICE_THICKNESS_MM:g} mm",
         lambda s, _: 0.0 if _thickness(s) <= MAX_SLICE_THICKNESS_MM + THICKNESS_TIE_MM else 1.0,
         0.0,
-        lambda s: f"slice thickness {_fmt_mm(s.effective_thickness_mm)}",
+        lambda s: _thickness_text(s),
     ),
     _Rule(
         "thinnest",
         "thinnest slices",
         lambda s, _: _thickness(s),
         THICKNESS_TIE_MM,
-        lambda s: f"slice thickness {_fmt_mm(s.effective_thickness_mm)}",
+        lambda s: _thickness_text(s),
     ),
     _Rule(
         "coverage",

@@ -30,6 +30,9 @@ BASE = SeriesSummary(
 
 
 def series(uid: str, **changes) -> SeriesSummary:
+    """BASE changed; a thickness given alone is a contiguous series (spacing the same)."""
+    if changes.get("slice_thickness_mm") and "slice_spacing_mm" not in changes:
+        changes["slice_spacing_mm"] = changes["slice_thickness_mm"]
     return replace(BASE, series_instance_uid=uid, **changes)
 
 
@@ -77,6 +80,12 @@ def rejected_rules(choice) -> dict[str, str]:
             series("spacing 1", slice_thickness_mm=None, slice_spacing_mm=1.0),
             series("spacing 3", slice_thickness_mm=None, slice_spacing_mm=3.0),
             "thinnest",
+        ),
+        (
+            # 1 mm slices every 10 mm sample the body at 10 mm, not 1.
+            series("5 mm contiguous", slice_thickness_mm=5.0),
+            series("1 mm every 10", slice_thickness_mm=1.0, slice_spacing_mm=10.0),
+            "thickness_limit",
         ),
         (series("400", coverage_mm=400.0), series("370", coverage_mm=370.0), "coverage"),
         (series("more", n_slices=200), series("fewer", n_slices=161), "more_slices"),
@@ -210,3 +219,10 @@ def test_kernel_classes(kernel, description, expected):
 )
 def test_image_plane(row, column, plane):
     assert image_plane(row_cosine=row, column_cosine=column) == plane
+
+
+def test_a_gapped_series_is_described_as_what_it_samples():
+    gapped = series("gapped", slice_thickness_mm=1.0, slice_spacing_mm=10.0)
+    choice = series_choose(candidates=[series("5mm", slice_thickness_mm=5.0), gapped])
+    (lost,) = choice.rejected
+    assert "slices of 1 mm every 10 mm" in lost.reason
