@@ -194,12 +194,28 @@ def _ineligibility(series: SeriesSummary) -> str | None:
         return f"modality is {series.modality or 'missing'}, not CT"
     if series.is_localizer:
         return "a localizer (Image Type LOCALIZER)"
+    projection = sorted(_PROJECTIONS & {value.upper() for value in series.image_type})
+    if projection:
+        # A maximum or minimum intensity projection shows the brightest or darkest voxel
+        # of a slab: neither its HU nor its edges are the lesion's.
+        return f"an intensity projection (Image Type {', '.join(projection)}), not slices"
     if series.plane == "unknown":
         return "image orientation is missing or unreadable"
     if series.n_slices < MIN_SLICES:
         return f"only {series.n_slices} slices (at least {MIN_SLICES} needed)"
     return None
 
+
+#: Image Type (0008,0008) values of intensity projections (PS3.3 C.8.16.1, C.7.6.1.1.2).
+_PROJECTIONS = frozenset(
+    {
+        "MIP",
+        "MINIP",
+        "MAXIMUM INTENSITY PROJECTION",
+        "MINIMUM INTENSITY PROJECTION",
+        "PROJECTION IMAGE",
+    }
+)
 
 _KERNEL_RANK = {"soft_tissue": 0, "unknown": 1, "sharp": 2}
 
@@ -255,6 +271,14 @@ _RULES: tuple[_Rule, ...] = (
         lambda s, _: float(_KERNEL_RANK[_kernel(s)]),
         0.0,
         lambda s: f"kernel '{s.convolution_kernel}' is {_kernel(s).replace('_', ' ')}",
+    ),
+    _Rule(
+        "original",
+        "acquired images preferred over derived ones (reformats, virtual non-contrast, "
+        "monoenergetic)",
+        lambda s, _: 1.0 if s.image_type and s.image_type[0].upper() == "DERIVED" else 0.0,
+        0.0,
+        lambda s: f"Image Type {chr(92).join(s.image_type) or 'missing'}",
     ),
     _Rule(
         "near_full_coverage",

@@ -50,6 +50,20 @@ def rejected_rules(choice) -> dict[str, str]:
             "eligible",
         ),
         (series("ct"), series("few", n_slices=3), "eligible"),
+        (
+            series("slices", slice_thickness_mm=5.0),
+            series(
+                "mip", image_type=("DERIVED", "SECONDARY", "AXIAL", "MIP"), slice_thickness_mm=1.0
+            ),
+            "eligible",
+        ),
+        (
+            series("acquired", slice_thickness_mm=2.5),
+            series(
+                "vnc", image_type=("DERIVED", "PRIMARY", "AXIAL", "VNC"), slice_thickness_mm=1.0
+            ),
+            "original",
+        ),
         (series("axial"), series("coronal", plane="coronal", slice_thickness_mm=1.0), "axial"),
         (
             series("soft"),
