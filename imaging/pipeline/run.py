@@ -33,6 +33,7 @@ from imaging.core.registration.transforms import transform_write, volume_onto_gr
 from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study
 from imaging.pipeline.choice import study_series_choose
 from imaging.pipeline.device import device_resolve
+from imaging.pipeline.protocol import protocol_differences
 from imaging.pipeline.queue import study_queue
 from imaging.pipeline.record import RunRecorder, StepFailed, run_claim
 from imaging.pipeline.selectors import baseline_series_of, latest_volume_run
@@ -130,6 +131,9 @@ def series_process(
         _step_device(state, device)
         _step_volume(state)
         _step_orientation(state)
+        differences = protocol_differences(state.series, state.baseline_series)
+        if differences:
+            state.flag(protocol_differs=differences)
         _step_store_volume(state)
         _step_register_never_blocking(state)
         _step_segment(state)
