@@ -231,6 +231,28 @@ def test_a_follow_up_whose_ct_numbers_are_not_hu_is_not_evaluable(patient):
     assert not LesionMeasurement.objects.filter(study=series.study, link_provisional=True)
 
 
+def test_thin_slices_far_apart_make_a_lesion_measurable_only_at_twice_their_spacing(patient):
+    # 1 mm slices every 10 mm: a lesion must be 20 mm to be measurable (RECIST 1.1
+    # section 3.1.1), so the 16 mm lung lesion is no target.
+    baseline = Study.objects.filter(patient=patient).order_by("study_date").first()
+    series = baseline.chosen_series
+    series.slice_thickness_mm = 1.0
+    series.save()
+    run = ProcessingRun.objects.create(
+        series=series, status="succeeded", volume_geometry={"spacing_mm": [0.8, 0.8, 10.0]}
+    )
+    Segmentation.objects.filter(series=series).update(processing_run=run)
+
+    patient_track(patient=patient)
+
+    targets = set(
+        LesionMeasurement.objects.filter(study=baseline, is_target=True).values_list(
+            "lesion__organ", flat=True
+        )
+    )
+    assert targets == {"liver"}
+
+
 def test_an_earlier_study_that_failed_is_said_on_the_baseline_it_leaves(patient):
     # The pre-treatment scan failed processing: the first study followed becomes the
     # baseline, and its row says so and asks for attention.

@@ -106,7 +106,7 @@ def study_inputs(*, patient: Patient, summary: TrackingSummary) -> list[StudyInp
             segmentation,
             np.eye(4),
             geometry=_geometry(segmentation),
-            slice_thickness_mm=series.slice_thickness_mm,
+            slice_thickness_mm=_sampling_mm(series.slice_thickness_mm, _geometry(segmentation)),
             unreliable=f"its CT numbers are implausible ({implausible})" if implausible else "",
         )
         if baseline is None:
@@ -134,6 +134,16 @@ def _gap(study: Study) -> StudyGap | None:
     if series.state == Series.State.NOT_ANALYSED:
         return StudyGap(study, f"its series was not analysed: {series.state_detail}")
     return StudyGap(study, "its segmentation is missing")
+
+
+def _sampling_mm(thickness_mm: float | None, geometry: dict[str, Any] | None) -> float | None:
+    """How finely the study samples the body along the slice direction, for RECIST 1.1's
+    measurability (section 3.1.1, twice the slice thickness over 5 mm): the slice
+    thickness, or the spacing of the analysed volume when that is larger (thin slices
+    far apart: what lies between them was not imaged)."""
+    spacing = (geometry or {}).get("spacing_mm")
+    values = [v for v in (thickness_mm, spacing[2] if spacing else None) if v]
+    return max(values) if values else None
 
 
 def _geometry(segmentation: Segmentation) -> dict[str, Any] | None:
