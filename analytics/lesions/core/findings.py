@@ -256,11 +256,7 @@ def _reappearance_states(group: list[Sighting]) -> dict[tuple[str, int], Finding
         for s in run:
             if not _seen_as_lesion(s):
                 continue
-            provisional = (
-                "; linked to it without a registration (a proposal awaiting review)"
-                if s.provisional
-                else ""
-            )
+            provisional = _provisional_note(s)
             if confirmation is not None:
                 state = FindingState(CONFIRMED, f"{back}; confirmed: {confirmation}{provisional}")
             else:
@@ -294,11 +290,7 @@ def _sighting_state(
 ) -> FindingState:
     if not s.found:
         return _absent_state(s, group, at_baseline)
-    provisional = (
-        "; linked to it without a registration (a proposal awaiting review)"
-        if s.provisional
-        else ""
-    )
+    provisional = _provisional_note(s)
     if at_baseline:
         return FindingState(CONFIRMED, provisional.removeprefix("; "))
     if s.is_node and node_normal(s.short_axis_mm):
@@ -315,6 +307,14 @@ def _sighting_state(
             + provisional,
         )
     return FindingState(EQUIVOCAL, _equivocal_reason(s, group, first) + provisional)
+
+
+def _provisional_note(s: Sighting) -> str:
+    return (
+        "; linked to it without a registration (a proposal awaiting review)"
+        if s.provisional
+        else ""
+    )
 
 
 def _equivocal_reason(s: Sighting, group: list[Sighting], first: Sighting) -> str:
