@@ -123,19 +123,26 @@ def _timeline(patient: Patient, chain: Sequence[Any]) -> tuple[list[StudyReading
                 StudyReading(**{**reading.__dict__, "non_target_unequivocal_progression": verdict})
             )
         return timeline, undated
-    for entry in chain:
+    # Every response is measured from the baseline: when its CT numbers cannot be
+    # trusted, neither can a comparison with it.
+    baseline_unreliable = next(
+        (f"its baseline's {e.unreliable.removeprefix('its ')}" for e in chain[:1] if e.unreliable),
+        "",
+    )
+    for index, entry in enumerate(chain):
         study = entry.study
         if study.study_date is None:
             undated.append((study, "the study has no date, so it cannot be placed in time"))
             continue
         base = read.get(study.study_instance_uid)
+        reasons = (entry.provisional, entry.unreliable, baseline_unreliable if index else "")
         timeline.append(
             StudyReading(
                 study_uid=study.study_instance_uid,
                 study_date=study.study_date,
                 lesions=base.lesions if base is not None else (),
                 non_target_unequivocal_progression=verdicts.get(study.pk),
-                not_evaluable=tuple(r for r in (entry.provisional, entry.unreliable) if r),
+                not_evaluable=tuple(r for r in reasons if r),
                 slice_thickness_mm=entry.slice_thickness_mm,
             )
         )

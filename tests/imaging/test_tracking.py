@@ -231,6 +231,22 @@ def test_a_follow_up_whose_ct_numbers_are_not_hu_is_not_evaluable(patient):
     assert not LesionMeasurement.objects.filter(study=series.study, link_provisional=True)
 
 
+def test_a_baseline_whose_ct_numbers_are_not_hu_leaves_no_follow_up_evaluable(patient):
+    baseline = Study.objects.filter(patient=patient).order_by("study_date").first()
+    run = ProcessingRun.objects.create(
+        series=baseline.chosen_series, status="succeeded", flags={"hu_implausible": "air at 0"}
+    )
+    Segmentation.objects.filter(series=baseline.chosen_series).update(processing_run=run)
+
+    patient_track(patient=patient)
+
+    follow_ups = ResponseAssessment.objects.filter(patient=patient, is_baseline=False)
+    assert follow_ups.count() == 2
+    for response in follow_ups:
+        assert response.recist_response == "NE"
+        assert "its baseline's CT numbers are implausible (air at 0)" in response.response_note
+
+
 def test_thin_slices_far_apart_make_a_lesion_measurable_only_at_twice_their_spacing(patient):
     # 1 mm slices every 10 mm: a lesion must be 20 mm to be measurable (RECIST 1.1
     # section 3.1.1), so the 16 mm lung lesion is no target.

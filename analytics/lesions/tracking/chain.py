@@ -101,12 +101,13 @@ def study_inputs(*, patient: Patient, summary: TrackingSummary) -> list[StudyInp
             continue
         run = segmentation.processing_run
         implausible = (run.flags or {}).get("hu_implausible") if run is not None else None
+        geometry = _geometry(segmentation)
         entry = StudyInput(
             study,
             segmentation,
             np.eye(4),
-            geometry=_geometry(segmentation),
-            slice_thickness_mm=_sampling_mm(series.slice_thickness_mm, _geometry(segmentation)),
+            geometry=geometry,
+            slice_thickness_mm=_sampling_mm(series.slice_thickness_mm, geometry),
             unreliable=f"its CT numbers are implausible ({implausible})" if implausible else "",
         )
         if baseline is None:
