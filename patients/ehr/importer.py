@@ -314,7 +314,7 @@ def _apply_retraction(
     if lab is None:
         result.skipped.append(Problem(record.where, "entered in error, and no such result stored"))
         return
-    known.labs = {k: v for k, v in known.labs.items() if v is not lab}
+    known.labs.pop((patient.pk, lab.loinc_code, lab.observed_at), None)
     if lab.pk is None:  # stored earlier in this same import: not stored after all
         known.new_labs = [x for x in known.new_labs if x is not lab]
     else:
@@ -327,18 +327,17 @@ def _apply_retraction(
 def _retracted_lab(patient: Patient, record: RetractionRecord, known: _Known) -> LabResult | None:
     """The stored result a withdrawal names: by the sender's identifiers, else by its
     LOINC code (aliases read as the code RadTrack keeps) and time."""
-    mine = [lab for (pk, _, _), lab in known.labs.items() if pk == patient.pk]
-    wanted = {(i.get("system", ""), i["value"], i.get("component", "")) for i in record.identifiers}
+    wanted = _identifier_keys(record.identifiers)
     if wanted:
-        for lab in mine:
-            held = {
-                (i.get("system", ""), i["value"], i.get("component", ""))
-                for i in lab.identifiers or []
-            }
-            if held & wanted:
+        for (pk, _, _), lab in known.labs.items():
+            if pk == patient.pk and _identifier_keys(lab.identifiers or []) & wanted:
                 return lab
     code = CODE_ALIASES.get(record.loinc_code, record.loinc_code)
     return known.labs.get((patient.pk, code, record.observed_at))
+
+
+def _identifier_keys(identifiers: list[dict[str, str]]) -> set[tuple[str, str, str]]:
+    return {(i.get("system", ""), i["value"], i.get("component", "")) for i in identifiers}
 
 
 def _apply_demographics(
