@@ -26,6 +26,8 @@ lesions (`LesionObservation`) by an optimal assignment (Hungarian algorithm,
   a *split* (a fragment of that identity); otherwise it is *new*.
 - an unpaired previous identity touching a current lesion paired with another
   identity has *merged* into it; otherwise it is *resolved* (volume 0 at this study).
+  An identity already resolved stays resolved (a neighbour grown into its place is
+  not it) unless it is paired again (a reappearance).
 - "touching": with masks, at least `CONTACT_OVERLAP` of the smaller mask lies inside
   the other; without, the equivalent spheres overlap (distance <= r_before + r_now).
 
@@ -313,10 +315,14 @@ def _splits_read(
 def _merges_read(
     frame: _Frame, prev_to_cur: dict[int, int], cur_to_prev: dict[int, int]
 ) -> dict[int, int]:
-    """Unpaired previous identity -> the paired current lesion it touches (it merged)."""
+    """Unpaired previous identity -> the paired current lesion it touches (it merged).
+
+    An identity already resolved (gone at an earlier study) cannot merge: a neighbour
+    grown up to where it was is the neighbour's growth, and reading it as a merge would
+    hand the gone lesion the neighbour's size (a target confirmed gone measured again)."""
     merged_into: dict[int, int] = {}
     for i in range(len(frame.prev)):
-        if i in prev_to_cur:
+        if i in prev_to_cur or frame.prev[i].resolved:
             continue
         j = _touching(frame, i, list(cur_to_prev), by="prev")
         if j is not None:

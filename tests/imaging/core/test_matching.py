@@ -272,6 +272,30 @@ def test_two_lesions_that_coalesce_are_a_merge():
     assert not result.new and not result.resolved
 
 
+def test_a_lesion_gone_is_not_merged_into_a_neighbour_that_grows_into_its_place():
+    # B (15 mm) is gone at the first follow-up; its neighbour C, 16 mm away, grows from
+    # 12 to 20 mm by the second. C's sphere now reaches where B was: C grew, B did not
+    # merge into it (a merge would give the gone target C's size).
+    previous = [
+        tracked("B", "liver", (-50, 0, 0), sphere_ml(15), label="Liver 1"),
+        tracked("C", "liver", (-50, 16, 0), sphere_ml(12), label="Liver 2"),
+    ]
+    first = lesions_match(
+        previous=previous, current=[obs("c1", "liver", (-50, 16, 0), sphere_ml(12))],
+        uid_factory=uids(),
+    )  # fmt: skip
+    assert {a.lesion_uid: a.status for a in first.assignments} == {"B": "resolved", "C": "tracked"}
+
+    second = lesions_match(
+        previous=first.identities, current=[obs("c2", "liver", (-50, 16, 0), sphere_ml(20))],
+        uid_factory=uids(),
+    )  # fmt: skip
+
+    status = {a.lesion_uid: (a.status, a.merged_into) for a in second.assignments}
+    assert status == {"B": ("resolved", ""), "C": ("tracked", "")}
+    assert not second.merges
+
+
 def test_a_lesion_that_breaks_up_is_a_split_with_diameters_added():
     previous = [tracked("A", "liver", (0, 0, 0), sphere_ml(24))]
     current = [
