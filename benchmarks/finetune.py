@@ -30,9 +30,11 @@ band worse by more than the margins. Results go to ``--out``/results.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,10 @@ from imaging.core.modelhub.validation_set import (  # noqa: E402
     size_band,
     truth_labels_renderer,
 )
+from imaging.core.segmentation.cysts import CystSettings  # noqa: E402
 from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.network import segmenter_from_network, segmenter_load  # noqa: E402
+from imaging.core.segmentation.postprocess import ContrastSettings, PostprocessSettings  # noqa: E402
 from imaging.core.segmentation.training.cases import CohortSource, cases_load  # noqa: E402
 from imaging.core.segmentation.training.interpolation import checkpoint_interpolate  # noqa: E402
 from imaging.core.segmentation.training.loop import checkpoint_read  # noqa: E402
@@ -242,7 +246,9 @@ def main() -> int:
     t = time.perf_counter()
     training, reviewed = [], {"accepted": 0, "rejected": 0, "added": 0}
     for case in review:
-        case_training, kinds = _reviewed_cached(case, base, device, args.cache / "reviews")
+        case_training, kinds = _reviewed_cached(
+            case, base, device, args.cache / f"reviews-{_postprocess_key()}"
+        )
         training.append(case_training)
         reviewed = {k: reviewed[k] + kinds[k] for k in reviewed}
     print(f"reviews: {reviewed} in {time.perf_counter() - t:.0f} s", flush=True)
@@ -251,8 +257,10 @@ def main() -> int:
                            spec=base.spec, cache_dir=args.cache / "original")  # fmt: skip
 
     print("before:", flush=True)
-    before_path = args.cache / f"before-{args.kind}-{args.size}-{args.test}-{args.other}.json"
-    if before_path.exists():  # the shipped model's results on these studies do not change
+    before_path = args.cache / (
+        f"before-{args.kind}-{args.size}-{args.test}-{args.other}-{_postprocess_key()}.json"
+    )
+    if before_path.exists():  # the shipped model's results here change with post-processing only
         before = json.loads(before_path.read_text())
     else:
         before = {
@@ -314,6 +322,17 @@ def main() -> int:
         "reviewed": reviewed, "before": before, "by_tuned_share": results, "train_seconds": train_seconds,
     }, indent=1, default=float))  # fmt: skip
     return 0
+
+
+def _postprocess_key() -> str:
+    """A digest of every post-processing setting (the shipped model's cached results and
+    reviews are kept apart per setting: a new filter must not be judged on old ones)."""
+    settings = {
+        "postprocess": asdict(PostprocessSettings()),
+        "contrast": asdict(ContrastSettings()),
+        "cysts": asdict(CystSettings()),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _shares(text: str) -> tuple[float, ...]:

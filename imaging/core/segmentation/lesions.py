@@ -2,7 +2,8 @@
 
 `lesions_segment` runs the segmenter (`network.segment_volume`), the post-processing
 (`postprocess.postprocess_run`), the contrast filter on the study's own voxels
-(`postprocess.candidates_contrast_filter`) and the measurements
+(`postprocess.candidates_contrast_filter`), simple liver cysts told from lesions
+(`cysts.simple_cysts_filter`) and the measurements
 (`measure.lesions_measure`).
 """
 
@@ -17,6 +18,7 @@ import torch
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.cysts import simple_cysts_filter
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
 from imaging.core.segmentation.network import VolumeSegmenter, segmenter_load
 from imaging.core.segmentation.partial_volume import PARTIAL_VOLUME_RULES
@@ -132,6 +134,9 @@ def lesions_segment(
     candidate_mask, candidates, contrast_record = candidates_contrast_filter(
         study=around, candidate_mask=post.mask, candidates=post.candidates
     )
+    candidate_mask, candidates, cysts_record = simple_cysts_filter(
+        study=around, candidate_mask=candidate_mask, candidates=candidates
+    )
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
     lesions = lesions_measure(
@@ -160,5 +165,5 @@ def lesions_segment(
         model_sha256=output.model_sha256,
         device=output.device,
         timings=timings,
-        records=(*output.records, *post.records, contrast_record, measure_record),
+        records=(*output.records, *post.records, contrast_record, cysts_record, measure_record),
     )

@@ -480,23 +480,29 @@ _HALF_NORMAL_MEAN = float(np.sqrt(2.0 / np.pi))
 _HALF_NORMAL_SD = float(np.sqrt(1.0 - 2.0 / np.pi))
 
 
-def _contrast_scores(
-    on_study: np.ndarray,
-    hu: np.ndarray,
-    candidates: tuple[LesionCandidate, ...],
-    settings: ContrastSettings,
-) -> dict[int, float | None]:
-    """z of each candidate (by label value) on the study's voxels; None without a ring."""
+def candidates_keep(candidate_mask: Volume, kept: tuple[LesionCandidate, ...]) -> Volume:
+    """``candidate_mask`` with only the ``kept`` candidates' label values."""
+    keep = np.zeros(int(candidate_mask.array.max()) + 1, dtype=bool)
+    keep[[c.label_value for c in kept]] = True
+    array = np.where(keep[candidate_mask.array], candidate_mask.array, 0)
+    return candidate_mask.with_array(array.astype(candidate_mask.array.dtype), kind="label")
+
+
+def candidate_core_ring(
+    on_study: np.ndarray, hu: np.ndarray, values: list[int], settings: ContrastSettings
+) -> dict[int, tuple[np.ndarray, np.ndarray] | None]:
+    """Each candidate's HU (by label value in ``on_study``, the candidate mask on the
+    study's own grid) and the HU of a ring ``ring_inner_voxels``..``ring_outer_voxels``
+    around it, away from every candidate; None when it holds no study voxel centre."""
     any_candidate = on_study > 0
     inner = ndimage.generate_binary_structure(3, 1)
-    scores: dict[int, float | None] = {}
     margin = settings.ring_outer_voxels + 1
     boxes = ndimage.find_objects(on_study)
-    for candidate in candidates:
-        value = candidate.label_value
+    out: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+    for value in values:
         found = boxes[value - 1] if value - 1 < len(boxes) else None
-        if found is None:  # holds no study voxel centre: nothing to measure there
-            scores[value] = 0.0
+        if found is None:
+            out[value] = None
             continue
         box = tuple(
             slice(max(0, s.start - margin), min(size, s.stop + margin))
@@ -508,13 +514,29 @@ def _contrast_scores(
             & ~ndimage.binary_dilation(core, inner, iterations=settings.ring_inner_voxels)
             & ~any_candidate[box]
         )
-        ring_hu = hu[box][ring].astype(np.float64)
+        out[value] = (hu[box][core].astype(np.float64), hu[box][ring].astype(np.float64))
+    return out
+
+
+def _contrast_scores(
+    on_study: np.ndarray,
+    hu: np.ndarray,
+    candidates: tuple[LesionCandidate, ...],
+    settings: ContrastSettings,
+) -> dict[int, float | None]:
+    """z of each candidate (by label value) on the study's voxels; None without a ring."""
+    scores: dict[int, float | None] = {}
+    voxels = candidate_core_ring(on_study, hu, [c.label_value for c in candidates], settings)
+    for value, found in voxels.items():
+        if found is None:  # holds no study voxel centre: nothing to measure there
+            scores[value] = 0.0
+            continue
+        core_hu, ring_hu = found
         if ring_hu.size < 8:
             scores[value] = None
             continue
         centre = float(np.median(ring_hu))
         sigma = max(1.4826 * float(np.median(np.abs(ring_hu - centre))), 1.0)
-        core_hu = hu[box][core].astype(np.float64)
         shift = abs(centre - float(core_hu.mean())) / (sigma / np.sqrt(core_hu.size))
         # |x - centre| / sigma of noise has mean sqrt(2/pi) and SD sqrt(1 - 2/pi): a core
         # spread beyond the noise (a bright rim around a dark centre) scores here even
@@ -557,14 +579,7 @@ def candidates_contrast_filter(
     kept = tuple(
         c for c in candidates if (score := scores[c.label_value]) is None or score >= settings.min_z
     )
-    keep = np.zeros(int(candidate_mask.array.max()) + 1, dtype=bool)
-    keep[[c.label_value for c in kept]] = True
-    mask = candidate_mask.with_array(
-        np.where(keep[candidate_mask.array], candidate_mask.array, 0).astype(
-            candidate_mask.array.dtype
-        ),
-        kind="label",
-    )
+    mask = candidates_keep(candidate_mask, kept)
     record = StepRecord(
         name="postprocess_contrast",
         parameters={

@@ -1,0 +1,94 @@
+"""Simple liver cysts told from lesions (`segmentation.cysts.simple_cysts_filter`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imaging.core.geometry.preprocess import volume_resample
+from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.cysts import CystSettings, simple_cysts_filter
+from imaging.core.segmentation.postprocess import LesionCandidate
+
+# Four 14 mm spheres in a liver (3 x 3 x 5 mm voxels, 12 HU of noise), each its candidate.
+CENTRES_MM = {1: (40.0, 40.0, 40.0), 2: (40.0, 40.0, 110.0), 3: (40.0, 110.0, 40.0),
+              4: (40.0, 110.0, 110.0)}  # fmt: skip
+
+
+def _case(liver_hu: float, inside_hu: dict[int, float], organs: dict[int, str] | None = None):
+    rng = np.random.default_rng(7)
+    shape = (16, 50, 50)  # k, j, i
+    array = np.full(shape, liver_hu, np.float32)
+    ks, js, is_ = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    for value, (z, y, x) in CENTRES_MM.items():
+        ball = ((ks * 5.0 - z) ** 2 + (js * 3.0 - y) ** 2 + (is_ * 3.0 - x) ** 2) <= 7.0**2
+        array[ball] = inside_hu[value]
+    study = Volume(
+        array + rng.normal(0, 12.0, shape).astype(np.float32), (3.0, 3.0, 5.0), (0, 0, 0)
+    )
+    grid = volume_resample(volume=study, spacing_mm=(1.5, 1.5, 1.5))
+    k, j, i = np.ogrid[: grid.array.shape[0], : grid.array.shape[1], : grid.array.shape[2]]
+    labels = np.zeros(grid.array.shape, np.uint16)
+    for value, centre in CENTRES_MM.items():
+        c = np.asarray(centre) / 1.5
+        labels[((k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2) * 1.5**2 <= 6.5**2] = value
+    organs = organs or {}
+    candidates = tuple(
+        LesionCandidate(
+            label_value=v, organ=organs.get(v, "liver"), n_voxels=int((labels == v).sum()),
+            volume_ml=float((labels == v).sum() * 1.5**3 / 1000), confidence=1.0,
+            mean_probability=0.9, bbox_kji=((0, 1), (0, 1), (0, 1)),
+        )
+        for v in CENTRES_MM
+    )  # fmt: skip
+    return study, grid.with_array(labels, kind="label"), candidates
+
+
+def test_water_dense_finding_in_an_enhanced_liver_is_a_simple_cyst_and_only_that():
+    # 1: water (a cyst); 2: a hypodense metastasis taking up contrast (45 HU);
+    # 3: water but filed as a lung candidate (the rule is the liver's); 4: a cyst whose
+    # fluid is only the centre, its wall at 60 HU (a cystic metastasis).
+    study, mask, candidates = _case(105.0, {1: 5.0, 2: 45.0, 3: 5.0, 4: 60.0}, {3: "lung"})
+    ks, js, is_ = np.ogrid[: study.array.shape[0], : study.array.shape[1], : study.array.shape[2]]
+    z, y, x = CENTRES_MM[4]
+    study.array[((ks * 5.0 - z) ** 2 + (js * 3.0 - y) ** 2 + (is_ * 3.0 - x) ** 2) <= 3.0**2] = 8.0
+
+    kept_mask, kept, record = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates
+    )
+
+    assert [c.label_value for c in kept] == [2, 3, 4], record.details
+    assert set(np.unique(kept_mask.array)) == {0, 2, 3, 4}
+    assert record.name == "postprocess_simple_cysts"
+    assert record.details["looked_at"] == 3 and record.details["removed"] == 1
+    cyst = record.details["cysts"]["1"]
+    assert cyst["median_hu"] <= 20.0 and cyst["liver_hu"] >= 100.0
+    assert record.parameters["max_median_hu"] == 20.0 and record.parameters["min_liver_hu"] == 75.0
+
+
+@pytest.mark.parametrize("liver_hu", [60.0, 70.0])
+def test_without_contrast_the_rule_abstains(liver_hu):
+    # Unenhanced, a hypodense metastasis can be as dark as a cyst: nothing is removed.
+    study, mask, candidates = _case(liver_hu, {1: 5.0, 2: 15.0, 3: 5.0, 4: 10.0})
+
+    kept_mask, kept, record = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates
+    )
+
+    assert len(kept) == 4 and record.details["removed"] == 0
+    assert kept_mask is mask
+
+
+def test_the_thresholds_are_recorded_parameters_that_decide():
+    study, mask, candidates = _case(105.0, {1: 5.0, 2: 45.0, 3: 30.0, 4: 60.0})
+
+    _, kept, _ = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates,
+        settings=CystSettings(max_median_hu=35.0),
+    )  # fmt: skip
+    assert [c.label_value for c in kept] == [2, 4]
+    _, kept, _ = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates,
+        settings=CystSettings(min_liver_hu=110.0),
+    )  # fmt: skip
+    assert len(kept) == 4
