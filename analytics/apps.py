@@ -15,6 +15,7 @@ class AnalyticsConfig(AppConfig):
         from analytics.lesions.refresh import patient_results_changed_receive
         from analytics.lesions.responses import responses_written
         from analytics.lesions.review.irecist_ehr import irecist_from_medications_receive
+        from analytics.lesions.tasks import patients_retrack_receive
         from analytics.risk.tasks import risk_scores_patients_receive
         from imaging.pipeline.signals import patient_results_changed
         from imaging.signals import patient_imaging_changed
@@ -49,4 +50,8 @@ class AnalyticsConfig(AppConfig):
         )
         patient_imaging_changed.connect(
             worklist_flags_patients_receive, dispatch_uid="radtrack-flags-imaging"
+        )
+        # A study moved to another date or patient, or removed: lesions tracked again.
+        patient_imaging_changed.connect(
+            patients_retrack_receive, dispatch_uid="radtrack-lesions-retrack"
         )

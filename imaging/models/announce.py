@@ -35,6 +35,10 @@ class AnnouncedRow:
     (`patients_of_values`)."""
 
     announced_fields: ClassVar[tuple[str, ...]] = ()
+    #: Whether a change to a row already there (or its removal) moves what was derived
+    #: from it (a study's date or patient: the order of a patient's studies, whose
+    #: they are): announced with ``moved`` (`imaging.signals.patient_imaging_changed`).
+    moves_results: ClassVar[bool] = False
 
     @classmethod
     def patients_of_values(cls, values: Iterable[Values], *, using: str) -> set[int]:
@@ -69,7 +73,9 @@ class AnnouncedRow:
             super().save(*args, **kwargs)  # type: ignore[misc]
             changed = [v for v in (loaded, now) if v is not None]
             patient_imaging_announce(
-                patient_pks=type(self).patients_of_values(changed, using=using), using=using
+                patient_pks=type(self).patients_of_values(changed, using=using),
+                using=using,
+                moved=loaded is not None and self.moves_results,
             )
         self._announced_loaded = now
 
@@ -78,7 +84,7 @@ class AnnouncedRow:
         with transaction.atomic(using=using, savepoint=False):
             patients = type(self).patients_of_values([self._announced_now()], using=using)
             deleted = super().delete(*args, **kwargs)  # type: ignore[misc]
-            patient_imaging_announce(patient_pks=patients, using=using)
+            patient_imaging_announce(patient_pks=patients, using=using, moved=self.moves_results)
         return deleted
 
 
@@ -99,8 +105,9 @@ class AnnouncingQuerySet(models.QuerySet):
         fields = self.model.announced_fields
         return [v for part in chunks(pks) for v in manager.filter(pk__in=part).values(*fields)]
 
-    def _announce(self, patients: set[int]) -> None:
-        patient_imaging_announce(patient_pks=patients, using=self.db)
+    def _announce(self, patients: set[int], *, moved: bool = False) -> None:
+        moved = moved and self.model.moves_results
+        patient_imaging_announce(patient_pks=patients, using=self.db, moved=moved)
 
     def bulk_create(self, objs, *args, **kwargs):
         objs = list(objs)
@@ -116,7 +123,9 @@ class AnnouncingQuerySet(models.QuerySet):
         with transaction.atomic(using=self.db, savepoint=False):
             before = self._stored([o.pk for o in objs])
             updated = super().bulk_update(objs, fields, *args, **kwargs)
-            self._announce(self._patients([*before, *(o._announced_now() for o in objs)]))
+            self._announce(
+                self._patients([*before, *(o._announced_now() for o in objs)]), moved=True
+            )
         return updated
 
     def update(self, **kwargs):
@@ -126,7 +135,7 @@ class AnnouncingQuerySet(models.QuerySet):
             pks = list(self.values_list("pk", flat=True))
             before = self._stored(pks)
             updated = super().update(**kwargs)
-            self._announce(self._patients([*before, *self._stored(pks)]))
+            self._announce(self._patients([*before, *self._stored(pks)]), moved=True)
         return updated
 
     update.alters_data = True
@@ -135,7 +144,7 @@ class AnnouncingQuerySet(models.QuerySet):
         with transaction.atomic(using=self.db, savepoint=False):
             before = list(self.values(*self.model.announced_fields))
             deleted = super().delete()
-            self._announce(self._patients(before))
+            self._announce(self._patients(before), moved=True)
         return deleted
 
     delete.alters_data = True

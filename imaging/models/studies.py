@@ -39,6 +39,8 @@ class Study(AnnouncedRow, models.Model):
 
     # The worklist's latest study per patient follows these (analytics.dashboard.flags).
     announced_fields = ("study_date", "patient_id")
+    # A study moved to another date or patient, or removed: lesions are tracked again.
+    moves_results = True
 
     study_instance_uid = models.CharField(max_length=64, unique=True)
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
