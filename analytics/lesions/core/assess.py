@@ -20,6 +20,10 @@ applies them study after study and says, for each, what the category rests on
   named in the notes ("PD pending confirmation"). When a later study confirms it, its
   state is confirmed from its first sighting (`analytics.lesions.core.findings`), so the
   time point where it was first seen reads PD, dated from then.
+- A new lesion counted before and not evaluated at a later study (outside the scanned
+  range, not found where it was: never read as gone) makes that time point NE, with a
+  note, unless PD stands on other grounds; one confirmed gone no longer counts
+  (`analytics.lesions.core.new_lesions`).
 - Non-target progression: `non_target_unequivocal` (the volume yardstick decides only
   without measurable disease; with targets it raises "possible non-target progression").
 - A lesion back after a complete response is PD (`reappearance_after_complete_response`),
@@ -42,12 +46,12 @@ from dataclasses import dataclass, field
 
 from analytics.lesions.core.bor import BestResponse, BestResponseSettings, best_overall_response
 from analytics.lesions.core.findings import node_normal
-from analytics.lesions.core.readings import (
-    CONFIRMED,
-    EQUIVOCAL,
-    LesionReading,
-    StudyReading,
+from analytics.lesions.core.new_lesions import (
+    NEW_NOT_EVALUATED_NE,
+    NewLesionsRead,
+    new_lesions_read,
 )
+from analytics.lesions.core.readings import CONFIRMED, LesionReading, StudyReading
 from analytics.lesions.core.recist import (
     CR,
     NE,
@@ -92,10 +96,13 @@ class RecistAssessment:
     lesions"); ``new_lesions_first_seen``: how many of them are seen for the first time
     here; ``new_lesion_uids`` which. ``pending``: equivocal new lesions, not counted.
     ``progression_dated_from``: when PD rests on new lesions, the first sighting of the
-    earliest. ``category_as_read``: the category before the study-level reasons
-    (``not_evaluable``) made it NE. ``notes``: what the category rests on, one sentence
-    each. ``attention``: a person should look (NE, pending, possible progression, a
-    lesion not found).
+    earliest. ``new_lesions_not_evaluated``: new lesions counted at an earlier time point
+    and not evaluated here (the time point is NE for them unless PD stands otherwise).
+    ``reappeared_uids``: the baseline lesions whose return after a complete response
+    makes PD (``reappearance``). ``category_as_read``: the category before the
+    study-level reasons (``not_evaluable``) made it NE. ``notes``: what the category
+    rests on, one sentence each. ``attention``: a person should look (NE, pending,
+    possible progression, a lesion not found).
     """
 
     study_uid: str
@@ -123,6 +130,8 @@ class RecistAssessment:
     non_target_volume_ml: float = math.nan
     continuing_response_since: dt.date | None = None
     targets_not_evaluated: int = 0
+    new_lesions_not_evaluated: tuple[str, ...] = ()
+    reappeared_uids: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     attention: bool = False
 
@@ -179,16 +188,17 @@ def _baseline_lesions(study: StudyReading, slice_thickness_mm: float | None) -> 
 @dataclass
 class _Course:
     """What the studies so far leave for the next: the fully evaluated sums (baseline
-    first), the non-target volumes, each lesion's first sighting, the baseline lesions
-    gone at the latest evaluated study, the latest evaluated category, and every
-    follow-up's (date, category) for the response confirmed so far."""
+    first), the non-target volumes, each lesion's first sighting, the new lesions counted
+    so far (Tracking UID: label), the baseline lesions gone at the latest evaluated
+    study, the latest evaluated category, and every follow-up's (date, category) for the
+    response confirmed so far."""
 
     baseline_date: dt.date
     settings: BestResponseSettings
     sums: list[float] = field(default_factory=list)
     non_target_volumes: list[float] = field(default_factory=list)
     first_seen: dict[str, dt.date] = field(default_factory=dict)
-    counted_new: set[str] = field(default_factory=set)
+    counted_new: dict[str, str] = field(default_factory=dict)
     back_since: dict[str, dt.date] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     last_category: tuple[str, dt.date] | None = None
@@ -213,7 +223,9 @@ class _Course:
         for r in study.lesions:
             if r.present and not (r.is_node and node_normal(r.size_mm)):  # a lesion
                 self.first_seen.setdefault(r.lesion_uid, study.study_date)
-        self.counted_new |= set(row.new_lesion_uids)
+        for uid in row.new_lesion_uids:
+            reading = study.reading(uid)
+            self.counted_new.setdefault(uid, reading.name if reading is not None else uid)
         if not row.is_baseline:
             self.timepoints.append((study.study_date, row.category or NE))
         if evaluated and row.category not in (None, NE):
@@ -362,33 +374,6 @@ def _lesion_volume_ml(reading: LesionReading) -> float:
 
 
 @dataclass(frozen=True)
-class _NewRead:
-    """New lesions at one study: the confirmed ones present, the equivocal ones."""
-
-    counted: tuple[LesionReading, ...]
-    pending: tuple[PendingLesion, ...]
-
-
-def _new_lesions_read(study: StudyReading, baseline: _Baseline, course: _Course) -> _NewRead:
-    """RECIST 1.1 section 4.3.5: lesions absent at baseline and present now. A confirmed
-    one counts; an equivocal one is followed (pending); a node under 10 mm in short axis
-    is normal and not a lesion. A baseline lesion that disappeared and came back is not
-    new (the 2016 clarifications)."""
-    counted, pending = [], []
-    for r in study.lesions:
-        if r.lesion_uid in baseline.present or not r.present:
-            continue
-        if r.is_node and node_normal(r.size_mm):
-            continue
-        if r.state == CONFIRMED:
-            counted.append(r)
-        elif r.state == EQUIVOCAL:
-            first = course.first_seen.get(r.lesion_uid, study.study_date)
-            pending.append(PendingLesion(r.lesion_uid, r.name, first, r.size_mm))
-    return _NewRead(tuple(counted), tuple(pending))
-
-
-@dataclass(frozen=True)
 class _NonTargetDecision:
     """Non-target progression at one follow-up: unequivocal (it makes PD), possible (for
     review: the volume yardstick with measurable disease, or a non-target node back after
@@ -425,21 +410,15 @@ def _follow_up_assessment(
     time point response (RECIST 1.1 section 4.4.1, `overall_response`)."""
     targets = _targets_read(study, baseline)
     non_targets = _non_targets_read(study, baseline)
-    new = _new_lesions_read(study, baseline, course)
+    new = new_lesions_read(
+        study,
+        baseline_present=baseline.present,
+        first_seen=course.first_seen,
+        counted_before=course.counted_new,
+    )
     baseline_sum, lowest = course.sums[0], nadir(course.sums)
-    strict = t_response = None
     continuing = course.response_confirmed()
-    if baseline.targets:
-        strict = target_response(
-            sum_mm=targets.sum_mm,
-            baseline_sum_mm=baseline_sum,
-            nadir_sum_mm=lowest,
-            not_evaluated=targets.not_evaluated,
-            complete=targets.complete,
-        )
-        t_response = continuing_partial_response(
-            target=strict, response_confirmed=continuing is not None
-        )
+    strict, t_response = _target_responses(targets, baseline, course, continuing)
     decision = _non_target_decide(study, baseline, course, non_targets.volume_ml)
     nt_response = non_target_response(
         n_baseline=len(baseline.non_targets),
@@ -447,12 +426,8 @@ def _follow_up_assessment(
         n_not_evaluated=non_targets.not_evaluated,
         unequivocal_progression=decision.unequivocal,
     )
-    as_read = overall_response(
-        target=t_response, non_target=nt_response, new_lesions=bool(new.counted)
-    )
     back = _reappeared(study, baseline, course)
-    if back.lesions:
-        as_read = PD
+    as_read = _as_read(t_response, nt_response, new, back)
     comparable = bool(baseline.targets) and not targets.not_evaluated
     first_seen = [course.first_seen.get(r.lesion_uid, study.study_date) for r in new.counted]
     row = RecistAssessment(
@@ -484,6 +459,8 @@ def _follow_up_assessment(
         or (bool(back.nodes) and study.non_target_unequivocal_progression is None),
         progression_dated_from=min(first_seen) if first_seen else None,
         reappearance=bool(back.lesions),
+        reappeared_uids=tuple(u for u in sorted(course.gone) if baseline.labels[u] in back.lesions),
+        new_lesions_not_evaluated=new.not_evaluated,
         not_evaluable=tuple(study.not_evaluable),
         category_as_read=as_read,
         non_target_volume_ml=non_targets.volume_ml,
@@ -493,6 +470,41 @@ def _follow_up_assessment(
     )
     notes = _notes(row, targets, non_targets, new, back, course, baseline, decision)
     return _with_notes(row, notes)
+
+
+def _target_responses(
+    targets: _TargetsRead, baseline: _Baseline, course: _Course, continuing: BestResponse | None
+) -> tuple[str | None, str | None]:
+    """The target response by the sums alone, and as it reads with a confirmed PR
+    continuing (`continuing_partial_response`); None, None without targets."""
+    if not baseline.targets:
+        return None, None
+    strict = target_response(
+        sum_mm=targets.sum_mm,
+        baseline_sum_mm=course.sums[0],
+        nadir_sum_mm=nadir(course.sums),
+        not_evaluated=targets.not_evaluated,
+        complete=targets.complete,
+    )
+    return strict, continuing_partial_response(
+        target=strict, response_confirmed=continuing is not None
+    )
+
+
+def _as_read(
+    t_response: str | None, nt_response: str | None, new: NewLesionsRead, back: Reappearance
+) -> str:
+    """Table 1 (Table 2 without targets); a lesion back after a complete response is PD
+    (`reappeared`); a new lesion counted before and not evaluated now leaves it NE unless
+    it is PD (`analytics.lesions.core.new_lesions`)."""
+    if back.lesions:
+        return PD
+    as_read = overall_response(
+        target=t_response, non_target=nt_response, new_lesions=bool(new.counted)
+    )
+    if new.not_evaluated and as_read != PD:
+        return NE
+    return as_read
 
 
 def _reappeared(study: StudyReading, baseline: _Baseline, course: _Course) -> Reappearance:
@@ -522,7 +534,7 @@ def _notes(
     row: RecistAssessment,
     targets: _TargetsRead,
     non_targets: _NonTargetsRead,
-    new: _NewRead,
+    new: NewLesionsRead,
     back: Reappearance,
     course: _Course,
     baseline: _Baseline,
@@ -538,6 +550,9 @@ def _notes(
         notes.append("no lesion was recorded at baseline, so there is nothing to assess")
     notes += targets.notes
     notes += non_targets.notes
+    notes += new.notes
+    if new.not_evaluated and row.category_as_read == NE:
+        notes.append(NEW_NOT_EVALUATED_NE)
     if row.new_lesions:
         names = ", ".join(
             f"{r.name} (first seen on {course.first_seen.get(r.lesion_uid, row.study_date)})"

@@ -6,18 +6,25 @@ criteria for use in trials testing immunotherapeutics. Lancet Oncol 2017;18:e143
 RECIST working group's iRECIST questions and answers. The lesion measurements and the
 RECIST 1.1 reading of each time point are `analytics.lesions.core.assess`'s.
 
-- RECIST 1.1 progression (targets, non-targets or new lesions) is iUPD, unconfirmed.
+- RECIST 1.1 progression (targets, non-targets or new lesions) is iUPD, unconfirmed;
+  so is a baseline lesion back after a complete response, which RECIST 1.1 reads as PD
+  (`analytics.lesions.core.assess`): a target back counts with the targets, any other
+  lesion with the non-targets.
 - It is confirmed (iCPD) at the next assessment, 4 to 8 weeks later (`CONFIRM_MIN_DAYS`,
   `CONFIRM_MAX_DAYS`), by a further increase in what progressed (the targets' sum by
   5 mm or more from the iUPD; the non-targets by any increase, a radiologist's call; the
   new target lesions' sum by 5 mm or more), by another new lesion, or by RECIST 1.1
   progression in a category that had not progressed. An assessment under 4 weeks after
   the iUPD does not confirm it (said in the notes); one over 8 weeks still decides,
-  with a note that the window was missed.
+  with a note that the window was missed. A targets' sum with a target not evaluated
+  (at the iUPD or now) is never compared: the confirmation cannot rest on it, and the
+  notes say so.
 - Without that, and when what progressed no longer does (targets back under the PD
   line, the new lesions gone or the targets shrinking further since the iUPD: the
   working group's scenario B), the bar is reset and the time point is iCR, iPR or iSD
-  from the lesions present at baseline; otherwise it stays iUPD.
+  from the lesions present at baseline; otherwise it stays iUPD. What was not evaluated
+  never resets it: a target not evaluated, a new lesion of the iUPD not evaluated, a
+  lesion back after a complete response still there or not evaluated.
 - New lesions are sorted when first seen into new target lesions (measurable, up to 5
   in all and 2 per organ, RECIST 1.1 section 4.2) and new non-target lesions; their sum
   is kept apart from the targets' sum. After a reset, new lesions make iUPD again only
@@ -42,6 +49,7 @@ from analytics.lesions.core.recist import (
     overall_response,
     target_progression,
 )
+from analytics.lesions.core.returns import lesion_present
 
 __all__ = [
     "CONFIRM_MAX_DAYS",
@@ -82,14 +90,20 @@ def irecist_category(recist_category: str) -> str:
 
 @dataclass
 class _Unconfirmed:
-    """An iUPD waiting for confirmation: when, what progressed, and the values then."""
+    """An iUPD waiting for confirmation: when, what progressed, and the values then
+    (``target_sum_mm`` None when a target was not evaluated: a partial sum is never
+    compared; ``reappeared_uids``: baseline lesions back after a complete response;
+    ``non_target_pd``: the non-target disease itself progressed, not only a lesion back)."""
 
     date: dt.date
     categories: frozenset[str]
-    target_sum_mm: float
+    target_sum_mm: float | None
     new_target_sum_mm: float
     new_uids: frozenset[str]
     non_target_volume_ml: float
+    reappeared_uids: frozenset[str] = frozenset()
+    targets_not_evaluated: int = 0
+    non_target_pd: bool = False
 
 
 @dataclass
@@ -190,11 +204,12 @@ def _timepoint(
 def _progressed(r: RecistAssessment, state: _State, new_sum: float) -> frozenset[str]:
     """The categories in RECIST 1.1 progression now. New lesions count the first time
     they appear; after a reset, only another new lesion or the new targets' sum meeting
-    RECIST 1.1 progression over its nadir does (the working group's answers)."""
+    RECIST 1.1 progression over its nadir does (the working group's answers). A lesion
+    back after a complete response is progression of its category, as in RECIST 1.1."""
     out = set()
-    if r.target_response == PD:
+    if _target_progresses(r):
         out.add("target")
-    if r.non_target_response == PD:
+    if _non_target_progresses(r):
         out.add("non-target")
     unseen = set(r.new_lesion_uids) - state.known_new
     grown = bool(state.new_target_sums) and target_progression(
@@ -203,6 +218,16 @@ def _progressed(r: RecistAssessment, state: _State, new_sum: float) -> frozenset
     if unseen or (not math.isnan(new_sum) and grown):
         out.add("new lesions")
     return frozenset(out)
+
+
+def _target_progresses(r: RecistAssessment) -> bool:
+    """RECIST 1.1 target progression, or a target back after a complete response."""
+    return r.target_response == PD or bool(set(r.reappeared_uids) & set(r.target_uids))
+
+
+def _non_target_progresses(r: RecistAssessment) -> bool:
+    """RECIST 1.1 non-target progression, or a non-target back after a complete response."""
+    return r.non_target_response == PD or bool(set(r.reappeared_uids) - set(r.target_uids))
 
 
 def _without_iupd(
@@ -214,16 +239,27 @@ def _without_iupd(
         state.unconfirmed = _Unconfirmed(
             date=study.study_date,
             categories=progressed,
-            target_sum_mm=r.sum_diameters_mm,
+            target_sum_mm=None if r.targets_not_evaluated else r.sum_diameters_mm,
             new_target_sum_mm=new_sum,
             new_uids=frozenset(r.new_lesion_uids),
             non_target_volume_ml=r.non_target_volume_ml,
+            reappeared_uids=frozenset(r.reappeared_uids),
+            targets_not_evaluated=r.targets_not_evaluated,
+            non_target_pd=r.non_target_response == PD,
         )
         state.known_new |= set(r.new_lesion_uids)
-        return I_UPD, [
+        notes = [
             f"unconfirmed progression ({', '.join(sorted(progressed))}): to be confirmed "
             f"{CONFIRM_MIN_DAYS // 7} to {CONFIRM_MAX_DAYS // 7} weeks later (iRECIST)"
         ]
+        if r.reappeared_uids:
+            notes.append(
+                "a lesion back after a complete response, which RECIST 1.1 reads as PD, is "
+                "unconfirmed progression in iRECIST"
+            )
+        if r.targets_not_evaluated and "target" in progressed:
+            notes.append(_partial_sum_note(r.targets_not_evaluated, "at this iUPD"))
+        return I_UPD, notes
     return irecist_category(_without_known_new(r)), []
 
 
@@ -240,14 +276,14 @@ def _confirms(
 ) -> list[str]:
     """What confirms the pending iUPD now (empty: nothing)."""
     why = []
-    grown = r.sum_diameters_mm - pending.target_sum_mm
-    if "target" in pending.categories and grown >= FURTHER_INCREASE_MM:
-        why.append(f"the targets' sum grew a further {grown:.1f} mm")
-    elif "target" not in pending.categories and r.target_response == PD:
+    if "target" in pending.categories and (grown := _sum_growth(r, pending)) is not None:
+        if grown >= FURTHER_INCREASE_MM:
+            why.append(f"the targets' sum grew a further {grown:.1f} mm")
+    elif "target" not in pending.categories and _target_progresses(r):
         why.append("the targets now progress")
     if study.non_target_unequivocal_progression:
         why.append("the non-target disease increased (a radiologist's verdict)")
-    elif "non-target" not in pending.categories and r.non_target_response == PD:
+    elif "non-target" not in pending.categories and _non_target_progresses(r):
         why.append("the non-target disease now progresses")
     another = set(r.new_lesion_uids) - pending.new_uids
     if another:
@@ -256,6 +292,23 @@ def _confirms(
     if not math.isnan(further) and pending.new_uids and further >= FURTHER_INCREASE_MM:
         why.append(f"the new target lesions grew a further {further:.1f} mm")
     return why
+
+
+def _sum_growth(r: RecistAssessment, pending: _Unconfirmed) -> float | None:
+    """The targets' sum now less at the iUPD; None when either is partial (a target not
+    evaluated): a partial sum compared with a complete one measures what was missing."""
+    if pending.target_sum_mm is None or r.targets_not_evaluated:
+        return None
+    return r.sum_diameters_mm - pending.target_sum_mm
+
+
+def _partial_sum_note(not_evaluated: int, where: str) -> str:
+    """Why the targets' sum cannot confirm (or reset) an iUPD."""
+    count = "a target" if not_evaluated == 1 else f"{not_evaluated} targets"
+    return (
+        f"the targets' sum {where} is partial ({count} not evaluated): whether the targets "
+        "grew further cannot rest on it (iRECIST compares complete sums only)"
+    )
 
 
 def _after_iupd(
@@ -268,6 +321,12 @@ def _after_iupd(
     why = _confirms(study, r, pending, new_sum)
     state.known_new |= set(r.new_lesion_uids)
     notes = []
+    if "target" in pending.categories and pending.target_sum_mm is None:
+        notes.append(
+            _partial_sum_note(pending.targets_not_evaluated, f"at the iUPD of {pending.date}")
+        )
+    if "target" in pending.categories and r.targets_not_evaluated:
+        notes.append(_partial_sum_note(r.targets_not_evaluated, "here"))
     if days > CONFIRM_MAX_DAYS:
         notes.append(
             f"{days} days after the iUPD of {pending.date}: later than the 4 to 8 weeks "
@@ -298,9 +357,10 @@ def _non_target_undecided(study: StudyReading, r: RecistAssessment, pending: _Un
     """An iUPD of the non-target disease, with measurable disease, made by a radiologist's
     verdict (RECIST 1.1 section 4.3.4) and none at this study: nothing says whether it
     increased further or no longer progresses, so it stays iUPD (iRECIST Table 2: it
-    "remains iUPD unless iCPD is confirmed")."""
+    "remains iUPD unless iCPD is confirmed"). A non-target lesion back after a complete
+    response is not such a verdict: the readings say whether it is still there."""
     return (
-        "non-target" in pending.categories
+        pending.non_target_pd
         and bool(r.target_uids)
         and study.non_target_unequivocal_progression is None
     )
@@ -310,7 +370,9 @@ def _resolved(study: StudyReading, r: RecistAssessment, pending: _Unconfirmed) -
     """What progressed at the iUPD no longer does: targets under the PD line again,
     non-targets not progressing (by a radiologist's word when they decided the iUPD),
     and the new lesions gone or the targets shrinking further since the iUPD (the
-    working group's scenario B)."""
+    working group's scenario B). Never by what was not evaluated (`_unknown`)."""
+    if _unknown(study, r, pending):
+        return False
     if "target" in pending.categories and r.target_response == PD:
         return False
     if "non-target" in pending.categories and (
@@ -318,6 +380,22 @@ def _resolved(study: StudyReading, r: RecistAssessment, pending: _Unconfirmed) -
     ):
         return False
     if "new lesions" in pending.categories and r.new_lesions:
-        shrinking = r.sum_diameters_mm < pending.target_sum_mm
+        growth = _sum_growth(r, pending)
+        shrinking = growth is not None and growth < 0
         return bool(r.target_uids) and shrinking and r.target_response != PD
     return True
+
+
+def _unknown(study: StudyReading, r: RecistAssessment, pending: _Unconfirmed) -> bool:
+    """Whether what progressed at the iUPD has stopped is not known at this study: a
+    target not evaluated, a new lesion counted before not evaluated, or a lesion back
+    after a complete response still there or not evaluated."""
+    if "target" in pending.categories and r.targets_not_evaluated:
+        return True
+    if "new lesions" in pending.categories and r.new_lesions_not_evaluated:
+        return True
+    for uid in pending.reappeared_uids:
+        reading = study.reading(uid)
+        if reading is None or not reading.evaluated or lesion_present(reading, reading.is_node):
+            return True
+    return False

@@ -242,8 +242,10 @@ def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAs
     The total burden sums every counted lesion's volume (targets, non-targets and
     confirmed new lesions; a lesion not read or not found at a study, or with NaN
     volume, makes the total NaN and the category NE). Its nadir is the smallest total on
-    an earlier study, baseline included. Confirmed new lesions (absent at baseline,
-    present now) make the category PD; a study not evaluable as a whole is NE.
+    an earlier study, baseline included, leaving out the studies not evaluable as a whole
+    (their volumes cannot be trusted: implausible CT numbers, a segmentation missing), as
+    RECIST 1.1 leaves them out of the nadir of the sum. Confirmed new lesions (absent at
+    baseline, present now) make the category PD; a study not evaluable as a whole is NE.
     """
     if not timeline:
         return ()
@@ -256,8 +258,9 @@ def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAs
         volumes = {uid: _volume_ml(study, uid) for uid in course.known}
         total = math.nan if any(math.isnan(v) for v in volumes.values()) else sum(volumes.values())
         interval = (study.study_date - course.previous_date).days if course.previous_date else 0
+        evaluable = index == 0 or not study.not_evaluable
         lesions = tuple(
-            _lesion_change(uid, volume, course, interval_days=interval)
+            _lesion_change(uid, volume, course, interval_days=interval, evaluable=evaluable)
             for uid, volume in volumes.items()
         )
         out.append(
@@ -271,15 +274,16 @@ def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAs
                 new=_new_lesions(study, baseline_uids) if index else False,
             )
         )
-        course.record(study, volumes, total)
+        course.record(study, volumes, total if evaluable else math.nan)
     return tuple(out)
 
 
 @dataclass
 class _Course:
     """What the studies so far leave for the next: the lesions known (present once, or
-    read at baseline), each one's volumes since first seen, the totals, and the previous
-    study's total, date and volumes (for doubling times)."""
+    read at baseline), each one's volumes since first seen, the totals (NaN for a study
+    not evaluable as a whole: never a nadir), and the previous study's total, date and
+    volumes (for doubling times)."""
 
     known: list[str] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -336,11 +340,12 @@ def _volume_ml(study: StudyReading, lesion_uid: str) -> float:
 
 
 def _lesion_change(
-    uid: str, volume: float, course: _Course, *, interval_days: int
+    uid: str, volume: float, course: _Course, *, interval_days: int, evaluable: bool = True
 ) -> LesionVolumeChange:
     """One lesion against its first volume above 0 and its nadir (rated by
     `volume_response` once it has a history), with its VDT since the previous study;
-    the volume joins its history once the lesion has been seen."""
+    the volume joins its history once the lesion has been seen (as NaN from a study not
+    evaluable as a whole: neither a reference nor a nadir)."""
     past = course.history.setdefault(uid, [])
     reference = next((v for v in past if v > 0), volume)
     lowest = min((v for v in past if not math.isnan(v)), default=volume)
@@ -361,7 +366,7 @@ def _lesion_change(
         else None,
     )
     if volume > 0 or past:
-        past.append(volume)
+        past.append(volume if evaluable else math.nan)
     return change
 
 
@@ -376,8 +381,8 @@ def _assessment(
     new: bool,
 ) -> VolumetricAssessment:
     """The total burden at one study against the baseline total and the nadir (the
-    smallest known total before it); a new lesion makes the category PD (RECIST 1.1
-    section 4.3.5)."""
+    smallest known total before it, on a study evaluable as a whole); a new lesion makes
+    the category PD (RECIST 1.1 section 4.3.5)."""
     if is_baseline:
         burden = category = None
         baseline_total = lowest_total = total
