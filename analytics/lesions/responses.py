@@ -27,6 +27,7 @@ from django.utils import timezone
 from analytics.lesions.core.bor import BestResponseSettings
 from analytics.lesions.core.patient import PatientResponses, patient_responses_assess
 from analytics.lesions.core.readings import StudyReading, timeline_from_measurements
+from analytics.lesions.core.timepoints import time_points_merge
 from analytics.lesions.selectors import measurements_table
 from analytics.models import (
     BestOverallResponse,
@@ -74,7 +75,8 @@ def responses_recompute(
     radiologist's overrides and verdicts are in force. ``trigger``: what caused it, for
     the record of any revision.
     """
-    timeline, undated = _timeline(patient, chain)
+    read, undated = _timeline(patient, chain)
+    timeline, members = time_points_merge(read)
     result = patient_responses_assess(
         timeline=timeline, irecist=irecist_applies(patient), settings=best_response_settings()
     )
@@ -86,12 +88,19 @@ def responses_recompute(
         )
     }
     kept: list[ResponseAssessment] = []
-    for index, reading in enumerate(sorted(timeline, key=lambda s: s.study_date)):
-        study = studies[reading.study_uid]
+    for index, reading in enumerate(timeline):
         values = _values(result, index, reading)
         if index == 0:
             _baseline_substitution_note(values, reading.study_date, gaps)
-        kept.append(_save(patient, study, existing.pop(study.pk, None), values, trigger))
+        uids = members[reading.study_uid]
+        if len(uids) > 1:
+            _one_time_point_note(values, len(uids))
+        for uid in uids:  # the same-day studies share the time point's assessment
+            study = studies[uid]
+            row = existing.pop(study.pk, None)
+            kept.append(
+                _save(patient, study, row, {**values, "notes": list(values["notes"])}, trigger)
+            )
     for study, reason in [*((g.study, g.reason) for g in gaps), *undated]:
         if study.pk in {r.study_id for r in kept}:
             continue
@@ -217,6 +226,16 @@ def _baseline_substitution_note(
     values["notes"] = [note, *values["notes"]]
     values["response_note"] = "; ".join(values["notes"])
     values["needs_attention"] = True
+
+
+def _one_time_point_note(values: dict[str, Any], studies: int) -> None:
+    """Studies of one date are one time point (`core.timepoints`): each row says so."""
+    values["notes"] = [
+        *values["notes"],
+        f"one time point with the other {studies - 1} "
+        f"{'study' if studies == 2 else 'studies'} of this date (read together)",
+    ]
+    values["response_note"] = "; ".join(values["notes"])
 
 
 def _not_evaluable_values(reason: str) -> dict[str, Any]:

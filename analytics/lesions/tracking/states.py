@@ -201,15 +201,34 @@ def _manual_stale(finding: ManualFinding, *, followed: bool) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- states
 def finding_states_mark(*, rows: list[LesionMeasurement], chain: Chain) -> None:
-    """Every row's ``finding_state`` and ``state_reason`` (`finding_states`)."""
-    index_of = {entry.study.pk: i for i, (entry, _) in enumerate(chain)}
+    """Every row's ``finding_state`` and ``state_reason`` (`finding_states`).
+
+    Studies of one date are one time point (`analytics.lesions.core.timepoints`): a
+    lesion first seen in the second study of the baseline's date (an abdomen CT the day
+    of the chest CT) is a baseline lesion, not a new one, and a second sighting the same
+    day does not confirm a new lesion. Of a lesion's rows at one time point, the one
+    that saw it speaks for the time point."""
+    # in chain order (by date); an undated study is a time point of its own
+    point: dict[object, int] = {}
+    for entry, _ in chain:
+        point.setdefault(_point_key(entry.study), len(point))
+    index_of = {entry.study.pk: point[_point_key(entry.study)] for entry, _ in chain}
     thickness = {entry.study.pk: entry.slice_thickness_mm for entry, _ in chain}
     sightings = {id(row): _sighting(row, index_of, thickness) for row in rows}
-    states = finding_states(sightings=list(sightings.values()))
+    speaks: dict[tuple[str, int], Sighting] = {}
+    for s in sightings.values():
+        key = (s.lesion_uid, s.study_index)
+        if key not in speaks or (s.found and not speaks[key].found):
+            speaks[key] = s
+    states = finding_states(sightings=list(speaks.values()))
     for row in rows:
         s = sightings[id(row)]
         state = states[(s.lesion_uid, s.study_index)]
         row.finding_state, row.state_reason = state.state, state.reason
+
+
+def _point_key(study: Study) -> object:
+    return study.study_date if study.study_date is not None else ("undated", study.pk)
 
 
 def _sighting(
