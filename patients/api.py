@@ -113,6 +113,10 @@ class EHRImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     updated = serializers.IntegerField(help_text="labs whose value changed (amended results)")
     unchanged = serializers.IntegerField(help_text="already stored as sent")
+    skipped_older = serializers.IntegerField(
+        help_text="labs not applied: the source last updated them (meta.lastUpdated) before "
+        "the version stored (an older version of an amended or corrected result)"
+    )
     retracted = serializers.IntegerField(
         help_text="results and progressions the EHR withdrew (entered in error, refuted), "
         "removed from RadTrack"
@@ -143,6 +147,7 @@ def ehr_import_result(result: EHRImportResult) -> dict:
             "created": result.created,
             "updated": result.updated,
             "unchanged": result.unchanged,
+            "skipped_older": result.skipped_older,
             "retracted": result.retracted,
             "unmatched": result.unmatched,
             "unmatched_identifiers": sorted(result.unmatched_identifiers),
@@ -183,6 +188,7 @@ _EXAMPLE = OpenApiExample(
         "created": 2,
         "updated": 0,
         "unchanged": 0,
+        "skipped_older": 0,
         "retracted": 0,
         "unmatched": 1,
         "unmatched_identifiers": ["MRN-UNKNOWN"],

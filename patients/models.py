@@ -155,6 +155,12 @@ class LabResult(models.Model):
         help_text="the identifiers the result came with: [{system, value}], the sender's "
         "Observation.identifier and its fullUrl",
     )
+    source_last_updated = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="when the source last updated the version stored (FHIR meta.lastUpdated); "
+        "empty when it did not say. An import never applies an older version over it",
+    )
 
     objects = LabResultQuerySet.as_manager()
 

@@ -6,7 +6,10 @@
 ``end_date, kind, status, id``: `patients.ehr.medications`), told apart by header. ``patient_id`` is RadTrack's MRN. A censored lab value gives its bound
 as ``<0.5`` in ``value`` or ``<`` in ``comparator``. Date-times need a UTC offset; a
 date alone means midnight UTC. A file with a field longer than `MAX_FIELD_CHARS` is
-refused whole.
+refused whole; a row with more cells than the header is rejected (which column an extra
+cell belongs to is unknown). A first line that is no known header is refused by its
+number of columns and the required columns it lacks, never its cells (a file sent
+without its header has a patient's row there).
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
     """
     reader = csv.DictReader(io.StringIO(text))
     try:
-        header = {h.strip() for h in (reader.fieldnames or [])}
+        fieldnames = list(reader.fieldnames or [])
     except csv.Error as exc:
         raise EHRImportError(f"{name} line 1: not a CSV header ({exc})") from exc
+    header = {h.strip() for h in fieldnames}
     if header >= LAB_CSV_COLUMNS:
         result.format, read_row = "labs CSV", _lab_row
     elif header >= MEDICATION_CSV_COLUMNS:
@@ -56,17 +60,24 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
     elif header >= EVENT_CSV_COLUMNS:
         result.format, read_row = "events CSV", _event_row
     else:
-        raise EHRImportError(
-            f"{name}: columns {sorted(header)} are neither labs.csv "
-            f"({', '.join(sorted(LAB_CSV_COLUMNS))}) nor events.csv "
-            f"({', '.join(sorted(EVENT_CSV_COLUMNS))}) nor medications.csv "
-            f"({', '.join(sorted(MEDICATION_CSV_COLUMNS))})"
-        )
+        raise EHRImportError(_header_problem(name, header, len(fieldnames)))
     records: list[EHRRecord] = []
     for row in _rows(reader, name):
         result.records += 1
-        row = {(k or "").strip(): _text(v) for k, v in row.items() if k is not None}
         where = f"{name} line {reader.line_num}"
+        if None in row:
+            # csv.DictReader puts the cells beyond the header under None: which column
+            # each belongs to is unknown, so nothing of the row is read.
+            cells = len(fieldnames) + len(row[None])
+            result.rejected.append(
+                Problem(
+                    where,
+                    f"{cells} cells but the header has {len(fieldnames)} columns; "
+                    "the row is not read",
+                )
+            )
+            continue
+        row = {(k or "").strip(): _text(v) for k, v in row.items()}
         too_long = [k for k, v in row.items() if len(v) > MAX_FIELD_CHARS]
         if too_long:
             # No cell of these layouts is anywhere near this: the file is not one of them.
@@ -84,10 +95,25 @@ def csv_records(*, text: str, name: str, result: EHRImportResult) -> list[EHRRec
     return records
 
 
+def _header_problem(name: str, header: set[str], columns: int) -> str:
+    """Why a first line is no known header: how many columns it has and which required
+    ones each layout misses. Never the cells themselves: a file sent without its header
+    has a patient's row there, and this message is kept in the audit trail."""
+    layouts = (
+        ("labs.csv", LAB_CSV_COLUMNS),
+        ("events.csv", EVENT_CSV_COLUMNS),
+        ("medications.csv", MEDICATION_CSV_COLUMNS),
+    )
+    missing = " nor ".join(
+        f"{layout} ({', '.join(sorted(required - header))} missing)" for layout, required in layouts
+    )
+    return (
+        f"{name} line 1: its {columns} columns are neither {missing}; is the header line missing?"
+    )
+
+
 def _text(value: object) -> str:
-    """A cell as stripped text (an extra cell beyond the header comes as a list)."""
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value).strip()
+    """A cell as stripped text (a missing cell, None, as "")."""
     return (value or "").strip() if isinstance(value, str | type(None)) else str(value)
 
 

@@ -17,6 +17,7 @@ What each resource type yields is in `patients.ehr.fhir_resources` (medications:
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -287,6 +288,7 @@ def _entries_records(entries: list[FhirEntry], result: EHRImportResult) -> list[
                     payload=entry.resource,
                     full_url=entry.full_url,
                     result=result,
+                    last_updated=_last_updated(entry),
                 ),
             )
         else:
@@ -294,6 +296,18 @@ def _entries_records(entries: list[FhirEntry], result: EHRImportResult) -> list[
             if record is not None:
                 records.append(record)
     return records
+
+
+def _last_updated(entry: FhirEntry) -> dt.datetime | None:
+    """When the source last updated ``entry`` (its validated ``meta.lastUpdated``, an
+    instant, in UTC); a contained resource without one takes its container's."""
+    holder: FhirEntry | None = entry
+    while holder is not None:
+        instant = getattr(getattr(holder.model, "meta", None), "lastUpdated", None)
+        if isinstance(instant, dt.datetime) and instant.tzinfo is not None:
+            return instant.astimezone(dt.UTC)
+        holder = holder.container
+    return None
 
 
 def _skip_other(entry: FhirEntry, result: EHRImportResult) -> None:

@@ -194,7 +194,8 @@ def patient_records(
 @dataclass
 class ObservationContext:
     """What reading one Observation needs besides the resource: where it is, its subject,
-    its time (own or inherited), its payload and fullUrl, and where problems go."""
+    its time (own or inherited), its payload and fullUrl, where problems go, and when the
+    source last updated it (``meta.lastUpdated``, its container's for a contained one)."""
 
     where: str
     subject: Subject
@@ -202,6 +203,7 @@ class ObservationContext:
     payload: dict
     full_url: str | None
     result: EHRImportResult
+    last_updated: dt.datetime | None = None
 
     @property
     def skipped(self) -> list[Problem]:
@@ -404,6 +406,7 @@ def _lab_record(
         observed_at=observed_at,
         comparator=comparator,
         identifiers=identifiers,
+        last_updated=ctx.last_updated,
     )
 
 

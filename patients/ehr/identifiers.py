@@ -5,7 +5,9 @@ system is the site's MRN system, ``settings.RADTRACK_MRN_SYSTEM``: another hospi
 MRN with the same digits, or a national number, is a different identifier. Identifiers
 in other systems match a patient only through a `PatientIdentifier` row, which an
 import adds when a Patient resource matched by its MRN carries them. A subject that
-matches nobody is kept apart with the reason (`subject_match`).
+matches nobody is kept apart with the reason (`subject_match`), and so is one whose MRN
+names nobody, or whose MRN and other identifiers name different patients: the MRN is
+never overruled by another identifier.
 """
 
 from __future__ import annotations
@@ -121,23 +123,39 @@ def subjects_match(subjects: Iterable[Subject]) -> dict[Subject, SubjectMatch]:
         for row in PatientIdentifier.objects.filter(value__in=values).select_related("patient"):
             if (row.system, row.value) in pairs:
                 by_pair[(row.system, row.value)] = row.patient
-    out: dict[Subject, SubjectMatch] = {}
-    for subject in subjects:
-        patient = by_mrn.get(subject.mrn) if subject.mrn else None
-        if patient is None:
-            found = {
-                by_pair[(i.system, i.value)]
-                for i in subject.others
-                if (i.system, i.value) in by_pair
-            }
-            if len(found) > 1:
-                out[subject] = SubjectMatch(
-                    None, "its identifiers belong to different patients; not matched"
-                )
-                continue
-            patient = found.pop() if found else None
-        out[subject] = SubjectMatch(patient, "" if patient else _no_match_reason(subject))
-    return out
+    return {subject: _subject_patient(subject, by_mrn, by_pair) for subject in subjects}
+
+
+def _subject_patient(
+    subject: Subject, by_mrn: dict[str, Patient], by_pair: dict[tuple[str, str], Patient]
+) -> SubjectMatch:
+    """The patient ``subject`` names, from the patients its MRN and other identifiers name.
+
+    An MRN in RadTrack's system decides: one that names nobody is not overruled by
+    another identifier (a national number or another hospital's MRN may be known for
+    someone else, while the MRN says this is a person RadTrack does not hold), and one
+    whose other identifiers belong to a different patient is a conflict. Either way the
+    record is kept apart rather than filed under a patient it may not be about.
+    """
+    found = {by_pair[(i.system, i.value)] for i in subject.others if (i.system, i.value) in by_pair}
+    if subject.mrn:
+        patient = by_mrn.get(subject.mrn)
+        if patient is None and found:
+            return SubjectMatch(
+                None,
+                "MRN matches no patient (another of its identifiers does, but an MRN "
+                "RadTrack does not know may be another person); not matched",
+            )
+        if patient is not None and found - {patient}:
+            return SubjectMatch(
+                None,
+                "its MRN and another of its identifiers belong to different patients; not matched",
+            )
+        return SubjectMatch(patient, "" if patient else _no_match_reason(subject))
+    if len(found) > 1:
+        return SubjectMatch(None, "its identifiers belong to different patients; not matched")
+    patient = found.pop() if found else None
+    return SubjectMatch(patient, "" if patient else _no_match_reason(subject))
 
 
 def subject_match(subject: Subject) -> SubjectMatch:

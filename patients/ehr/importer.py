@@ -6,13 +6,17 @@ writes what they read. Patients are matched by their identifiers
 (`patients.ehr.identifiers`: the MRN in ``RADTRACK_MRN_SYSTEM``, or another (system,
 value) a patient is known to carry) and never created here. A record that matches no
 patient is stored, as received, in `UnmatchedEHRRecord` with the reason and counted as
-unmatched. Each file is one transaction. A lab is keyed by (patient, LOINC code,
-observed_at) and an event by (patient, kind, date), so importing the same data again
-creates nothing: it is counted as unchanged; a lab whose value or comparator changed (an
-amended result) is updated. A lab value outside its test's plausible range is rejected
-(`patients.units`). The labs are written in bulk at the end; that write announces the
-patients whose results changed (`patients.signals.lab_results_changed`), so what derives
-from them (the worklist's marker flags) is rewritten in the same transaction. Medications
+unmatched. Each file is one transaction. A lab is found by the sender's identifier of
+the result (the same test), else by (patient, LOINC code, observed_at), and an event by
+(patient, kind, date), so importing the same data again creates nothing: it is counted
+as unchanged; a lab whose value, comparator or time changed (an amended or corrected
+result) is updated, unless the source last updated the record before the version
+stored (``meta.lastUpdated``: an older version, from a ``_history`` Bundle listing the
+newest first or a file imported again): that is counted as skipped as older. A lab value
+outside its test's plausible range is rejected (`patients.units`). The labs are written
+in bulk at the end; that write announces the patients whose results changed
+(`patients.signals.lab_results_changed`), so what derives from them (the worklist's
+marker flags) is rewritten in the same transaction. Medications
 are written by `patients.ehr.medications` (keyed by the sender's identifier); one that is
 an immune checkpoint inhibitor is announced there, and the iRECIST switch that answers
 adds its notes to the report.
@@ -24,6 +28,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,7 @@ from django.db import router, transaction
 
 from patients.ehr.csv_files import csv_records
 from patients.ehr.fhir_bundle import bundle_records, ndjson_files_records, ndjson_records
+from patients.ehr.fhir_resources import URI_SYSTEM
 from patients.ehr.identifiers import (
     SubjectMatch,
     identifier_token,
@@ -154,17 +160,39 @@ def _records_read(
 # --------------------------------------------------------------------------------------
 # Matching and writing
 # --------------------------------------------------------------------------------------
+_LabKey = tuple[int, str, dt.datetime]
+#: A fullUrl's version (``.../Observation/7/_history/2``): every version is one result.
+_HISTORY = re.compile(r"/_history/[^/]+$")
+
+
 @dataclass
 class _Known:
-    """The matched patients' labs and events already stored, and the rows to create."""
+    """The matched patients' labs and events already stored, and the rows to create.
 
-    labs: dict[tuple[int, str, dt.datetime], LabResult]
+    ``labs`` holds each lab kept now by its key, ``by_identifier`` by (patient, LOINC code)
+    and each of the sender's identifiers, and ``stored_keys`` the lab keys stored when
+    the import began (with the lab's primary key).
+    """
+
+    labs: dict[_LabKey, LabResult]
     events: set[tuple[int, str, dt.date]]
     new_labs: list[LabResult] = field(default_factory=list)
     changed_labs: dict[int, LabResult] = field(default_factory=dict)
     new_events: list[ClinicalEvent] = field(default_factory=list)
     retracted_labs: set[int] = field(default_factory=set)
     retracted_events: set[tuple[int, str, dt.date]] = field(default_factory=set)
+    by_identifier: dict[tuple, LabResult] = field(default_factory=dict)
+    stored_keys: dict[_LabKey, int] = field(default_factory=dict)
+
+    def lab_keep(self, lab: LabResult) -> None:
+        """Hold ``lab`` under its key and its identifiers."""
+        self.labs[_lab_key(lab)] = lab
+        for key in _identifier_keys(lab.identifiers or []):
+            self.by_identifier[(lab.patient_id, lab.loinc_code, *key)] = lab
+
+
+def _lab_key(lab: LabResult) -> _LabKey:
+    return (lab.patient_id, lab.loinc_code, lab.observed_at)
 
 
 def _apply(
@@ -176,10 +204,7 @@ def _apply(
     matches = subjects_match(r.subject for r in records)
     matched_ids = [m.patient.pk for m in matches.values() if m.patient is not None]
     known = _Known(
-        labs={
-            (lab.patient_id, lab.loinc_code, lab.observed_at): lab
-            for lab in LabResult.objects.filter(patient_id__in=matched_ids)
-        },
+        labs={},
         events={
             (e.patient_id, e.kind, e.date)
             for e in ClinicalEvent.objects.filter(patient_id__in=matched_ids).only(
@@ -187,6 +212,9 @@ def _apply(
             )
         },
     )
+    for lab in LabResult.objects.filter(patient_id__in=matched_ids):
+        known.lab_keep(lab)
+        known.stored_keys[_lab_key(lab)] = lab.pk
     medications = MedicationsWrite.for_patients(matched_ids)
     unmatched_seen: set[str] = set()
     total = len(records)
@@ -207,14 +235,24 @@ def _apply(
             medications.apply(patient, record, result, source)
         elif isinstance(record, RetractionRecord):
             _apply_retraction(patient, record, known, result)
-    LabResult.objects.bulk_create(known.new_labs, batch_size=500)
+    # Withdrawn by the EHR: deleted (the deletes announce, so flags and scores follow).
+    # Deletes, then updates, then inserts: a key a withdrawn or corrected result leaves
+    # is free before a new result takes it.
+    LabResult.objects.filter(pk__in=known.retracted_labs).delete()
     LabResult.objects.bulk_update(
         known.changed_labs.values(),
-        ["value", "unit", "source", "comparator", "identifiers"],
+        [
+            "value",
+            "unit",
+            "source",
+            "comparator",
+            "identifiers",
+            "observed_at",
+            "source_last_updated",
+        ],
         batch_size=500,
     )
-    # Withdrawn by the EHR: deleted (the deletes announce, so flags and scores follow).
-    LabResult.objects.filter(pk__in=known.retracted_labs).delete()
+    LabResult.objects.bulk_create(known.new_labs, batch_size=500)
     for patient_pk, kind, date in known.retracted_events:
         ClinicalEvent.objects.filter(patient_id=patient_pk, kind=kind, date=date).delete()
     ClinicalEvent.objects.bulk_create(known.new_events, batch_size=500)
@@ -229,7 +267,9 @@ def _apply(
 def _apply_lab(
     patient: Patient, record: LabRecord, known: _Known, result: EHRImportResult, source: str
 ) -> None:
-    """Convert to the canonical unit; create the lab, update a changed value, or count it."""
+    """Convert to the canonical unit; create the lab, or update the stored one it amends
+    or corrects (`_stored_lab`), unless the source updated it before the version stored
+    (skipped as older); else count it unchanged."""
     try:
         canonical = lab_value_to_canonical(
             loinc_code=record.loinc_code, value=record.value, unit=record.unit
@@ -237,8 +277,7 @@ def _apply_lab(
     except UnitError as exc:
         result.rejected.append(Problem(record.where, str(exc)))
         return
-    key = (patient.pk, canonical.loinc_code, record.observed_at)
-    existing = known.labs.get(key)
+    existing = _stored_lab(patient, record, known)
     if existing is None:
         lab = LabResult(
             patient=patient,
@@ -249,28 +288,72 @@ def _apply_lab(
             observed_at=record.observed_at,
             source=source,
             identifiers=record.identifiers,
+            source_last_updated=record.last_updated,
         )
-        known.labs[key] = lab
+        known.lab_keep(lab)
         known.new_labs.append(lab)
         result.created += 1
         result.created_by_type["lab"] += 1
         result.outcome(record.where, "created")
-    elif (
+        return
+    stored_version = existing.source_last_updated
+    if record.last_updated and stored_version and record.last_updated < stored_version:
+        result.skipped_older += 1
+        result.outcome(record.where, "skipped-older")
+        return
+    if (
         math.isclose(existing.value, canonical.value, rel_tol=1e-9, abs_tol=0.0)
         and existing.unit == canonical.unit
         and existing.comparator == record.comparator
+        and existing.observed_at == record.observed_at
     ):
+        if record.last_updated and (stored_version is None or record.last_updated > stored_version):
+            existing.source_last_updated = record.last_updated  # the newest version seen
+            _lab_changed(existing, known)
         result.unchanged += 1
         result.outcome(record.where, "unchanged")
-    else:
-        existing.value, existing.unit, existing.source = canonical.value, canonical.unit, source
-        existing.comparator = record.comparator
-        if record.identifiers:
-            existing.identifiers = record.identifiers
-        if existing.pk is not None:  # else it is created at the end, as it is now
-            known.changed_labs[existing.pk] = existing
-        result.updated += 1
-        result.outcome(record.where, "updated")
+        return
+    if not _lab_move(existing, (patient.pk, canonical.loinc_code, record.observed_at), known):
+        result.rejected.append(
+            Problem(
+                record.where,
+                "its corrected time is that of another result of this test already stored; "
+                "not applied",
+            )
+        )
+        return
+    existing.value, existing.unit, existing.source = canonical.value, canonical.unit, source
+    existing.comparator = record.comparator
+    existing.source_last_updated = record.last_updated
+    if record.identifiers:
+        existing.identifiers = record.identifiers
+        known.lab_keep(existing)
+    _lab_changed(existing, known)
+    result.updated += 1
+    result.outcome(record.where, "updated")
+
+
+def _lab_changed(lab: LabResult, known: _Known) -> None:
+    if lab.pk is not None:  # else it is created at the end, as it is now
+        known.changed_labs[lab.pk] = lab
+
+
+def _lab_move(lab: LabResult, key: _LabKey, known: _Known) -> bool:
+    """Give ``lab`` the key ``key`` (a corrected time); False when another result holds
+    it: one kept now, or one stored when the import began and not withdrawn (it may have
+    moved in this import, but one UPDATE writes every change, and the database checks
+    each row's key as it goes)."""
+    if key == _lab_key(lab):
+        return True
+    holder, stored = known.labs.get(key), known.stored_keys.get(key)
+    if (holder is not None and holder is not lab) or (
+        stored is not None and stored != lab.pk and stored not in known.retracted_labs
+    ):
+        return False
+    known.labs.pop(_lab_key(lab), None)
+    lab.observed_at = key[2]
+    known.lab_keep(lab)
+    return True
 
 
 def _apply_event(
@@ -310,11 +393,11 @@ def _apply_retraction(
             Problem(record.where, f"withdrawn by the EHR, and no {record.kind} stored on that date")
         )
         return
-    lab = _retracted_lab(patient, record, known)
+    lab = _stored_lab(patient, record, known)
     if lab is None:
         result.skipped.append(Problem(record.where, "entered in error, and no such result stored"))
         return
-    known.labs.pop((patient.pk, lab.loinc_code, lab.observed_at), None)
+    known.labs.pop(_lab_key(lab), None)
     if lab.pk is None:  # stored earlier in this same import: not stored after all
         known.new_labs = [x for x in known.new_labs if x is not lab]
     else:
@@ -324,20 +407,31 @@ def _apply_retraction(
     result.outcome(record.where, "retracted")
 
 
-def _retracted_lab(patient: Patient, record: RetractionRecord, known: _Known) -> LabResult | None:
-    """The stored result a withdrawal names: by the sender's identifiers, else by its
-    LOINC code (aliases read as the code RadTrack keeps) and time."""
-    wanted = _identifier_keys(record.identifiers)
-    if wanted:
-        for (pk, _, _), lab in known.labs.items():
-            if pk == patient.pk and _identifier_keys(lab.identifiers or []) & wanted:
-                return lab
+def _stored_lab(
+    patient: Patient, record: LabRecord | RetractionRecord, known: _Known
+) -> LabResult | None:
+    """The result kept now that an amendment, correction or withdrawal names: the one of
+    the same test (LOINC code, aliases read as the code RadTrack keeps) carrying one of
+    the sender's identifiers, else the one at the record's code and time. By identifier
+    first, since a correction may change the time."""
     code = CODE_ALIASES.get(record.loinc_code, record.loinc_code)
+    for key in sorted(_identifier_keys(record.identifiers)):
+        lab = known.by_identifier.get((patient.pk, code, *key))
+        if lab is not None and known.labs.get(_lab_key(lab)) is lab:  # not withdrawn
+            return lab
     return known.labs.get((patient.pk, code, record.observed_at))
 
 
 def _identifier_keys(identifiers: list[dict[str, str]]) -> set[tuple[str, str, str]]:
-    return {(i.get("system", ""), i["value"], i.get("component", "")) for i in identifiers}
+    """(system, value, component) of each identifier; a fullUrl without its version."""
+    return {
+        (
+            i.get("system", ""),
+            _HISTORY.sub("", i["value"]) if i.get("system") == URI_SYSTEM else i["value"],
+            i.get("component", ""),
+        )
+        for i in identifiers
+    }
 
 
 def _apply_demographics(

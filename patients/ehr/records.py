@@ -44,9 +44,11 @@ class EHRImportResult:
     """Counts per outcome, the MRNs that matched nobody, and every skip and rejection.
 
     ``records`` counts bundle entries (nested bundles' too), NDJSON lines or CSV rows
-    read; ``created``, ``updated``, ``unchanged`` and ``unmatched`` count the records
-    derived from them (a Patient with a ``deceasedDateTime`` gives two: its demographics
-    and a death event). ``outcomes`` lists (where, outcome) for every record written,
+    read; ``created``, ``updated``, ``unchanged``, ``skipped_older`` and ``unmatched``
+    count the records derived from them (a Patient with a ``deceasedDateTime`` gives two:
+    its demographics and a death event). ``skipped_older`` counts labs not applied because
+    the source last updated them before the version stored (an older version of an
+    amended result). ``outcomes`` lists (where, outcome) for every record written,
     left unchanged or kept apart, beside ``skipped`` and ``rejected``.
     """
 
@@ -56,6 +58,7 @@ class EHRImportResult:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    skipped_older: int = 0
     retracted: int = 0
     unmatched: int = 0
     unmatched_identifiers: set[str] = field(default_factory=set)
@@ -66,14 +69,15 @@ class EHRImportResult:
     outcomes: list[tuple[str, str]] = field(default_factory=list)
 
     def outcome(self, where: str, what: str) -> None:
-        """Note that the record at ``where`` was created, updated, unchanged or unmatched."""
+        """Note that the record at ``where`` was created, updated, unchanged, skipped as
+        older or unmatched."""
         self.outcomes.append((where, what))
 
     def summary(self) -> str:
         return (
             f"{self.source_name} ({self.format}): {self.records} records: "
             f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.retracted} retracted, "
+            f"{self.skipped_older} older than stored, {self.retracted} retracted, "
             f"{self.unmatched} unmatched ({len(self.unmatched_identifiers)} unknown patients), "
             f"{len(self.skipped)} skipped, {len(self.rejected)} rejected"
         )
@@ -98,7 +102,9 @@ class LabRecord(EHRRecord):
 
     ``comparator`` is FHIR's QuantityComparator (``<``, ``<=``, ``>=``, ``>``) of a
     censored result, "" for an exact one; ``identifiers`` are the sender's identifiers
-    of the result (``[{"system", "value"}]``), kept with it.
+    of the result (``[{"system", "value"}]``), kept with it; ``last_updated`` is when the
+    source last changed it (FHIR ``meta.lastUpdated``, UTC), None when not given, so that
+    an older version never overwrites a newer one.
     """
 
     loinc_code: str = ""
@@ -107,6 +113,7 @@ class LabRecord(EHRRecord):
     observed_at: dt.datetime | None = None
     comparator: str = ""
     identifiers: list[dict[str, str]] = field(default_factory=list)
+    last_updated: dt.datetime | None = None
 
 
 @dataclass

@@ -128,7 +128,9 @@ def test_other_identifiers_are_kept_and_then_match_that_patient():
     clash = ehr_import(
         path_or_bytes=bundle(mrn_patient("RT-2", {"system": NATIONAL, "value": "738472983"}))
     )
-    assert any("already belongs to another patient" in n for n in clash.notes)
+    # Its MRN and national number name different patients: kept apart, not matched.
+    assert clash.unmatched == 1 and clash.updated == 0
+    assert "belong to different patients" in UnmatchedEHRRecord.objects.get().reason
     assert not PatientIdentifier.objects.filter(patient=other).exists()
 
 

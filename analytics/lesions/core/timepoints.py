@@ -12,6 +12,7 @@ measurability (the conservative choice when a lesion's own study is not known he
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from analytics.lesions.core.readings import LesionReading, StudyReading
@@ -24,7 +25,7 @@ def time_points_merge(
 ) -> tuple[list[StudyReading], dict[str, tuple[str, ...]]]:
     """One reading per date (sorted by date, each under its date's first study's UID),
     and for each, the UIDs of the studies it stands for (in the timeline's order)."""
-    by_date: dict[object, list[StudyReading]] = {}
+    by_date: dict[dt.date, list[StudyReading]] = {}
     for reading in timeline:
         by_date.setdefault(reading.study_date, []).append(reading)
     merged, members = [], {}
