@@ -137,8 +137,9 @@ ANALYTES: dict[str, Analyte] = {
             "Albumin [Mass/volume] in Serum or Plasma",
             "g/dL",
             _mass_concentration("g/dL"),
-            # Total serum protein is about 7 g/dL; albumin above 15 g/dL is not serum.
-            (0.0, 15.0),
+            # Total serum protein is about 7 g/dL; albumin above 15 g/dL is not serum. Below
+            # 0.5 g/dL is not a living patient's either: it is 3.5 g/dL labelled "g/L".
+            (0.5, 15.0),
         ),
         Analyte(
             "hemoglobin",
@@ -149,8 +150,9 @@ ANALYTES: dict[str, Analyte] = {
                 **_mass_concentration("g/dL"),
                 "mmol/L": HEMOGLOBIN_G_PER_DL_PER_MMOL_PER_L,
             },
-            # Whole blood holds at most about 35 g/dL of haemoglobin (red cells themselves).
-            (0.0, 35.0),
+            # Whole blood holds at most about 35 g/dL of haemoglobin (red cells themselves);
+            # below 2 g/dL no patient is alive to be tested: 1.35 is 13.5 g/dL labelled "g/L".
+            (2.0, 35.0),
         ),
     )
 }

@@ -95,3 +95,19 @@ def test_unit_normalise():
     assert unit_normalise("\u03bcg/ml") == "ug/mL"
     assert unit_normalise("IU/l") == "[IU]/L"
     assert unit_normalise("MG/DL") == "MG/DL"
+
+
+@pytest.mark.parametrize(
+    "code, value, unit",
+    [
+        ("718-7", 13.5, "g/L"),  # 13.5 g/dL labelled g/L: 1.35 g/dL, no living patient
+        ("1751-7", 3.5, "g/L"),  # 3.5 g/dL labelled g/L: 0.35 g/dL
+    ],
+)
+def test_a_unit_label_off_by_ten_is_refused_not_stored_ten_times_too_small(code, value, unit):
+    from patients.units import ImplausibleValue
+
+    with pytest.raises(ImplausibleValue, match="outside the plausible range"):
+        lab_value_to_canonical(loinc_code=code, value=value, unit=unit)
+    # The lowest values a patient is tested alive with still pass.
+    assert lab_value_to_canonical(loinc_code=code, value=value, unit="g/dL").value == value
