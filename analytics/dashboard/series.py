@@ -20,7 +20,8 @@ _SERIES_TERMINAL_STATES = {Series.State.PROCESSED, Series.State.NOT_ANALYSED}
 _WARNINGS = {
     "volume_warnings": "the volume was built with",
     "hu_implausible": "CT numbers implausible",
-    "protocol_differs": "reconstructed unlike the baseline (sizes may differ for that alone)",
+    "protocol_differs": "made unlike the baseline (kernel, slices or contrast phase: sizes "
+    "may differ for that alone)",
     "registration_failed": "registration to the baseline failed",
     "lesion_links_provisional": "lesions linked without a registration, awaiting review",
     "studies_not_followed": "studies whose lesions could not be followed",

@@ -33,7 +33,7 @@ from imaging.core.registration.transforms import transform_write, volume_onto_gr
 from imaging.models import ANALYSED_MODALITIES, ProcessingRun, Series, Study
 from imaging.pipeline.choice import study_series_choose
 from imaging.pipeline.device import device_resolve
-from imaging.pipeline.protocol import protocol_differences
+from imaging.pipeline.protocol import contrast_difference, protocol_differences
 from imaging.pipeline.queue import study_queue
 from imaging.pipeline.record import RunRecorder, StepFailed, run_claim
 from imaging.pipeline.selectors import baseline_series_of, latest_volume_run
@@ -404,6 +404,9 @@ def _step_statistics(state: _RunState) -> None:
             entry["result"] = {"noise_hu": statistics["inputs"]["noise_hu"],
                                "lesions": statistics["outputs"]["lesions"]}  # fmt: skip
         state.outputs["statistics"] = (statistics, segmentation.model_version)
+        phase = contrast_difference(statistics["inputs"], state.series, state.baseline_series)
+        if phase:
+            state.flag(protocol_differs=[*state.run.flags.get("protocol_differs", []), phase])
     except TRANSIENT_ERRORS:
         raise
     except Exception:
