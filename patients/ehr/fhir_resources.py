@@ -3,7 +3,7 @@
 - ``Patient``: its identifiers (`patients.ehr.identifiers`: the MRN is the one in
   ``RADTRACK_MRN_SYSTEM``; others are kept as identifiers); ``birthDate`` and ``gender``
   fill a matched patient's blanks (a disagreement is reported, never overwritten);
-  ``deceasedDateTime`` is a death event.
+  ``deceasedDateTime`` is a death event; ``deceasedBoolean`` false withdraws one stored.
 - ``Observation`` with a LOINC code of `patients.units` and a ``valueQuantity``: a lab,
   its ``comparator`` (a censored result, ``<0.5``) kept; each ``component`` with such a
   code is a lab too, and every other component is named as skipped. Other codes are
@@ -150,7 +150,8 @@ def patient_subject(obj: Any) -> Subject:
 def patient_records(
     obj: Any, where: str, subject: Subject, payload: dict, result: EHRImportResult
 ) -> list[EHRRecord]:
-    """A Patient's demographics and, with a ``deceasedDateTime``, its death event."""
+    """A Patient's demographics and, with a ``deceasedDateTime``, its death event; with
+    ``deceasedBoolean`` false, the withdrawal of any death stored for it."""
     out: list[EHRRecord] = []
     gender = obj.gender
     if gender is not None and gender not in GENDER_TO_SEX:
@@ -185,6 +186,9 @@ def patient_records(
             )
     elif obj.deceasedBoolean:
         result.skipped.append(Problem(where, "deceasedBoolean without a date: no death event"))
+    elif obj.deceasedBoolean is False:
+        # Alive: a death an earlier import stored (recorded in error) is withdrawn.
+        out.append(RetractionRecord(where, subject, "Patient.deceased", payload, kind="death"))
     return out
 
 

@@ -379,19 +379,27 @@ def _apply_retraction(
     """Remove what RadTrack holds of a result or progression the EHR withdrew; a
     withdrawal of something never stored is noted as skipped."""
     if record.kind:
-        key = (patient.pk, record.kind, record.date)
-        if key in known.events:
+        # No date: every event of the kind (a Patient now said alive has no death).
+        keys = [
+            key
+            for key in known.events
+            if key[:2] == (patient.pk, record.kind) and record.date in (None, key[2])
+        ]
+        for key in keys:
             known.events.discard(key)
             known.new_events = [
                 e for e in known.new_events if (e.patient_id, e.kind, e.date) != key
             ]
             known.retracted_events.add(key)
             result.retracted += 1
+        if keys:
             result.outcome(record.where, "retracted")
-            return
-        result.skipped.append(
-            Problem(record.where, f"withdrawn by the EHR, and no {record.kind} stored on that date")
-        )
+        elif record.date is not None:  # a living patient saying so withdraws nothing
+            result.skipped.append(
+                Problem(
+                    record.where, f"withdrawn by the EHR, and no {record.kind} stored on that date"
+                )
+            )
         return
     lab = _stored_lab(patient, record, known)
     if lab is None:

@@ -225,3 +225,20 @@ def test_a_csv_without_a_header_names_columns_never_cells(client):
     audit = AuditEvent.objects.get(action="ehr.import").object
     assert "refused" in audit and "6 columns" in audit
     assert "RT-SECRET-7" not in audit and "2024-01-02" not in audit
+
+
+def test_a_patient_said_alive_withdraws_a_death_recorded_in_error():
+    from tests.patients.test_ehr_exchange import bundle, mrn_patient
+
+    ours = PatientFactory(patient_id="RT-ALIVE")
+    dead = {**mrn_patient("RT-ALIVE"), "deceasedDateTime": "2026-11-01"}
+    ehr_import(path_or_bytes=bundle(dead))
+    assert list(ours.events.values_list("kind", flat=True)) == ["death"]
+
+    result = ehr_import(path_or_bytes=bundle({**mrn_patient("RT-ALIVE"), "deceasedBoolean": False}))
+
+    assert not ours.events.exists()
+    assert result.retracted == 1
+    # Saying so again (or for a patient never recorded dead) withdraws nothing, quietly.
+    again = ehr_import(path_or_bytes=bundle({**mrn_patient("RT-ALIVE"), "deceasedBoolean": False}))
+    assert again.retracted == 0 and not again.skipped
