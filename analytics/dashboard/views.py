@@ -185,7 +185,9 @@ def cohort_view(request: HttpRequest) -> HttpResponse:
         context.update(
             survival=survival,
             metric_lines=model_metric_lines(version),
-            counts={k: metrics.get(k) for k in ("n_rows", "n_patients", "n_events")},
+            counts={
+                k: metrics.get(k) for k in ("n_rows", "n_patients", "n_events", "n_event_patients")
+            },
             figures={
                 "fig-km": figures.km_figure(survival=survival),
                 "fig-calibration": figures.calibration_figure(

@@ -1,15 +1,17 @@
 """What a risk score's page and its FHIR RiskAssessment say about it beside the number:
 the features the model filled in, a progression before the landmark, values held inside
-the training range (`analytics.risk.services.risk_scores_compute`)."""
+the training range (`analytics.risk.services.risk_scores_compute`), and the holding
+itself (`feature_ranges` at fitting, `features_clip` at scoring)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["features_missing", "score_notes"]
+__all__ = ["feature_ranges", "features_clip", "features_missing", "score_notes"]
 
 
 def features_missing(features: pd.DataFrame, used: Sequence[str]) -> list[list[str]]:
@@ -43,3 +45,36 @@ def score_notes(
             + ", ".join(missing)
         )
     return notes
+
+
+def feature_ranges(table: pd.DataFrame, features: list[str]) -> dict[str, list[float]]:
+    """[lowest, highest] of each feature in the training rows (features never seen: absent)."""
+    out = {}
+    for name in features:
+        values = table[name].astype(float).dropna()
+        if not values.empty:
+            out[name] = [float(values.min()), float(values.max())]
+    return out
+
+
+def features_clip(
+    frame: pd.DataFrame, ranges: Mapping[str, list[float]]
+) -> tuple[pd.DataFrame, list[dict[str, float]]]:
+    """Hold each feature inside its training range; per row, the raw values that were moved.
+
+    A model says nothing reliable about values it never saw: a patient whose tumour
+    burden has grown 25-fold since its nadir (someone who progressed long ago, when
+    training rows stop at progression) would otherwise get an extrapolated score far
+    beyond any training patient's. Missing values stay missing.
+    """
+    clipped = frame.copy()
+    moved: list[dict[str, float]] = [{} for _ in range(len(frame))]
+    for name, (low, high) in ranges.items():
+        if name not in frame:
+            continue
+        raw = frame[name].astype(float)
+        clipped[name] = raw.clip(lower=low, upper=high)
+        outside = ((raw < low) | (raw > high)).to_numpy()
+        for i in np.flatnonzero(outside):
+            moved[i][name] = float(raw.iloc[i])
+    return clipped, moved

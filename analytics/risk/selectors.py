@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from django.db.models import QuerySet
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from analytics.layouts import EXPORT_RESPONSE_COLUMNS as RESPONSE_COLUMNS
 from analytics.layouts import MEASUREMENT_COLUMNS
@@ -56,9 +57,13 @@ class FeatureInputs:
     responses: pd.DataFrame
 
     def blocks(self, *, lookback_days: float = 365.0) -> list:
-        """The feature blocks over these inputs: labs, age and sex, imaging."""
+        """The feature blocks over these inputs: labs, age and sex, imaging.
+
+        A landmark date ends at midnight in the current time zone (``TIME_ZONE``): the
+        one `timezone.localdate` gives "today" in, and the services date labs in.
+        """
         return [
-            LabFeatures(self.labs, lookback_days=lookback_days),
+            LabFeatures(self.labs, lookback_days=lookback_days, tz=timezone.get_current_timezone()),
             DemographicFeatures(self.patients),
             ImagingFeatures(self.measurements, self.responses),
         ]

@@ -27,7 +27,11 @@ Scoring (`risk_scores_compute`)
 Every living patient with a CT study or a lab is scored at the date of their latest
 data (`current_landmarks`), with features held inside the range the model was fitted on
 (`features_clip`); the explanation says which values were moved and notes a patient
-who had already progressed (the PFS model's training rows stop at progression).
+who had already progressed (the PFS model's training rows stop at progression). A
+patient left out (dead, nothing to score from) loses the version's scores, and one
+scored at an earlier landmark than before (data withdrawn) loses those at later ones
+(`scores_superseded_delete`): the worklist never ranks anyone by a stale score. Dates
+of lab times and "today" are both taken in the current time zone (``TIME_ZONE``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 from django.db import transaction
 from django.utils import timezone
@@ -65,8 +68,14 @@ from analytics.risk.core.validation import (
     CrossValidationResult,
     cross_validate,
 )
-from analytics.risk.score_notes import features_missing, score_notes
+from analytics.risk.score_notes import (
+    feature_ranges,
+    features_clip,
+    features_missing,
+    score_notes,
+)
 from analytics.risk.selectors import FeatureInputs, feature_inputs_load
+from analytics.risk.superseded import scores_superseded_delete
 from patients.models import Patient
 from radtrack.provenance import json_safe
 
@@ -100,7 +109,8 @@ class RiskModelFitError(Exception):
 
 
 class TooFewEvents(RiskModelFitError):
-    """Fewer outcome events than `MIN_EVENTS` (or than folds) in the training rows."""
+    """Fewer patients with an outcome event than `MIN_EVENTS` (or than folds) in the
+    training rows; ``events`` counts those patients."""
 
     def __init__(self, message: str, *, events: int, needed: int) -> None:
         super().__init__(message)
@@ -152,12 +162,17 @@ def _first_progressions(
 
 
 def _dates_by_patient(frame: pd.DataFrame, column: str) -> dict[str, list[dt.date]]:
-    """Each patient's distinct dates of ``column`` (a tz-aware time: its UTC date), ascending."""
+    """Each patient's distinct dates of ``column``, ascending.
+
+    A tz-aware time counts on its date in the current time zone, the one "today"
+    (`timezone.localdate`) and the lab features' landmark cutoff are taken in: a lab
+    at 20:30 in New York is on that day there, though it is the next day in UTC.
+    """
     if frame.empty:
         return {}
     dates = pd.to_datetime(frame[column])
     if getattr(dates.dt, "tz", None) is not None:
-        dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
+        dates = dates.dt.tz_convert(timezone.get_current_timezone()).dt.tz_localize(None)
     # Duplicates go before the (slow) conversion to date objects: labs share their dates.
     days = (
         pd.DataFrame(
@@ -177,7 +192,7 @@ def _dates_by_patient(frame: pd.DataFrame, column: str) -> dict[str, list[dt.dat
 
 
 def _baselines(inputs: FeatureInputs) -> dict[str, dt.date]:
-    """First CT study date, else first lab date (UTC), per patient."""
+    """First CT study date, else first lab date (local), per patient."""
     studies = _dates_by_patient(inputs.studies, "study_date")
     labs = _dates_by_patient(inputs.labs, "observed_at")
     out = {pid: min(labs[pid]) for pid in labs}
@@ -215,7 +230,8 @@ def current_landmarks(
     The landmark is ``landmark_date`` when given, else the date of the patient's latest
     data (CT study or lab), never after today. Left out: patients with no CT study and
     no lab (nothing to score) and patients who died on or before ``landmark_date`` (when
-    given) or today: a worklist has no use for their risk.
+    given) or today: a worklist has no use for their risk (`risk_scores_compute` removes
+    their scores).
     """
     today = today or timezone.localdate()
     studies = _dates_by_patient(inputs.studies, "study_date")
@@ -252,7 +268,15 @@ class TrainingTable:
 
     @property
     def n_events(self) -> int:
+        """Landmark rows that end in an event: a patient counts at each landmark before it."""
         return int(self.table["event"].sum()) if not self.table.empty else 0
+
+    @property
+    def n_event_patients(self) -> int:
+        """Patients with an outcome event: what `MIN_EVENTS` asks for."""
+        if self.table.empty:
+            return 0
+        return int(self.table.loc[self.table["event"].astype(bool), "patient_id"].nunique())
 
     @property
     def n_patients(self) -> int:
@@ -306,10 +330,10 @@ def risk_model_fit_and_store(
     ``inputs``: every patient's model inputs, when the caller has already loaded them
     (`feature_inputs_load`); else they are loaded here.
 
-    Raises `TooFewEvents` when the training rows hold fewer than `MIN_EVENTS` events
-    (or fewer than ``folds``), and `RiskModelFitError` when the data cannot give a model
-    for another reason (too few patients for the folds, no usable feature, a fold
-    without an event by the horizon for the GBM).
+    Raises `TooFewEvents` when fewer than `MIN_EVENTS` patients (or than ``folds``) have
+    an outcome event in the training rows, and `RiskModelFitError` when the data cannot
+    give a model for another reason (too few patients for the folds, no usable feature,
+    a fold without an event by the horizon for the GBM).
     """
     say = progress or (lambda _message: None)
     if kind not in ("cox", "gbm"):
@@ -355,15 +379,19 @@ def risk_model_fit_and_store(
 
 
 def _events_enough_check(training: TrainingTable, *, endpoint: str, needed: int) -> None:
-    """`TooFewEvents` when ``training`` holds fewer than ``needed`` outcome events."""
-    if training.n_events >= needed:
+    """`TooFewEvents` when fewer than ``needed`` patients of ``training`` have an outcome
+    event. Patients, not rows: under the ``studies`` policy one progression ends every
+    landmark row before it, and those rows carry one patient's information."""
+    events = training.n_event_patients
+    if events >= needed:
         return
     raise TooFewEvents(
-        f"only {training.n_events} outcome event{'s' if training.n_events != 1 else ''} "
-        f"({'progression or death' if endpoint == 'pfs' else 'death'} after a landmark) "
-        f"among {len(training.table)} landmark rows of {training.n_patients} patients; "
+        f"only {events} outcome event{'s' if events != 1 else ''}, one per patient "
+        f"({'progression or death' if endpoint == 'pfs' else 'death'} after a landmark; "
+        f"{training.n_events} of {len(training.table)} landmark rows of "
+        f"{training.n_patients} patients end in one); "
         f"at least {needed} are needed to fit and cross-validate a model",
-        events=training.n_events,
+        events=events,
         needed=needed,
     )
 
@@ -424,6 +452,7 @@ def _version_metrics(fit: _FittedModel, training: TrainingTable) -> dict[str, An
         "n_rows": len(training.table),
         "n_patients": training.n_patients,
         "n_events": training.n_events,
+        "n_event_patients": training.n_event_patients,
         "eval_times_days": list(EVAL_TIMES_DAYS),
         "horizon_days": fit.horizon_days,
         "calibration": fit.cv.calibration.to_dict("records"),
@@ -461,39 +490,6 @@ def _version_parameters(
 # --------------------------------------------------------------------------------------
 # Scores
 # --------------------------------------------------------------------------------------
-def feature_ranges(table: pd.DataFrame, features: list[str]) -> dict[str, list[float]]:
-    """[lowest, highest] of each feature in the training rows (features never seen: absent)."""
-    out = {}
-    for name in features:
-        values = table[name].astype(float).dropna()
-        if not values.empty:
-            out[name] = [float(values.min()), float(values.max())]
-    return out
-
-
-def features_clip(
-    frame: pd.DataFrame, ranges: Mapping[str, list[float]]
-) -> tuple[pd.DataFrame, list[dict[str, float]]]:
-    """Hold each feature inside its training range; per row, the raw values that were moved.
-
-    A model says nothing reliable about values it never saw: a patient whose tumour
-    burden has grown 25-fold since its nadir (someone who progressed long ago, when
-    training rows stop at progression) would otherwise get an extrapolated score far
-    beyond any training patient's. Missing values stay missing.
-    """
-    clipped = frame.copy()
-    moved: list[dict[str, float]] = [{} for _ in range(len(frame))]
-    for name, (low, high) in ranges.items():
-        if name not in frame:
-            continue
-        raw = frame[name].astype(float)
-        clipped[name] = raw.clip(lower=low, upper=high)
-        outside = ((raw < low) | (raw > high)).to_numpy()
-        for i in np.flatnonzero(outside):
-            moved[i][name] = float(raw.iloc[i])
-    return clipped, moved
-
-
 def risk_scores_compute(
     *,
     model_version: RiskModelVersion,
@@ -509,20 +505,57 @@ def risk_scores_compute(
     (`feature_inputs_load`, as ``fit_risk_model`` does).
 
     One `RiskScore` per patient with the score, its tier (thresholds from the training
-    rows) and the explanation: every feature's push on the score, largest first, the
-    raw values held inside the training range (`features_clip`), and notes (e.g. that
-    the patient had already progressed, while the PFS model was fitted on patients who
-    had not). It is keyed by (patient, model version, landmark date), so recomputing
-    replaces the row of the same key instead of adding one.
+    rows) and the explanation (`_score_rows`). It is keyed by (patient, model version,
+    landmark date), so recomputing replaces the row of the same key instead of adding one.
+
+    In the same transaction, the scores the new ones supersede go
+    (`scores_superseded_delete`): every score of this version of a patient left out
+    (dead, nothing to score from), who must not be ranked by a stale risk; and, scoring
+    at the current landmark (no ``landmark_date``), the scores at later landmarks, which
+    rest on data withdrawn since. The latest score is then the one just computed.
     """
     model = risk_model_load(model_version.artifact_file)
     if inputs is not None and patient_ids is not None:
         raise ValueError("give the patients to score as inputs or as patient_ids, not both")
     if inputs is None:
         inputs = feature_inputs_load(patient_ids=patient_ids)
-    landmarks, _skipped = current_landmarks(inputs, landmark_date=landmark_date, today=today)
-    if landmarks.empty:
-        return 0
+    landmarks, skipped = current_landmarks(inputs, landmark_date=landmark_date, today=today)
+    mrns = inputs.patients["patient_id"].astype(str).tolist()
+    pks = _patient_pks(mrns if patient_ids is not None else None)
+    current: dict[int, dt.date | None] = {pks[pid]: None for pid in skipped if pid in pks}
+    if landmark_date is None:
+        current.update(
+            (pks[pid], landmark)
+            for pid, landmark in zip(
+                landmarks["patient_id"], landmarks["landmark_date"], strict=True
+            )
+        )
+    rows = [] if landmarks.empty else _score_rows(model, model_version, inputs, landmarks, pks)
+    with transaction.atomic():
+        scores_superseded_delete(model_version, current)
+        # Also rewrites these patients' `LatestRiskScore` (the worklist's order), inside
+        # this transaction: see `RiskScoreQuerySet`.
+        RiskScore.objects.bulk_create(
+            rows,
+            batch_size=500,
+            update_conflicts=True,
+            unique_fields=["patient", "model_version", "landmark_date"],
+            update_fields=["score", "tier", "explanation", "computed_at"],
+        )
+    return len(rows)
+
+
+def _score_rows(
+    model: RiskModel,
+    model_version: RiskModelVersion,
+    inputs: FeatureInputs,
+    landmarks: pd.DataFrame,
+    pks: Mapping[str, int],
+) -> list[RiskScore]:
+    """The (unsaved) `RiskScore` of each landmark row: the score, its tier and the
+    explanation, every feature's push on the score, largest first, the raw values held
+    inside the training range (`features_clip`), and notes (e.g. that the patient had
+    already progressed, while the PFS model was fitted on patients who had not)."""
     raw = feature_table_build(landmarks=landmarks, blocks=inputs.blocks())
     features, moved = features_clip(raw, model.parameters.get("feature_ranges", {}))
     scores = model.score(features)
@@ -530,9 +563,8 @@ def risk_scores_compute(
     explanations = model.explain(features)
     missing = features_missing(features, model.imputer.inputs)
     progressed = _first_progressions(inputs, model_version)
-    pks = _patient_pks(features["patient_id"].tolist() if patient_ids is not None else None)
     now = timezone.now()
-    rows = [
+    return [
         RiskScore(
             patient_id=pks[pid],
             model_version=model_version,
@@ -561,14 +593,3 @@ def risk_scores_compute(
             strict=True,
         )
     ]
-    with transaction.atomic():
-        # Also rewrites these patients' `LatestRiskScore` (the worklist's order), inside
-        # this transaction: see `RiskScoreQuerySet`.
-        RiskScore.objects.bulk_create(
-            rows,
-            batch_size=500,
-            update_conflicts=True,
-            unique_fields=["patient", "model_version", "landmark_date"],
-            update_fields=["score", "tier", "explanation", "computed_at"],
-        )
-    return len(rows)

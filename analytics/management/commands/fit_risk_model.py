@@ -42,7 +42,8 @@ def metrics_report(version: RiskModelVersion) -> list[str]:
     lines = [
         f"Cross-validated {version.kind} model, {p.get('folds')} folds by patient: "
         f"{m.get('n_rows')} landmark rows of {m.get('n_patients')} patients, "
-        f"{m.get('n_events')} events ({p.get('endpoint')}; landmarks: {p.get('landmarks')})",
+        f"{m.get('n_event_patients', '?')} patients with an event ({m.get('n_events')} rows end "
+        f"in one; {p.get('endpoint')}; landmarks: {p.get('landmarks')})",
         f"  {'C-index (Harrell)':<22}{_with_sd(m, 'c_index')}   "
         f"(pooled out-of-fold {_number(m.get('c_index_pooled'))})",
         f"  {'td-AUC at 6 months':<22}{_with_sd(m, 'auc_182d')}",

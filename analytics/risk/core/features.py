@@ -3,7 +3,8 @@
 A *landmark* is a date at which a risk is estimated. Features at a landmark use only
 what was known by the end of that day and nothing later:
 
-- a lab counts when ``observed_at`` is before midnight UTC that ends the landmark date;
+- a lab counts when ``observed_at`` is before the midnight ending the landmark date in
+  `LabFeatures` ``tz`` (UTC unless told; the services pass the site's time zone);
 - a CT study counts when its ``study_date`` is on or before the landmark date;
 - outcomes (`landmark_outcomes`) are counted from the landmark forwards, and a patient
   whose follow-up ended, or who already progressed, on or before it is left out.
@@ -63,6 +64,7 @@ import pandas as pd
 from analytics.risk.core.grouped import (
     calendar_days,
     dated_rows,
+    day_ends_ns,
     day_numbers,
     grouped_slope_per_30d,
     landmark_keys,
@@ -90,9 +92,10 @@ __all__ = [
 DAYS_PER_YEAR = 365.25
 
 
-def landmark_cutoff(landmark: dt.date) -> pd.Timestamp:
-    """The first instant *after* the landmark date (midnight UTC ending it); data before it count."""
-    return pd.Timestamp(landmark + dt.timedelta(days=1), tz="UTC")
+def landmark_cutoff(landmark: dt.date, tz: str | dt.tzinfo = "UTC") -> pd.Timestamp:
+    """The first instant *after* the landmark date (the midnight in ``tz`` ending it), in
+    UTC; data before it count."""
+    return pd.Timestamp(day_ends_ns(np.array([landmark], dtype="datetime64[ns]"), tz)[0], tz="UTC")
 
 
 class FeatureBlock(Protocol):
@@ -135,7 +138,8 @@ class LabFeatures(_OneRow):
     ``labs`` has columns ``patient_id, loinc_code, value, observed_at`` (tz-aware), values
     already in the canonical unit of `patients.units`, and optionally ``comparator``
     (``<``, ``<=``, ``>=``, ``>`` for a censored result; blank or absent: exact). Only
-    labs observed before `landmark_cutoff` and within ``lookback_days`` of it count.
+    labs observed before `landmark_cutoff` and within ``lookback_days`` of it count;
+    ``tz`` is the time zone whose midnight ends a landmark date (a name or a tzinfo).
 
     - ``<test>_latest``: the value at the latest observation time (the mean if one time
       has several values); NaN when no such lab is in the window, or when a result at
@@ -147,6 +151,7 @@ class LabFeatures(_OneRow):
 
     labs: pd.DataFrame
     lookback_days: float = 365.0
+    tz: str | dt.tzinfo = "UTC"
     name: str = "labs"
     columns: tuple[str, ...] = LAB_COLUMNS
     _labs: pd.DataFrame = field(init=False, repr=False)
@@ -171,7 +176,7 @@ class LabFeatures(_OneRow):
         n_analytes = len(_ANALYTE_INDEX)
         n_groups = len(keys) * n_analytes
         # Each landmark row against every lab of its patient, then only those in its window.
-        cutoffs = keys["landmark_date"].to_numpy().view(np.int64) + _DAY_NS
+        cutoffs = day_ends_ns(keys["landmark_date"].to_numpy(), self.tz)
         pairs = pd.DataFrame(
             {"row": np.arange(len(keys)), "patient_id": keys["patient_id"], "cutoff": cutoffs}
         ).merge(self._labs, on="patient_id", how="inner", sort=False)

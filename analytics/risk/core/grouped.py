@@ -8,12 +8,15 @@ squares over many groups in one pass (`grouped_slope_per_30d`).
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 
 __all__ = [
     "calendar_days",
     "dated_rows",
+    "day_ends_ns",
     "day_numbers",
     "grouped_slope_per_30d",
     "landmark_keys",
@@ -41,6 +44,16 @@ def calendar_days(values: pd.Series) -> pd.Series:
 def day_numbers(days: np.ndarray) -> np.ndarray:
     """Midnight ``datetime64`` values as whole days since 1970."""
     return days.astype("datetime64[D]").astype(np.int64)
+
+
+def day_ends_ns(days: np.ndarray, tz: str | dt.tzinfo) -> np.ndarray:
+    """The midnight in ``tz`` that ends each day (midnight ``datetime64[ns]``), as UTC
+    nanoseconds. Where the clocks change at midnight, the day ends at the first instant
+    of the next one (the earlier of two midnights, the hour after a skipped one)."""
+    ends = pd.DatetimeIndex(days + np.timedelta64(1, "D")).tz_localize(
+        tz, ambiguous=np.ones(len(days), dtype=bool), nonexistent="shift_forward"
+    )
+    return ends.tz_convert("UTC").tz_localize(None).asi8
 
 
 def dated_rows(frame: pd.DataFrame, column: str) -> pd.DataFrame:
