@@ -14,6 +14,7 @@ class AnalyticsConfig(AppConfig):
         from analytics.hl7.events import responses_written_receive
         from analytics.lesions.refresh import patient_results_changed_receive
         from analytics.lesions.responses import responses_written
+        from analytics.lesions.review.common import review_recorded
         from analytics.lesions.review.irecist_ehr import irecist_from_medications_receive
         from analytics.lesions.tasks import patients_retrack_receive
         from analytics.risk.tasks import risk_scores_patients_receive
@@ -50,6 +51,9 @@ class AnalyticsConfig(AppConfig):
         )
         patient_imaging_changed.connect(
             worklist_flags_patients_receive, dispatch_uid="radtrack-flags-imaging"
+        )
+        review_recorded.connect(
+            worklist_flags_patients_receive, dispatch_uid="radtrack-flags-review"
         )
         # A study moved to another date or patient, or removed: lesions tracked again.
         patient_imaging_changed.connect(

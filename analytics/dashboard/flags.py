@@ -13,7 +13,9 @@ worked out per patient on every request. The rules:
 - ``needs_attention``: an assessment cannot be assessed or waits on a person
   (`ResponseAssessment.needs_attention`), or the latest run of a series could not carry
   a radiologist's corrections onto its new segmentation (run flag
-  ``corrections_not_carried``) and no correction was made on that series since;
+  ``corrections_not_carried``) and no correction was made on that series since, or a
+  rebuild dropped a radiologist's decision that no longer fits (a "carry_over" review
+  event with ``needs_review``) and no radiologist has acted on the patient since;
 - ``processing_failed``: a series of the patient is in state failed;
 
 and, for the order "latest study first", the date of the latest dated study.
@@ -37,7 +39,14 @@ from django.utils import timezone
 
 from analytics.dashboard.markers import MarkerChange, rising_markers_load
 from analytics.models import ResponseAssessment, WorklistFlags
-from imaging.models import LesionMeasurement, ProcessingRun, Segmentation, Series, Study
+from imaging.models import (
+    LesionMeasurement,
+    ProcessingRun,
+    ReviewEvent,
+    Segmentation,
+    Series,
+    Study,
+)
 from patients.models import Patient
 
 #: Patients per refresh query: under SQLite's limit on bound parameters.
@@ -88,6 +97,22 @@ def _latest_assessment(field: str, *, assessed_only: bool = False) -> Subquery:
     return Subquery(rows.order_by("-study__study_date", "-pk").values(field)[:1])
 
 
+def _decisions_left_behind() -> Exists:
+    """A rebuild (new imaging, a study moved) dropped radiologists' decisions that no
+    longer fit (a rejection, an acceptance, a hand-chosen target or link: the
+    "carry_over" event's ``needs_review``), and no radiologist has acted on the patient
+    since. Without this, a false positive a radiologist had rejected, outlined again by
+    a new model a few millimetres away, came back as a new lesion and PD unflagged."""
+    acted_since = ReviewEvent.objects.filter(
+        patient=OuterRef("patient"), at__gt=OuterRef("at")
+    ).exclude(action="carry_over")
+    return Exists(
+        ReviewEvent.objects.filter(
+            patient=OuterRef("pk"), action="carry_over", after__needs_review=True
+        ).exclude(Exists(acted_since))
+    )
+
+
 def _corrections_not_carried() -> Exists:
     """A series whose latest run left a radiologist's corrections behind, untouched since
     (a correction made on the series after the run means a person has looked). Only a
@@ -125,7 +150,8 @@ def _refresh_some(pks: list[int], using: str) -> int:
         needs_attention=Exists(
             ResponseAssessment.objects.filter(patient=OuterRef("pk"), needs_attention=True)
         )
-        | _corrections_not_carried(),
+        | _corrections_not_carried()
+        | _decisions_left_behind(),
         processing_failed=Exists(
             Series.objects.filter(study__patient=OuterRef("pk"), state=Series.State.FAILED)
         ),

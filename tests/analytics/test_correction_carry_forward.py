@@ -16,7 +16,13 @@ from analytics.dashboard.series import run_warnings
 from analytics.lesions.refresh import patient_update
 from analytics.models import ResponseAssessment, WorklistFlags
 from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
-from imaging.models import LesionLink, LesionMeasurement, ProcessingRun, Segmentation
+from imaging.models import (
+    LesionLink,
+    LesionMeasurement,
+    ProcessingRun,
+    ReviewEvent,
+    Segmentation,
+)
 from imaging.store import data_dir
 from tests.analytics.correction_patient import correction_patient
 from tests.patients.factories import UserFactory
@@ -174,9 +180,14 @@ def test_corrections_left_behind_put_the_patient_on_the_worklist_until_someone_c
     _add_and_edit(case, tmp_path)
     new_automated = _reprocess(case.studies[0], shifted=True)
     result = patient_update(patient=case.patient)
-    # the responses flag the patient too (the nodule now looks new at the follow-up):
-    # leave them out to see what the run's flag does alone
+    # the responses flag the patient too (the nodule now looks new at the follow-up), and
+    # so do the review decisions the rebuild could not carry (the "carry_over" event):
+    # leave both out to see what the run's flag does alone
     ResponseAssessment.objects.filter(patient=case.patient).update(needs_attention=False)
+    left = ReviewEvent.objects.filter(patient=case.patient, action="carry_over")
+    assert any(e.after.get("needs_review") for e in left)
+    for event in left:
+        ReviewEvent.objects.filter(pk=event.pk).update(after={**event.after, "needs_review": False})
     worklist_flags_refresh(patient_pks=[case.patient.pk])
     assert not WorklistFlags.objects.get(patient=case.patient).needs_attention
 

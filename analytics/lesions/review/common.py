@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied
+from django.dispatch import Signal
 
 from analytics.lesions.selectors import response_rows
 from analytics.lesions.tracking.summary import TrackingSummary, measurement_keys
@@ -23,6 +24,11 @@ from patients.models import Patient
 from patients.permissions import can_review
 
 logger = logging.getLogger(__name__)
+
+#: Sent inside the transaction of every radiologist's review event, after it is written,
+#: with ``patient_pks`` (a frozenset) and ``using``: what reads "a radiologist has acted
+#: since" (the worklist's flags, `analytics.dashboard.flags`) follows at once.
+review_recorded = Signal()
 
 REASON_MAX_CHARS = 500
 
@@ -235,4 +241,7 @@ def review_event_write(
         after=after,
     )
     logger.info("review %s (event %s) on patient pk %s", action, event.pk, patient.pk)
+    review_recorded.send(
+        sender=ReviewEvent, patient_pks=frozenset({patient.pk}), using=event._state.db
+    )
     return event

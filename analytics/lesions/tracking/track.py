@@ -100,6 +100,10 @@ def patient_track(
             slice_thickness_mm=baseline.slice_thickness_mm if baseline else None,
         )
         LesionMeasurement.objects.bulk_create(rows)
+        # Before the responses: writing them refreshes the worklist's flags, whose
+        # "needs attention" reads the decisions this rebuild dropped.
+        if record_event and (summary.carried or summary.stale):
+            _carry_event_write(patient, summary)
         responses_recompute(
             patient=patient,
             chain=[entry for entry, _ in chain],
@@ -108,8 +112,6 @@ def patient_track(
         )
         summary.studies_tracked = len(chain)
         summary.lesions = len(uid_of)
-        if record_event and (summary.carried or summary.stale_reviews or summary.stale_targets):
-            _carry_event_write(patient, summary)
     for entry in summary.stale:
         logger.warning("patient pk %s: %s", patient.pk, entry["message"])
     return summary
@@ -204,5 +206,7 @@ def _carry_event_write(patient: Patient, summary: TrackingSummary) -> ReviewEven
             "stale_reviews": summary.stale_reviews,
             "stale_targets": summary.stale_targets,
             "stale_links": summary.stale_links,
+            # a radiologist must look again (the worklist's "needs attention")
+            "needs_review": bool(summary.stale),
         },
     )
