@@ -11,7 +11,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["feature_ranges", "features_clip", "features_missing", "score_notes"]
+__all__ = [
+    "feature_ranges",
+    "features_clip",
+    "features_missing",
+    "latest_on_or_before",
+    "score_notes",
+]
 
 
 def features_missing(features: pd.DataFrame, used: Sequence[str]) -> list[list[str]]:
@@ -21,14 +27,27 @@ def features_missing(features: pd.DataFrame, used: Sequence[str]) -> list[list[s
     return [list(absent.columns[row]) for row in absent.to_numpy()]
 
 
+#: Imaging older than this at a landmark is said beside the score (restaging CTs are
+#: 6 to 12 weeks apart; the model was fitted on landmarks at CT dates).
+IMAGING_STALE_DAYS = 120
+
+
 def score_notes(
     patient_id: str,
     landmark: dt.date,
     progressed: Mapping[str, dt.date],
     outside: Mapping[str, float],
     missing: Sequence[str] = (),
+    imaging_from: dt.date | None = None,
 ) -> list[str]:
+    """The notes of one score. ``imaging_from``: the latest CT with measurements on or
+    before the landmark, whose lesions the imaging features read."""
     notes = []
+    if imaging_from is not None and (landmark - imaging_from).days > IMAGING_STALE_DAYS:
+        notes.append(
+            f"imaging features from the CT of {imaging_from:%Y-%m-%d}, "
+            f"{(landmark - imaging_from).days} days before this landmark: no CT since"
+        )
     if patient_id in progressed and progressed[patient_id] <= landmark:
         notes.append(
             f"progressed on {progressed[patient_id]:%Y-%m-%d}, before this landmark; the "
@@ -45,6 +64,11 @@ def score_notes(
             + ", ".join(missing)
         )
     return notes
+
+
+def latest_on_or_before(dates: Sequence[dt.date], day: dt.date) -> dt.date | None:
+    """The latest of ``dates`` on or before ``day`` (None: none)."""
+    return max((d for d in dates if d <= day), default=None)
 
 
 def feature_ranges(table: pd.DataFrame, features: list[str]) -> dict[str, list[float]]:

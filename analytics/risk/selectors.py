@@ -8,6 +8,7 @@ the pages show.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -227,3 +228,33 @@ def _responses_load(within: QuerySet) -> pd.DataFrame:
 def current_model_version() -> RiskModelVersion | None:
     """The most recently fitted model version, whose scores the worklist shows."""
     return RiskModelVersion.objects.order_by("-created_at", "-pk").first()
+
+
+def dates_by_patient(frame: pd.DataFrame, column: str) -> dict[str, list[dt.date]]:
+    """Each patient's distinct dates of ``column``, ascending.
+
+    A tz-aware time counts on its date in the current time zone, the one "today"
+    (`timezone.localdate`) and the lab features' landmark cutoff are taken in: a lab
+    at 20:30 in New York is on that day there, though it is the next day in UTC.
+    """
+    if frame.empty:
+        return {}
+    dates = pd.to_datetime(frame[column])
+    if getattr(dates.dt, "tz", None) is not None:
+        dates = dates.dt.tz_convert(timezone.get_current_timezone()).dt.tz_localize(None)
+    # Duplicates go before the (slow) conversion to date objects: labs share their dates.
+    days = (
+        pd.DataFrame(
+            {
+                "patient_id": frame["patient_id"].astype(str).to_numpy(),
+                "day": dates.dt.normalize().to_numpy(),
+            }
+        )
+        .dropna()
+        .drop_duplicates()
+        .sort_values(["patient_id", "day"], kind="stable")
+    )
+    out: dict[str, list[dt.date]] = {}
+    for pid, day in zip(days["patient_id"].tolist(), days["day"].dt.date.tolist(), strict=True):
+        out.setdefault(pid, []).append(day)
+    return out

@@ -72,9 +72,10 @@ from analytics.risk.score_notes import (
     feature_ranges,
     features_clip,
     features_missing,
+    latest_on_or_before,
     score_notes,
 )
-from analytics.risk.selectors import FeatureInputs, feature_inputs_load
+from analytics.risk.selectors import FeatureInputs, dates_by_patient, feature_inputs_load
 from analytics.risk.superseded import scores_superseded_delete
 from patients.models import Patient
 from radtrack.provenance import json_safe
@@ -158,43 +159,13 @@ def _first_progressions(
     if model_version.parameters.get("endpoint", "pfs") != "pfs":
         return {}
     progressions = inputs.events[inputs.events["kind"] == "progression"]
-    return {pid: min(dates) for pid, dates in _dates_by_patient(progressions, "date").items()}
-
-
-def _dates_by_patient(frame: pd.DataFrame, column: str) -> dict[str, list[dt.date]]:
-    """Each patient's distinct dates of ``column``, ascending.
-
-    A tz-aware time counts on its date in the current time zone, the one "today"
-    (`timezone.localdate`) and the lab features' landmark cutoff are taken in: a lab
-    at 20:30 in New York is on that day there, though it is the next day in UTC.
-    """
-    if frame.empty:
-        return {}
-    dates = pd.to_datetime(frame[column])
-    if getattr(dates.dt, "tz", None) is not None:
-        dates = dates.dt.tz_convert(timezone.get_current_timezone()).dt.tz_localize(None)
-    # Duplicates go before the (slow) conversion to date objects: labs share their dates.
-    days = (
-        pd.DataFrame(
-            {
-                "patient_id": frame["patient_id"].astype(str).to_numpy(),
-                "day": dates.dt.normalize().to_numpy(),
-            }
-        )
-        .dropna()
-        .drop_duplicates()
-        .sort_values(["patient_id", "day"], kind="stable")
-    )
-    out: dict[str, list[dt.date]] = {}
-    for pid, day in zip(days["patient_id"].tolist(), days["day"].dt.date.tolist(), strict=True):
-        out.setdefault(pid, []).append(day)
-    return out
+    return {pid: min(dates) for pid, dates in dates_by_patient(progressions, "date").items()}
 
 
 def _baselines(inputs: FeatureInputs) -> dict[str, dt.date]:
     """First CT study date, else first lab date (local), per patient."""
-    studies = _dates_by_patient(inputs.studies, "study_date")
-    labs = _dates_by_patient(inputs.labs, "observed_at")
+    studies = dates_by_patient(inputs.studies, "study_date")
+    labs = dates_by_patient(inputs.labs, "observed_at")
     out = {pid: min(labs[pid]) for pid in labs}
     out.update({pid: min(dates) for pid, dates in studies.items()})
     return out
@@ -208,8 +179,8 @@ def training_landmarks(
     baselines = _baselines(inputs)
     rows: set[tuple[str, dt.date]] = set()
     if policy.kind == "studies":
-        assessed = _dates_by_patient(inputs.measurements, "study_date")
-        for pid, dates in _dates_by_patient(inputs.responses, "study_date").items():
+        assessed = dates_by_patient(inputs.measurements, "study_date")
+        for pid, dates in dates_by_patient(inputs.responses, "study_date").items():
             assessed.setdefault(pid, []).extend(dates)
         for pid, baseline in baselines.items():
             rows.update((pid, d) for d in (assessed.get(pid) or [baseline]))
@@ -234,11 +205,11 @@ def current_landmarks(
     their scores).
     """
     today = today or timezone.localdate()
-    studies = _dates_by_patient(inputs.studies, "study_date")
-    labs = _dates_by_patient(inputs.labs, "observed_at")
+    studies = dates_by_patient(inputs.studies, "study_date")
+    labs = dates_by_patient(inputs.labs, "observed_at")
     deaths = {
         pid: min(d)
-        for pid, d in _dates_by_patient(
+        for pid, d in dates_by_patient(
             inputs.events[inputs.events["kind"] == "death"], "date"
         ).items()
     }
@@ -563,6 +534,7 @@ def _score_rows(
     explanations = model.explain(features)
     missing = features_missing(features, model.imputer.inputs)
     progressed = _first_progressions(inputs, model_version)
+    imaged = dates_by_patient(inputs.measurements, "study_date")
     now = timezone.now()
     return [
         RiskScore(
@@ -576,7 +548,14 @@ def _score_rows(
                     "landmark_date": landmark,
                     "model_kind": model.kind,
                     "outside_training_range": outside,
-                    "notes": score_notes(pid, landmark, progressed, outside, gaps),
+                    "notes": score_notes(
+                        pid,
+                        landmark,
+                        progressed,
+                        outside,
+                        gaps,
+                        imaging_from=latest_on_or_before(imaged.get(pid, ()), landmark),
+                    ),  # fmt: skip
                 }
             ),
             landmark_date=landmark,

@@ -425,3 +425,32 @@ def test_scores_from_inputs_already_loaded_are_the_same(loaded):
     assert after == before
     with pytest.raises(ValueError, match="not both"):
         risk_scores_compute(model_version=version, inputs=inputs, patient_ids=["X"])
+
+
+def test_a_score_on_labs_long_after_the_last_ct_says_how_old_its_imaging_is(loaded):
+    from imaging.models import LesionMeasurement
+    from patients.models import ClinicalEvent
+
+    version = risk_model_fit_and_store(kind="cox", **FAST)
+    alive = Patient.objects.exclude(
+        pk__in=ClinicalEvent.objects.filter(kind="death").values("patient_id")
+    ).filter(lesions__isnull=False)[0]
+    last_ct = max(
+        LesionMeasurement.objects.filter(lesion__patient=alive).values_list(
+            "study__study_date", flat=True
+        )
+    )
+    # A lab 200 days after the last CT: the landmark moves to it, the imaging does not.
+    landmark = last_ct + dt.timedelta(days=200)
+    LabResult.objects.create(
+        patient=alive, loinc_code="2039-6", value=4.0, unit="ng/mL", observed_at=at(landmark)
+    )
+    risk_scores_compute(model_version=version, landmark_date=landmark, today=TODAY)
+
+    notes = RiskScore.objects.get(patient=alive, landmark_date=landmark).explanation["notes"]
+    said = f"imaging features from the CT of {last_ct:%Y-%m-%d}, 200 days before"
+    assert any(n.startswith(said) for n in notes), notes
+    # At the CT's own landmark, nothing to say.
+    risk_scores_compute(model_version=version, landmark_date=last_ct, today=TODAY)
+    at_ct = RiskScore.objects.get(patient=alive, landmark_date=last_ct).explanation["notes"]
+    assert not any(n.startswith("imaging features from") for n in at_ct)
