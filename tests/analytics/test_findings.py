@@ -104,3 +104,16 @@ def test_a_new_lesion_measured_by_hand_is_confirmed_at_once():
     states = finding_states(sightings=[seen(1, by_hand=True, longest_diameter_mm=6.0)])
     assert states[("x", 1)].state == "confirmed"
     assert "measured by hand by a radiologist" in states[("x", 1)].reason
+
+
+def test_a_new_lesion_not_found_after_it_was_confirmed_is_not_called_equivocal():
+    # New at study 1 (absent at baseline), seen again at 2 (confirmed), not found at 3.
+    baseline = seen(0, lesion_uid="y")
+    confirmed = [seen(1), seen(2), seen(3, found=False)]
+    states = finding_states(sightings=[baseline, *confirmed])
+    assert states[("x", 2)].state == "confirmed"
+    assert "equivocal" not in states[("x", 3)].reason
+    assert "the time point is not evaluable" in states[("x", 3)].reason
+    # Seen once only, then not found: it was only ever equivocal.
+    once = finding_states(sightings=[baseline, seen(1), seen(2, found=False)])
+    assert "an equivocal finding seen before" in once[("x", 2)].reason

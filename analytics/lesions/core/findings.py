@@ -367,7 +367,9 @@ def _absent_state(s: Sighting, group: list[Sighting], at_baseline: bool) -> Find
         )
     if s.outside_range:
         return FindingState(NOT_FOUND, "outside the scanned range of this study: not assessed here")
-    if not at_baseline and not any(x.found and radiologist_confirms(x) for x in group):
+    # A new lesion never confirmed (by a radiologist or a repeat sighting) was only ever
+    # equivocal; one confirmed counts, and not finding it leaves the time point NE.
+    if not at_baseline and _new_lesion_confirmation(group) is None:
         return FindingState(
             NOT_FOUND,
             "not found at this study (an equivocal finding seen before, not seen here)",
