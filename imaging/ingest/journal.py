@@ -1,14 +1,17 @@
 """Which stored files an import has not indexed yet, journalled per ingest session, so
-that when its process dies the reaper indexes them itself.
+that when its process dies, or lives on without closing it, the reaper indexes them.
 
 An import writes a file (fsynced) before its index row commits; the C-STORE listener
 keeps the rows of several instances for one commit (a group commit), having already told
 each sender its instance is stored. A process killed in between leaves files no row
 names. Each import appends the relative path of every file it stores to its session's
 journal (``objects/.incoming/session-<pk>.stored`` under the data folder, beside the
-files being staged) before the rows are written, and removes the journal when the
-session is closed. `imaging.ingest.service.ingest_sessions_reap` reads the journal of a
-dead session and indexes, into that session, the files it lists that no row names.
+files being staged) before the rows are written, and removes the journal as the
+session is closed, once its rows are all written (a close that fails before, the
+database away, leaves it).
+`imaging.ingest.service.ingest_sessions_reap` reads the journal of a dead session (its
+process gone, or silent for ``RADTRACK_INGEST_STALE_MINUTES``) and indexes, into that
+session, the files it lists that no row names.
 
 The journal is not fsynced: a killed process's writes are kept by the kernel, and only a
 crash of the whole machine can lose its last lines, whose files ``manage.py

@@ -11,8 +11,10 @@ command when it starts again, or the scheduled task) indexes into it
 it holds gets a refusal status (0xC000, or 0xC001 for a conflict), never "out of
 resources", so no sender resends it forever. When the association ends, whether by
 release or abort, the session is finished, which queues processing of every series
-that received new images. `imaging.ingest.guard` keeps idle or malformed connections
-from blocking real senders.
+that received new images; when the database is away then, the finish is tried again in
+the background until it succeeds (the rows held back are written, the series queued),
+and should the listener end first, the session's journal lets the reaper index them.
+`imaging.ingest.guard` keeps idle or malformed connections from blocking real senders.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+)
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -99,6 +107,10 @@ DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "RADTRACK"
 #: Index rows of an association committed together (the files are durable one by one).
 GROUP_COMMIT_INSTANCES = 32
+#: The wait before trying again to finish a session whose finish failed (the database
+#: was away when its association ended), doubled after each failure up to the maximum.
+FINISH_RETRY_WAIT_S = 1.0
+FINISH_RETRY_MAX_WAIT_S = 60.0
 
 
 def _explicit_le(group: int, element: int, vr: bytes, value: bytes) -> bytes:
@@ -207,6 +219,8 @@ class StorageListener:
         self._states: dict[int, _AssociationState] = {}
         self._threads: set[Association] = set()
         self._abort = threading.Event()
+        self._stopping = threading.Event()
+        self._finishing: set[threading.Thread] = set()
 
     # -- public -------------------------------------------------------------------
     def start(self, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -235,7 +249,8 @@ class StorageListener:
         """Stop accepting, let open associations end for ``grace_s``, then abort the rest.
 
         Every association's session is finished (and its series queued) before this
-        returns.
+        returns; a finish still failing (the database is away) is tried once more, then
+        left to the reaper, which indexes the session's journal.
         """
         server, self.server = self.server, None
         if server is not None:
@@ -250,6 +265,11 @@ class StorageListener:
                 assoc.join(timeout=30)
         self.ae.shutdown()
         self._stager.shutdown(wait=True)
+        self._stopping.set()
+        with self._lock:
+            finishing = list(self._finishing)
+        for thread in finishing:
+            thread.join(timeout=30)
 
     def abort_all(self) -> None:
         """Make a `stop` in progress abort open associations now (safe in a signal handler)."""
@@ -403,30 +423,72 @@ class StorageListener:
     def _association_end(self, assoc: Association) -> None:
         with self._lock:
             state = self._states.pop(id(assoc), None)
+        if state is None or state.run is None:
+            connections.close_all()
+            return
+        failed = ""
+        if not assoc.is_released:
+            failed = (
+                "the association was aborted or dropped before release; "
+                "instances already stored were kept"
+            )
         try:
-            if state is not None and state.run is not None:
-                failed = ""
-                if not assoc.is_released:
-                    failed = (
-                        "the association was aborted or dropped before release; "
-                        "instances already stored were kept"
-                    )
-                session = state.run.finish(failed=failed)
-                logger.info(
-                    "association from %s ended (%s): session %s, %s",
-                    state.calling_ae,
-                    "released" if assoc.is_released else "aborted",
-                    session.pk,
-                    ", ".join(f"{n} {s}" for s, n in sorted(state.counts.items())),
-                )
+            self._finish(state, failed=failed, released=assoc.is_released)
         except Exception as exc:
+            # Only the type: a database message can quote the values it refused.
             logger.error(
                 "could not finish the ingest session of an association from %s: %s",
-                state.calling_ae if state else "?",
+                state.calling_ae,
                 type(exc).__name__,
             )
+            if isinstance(exc, DatabaseError | OSError):
+                self._finish_later(state, failed=failed, released=assoc.is_released)
         finally:
             connections.close_all()
+
+    @staticmethod
+    def _finish(state: _AssociationState, *, failed: str, released: bool) -> None:
+        assert state.run is not None
+        session = state.run.finish(failed=failed)
+        logger.info(
+            "association from %s ended (%s): session %s, %s",
+            state.calling_ae,
+            "released" if released else "aborted",
+            session.pk,
+            ", ".join(f"{n} {s}" for s, n in sorted(state.counts.items())),
+        )
+
+    def _finish_later(self, state: _AssociationState, *, failed: str, released: bool) -> None:
+        """Try the finish again in the background, with a growing wait, until the
+        database is back: the rows held back for the group commit are written and the
+        series queued. Once the listener stops, one last try, then the reaper's turn."""
+
+        def retry() -> None:
+            wait = FINISH_RETRY_WAIT_S
+            while True:
+                last = self._stopping.wait(wait)
+                try:
+                    self._finish(state, failed=failed, released=released)
+                    return
+                except Exception as exc:
+                    retriable = isinstance(exc, DatabaseError | OSError)
+                    logger.error(
+                        "still could not finish the ingest session of an association from %s: %s%s",
+                        state.calling_ae,
+                        type(exc).__name__,
+                        "" if retriable and not last else "; left to the reaper",
+                    )
+                    if last or not retriable:
+                        return
+                finally:
+                    connections.close_all()
+                wait = min(2 * wait, FINISH_RETRY_MAX_WAIT_S)
+
+        thread = threading.Thread(target=retry, name="finish-retry", daemon=True)
+        with self._lock:
+            self._finishing = {t for t in self._finishing if t.is_alive()}
+            self._finishing.add(thread)
+        thread.start()
 
 
 def _ended(assoc: Association) -> bool:

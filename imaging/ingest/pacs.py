@@ -30,7 +30,8 @@ from pydicom.dataset import Dataset
 
 from imaging.ingest.service import FileOutcome, IngestRun
 from imaging.ingest.sources import IngestSource
-from imaging.models import IngestSession, Instance, PacsTransfer, Study
+from imaging.models import ANALYSED_MODALITIES, IngestSession, Instance, PacsTransfer, Series, Study
+from imaging.pipeline.queue import study_queue
 from patients.models import Patient
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,8 @@ def pacs_study_retrieve(
     (WADO-RS, as stored) into one ingest session, which skips what is already stored.
     Retried as a whole on a failure, since each attempt only adds what is missing. The
     transfer ends ``done`` when every instance the PACS listed is stored here, and
-    ``failed`` with the reason otherwise.
+    ``failed`` with the reason otherwise, also when an error (the database going away)
+    stops it: the next retrieve of the study closes its session and queues what it stored.
     """
     config = config or PacsConfig.from_settings()
     transfer = PacsTransfer.objects.create(
@@ -281,18 +283,62 @@ def pacs_study_retrieve(
     error = ""
     remote: set[str] = set()
     try:
-        remote = pacs_call(
-            config=config,
-            what="retrieving a study from the PACS (QIDO-RS, WADO-RS)",
-            call=retrieve.attempt,
-            on_attempt=retrieve.attempt_count,
+        try:
+            remote = pacs_call(
+                config=config,
+                what="retrieving a study from the PACS (QIDO-RS, WADO-RS)",
+                call=retrieve.attempt,
+                on_attempt=retrieve.attempt_count,
+            )
+        except PacsError as exc:
+            error = str(exc)
+        if retrieve.run is not None:
+            retrieve.run.finish(failed=error)
+        if remote and not error:
+            _unqueued_queue(transfer, process=process)
+    except BaseException as exc:
+        # Raised on, for the task's automatic retry; the transfer is closed all the same.
+        where = f" in ingest session {retrieve.run.session.pk}" if retrieve.run else ""
+        stopped = (
+            f"the retrieve stopped ({type(exc).__name__}){where}; what it stored is kept, "
+            "and the next retrieve of the study queues it"
         )
-    except PacsError as exc:
-        error = str(exc)
-    if retrieve.run is not None:
-        retrieve.run.finish(failed=error)
-    transfer.instances = retrieve.received[0]
-    return _transfer_finish(transfer, error=error or retrieve.absent_error(remote))
+        error = f"{error}; {stopped}" if error else stopped
+        raise
+    finally:
+        transfer.instances = retrieve.received[0]
+        transfer = _transfer_finish(transfer, error=error or retrieve.absent_error(remote))
+    return transfer
+
+
+def _unqueued_queue(transfer: PacsTransfer, *, process: bool) -> None:
+    """Queue what earlier retrieves of the study stored and never queued, having stopped
+    before closing their ingest session (the database went away): each such session is
+    closed now, which queues its series, then every series of the study that holds
+    instances and was never queued (receiving or stored) is queued."""
+    uid = transfer.study_instance_uid
+    # The session of a closed transfer is no longer worked on: nothing else closes it.
+    for old in PacsTransfer.objects.filter(
+        direction=PacsTransfer.Direction.RETRIEVE,
+        study_instance_uid=uid,
+        ingest_session__status=IngestSession.Status.RUNNING,
+    ).exclude(status=PacsTransfer.Status.RUNNING):
+        session = IngestSession.objects.get(pk=old.ingest_session_id)
+        run = IngestRun(source=session.source, process=process, resume=session, claim=False)
+        run.finish(failed=f"closed by PACS transfer {transfer.pk}: {old.error}")
+    states = [Series.State.RECEIVING] + ([Series.State.STORED] if process else [])
+    series = Series.objects.filter(study__study_instance_uid=uid, state__in=states)
+    queue = []
+    for one in series.filter(instances__isnull=False).select_related("study").distinct():
+        if process and one.modality in ANALYSED_MODALITIES:
+            queue.append(one)
+            continue
+        analysed = one.modality in ANALYSED_MODALITIES
+        one.state = Series.State.STORED if analysed else Series.State.NOT_ANALYSED
+        one.save(update_fields=["state", "updated_at"])
+    if queue:
+        logger.info("PACS transfer %s: %d series never queued are queued", transfer.pk, len(queue))
+        study_queue(study=queue[0].study, series=queue)
 
 
 def _stored_of(sop_instance_uids: set[str]) -> set[str]:

@@ -4,8 +4,10 @@ A session records its owner (host, process id and the process's start time, so a
 reused process id is not mistaken for it) while a process is working on it, and a
 heartbeat each time a batch is indexed. A session still "running" is dead when its
 owner ran on this host and is gone, or when it has shown no heartbeat for
-``RADTRACK_INGEST_STALE_MINUTES`` (another host's process, or an upload the browser
-abandoned between chunks). `imaging.ingest.service.ingest_sessions_reap` indexes the
+``RADTRACK_INGEST_STALE_MINUTES``, whoever owns it: another host's process, an upload
+the browser abandoned between chunks, or a process that still runs but could not close
+it (the database was away when the import ended). A process working on a session
+heartbeats with every batch it indexes, so a live one is never that quiet. `imaging.ingest.service.ingest_sessions_reap` indexes the
 files such a session stored and had not indexed yet (its journal,
 `imaging.ingest.journal`), marks it failed and queues what it stored, like any ended
 import.
@@ -90,11 +92,18 @@ def dead_sessions(*, now: dt.datetime | None = None) -> list[DeadSession]:
                 "the process that ran this import ended without closing it "
                 "(killed or crashed); files already stored were kept"
             )
-        elif alive is None and now - last > stale_after:
+        elif now - last > stale_after:
+            # Whether or not its owner still runs: a live import heartbeats with every
+            # batch, so one this quiet is one its process failed to close.
             minutes = (now - last).total_seconds() / 60
+            why = (
+                "its process could not close it"
+                if alive
+                else "the import was abandoned or its process died"
+            )
             reason = (
                 f"no progress for {minutes:.0f} minutes (RADTRACK_INGEST_STALE_MINUTES): "
-                "the import was abandoned or its process died; files already stored were kept"
+                f"{why}; files already stored were kept"
             )
         else:
             continue
