@@ -16,6 +16,7 @@ import kombu.exceptions
 import redis.exceptions
 import requests
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from django.db import InterfaceError, OperationalError
 
@@ -49,6 +50,17 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     Contention,
 )
+
+#: Errors that say "stop now": the task's soft time limit (settings
+#: ``CELERY_TASK_SOFT_TIME_LIMIT``; the hard limit ends the process a minute later). Not
+#: retried, since a run that outlasted the limit would only outlast it again: the run
+#: is closed as failed with the reason while there is time.
+TERMINATING_ERRORS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)
+
+#: What a catch-all that keeps work going must let through (``except NEVER_SWALLOWED:
+#: raise`` before ``except Exception``): the transient errors, which the task's retry
+#: handles, and the terminating ones, which end the task.
+NEVER_SWALLOWED: tuple[type[BaseException], ...] = TRANSIENT_ERRORS + TERMINATING_ERRORS
 
 #: The queue class each registered task was declared with, by task name.
 _TASK_QUEUES: dict[str, str] = {}

@@ -505,6 +505,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "imaging.pipeline.tasks.queued_resend_task",
         "schedule": float(os.environ.get("RADTRACK_QUEUED_RESEND_INTERVAL_S", "120")),
     },
+    # Runs left running by a worker killed at the time limit, or lost, are marked failed
+    # (imaging.pipeline.stale).
+    "stale-runs-close": {
+        "task": "imaging.pipeline.tasks.stale_runs_close_task",
+        "schedule": 600.0,
+    },
     # Ingest sessions whose process died are marked failed (imaging.ingest.sessions).
     "ingest-sessions-reap": {
         "task": "imaging.ingest.tasks.ingest_sessions_reap_task",

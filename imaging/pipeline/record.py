@@ -108,6 +108,19 @@ def run_progress(*, status: str, steps: list[dict[str, Any]]) -> RunProgress:
     return RunProgress(step=current, percent=min(done, 99))
 
 
+def tracking_unfinished(*, run: ProcessingRun) -> bool:
+    """Whether ``run`` succeeded but its lesion tracking never finished: the results are
+    committed before tracking starts (`imaging.pipeline.run`), so a worker lost in
+    between leaves a success whose ``track_lesions`` step is missing or still running
+    (a tracking that failed fails the run)."""
+    if run.status != ProcessingRun.Status.SUCCEEDED:
+        return False
+    return not any(
+        isinstance(s, dict) and s.get("name") == "track_lesions" and s.get("status") == "succeeded"
+        for s in run.steps or []
+    )
+
+
 # --------------------------------------------------------------------------- the claim
 class RunBusy(Contention):
     """A live attempt elsewhere is on the series' run: the task tries again later."""

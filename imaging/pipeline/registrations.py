@@ -19,7 +19,7 @@ from imaging.pipeline.storage import (
 )
 from imaging.store import data_dir, derived_publish
 from patients.models import Patient
-from radtrack.celery import TRANSIENT_ERRORS
+from radtrack.celery import NEVER_SWALLOWED
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def patient_registrations_ensure(*, patient: Patient, device: str = "cpu") -> in
             registration = register(
                 fixed=fixed, moving=run_volume_read(run), backend=backend, device=device
             )
-        except TRANSIENT_ERRORS:
+        except NEVER_SWALLOWED:  # "not now" is retried; the time limit ends the task
             raise
         except Exception as exc:  # never stops tracking: the follow-up is linked provisionally
             logger.exception("registration of series %s raised", series.pk)

@@ -35,7 +35,7 @@ from imaging.pipeline.choice import study_series_choose
 from imaging.pipeline.device import device_resolve
 from imaging.pipeline.protocol import contrast_difference, protocol_differences
 from imaging.pipeline.queue import study_queue
-from imaging.pipeline.record import RunRecorder, StepFailed, run_claim
+from imaging.pipeline.record import RunRecorder, StepFailed, run_claim, tracking_unfinished
 from imaging.pipeline.selectors import baseline_series_of, latest_volume_run
 from imaging.pipeline.signals import patient_results_announce
 from imaging.pipeline.storage import (
@@ -47,7 +47,7 @@ from imaging.pipeline.storage import (
 )
 from imaging.signals import patient_imaging_announce
 from imaging.store import data_dir, derived_publish, object_local
-from radtrack.celery import TRANSIENT_ERRORS
+from radtrack.celery import NEVER_SWALLOWED, TERMINATING_ERRORS, TRANSIENT_ERRORS
 from radtrack.provenance import json_safe, library_versions
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def study_process(
             )
         return None
     if chosen.state == Series.State.PROCESSED and not force:
-        return None
+        return tracking_resume(series=chosen)
     return series_process(series=chosen, device=device, on_step=on_step)
 
 
@@ -154,6 +154,11 @@ def series_process(
         # The database or the broker went away for a moment: the run stays claimed and
         # the task's retry takes it over (imaging.pipeline.record.run_claim).
         raise
+    except TERMINATING_ERRORS:
+        step = state.recorder.steps[-1]["name"] if state.recorder.steps else "start"
+        _finish(run, series, status=ProcessingRun.Status.FAILED, error=_time_limit_error(step))
+        _requeue_if_instances_arrived(state)
+        return run
     except Exception as exc:
         logger.exception("processing run %s failed unexpectedly", run.pk)
         step = state.recorder.steps[-1]["name"] if state.recorder.steps else "start"
@@ -164,6 +169,29 @@ def series_process(
     _step_announce(state)
     _drift_check(state)
     _requeue_if_instances_arrived(state)
+    return run
+
+
+def _time_limit_error(step: str) -> str:
+    """The reason a run stopped by the task's soft time limit fails with."""
+    limit = settings.RADTRACK_TASK_TIME_LIMIT_S
+    return f"stopped at the time limit ({limit} s, RADTRACK_TASK_TIME_LIMIT_S) in step {step}"
+
+
+def tracking_resume(*, series: Series) -> ProcessingRun | None:
+    """Track the lesions of ``series``' latest run again when it succeeded but its
+    tracking never finished (`tracking_unfinished`: its worker was lost after `_finish`
+    committed the results, and the task came again); None when nothing was left to do.
+    Tracking rebuilds the patient's links, so running it again is safe."""
+    run = series.processing_runs.order_by("-created_at", "-pk").first()
+    if run is None or not tracking_unfinished(run=run):
+        return None
+    lost = {"status": "interrupted", "error": "its worker was lost; tracking ran again"}
+    steps = [{**s, **lost} if s.get("status") == "running" else s for s in run.steps]
+    state = _RunState(run=run, series=series, recorder=RunRecorder(run, steps=steps))
+    logger.info("run %s: lesion tracking did not finish; tracking again", run.pk)
+    _step_announce(state)
+    _drift_check(state)
     return run
 
 
@@ -284,7 +312,7 @@ def _orientation_standardise(state: _RunState):
     alone decides, and the run says so: the study is still segmented and measured."""
     try:
         return orientation_standardise(volume=state.volume, baseline=state.baseline_volume)
-    except TRANSIENT_ERRORS:
+    except NEVER_SWALLOWED:
         raise
     except Exception as exc:
         if state.baseline_volume is None:
@@ -344,7 +372,7 @@ def _step_register_never_blocking(state: _RunState) -> None:
     lesions of a study that cannot be registered are linked provisionally."""
     try:
         _step_register(state)
-    except TRANSIENT_ERRORS:
+    except NEVER_SWALLOWED:  # "not now" is retried, the time limit fails the run
         raise
     except Exception as exc:
         logger.exception("registration in run %s raised", state.run.pk)
@@ -407,7 +435,7 @@ def _step_statistics(state: _RunState) -> None:
         phase = contrast_difference(statistics["inputs"], state.series, state.baseline_series)
         if phase:
             state.flag(protocol_differs=[*state.run.flags.get("protocol_differs", []), phase])
-    except TRANSIENT_ERRORS:
+    except NEVER_SWALLOWED:
         raise
     except Exception:
         logger.exception("study statistics of run %s failed", state.run.pk)
@@ -416,13 +444,13 @@ def _step_statistics(state: _RunState) -> None:
 def _drift_check(state: _RunState) -> None:
     """After tracking (equivocal findings are known then): the drift checks of the study's
     scanner/protocol; a failure is logged and never fails the run."""
-    if "statistics" not in state.outputs or state.run.status != ProcessingRun.Status.SUCCEEDED:
-        return
+    if state.run.status != ProcessingRun.Status.SUCCEEDED:
+        return  # (without the run's statistics, `drift_after_run` has nothing to check)
     from imaging.modelhub.drift import drift_after_run
 
     try:
         drift_after_run(run=state.run)
-    except TRANSIENT_ERRORS:
+    except NEVER_SWALLOWED:
         raise
     except Exception:
         logger.exception("drift checks after run %s failed", state.run.pk)
@@ -466,7 +494,11 @@ def _step_announce(state: _RunState) -> None:
         logger.exception("lesion tracking after run %s failed", run.pk)
         with transaction.atomic():
             run.status = ProcessingRun.Status.FAILED
-            run.error = f"lesion tracking failed: {type(exc).__name__}: {exc}"
+            run.error = (
+                _time_limit_error("track_lesions")
+                if isinstance(exc, TERMINATING_ERRORS)
+                else f"lesion tracking failed: {type(exc).__name__}: {exc}"
+            )
             run.save(update_fields=["status", "error"])
             Series.objects.filter(pk=series.pk).update(
                 state=Series.State.FAILED, state_detail=run.error, updated_at=timezone.now()

@@ -2,7 +2,9 @@
 
 Runs are declared on the ``gpu`` queue, which `radtrack.celery.task_queue` maps to
 ``RADTRACK_GPU_QUEUE``. Each is safe to deliver twice: a processed series is not run
-again, and an interrupted run is taken over by the repeat (`imaging.pipeline.record`).
+again unless a run of it was queued anew (`imaging.pipeline.queue.series_queue`), only
+its lesions tracked when a lost worker left that undone (`tracking_resume`), and an
+interrupted run is taken over by the repeat (`imaging.pipeline.record`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from django.utils import timezone
 from imaging.models import ProcessingRun, Series, Study
 from imaging.pipeline.queue import queued_resend
 from imaging.pipeline.record import RunBusy
-from imaging.pipeline.run import series_process, study_process
+from imaging.pipeline.run import series_process, study_process, tracking_resume
+from imaging.pipeline.stale import stale_runs_close
 from radtrack.celery import TRANSIENT_ERRORS, radtrack_task
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,12 @@ def series_process_task(self: Any, series_id: int, device: str = "") -> None:
     if series is None:  # deleted since it was queued
         return
     with _last_attempt_closes_run(self):
+        queued = series.processing_runs.filter(status=ProcessingRun.Status.QUEUED)
+        if series.state == Series.State.PROCESSED and not queued.exists():
+            # A repeat delivery of a task whose run succeeded: no second run (asking
+            # again queues a run, `series_queue`); only tracking, if left unfinished.
+            tracking_resume(series=series)
+            return
         series_process(series=series, device=device or None)
 
 
@@ -49,6 +58,12 @@ def study_process_task(self: Any, study_id: int, device: str = "") -> None:
 def queued_resend_task() -> int:
     """Send again the work queued while the broker was unreachable (on beat's schedule)."""
     return queued_resend()
+
+
+@radtrack_task(queue="cpu")
+def stale_runs_close_task() -> int:
+    """Close the runs left running by a killed or lost attempt (on beat's schedule)."""
+    return stale_runs_close()
 
 
 @contextmanager

@@ -1,0 +1,69 @@
+"""Runs left "running" by an attempt that is gone, closed as failed (on beat's schedule).
+
+A run's task that outlasts the hard time limit is killed and its message acknowledged:
+nothing delivers it again, and the run would show "running", its series "processing",
+for ever. Each attempt records a heartbeat with every step (`imaging.pipeline.record`),
+and no attempt lives longer than the hard limit (settings ``CELERY_TASK_TIME_LIMIT``),
+so a run whose heartbeat is older than that, plus `STALE_MARGIN_S`, has no attempt
+left: it is marked failed with the reason, and its series too (the pipeline page and
+the worklist's "processing failed" show it). Queueing it again is safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from imaging.models import ProcessingRun, Series
+
+logger = logging.getLogger(__name__)
+
+#: Seconds past the hard time limit before a silent run is closed: a step's heartbeat
+#: is written when it starts and ends, never in between.
+STALE_MARGIN_S = 600
+
+
+def stale_after() -> dt.timedelta:
+    """How long a running run may go without a heartbeat before it is closed."""
+    return dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + STALE_MARGIN_S)
+
+
+def stale_runs_close(*, now: dt.datetime | None = None) -> int:
+    """Mark failed each run still running with no heartbeat for `stale_after`, and its
+    series when the series still shows it processing; how many runs were closed."""
+    now = now or timezone.now()
+    cutoff = now - stale_after()
+    minutes = round(stale_after().total_seconds() / 60)
+    error = (
+        f"stopped without closing the run: no step recorded for over {minutes} minutes "
+        "(killed at the time limit, or its worker was lost); processing it again is safe"
+    )
+    silent = (  # the last sign of an attempt: its heartbeat, else its start, its creation
+        Q(heartbeat_at__lt=cutoff)
+        | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+        | Q(heartbeat_at__isnull=True, started_at__isnull=True, created_at__lt=cutoff)
+    )
+    stale = ProcessingRun.objects.filter(silent, status=ProcessingRun.Status.RUNNING)
+    closed = 0
+    for pk, series_id in stale.order_by("pk").values_list("pk", "series_id"):
+        with transaction.atomic():
+            # Only if still running and silent: an attempt that wrote meanwhile keeps it.
+            if not stale.filter(pk=pk).update(
+                status=ProcessingRun.Status.FAILED, error=error, finished_at=now
+            ):
+                continue
+            live = ProcessingRun.objects.filter(
+                series_id=series_id, status=ProcessingRun.Status.RUNNING
+            ).exists()
+            if not live:  # the series shows this run, not a later one at work
+                Series.objects.filter(pk=series_id, state=Series.State.PROCESSING).update(
+                    state=Series.State.FAILED, state_detail=error, updated_at=now
+                )
+        closed += 1
+        logger.warning("run %s of series %s closed as failed: no heartbeat", pk, series_id)
+    return closed
