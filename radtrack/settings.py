@@ -511,6 +511,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "imaging.pipeline.tasks.stale_runs_close_task",
         "schedule": 600.0,
     },
+    # A run killed during its lesion tracking is tracked again (imaging.pipeline.stale).
+    "tracking-unfinished-resume": {
+        "task": "imaging.pipeline.tasks.tracking_unfinished_resume_task",
+        "schedule": 600.0,
+    },
     # Ingest sessions whose process died are marked failed (imaging.ingest.sessions).
     "ingest-sessions-reap": {
         "task": "imaging.ingest.tasks.ingest_sessions_reap_task",

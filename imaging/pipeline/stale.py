@@ -6,7 +6,9 @@ for ever. Each attempt records a heartbeat with every step (`imaging.pipeline.re
 and no attempt lives longer than the hard limit (settings ``CELERY_TASK_TIME_LIMIT``),
 so a run whose heartbeat is older than that, plus `STALE_MARGIN_S`, has no attempt
 left: it is marked failed with the reason, and its series too (the pipeline page and
-the worklist's "processing failed" show it). Queueing it again is safe.
+the worklist's "processing failed" show it). Queueing it again is safe. A run killed
+during its lesion tracking (after its results were committed) is tracked again
+(`tracking_unfinished_resume`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from imaging.models import ProcessingRun, Series
+from imaging.pipeline.record import tracking_unfinished
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +70,34 @@ def stale_runs_close(*, now: dt.datetime | None = None) -> int:
         closed += 1
         logger.warning("run %s of series %s closed as failed: no heartbeat", pk, series_id)
     return closed
+
+
+#: How far back the resume looks for a success whose tracking never finished (each beat
+#: looks again; older ones were looked at before).
+RESUME_LOOKBACK = dt.timedelta(days=2)
+
+
+def tracking_unfinished_resume(*, now: dt.datetime | None = None) -> int:
+    """Track again the lesions of each series whose latest run succeeded, went silent
+    past `stale_after` and never finished its tracking (the hard time limit killed its
+    worker during tracking: the message was acknowledged and nothing delivers it again,
+    so the run would show a plain success with no lesions linked, no responses); how
+    many series were tracked again."""
+    from imaging.pipeline.run import tracking_resume
+
+    now = now or timezone.now()
+    cutoff = now - stale_after()
+    candidates = ProcessingRun.objects.filter(
+        status=ProcessingRun.Status.SUCCEEDED,
+        heartbeat_at__lt=cutoff,
+        finished_at__gte=now - RESUME_LOOKBACK,
+    ).only("pk", "series_id", "status", "steps")
+    resumed = 0
+    for run in candidates.order_by("pk"):
+        if not tracking_unfinished(run=run):
+            continue
+        series = Series.objects.filter(pk=run.series_id).first()
+        if series is not None and tracking_resume(series=series) is not None:
+            resumed += 1
+            logger.warning("run %s: tracking never finished; tracked again", run.pk)
+    return resumed

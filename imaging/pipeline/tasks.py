@@ -21,7 +21,7 @@ from imaging.models import ProcessingRun, Series, Study
 from imaging.pipeline.queue import queued_resend
 from imaging.pipeline.record import RunBusy
 from imaging.pipeline.run import series_process, study_process, tracking_resume
-from imaging.pipeline.stale import stale_runs_close
+from imaging.pipeline.stale import stale_runs_close, tracking_unfinished_resume
 from radtrack.celery import TRANSIENT_ERRORS, radtrack_task
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,12 @@ def queued_resend_task() -> int:
 def stale_runs_close_task() -> int:
     """Close the runs left running by a killed or lost attempt (on beat's schedule)."""
     return stale_runs_close()
+
+
+@radtrack_task(queue="cpu")
+def tracking_unfinished_resume_task() -> int:
+    """Track again the series whose run was killed during its tracking (beat's schedule)."""
+    return tracking_unfinished_resume()
 
 
 @contextmanager

@@ -229,3 +229,26 @@ def test_a_repeat_series_task_neither_skips_tracking_nor_runs_again(tmp_path, an
     series_queue(series=series)  # asked for again: a new run
     series_process_task(series.pk)
     assert ProcessingRun.objects.filter(status=ProcessingRun.Status.SUCCEEDED).count() == 2
+
+
+def test_beat_tracks_again_a_run_killed_during_tracking_that_nothing_delivers_again(
+    tmp_path, announced
+):
+    from imaging.pipeline.tasks import tracking_unfinished_resume_task
+
+    series = _series(tmp_path, "killed")
+    with pytest.raises(WorkerKilled):  # the hard limit: the message is acknowledged
+        series_process(series=series, on_step=_die_at("track_lesions"))
+    run = ProcessingRun.objects.get()
+    assert run.status == ProcessingRun.Status.SUCCEEDED and announced == []
+
+    assert tracking_unfinished_resume_task() == 0  # within the limit: its attempt may live
+    ProcessingRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now() - stale_after() - dt.timedelta(minutes=1)
+    )
+    assert tracking_unfinished_resume_task() == 1
+
+    run.refresh_from_db()
+    _tracked(run)
+    assert announced == [series.study.patient_id]
+    assert tracking_unfinished_resume_task() == 0  # done: nothing left
