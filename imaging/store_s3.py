@@ -23,10 +23,12 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files.storage import storages
 
 #: The django-storages backend (settings ``STORAGES``) that names the bucket.
@@ -36,7 +38,34 @@ _CHUNK = 1 << 20
 
 
 class StoreError(OSError):
-    """An object that cannot be stored or read back as it should be."""
+    """An object that cannot be stored or read back as it should be, or that S3 could
+    not be asked about (an outage, a refusal): every caller of the store handles
+    `OSError`, which boto3's and botocore's own errors are not."""
+
+
+#: What boto3 and botocore raise (`S3UploadFailedError`, `ClientError`,
+#: `EndpointConnectionError`, ...): turned into `StoreError` by `_s3_errors`.
+_S3_ERRORS = (Boto3Error, BotoCoreError, ClientError)
+
+
+@contextmanager
+def _s3_errors(action: str, key: str) -> Iterator[None]:
+    """Turn an error of boto3 or botocore into a `StoreError` that names the action, the
+    object's key and the reason (the error's type and S3's error code; never the
+    message, which can quote request details)."""
+    try:
+        yield
+    except _S3_ERRORS as exc:
+        raise StoreError(f"S3 {action} failed ({_reason(exc)}) for {key}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    # S3UploadFailedError wraps the ClientError that says what S3 answered.
+    answer = exc if isinstance(exc, ClientError) else exc.__context__
+    if isinstance(answer, ClientError):
+        code = answer.response.get("Error", {}).get("Code") or "?"
+        return f"{type(exc).__name__} {code}"
+    return type(exc).__name__
 
 
 class S3Store:
@@ -60,24 +89,30 @@ class S3Store:
     def upload(self, local: Path, relative: str, sha256: str) -> None:
         """Upload ``local`` under ``relative`` with its SHA-256; checked after the PUT."""
         size = local.stat().st_size
-        self.client.upload_file(
-            str(local), self.bucket, self.key(relative), ExtraArgs={"Metadata": {"sha256": sha256}}
-        )
+        key = self.key(relative)
+        with _s3_errors("upload", key):
+            self.client.upload_file(
+                str(local), self.bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}}
+            )
         head = self.head(relative)
         if head is None or head["ContentLength"] != size or _sha_of(head) != sha256:
             raise StoreError(f"{relative}: the stored object does not match what was uploaded")
 
     def delete(self, relative: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(relative))
+        key = self.key(relative)
+        with _s3_errors("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
     # -- reading ---------------------------------------------------------------------
     def head(self, relative: str) -> dict[str, Any] | None:
-        try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.key(relative))
-        except ClientError as exc:
-            if _missing(exc):
-                return None
-            raise
+        key = self.key(relative)
+        with _s3_errors("head", key):
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _missing(exc):
+                    return None
+                raise
 
     def size(self, relative: str) -> int | None:
         head = self.head(relative)
@@ -85,16 +120,18 @@ class S3Store:
 
     def chunks(self, relative: str) -> Iterator[bytes]:
         """The object's bytes, streamed; `FileNotFoundError` when there is none."""
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self.key(relative))["Body"]
-        except ClientError as exc:
-            if _missing(exc):
-                raise FileNotFoundError(f"{relative}: no such object in the store") from exc
-            raise
-        try:
-            yield from body.iter_chunks(_CHUNK)
-        finally:
-            body.close()
+        key = self.key(relative)
+        with _s3_errors("read", key):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except ClientError as exc:
+                if _missing(exc):
+                    raise FileNotFoundError(f"{relative}: no such object in the store") from exc
+                raise
+            try:
+                yield from body.iter_chunks(_CHUNK)
+            finally:
+                body.close()
 
     def sha256(self, relative: str) -> str | None:
         """The SHA-256 of the object's content as read back now (None when missing)."""
@@ -141,12 +178,14 @@ class S3Store:
     def scan(self, folder: str) -> Iterator[tuple[str, float]]:
         """(relative path, modification time) of every object under ``folder``, in key
         order (the order of the relative paths as text)."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.key(folder.rstrip("/") + "/")
-        )
-        for page in pages:
-            for entry in page.get("Contents", ()):
-                yield self.relative(entry["Key"]), entry["LastModified"].timestamp()
+        prefix = self.key(folder.rstrip("/") + "/")
+        with _s3_errors("list", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for entry in page.get("Contents", ()):
+                    yield self.relative(entry["Key"]), entry["LastModified"].timestamp()
 
 
 def _missing(exc: ClientError) -> bool:

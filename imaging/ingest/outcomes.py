@@ -3,13 +3,20 @@ with the reason; every text is cleaned for the database when the outcome is made
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 from imaging.core.dicom.inspect import text_clean
 from imaging.ingest.readers import Inspected
 
+logger = logging.getLogger(__name__)
+
 Status = Literal["stored", "duplicate", "conflict", "rejected"]
+#: How an issue's reason names a file that had been acknowledged as stored and is kept
+#: unindexed, followed by its path in the store (`acknowledged_kept`).
+ACKNOWLEDGED_KEPT_AT = "; this file had been acknowledged as stored: it is kept, not indexed, at "
 
 
 @dataclass(frozen=True)
@@ -55,3 +62,17 @@ def repeat_outcome(found: Inspected, stored_dataset_sha256: str) -> FileOutcome:
         "a different file is already stored under this SOP Instance UID; the stored file is kept",
         uid,
     )
+
+
+def acknowledged_kept(outcome: FileOutcome, relative: str) -> FileOutcome:
+    """``outcome`` of a file its sender was told is stored (a group commit) and that no
+    index row can name: a conflict with a file another process indexed meanwhile, or
+    values the database refuses. Its bytes stay where they are (the store is
+    content-addressed: nothing else is written under that name), and the reason, kept
+    as the session's issue, says where, so that ``verify_storage --repair`` keeps it."""
+    logger.warning(
+        "an acknowledged instance could not be indexed (%s); its file is kept at %s",
+        outcome.status,
+        relative,
+    )
+    return dataclasses.replace(outcome, reason=f"{outcome.reason}{ACKNOWLEDGED_KEPT_AT}{relative}")

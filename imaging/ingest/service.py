@@ -7,7 +7,10 @@ which the session's journal lists, `imaging.ingest.journal`, so that the reaper 
 dead session indexes it; ``manage.py verify_storage --repair`` finds any other). The same SOP instance sent again
 with the same bytes is a duplicate and changes nothing; different bytes under a stored
 SOP Instance UID are a conflict and are refused. A file whose values the database
-refuses is refused alone: the others of its batch are stored. When an import ends,
+refuses is refused alone: the others of its batch are stored. A file its sender was told
+is stored (a group commit) is never deleted, even when it turns out to conflict: its
+issue names where it is kept (`imaging.ingest.outcomes.acknowledged_kept`). A file an
+error stops is counted as refused, like any refusal. When an import ends,
 every image series that received new instances is queued for processing once the
 transaction commits. The session records the process working on it and a heartbeat, so
 that one whose process died is found and marked failed (`ingest_sessions_reap`).
@@ -44,7 +47,13 @@ from imaging.ingest.journal import (
     journal_unindexed,
     stored_object_source,
 )
-from imaging.ingest.outcomes import FileOutcome, refused_outcome, repeat_outcome, stored_outcome
+from imaging.ingest.outcomes import (
+    FileOutcome,
+    acknowledged_kept,
+    refused_outcome,
+    repeat_outcome,
+    stored_outcome,
+)
 from imaging.ingest.readers import Inspected, ReadLimits, sources_inspect
 from imaging.ingest.sessions import dead_sessions, owner_here
 from imaging.ingest.sources import IngestSource, sources_from_paths
@@ -83,7 +92,8 @@ class _Staged:
 
 class _Unindexed:
     """SOP instances this process has stored but not yet indexed (group commits), so a
-    repeat from another association is judged against them before it is answered."""
+    repeat from another association is judged against them before it is answered; only
+    once written, so that a failed write never makes its resend a "duplicate"."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -176,20 +186,30 @@ class IngestRun:
                 if on_file:
                     on_file(outcome)
 
+        unanswered: list[list[Inspected]] = []  # read, not answered: an error stops them
         with ThreadPoolExecutor(max_workers=WRITE_THREADS) as writer:
             in_flight: _Staged | None = None
-            for batch, refused in self._batches(sources):
-                if refused:
-                    self._record(refused)
-                    emit(refused)
-                if not batch:
-                    continue
-                staged = self._stage(batch, writer)
+            try:
+                for batch, refused in self._batches(sources):
+                    if refused:
+                        self._record(refused)
+                        emit(refused)
+                    if not batch:
+                        continue
+                    unanswered.append(batch)
+                    staged = self._stage(batch, writer)
+                    if in_flight is not None:
+                        done = self._commit(in_flight)
+                        unanswered.pop(0)
+                        emit(done)
+                    in_flight = staged
                 if in_flight is not None:
-                    emit(self._commit(in_flight))
-                in_flight = staged
-            if in_flight is not None:
-                emit(self._commit(in_flight))
+                    done = self._commit(in_flight)
+                    unanswered.pop(0)
+                    emit(done)
+            except Exception as exc:
+                self._stopped_count(exc, [found for batch in unanswered for found in batch])
+                raise
         if self._deferred and (
             len(self._deferred) >= self.group_commit
             or time.monotonic() - self._deferred_since >= GROUP_COMMIT_WAIT_S
@@ -211,10 +231,23 @@ class IngestRun:
         for n, outcome in enumerate(kept_back, start=len(written)):
             outcomes[n] = outcome
         # When the database is unreachable this raises and the rows wait for the next
-        # try (at the latest `finish`); their files are already durable.
+        # try (at the latest `finish`); their files are already durable. Their senders
+        # were told they are stored: none is deleted, whatever the index says.
         self._index_all(written, outcomes)
         self._deferred, self._deferred_outcomes = [], []
         _UNINDEXED.remove(w.found.item.sop_instance_uid for w in written)
+
+    def _stopped_count(self, exc: Exception, stopped: list[Inspected]) -> None:
+        """Count the files an error stopped as refused, like any refusal: at the next
+        group commit (the database may be what failed), else now if the database answers."""
+        refused = [refused_outcome(f, f"not stored: {type(exc).__name__}") for f in stopped]
+        if self.group_commit > 1:
+            self._deferred_outcomes.extend(refused)
+            return
+        try:
+            self._record(refused)
+        except Exception as error:  # only the type: a database message can quote values
+            logger.warning("could not count files an error stopped: %s", type(error).__name__)
 
     def release(self) -> None:
         """This process stops working on the session (it stays open for later requests)."""
@@ -303,8 +336,6 @@ class IngestRun:
                 self._known.series_study[found.item.series.series_instance_uid] = (
                     found.item.study.study_instance_uid
                 )
-                if self.group_commit > 1:
-                    _UNINDEXED.add(found.item.sop_instance_uid, found.item.dataset_sha256)
         return _Staged(
             outcomes=outcomes, fresh=keep, writes=writes_start([f for _, f in keep], writer)
         )
@@ -317,7 +348,6 @@ class IngestRun:
             result = future.result()
             if isinstance(result, str):  # why it could not be stored
                 outcomes[index] = refused_outcome(found, result)
-                _UNINDEXED.remove([found.item.sop_instance_uid])
                 continue
             written.append(_Written(index, found, *result))
         outcomes.update({w.index: stored_outcome(w.found) for w in written})
@@ -326,6 +356,8 @@ class IngestRun:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
             self._deferred.extend(written)
+            for entry in written:  # written: a repeat is judged against it from now on
+                _UNINDEXED.add(entry.found.item.sop_instance_uid, entry.found.item.dataset_sha256)
             ordered = [outcomes[i] for i in sorted(outcomes)]
             self._deferred_outcomes.extend(o for o in ordered if o.status != "stored")
             return ordered
@@ -357,6 +389,9 @@ class IngestRun:
         return changed
 
     def _index_one(self, entry: _Written) -> FileOutcome:
+        # With a group commit, each sender was told its file is stored (`add` returned)
+        # before its row is written here (`flush`): that file is never deleted.
+        acknowledged = self.group_commit > 1
         item = entry.found.item
         try:
             with transaction.atomic():
@@ -368,10 +403,15 @@ class IngestRun:
             outcome = repeat_outcome(entry.found, previous or "")
         except DataError as exc:
             logger.warning("the database refused an incoming file's values: %s", type(exc).__name__)
+            refused = "the database refused a value read from it"
             outcome = refused_outcome(
-                entry.found, "the database refused a value read from it; nothing was stored"
+                entry.found, refused if acknowledged else f"{refused}; nothing was stored"
             )
-        if entry.written_now and outcome.status != "duplicate":
+        if outcome.status == "duplicate":
+            return outcome
+        if acknowledged:
+            return acknowledged_kept(outcome, entry.relative)
+        if entry.written_now:
             object_delete(entry.relative)  # no row names it: a conflicting or refused file
         return outcome
 

@@ -3,7 +3,9 @@ left: every indexed file against the SHA-256 recorded when it arrived; files no 
 row names (a crash between the write and the index, or rows of a group commit that
 never came); temporary files of interrupted writes; and ingest sessions whose process
 died. Repair indexes the orphaned files that are good DICOM objects (in a session of
-source "repair"), removes the rest and the temporaries, and marks dead sessions failed.
+source "repair"), removes the rest and the temporaries, and marks dead sessions failed;
+but an orphan its sender was told is stored (an ingest issue says so) is never removed:
+it is kept and reported.
 Files younger than ``min_age_s`` are left alone: an import may still be writing them.
 It works the same on either store (`imaging.store`: the filesystem or S3), reading every
 object back and hashing it.
@@ -11,14 +13,18 @@ object back and hashing it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from django.db.models import Q
+
 from imaging.ingest.journal import stored_object_source
+from imaging.ingest.outcomes import ACKNOWLEDGED_KEPT_AT
 from imaging.ingest.service import IngestRun, ingest_sessions_reap
 from imaging.ingest.sessions import DeadSession, dead_sessions
-from imaging.models import IngestSession, Instance
+from imaging.models import IngestIssue, IngestSession, Instance
 from imaging.store import (
     StoredFile,
     object_delete,
@@ -27,6 +33,8 @@ from imaging.store import (
     temporaries_scan,
     temporary_delete,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +57,8 @@ class StorageRepair:
 
     reindexed: int = 0
     removed: list[str] = field(default_factory=list)
+    #: Orphans that could not be indexed and were kept, having been acknowledged.
+    kept: list[str] = field(default_factory=list)
     temporaries_removed: int = 0
     sessions_failed: int = 0
     session: int | None = None
@@ -97,8 +107,8 @@ def _unindexed(files) -> list[StoredFile]:
 
 
 def storage_repair(*, check: StorageCheck) -> StorageRepair:
-    """Index the good orphans, remove the others and the stale temporaries, and mark
-    dead sessions failed."""
+    """Index the good orphans, remove the others (but those acknowledged as stored: kept
+    and reported) and the stale temporaries, and mark dead sessions failed."""
     repair = StorageRepair()
     for relative in check.temporaries:
         temporary_delete(relative)
@@ -114,9 +124,27 @@ def storage_repair(*, check: StorageCheck) -> StorageRepair:
         outcome = outcomes[relative]
         if outcome.status == "stored":
             repair.reindexed += 1
-        elif not Instance.objects.filter(stored_path=relative).exists():
-            # A copy of an indexed object, a conflicting or damaged file: never
-            # acknowledged as stored, and nothing names it.
+        elif Instance.objects.filter(stored_path=relative).exists():
+            continue
+        elif outcome.status != "duplicate" and _acknowledged(relative):
+            # Its sender was told it is stored, and no stored copy holds its data set.
+            line = f"{relative}: {outcome.status}: {outcome.reason}; kept: acknowledged as stored"
+            logger.warning("verify_storage --repair: %s", line)
+            repair.kept.append(line)
+        else:
+            # A copy of an indexed object, a conflicting or damaged file, that no
+            # ingest issue says was acknowledged as stored, and that nothing names.
             object_delete(relative)
             repair.removed.append(f"{relative}: {outcome.status}: {outcome.reason}")
     return repair
+
+
+def _acknowledged(relative: str) -> bool:
+    """Whether an ingest issue says the file at ``relative`` had been acknowledged as
+    stored: a group commit found it conflicting (`imaging.ingest.outcomes.
+    acknowledged_kept`), or the reaper could not index it from the journal of a C-STORE
+    session, whose senders are answered before the rows are written."""
+    return IngestIssue.objects.filter(
+        Q(reason__endswith=f"{ACKNOWLEDGED_KEPT_AT}{relative}")
+        | Q(session__source=IngestSession.Source.DIMSE, file_name=relative)
+    ).exists()

@@ -3,6 +3,7 @@ the copies reader threads staged all together (`imaging.store.objects_publish`).
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from imaging.store import (
     object_write,
     objects_publish,
 )
+
+logger = logging.getLogger(__name__)
 
 #: (relative path, whether written now), or why the file could not be stored.
 Stored = tuple[str, bool] | str
@@ -59,6 +62,8 @@ def _objects_store(staged: list[Inspected]) -> list[Stored]:
         done = objects_publish([(found.staged, found.item.sha256) for found in staged])
     except OSError as exc:
         return [f"could not be stored: {exc}"] * len(staged)
+    except Exception as exc:
+        return [_unexpected(exc)] * len(staged)
     return [f"could not be stored: {r}" if isinstance(r, OSError) else r for r in done]
 
 
@@ -76,8 +81,17 @@ def object_store(found: Inspected) -> Stored:
                 return relative, False
             return "the store held a damaged copy of this file, now removed: send it again"
         return object_write(item.data, item.sha256)
-    except OSError as exc:
+    except OSError as exc:  # the store's errors, S3's included (`StoreError`)
         return f"could not be stored: {exc}"
+    except Exception as exc:
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> str:
+    """Why a file an unexpected error kept out is refused: it alone, not its batch (only
+    the error's type: its message could quote anything)."""
+    logger.error("unexpected %s while storing an incoming file", type(exc).__name__)
+    return f"not stored: an unexpected {type(exc).__name__} while writing it"
 
 
 def _in_store_path(item: InspectedInstance) -> str:

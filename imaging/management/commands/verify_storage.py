@@ -72,9 +72,12 @@ class Command(BaseCommand):
         repair = storage_repair(check=result)
         for line in repair.removed:
             self.stderr.write(f"removed: {line}")
+        for line in repair.kept:  # acknowledged to a sender: never deleted, for a person
+            self.stderr.write(f"kept: {line}")
         self.stdout.write(
             f"repair: {repair.reindexed} files indexed"
             + (f" (ingest session {repair.session})" if repair.session else "")
-            + f", {len(repair.removed)} removed, {repair.temporaries_removed} temporary files "
+            + f", {len(repair.removed)} removed, {len(repair.kept)} kept (acknowledged as "
+            f"stored, not indexed), {repair.temporaries_removed} temporary files "
             f"removed, {repair.sessions_failed} dead sessions marked failed"
         )
