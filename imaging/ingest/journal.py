@@ -9,7 +9,7 @@ journal (``objects/.incoming/session-<pk>.stored`` under the data folder, beside
 files being staged) before the rows are written, and removes the journal as the
 session is closed, once its rows are all written (a close that fails before, the
 database away, leaves it).
-`imaging.ingest.service.ingest_sessions_reap` reads the journal of a dead session (its
+`imaging.ingest.reap.ingest_sessions_reap` reads the journal of a dead session (its
 process gone, or silent for ``RADTRACK_INGEST_STALE_MINUTES``) and indexes, into that
 session, the files it lists that no row names.
 

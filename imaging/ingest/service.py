@@ -43,9 +43,6 @@ from imaging.ingest.index import (
 from imaging.ingest.journal import (
     journal_append,
     journal_clear,
-    journal_sessions,
-    journal_unindexed,
-    stored_object_source,
 )
 from imaging.ingest.outcomes import (
     FileOutcome,
@@ -55,7 +52,7 @@ from imaging.ingest.outcomes import (
     stored_outcome,
 )
 from imaging.ingest.readers import Inspected, ReadLimits, sources_inspect
-from imaging.ingest.sessions import dead_sessions, owner_here
+from imaging.ingest.sessions import owner_here
 from imaging.ingest.sources import IngestSource, sources_from_paths
 from imaging.ingest.writes import Share, discard, writes_start
 from imaging.models import ANALYSED_MODALITIES, IngestIssue, IngestSession, Instance, Series
@@ -133,7 +130,8 @@ class IngestRun:
     batch_size: int = 64
     #: Carry on an open session begun by an earlier request (chunked uploads).
     resume: IngestSession | None = None
-    #: Record this process as the session's owner while it works on it.
+    #: Record this process as the session's owner while it works on it, with heartbeats
+    #: (False: a closer acting on another's session, which neither owns nor beats).
     claim: bool = True
     group_commit: int = 1
     readers: int = 1
@@ -254,17 +252,26 @@ class IngestRun:
         self.flush()
         IngestSession.objects.filter(pk=self.session.pk).update(owner="")
 
-    def finish(self, *, failed: str = "") -> IngestSession:
+    def finish(self, *, failed: str = "", silent_since=None) -> IngestSession:
         """Close the session and queue processing of every series that got new images.
 
         A session already closed (marked failed when its process was thought dead) stays
-        as it is and queues nothing again.
+        as it is; the rows this finish wrote after that have their series queued (a
+        reaper elsewhere could not read this machine's journal). ``silent_since``: the
+        reaper's heartbeat reading; a session that heartbeated since lives, left running.
         """
+        wrote = bool(self._deferred)
         self.flush()
-        journal_clear(self.session.pk)  # every file it lists is indexed now
         with transaction.atomic():
             session = IngestSession.objects.select_for_update().get(pk=self.session.pk)
+            beat = session.heartbeat_at
+            if silent_since is not None and beat is not None and beat > silent_since:
+                self.session = session
+                return session
+            journal_clear(self.session.pk)  # every file it lists is indexed now
             if session.status != IngestSession.Status.RUNNING:
+                if wrote:
+                    self._queue_touched(session)
                 self.session = session
                 return session
             session.status = IngestSession.Status.FAILED if failed else IngestSession.Status.DONE
@@ -466,8 +473,10 @@ class IngestRun:
             for warning in outcome.warnings:
                 increments["warnings"] = increments.get("warnings", 0) + 1
                 issues.append(self._issue(outcome, IngestIssue.Kind.WARNING, warning))
+        # Only the session's own process beats: a closer (the reaper) must not look alive.
+        beat = {"heartbeat_at": timezone.now()} if self.claim else {}
         IngestSession.objects.filter(pk=self.session.pk).update(
-            heartbeat_at=timezone.now(), **{name: F(name) + n for name, n in increments.items()}
+            **beat, **{name: F(name) + n for name, n in increments.items()}
         )
         IngestIssue.objects.bulk_create(issues)
 
@@ -557,43 +566,3 @@ def ingest_run(
         session = IngestSession.objects.get(pk=run.session.pk)
     audit_record(request=request, action="images.upload", object=f"ingest session {session.pk}")
     return session, outcomes
-
-
-def ingest_sessions_reap() -> list[tuple[IngestSession, str]]:
-    """Mark failed, with the reason, every running session whose process died or that
-    stopped making progress, having indexed into it the files it stored and had not
-    indexed yet (its journal, `imaging.ingest.journal`; the C-STORE senders were told
-    they are stored), and queue what it stored; the sessions and reasons."""
-    reaped = []
-    for found in dead_sessions():
-        run = IngestRun(source=found.session.source, resume=found.session, claim=False)
-        reason = found.reason
-        orphans = journal_unindexed(found.session.pk)
-        if orphans:
-            outcomes = run.add([stored_object_source(r) for r in orphans])
-            indexed = sum(o.status == "stored" for o in outcomes)
-            reason += (
-                f"; {indexed} of {len(orphans)} files it had stored but not indexed were indexed"
-            )
-        reaped.append((run.finish(failed=reason), reason))
-    journals_of_closed_sessions_index()
-    return reaped
-
-
-def journals_of_closed_sessions_index() -> int:
-    """Journals on this machine of sessions already closed (reaped by a machine that
-    could not read them): the files they list that no row names are indexed in a repair
-    session, and the journals go. How many files were indexed."""
-    closed = IngestSession.objects.filter(pk__in=journal_sessions()).exclude(
-        status=IngestSession.Status.RUNNING
-    )
-    pks = list(closed.values_list("pk", flat=True))
-    orphans = [r for pk in pks for r in journal_unindexed(pk)]
-    indexed = 0
-    if orphans:
-        run = IngestRun(source=IngestSession.Source.REPAIR, origin="journal of a closed session")
-        indexed = sum(o.status == "stored" for o in run.add(map(stored_object_source, orphans)))
-        run.finish()
-    for pk in pks:
-        journal_clear(pk)
-    return indexed

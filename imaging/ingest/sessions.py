@@ -7,7 +7,7 @@ owner ran on this host and is gone, or when it has shown no heartbeat for
 ``RADTRACK_INGEST_STALE_MINUTES``, whoever owns it: another host's process, an upload
 the browser abandoned between chunks, or a process that still runs but could not close
 it (the database was away when the import ended). A process working on a session
-heartbeats with every batch it indexes, so a live one is never that quiet. `imaging.ingest.service.ingest_sessions_reap` indexes the
+heartbeats with every batch it indexes, so a live one is never that quiet. `imaging.ingest.reap.ingest_sessions_reap` indexes the
 files such a session stored and had not indexed yet (its journal,
 `imaging.ingest.journal`), marks it failed and queues what it stored, like any ended
 import.

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from imaging.ingest.pacs import pacs_pull, pacs_study_retrieve
-from imaging.ingest.service import ingest_sessions_reap
+from imaging.ingest.reap import ingest_sessions_reap
 from imaging.models import PacsTransfer
 from radtrack.celery import radtrack_task
 

@@ -22,7 +22,8 @@ from django.db.models import Q
 
 from imaging.ingest.journal import stored_object_source
 from imaging.ingest.outcomes import ACKNOWLEDGED_KEPT_AT
-from imaging.ingest.service import IngestRun, ingest_sessions_reap
+from imaging.ingest.reap import ingest_sessions_reap
+from imaging.ingest.service import IngestRun
 from imaging.ingest.sessions import DeadSession, dead_sessions
 from imaging.models import IngestIssue, IngestSession, Instance
 from imaging.store import (

@@ -23,7 +23,8 @@ import pytest
 from botocore.config import Config
 
 import imaging.ingest.service as service
-from imaging.ingest.service import IngestRun, ingest_sessions_reap
+from imaging.ingest.reap import ingest_sessions_reap
+from imaging.ingest.service import IngestRun
 from imaging.ingest.sources import IngestSource
 from imaging.ingest.verify import storage_repair, storage_verify
 from imaging.models import IngestIssue, IngestSession, Instance

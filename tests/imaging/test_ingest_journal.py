@@ -11,7 +11,8 @@ from django.core.management import call_command
 
 import imaging.ingest.service as service
 from imaging.ingest.journal import journal_path, journal_unindexed
-from imaging.ingest.service import IngestRun, ingest_sessions_reap
+from imaging.ingest.reap import ingest_sessions_reap
+from imaging.ingest.service import IngestRun
 from imaging.ingest.sources import sources_from_paths
 from imaging.models import IngestSession, Instance, Series
 from tests.imaging.factories import ct_files

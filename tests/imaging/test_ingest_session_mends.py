@@ -20,7 +20,8 @@ import imaging.ingest.service as service
 from imaging.ingest import pacs
 from imaging.ingest.journal import journal_path, journal_unindexed
 from imaging.ingest.listener import StorageListener
-from imaging.ingest.service import IngestRun, ingest_sessions_reap
+from imaging.ingest.reap import ingest_sessions_reap
+from imaging.ingest.service import IngestRun
 from imaging.ingest.sessions import dead_sessions
 from imaging.ingest.sources import sources_from_paths
 from imaging.models import IngestSession, Instance, PacsTransfer, Series
@@ -241,3 +242,43 @@ def test_a_retrieve_finding_nothing_missing_queues_series_never_queued(
     assert Series.objects.get().state == Series.State.QUEUED and len(queued) == 1
     pacs.pacs_study_retrieve(study_instance_uid=uid, config=config)
     assert len(queued) == 1  # queued once: a series already queued is left alone
+
+
+def test_a_session_that_heartbeats_after_it_was_judged_silent_is_left_running(
+    tmp_path, monkeypatch, queued, settings
+):
+    monkeypatch.setattr(service, "GROUP_COMMIT_WAIT_S", 3600.0)
+    ct_files(tmp_path / "late", key="late", slices=2, size=16)
+    run = IngestRun(source=IngestSession.Source.DIMSE, batch_size=1, group_commit=50)
+    outcomes = run.add(sources_from_paths([tmp_path / "late"]))
+    quiet = timezone.now() - dt.timedelta(minutes=settings.RADTRACK_INGEST_STALE_MINUTES + 5)
+    IngestSession.objects.filter(pk=run.session.pk).update(heartbeat_at=quiet)
+    (found,) = dead_sessions()
+    # Between the reaper's reading and its close, the session's process writes again.
+    IngestSession.objects.filter(pk=run.session.pk).update(heartbeat_at=timezone.now())
+
+    closer = IngestRun(source=found.session.source, resume=found.session, claim=False)
+    closer.finish(failed=found.reason, silent_since=found.session.heartbeat_at)
+
+    run.session.refresh_from_db()
+    assert run.session.status == IngestSession.Status.RUNNING
+    assert len(journal_unindexed(run.session.pk)) == 2  # still its process's to index
+    service._UNINDEXED.remove(o.sop_instance_uid for o in outcomes)
+    run.finish()
+
+
+def test_rows_written_after_a_reaper_elsewhere_closed_the_session_are_queued(
+    tmp_path, monkeypatch, queued
+):
+    monkeypatch.setattr(service, "GROUP_COMMIT_WAIT_S", 3600.0)
+    ct_files(tmp_path / "elsewhere", key="elsewhere", slices=2, size=16)
+    run = IngestRun(source=IngestSession.Source.DIMSE, batch_size=1, group_commit=50)
+    run.add(sources_from_paths([tmp_path / "elsewhere"]))
+    # A reaper on another machine (it cannot read this one's journal) closed it.
+    IngestSession.objects.filter(pk=run.session.pk).update(status=IngestSession.Status.FAILED)
+
+    session = run.finish()  # the held rows are written now
+
+    assert session.status == IngestSession.Status.FAILED
+    assert Instance.objects.filter(ingest_session=session).count() == 2
+    assert len(queued) == 1

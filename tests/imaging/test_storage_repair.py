@@ -23,7 +23,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from imaging.ingest.service import IngestRun, ingest_paths, ingest_sessions_reap
+from imaging.ingest.reap import ingest_sessions_reap
+from imaging.ingest.service import IngestRun, ingest_paths
 from imaging.ingest.sessions import dead_sessions, owner_here
 from imaging.models import IngestSession, Instance, Series
 from imaging.pipeline.run import study_process

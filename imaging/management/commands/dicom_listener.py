@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from imaging.ingest.listener import DEFAULT_AE_TITLE, DEFAULT_PORT, listener_start
-from imaging.ingest.service import ingest_sessions_reap
+from imaging.ingest.reap import ingest_sessions_reap
 
 
 class Command(BaseCommand):
