@@ -13,7 +13,7 @@ issue names where it is kept (`imaging.ingest.outcomes.acknowledged_kept`). A fi
 error stops is counted as refused, like any refusal. When an import ends,
 every image series that received new instances is queued for processing once the
 transaction commits. The session records the process working on it and a heartbeat, so
-that one whose process died is found and marked failed (`ingest_sessions_reap`).
+that one whose process died is found and marked failed (`imaging.ingest.reap`).
 """
 
 from __future__ import annotations
