@@ -57,5 +57,8 @@ class WorklistRowSerializer(serializers.Serializer):
     last_recist = serializers.CharField(help_text="RECIST 1.1 category of the latest assessment")
     last_assessment_date = serializers.DateField(allow_null=True)
     last_study_date = serializers.DateField(allow_null=True)
+    died_on = serializers.DateField(
+        allow_null=True, help_text="date of death (EHR): the patient is not ranked by risk"
+    )
     flags = serializers.ListField(child=serializers.CharField())
     rising_markers = MarkerChangeSerializer(many=True)

@@ -24,8 +24,10 @@ from django.db.models import (
     FilteredRelation,
     FloatField,
     IntegerField,
+    OuterRef,
     Q,
     QuerySet,
+    Subquery,
     Value,
 )
 from django.db.models.functions import Coalesce
@@ -34,7 +36,7 @@ from analytics.dashboard.flags import markers_from_json
 from analytics.dashboard.markers import MarkerChange
 from analytics.models import UNSCORED_RANK, RiskModelVersion, RiskScore
 from analytics.risk.selectors import current_model_version
-from patients.models import Patient
+from patients.models import ClinicalEvent, Patient
 from patients.selectors import patient_search_filter
 
 FLAG_NAMES = (
@@ -93,6 +95,7 @@ class WorklistRow:
     processing_failed: bool
     awaiting_review: bool
     needs_attention: bool = False
+    died_on: dt.date | None = None
 
     @property
     def rising_marker(self) -> bool:
@@ -100,7 +103,11 @@ class WorklistRow:
 
     @property
     def tier_label(self) -> str:
-        return str(RiskScore.Tier(self.tier).label) if self.tier else "Not scored"
+        if self.tier:
+            return str(RiskScore.Tier(self.tier).label)
+        # A patient who died is not ranked by risk (their scores go at the next
+        # rescore): said as such, not as a score still to come.
+        return f"Deceased {self.died_on:%Y-%m-%d}" if self.died_on else "Not scored"
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -150,6 +157,11 @@ def _detail_columns(rows: QuerySet) -> QuerySet:
         flag_needs_attention=F("worklist_flags__needs_attention"),
         flag_processing_failed=F("worklist_flags__processing_failed"),
         last_study_date=F("worklist_flags__last_study_date"),
+        died_on=Subquery(  # for the page's rows only: one subquery in the same query
+            ClinicalEvent.objects.filter(patient=OuterRef("pk"), kind="death")
+            .order_by("date")
+            .values("date")[:1]
+        ),
     )
 
 
@@ -215,6 +227,7 @@ def _worklist_row(p: Patient, version: RiskModelVersion | None) -> WorklistRow:
         processing_failed=bool(p.flag_processing_failed),
         awaiting_review=bool(p.flag_awaiting_review),
         needs_attention=bool(p.flag_needs_attention),
+        died_on=p.died_on,
     )
 
 

@@ -64,9 +64,8 @@ def test_a_patient_who_died_is_no_longer_ranked_by_their_old_score(scored):
     before = latest(patient, version)
     assert before is not None and row_of(patient, version).tier is not None
     others = RiskScore.objects.filter(model_version=version).exclude(patient=patient).count()
-    ClinicalEvent.objects.create(
-        patient=patient, kind="death", date=before.landmark_date + dt.timedelta(days=10)
-    )
+    died = before.landmark_date + dt.timedelta(days=10)
+    ClinicalEvent.objects.create(patient=patient, kind="death", date=died)
 
     risk_scores_compute(model_version=version, today=TODAY)
 
@@ -75,12 +74,11 @@ def test_a_patient_who_died_is_no_longer_ranked_by_their_old_score(scored):
     assert RiskScore.objects.filter(model_version=version).count() == others
     rows = worklist(model_version=version)
     mine = next(r for r in rows if r.patient_id == patient.patient_id)
-    assert (mine.tier, mine.score, mine.landmark_date, mine.tier_label) == (
-        None,
-        None,
-        None,
-        "Not scored",
-    )
+    # Said as deceased, not as a score still to come.
+    assert (mine.tier, mine.score, mine.landmark_date, mine.died_on) == (None, None, None, died)
+    assert mine.tier_label == f"Deceased {died:%Y-%m-%d}"
+    alive = next(r for r in rows if r.patient_id == other.patient_id)
+    assert alive.died_on is None and alive.tier_label != "Not scored"
     # Ranked with the unscored, after every scored patient.
     assert all(r.tier is None for r in rows[rows.index(mine) :])
     assert latest(other, version) is not None
