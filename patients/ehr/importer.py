@@ -183,6 +183,9 @@ class _Known:
     retracted_events: set[tuple[int, str, dt.date]] = field(default_factory=set)
     by_identifier: dict[tuple, LabResult] = field(default_factory=dict)
     stored_keys: dict[_LabKey, int] = field(default_factory=dict)
+    #: (patient, kind) of every event held or added (never shrinks): a withdrawal of all
+    #: of a kind (a Patient said alive, in every Patient resource) scans only for these.
+    event_kinds: set[tuple[int, str]] = field(default_factory=set)
 
     def lab_keep(self, lab: LabResult) -> None:
         """Hold ``lab`` under its key and its identifiers."""
@@ -212,6 +215,7 @@ def _apply(
             )
         },
     )
+    known.event_kinds = {(pk, kind) for pk, kind, _ in known.events}
     for lab in LabResult.objects.filter(patient_id__in=matched_ids):
         known.lab_keep(lab)
         known.stored_keys[_lab_key(lab)] = lab.pk
@@ -365,6 +369,7 @@ def _apply_event(
         result.outcome(record.where, "unchanged")
         return
     known.events.add(key)
+    known.event_kinds.add(key[:2])
     known.new_events.append(
         ClinicalEvent(patient=patient, kind=record.kind, date=record.date, source=source)
     )
@@ -380,6 +385,8 @@ def _apply_retraction(
     withdrawal of something never stored is noted as skipped."""
     if record.kind:
         # No date: every event of the kind (a Patient now said alive has no death).
+        if record.date is None and (patient.pk, record.kind) not in known.event_kinds:
+            return  # the usual case: a living patient said to be alive
         keys = [
             key
             for key in known.events
