@@ -54,16 +54,24 @@ def simple_cysts_filter(
     candidates: tuple[LesionCandidate, ...],
     settings: CystSettings | None = None,
     ring: ContrastSettings | None = None,
+    on_study: np.ndarray | None = None,
 ) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
     """Drop liver candidates that read as simple cysts (module docstring); the record
-    names each one with its median HU and the median HU of the liver around it."""
+    names each one with its median HU and the median HU of the liver around it.
+    ``on_study``: a mask on the study's grid holding at least ``candidates`` (an earlier
+    filter's, with candidates it dropped: they are left out here), else resampled."""
     settings = settings or CystSettings()
     ring = ring or ContrastSettings()
     started = time.perf_counter()
     looked = [c for c in candidates if c.organ in settings.organs]
     removed: dict[str, dict[str, float]] = {}
     if looked:
-        on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
+        if on_study is None:
+            on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
+        else:  # nearest neighbour: dropping labels before or after resampling is the same
+            keep = np.zeros(int(on_study.max()) + 1, dtype=bool)
+            keep[[c.label_value for c in candidates]] = True
+            on_study = np.where(keep[on_study], on_study, 0)
         voxels = candidate_core_ring(on_study, study.array, [c.label_value for c in looked], ring)
         for value, found in voxels.items():
             if found is None or found[1].size < 8:  # no voxel or no ring: no evidence

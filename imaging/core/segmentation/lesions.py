@@ -18,6 +18,7 @@ import torch
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
+from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.cysts import simple_cysts_filter
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
 from imaging.core.segmentation.network import VolumeSegmenter, segmenter_load
@@ -131,11 +132,13 @@ def lesions_segment(
         settings=postprocess_settings,
     )
     around = study_around(study=volume, mask=post.mask)
+    # The candidates on the study's own grid, resampled once for both filters.
+    on_study = volume_onto_grid(moving=post.mask, reference=around).array
     candidate_mask, candidates, contrast_record = candidates_contrast_filter(
-        study=around, candidate_mask=post.mask, candidates=post.candidates
+        study=around, candidate_mask=post.mask, candidates=post.candidates, on_study=on_study
     )
     candidate_mask, candidates, cysts_record = simple_cysts_filter(
-        study=around, candidate_mask=candidate_mask, candidates=candidates
+        study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study
     )
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()

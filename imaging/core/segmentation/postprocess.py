@@ -553,6 +553,7 @@ def candidates_contrast_filter(
     candidate_mask: Volume,
     candidates: tuple[LesionCandidate, ...],
     settings: ContrastSettings | None = None,
+    on_study: np.ndarray | None = None,
 ) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
     """Drop candidates whose contrast with their surroundings is within the noise.
 
@@ -570,11 +571,12 @@ def candidates_contrast_filter(
     tens); the darkest noise blobs of a liver in thick, noisy slices reach about 7.
     A candidate that holds no study voxel centre (smaller than the study's voxels) scores
     0 and is dropped; one without a ring of at least 8 voxels is kept (no evidence).
+    ``on_study``: ``candidate_mask`` already on the study's grid (else resampled here).
     """
-
     settings = settings or ContrastSettings()
     started = time.perf_counter()
-    on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
+    if on_study is None:
+        on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
     scores = _contrast_scores(on_study, study.array, candidates, settings)
     kept = tuple(
         c for c in candidates if (score := scores[c.label_value]) is None or score >= settings.min_z

@@ -92,3 +92,19 @@ def test_the_thresholds_are_recorded_parameters_that_decide():
         settings=CystSettings(min_liver_hu=110.0),
     )  # fmt: skip
     assert len(kept) == 4
+
+
+def test_a_mask_already_on_the_study_grid_gives_the_same_answer():
+    from imaging.core.registration.transforms import volume_onto_grid
+
+    study, mask, candidates = _case(105.0, {1: 5.0, 2: 45.0, 3: 5.0, 4: 60.0})
+    on_study = volume_onto_grid(moving=mask, reference=study).array
+    # An earlier filter dropped candidate 3: it is still in the shared mask, not in the list.
+    fewer = tuple(c for c in candidates if c.label_value != 3)
+    without = mask.with_array(np.where(mask.array == 3, 0, mask.array))
+    _, kept, record = simple_cysts_filter(study=study, candidate_mask=without, candidates=fewer)
+    _, shared, shared_record = simple_cysts_filter(
+        study=study, candidate_mask=without, candidates=fewer, on_study=on_study
+    )
+    assert [c.label_value for c in shared] == [c.label_value for c in kept] == [2, 4]
+    assert shared_record.details == record.details
