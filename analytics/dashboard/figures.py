@@ -4,7 +4,9 @@ Figures read the typed objects the selectors return (`PatientTimeline`, `CohortS
 a model version's calibration) and never query. They are plain ``{"data", "layout"}``
 dicts rather than ``plotly.graph_objects`` figures: the page only needs JSON, and
 building without graph_objects' validation keeps a patient page fast (the tests check
-every figure against plotly's own schema). Dates are ISO strings; NaN becomes None.
+every figure against plotly's own schema). Dates are ISO strings, times local wall-clock
+ones without an offset (plotly.js ignores an offset); NaN becomes None, which plotly
+draws as a gap in a line.
 
 Colours: the Okabe-Ito palette (distinguishable with the common colour-vision
 deficiencies); every trace is also named in its legend and hover text, so colour never
@@ -18,10 +20,19 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.utils import timezone
+
 from analytics.dashboard.cohort import CohortSurvival
-from analytics.dashboard.patient import LabSeries, PatientTimeline, RiskSummary, StudySummary
+from analytics.dashboard.patient import (
+    LabSeries,
+    LesionPoint,
+    PatientTimeline,
+    RiskSummary,
+    StudySummary,
+)
 from analytics.lesions.core.recist import PD_ABSOLUTE_MM, PD_INCREASE_PCT, PR_DECREASE_PCT, nadir
 from analytics.lesions.selectors import ResponseRow
+from imaging.models import LesionMeasurement
 
 __all__ = [
     "TIER_COLOURS",
@@ -64,11 +75,24 @@ def _number(value: float | None) -> float | None:
 
 
 def _day(value: dt.date | dt.datetime | None) -> str | None:
+    """A date as ISO; a datetime's date where the page is (`_wall_clock`)."""
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.date().isoformat()
+        return _wall_clock(value)[:10]
     return value.isoformat()
+
+
+def _wall_clock(at: dt.datetime) -> str:
+    """``at`` as the local wall-clock time, ISO without an offset.
+
+    plotly.js reads the date and time of an ISO string and drops its offset, so an aware
+    time sent as UTC would be drawn at the UTC wall-clock time, another day for an
+    evening result than the page's tables (local time) say.
+    """
+    if timezone.is_aware(at):
+        at = timezone.localtime(at)
+    return at.replace(tzinfo=None).isoformat()
 
 
 def _layout(**overrides: Any) -> dict[str, Any]:
@@ -100,21 +124,27 @@ def _axis(title: str, **extra: Any) -> dict[str, Any]:
 # Patient page
 # --------------------------------------------------------------------------------------
 _STATUS_SYMBOL = {"new": "triangle-up", "tracked": "circle", "resolved": "x", "merged": "x"}
+_LESION_HOVER = "<b>{label}</b><br>%{{x|%Y-%m-%d}}: %{{y:.2f}} ml<br>%{{customdata}}<extra></extra>"
 
 
 def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
     """Each lesion's volume (ml, values in force) over time: one line per lesion identity.
 
-    A lesion's first sighting after baseline is drawn as a triangle (new lesion), one a
-    radiologist confirmed gone (or merged into another) as a cross at 0 ml; studies where
-    it was not found draw nothing (nothing was measured), and measurements rejected as
-    false positives are left out. Target lesions are named "(target)" in the legend.
+    A lesion's first sighting after the response baseline is drawn as a triangle (new
+    lesion), one a radiologist confirmed gone (or merged into another) as a cross at 0
+    ml; a study where it was not found (or too small to measure) leaves a gap in its line
+    (nothing was measured there), and measurements rejected as false positives are left
+    out. A point linked provisionally (no registration to the baseline) is hollow and
+    joined to its neighbours by a dashed line of its own, named in the legend; the hover
+    text says the link is provisional and what state the finding is in (equivocal...).
+    Target lesions are named "(target)" in the legend.
     """
     data = []
-    baseline = timeline.studies[0].study_date if timeline.studies else None
+    baseline = _lesion_baseline_date(timeline)
     for i, track in enumerate(timeline.lesions):
         points = [p for p in track.shown_points if p.study_date is not None]
-        if not points:
+        values = [_number(p.volume_ml) for p in points]
+        if all(v is None for v in values):
             continue
         colour = PALETTE[i % len(PALETTE)]
         name = f"{track.label} (target)" if track.is_target else track.label
@@ -124,20 +154,21 @@ def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
             status = "new" if is_new else ("tracked" if p.status == "new" else p.status)
             symbols.append(_STATUS_SYMBOL.get(status, "circle"))
             sizes.append(12 if status in ("new", "resolved", "merged") else 8)
-            if is_new:
-                label = "new lesion"
-            elif p.status == "new":
-                label = "seen at baseline"
-            else:
-                label = p.status_label.lower()
-            notes.append(f"{label}; {p.review_label.lower()}")
+            notes.append(_lesion_point_note(p, is_new=is_new))
+        group = f"lesion-{track.pk}"
         data.append(
             {
                 "type": "scatter",
                 "mode": "lines+markers",
                 "name": name,
+                "legendgroup": group,
                 "x": [_day(p.study_date) for p in points],
-                "y": [_number(p.volume_ml) for p in points],
+                # a provisional point is drawn by its own trace below, so that no solid
+                # line reaches it
+                "y": [
+                    None if p.link_provisional else v for p, v in zip(points, values, strict=True)
+                ],
+                "connectgaps": False,
                 "customdata": notes,
                 "line": {
                     "color": colour,
@@ -150,9 +181,28 @@ def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
                     "size": sizes,
                     "line": {"width": 1, "color": INK},
                 },
-                "hovertemplate": f"<b>{track.label}</b><br>%{{x|%Y-%m-%d}}: %{{y:.2f}} ml<br>%{{customdata}}<extra></extra>",
+                "hovertemplate": _LESION_HOVER.format(label=track.label),
             }
         )
+        provisional = _provisional_links(points, values, symbols, sizes, notes)
+        if provisional is not None:
+            data.append(
+                {
+                    **provisional,
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": f"{track.label}: provisional link",
+                    "legendgroup": group,
+                    "connectgaps": False,
+                    "line": {"color": colour, "width": 2, "dash": "dash"},
+                    "marker": {
+                        **provisional["marker"],
+                        "color": colour,
+                        "line": {"width": 2, "color": colour},
+                    },
+                    "hovertemplate": _LESION_HOVER.format(label=track.label),
+                }
+            )
     return {
         "data": data,
         "layout": _layout(
@@ -164,9 +214,84 @@ def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
     }
 
 
+def _lesion_baseline_date(timeline: PatientTimeline) -> dt.date | None:
+    """The date a lesion first seen is a baseline lesion rather than a new one: the
+    response baseline's, else the earliest study where any lesion was measured. Never
+    simply the first study: it may have failed or not been analysed."""
+    for r in timeline.responses:
+        if r.is_baseline and r.study_date is not None:
+            return r.study_date
+    dates = [p.study_date for t in timeline.lesions for p in t.points if p.study_date]
+    return min(dates, default=None)
+
+
+def _lesion_point_note(p: LesionPoint, *, is_new: bool) -> str:
+    """The hover text of a lesion at one study: what it is there, the finding's state
+    when not confirmed, a provisional link, and its review."""
+    if is_new:
+        parts = ["new lesion"]
+    elif p.status == "new":
+        parts = ["seen at baseline"]
+    else:
+        parts = [p.status_label.lower()]
+    if p.finding_state != LesionMeasurement.FindingState.CONFIRMED:
+        parts.append((p.finding_label or p.finding_state.replace("_", " ")).lower())
+    if p.link_provisional:
+        parts.append("provisional link (no registration to the baseline), awaiting review")
+    parts.append(p.review_label.lower())
+    return "; ".join(parts)
+
+
+def _provisional_links(
+    points: Sequence[LesionPoint],
+    values: Sequence[float | None],
+    symbols: Sequence[str],
+    sizes: Sequence[int],
+    notes: Sequence[str],
+) -> dict[str, Any] | None:
+    """x, y, customdata and markers of a lesion's provisional links: each line segment
+    with a provisionally linked point at either end, and each such point (hollow) with
+    no measured neighbour; runs are separated by a gap. None without one."""
+    runs: list[list[int]] = []
+    for k in range(1, len(points)):
+        a, b = k - 1, k
+        measured = values[a] is not None and values[b] is not None
+        if measured and (points[a].link_provisional or points[b].link_provisional):
+            if runs and runs[-1][-1] == a:
+                runs[-1].append(b)
+            else:
+                runs.append([a, b])
+    joined = {k for run in runs for k in run}
+    runs += [
+        [k]
+        for k, p in enumerate(points)
+        if p.link_provisional and values[k] is not None and k not in joined
+    ]
+    if not runs:
+        return None
+    x, y, custom, symbol, size = [], [], [], [], []
+    for run in sorted(runs):
+        if x:  # a gap between runs
+            x.append(x[-1])
+            y.append(None)
+            custom.append("")
+            symbol.append("circle")
+            size.append(0)
+        for k in run:
+            own = points[k].link_provisional
+            x.append(_day(points[k].study_date))
+            y.append(values[k])
+            custom.append(notes[k])
+            symbol.append(f"{symbols[k]}-open" if own else symbols[k])
+            size.append(sizes[k] if own else 0)  # the main trace marks the other end
+    return {"x": x, "y": y, "customdata": custom, "marker": {"symbol": symbol, "size": size}}
+
+
 def _pd_thresholds(sums: Sequence[float | None]) -> list[float | None]:
     """The sum at or above which each study would be target PD (RECIST 1.1 section 4.3.1).
 
+    ``sums``: baseline first, then each follow-up's sum, None where it is not part of the
+    nadir (a study not evaluable: `analytics.lesions.core.assess` leaves its sum out).
     max(nadir x 1.2, nadir + 5 mm), the nadir being the smallest sum on earlier studies,
     baseline included (`analytics.lesions.core.recist.nadir`); None at baseline.
     """
@@ -186,49 +311,86 @@ def response_timeline_figure(*, timeline: PatientTimeline) -> Figure:
     stacked on one shared time axis, with every CT study marked as a vertical line.
 
     PR threshold: 30% below the baseline sum; PD threshold: +20% and at least +5 mm over
-    the nadir before each study (RECIST 1.1 section 4.3.1), drawn as a step. Each lab
-    test has its own axis in its canonical unit.
+    the nadir before each study (RECIST 1.1 section 4.3.1), drawn as a tick at each
+    follow-up. Both are measured from the response baseline and the assessed studies
+    only: a sum at a study not evaluable (NE) is drawn apart, hollow and not joined by
+    the line. Each lab test has its own axis in its canonical unit.
     """
     responses = [r for r in timeline.responses if r.study_date is not None]
     rows = [*_diameter_rows(responses), *_burden_rows(responses), *_lab_rows(timeline.labs)]
     return _stacked_figure(rows, studies=timeline.studies)
 
 
+def _response_label(r: ResponseRow) -> str:
+    return r.recist_response or ("baseline" if r.is_baseline else "")
+
+
 def _diameter_rows(responses: list[ResponseRow]) -> list[Panel]:
-    """The sum of target diameters with its PR and PD thresholds (no panel without sums)."""
+    """The sum of target diameters with its PR and PD thresholds (no panel without sums).
+
+    The thresholds start at the row marked baseline (an earlier study that could not be
+    analysed has an NE row of its own), and no threshold is drawn without one.
+    """
     sums = [_number(r.sum_diameters_mm) for r in responses]
     dates = [_day(r.study_date) for r in responses]
     if not any(s is not None for s in sums):
         return []
+    assessed = [k for k, r in enumerate(responses) if not r.not_evaluable]
     traces = [
         {
             "type": "scatter",
             "mode": "lines+markers+text",
             "name": "Sum of target diameters",
-            "x": dates,
-            "y": sums,
-            "text": [r.recist_response or ("baseline" if r.is_baseline else "") for r in responses],
+            "x": [dates[k] for k in assessed],
+            "y": [sums[k] for k in assessed],
+            "text": [_response_label(responses[k]) for k in assessed],
             "textposition": "top center",
             "line": {"color": PALETTE[0], "width": 3},
             "marker": {"size": 9},
             "hovertemplate": "%{x|%Y-%m-%d}: %{y:.1f} mm (%{text})<extra>sum of diameters</extra>",
         }
     ]
-    base = sums[0]
-    if base is not None and len(dates) > 0:
-        pr = base * (1 + PR_DECREASE_PCT / 100.0)
+    not_evaluable = [k for k, r in enumerate(responses) if r.not_evaluable and sums[k] is not None]
+    if not_evaluable:
         traces.append(
             {
                 "type": "scatter",
-                "mode": "lines",
-                "name": f"PR threshold ({PR_DECREASE_PCT:.0f}% from baseline)",
-                "x": [dates[0], dates[-1]],
-                "y": [pr, pr],
-                "line": {"color": THRESHOLD_PR, "dash": "dash", "width": 2},
-                "hovertemplate": f"PR at or below {pr:.1f} mm<extra></extra>",
+                "mode": "markers+text",
+                "name": "Sum at a study not evaluable (NE)",
+                "x": [dates[k] for k in not_evaluable],
+                "y": [sums[k] for k in not_evaluable],
+                "text": ["NE"] * len(not_evaluable),
+                "textposition": "top center",
+                "marker": {
+                    "size": 11,
+                    "symbol": "circle-open",
+                    "color": PALETTE[0],
+                    "line": {"width": 2, "color": PALETTE[0]},
+                },
+                "hovertemplate": "%{x|%Y-%m-%d}: %{y:.1f} mm, not evaluable (NE): this sum is "
+                "not assessed and does not count toward the nadir<extra>sum of diameters</extra>",
             }
         )
-    pd_line = _pd_thresholds(sums)
+    base = next((k for k, r in enumerate(responses) if r.is_baseline), None)
+    if base is None or sums[base] is None:
+        return [("Sum of diameters (mm)", traces)]
+    pr = sums[base] * (1 + PR_DECREASE_PCT / 100.0)
+    traces.append(
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": f"PR threshold ({PR_DECREASE_PCT:.0f}% from baseline)",
+            "x": [dates[base], dates[-1]],
+            "y": [pr, pr],
+            "line": {"color": THRESHOLD_PR, "dash": "dash", "width": 2},
+            "hovertemplate": f"PR at or below {pr:.1f} mm<extra></extra>",
+        }
+    )
+    in_nadir = [
+        s if k == base or not responses[k].not_evaluable else None
+        for k, s in enumerate(sums[base:], start=base)
+    ]
+    pd_line = [None] * base + _pd_thresholds(in_nadir)
     if any(v is not None for v in pd_line):
         # One tick per follow-up: the threshold belongs to that study (its nadir is
         # the smallest earlier sum), so nothing is drawn between studies.
@@ -290,7 +452,7 @@ def _lab_rows(labs: Iterable[LabSeries]) -> list[Panel]:
             "type": "scatter",
             "mode": "lines+markers",
             "name": name,
-            "x": [at.isoformat() for at in lab.observed_at],
+            "x": [_wall_clock(at) for at in lab.observed_at],
             "y": [_number(v) for v in lab.values],
             "text": list(lab.value_labels),
             "line": {"color": PALETTE[(j + 3) % len(PALETTE)], "width": 2},
@@ -298,7 +460,7 @@ def _lab_rows(labs: Iterable[LabSeries]) -> list[Panel]:
                 "size": [9 if c else 6 for c in comparators],
                 "symbol": [_BOUND_SYMBOLS.get(c, "circle") for c in comparators],
             },
-            "hovertemplate": f"%{{x|%Y-%m-%d}}: %{{text}}<extra>{lab.display}</extra>",
+            "hovertemplate": f"%{{x|%Y-%m-%d %H:%M}}: %{{text}}<extra>{lab.display}</extra>",
         }
         rows.append((f"{name} ({lab.unit})", [trace]))
     return rows
@@ -394,7 +556,7 @@ def risk_explanation_figure(*, risk: RiskSummary, top: int = 10) -> Figure:
 def patient_figures(*, timeline: PatientTimeline) -> dict[str, Figure]:
     """The patient page's figures by element id; a figure with nothing to draw is left out."""
     out: dict[str, Figure] = {}
-    if any(t.shown_points for t in timeline.lesions):
+    if any(t.has_measured_point for t in timeline.lesions):
         out["fig-lesions"] = lesion_volume_figure(timeline=timeline)
     if timeline.responses or timeline.labs:
         out["fig-timeline"] = response_timeline_figure(timeline=timeline)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from django.db.models import Count, Max, Min, Q
@@ -53,6 +53,36 @@ class StudySummary:
     @property
     def instance_count(self) -> int:
         return sum(s.instance_count for s in self.series)
+
+    @property
+    def segmentation_state(self) -> str:
+        """How far the study's images got, from its analysed series' state (every series'
+        when none was chosen): one of `SEGMENTATION_STATES`' keys."""
+        series = [s for s in self.series if s.is_chosen] or list(self.series)
+        states = {s.state for s in series}
+        if Series.State.PROCESSED in states:
+            return "segmented"
+        if Series.State.FAILED in states:
+            return "failed"
+        if states & _SERIES_PENDING:
+            return "pending"
+        return "not_analysed"
+
+
+_SERIES_PENDING = {
+    Series.State.RECEIVING,
+    Series.State.STORED,
+    Series.State.QUEUED,
+    Series.State.PROCESSING,
+}
+
+#: What a study's `StudySummary.segmentation_state` is called on the page.
+SEGMENTATION_STATES = {
+    "segmented": "segmented",
+    "failed": "failed",
+    "pending": "awaiting processing",
+    "not_analysed": "not analysed",
+}
 
 
 @dataclass(frozen=True)
@@ -115,9 +145,17 @@ class LesionTrack:
 
     @property
     def shown_points(self) -> tuple[LesionPoint, ...]:
-        """What the charts draw: the measurements not rejected as false positives, and
-        not the studies where the lesion was not found (nothing was measured there)."""
-        return tuple(p for p in self.points if not p.is_rejected and not p.is_not_found)
+        """What the charts draw: the measurements not rejected as false positives. A study
+        where the lesion was not found stays in, with no sizes (NaN), so that a chart
+        leaves a gap there rather than drawing a line through a study nothing measured."""
+        return tuple(p for p in self.points if not p.is_rejected)
+
+    @property
+    def has_measured_point(self) -> bool:
+        """Whether any shown point has a volume to draw."""
+        return any(
+            p.volume_ml is not None and math.isfinite(p.volume_ml) for p in self.shown_points
+        )
 
 
 @dataclass(frozen=True)
@@ -209,6 +247,33 @@ class PatientTimeline:
         return sum(s.instance_count for s in self.studies)
 
     @property
+    def studies_not_segmented(self) -> int:
+        """Studies whose images were not segmented (failed, awaiting or not analysed)."""
+        return sum(s.segmentation_state != "segmented" for s in self.studies)
+
+    @property
+    def no_lesions_note(self) -> str:
+        """Why the patient has no lesion, said from the studies' states: a study that was
+        never segmented must not read as one where the segmentation found nothing."""
+        if not self.studies:
+            return "No lesions found yet. No study is stored for this patient."
+        counts = Counter(s.segmentation_state for s in self.studies)
+        segmented = counts.pop("segmented", 0)
+        not_done = ", ".join(
+            f"{counts[key]} {label}"
+            for key, label in SEGMENTATION_STATES.items()
+            if counts.get(key)
+        )
+        if not segmented:
+            return f"No study has been segmented ({not_done})."
+        if not not_done:
+            return f"Segmentation found no lesion ({segmented} segmented {_studies(segmented)})."
+        return (
+            f"Segmentation found no lesion in {segmented} of {len(self.studies)} studies; "
+            f"not segmented: {not_done}."
+        )
+
+    @property
     def state_counts(self) -> dict[str, int]:
         """Series per state label, for a one-line summary."""
         counts: dict[str, int] = defaultdict(int)
@@ -216,6 +281,10 @@ class PatientTimeline:
             for series in study.series:
                 counts[series.state_label] += 1
         return dict(counts)
+
+
+def _studies(n: int) -> str:
+    return "study" if n == 1 else "studies"
 
 
 def patient_timeline(*, patient_id: str | None = None, pk: int | None = None) -> PatientTimeline:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from django.utils import timezone
+from django.utils.text import Truncator
 
 from analytics.lesions.selectors import ReviewHistoryRow, review_history
 from analytics.models import ResponseAssessment
@@ -28,6 +30,7 @@ from imaging.models import (
     ProcessingRun,
     Registration,
     Segmentation,
+    Series,
     Study,
     study_order,
 )
@@ -46,11 +49,36 @@ class ViewerFileMissing(LookupError):
 
 @dataclass(frozen=True)
 class StudyImages:
-    """One study's analysed series as the viewer needs it."""
+    """One study's analysed series as the viewer needs it: ``run``, the latest run that
+    succeeded and stored a volume (what is shown), and ``latest_run``, the series' latest
+    run whatever its outcome (a reprocessing that failed or has not finished)."""
 
     study: Study
     run: ProcessingRun
     segmentation: Segmentation | None
+    latest_run: ProcessingRun | None = None
+
+    @property
+    def run_notice(self) -> str:
+        """What to say when the series' latest run is not the one shown, else ""."""
+        latest = self.latest_run
+        if latest is None or latest.pk == self.run.pk or _shows_images(latest):
+            return ""
+        if latest.status == ProcessingRun.Status.FAILED:
+            what = f"failed: {_short(latest.error) or 'no reason recorded'}"
+        elif latest.status == ProcessingRun.Status.QUEUED:
+            what = "is queued and has not started"
+        elif latest.status == ProcessingRun.Status.RUNNING:
+            what = "has not finished"
+        else:
+            what = "stored no volume"
+        finished = self.run.finished_at
+        when = f", finished {timezone.localtime(finished):%Y-%m-%d %H:%M}" if finished else ""
+        return (
+            f"The latest processing of this study (run {latest.pk}) {what}. The images and "
+            f"lesions shown come from an earlier run (run {self.run.pk}{when}), not from "
+            "the latest processing."
+        )
 
     @property
     def has_mask(self) -> bool:
@@ -70,15 +98,36 @@ class LesionRow:
     jump_ras_mm: tuple[float, float, float] | None
 
 
+@dataclass(frozen=True)
+class StudyChoice:
+    """A study in the viewer's list of studies: shown when it has a stored volume
+    (``images``), else listed but not selectable, with why (``reason``)."""
+
+    study: Study
+    images: StudyImages | None
+    reason: str = ""
+
+    @property
+    def selectable(self) -> bool:
+        return self.images is not None
+
+
 @dataclass
 class Viewer:
+    """``studies``: every study of the patient, oldest first, each said shown or not and
+    why; ``requested``: the study asked for, when it cannot be shown; ``*_empty``: why a
+    shown study has no lesion row (no segmentation, tracking pending, none found)."""
+
     patient: Patient
-    studies: list[Study]
+    studies: list[StudyChoice]
     baseline: StudyImages | None
     follow_up: StudyImages | None
     registration: Registration | None
     baseline_rows: list[LesionRow] = field(default_factory=list)
     follow_up_rows: list[LesionRow] = field(default_factory=list)
+    baseline_empty: str = ""
+    follow_up_empty: str = ""
+    requested: StudyChoice | None = None
     responses: list[ResponseAssessment] = field(default_factory=list)
     lesions: list[Lesion] = field(default_factory=list)
     history: list[ReviewHistoryRow] = field(default_factory=list)
@@ -87,8 +136,30 @@ class Viewer:
     def registered(self) -> bool:
         return self.follow_up is not None and self.registration is not None
 
+    @property
+    def follow_up_is_baseline(self) -> bool:
+        return (
+            self.follow_up is not None
+            and self.baseline is not None
+            and self.follow_up.study.pk == self.baseline.study.pk
+        )
+
+    @property
+    def not_viewable(self) -> list[StudyChoice]:
+        """The studies that cannot be shown (failed, not processed yet, not analysed)."""
+        return [c for c in self.studies if not c.selectable]
+
+
+def _short(text: str, length: int = 300) -> str:
+    return Truncator(" ".join(text.split())).chars(length)
+
+
+def _shows_images(run: ProcessingRun) -> bool:
+    return run.status == ProcessingRun.Status.SUCCEEDED and bool(run.volume_path)
+
 
 def _latest_run(study: Study) -> ProcessingRun | None:
+    """The latest run of the study's analysed series that succeeded and stored a volume."""
     if study.chosen_series_id is None:
         return None
     return (
@@ -97,6 +168,17 @@ def _latest_run(study: Study) -> ProcessingRun | None:
         )
         .exclude(volume_path="")
         .order_by("-finished_at", "-pk")
+        .first()
+    )
+
+
+def _newest_run(study: Study) -> ProcessingRun | None:
+    """The latest run of the study's analysed series, whatever its outcome."""
+    if study.chosen_series_id is None:
+        return None
+    return (
+        ProcessingRun.objects.filter(series_id=study.chosen_series_id)
+        .order_by("-created_at", "-pk")
         .first()
     )
 
@@ -111,7 +193,67 @@ def study_images(*, study: Study) -> StudyImages | None:
         .order_by("-created_at", "-pk")
         .first()
     )
-    return StudyImages(study=study, run=run, segmentation=segmentation)
+    return StudyImages(
+        study=study, run=run, segmentation=segmentation, latest_run=_newest_run(study)
+    )
+
+
+_SERIES_PENDING = {
+    Series.State.RECEIVING,
+    Series.State.STORED,
+    Series.State.QUEUED,
+    Series.State.PROCESSING,
+}
+
+
+def _not_viewable_reason(study: Study) -> str:
+    """Why a study with no stored volume from a run that succeeded cannot be shown: its
+    analysed series' latest run, else the state of its series."""
+    run = _newest_run(study)
+    if run is not None:
+        if run.status == ProcessingRun.Status.FAILED:
+            return f"processing failed: {_short(run.error) or 'no reason recorded'}"
+        if run.status == ProcessingRun.Status.QUEUED:
+            return "queued for processing"
+        if run.status == ProcessingRun.Status.RUNNING:
+            return "being processed"
+        return "its processing stored no volume"
+    series = list(study.series.all())
+    chosen = [s for s in series if s.pk == study.chosen_series_id] or series
+    if not chosen:
+        return "no images"
+    failed = [s for s in chosen if s.state == Series.State.FAILED]
+    if failed:
+        detail = next((s.state_detail for s in failed if s.state_detail), "")
+        return "processing failed" + (f": {_short(detail)}" if detail else "")
+    if any(s.state in _SERIES_PENDING for s in chosen):
+        return "not processed yet"
+    if all(s.state == Series.State.NOT_ANALYSED for s in chosen):
+        detail = next((s.state_detail for s in chosen if s.state_detail), "")
+        return "not analysed" + (f": {_short(detail)}" if detail else "")
+    return "no stored volume"
+
+
+def _study_choice(study: Study) -> StudyChoice:
+    images = study_images(study=study)
+    if images is not None:
+        return StudyChoice(study=study, images=images)
+    return StudyChoice(study=study, images=None, reason=_not_viewable_reason(study))
+
+
+def _no_rows_reason(images: StudyImages, *, lesions_before: bool) -> str:
+    """Why a shown study has no lesion row: no segmentation (its lesions are not
+    followed), a segmentation tracking has not taken in yet (it has candidates, or
+    lesions seen before would have a row here, found or not), or none found."""
+    segmentation = images.segmentation
+    if segmentation is None:
+        return "This study has no segmentation: its lesions are not followed."
+    if segmentation.lesions or lesions_before:
+        return (
+            "Lesion tracking has not yet taken in the segmentation of this study: its lesions "
+            "are not measured yet."
+        )
+    return "The segmentation found no lesion at this study."
 
 
 def registration_to_baseline(*, follow_up: Study, baseline: Study) -> Registration | None:
@@ -153,29 +295,46 @@ def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer
     """The viewer of ``patient``: the baseline (first study with a stored volume) and a
     follow-up (``follow_up_pk``, default the latest study with a stored volume).
 
+    Every study is listed; one that cannot be shown (processing failed, not finished,
+    not analysed) says why, and when ``follow_up_pk`` names one, the latest shown study
+    is shown instead and ``requested`` says so.
+
     Raises `Study.DoesNotExist` when ``follow_up_pk`` is not one of the patient's studies.
     """
-    studies = list(Study.objects.filter(patient=patient).chronological())
-    imaged = [(s, images) for s in studies if (images := study_images(study=s)) is not None]
+    studies = list(Study.objects.filter(patient=patient).chronological().prefetch_related("series"))
+    if follow_up_pk is not None and follow_up_pk not in {s.pk for s in studies}:
+        raise Study.DoesNotExist(f"study {follow_up_pk} is not one of this patient's studies")
+    choices = [_study_choice(s) for s in studies]
     viewer = Viewer(
         patient=patient,
-        studies=[s for s, _ in imaged],
+        studies=choices,
         baseline=None,
         follow_up=None,
         registration=None,
     )
-    if follow_up_pk is not None and follow_up_pk not in {s.pk for s in studies}:
-        raise Study.DoesNotExist(f"study {follow_up_pk} is not one of this patient's studies")
-    if imaged:
-        viewer.baseline = imaged[0][1]
-        chosen = [i for s, i in imaged if s.pk == follow_up_pk] if follow_up_pk else []
-        viewer.follow_up = chosen[0] if chosen else imaged[-1][1]
+    shown = [c.images for c in choices if c.images is not None]
+    requested = next((c for c in choices if c.study.pk == follow_up_pk), None)
+    if requested is not None and not requested.selectable:
+        viewer.requested = requested
+    if shown:
+        viewer.baseline = shown[0]
+        viewer.follow_up = (
+            requested.images if requested is not None and requested.selectable else shown[-1]
+        )
         viewer.registration = registration_to_baseline(
             follow_up=viewer.follow_up.study, baseline=viewer.baseline.study
         )
         viewer.baseline_rows = _rows(viewer.baseline.study, None, own=True)
-        if viewer.follow_up.study.pk != viewer.baseline.study.pk:
+        if not viewer.baseline_rows:
+            viewer.baseline_empty = _no_rows_reason(viewer.baseline, lesions_before=False)
+        if not viewer.follow_up_is_baseline:
             viewer.follow_up_rows = _rows(viewer.follow_up.study, viewer.registration, own=False)
+            if not viewer.follow_up_rows:
+                earlier = [s.pk for s in studies[: studies.index(viewer.follow_up.study)]]
+                viewer.follow_up_empty = _no_rows_reason(
+                    viewer.follow_up,
+                    lesions_before=LesionMeasurement.objects.filter(study_id__in=earlier).exists(),
+                )
     viewer.responses = list(
         ResponseAssessment.objects.filter(patient=patient)
         .select_related("study")
