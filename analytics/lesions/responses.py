@@ -27,8 +27,9 @@ from django.utils import timezone
 from analytics.lesions.core.bor import BestResponseSettings
 from analytics.lesions.core.patient import PatientResponses, patient_responses_assess
 from analytics.lesions.core.readings import StudyReading, timeline_from_measurements
-from analytics.lesions.core.timepoints import time_points_merge
+from analytics.lesions.core.timepoints import time_point_notes, time_points_merge
 from analytics.lesions.selectors import measurements_table
+from analytics.lesions.tracking.chain import baseline_time_point
 from analytics.models import (
     BestOverallResponse,
     ResponseAssessment,
@@ -77,6 +78,7 @@ def responses_recompute(
     """
     read, undated = _timeline(patient, chain)
     timeline, members = time_points_merge(read)
+    disagreements = time_point_notes(read)
     result = patient_responses_assess(
         timeline=timeline, irecist=irecist_applies(patient), settings=best_response_settings()
     )
@@ -94,7 +96,7 @@ def responses_recompute(
             _baseline_substitution_note(values, reading.study_date, gaps)
         uids = members[reading.study_uid]
         if len(uids) > 1:
-            _one_time_point_note(values, len(uids))
+            _one_time_point_note(values, len(uids), disagreements.get(reading.study_uid, ()))
         for uid in uids:  # the same-day studies share the time point's assessment
             study = studies[uid]
             row = existing.pop(study.pk, None)
@@ -132,19 +134,22 @@ def _timeline(patient: Patient, chain: Sequence[Any]) -> tuple[list[StudyReading
                 StudyReading(**{**reading.__dict__, "non_target_unequivocal_progression": verdict})
             )
         return timeline, undated
-    # Every response is measured from the baseline: when its CT numbers cannot be
-    # trusted, neither can a comparison with it.
+    # Every response is measured from the baseline (every study of its date, one time
+    # point): when its CT numbers cannot be trusted, neither can a comparison with it.
+    baseline = baseline_time_point(chain)
     baseline_unreliable = next(
-        (f"its baseline's {e.unreliable.removeprefix('its ')}" for e in chain[:1] if e.unreliable),
+        (f"its baseline's {e.unreliable.removeprefix('its ')}" for e in baseline if e.unreliable),
         "",
     )
-    for index, entry in enumerate(chain):
+    baseline_studies = {e.study.pk for e in baseline}
+    for entry in chain:
         study = entry.study
         if study.study_date is None:
             undated.append((study, "the study has no date, so it cannot be placed in time"))
             continue
         base = read.get(study.study_instance_uid)
-        reasons = (entry.provisional, entry.unreliable, baseline_unreliable if index else "")
+        later = study.pk not in baseline_studies
+        reasons = (entry.provisional, entry.unreliable, baseline_unreliable if later else "")
         timeline.append(
             StudyReading(
                 study_uid=study.study_instance_uid,
@@ -228,14 +233,21 @@ def _baseline_substitution_note(
     values["needs_attention"] = True
 
 
-def _one_time_point_note(values: dict[str, Any], studies: int) -> None:
-    """Studies of one date are one time point (`core.timepoints`): each row says so."""
+def _one_time_point_note(
+    values: dict[str, Any], studies: int, disagreements: Sequence[str] = ()
+) -> None:
+    """Studies of one date are one time point (`core.timepoints`): each row says so, and
+    names the lesions its studies measure materially apart, which a person should look
+    at (which reading is used can change the response)."""
     values["notes"] = [
         *values["notes"],
         f"one time point with the other {studies - 1} "
         f"{'study' if studies == 2 else 'studies'} of this date (read together)",
+        *disagreements,
     ]
     values["response_note"] = "; ".join(values["notes"])
+    if disagreements:
+        values["needs_attention"] = True
 
 
 def _not_evaluable_values(reason: str) -> dict[str, Any]:

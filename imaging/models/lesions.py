@@ -50,6 +50,9 @@ class LesionMeasurement(models.Model):
     never read as gone), or nothing because it joined another lesion (``merged``).
     ``resolved`` is a lesion a radiologist confirmed gone. ``finding_state`` says what
     the rules may count (`analytics.lesions.core.findings`), ``state_reason`` why.
+    ``edges_reached``: the edges of what was imaged that the lesion reaches at this
+    study; its numbers there are then lower bounds, and its finding state
+    ``not_assessable`` (seen, size not assessable) unless a radiologist measured it.
     """
 
     class Status(models.TextChoices):
@@ -64,6 +67,7 @@ class LesionMeasurement(models.Model):
         EQUIVOCAL = "equivocal", "Equivocal, awaiting confirmation"
         NOT_FOUND = "not_found", "Not found, needs review"
         REJECTED = "rejected", "Rejected"
+        NOT_ASSESSABLE = "not_assessable", "Seen, size not assessable"
 
     #: Statuses of a row whose lesion was seen at its study.
     FOUND = (Status.NEW, Status.TRACKED)
@@ -103,6 +107,15 @@ class LesionMeasurement(models.Model):
     sphericity = models.FloatField(null=True, blank=True)
     confidence = models.FloatField(null=True, blank=True)
     uncertainty = models.FloatField(null=True, blank=True)
+    edges_reached = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="the edges of what was imaged that the lesion reaches at this study: "
+        "scan_start or scan_end (the first or last slice of the scanned range), "
+        "field_of_view (the in-plane edge of the images), padding (pixels outside the "
+        "reconstructed field of view); empty when it lies wholly inside. Its size is "
+        "then not assessable",
+    )
     is_target = models.BooleanField(default=False)
     target_by_hand = models.BooleanField(
         default=False, help_text="is_target was chosen by a radiologist, not by the RECIST rules"

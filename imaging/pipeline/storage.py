@@ -81,7 +81,10 @@ def segmentation_store(
 
 
 def candidate_entry(measurement: Any) -> dict[str, Any]:
-    """A measured candidate as `Segmentation.lesions` holds it (study LPS, mm, ml)."""
+    """A measured candidate as `Segmentation.lesions` holds it (study LPS, mm, ml).
+
+    ``edges_reached``: the edges of what was imaged that the lesion reaches
+    (`imaging.core.segmentation.measure.lesion_edges`); its sizes are then lower bounds."""
     return {
         "component_label": measurement.label_value,
         "organ": measurement.organ,
@@ -100,4 +103,5 @@ def candidate_entry(measurement: Any) -> dict[str, Any]:
         "volume_isosurface_ml": measurement.volume_isosurface_ml,
         "core_hu": measurement.core_hu,
         "background_hu": measurement.background_hu,
+        "edges_reached": list(measurement.edges_reached),
     }

@@ -16,7 +16,13 @@ Four states (`analytics.lesions.core.readings`):
   on it until a radiologist confirms it gone, marks it too small to measure or measures
   it by hand;
 - ``rejected``: a radiologist said it is not a lesion; the rejection holds for the whole
-  identity, at every study, until a radiologist accepts one of its findings later.
+  identity, at every study, until a radiologist accepts one of its findings later;
+- ``not_assessable``: a lesion seen that would be confirmed, but that reaches the edge of
+  what was imaged at this study (the first or last slice of the scanned range, or the
+  field of view), so only part of it was imaged and its size is not assessable there:
+  it counts as present, never with its cut size, so a target in this state leaves the
+  time point not evaluable, and a lesion in this state at baseline is not a target.
+  A radiologist's measurement (by hand, or an edited one) makes it confirmed again.
 
 An automated new finding is equivocal until a radiologist accepts it (or measures it by
 hand) or a later study sees it again as a finding that would itself be unequivocal:
@@ -43,6 +49,7 @@ from analytics.lesions.core.readings import (
     CONFIRMED,
     EQUIVOCAL,
     LYMPH_NODE,
+    NOT_ASSESSABLE,
     NOT_FOUND,
     REJECTED,
     TOO_SMALL_MM,
@@ -50,6 +57,7 @@ from analytics.lesions.core.readings import (
 from analytics.lesions.core.recist import is_measurable
 
 __all__ = [
+    "EDGE_WORDS",
     "LOW_CONFIDENCE",
     "NODE_MEASURABLE_MM",
     "NODE_NORMAL_BELOW_MM",
@@ -62,6 +70,7 @@ __all__ = [
     "node_normal",
     "radiologist_confirms",
     "sighting_confirms",
+    "size_measured_by_radiologist",
 ]
 
 #: RadTrack's line for a low-confidence candidate: its highest lesion probability is
@@ -74,6 +83,15 @@ NODE_MEASURABLE_MM = 15.0
 
 _ACCEPTED = ("accepted", "edited")
 
+#: The edges a lesion can reach (`imaging.core.segmentation.measure.lesion_edges`), as
+#: a person reads them; padded pixels lie outside the reconstructed field of view.
+EDGE_WORDS = {
+    "scan_start": "the edge of the scanned range (its first slice)",
+    "scan_end": "the edge of the scanned range (its last slice)",
+    "field_of_view": "the edge of the field of view",
+    "padding": "the edge of the field of view",
+}
+
 
 @dataclass(frozen=True)
 class Sighting:
@@ -85,7 +103,8 @@ class Sighting:
     says present but too small to measure) or ``outside_range`` (the study did not cover
     where it is). ``review_state``/``reviewed_at``: the radiologist's decision on this
     row. ``provisional``: linked without a registration. ``near_note``: a known lesion
-    close by that this finding may be (said in the reason).
+    close by that this finding may be (said in the reason). ``edges_reached``: the edges
+    of what was imaged that the lesion found reaches (`EDGE_WORDS`), () when none.
     """
 
     lesion_uid: str
@@ -108,6 +127,7 @@ class Sighting:
     provisional: bool = False
     slice_thickness_mm: float | None = None
     near_note: str = ""
+    edges_reached: tuple[str, ...] = ()
 
     @property
     def is_node(self) -> bool:
@@ -230,7 +250,34 @@ def finding_states(*, sightings: Sequence[Sighting]) -> dict[tuple[str, int], Fi
             out[(uid, s.study_index)] = _sighting_state(s, group, at_baseline, confirmation)
         if at_baseline:
             out.update(_reappearance_states(group))
+        for s in group:
+            if s.found and s.edges_reached:
+                out[(uid, s.study_index)] = _cut_state(s, out[(uid, s.study_index)])
     return out
+
+
+def size_measured_by_radiologist(sighting: Sighting) -> bool:
+    """A radiologist gave this finding's size: measured it by hand, edited its
+    measurement, or said it is present but too small to measure."""
+    return sighting.by_hand or sighting.too_small or sighting.review_state == "edited"
+
+
+def _cut_state(s: Sighting, state: FindingState) -> FindingState:
+    """The state of a finding that reaches the edge of what was imaged (module
+    docstring): ``not_assessable`` where it would be confirmed as a lesion; an equivocal
+    (or normal-sized node's) state is kept, with the edge said in its reason."""
+    if size_measured_by_radiologist(s):
+        return state
+    edges = list(dict.fromkeys(EDGE_WORDS.get(e, e) for e in s.edges_reached))
+    cut = f"it reaches {' and '.join(edges)}, so only part of it was imaged"
+    if state.state != CONFIRMED or not _seen_as_lesion(s):
+        return FindingState(state.state, f"{state.reason}; {cut}" if state.reason else cut)
+    reason = f"seen, but {cut}: its size is not assessable at this study"
+    if s.study_index == 0:
+        reason += " and it cannot be a target lesion (RECIST 1.1 section 3.1.1)"
+    if state.reason:
+        reason += f"; {state.reason}"
+    return FindingState(NOT_ASSESSABLE, reason)
 
 
 def _reappearance_states(group: list[Sighting]) -> dict[tuple[str, int], FindingState]:

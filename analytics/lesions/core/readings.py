@@ -23,6 +23,7 @@ __all__ = [
     "CONFIRMED",
     "EQUIVOCAL",
     "LYMPH_NODE",
+    "NOT_ASSESSABLE",
     "NOT_FOUND",
     "REJECTED",
     "TOO_SMALL_MM",
@@ -33,6 +34,10 @@ __all__ = [
 
 #: Finding states (`analytics.lesions.core.findings`).
 CONFIRMED, EQUIVOCAL, NOT_FOUND, REJECTED = "confirmed", "equivocal", "not_found", "rejected"
+#: The finding state of a lesion seen whose size cannot be read at its study (it reaches
+#: the edge of what was imaged): a `LesionReading` holds it as confirmed with
+#: ``size_assessable`` false.
+NOT_ASSESSABLE = "not_assessable"
 #: The organ whose lesions are measured by their short axis (RECIST 1.1 section 3.1.1).
 LYMPH_NODE = "lymph_node"
 #: RECIST 1.1 section 4.3.2: a target present but too small to measure counts 5 mm (the
@@ -53,6 +58,12 @@ class LesionReading:
     ``too_small``: a radiologist says it is present but too small to measure.
     ``merged_into``: the lesion that absorbed it at this study (coalescence).
     ``confidence``: the segmenter's, NaN for a lesion measured by hand.
+    ``size_assessable`` false: the lesion is seen, but its size cannot be read at this
+    study (it reaches the edge of what was imaged, so what was measured is only part of
+    it): its sizes are NaN, it is present and not evaluated, so a target in that state
+    leaves the time point NE and it is never chosen as a target (RECIST 1.1 section
+    3.1.1: a target must be measurable). The state ``not_assessable`` reads as
+    ``confirmed`` with ``size_assessable`` false.
     """
 
     lesion_uid: str
@@ -67,6 +78,15 @@ class LesionReading:
     merged_into: str = ""
     confidence: float = math.nan
     label: str = ""
+    size_assessable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.state == NOT_ASSESSABLE:
+            object.__setattr__(self, "state", CONFIRMED)
+            object.__setattr__(self, "size_assessable", False)
+        if not self.size_assessable:
+            for name in ("longest_diameter_mm", "volume_ml", "short_axis_mm"):
+                object.__setattr__(self, name, math.nan)
 
     @property
     def is_node(self) -> bool:
@@ -97,6 +117,8 @@ class LesionReading:
         never a lesion not found, rejected or merged into another."""
         if self.state in (NOT_FOUND, REJECTED) or self.merged_into:
             return False
+        if not self.size_assessable:
+            return True
         return self.too_small or self.longest_diameter_mm > 0 or self.volume_ml > 0
 
     @property

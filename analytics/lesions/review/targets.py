@@ -45,15 +45,15 @@ def targets_set(
         )
         if not rows:
             raise ReviewError("lesions: this patient has no tracked lesions")
-        baseline_study = rows[0].study_id
-        baseline = {r.lesion_id: r for r in rows if r.study_id == baseline_study}
+        at_baseline = _baseline_rows(rows)
+        baseline = _speaking_rows(at_baseline)
         wanted = {lesion.pk for lesion in lesions}
         _targets_check(wanted, baseline, rows)
         before = {"responses": responses_state(patient), "targets": targets_state(patient)}
-        for row in baseline.values():
+        for row in at_baseline:
             row.is_target = row.lesion_id in wanted
             row.target_by_hand = bool(wanted)
-        LesionMeasurement.objects.bulk_update(baseline.values(), ["is_target", "target_by_hand"])
+        LesionMeasurement.objects.bulk_update(at_baseline, ["is_target", "target_by_hand"])
         summary, scored = patient_recompute(patient)
         return review_event_write(
             patient=patient,
@@ -73,8 +73,36 @@ def targets_set(
                     baseline[pk].lesion.label for pk in wanted if pk in baseline
                 ),
                 "study_instance_uid": rows[0].study.study_instance_uid,
+                "baseline_studies": sorted({r.study.study_instance_uid for r in at_baseline}),
             },
         )
+
+
+def _baseline_rows(rows: Sequence[LesionMeasurement]) -> list[LesionMeasurement]:
+    """The rows of the baseline time point: every study of the first study's date (a
+    chest CT and an abdomen CT the same day are one time point; an undated first study
+    stands alone). ``rows`` in study order."""
+    first = rows[0].study
+    if first.study_date is None:
+        return [r for r in rows if r.study_id == first.pk]
+    return [r for r in rows if r.study.study_date == first.study_date]
+
+
+def _speaking_rows(rows: Sequence[LesionMeasurement]) -> dict[int, LesionMeasurement]:
+    """Each lesion's row that speaks for the baseline date (lesion pk -> row): one that
+    found it, the larger where two did (as `analytics.lesions.core.timepoints` reads a
+    time point)."""
+    best: dict[int, LesionMeasurement] = {}
+    for row in rows:
+        held = best.get(row.lesion_id)
+        if held is None or _standing(row) > _standing(held):
+            best[row.lesion_id] = row
+    return best
+
+
+def _standing(row: LesionMeasurement) -> tuple[bool, float]:
+    size = row.effective_longest_diameter_mm if row.is_found else None
+    return row.is_found, size if size is not None and size == size else -1.0
 
 
 def _targets_check(

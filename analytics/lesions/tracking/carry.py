@@ -359,14 +359,17 @@ def _manual_targets_carry(
     old_measurements: list[LesionMeasurement], carry: _Carry, summary: TrackingSummary
 ) -> dict[CandidateSet, LesionMeasurement]:
     """(segmentation, frozenset of components) now -> old row, for each target a
-    radiologist chose at the old baseline."""
+    radiologist chose at the old baseline (any study of its date: one time point)."""
     found = [m for m in old_measurements if m.is_found]
     if not found:
         return {}
     baseline = min((m.study for m in found), key=lambda s: s.chronological_key)
     manual: dict[CandidateSet, LesionMeasurement] = {}
     for m in found:
-        if m.study_id != baseline.pk or not (m.target_by_hand and m.is_target):
+        at_baseline = m.study_id == baseline.pk or (
+            baseline.study_date is not None and m.study.study_date == baseline.study_date
+        )
+        if not (at_baseline and m.target_by_hand and m.is_target):
             continue
         if m.manual_finding_id is not None:  # measured by hand: kept by its finding
             manual[row_key(m)] = m

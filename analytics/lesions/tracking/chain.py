@@ -11,7 +11,7 @@ reason, for a radiologist to confirm.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +116,18 @@ def study_inputs(*, patient: Patient, summary: TrackingSummary) -> list[StudyInp
             entry = _orientation_checked(_placed(entry, baseline))
         inputs.append(entry)
     return inputs
+
+
+def baseline_time_point(inputs: Sequence[StudyInput]) -> list[StudyInput]:
+    """The studies of the baseline's date, the baseline first: one time point (a chest
+    CT and an abdomen CT the same day, `analytics.lesions.core.timepoints`). ``inputs``
+    in date order (`study_inputs`); an undated baseline is a time point of its own."""
+    if not inputs:
+        return []
+    first = inputs[0]
+    if first.study.study_date is None:
+        return [first]
+    return [e for e in inputs if e.study.study_date == first.study.study_date]
 
 
 def _gap(study: Study) -> StudyGap | None:

@@ -254,4 +254,5 @@ def _sighting(
         by_hand=row.manual_finding is not None,
         provisional=row.link_provisional and row.is_found,
         slice_thickness_mm=thickness.get(row.study_id),
+        edges_reached=tuple(row.edges_reached or ()) if row.is_found else (),
     )

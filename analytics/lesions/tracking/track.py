@@ -18,7 +18,13 @@ from analytics.lesions.core.identities import MatchResult, TrackedLesion
 from analytics.lesions.core.matching import GATE_MIN_MM, lesions_match
 from analytics.lesions.responses import responses_recompute
 from analytics.lesions.tracking.carry import CarriedDecisions, decisions_carry
-from analytics.lesions.tracking.chain import Chain, StudyInput, observations, study_inputs
+from analytics.lesions.tracking.chain import (
+    Chain,
+    StudyInput,
+    baseline_time_point,
+    observations,
+    study_inputs,
+)
 from analytics.lesions.tracking.links import links_apply
 from analytics.lesions.tracking.states import (
     absences_apply,
@@ -55,7 +61,8 @@ def patient_track(
     rebuilds when their first sighting is unchanged. A radiologist's decisions about a
     candidate (accept, reject, override) stay with that candidate, and links
     (`LesionLink`) are applied study by study before the next study is matched. Targets
-    are chosen at baseline by the RECIST 1.1 rules unless a radiologist chose them.
+    are chosen at baseline, over every study of its date, by the RECIST 1.1 rules unless
+    a radiologist chose them.
 
     Decisions made on superseded segmentations are carried to the newest ones, and the
     ones that cannot be are listed in the returned summary
@@ -90,14 +97,18 @@ def patient_track(
             patient=patient, rows=rows, chain=chain, lesions=lesions, summary=summary
         )
         finding_states_mark(rows=rows, chain=chain)
-        baseline = chain[0][0] if chain else None
+        # The baseline is a time point: its targets are chosen over every study of its
+        # date, measurability judged as the time point's reading judges it (the coarsest
+        # slices, `core.timepoints`).
+        baseline = baseline_time_point([entry for entry, _ in chain])
+        thicknesses = [e.slice_thickness_mm for e in baseline if e.slice_thickness_mm is not None]
         targets_mark(
             rows=rows,
-            baseline_segmentation=baseline.segmentation.pk if baseline else None,
+            baseline_segmentations={e.segmentation.pk for e in baseline},
             manual=decisions.manual_targets,
             summary=summary,
-            baseline_study=baseline.study.pk if baseline else None,
-            slice_thickness_mm=baseline.slice_thickness_mm if baseline else None,
+            baseline_studies={e.study.pk for e in baseline},
+            slice_thickness_mm=max(thicknesses) if thicknesses else None,
         )
         LesionMeasurement.objects.bulk_create(rows)
         # Before the responses: writing them refreshes the worklist's flags, whose

@@ -9,6 +9,7 @@ gone (`analytics.lesions.tracking.states`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 from pydicom.uid import generate_uid
@@ -16,6 +17,7 @@ from pydicom.uid import generate_uid
 from analytics.lesions.core.identities import LesionAssignment, fragments_combine
 from analytics.lesions.core.readings import LesionReading
 from analytics.lesions.core.recist import lesion_measurable, targets_select
+from analytics.lesions.core.timepoints import time_point_readings
 from analytics.lesions.tracking.carry import CandidateSet
 from analytics.lesions.tracking.chain import Chain, StudyInput, candidate_observation
 from analytics.lesions.tracking.states import absent_row
@@ -219,6 +221,8 @@ def _measurement(
         confidence=main.get("confidence"),
         uncertainty=main.get("uncertainty"),
         origin=candidate_origin(main),
+        # a lesion cut by an edge of the scan in any of its fragments is cut
+        edges_reached=list(dict.fromkeys(e for c in parts for e in c.get("edges_reached") or ())),
     )
     decision = reviews.pop((entry.segmentation.pk, frozenset(row.component_labels)), None)
     if decision is not None:
@@ -239,14 +243,17 @@ def candidate_origin(candidate: dict[str, Any]) -> str:
 def targets_mark(
     *,
     rows: list[LesionMeasurement],
-    baseline_segmentation: int | None,
+    baseline_segmentations: Collection[int],
     manual: dict[CandidateSet, LesionMeasurement],
     summary: TrackingSummary,
-    baseline_study: int | None = None,
+    baseline_studies: Collection[int] = (),
     slice_thickness_mm: float | None = None,
 ) -> None:
     """RECIST 1.1 targets at baseline (a radiologist's choice wins), marked on every row.
 
+    The baseline is one time point: ``baseline_studies`` are the studies of its date (a
+    chest CT and an abdomen CT the same day, `analytics.lesions.core.timepoints`), and
+    the targets are chosen among the lesions of all of them, each lesion once.
     ``manual``: (segmentation, set of components) -> old row, of each lesion a radiologist
     chose as a target (`analytics.lesions.review.targets.targets_set`; a lesion measured
     by hand is keyed by its finding, `row_key`). A choice holds for a baseline row with
@@ -254,11 +261,13 @@ def targets_mark(
     ``summary.stale_targets``. The choice stays in force, and every row says so
     (``target_by_hand``), as long as one chosen lesion remains. Without a choice the
     rules choose, measurability judged with the baseline's ``slice_thickness_mm``
-    (RECIST 1.1 section 3.1.1). Run after the finding states are marked.
+    (RECIST 1.1 section 3.1.1); a lesion whose size is not assessable at baseline (it
+    reaches the edge of what was imaged: finding state ``not_assessable``) is never a
+    target. Run after the finding states are marked.
     """
-    at_baseline = {row_key(r): r for r in rows if r.study_id == baseline_study and r.is_found}
+    at_baseline = {row_key(r): r for r in rows if r.study_id in baseline_studies and r.is_found}
     chosen_by_hand = _targets_chosen_by_hand(
-        at_baseline, baseline_segmentation, manual, summary, slice_thickness_mm
+        at_baseline, baseline_segmentations, manual, summary, slice_thickness_mm
     )
     if chosen_by_hand:
         targets = chosen_by_hand
@@ -276,7 +285,7 @@ def targets_mark(
 
 def _targets_chosen_by_hand(
     at_baseline: dict[CandidateSet, LesionMeasurement],
-    baseline_segmentation: int | None,
+    baseline_segmentations: Collection[int],
     manual: dict[CandidateSet, LesionMeasurement],
     summary: TrackingSummary,
     slice_thickness_mm: float | None = None,
@@ -291,12 +300,17 @@ def _targets_chosen_by_hand(
         if row is None:
             why = (
                 "the baseline changed"
-                if key[0] != baseline_segmentation
+                if key[0] not in baseline_segmentations
                 else "its candidates at baseline changed (a merge, split, relink or a new "
                 "segmentation)"
             )
         elif row.finding_state == LesionMeasurement.FindingState.REJECTED:
             why = "it was rejected as a false positive"
+        elif row.finding_state == LesionMeasurement.FindingState.NOT_ASSESSABLE:
+            why = (
+                "it reaches the edge of what was imaged at baseline, so its size is not "
+                "assessable (RECIST 1.1 section 3.1.1): a non-target"
+            )
         elif not lesion_measurable(_reading(row), slice_thickness_mm=slice_thickness_mm):
             why = "it is not measurable at baseline (RECIST 1.1 section 3.1.1): a non-target"
         else:
@@ -311,16 +325,15 @@ def _targets_by_the_rules(
 ) -> set[str]:
     """The targets RECIST 1.1 section 4.2 selects among the baseline rows (`targets_select`),
     with the values in force (a radiologist's override wins) and the baseline's slice
-    thickness (section 3.1.1)."""
-    return set(
-        targets_select(
-            lesions=[_reading(r) for r in baseline], slice_thickness_mm=slice_thickness_mm
-        )
-    )
+    thickness (section 3.1.1). A lesion seen by two studies of the baseline's date is
+    read once, as its time point reads it (`time_point_readings`)."""
+    lesions = time_point_readings(_reading(r) for r in baseline)
+    return set(targets_select(lesions=lesions, slice_thickness_mm=slice_thickness_mm))
 
 
 def _reading(r: LesionMeasurement) -> LesionReading:
-    """A baseline row as the rules read it: the values in force."""
+    """A baseline row as the rules read it: the values in force, and no size where it
+    is not assessable (the lesion reaches the edge of what was imaged)."""
     return LesionReading(
         lesion_uid=r.lesion.tracking_uid,
         organ=r.lesion.organ,
@@ -328,6 +341,7 @@ def _reading(r: LesionMeasurement) -> LesionReading:
         volume_ml=_or_nan(r.effective_volume_ml),
         short_axis_mm=r.effective_short_axis_mm,
         too_small=r.too_small,
+        size_assessable=r.finding_state != LesionMeasurement.FindingState.NOT_ASSESSABLE,
     )
 
 

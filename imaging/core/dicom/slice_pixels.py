@@ -21,8 +21,19 @@ from imaging.core.dicom.slices import SeriesVolumeError, Slice
 
 def slices_pixels(ordered: list[Slice]) -> np.ndarray:
     """Stack of modality values (Rescale Slope/Intercept applied, PS3.3 C.11.1), float32."""
+    return slices_read(ordered)[0]
+
+
+def slices_read(ordered: list[Slice]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stack of modality values (`slices_pixels`) and where it was not imaged: a bool
+    stack, True at the pixels Pixel Padding Value marks as outside the reconstructed
+    field of view (`_padding`), None when no slice has any. Padded pixels read as air
+    (`PADDING_HU`) in the stack, so the segmenter sees air there; the mask keeps them
+    apart from real air, so a lesion cut by the field of view can be told from one
+    next to air."""
     decoded: dict[int, np.ndarray] = {}
     stack = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=np.float32)
+    padded: np.ndarray | None = None
     for k, s in enumerate(ordered):
         ds = s.dataset
         if "PixelData" not in ds:
@@ -52,7 +63,10 @@ def slices_pixels(ordered: list[Slice]) -> np.ndarray:
         padding = _padding(frame, ds)
         if padding is not None:
             stack[k][padding] = PADDING_HU
-    return stack
+            if padded is None:
+                padded = np.zeros(stack.shape, dtype=bool)
+            padded[k] = padding
+    return stack, padded
 
 
 #: What a padded pixel (outside the reconstructed field of view) becomes: air. Left as

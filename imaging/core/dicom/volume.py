@@ -33,7 +33,7 @@ from imaging.core.dicom.slice_geometry import (
     slices_without_localizers,
 )
 from imaging.core.dicom.slice_pixels import (
-    slices_pixels,
+    slices_read,
     stack_resample_along_normal,
     stack_untilt,
 )
@@ -218,6 +218,31 @@ def _resampled(
     return stack, origin
 
 
+def _padding_resampled(
+    padding: np.ndarray | None,
+    shape: tuple[int, ...],
+    d: np.ndarray,
+    origin: np.ndarray,
+    plan: GeometryPlan,
+) -> np.ndarray | None:
+    """The padding mask carried through `_resampled`'s steps: a resampled voxel is
+    padding when any padded pixel went into it, and so is one that a tilted stack's
+    resampling filled in from outside the acquired slices."""
+    if padding is None and not plan.tilted:
+        return None
+    outside = (
+        padding.astype(np.float32) if padding is not None else np.zeros(shape, dtype=np.float32)
+    )
+    if not plan.regular:
+        outside, _ = stack_resample_along_normal(
+            stack=outside, positions_mm=d, spacing_mm=plan.usual_spacing
+        )
+    if plan.tilted:
+        outside, _ = stack_untilt(stack=outside, plan=plan, origin=origin, fill=1.0)
+    mask = outside > 1e-3  # (interpolation leaves float dust near the edges)
+    return mask if mask.any() else None
+
+
 def series_volume(
     *,
     sources: Sequence[Dataset | str | Path],
@@ -253,10 +278,11 @@ def series_volume(
             code="resample_needed",
             findings=findings,
         )
-    stack = slices_pixels(ordered)
+    stack, padding = slices_read(ordered)
     d = np.array([s.normal_position for s in ordered])
     origin = np.asarray(ordered[0].position, dtype=float)
     if needs_resample:
+        padding = _padding_resampled(padding, stack.shape, d, origin, plan)
         stack, origin = _resampled(stack, d, origin, plan, findings)
     volume = Volume(
         array=stack,
@@ -265,6 +291,7 @@ def series_volume(
         direction=np.column_stack([plan.row_cosine, plan.column_cosine, plan.normal]),
         frame_of_reference_uid=geometry.frame_of_reference_uid,
         kind="scalar",
+        padding=padding,
     )
     return SeriesVolumeResult(
         volume=volume,

@@ -24,7 +24,13 @@ VolumeKind = Literal["scalar", "label"]
 
 @dataclass(frozen=True, eq=False)
 class Volume:
-    """A voxel array with spacing (mm), origin (LPS mm), direction and kind."""
+    """A voxel array with spacing (mm), origin (LPS mm), direction and kind.
+
+    ``padding`` (bool, the array's shape, or None when every voxel was imaged): the
+    voxels outside what the scanner reconstructed, which Pixel Padding Value (0028,0120)
+    marks or a tilted stack's resampling fills in; they hold air in ``array``. It goes
+    with the array through `with_array` and is dropped by any resampling.
+    """
 
     array: np.ndarray
     spacing_mm: tuple[float, float, float]
@@ -32,10 +38,15 @@ class Volume:
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     frame_of_reference_uid: str = ""
     kind: VolumeKind = "scalar"
+    padding: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
             raise ValueError(f"a Volume is 3D; got an array of shape {self.array.shape}")
+        if self.padding is not None and self.padding.shape != self.array.shape:
+            raise ValueError(
+                f"padding of shape {self.padding.shape} differs from the array's {self.array.shape}"
+            )
         direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
         if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
             raise ValueError("direction must be orthonormal (columns are unit axis cosines)")

@@ -4,7 +4,7 @@
 (`postprocess.postprocess_run`), the contrast filter on the study's own voxels
 (`postprocess.candidates_contrast_filter`), simple liver cysts told from lesions
 (`cysts.simple_cysts_filter`) and the measurements
-(`measure.lesions_measure`).
+(`measure.lesions_measure`, each lesion with the edges of the scan it reaches).
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def _measure_record(n_lesions: int, seconds: float) -> StepRecord:
             "hu_statistics": "study voxels inside the fine mask",
             "volume": PARTIAL_VOLUME_RULES,
             "volume_fallback": "the isosurface's volume when partial volume is not possible",
+            "edges": "a lesion voxel overlapping the scan's outermost voxel layer (first or "
+            "last slice, in-plane edge) or touching a padded pixel reaches that edge",
         },
         versions={"numpy": np.__version__},
         seconds=seconds,
@@ -102,6 +104,7 @@ def study_around(*, study: Volume, mask: Volume, margin_mm: float = 12.0) -> Vol
         direction=study.direction,
         frame_of_reference_uid=study.frame_of_reference_uid,
         kind=study.kind,
+        padding=study.padding[box] if study.padding is not None else None,
     )
 
 
@@ -148,6 +151,7 @@ def lesions_segment(
         candidates=candidates,
         study=around,
         uncertainty=output.uncertainty,
+        scanned=volume,
     )
     seconds_measure = time.perf_counter() - t
     measure_record = _measure_record(len(lesions), seconds_measure)
@@ -168,5 +172,11 @@ def lesions_segment(
         model_sha256=output.model_sha256,
         device=output.device,
         timings=timings,
-        records=(*output.records, *post.records, contrast_record, cysts_record, measure_record),
+        records=(
+            *output.records,
+            *post.records,
+            contrast_record,
+            cysts_record,
+            measure_record,
+        ),
     )

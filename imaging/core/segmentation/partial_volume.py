@@ -20,6 +20,8 @@ PARTIAL_VOLUME_RULES = {
     "background": "study voxels 1-2 voxels outside the region, away from every candidate; "
     "median HU; at least 8",
     "fraction": "(HU - background) / (core - background), clipped to -1..2",
+    "air": "none when the region or its ring holds air (below -500 HU) or padding while "
+    "neither core nor background is air: the isosurface's volume",
     "min_contrast_hu": 10.0,
     "max_relative_noise": "sqrt(region voxels) x background noise / contrast <= 10 % of "
     "the volume, else the isosurface's volume",
@@ -28,6 +30,8 @@ PV_MIN_CORE_VOXELS = 4
 PV_MIN_RING_VOXELS = 8
 PV_MIN_CONTRAST_HU = 10.0
 PV_MAX_RELATIVE_NOISE = 0.1
+#: Below this a voxel holds mostly air (lung, bowel gas, outside the body: -1000 HU).
+AIR_BELOW_HU = -500.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ def partial_volume_measure(
     region: np.ndarray,
     inner: np.ndarray,
     others: np.ndarray,
+    outside: np.ndarray | None = None,
 ) -> PartialVolume | None:
     """Volume of one lesion from the partial volume of the study's own voxels.
 
@@ -61,6 +66,13 @@ def partial_volume_measure(
     `PV_MIN_RING_VOXELS`, or `PV_MIN_CONTRAST_HU` of contrast, and when the sum's own
     noise (each region voxel adds the background's noise over the contrast) exceeds
     `PV_MAX_RELATIVE_NOISE` of the volume: small lesions in thick, noisy slices.
+
+    Also None when the region or its ring holds air (under `AIR_BELOW_HU`) or a voxel of
+    ``outside`` (bool: not imaged, `Volume.padding`) while neither the core nor the
+    background is air: a voxel of air, or of air and tissue, is not read between those
+    two levels, and beside a lesion darker than its background it would count as up to
+    two voxels of lesion. (Beside a lung nodule, whose background is lung, air lies
+    beyond the background and reads as none.)
     """
     # The core is the deeper half of the candidate (by distance in mm from its edge):
     # a candidate drawn a little wide would otherwise lend the core its blurred rim.
@@ -76,6 +88,12 @@ def partial_volume_measure(
     core_hu = float(np.median(values[core]))
     if abs(core_hu - background) < PV_MIN_CONTRAST_HU:
         return None
+    if min(core_hu, background) >= AIR_BELOW_HU:
+        foreign = values < AIR_BELOW_HU
+        if outside is not None:
+            foreign |= outside
+        if foreign[region | ring].any():
+            return None
     voxel_ml = float(np.prod(spacing_kji_mm)) / 1000.0
     fraction = np.clip((values[region] - background) / (core_hu - background), -1.0, 2.0)
     volume_ml = max(float(fraction.sum()) * voxel_ml, 0.0)
