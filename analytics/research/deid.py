@@ -17,6 +17,9 @@ sequences; ``X/Z/U*`` sequences are kept with their UIDs replaced. Private attri
 removed. Burned-in annotation cannot be cleaned here, so an image that has it, or may
 have it (secondary capture without ``BurnedInAnnotation`` NO), is refused.
 
+The research tables' values are de-identified under the same key and UID map
+(`value_pseudonymise`, `text_pseudonymise`: dates moved, UIDs remapped, in free text too).
+
 No Django here: callers pass data sets and get data sets back.
 """
 
@@ -25,10 +28,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -151,6 +156,103 @@ def datetime_shift(value: str, offset_days: int) -> str:
     value = value.strip()
     shifted = date_shift(value[:8], offset_days)
     return shifted + value[8:] if shifted else ""
+
+
+#: What free text says in its place when it cannot be made safe (`text_pseudonymise`).
+TEXT_REMOVED = "[removed: could not be de-identified]"
+#: The dates and UIDs free text carries, each token whole: a DICOM UID (four or more
+#: numeric components, PS3.5 9.1); an ISO 8601 calendar date (``2024-04-10``), alone or
+#: as a date-time's date part; a DA date (``20240410``, PS3.5 6.2) of 1900-2099, alone
+#: or as a DT value's date part (``20240410093000``).
+_TEXT_TOKENS = re.compile(
+    r"(?<![\w.])(?:"
+    r"(?P<uid>[0-2](?:\.\d+){3,})(?!\w|\.\d)"
+    r"|(?P<iso>\d{4}-\d{2}-\d{2})(?!\d)"
+    r"|(?P<da>(?:19|20)\d{6})(?P<time>\d{2,6}(?:\.\d{1,6})?)?(?!\w|\.\d)"
+    r")"
+)
+#: What is left of free text once its ISO and DA dates and UIDs are taken out that may
+#: still be a date in another form (a year; 10/04/2024; 10.04.2024): it cannot be moved
+#: safely, so the text is not exported. A number such as 2015.3 or a code such as LOINC
+#: 2039-6 is no year.
+_OTHER_DATE = re.compile(
+    r"(?<![\w.])(?:19|20)\d{2}(?!\w|[.-]\d)"
+    r"|(?<![\w.])\d{1,2}/\d{1,2}/\d{2,4}(?!\d)"
+    r"|(?<![\w.])\d{1,2}\.\d{1,2}\.\d{4}(?!\d)"
+)
+
+
+def _iso_date_shift(value: str, offset_days: int) -> str | None:
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        return None
+    return (day + dt.timedelta(days=offset_days)).isoformat()
+
+
+def text_pseudonymise(text: str, *, key: PatientKey, uids: UidMap) -> str:
+    """Free text with its dates moved by the patient's offset and its UIDs remapped.
+
+    ISO 8601 dates (a date-time's date part too: the time of day and zone are kept) and
+    DA dates move by ``key.offset_days``; DICOM UIDs go through ``uids``, as the UID
+    columns do. Text that cannot be made so (an ISO date that is no date, a date in
+    another form such as a bare year or 10/04/2024, or an identifier of the patient in
+    ``key.identifiers`` as a word) is replaced whole by `TEXT_REMOVED`. JSON text (a list
+    or an object) is treated value by value and stays JSON.
+    """
+    if not text:
+        return text
+    if text[0] in "[{":
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list | dict):
+            return json.dumps(value_pseudonymise(parsed, key=key, uids=uids))
+    if _OTHER_DATE.search(_TEXT_TOKENS.sub(" ", text)) or _names_patient(text, key):
+        return TEXT_REMOVED
+    unsafe = False
+
+    def token(match: re.Match[str]) -> str:
+        nonlocal unsafe
+        if match["uid"]:
+            return uids(match["uid"])
+        if match["iso"]:
+            shifted = _iso_date_shift(match["iso"], key.offset_days)
+            unsafe = unsafe or shifted is None
+            return shifted or ""
+        shifted = date_shift(match["da"], key.offset_days)
+        if not shifted:  # digits that are no date: a number, kept
+            return match[0]
+        return shifted + (match["time"] or "")
+
+    rewritten = _TEXT_TOKENS.sub(token, text)
+    return TEXT_REMOVED if unsafe else rewritten
+
+
+def _names_patient(text: str, key: PatientKey) -> bool:
+    lowered = text.lower()
+    return any(
+        re.search(rf"(?<!\w){re.escape(word)}(?!\w)", lowered) for word in key.identifiers if word
+    )
+
+
+def value_pseudonymise(value: Any, *, key: PatientKey, uids: UidMap) -> Any:
+    """One table value de-identified by its type: a date or date-time (pandas'
+    ``Timestamp`` too) moved by the patient's offset, text by `text_pseudonymise`, the
+    items of a list, tuple or dict one by one; anything else (numbers, booleans, None)
+    as it is. Driven by the value rather than a list of columns, so that a column added
+    to a table later is covered."""
+    if isinstance(value, dt.date):  # dt.datetime and pandas' Timestamp and NaT too
+        return value + dt.timedelta(days=key.offset_days)
+    if isinstance(value, str):
+        return text_pseudonymise(value, key=key, uids=uids)
+    if isinstance(value, dict):
+        return {k: value_pseudonymise(v, key=key, uids=uids) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [value_pseudonymise(v, key=key, uids=uids) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value
 
 
 def descriptor_clean(value: str, key: PatientKey) -> str:

@@ -4,9 +4,12 @@ shifted dates, a manifest, and, apart from the export, the key that maps pseudon
 
 Each export draws new pseudonyms, a new date offset per patient (whole days, 1-3 years
 back, the same for every date of that patient) and a new secret UID salt: two exports
-cannot be linked without their keys. The export folder is written beside its final place
-and renamed when complete, so a failure leaves nothing half-written; an existing folder
-is never overwritten. Every patient exported gets an audit row (``research.export``).
+cannot be linked without their keys. In the tables every value is de-identified by its
+type (`_pseudonymise`): dates and date-times in any column move, UIDs are remapped as in
+the DICOM, and free text has its dates moved and UIDs remapped the same way. The export
+folder is written beside its final place and renamed when complete, so a failure leaves
+nothing half-written; an existing folder is never overwritten. Every patient exported
+gets an audit row (``research.export``).
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from analytics.research.deid import (
     METHOD_CODES,
     OPTIONS,
     TABLE_PATH,
+    TEXT_REMOVED,
     DeidentificationRefused,
     Deidentifier,
     PatientKey,
     UidMap,
     action_table_load,
     burned_in_check,
+    value_pseudonymise,
 )
 from imaging.exports.services import patient_dicom_export
 from imaging.models import Instance
@@ -124,45 +129,56 @@ def _run_start(patients: list[Patient]) -> _Run:
 
 
 # -- tables -------------------------------------------------------------------------
-def _shift(value, days: int):
-    if value is None or value is pd.NaT or (isinstance(value, float) and pd.isna(value)):
-        return None
-    return value + dt.timedelta(days=days)
-
-
 def _pseudonymise(table: pd.DataFrame, run: _Run, by_mrn: dict[str, PatientKey]) -> pd.DataFrame:
-    """MRNs to pseudonyms, UIDs remapped, study dates shifted by the patient's offset."""
+    """MRNs to pseudonyms, and every other value of the row de-identified under its
+    patient's key, whatever its column: the UID columns (``*_uid``) remapped as the
+    DICOM is, any date or date-time moved by the patient's offset, and text with its
+    dates and UIDs rewritten (`analytics.research.deid.value_pseudonymise`). The walk goes
+    by value, not by a list of columns, so that a column added to a table later cannot
+    go out with real dates."""
     table = table.copy()
-    keys = table["patient_id"].map(by_mrn)
-    table["study_date"] = [
-        _shift(d, k.offset_days) for d, k in zip(table["study_date"], keys, strict=True)
-    ]
-    table["study_instance_uid"] = table["study_instance_uid"].map(run.deidentifier.uids)
-    if "lesion_uid" in table:
-        table["lesion_uid"] = table["lesion_uid"].map(run.deidentifier.uids)
+    keys = list(table["patient_id"].map(by_mrn))
+    uids = run.deidentifier.uids
+    for column in table.columns:
+        if column == "patient_id":
+            continue
+        by_uid = str(column).endswith("_uid")
+        table[column] = pd.Series(
+            [
+                uids(value)
+                if by_uid and isinstance(value, str)
+                else value_pseudonymise(value, key=key, uids=uids)
+                for value, key in zip(table[column], keys, strict=True)
+            ],
+            index=table.index,
+            dtype=table[column].dtype if table[column].dtype.kind in "biufc" else object,
+        )
     table["patient_id"] = [k.pseudonym for k in keys]
     return table
 
 
 def _labs_table(patients: list[Patient], run: _Run) -> pd.DataFrame:
-    rows = LabResult.objects.filter(patient__in=patients).order_by(
-        "patient__patient_id", "loinc_code", "observed_at", "pk"
-    )
-    records = []
-    for lab in rows:
-        key = run.keys[lab.patient_id]
-        observed = _shift(lab.observed_at, key.offset_days)
-        records.append(
-            (
-                key.pseudonym,
-                lab.loinc_code,
-                getattr(lab, "comparator", ""),
-                lab.value,
-                lab.unit,
-                observed.isoformat() if observed else "",
-            )
+    rows = LabResult.objects.filter(patient__in=patients).select_related("patient")
+    rows = rows.order_by("patient__patient_id", "loinc_code", "observed_at", "pk")
+    records = [
+        (
+            lab.patient.patient_id,
+            lab.loinc_code,
+            getattr(lab, "comparator", ""),
+            lab.value,
+            lab.unit,
+            lab.observed_at,
         )
-    return pd.DataFrame.from_records(records, columns=list(LAB_COLUMNS))
+        for lab in rows
+    ]
+    table = pd.DataFrame.from_records(records, columns=list(LAB_COLUMNS))
+    by_mrn = {p.patient_id: run.keys[p.pk] for p in patients}
+    table = _pseudonymise(table, run, by_mrn)
+    table["observed_at"] = [
+        "" if value is None or pd.isna(value) else value.isoformat()
+        for value in table["observed_at"]
+    ]
+    return table
 
 
 def research_tables(*, patients: list[Patient], run: _Run) -> dict[str, pd.DataFrame]:
@@ -278,7 +294,10 @@ def _manifest(run: _Run, *, dicom: bool) -> dict:
         "method_codes": [{"code": c, "scheme": "DCM", "meaning": m} for c, m in METHOD_CODES],
         "action_table": f"PS3.15 {table.edition} Table E.1-1",
         "action_table_sha256": hashlib.sha256(TABLE_PATH.read_bytes()).hexdigest(),
-        "dates": "every date of a patient moved by the same whole number of days",
+        "dates": (
+            "every date of a patient moved by the same whole number of days, in free text "
+            f"too; text that could not be made safe reads {TEXT_REMOVED!r}"
+        ),
         "patients": run.result.patients,
         "dicom_files": run.result.dicom_files if dicom else None,
         "table_rows": run.result.table_rows,

@@ -11,12 +11,14 @@ file already written under a UID is reused as it is, never rebuilt with new time
 one SOP Instance UID always names the same bytes; a file that went missing is rebuilt
 with the times of its first export. A radiologist's change gives a new SR instance in
 the same series that names the SR it replaces as its predecessor (every SR written is a
-`DicomExportRecord`). Each lesion's SR volume is reported twice, the segment's own voxel
+`DicomExportRecord`). Studies of one date are one time point (`_time_point`), as the
+responses read them. Each lesion's SR volume is reported twice, the segment's own voxel
 volume and the value in force, each with its method (`imaging.core.dicom.seg_sr`).
 A value a lesion does not have at the study is left out of the SR with the finding's
 state said instead, never written as 0 (`_lesion_values`): a lesion not found there,
 merged into another, too small to measure, or measured by hand without a volume; a
-lesion a radiologist confirmed gone measures 0.
+lesion a radiologist confirmed gone measures 0. A lesion whose link to the earlier
+studies is still a proposal (``link_provisional``, as the CSV export has it) says so.
 
 A split lesion's segment holds all its fragments (``component_labels``), as its
 measurements do. When the run that made the mask corrected the volume's orientation
@@ -53,6 +55,7 @@ from imaging.core.dicom.seg_sr import (
     measurement_report_build,
     segment_volumes_ml,
     segmentation_build,
+    time_point_of,
 )
 from imaging.core.dicom.write import synthetic_uid
 from imaging.core.geometry.nifti import volume_read_nifti
@@ -121,18 +124,20 @@ def _software_version() -> str:
 
 
 def _time_point(study: Study) -> TimePoint:
-    """The study's place among its patient's studies that were segmented (a baseline
-    where nothing was found is still the baseline: counting only the studies with
-    lesion rows would call the first follow-up with a lesion "Baseline")."""
+    """The study's time point among its patient's studies that were segmented, studies
+    of one date being one time point (`time_point_of`: a chest and an abdomen CT of the
+    baseline date are both the baseline, as the responses read them). A baseline where
+    nothing was found is still the baseline: counting only the studies with lesion rows
+    would call the first follow-up with a lesion "Baseline"."""
     studies = list(
         Study.objects.filter(patient_id=study.patient_id, series__segmentations__isnull=False)
         .distinct()
         .chronological()
-        .values_list("pk", flat=True)
+        .values_list("pk", "study_date")
     )
-    if study.pk not in studies:
+    if study.pk not in {pk for pk, _ in studies}:
         raise DicomExportError(f"study {study.pk} has no segmentation: nothing to export")
-    return TimePoint(order=studies.index(study.pk) + 1)
+    return time_point_of(study.pk, studies)
 
 
 def _headers(series: Series) -> list[pydicom.Dataset]:
@@ -215,6 +220,7 @@ def _lesion(
         component_labels=fragments,
         volume_by_radiologist=m.override_volume_ml is not None,
         state=state,
+        link_provisional=m.link_provisional,
         algorithm_type=_ALGORITHM_TYPE.get(
             ((sources or {}).get(label) or {}).get("kind", ""), "AUTOMATIC"
         )

@@ -21,10 +21,14 @@ TID 1411 make every measurement row optional. A lesion not found (expected, not 
 merged into another lesion, or present but too small to measure has a group with no
 measurement at all, and a Qualitative Evaluation (`FINDING_STATE`, RadTrack's private
 codes) saying which; a lesion measured by hand without a volume has its diameters and no
-volume; an equivocal new finding keeps its values and says it is equivocal. (A NUM
-content item with an empty Measured Value Sequence and a Numeric Value Qualifier such
-as DCM 114010 "Value unknown" is allowed by PS3.3 C.18.1, but highdicom, and so the
-readers built on it, cannot read one back; a missing row is read by every reader.)
+volume; an equivocal new finding keeps its values and says it is equivocal. A lesion
+whose link to the earlier studies is provisional (proposed without a registration, by
+anatomical landmarks, and not yet confirmed by a radiologist) says so in a Qualitative
+Evaluation of its own (`TRACKING_LINK`), beside any state, so that a reader does not
+take its course for a confirmed one. (A NUM content item with an empty Measured Value
+Sequence and a Numeric Value Qualifier such as DCM 114010 "Value unknown" is allowed by
+PS3.3 C.18.1, but highdicom, and so the readers built on it, cannot read one back; a
+missing row is read by every reader.)
 
 Geometry: the label map is a `Volume` in LPS mm whose voxel values are the lesions'
 component labels (0 = background); a lesion split into fragments owns several labels,
@@ -44,6 +48,11 @@ volumetry (`PARTIAL_VOLUME_METHOD`) or a radiologist's value (`RADIOLOGIST_METHO
 two differ by design: partial-volume volumetry counts the fraction of each edge voxel
 the lesion fills, the mask only whole voxels.
 
+Time points (TID 1502) count dates, not studies: studies of one date are one time point,
+as the response assessment reads them (RECIST 1.1 reads the disease at each assessment,
+however many scans it took), so a chest CT and an abdomen CT made on the baseline date
+are both the Baseline (`time_point_of`).
+
 An SR that replaces an earlier one of the same study names it in the Predecessor
 Documents Sequence (0040,A360), PS3.3 C.17.2, so the PACS can show it superseded.
 `CONTENT_VERSION` counts changes to what the objects say, so that a new layout gets new
@@ -52,7 +61,8 @@ UIDs rather than new bytes under an old one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +92,8 @@ MANUFACTURER = "RadTrack"
 #: What the SEG and SR say and how (raised when either changes; it is part of their UIDs).
 #: 3: absent measurements are left out, and a finding's state is said (module docstring).
 #: 4: a segment a radiologist drew or edited says so, and the SR names the editor.
-CONTENT_VERSION = 4
+#: 5: studies of one date are one time point; a provisional link is said.
+CONTENT_VERSION = 5
 #: A segment's Segment Algorithm Type (0062,0008) by who drew it (`ExportedLesion`).
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 #: The click-guided method a radiologist's added (SEMIAUTOMATIC) segment was grown with.
@@ -117,6 +128,16 @@ FINDING_STATES = {
         value="TOOSMALL", scheme_designator="99RADTRACK", meaning="Present, too small to measure"
     ),
 }
+#: The Qualitative Evaluation saying that a lesion's link to its earlier studies is
+#: provisional (`ExportedLesion.link_provisional`), and its value.
+TRACKING_LINK = hd.sr.CodedConcept(
+    value="TRKLINK", scheme_designator="99RADTRACK", meaning="Link to earlier studies"
+)
+PROVISIONAL_LINK = hd.sr.CodedConcept(
+    value="PROVLINK",
+    scheme_designator="99RADTRACK",
+    meaning="Provisional: proposed without registration, not yet confirmed",
+)
 
 
 @dataclass(frozen=True)
@@ -137,7 +158,8 @@ class ExportedLesion:
     key of `FINDING_STATES` (equivocal, not_found, merged, too_small), said in the SR.
     ``algorithm_type`` is how its segment was drawn (`ALGORITHM_TYPES`): by the model
     (AUTOMATIC), grown from a radiologist's click (SEMIAUTOMATIC), or edited by hand
-    (MANUAL).
+    (MANUAL). ``link_provisional``: its link to the earlier studies was proposed without
+    a registration (anatomical landmarks) and no radiologist has confirmed it yet.
     """
 
     tracking_uid: str
@@ -152,6 +174,7 @@ class ExportedLesion:
     mask_volume_ml: float | None = None
     state: str = ""
     algorithm_type: str = "AUTOMATIC"
+    link_provisional: bool = False
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -190,6 +213,27 @@ class TimePoint:
     def code(self) -> hd.sr.CodedConcept:
         """CID 6146 Time Point Types: Baseline, or Posttreatment for a follow-up."""
         return codes.cid6146.Baseline if self.order == 1 else codes.cid6146.Posttreatment
+
+
+def time_point_of(study: Hashable, studies: Sequence[tuple[Hashable, dt.date | None]]) -> TimePoint:
+    """The time point of ``study`` among the patient's ``studies`` ((key, Study Date
+    (0008,0020)) pairs, ``study`` among them).
+
+    Studies of one date are one time point (RECIST 1.1 reads the disease at each
+    assessment, whatever the number of scans it took; the rule of the response
+    assessment, which reads a date's studies as one): the dates in order give the
+    order. A study without a date cannot share one: each is a time point of its own,
+    after the dated ones, in the order given.
+    """
+    dates = dict(studies)
+    if study not in dates:
+        raise DicomExportError(f"study {study!r} is not among the patient's studies")
+    dated = sorted({date for _, date in studies if date is not None})
+    date = dates[study]
+    if date is not None:
+        return TimePoint(order=dated.index(date) + 1)
+    undated = [key for key, day in studies if day is None]
+    return TimePoint(order=len(dated) + undated.index(study) + 1)
 
 
 @dataclass(frozen=True)
@@ -395,15 +439,21 @@ def _measurements(
 
 
 def _state_evaluations(lesion: ExportedLesion) -> list[hd.sr.QualitativeEvaluation] | None:
-    """The finding's state, when it is not a plain measured lesion (module docstring)."""
-    if not lesion.state:
-        return None
-    if lesion.state not in FINDING_STATES:
-        raise DicomExportError(
-            f"lesion {lesion.tracking_id!r}: unknown finding state {lesion.state!r} (one of "
-            f"{', '.join(FINDING_STATES)})"
+    """The finding's state, when it is not a plain measured lesion, and whether its link
+    to the earlier studies is provisional (module docstring); None when neither."""
+    evaluations = []
+    if lesion.state:
+        if lesion.state not in FINDING_STATES:
+            raise DicomExportError(
+                f"lesion {lesion.tracking_id!r}: unknown finding state {lesion.state!r} (one "
+                f"of {', '.join(FINDING_STATES)})"
+            )
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(name=FINDING_STATE, value=FINDING_STATES[lesion.state])
         )
-    return [hd.sr.QualitativeEvaluation(name=FINDING_STATE, value=FINDING_STATES[lesion.state])]
+    if lesion.link_provisional:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=TRACKING_LINK, value=PROVISIONAL_LINK))
+    return evaluations or None
 
 
 def _referenced_segment(
