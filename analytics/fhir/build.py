@@ -15,9 +15,11 @@ Values are those in force (a radiologist's override wins); findings a radiologis
 rejected as false positives (the row, or the whole lesion) are left out; a resolved
 lesion measures 0, and a lesion not found, merged or measured without a volume says so
 with ``dataAbsentReason`` instead of a value (`analytics.fhir.measurements`). A
-measurement nobody has reviewed is ``preliminary``, and so is every DiagnosticReport,
-best-response Observation and RiskAssessment that rests on one (`results_all_reviewed`;
-reports: `analytics.fhir.responses`). Resource ids: `ids`.
+measurement nobody has reviewed, or whose link to earlier studies is only provisional,
+is ``preliminary``, and so is every best-response Observation and RiskAssessment that
+rests on one (`results_all_reviewed`); a DiagnosticReport is ``final`` only when its
+response is final by the rule HL7 v2 follows too (`analytics.lesions.finality`; reports:
+`analytics.fhir.responses`). Resource ids: `ids`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from analytics.fhir.measurements import fhir_lesion_build, fhir_measurement_buil
 from analytics.fhir.record import PatientRecord
 from analytics.fhir.responses import fhir_best_responses_build, fhir_response_build
 from analytics.fhir.validation import FHIRBuildError, fhir_resource_validate
+from analytics.lesions.finality import response_is_final
 from analytics.models import RiskScore
 from imaging.models import LesionMeasurement, Series, Study
 from patients.ehr.identifiers import mrn_system
@@ -56,10 +59,14 @@ from patients.models import Patient, PatientIdentifier
 
 
 def results_all_reviewed(measurements: Iterable[LesionMeasurement]) -> bool:
-    """True when there are measurements and a radiologist accepted or edited every one
-    of them. None at all is not a sign-off: nothing says a radiologist looked."""
-    states = [m.review_state for m in measurements]
-    return bool(states) and all(state in REVIEWED_STATES for state in states)
+    """True when there are measurements, a radiologist accepted or edited every one of
+    them, and none is linked to earlier studies only provisionally (accepting a
+    measurement does not confirm its link). None at all is not a sign-off: nothing says
+    a radiologist looked."""
+    rows = list(measurements)
+    return bool(rows) and all(
+        m.review_state in REVIEWED_STATES and not m.link_provisional for m in rows
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -320,8 +327,9 @@ def patient_resources_build(*, record: PatientRecord) -> PatientResources:
         fhir_response_build(
             assessment=a,
             measurement_ids=by_study.get(a.study_id, ()),
-            all_reviewed=results_all_reviewed(
-                _measurements_up_to(record, a.study.study_date, study_id=a.study_id)
+            final=response_is_final(
+                assessment=a,
+                measurements=_measurements_up_to(record, a.study.study_date, study_id=a.study_id),
             ),
         )
         for a in record.assessments

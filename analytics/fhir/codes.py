@@ -20,6 +20,14 @@ LESION_STATUS_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-status"
 #: A finding's state (confirmed, equivocal, not_found, rejected): what the rules count.
 FINDING_STATE_SYSTEM = f"{FHIR_BASE}/CodeSystem/finding-state"
 LESION_ROLE_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-role"
+#: How a lesion at a study is linked to itself at earlier studies: ``provisional`` when
+#: placed by anatomical landmarks without a registration, awaiting a radiologist.
+LESION_LINK_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-link"
+LINK_PROVISIONAL = (
+    LESION_LINK_SYSTEM,
+    "provisional",
+    "Provisional link to earlier studies (no registration), awaiting review",
+)
 RISK_MODEL_SYSTEM = f"{FHIR_BASE}/CodeSystem/risk-model-kind"
 RISK_SCORE_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-score"
 RISK_MODEL_VERSION_EXTENSION = f"{FHIR_BASE}/StructureDefinition/risk-model-version"
@@ -93,7 +101,8 @@ TIER_TO_RISK_PROBABILITY = {
     RiskScore.Tier.HIGH: ("high", "High likelihood"),
 }
 GENDER = {"F": "female", "M": "male", "O": "other", "": "unknown"}
-#: Observation.status for each review state (rejected measurements are not exported).
+#: Observation.status for each review state (rejected measurements are not exported); a
+#: row whose link to earlier studies is provisional stays preliminary whatever its review.
 OBSERVATION_STATUS = {
     LesionMeasurement.Review.PENDING: "preliminary",
     LesionMeasurement.Review.ACCEPTED: "final",

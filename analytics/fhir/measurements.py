@@ -19,7 +19,11 @@ stands for nothing (`member_values`):
   (``dataAbsentReason`` unknown, saying RECIST 1.1 counts it 5 mm, section 4.3.2).
 
 Every group carries the row's tracking status and its finding state (confirmed,
-equivocal, not_found) with the reason. Rows rejected as false positives, by the row or
+equivocal, not_found) with the reason. A row linked to its lesion only provisionally
+(placed by anatomical landmarks without a registration, `link_provisional`) is a
+proposal until a radiologist reviews the link, which accepting its values does not do:
+its group and members stay ``preliminary`` and the group says so in a component
+(`LINK_PROVISIONAL`). Rows rejected as false positives, by the row or
 for the whole lesion, are not built (`analytics.fhir.record`).
 """
 
@@ -34,6 +38,7 @@ from analytics.fhir.codes import (
     FINDING_STATE_SYSTEM,
     LESION_ROLE_SYSTEM,
     LESION_STATUS_SYSTEM,
+    LINK_PROVISIONAL,
     LONG_AXIS,
     MEASUREMENT_GROUP,
     OBSERVATION_CATEGORY,
@@ -55,7 +60,12 @@ from analytics.fhir.validation import FHIRBuildError, fhir_resource_validate
 from analytics.lesions.core.readings import TOO_SMALL_MM
 from imaging.models import Lesion, LesionMeasurement
 
-__all__ = ["fhir_lesion_build", "fhir_measurement_build", "member_values"]
+__all__ = [
+    "fhir_lesion_build",
+    "fhir_measurement_build",
+    "measurement_status",
+    "member_values",
+]
 
 Status = LesionMeasurement.Status
 State = LesionMeasurement.FindingState
@@ -166,10 +176,16 @@ def _value_element(value: Value, unit: str) -> dict:
 
 
 # --------------------------------------------------------------------------- resources
+def measurement_status(m: LesionMeasurement) -> str:
+    """Observation.status of a row: its review's, but ``preliminary`` while its link to
+    earlier studies is provisional (module docstring)."""
+    return "preliminary" if m.link_provisional else OBSERVATION_STATUS[m.review_state]
+
+
 def _measurement_common(m: LesionMeasurement) -> dict:
     out: dict = {
         "resourceType": "Observation",
-        "status": OBSERVATION_STATUS[m.review_state],
+        "status": measurement_status(m),
         "subject": _ref("Patient", patient_fhir_id(m.lesion.patient_id)),
         "focus": [_ref("BodyStructure", lesion_fhir_id(m.lesion.tracking_uid))],
         "issued": (m.reviewed_at or m.created_at).isoformat(),
@@ -218,6 +234,18 @@ def _group_components(m: LesionMeasurement) -> list[dict]:
                 "code": {"coding": [{"system": LESION_STATUS_SYSTEM, "code": "merged-into"}]},
                 "valueString": m.merged_into.tracking_uid,
             }
+        )
+    if m.link_provisional:
+        system, code, display = LINK_PROVISIONAL
+        components.append(
+            _coded_component(
+                system,
+                "link",
+                code,
+                display,
+                "linked to this lesion at earlier studies by anatomical landmarks, without a "
+                "registration: a proposal until a radiologist reviews the link",
+            )
         )
     return components
 

@@ -6,8 +6,18 @@ stable id, so pushing again updates rather than duplicates. What was pushed is k
 patient and server (`imaging.models.FhirPushRecord`): on the next push, a resource
 RadTrack no longer builds (a lesion merged away, a measurement re-tracked onto another
 lesion) is PUT again marked ``entered-in-error`` (a BodyStructure: ``active: false``)
-in the same transaction, and a final result whose content changed goes as ``amended``,
-so the EHR never shows a superseded value as current.
+in the same transaction, and a result the EHR holds as final (``final``, ``amended``,
+``corrected``) whose content changed goes as ``amended``, so the EHR never shows a
+superseded value as current. A result the EHR holds as final is never pushed back as
+``preliminary`` (FHIR R4 DiagnosticReportStatus and ObservationStatus: ``amended`` is
+"subsequent to being final, the report has been modified"; nothing goes from final back
+to preliminary): when what RadTrack says now is not final (a review went stale, a link
+became provisional), it goes as ``amended`` with its current content and a word that it
+awaits a radiologist's review (`AWAITING_REVIEW`, in the conclusion of a
+DiagnosticReport, which has no note in R4, and as a note of an Observation or
+RiskAssessment). Whether a report is ``amended`` is decided here, from what was pushed,
+never from the assessment's revision history: the first report the EHR gets is
+``final`` or ``preliminary``.
 
 Connection failures, timeouts, 408, 429 and 5xx answers are retried
 (``RADTRACK_FHIR_PUSH_ATTEMPTS`` attempts in all, waiting ``retry_wait_s`` then
@@ -181,11 +191,32 @@ _UNHASHED = frozenset({"status", "meta", "text", "issued", "device"})
 #: Statuses after which a changed result must say it was amended (FHIR R4 ObservationStatus
 #: and DiagnosticReportStatus).
 _SIGNED_STATUSES = frozenset({"final", "amended", "corrected"})
+#: Statuses RadTrack builds that an ``amended`` replaces once the EHR holds a final one.
+_AMENDABLE_STATUSES = frozenset({"final", "preliminary", "registered", "partial"})
+#: What an amended result that is not final says (its content is RadTrack's current one).
+AWAITING_REVIEW = (
+    "Not final: RadTrack changed this result after it was signed off, and the change "
+    "awaits a radiologist's review; the earlier final result no longer stands."
+)
 
 
 def _content_hash(resource: dict) -> str:
     content = {k: v for k, v in resource.items() if k not in _UNHASHED}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _amended(resource: dict) -> dict:
+    """``resource`` as an amendment of the final one the EHR holds; when it is not final
+    itself, saying that it awaits review (module docstring)."""
+    amended = {**resource, "status": "amended"}
+    if resource.get("status") == "final":
+        return amended
+    if amended["resourceType"] == "DiagnosticReport":
+        conclusion = amended.get("conclusion", "")
+        amended["conclusion"] = f"{AWAITING_REVIEW} {conclusion}".strip()
+    else:
+        amended["note"] = [*amended.get("note", []), {"text": AWAITING_REVIEW}]
+    return fhir_resource_validate(amended)
 
 
 def _superseded(resource: dict) -> dict:
@@ -211,21 +242,24 @@ class FHIRPushPlan:
 def fhir_push_plan(*, resources: list[dict], previous: dict[str, dict]) -> FHIRPushPlan:
     """Compare ``resources`` (built now) with ``previous`` (a `FhirPushRecord`'s state).
 
-    A final result whose content changed since it was pushed goes as ``amended`` (and
-    stays so while unchanged); a resource pushed before and not built now is sent again
-    marked ``entered-in-error`` (``active: false`` for a BodyStructure) and forgotten.
+    A result pushed as final (or amended, corrected) goes as ``amended`` when its content
+    changed since, and stays so while unchanged; one that is not final now goes as
+    ``amended`` too, saying it awaits review, never back to ``preliminary`` (module
+    docstring). A resource pushed before and not built now is sent again marked
+    ``entered-in-error`` (``active: false`` for a BodyStructure) and forgotten.
     """
     plan = FHIRPushPlan()
     for resource in resources:
         ref = f"{resource['resourceType']}/{resource['id']}"
         digest = _content_hash(resource)
         before = previous.get(ref)
-        if before and resource.get("status") == "final":
+        if before and resource.get("status") in _AMENDABLE_STATUSES:
+            was = before.get("status")
             changed = before.get("hash") != digest
-            if (changed and before.get("status") in _SIGNED_STATUSES) or (
-                not changed and before.get("status") == "amended"
-            ):
-                resource = {**resource, "status": "amended"}
+            if (
+                was in _SIGNED_STATUSES and (changed or resource.get("status") != "final")
+            ) or was == "amended":
+                resource = _amended(resource)
                 plan.amended += 1
         plan.resources.append(resource)
         entry: dict = {"hash": digest, "status": resource.get("status", "")}

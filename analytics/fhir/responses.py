@@ -9,12 +9,13 @@ A study's report:
 - ``conclusionCode`` carries each category in its own code system: RECIST 1.1
   (including NE and, for non-target disease only, non-CR/non-PD), volumetric, and
   iRECIST when it applies to the patient; an NE says its reason in the concept's text;
-- ``status`` is ``preliminary`` until a radiologist reviewed every measurement the
-  assessment rests on, then ``final``, or ``amended`` when a later recomputation changed
-  a category (``revisions``: each is a `RESPONSE_REVISION_EXTENSION` with the field, the
-  earlier and the new category, when and why). A report whose measurements are not all
-  reviewed stays ``preliminary`` even when revised: in FHIR ``amended`` is a kind of
-  ``final``, and claiming it would claim a sign-off nobody gave; the revisions ride along;
+- ``status`` is ``final`` when the response is final by the one rule HL7 v2 follows too
+  (`analytics.lesions.finality`: reviewed, not NE, nothing pending or flagged, no
+  provisional link), else ``preliminary``. A recomputation that changed a category
+  (``revisions``) rides along, each as a `RESPONSE_REVISION_EXTENSION` with the field,
+  the earlier and the new category, when and why; it does not make the report
+  ``amended`` here: only a report the EHR already holds as final can be amended, and
+  what the EHR holds is known where it is pushed (`analytics.fhir.push.fhir_push_plan`);
 - ``progression_dated_from`` (PD resting on a new lesion dates from its first sighting,
   RECIST 1.1 section 4.3.5) is the `PROGRESSION_DATED_FROM_EXTENSION`.
 
@@ -139,29 +140,22 @@ def _revision_extensions(a: ResponseAssessment) -> list[dict]:
     return out
 
 
-def _report_status(a: ResponseAssessment, all_reviewed: bool) -> str:
-    """preliminary, final, or amended (a revised category): the module docstring."""
-    if not all_reviewed:
-        return "preliminary"
-    return "amended" if a.revisions else "final"
-
-
 def fhir_response_build(
     *,
     assessment: ResponseAssessment,
     measurement_ids: Iterable[str] = (),
-    all_reviewed: bool = False,
+    final: bool = False,
 ) -> dict:
     """DiagnosticReport: the response assessment of one study (module docstring).
 
-    ``measurement_ids`` are the ids of the study's measurement groups; ``all_reviewed``
-    whether a radiologist signed off every measurement the assessment rests on.
+    ``measurement_ids`` are the ids of the study's measurement groups; ``final`` whether
+    the response is final (`analytics.lesions.finality.response_is_final`).
     """
     a = assessment
     resource: dict = {
         "resourceType": "DiagnosticReport",
         "id": response_fhir_id(a.study.study_instance_uid),
-        "status": _report_status(a, all_reviewed),
+        "status": "final" if final else "preliminary",
         "category": [
             {"coding": [{"system": V2_DIAGNOSTIC_SERVICE, "code": "RAD", "display": "Radiology"}]}
         ],

@@ -5,17 +5,25 @@
   birth date, sex.
 - OBR: OBR-3 (filler order number) and OBR-18 the study's accession number, OBR-4
   LOINC 18748-4 "Diagnostic imaging study", OBR-7 the study date, OBR-22 when the
-  response was computed, OBR-25 F (final, `analytics.hl7.send`), C (final, and a later
-  study or review revised a category: a correction of what was sent) or P (preliminary).
-- OBX, each with OBX-11 the same status: the Study Instance UID (DCM 110180), the
-  RECIST 1.1 (CR, PR, SD, PD, NE, non-CR/non-PD), volumetric and, when it applies,
+  response was computed, OBR-25 F (final, `analytics.lesions.finality`), P
+  (preliminary), or C when the EHR already accepted a final result for the study and
+  what RadTrack says now differs (`StudyResult.correction`, decided by
+  `analytics.hl7.send` from what the EHR accepted, never from the assessment's own
+  revision history): a correction replaces the final result, and when what replaces it
+  is not final any more, a result-state OBX says so (pending a radiologist's review,
+  and why), so the EHR never keeps showing a signed-off result RadTrack no longer
+  stands by.
+- OBX, each with OBX-11 the same status: the Study Instance UID (DCM 110180), when
+  the result is not final its state (RESSTATE: pending review, the reasons in an NTE),
+  the RECIST 1.1 (CR, PR, SD, PD, NE, non-CR/non-PD), volumetric and, when it applies,
   iRECIST categories (CWE, `LOCAL_SYSTEM` codes), the response note (what the category
   rests on, why it is NE or pending), each revision of a category (from, to, why), the
   date a PD from a new lesion is dated from (DT), the sum of target diameters (mm), total
   volume (mL), percent change from baseline and nadir, new lesions (Y/N, HL7 table
   0136), and per target lesion (OBX-4 sub-id = its order) its Tracking Identifier
   (DCM 112039) and UID (DCM 112040), its finding state (confirmed, equivocal,
-  not_found), long axis (SCT 103339001, mm), short axis (SCT 103340004, mm) and volume
+  not_found; its NTE also says when the lesion's link to earlier studies is only
+  provisional), long axis (SCT 103339001, mm), short axis (SCT 103340004, mm) and volume
   (SCT 118565006, mL). Units are UCUM (OBX-6).
 
 A value the lesion does not have at the study (not found, merged into another lesion,
@@ -23,6 +31,13 @@ too small to measure, no volume because it was measured by hand) is never sent a
 number: its OBX has no value, OBX-11 X ("results cannot be obtained for this
 observation", HL7 table 0085), and an NTE after it says why. A lesion a radiologist
 confirmed gone measures 0.
+
+A **withdrawal** (`oru_r01_withdrawal_build`) takes back a result the EHR accepted once
+RadTrack has none for that study and patient any more (the study was moved to another
+patient or removed): sent under the patient it was sent for, OBR-25 C (a correction to
+the order's results; HL7 table 0123 has no withdrawn status) and every OBX-11 W ("post
+original as wrong, e.g. transmitted for wrong patient", HL7 table 0085), with a RESPWDRN
+OBX saying why, and the result's observations (by identifier, without values) marked W.
 """
 
 from __future__ import annotations
@@ -43,10 +58,13 @@ __all__ = [
     "AckError",
     "LOCAL_SYSTEM",
     "LesionResult",
+    "ResultWithdrawal",
     "StudyResult",
     "ack_read",
     "oru_r01_build",
+    "oru_r01_withdrawal_build",
     "study_result_digest",
+    "withdrawal_digest",
 ]
 
 HL7_VERSION = "2.5.1"
@@ -73,12 +91,25 @@ FINDING_STATE_DISPLAY = {
 }
 #: HL7 table 0085: no value could be obtained for the observation.
 NO_RESULT_STATUS = "X"
+#: HL7 table 0085: post original as wrong (a withdrawal; `ResultMessage.result_status`).
+WITHDRAWN_STATUS = "W"
+#: HL7 table 0123 (OBR-25) and 0085 (OBX-11): a correction that replaces a final result.
+CORRECTION_STATUS = "C"
+#: The state of a result that is not final (RESSTATE), the reasons in its NTE.
+PENDING_STATE = "pending-review^Not final, pending a radiologist's review"
+#: The finding state's NTE of a lesion linked to earlier studies only provisionally.
+PROVISIONAL_LINK_NOTE = (
+    "its link to earlier studies is provisional (placed by anatomical landmarks without a "
+    "registration): awaiting a radiologist's review"
+)
 _CODES = {
     "study_uid": ("110180", "Study Instance UID", "DCM"),
     "recist": ("RECIST11", "RECIST 1.1 overall response", LOCAL_SYSTEM),
     "volumetric": ("VOLRESP", "Volumetric response", LOCAL_SYSTEM),
     "irecist": ("IRECIST", "iRECIST overall response", LOCAL_SYSTEM),
     "note": ("RESPNOTE", "Response assessment note", LOCAL_SYSTEM),
+    "result_state": ("RESSTATE", "Result state", LOCAL_SYSTEM),
+    "withdrawal": ("RESPWDRN", "Result withdrawn", LOCAL_SYSTEM),
     "revision": ("RESPREV", "Revision of a response category", LOCAL_SYSTEM),
     "dated_from": ("PDDATE", "Progression dated from", LOCAL_SYSTEM),
     "finding_state": ("FINDSTATE", "Finding state", LOCAL_SYSTEM),
@@ -118,6 +149,9 @@ class LesionResult:
     finding_state: str = "confirmed"
     state_reason: str = ""
     absent_reason: str = ""
+    #: Linked to earlier studies only by anatomical landmarks (no registration): a
+    #: proposal awaiting a radiologist's review.
+    link_provisional: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,22 +183,60 @@ class StudyResult:
     progression_dated_from: dt.date | None = None
     #: Each category revision, in words ("RECIST 1.1 SD -> PD on ...: why"), oldest first.
     revisions: tuple[str, ...] = ()
+    #: Why it is not final (`analytics.lesions.finality.response_pending_reasons`).
+    pending: tuple[str, ...] = ()
+    #: The EHR accepted a final result for this study and this one says something else:
+    #: it goes as a correction (C), final or not (`analytics.hl7.send`).
+    correction: bool = False
 
     @property
     def status(self) -> str:
-        """OBR-25 and OBX-11: F final, C a final result revised since, P preliminary."""
-        if not self.final:
-            return "P"
-        return "C" if self.revisions else "F"
+        """OBR-25 and OBX-11: C a correction of a final result the EHR accepted, else F
+        final or P preliminary."""
+        if self.correction:
+            return CORRECTION_STATUS
+        return "F" if self.final else "P"
 
 
 def study_result_digest(result: StudyResult) -> str:
     """SHA-256 of what the message says, so that an unchanged result is not sent twice.
 
     When it was computed is left out: every recomputation stamps it, whether or not
-    anything the message says changed."""
-    content = {k: v for k, v in asdict(result).items() if k != "computed_at"}
+    anything the message says changed; so is whether it goes as a correction, which
+    depends on what the EHR holds, not on what the result says. Fields added since
+    digests were first kept count only when set, so that a result that says what it said
+    then keeps its digest (and is not sent again as a change)."""
+    content = {k: v for k, v in asdict(result).items() if k not in {"computed_at", "correction"}}
+    if not content["pending"]:
+        del content["pending"]
+    for target in content["targets"]:
+        if not target["link_provisional"]:
+            del target["link_provisional"]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ResultWithdrawal:
+    """A result the EHR accepted that RadTrack takes back: the patient it was sent for,
+    the study (its accession number and date when RadTrack still has the study), and
+    why, in words without another patient's data."""
+
+    mrn: str
+    mrn_system: str
+    family_name: str
+    given_name: str
+    birth_date: dt.date | None
+    sex: str
+    study_instance_uid: str
+    accession_number: str
+    study_date: dt.date | None
+    reason: str
+
+
+def withdrawal_digest(withdrawal: ResultWithdrawal) -> str:
+    """SHA-256 standing for "withdrawn" on the message's row (no result says it)."""
+    content = {"withdrawn": withdrawal.study_instance_uid, "mrn": withdrawal.mrn}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def hl7_escape(text: str) -> str:
@@ -192,9 +264,18 @@ class _Builder:
         self.group, self.status, self.observed, self.count = group, status, observed, 0
 
     def add(
-        self, key: str, kind: str, value: str, *, unit: str = "", sub_id: str = "", note: str = ""
+        self,
+        key: str,
+        kind: str,
+        value: str,
+        *,
+        unit: str = "",
+        sub_id: str = "",
+        note: str = "",
+        status: str = "",
     ) -> None:
-        """One OBX (``kind`` and ``value``; no value: OBX-11 X), then an NTE with ``note``."""
+        """One OBX (``kind`` and ``value``; no value: OBX-11 X unless ``status`` says
+        otherwise), then an NTE with ``note``."""
         self.count += 1
         code, text, system = _CODES[key]
         observation = self.group.add_group("ORU_R01_OBSERVATION")
@@ -209,7 +290,7 @@ class _Builder:
             obx.obx_5 = value
         if unit:
             obx.obx_6 = _UNITS[unit]
-        obx.obx_11 = self.status if value else NO_RESULT_STATUS
+        obx.obx_11 = status or (self.status if value else NO_RESULT_STATUS)
         if self.observed:
             obx.obx_14 = self.observed
         if note:
@@ -236,17 +317,19 @@ class _Builder:
             self.number(key, value, unit, sub_id)
 
 
-def oru_r01_build(
+def _message_open(
     *,
-    result: StudyResult,
+    patient: StudyResult | ResultWithdrawal,
     control_id: str,
     sending_facility: str,
     receiving_application: str,
     receiving_facility: str,
     at: dt.datetime,
-) -> str:
-    """The ORU^R01 for ``result`` as ER7 text (segments separated by CR), validated by
-    hl7apy against the v2.5.1 message structure (module docstring)."""
+    reported_at: dt.datetime,
+    status: str,
+):
+    """An ORU^R01 with its MSH, PID and OBR (OBR-25 ``status``, OBR-22 ``reported_at``):
+    the message and its order observation group, for the OBX rows."""
     message = Message("ORU_R01", version=HL7_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     msh = message.msh
     msh.msh_3 = "RADTRACK"
@@ -262,33 +345,113 @@ def oru_r01_build(
     patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
     pid = patient_result.add_group("ORU_R01_PATIENT").pid
     pid.pid_1 = "1"
-    pid.pid_3 = f"{hl7_escape(result.mrn)}^^^{_assigning_authority(result.mrn_system)}^MR"
-    if result.family_name or result.given_name:
-        pid.pid_5 = f"{hl7_escape(result.family_name)}^{hl7_escape(result.given_name)}"
-    if result.birth_date:
-        pid.pid_7 = result.birth_date.strftime("%Y%m%d")
-    pid.pid_8 = result.sex if result.sex in {"F", "M", "O"} else "U"
+    pid.pid_3 = f"{hl7_escape(patient.mrn)}^^^{_assigning_authority(patient.mrn_system)}^MR"
+    if patient.family_name or patient.given_name:
+        pid.pid_5 = f"{hl7_escape(patient.family_name)}^{hl7_escape(patient.given_name)}"
+    if patient.birth_date:
+        pid.pid_7 = patient.birth_date.strftime("%Y%m%d")
+    pid.pid_8 = patient.sex if patient.sex in {"F", "M", "O"} else "U"
     order = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
-    status = result.status
     obr = order.obr
     obr.obr_1 = "1"
-    if result.accession_number:
-        obr.obr_3 = f"{hl7_escape(result.accession_number)}^RADTRACK"
-        obr.obr_18 = hl7_escape(result.accession_number)
+    if patient.accession_number:
+        obr.obr_3 = f"{hl7_escape(patient.accession_number)}^RADTRACK"
+        obr.obr_18 = hl7_escape(patient.accession_number)
     obr.obr_4 = "18748-4^Diagnostic imaging study^LN"
-    observed = result.study_date.strftime("%Y%m%d") if result.study_date else ""
-    if observed:
-        obr.obr_7 = observed
-    obr.obr_22 = result.computed_at.strftime("%Y%m%d%H%M%S%z")
+    if patient.study_date:
+        obr.obr_7 = patient.study_date.strftime("%Y%m%d")
+    obr.obr_22 = reported_at.strftime("%Y%m%d%H%M%S%z")
     obr.obr_25 = status
-    _observations(_Builder(order, status, observed), result)
+    return message, order
+
+
+def _message_text(message) -> str:
     if not message.validate():
         raise HL7apyException("the ORU^R01 does not validate against HL7 v2.5.1")
     return message.to_er7()
 
 
+def oru_r01_build(
+    *,
+    result: StudyResult,
+    control_id: str,
+    sending_facility: str,
+    receiving_application: str,
+    receiving_facility: str,
+    at: dt.datetime,
+) -> str:
+    """The ORU^R01 for ``result`` as ER7 text (segments separated by CR), validated by
+    hl7apy against the v2.5.1 message structure (module docstring)."""
+    status = result.status
+    message, order = _message_open(
+        patient=result,
+        control_id=control_id,
+        sending_facility=sending_facility,
+        receiving_application=receiving_application,
+        receiving_facility=receiving_facility,
+        at=at,
+        reported_at=result.computed_at,
+        status=status,
+    )
+    observed = result.study_date.strftime("%Y%m%d") if result.study_date else ""
+    _observations(_Builder(order, status, observed), result)
+    return _message_text(message)
+
+
+#: The observations of a study's result, by identifier, that a withdrawal marks W.
+_WITHDRAWN_KEYS = (
+    "recist",
+    "volumetric",
+    "irecist",
+    "note",
+    "sum_diameters",
+    "total_volume",
+    "pct_baseline",
+    "pct_nadir",
+    "new_lesions",
+)
+
+
+def oru_r01_withdrawal_build(
+    *,
+    withdrawal: ResultWithdrawal,
+    control_id: str,
+    sending_facility: str,
+    receiving_application: str,
+    receiving_facility: str,
+    at: dt.datetime,
+) -> str:
+    """The ORU^R01 that withdraws the result the EHR holds for ``withdrawal``'s study and
+    patient (module docstring), as ER7 text validated like `oru_r01_build`'s."""
+    message, order = _message_open(
+        patient=withdrawal,
+        control_id=control_id,
+        sending_facility=sending_facility,
+        receiving_application=receiving_application,
+        receiving_facility=receiving_facility,
+        at=at,
+        reported_at=at,
+        status=CORRECTION_STATUS,
+    )
+    observed = withdrawal.study_date.strftime("%Y%m%d") if withdrawal.study_date else ""
+    rows = _Builder(order, WITHDRAWN_STATUS, observed)
+    rows.add("study_uid", "ST", hl7_escape(withdrawal.study_instance_uid))
+    rows.add("withdrawal", "TX", hl7_escape(withdrawal.reason))
+    for key in _WITHDRAWN_KEYS:
+        rows.add(key, "", "", status=WITHDRAWN_STATUS)
+    return _message_text(message)
+
+
 def _observations(rows: _Builder, result: StudyResult) -> None:
     rows.add("study_uid", "ST", hl7_escape(result.study_instance_uid))
+    if not result.final:
+        why = "; ".join(result.pending) or "awaiting a radiologist's review"
+        if result.correction:
+            why = (
+                "replaces the final result sent earlier, which RadTrack no longer stands "
+                f"by; not final: {why}"
+            )
+        rows.add("result_state", "CWE", f"{PENDING_STATE}^{LOCAL_SYSTEM}STATE", note=why)
     rows.category("recist", result.recist, f"{LOCAL_SYSTEM}RECIST")
     rows.category("volumetric", result.volumetric, f"{LOCAL_SYSTEM}VOLUMETRIC")
     rows.category("irecist", result.irecist, f"{LOCAL_SYSTEM}IRECIST")
@@ -310,12 +473,15 @@ def _observations(rows: _Builder, result: StudyResult) -> None:
         rows.add("tracking_id", "ST", hl7_escape(lesion.tracking_id), sub_id=sub_id)
         rows.add("tracking_uid", "ST", hl7_escape(lesion.tracking_uid), sub_id=sub_id)
         state = FINDING_STATE_DISPLAY.get(lesion.finding_state, lesion.finding_state)
+        note = lesion.state_reason
+        if lesion.link_provisional:
+            note = "; ".join(n for n in (note, PROVISIONAL_LINK_NOTE) if n)
         rows.add(
             "finding_state",
             "CWE",
             f"{hl7_escape(lesion.finding_state)}^{state}^{LOCAL_SYSTEM}STATE",
             sub_id=sub_id,
-            note=lesion.state_reason,
+            note=note,
         )
         why = lesion.absent_reason
         rows.lesion_number("long_axis", lesion.long_axis_mm, "mm", sub_id, why)

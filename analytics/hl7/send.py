@@ -8,17 +8,23 @@ with its control id, the ACK code and the error (no patient data in it, nor in l
 A study whose last accepted message said the same (`study_result_digest`) is not sent
 again unless forced.
 
-A response is **final** (`response_is_final`) when nothing about it waits for a person:
-a radiologist reviewed (accepted or edited) every measurement it rests on (this study's
-and every earlier one's, rejected findings left out); no finding at the study is
-equivocal or not found; no equivocal new lesion awaits confirmation (a PD pending
-confirmation is not final); its category is not NE (RECIST 1.1, nor iRECIST when it
-applies); and it is not flagged for attention (a provisional link, a possible
-non-target progression a radiologist has not decided). Only final responses go out on
-their own, as F, or as C when a category was revised after being assessed: the moment
-one becomes final (`analytics.hl7.events` queues it when its responses are written), and
-on the scheduled catch-up (`hl7_results_send_due`) for any a send missed or failed.
-Preliminary ones go out only when asked for by hand (``push_hl7``), as P.
+A response is **final** by the one rule FHIR follows too
+(`analytics.lesions.finality`): nothing about it waits for a person. Final responses go
+out on their own, as F: the moment one becomes final (`analytics.hl7.events` queues it
+when its responses are written), and on the scheduled catch-up (`hl7_results_send_due`)
+for any a send missed or failed. Preliminary ones go out only when asked for by hand
+(``push_hl7``), as P.
+
+What the EHR holds decides corrections, not the assessment's own revision history
+(`EHRHolds`, read from the accepted `ResultMessage` rows of the study and the patient
+it was sent for): once the EHR accepted a final result for a study, anything RadTrack
+says differently afterwards goes on its own as a correction (C), whether or not it is
+final now (a result that is not final any more says so: pending review, and why), and
+a study RadTrack no longer has a response of for that patient (moved to another patient,
+removed, its findings all rejected) gets a withdrawal under the patient the result was
+sent for (`hl7_result_withdraw`; OBX-11 W). The first result the EHR gets for a study
+is never a correction, whatever its category went through before. Both the on-commit
+trigger and the catch-up find these (`hl7_results_due`).
 
 Values a lesion does not have at the study (not found, merged into another lesion,
 too small to measure, no volume when measured by hand) are sent as missing, with the
@@ -31,33 +37,49 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from analytics.hl7.message import (
+    CORRECTION_STATUS,
+    WITHDRAWN_STATUS,
     Ack,
     AckError,
     LesionResult,
+    ResultWithdrawal,
     StudyResult,
     ack_read,
     oru_r01_build,
+    oru_r01_withdrawal_build,
     study_result_digest,
+    withdrawal_digest,
 )
 from analytics.hl7.mllp import MLLPError, mllp_exchange
 from analytics.lesions.core.readings import TOO_SMALL_MM
+from analytics.lesions.finality import (
+    measurements_up_to,
+    response_is_final,
+    response_pending_reasons,
+)
 from analytics.models import ResponseAssessment
 from imaging.models import LesionMeasurement, Study
 from patients.ehr.identifiers import mrn_system
 from patients.models import Patient, ResultMessage
 
 __all__ = [
+    "EHRHolds",
+    "HL7Due",
     "HL7NotConfigured",
     "HL7SendOutcome",
+    "hl7_assessment_due",
     "hl7_configured",
     "hl7_final_responses_unsent",
+    "hl7_result_withdraw",
+    "hl7_results_due",
     "hl7_results_send_due",
     "hl7_study_send",
     "lesion_result",
@@ -66,11 +88,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-_REVIEWED = {LesionMeasurement.Review.ACCEPTED, LesionMeasurement.Review.EDITED}
 Status = LesionMeasurement.Status
 State = LesionMeasurement.FindingState
-#: Finding states at the study that keep its response from being final.
-_UNSETTLED = {State.EQUIVOCAL, State.NOT_FOUND}
+#: Result statuses (OBR-25) of a final result the EHR accepted.
+_FINAL_SENT = frozenset({"F", CORRECTION_STATUS})
 _FIELD_NAMES = {
     "recist_response": "RECIST 1.1",
     "volumetric_response": "volumetric",
@@ -93,6 +114,8 @@ class HL7SendOutcome:
 
     def line(self) -> str:
         text = f"study {self.study_instance_uid}: {self.status}"
+        if self.message is not None and self.message.result_status == WITHDRAWN_STATUS:
+            text += " (withdrawal)"
         if self.message is not None:
             text += f" (control id {self.message.control_id}"
             text += f", ACK {self.message.ack_code})" if self.message.ack_code else ")"
@@ -110,37 +133,6 @@ def patient_measurements(patient_id: int) -> list[LesionMeasurement]:
         .exclude(finding_state=State.REJECTED)
         .select_related("lesion", "study", "merged_into")
     )
-
-
-def _measurements_up_to(
-    assessment: ResponseAssessment, rows: list[LesionMeasurement]
-) -> list[LesionMeasurement]:
-    """Of ``rows``, those at this study and every earlier one (undated ones count: the
-    safe side), which the response rests on."""
-    day = assessment.study.study_date
-    return [
-        m
-        for m in rows
-        if m.study_id == assessment.study_id
-        or day is None
-        or m.study.study_date is None
-        or m.study.study_date <= day
-    ]
-
-
-def response_is_final(
-    *, assessment: ResponseAssessment, measurements: list[LesionMeasurement]
-) -> bool:
-    """Whether ``assessment`` is final (module docstring); ``measurements`` are those it
-    rests on (`patient_measurements`, up to its study)."""
-    a = assessment
-    if a.recist_response == "NE" or a.irecist_response == "NE":
-        return False
-    if a.pending_new_lesions or a.needs_attention:
-        return False
-    if any(m.study_id == a.study_id and m.finding_state in _UNSETTLED for m in measurements):
-        return False
-    return all(m.review_state in _REVIEWED for m in measurements)
 
 
 def _absent_reason(m: LesionMeasurement) -> str:
@@ -180,6 +172,7 @@ def lesion_result(m: LesionMeasurement) -> LesionResult:
         finding_state=m.finding_state,
         state_reason=m.state_reason,
         absent_reason=why,
+        link_provisional=m.link_provisional,
     )
 
 
@@ -195,6 +188,12 @@ def _revision_lines(assessment: ResponseAssessment) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def _patient_names(patient: Patient) -> tuple[str, str]:
+    """Family and given name of a DICOM PN (``Family^Given``)."""
+    parts = patient.name.split("^")
+    return (parts[0].strip() if parts else "", parts[1].strip() if len(parts) > 1 else "")
+
+
 def study_result_load(
     assessment: ResponseAssessment, *, measurements: list[LesionMeasurement] | None = None
 ) -> StudyResult:
@@ -203,15 +202,16 @@ def study_result_load(
     ``measurements``: the patient's (`patient_measurements`), when already loaded.
     """
     rows = patient_measurements(assessment.patient_id) if measurements is None else measurements
-    measurements = _measurements_up_to(assessment, rows)
+    measurements = measurements_up_to(assessment, rows)
+    pending = response_pending_reasons(assessment=assessment, measurements=measurements)
     patient: Patient = assessment.patient
-    parts = patient.name.split("^")
+    family, given = _patient_names(patient)
     targets = [m for m in measurements if m.study_id == assessment.study_id and m.is_target]
     return StudyResult(
         mrn=patient.patient_id,
         mrn_system=mrn_system(),
-        family_name=parts[0].strip() if parts else "",
-        given_name=parts[1].strip() if len(parts) > 1 else "",
+        family_name=family,
+        given_name=given,
         birth_date=patient.birth_date,
         sex=patient.sex,
         study_instance_uid=assessment.study.study_instance_uid,
@@ -227,11 +227,12 @@ def study_result_load(
         pct_change_baseline=assessment.pct_change_baseline,
         pct_change_nadir=assessment.pct_change_nadir,
         new_lesions=assessment.new_lesions,
-        final=response_is_final(assessment=assessment, measurements=measurements),
+        final=not pending,
         targets=tuple(lesion_result(m) for m in sorted(targets, key=lambda m: m.lesion.label)),
         irecist=assessment.irecist_response or "",
         progression_dated_from=assessment.progression_dated_from,
         revisions=_revision_lines(assessment),
+        pending=pending,
     )
 
 
@@ -281,10 +282,106 @@ def _exchange(text: str, control_id: str, row: ResultMessage, sleep) -> Ack | No
     return ack
 
 
+# --------------------------------------------------------------------------- what the EHR holds
+@dataclass(frozen=True)
+class EHRHolds:
+    """What the EHR accepted for one study of one patient: the latest accepted message's
+    content digest and result status (OBR-25, or W for a withdrawal), and whether a
+    final result (F, or a correction C) was accepted since the last withdrawal."""
+
+    digest: str
+    result_status: str
+    final: bool
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.result_status == WITHDRAWN_STATUS
+
+    def says(self, digest: str) -> bool:
+        """Whether the EHR holds a result saying exactly this (``digest``)."""
+        return not self.withdrawn and self.digest == digest
+
+
+def _ehr_holds(rows: Iterable[tuple[int, str, str, str]]) -> dict[tuple[int, str], EHRHolds]:
+    """``rows``: (patient pk, Study Instance UID, content digest, result status) of the
+    accepted messages, newest first; what the EHR holds per patient and study."""
+    history: dict[tuple[int, str], list[tuple[str, str]]] = {}
+    for patient_id, uid, digest, status in rows:
+        history.setdefault((patient_id, uid), []).append((digest, status))
+    out = {}
+    for key, messages in history.items():
+        final = False
+        for _, status in messages:
+            if status == WITHDRAWN_STATUS:
+                break
+            if status in _FINAL_SENT:
+                final = True
+                break
+        out[key] = EHRHolds(digest=messages[0][0], result_status=messages[0][1], final=final)
+    return out
+
+
+def _accepted(
+    *, patient_id: int | None = None, study_uids: set[str] | None = None
+) -> dict[tuple[int, str], EHRHolds]:
+    """What the EHR holds (`EHRHolds`) per (patient pk, Study Instance UID): of one
+    patient or all, of some studies or all."""
+    rows = ResultMessage.objects.filter(status=ResultMessage.Status.ACCEPTED)
+    if patient_id is not None:
+        rows = rows.filter(patient_id=patient_id)
+    if study_uids is not None:
+        rows = rows.filter(study_instance_uid__in=study_uids)
+    return _ehr_holds(
+        rows.order_by("-created_at", "-pk").values_list(
+            "patient_id", "study_instance_uid", "content_sha256", "result_status"
+        )
+    )
+
+
+def _send_status(*, result: StudyResult, digest: str, holds: EHRHolds | None) -> str | None:
+    """What ``result`` goes out as on its own: F (final, not yet accepted), C (the EHR
+    accepted a final result for the study and this one differs, final or not), or None
+    (the EHR holds the same, or it is preliminary and the EHR holds no final result)."""
+    if holds is not None and holds.says(digest):
+        return None
+    if holds is not None and holds.final:
+        return CORRECTION_STATUS
+    return "F" if result.final else None
+
+
+def _moved_away(assessment: ResponseAssessment) -> bool:
+    """The assessment's study is no longer its patient's (moved, not yet recomputed):
+    RadTrack does not stand by it for that patient."""
+    return assessment.study.patient_id != assessment.patient_id
+
+
+# --------------------------------------------------------------------------- sending
+def _deliver(text: str, row: ResultMessage, sleep, *, patient_id: int, uid: str) -> HL7SendOutcome:
+    """Send ``text`` until accepted, rejected or out of attempts, and save ``row``."""
+    ack = _exchange(text, row.control_id, row, sleep)
+    if ack is not None and ack.accepted:
+        row.status = ResultMessage.Status.ACCEPTED
+    elif ack is not None and ack.code in {"AE", "AR", "CE", "CR"}:
+        row.status = ResultMessage.Status.REJECTED
+        row.error = row.error or f"the EHR answered {ack.code} without a reason"
+    row.save()
+    logger.info(
+        "HL7 ORU^R01 (%s) of patient %d: %s after %d attempt(s)",
+        row.result_status,
+        patient_id,
+        row.status,
+        row.attempts,
+    )
+    status = {"accepted": "sent", "rejected": "rejected"}.get(row.status, "failed")
+    return HL7SendOutcome(uid, status, row)
+
+
 def hl7_study_send(
     *, assessment: ResponseAssessment, force: bool = False, sleep=time.sleep
 ) -> HL7SendOutcome:
-    """Send ``assessment``'s study as an ORU^R01 unless the EHR already accepted the same.
+    """Send ``assessment``'s study as an ORU^R01 unless the EHR already accepted the same:
+    F or P, or C when the EHR accepted a final result for the study before and this one
+    says something else (module docstring).
 
     Raises `HL7NotConfigured` without a destination.
     """
@@ -303,11 +400,14 @@ def _study_send_locked(
     result = study_result_load(assessment)
     digest = study_result_digest(result)
     uid = result.study_instance_uid
-    already = ResultMessage.objects.filter(
-        study_instance_uid=uid, status=ResultMessage.Status.ACCEPTED
-    ).first()
-    if already is not None and already.content_sha256 == digest and not force:
+    key = (assessment.patient_id, uid)
+    holds = _accepted(patient_id=assessment.patient_id, study_uids={uid}).get(key)
+    if holds is not None and holds.says(digest) and not force:
         return HL7SendOutcome(uid, "unchanged")
+    # A correction only of a final result the EHR accepted, and only when this differs.
+    result = replace(
+        result, correction=holds is not None and holds.final and not holds.says(digest)
+    )
     control_id = uuid.uuid4().hex[:20]
     text = oru_r01_build(
         result=result,
@@ -326,41 +426,98 @@ def _study_send_locked(
         destination=f"{host}:{port}"[:255],
         status=ResultMessage.Status.FAILED,
     )
-    ack = _exchange(text, control_id, row, sleep)
-    if ack is not None and ack.accepted:
-        row.status = ResultMessage.Status.ACCEPTED
-    elif ack is not None and ack.code in {"AE", "AR", "CE", "CR"}:
-        row.status = ResultMessage.Status.REJECTED
-        row.error = row.error or f"the EHR answered {ack.code} without a reason"
-    row.save()
-    logger.info(
-        "HL7 ORU^R01 of patient %d: %s after %d attempt(s)",
-        assessment.patient_id,
-        row.status,
-        row.attempts,
+    return _deliver(text, row, sleep, patient_id=assessment.patient_id, uid=uid)
+
+
+def _withdrawal_load(patient: Patient, uid: str, study: Study | None) -> ResultWithdrawal:
+    """The withdrawal of ``uid``'s result sent for ``patient``; ``study``: RadTrack's
+    study of that UID, if it still has one (its accession number names the order)."""
+    if study is None:
+        reason = "the study was removed from RadTrack"
+    elif study.patient_id != patient.pk:
+        reason = "the study is no longer filed under this patient: sent for the wrong patient"
+    else:
+        reason = "RadTrack no longer has a response assessment of this study"
+    family, given = _patient_names(patient)
+    return ResultWithdrawal(
+        mrn=patient.patient_id,
+        mrn_system=mrn_system(),
+        family_name=family,
+        given_name=given,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
+        study_instance_uid=uid,
+        accession_number=(study.accession_number or "") if study is not None else "",
+        study_date=study.study_date if study is not None else None,
+        reason=f"Result withdrawn: {reason}. RadTrack no longer stands by it.",
     )
-    status = {"accepted": "sent", "rejected": "rejected"}.get(row.status, "failed")
-    return HL7SendOutcome(uid, status, row)
 
 
-def _accepted_digests(study_uids: set[str]) -> dict[str, str]:
-    """The content digest of the latest message the EHR accepted, per Study Instance UID."""
-    latest: dict[str, str] = {}
-    accepted = (
-        ResultMessage.objects.filter(
-            study_instance_uid__in=study_uids, status=ResultMessage.Status.ACCEPTED
+def _response_exists(patient_id: int, uid: str) -> bool:
+    return ResponseAssessment.objects.filter(
+        patient_id=patient_id,
+        study__study_instance_uid=uid,
+        study__patient_id=patient_id,
+    ).exists()
+
+
+def hl7_result_withdraw(
+    *, patient_id: int, study_instance_uid: str, sleep=time.sleep
+) -> HL7SendOutcome:
+    """Withdraw the result the EHR accepted for ``study_instance_uid`` under the patient
+    with primary key ``patient_id``, when RadTrack has no response of that study for that
+    patient any more (module docstring): ``sent`` (the EHR accepted the withdrawal),
+    ``rejected`` or ``failed`` (the catch-up tries again), or ``unchanged`` (nothing to
+    withdraw: none held, already withdrawn, or the response is back).
+
+    Raises `HL7NotConfigured` without a destination.
+    """
+    host, port = _destination()
+    uid = study_instance_uid
+    with transaction.atomic():
+        # One withdrawal of a patient's result at a time (the event task and the catch-up).
+        patient = Patient.objects.select_for_update().filter(pk=patient_id).first()
+        holds = _accepted(patient_id=patient_id, study_uids={uid}).get((patient_id, uid))
+        if patient is None or holds is None or holds.withdrawn or _response_exists(patient_id, uid):
+            return HL7SendOutcome(uid, "unchanged")
+        study = Study.objects.filter(study_instance_uid=uid).first()
+        withdrawal = _withdrawal_load(patient, uid, study)
+        control_id = uuid.uuid4().hex[:20]
+        text = oru_r01_withdrawal_build(
+            withdrawal=withdrawal,
+            control_id=control_id,
+            sending_facility=settings.RADTRACK_HL7_SENDING_FACILITY,
+            receiving_application=settings.RADTRACK_HL7_RECEIVING_APPLICATION,
+            receiving_facility=settings.RADTRACK_HL7_RECEIVING_FACILITY,
+            at=timezone.now(),
         )
-        .order_by("-created_at", "-pk")
-        .values_list("study_instance_uid", "content_sha256")
-    )
-    for uid, digest in accepted:
-        latest.setdefault(uid, digest)
-    return latest
+        row = ResultMessage(
+            patient_id=patient_id,
+            study_instance_uid=uid,
+            control_id=control_id,
+            content_sha256=withdrawal_digest(withdrawal),
+            result_status=WITHDRAWN_STATUS,
+            destination=f"{host}:{port}"[:255],
+            status=ResultMessage.Status.FAILED,
+        )
+        return _deliver(text, row, sleep, patient_id=patient_id, uid=uid)
 
 
-def hl7_final_responses_unsent(*, patient_id: int | None = None) -> list[ResponseAssessment]:
-    """The final responses (of one patient, or all) whose content the EHR has not
-    accepted yet, by patient and study date: the patient's measurements are read once."""
+# --------------------------------------------------------------------------- what is due
+@dataclass
+class HL7Due:
+    """What goes to the EHR on its own: ``assessments`` to send (final and not yet
+    accepted, or a correction of a final result the EHR accepted), by patient and study
+    date; ``withdrawals``: (patient pk, Study Instance UID) of results the EHR accepted
+    that RadTrack has no response for any more."""
+
+    assessments: list[ResponseAssessment] = field(default_factory=list)
+    withdrawals: list[tuple[int, str]] = field(default_factory=list)
+
+
+def hl7_results_due(*, patient_id: int | None = None) -> HL7Due:
+    """What the EHR should be sent (`HL7Due`), of one patient or all, compared with what
+    it accepted; each patient's measurements are read once."""
     assessments = ResponseAssessment.objects.select_related("patient", "study").order_by(
         "patient_id", "study__study_date", "pk"
     )
@@ -368,25 +525,57 @@ def hl7_final_responses_unsent(*, patient_id: int | None = None) -> list[Respons
         assessments = assessments.filter(patient_id=patient_id)
     by_patient: dict[int, list[ResponseAssessment]] = {}
     for assessment in assessments:
-        by_patient.setdefault(assessment.patient_id, []).append(assessment)
-    due = []
+        if not _moved_away(assessment):
+            by_patient.setdefault(assessment.patient_id, []).append(assessment)
+    accepted = _accepted(patient_id=patient_id)
+    due = HL7Due()
+    current: set[tuple[int, str]] = set()
     for pk, mine in by_patient.items():
         rows = patient_measurements(pk)
-        accepted = _accepted_digests({a.study.study_instance_uid for a in mine})
         for assessment in mine:
             result = study_result_load(assessment, measurements=rows)
-            if result.final and accepted.get(result.study_instance_uid) != study_result_digest(
-                result
-            ):
-                due.append(assessment)
+            key = (pk, result.study_instance_uid)
+            current.add(key)
+            digest = study_result_digest(result)
+            if _send_status(result=result, digest=digest, holds=accepted.get(key)):
+                due.assessments.append(assessment)
+    due.withdrawals = sorted(
+        key for key, holds in accepted.items() if key not in current and not holds.withdrawn
+    )
     return due
 
 
+def hl7_final_responses_unsent(*, patient_id: int | None = None) -> list[ResponseAssessment]:
+    """The responses (of one patient, or all) to send on their own: final ones whose
+    content the EHR has not accepted yet, and corrections of a final result it accepted
+    (`hl7_results_due`, whose withdrawals this leaves out)."""
+    return hl7_results_due(patient_id=patient_id).assessments
+
+
+def hl7_assessment_due(assessment: ResponseAssessment) -> bool:
+    """Whether ``assessment`` goes to the EHR on its own now (final and not accepted
+    yet, or a correction; module docstring)."""
+    if _moved_away(assessment):
+        return False
+    result = study_result_load(assessment)
+    uid = result.study_instance_uid
+    holds = _accepted(patient_id=assessment.patient_id, study_uids={uid}).get(
+        (assessment.patient_id, uid)
+    )
+    return _send_status(result=result, digest=study_result_digest(result), holds=holds) is not None
+
+
 def hl7_results_send_due(*, sleep=time.sleep) -> list[HL7SendOutcome]:
-    """Send every final response whose content the EHR has not accepted yet (the
-    scheduled catch-up behind the sends queued when a response becomes final)."""
+    """The scheduled catch-up behind the sends queued on commit: withdraw each result the
+    EHR accepted that RadTrack no longer has a response for, then send every final
+    response the EHR has not accepted and every correction of one it has."""
+    due = hl7_results_due()
     outcomes = []
-    for assessment in hl7_final_responses_unsent():
+    for patient_id, uid in due.withdrawals:
+        outcome = hl7_result_withdraw(patient_id=patient_id, study_instance_uid=uid, sleep=sleep)
+        if outcome.status != "unchanged":
+            outcomes.append(outcome)
+    for assessment in due.assessments:
         outcome = hl7_study_send(assessment=assessment, sleep=sleep)
         if outcome.status != "unchanged":
             outcomes.append(outcome)

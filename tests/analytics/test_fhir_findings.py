@@ -172,7 +172,7 @@ def test_non_cr_non_pd_irecist_and_the_date_pd_is_dated_from(rows):
     assert dated["valueDate"] == "2024-03-01"
 
 
-def test_a_revised_category_is_amended_with_the_earlier_category(rows):
+def test_a_revised_category_carries_the_earlier_category(rows):
     rows.findings.not_found.delete()  # every remaining measurement reviewed
     rows.findings.rejected_followup.delete()
     revision = {
@@ -183,7 +183,9 @@ def test_a_revised_category_is_amended_with_the_earlier_category(rows):
         recist_response="PD", revisions=[revision]
     )
     report = _report(_resources(rows), rows.followup)
-    assert report["status"] == "amended"
+    # Final: "amended" is for a report the receiver already holds, which only the push
+    # knows (`fhir_push_plan`); the revision travels as an extension either way.
+    assert report["status"] == "final"
     (ext,) = [e for e in report["extension"] if e["url"] == RESPONSE_REVISION_EXTENSION]
     parts = {e["url"]: e.get("valueString") or e.get("valueDateTime") for e in ext["extension"]}
     assert parts == {
@@ -191,7 +193,7 @@ def test_a_revised_category_is_amended_with_the_earlier_category(rows):
         "reason": "a later study confirmed an equivocal new lesion",
         "at": "2024-05-02T10:00:00Z",  # the same instant, as the R4B model writes it
     }  # fmt: skip
-    # Unreviewed measurements: revised, but not signed off, so not "amended" (a final).
+    # Unreviewed measurements: revised, but not signed off.
     LesionMeasurement.objects.filter(pk=rows.at_followup.pk).update(review_state="pending")
     assert _report(_resources(rows), rows.followup)["status"] == "preliminary"
 

@@ -286,7 +286,7 @@ def hl7_unescape(text: str) -> str:
     return text.replace("\\.br\\", "\n").replace("\\F\\", "|").replace("\\S\\", "^")
 
 
-def test_irecist_the_date_pd_is_dated_from_and_a_revision_sent_as_a_correction(listen):
+def test_irecist_the_date_pd_is_dated_from_and_a_revised_first_result_is_final(listen):
     rows = rows_make()
     server = listen()
     ResponseAssessment.objects.filter(pk=rows.response.pk).update(
@@ -303,9 +303,10 @@ def test_irecist_the_date_pd_is_dated_from_and_a_revision_sent_as_a_correction(l
     assert obx["PDDATE"][2:6:3] == ["DT", "20240301"]
     assert "RECIST 1.1 SD -> PD" in obx["RESPREV"][5]
     assert "Liver 7" in obx["RESPNOTE"][5]
-    # Final (everything reviewed) and revised since: a correction.
-    assert seg["OBR"][0][25] == "C" and {o[11] for o in seg["OBX"]} == {"C"}
-    assert ResultMessage.objects.get().result_status == "C"
+    # Final (everything reviewed), and the EHR holds nothing for this study yet: its first
+    # result is final, revised or not (a correction is for a result the EHR holds).
+    assert seg["OBR"][0][25] == "F" and {o[11] for o in seg["OBX"]} == {"F"}
+    assert ResultMessage.objects.get().result_status == "F"
 
 
 @pytest.mark.parametrize(
