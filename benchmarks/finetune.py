@@ -54,6 +54,7 @@ from imaging.core.modelhub.validation_set import (  # noqa: E402
     size_band,
     truth_labels_renderer,
 )
+from imaging.core.segmentation.blobness import BlobSettings  # noqa: E402
 from imaging.core.segmentation.cysts import CystSettings  # noqa: E402
 from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.network import segmenter_from_network, segmenter_load  # noqa: E402
@@ -331,6 +332,7 @@ def _postprocess_key() -> str:
         "postprocess": asdict(PostprocessSettings()),
         "contrast": asdict(ContrastSettings()),
         "cysts": asdict(CystSettings()),
+        "tubular": asdict(BlobSettings()),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 

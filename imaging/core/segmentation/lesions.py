@@ -3,7 +3,9 @@
 `lesions_segment` runs the segmenter (`network.segment_volume`), the post-processing
 (`postprocess.postprocess_run`), the contrast filter on the study's own voxels
 (`postprocess.candidates_contrast_filter`), simple liver cysts told from lesions
-(`cysts.simple_cysts_filter`) and the measurements
+(`cysts.simple_cysts_filter`), lung candidates that are pieces of vessels or airway
+walls told from nodules by their shape (`blobness.tubular_candidates_filter`) and the
+measurements
 (`measure.lesions_measure`, each lesion with the edges of the scan it reaches).
 """
 
@@ -19,6 +21,7 @@ from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
+from imaging.core.segmentation.blobness import tubular_candidates_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
 from imaging.core.segmentation.network import VolumeSegmenter, segmenter_load
@@ -143,6 +146,9 @@ def lesions_segment(
     candidate_mask, candidates, cysts_record = simple_cysts_filter(
         study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study
     )
+    candidate_mask, candidates, tubular_record = tubular_candidates_filter(
+        image=output.image, candidate_mask=candidate_mask, candidates=candidates
+    )
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
     lesions = lesions_measure(
@@ -177,6 +183,7 @@ def lesions_segment(
             *post.records,
             contrast_record,
             cysts_record,
+            tubular_record,
             measure_record,
         ),
     )
