@@ -132,9 +132,10 @@ def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
 
     A lesion's first sighting after the response baseline is drawn as a triangle (new
     lesion), one a radiologist confirmed gone (or merged into another) as a cross at 0
-    ml; a study where it was not found (or too small to measure) leaves a gap in its line
-    (nothing was measured there), and measurements rejected as false positives are left
-    out. A point linked provisionally (no registration to the baseline) is hollow and
+    ml; a study where it was not found, too small to measure, or seen but with a size
+    not assessable (cut by the edge of what was imaged: its numbers only a lower bound)
+    leaves a gap in its line (no size was measured there), and measurements rejected as
+    false positives are left out. A point linked provisionally (no registration to the baseline) is hollow and
     joined to its neighbours by a dashed line of its own, named in the legend; the hover
     text says the link is provisional and what state the finding is in (equivocal...).
     Target lesions are named "(target)" in the legend.

@@ -25,6 +25,8 @@ from analytics.lesions.selectors import (
     best_response_of,
     irecist_of,
     response_rows,
+    size_not_assessable,
+    size_not_assessable_note,
 )
 from analytics.models import RiskScore
 from analytics.risk.selectors import current_model_version
@@ -90,8 +92,10 @@ class LesionPoint:
     """A lesion at one study, values in force (a radiologist's override wins).
 
     Sizes in ml and mm; a lesion confirmed gone or merged measures 0; one not found has
-    no sizes (NaN, shown as a dash), never 0. ``finding_state`` and ``state_reason``:
-    what the rules may count it for and why (`analytics.lesions.core.findings`).
+    no sizes (NaN, shown as a dash), never 0; nor has one seen but cut by the edge of
+    what was imaged (finding state ``not_assessable``), whose ``size_note`` says so in
+    their place. ``finding_state`` and ``state_reason``: what the rules may count it for
+    and why (`analytics.lesions.core.findings`).
     """
 
     measurement_pk: int
@@ -115,6 +119,9 @@ class LesionPoint:
     link_provisional: bool = False
     too_small: bool = False
     by_hand: bool = False
+    #: Shown instead of the sizes of a lesion seen whose size is not assessable ("seen,
+    #: size not assessable (reaches the edge of the scanned range)"); "" otherwise.
+    size_note: str = ""
 
     @property
     def is_rejected(self) -> bool:
@@ -146,8 +153,9 @@ class LesionTrack:
     @property
     def shown_points(self) -> tuple[LesionPoint, ...]:
         """What the charts draw: the measurements not rejected as false positives. A study
-        where the lesion was not found stays in, with no sizes (NaN), so that a chart
-        leaves a gap there rather than drawing a line through a study nothing measured."""
+        where the lesion was not found, or was seen but its size is not assessable, stays
+        in, with no sizes (NaN), so that a chart leaves a gap there rather than drawing a
+        line through a study nothing measured (or a cut size)."""
         return tuple(p for p in self.points if not p.is_rejected)
 
     @property
@@ -379,6 +387,7 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
                 link_provisional=m.link_provisional,
                 too_small=m.too_small,
                 by_hand=m.manual_finding_id is not None,
+                size_note=size_not_assessable_note(m),
             )
         )
     return tuple(
@@ -396,10 +405,11 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
 
 def _point_sizes(m: LesionMeasurement) -> tuple[float, float, float]:
     """(volume, longest, short axis) shown: 0 for a lesion gone or merged, nothing (NaN)
-    for one not found or too small to measure (which counts 5 mm, said beside it)."""
+    for one not found, too small to measure (which counts 5 mm, said beside it) or seen
+    but with a size not assessable (its cut numbers are not a size)."""
     if m.status in (LesionMeasurement.Status.RESOLVED, LesionMeasurement.Status.MERGED):
         return 0.0, 0.0, 0.0
-    if m.status == LesionMeasurement.Status.NOT_FOUND or m.too_small:
+    if m.status == LesionMeasurement.Status.NOT_FOUND or m.too_small or size_not_assessable(m):
         return math.nan, math.nan, math.nan
     return m.effective_volume_ml, m.effective_longest_diameter_mm, m.effective_short_axis_mm
 

@@ -17,7 +17,8 @@ IRECIST_SYSTEM = f"{FHIR_BASE}/CodeSystem/irecist-response"
 #: What a patient-level response Observation states (the best overall responses).
 RESPONSE_OBSERVATION_SYSTEM = f"{FHIR_BASE}/CodeSystem/response-observation"
 LESION_STATUS_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-status"
-#: A finding's state (confirmed, equivocal, not_found, rejected): what the rules count.
+#: A finding's state (confirmed, equivocal, not_found, rejected, not_assessable): what the
+#: rules count.
 FINDING_STATE_SYSTEM = f"{FHIR_BASE}/CodeSystem/finding-state"
 LESION_ROLE_SYSTEM = f"{FHIR_BASE}/CodeSystem/lesion-role"
 #: How a lesion at a study is linked to itself at earlier studies: ``provisional`` when

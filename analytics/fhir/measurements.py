@@ -11,6 +11,10 @@ stands for nothing (`member_values`):
 - ``not_found`` (expected and not seen): no values, ``dataAbsentReason`` unknown with
   the finding's state reason (RECIST 1.1: not seen is not gone until a radiologist
   says so);
+- seen, size not assessable (finding state ``not_assessable``: it reaches the edge of
+  what was imaged, so what was measured is only part of it): no values,
+  ``dataAbsentReason`` unknown (the lesion has a size, which this study cannot give)
+  with the finding's state reason; the cut numbers are never sent;
 - ``merged`` into another lesion (coalescence, RECIST 1.1 section 4.3.2): no values of
   its own (``dataAbsentReason`` not-applicable, "measured as part of" it); the group
   names the lesion it merged into (a component with its Tracking UID) and refers to
@@ -19,7 +23,7 @@ stands for nothing (`member_values`):
   (``dataAbsentReason`` unknown, saying RECIST 1.1 counts it 5 mm, section 4.3.2).
 
 Every group carries the row's tracking status and its finding state (confirmed,
-equivocal, not_found) with the reason. A row linked to its lesion only provisionally
+equivocal, not_found, not_assessable) with the reason. A row linked to its lesion only provisionally
 (placed by anatomical landmarks without a registration, `link_provisional`) is a
 proposal until a radiologist reviews the link, which accepting its values does not do:
 its group and members stay ``preliminary`` and the group says so in a component
@@ -75,6 +79,12 @@ _ABSENT_DISPLAY = {
     "not-applicable": "Not Applicable",
     "not-performed": "Not Performed",
 }
+#: Why a lesion seen but cut by the edge of what was imaged has no values, when its row
+#: gives no reason of its own.
+_NOT_ASSESSABLE_REASON = (
+    "seen, but it reaches the edge of what was imaged, so only part of it was imaged: its "
+    "size is not assessable at this study"
+)
 #: (id suffix, concept, UCUM unit) of each member, in order.
 MEMBERS = (
     ("-volume", VOLUME, "mL"),
@@ -128,7 +138,8 @@ def fhir_lesion_build(*, lesion: Lesion) -> dict:
 
 # --------------------------------------------------------------------------- values
 def _not_seen(m: LesionMeasurement) -> tuple[str, str] | None:
-    """Why a lesion not seen at the study has no values there (None: it has them)."""
+    """Why a lesion not seen at the study, or seen but with no size to read there, has no
+    values (None: it has them)."""
     if m.status == Status.MERGED:
         into = m.merged_into.label if m.merged_into_id and m.merged_into else "another lesion"
         return (
@@ -137,6 +148,10 @@ def _not_seen(m: LesionMeasurement) -> tuple[str, str] | None:
         )
     if m.status == Status.NOT_FOUND or m.finding_state == State.NOT_FOUND:
         return ("unknown", m.state_reason or "not found at this study, needs review")
+    if m.finding_state == State.NOT_ASSESSABLE:
+        # Seen, but cut by the edge of the scan: its size exists and is not known here
+        # (data-absent-reason "unknown"), and the cut numbers are only a lower bound.
+        return ("unknown", m.state_reason or _NOT_ASSESSABLE_REASON)
     return None
 
 

@@ -22,12 +22,13 @@
   volume (mL), percent change from baseline and nadir, new lesions (Y/N, HL7 table
   0136), and per target lesion (OBX-4 sub-id = its order) its Tracking Identifier
   (DCM 112039) and UID (DCM 112040), its finding state (confirmed, equivocal,
-  not_found; its NTE also says when the lesion's link to earlier studies is only
-  provisional), long axis (SCT 103339001, mm), short axis (SCT 103340004, mm) and volume
+  not_found, not_assessable; its NTE says why, and also when the lesion's link to
+  earlier studies is only provisional), long axis (SCT 103339001, mm), short axis (SCT 103340004, mm) and volume
   (SCT 118565006, mL). Units are UCUM (OBX-6).
 
 A value the lesion does not have at the study (not found, merged into another lesion,
-too small to measure, no volume because it was measured by hand) is never sent as a
+too small to measure, no volume because it was measured by hand, or seen but its size
+not assessable because it reaches the edge of what was imaged) is never sent as a
 number: its OBX has no value, OBX-11 X ("results cannot be obtained for this
 observation", HL7 table 0085), and an NTE after it says why. A lesion a radiologist
 confirmed gone measures 0.
@@ -88,6 +89,7 @@ FINDING_STATE_DISPLAY = {
     "confirmed": "Confirmed",
     "equivocal": "Equivocal, awaiting confirmation",
     "not_found": "Not found, needs review",
+    "not_assessable": "Seen, size not assessable",
 }
 #: HL7 table 0085: no value could be obtained for the observation.
 NO_RESULT_STATUS = "X"
@@ -139,7 +141,8 @@ class AckError(ValueError):
 class LesionResult:
     """A target lesion at the study: values in force (a resolved lesion measures 0);
     None where the lesion has no such value here, ``absent_reason`` says why.
-    ``finding_state``: confirmed, equivocal or not_found, ``state_reason`` why."""
+    ``finding_state``: confirmed, equivocal, not_found or not_assessable (seen, size not
+    assessable: no values), ``state_reason`` why."""
 
     tracking_id: str
     tracking_uid: str

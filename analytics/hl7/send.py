@@ -28,7 +28,8 @@ trigger and the catch-up find these (`hl7_results_due`).
 
 Values a lesion does not have at the study (not found, merged into another lesion,
 too small to measure, no volume when measured by hand) are sent as missing, with the
-reason, never as 0 (`lesion_result`); findings rejected by a radiologist, at that row or
+reason, never as 0 (`lesion_result`); so are those of a lesion seen whose size is not
+assessable (it reaches the edge of what was imaged: never its cut numbers); findings rejected by a radiologist, at that row or
 for the whole lesion, are not sent.
 """
 
@@ -142,6 +143,12 @@ def _absent_reason(m: LesionMeasurement) -> str:
         return f"merged into {into}: measured as part of it (RECIST 1.1 section 4.3.2)"
     if m.status == Status.NOT_FOUND or m.finding_state == State.NOT_FOUND:
         return m.state_reason or "not found at this study, needs review"
+    if m.finding_state == State.NOT_ASSESSABLE:
+        # Seen, but cut by the edge of what was imaged: its numbers are a lower bound.
+        return m.state_reason or (
+            "seen, but it reaches the edge of what was imaged, so only part of it was "
+            "imaged: its size is not assessable at this study"
+        )
     if m.too_small and m.status != Status.RESOLVED:
         return (
             f"present but too small to measure: RECIST 1.1 counts it {TOO_SMALL_MM:g} mm "

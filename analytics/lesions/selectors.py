@@ -142,8 +142,10 @@ def measurements_table(
     in the published columns then `MEASUREMENT_EXTRA_COLUMNS`.
 
     A lesion not seen at a study has a row there: ``not_found`` with empty sizes (never
-    0), ``merged`` or ``resolved`` (confirmed gone) with 0. One a radiologist says is too
-    small to measure reads 5 mm (RECIST 1.1 section 4.3.2) with no volume. Centroids are
+    0), ``merged`` or ``resolved`` (confirmed gone) with 0. One seen but cut by the edge
+    of what was imaged (finding state ``not_assessable``) has empty sizes too: what was
+    measured is only part of it. One a radiologist says is too small to measure reads
+    5 mm (RECIST 1.1 section 4.3.2) with no volume. Centroids are
     LPS mm in that study's own patient coordinates. Rows rejected as false positives
     (the row, or its whole lesion) are kept with their state unless
     ``include_rejected`` is false (the response assessment leaves them out).
@@ -163,9 +165,37 @@ def measurements_table(
     )
 
 
+def size_not_assessable(m: LesionMeasurement) -> bool:
+    """The lesion was seen at this study but reaches the edge of what was imaged, so its
+    stored numbers are only a lower bound and never a size (finding state
+    ``not_assessable``, `analytics.lesions.core.findings`)."""
+    return m.finding_state == LesionMeasurement.FindingState.NOT_ASSESSABLE
+
+
+#: What an edge of what was imaged (`LesionMeasurement.edges_reached`) is called on a page.
+_EDGE_NAMES = {
+    "scan_start": "the edge of the scanned range",
+    "scan_end": "the edge of the scanned range",
+    "field_of_view": "the edge of the field of view",
+    "padding": "the edge of the field of view",
+}
+
+
+def size_not_assessable_note(m: LesionMeasurement) -> str:
+    """What a page shows instead of the sizes of a lesion whose size is not assessable
+    (`size_not_assessable`): seen, and which edge it reaches; "" for any other row."""
+    if not size_not_assessable(m):
+        return ""
+    edges = [_EDGE_NAMES.get(str(e), "the edge of what was imaged") for e in m.edges_reached or ()]
+    reached = " and ".join(dict.fromkeys(edges)) or "the edge of what was imaged"
+    return f"seen, size not assessable (reaches {reached})"
+
+
 def _sizes(m: LesionMeasurement) -> tuple[float, float, float]:
-    """(volume ml, longest mm, short axis mm) as the export gives them."""
-    if m.status == LesionMeasurement.Status.NOT_FOUND:
+    """(volume ml, longest mm, short axis mm) as the export gives them: none for a lesion
+    not found, nor for one seen whose size is not assessable (its cut numbers are not a
+    size; ``finding_state`` and ``state_reason`` say why)."""
+    if m.status == LesionMeasurement.Status.NOT_FOUND or size_not_assessable(m):
         return math.nan, math.nan, math.nan
     if m.too_small:
         return math.nan, TOO_SMALL_MM, TOO_SMALL_MM

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from analytics.lesions.core.readings import TOO_SMALL_MM
+from analytics.lesions.selectors import size_not_assessable
 from analytics.models import ResponseAssessment
 from imaging.models import Lesion, LesionMeasurement
 
@@ -78,13 +79,27 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
     lesion_label = serializers.CharField(source="lesion.label", read_only=True)
     organ = serializers.CharField(source="lesion.organ", read_only=True)
     volume_ml = serializers.SerializerMethodField(
-        help_text="in force (override wins), ml; null when the lesion was not found"
+        help_text="in force (override wins), ml; null when the lesion was not found, or was "
+        "seen but its size is not assessable (finding_state not_assessable: it reaches the "
+        "edge of what was imaged, edges_reached)"
     )
     longest_diameter_mm = serializers.SerializerMethodField(
-        help_text="in force, mm; null when not found; 5 when too small to measure"
+        help_text="in force, mm; null when not found or not assessable; 5 when too small to measure"
     )
     short_axis_mm = serializers.SerializerMethodField(
-        help_text="in force, mm; null when not found; 5 when too small to measure"
+        help_text="in force, mm; null when not found or not assessable; 5 when too small to measure"
+    )
+    max_3d_diameter_mm = serializers.SerializerMethodField(
+        help_text="mm; null when not measured, or not assessable (only part imaged)"
+    )
+    sphericity = serializers.SerializerMethodField(
+        help_text="null when not measured, or not assessable (only part imaged)"
+    )
+    mean_hu = serializers.SerializerMethodField(
+        help_text="HU; null when not measured, or not assessable (only part imaged)"
+    )
+    sd_hu = serializers.SerializerMethodField(
+        help_text="HU; null when not measured, or not assessable (only part imaged)"
     )
     merged_into_uid = serializers.CharField(
         source="merged_into.tracking_uid", read_only=True, default=None, allow_null=True
@@ -92,13 +107,19 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
     measured_by_hand = serializers.SerializerMethodField()
     automated_volume_ml = serializers.SerializerMethodField(
         help_text="the segmenter's own, ml; null when it measured nothing for this lesion "
-        "here (not found, or merged into another)"
+        "here (not found, or merged into another) or only part of it (not assessable)"
     )
     automated_longest_diameter_mm = serializers.SerializerMethodField(
-        help_text="the segmenter's own, mm; null when not found or merged"
+        help_text="the segmenter's own, mm; null when not found, merged or not assessable"
     )
     automated_short_axis_mm = serializers.SerializerMethodField(
-        help_text="the segmenter's own, mm; null when not found or merged"
+        help_text="the segmenter's own, mm; null when not found, merged or not assessable"
+    )
+    edges_reached = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="the edges of what was imaged the lesion reaches here: scan_start, "
+        "scan_end, field_of_view, padding (then its size is not assessable)",
     )
 
     class Meta:
@@ -136,6 +157,7 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
             "finding_state",
             "state_reason",
             "link_provisional",
+            "edges_reached",
             "too_small",
             "merged_into_uid",
             "measured_by_hand",
@@ -144,7 +166,9 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def _in_force(self, m: LesionMeasurement, value: float | None) -> float | None:
-        if m.status == LesionMeasurement.Status.NOT_FOUND:
+        """None for a lesion not found, and for one seen whose size is not assessable
+        (its numbers are only a lower bound: `size_not_assessable`)."""
+        if m.status == LesionMeasurement.Status.NOT_FOUND or size_not_assessable(m):
             return None
         return value
 
@@ -157,11 +181,29 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
     def get_short_axis_mm(self, m: LesionMeasurement) -> float | None:
         return TOO_SMALL_MM if m.too_small else self._in_force(m, m.effective_short_axis_mm)
 
-    def _automated(self, m: LesionMeasurement, value: float) -> float | None:
-        """The segmenter's number; a row of a lesion not seen here stores 0 for nothing."""
+    def _automated(self, m: LesionMeasurement, value: float | None) -> float | None:
+        """The segmenter's number; a row of a lesion not seen here stores 0 for nothing,
+        and one cut by the edge of what was imaged only the imaged part's."""
         if m.status in (LesionMeasurement.Status.NOT_FOUND, LesionMeasurement.Status.MERGED):
             return None
-        return value
+        return self._imaged(m, value)
+
+    def _imaged(self, m: LesionMeasurement, value: float | None) -> float | None:
+        """A number computed over the lesion's voxels: None where only part of it was
+        imaged (its shape and HU are then the imaged part's, not the lesion's)."""
+        return None if size_not_assessable(m) else value
+
+    def get_max_3d_diameter_mm(self, m: LesionMeasurement) -> float | None:
+        return self._imaged(m, m.max_3d_diameter_mm)
+
+    def get_sphericity(self, m: LesionMeasurement) -> float | None:
+        return self._imaged(m, m.sphericity)
+
+    def get_mean_hu(self, m: LesionMeasurement) -> float | None:
+        return self._imaged(m, m.mean_hu)
+
+    def get_sd_hu(self, m: LesionMeasurement) -> float | None:
+        return self._imaged(m, m.sd_hu)
 
     def get_automated_volume_ml(self, m: LesionMeasurement) -> float | None:
         return self._automated(m, m.volume_ml)

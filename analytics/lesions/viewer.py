@@ -20,7 +20,11 @@ import numpy as np
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from analytics.lesions.selectors import ReviewHistoryRow, review_history
+from analytics.lesions.selectors import (
+    ReviewHistoryRow,
+    review_history,
+    size_not_assessable_note,
+)
 from analytics.models import ResponseAssessment
 from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
 from imaging.core.registration.transforms import SpatialTransform, volume_warp
@@ -96,6 +100,12 @@ class LesionRow:
 
     measurement: LesionMeasurement
     jump_ras_mm: tuple[float, float, float] | None
+
+    @property
+    def size_note(self) -> str:
+        """Shown instead of the sizes of a lesion seen but cut by the edge of what was
+        imaged, whose numbers are only a lower bound; "" when its sizes are shown."""
+        return size_not_assessable_note(self.measurement)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,12 @@ def _studies_load(within: QuerySet) -> pd.DataFrame:
 #: Read beside `MEASUREMENT_COLUMNS` to place the values (`_measurement_sizes`), then dropped.
 _STATE_COLUMNS = ("finding_state", "too_small")
 _SIZES = ["volume_ml", "longest_diameter_mm", "short_axis_mm"]
+#: Finding states whose sizes are not known: not found, and seen but cut by the edge of
+#: what was imaged (its numbers only a lower bound), which the features read alike.
+_SIZE_UNKNOWN_STATES = [
+    LesionMeasurement.FindingState.NOT_FOUND,
+    LesionMeasurement.FindingState.NOT_ASSESSABLE,
+]
 
 
 def _measurements_load(within: QuerySet) -> pd.DataFrame:
@@ -188,14 +194,16 @@ def _measurements_load(within: QuerySet) -> pd.DataFrame:
 
 def _measurement_sizes(measurements: pd.DataFrame) -> pd.DataFrame:
     """Sizes as the features read them: 0 where the lesion is gone or part of another,
-    NaN where they are not known, 5 mm without a volume where it is too small to measure."""
+    NaN where they are not known (not found, or seen but cut by the edge of what was
+    imaged, whose numbers are only a lower bound: read as not found), 5 mm without a
+    volume where it is too small to measure."""
     measurements = measurements.astype({name: float for name in _SIZES})
     if measurements.empty:
         return measurements
     status = measurements["status"]
     gone = status.isin([LesionMeasurement.Status.RESOLVED, LesionMeasurement.Status.MERGED])
-    not_found = (status == LesionMeasurement.Status.NOT_FOUND) | (
-        measurements["finding_state"] == LesionMeasurement.FindingState.NOT_FOUND
+    not_found = (status == LesionMeasurement.Status.NOT_FOUND) | measurements["finding_state"].isin(
+        _SIZE_UNKNOWN_STATES
     )
     small = measurements["too_small"].astype(bool) & ~gone & ~not_found
     measurements.loc[gone, _SIZES] = 0.0

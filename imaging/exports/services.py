@@ -17,6 +17,8 @@ volume and the value in force, each with its method (`imaging.core.dicom.seg_sr`
 A value a lesion does not have at the study is left out of the SR with the finding's
 state said instead, never written as 0 (`_lesion_values`): a lesion not found there,
 merged into another, too small to measure, or measured by hand without a volume; a
+lesion seen but cut by the edge of what was imaged (finding state ``not_assessable``)
+keeps its segment and reports no measurement, its numbers being only lower bounds; a
 lesion a radiologist confirmed gone measures 0. A lesion whose link to the earlier
 studies is still a proposal (``link_provisional``, as the CSV export has it) says so.
 
@@ -160,11 +162,16 @@ def _headers(series: Series) -> list[pydicom.Dataset]:
 
 def _lesion_values(m: LesionMeasurement) -> tuple[Sizes, str]:
     """(volume ml, long axis mm, short axis mm) the lesion has at the study, None for
-    those it has not, and its state for the SR ("" when it reads as measured)."""
+    those it has not (or cannot be read: seen but cut by the edge of what was imaged),
+    and its state for the SR ("" when it reads as measured)."""
     if m.status == Status.MERGED:
         return (None, None, None), "merged"
     if m.status == Status.NOT_FOUND or m.finding_state == State.NOT_FOUND:
         return (None, None, None), "not_found"
+    if m.finding_state == State.NOT_ASSESSABLE:
+        # Seen (its segment stays), but cut by the edge of what was imaged: every number
+        # is only a lower bound, so none is reported.
+        return (None, None, None), "not_assessable"
     if m.status == Status.RESOLVED:
         return (0.0, 0.0, 0.0), ""
     if m.too_small:

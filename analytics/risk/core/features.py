@@ -310,8 +310,9 @@ class ImagingFeatures(_OneRow):
     ``measurements`` has the ``export_measurements`` columns this block needs:
     ``patient_id, study_date, lesion_uid, organ, volume_ml`` and, optionally,
     ``longest_diameter_mm``. A lesion confirmed gone or merged into another has volume
-    (and diameter) 0; a volume not known is NaN (not found: no diameter either; measured
-    by hand or too small to measure: a diameter). ``responses`` (optional) has
+    (and diameter) 0; a volume not known is NaN (not found, or seen but cut by the edge
+    of what was imaged, whose numbers are only a lower bound: no diameter either;
+    measured by hand or too small to measure: a diameter). ``responses`` (optional) has
     ``patient_id, study_date, recist_response``.
 
     - ``total_burden_ml``: sum of lesion volumes at the last study; NaN when one of

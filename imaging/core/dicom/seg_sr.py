@@ -20,8 +20,12 @@ A measurement the lesion does not have at the study is absent, never a 0: TID 15
 TID 1411 make every measurement row optional. A lesion not found (expected, not seen),
 merged into another lesion, or present but too small to measure has a group with no
 measurement at all, and a Qualitative Evaluation (`FINDING_STATE`, RadTrack's private
-codes) saying which; a lesion measured by hand without a volume has its diameters and no
-volume; an equivocal new finding keeps its values and says it is equivocal. A lesion
+codes) saying which; so has a lesion seen but cut by the edge of what was imaged (the
+first or last slice, or the field of view: its size not assessable), whose group still
+references its segment (where it was seen) but reports no volume, not even the
+segment's own, nor axes, since each is only a lower bound. A lesion measured by hand
+without a volume has its diameters and no volume; an equivocal new finding keeps its
+values and says it is equivocal. A lesion
 whose link to the earlier studies is provisional (proposed without a registration, by
 anatomical landmarks, and not yet confirmed by a radiologist) says so in a Qualitative
 Evaluation of its own (`TRACKING_LINK`), beside any state, so that a reader does not
@@ -127,7 +131,14 @@ FINDING_STATES = {
     "too_small": hd.sr.CodedConcept(
         value="TOOSMALL", scheme_designator="99RADTRACK", meaning="Present, too small to measure"
     ),
+    "not_assessable": hd.sr.CodedConcept(
+        value="NOTASSESS", scheme_designator="99RADTRACK", meaning="Seen, size not assessable"
+    ),
 }
+#: States whose lesion has no measurement at all, not even its segment's voxel volume:
+#: a lesion cut by the edge of what was imaged has a segment (where it was seen) whose
+#: every number is only a lower bound.
+SIZE_NOT_ASSESSABLE_STATES = frozenset({"not_assessable"})
 #: The Qualitative Evaluation saying that a lesion's link to its earlier studies is
 #: provisional (`ExportedLesion.link_provisional`), and its value.
 TRACKING_LINK = hd.sr.CodedConcept(
@@ -155,7 +166,9 @@ class ExportedLesion:
     None without them. A value the lesion does not have here is None (not found,
     merged, too small to measure, no volume when measured by hand): it is left out of
     the SR, never written as 0. ``state``: "" for a lesion measured as it reads, else a
-    key of `FINDING_STATES` (equivocal, not_found, merged, too_small), said in the SR.
+    key of `FINDING_STATES` (equivocal, not_found, merged, too_small, not_assessable),
+    said in the SR; a ``not_assessable`` lesion reports no measurement, its segment's
+    voxel volume included (`SIZE_NOT_ASSESSABLE_STATES`).
     ``algorithm_type`` is how its segment was drawn (`ALGORITHM_TYPES`): by the model
     (AUTOMATIC), grown from a radiologist's click (SEMIAUTOMATIC), or edited by hand
     (MANUAL). ``link_provisional``: its link to the earlier studies was proposed without
@@ -401,7 +414,9 @@ def _measurements(
 ) -> list:
     """Volume(s), long and short axis, those the lesion has. With the segment referenced,
     the mask's own volume comes first; the value in force always says its method
-    (module docstring)."""
+    (module docstring). None for a lesion whose size is not assessable."""
+    if lesion.state in SIZE_NOT_ASSESSABLE_STATES:
+        return []
     volumes = []
     if with_mask and lesion.mask_volume_ml is not None:
         volumes.append(
@@ -510,7 +525,11 @@ def _measurement_group(
         if segmentation is not None and lesion.component_label is not None
         else []
     )
-    if segment_numbers and lesion.mask_volume_ml is None:
+    if (
+        segment_numbers
+        and lesion.mask_volume_ml is None
+        and lesion.state not in SIZE_NOT_ASSESSABLE_STATES
+    ):
         raise DicomExportError(
             f"lesion {lesion.tracking_id!r} references a segment but its mask volume is not "
             "given (segment_volumes_ml): the SR would report no volume of the SEG it cites"
