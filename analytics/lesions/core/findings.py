@@ -63,6 +63,7 @@ __all__ = [
     "NODE_NORMAL_BELOW_MM",
     "FindingState",
     "Sighting",
+    "cut_state",
     "finding_states",
     "identity_rejection",
     "low_confidence",
@@ -252,7 +253,7 @@ def finding_states(*, sightings: Sequence[Sighting]) -> dict[tuple[str, int], Fi
             out.update(_reappearance_states(group))
         for s in group:
             if s.found and s.edges_reached:
-                out[(uid, s.study_index)] = _cut_state(s, out[(uid, s.study_index)])
+                out[(uid, s.study_index)] = cut_state(s, out[(uid, s.study_index)])
     return out
 
 
@@ -262,10 +263,11 @@ def size_measured_by_radiologist(sighting: Sighting) -> bool:
     return sighting.by_hand or sighting.too_small or sighting.review_state == "edited"
 
 
-def _cut_state(s: Sighting, state: FindingState) -> FindingState:
+def cut_state(s: Sighting, state: FindingState) -> FindingState:
     """The state of a finding that reaches the edge of what was imaged (module
-    docstring): ``not_assessable`` where it would be confirmed as a lesion; an equivocal
-    (or normal-sized node's) state is kept, with the edge said in its reason."""
+    docstring), from ``state``, the one it would have whole: ``not_assessable`` where it
+    would be confirmed as a lesion; an equivocal (or normal-sized node's) state is kept,
+    with the edge said in its reason."""
     if size_measured_by_radiologist(s):
         return state
     edges = list(dict.fromkeys(EDGE_WORDS.get(e, e) for e in s.edges_reached))

@@ -5,11 +5,17 @@ and every row's finding state (`analytics.lesions.core.findings`) with its reaso
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from analytics.lesions.core.findings import Sighting, finding_states
+from analytics.lesions.core.findings import (
+    Sighting,
+    cut_state,
+    finding_states,
+    size_measured_by_radiologist,
+)
 from analytics.lesions.core.identities import TrackedLesion
 from analytics.lesions.core.landmarks import point_inside_volume
 from analytics.lesions.tracking.chain import Chain, StudyInput
@@ -206,8 +212,13 @@ def finding_states_mark(*, rows: list[LesionMeasurement], chain: Chain) -> None:
     Studies of one date are one time point (`analytics.lesions.core.timepoints`): a
     lesion first seen in the second study of the baseline's date (an abdomen CT the day
     of the chest CT) is a baseline lesion, not a new one, and a second sighting the same
-    day does not confirm a new lesion. Of a lesion's rows at one time point, the one
-    that saw it speaks for the time point."""
+    day does not confirm a new lesion. Of a lesion's rows at one time point, one that
+    saw it speaks for the time point (`_speaks_first`: as `time_point_reading` chooses,
+    one whose size can be read before one that reaches the edge of what was imaged,
+    then the larger). Each row that saw the lesion keeps its own word on its edges: the
+    chest CT's reading cut by its last slice is ``not_assessable`` while the abdomen
+    CT's whole reading that day keeps its state and size, so the lesion can be a
+    target; a row that did not see it takes the state of the one that speaks."""
     # in chain order (by date); an undated study is a time point of its own
     point: dict[object, int] = {}
     for entry, _ in chain:
@@ -218,13 +229,29 @@ def finding_states_mark(*, rows: list[LesionMeasurement], chain: Chain) -> None:
     speaks: dict[tuple[str, int], Sighting] = {}
     for s in sightings.values():
         key = (s.lesion_uid, s.study_index)
-        if key not in speaks or (s.found and not speaks[key].found):
+        if key not in speaks or _speaks_first(s) > _speaks_first(speaks[key]):
             speaks[key] = s
-    states = finding_states(sightings=list(speaks.values()))
+    # The states as if whole; the edges each row reached are said row by row below.
+    whole = finding_states(sightings=[replace(s, edges_reached=()) for s in speaks.values()])
     for row in rows:
         s = sightings[id(row)]
-        state = states[(s.lesion_uid, s.study_index)]
+        key = (s.lesion_uid, s.study_index)
+        teller = s if s.found else speaks[key]
+        state = whole[key]
+        if teller.found and teller.edges_reached:
+            state = cut_state(teller, state)
         row.finding_state, row.state_reason = state.state, state.reason
+
+
+def _speaks_first(s: Sighting) -> tuple[bool, bool, float]:
+    """How a row's sighting ranks to speak for its lesion at its time point (max wins;
+    the first of equals): found, then its size readable (whole, or measured by a
+    radiologist), then its size (a node's short axis, another lesion's longest
+    diameter; unknown last), as `analytics.lesions.core.timepoints.time_point_reading`
+    ranks readings."""
+    size = s.short_axis_mm if s.is_node else s.longest_diameter_mm
+    readable = not s.edges_reached or size_measured_by_radiologist(s)
+    return s.found, readable, -math.inf if math.isnan(size) else size
 
 
 def _point_key(study: Study) -> object:

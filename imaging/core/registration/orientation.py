@@ -33,7 +33,7 @@ mirror (odd number of flipped axes) leaves a left-handed direction matrix, as it
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -216,7 +216,9 @@ def volume_flip_header(
     """Mirror the volume's geometry along LPS axes where ``flips`` is -1, about ``centre_lps_mm``.
 
     The array is untouched; ``direction`` and ``origin`` change so each voxel moves to its
-    mirror position (default centre: the volume's centre). Its own inverse.
+    mirror position (default centre: the volume's centre). Everything else the volume
+    carries goes with it as it is (its kind, and its ``padding``, which is indexed like
+    the untouched array). Its own inverse.
     """
     mirror = np.diag(np.asarray(flips, dtype=float))
     if not np.allclose(np.abs(np.diag(mirror)), 1.0):
@@ -224,13 +226,10 @@ def volume_flip_header(
     if centre_lps_mm is None:
         centre_lps_mm = volume.index_to_lps((np.asarray(volume.shape_ijk) - 1) / 2.0)
     centre = np.asarray(centre_lps_mm, dtype=float)
-    return Volume(
-        array=volume.array,
-        spacing_mm=volume.spacing_mm,
+    return replace(
+        volume,
         origin_mm=tuple(centre + mirror @ (np.asarray(volume.origin_mm) - centre)),
         direction=mirror @ volume.direction,
-        frame_of_reference_uid=volume.frame_of_reference_uid,
-        kind=volume.kind,
     )
 
 

@@ -22,7 +22,9 @@ learning, every parameter recorded (`ClickSettings`):
    the click; the edge of the scan) or holds more than ``max_volume_ml`` has leaked into
    a neighbour of the same CT number (a vessel, the chest wall, another organ). It is
    cut at its narrowest necks (an opening by reconstruction of growing radius, up to
-   ``max_cut_mm``); one that still leaks is refused (`ClickRefused`), as is a click
+   ``max_cut_mm``). One that no cut frees from the edge of the scan alone is the lesion
+   itself, going on beyond what was imaged: kept, and measured as cut there (step 5).
+   One that still leaks otherwise is refused (`ClickRefused`), as is a click
    with less than ``min_contrast_hu`` between L and B, or less than ``min_snr`` noise
    SDs at every smoothing (nothing stands out there). A drawn box bounds the region
    instead: the region is clipped to it. Holes are filled and one-voxel spurs that
@@ -30,7 +32,10 @@ learning, every parameter recorded (`ClickSettings`):
 5. Measured like every lesion (`measure.lesions_measure`): each voxel's partial-volume
    fraction (HU - B) / (L - B), clipped to 0..1 near the region, is the map whose
    isosurface gives the diameters; the study's own voxels give the partial-volume
-   volume and the HU statistics.
+   volume and the HU statistics (never its padded voxels, `Volume.padding`); the edges
+   of the whole study as scanned that the lesion reaches (`measure.lesion_edges`: a
+   padded voxel beside it, its first or last slice, the in-plane edge) are recorded
+   with it, so a lesion cut there is read as seen, its size not assessable.
 
 The organ comes from the tissue around the lesion: lung when it is air (B below
 ``lung_below_hu``), liver when B is in the liver's range ``liver_hu``, else "other";
@@ -130,8 +135,9 @@ class ClickSegmentation:
 @dataclass(frozen=True, eq=False)
 class Around:
     """The study around a click: its HU (float32), each voxel's distance (mm) from
-    the click, the voxels a region may hold (``allowed``) and the ones it may not reach
-    (``edge``: the limit of the search, or of the scan)."""
+    the click, the voxels a region may hold (``allowed``), the ones it may not reach
+    (``edge``: the limit of the search) and those on the scan's own edge
+    (``scan_edge``: a region there has leaked unless no cut frees it, module docs)."""
 
     study: Volume
     hu: np.ndarray
@@ -140,6 +146,7 @@ class Around:
     allowed: np.ndarray
     edge: np.ndarray
     spacing_kji: np.ndarray
+    scan_edge: np.ndarray
 
 
 def _index_box(study: Volume, corners_lps: np.ndarray, margin_vox: np.ndarray) -> tuple[slice, ...]:
@@ -157,6 +164,7 @@ def _cube(centre: np.ndarray, half_mm: float) -> np.ndarray:
 
 
 def _sub_volume(study: Volume, box: tuple[slice, ...]) -> Volume:
+    """The box of ``study`` ([k, j, i] slices), its padding with it."""
     start = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
     return Volume(
         array=study.array[box],
@@ -165,6 +173,7 @@ def _sub_volume(study: Volume, box: tuple[slice, ...]) -> Volume:
         direction=study.direction,
         frame_of_reference_uid=study.frame_of_reference_uid,
         kind=study.kind,
+        padding=study.padding[box] if study.padding is not None else None,
     )
 
 
@@ -204,13 +213,14 @@ def around_click(
     seed_kji = (k0, j0, i0)
     allowed[seed_kji] = True
     if box_lps_mm is None:
-        edge = allowed & ~ndimage.binary_erosion(allowed, FACES, border_value=0)
+        # The search's limit inside the box: the box reaches past it (``margin``) except
+        # where it stops at the scan's own edge (``scan_edge``).
+        edge = allowed & ~ndimage.binary_erosion(allowed, FACES, border_value=1)
     else:
-        # A drawn box bounds the region; only the scan's own edge means a leak.
-        inner = np.zeros_like(allowed)
-        inner[1:-1, 1:-1, 1:-1] = True
-        edge = allowed & ~inner & _scan_border(box, study)
-    return Around(sub, hu, seed_kji, distance, allowed, edge, spacing_kji)
+        # A drawn box bounds the region (clipped to it); only the scan's edge may leak.
+        edge = np.zeros_like(allowed)
+    scan_edge = allowed & _scan_border(box, study)
+    return Around(sub, hu, seed_kji, distance, allowed, edge, spacing_kji, scan_edge)
 
 
 def _scan_border(box: tuple[slice, ...], study: Volume) -> np.ndarray:
@@ -242,16 +252,26 @@ def _seed_component(side: np.ndarray, around: Around, near_mm: float) -> np.ndar
 
 
 def _leaks(region: np.ndarray, around: Around, max_voxels: int) -> bool:
+    """Past the search's limit or too large: leaked, whatever else."""
     return bool((region & around.edge).any()) or int(region.sum()) > max_voxels
+
+
+def _free(region: np.ndarray, around: Around, max_voxels: int) -> bool:
+    """Neither leaked nor on the scan's edge."""
+    return not _leaks(region, around, max_voxels) and not (region & around.scan_edge).any()
 
 
 def _cut(
     region: np.ndarray, around: Around, settings: ClickSettings, max_voxels: int
 ) -> tuple[np.ndarray, float]:
-    """The region cut free of what it leaked into: (region, cut radius mm); raises
-    `ClickRefused` when no cut up to ``max_cut_mm`` frees it."""
-    if not _leaks(region, around, max_voxels):
+    """The region cut free of what it leaked into: (region, cut radius mm). A region on
+    the scan's edge that no cut frees from it is kept as cut by the scan (the smallest
+    cut that frees it of any other leak). Raises `ClickRefused` when no cut up to
+    ``max_cut_mm`` frees it of a leak."""
+    if _free(region, around, max_voxels):
         return region, 0.0
+    # (cut by the scan: the region itself, or the first cut that frees it of leaks)
+    cut_by_scan = None if _leaks(region, around, max_voxels) else (region, 0.0)
     # Depth inside the region: a box one voxel wider than it holds every distance.
     depth = np.zeros(region.shape, dtype=np.float64)
     box = _box_around(region, 0.0, around.spacing_kji)
@@ -269,9 +289,13 @@ def _cut(
         )
         opened = grown & region
         opened = _seed_component(opened, around, radius + 2 * step)
-        if opened.any() and not _leaks(opened, around, max_voxels):
+        if opened.any() and _free(opened, around, max_voxels):
             return opened, radius
+        if cut_by_scan is None and opened.any() and not _leaks(opened, around, max_voxels):
+            cut_by_scan = (opened, radius)
         radius += step
+    if cut_by_scan is not None:
+        return cut_by_scan
     if region.sum() > 0.5 * around.allowed.sum():
         raise ClickRefused(
             "seed_lps_mm: nothing stands out at the click: what it is on fills the search "
@@ -442,10 +466,19 @@ def _candidate(mask: np.ndarray, organ: str, voxel_ml: float) -> LesionCandidate
 
 
 def region_measure(
-    *, study: Volume, mask: np.ndarray, fraction: np.ndarray, organ: str
+    *,
+    study: Volume,
+    mask: np.ndarray,
+    fraction: np.ndarray,
+    organ: str,
+    scanned: Volume | None = None,
 ) -> LesionMeasurement:
     """Measure the lesion ``mask`` (bool, ``study``'s grid) with ``fraction`` (0..1, the
-    same grid) as its map, as `measure.lesions_measure` measures every lesion."""
+    same grid) as its map, as `measure.lesions_measure` measures every lesion.
+
+    ``scanned``: the whole study as scanned, with its ``padding``, whose edges the lesion
+    may reach (``edges_reached``, `measure.lesion_edges`): pass it when ``study`` is a
+    box of it, whose faces are not all the scan's; None takes ``study`` for it."""
     if not mask.any():
         raise ClickRefused("mask: it holds no voxel")
     measured = lesions_measure(
@@ -453,6 +486,7 @@ def region_measure(
         candidate_mask=study.with_array(mask.astype(np.uint8), kind="label"),
         candidates=[_candidate(mask, organ, study.voxel_volume_ml)],
         study=study,
+        scanned=scanned if scanned is not None else study,
     )
     if not measured:
         raise ClickRefused("mask: the lesion could not be measured (no voxel reaches its edge)")
@@ -508,12 +542,16 @@ def click_segment(
     box_lps_mm: Any = None,
     organ: str | None = None,
     settings: ClickSettings | None = None,
+    scanned: Volume | None = None,
 ) -> ClickSegmentation:
     """The lesion at ``seed_lps_mm`` (LPS mm, the study's own frame) on ``study`` (HU,
     any box of the study that holds the click and ``reach_mm`` around it), segmented
     and measured (module docs). ``box_lps_mm`` (two corners) bounds it instead of
-    ``reach_mm``; ``organ`` overrides the one read from the surroundings. Raises
-    `ClickRefused` with the reason when nothing can be segmented there."""
+    ``reach_mm``; ``organ`` overrides the one read from the surroundings. ``scanned``:
+    the whole study as scanned (its grid and ``padding``) when ``study`` is a box read
+    from it, whose edges the lesion may reach (`region_measure`); None when ``study`` is
+    the whole study. Raises `ClickRefused` with the reason when nothing can be segmented
+    there."""
     settings = settings or ClickSettings()
     started = time.perf_counter()
     seed = as_point(seed_lps_mm, "seed_lps_mm")
@@ -524,8 +562,13 @@ def click_segment(
     grown = _grow(around, settings)
     chosen = organ or organ_from_surroundings(grown.background_hu, settings)
     fraction = _fraction(grown, around)
+    # measured on the box around the click; its edges judged on the whole study
     measurement = region_measure(
-        study=around.study, mask=grown.region, fraction=fraction, organ=chosen
+        study=around.study,
+        mask=grown.region,
+        fraction=fraction,
+        organ=chosen,
+        scanned=scanned if scanned is not None else study,
     )
     look = LesionLook(
         brighter=grown.brighter,

@@ -91,11 +91,13 @@ def lesion_search(
     centre_lps_mm: Any,
     look: LesionLook,
     settings: ClickSettings | None = None,
+    scanned: Volume | None = None,
 ) -> SearchOutcome:
     """The lesion described by ``look`` near ``centre_lps_mm`` (LPS mm, ``study``'s own
     frame: a click mapped from another study), segmented as `click_segment` does
     (module docs), or why it was not found. ``study`` must hold ``search_mm`` plus
-    ``reach_mm`` around the centre."""
+    ``reach_mm`` around the centre; ``scanned``: the whole study when ``study`` is a box
+    read from it (`click_segment`)."""
     settings = settings or ClickSettings()
     centre = as_point(centre_lps_mm, "centre_lps_mm")
     try:
@@ -110,7 +112,7 @@ def lesion_search(
     reasons = []
     for tried, seed in enumerate(seeds[: settings.search_tries], start=1):
         try:
-            found = click_segment(study=study, seed_lps_mm=seed, settings=settings)
+            found = click_segment(study=study, seed_lps_mm=seed, settings=settings, scanned=scanned)
         except ClickRefused as refused:
             reasons.append(str(refused).removeprefix("seed_lps_mm: "))
             continue
