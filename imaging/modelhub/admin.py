@@ -4,7 +4,9 @@ Versions, reports and events are read-only here: a version's files, status and r
 change only through the registry's services (register, validate, promote, roll back),
 which check the files' SHA-256, the locked set and the margins and audit every step.
 The admin's actions call those same services. The site's studies of the locked
-validation set can be added (fully reviewed studies only) and removed here.
+validation set can be added (fully reviewed studies only) and removed here, both through
+`validation`'s services (recorded; a removed study keeps its row, out of the set and out
+of training).
 """
 
 from django.contrib import admin, messages
@@ -20,7 +22,7 @@ from imaging.modelhub.models import (
     ValidationSetStudy,
 )
 from imaging.modelhub.services import RegistryError, model_promote, model_retire
-from imaging.modelhub.validation import validation_set_add
+from imaging.modelhub.validation import validation_set_add, validation_set_remove
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -97,20 +99,34 @@ class ModelEventAdmin(ReadOnly):
 
 @admin.register(ValidationSetStudy)
 class ValidationSetStudyAdmin(admin.ModelAdmin):
-    list_display = ["study", "added_at", "added_by_name", "reason"]
+    list_display = ["study", "added_at", "added_by_name", "reason", "removed_at", "removed_by_name"]
+    list_filter = [("removed_at", admin.EmptyFieldListFilter)]
     raw_id_fields = ["study"]
-    readonly_fields = ["added_by_name", "added_at"]
+    readonly_fields = ["added_by_name", "added_at", "removed_at", "removed_by_name",
+                       "removal_reason"]  # fmt: skip
 
     def has_change_permission(self, request, obj=None):
         return False
 
     def save_model(self, request, obj, form, change):
         try:
-            validation_set_add(
-                study=obj.study, username=request.user.get_username(), reason=obj.reason
-            )
+            validation_set_add(study=obj.study, user=request.user,
+                               username=request.user.get_username(), reason=obj.reason)  # fmt: skip
         except RegistryError as exc:
             self.message_user(request, str(exc), messages.ERROR)
+
+    def delete_model(self, request, obj):
+        # "Delete" takes the study out of the set through the service: recorded, and the
+        # row kept so that the study stays out of training.
+        try:
+            validation_set_remove(entry=obj, user=request.user,
+                                  username=request.user.get_username(), reason="admin delete")  # fmt: skip
+        except RegistryError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    def delete_queryset(self, request, queryset):
+        for entry in queryset.filter(removed_at__isnull=True):
+            self.delete_model(request, entry)
 
 
 @admin.register(TrainingExample)

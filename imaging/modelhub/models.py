@@ -127,6 +127,14 @@ class ValidationReport(models.Model):
     def __str__(self) -> str:
         return f"validation of {self.model.label} on {self.set_name} ({self.created_at:%Y-%m-%d})"
 
+    @property
+    def failures(self) -> list[str]:
+        """Why it does not pass: what it could not judge (``comparison.refusals``: no study,
+        no lesion, a study the version was trained on), then each regression's text."""
+        comparison = self.comparison or {}
+        return [*comparison.get("refusals", []),
+                *(r["text"] for r in comparison.get("regressions", []))]  # fmt: skip
+
 
 class ModelEvent(models.Model):
     """One change to the registry (register, validate, promote, rollback, retire), audited."""
@@ -138,6 +146,8 @@ class ModelEvent(models.Model):
         ROLLBACK = "rollback", "Rolled back"
         RETIRE = "retire", "Retired"
         REFUSE = "refuse", "Promotion refused"
+        SET_ADD = "set_add", "Study added to the validation set"
+        SET_REMOVE = "set_remove", "Study removed from the validation set"
 
     model = models.ForeignKey(SegmentationModel, on_delete=models.CASCADE, related_name="events")
     action = models.CharField(max_length=16, choices=Action.choices)
@@ -163,12 +173,21 @@ class ModelEvent(models.Model):
 
 
 class ValidationSetStudy(models.Model):
-    """A reviewed study of the site in the locked validation set: never trained on."""
+    """A reviewed study of the site in the locked validation set: never trained on.
+
+    A study removed from the set keeps its row (``removed_at``): it was judged on, so it
+    stays out of training, and the removal is on record beside the addition.
+    """
 
     study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="validation_entry")
     added_by_name = models.CharField(max_length=150, blank=True)
     reason = models.TextField(blank=True)
     added_at = models.DateTimeField(auto_now_add=True)
+    removed_at = models.DateTimeField(
+        null=True, blank=True, help_text="when it left the set (still never trained on)"
+    )
+    removed_by_name = models.CharField(max_length=150, blank=True)
+    removal_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["added_at"]
@@ -222,6 +241,9 @@ class StudyStatistics(models.Model):
     pixel_spacing_mm = models.FloatField(null=True, blank=True)
     inputs = models.JSONField(help_text="HU percentiles of body, lungs, liver; noise; texture")
     outputs = models.JSONField(help_text="lesions, mean confidence, equivocal share")
+    drift_tests = models.JSONField(
+        default=list, blank=True, help_text="each drift test after this study: run, or why not"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -233,11 +255,14 @@ class StudyStatistics(models.Model):
 
 
 class DriftAlert(models.Model):
-    """A new scanner/protocol, or a shift of a statistic, found by the drift checks."""
+    """A new scanner/protocol, or a shift of a statistic, found by the drift checks; or a
+    protocol they could not test against the model's reference at all (no reference, or
+    one too small), closed by the checks themselves once they can."""
 
     class Kind(models.TextChoices):
         NEW_PROTOCOL = "new_protocol", "New scanner or protocol"
         SHIFT = "shift", "Shift in the studies"
+        NOT_TESTED = "not_tested", "Drift not tested"
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     protocol = models.CharField(max_length=255)

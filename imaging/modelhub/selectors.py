@@ -146,6 +146,22 @@ def registry_events(limit: int = 30) -> list[ModelEvent]:
     )
 
 
-def drift_alerts_open() -> list[DriftAlert]:
-    """Alerts nobody has acknowledged yet, newest first."""
-    return list(DriftAlert.objects.filter(acknowledged_at__isnull=True).order_by("-opened_at")[:20])
+class DriftAlertList(list[DriftAlert]):
+    """Open alerts, newest first; ``changes``: those that say the studies changed (a new
+    protocol, a shift), ``untested``: the protocols drift could not be tested for against
+    the model's reference, so that a page never shows that silence as "no drift"."""
+
+    @property
+    def changes(self) -> list[DriftAlert]:
+        return [a for a in self if a.kind != DriftAlert.Kind.NOT_TESTED]
+
+    @property
+    def untested(self) -> list[DriftAlert]:
+        return [a for a in self if a.kind == DriftAlert.Kind.NOT_TESTED]
+
+
+def drift_alerts_open() -> DriftAlertList:
+    """Alerts nobody has acknowledged yet, newest first (one query)."""
+    return DriftAlertList(
+        DriftAlert.objects.filter(acknowledged_at__isnull=True).order_by("-opened_at")[:20]
+    )

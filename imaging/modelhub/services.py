@@ -3,9 +3,10 @@ the active model, loaded once per worker process, for the pipeline.
 
 The shipped weights (``imaging/weights``) become the first active version the first time
 anything asks for the registry (`shipped_model_ensure`). A version is promoted only with
-a validation report made against the model active at that moment on the locked set, and
-only when that report found no regression beyond the margins (`imaging.core.modelhub.
-compare`); promotion, refusal and rollback are `ModelEvent` rows and audit-trail entries.
+a validation report made against the model active at that moment on the locked set as it
+is now (its definition, lock and site studies: `locked_set.identity_mismatch`), and only
+when that report passed: it judged something, and found no regression beyond the margins
+(`imaging.core.modelhub.compare`); promotion, refusal and rollback are `ModelEvent` rows and audit-trail entries.
 Rows change inside transactions that lock the task's versions, so two promotions cannot
 interleave, and the database allows one active version per task.
 """
@@ -48,6 +49,7 @@ from imaging.core.segmentation.network import (
     VolumeSegmenter,
     file_sha256,
 )
+from imaging.modelhub.locked_set import SetIdentity, identity_mismatch, validation_set_identity
 from imaging.modelhub.models import TASK_LESIONS, ModelEvent, SegmentationModel, ValidationReport
 from imaging.store import data_dir, derived_local, derived_publish
 from patients.audit import audit_record
@@ -288,9 +290,11 @@ def _locked_versions() -> list[SegmentationModel]:
 
 
 def promotion_check(
-    *, model: SegmentationModel, active: SegmentationModel | None
-) -> ValidationReport:
-    """The report that allows ``model`` to replace ``active``, or `RegistryError` saying why not."""
+    *, model: SegmentationModel, active: SegmentationModel | None,
+    identity: SetIdentity | None = None,
+) -> ValidationReport:  # fmt: skip
+    """The report that allows ``model`` to replace ``active``, or `RegistryError` saying why
+    not (``identity``: the locked set now, `validation_set_identity`, read when not given)."""
     if active is not None and active.pk == model.pk:
         raise RegistryError(f"{model.label} is already the active model")
     report = model.reports.order_by("-created_at").first()
@@ -302,8 +306,18 @@ def promotion_check(
         against = report.compared_with.label if report.compared_with else "no model"
         raise RegistryError(f"{model.label}'s latest report compares it with {against}, but "
                             f"{active.label} is active now: validate it again")  # fmt: skip
+    changed = identity_mismatch(report, identity or validation_set_identity())
+    if changed is not None:
+        raise RegistryError(f"{model.label}'s latest report is not on the locked validation set as "
+                            f"it is now: {changed}; validation must be run again "
+                            f"(manage.py model_validate {model.label})")  # fmt: skip
     if not report.passed:
+        refusals = report.comparison.get("refusals", [])
         texts = [r["text"] for r in report.comparison.get("regressions", [])]
+        if refusals:
+            raise RegistryError(
+                f"{model.label}'s report does not pass: {'; '.join(refusals + texts)}"
+            )
         raise RegistryError(
             f"{model.label} regresses beyond the margins: {'; '.join(texts) or 'see its report'}"
         )

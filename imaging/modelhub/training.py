@@ -3,8 +3,10 @@ and ``finetune_segmenter --from-reviews``.
 
 `training_examples_sync` keeps one `TrainingExample` per reviewed study's latest
 segmentation: included when every candidate has a decision, excluded with the reason
-otherwise (a study of the locked validation set is never trained on; a candidate still
-pending; a lesion added by hand without a drawn mask). `finetune_from_reviews`
+otherwise (a study of the locked validation set is never trained on, nor one that left
+it, nor the same data under another name: the same patient, instances, files or voxels,
+`content.same_data`; a candidate still pending; a lesion added by hand without a drawn
+mask). `finetune_from_reviews`
 fine-tunes the active model (RadTrack weights: transfer learning from its weights) on
 the included examples mixed with cases of its original training data (against
 forgetting), registers the result as a candidate with the examples it learnt from,
@@ -31,6 +33,7 @@ from imaging.core.segmentation.training.cases import CohortSource, TrainingCase,
 from imaging.core.segmentation.training.mining import train_with_mining
 from imaging.core.segmentation.training.settings import TrainingSettings
 from imaging.core.segmentation.training.shipping import weights_ship
+from imaging.modelhub.locked_set import set_entries
 from imaging.modelhub.models import (
     SegmentationModel,
     TrainingExample,
@@ -46,18 +49,22 @@ from imaging.modelhub.services import (
     model_register,
     model_retire,
 )
-from imaging.modelhub.validation import model_validate
+from imaging.modelhub.validation import model_validate, set_study_content_matches
 from imaging.models import LesionMeasurement, Study
 from imaging.store import data_dir, derived_local
 
 logger = logging.getLogger(__name__)
 
 
-def _example_state(review: StudyReview, in_validation_set: bool) -> tuple[str, str]:
+def _example_state(
+    review: StudyReview, in_validation_set: bool, set_reason: str = ""
+) -> tuple[str, str]:
     if not review.decisions:
         return TrainingExample.Status.EXCLUDED, "no review decision on its newest segmentation"
     if in_validation_set:
         return TrainingExample.Status.EXCLUDED, "in the locked validation set: never trained on"
+    if set_reason:
+        return TrainingExample.Status.EXCLUDED, set_reason
     if review.pending:
         return TrainingExample.Status.EXCLUDED, f"candidate(s) {review.pending} await review"
     unmasked = [m for m in review.manual if not m["mask_path"]]
@@ -78,14 +85,23 @@ def training_examples_sync() -> list[TrainingExample]:
     studies = Study.objects.filter(
         Q(pk__in=decided) | Q(pk__in=TrainingExample.objects.values("study_id"))
     ).select_related("chosen_series")
-    in_set = set(ValidationSetStudy.objects.values_list("study_id", flat=True))
+    studies = list(studies.order_by("pk"))
+    in_set = set(set_entries().values_list("study_id", flat=True))
+    left_set = {e.study_id: e for e in ValidationSetStudy.objects.filter(removed_at__isnull=False)}
+    same_data = set_study_content_matches({s.pk for s in studies})
     examples = []
-    for study in studies.order_by("pk"):
+    for study in studies:
         review = study_review(study)
         if review.segmentation is None:
             continue
         seg = review.segmentation
-        status, reason = _example_state(review, study.pk in in_set)
+        set_reason = same_data.get(study.pk, "")
+        if study.pk in left_set:
+            entry = left_set[study.pk]
+            set_reason = (f"removed from the locked validation set on {entry.removed_at:%Y-%m-%d} "
+                          "by " + (entry.removed_by_name or "someone") + ": it was judged on, so "
+                          "never trained on")  # fmt: skip
+        status, reason = _example_state(review, study.pk in in_set, set_reason)
         corrections = [dict(d) for d in review.decisions]
         corrections += [{"kind": "added", **m} for m in review.manual]
         reviewers = sorted({d["reviewed_by"] for d in review.decisions if d["reviewed_by"]})
@@ -225,10 +241,8 @@ def finetune_from_reviews(
     if validate:
         report = model_validate(model=row, device=device, username=username)
         if not report.passed:
-            retired = "; ".join(r["text"] for r in report.comparison.get("regressions", []))
-            model_retire(
-                model=row, username=username, reason=f"regressed beyond the margins: {retired}"
-            )
+            retired = "; ".join(report.failures)
+            model_retire(model=row, username=username, reason=f"its report did not pass: {retired}")
         elif promote:
             model_promote(
                 model=row, username=username, reason="fine-tuned from reviews; report passed"

@@ -7,6 +7,13 @@ the site's reviewed studies (`ValidationSetStudy`: their accepted and edited les
 the truth, rejected candidates are false positives). The active model's figures come
 from its own report on the same set when there is one; else it is run as well (and gets
 that report). A failure leaves no report and no half-written row.
+
+A report does not pass when it judged nothing (no study, no lesion that counts), when
+the version was trained on a study of the set (under any name: `content.same_data`), or
+when it regresses beyond the margins (a measure the candidate could not give while the
+active model could counts as a regression). A study joins the set only when no version
+in use learnt from it, and both joining and leaving the set are audited; a study that
+left stays out of training.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from imaging.core.modelhub.compare import Margins, regressions
+from imaging.core.modelhub.compare import Margins, regressions, report_refusals
 from imaging.core.modelhub.drift import input_statistics
 from imaging.core.modelhub.report_html import report_html
 from imaging.core.modelhub.validate import cases_validate, reference_statistics
@@ -32,6 +40,14 @@ from imaging.core.modelhub.validation_set import (
     case_digest,
     generated_cases,
     set_checksum,
+)
+from imaging.modelhub.content import first_match, study_contents, trained_on_matches
+from imaging.modelhub.locked_set import (
+    locked_checksum,
+    set_entries,
+    site_review_key,
+    validation_set_identity,
+    validation_spec,
 )
 from imaging.modelhub.models import (
     ModelEvent,
@@ -45,6 +61,7 @@ from imaging.modelhub.services import (
     active_model,
     model_event_record,
     model_loaded,
+    shipped_model_ensure,
 )
 from imaging.models import Study
 from imaging.store import data_dir, derived_local, derived_publish
@@ -55,25 +72,16 @@ VALIDATION_FOLDER = "modelhub/validation-set"
 REPORTS_FOLDER = "models/reports"
 
 
-def validation_spec() -> ValidationSetSpec:
-    """The locked set's definition: ``RADTRACK_VALIDATION_SET`` or the shipped one."""
-    configured = getattr(settings, "RADTRACK_VALIDATION_SET", None)
-    return ValidationSetSpec.from_json(configured) if configured else ValidationSetSpec()
-
-
 def promotion_margins() -> Margins:
     return Margins.from_json(getattr(settings, "RADTRACK_MODEL_MARGINS", None))
 
 
 def _locked_checksum(spec: ValidationSetSpec) -> str | None:
-    if spec.name in LOCKED_CHECKSUMS:
-        if spec != ValidationSetSpec(name=spec.name):
-            raise RegistryError(
-                f"{spec.name} is the shipped locked set: give your own set another name"
-            )
-        return LOCKED_CHECKSUMS[spec.name]
-    first = ValidationReport.objects.filter(set_name=spec.name).order_by("created_at").first()
-    return first.set_checksum if first else None
+    if spec.name in LOCKED_CHECKSUMS and spec != ValidationSetSpec(name=spec.name):
+        raise RegistryError(
+            f"{spec.name} is the shipped locked set: give your own set another name"
+        )
+    return locked_checksum(spec)
 
 
 def _site_case(entry: ValidationSetStudy) -> tuple[ValidationCase | None, str]:
@@ -119,9 +127,7 @@ def validation_cases(
             f"{locked[:16]}...: the generator or its cache changed; reports would not compare"
         )
     cases, notes = list(generated), []
-    for entry in ValidationSetStudy.objects.select_related("study__chosen_series").order_by(
-        "added_at"
-    ):
+    for entry in set_entries().select_related("study__chosen_series").order_by("added_at"):
         case, note = _site_case(entry)
         if case is None:
             notes.append(note)
@@ -164,6 +170,17 @@ def _comparable(report: ValidationReport | None, checksum: str, digests: list[st
                 and [s["digest"] for s in report.site_studies] == digests)  # fmt: skip
 
 
+def _trained_on_refusals(model: SegmentationModel, site: list[dict[str, Any]]) -> list[str]:
+    """A site study of the set that ``model`` learnt from (under any name) makes its
+    figures on the set its training figures: the report cannot pass."""
+    uids = [s["study_instance_uid"] for s in site]
+    ids = dict(
+        Study.objects.filter(study_instance_uid__in=uids).values_list("pk", "study_instance_uid")
+    )
+    found = trained_on_matches(model, set(ids))
+    return [f"study {ids[pk]} of the validation set: {why}" for pk, why in sorted(found.items())]
+
+
 def _html_write(report: ValidationReport, active_payload: dict[str, Any] | None) -> str:
     from plotly.offline import get_plotlyjs
 
@@ -176,6 +193,7 @@ def _html_write(report: ValidationReport, active_payload: dict[str, Any] | None)
         "set": {"name": report.set_name, "checksum": report.set_checksum, "spec": report.set_spec,
                 "site_studies": report.site_studies},
         "comparison": {**report.comparison, "passed": report.passed,
+                       "failures": report.failures,
                        "active": report.compared_with.label if report.compared_with else None},
         "margins": report.comparison.get("margins", {}),
         "created_at": report.created_at.isoformat(timespec="seconds"),
@@ -217,7 +235,8 @@ def _store(
         }  # fmt: skip
         model.save(update_fields=["reference_statistics"])
         model_event_record(model, ModelEvent.Action.VALIDATE, username=username, report=report,
-               detail={"passed": passed, "regressions": len(comparison.get("regressions", []))})  # fmt: skip
+               detail={"passed": passed, "regressions": len(comparison.get("regressions", [])),
+                       "refusals": comparison.get("refusals", [])})  # fmt: skip
     return report
 
 
@@ -231,9 +250,9 @@ def model_validate(
     """Validate ``model`` on the locked set beside the active model (see the module docs)."""
     spec, margins = validation_spec(), promotion_margins()
     cases, checksum, notes = validation_cases(spec=spec)
-    site = [
-        {"study_instance_uid": c.case_id, "digest": c.digest} for c in cases if c.source == "site"
-    ]
+    keys = validation_set_identity().review_keys()
+    site = [{"study_instance_uid": c.case_id, "digest": c.digest, "review_key": keys.get(c.case_id, "")}
+            for c in cases if c.source == "site"]  # fmt: skip
     digests = [s["digest"] for s in site]
     active = active_model()
     active_report: ValidationReport | None = None
@@ -244,17 +263,18 @@ def model_validate(
                 model=active, device=device, username=username, on_case=on_case
             )
     result, seconds = _run(model, cases, device, on_case)
-    comparison: dict[str, Any] = {"margins": margins.as_json(), "notes": notes, "regressions": []}
-    passed = True
+    refusals = report_refusals(result["metrics"]) + _trained_on_refusals(model, site)
+    comparison: dict[str, Any] = {"margins": margins.as_json(), "notes": notes, "regressions": [],
+                                  "refusals": refusals}  # fmt: skip
     if active_report is not None:
         comparison["regressions"] = regressions(candidate=result["metrics"], active=active_report.metrics,
                                                 margins=margins)  # fmt: skip
-        passed = not comparison["regressions"]
     else:
         comparison["notes"] = [
             *notes,
             f"{model.label} is the active model: nothing to compare with",
         ]
+    passed = not comparison["regressions"] and not refusals
     report = _store(model=model, result=result, seconds=seconds, spec=spec, checksum=checksum, site=site,
                     compared_with=active if active_report is not None else None, comparison=comparison,
                     passed=passed, username=username)  # fmt: skip
@@ -277,13 +297,102 @@ def report_html_path(report: ValidationReport) -> Path | None:
     return path if path.is_file() else None
 
 
-def validation_set_add(*, study: Study, username: str = "", reason: str = "") -> ValidationSetStudy:
-    """Add a fully reviewed study to the locked set (it will never be trained on)."""
+def _set_event_model() -> SegmentationModel:
+    """The version a change of the set is recorded on: the active one (whose reports the
+    change outdates), else the newest registered."""
+    model = shipped_model_ensure() or SegmentationModel.objects.order_by("-registered_at").first()
+    if model is None:
+        raise RegistryError("no model version is registered: nothing to record the change on")
+    return model
+
+
+def _in_use_trained_on(study: Study) -> list[str]:
+    """Why ``study`` cannot be judged on: a version not retired learnt from it."""
+    found = []
+    for model in SegmentationModel.objects.exclude(status=SegmentationModel.Status.RETIRED):
+        found += list(trained_on_matches(model, {study.pk}).values())
+    return found
+
+
+def validation_set_add(
+    *, study: Study, username: str = "", reason: str = "", user: Any = None
+) -> ValidationSetStudy:
+    """Add a fully reviewed study to the locked set (it will never be trained on); refused
+    when a version in use (candidate or active) was trained on it under any name. A study
+    removed before comes back with its removal kept in the events."""
     review = study_review(study)
     if not review.reviewed:
         raise RegistryError(f"study {study.study_instance_uid} is not fully reviewed: every candidate "
                             "of its latest segmentation needs a decision first")  # fmt: skip
-    entry, _ = ValidationSetStudy.objects.get_or_create(
-        study=study, defaults={"added_by_name": username, "reason": reason}
-    )
+    trained = _in_use_trained_on(study)
+    if trained:
+        raise RegistryError(f"study {study.study_instance_uid} cannot join the validation set: "
+                            f"{'; '.join(trained)}; retire that version first")  # fmt: skip
+    with transaction.atomic():
+        entry, created = ValidationSetStudy.objects.select_for_update().get_or_create(
+            study=study, defaults={"added_by_name": username, "reason": reason}
+        )
+        if not created and entry.removed_at is None:
+            return entry
+        if not created:
+            entry.removed_at, entry.removed_by_name, entry.removal_reason = None, "", ""
+            entry.added_by_name, entry.reason = username[:150], reason
+            entry.save(update_fields=["removed_at", "removed_by_name", "removal_reason",
+                                      "added_by_name", "reason"])  # fmt: skip
+        model_event_record(
+            _set_event_model(), ModelEvent.Action.SET_ADD, user=user, username=username,
+            reason=reason, detail={"study_instance_uid": study.study_instance_uid,
+                                   "review_key": site_review_key(review)},
+        )  # fmt: skip
     return entry
+
+
+def validation_set_remove(
+    *, entry: ValidationSetStudy, username: str = "", reason: str = "", user: Any = None
+) -> ValidationSetStudy:
+    """Take a study out of the locked set: recorded (`ModelEvent` and the audit trail), its
+    row kept so that it stays out of training (it was judged on); every report made with
+    it no longer allows a promotion (`locked_set.identity_mismatch`)."""
+    with transaction.atomic():
+        entry = (
+            ValidationSetStudy.objects.select_for_update().select_related("study").get(pk=entry.pk)
+        )
+        if entry.removed_at is not None:
+            raise RegistryError(
+                f"study {entry.study.study_instance_uid} is not in the validation set"
+            )
+        entry.removed_at, entry.removed_by_name = timezone.now(), username[:150]
+        entry.removal_reason = reason
+        entry.save(update_fields=["removed_at", "removed_by_name", "removal_reason"])
+        model_event_record(
+            _set_event_model(), ModelEvent.Action.SET_REMOVE, user=user, username=username,
+            reason=reason, detail={"study_instance_uid": entry.study.study_instance_uid,
+                                   "added_at": entry.added_at.isoformat(timespec="seconds"),
+                                   "added_by": entry.added_by_name},
+        )  # fmt: skip
+    return entry
+
+
+def set_study_content_matches(study_ids: set[int]) -> dict[int, str]:
+    """Which of ``study_ids`` are the same data (`content.same_data`) as a study that is or
+    was in the locked set, each with why (the set's own studies included)."""
+    entries = list(ValidationSetStudy.objects.select_related("study"))
+    if not entries or not study_ids:
+        return {}
+    contents = study_contents(study_ids | {e.study_id for e in entries})
+    locked = {e.study_id: e for e in entries}
+    others = [contents[i] for i in locked if i in contents]
+    out = {}
+    for study_id in sorted(study_ids):
+        if study_id not in contents:
+            continue
+        if study_id in locked:
+            continue  # said by the caller, in its own words
+        match = first_match(contents[study_id], others)
+        if match is not None:
+            other, why = match
+            entry = locked[other.study_id]
+            where = ("in the locked validation set" if entry.removed_at is None
+                     else f"removed from the locked validation set on {entry.removed_at:%Y-%m-%d}")  # fmt: skip
+            out[study_id] = f"{why} as study {other.study_instance_uid}, {where}: never trained on"
+    return out

@@ -13,11 +13,11 @@ from django.views.decorators.http import require_GET, require_POST
 from imaging.core.modelhub.figures import drift_figure, report_figures
 from imaging.core.modelhub.report_html import summary_rows
 from imaging.modelhub.drift import drift_alert_acknowledge, drift_overview
+from imaging.modelhub.locked_set import set_entries, validation_set_identity
 from imaging.modelhub.models import (
     DriftAlert,
     SegmentationModel,
     ValidationReport,
-    ValidationSetStudy,
 )
 from imaging.modelhub.selectors import drift_alerts_open, registry_events, registry_rows
 from imaging.modelhub.services import (
@@ -40,9 +40,10 @@ CHANGE = "modelhub.change_segmentationmodel"
 def registry_view(request: HttpRequest) -> HttpResponse:
     active = shipped_model_ensure()
     rows = registry_rows()
+    identity = validation_set_identity()
     for row in rows:
         try:
-            promotion_check(model=row["model"], active=active)
+            promotion_check(model=row["model"], active=active, identity=identity)
             row["promotable"] = True
         except RegistryError as exc:
             row["promotable"], row["why_not"] = False, str(exc)
@@ -51,7 +52,7 @@ def registry_view(request: HttpRequest) -> HttpResponse:
         "rows": rows, "active": active, "events": registry_events(),
         "can_change": request.user.has_perm(CHANGE), "alerts": drift_alerts_open(),
         "spec": validation_spec(), "margins": promotion_margins(),
-        "site_studies": ValidationSetStudy.objects.count(),
+        "site_studies": set_entries().count(),
     })  # fmt: skip
 
 

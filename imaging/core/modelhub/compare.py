@@ -5,7 +5,10 @@ Margins (configurable, ``RADTRACK_MODEL_MARGINS``): sensitivity may fall by at m
 ``sensitivity_points`` percentage points, false positives per study may rise by at
 most ``fp_per_study``, the median volume error may rise by at most
 ``volume_error_points`` percentage points; checked per organ and overall. A measure
-that one of the two reports cannot give (no lesion of that organ) is not compared.
+that neither report can give (no lesion of that organ) is not compared; one that the
+active model's report gives and the candidate's cannot (it found no lesion to measure)
+is a regression: what was not measured is never a pass. A report on no study, or on no
+lesion that counts, cannot pass at all (`report_refusals`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,15 @@ def regressions(
     for group, new, old in groups:
         for key, label, scale, higher_better, margin_field in _MEASURES:
             a, b = new.get(key), old.get(key)
-            if a is None or b is None:
+            if b is None:
+                continue
+            if a is None:
+                found.append({
+                    "group": group, "measure": key, "candidate": None, "active": b,
+                    "worse_by": None, "margin": getattr(margins, margin_field),
+                    "text": f"{group}: {label} could not be measured for the candidate "
+                            f"(the active model's: {b:.4g})",
+                })  # fmt: skip
                 continue
             change = (a - b) * scale
             worse = -change if higher_better else change
@@ -75,3 +86,19 @@ def regressions(
                             f"{worse:.2f}{unit} (margin {margin:g}{unit})",
                 })  # fmt: skip
     return found
+
+
+def report_refusals(metrics: Mapping[str, Any]) -> list[str]:
+    """Why a report cannot pass whatever it is compared with: it judged the model on no
+    study, or on no lesion that counts (sensitivity then measures nothing)."""
+    refusals = []
+    studies = int(metrics.get("studies") or 0)
+    if studies == 0:
+        refusals.append("the validation set had no study: nothing was measured")
+    counted = int((metrics.get("overall") or {}).get("lesions_counted") or 0)
+    if studies and counted == 0:
+        refusals.append(
+            f"the {studies} validation stud{'y' if studies == 1 else 'ies'} had no lesion that "
+            "counts: sensitivity was not measured"
+        )
+    return refusals

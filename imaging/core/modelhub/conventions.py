@@ -125,8 +125,10 @@ class InputConventions:
     """The grid and intensities a model is fed, and what its output is.
 
     ``spacing_mm`` (i, j, k) of the grid the study is resampled to (LPS, linear);
-    ``intensity``: ``windows`` (each HU window of ``windows_hu`` clipped and scaled to
-    [0, 1], one channel each), ``zscore`` (HU clipped to ``clip_hu``, minus ``mean_hu``,
+    ``intensity``: ``windows`` (each HU window of ``windows_hu`` scaled to [0, 1], one
+    channel each, and clipped to it unless ``window_clip`` is false: MONAI's
+    ``ScaleIntensityRange(clip=False)``, its default, leaves values outside the window
+    beyond 0 and 1), ``zscore`` (HU clipped to ``clip_hu``, minus ``mean_hu``,
     over ``sd_hu``; one channel) or ``none`` (HU as they are: nnU-Net normalises itself);
     ``axes``: ``LPS`` (arrays (k, j, i) of an LPS grid, as SimpleITK reads one, RadTrack's
     and nnU-Net's default) or ``RAS`` (arrays (x, y, z) with x toward the patient's right
@@ -138,6 +140,7 @@ class InputConventions:
     spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
     intensity: str = "windows"
     windows_hu: tuple[tuple[float, float], ...] = ((-1000.0, 1000.0), (-150.0, 250.0))
+    window_clip: bool = True
     clip_hu: tuple[float, float] = (-1000.0, 1000.0)
     mean_hu: float = 0.0
     sd_hu: float = 1.0
@@ -155,7 +158,10 @@ class InputConventions:
         if self.intensity == "windows":
             out = np.empty((len(self.windows_hu), *hu.shape), dtype=np.float32)
             for c, (low, high) in enumerate(self.windows_hu):
-                np.clip(hu, low, high, out=out[c])
+                if self.window_clip:
+                    np.clip(hu, low, high, out=out[c])
+                else:
+                    out[c] = hu
                 out[c] -= low
                 out[c] /= high - low
             return out
@@ -169,6 +175,7 @@ class InputConventions:
             "spacing_mm": list(self.spacing_mm),
             "intensity": self.intensity,
             "windows_hu": [list(w) for w in self.windows_hu],
+            "window_clip": self.window_clip,
             "clip_hu": list(self.clip_hu),
             "mean_hu": self.mean_hu,
             "sd_hu": self.sd_hu,
@@ -219,6 +226,15 @@ def _windows(value: Any) -> tuple[tuple[float, float], ...]:
     return tuple(_pair(w, "windows_hu") for w in value)
 
 
+def _flag(field: str) -> Any:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ModelDescriptionError(f"conventions.{field}: expected true or false")
+        return value
+
+    return check
+
+
 def _window_voxels(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in _triple(value, "window_voxels"))
 
@@ -233,6 +249,7 @@ _FIELD_CHECKS: dict[str, Any] = {
     "spacing_mm": lambda v: _triple(v, "spacing_mm"),
     "intensity": _choice("intensity", INTENSITY_MODES),
     "windows_hu": _windows,
+    "window_clip": _flag("window_clip"),
     "clip_hu": lambda v: _pair(v, "clip_hu"),
     "mean_hu": _number("mean_hu"),
     "sd_hu": _number("sd_hu"),

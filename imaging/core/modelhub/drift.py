@@ -12,11 +12,17 @@ correlated noise of a soft kernel, lower for a sharp one). Output statistics: le
 found, their mean confidence, the share under 0.9 confidence, and the share of the
 study's findings that tracking left equivocal (filled in after tracking).
 
-`drift_check` compares one scanner/protocol group's latest studies with the model's
-reference (its training and validation studies) and with the group's own first studies,
-statistic by statistic, with the two-sample Kolmogorov-Smirnov test (Bonferroni over
-the statistics), and reports a protocol that neither the reference nor the site had
-seen before.
+`drift_evaluate` compares one scanner/protocol group's last ``window`` studies with the
+model's reference (its training and validation studies) and with the group's own first
+``window`` studies, statistic by statistic, with the two-sample Kolmogorov-Smirnov test
+(exact for these sizes; Bonferroni over the tests that have the data to run), and
+reports a protocol that neither the reference nor the site had seen before. The model's
+reference is as large as its locked set: the shipped set gives 8 values of an input
+statistic (5 validation studies, 3 training cases) and 5 of an output statistic, fewer
+than the window. A reference of at least ``min_reference`` values is tested as it is;
+what cannot be tested (no reference, too small a reference, too few recent studies, or
+sizes whose most extreme result could not reach the corrected level) is recorded as not
+tested with the reason (`DriftTest`), never taken as "no drift".
 """
 
 from __future__ import annotations
@@ -181,17 +187,59 @@ def _values(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
     return np.array([r[key] for r in rows if r.get(key) is not None], dtype=float)
 
 
+@dataclass(frozen=True)
+class DriftTest:
+    """One statistic of one group against one reference: tested (``p_value``), or not
+    tested and why (``reason``). ``shift``: tested and below ``alpha``."""
+
+    statistic: str
+    reference: str  # model | own_start
+    tested: bool
+    reason: str = ""
+    n_recent: int = 0
+    n_reference: int = 0
+    p_value: float | None = None
+    alpha: float | None = None
+    shift: bool = False
+
+    @property
+    def text(self) -> str:
+        if not self.tested:
+            return f"not tested ({self.reason})"
+        verdict = "shift" if self.shift else "no shift"
+        return (f"{verdict}: KS p = {self.p_value:.2g} (level {self.alpha:.1e}), "
+                f"{self.n_recent} recent against {self.n_reference} reference")  # fmt: skip
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "text": self.text}
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """What the checks after one study found, and every test they ran or could not run."""
+
+    findings: list[DriftFinding]
+    tests: list[DriftTest]
+
+
+REFERENCE_NAMES = {"model": "the model's reference studies"}
+
+
+def smallest_p_value(n_recent: int, n_reference: int) -> float:
+    """The smallest p-value the two-sample KS test can give for these sizes (the two
+    samples wholly apart): below the level, or the test could never find anything."""
+    return float(stats.ks_2samp(np.zeros(n_recent), np.ones(n_reference)).pvalue)
+
+
 def _shift(
     *, protocol: str, key: str, recent: np.ndarray, reference: np.ndarray, name: str,
-    alpha: float, window: int,
-) -> DriftFinding | None:  # fmt: skip
-    if len(recent) < window or len(reference) < window:
-        return None
+    alpha: float,
+) -> tuple[DriftFinding | None, float]:  # fmt: skip
     if np.ptp(np.concatenate([recent, reference])) == 0:
-        return None
+        return None, 1.0
     result = stats.ks_2samp(recent, reference)
     if result.pvalue >= alpha:
-        return None
+        return None, float(result.pvalue)
     before, after = float(np.median(reference)), float(np.median(recent))
     return DriftFinding(
         kind="shift", protocol=protocol, statistic=key, reference=name,
@@ -200,7 +248,89 @@ def _shift(
         detail={"ks": float(result.statistic), "p_value": float(result.pvalue), "alpha": alpha,
                 "median_recent": after, "median_reference": before, "n_recent": len(recent),
                 "n_reference": len(reference)},
-    )  # fmt: skip
+    ), float(result.pvalue)  # fmt: skip
+
+
+def _planned(
+    *, key: str, history: Sequence[Mapping[str, Any]], reference: Mapping[str, Sequence[float]] | None,
+    window: int, min_reference: int, no_reference: str,
+) -> list[tuple[str, np.ndarray, np.ndarray, str]]:  # fmt: skip
+    """(reference kind, recent values, reference values, why not testable or "")."""
+    recent = _values(history[-window:], key)
+    out = []
+    if not reference:
+        out.append(("model", recent, np.array([]), no_reference))
+    else:
+        values = np.asarray(reference.get(key) or [], dtype=float)
+        values = values[np.isfinite(values)]
+        why = ""
+        if not len(values):
+            why = "the reference has no value of it"
+        elif len(values) < min_reference:
+            why = f"reference n={len(values)} < {min_reference}"
+        out.append(("model", recent, values, why))
+    if len(history) >= 2 * window:
+        out.append(("own_start", recent, _values(history[:window], key), ""))
+    else:
+        out.append(("own_start", recent, np.array([]),
+                    f"{len(history)} studies of this protocol < {2 * window}: its first "
+                    f"{window} and its last {window} do not yet make two samples"))  # fmt: skip
+    return [
+        (kind, r, v, why or (f"recent n={len(r)} < {window}" if len(r) < window else ""))
+        for kind, r, v, why in out
+    ]
+
+
+def drift_evaluate(
+    *,
+    protocol: str,
+    history: Sequence[Mapping[str, Any]],
+    reference: Mapping[str, Sequence[float]] | None,
+    known_protocols: set[str],
+    window: int = 10,
+    alpha: float = 0.01,
+    min_reference: int = 5,
+    no_reference: str = "the model has no reference statistics: it was never validated",
+) -> DriftResult:
+    """Findings for one group after a new study (``history``: its studies' flat statistics,
+    oldest first, the new one last), and each test run or not run with why. The level is
+    ``alpha`` over the number of tests that have their data (Bonferroni); a statistic
+    that shifts against the model's reference is not reported again against the group's
+    own start."""
+    findings = []
+    if len(history) == 1 and protocol not in known_protocols:
+        findings.append(DriftFinding(
+            kind="new_protocol", protocol=protocol,
+            message=f"first study from {protocol}: neither the model's training and validation "
+                    "studies nor this site's earlier studies came from it",
+        ))  # fmt: skip
+    plans = {key: _planned(key=key, history=history, reference=reference, window=window,
+                           min_reference=min_reference, no_reference=no_reference)
+             for key in TESTED}  # fmt: skip
+    family = sum(not why for rows in plans.values() for *_, why in rows)
+    corrected = alpha / max(family, 1)
+    tests = []
+    for key, rows in plans.items():
+        found_one = False
+        for kind, recent, values, why in rows:
+            n_recent, n_reference = len(recent), len(values)
+            if not why and smallest_p_value(n_recent, n_reference) >= corrected:
+                why = (f"reference n={n_reference} and recent n={n_recent}: even wholly apart "
+                       f"they could not reach p < {corrected:.1e}")  # fmt: skip
+            if why:
+                tests.append(DriftTest(statistic=key, reference=kind, tested=False, reason=why,
+                                       n_recent=n_recent, n_reference=n_reference))  # fmt: skip
+                continue
+            name = REFERENCE_NAMES.get(kind, f"this protocol's first {window} studies")
+            found, p_value = _shift(protocol=protocol, key=key, recent=recent, reference=values,
+                                    name=name, alpha=corrected)  # fmt: skip
+            tests.append(DriftTest(statistic=key, reference=kind, tested=True, n_recent=n_recent,
+                                   n_reference=n_reference, p_value=p_value, alpha=corrected,
+                                   shift=found is not None))  # fmt: skip
+            if found is not None and not found_one:
+                findings.append(found)
+                found_one = True
+    return DriftResult(findings=findings, tests=tests)
 
 
 def drift_check(
@@ -211,31 +341,9 @@ def drift_check(
     known_protocols: set[str],
     window: int = 10,
     alpha: float = 0.01,
+    min_reference: int = 5,
 ) -> list[DriftFinding]:
-    """Findings for one group after a new study (``history``: its studies' flat statistics,
-    oldest first, the new one last). Tests are Bonferroni-corrected over `TESTED` and the
-    two references (the model's, and the group's own first ``window`` studies)."""
-    findings = []
-    if len(history) == 1 and protocol not in known_protocols:
-        findings.append(DriftFinding(
-            kind="new_protocol", protocol=protocol,
-            message=f"first study from {protocol}: neither the model's training and validation "
-                    "studies nor this site's earlier studies came from it",
-        ))  # fmt: skip
-    corrected = alpha / (2 * len(TESTED))
-    recent = history[-window:]
-    for key in TESTED:
-        tests = []
-        if reference and reference.get(key):
-            tests.append((np.asarray(reference[key], dtype=float), "the model's reference studies"))
-        if len(history) >= 2 * window:
-            tests.append(
-                (_values(history[:window], key), f"this protocol's first {window} studies")
-            )
-        for values, name in tests:
-            found = _shift(protocol=protocol, key=key, recent=_values(recent, key),
-                           reference=values, name=name, alpha=corrected, window=window)  # fmt: skip
-            if found is not None:
-                findings.append(found)
-                break
-    return findings
+    """The findings of `drift_evaluate` alone."""
+    return drift_evaluate(protocol=protocol, history=history, reference=reference,
+                          known_protocols=known_protocols, window=window, alpha=alpha,
+                          min_reference=min_reference).findings  # fmt: skip

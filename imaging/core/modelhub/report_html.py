@@ -86,7 +86,10 @@ def report_html(
 ) -> str:
     """The report (see `figures.report_figures` for the shapes) as a complete HTML page."""
     model, vset, comparison = report["model"], report["set"], report["comparison"]
-    if not comparison.get("active"):
+    if comparison.get("refusals"):
+        texts = "; ".join(comparison.get("failures") or comparison["refusals"])
+        verdict = f"<p class='fail'>Does not pass: {html.escape(texts)}</p>"
+    elif not comparison.get("active"):
         verdict = "<p>This was the active model when validated: nothing to compare with.</p>"
     elif comparison.get("passed"):
         verdict = "<p class='pass'>No regression beyond the margins: may be promoted.</p>"

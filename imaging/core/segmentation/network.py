@@ -86,8 +86,10 @@ class SegmenterSpec:
     ``class_logit_offsets`` are added to the network's logits before the softmax: minus
     the log of each class's loss weight in training (logit adjustment, Menon et al.
     2021), which undoes the shift a weighted cross-entropy gives the probabilities, so
-    that 0.5 is again the lesion's edge; ``sha256`` is the digest of the weights file
-    (empty until shipped).
+    that 0.5 is again the lesion's edge; ``sha256`` is what a segmentation records as
+    the model's digest: the weights file's SHA-256 when `segmenter_load` reads a
+    folder by itself (empty until shipped), the registered version's digest over all
+    its files (`SegmentationModel.sha256`) when the registry loads it.
     """
 
     def same_network(self, other: SegmenterSpec) -> bool:

@@ -142,13 +142,19 @@ def _metrics(sens_lung, fp_lung, vol_lung, sens_liver=0.9, fp_liver=0.1, vol_liv
         (_metrics(0.9, 0.2, 0.08), [("lung", "volume_error_median")]),  # +3 points volume error
         (_metrics(0.9, 0.2, 0.05, vol_liver=0.065), []),  # +1.5 points: within 2
         (_metrics(0.95, 0.0, 0.01), []),  # better everywhere
-        (_metrics(None, 0.2, None), []),  # nothing to compare in the lung
+        # the candidate measured nothing in the lung where the active model did: not a pass
+        (_metrics(None, 0.2, None), [("lung", "sensitivity"), ("lung", "volume_error_median")]),
     ],
 )
 def test_the_promotion_rule_compares_every_organ_with_its_margins(candidate, expected):
     active = _metrics(0.9, 0.2, 0.05)
     found = regressions(candidate=candidate, active=active, margins=Margins())
     assert [(r["group"], r["measure"]) for r in found] == expected
+
+
+def test_a_measure_neither_report_gives_is_not_compared():
+    both_none = _metrics(None, 0.2, None)
+    assert regressions(candidate=both_none, active=both_none, margins=Margins()) == []
 
 
 def test_margins_are_configurable_and_checked():

@@ -104,8 +104,10 @@ def _radtrack_load(description: ModelDescription, root: Path, device: torch.devi
         raise ModelDescriptionError(
             f"RadTrack weights must label {', '.join(CLASSES)}; got {', '.join(model.spec.classes)}"
         )
-    # The registry's name and version are what segmentations record.
-    model.spec = replace(model.spec, name=description.name, version=description.version)
+    # The registry's name, version and digest (over all the version's files, not the
+    # weights file alone) are what segmentations record, as for every other format.
+    model.spec = replace(model.spec, name=description.name, version=description.version,
+                         sha256=description.sha256 or model.spec.sha256)  # fmt: skip
     return model
 
 

@@ -5,7 +5,8 @@ builds the network, ``configs/metadata.json`` (its ``network_data_format`` may n
 the output channels: ``outputs.pred.channel_def``), and ``models/model.pt`` (a state
 dict) or ``models/model.ts`` (TorchScript). What the bundle's own preprocessing does is
 read from its config where it is one of MONAI's usual transforms (``Spacingd`` pixdim,
-``Orientationd`` axcodes RAS or LPS, ``ScaleIntensityRanged`` to [0, 1]) and its
+``Orientationd`` axcodes RAS or LPS, ``ScaleIntensityRanged`` to [0, 1], clipped or not
+as its ``clip`` says, MONAI's default being not) and its
 ``inferer`` roi_size becomes the window; anything else must be declared in the
 registered conventions. A bundle config can run Python (``$`` expressions) and a
 checkpoint is a pickle: register bundles only from a source you trust, as with code.
@@ -55,6 +56,17 @@ def _transforms(parser: Any) -> list[dict[str, Any]]:
     return [t for t in items if isinstance(t, dict) and isinstance(t.get("_target_"), str)]
 
 
+def _clip_flag(value: Any) -> bool:
+    """``ScaleIntensityRanged``'s ``clip`` (MONAI's default: False, values outside the
+    window go beyond [0, 1]); an expression or reference is not evaluated here."""
+    if isinstance(value, bool):
+        return value
+    raise ModelDescriptionError(
+        f"the bundle's ScaleIntensityRanged has clip={value!r}, not true or false: declare "
+        "its conventions (window_clip) when registering it"
+    )
+
+
 def bundle_conventions(parser: Any) -> dict[str, Any]:
     """Conventions read from the bundle's config where it uses MONAI's usual transforms."""
     found: dict[str, Any] = {"intensity": "windows", "axes": "RAS", "divisor": 16}
@@ -79,6 +91,7 @@ def bundle_conventions(parser: Any) -> dict[str, Any]:
                     "its conventions when registering it"
                 )
             found["windows_hu"] = [[float(transform["a_min"]), float(transform["a_max"])]]
+            found["window_clip"] = _clip_flag(transform.get("clip", False))
     inferer = parser.get("inferer", default=None)
     if isinstance(inferer, dict) and isinstance(inferer.get("roi_size"), list):
         found["window_voxels"] = [int(v) for v in inferer["roi_size"]]

@@ -50,8 +50,11 @@ class Command(BaseCommand):
         finally:
             bar.close()
         m = report.metrics
+        refusals = report.comparison.get("refusals", [])
+        texts = [r["text"] for r in report.comparison.get("regressions", [])]
         verdict = ("no regression beyond the margins" if report.passed else
-                   "regressions: " + "; ".join(r["text"] for r in report.comparison.get("regressions", [])))  # fmt: skip
+                   "; ".join([*(f"not passed: {r}" for r in refusals),
+                              *(["regressions: " + "; ".join(texts)] if texts else [])]))  # fmt: skip
         against = (
             f" against {report.compared_with.label}"
             if report.compared_with

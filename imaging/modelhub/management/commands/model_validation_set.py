@@ -1,14 +1,16 @@
-"""``manage.py model_validation_set [--add UID] [--remove UID]``: the site's reviewed studies
-in the locked validation set (listed after any change). A study in the set is never
-trained on; only a fully reviewed study can join it."""
+"""``manage.py model_validation_set [--add UID] [--remove UID] [--reason TEXT]``: the site's
+reviewed studies in the locked validation set (listed after any change). A study in the
+set is never trained on; only a fully reviewed study can join it, and not one a version
+in use was trained on. Adding and removing are recorded (`ModelEvent`, audit trail); a
+removed study stays out of training (it was judged on)."""
 
 import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from imaging.modelhub.models import ValidationSetStudy
+from imaging.modelhub.locked_set import set_entries
 from imaging.modelhub.services import RegistryError
-from imaging.modelhub.validation import validation_set_add
+from imaging.modelhub.validation import validation_set_add, validation_set_remove
 from imaging.models import Study
 
 
@@ -32,9 +34,16 @@ class Command(BaseCommand):
             except RegistryError as exc:
                 raise CommandError(str(exc)) from exc
         for uid in options["remove"]:
-            if not ValidationSetStudy.objects.filter(study__study_instance_uid=uid).delete()[0]:
+            entry = set_entries().filter(study__study_instance_uid=uid).first()
+            if entry is None:
                 raise CommandError(f"study {uid} is not in the validation set")
-        entries = list(ValidationSetStudy.objects.select_related("study").order_by("added_at"))
+            try:
+                validation_set_remove(
+                    entry=entry, username=getpass.getuser(), reason=options["reason"]
+                )
+            except RegistryError as exc:
+                raise CommandError(str(exc)) from exc
+        entries = list(set_entries().select_related("study").order_by("added_at"))
         for e in entries:
             self.stdout.write(
                 f"{e.study.study_instance_uid}\tadded {e.added_at:%Y-%m-%d} by {e.added_by_name}"
