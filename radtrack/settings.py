@@ -17,7 +17,7 @@ _INCLUDE_SUBDOMAINS, _PRELOAD), RADTRACK_GPU_QUEUE, RADTRACK_TASK_TIME_LIMIT_S,
 RADTRACK_BROKER_VISIBILITY_TIMEOUT_S, RADTRACK_BROKER_KEY_PREFIX,
 RADTRACK_QUEUED_RESEND_INTERVAL_S;
 segmentation models (imaging.modelhub): RADTRACK_VALIDATION_SET, RADTRACK_MODEL_MARGINS (JSON),
-RADTRACK_DRIFT_WINDOW, RADTRACK_DRIFT_ALPHA.
+RADTRACK_DRIFT_WINDOW, RADTRACK_DRIFT_MIN_REFERENCE, RADTRACK_DRIFT_ALPHA.
 """
 
 import os
@@ -279,10 +279,13 @@ def _env_json(name: str):
 # Segmentation models (imaging.modelhub): the locked validation set's definition (unset: the
 # shipped one, imaging.core.modelhub.validation_set), the promotion margins (e.g.
 # {"sensitivity_points": 1, "fp_per_study": 0.2, "volume_error_points": 2}), and the drift
-# checks' window (studies) and significance (before the Bonferroni correction).
+# checks' window (studies), the fewest reference values a test runs on (below it the
+# drift page says "not tested" with the reason) and significance (before the Bonferroni
+# correction).
 RADTRACK_VALIDATION_SET = _env_json("RADTRACK_VALIDATION_SET")
 RADTRACK_MODEL_MARGINS = _env_json("RADTRACK_MODEL_MARGINS")
 RADTRACK_DRIFT_WINDOW = int(os.environ.get("RADTRACK_DRIFT_WINDOW", "10"))
+RADTRACK_DRIFT_MIN_REFERENCE = int(os.environ.get("RADTRACK_DRIFT_MIN_REFERENCE", "5"))
 RADTRACK_DRIFT_ALPHA = float(os.environ.get("RADTRACK_DRIFT_ALPHA", "0.01"))
 
 # Uploads: files larger than this are refused with a clear message.

@@ -18,7 +18,8 @@ from patients.units import ANALYTES
 __all__ = ["DEVICE_TYPE_TEXT", "fhir_device_build", "fhir_lab_build"]
 
 DEVICE_TYPE_TEXT = "Lesion segmentation model (software)"
-#: The SHA-256 (hex) of a model's weights file, as Segmentation.model_sha256 records it.
+#: The SHA-256 (hex) of a registered model version (a digest over all its files), as
+#: Segmentation.model_sha256 records it.
 MODEL_SHA256_SYSTEM = f"{FHIR_BASE}/sid/model-sha256"
 
 
