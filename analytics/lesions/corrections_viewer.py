@@ -13,6 +13,7 @@ import numpy as np
 from django.urls import reverse
 
 from analytics.lesions.review.versions import label_map_read, study_segmentation
+from analytics.lesions.tracking.transforms import registration_mapping
 from analytics.lesions.viewer import Viewer, ViewerFileMissing
 from imaging.core.geometry.nifti import volume_write_nifti
 from imaging.models import LesionMeasurement
@@ -45,13 +46,25 @@ def lesion_mask_path(*, measurement: LesionMeasurement) -> Path:
     return target
 
 
-def _to_own_lps(viewer: Viewer, side: str) -> list[list[float]]:
-    """The 4x4 matrix from a pane's world LPS to the shown study's own LPS: the
-    follow-up pane shows the baseline grid when registered (its registration maps
-    baseline LPS to follow-up LPS), else every pane shows its study's own grid."""
-    if side == "follow_up" and viewer.registered:
-        return np.asarray(viewer.registration.matrix_fixed_to_moving, dtype=float).tolist()
-    return np.eye(4).tolist()
+def _to_own_lps(viewer: Viewer, side: str) -> tuple[list[list[float]], str]:
+    """The 4x4 matrix from a pane's world LPS to the shown study's own LPS, and "" or why
+    it is not exact. The follow-up pane shows the baseline grid when registered,
+    resampled through the registration's full transform (baseline LPS -> follow-up LPS,
+    `registration_mapping`); else every pane shows its study's own grid (the identity).
+    A transform with a deformable (B-spline) stage is no matrix: its affine part is given,
+    and the note says a click there lands up to the B-spline's displacement (a
+    centimetre where lungs and liver moved) away from the point shown."""
+    if side != "follow_up" or viewer.registration is None or not viewer.registered:
+        return np.eye(4).tolist(), ""
+    mapping = registration_mapping(viewer.registration)
+    note = ""
+    if mapping.deformable:
+        note = (
+            "this pane shows the follow-up through a deformable registration, which no "
+            "matrix holds: a point clicked here is carried to the follow-up by its affine "
+            "part only, and can land a centimetre from the point shown"
+        )
+    return mapping.transform.matrix.tolist(), note
 
 
 def correction_context(*, viewer: Viewer) -> dict[str, Any]:
@@ -60,13 +73,17 @@ def correction_context(*, viewer: Viewer) -> dict[str, Any]:
     for side, images in (("baseline", viewer.baseline), ("follow_up", viewer.follow_up)):
         if images is None:
             continue
+        to_own_lps, inexact = _to_own_lps(viewer, side)
         sides[side] = {
             "study": images.study.pk,
             "add_url": reverse(
                 "api-study-lesion-add",
                 kwargs={"study_instance_uid": images.study.study_instance_uid},
             ),
-            "to_own_lps": _to_own_lps(viewer, side),
+            "to_own_lps": to_own_lps,
+            # The matrix is not the whole mapping (deformable registration): say so.
+            "to_own_lps_exact": not inexact,
+            "to_own_lps_note": inexact,
             "own_volume": reverse("lesions:viewer-file", args=[images.study.pk, "volume"]),
         }
     return {

@@ -3,10 +3,15 @@ placed in the baseline frame, and the image files NiiVue loads.
 
 The viewer shows both studies on the baseline's grid (the "registered grid"): the
 follow-up volume, lesion mask and probability map are resampled through the stored
-registration (`Registration.matrix_fixed_to_moving`, baseline LPS -> follow-up LPS),
-so one slice index is the same anatomy on both sides. Resampled files are derived data,
+registration's full transform (baseline LPS -> follow-up LPS, its B-spline included when
+registration kept one: `analytics.lesions.tracking.transforms`), as are the follow-up's
+lesion positions, so one slice index is the same anatomy on both sides and a lesion
+sits where tracking put it. Where only the registration's 4x4 matrix can be used (no
+transform file stored, or it cannot be read), ``Viewer.registration_note`` says so: a
+lung or liver lesion can then be a centimetre off. Resampled files are derived data,
 kept under ``DATA_DIR/viewer/`` and named after the runs and registration they come
-from, so a new run or registration gives a new file.
+from and whether the full transform made them, so a new run or registration gives a
+new file.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from analytics.lesions.selectors import (
     review_history,
     size_not_assessable_note,
 )
+from analytics.lesions.tracking.transforms import BaselineMapping, registration_mapping
 from analytics.models import ResponseAssessment
 from imaging.core.geometry.nifti import volume_read_nifti, volume_write_nifti
-from imaging.core.registration.transforms import SpatialTransform, volume_warp
+from imaging.core.registration.transforms import volume_warp
 from imaging.models import (
     Lesion,
     LesionMeasurement,
@@ -126,7 +132,9 @@ class StudyChoice:
 class Viewer:
     """``studies``: every study of the patient, oldest first, each said shown or not and
     why; ``requested``: the study asked for, when it cannot be shown; ``*_empty``: why a
-    shown study has no lesion row (no segmentation, tracking pending, none found)."""
+    shown study has no lesion row (no segmentation, tracking pending, none found);
+    ``registration_note``: why the follow-up is placed by its registration's 4x4 matrix
+    alone (a deformable stage, if any, not applied), "" when its full transform is used."""
 
     patient: Patient
     studies: list[StudyChoice]
@@ -141,6 +149,7 @@ class Viewer:
     responses: list[ResponseAssessment] = field(default_factory=list)
     lesions: list[Lesion] = field(default_factory=list)
     history: list[ReviewHistoryRow] = field(default_factory=list)
+    registration_note: str = ""
 
     @property
     def registered(self) -> bool:
@@ -281,24 +290,28 @@ def registration_to_baseline(*, follow_up: Study, baseline: Study) -> Registrati
     )
 
 
-def _to_baseline_ras(m: LesionMeasurement, registration: Registration | None, *, own: bool):
+def _to_baseline_ras(
+    m: LesionMeasurement, mapping: BaselineMapping | None, *, own: bool
+) -> tuple[float, float, float] | None:
+    """Where to jump to for ``m``: its centroid in the baseline's RAS mm, a follow-up's
+    through the full registration (``mapping``; None: not registered, no position)."""
     if m.centroid_x_mm is None or m.centroid_y_mm is None or m.centroid_z_mm is None:
         return None
-    point = np.array([m.centroid_x_mm, m.centroid_y_mm, m.centroid_z_mm, 1.0])
+    point = np.array([m.centroid_x_mm, m.centroid_y_mm, m.centroid_z_mm], dtype=float)
     if not own:
-        if registration is None:
+        if mapping is None:
             return None
-        point = np.linalg.inv(np.asarray(registration.matrix_fixed_to_moving, float)) @ point
+        point = mapping.to_baseline(point)
     return (float(-point[0]), float(-point[1]), float(point[2]))
 
 
-def _rows(study: Study, registration, *, own: bool) -> list[LesionRow]:
+def _rows(study: Study, mapping: BaselineMapping | None, *, own: bool) -> list[LesionRow]:
     measurements = (
         LesionMeasurement.objects.filter(study=study)
         .select_related("lesion", "study", "reviewed_by")
         .order_by("lesion__organ", "lesion__label")
     )
-    return [LesionRow(m, _to_baseline_ras(m, registration, own=own)) for m in measurements]
+    return [LesionRow(m, _to_baseline_ras(m, mapping, own=own)) for m in measurements]
 
 
 def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer:
@@ -334,11 +347,15 @@ def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer
         viewer.registration = registration_to_baseline(
             follow_up=viewer.follow_up.study, baseline=viewer.baseline.study
         )
+        mapping = (
+            registration_mapping(viewer.registration) if viewer.registration is not None else None
+        )
+        viewer.registration_note = mapping.note if mapping is not None else ""
         viewer.baseline_rows = _rows(viewer.baseline.study, None, own=True)
         if not viewer.baseline_rows:
             viewer.baseline_empty = _no_rows_reason(viewer.baseline, lesions_before=False)
         if not viewer.follow_up_is_baseline:
-            viewer.follow_up_rows = _rows(viewer.follow_up.study, viewer.registration, own=False)
+            viewer.follow_up_rows = _rows(viewer.follow_up.study, mapping, own=False)
             if not viewer.follow_up_rows:
                 earlier = [s.pk for s in studies[: studies.index(viewer.follow_up.study)]]
                 viewer.follow_up_empty = _no_rows_reason(
@@ -406,9 +423,14 @@ def viewer_file_path(*, study: Study, kind: FileKind, on_baseline_grid: bool) ->
 def _resampled(
     source: Path, kind: str, images: StudyImages, first: StudyImages, registration: Registration
 ) -> Path:
-
+    """``source`` on the baseline's grid through the registration's full transform
+    (`registration_mapping`), made once: the file is named after the runs, segmentation
+    and registration it comes from, and ``-affine`` when only the registration's matrix
+    could be used, so that a transform file readable later gives a new, full one."""
+    mapping = registration_mapping(registration)
     owner = images.run.pk if kind == "volume" else images.segmentation.pk
-    name = f"{kind}-{owner}-on-run{first.run.pk}-reg{registration.pk}.nii.gz"
+    how = "affine" if mapping.note else "full"
+    name = f"{kind}-{owner}-on-run{first.run.pk}-reg{registration.pk}-{how}.nii.gz"
     target = data_dir() / "viewer" / name
     if target.is_file():
         return target
@@ -417,7 +439,7 @@ def _resampled(
     warped = volume_warp(
         moving=moving,
         reference=reference,
-        transform=SpatialTransform(np.asarray(registration.matrix_fixed_to_moving, float)),
+        transform=mapping.for_resampling(reference),
         default_value=0.0 if kind == "probability" else None,
     )
     partial = target.with_name(f".{target.name}.partial.nii.gz")

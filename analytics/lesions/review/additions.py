@@ -2,7 +2,8 @@
 
 `lesion_add_at_seed` segments the lesion at the click (`imaging.core.segmentation.
 interactive.click_segment`), then looks for it at each other study of the patient
-around the click's lesion mapped through the stored registrations to the baseline (or,
+around the click's lesion mapped through the stored registrations to the baseline (their
+full transforms, B-spline included: `analytics.lesions.tracking.transforms`; or,
 without one, the landmark placement tracking uses: `analytics.lesions.tracking.chain`),
 and segments it there (`interactive_search.lesion_search`). Each study where it is found and not already
 segmented gets a new version of its segmentation with the lesion added (its candidate's
@@ -53,6 +54,7 @@ from analytics.lesions.review.versions import (
 )
 from analytics.lesions.tracking.chain import StudyInput, study_inputs
 from analytics.lesions.tracking.summary import TrackingSummary
+from analytics.lesions.tracking.transforms import study_mapping
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.interactive import (
     ClickRefused,
@@ -196,10 +198,11 @@ def _place(outcome: StudyOutcome) -> None:
 
 
 def _mapped(point: np.ndarray, source: StudyInput, target: StudyInput) -> np.ndarray:
-    """A point of ``source`` (its LPS mm) in ``target``'s LPS mm, through the baseline."""
-    to_baseline = np.asarray(source.to_baseline, dtype=float)
-    from_baseline = np.linalg.inv(np.asarray(target.to_baseline, dtype=float))
-    return (from_baseline @ to_baseline @ np.append(point, 1.0))[:3]
+    """A point of ``source`` (its LPS mm) in ``target``'s LPS mm, through the baseline
+    and each study's full registration (B-spline included: `study_mapping`), as
+    tracking places them: the affine part alone can eat most of the search radius."""
+    at_baseline = study_mapping(source).to_baseline(np.asarray(point, dtype=float))
+    return np.asarray(study_mapping(target).from_baseline(at_baseline), dtype=float).reshape(3)
 
 
 def _propagated(clicked: StudyOutcome, entry: StudyInput) -> StudyOutcome:

@@ -18,22 +18,24 @@ from analytics.lesions.core.identities import (
 )
 from analytics.lesions.tracking.chain import StudyInput
 from analytics.lesions.tracking.summary import RowsByCandidate, TrackingSummary, link_stale_entry
+from analytics.lesions.tracking.transforms import BaselineMapping, study_mapping
 from imaging.models import LesionLink
 
 
 @dataclass(frozen=True)
 class _Candidates:
-    """One study's candidates by observation key, and its LPS -> baseline LPS matrix."""
+    """One study's candidates by observation key, and how its LPS mm cross to the
+    baseline's (the full registration, B-spline included: `study_mapping`)."""
 
     by_key: dict[str, dict[str, Any]]
-    to_baseline: np.ndarray
+    mapping: BaselineMapping
 
     def placed(self, identity: TrackedLesion, keys: list[str]) -> TrackedLesion:
         """``identity`` re-placed in the baseline frame from the candidates ``keys``."""
         parts = [self.by_key[k] for k in keys]
         volumes = [max(float(c["volume_ml"]), 0.0) for c in parts]
         centres = np.array([c["centroid_lps_mm"] for c in parts], dtype=float)
-        centres = centres @ self.to_baseline[:3, :3].T + self.to_baseline[:3, 3]
+        centres = np.atleast_2d(self.mapping.to_baseline(centres))
         weights = volumes if sum(volumes) > 0 else None
         return replace(
             identity,
@@ -62,13 +64,14 @@ def links_apply(
     candidate (an earlier study's, through ``owner``, or this study's); one without
     starts a new identity. Identities left with no candidate are resolved here (or, if
     new at this study, never existed); changed identities are re-placed in the baseline
-    frame from their candidates so that the next study is matched against them.
+    frame from their candidates (through the study's full registration, as matching
+    placed them) so that the next study is matched against them.
     """
     if not links:
         return result
     here = _Candidates(
         by_key={str(c["component_label"]): c for c in entry.segmentation.lesions},
-        to_baseline=np.asarray(entry.to_baseline, dtype=float),
+        mapping=study_mapping(entry),
     )
     keys_of: dict[str, list[str]] = {
         a.lesion_uid: list(a.observation_keys) for a in result.assignments

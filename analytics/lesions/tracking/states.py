@@ -20,6 +20,7 @@ from analytics.lesions.core.identities import TrackedLesion
 from analytics.lesions.core.landmarks import point_inside_volume
 from analytics.lesions.tracking.chain import Chain, StudyInput
 from analytics.lesions.tracking.summary import TrackingSummary, review_stale_entry
+from analytics.lesions.tracking.transforms import study_mapping
 from imaging.models import Lesion, LesionMeasurement, ManualFinding, Study
 from patients.models import Patient
 
@@ -51,12 +52,11 @@ def absent_row(
         link_provisional=bool(entry.provisional),
     )
     if merged_into is None and identity is not None:
-        from_baseline = np.linalg.inv(np.asarray(entry.to_baseline, dtype=float))
-        point = (
-            from_baseline[:3, :3] @ np.asarray(identity.centroid_baseline_mm) + from_baseline[:3, 3]
-        )
+        # Through the full registration: the affine part alone can put a lung or liver
+        # lesion a centimetre off, inside the scan when it is not, or out when it is in.
+        point = study_mapping(entry).from_baseline(np.asarray(identity.centroid_baseline_mm))
         row._outside_range = (
-            point_inside_volume(point_lps_mm=point, geometry=entry.geometry) is False
+            point_inside_volume(point_lps_mm=point.tolist(), geometry=entry.geometry) is False
         )
     return row
 

@@ -17,6 +17,9 @@ it (a quick rigid registration per candidate; `BaselineAgreement`).
 Conservative by design: an axis counts as flipped only when its anatomical evidence is
 beyond a threshold set at about a third of what a correct study shows (the heart may
 veto the liver), and a baseline that prefers the header as it is vetoes the correction.
+Without a baseline, a left-right contradiction read on the anatomy alone is corrected
+and flagged, and its finding names the other reading, situs inversus or dextrocardia
+under a correct header, which only a baseline or a person can tell from a mirrored one.
 Correct headers in any patient position (HFS, FFS, HFP, FFP) put the anatomy in the
 right place in LPS, so they pass unflagged.
 
@@ -153,6 +156,18 @@ FINDINGS = {
     ): "head-first supine labelled feet-first prone (or similar): rotated 180 deg about left-right",
     (-1, -1, -1): "mirrored through a point (all three axes flipped)",
 }
+
+
+#: Said of a left-right contradiction read on the anatomy alone (no baseline to compare
+#: with): the liver on the left and the heart on the right are also what a patient with
+#: situs inversus totalis (or dextrocardia) shows under a correct header.
+SITUS_ALTERNATIVE = "or situs inversus / dextrocardia under a correct header"
+SITUS_REASON = (
+    "no baseline to compare with: the anatomy alone cannot tell a left-right mirrored "
+    "header from a patient with situs inversus (or dextrocardia) under a correct header; "
+    "if the patient has situs inversus, correcting left-right mirrors a correct study: "
+    "confirm the patient's situs before the correction is relied on"
+)
 
 
 def _confidence(evidence: float | None, threshold: float) -> float:
@@ -296,7 +311,10 @@ def orientation_check(
     ``baseline`` (the patient's baseline study, itself already checked) adds the
     agreement test. A flip is reported only with anatomical evidence beyond the
     thresholds on that axis and no contradiction from the baseline; ``needs_review`` is
-    set when a flip is found, or when the anatomy and the baseline disagree.
+    set when a flip is found, or when the anatomy and the baseline disagree. Without a
+    baseline (a patient's first study), a left-right contradiction may be the patient's
+    own mirror image (situs inversus, dextrocardia): the finding and the reasons name it
+    (`SITUS_ALTERNATIVE`, `SITUS_REASON`) for the reviewer.
     """
     thresholds = thresholds or FlipThresholds()
     landmarks = anatomy_landmarks(volume=volume)
@@ -326,6 +344,9 @@ def orientation_check(
     if flips != (1, 1, 1):
         names = [a.axis for a, s in zip(axes, flips, strict=True) if s < 0]
         reasons.insert(0, f"{FINDINGS[flips]} (anatomy: {', '.join(names)} contradict the header)")
+    mirror_unconfirmed = baseline is None and flips[0] < 0
+    if mirror_unconfirmed:
+        reasons.append(SITUS_REASON)
     confidence = min(a.confidence for a in axes)
     if agreement is not None and not disagreements and agreement.preferred == flip_code(flips):
         confidence = max(confidence, min(1.0, 0.5 + 5.0 * agreement.margin))
@@ -335,7 +356,9 @@ def orientation_check(
         flip_lr=flips[0] < 0,
         flip_ap=flips[1] < 0,
         flip_hf=flips[2] < 0,
-        finding=FINDINGS[flips] + ("; the baseline disagrees" if disagreements else ""),
+        finding=FINDINGS[flips]
+        + ("; the baseline disagrees" if disagreements else "")
+        + (f"; {SITUS_ALTERNATIVE}" if mirror_unconfirmed else ""),
         confidence=round(float(confidence), 3),
         needs_review=bool(reasons),
         reasons=tuple(reasons),
