@@ -111,9 +111,11 @@ def study_inputs(*, patient: Patient, summary: TrackingSummary) -> list[StudyInp
             unreliable=f"its CT numbers are implausible ({implausible})" if implausible else "",
         )
         if baseline is None:
-            baseline = entry
+            # Its own orientation matters as much: mirrored, every lesion of it sits at its
+            # mirror image, and every later study is linked to those positions.
+            entry = baseline = _orientation_checked(entry, is_baseline=True)
         else:
-            entry = _orientation_checked(_placed(entry, baseline))
+            entry = _orientation_checked(_placed(entry, baseline), is_baseline=False)
         inputs.append(entry)
     return inputs
 
@@ -209,18 +211,35 @@ def _placed(entry: StudyInput, baseline: StudyInput) -> StudyInput:
     return _with(entry, to_baseline=matrix, provisional=reason)
 
 
-def _orientation_checked(entry: StudyInput) -> StudyInput:
-    """A follow-up whose run flagged its orientation for review (the header and the
-    anatomy disagree, or it was flipped to match the baseline): a wrong left/right
-    would link each lesion to its mirror image, so the links wait for a radiologist."""
+def _orientation_checked(entry: StudyInput, *, is_baseline: bool) -> StudyInput:
+    """A study whose left/right cannot be taken as read waits for a radiologist: its run
+    flagged its orientation for review (the header and the anatomy disagree, or it was
+    flipped, to match the baseline or on the anatomy alone, as a first study of a
+    patient with situs inversus would be), or its orientation could not be compared
+    with the baseline's, so that the anatomy alone decided it (which cannot tell a
+    mirrored header from a mirrored patient). A wrong left/right links each lesion to
+    its mirror image; at the baseline, it places every lesion there, and every later
+    study is linked to those positions."""
     run = entry.segmentation.processing_run
-    finding = (run.flags or {}).get("orientation_review") if run is not None else None
-    if not finding:
+    flags = (run.flags or {}) if run is not None else {}
+    why = []
+    if flags.get("orientation_review"):
+        why.append(f"its orientation was flagged for review ({flags['orientation_review']})")
+    if flags.get("orientation_baseline_unchecked"):
+        why.append(
+            "its left/right was decided by its anatomy alone, which cannot tell a mirrored "
+            f"header from a mirrored patient ({flags['orientation_baseline_unchecked']})"
+        )
+    if not why:
         return entry
+    harm = (
+        "a wrong left/right would place its lesions at their mirror images, and later "
+        "studies are linked to those positions"
+        if is_baseline
+        else "a wrong left/right would link lesions to their mirror images"
+    )
     reason = (
-        f"its orientation was flagged for review ({finding}): a wrong left/right would "
-        "link lesions to their mirror images; the links are provisional until a "
-        "radiologist confirms them"
+        f"{'; '.join(why)}: {harm}; the links are provisional until a radiologist confirms them"
     )
     return _with(
         entry, provisional=f"{entry.provisional}; {reason}" if entry.provisional else reason

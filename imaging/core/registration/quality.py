@@ -16,6 +16,16 @@ data:
   turning it 4 degrees about, any axis must not raise the correlation by more than
   ``max_optimum_gain`` (a registration stopped short of the right alignment, or
   caught 15 mm away along the spine where nothing else would tell, gains there);
+- that it is clearly better than the follow-up shifted along S by half a vertebra to
+  two (``LONG_AXIS_PROBES_MM``, either way): the spine repeats every vertebra and the
+  spine landmarks are a column the same at every height, so a registration caught a
+  vertebra or two off fits locally, the small moves above gain nothing, and, in a
+  follow-up of the abdomen alone (no lung apex or base), nothing else tells;
+- that it is clearly better than the follow-up mirrored left-right about the patient's
+  sagittal plane: body, lungs and spine are nearly symmetric, so a follow-up whose
+  header mirrors it overlaps in every mask, and only the organs that are not (heart,
+  liver, spleen, stomach) tell. Each rival is scored on the fixed body voxels both it
+  and the found transform carry into the follow-up's data, and recorded;
 - the correlation of HU (NCC) inside the fixed body, and how much of the smaller of
   the two bodies the other covers (a follow-up covering part of the baseline's range
   registers on what both show and is not failed for the rest).
@@ -30,6 +40,7 @@ millimetres, which Dice and surface distance tolerate. A registration beyond a l
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -39,12 +50,17 @@ from scipy import ndimage
 from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.anatomy import body_lung_arrays, volume_coarse
+from imaging.core.registration.start import body_axes
 from imaging.core.registration.transforms import SpatialTransform, rotation_matrix
 
 #: HU window for the registration metric: air to dense bone.
 METRIC_HU = (-1000.0, 1000.0)
 SPINE_BONE_HU = 200.0
 SPINE_HALF_WIDTH_MM = 45.0
+#: Shifts (mm, each way along S) of the moving study that must fit worse than the found
+#: transform: half, one, one and a half and two vertebral heights (a vertebra and its
+#: disc: about 25 mm in the chest, 35 mm in the lumbar spine).
+LONG_AXIS_PROBES_MM = (15.0, 30.0, 45.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,16 @@ class QualityThresholds:
     study and down in the next, the table behind a supine patient and in front of a
     prone one, both above -500 HU), and good registrations scored 0.85-0.94, no better
     than registrations 15 mm off.
+
+    The rivals' margins (NCC, on the voxels both cover), from the evaluation generator's
+    small pairs (5 patients; full, chest-only and abdomen-only follow-ups, breathing):
+    the true transforms' closest shift along S scored 0.04-0.19 below them (0.03 for one
+    that breathing moved off the best fit, failed by the 6 mm moves anyway), their
+    mirror 0.12-0.36 below, and 11 registrations of abdomen-only follow-ups (TRE under 3
+    mm) passed; the true transforms one or two vertebrae off, abdomen only (passed by
+    every other check), had a shift scoring 0.06-0.39 above them, and registrations of
+    follow-ups mirrored by their header (passed by every other check) their mirror
+    0.14-0.19 above them.
     """
 
     min_ncc: float = 0.3
@@ -73,6 +99,11 @@ class QualityThresholds:
     scale_range: tuple[float, float] = (0.8, 1.25)
     #: Lung overlap is only judged when both studies show at least this much lung there.
     min_lung_ml: float = 200.0
+    #: The found transform's NCC must beat the moving study shifted along S by each of
+    #: `LONG_AXIS_PROBES_MM` by at least this (on the voxels both cover).
+    min_long_axis_margin: float = 0.02
+    #: ... and beat the moving study mirrored left-right by at least this.
+    min_mirror_margin: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -99,6 +130,8 @@ class RegistrationQuality:
     spine_points: int = 0
     optimum_gain: float = 0.0
     optimum_move: str = ""
+    long_axis_probes: tuple[tuple[float, float, float], ...] = ()
+    mirror_probe: tuple[float, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +150,8 @@ class _Overlap:
     spine_points: int
     optimum_gain: float
     optimum_move: str
+    long_axis_probes: tuple[tuple[float, float, float], ...] = ()
+    mirror_probe: tuple[float, float] | None = None
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -207,11 +242,18 @@ def _fixed_in_moving(fixed: Volume, transform: SpatialTransform) -> np.ndarray:
     return points @ transform.matrix[:3, :3].T + transform.matrix[:3, 3]
 
 
-def _lookup(moving: Volume, points_lps: np.ndarray, *, order: int) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(moving: Volume, points_lps: np.ndarray, *, order: int,
+            move: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``moving`` sampled at LPS points (any leading shape), trilinear (``order`` 1) or
     nearest (0), and whether each point lies within its voxels (half a voxel round the
-    centres); beyond them the values are those of the nearest edge."""
-    ijk = moving.lps_to_index(points_lps.reshape(-1, 3))
+    centres); beyond them the values are those of the nearest edge. ``move`` (4x4, in
+    the moving study's LPS mm) moves the points first, in the same matrix product that
+    turns them into indices (the probes of `_BodySampler` each sample every body voxel)."""
+    move = np.eye(4) if move is None else move
+    to_index = moving.direction / np.asarray(moving.spacing_mm)[None, :]
+    linear = move[:3, :3].T @ to_index
+    offset = (move[:3, 3] - np.asarray(moving.origin_mm)) @ to_index
+    ijk = points_lps.reshape(-1, 3) @ linear + offset
     values = ndimage.map_coordinates(moving.array, ijk[:, ::-1].T, order=order, mode="nearest",
                                      prefilter=False)  # fmt: skip
     inside = np.all((ijk >= -0.5) & (ijk <= np.asarray(moving.shape_ijk) - 0.5), axis=1)
@@ -255,31 +297,97 @@ def _moves(centre: np.ndarray, shift_mm: float = 6.0, turn_deg: float = 4.0):
             yield f"turn {sign * turn_deg:+g} deg about {name}", turn
 
 
-def _optimum_gain(fixed: CoarseStudy, moving: CoarseStudy, points_lps: np.ndarray,
-                  ) -> tuple[float, str]:  # fmt: skip
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class _BodySampler:
+    """The fixed body's HU, and the moving study's HU where each fixed body voxel lands
+    under the transform followed by a move of the moving study (4x4, moving LPS mm)."""
+
+    moving: Volume
+    points_lps: np.ndarray
+    hu: np.ndarray
+
+    @classmethod
+    def of(cls, fixed: CoarseStudy, moving: CoarseStudy, points_lps: np.ndarray) -> _BodySampler:
+        return cls(moving.volume, points_lps[fixed.body],
+                   np.clip(fixed.volume.array[fixed.body], *METRIC_HU))  # fmt: skip
+
+    def sample(self, move: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The moved moving study's HU at the fixed body voxels, and where it has data."""
+        hu, inside = _lookup(self.moving, self.points_lps, order=1, move=move)
+        return np.clip(hu, *METRIC_HU), inside
+
+    @cached_property
+    def here(self) -> tuple[np.ndarray, np.ndarray]:
+        """`sample` without a move: the transform as found."""
+        return self.sample(np.eye(4))
+
+    def ncc(self, move: np.ndarray | None = None) -> float:
+        hu, inside = self.here if move is None else self.sample(move)
+        return _corr(self.hu[inside], hu[inside]) if inside.sum() > 100 else 0.0
+
+    def rival(self, move: np.ndarray) -> tuple[float, float] | None:
+        """NCC of the found transform and of the moved one on the fixed body voxels both
+        carry into the moving study's data (the same voxels, so a move that shows less
+        of the follow-up is not favoured); None when they share under a quarter of them."""
+        hu, inside = self.here
+        hu_moved, inside_moved = self.sample(move)
+        both = inside & inside_moved
+        if both.sum() <= 100 or both.sum() < 0.25 * inside.sum():
+            return None
+        return _corr(self.hu[both], hu[both]), _corr(self.hu[both], hu_moved[both])
+
+
+def _optimum_gain(sampler: _BodySampler, centre: np.ndarray) -> tuple[float, str]:
     """The largest rise of NCC a small move of the moving study gives, and which move
     (each NCC over the fixed body where the moved study has data)."""
     best, which = 0.0, ""
-    kji = np.argwhere(moving.body)
-    if len(kji) == 0 or not fixed.body.any():
-        return best, which
-    centre = moving.volume.index_to_lps(kji[:, ::-1].mean(axis=0))
-    body_points = points_lps[fixed.body]
-    body_hu = np.clip(fixed.volume.array[fixed.body], *METRIC_HU)
-
-    def ncc_of(move: np.ndarray) -> float:
-        hu, inside = _lookup(moving.volume, body_points @ move[:3, :3].T + move[:3, 3], order=1)
-        if inside.sum() <= 100:
-            return 0.0
-        a, b = body_hu[inside], np.clip(hu[inside], *METRIC_HU)
-        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
-
-    here = ncc_of(np.eye(4))
+    here = sampler.ncc()
     for name, move in _moves(centre):
-        gain = ncc_of(move) - here
+        gain = sampler.ncc(move) - here
         if gain > best:
             best, which = gain, name
     return best, which
+
+
+def _long_axis_probes(sampler: _BodySampler) -> tuple[tuple[float, float, float], ...]:
+    """(shift mm, NCC found, NCC shifted) for the moving study shifted along S by each of
+    ``LONG_AXIS_PROBES_MM`` either way: the spine repeats every vertebra, so a
+    registration caught one or two vertebrae off along it fits locally, and only a
+    shift of about a vertebra finds the better fit (a follow-up of the abdomen alone has
+    no lung apex or base to tell)."""
+    probes = []
+    for shift_mm in sorted({s * d for d in LONG_AXIS_PROBES_MM for s in (-1.0, 1.0)}):
+        move = np.eye(4)
+        move[2, 3] = shift_mm
+        scores = sampler.rival(move)
+        if scores is not None:
+            probes.append((shift_mm, *scores))
+    return tuple(probes)
+
+
+def _mirror_probe(sampler: _BodySampler, moving: CoarseStudy) -> tuple[float, float] | None:
+    """(NCC found, NCC mirrored) for the moving study mirrored left-right about the
+    patient's sagittal plane: through its body's centre, across the long axis of the
+    body's axial sections (`start.body_axes`; left-right when they are nearly round).
+    Body, lungs and spine are nearly symmetric, so a follow-up whose header mirrors it
+    registers to the baseline with every mask overlapping, and only the organs that are
+    not symmetric (heart, liver, spleen, stomach, aorta) tell; mirrored back it fits
+    better. The plane is the patient's, not the scanner's: a patient lying turned by an
+    angle would otherwise be compared at twice that angle."""
+    centre, angle = body_axes(moving.volume, moving.body)
+    # The long axis folded to within 90 degrees of left-right; one more than 30 degrees
+    # off it is no patient's lying turned (as `start` judges it): left-right then.
+    angle = (angle + np.pi / 2) % np.pi - np.pi / 2 if angle is not None else 0.0
+    angle = angle if abs(angle) <= np.radians(30.0) else 0.0
+    normal = np.array([np.cos(angle), np.sin(angle), 0.0])
+    mirror = np.eye(4)
+    mirror[:3, :3] -= 2.0 * np.outer(normal, normal)
+    mirror[:3, 3] = 2.0 * normal * (normal @ centre)
+    return sampler.rival(mirror)
 
 
 def _overlap(fixed: CoarseStudy, moving: CoarseStudy, transform: SpatialTransform,
@@ -289,7 +397,16 @@ def _overlap(fixed: CoarseStudy, moving: CoarseStudy, transform: SpatialTransfor
     inside = carried["inside"]
     region = fixed.body & inside
     ncc = _ncc(fixed, carried["hu"], region)
-    gain, move = _optimum_gain(fixed, moving, points)
+    gain, move = 0.0, ""
+    long_axis: tuple[tuple[float, float, float], ...] = ()
+    mirror = None
+    kji = np.argwhere(moving.body)
+    if len(kji) and fixed.body.any():
+        centre = moving.volume.index_to_lps(kji[:, ::-1].mean(axis=0))
+        sampler = _BodySampler.of(fixed, moving, points)
+        gain, move = _optimum_gain(sampler, centre)
+        long_axis = _long_axis_probes(sampler)
+        mirror = _mirror_probe(sampler, moving)
     voxel_ml = fixed.volume.voxel_volume_ml
     # The smaller study is the one that should be covered: a follow-up of part of the
     # baseline's range lies wholly inside it, and the baseline's rest is not a failure.
@@ -313,6 +430,8 @@ def _overlap(fixed: CoarseStudy, moving: CoarseStudy, transform: SpatialTransfor
         spine_points=n_spine,
         optimum_gain=gain,
         optimum_move=move,
+        long_axis_probes=long_axis,
+        mirror_probe=mirror,
     )
 
 
@@ -320,6 +439,11 @@ def _failure_reasons(
     overlap: _Overlap, rotation_deg: float, scales: np.ndarray, thresholds: QualityThresholds
 ) -> list[str]:
     t = thresholds
+    # The shift along S that comes closest to (or beyond) the found transform's fit.
+    shift_mm, found, shifted = max(
+        overlap.long_axis_probes, key=lambda p: p[2] - p[1], default=(0.0, 1.0, 0.0)
+    )
+    mirror_found, mirrored = overlap.mirror_probe or (1.0, 0.0)
     checks = [
         (overlap.spine_mm is not None and overlap.spine_mm > t.max_spine_mm,
          f"spine landmarks {overlap.spine_mm or 0:.1f} mm apart > {t.max_spine_mm}"),
@@ -330,6 +454,14 @@ def _failure_reasons(
          f"lung Dice {overlap.lung_dice or 0:.2f} < {t.min_lung_dice}"),
         (overlap.lung_surface_mm is not None and overlap.lung_surface_mm > t.max_lung_surface_mm,
          f"lung surfaces {overlap.lung_surface_mm or 0:.1f} mm apart > {t.max_lung_surface_mm}"),
+        (shifted > found - t.min_long_axis_margin,
+         f"not clearly the best fit along the spine (a vertebra off?): shifted {shift_mm:+g} mm "
+         f"along S the follow-up scores NCC {shifted:.3f}, within {t.min_long_axis_margin} of "
+         f"or above the found transform's {found:.3f}"),
+        (mirrored > mirror_found - t.min_mirror_margin,
+         f"left and right may be swapped: mirrored left-right the follow-up scores NCC "
+         f"{mirrored:.3f}, within {t.min_mirror_margin} of or above the found transform's "
+         f"{mirror_found:.3f}"),
         (overlap.ncc < t.min_ncc, f"NCC {overlap.ncc:.2f} < {t.min_ncc}"),
         (overlap.body_dice < t.min_body_dice, f"body Dice {overlap.body_dice:.2f} < {t.min_body_dice}"),
         (overlap.overlap_fraction < t.min_overlap,
@@ -375,6 +507,15 @@ def study_registration_quality(
         spine_points=overlap.spine_points,
         optimum_gain=round(overlap.optimum_gain, 4),
         optimum_move=overlap.optimum_move,
+        long_axis_probes=tuple(
+            (shift, round(found, 4), round(shifted, 4))
+            for shift, found, shifted in overlap.long_axis_probes
+        ),
+        mirror_probe=(
+            None
+            if overlap.mirror_probe is None
+            else (round(overlap.mirror_probe[0], 4), round(overlap.mirror_probe[1], 4))
+        ),
     )
 
 

@@ -78,7 +78,7 @@ def _pose_matrix(centre: np.ndarray, shift: np.ndarray, angle: float) -> np.ndar
     return matrix
 
 
-def _body_axes(volume: Volume, body: np.ndarray) -> tuple[np.ndarray, float | None]:
+def body_axes(volume: Volume, body: np.ndarray) -> tuple[np.ndarray, float | None]:
     """Body centroid (LPS mm) and the angle (rad) of the long axis of its axial section.
 
     The angle is None when the section is nearly round (axes within 10 %). Moments are
@@ -229,7 +229,7 @@ def registration_start(
             ndimage.gaussian_filter(volume.array, 0.7), volume.voxel_volume_ml
         )
         masks.append((body, lungs))
-        axes.append(_body_axes(volume, body))
+        axes.append(body_axes(volume, body))
     centre_f = axes[0][0]
     if not search:
         quick = RegistrationStart(fixed_c, moving_c, masks[0], centre_f, axes[1][0],
