@@ -4,12 +4,21 @@ one study (``PUT /api/v1/measurements/{id}/mask``) and file a lesion under anoth
 organ (``PUT /api/v1/lesions/{id}/organ``). Each goes through a review service
 (`analytics.lesions.review.additions`, `.masks`, `.organ`), which recomputes tracking,
 responses and risk in one transaction and records a `ReviewEvent`; each call is also
-audited."""
+audited.
+
+A click may be given in the study's own LPS mm, or in the baseline's LPS mm with the
+registration that shows the study on the baseline's grid: the viewer's follow-up pane,
+whose deformable (B-spline) registration no 4x4 matrix in the browser can follow, sends
+it so, and it is carried to the study here through the registration's full transform
+(`analytics.lesions.tracking.transforms`), as the pane's image was."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.urls import re_path
@@ -27,7 +36,8 @@ from analytics.lesions.review.common import ReviewError
 from analytics.lesions.review.masks import mask_from_nifti, mask_from_runs, measurement_mask_replace
 from analytics.lesions.review.organ import lesion_organ_set
 from analytics.lesions.serializers import LesionMeasurementSerializer
-from imaging.models import Lesion, LesionMeasurement, Study
+from analytics.lesions.tracking.transforms import registration_mapping
+from imaging.models import Lesion, LesionMeasurement, Registration, Study
 from patients.audit import audit_record
 from radtrack.api.base import (
     ID_PATTERN,
@@ -68,8 +78,35 @@ class _Point(serializers.ListField):
         super().__init__(child=serializers.FloatField(), min_length=3, max_length=3, **kwargs)
 
 
+#: The frames a click may be given in: the study's own LPS mm, or the LPS mm of the
+#: baseline (the fixed series of ``registration``, which carries it to the study).
+SEED_FRAMES = [
+    ("study", "the study's own LPS mm"),
+    ("baseline", "the baseline's LPS mm, carried to the study through `registration`"),
+]
+
+
 class LesionAddSerializer(serializers.Serializer):
-    seed_lps_mm = _Point(help_text="the click: [x, y, z] in the study's own LPS mm")
+    seed_lps_mm = _Point(
+        help_text="the click: [x, y, z] in LPS mm of the frame `seed_frame` names (by "
+        "default the study's own)"
+    )
+    seed_frame = serializers.ChoiceField(
+        choices=SEED_FRAMES,
+        default="study",
+        help_text="study (default): `seed_lps_mm` and `box_lps_mm` are in the study's own "
+        "LPS mm; baseline: they are in the baseline's LPS mm (a click on the study shown on "
+        "the baseline's grid), carried to the study through `registration`'s full "
+        "transform, its B-spline included",
+    )
+    registration = serializers.IntegerField(
+        min_value=1,
+        max_value=2**63 - 1,
+        required=False,
+        allow_null=True,
+        help_text="with seed_frame baseline (and only then): the id of the registration of "
+        "this study to its patient's baseline that the click was shown through",
+    )
     organ = serializers.ChoiceField(
         choices=Lesion.Organ.choices,
         required=False,
@@ -80,9 +117,28 @@ class LesionAddSerializer(serializers.Serializer):
         min_length=2,
         max_length=2,
         required=False,
-        help_text="two corners [[x0, y0, z0], [x1, y1, z1]] bounding the lesion (LPS mm)",
+        help_text="two corners [[x0, y0, z0], [x1, y1, z1]] bounding the lesion (LPS mm, "
+        "in the frame `seed_frame` names)",
     )
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        given = attrs.get("registration") is not None
+        if attrs["seed_frame"] == "baseline" and not given:
+            raise serializers.ValidationError(
+                {
+                    "registration": "required with seed_frame baseline: the registration "
+                    "that carries the click from the baseline to this study"
+                }
+            )
+        if attrs["seed_frame"] == "study" and given:
+            raise serializers.ValidationError(
+                {
+                    "registration": "only with seed_frame baseline: a click in the study's "
+                    "own LPS mm needs no registration"
+                }
+            )
+        return attrs
 
 
 class StudyLesionSerializer(serializers.Serializer):
@@ -110,6 +166,11 @@ class LesionAddedSerializer(serializers.Serializer):
     label = serializers.CharField()
     organ = serializers.CharField()
     review_event = serializers.IntegerField()
+    seed_lps_mm = serializers.ListField(
+        child=serializers.FloatField(),
+        help_text="where the click was segmented: the study's own LPS mm (carried there "
+        "through the registration when given in the baseline's frame)",
+    )
     measurements = StudyLesionSerializer(many=True)
 
 
@@ -136,7 +197,12 @@ class StudyLesionAddView(_Reviewing):
             "mapped through the registrations, links every sighting to one identity "
             "(one Tracking UID), marks the propagated ones awaiting review, and "
             "recomputes tracking, responses and risk. A study where it is not found says "
-            "so (status not_found, values null), never 0 mm. Needs the radiologist role."
+            "so (status not_found, values null), never 0 mm. A click on the study shown "
+            "on the baseline's grid is given in the baseline's LPS mm with "
+            "`seed_frame` baseline and the `registration` it was shown through (of this "
+            "study to another study of its patient, else 400): it is carried to the study "
+            "through that registration's full transform, B-spline included, which no "
+            "4x4 matrix holds. Needs the radiologist role."
         ),
         request=LesionAddSerializer,
         responses={
@@ -152,12 +218,18 @@ class StudyLesionAddView(_Reviewing):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         try:
+            seed, box = _click_in_study(
+                study=study,
+                seed_lps_mm=data["seed_lps_mm"],
+                box_lps_mm=data.get("box_lps_mm"),
+                registration_pk=data.get("registration"),
+            )
             added = lesion_add_at_seed(
                 user=request.user,
                 study=study,
-                seed_lps_mm=data["seed_lps_mm"],
+                seed_lps_mm=seed,
                 organ=data.get("organ"),
-                box_lps_mm=data.get("box_lps_mm"),
+                box_lps_mm=box,
                 reason=data.get("reason", ""),
             )
         except ReviewError as error:
@@ -174,9 +246,59 @@ class StudyLesionAddView(_Reviewing):
             "label": added.lesion.label,
             "organ": added.lesion.organ,
             "review_event": added.event.pk,
+            "seed_lps_mm": seed,
             "measurements": added.studies,
         }
         return Response(LesionAddedSerializer(answer).data, status=status.HTTP_201_CREATED)
+
+
+def _click_in_study(
+    *,
+    study: Study,
+    seed_lps_mm: list[float],
+    box_lps_mm: list[list[float]] | None,
+    registration_pk: int | None,
+) -> tuple[list[float], list[list[float]] | None]:
+    """A click (and its box) in ``study``'s own LPS mm.
+
+    Without ``registration_pk`` they are already there. With it they are in the LPS mm of
+    the registration's fixed series (the baseline), and are carried to the study through
+    its full stored transform (`registration_mapping(...).from_baseline`, B-spline
+    included): the image the viewer showed on the baseline's grid was resampled through
+    it, so the click lands on the voxel the radiologist saw. The box's eight corners are
+    carried and bounded again (a box in LPS mm stays one). The registration must be a
+    usable one of this study's series to a series of the same patient, else
+    `ReviewError` naming the field.
+    """
+    if registration_pk is None:
+        return list(seed_lps_mm), box_lps_mm
+    if not np.all(np.isfinite(seed_lps_mm)) or not np.all(np.isfinite(box_lps_mm or [])):
+        raise ReviewError("seed_lps_mm, box_lps_mm: finite numbers in LPS mm only")
+    registration = (
+        Registration.objects.select_related("moving_series", "fixed_series__study")
+        .filter(pk=registration_pk)
+        .first()
+    )
+    if (
+        registration is None
+        or registration.moving_series.study_id != study.pk
+        or registration.fixed_series.study.patient_id != study.patient_id
+    ):
+        raise ReviewError(
+            f"registration: {registration_pk} is no registration of this study to another "
+            "study of its patient"
+        )
+    if registration.failed:
+        raise ReviewError(f"registration: {registration_pk} failed; it places nothing")
+    mapping = registration_mapping(registration)
+    seed = np.asarray(mapping.from_baseline(np.asarray(seed_lps_mm, dtype=float)), dtype=float)
+    if box_lps_mm is None:
+        return seed.reshape(3).tolist(), None
+    lo, hi = np.min(box_lps_mm, axis=0), np.max(box_lps_mm, axis=0)
+    corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))))
+    carried = np.asarray(mapping.from_baseline(corners), dtype=float).reshape(-1, 3)
+    box = [carried.min(axis=0).tolist(), carried.max(axis=0).tolist()]
+    return seed.reshape(3).tolist(), box
 
 
 class MaskVersionSerializer(serializers.Serializer):

@@ -2,10 +2,14 @@
  * click, and edit a lesion's mask with NiiVue's drawing (brush, eraser) plus grow and
  * shrink. Both call the REST API the other clients use:
  *   POST /api/v1/studies/{uid}/lesions/   {"seed_lps_mm": [x, y, z]}  (the study's own LPS)
+ *        or {"seed_lps_mm": [x, y, z], "seed_frame": "baseline", "registration": id}
  *   PUT  /api/v1/measurements/{id}/mask   the edited mask as NIfTI on the study's own grid
  * A click lands in NiiVue's world frame (RAS mm of the grid the pane shows); the page
- * gives each pane the matrix to that study's own LPS. After a change the page reloads,
- * so every number on it comes from the recomputed tracking, responses and risk. */
+ * gives each pane the matrix to that study's own LPS, exact unless the pane shows a
+ * follow-up through a deformable registration (no matrix holds a B-spline): then the
+ * click is sent in the pane's frame, the baseline's LPS, with the registration, and the
+ * server carries it through the full transform. After a change the page reloads, so
+ * every number on it comes from the recomputed tracking, responses and risk. */
 (function () {
   "use strict";
   var node = document.getElementById("viewer-correction");
@@ -32,6 +36,8 @@
     for (var i = 0; i < viewer.panes.length; i++) if (sideOf(viewer.panes[i]) === side) return viewer.panes[i];
     return null;
   }
+
+  function mm(p) { return p.map(function (v) { return v.toFixed(1); }).join(", "); }
 
   function apply(matrix, p) {
     return [0, 1, 2].map(function (r) {
@@ -68,12 +74,21 @@
     var cfg = ctx.sides[side];
     if (!cfg || state.busy) return;
     var ras = Array.from(pane.nv.frac2mm(pane.nv.scene.crosshairPos)).slice(0, 3);
-    var seed = apply(cfg.to_own_lps, [-ras[0], -ras[1], ras[2]]);
+    var lps = [-ras[0], -ras[1], ras[2]];
+    var body, where;
+    if (cfg.to_own_lps_exact) {
+      body = { seed_lps_mm: apply(cfg.to_own_lps, lps) };
+      where = mm(body.seed_lps_mm) + " mm";
+    } else {
+      // The matrix is only the registration's affine part: up to a centimetre off here.
+      body = { seed_lps_mm: lps, seed_frame: "baseline", registration: cfg.registration };
+      where = mm(lps) + " mm of the baseline grid (carried to the follow-up through its deformable registration)";
+    }
     state.busy = true;
     addingSet(false);
     mark("adding");
-    say("Segmenting the lesion at " + seed.map(function (v) { return v.toFixed(1); }).join(", ") + " mm and looking for it in every study…");
-    var answer = await send("POST", cfg.add_url, JSON.stringify({ seed_lps_mm: seed }), "application/json");
+    say("Segmenting the lesion at " + where + " and looking for it in every study…");
+    var answer = await send("POST", cfg.add_url, JSON.stringify(body), "application/json");
     state.busy = false;
     if (!answer.ok) {
       mark("error");
@@ -82,7 +97,7 @@
     }
     var found = answer.data.measurements.filter(function (m) { return m.status !== "not_found" && m.status !== "not_searched"; });
     mark("added");
-    say("Added " + answer.data.label + ": found at " + found.length + " of " + answer.data.measurements.length + " studies; responses and risk recomputed. Reloading…");
+    say("Added " + answer.data.label + " at " + mm(answer.data.seed_lps_mm) + " mm of the clicked study: found at " + found.length + " of " + answer.data.measurements.length + " studies; responses and risk recomputed. Reloading…");
     window.location.reload();
   }
 
@@ -96,11 +111,6 @@
     });
   }
 
-  function isIdentity(m) {
-    for (var r = 0; r < 4; r++) for (var c = 0; c < 4; c++) if (Math.abs(m[r][c] - (r === c ? 1 : 0)) > 1e-9) return false;
-    return true;
-  }
-
   async function editStart(button) {
     var side = button.dataset.side;
     var pane = paneOf(side) || viewer.panes[0];
@@ -109,9 +119,10 @@
     state.busy = true;
     say("Loading the mask on the study's own grid…");
     // Editing happens on the study's own grid: a follow-up shown on the baseline grid is
-    // reloaded on its own, and the panes stop scrolling together (their grids differ).
+    // reloaded on its own (own_grid is false for it, whether its matrix is exact or not,
+    // identity or not), and the panes stop scrolling together (their grids differ).
     viewer.panes.forEach(function (p) { p.nv.broadcastTo([]); });
-    if (!isIdentity(cfg.to_own_lps)) {
+    if (!cfg.own_grid) {
       await pane.nv.loadVolumes([{ url: cfg.own_volume, name: side + "-own.nii.gz", colormap: "gray" }]);
       pane.slots = { mask: -1, probability: -1 };
     } else if (pane.slots.mask >= 0) {
