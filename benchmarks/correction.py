@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 from imaging.core.geometry.volume import Volume  # noqa: E402
 from imaging.core.registration.register import register  # noqa: E402
 from imaging.core.segmentation.interactive import (  # noqa: E402
-    ClickRefused,
     ClickSegmentation,
     click_segment,
 )
+from imaging.core.segmentation.interactive_region import ClickRefused  # noqa: E402
 from imaging.core.segmentation.interactive_search import lesion_search  # noqa: E402
 from imaging.core.synthetic import cohort as cohort_mod  # noqa: E402
 from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm  # noqa: E402

@@ -6,7 +6,8 @@ dicts rather than ``plotly.graph_objects`` figures: the page only needs JSON, an
 building without graph_objects' validation keeps a patient page fast (the tests check
 every figure against plotly's own schema). Dates are ISO strings, times local wall-clock
 ones without an offset (plotly.js ignores an offset); NaN becomes None, which plotly
-draws as a gap in a line.
+draws as a gap in a line. The per-lesion chart is in `figures_lesions`; the palette,
+layout, axes and value conversions every figure shares are in `figures_style`.
 
 Colours: the Okabe-Ito palette (distinguishable with the common colour-vision
 deficiencies); every trace is also named in its legend and hover text, so colour never
@@ -15,24 +16,24 @@ carries meaning alone.
 
 from __future__ import annotations
 
-import datetime as dt
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.utils import timezone
-
 from analytics.dashboard.cohort import CohortSurvival
-from analytics.dashboard.patient import (
-    LabSeries,
-    LesionPoint,
-    PatientTimeline,
-    RiskSummary,
-    StudySummary,
+from analytics.dashboard.figures_lesions import lesion_volume_figure
+from analytics.dashboard.figures_style import (
+    INK,
+    PALETTE,
+    Figure,
+    _axis,
+    _day,
+    _layout,
+    _number,
+    _wall_clock,
 )
+from analytics.dashboard.patient import LabSeries, PatientTimeline, RiskSummary, StudySummary
 from analytics.lesions.core.recist import PD_ABSOLUTE_MM, PD_INCREASE_PCT, PR_DECREASE_PCT, nadir
 from analytics.lesions.selectors import ResponseRow
-from imaging.models import LesionMeasurement
 
 __all__ = [
     "TIER_COLOURS",
@@ -44,248 +45,17 @@ __all__ = [
     "response_timeline_figure",
 ]
 
-Figure = dict[str, Any]
 #: One panel of the stacked response timeline: its axis title and its traces.
 Panel = tuple[str, list[dict[str, Any]]]
 
-# Okabe & Ito (2008), "Color Universal Design".
-PALETTE = (
-    "#0072B2",  # blue
-    "#D55E00",  # vermillion
-    "#009E73",  # bluish green
-    "#CC79A7",  # reddish purple
-    "#E69F00",  # orange
-    "#56B4E9",  # sky blue
-    "#000000",  # black
-    "#F0E442",  # yellow (last: weak on white)
-)
 TIER_COLOURS = {"high": "#D55E00", "intermediate": "#E69F00", "low": "#0072B2"}
-INK = "#1b1f24"
-GRID = "#d0d6dd"
 THRESHOLD_PR = "#009E73"
 THRESHOLD_PD = "#D55E00"
-_FONT = {"family": 'system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif', "size": 13}
-
-
-def _number(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _day(value: dt.date | dt.datetime | None) -> str | None:
-    """A date as ISO; a datetime's date where the page is (`_wall_clock`)."""
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return _wall_clock(value)[:10]
-    return value.isoformat()
-
-
-def _wall_clock(at: dt.datetime) -> str:
-    """``at`` as the local wall-clock time, ISO without an offset.
-
-    plotly.js reads the date and time of an ISO string and drops its offset, so an aware
-    time sent as UTC would be drawn at the UTC wall-clock time, another day for an
-    evening result than the page's tables (local time) say.
-    """
-    if timezone.is_aware(at):
-        at = timezone.localtime(at)
-    return at.replace(tzinfo=None).isoformat()
-
-
-def _layout(**overrides: Any) -> dict[str, Any]:
-    layout: dict[str, Any] = {
-        "font": {**_FONT, "color": INK},
-        "paper_bgcolor": "#ffffff",
-        "plot_bgcolor": "#ffffff",
-        "margin": {"l": 64, "r": 24, "t": 72, "b": 48},
-        "hovermode": "closest",
-        # above the plot: below it, a legend collides with the x axis title
-        "legend": {"orientation": "h", "y": 1.0, "x": 0, "yanchor": "bottom"},
-    }
-    layout.update(overrides)
-    return layout
-
-
-def _axis(title: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "title": {"text": title},
-        "gridcolor": GRID,
-        "zerolinecolor": GRID,
-        "linecolor": INK,
-        "automargin": True,
-        **extra,
-    }
 
 
 # --------------------------------------------------------------------------------------
 # Patient page
 # --------------------------------------------------------------------------------------
-_STATUS_SYMBOL = {"new": "triangle-up", "tracked": "circle", "resolved": "x", "merged": "x"}
-_LESION_HOVER = "<b>{label}</b><br>%{{x|%Y-%m-%d}}: %{{y:.2f}} ml<br>%{{customdata}}<extra></extra>"
-
-
-def lesion_volume_figure(*, timeline: PatientTimeline) -> Figure:
-    """Each lesion's volume (ml, values in force) over time: one line per lesion identity.
-
-    A lesion's first sighting after the response baseline is drawn as a triangle (new
-    lesion), one a radiologist confirmed gone (or merged into another) as a cross at 0
-    ml; a study where it was not found, too small to measure, or seen but with a size
-    not assessable (cut by the edge of what was imaged: its numbers only a lower bound)
-    leaves a gap in its line (no size was measured there), and measurements rejected as
-    false positives are left out. A point linked provisionally (no registration to the baseline) is hollow and
-    joined to its neighbours by a dashed line of its own, named in the legend; the hover
-    text says the link is provisional and what state the finding is in (equivocal...).
-    Target lesions are named "(target)" in the legend.
-    """
-    data = []
-    baseline = _lesion_baseline_date(timeline)
-    for i, track in enumerate(timeline.lesions):
-        points = [p for p in track.shown_points if p.study_date is not None]
-        values = [_number(p.volume_ml) for p in points]
-        if all(v is None for v in values):
-            continue
-        colour = PALETTE[i % len(PALETTE)]
-        name = f"{track.label} (target)" if track.is_target else track.label
-        symbols, sizes, notes = [], [], []
-        for p in points:
-            is_new = p.status == "new" and p.study_date != baseline
-            status = "new" if is_new else ("tracked" if p.status == "new" else p.status)
-            symbols.append(_STATUS_SYMBOL.get(status, "circle"))
-            sizes.append(12 if status in ("new", "resolved", "merged") else 8)
-            notes.append(_lesion_point_note(p, is_new=is_new))
-        group = f"lesion-{track.pk}"
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": name,
-                "legendgroup": group,
-                "x": [_day(p.study_date) for p in points],
-                # a provisional point is drawn by its own trace below, so that no solid
-                # line reaches it
-                "y": [
-                    None if p.link_provisional else v for p, v in zip(points, values, strict=True)
-                ],
-                "connectgaps": False,
-                "customdata": notes,
-                "line": {
-                    "color": colour,
-                    "width": 2,
-                    "dash": "solid" if track.is_target else "dot",
-                },
-                "marker": {
-                    "color": colour,
-                    "symbol": symbols,
-                    "size": sizes,
-                    "line": {"width": 1, "color": INK},
-                },
-                "hovertemplate": _LESION_HOVER.format(label=track.label),
-            }
-        )
-        provisional = _provisional_links(points, values, symbols, sizes, notes)
-        if provisional is not None:
-            data.append(
-                {
-                    **provisional,
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": f"{track.label}: provisional link",
-                    "legendgroup": group,
-                    "connectgaps": False,
-                    "line": {"color": colour, "width": 2, "dash": "dash"},
-                    "marker": {
-                        **provisional["marker"],
-                        "color": colour,
-                        "line": {"width": 2, "color": colour},
-                    },
-                    "hovertemplate": _LESION_HOVER.format(label=track.label),
-                }
-            )
-    return {
-        "data": data,
-        "layout": _layout(
-            title={"text": "Lesion volumes", "x": 0, "font": {"size": 15}},
-            xaxis=_axis("Study date", type="date"),
-            yaxis=_axis("Volume (ml)", rangemode="tozero"),
-            showlegend=True,
-        ),
-    }
-
-
-def _lesion_baseline_date(timeline: PatientTimeline) -> dt.date | None:
-    """The date a lesion first seen is a baseline lesion rather than a new one: the
-    response baseline's, else the earliest study where any lesion was measured. Never
-    simply the first study: it may have failed or not been analysed."""
-    for r in timeline.responses:
-        if r.is_baseline and r.study_date is not None:
-            return r.study_date
-    dates = [p.study_date for t in timeline.lesions for p in t.points if p.study_date]
-    return min(dates, default=None)
-
-
-def _lesion_point_note(p: LesionPoint, *, is_new: bool) -> str:
-    """The hover text of a lesion at one study: what it is there, the finding's state
-    when not confirmed, a provisional link, and its review."""
-    if is_new:
-        parts = ["new lesion"]
-    elif p.status == "new":
-        parts = ["seen at baseline"]
-    else:
-        parts = [p.status_label.lower()]
-    if p.finding_state != LesionMeasurement.FindingState.CONFIRMED:
-        parts.append((p.finding_label or p.finding_state.replace("_", " ")).lower())
-    if p.link_provisional:
-        parts.append("provisional link (no registration to the baseline), awaiting review")
-    parts.append(p.review_label.lower())
-    return "; ".join(parts)
-
-
-def _provisional_links(
-    points: Sequence[LesionPoint],
-    values: Sequence[float | None],
-    symbols: Sequence[str],
-    sizes: Sequence[int],
-    notes: Sequence[str],
-) -> dict[str, Any] | None:
-    """x, y, customdata and markers of a lesion's provisional links: each line segment
-    with a provisionally linked point at either end, and each such point (hollow) with
-    no measured neighbour; runs are separated by a gap. None without one."""
-    runs: list[list[int]] = []
-    for k in range(1, len(points)):
-        a, b = k - 1, k
-        measured = values[a] is not None and values[b] is not None
-        if measured and (points[a].link_provisional or points[b].link_provisional):
-            if runs and runs[-1][-1] == a:
-                runs[-1].append(b)
-            else:
-                runs.append([a, b])
-    joined = {k for run in runs for k in run}
-    runs += [
-        [k]
-        for k, p in enumerate(points)
-        if p.link_provisional and values[k] is not None and k not in joined
-    ]
-    if not runs:
-        return None
-    x, y, custom, symbol, size = [], [], [], [], []
-    for run in sorted(runs):
-        if x:  # a gap between runs
-            x.append(x[-1])
-            y.append(None)
-            custom.append("")
-            symbol.append("circle")
-            size.append(0)
-        for k in run:
-            own = points[k].link_provisional
-            x.append(_day(points[k].study_date))
-            y.append(values[k])
-            custom.append(notes[k])
-            symbol.append(f"{symbols[k]}-open" if own else symbols[k])
-            size.append(sizes[k] if own else 0)  # the main trace marks the other end
-    return {"x": x, "y": y, "customdata": custom, "marker": {"symbol": symbol, "size": size}}
 
 
 def _pd_thresholds(sums: Sequence[float | None]) -> list[float | None]:
@@ -336,6 +106,26 @@ def _diameter_rows(responses: list[ResponseRow]) -> list[Panel]:
     dates = [_day(r.study_date) for r in responses]
     if not any(s is not None for s in sums):
         return []
+    traces = _sum_traces(responses, sums, dates)
+    base = next((k for k, r in enumerate(responses) if r.is_baseline), None)
+    if base is None or sums[base] is None:
+        return [("Sum of diameters (mm)", traces)]
+    traces.append(_pr_threshold_trace(sums[base], x=[dates[base], dates[-1]]))
+    in_nadir = [
+        s if k == base or not responses[k].not_evaluable else None
+        for k, s in enumerate(sums[base:], start=base)
+    ]
+    pd_line = [None] * base + _pd_thresholds(in_nadir)
+    if any(v is not None for v in pd_line):
+        traces.append(_pd_threshold_trace(dates, pd_line))
+    return [("Sum of diameters (mm)", traces)]
+
+
+def _sum_traces(
+    responses: list[ResponseRow], sums: list[float | None], dates: list[str | None]
+) -> list[dict[str, Any]]:
+    """The sum of diameters at each assessed study, joined by a line, and the sums at
+    studies not evaluable (NE) drawn apart, hollow."""
     assessed = [k for k, r in enumerate(responses) if not r.not_evaluable]
     traces = [
         {
@@ -372,46 +162,42 @@ def _diameter_rows(responses: list[ResponseRow]) -> list[Panel]:
                 "not assessed and does not count toward the nadir<extra>sum of diameters</extra>",
             }
         )
-    base = next((k for k, r in enumerate(responses) if r.is_baseline), None)
-    if base is None or sums[base] is None:
-        return [("Sum of diameters (mm)", traces)]
-    pr = sums[base] * (1 + PR_DECREASE_PCT / 100.0)
-    traces.append(
-        {
-            "type": "scatter",
-            "mode": "lines",
-            "name": f"PR threshold ({PR_DECREASE_PCT:.0f}% from baseline)",
-            "x": [dates[base], dates[-1]],
-            "y": [pr, pr],
-            "line": {"color": THRESHOLD_PR, "dash": "dash", "width": 2},
-            "hovertemplate": f"PR at or below {pr:.1f} mm<extra></extra>",
-        }
-    )
-    in_nadir = [
-        s if k == base or not responses[k].not_evaluable else None
-        for k, s in enumerate(sums[base:], start=base)
-    ]
-    pd_line = [None] * base + _pd_thresholds(in_nadir)
-    if any(v is not None for v in pd_line):
-        # One tick per follow-up: the threshold belongs to that study (its nadir is
-        # the smallest earlier sum), so nothing is drawn between studies.
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "markers",
-                "name": f"PD threshold (+{PD_INCREASE_PCT:.0f}% and +{PD_ABSOLUTE_MM:.0f} mm from nadir)",
-                "x": dates,
-                "y": pd_line,
-                "marker": {
-                    "symbol": "line-ew-open",
-                    "size": 28,
-                    "color": THRESHOLD_PD,
-                    "line": {"width": 3, "color": THRESHOLD_PD},
-                },
-                "hovertemplate": "PD at or above %{y:.1f} mm<extra></extra>",
-            }
-        )
-    return [("Sum of diameters (mm)", traces)]
+    return traces
+
+
+def _pr_threshold_trace(baseline_sum: float, *, x: list[str | None]) -> dict[str, Any]:
+    """The PR threshold, 30% below the baseline sum (RECIST 1.1 section 4.3.1), as a
+    dashed line over ``x`` (the baseline's date and the last study's)."""
+    pr = baseline_sum * (1 + PR_DECREASE_PCT / 100.0)
+    return {
+        "type": "scatter",
+        "mode": "lines",
+        "name": f"PR threshold ({PR_DECREASE_PCT:.0f}% from baseline)",
+        "x": x,
+        "y": [pr, pr],
+        "line": {"color": THRESHOLD_PR, "dash": "dash", "width": 2},
+        "hovertemplate": f"PR at or below {pr:.1f} mm<extra></extra>",
+    }
+
+
+def _pd_threshold_trace(dates: list[str | None], pd_line: list[float | None]) -> dict[str, Any]:
+    """The PD threshold (`_pd_thresholds`) at each study, None where there is none."""
+    # One tick per follow-up: the threshold belongs to that study (its nadir is
+    # the smallest earlier sum), so nothing is drawn between studies.
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "name": f"PD threshold (+{PD_INCREASE_PCT:.0f}% and +{PD_ABSOLUTE_MM:.0f} mm from nadir)",
+        "x": dates,
+        "y": pd_line,
+        "marker": {
+            "symbol": "line-ew-open",
+            "size": 28,
+            "color": THRESHOLD_PD,
+            "line": {"width": 3, "color": THRESHOLD_PD},
+        },
+        "hovertemplate": "PD at or above %{y:.1f} mm<extra></extra>",
+    }
 
 
 def _burden_rows(responses: list[ResponseRow]) -> list[Panel]:

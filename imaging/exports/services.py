@@ -52,13 +52,12 @@ from imaging.core.dicom.seg_sr import (
     ExportUids,
     PredecessorDocument,
     SegmentationModel,
-    TimePoint,
     dataset_write,
     measurement_report_build,
     segment_volumes_ml,
     segmentation_build,
-    time_point_of,
 )
+from imaging.core.dicom.sr_codes import TimePoint, time_point_of
 from imaging.core.dicom.write import synthetic_uid
 from imaging.core.geometry.nifti import volume_read_nifti
 from imaging.core.geometry.volume import Volume

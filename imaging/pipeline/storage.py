@@ -84,7 +84,7 @@ def candidate_entry(measurement: Any) -> dict[str, Any]:
     """A measured candidate as `Segmentation.lesions` holds it (study LPS, mm, ml).
 
     ``edges_reached``: the edges of what was imaged that the lesion reaches
-    (`imaging.core.segmentation.measure.lesion_edges`); its sizes are then lower bounds."""
+    (`imaging.core.segmentation.edges.lesion_edges`); its sizes are then lower bounds."""
     return {
         "component_label": measurement.label_value,
         "organ": measurement.organ,

@@ -24,7 +24,7 @@ from django.urls import reverse
 from fhir.resources.R4B.observation import Observation
 from hl7apy.parser import parse_message
 
-from analytics.dashboard.figures import lesion_volume_figure
+from analytics.dashboard.figures_lesions import lesion_volume_figure
 from analytics.dashboard.patient import patient_timeline
 from analytics.fhir.build import patient_resources_build
 from analytics.fhir.codes import DATA_ABSENT_REASON, FINDING_STATE_SYSTEM
@@ -35,7 +35,8 @@ from analytics.hl7.send import study_result_load
 from analytics.lesions.selectors import measurements_table
 from analytics.lesions.serializers import LesionMeasurementSerializer
 from analytics.risk.selectors import feature_inputs_load
-from imaging.core.dicom.seg_sr import FINDING_STATE, TimePoint, dataset_write
+from imaging.core.dicom.seg_sr import dataset_write
+from imaging.core.dicom.sr_codes import FINDING_STATE, TimePoint
 from imaging.exports.services import _lesion, _lesion_values, study_dicom_export
 from imaging.models import Lesion, LesionMeasurement
 from tests.analytics.finding_rows import finding_rows_make

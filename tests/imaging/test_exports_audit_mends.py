@@ -20,15 +20,8 @@ from django.conf import settings
 from pydicom.sr.codedict import codes
 
 from analytics.models import ResponseAssessment
-from imaging.core.dicom.seg_sr import (
-    PROVISIONAL_LINK,
-    TRACKING_LINK,
-    DicomExportError,
-    ExportedLesion,
-    TimePoint,
-    dataset_write,
-    time_point_of,
-)
+from imaging.core.dicom.seg_sr import DicomExportError, ExportedLesion, dataset_write
+from imaging.core.dicom.sr_codes import PROVISIONAL_LINK, TRACKING_LINK, TimePoint, time_point_of
 from imaging.exports.services import _time_point, study_dicom_export
 from imaging.models import LesionMeasurement
 from tests.analytics.test_same_day_studies import ABDOMEN, BOTH, CHEST, _patient

@@ -21,12 +21,12 @@ from imaging.core.dicom.seg_sr import (
     ExportUids,
     PredecessorDocument,
     SegmentationModel,
-    TimePoint,
     dataset_write,
     measurement_report_build,
     segment_volumes_ml,
     segmentation_build,
 )
+from imaging.core.dicom.sr_codes import TimePoint
 from imaging.core.dicom.volume import series_volume
 from imaging.core.dicom.write import CTSeriesAttributes, ct_series_write, synthetic_uid
 from imaging.core.geometry.volume import Volume

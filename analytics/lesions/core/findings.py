@@ -84,7 +84,7 @@ NODE_MEASURABLE_MM = 15.0
 
 _ACCEPTED = ("accepted", "edited")
 
-#: The edges a lesion can reach (`imaging.core.segmentation.measure.lesion_edges`), as
+#: The edges a lesion can reach (`imaging.core.segmentation.edges.lesion_edges`), as
 #: a person reads them; padded pixels lie outside the reconstructed field of view.
 EDGE_WORDS = {
     "scan_start": "the edge of the scanned range (its first slice)",

@@ -56,12 +56,8 @@ from analytics.lesions.tracking.chain import StudyInput, study_inputs
 from analytics.lesions.tracking.summary import TrackingSummary
 from analytics.lesions.tracking.transforms import study_mapping
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.interactive import (
-    ClickRefused,
-    ClickSegmentation,
-    ClickSettings,
-    click_segment,
-)
+from imaging.core.segmentation.interactive import ClickSegmentation, click_segment
+from imaging.core.segmentation.interactive_region import ClickRefused, ClickSettings
 from imaging.core.segmentation.interactive_search import lesion_search
 from imaging.models import Lesion, LesionLink, LesionMeasurement, ReviewEvent, Segmentation, Study
 

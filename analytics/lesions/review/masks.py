@@ -53,7 +53,8 @@ from imaging.core.geometry.nifti import volume_read_nifti
 from imaging.core.geometry.nifti_region import volume_read_nifti_region
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.interactive import EDIT_METHOD, ClickRefused, mask_measure
+from imaging.core.segmentation.interactive import EDIT_METHOD, mask_measure
+from imaging.core.segmentation.interactive_region import ClickRefused
 from imaging.models import LesionMeasurement, ReviewEvent, Segmentation
 
 #: How far a mask's header may be from the study's grid and still be on it.

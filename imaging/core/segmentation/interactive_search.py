@@ -15,14 +15,16 @@ from scipy import ndimage
 
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.interactive import (
-    FACES,
-    ClickRefused,
     ClickSegmentation,
-    ClickSettings,
     LesionLook,
-    around_click,
     as_point,
     click_segment,
+)
+from imaging.core.segmentation.interactive_region import (
+    FACES,
+    ClickRefused,
+    ClickSettings,
+    around_click,
 )
 
 

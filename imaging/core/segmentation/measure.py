@@ -37,9 +37,10 @@ steps.
   probability in the component, and the mean flip-TTA disagreement of the lesion
   probability over the component's voxels.
 - ``edges_reached``: the edges of what was imaged that the lesion reaches
-  (`lesion_edges`: the first or last slice of the scanned range, the in-plane field of
-  view, pixels outside the reconstructed field of view). Beyond them the lesion was
-  not imaged, so every size above is then a lower bound, not the lesion's size.
+  (`edges.lesion_edges`: the first or last slice of the scanned range, the in-plane
+  field of view, pixels outside the reconstructed field of view). Beyond them the
+  lesion was not imaged, so every size above is then a lower bound, not the lesion's
+  size.
 """
 
 from __future__ import annotations
@@ -55,21 +56,13 @@ from scipy.spatial import ConvexHull, QhullError
 from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
+from imaging.core.segmentation.edges import lesion_edges
 from imaging.core.segmentation.partial_volume import PartialVolume, partial_volume_measure
 from imaging.core.segmentation.postprocess import LesionCandidate
 
 MAX_FINE_VOXELS = 6_000_000
 SOFT_FLOOR = 0.1
 MATCHED_LEVELS = (0.3, 0.7)
-
-#: The edges of what was imaged that a lesion can reach (`lesion_edges`): the first and
-#: the last slice of the scanned range (the scan's k axis, along the slice normal), the
-#: in-plane edge of the images, and pixels outside the reconstructed field of view
-#: (Pixel Padding Value (0028,0120), `Volume.padding`).
-EDGE_SCAN_START = "scan_start"
-EDGE_SCAN_END = "scan_end"
-EDGE_FIELD_OF_VIEW = "field_of_view"
-EDGE_PADDING = "padding"
 
 
 @dataclass(frozen=True)
@@ -399,60 +392,6 @@ def _hu_inside(hu: Volume, mask: np.ndarray, lo_lps: np.ndarray, step: float) ->
     inside = mask[f[:, 2], f[:, 1], f[:, 0]]
     idx = idx[inside]
     return hu.array[idx[:, 2], idx[:, 1], idx[:, 0]].astype(np.float64)
-
-
-# --------------------------------------------------------------------------- edges
-def lesion_edges(*, lesion: Volume, scanned: Volume) -> tuple[str, ...]:
-    """The edges of what was imaged that a lesion reaches, () when it lies wholly inside.
-
-    ``lesion`` (label or bool, any grid): the lesion's voxels (those above 0);
-    ``scanned``: the study as scanned (`dicom.volume.series_volume`: its k axis runs
-    along the slice normal), with its ``padding``. A lesion voxel that overlaps the
-    outermost voxel layer of the scan, or lies beyond it, reaches `EDGE_SCAN_START` or
-    `EDGE_SCAN_END` (k: the first or last slice of the scanned range) or
-    `EDGE_FIELD_OF_VIEW` (i or j: the in-plane edge of the images); one that overlaps or
-    touches a padded voxel reaches `EDGE_PADDING`. Beyond an edge the lesion was not
-    imaged, so what is measured of it is a lower bound of its size.
-    """
-    mask = np.asarray(lesion.array) > 0
-    if not mask.any():
-        return ()
-    # Only the outline can reach an edge.
-    kji = np.argwhere(mask & ~ndimage.binary_erosion(mask))
-    ijk = scanned.lps_to_index(lesion.index_to_lps(kji[:, ::-1].astype(float)))
-    # Half a lesion voxel, in the scan's voxels along each of its axes.
-    rotation = np.abs(scanned.direction.T @ lesion.direction)
-    half = 0.5 * (rotation @ np.asarray(lesion.spacing_mm)) / np.asarray(scanned.spacing_mm)
-    reach = 0.5 + half
-    last = np.asarray(scanned.shape_ijk) - 1
-    low = (ijk < reach).any(axis=0)
-    high = (ijk > last - reach).any(axis=0)
-    edges = []
-    if low[2]:
-        edges.append(EDGE_SCAN_START)
-    if high[2]:
-        edges.append(EDGE_SCAN_END)
-    if low[:2].any() or high[:2].any():
-        edges.append(EDGE_FIELD_OF_VIEW)
-    if scanned.padding is not None and _touches(ijk, half, scanned.padding):
-        edges.append(EDGE_PADDING)
-    return tuple(edges)
-
-
-def _touches(ijk: np.ndarray, half: np.ndarray, marked: np.ndarray) -> bool:
-    """Whether a voxel of ``marked`` ([k, j, i]) overlaps or touches one of the lesion
-    voxels centred at ``ijk`` (continuous scan indices, ``half`` a voxel wide)."""
-    centres = np.unique(np.rint(ijk).astype(int), axis=0)
-    size = np.asarray(marked.shape[::-1])
-    reach = np.ceil(half + 0.5).astype(int)
-    for di in range(-reach[0], reach[0] + 1):
-        for dj in range(-reach[1], reach[1] + 1):
-            for dk in range(-reach[2], reach[2] + 1):
-                idx = centres + (di, dj, dk)
-                idx = idx[np.all((idx >= 0) & (idx < size), axis=1)]
-                if marked[idx[:, 2], idx[:, 1], idx[:, 0]].any():
-                    return True
-    return False
 
 
 # --------------------------------------------------------------------------- lesions

@@ -9,12 +9,8 @@ import pytest
 from scipy import ndimage
 
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.interactive import (
-    ClickRefused,
-    ClickSettings,
-    click_segment,
-    mask_measure,
-)
+from imaging.core.segmentation.interactive import click_segment, mask_measure
+from imaging.core.segmentation.interactive_region import ClickRefused, ClickSettings
 from imaging.core.segmentation.interactive_search import lesion_search
 
 LUNG_HU, NODULE_HU, LIVER_HU, METASTASIS_HU = -850.0, 40.0, 60.0, 20.0

@@ -13,9 +13,9 @@ import pytest
 
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.orientation import orientation_standardise, volume_flip_header
+from imaging.core.segmentation.edges import EDGE_PADDING, EDGE_SCAN_END, lesion_edges
 from imaging.core.segmentation.interactive import click_segment
 from imaging.core.segmentation.interactive_search import lesion_search
-from imaging.core.segmentation.measure import EDGE_PADDING, EDGE_SCAN_END, lesion_edges
 from tests.imaging.core.test_anatomy import trunk_volume
 from tests.imaging.core.test_interactive import LUNG_HU, NODULE_HU, _phantom
 

@@ -11,16 +11,15 @@ import pytest
 
 from imaging.core.dicom.volume import series_volume
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.lesions import study_around
-from imaging.core.segmentation.measure import (
+from imaging.core.segmentation.edges import (
     EDGE_FIELD_OF_VIEW,
     EDGE_PADDING,
     EDGE_SCAN_END,
     EDGE_SCAN_START,
-    LesionMeasurement,
     lesion_edges,
-    lesions_measure,
 )
+from imaging.core.segmentation.lesions import study_around
+from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
 from imaging.core.segmentation.partial_volume import partial_volume_measure
 from imaging.core.segmentation.postprocess import LesionCandidate
 from imaging.pipeline.storage import candidate_entry
