@@ -55,7 +55,9 @@ def _volume(array: np.ndarray) -> Volume:
     return Volume(array=array, spacing_mm=(SPACING,) * 3, origin_mm=(0.0, 0.0, 0.0))
 
 
-def test_a_nodule_is_kept_and_a_vessel_segment_dropped_with_the_evidence():
+def _nodule_and_vessel_piece() -> tuple[np.ndarray, np.ndarray]:
+    """Lungs with a 10 mm nodule (label 1) and a 4 mm vessel of which the network
+    outlined 15 mm (label 2): the image and the candidate labels."""
     image = _lungs()
     nodule = _ball((45, 30, 30), 5.0)
     vessel = _tube_along_x(y_mm=90, z_mm=45, radius_mm=2.0)
@@ -64,9 +66,14 @@ def test_a_nodule_is_kept_and_a_vessel_segment_dropped_with_the_evidence():
     labels = np.zeros(SHAPE, np.uint16)
     labels[nodule] = 1
     segment = vessel.copy()
-    segment[:, :, :20] = False  # the network outlined 15 mm of it: a piece of the tube
+    segment[:, :, :20] = False
     segment[:, :, 30:] = False
     labels[segment] = 2
+    return image, labels
+
+
+def test_a_nodule_is_kept_and_a_vessel_segment_dropped_with_the_evidence():
+    image, labels = _nodule_and_vessel_piece()
     candidates = (_candidate(labels, 1), _candidate(labels, 2))
 
     mask, kept, record = tubular_candidates_filter(
@@ -129,17 +136,7 @@ def test_only_lung_candidates_up_to_the_size_limit_are_judged():
 
 def test_anisotropic_grid_gives_the_same_reading():
     """The scales are in mm: a grid of 1.5 x 1.5 x 3 mm judges the same shapes alike."""
-    image = _lungs()
-    nodule = _ball((45, 30, 30), 5.0)
-    vessel = _tube_along_x(y_mm=90, z_mm=45, radius_mm=2.0)
-    image[nodule] = 30.0
-    image[vessel] = 40.0
-    labels = np.zeros(SHAPE, np.uint16)
-    labels[nodule] = 1
-    segment = vessel.copy()
-    segment[:, :, :20] = False
-    segment[:, :, 30:] = False
-    labels[segment] = 2
+    image, labels = _nodule_and_vessel_piece()
     thick = Volume(array=image[::2], spacing_mm=(1.5, 1.5, 3.0), origin_mm=(0.0, 0.0, 0.0))
     thick_labels = thick.with_array(labels[::2], kind="label")
     candidates = (_candidate(labels[::2], 1), _candidate(labels[::2], 2))
