@@ -36,6 +36,7 @@ from imaging.models import (
 )
 from imaging.store import data_dir
 from tests.analytics.correction_patient import MISSED, _rendered, correction_patient
+from tests.analytics.test_tracking_deformable import _candidate
 from tests.imaging.factories import SeriesFactory, StudyFactory
 from tests.patients.factories import PatientFactory, UserFactory
 
@@ -155,23 +156,6 @@ def test_a_transform_file_is_read_once_per_registration(monkeypatch):
 
 
 # --------------------------------------------------------------------------- tracking
-def _candidate(label: int, organ: str, centre, volume_ml: float, diameter_mm: float) -> dict:
-    return {
-        "component_label": label,
-        "organ": organ,
-        "centroid_lps_mm": [float(v) for v in centre],
-        "volume_ml": volume_ml,
-        "longest_diameter_mm": diameter_mm,
-        "short_axis_mm": diameter_mm * 0.8,
-        "max_3d_diameter_mm": diameter_mm * 1.05,
-        "mean_hu": 30.0,
-        "sd_hu": 9.0,
-        "sphericity": 0.9,
-        "confidence": 0.95,
-        "uncertainty": 0.02,
-    }
-
-
 def _patient(plan: list[list[dict]], *, geometries=None) -> tuple:
     """A patient with one study per entry of ``plan`` (its candidates), each follow-up
     registered to the baseline through `_deformable` of the identity; ``geometries``:

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
 import pytest
 
-from analytics.lesions.tracking.track import patient_track
 from analytics.models import ResponseAssessment
-from imaging.models import LesionMeasurement, Registration, Segmentation
-from tests.imaging.factories import SeriesFactory, StudyFactory
-from tests.imaging.test_review import BASELINE_DATE, LIVER, LUNG, SHIFT, candidate
-from tests.patients.factories import PatientFactory
+from imaging.models import LesionMeasurement
+from tests.analytics.test_same_day_studies import _patient as same_day_patient
+from tests.imaging.test_review import BASELINE_DATE, LIVER, LUNG
 
 pytestmark = pytest.mark.django_db
 
@@ -31,31 +28,8 @@ DOME_WHOLE = (1, "liver", LIVER, 14.2, WHOLE_MM, ())
 
 
 def _patient(plan):
-    """Studies (date, candidates (label, organ, centre, ml, mm, edges)), each registered to
-    the first (moved by SHIFT), tracked."""
-    patient = PatientFactory(patient_id="SAMEDAY-CUT-1")
-    first = None
-    for index, (date, candidates) in enumerate(plan):
-        study = StudyFactory(patient=patient, study_date=date)
-        series = SeriesFactory(study=study, state="processed")
-        study.chosen_series = series
-        study.save()
-        shift = SHIFT if index else np.zeros(3)
-        lesions = [
-            {**candidate(k, o, c + shift, v, d), "edges_reached": list(edges)}
-            for k, o, c, v, d, edges in candidates
-        ]
-        Segmentation.objects.create(series=series, mask_path=f"masks/cut-{index}.nii.gz",
-                                    model_name="test", model_version="1", lesions=lesions)  # fmt: skip
-        if first is None:
-            first = series
-            continue
-        matrix = np.eye(4)
-        matrix[:3, 3] = SHIFT
-        Registration.objects.create(moving_series=series, fixed_series=first, backend="test",
-                                    matrix_fixed_to_moving=matrix.tolist())  # fmt: skip
-    patient_track(patient=patient)
-    return patient
+    """Studies (date, candidates (label, organ, centre, ml, mm, edges)), tracked."""
+    return same_day_patient(plan, patient_id="SAMEDAY-CUT-1")
 
 
 def _liver_rows(patient, date) -> list[LesionMeasurement]:

@@ -22,9 +22,16 @@ ABDOMEN = [(1, "liver", LIVER, 14.0, 32.0)]
 BOTH = [(1, "lung", LUNG, 1.7, 15.5), (2, "liver", LIVER, 13.0, 31.0)]
 
 
-def _patient(plan):
-    """Studies (date, candidates), each registered to the first (moved by SHIFT)."""
-    patient = PatientFactory(patient_id="SAMEDAY-1")
+def _lesion(spec: tuple, shift: np.ndarray) -> dict:
+    label, organ, centre, ml, mm, *edges = spec
+    lesion = candidate(label, organ, centre + shift, ml, mm)
+    return {**lesion, "edges_reached": list(edges[0])} if edges else lesion
+
+
+def _patient(plan, *, patient_id: str = "SAMEDAY-1"):
+    """Studies (date, candidates (label, organ, centre, ml, mm[, edges reached])), each
+    registered to the first (moved by SHIFT), tracked."""
+    patient = PatientFactory(patient_id=patient_id)
     first = None
     for index, (date, candidates) in enumerate(plan):
         study = StudyFactory(patient=patient, study_date=date)
@@ -35,7 +42,7 @@ def _patient(plan):
         Segmentation.objects.create(
             series=series, mask_path=f"masks/sameday-{index}.nii.gz", model_name="test",
             model_version="1",
-            lesions=[candidate(k, o, c + shift, v, d) for k, o, c, v, d in candidates],
+            lesions=[_lesion(spec, shift) for spec in candidates],
         )  # fmt: skip
         if first is None:
             first = series
