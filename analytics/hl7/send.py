@@ -416,24 +416,39 @@ def _study_send_locked(
         result, correction=holds is not None and holds.final and not holds.says(digest)
     )
     control_id = uuid.uuid4().hex[:20]
-    text = oru_r01_build(
-        result=result,
-        control_id=control_id,
-        sending_facility=settings.RADTRACK_HL7_SENDING_FACILITY,
-        receiving_application=settings.RADTRACK_HL7_RECEIVING_APPLICATION,
-        receiving_facility=settings.RADTRACK_HL7_RECEIVING_FACILITY,
-        at=timezone.now(),
-    )
-    row = ResultMessage(
-        patient_id=assessment.patient_id,
+    text = oru_r01_build(result=result, **_envelope(control_id))
+    row = _message_row(
+        patient_id=assessment.patient_id, uid=uid, control_id=control_id, digest=digest,
+        result_status=result.status, host=host, port=port,
+    )  # fmt: skip
+    return _deliver(text, row, sleep, patient_id=assessment.patient_id, uid=uid)
+
+
+def _envelope(control_id: str) -> dict:
+    """The message header's parts every ORU^R01 RadTrack sends shares."""
+    return {
+        "control_id": control_id,
+        "sending_facility": settings.RADTRACK_HL7_SENDING_FACILITY,
+        "receiving_application": settings.RADTRACK_HL7_RECEIVING_APPLICATION,
+        "receiving_facility": settings.RADTRACK_HL7_RECEIVING_FACILITY,
+        "at": timezone.now(),
+    }
+
+
+def _message_row(
+    *, patient_id: int, uid: str, control_id: str, digest: str, result_status: str,
+    host: str, port: int,
+) -> ResultMessage:  # fmt: skip
+    """The record of a message about to be sent: failed until its ACK says otherwise."""
+    return ResultMessage(
+        patient_id=patient_id,
         study_instance_uid=uid,
         control_id=control_id,
         content_sha256=digest,
-        result_status=result.status,
+        result_status=result_status,
         destination=f"{host}:{port}"[:255],
         status=ResultMessage.Status.FAILED,
     )
-    return _deliver(text, row, sleep, patient_id=assessment.patient_id, uid=uid)
 
 
 def _withdrawal_load(patient: Patient, uid: str, study: Study | None) -> ResultWithdrawal:
@@ -490,23 +505,12 @@ def hl7_result_withdraw(
         study = Study.objects.filter(study_instance_uid=uid).first()
         withdrawal = _withdrawal_load(patient, uid, study)
         control_id = uuid.uuid4().hex[:20]
-        text = oru_r01_withdrawal_build(
-            withdrawal=withdrawal,
-            control_id=control_id,
-            sending_facility=settings.RADTRACK_HL7_SENDING_FACILITY,
-            receiving_application=settings.RADTRACK_HL7_RECEIVING_APPLICATION,
-            receiving_facility=settings.RADTRACK_HL7_RECEIVING_FACILITY,
-            at=timezone.now(),
-        )
-        row = ResultMessage(
-            patient_id=patient_id,
-            study_instance_uid=uid,
-            control_id=control_id,
-            content_sha256=withdrawal_digest(withdrawal),
-            result_status=WITHDRAWN_STATUS,
-            destination=f"{host}:{port}"[:255],
-            status=ResultMessage.Status.FAILED,
-        )
+        text = oru_r01_withdrawal_build(withdrawal=withdrawal, **_envelope(control_id))
+        row = _message_row(
+            patient_id=patient_id, uid=uid, control_id=control_id,
+            digest=withdrawal_digest(withdrawal), result_status=WITHDRAWN_STATUS,
+            host=host, port=port,
+        )  # fmt: skip
         return _deliver(text, row, sleep, patient_id=patient_id, uid=uid)
 
 
