@@ -364,6 +364,10 @@ class ResultMessage(models.Model):
 
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="result_messages")
     study_instance_uid = models.CharField(max_length=64, db_index=True)
+    #: The order the message answered (OBR-3/18) and the study's date (OBR-7), kept so
+    #: that a withdrawal of a study RadTrack no longer has still names the order.
+    accession_number = models.CharField(max_length=64, blank=True, help_text="OBR-3, OBR-18")
+    study_date = models.DateField(null=True, blank=True, help_text="OBR-7")
     control_id = models.CharField(max_length=20, unique=True, help_text="MSH-10")
     content_sha256 = models.CharField(max_length=64)
     result_status = models.CharField(

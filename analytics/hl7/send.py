@@ -35,6 +35,7 @@ for the whole lesion, are not sent.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
@@ -420,6 +421,7 @@ def _study_send_locked(
     row = _message_row(
         patient_id=assessment.patient_id, uid=uid, control_id=control_id, digest=digest,
         result_status=result.status, host=host, port=port,
+        order=(result.accession_number, result.study_date),
     )  # fmt: skip
     return _deliver(text, row, sleep, patient_id=assessment.patient_id, uid=uid)
 
@@ -437,12 +439,15 @@ def _envelope(control_id: str) -> dict:
 
 def _message_row(
     *, patient_id: int, uid: str, control_id: str, digest: str, result_status: str,
-    host: str, port: int,
+    host: str, port: int, order: tuple[str, dt.date | None],
 ) -> ResultMessage:  # fmt: skip
-    """The record of a message about to be sent: failed until its ACK says otherwise."""
+    """The record of a message about to be sent: failed until its ACK says otherwise.
+    ``order``: the accession number and study date it names (OBR-3/18, OBR-7)."""
     return ResultMessage(
         patient_id=patient_id,
         study_instance_uid=uid,
+        accession_number=order[0][:64],
+        study_date=order[1],
         control_id=control_id,
         content_sha256=digest,
         result_status=result_status,
@@ -453,7 +458,15 @@ def _message_row(
 
 def _withdrawal_load(patient: Patient, uid: str, study: Study | None) -> ResultWithdrawal:
     """The withdrawal of ``uid``'s result sent for ``patient``; ``study``: RadTrack's
-    study of that UID, if it still has one (its accession number names the order)."""
+    study of that UID, if it still has one (its accession number names the order; of a
+    study removed since, the order the accepted result named)."""
+    accession, study_date = "", None
+    if study is not None:
+        accession, study_date = study.accession_number or "", study.study_date
+    else:
+        sent = _last_accepted(patient.pk, uid)
+        if sent is not None:
+            accession, study_date = sent.accession_number, sent.study_date
     if study is None:
         reason = "the study was removed from RadTrack"
     elif study.patient_id != patient.pk:
@@ -469,9 +482,20 @@ def _withdrawal_load(patient: Patient, uid: str, study: Study | None) -> ResultW
         birth_date=patient.birth_date,
         sex=patient.sex,
         study_instance_uid=uid,
-        accession_number=(study.accession_number or "") if study is not None else "",
-        study_date=study.study_date if study is not None else None,
+        accession_number=accession,
+        study_date=study_date,
         reason=f"Result withdrawn: {reason}. RadTrack no longer stands by it.",
+    )
+
+
+def _last_accepted(patient_id: int, uid: str) -> ResultMessage | None:
+    """The last message about ``uid`` of the patient the EHR accepted."""
+    return (
+        ResultMessage.objects.filter(
+            patient_id=patient_id, study_instance_uid=uid, status=ResultMessage.Status.ACCEPTED
+        )
+        .order_by("-created_at", "-pk")
+        .first()
     )
 
 
@@ -509,7 +533,7 @@ def hl7_result_withdraw(
         row = _message_row(
             patient_id=patient_id, uid=uid, control_id=control_id,
             digest=withdrawal_digest(withdrawal), result_status=WITHDRAWN_STATUS,
-            host=host, port=port,
+            host=host, port=port, order=(withdrawal.accession_number, withdrawal.study_date),
         )  # fmt: skip
         return _deliver(text, row, sleep, patient_id=patient_id, uid=uid)
 

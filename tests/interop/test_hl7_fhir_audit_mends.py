@@ -272,6 +272,8 @@ def test_the_on_commit_trigger_withdraws_a_study_moved_away(
 
 def test_a_removed_study_is_withdrawn_and_so_counted_by_the_task(listen):
     rows = rows_make()
+    rows.followup.accession_number = "ACC-FOLLOWUP"
+    rows.followup.save()
     server = listen()
     assert hl7_study_send(assessment=rows.response, **NO_WAIT).status == "sent"
     assert (
@@ -281,6 +283,8 @@ def test_a_removed_study_is_withdrawn_and_so_counted_by_the_task(listen):
         == "sent"
     )
     uid = rows.followup.study_instance_uid
+    accession, study_date = rows.followup.accession_number, rows.followup.study_date
+    assert accession and study_date
     for series in rows.followup.series.all():  # studies, series and instances are protected
         series.instances.all().delete()
         series.delete()
@@ -289,6 +293,10 @@ def test_a_removed_study_is_withdrawn_and_so_counted_by_the_task(listen):
     text = server.received[-1]
     assert uid in text and "removed" in _obx(text)["RESPWDRN"][5]
     assert {o[11] for o in _segments(text)["OBX"]} == {"W"}
+    # The EHR matches the withdrawal to the order its result answered, kept when sent.
+    obr = _segments(text)["OBR"][0]
+    assert obr[3] == f"{accession}^RADTRACK" and obr[18] == accession
+    assert obr[7] == study_date.strftime("%Y%m%d")
     assert hl7_results_send_task() == 0
 
 
