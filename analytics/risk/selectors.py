@@ -46,7 +46,7 @@ class FeatureInputs:
     - ``patients``: `PATIENT_COLUMNS` (``sex`` F/M/O or blank).
     - ``events``: `EVENT_COLUMNS` (progression / death / censor).
     - ``studies``: `STUDY_COLUMNS`, every dated CT study (processed or not).
-    - ``measurements``: `MEASUREMENT_COLUMNS`, one row per lesion per study.
+    - ``measurements``: `FEATURE_MEASUREMENT_COLUMNS`, one row per lesion per study.
     - ``responses``: `RESPONSE_COLUMNS`, one row per assessed study.
     """
 
@@ -140,7 +140,10 @@ def _studies_load(within: QuerySet) -> pd.DataFrame:
     )
 
 
-#: Read beside `MEASUREMENT_COLUMNS` to place the values (`_measurement_sizes`), then dropped.
+#: The measurements the features read: the export's columns, then the finding state (an
+#: export extra column), since a lesion whose size is not assessable is still there.
+FEATURE_MEASUREMENT_COLUMNS = (*MEASUREMENT_COLUMNS, "finding_state")
+#: Read beside `MEASUREMENT_COLUMNS` to place the values (`_measurement_sizes`).
 _STATE_COLUMNS = ("finding_state", "too_small")
 _SIZES = ["volume_ml", "longest_diameter_mm", "short_axis_mm"]
 #: Finding states whose sizes are not known: not found, and seen but cut by the edge of
@@ -189,7 +192,7 @@ def _measurements_load(within: QuerySet) -> pd.DataFrame:
         ),
         columns=(*MEASUREMENT_COLUMNS, *_STATE_COLUMNS),
     )
-    return _measurement_sizes(measurements).loc[:, list(MEASUREMENT_COLUMNS)]
+    return _measurement_sizes(measurements).loc[:, list(FEATURE_MEASUREMENT_COLUMNS)]
 
 
 def _measurement_sizes(measurements: pd.DataFrame) -> pd.DataFrame:

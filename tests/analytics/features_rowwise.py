@@ -177,6 +177,8 @@ class ImagingFeatures:
             if "longest_diameter_mm" in self.measurements
             else math.nan
         )
+        if "finding_state" in self.measurements:
+            m["finding_state"] = self.measurements["finding_state"]
         self._by_patient = _groups(m)
         r = self.responses
         if r is None:
@@ -209,11 +211,16 @@ class ImagingFeatures:
                 (burden.iloc[-1] + BURDEN_LOG_OFFSET_ML) / (known.min() + BURDEN_LOG_OFFSET_ML)
             )
         volume, longest = rows["volume_ml"], rows["longest_diameter_mm"]
-        seen = rows[(volume > 0) | (volume.isna() & (longest > 0))]
+        cut = (
+            rows["finding_state"] == "not_assessable"
+            if "finding_state" in rows
+            else pd.Series(False, index=rows.index)
+        )
+        seen = rows[(volume > 0) | (volume.isna() & ((longest > 0) | cut))]
         first_seen = seen.groupby("lesion_uid")["study_date"].min()
         out["new_lesions"] = float((first_seen > dates[0]).sum())
         involved = set(seen.loc[seen["study_date"] == last, "organ"])
-        not_found = rows[(rows["study_date"] == last) & volume.isna() & longest.isna()]
+        not_found = rows[(rows["study_date"] == last) & volume.isna() & longest.isna() & ~cut]
         doubtful = set(not_found["organ"]) - involved
         out["organs_involved"] = math.nan if doubtful else float(len(involved))
         present = rows[volume > 0]

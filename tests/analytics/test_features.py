@@ -309,3 +309,26 @@ def test_a_volume_not_known_makes_the_burden_not_known_never_smaller():
     assert may_without["total_burden_ml"] == 3.0
     assert may_without["burden_ratio_to_nadir"] == pytest.approx((3.0 + 0.1) / (3.0 + 0.1))
     assert may_without["burden_log_slope_per_30d"] < 0  # over January and May only
+
+
+def test_a_lesion_cut_by_the_scans_edge_is_there_its_size_not_known():
+    rows = pd.DataFrame(
+        [("A", "2024-01-01", "L1", "liver", 4.0, 20.0, "confirmed"),
+         ("A", "2024-01-01", "L2", "lung", 2.0, 15.0, "confirmed"),
+         # at the follow-up L2 is seen, cut by the last slice: no sizes
+         ("A", "2024-03-01", "L1", "liver", 3.0, 18.0, "confirmed"),
+         ("A", "2024-03-01", "L2", "lung", np.nan, np.nan, "not_assessable"),
+         # and a new lesion first seen cut by the field of view
+         ("A", "2024-03-01", "N1", "lymph_node", np.nan, np.nan, "not_assessable")],
+        columns=["patient_id", "study_date", "lesion_uid", "organ", "volume_ml",
+                 "longest_diameter_mm", "finding_state"],
+    )  # fmt: skip
+    march = ImagingFeatures(rows).compute("A", dt.date(2024, 3, 1))
+    assert math.isnan(march["total_burden_ml"])  # not 3.0: L2's volume is not known
+    assert march["organs_involved"] == 3.0  # the lung and the node are there
+    assert march["new_lesions"] == 1.0
+    # Without the state the same rows read as not found: the lung's involvement unknown.
+    unknown = ImagingFeatures(rows.drop(columns=["finding_state"])).compute(
+        "A", dt.date(2024, 3, 1)
+    )
+    assert math.isnan(unknown["organs_involved"]) and unknown["new_lesions"] == 0.0

@@ -41,8 +41,9 @@ def assert_same_features(before: pd.DataFrame, after: pd.DataFrame) -> None:
 
 def _measurements(cohort, rng: np.random.Generator) -> pd.DataFrame:
     """Every lesion at every study it is present or resolved at, with repeat-scan noise;
-    now and then a lesion not found (no volume, no diameter) or measured by hand (a
-    diameter, no volume), as the risk selector gives them."""
+    now and then a lesion not found (no volume, no diameter), measured by hand (a
+    diameter, no volume) or cut by the scan's edge (no sizes, ``not_assessable``), as the
+    risk selector gives them."""
     rows = []
     for p in cohort.patients:
         for k, study in enumerate(p.studies):
@@ -53,11 +54,13 @@ def _measurements(cohort, rng: np.random.Generator) -> pd.DataFrame:
                 volume = lesion.volume_ml(study.day) * float(np.exp(rng.normal(0.0, 0.1)))
                 volume = 0.0 if state == "resolved" else volume
                 diameter = equivalent_diameter_mm(volume)
-                chance = rng.random()
+                chance, state = rng.random(), "confirmed"
                 if k > 0 and chance < 0.05:  # not found: neither present nor gone
                     volume = diameter = math.nan
                 elif chance > 0.97:  # measured by hand: a diameter, no volume
                     volume, diameter = math.nan, max(diameter, 6.0)
+                elif chance > 0.95 and volume > 0:  # cut by the scan's edge: there, no size
+                    volume, diameter, state = math.nan, math.nan, "not_assessable"
                 uid = study.study_instance_uid
                 # Some patients' last study is split in two studies of the same date, each
                 # holding some of the lesions (a chest CT and an abdomen CT on one day).
@@ -67,7 +70,7 @@ def _measurements(cohort, rng: np.random.Generator) -> pd.DataFrame:
                     (p.patient_id, uid, study.study_date, lesion.tracking_uid,
                      lesion.lesion_id, lesion.organ, "tracked", volume,
                      diameter, 0.8 * diameter,
-                     None, None, None, None, "accepted")
+                     None, None, None, None, "accepted", state)
                 )  # fmt: skip
     return pd.DataFrame(
         rows,
@@ -75,6 +78,7 @@ def _measurements(cohort, rng: np.random.Generator) -> pd.DataFrame:
             "patient_id", "study_instance_uid", "study_date", "lesion_uid", "lesion_label",
             "organ", "status", "volume_ml", "longest_diameter_mm", "short_axis_mm",
             "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "is_target", "review_state",
+            "finding_state",
         ],
     )  # fmt: skip
 

@@ -34,6 +34,7 @@ from analytics.hl7.message import oru_r01_build
 from analytics.hl7.send import study_result_load
 from analytics.lesions.selectors import measurements_table
 from analytics.lesions.serializers import LesionMeasurementSerializer
+from analytics.risk.core.features import ImagingFeatures
 from analytics.risk.selectors import feature_inputs_load
 from imaging.core.dicom.seg_sr import dataset_write
 from imaging.core.dicom.sr_codes import FINDING_STATE, TimePoint
@@ -197,6 +198,10 @@ def test_cut_sizes_do_not_feed_the_risk_features(rows):
         & (frame["study_instance_uid"] == rows.followup.study_instance_uid)
     ].to_dict("records")
     assert all(math.isnan(row[c]) for c in ("volume_ml", "longest_diameter_mm", "short_axis_mm"))
+    # ...but the lesion is there: its state goes with it, and the features count it seen.
+    assert row["finding_state"] == "not_assessable"
+    features = ImagingFeatures(frame).compute("MRN-A", rows.followup.study_date)
+    assert math.isnan(features["total_burden_ml"]) and features["organs_involved"] >= 1.0
 
 
 # --------------------------------------------------------------------------- DICOM SR

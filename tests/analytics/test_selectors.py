@@ -14,7 +14,11 @@ from analytics.dashboard.markers import MARKER_RULES, marker_change
 from analytics.dashboard.worklist import FLAG_NAMES, worklist
 from analytics.models import ResponseAssessment, RiskModelVersion, RiskScore
 from analytics.risk.core.features import feature_table_build
-from analytics.risk.selectors import MEASUREMENT_COLUMNS, RESPONSE_COLUMNS, feature_inputs_load
+from analytics.risk.selectors import (
+    FEATURE_MEASUREMENT_COLUMNS,
+    RESPONSE_COLUMNS,
+    feature_inputs_load,
+)
 from imaging.models import Lesion, LesionMeasurement, Series
 from patients.models import ClinicalEvent, LabResult
 from tests.imaging.factories import SeriesFactory, StudyFactory
@@ -115,7 +119,7 @@ def test_feature_inputs_follow_the_export_layouts_with_values_in_force():
 
     inputs = feature_inputs_load(patient_ids=["MRN-1"])
     m = inputs.measurements
-    assert tuple(m.columns) == MEASUREMENT_COLUMNS
+    assert tuple(m.columns) == FEATURE_MEASUREMENT_COLUMNS
     assert len(m) == 4 and set(m["patient_id"]) == {"MRN-1"}
     assert "Liver 2" not in set(m["lesion_label"])
     row = m[(m["lesion_label"] == "Liver 1") & (m["study_date"] == dt.date(2024, 4, 10))].iloc[0]
@@ -181,7 +185,7 @@ def test_feature_inputs_never_read_what_is_not_known_as_zero():
 
     inputs = feature_inputs_load(patient_ids=["MRN-1"])
     m = inputs.measurements
-    assert tuple(m.columns) == MEASUREMENT_COLUMNS
+    assert tuple(m.columns) == FEATURE_MEASUREMENT_COLUMNS
     assert "Liver 4" not in set(m["lesion_label"])
     later = m[m["study_date"] == dt.date(2024, 4, 10)].set_index("lesion_label")
     sizes = ["volume_ml", "longest_diameter_mm", "short_axis_mm"]
@@ -226,7 +230,10 @@ def test_an_equivocal_finding_is_no_new_lesion_and_no_burden_until_confirmed():
 
 def test_feature_inputs_of_nobody_are_empty_frames_with_columns():
     inputs = feature_inputs_load(patient_ids=[])
-    assert inputs.measurements.empty and tuple(inputs.measurements.columns) == MEASUREMENT_COLUMNS
+    assert (
+        inputs.measurements.empty
+        and tuple(inputs.measurements.columns) == FEATURE_MEASUREMENT_COLUMNS
+    )
     assert inputs.labs.empty and inputs.events.empty and inputs.patients.empty
 
 

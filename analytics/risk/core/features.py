@@ -47,7 +47,9 @@ What is not known is missing, never 0 (policy)
   makes that study's total burden unknown: ``total_burden_ml``, its log slope and its
   ratio to the nadir are NaN at that study (the slope and the nadir use the studies
   whose burden is known). A lesion not found (no volume, no diameter) is neither present
-  nor gone: ``organs_involved`` is NaN when its organ is not otherwise involved.
+  nor gone: ``organs_involved`` is NaN when its organ is not otherwise involved. A lesion
+  seen but cut by the edge of what was imaged (``not_assessable``) is there, its volume
+  not known: it counts in ``organs_involved`` and ``new_lesions``, the burden is NaN.
 """
 
 from __future__ import annotations
@@ -309,9 +311,10 @@ class ImagingFeatures(_OneRow):
 
     ``measurements`` has the ``export_measurements`` columns this block needs:
     ``patient_id, study_date, lesion_uid, organ, volume_ml`` and, optionally,
-    ``longest_diameter_mm``. A lesion confirmed gone or merged into another has volume
-    (and diameter) 0; a volume not known is NaN (not found, or seen but cut by the edge
-    of what was imaged, whose numbers are only a lower bound: no diameter either;
+    ``longest_diameter_mm`` and ``finding_state``. A lesion confirmed gone or merged into
+    another has volume (and diameter) 0; a volume not known is NaN (not found: no
+    diameter either; seen but cut by the edge of what was imaged, whose numbers are only
+    a lower bound: no sizes, and finding state ``not_assessable``, so it is there;
     measured by hand or too small to measure: a diameter). ``responses`` (optional) has
     ``patient_id, study_date, recist_response``.
 
@@ -348,7 +351,10 @@ class ImagingFeatures(_OneRow):
     def __post_init__(self) -> None:
         measurements = self.measurements.loc[
             :, ["patient_id", "study_date", "lesion_uid", "organ", "volume_ml"]
-        ].assign(longest_diameter_mm=_optional(self.measurements, "longest_diameter_mm"))
+        ].assign(
+            longest_diameter_mm=_optional(self.measurements, "longest_diameter_mm"),
+            size_not_assessable=_size_not_assessable(self.measurements),
+        )
         self._by_date = study_date_features(
             dated_rows(measurements, "study_date").astype(
                 {"volume_ml": float, "longest_diameter_mm": float}
@@ -393,6 +399,18 @@ class ImagingFeatures(_OneRow):
         return out
 
 
+#: The finding state of a lesion seen whose size is not known: cut by the edge of what
+#: was imaged (`imaging.models.LesionMeasurement.FindingState.NOT_ASSESSABLE`).
+NOT_ASSESSABLE_STATE = "not_assessable"
+
+
+def _size_not_assessable(frame: pd.DataFrame) -> np.ndarray:
+    """Per row: the lesion was seen, its size not assessable (no ``finding_state``: none)."""
+    if "finding_state" not in frame:
+        return np.zeros(len(frame), dtype=bool)
+    return (frame["finding_state"] == NOT_ASSESSABLE_STATE).to_numpy(dtype=bool)
+
+
 def _optional(frame: pd.DataFrame, column: str) -> np.ndarray:
     """``frame[column]`` as floats, or NaN throughout when the frame has no such column."""
     if column not in frame:
@@ -405,7 +423,7 @@ def study_date_features(measurements: pd.DataFrame) -> pd.DataFrame:
 
     ``measurements``: ``patient_id`` (str), ``day`` (midnight datetime64, no NaT),
     ``lesion_uid``, ``organ``, ``volume_ml`` and ``longest_diameter_mm`` (floats, NaN when
-    not known). Columns: ``patient_id, day`` and every `IMAGING_COLUMNS` but
+    not known) and, optionally, ``size_not_assessable`` (seen, its size not known). Columns: ``patient_id, day`` and every `IMAGING_COLUMNS` but
     ``last_recist_ordinal``, each as a landmark on that date (or before the patient's
     next study date) would see it.
     """
@@ -421,8 +439,11 @@ def study_date_features(measurements: pd.DataFrame) -> pd.DataFrame:
     out["burden_log_slope_per_30d"] = _burden_log_slopes(out, first, index_in_patient)
     nadir = patient["total_burden_ml"].cummin().to_numpy()  # of the known burdens so far
     out["burden_ratio_to_nadir"] = (total + BURDEN_LOG_OFFSET_ML) / (nadir + BURDEN_LOG_OFFSET_ML)
-    # Seen: a known volume decides; without one, a diameter says the lesion is there.
+    # Seen: a known volume decides; without one, a diameter or a size not assessable
+    # (cut by the edge of what was imaged) says the lesion is there.
     seen = (volume > 0) | (volume.isna() & (measurements["longest_diameter_mm"] > 0))
+    if "size_not_assessable" in measurements:
+        seen |= volume.isna() & measurements["size_not_assessable"].astype(bool)
     present = measurements[seen]
     key = pd.MultiIndex.from_frame(out.loc[:, ["patient_id", "day"]])
     # New lesions: first seen after the patient's first study date, counted up to each date.
@@ -448,10 +469,13 @@ def study_date_features(measurements: pd.DataFrame) -> pd.DataFrame:
 
 
 def _organs_unknown(measurements: pd.DataFrame, seen: pd.Series) -> pd.Series:
-    """Per (patient, day): a lesion not found there (neither volume nor diameter known)
-    is in an organ in which no lesion was seen there, so the organ count is not known."""
+    """Per (patient, day): a lesion not found there (not seen: neither volume nor diameter
+    known) is in an organ in which no lesion was seen there, so the organ count is not
+    known."""
     keys = ["patient_id", "day", "organ"]
-    not_found = measurements["volume_ml"].isna() & measurements["longest_diameter_mm"].isna()
+    not_found = (
+        measurements["volume_ml"].isna() & measurements["longest_diameter_mm"].isna() & ~seen
+    )
     doubtful = measurements.loc[not_found, keys].drop_duplicates()
     involved = measurements.loc[seen, keys].drop_duplicates().assign(involved=True)
     doubtful = doubtful.merge(involved, on=keys, how="left")
