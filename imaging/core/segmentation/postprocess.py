@@ -13,7 +13,9 @@ Steps, in order, each a `preprocess.StepRecord` with its parameters and what it 
 4. ``fill_holes``: 3D hole filling of each component.
 5. ``min_volume``: drops components under ``min_volume_ml``.
 6. ``outside_body``: drops components whose centre of mass is outside the body (HU >
-   -500, largest component, holes filled slice by slice so the lungs are inside) or
+   -500, largest component, holes filled slice by slice so the lungs are inside, each
+   slice closed by its convex hull so that a body cut by the field of view still holds
+   its lungs) or
    whose mean HU is below ``air_hu`` (air: a lesion is tissue, ground glass included;
    noise in lung or around the patient is not).
 7. ``organ_context``: drops components not embedded in an organ. Two witnesses, either
@@ -53,6 +55,7 @@ from typing import Any
 import numpy as np
 import scipy
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
@@ -124,6 +127,19 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     return mask
 
 
+def body_closed(body: np.ndarray) -> np.ndarray:
+    """``body`` (k axial) with each slice's convex hull: a body cut by the field of view
+    (a large patient, a reconstruction circle inside the chest wall) leaves the lung open
+    to the air outside, so hole filling does not put it inside the body, and a nodule
+    there would read as outside the patient. The hull closes it; what the hull adds
+    outside the skin is air, which the outside-body step's air rule still removes."""
+    closed = body.copy()
+    for k in range(body.shape[0]):
+        if body[k].any():
+            closed[k] = convex_hull_image(body[k])
+    return closed
+
+
 @dataclass(frozen=True, eq=False)
 class ClassicalMasks:
     """Body and lung masks made at twice the grid spacing (every second voxel), read at
@@ -135,7 +151,7 @@ class ClassicalMasks:
     @classmethod
     def of(cls, hu: np.ndarray, voxel_ml: float) -> ClassicalMasks:
         body, lungs = body_lung_arrays(hu[::2, ::2, ::2], voxel_ml * 8.0)
-        return cls(body, lungs)
+        return cls(body_closed(body), lungs)
 
     def crop(self, mask: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
         index = np.ix_(*(np.arange(s.start, s.stop) // 2 for s in box))
@@ -271,7 +287,8 @@ def _outside_body_step(
     recorder.add(
         "outside_body",
         {"body_hu": BODY_HU, "air_hu": settings.air_hu,
-         "rule": "centre of mass in body (made at twice the grid spacing); mean HU >= air_hu"},
+         "rule": "centre of mass in body (made at twice the grid spacing, each axial slice "
+                 "closed by its convex hull); mean HU >= air_hu"},
         t, mask, removed_outside_body=removed_outside, removed_in_air=removed_air,
     )  # fmt: skip
     return mask

@@ -276,3 +276,26 @@ def test_contrast_filter_keeps_a_rim_enhancing_lesion_whose_mean_equals_the_live
     shift = abs(np.median(study.array[ring]) - study.array[core].mean())
     sigma = 1.4826 * np.median(np.abs(study.array[ring] - np.median(study.array[ring])))
     assert shift / (sigma / np.sqrt(core.sum())) < 8.0 < record.details["z"]["1"]
+
+
+def test_a_nodule_in_a_lung_cut_by_the_field_of_view_is_inside_the_patient():
+    """A large patient: the image's edge cuts the chest wall, so the lung meets the air
+    outside the image and hole filling alone does not put it inside the body."""
+    shape = (30, 60, 60)
+    hu = np.full(shape, -1000.0, np.float32)
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    body = ((j - 30) / 26.0) ** 2 + ((i - 20) / 32.0) ** 2 <= 1  # cut at i = 0
+    hu[:, body[0]] = 40.0
+    lung = _ball(shape, (15, 30, 6), 9) & (i >= 0)
+    hu[lung] = -850.0
+    assert (hu[:, :, 0] < -500).any() and (hu[15, 30, 0] < -500)  # the lung meets the edge
+    nodule = _ball(shape, (15, 30, 7), 2.5)
+    hu[nodule] = 30.0
+    p = np.zeros((5, *shape), np.float32)
+    p[3][nodule] = 0.9
+    p[1] = lung * (1 - p[3])
+    p[0] = np.clip(1 - p[1] - p[3], 0, 1)
+    result = postprocess_run(probabilities=p, image=Volume(hu, SPACING, (0.0, 0.0, 0.0)))
+    by_name = {r.name: r for r in result.records}
+    assert by_name["postprocess_outside_body"].details["removed_outside_body"] == 0
+    assert [c.organ for c in result.candidates] == ["lung"]
