@@ -39,13 +39,13 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from analytics.hl7.holds import EHRHolds, accepted_holds, last_accepted
 from analytics.hl7.message import (
     CORRECTION_STATUS,
     WITHDRAWN_STATUS,
@@ -73,7 +73,6 @@ from patients.ehr.identifiers import mrn_system
 from patients.models import Patient, ResultMessage
 
 __all__ = [
-    "EHRHolds",
     "HL7Due",
     "HL7NotConfigured",
     "HL7SendOutcome",
@@ -92,8 +91,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 Status = LesionMeasurement.Status
 State = LesionMeasurement.FindingState
-#: Result statuses (OBR-25) of a final result the EHR accepted.
-_FINAL_SENT = frozenset({"F", CORRECTION_STATUS})
 _FIELD_NAMES = {
     "recist_response": "RECIST 1.1",
     "volumetric_response": "volumetric",
@@ -290,62 +287,6 @@ def _exchange(text: str, control_id: str, row: ResultMessage, sleep) -> Ack | No
     return ack
 
 
-# --------------------------------------------------------------------------- what the EHR holds
-@dataclass(frozen=True)
-class EHRHolds:
-    """What the EHR accepted for one study of one patient: the latest accepted message's
-    content digest and result status (OBR-25, or W for a withdrawal), and whether a
-    final result (F, or a correction C) was accepted since the last withdrawal."""
-
-    digest: str
-    result_status: str
-    final: bool
-
-    @property
-    def withdrawn(self) -> bool:
-        return self.result_status == WITHDRAWN_STATUS
-
-    def says(self, digest: str) -> bool:
-        """Whether the EHR holds a result saying exactly this (``digest``)."""
-        return not self.withdrawn and self.digest == digest
-
-
-def _ehr_holds(rows: Iterable[tuple[int, str, str, str]]) -> dict[tuple[int, str], EHRHolds]:
-    """``rows``: (patient pk, Study Instance UID, content digest, result status) of the
-    accepted messages, newest first; what the EHR holds per patient and study."""
-    history: dict[tuple[int, str], list[tuple[str, str]]] = {}
-    for patient_id, uid, digest, status in rows:
-        history.setdefault((patient_id, uid), []).append((digest, status))
-    out = {}
-    for key, messages in history.items():
-        final = False
-        for _, status in messages:
-            if status == WITHDRAWN_STATUS:
-                break
-            if status in _FINAL_SENT:
-                final = True
-                break
-        out[key] = EHRHolds(digest=messages[0][0], result_status=messages[0][1], final=final)
-    return out
-
-
-def _accepted(
-    *, patient_id: int | None = None, study_uids: set[str] | None = None
-) -> dict[tuple[int, str], EHRHolds]:
-    """What the EHR holds (`EHRHolds`) per (patient pk, Study Instance UID): of one
-    patient or all, of some studies or all."""
-    rows = ResultMessage.objects.filter(status=ResultMessage.Status.ACCEPTED)
-    if patient_id is not None:
-        rows = rows.filter(patient_id=patient_id)
-    if study_uids is not None:
-        rows = rows.filter(study_instance_uid__in=study_uids)
-    return _ehr_holds(
-        rows.order_by("-created_at", "-pk").values_list(
-            "patient_id", "study_instance_uid", "content_sha256", "result_status"
-        )
-    )
-
-
 def _send_status(*, result: StudyResult, digest: str, holds: EHRHolds | None) -> str | None:
     """What ``result`` goes out as on its own: F (final, not yet accepted), C (the EHR
     accepted a final result for the study and this one differs, final or not), or None
@@ -409,7 +350,7 @@ def _study_send_locked(
     digest = study_result_digest(result)
     uid = result.study_instance_uid
     key = (assessment.patient_id, uid)
-    holds = _accepted(patient_id=assessment.patient_id, study_uids={uid}).get(key)
+    holds = accepted_holds(patient_id=assessment.patient_id, study_uids={uid}).get(key)
     if holds is not None and holds.says(digest) and not force:
         return HL7SendOutcome(uid, "unchanged")
     # A correction only of a final result the EHR accepted, and only when this differs.
@@ -464,7 +405,7 @@ def _withdrawal_load(patient: Patient, uid: str, study: Study | None) -> ResultW
     if study is not None:
         accession, study_date = study.accession_number or "", study.study_date
     else:
-        sent = _last_accepted(patient.pk, uid)
+        sent = last_accepted(patient.pk, uid)
         if sent is not None:
             accession, study_date = sent.accession_number, sent.study_date
     if study is None:
@@ -485,17 +426,6 @@ def _withdrawal_load(patient: Patient, uid: str, study: Study | None) -> ResultW
         accession_number=accession,
         study_date=study_date,
         reason=f"Result withdrawn: {reason}. RadTrack no longer stands by it.",
-    )
-
-
-def _last_accepted(patient_id: int, uid: str) -> ResultMessage | None:
-    """The last message about ``uid`` of the patient the EHR accepted."""
-    return (
-        ResultMessage.objects.filter(
-            patient_id=patient_id, study_instance_uid=uid, status=ResultMessage.Status.ACCEPTED
-        )
-        .order_by("-created_at", "-pk")
-        .first()
     )
 
 
@@ -523,7 +453,7 @@ def hl7_result_withdraw(
     with transaction.atomic():
         # One withdrawal of a patient's result at a time (the event task and the catch-up).
         patient = Patient.objects.select_for_update().filter(pk=patient_id).first()
-        holds = _accepted(patient_id=patient_id, study_uids={uid}).get((patient_id, uid))
+        holds = accepted_holds(patient_id=patient_id, study_uids={uid}).get((patient_id, uid))
         if patient is None or holds is None or holds.withdrawn or _response_exists(patient_id, uid):
             return HL7SendOutcome(uid, "unchanged")
         study = Study.objects.filter(study_instance_uid=uid).first()
@@ -562,7 +492,7 @@ def hl7_results_due(*, patient_id: int | None = None) -> HL7Due:
     for assessment in assessments:
         if not _moved_away(assessment):
             by_patient.setdefault(assessment.patient_id, []).append(assessment)
-    accepted = _accepted(patient_id=patient_id)
+    accepted = accepted_holds(patient_id=patient_id)
     due = HL7Due()
     current: set[tuple[int, str]] = set()
     for pk, mine in by_patient.items():
@@ -594,7 +524,7 @@ def hl7_assessment_due(assessment: ResponseAssessment) -> bool:
         return False
     result = study_result_load(assessment)
     uid = result.study_instance_uid
-    holds = _accepted(patient_id=assessment.patient_id, study_uids={uid}).get(
+    holds = accepted_holds(patient_id=assessment.patient_id, study_uids={uid}).get(
         (assessment.patient_id, uid)
     )
     return _send_status(result=result, digest=study_result_digest(result), holds=holds) is not None

@@ -15,10 +15,10 @@ from analytics.risk.core.features import (
     DemographicFeatures,
     ImagingFeatures,
     LabFeatures,
-    MissingValueImputer,
     feature_table_build,
     volume_doubling_time_days,
 )
+from analytics.risk.core.imputation import MissingValueImputer
 from analytics.risk.core.outcomes import landmark_outcomes, landmarks_from_baseline
 from imaging.core.synthetic.cohort import cohort_simulate
 

@@ -348,6 +348,7 @@ def test_a_model_file_written_before_the_layout_move_still_loads(tmp_path):
         (b"analytics.risk.core.survival\n", b"analytics.core.survival\n"),
         (b"analytics.risk.core.estimators\n", b"analytics.core.survival\n"),
         (b"analytics.risk.core.features\n", b"analytics.core.features\n"),
+        (b"analytics.risk.core.imputation\n", b"analytics.core.features\n"),
     ):
         old = old.replace(new_module, old_module)
     assert old != raw and b"analytics.risk.core" not in old
@@ -355,3 +356,8 @@ def test_a_model_file_written_before_the_layout_move_still_loads(tmp_path):
     loaded = risk_model_load(path)
     assert np.array_equal(loaded.score(data), model.score(data))
     assert "analytics.core.survival" not in sys.modules  # the aliases were temporary
+    # Written after that move but before the imputer left analytics.risk.core.features:
+    later = raw.replace(b"analytics.risk.core.imputation\n", b"analytics.risk.core.features\n")
+    assert later != raw
+    path.write_bytes(later)
+    assert np.array_equal(risk_model_load(path).score(data), model.score(data))

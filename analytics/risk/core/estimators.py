@@ -1,7 +1,7 @@
 """The two survival estimators behind `RiskModel`: penalised Cox and gradient boosting at a horizon.
 
 Durations are in days; both take an imputed design table (see
-`analytics.risk.core.features.MissingValueImputer`) with a duration and an event column.
+`analytics.risk.core.imputation.MissingValueImputer`) with a duration and an event column.
 
 - **Cox** (`cox_fit`): lifelines `CoxPHFitter`, Efron ties (as R's ``coxph``), elastic-net
   penalty ``penalizer * (l1_ratio * |b|_1 + (1 - l1_ratio) / 2 * |b|_2^2)`` on the

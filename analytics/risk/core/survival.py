@@ -43,7 +43,7 @@ from analytics.risk.core.estimators import (
     cox_fit,
     gbm_fit,
 )
-from analytics.risk.core.features import MissingValueImputer
+from analytics.risk.core.imputation import MissingValueImputer
 from radtrack import provenance
 
 __all__ = [
@@ -306,7 +306,7 @@ def risk_model_save(model: RiskModel, path: Path) -> Path:
 #: live now: a fitted model stays usable across the move (its rows point at its file).
 _MOVED_MODULES = {
     "analytics.core.survival": ("survival", "estimators", "metrics", "validation"),
-    "analytics.core.features": ("features",),
+    "analytics.core.features": ("features", "imputation"),
 }
 
 

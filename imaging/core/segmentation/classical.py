@@ -4,7 +4,7 @@ No learning; it exists to show what the U-Net adds (benchmarks/segmentation.py r
 both through the same post-processing and measurement). On the model grid (LPS,
 1.5 mm, HU), after a Gaussian smoothing of ``smooth_sigma_mm``:
 
-- body: `postprocess.body_mask` (above -500 HU, largest component, slices filled);
+- body: `body.body_mask` (above -500 HU, largest component, slices filled);
 - lungs: air below ``lung_air_hu`` inside the body, components of at least
   ``min_lung_ml``; the lung region is that air with its 3D holes filled. A nodule is
   tissue completely enclosed by lung air, so it is a hole; the dome of the liver under
@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.postprocess import body_mask
+from imaging.core.segmentation.body import body_mask
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 FRACTION_FLOOR = 0.15

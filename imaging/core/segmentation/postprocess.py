@@ -55,14 +55,12 @@ from typing import Any
 import numpy as np
 import scipy
 from scipy import ndimage
-from skimage.morphology import convex_hull_image
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.registration.anatomy import body_lung_arrays
 from imaging.core.registration.transforms import volume_onto_grid
+from imaging.core.segmentation.body import BODY_HU, ClassicalMasks
 
-BODY_HU = -500.0
 _CROSS = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 _MARGIN = 8
@@ -111,51 +109,6 @@ class PostprocessResult:
     mask: Volume
     candidates: tuple[LesionCandidate, ...]
     records: tuple[StepRecord, ...] = field(default_factory=tuple)
-
-
-def body_mask(hu: np.ndarray) -> np.ndarray:
-    """Voxels above -500 HU, largest 26-connected component, holes filled per axial slice."""
-    mask = hu > BODY_HU
-    labels, n = ndimage.label(mask, structure=_CUBE)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    mask = labels == int(np.argmax(sizes))
-    for k in range(mask.shape[0]):
-        mask[k] = ndimage.binary_fill_holes(mask[k])
-    return mask
-
-
-def body_closed(body: np.ndarray) -> np.ndarray:
-    """``body`` (k axial) with each slice's convex hull: a body cut by the field of view
-    (a large patient, a reconstruction circle inside the chest wall) leaves the lung open
-    to the air outside, so hole filling does not put it inside the body, and a nodule
-    there would read as outside the patient. The hull closes it; what the hull adds
-    outside the skin is air, which the outside-body step's air rule still removes."""
-    closed = body.copy()
-    for k in range(body.shape[0]):
-        if body[k].any():
-            closed[k] = convex_hull_image(body[k])
-    return closed
-
-
-@dataclass(frozen=True, eq=False)
-class ClassicalMasks:
-    """Body and lung masks made at twice the grid spacing (every second voxel), read at
-    full resolution inside a box."""
-
-    body: np.ndarray
-    lungs: np.ndarray
-
-    @classmethod
-    def of(cls, hu: np.ndarray, voxel_ml: float) -> ClassicalMasks:
-        body, lungs = body_lung_arrays(hu[::2, ::2, ::2], voxel_ml * 8.0)
-        return cls(body_closed(body), lungs)
-
-    def crop(self, mask: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
-        index = np.ix_(*(np.arange(s.start, s.stop) // 2 for s in box))
-        return mask[index]
 
 
 def _ball(radius: int) -> np.ndarray:

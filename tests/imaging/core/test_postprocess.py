@@ -9,11 +9,11 @@ from scipy import ndimage
 from imaging.core.geometry.preprocess import volume_resample
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
+from imaging.core.segmentation.body import body_mask
 from imaging.core.segmentation.postprocess import (
     ContrastSettings,
     LesionCandidate,
     PostprocessSettings,
-    body_mask,
     candidates_contrast_filter,
     postprocess_run,
 )
