@@ -243,6 +243,9 @@ def model_register(
     source = Path(source)
     if fmt not in FORMATS:
         raise RegistryError(f"--format must be one of {', '.join(FORMATS)}")
+    # The shipped weights first: on a registry still empty they are the active version,
+    # which a site's own model registered before anything else must not leave without one.
+    shipped_model_ensure()
     try:
         inspected = model_inspect(fmt=fmt, root=source)
         name = name or inspected.get("name")

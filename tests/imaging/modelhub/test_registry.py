@@ -94,6 +94,11 @@ def test_register_describes_copies_and_tests_the_model_first(tiny_sources):
     assert file_sha256(stored) == row.files[0]["sha256"]
     smoke = ModelEvent.objects.get(model=row, action="register").detail["smoke_test"]
     assert smoke["voxels_per_class"]["liver_lesion"] > 0
+    # Registered before anything asked for the registry: the shipped model is still the
+    # active one (it was left a candidate, and processing had no model).
+    shipped = manifest_read()
+    active = SegmentationModel.objects.get(status="active")
+    assert (active.name, active.version) == (shipped["name"], shipped["version"])
 
 
 @pytest.mark.parametrize(
