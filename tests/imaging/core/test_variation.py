@@ -64,3 +64,22 @@ def test_a_crop_carries_the_exact_volume_of_the_lesion_it_is_centred_on():
     assert lung.sum() > 100 if lesion.organ == "lung" else True
     if lung.sum() > 100:
         assert np.median(crop.hu[lung]) < -500
+
+
+def test_liver_lesions_reach_near_isodense_contrast():
+    # Subtle metastases in an enhanced liver are where a detector trained on conspicuous
+    # ones goes blind: the generator draws hypodense lesions down to 12 HU under the liver
+    # and enhancing rims from just under the liver's CT number.
+    rng = np.random.default_rng(7)
+    drops, rims = [], []
+    for _ in range(40):
+        scene = scene_sample(rng)
+        liver_hu = scene.anatomy.liver_hu
+        for lesion in lesions_draw(scene, rng):
+            if lesion.kind in ("hypodense", "lobulated"):
+                drops.append(liver_hu - lesion.shape.hu)
+            elif lesion.kind == "rim_enhancing":
+                rims.append(lesion.shells[0][2] - liver_hu)
+    assert len(drops) >= 10 and len(rims) >= 5
+    assert min(drops) < 22.0 and min(drops) >= 12.0 - 1e-3
+    assert min(rims) < 15.0 and min(rims) >= -5.0 - 1e-3
