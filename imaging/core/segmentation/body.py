@@ -49,11 +49,14 @@ class ClassicalMasks:
 
     body: np.ndarray
     lungs: np.ndarray
+    #: The body before closing (holes filled slice by slice): where the field of view cuts
+    #: the chest wall, a lung is outside it, and outside ``lungs`` too.
+    filled: np.ndarray
 
     @classmethod
     def of(cls, hu: np.ndarray, voxel_ml: float) -> ClassicalMasks:
         body, lungs = body_lung_arrays(hu[::2, ::2, ::2], voxel_ml * 8.0)
-        return cls(body_closed(body), lungs)
+        return cls(body_closed(body), lungs, body)
 
     def crop(self, mask: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
         index = np.ix_(*(np.arange(s.start, s.stop) // 2 for s in box))

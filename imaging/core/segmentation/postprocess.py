@@ -26,7 +26,13 @@ Steps, in order, each a `preprocess.StepRecord` with its parameters and what it 
    in components of at least 100 ml; at least ``min_lung_share`` of the shell in it).
    A component kept by the lung mask alone counts as a lung nodule. Lesions grow inside
    lung or liver; soft tissue that looks like a lesion in muscle, bowel or heart does
-   not have that surrounding.
+   not have that surrounding. The lung mask also witnesses against the network: a
+   component the network calls a nodule with under ``min_nodule_lung_share`` of its
+   shell in the lung mask has no lung around it (a spinous process or rib against the
+   air outside the back, bowel, skin) and is dropped, where the study shows lungs at
+   all and the component lies in the body as hole filling found it (a lung that the
+   field of view opens to the air outside is not in the lung mask, and cannot witness).
+   A subpleural nodule keeps a third or more of its shell in the lung.
 8. ``smooth``: Gaussian smoothing (``smooth_sigma_voxels``) of each component's mask,
    re-thresholded at 0.5, so the boundary loses its staircase. Like opening, only for
    components of at least ``opening_min_ml``: smoothing shrinks a 3-voxel nodule to
@@ -79,6 +85,7 @@ class PostprocessSettings:
     organ_shell_voxels: int = 2
     min_organ_context: float = 0.5
     min_lung_share: float = 0.3
+    min_nodule_lung_share: float = 0.1
     smooth_sigma_voxels: float = 0.7
 
     def as_dict(self) -> dict[str, Any]:
@@ -249,26 +256,32 @@ def _outside_body_step(
 
 def _organ_context(
     probabilities: np.ndarray, box: tuple[slice, ...], component: np.ndarray, shell: np.ndarray
-) -> float:
-    """Mean p(organ) + p(own lesion class) over the shell (the organ of the likelier class)."""
+) -> tuple[bool, float]:
+    """Whether the component is a nodule (the likelier lesion class), and the mean
+    p(organ) + p(own lesion class) over the shell."""
     p_nodule = probabilities[3][box].astype(np.float32)
     p_liver = probabilities[4][box].astype(np.float32)
-    nodule = p_nodule[component].sum() >= p_liver[component].sum()
+    nodule = bool(p_nodule[component].sum() >= p_liver[component].sum())
     organ_p = probabilities[1 if nodule else 2][box].astype(np.float32) + (
         p_nodule if nodule else p_liver
     )
-    return float(organ_p[shell].mean()) if shell.any() else 0.0
+    return nodule, float(organ_p[shell].mean()) if shell.any() else 0.0
 
 
 def _organ_context_step(
-    mask: np.ndarray, probabilities: np.ndarray, lungs: np.ndarray,
-    settings: PostprocessSettings, recorder: _Recorder,
+    mask: np.ndarray, probabilities: np.ndarray, masks: ClassicalMasks,
+    work_box: tuple[slice, slice, slice], settings: PostprocessSettings, recorder: _Recorder,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Keep components the network or the lung mask puts in an organ; also the voxels of
-    those only the lung mask kept (they count as lung nodules)."""
+    those only the lung mask kept (they count as lung nodules). The lung mask speaks
+    against a nodule only where the study shows lungs at all (a scan of the abdomen may
+    hold too little of them) and inside the body as hole filling found it: a lung the
+    field of view opens to the outside is in neither mask."""
     t = time.perf_counter()
+    lungs, filled = masks.crop(masks.lungs, work_box), masks.crop(masks.filled, work_box)
+    lungs_found = bool(masks.lungs.any())
     labels, n = _components(mask)
-    removed = by_lung_mask = 0
+    removed = by_lung_mask = no_lung = 0
     lung_only = np.zeros(mask.shape, bool)
     shell_structure = _ball(settings.organ_shell_voxels)
     if n and settings.min_organ_context > 0:
@@ -285,9 +298,19 @@ def _organ_context_step(
             shell = ndimage.binary_dilation(component, structure=shell_structure) & (
                 labels[box] == 0
             )
-            if _organ_context(probabilities, box, component, shell) >= settings.min_organ_context:
+            nodule, context = _organ_context(probabilities, box, component, shell)
+            lung_share = float(lungs[box][shell].mean()) if shell.any() else 0.0
+            if (
+                context >= settings.min_organ_context
+                and nodule
+                and lungs_found
+                and lung_share < settings.min_nodule_lung_share
+                and filled[box][component].mean() >= 0.5
+            ):
+                no_lung += 1  # a "nodule" with no lung around it: bone, bowel, skin
+            elif context >= settings.min_organ_context:
                 keep[number] = True
-            elif shell.any() and lungs[box][shell].mean() >= settings.min_lung_share:
+            elif lung_share >= settings.min_lung_share:
                 keep[number] = True
                 by_lung_mask += 1
                 lung_only[box] |= component
@@ -298,9 +321,13 @@ def _organ_context_step(
         "organ_context",
         {"shell_voxels": settings.organ_shell_voxels, "min_organ_context": settings.min_organ_context,
          "min_lung_share": settings.min_lung_share,
+         "min_nodule_lung_share": settings.min_nodule_lung_share,
          "rule": "mean p(organ) + p(own lesion class) over the shell, or at least "
-                 "min_lung_share of the shell in the lung mask (air < -400 HU inside the body)"},
-        t, mask, removed=removed, kept_by_lung_mask=by_lung_mask,
+                 "min_lung_share of the shell in the lung mask (air < -400 HU inside the body); "
+                 "a nodule the network placed needs min_nodule_lung_share of its shell in "
+                 "the lung mask"},
+        t, mask, removed=removed, kept_by_lung_mask=by_lung_mask, removed_no_lung=no_lung,
+        lungs_found=lungs_found,
     )  # fmt: skip
     return mask, lung_only
 
@@ -416,8 +443,7 @@ def postprocess_run(
     mask = _min_volume_step(mask, settings, voxel_ml, recorder)
     mask = _outside_body_step(mask, image.array[box], masks.crop(masks.body, box), settings,
                               recorder)  # fmt: skip
-    mask, lung_only = _organ_context_step(mask, probs, masks.crop(masks.lungs, box), settings,
-                                          recorder)  # fmt: skip
+    mask, lung_only = _organ_context_step(mask, probs, masks, box, settings, recorder)
     mask = _smooth_step(mask, settings, voxel_ml, recorder)
 
     t = time.perf_counter()

@@ -299,3 +299,67 @@ def test_a_nodule_in_a_lung_cut_by_the_field_of_view_is_inside_the_patient():
     by_name = {r.name: r for r in result.records}
     assert by_name["postprocess_outside_body"].details["removed_outside_body"] == 0
     assert [c.organ for c in result.candidates] == ["lung"]
+
+
+def test_a_nodule_with_no_lung_around_it_is_dropped_even_where_the_network_sees_lung():
+    """The classical lung mask also witnesses against the network: a bright bone tip
+    against the air outside the back (where a network fooled by a prone patient put
+    nodule and lung probability) has no lung parenchyma around it and is dropped; a
+    nodule in the lung and a subpleural one against the chest wall are kept."""
+    shape = (48, 96, 96)
+    hu = np.full(shape, -1000.0, np.float32)
+    j, i = np.ogrid[: shape[1], : shape[2]]
+    hu[:, ((j - 48) / 40.0) ** 2 + ((i - 48) / 44.0) ** 2 <= 1] = 40.0
+    lung = _ball(shape, (24, 48, 34), 22)  # about 150 ml of air
+    hu[lung] = -850.0
+    nodule = _ball(shape, (24, 48, 34), 3)
+    # Subpleural: against the lung's lateral wall, half of it in the chest wall.
+    subpleural = _ball(shape, (24, 48, 12), 3) & (hu < -500)
+    spinous = _ball(shape, (24, 8, 48), 3)  # at the back's skin, half in the air outside
+    hu[nodule | subpleural] = 30.0
+    hu[spinous] = 300.0
+    p = np.zeros((5, *shape), np.float32)
+    p[3][nodule | subpleural | spinous] = 0.9
+    around = ndimage.binary_dilation(spinous, iterations=3) & ~spinous
+    p[1] = np.where(lung | around, 1.0 - p[3], 0.0)  # the network's lung, wrong at the back
+    p[0] = np.clip(1.0 - p[1] - p[3], 0, 1)
+    image = Volume(hu, SPACING, (0.0, 0.0, 0.0))
+    result = postprocess_run(probabilities=p, image=image)
+    record = next(r for r in result.records if r.name == "postprocess_organ_context")
+    assert record.details["removed_no_lung"] == 1 and record.details["lungs_found"]
+    centres = sorted(round((c.bbox_kji[2][0] + c.bbox_kji[2][1]) / 2) for c in result.candidates)
+    assert len(centres) == 2 and centres[0] < 16 and 30 <= centres[1] <= 38
+    # Without the rule the bone tip is a "nodule".
+    off = postprocess_run(probabilities=p, image=image,
+                          settings=PostprocessSettings(min_nodule_lung_share=0.0))  # fmt: skip
+    assert len(off.candidates) == 3
+    # A study that shows no lungs at all (the abdomen below them): the mask cannot
+    # witness, and the network's nodule stays.
+    no_lungs = hu.copy()
+    no_lungs[lung & ~nodule & ~subpleural] = 40.0
+    kept = postprocess_run(probabilities=p, image=Volume(no_lungs, SPACING, (0.0, 0.0, 0.0)))
+    record = next(r for r in kept.records if r.name == "postprocess_organ_context")
+    assert not record.details["lungs_found"] and record.details["removed_no_lung"] == 0
+
+
+def test_a_nodule_in_a_lung_the_field_of_view_opens_is_not_judged_by_the_lung_mask():
+    """Where the image's edge cuts the chest wall, hole filling leaves that lung outside
+    the body and outside the lung mask: the mask cannot speak against a nodule there."""
+    shape = (48, 96, 96)
+    hu = np.full(shape, -1000.0, np.float32)
+    j, i = np.ogrid[: shape[1], : shape[2]]
+    hu[:, ((j - 48) / 40.0) ** 2 + ((i - 40) / 52.0) ** 2 <= 1] = 40.0  # cut at i = 0
+    cut = _ball(shape, (24, 48, 12), 20) & (i >= 0)  # the lung the edge opens
+    whole = _ball(shape, (24, 48, 62), 20)  # the other lung, inside the body
+    hu[cut | whole] = -850.0
+    assert (hu[24, 48, 0] < -500) and not body_mask(hu)[24, 48, 12]
+    nodule = _ball(shape, (24, 48, 10), 3)
+    hu[nodule] = 30.0
+    p = np.zeros((5, *shape), np.float32)
+    p[3][nodule] = 0.9
+    p[1] = np.where(cut | whole, 1.0 - p[3], 0.0)
+    p[0] = np.clip(1.0 - p[1] - p[3], 0, 1)
+    result = postprocess_run(probabilities=p, image=Volume(hu, SPACING, (0.0, 0.0, 0.0)))
+    record = next(r for r in result.records if r.name == "postprocess_organ_context")
+    assert record.details["lungs_found"] and record.details["removed_no_lung"] == 0
+    assert [c.organ for c in result.candidates] == ["lung"]
