@@ -32,7 +32,8 @@ Steps, in order, each a `preprocess.StepRecord` with its parameters and what it 
    air outside the back, bowel, skin) and is dropped, where the study shows lungs at
    all and the component lies in the body as hole filling found it (a lung that the
    field of view opens to the air outside is not in the lung mask, and cannot witness).
-   A subpleural nodule keeps a third or more of its shell in the lung.
+   On the evaluation generator's 16 studies the true nodule with the least lung
+   around it had 27 % of its shell in the mask; the bone tips 0 %.
 8. ``smooth``: Gaussian smoothing (``smooth_sigma_voxels``) of each component's mask,
    re-thresholded at 0.5, so the boundary loses its staircase. Like opening, only for
    components of at least ``opening_min_ml``: smoothing shrinks a 3-voxel nodule to
@@ -300,17 +301,16 @@ def _organ_context_step(
             )
             nodule, context = _organ_context(probabilities, box, component, shell)
             lung_share = float(lungs[box][shell].mean()) if shell.any() else 0.0
-            if (
-                context >= settings.min_organ_context
-                and nodule
-                and lungs_found
-                and lung_share < settings.min_nodule_lung_share
-                and filled[box][component].mean() >= 0.5
-            ):
-                no_lung += 1  # a "nodule" with no lung around it: bone, bowel, skin
-            elif context >= settings.min_organ_context:
-                keep[number] = True
-            elif lung_share >= settings.min_lung_share:
+            if context >= settings.min_organ_context:
+                no_lung_around = bool(
+                    nodule
+                    and lungs_found
+                    and lung_share < settings.min_nodule_lung_share
+                    and filled[box][component].mean() >= 0.5
+                )
+                keep[number] = not no_lung_around
+                no_lung += int(no_lung_around)  # a "nodule" in bone, bowel or skin
+            elif shell.any() and lung_share >= settings.min_lung_share:
                 keep[number] = True
                 by_lung_mask += 1
                 lung_only[box] |= component
