@@ -26,6 +26,18 @@ def _ball(shape, centre, radius):
     return (k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= radius**2
 
 
+def _trunk(shape, semi_j: float, semi_i: float, centre_i: float = 48.0) -> np.ndarray:
+    """HU: air, and a trunk of soft tissue (an elliptic cylinder along k) centred at j 48."""
+    hu = np.full(shape, -1000.0, np.float32)
+    j, i = np.ogrid[: shape[1], : shape[2]]
+    hu[:, ((j - 48) / semi_j) ** 2 + ((i - centre_i) / semi_i) ** 2 <= 1] = 40.0
+    return hu
+
+
+def _organ_context_record(result):
+    return next(r for r in result.records if r.name == "postprocess_organ_context")
+
+
 @pytest.fixture(scope="module")
 def scene():
     """A body (ellipse of tissue, a lung of air inside) and lesion probabilities.
@@ -125,9 +137,7 @@ def test_a_nodule_the_network_sees_no_lung_around_is_kept_by_the_lung_mask():
     (a network that has not learnt this patient's lungs), a nodule in a lung's air is
     still kept, as a lung nodule, while a blob in plain soft tissue is not."""
     shape = (48, 96, 96)
-    hu = np.full(shape, -1000.0, np.float32)
-    j, i = np.ogrid[: shape[1], : shape[2]]
-    hu[:, ((j - 48) / 44.0) ** 2 + ((i - 48) / 44.0) ** 2 <= 1] = 40.0
+    hu = _trunk(shape, 44.0, 44.0)
     lung = _ball(shape, (24, 48, 36), 22)  # about 150 ml of air
     hu[lung] = -850.0
     nodule = _ball(shape, (24, 48, 30), 3)
@@ -141,7 +151,7 @@ def test_a_nodule_the_network_sees_no_lung_around_is_kept_by_the_lung_mask():
     result = postprocess_run(probabilities=p, image=image)
     assert [c.organ for c in result.candidates] == ["lung"]
     assert result.candidates[0].n_voxels >= 0.5 * nodule.sum()
-    record = next(r for r in result.records if r.name == "postprocess_organ_context")
+    record = _organ_context_record(result)
     assert record.details["kept_by_lung_mask"] == 1 and record.details["removed"] == 1
     # The lung mask is the only witness here: without it the nodule goes too.
     strict = postprocess_run(
@@ -307,9 +317,7 @@ def test_a_nodule_with_no_lung_around_it_is_dropped_even_where_the_network_sees_
     nodule and lung probability) has no lung parenchyma around it and is dropped; a
     nodule in the lung and a subpleural one against the chest wall are kept."""
     shape = (48, 96, 96)
-    hu = np.full(shape, -1000.0, np.float32)
-    j, i = np.ogrid[: shape[1], : shape[2]]
-    hu[:, ((j - 48) / 40.0) ** 2 + ((i - 48) / 44.0) ** 2 <= 1] = 40.0
+    hu = _trunk(shape, 40.0, 44.0)
     lung = _ball(shape, (24, 48, 34), 22)  # about 150 ml of air
     hu[lung] = -850.0
     nodule = _ball(shape, (24, 48, 34), 3)
@@ -325,7 +333,7 @@ def test_a_nodule_with_no_lung_around_it_is_dropped_even_where_the_network_sees_
     p[0] = np.clip(1.0 - p[1] - p[3], 0, 1)
     image = Volume(hu, SPACING, (0.0, 0.0, 0.0))
     result = postprocess_run(probabilities=p, image=image)
-    record = next(r for r in result.records if r.name == "postprocess_organ_context")
+    record = _organ_context_record(result)
     assert record.details["removed_no_lung"] == 1 and record.details["lungs_found"]
     centres = sorted(round((c.bbox_kji[2][0] + c.bbox_kji[2][1]) / 2) for c in result.candidates)
     assert len(centres) == 2 and centres[0] < 16 and 30 <= centres[1] <= 38
@@ -338,7 +346,7 @@ def test_a_nodule_with_no_lung_around_it_is_dropped_even_where_the_network_sees_
     no_lungs = hu.copy()
     no_lungs[lung & ~nodule & ~subpleural] = 40.0
     kept = postprocess_run(probabilities=p, image=Volume(no_lungs, SPACING, (0.0, 0.0, 0.0)))
-    record = next(r for r in kept.records if r.name == "postprocess_organ_context")
+    record = _organ_context_record(kept)
     assert not record.details["lungs_found"] and record.details["removed_no_lung"] == 0
 
 
@@ -346,10 +354,8 @@ def test_a_nodule_in_a_lung_the_field_of_view_opens_is_not_judged_by_the_lung_ma
     """Where the image's edge cuts the chest wall, hole filling leaves that lung outside
     the body and outside the lung mask: the mask cannot speak against a nodule there."""
     shape = (48, 96, 96)
-    hu = np.full(shape, -1000.0, np.float32)
-    j, i = np.ogrid[: shape[1], : shape[2]]
-    hu[:, ((j - 48) / 40.0) ** 2 + ((i - 40) / 52.0) ** 2 <= 1] = 40.0  # cut at i = 0
-    cut = _ball(shape, (24, 48, 12), 20) & (i >= 0)  # the lung the edge opens
+    hu = _trunk(shape, 40.0, 52.0, centre_i=40.0)  # cut at i = 0
+    cut = _ball(shape, (24, 48, 12), 20)  # the lung the edge opens
     whole = _ball(shape, (24, 48, 62), 20)  # the other lung, inside the body
     hu[cut | whole] = -850.0
     assert (hu[24, 48, 0] < -500) and not body_mask(hu)[24, 48, 12]
@@ -360,6 +366,6 @@ def test_a_nodule_in_a_lung_the_field_of_view_opens_is_not_judged_by_the_lung_ma
     p[1] = np.where(cut | whole, 1.0 - p[3], 0.0)
     p[0] = np.clip(1.0 - p[1] - p[3], 0, 1)
     result = postprocess_run(probabilities=p, image=Volume(hu, SPACING, (0.0, 0.0, 0.0)))
-    record = next(r for r in result.records if r.name == "postprocess_organ_context")
+    record = _organ_context_record(result)
     assert record.details["lungs_found"] and record.details["removed_no_lung"] == 0
     assert [c.organ for c in result.candidates] == ["lung"]
