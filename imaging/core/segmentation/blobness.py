@@ -76,7 +76,7 @@ class BlobSettings:
     organs: tuple[str, ...] = ("lung",)
 
 
-def _hessian_eigenvalues(
+def hessian_eigenvalues(
     image: np.ndarray, spacing_kji: np.ndarray, sigma_mm: float, where: np.ndarray
 ) -> np.ndarray:
     """Scale-normalised Hessian eigenvalues (n, 3) of ``image`` smoothed at ``sigma_mm``,
@@ -102,7 +102,7 @@ def dot_response(
     and the scales ``sigmas_mm`` (module docstring)."""
     best = 0.0
     for sigma in sigmas_mm:
-        eigen = _hessian_eigenvalues(image, spacing_kji, sigma, core)
+        eigen = hessian_eigenvalues(image, spacing_kji, sigma, core)
         small, large = eigen[:, 0], eigen[:, 2]
         blob = np.all(eigen < 0, axis=1)
         if blob.any():
@@ -121,7 +121,7 @@ def _scales(candidate: LesionCandidate, settings: BlobSettings) -> tuple[float, 
     return settings.sigmas_mm
 
 
-def _walls_away(
+def walls_away(
     crop: np.ndarray, core: np.ndarray, spacing_kji: np.ndarray, settings: BlobSettings
 ) -> np.ndarray | None:
     """``crop`` with the thick soft tissue around the lungs (chest wall, mediastinum,
@@ -209,7 +209,7 @@ def tubular_candidates_filter(
         contrast = _contrast(crop, core, settings)
         sigmas = _scales(candidate, settings)
         dot = dot_response(crop, spacing_kji, core, sigmas)
-        away = _walls_away(crop, core, spacing_kji, settings)
+        away = walls_away(crop, core, spacing_kji, settings)
         if away is not None:
             dot = max(dot, dot_response(away, spacing_kji, core, sigmas))
         responses[str(candidate.label_value)] = {

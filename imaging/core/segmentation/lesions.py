@@ -4,8 +4,9 @@
 (`postprocess.postprocess_run`), the contrast filter on the study's own voxels
 (`postprocess.candidates_contrast_filter`), simple liver cysts told from lesions
 (`cysts.simple_cysts_filter`), lung candidates that are pieces of vessels or airway
-walls told from nodules by their shape (`blobness.tubular_candidates_filter`) and the
-measurements
+walls told from nodules by their shape (`blobness.tubular_candidates_filter`), lung
+candidates that hold a nodule and the vessel tree it touches cut back to the nodule
+(`vessel_split.vessel_trees_split`) and the measurements
 (`measure.lesions_measure`, each lesion with the edges of the scan it reaches).
 """
 
@@ -31,6 +32,7 @@ from imaging.core.segmentation.postprocess import (
     candidates_contrast_filter,
     postprocess_run,
 )
+from imaging.core.segmentation.vessel_split import vessel_trees_split
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +151,12 @@ def lesions_segment(
     candidate_mask, candidates, tubular_record = tubular_candidates_filter(
         image=output.image, candidate_mask=candidate_mask, candidates=candidates
     )
+    candidate_mask, candidates, split_record = vessel_trees_split(
+        image=output.image,
+        candidate_mask=candidate_mask,
+        candidates=candidates,
+        lesion_probability=output.lesion_probability,
+    )
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
     lesions = lesions_measure(
@@ -184,6 +192,7 @@ def lesions_segment(
             contrast_record,
             cysts_record,
             tubular_record,
+            split_record,
             measure_record,
         ),
     )

@@ -1,0 +1,248 @@
+"""Lung candidates that hold a nodule and the vessel tree it touches, cut back to the nodule.
+
+A nodule beside a vessel (juxtavascular, perihilar) is one bright structure with the
+vessel in the image, and the network often outlines both as one candidate: on the
+evaluation generator the shipped model measured a 0.67 ml nodule at 22.8 ml and a
+0.53 ml one at 12.7 ml, with two nodules and the vessels between them in one candidate
+(`benchmarks/README.md`: "Bone tips read as nodules..."). A nodule reported tens of
+times its size is a false progression. The blob filter (`blobness`) keeps such a
+candidate whole, since it does hold a blob; a plain opening cuts the vessels but also
+the ground glass of part-solid nodules. This step splits along the image instead.
+
+In each lung candidate of at least ``min_volume_ml``, two kinds of markers:
+
+- nodule seeds: connected voxels whose dot-enhancement response (`blobness`, the same
+  scales and the same wall removal) reaches the blob filter's ``min_dot_hu``;
+- vessel markers: voxels on the centre line of a bright tube at ``tube_sigmas_mm``
+  (Hessian eigenvalues l2, l3 < 0 with |l2| >= ``min_tube_hu``, |l1| <= ``tube_ratio``
+  |l2|: flat along the tube), where the image is at a ridge (scale-normalised gradient
+  at most ``ridge_ratio`` |l2|: the surface of a nodule also curves down across two
+  directions and is flat along the third, but it lies on a slope, a centre line does
+  not), outside every seed.
+
+A watershed of the smoothed image (brightest first, so each front runs along its own
+bright structure and the ground glass round a solid core is reached from that core)
+from these markers, within the candidate, gives each seed its basin. A basin becomes
+a candidate of its own when its seed's response reaches ``min_piece_dot_hu`` and it
+holds ``min_piece_ml``: vessel crossings and branchings also give a weak blob
+response, and their basins are vessel. The rest, the vessels, is dropped. A candidate
+stays whole when no basin qualifies or the split would drop under
+``min_removed_share`` of it: it is then a nodule (or a vessel tree the blob filter
+kept, as before), not a nodule with a tree. Every split is in the step record: the
+candidate, its pieces and what was dropped, so a radiologist can see what was cut.
+
+Chosen on the evaluation generator (8 medium studies, seeds 7373 and 9191, the shipped
+model): lung candidates measured at more than twice the truth 5 -> 1 and 2 -> 0, median
+volume error 24.0 -> 22.5 % and 40.1 -> 33.4 %, false positives per study unchanged
+(4.50 -> 4.50, 4.50 -> 4.38). Of the true pieces, the weakest seed of a lesion of
+0.5 ml or more responded 66 HU (a lobulated nodule, left whole: no other piece), the
+false pieces mostly 45-70 HU. Its price: a 0.57 ml part-solid nodule whose ground glass
+gives no blob response and which the network had joined, with a vessel, to a second
+nodule is lost with the vessel (it was found only as part of a 6 ml candidate).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from importlib.metadata import version
+
+import numpy as np
+import scipy
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+from imaging.core.geometry.preprocess import StepRecord
+from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.blobness import BlobSettings, hessian_eigenvalues, walls_away
+from imaging.core.segmentation.postprocess import LesionCandidate
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """Parameters of `vessel_trees_split` (the candidates' own grid)."""
+
+    min_volume_ml: float = 1.0
+    tube_sigmas_mm: tuple[float, ...] = (1.5, 3.0)
+    tube_ratio: float = 0.3
+    ridge_ratio: float = 0.5
+    min_tube_hu: float = 30.0
+    min_piece_dot_hu: float = 75.0
+    min_piece_ml: float = 0.1
+    smooth_sigma_voxels: float = 1.0
+    min_removed_share: float = 0.15
+    organs: tuple[str, ...] = ("lung",)
+
+
+def _blob_map(
+    crop: np.ndarray, spacing: np.ndarray, core: np.ndarray, blob: BlobSettings
+) -> np.ndarray:
+    """The dot-enhancement response (HU) at each voxel of ``core``: the strongest over
+    the blob filter's scales, of the image and of the image with the walls away."""
+    images = [crop]
+    away = walls_away(crop, core, spacing, blob)
+    if away is not None:
+        images.append(away)
+    best = np.zeros(int(core.sum()))
+    for image in images:
+        for sigma in blob.sigmas_mm:
+            eigen = hessian_eigenvalues(image, spacing, sigma, core)
+            negative = np.all(eigen < 0, axis=1)
+            response = eigen[:, 0] ** 2 / np.maximum(np.abs(eigen[:, 2]), 1e-6)
+            best = np.maximum(best, np.where(negative, response, 0.0))
+    out = np.zeros(core.shape)
+    out[core] = best
+    return out
+
+
+def _centre_lines(
+    crop: np.ndarray, spacing: np.ndarray, core: np.ndarray, settings: SplitSettings
+) -> np.ndarray:
+    """Voxels of ``core`` on the centre line of a bright tube (module docstring)."""
+    found = np.zeros(int(core.sum()), dtype=bool)
+    for sigma in settings.tube_sigmas_mm:
+        eigen = hessian_eigenvalues(crop, spacing, sigma, core)
+        along, across, steepest = np.abs(eigen[:, 0]), eigen[:, 1], eigen[:, 2]
+        slope = np.zeros(len(along))
+        for axis in range(3):
+            order = [0, 0, 0]
+            order[axis] = 1
+            first = ndimage.gaussian_filter(crop, sigma / spacing, order=order, mode="nearest")
+            slope += (first[core] * sigma / spacing[axis]) ** 2
+        found |= (
+            (across < 0)
+            & (steepest < 0)
+            & (np.abs(across) >= settings.min_tube_hu)
+            & (along <= settings.tube_ratio * np.abs(across))
+            & (np.sqrt(slope) <= settings.ridge_ratio * np.abs(across))
+        )
+    out = np.zeros(core.shape, dtype=bool)
+    out[core] = found
+    return out
+
+
+def _pieces(
+    crop: np.ndarray,
+    core: np.ndarray,
+    spacing: np.ndarray,
+    settings: SplitSettings,
+    blob: BlobSettings,
+) -> tuple[list[tuple[np.ndarray, float]], int] | None:
+    """The nodule basins of one candidate that qualify as candidates, each with its
+    seed's response, and the number of seeds; None when there is nothing to split
+    (no seed, or no vessel centre line outside the seeds)."""
+    response = _blob_map(crop, spacing, core, blob)
+    seeds, n_seeds = ndimage.label(response >= blob.min_dot_hu)
+    vessel = _centre_lines(crop, spacing, core, settings) & (seeds == 0)
+    if n_seeds == 0 or not vessel.any():
+        return None
+    markers = seeds.copy()
+    markers[vessel] = n_seeds + 1
+    elevation = -ndimage.gaussian_filter(crop, settings.smooth_sigma_voxels)
+    basins = watershed(elevation, markers, mask=core, connectivity=1)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    pieces = []
+    for number, found in enumerate(ndimage.find_objects(seeds), start=1):
+        piece = basins == number
+        dot = float(response[found][seeds[found] == number].max())
+        if dot >= settings.min_piece_dot_hu and piece.sum() * voxel_ml >= settings.min_piece_ml:
+            pieces.append((piece, dot))
+    return pieces, n_seeds
+
+
+def _piece_candidate(
+    parent: LesionCandidate, value: int, piece: np.ndarray, start: np.ndarray,
+    probability: np.ndarray, voxel_ml: float,
+) -> LesionCandidate:  # fmt: skip
+    """A piece of ``parent`` (its voxels in the box starting at ``start``) as a candidate."""
+    where = np.argwhere(piece)
+    low, high = where.min(axis=0) + start, where.max(axis=0) + 1 + start
+    inside = probability[piece]
+    return replace(
+        parent,
+        label_value=value,
+        n_voxels=int(piece.sum()),
+        volume_ml=float(piece.sum() * voxel_ml),
+        confidence=float(inside.max()),
+        mean_probability=float(inside.mean()),
+        bbox_kji=tuple((int(a), int(b)) for a, b in zip(low, high, strict=True)),  # type: ignore[arg-type]
+    )
+
+
+def vessel_trees_split(
+    *,
+    image: Volume,
+    candidate_mask: Volume,
+    candidates: tuple[LesionCandidate, ...],
+    lesion_probability: Volume,
+    settings: SplitSettings | None = None,
+    blob: BlobSettings | None = None,
+) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
+    """Cut lung candidates that hold a nodule and a vessel tree back to the nodule (module
+    docstring). ``image`` (HU), ``candidate_mask`` and ``lesion_probability`` share the
+    network's grid; a piece keeps its candidate's label value, a further piece gets a new
+    one; the record lists every split."""
+    settings, blob = settings or SplitSettings(), blob or BlobSettings()
+    started = time.perf_counter()
+    if image.array.shape != candidate_mask.array.shape:
+        raise ValueError(
+            f"image {image.array.shape} and candidate mask {candidate_mask.array.shape} "
+            "must share a grid"
+        )
+    spacing = np.asarray(image.spacing_mm[::-1], dtype=np.float64)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    margin = np.ceil(3.0 * max(blob.sigmas_mm) / spacing).astype(int)
+    labels = candidate_mask.array.astype(np.uint32)
+    next_value = int(labels.max()) + 1
+    out: list[LesionCandidate] = []
+    splits: list[dict] = []
+    for candidate in candidates:
+        if candidate.organ not in settings.organs or candidate.volume_ml < settings.min_volume_ml:
+            out.append(candidate)
+            continue
+        box = tuple(
+            slice(max(0, low - pad), min(size, high + pad))
+            for (low, high), pad, size in zip(candidate.bbox_kji, margin, labels.shape, strict=True)
+        )
+        core = labels[box] == candidate.label_value
+        crop = np.clip(image.array[box].astype(np.float32), *blob.hu_range)
+        found = _pieces(crop, core, spacing, settings, blob)
+        kept_voxels = sum(int(p.sum()) for p, _ in found[0]) if found else 0
+        if not found or not found[0] or kept_voxels > (1 - settings.min_removed_share) * core.sum():
+            out.append(candidate)
+            continue
+        sub = labels[box]
+        sub[core] = 0
+        start = np.array([s.start for s in box])
+        probability = lesion_probability.array[box]
+        pieces = []
+        for n, (piece, dot) in enumerate(found[0]):
+            value = candidate.label_value if n == 0 else next_value
+            next_value += n > 0
+            sub[piece] = value
+            out.append(_piece_candidate(candidate, value, piece, start, probability, voxel_ml))
+            pieces.append({"label_value": value, "volume_ml": round(float(piece.sum() * voxel_ml), 3),
+                           "dot_hu": round(dot, 1)})  # fmt: skip
+        splits.append({
+            "label_value": candidate.label_value, "volume_ml": round(candidate.volume_ml, 3),
+            "seeds": found[1], "pieces": pieces,
+            "dropped_ml": round(float((core.sum() - kept_voxels) * voxel_ml), 3),
+        })  # fmt: skip
+    dtype = np.uint16 if next_value < 65535 else np.uint32
+    record = StepRecord(
+        name="postprocess_vessel_split",
+        parameters={
+            **asdict(settings),
+            "seed_min_dot_hu": blob.min_dot_hu,
+            "rule": "watershed of the smoothed image from blob seeds and tube centre lines; "
+            "a seed's basin is a candidate when its response >= min_piece_dot_hu, the "
+            "tube basins are dropped",
+        },
+        versions={"scipy": scipy.__version__, "scikit-image": version("scikit-image")},
+        seconds=time.perf_counter() - started,
+        details={"split": splits},
+    )
+    mask = (
+        candidate_mask.with_array(labels.astype(dtype), kind="label") if splits else candidate_mask
+    )
+    return mask, tuple(out), record
