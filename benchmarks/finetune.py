@@ -64,6 +64,7 @@ from imaging.core.segmentation.training.interpolation import checkpoint_interpol
 from imaging.core.segmentation.training.loop import checkpoint_read  # noqa: E402
 from imaging.core.segmentation.training.mining import train_with_mining  # noqa: E402
 from imaging.core.segmentation.training.settings import TrainingSettings  # noqa: E402
+from imaging.core.segmentation.vessel_split import SplitSettings  # noqa: E402
 from imaging.core.synthetic_eval.cohort import patient_draw, study_render  # noqa: E402
 from imaging.core.synthetic_eval.lesions import LIVER_KINDS, LUNG_KINDS  # noqa: E402
 
@@ -333,6 +334,7 @@ def _postprocess_key() -> str:
         "contrast": asdict(ContrastSettings()),
         "cysts": asdict(CystSettings()),
         "tubular": asdict(BlobSettings()),
+        "vessel_split": asdict(SplitSettings()),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
