@@ -139,15 +139,39 @@ def _pieces(
     markers = seeds.copy()
     markers[vessel] = n_seeds + 1
     elevation = -ndimage.gaussian_filter(crop, settings.smooth_sigma_voxels)
-    basins = watershed(elevation, markers, mask=core, connectivity=1)
+    basins = _touching_joined(watershed(elevation, markers, mask=core, connectivity=1), n_seeds)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     pieces = []
-    for number, found in enumerate(ndimage.find_objects(seeds), start=1):
+    for number in np.unique(basins[(basins > 0) & (basins <= n_seeds)]):
         piece = basins == number
-        dot = float(response[found][seeds[found] == number].max())
+        dot = float(response[piece & (seeds > 0)].max())
         if dot >= settings.min_piece_dot_hu and piece.sum() * voxel_ml >= settings.min_piece_ml:
             pieces.append((piece, dot))
     return pieces, n_seeds
+
+
+def _touching_joined(basins: np.ndarray, n_seeds: int) -> np.ndarray:
+    """``basins`` with seed basins (1..``n_seeds``) that touch each other (a face) joined
+    under the lowest number: the split cuts only where a vessel runs between two seeds,
+    so a cavitating nodule's wall, whose two sides each hold a seed, stays one lesion."""
+    parent = np.arange(n_seeds + 2)
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for axis in range(3):
+        a = np.moveaxis(basins, axis, 0)
+        pairs = np.stack([a[:-1].ravel(), a[1:].ravel()], axis=1)
+        pairs = pairs[
+            (pairs[:, 0] != pairs[:, 1]) & np.all((pairs >= 1) & (pairs <= n_seeds), axis=1)
+        ]
+        for first, second in np.unique(pairs, axis=0):
+            low, high = sorted((root(int(first)), root(int(second))))
+            parent[high] = low
+    lookup = np.array([root(a) for a in range(n_seeds + 2)])
+    return lookup[basins]
 
 
 def _piece_candidate(

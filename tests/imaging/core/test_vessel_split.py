@@ -157,3 +157,16 @@ def test_image_and_candidates_on_different_grids_are_refused():
     image, labels = _scene(((37.5, 36.0, 60.0), 6.0, 30.0))
     with pytest.raises(ValueError, match="share a grid"):
         _split(image[:-1], labels)
+
+
+def test_a_cavitating_nodule_on_a_vessel_stays_one_lesion():
+    wall = _ball((37.5, 33.0, 60.0), 8.0) & ~_ball((37.5, 33.0, 60.0), 4.5)
+    image, labels = _scene(((37.5, 33.0, 60.0), 8.0, 30.0))
+    image[_ball((37.5, 33.0, 60.0), 4.5)] = LUNG_HU
+    labels[_ball((37.5, 33.0, 60.0), 4.5)] = 0
+
+    mask, kept, record = _split(image, labels)
+
+    (piece,) = kept
+    assert record.details["split"][0]["seeds"] >= 2
+    assert ((mask.array == piece.label_value) & wall).sum() >= 0.9 * wall.sum()
