@@ -143,7 +143,7 @@ def walls_away(
     return out
 
 
-def _contrast(crop: np.ndarray, core: np.ndarray, settings: BlobSettings) -> float | None:
+def lung_contrast(crop: np.ndarray, core: np.ndarray, settings: BlobSettings) -> float | None:
     """The candidate's brightness over the lung around it: the 90th percentile of its HU
     minus the median of the lung (below ``lung_hu``) in a ring around it; None without
     lung around it."""
@@ -206,7 +206,7 @@ def tubular_candidates_filter(
         if not core.any():
             continue
         crop = np.clip(image.array[box].astype(np.float32), *settings.hu_range)
-        contrast = _contrast(crop, core, settings)
+        contrast = lung_contrast(crop, core, settings)
         sigmas = _scales(candidate, settings)
         dot = dot_response(crop, spacing_kji, core, sigmas)
         away = walls_away(crop, core, spacing_kji, settings)

@@ -54,7 +54,12 @@ from skimage.segmentation import watershed
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.blobness import BlobSettings, hessian_eigenvalues, walls_away
+from imaging.core.segmentation.blobness import (
+    BlobSettings,
+    hessian_eigenvalues,
+    lung_contrast,
+    walls_away,
+)
 from imaging.core.segmentation.postprocess import LesionCandidate
 
 
@@ -68,6 +73,7 @@ class SplitSettings:
     ridge_ratio: float = 0.5
     min_tube_hu: float = 30.0
     min_piece_dot_hu: float = 75.0
+    min_piece_dot_share: float = 0.15
     min_piece_ml: float = 0.1
     smooth_sigma_voxels: float = 1.0
     min_removed_share: float = 0.15
@@ -145,9 +151,28 @@ def _pieces(
     for number in np.unique(basins[(basins > 0) & (basins <= n_seeds)]):
         piece = basins == number
         dot = float(response[piece & (seeds > 0)].max())
-        if dot >= settings.min_piece_dot_hu and piece.sum() * voxel_ml >= settings.min_piece_ml:
+        if piece.sum() * voxel_ml >= settings.min_piece_ml and _nodule(
+            dot, crop, piece, settings, blob
+        ):
             pieces.append((piece, dot))
     return pieces, n_seeds
+
+
+def _nodule(
+    dot: float, crop: np.ndarray, piece: np.ndarray, settings: SplitSettings, blob: BlobSettings
+) -> bool:
+    """Whether a basin whose seed responded ``dot`` HU is a nodule: a strong response, or
+    for a faint one (ground glass) a response that is a share of its contrast with the
+    lung around it, as in the blob filter (a vessel crossing responds weakly to its full
+    contrast)."""
+    if dot >= settings.min_piece_dot_hu:
+        return True
+    contrast = lung_contrast(crop, piece, blob)
+    return (
+        contrast is not None
+        and contrast >= blob.min_contrast_hu
+        and dot >= settings.min_piece_dot_share * contrast
+    )
 
 
 def _touching_joined(basins: np.ndarray, n_seeds: int) -> np.ndarray:
