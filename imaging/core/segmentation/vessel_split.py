@@ -77,6 +77,7 @@ class SplitSettings:
     min_piece_ml: float = 0.1
     smooth_sigma_voxels: float = 1.0
     min_removed_share: float = 0.15
+    min_tree_share: float = 0.7
     organs: tuple[str, ...] = ("lung",)
 
 
@@ -133,10 +134,11 @@ def _pieces(
     spacing: np.ndarray,
     settings: SplitSettings,
     blob: BlobSettings,
-) -> tuple[list[tuple[np.ndarray, float]], int] | None:
+) -> tuple[list[tuple[np.ndarray, float]], int, float] | None:
     """The nodule basins of one candidate that qualify as candidates, each with its
-    seed's response, and the number of seeds; None when there is nothing to split
-    (no seed, or no vessel centre line outside the seeds)."""
+    seed's response, the number of seeds and the share of the candidate in vessel
+    basins; None when there is nothing to split (no seed, or no vessel centre line
+    outside the seeds)."""
     response = _blob_map(crop, spacing, core, blob)
     seeds, n_seeds = ndimage.label(response >= blob.min_dot_hu)
     vessel = _centre_lines(crop, spacing, core, settings) & (seeds == 0)
@@ -155,7 +157,7 @@ def _pieces(
             dot, crop, piece, settings, blob
         ):
             pieces.append((piece, dot))
-    return pieces, n_seeds
+    return pieces, n_seeds, float((basins == n_seeds + 1).sum() / core.sum())
 
 
 def _nodule(
@@ -245,6 +247,7 @@ def vessel_trees_split(
     next_value = int(labels.max()) + 1
     out: list[LesionCandidate] = []
     splits: list[dict] = []
+    trees: list[dict] = []
     for candidate in candidates:
         if candidate.organ not in settings.organs or candidate.volume_ml < settings.min_volume_ml:
             out.append(candidate)
@@ -256,6 +259,12 @@ def vessel_trees_split(
         core = labels[box] == candidate.label_value
         crop = np.clip(image.array[box].astype(np.float32), *blob.hu_range)
         found = _pieces(crop, core, spacing, settings, blob)
+        if found and not found[0] and found[2] >= settings.min_tree_share:
+            labels[box][core] = 0
+            trees.append({"label_value": candidate.label_value,
+                          "volume_ml": round(candidate.volume_ml, 3), "seeds": found[1],
+                          "vessel_share": round(found[2], 3)})  # fmt: skip
+            continue
         kept_voxels = sum(int(p.sum()) for p, _ in found[0]) if found else 0
         if not found or not found[0] or kept_voxels > (1 - settings.min_removed_share) * core.sum():
             out.append(candidate)
@@ -284,14 +293,17 @@ def vessel_trees_split(
             **asdict(settings),
             "seed_min_dot_hu": blob.min_dot_hu,
             "rule": "watershed of the smoothed image from blob seeds and tube centre lines; "
-            "a seed's basin is a candidate when its response >= min_piece_dot_hu, the "
-            "tube basins are dropped",
+            "a seed's basin is a candidate when its response >= min_piece_dot_hu (or, faint, "
+            ">= min_piece_dot_share of its contrast), the tube basins are dropped; a "
+            "candidate with no such basin and >= min_tree_share in tube basins is a vessel "
+            "tree, dropped",
         },
         versions={"scipy": scipy.__version__, "scikit-image": version("scikit-image")},
         seconds=time.perf_counter() - started,
-        details={"split": splits},
+        details={"split": splits, "vessel_trees": trees},
     )
+    changed = bool(splits or trees)
     mask = (
-        candidate_mask.with_array(labels.astype(dtype), kind="label") if splits else candidate_mask
+        candidate_mask.with_array(labels.astype(dtype), kind="label") if changed else candidate_mask
     )
     return mask, tuple(out), record

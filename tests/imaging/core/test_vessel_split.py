@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.blobness import tubular_candidates_filter
 from imaging.core.segmentation.postprocess import LesionCandidate
 from imaging.core.segmentation.vessel_split import SplitSettings, vessel_trees_split
 
@@ -170,3 +171,24 @@ def test_a_cavitating_nodule_on_a_vessel_stays_one_lesion():
     (piece,) = kept
     assert record.details["split"][0]["seeds"] >= 2
     assert ((mask.array == piece.label_value) & wall).sum() >= 0.9 * wall.sum()
+
+
+def test_a_vessel_tree_whose_only_blobs_are_its_crossings_is_dropped():
+    rng = np.random.default_rng(5)
+    image = np.full(SHAPE, LUNG_HU, np.float32) + rng.normal(0, 15, SHAPE).astype(np.float32)
+    z, _, x = _grid()
+    crossing = np.broadcast_to((z - 37.5) ** 2 + (x - 60.0) ** 2 <= 3.0**2, SHAPE)
+    tree = _vessel(radius_mm=3.0) | crossing
+    image[tree] = VESSEL_HU
+    labels = tree.astype(np.uint16)
+    _, by_blob_filter, _ = tubular_candidates_filter(
+        image=_volume(image), candidate_mask=_volume(labels), candidates=(_candidate(labels),)
+    )
+    assert by_blob_filter == (_candidate(labels),)  # a crossing is blob enough for it
+
+    mask, kept, record = _split(image, labels)
+
+    assert kept == () and not mask.array.any()
+    (tree_record,) = record.details["vessel_trees"]
+    assert tree_record["label_value"] == 1 and tree_record["seeds"] >= 1
+    assert tree_record["vessel_share"] >= SplitSettings().min_tree_share
