@@ -44,7 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from imaging.core.modelhub.compare import Margins, regressions  # noqa: E402
+from imaging.core.modelhub.compare import (  # noqa: E402
+    Margins,
+    paired_volume_errors,
+    regressions,
+)
 from imaging.core.modelhub.corrections import Correction, reviewed_case  # noqa: E402
 from imaging.core.modelhub.scoring import report_metrics, study_score  # noqa: E402
 from imaging.core.modelhub.validation_set import (  # noqa: E402
@@ -310,6 +314,7 @@ def main() -> int:
             candidate=after["other"]["metrics"],
             active=before["other"]["metrics"],
             margins=Margins(),
+            paired=paired_volume_errors(after["other"]["lesions"], before["other"]["lesions"]),
         )
         _print_summary(args, share, n_kind, found_b, found_a, gain, before, after, regressed, train_seconds,
                        reviewed, len(originals), time.perf_counter() - started)  # fmt: skip

@@ -28,7 +28,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from imaging.core.modelhub.compare import Margins, regressions, report_refusals
+from imaging.core.modelhub.compare import (
+    Margins,
+    paired_volume_errors,
+    regressions,
+    report_refusals,
+)
 from imaging.core.modelhub.drift import input_statistics
 from imaging.core.modelhub.report_html import report_html
 from imaging.core.modelhub.validate import cases_validate, reference_statistics
@@ -267,8 +272,13 @@ def model_validate(
     comparison: dict[str, Any] = {"margins": margins.as_json(), "notes": notes, "regressions": [],
                                   "refusals": refusals}  # fmt: skip
     if active_report is not None:
+        paired = paired_volume_errors(
+            [row for s in result["per_study"] for row in s["lesions"]],
+            [row for s in active_report.per_study for row in s.get("lesions", [])],
+        )
+        comparison["paired_volume_error"] = paired
         comparison["regressions"] = regressions(candidate=result["metrics"], active=active_report.metrics,
-                                                margins=margins)  # fmt: skip
+                                                margins=margins, paired=paired)  # fmt: skip
     else:
         comparison["notes"] = [
             *notes,

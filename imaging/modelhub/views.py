@@ -81,7 +81,11 @@ def model_view(request: HttpRequest, pk: int) -> HttpResponse:
                              .order_by("-created_at").first())  # fmt: skip
         active_payload = _payload(active_report) if active_report else None
         context.update(
-            summary=summary_rows(report.metrics, active_report.metrics if active_report else None),
+            summary=summary_rows(
+                report.metrics,
+                active_report.metrics if active_report else None,
+                (report.comparison or {}).get("paired_volume_error"),
+            ),
             active_report=active_report,
             figures=report_figures(_payload(report), active_payload),
         )

@@ -9,13 +9,26 @@ that neither report can give (no lesion of that organ) is not compared; one that
 active model's report gives and the candidate's cannot (it found no lesion to measure)
 is a regression: what was not measured is never a pass. A report on no study, or on no
 lesion that counts, cannot pass at all (`report_refusals`).
+
+Measurement is compared on the same lesions: where both reports' lesion rows are given,
+the median volume error of each group is taken over the lesions of 0.5 ml or more that
+both models found (`paired_volume_errors`), not over each model's own finds. A candidate
+that finds more, harder lesions would otherwise be refused for measuring lesions the
+active model never measured (on the locked set the 900-step candidate measured the
+lesions both found better per organ, lung 8.9 -> 3.5 %, liver 31.2 -> 19.5 %, while its
+unpaired median rose by 7.4 points on three liver lesions only it found). Each model's
+median over its own finds stays in its report; a group where the two found no lesion in
+common is compared on those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from imaging.core.modelhub.scoring import MIN_VOLUME_ML
 
 
 @dataclass(frozen=True)
@@ -52,11 +65,44 @@ _MEASURES = (
 )
 
 
+def paired_volume_errors(
+    candidate_rows: Iterable[Mapping[str, Any]], active_rows: Iterable[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Median volume error of each model over the lesions (of ``MIN_VOLUME_ML`` or more)
+    both found, overall and per organ: ``{group: {"lesions", "candidate", "active"}}``
+    from the two reports' lesion rows (`scoring.LesionRow.as_json`), matched by study and
+    lesion; groups with no lesion in common are left out."""
+
+    def measured(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+        return {(str(r["case_id"]), str(r["lesion_id"])): r for r in rows
+                if r.get("detected") and r.get("volume_error") is not None
+                and float(r["volume_ml"]) >= MIN_VOLUME_ML}  # fmt: skip
+
+    new, old = measured(candidate_rows), measured(active_rows)
+    pairs = [(new[k], old[k]) for k in sorted(set(new) & set(old))]
+    out: dict[str, dict[str, Any]] = {}
+    if not pairs:
+        return out
+    for group in ("overall", *sorted({str(a["organ"]) for a, _ in pairs})):
+        chosen = [(a, b) for a, b in pairs if group == "overall" or a["organ"] == group]
+        out[group] = {
+            "lesions": len(chosen),
+            "candidate": statistics.median(float(a["volume_error"]) for a, _ in chosen),
+            "active": statistics.median(float(b["volume_error"]) for _, b in chosen),
+        }
+    return out
+
+
 def regressions(
-    *, candidate: Mapping[str, Any], active: Mapping[str, Any], margins: Margins
+    *,
+    candidate: Mapping[str, Any],
+    active: Mapping[str, Any],
+    margins: Margins,
+    paired: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every (group, measure) where ``candidate``'s metrics fall behind ``active``'s by more
-    than the margin (both are `scoring.report_metrics` outputs)."""
+    than the margin (both are `scoring.report_metrics` outputs); the median volume error
+    on the lesions both found where ``paired`` (`paired_volume_errors`) has the group."""
     found = []
     groups = [("overall", candidate["overall"], active["overall"])]
     groups += [(organ, candidate["by_organ"][organ], active["by_organ"][organ])
@@ -66,6 +112,10 @@ def regressions(
             a, b = new.get(key), old.get(key)
             if b is None:
                 continue
+            both = (paired or {}).get(group) if key == "volume_error_median" else None
+            if both and a is not None:
+                a, b = both["candidate"], both["active"]
+                label = f"{label} on the {both['lesions']} lesion(s) both found"
             if a is None:
                 found.append({
                     "group": group, "measure": key, "candidate": None, "active": b,

@@ -46,8 +46,14 @@ def _table(
     return f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def summary_rows(metrics: Mapping[str, Any], active: Mapping[str, Any] | None) -> list[list[str]]:
-    """(measure, candidate, active) rows of the headline measures, per organ too."""
+def summary_rows(
+    metrics: Mapping[str, Any],
+    active: Mapping[str, Any] | None,
+    paired: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[list[str]]:
+    """(measure, candidate, active) rows of the headline measures, per organ too, and the
+    median volume error on the lesions both versions found (what the promotion rule
+    compares, `compare.paired_volume_errors`) where ``paired`` has it."""
     rows = []
     groups = [("all organs", metrics["overall"], (active or {}).get("overall"))]
     groups += [(organ, m, (active or {}).get("by_organ", {}).get(organ))
@@ -60,6 +66,10 @@ def summary_rows(metrics: Mapping[str, Any], active: Mapping[str, Any] | None) -
     for group, new, old in groups:
         for label, key, fmt in measures:
             rows.append([f"{group}: {label}", fmt(new.get(key)), fmt(old.get(key)) if old else "—"])
+        both = (paired or {}).get("overall" if group == "all organs" else group)
+        if both and old:
+            rows.append([f"{group}: median volume error on the {both['lesions']} lesion(s) both found",
+                         pct(both["candidate"]), pct(both["active"])])  # fmt: skip
     cal, old_cal = metrics["calibration"], (active or {}).get("calibration")
     rows.append(["confidence: expected calibration error", num(cal["ece"], 3),
                  num(old_cal["ece"], 3) if old_cal else "—"])  # fmt: skip
@@ -120,7 +130,8 @@ def report_html(
         notes,
         _table("Margins", ["margin", "value"], [[k, v] for k, v in report["margins"].items()]),
         _table("Measures, side by side", ["measure", report["name"], comparison.get("active") or "active"],
-               summary_rows(report["metrics"], active["metrics"] if active else None)),
+               summary_rows(report["metrics"], active["metrics"] if active else None,
+                            comparison.get("paired_volume_error"))),
     ]  # fmt: skip
     parts += _detail_tables(report, active)
     figures = report_figures(report, active)

@@ -25,9 +25,15 @@ from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.blobness import tubular_candidates_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
-from imaging.core.segmentation.network import VolumeSegmenter, segmenter_load
+from imaging.core.segmentation.network import (
+    SegmentationOutput,
+    VolumeSegmenter,
+    segmenter_load,
+)
 from imaging.core.segmentation.partial_volume import PARTIAL_VOLUME_RULES
 from imaging.core.segmentation.postprocess import (
+    LesionCandidate,
+    PostprocessResult,
     PostprocessSettings,
     candidates_contrast_filter,
     postprocess_run,
@@ -113,6 +119,32 @@ def study_around(*, study: Volume, mask: Volume, margin_mm: float = 12.0) -> Vol
     )
 
 
+def _candidates_filtered(
+    output: SegmentationOutput, post: PostprocessResult, around: Volume
+) -> tuple[Volume, tuple[LesionCandidate, ...], tuple[StepRecord, ...]]:
+    """The post-processed candidates through the filters on the study's own voxels
+    (``around``: contrast, simple cysts) and on the network's grid (blobs, vessel trees),
+    with one record per filter."""
+    # The candidates on the study's own grid, resampled once for both filters.
+    on_study = volume_onto_grid(moving=post.mask, reference=around).array
+    candidate_mask, candidates, contrast_record = candidates_contrast_filter(
+        study=around, candidate_mask=post.mask, candidates=post.candidates, on_study=on_study
+    )
+    candidate_mask, candidates, cysts_record = simple_cysts_filter(
+        study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study
+    )
+    candidate_mask, candidates, tubular_record = tubular_candidates_filter(
+        image=output.image, candidate_mask=candidate_mask, candidates=candidates
+    )
+    candidate_mask, candidates, split_record = vessel_trees_split(
+        image=output.image,
+        candidate_mask=candidate_mask,
+        candidates=candidates,
+        lesion_probability=output.lesion_probability,
+    )
+    return candidate_mask, candidates, (contrast_record, cysts_record, tubular_record, split_record)
+
+
 def lesions_segment(
     *,
     volume: Volume,
@@ -140,23 +172,7 @@ def lesions_segment(
         settings=postprocess_settings,
     )
     around = study_around(study=volume, mask=post.mask)
-    # The candidates on the study's own grid, resampled once for both filters.
-    on_study = volume_onto_grid(moving=post.mask, reference=around).array
-    candidate_mask, candidates, contrast_record = candidates_contrast_filter(
-        study=around, candidate_mask=post.mask, candidates=post.candidates, on_study=on_study
-    )
-    candidate_mask, candidates, cysts_record = simple_cysts_filter(
-        study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study
-    )
-    candidate_mask, candidates, tubular_record = tubular_candidates_filter(
-        image=output.image, candidate_mask=candidate_mask, candidates=candidates
-    )
-    candidate_mask, candidates, split_record = vessel_trees_split(
-        image=output.image,
-        candidate_mask=candidate_mask,
-        candidates=candidates,
-        lesion_probability=output.lesion_probability,
-    )
+    candidate_mask, candidates, filter_records = _candidates_filtered(output, post, around)
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
     lesions = lesions_measure(
@@ -189,10 +205,7 @@ def lesions_segment(
         records=(
             *output.records,
             *post.records,
-            contrast_record,
-            cysts_record,
-            tubular_record,
-            split_record,
+            *filter_records,
             measure_record,
         ),
     )

@@ -169,6 +169,9 @@ def test_validate_promote_and_roll_back(tmp_path, tiny_sources, settings, admin_
     good = ValidationReport.objects.get(model__version="good")
     assert good.passed and good.compared_with_id == active.pk
     assert good.metrics["by_organ"]["liver"]["sensitivity"] == 1.0
+    # Measurement is compared on the lesions both versions found (one liver lesion here).
+    paired = good.comparison["paired_volume_error"]
+    assert paired["overall"]["lesions"] == paired["liver"]["lesions"] == 1
     # The active model was validated on the same set for the side-by-side columns.
     assert ValidationReport.objects.get(model=active).set_checksum == good.set_checksum
     html = (data_dir() / good.html_path).read_text()
@@ -210,6 +213,7 @@ def test_validate_promote_and_roll_back(tmp_path, tiny_sources, settings, admin_
     assert page.status_code == 200 and b"tiny-good" in page.content and b"Roll back" in page.content
     detail = client.get(reverse("modelhub:model", args=[good.model_id]))
     assert detail.status_code == 200
+    assert b"liver: median volume error on the 1 lesion(s) both found" in detail.content
     assert set(detail.context["figures"]) == {
         "fig-sensitivity",
         "fig-calibration",

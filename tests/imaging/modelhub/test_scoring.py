@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imaging.core.geometry.volume import Volume
-from imaging.core.modelhub.compare import Margins, regressions
+from imaging.core.modelhub.compare import Margins, paired_volume_errors, regressions
 from imaging.core.modelhub.scoring import (
     CandidateRow,
     calibration,
@@ -157,6 +157,45 @@ def test_a_measure_neither_report_gives_is_not_compared():
     assert regressions(candidate=both_none, active=both_none, margins=Margins()) == []
 
 
+def _row(case, lesion, organ, error, volume_ml=1.0, detected=True):
+    return {"case_id": case, "lesion_id": lesion, "organ": organ, "volume_ml": volume_ml,
+            "detected": detected, "volume_error": error if detected else None}  # fmt: skip
+
+
+def test_measurement_is_compared_on_the_lesions_both_models_found():
+    active_rows = [_row("s1", "E01", "liver", 0.10), _row("s1", "E02", "liver", 0.0, detected=False),
+                   _row("s2", "E01", "lung", 0.08), _row("s2", "E02", "lung", 0.30, volume_ml=0.3)]  # fmt: skip
+    # the candidate measures both shared lesions better, and finds a hard liver lesion
+    # that it measures 60 % off: its own median rises, on the same lesions it falls
+    candidate_rows = [_row("s1", "E01", "liver", 0.04), _row("s1", "E02", "liver", 0.60),
+                      _row("s2", "E01", "lung", 0.02), _row("s2", "E02", "lung", 0.90, volume_ml=0.3)]  # fmt: skip
+
+    paired = paired_volume_errors(candidate_rows, active_rows)
+
+    assert paired == {
+        "overall": {"lesions": 2, "candidate": pytest.approx(0.03), "active": pytest.approx(0.09)},
+        "liver": {"lesions": 1, "candidate": pytest.approx(0.04), "active": pytest.approx(0.10)},
+        "lung": {"lesions": 1, "candidate": pytest.approx(0.02), "active": pytest.approx(0.08)},
+    }  # the 0.3 ml lesion is under the volume-error floor
+    active = _metrics(0.9, 0.2, 0.08, vol_liver=0.10)
+    candidate = _metrics(0.9, 0.2, 0.02, sens_liver=1.0, vol_liver=0.32)
+    assert [
+        r["measure"] for r in regressions(candidate=candidate, active=active, margins=Margins())
+    ] == ["volume_error_median"]  # unpaired: refused for the lesion only the candidate found
+    assert regressions(candidate=candidate, active=active, margins=Margins(), paired=paired) == []
+
+    worse = paired_volume_errors([_row("s1", "E01", "liver", 0.20)], active_rows)
+    found = regressions(candidate=candidate, active=active, margins=Margins(), paired=worse)
+    assert [(r["group"], r["measure"]) for r in found] == [
+        ("overall", "volume_error_median"),
+        ("liver", "volume_error_median"),
+    ]
+    assert found[1]["candidate"] == pytest.approx(0.20) and found[1]["active"] == pytest.approx(
+        0.10
+    )
+    assert "on the 1 lesion(s) both found" in found[1]["text"]
+
+
 def test_margins_are_configurable_and_checked():
     tight = Margins.from_json({"sensitivity_points": 0.0})
     found = regressions(
@@ -188,3 +227,14 @@ def test_the_generated_set_is_fixed_by_its_seed_and_checksum(tmp_path):
         assert labels[centre[2], centre[1], centre[0]] == n
     other = generated_cases(spec=ValidationSetSpec(**{**spec.__dict__, "seed": 98}), cache_dir=None)
     assert set_checksum(other) != set_checksum(first)
+
+
+def test_no_lesion_found_by_both_leaves_measurement_compared_on_each_models_own():
+    assert (
+        paired_volume_errors([_row("s1", "E01", "lung", 0.1)], [_row("s1", "E02", "lung", 0.1)])
+        == {}
+    )
+    assert paired_volume_errors([], []) == {}
+    found = regressions(candidate=_metrics(0.9, 0.2, 0.08), active=_metrics(0.9, 0.2, 0.05),
+                        margins=Margins(), paired={})  # fmt: skip
+    assert [(r["group"], r["measure"]) for r in found] == [("lung", "volume_error_median")]
