@@ -170,6 +170,30 @@ def _blob(response: dict[str, float | None], settings: BlobSettings) -> bool:
     )
 
 
+def grid_and_margin(
+    image: Volume, candidate_mask: Volume, settings: BlobSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (k, j, i) spacing of ``image``, which must share ``candidate_mask``'s grid, and
+    the margin (voxels) a candidate's box needs for the largest scale's filters."""
+    if image.array.shape != candidate_mask.array.shape:
+        raise ValueError(
+            f"image {image.array.shape} and candidate mask {candidate_mask.array.shape} "
+            "must share a grid"
+        )
+    spacing_kji = np.asarray(image.spacing_mm[::-1], dtype=np.float64)
+    return spacing_kji, np.ceil(3.0 * max(settings.sigmas_mm) / spacing_kji).astype(int)
+
+
+def candidate_box(
+    candidate: LesionCandidate, margin: np.ndarray, shape: tuple[int, ...]
+) -> tuple[slice, ...]:
+    """The candidate's bounding box, ``margin`` voxels wider on each side, within ``shape``."""
+    return tuple(
+        slice(max(0, low - pad), min(size, high + pad))
+        for (low, high), pad, size in zip(candidate.bbox_kji, margin, shape, strict=True)
+    )
+
+
 def tubular_candidates_filter(
     *,
     image: Volume,
@@ -182,13 +206,7 @@ def tubular_candidates_filter(
     their ``bbox_kji`` were made); the record keeps every judged candidate's response."""
     settings = settings or BlobSettings()
     started = time.perf_counter()
-    if image.array.shape != candidate_mask.array.shape:
-        raise ValueError(
-            f"image {image.array.shape} and candidate mask {candidate_mask.array.shape} "
-            "must share a grid"
-        )
-    spacing_kji = np.asarray(image.spacing_mm[::-1], dtype=np.float64)
-    margin = np.ceil(3.0 * max(settings.sigmas_mm) / spacing_kji).astype(int)
+    spacing_kji, margin = grid_and_margin(image, candidate_mask, settings)
     looked = [
         c
         for c in candidates
@@ -196,12 +214,7 @@ def tubular_candidates_filter(
     ]
     responses: dict[str, dict[str, float | None]] = {}
     for candidate in looked:
-        box = tuple(
-            slice(max(0, low - pad), min(size, high + pad))
-            for (low, high), pad, size in zip(
-                candidate.bbox_kji, margin, image.array.shape, strict=True
-            )
-        )
+        box = candidate_box(candidate, margin, image.array.shape)
         core = candidate_mask.array[box] == candidate.label_value
         if not core.any():
             continue

@@ -61,6 +61,8 @@ from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.blobness import (
     BlobSettings,
+    candidate_box,
+    grid_and_margin,
     hessian_eigenvalues,
     lung_contrast,
     walls_away,
@@ -264,14 +266,8 @@ def vessel_trees_split(
     one; the record lists every split."""
     settings, blob = settings or SplitSettings(), blob or BlobSettings()
     started = time.perf_counter()
-    if image.array.shape != candidate_mask.array.shape:
-        raise ValueError(
-            f"image {image.array.shape} and candidate mask {candidate_mask.array.shape} "
-            "must share a grid"
-        )
-    spacing = np.asarray(image.spacing_mm[::-1], dtype=np.float64)
+    spacing, margin = grid_and_margin(image, candidate_mask, blob)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    margin = np.ceil(3.0 * max(blob.sigmas_mm) / spacing).astype(int)
     labels = candidate_mask.array.astype(np.uint32)
     next_value = int(labels.max()) + 1
     out: list[LesionCandidate] = []
@@ -281,10 +277,7 @@ def vessel_trees_split(
         if candidate.organ not in settings.organs or candidate.volume_ml < settings.min_volume_ml:
             out.append(candidate)
             continue
-        box = tuple(
-            slice(max(0, low - pad), min(size, high + pad))
-            for (low, high), pad, size in zip(candidate.bbox_kji, margin, labels.shape, strict=True)
-        )
+        box = candidate_box(candidate, margin, labels.shape)
         core = labels[box] == candidate.label_value
         crop = np.clip(image.array[box].astype(np.float32), *blob.hu_range)
         found = _pieces(crop, core, spacing, settings, blob)

@@ -7,52 +7,25 @@ import pytest
 
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.blobness import BlobSettings, tubular_candidates_filter
-from imaging.core.segmentation.postprocess import LesionCandidate
+from tests.imaging.core import lung_scene
+from tests.imaging.core.lung_scene import LUNG_HU
 
-SPACING = 1.5
 SHAPE = (60, 80, 80)  # k, j, i on a 1.5 mm grid
-LUNG_HU = -850.0
-
-
-def _grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    k, j, i = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    return k * SPACING, j * SPACING, i * SPACING
 
 
 def _ball(centre_mm, radius_mm) -> np.ndarray:
-    z, y, x = _grid()
-    return (z - centre_mm[0]) ** 2 + (y - centre_mm[1]) ** 2 + (x - centre_mm[2]) ** 2 <= (
-        radius_mm**2
-    )
+    return lung_scene.ball(SHAPE, centre_mm, radius_mm)
 
 
 def _tube_along_x(y_mm: float, z_mm: float, radius_mm: float) -> np.ndarray:
-    z, y, x = _grid()
-    return np.broadcast_to((z - z_mm) ** 2 + (y - y_mm) ** 2 <= radius_mm**2, SHAPE)
-
-
-def _candidate(labels: np.ndarray, value: int, organ: str = "lung") -> LesionCandidate:
-    where = np.argwhere(labels == value)
-    low, high = where.min(axis=0), where.max(axis=0) + 1
-    n = len(where)
-    return LesionCandidate(
-        label_value=value,
-        organ=organ,
-        n_voxels=n,
-        volume_ml=n * SPACING**3 / 1000,
-        confidence=1.0,
-        mean_probability=0.9,
-        bbox_kji=tuple((int(a), int(b)) for a, b in zip(low, high, strict=True)),  # type: ignore[arg-type]
-    )
+    return lung_scene.tube_along_x(SHAPE, y_mm, z_mm, radius_mm)
 
 
 def _lungs(seed: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.full(SHAPE, LUNG_HU, np.float32) + rng.normal(0, 15, SHAPE).astype(np.float32)
+    return lung_scene.lungs(SHAPE, seed)
 
 
-def _volume(array: np.ndarray) -> Volume:
-    return Volume(array=array, spacing_mm=(SPACING,) * 3, origin_mm=(0.0, 0.0, 0.0))
+_candidate, _volume = lung_scene.candidate, lung_scene.volume
 
 
 def _nodule_and_vessel_piece() -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +133,7 @@ def test_a_nodule_on_the_pleura_is_kept(radius_mm, embedded_mm):
     """A nodule on the chest wall is a bump on the wall, not a blob in the image: judged
     with the wall taken away, it is kept (without that, all three were dropped)."""
     image = _lungs()
-    _, _, x = _grid()
+    _, _, x = lung_scene.grid(SHAPE)
     wall = np.broadcast_to(x < 30.0, SHAPE)
     image[wall] = 40.0
     nodule = _ball((45, 60, 30.0 + radius_mm - embedded_mm), radius_mm)

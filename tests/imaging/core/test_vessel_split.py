@@ -6,27 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.blobness import tubular_candidates_filter
-from imaging.core.segmentation.postprocess import LesionCandidate
 from imaging.core.segmentation.vessel_split import SplitSettings, vessel_trees_split
+from tests.imaging.core import lung_scene
+from tests.imaging.core.lung_scene import LUNG_HU, SPACING
 
-SPACING = 1.5
 SHAPE = (50, 60, 90)  # k, j, i on a 1.5 mm grid
-LUNG_HU = -850.0
 VESSEL_HU = 40.0
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    k, j, i = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    return k * SPACING, j * SPACING, i * SPACING
+    return lung_scene.grid(SHAPE)
 
 
 def _ball(centre_mm, radius_mm) -> np.ndarray:
-    z, y, x = _grid()
-    return (z - centre_mm[0]) ** 2 + (y - centre_mm[1]) ** 2 + (x - centre_mm[2]) ** 2 <= (
-        radius_mm**2
-    )
+    return lung_scene.ball(SHAPE, centre_mm, radius_mm)
 
 
 def _vessel(z_mm: float = 37.5, y_mm: float = 45.0, radius_mm: float = 2.0) -> np.ndarray:
@@ -54,22 +48,7 @@ def _scene(
     return image, outline.astype(np.uint16)
 
 
-def _candidate(labels: np.ndarray, value: int = 1, organ: str = "lung") -> LesionCandidate:
-    where = np.argwhere(labels == value)
-    low, high = where.min(axis=0), where.max(axis=0) + 1
-    return LesionCandidate(
-        label_value=value,
-        organ=organ,
-        n_voxels=len(where),
-        volume_ml=len(where) * SPACING**3 / 1000,
-        confidence=1.0,
-        mean_probability=0.9,
-        bbox_kji=tuple((int(a), int(b)) for a, b in zip(low, high, strict=True)),  # type: ignore[arg-type]
-    )
-
-
-def _volume(array: np.ndarray) -> Volume:
-    return Volume(array=array, spacing_mm=(SPACING,) * 3, origin_mm=(0.0, 0.0, 0.0))
+_candidate, _volume = lung_scene.candidate, lung_scene.volume
 
 
 def _split(image: np.ndarray, labels: np.ndarray, candidates=None, settings=None):
