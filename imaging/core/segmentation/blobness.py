@@ -95,19 +95,26 @@ def hessian_eigenvalues(
     return np.take_along_axis(eigen, np.argsort(np.abs(eigen), axis=1), axis=1)
 
 
+def dot_map(
+    image: np.ndarray, spacing_kji: np.ndarray, core: np.ndarray, sigmas_mm: tuple[float, ...]
+) -> np.ndarray:
+    """The dot-enhancement response (HU) at each voxel of ``core`` (in ``image[core]``'s
+    order): the strongest over the scales ``sigmas_mm``, 0 where no scale sees a blob."""
+    best = np.zeros(int(core.sum()))
+    for sigma in sigmas_mm:
+        eigen = hessian_eigenvalues(image, spacing_kji, sigma, core)
+        blob = np.all(eigen < 0, axis=1)
+        response = eigen[:, 0] ** 2 / np.maximum(np.abs(eigen[:, 2]), 1e-12)
+        best = np.maximum(best, np.where(blob, response, 0.0))
+    return best
+
+
 def dot_response(
     image: np.ndarray, spacing_kji: np.ndarray, core: np.ndarray, sigmas_mm: tuple[float, ...]
 ) -> float:
     """The strongest dot-enhancement response (HU) over the voxels ``core`` of ``image``
     and the scales ``sigmas_mm`` (module docstring)."""
-    best = 0.0
-    for sigma in sigmas_mm:
-        eigen = hessian_eigenvalues(image, spacing_kji, sigma, core)
-        small, large = eigen[:, 0], eigen[:, 2]
-        blob = np.all(eigen < 0, axis=1)
-        if blob.any():
-            best = max(best, float(np.max(small[blob] ** 2 / np.abs(large[blob]))))
-    return best
+    return float(dot_map(image, spacing_kji, core, sigmas_mm).max(initial=0.0))
 
 
 def _scales(candidate: LesionCandidate, settings: BlobSettings) -> tuple[float, ...]:

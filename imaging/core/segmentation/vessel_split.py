@@ -62,6 +62,7 @@ from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.blobness import (
     BlobSettings,
     candidate_box,
+    dot_map,
     grid_and_margin,
     hessian_eigenvalues,
     lung_contrast,
@@ -97,13 +98,7 @@ def _blob_map(
     away = walls_away(crop, core, spacing, blob)
     if away is not None:
         images.append(away)
-    best = np.zeros(int(core.sum()))
-    for image in images:
-        for sigma in blob.sigmas_mm:
-            eigen = hessian_eigenvalues(image, spacing, sigma, core)
-            negative = np.all(eigen < 0, axis=1)
-            response = eigen[:, 0] ** 2 / np.maximum(np.abs(eigen[:, 2]), 1e-6)
-            best = np.maximum(best, np.where(negative, response, 0.0))
+    best = np.max([dot_map(image, spacing, core, blob.sigmas_mm) for image in images], axis=0)
     out = np.zeros(core.shape)
     out[core] = best
     return out
