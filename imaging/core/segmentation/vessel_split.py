@@ -50,7 +50,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy
@@ -130,17 +130,24 @@ def _centre_lines(
     return out
 
 
+class _Basins(NamedTuple):
+    """The nodule basins of one candidate that qualify as candidates (each with its seed's
+    response), the number of seeds and the share of the candidate in vessel basins."""
+
+    pieces: list[tuple[np.ndarray, float]]
+    seeds: int
+    vessel_share: float
+
+
 def _pieces(
     crop: np.ndarray,
     core: np.ndarray,
     spacing: np.ndarray,
     settings: SplitSettings,
     blob: BlobSettings,
-) -> tuple[list[tuple[np.ndarray, float]], int, float] | None:
-    """The nodule basins of one candidate that qualify as candidates, each with its
-    seed's response, the number of seeds and the share of the candidate in vessel
-    basins; None when there is nothing to split (no seed, or no vessel centre line
-    outside the seeds)."""
+) -> _Basins | None:
+    """What the watershed made of one candidate; None when there is nothing to split
+    (no seed, or no vessel centre line outside the seeds)."""
     response = _blob_map(crop, spacing, core, blob)
     seeds, n_seeds = ndimage.label(response >= blob.min_dot_hu)
     vessel = _centre_lines(crop, spacing, core, settings) & (seeds == 0)
@@ -149,17 +156,21 @@ def _pieces(
     markers = seeds.copy()
     markers[vessel] = n_seeds + 1
     elevation = -ndimage.gaussian_filter(crop, settings.smooth_sigma_voxels)
-    basins = _touching_joined(watershed(elevation, markers, mask=core, connectivity=1), n_seeds)
+    basins = watershed(elevation, markers, mask=core, connectivity=1)
+    # Seed basins that touch (a face) are one lesion: the split cuts only where a vessel
+    # runs between two seeds, so a cavitating nodule's wall, whose two sides each hold a
+    # seed, stays whole.
+    joined, n_joined = ndimage.label((basins >= 1) & (basins <= n_seeds))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     pieces = []
-    for number in np.unique(basins[(basins > 0) & (basins <= n_seeds)]):
-        piece = basins == number
+    for number in range(1, n_joined + 1):
+        piece = joined == number
         dot = float(response[piece & (seeds > 0)].max())
         if piece.sum() * voxel_ml >= settings.min_piece_ml and _nodule(
             dot, crop, piece, settings, blob
         ):
             pieces.append((piece, dot))
-    return pieces, n_seeds, float((basins == n_seeds + 1).sum() / core.sum())
+    return _Basins(pieces, n_seeds, float((basins == n_seeds + 1).sum() / core.sum()))
 
 
 def _nodule(
@@ -177,30 +188,6 @@ def _nodule(
         and contrast >= blob.min_contrast_hu
         and dot >= settings.min_piece_dot_share * contrast
     )
-
-
-def _touching_joined(basins: np.ndarray, n_seeds: int) -> np.ndarray:
-    """``basins`` with seed basins (1..``n_seeds``) that touch each other (a face) joined
-    under the lowest number: the split cuts only where a vessel runs between two seeds,
-    so a cavitating nodule's wall, whose two sides each hold a seed, stays one lesion."""
-    parent = np.arange(n_seeds + 2)
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            a = parent[a]
-        return a
-
-    for axis in range(3):
-        a = np.moveaxis(basins, axis, 0)
-        pairs = np.stack([a[:-1].ravel(), a[1:].ravel()], axis=1)
-        pairs = pairs[
-            (pairs[:, 0] != pairs[:, 1]) & np.all((pairs >= 1) & (pairs <= n_seeds), axis=1)
-        ]
-        for first, second in np.unique(pairs, axis=0):
-            low, high = sorted((root(int(first)), root(int(second))))
-            parent[high] = low
-    lookup = np.array([root(a) for a in range(n_seeds + 2)])
-    return lookup[basins]
 
 
 def _piece_candidate(
@@ -276,22 +263,26 @@ def vessel_trees_split(
         core = labels[box] == candidate.label_value
         crop = np.clip(image.array[box].astype(np.float32), *blob.hu_range)
         found = _pieces(crop, core, spacing, settings, blob)
-        if found and not found[0] and found[2] >= settings.min_tree_share:
+        if found and not found.pieces and found.vessel_share >= settings.min_tree_share:
             labels[box][core] = 0
             trees.append({"label_value": candidate.label_value,
-                          "volume_ml": round(candidate.volume_ml, 3), "seeds": found[1],
-                          "vessel_share": round(found[2], 3)})  # fmt: skip
+                          "volume_ml": round(candidate.volume_ml, 3), "seeds": found.seeds,
+                          "vessel_share": round(found.vessel_share, 3)})  # fmt: skip
             continue
-        kept_voxels = sum(int(p.sum()) for p, _ in found[0]) if found else 0
-        if not found or not found[0] or kept_voxels > (1 - settings.min_removed_share) * core.sum():
+        kept_voxels = sum(int(p.sum()) for p, _ in found.pieces) if found else 0
+        if (
+            not found
+            or not found.pieces
+            or kept_voxels > (1 - settings.min_removed_share) * core.sum()
+        ):
             out.append(candidate)
             continue
         made, split, next_value = _pieces_written(
-            labels[box], core, candidate, found[0], next_value, lesion_probability.array[box],
+            labels[box], core, candidate, found.pieces, next_value, lesion_probability.array[box],
             np.array([s.start for s in box]), voxel_ml,
         )  # fmt: skip
         out += made
-        splits.append({**split, "seeds": found[1]})
+        splits.append({**split, "seeds": found.seeds})
     dtype = np.uint16 if next_value < 65535 else np.uint32
     record = StepRecord(
         name="postprocess_vessel_split",
