@@ -106,6 +106,21 @@ def model_event_record(
     audit_record(user=user, username=name, action=f"model.{action}", object=f"model {model.label}")
 
 
+def cohort_training_sources(model: SegmentationModel) -> list[dict[str, Any]]:
+    """The generated cohorts a RadTrack model's weights were trained on, up its lineage:
+    its own manifest's, else those of the weights it was warm-started from (weights trained
+    on fresh generated patches list no cohort of their own), else its parent's."""
+    row: SegmentationModel | None = model
+    while row is not None:
+        data = row.training.get("manifest_training") or {}
+        while data:
+            if data.get("train"):
+                return list(data["train"])
+            data = (data.get("warm_start") or {}).get("data") or {}
+        row = row.parent
+    return []
+
+
 # --------------------------------------------------------------------------- the shipped model
 def _shipped_files() -> tuple[dict[str, Any], tuple[ModelFile, ...]]:
     """The shipped manifest, and its files: the weights and the manifest (the model card
@@ -223,6 +238,13 @@ def _checked_names(name: str, version: str) -> None:
         raise RegistryError(f"{name}-{version} is already registered")
 
 
+def _manifest_training(inspected: dict[str, Any]) -> dict[str, Any]:
+    """The training record RadTrack weights carry in their manifest, as the shipped
+    version keeps it; nothing for other formats."""
+    found = inspected.get("manifest_training")
+    return {"manifest_training": found} if found else {}
+
+
 def model_register(
     *,
     source: Path,
@@ -274,7 +296,8 @@ def model_register(
                 task=TASK_LESIONS, name=name, version=version, format=fmt, path=relative,
                 files=[f.as_json() for f in files], sha256=description.sha256,
                 labels=description.labels.as_json(), conventions=description.conventions.as_json(),
-                parent=parent, training=training or {}, notes=notes,
+                parent=parent, notes=notes,
+                training=training or _manifest_training(inspected),
                 registered_by=_actor(user, username)[0], registered_by_name=_actor(user, username)[1],
             )  # fmt: skip
             model_event_record(row, ModelEvent.Action.REGISTER, user=user, username=username,

@@ -44,6 +44,7 @@ from imaging.modelhub.selectors import REVIEWED, StudyReview, study_review
 from imaging.modelhub.services import (
     RegistryError,
     active_model,
+    cohort_training_sources,
     model_loaded,
     model_promote,
     model_register,
@@ -151,10 +152,7 @@ def example_case(*, example: TrainingExample, base: Segmenter, device: str) -> T
 
 def _original_sources(model: SegmentationModel, count: int) -> list[CohortSource]:
     """Cases of the original training data: the shipped weights' training cohort (small)."""
-    row: SegmentationModel | None = model
-    while row is not None and not row.training.get("manifest_training"):
-        row = row.parent
-    sources = row.training["manifest_training"].get("train", []) if row else []
+    sources = cohort_training_sources(model)
     small = [s for s in sources if s.get("size") == "small"] or sources
     if not small or count < 1:
         return []

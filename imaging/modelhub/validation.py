@@ -64,6 +64,7 @@ from imaging.modelhub.selectors import study_review
 from imaging.modelhub.services import (
     RegistryError,
     active_model,
+    cohort_training_sources,
     model_event_record,
     model_loaded,
     shipped_model_ensure,
@@ -146,7 +147,7 @@ def _training_inputs(model: SegmentationModel) -> list[dict[str, Any]]:
     of its training generator's small studies (their exact organs)."""
     if model.parent and model.parent.reference_statistics.get("training_inputs"):
         return list(model.parent.reference_statistics["training_inputs"])
-    sources = model.training.get("manifest_training", {}).get("train", [])
+    sources = cohort_training_sources(model)
     small = [s for s in sources if s.get("size") == "small"][:1]
     if model.format != "radtrack" or not small:
         return []

@@ -16,6 +16,7 @@ from django.core.management import call_command
 
 from analytics.models import ResponseAssessment
 from imaging.core.geometry.nifti import volume_read_nifti
+from imaging.core.segmentation.network import manifest_read
 from imaging.core.synthetic import cohort
 from imaging.ingest.service import ingest_paths
 from imaging.models import (
@@ -100,7 +101,8 @@ def test_two_studies_in_any_order_are_segmented_registered_and_tracked(generated
             study.chosen_series.series_instance_uid
         )
         segmentation = Segmentation.objects.get(series=study.chosen_series)
-        assert segmentation.model_name == "lesionseg" and segmentation.model_version == "1.0.0"
+        assert segmentation.model_name == "lesionseg"
+        assert segmentation.model_version == manifest_read()["version"]
         assert len(segmentation.model_sha256) == 64
         volume_run = segmentation.processing_run
         volume = volume_read_nifti(path=data_dir() / volume_run.volume_path)

@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 
 from imaging.core.geometry.volume import Volume
 from imaging.core.modelhub.corrections import Correction, reviewed_case, reviewed_labels
-from imaging.core.segmentation.network import SegmenterSpec
+from imaging.core.segmentation.network import SegmenterSpec, manifest_read
 from imaging.core.segmentation.training.patches import _patch_centre
 from imaging.modelhub.models import SegmentationModel, TrainingExample
 from imaging.modelhub.training import training_examples_sync
@@ -108,11 +108,12 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
     out = StringIO()
     call_command("finetune_segmenter", "--from-reviews", "--steps=2", "--batch-size=1", "--patch-size=32",
                  "--original-cases=1", "--mining-steps=1", "--tuned-share=0.5", "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
-    model = SegmentationModel.objects.get(version="1.0.0-ft1")
+    shipped = f"lesionseg-{manifest_read()['version']}"
+    model = SegmentationModel.objects.get(version=f"{manifest_read()['version']}-ft1")
     assert out.getvalue().startswith(
-        "finetune_segmenter: lesionseg-1.0.0-ft1 from lesionseg-1.0.0 on 1 reviewed"
+        f"finetune_segmenter: {shipped}-ft1 from {shipped} on 1 reviewed"
     )
-    assert model.parent.label == "lesionseg-1.0.0" and model.format == "radtrack"
+    assert model.parent.label == shipped and model.format == "radtrack"
     assert model.training["studies"] == [train.study_instance_uid]
     assert locked.study_instance_uid not in str(model.training)
     assert len(model.training["original_cases"]) == 1
@@ -122,13 +123,13 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
     # and moved half-way back to the active model's weights
     assert model.training["settings"]["tuned_share"] == 0.5
     report = model.reports.get()
-    assert report.compared_with.label == "lesionseg-1.0.0"
+    assert report.compared_with.label == shipped
     assert [s["study_instance_uid"] for s in report.site_studies] == [locked.study_instance_uid]
     if report.passed:
         assert model.status == "candidate"
     else:  # regressed: retired at once, never active
         assert model.status == "retired" and model.events.filter(action="retire").exists()
-    assert SegmentationModel.objects.get(status="active").label == "lesionseg-1.0.0"
+    assert SegmentationModel.objects.get(status="active").label == shipped
 
 
 def test_a_lesion_a_radiologist_drew_is_a_decision_until_rejected(

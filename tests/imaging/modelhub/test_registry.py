@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from imaging.core.segmentation.network import WEIGHTS_DIR, file_sha256, manifest_read
 from imaging.modelhub.models import ModelEvent, SegmentationModel, TrainingExample, ValidationReport
-from imaging.modelhub.services import active_model
+from imaging.modelhub.services import active_model, cohort_training_sources, model_register
 from imaging.modelhub.training import training_examples_sync
 from imaging.models import Segmentation
 from imaging.store import data_dir
@@ -66,6 +66,23 @@ def test_the_shipped_model_is_the_first_active_version_with_its_files_checked():
     assert file_sha256(data_dir() / model.path / manifest["file"]) == manifest["sha256"]
 
 
+def test_the_cohorts_trained_on_are_found_up_the_warm_start_chain_and_the_parents():
+    cohort = [{"seed": 1000, "size": "full"}, {"seed": 1001, "size": "small"}]
+    warm_started = SegmentationModel(training={"manifest_training": {
+        "train": [], "warm_start": {"data": {"train": [], "warm_start": {"data": {"train": cohort}}}},
+    }})  # fmt: skip
+    assert cohort_training_sources(warm_started) == cohort
+    tuned = SegmentationModel(training={"from_reviews": True}, parent=warm_started)
+    assert cohort_training_sources(tuned) == cohort
+    # The shipped weights name the cohorts they were trained on, and RadTrack weights
+    # registered by hand keep their manifest's record too.
+    assert {s["seed"] for s in cohort_training_sources(active_model())} == {1000, 1001}
+    registered = model_register(source=WEIGHTS_DIR, fmt="radtrack", version="1.0.0-copy")
+    assert registered.training["manifest_training"] == manifest_read()["training"]["data"]
+    assert {s["seed"] for s in cohort_training_sources(registered)} == {1000, 1001}
+    assert cohort_training_sources(SegmentationModel(training={})) == []
+
+
 def test_new_shipped_weights_are_a_candidate_until_validated_and_promoted(tmp_path, monkeypatch):
     from imaging.modelhub import services
 
@@ -74,12 +91,12 @@ def test_new_shipped_weights_are_a_candidate_until_validated_and_promoted(tmp_pa
     upgrade.mkdir()
     manifest = manifest_read()
     shutil.copyfile(WEIGHTS_DIR / manifest["file"], upgrade / manifest["file"])
-    manifest["version"] = manifest["spec"]["version"] = "1.1.0"
+    manifest["version"] = manifest["spec"]["version"] = "9.0.0-upgrade"
     (upgrade / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(services, "WEIGHTS_DIR", upgrade)
     assert active_model().pk == first.pk
-    new = SegmentationModel.objects.get(version="1.1.0")
-    assert new.status == "candidate" and new.path == "models/lesionseg/1.1.0"
+    new = SegmentationModel.objects.get(version="9.0.0-upgrade")
+    assert new.status == "candidate" and new.path == "models/lesionseg/9.0.0-upgrade"
     # The version in use still loads from its own copy.
     assert services.model_loaded(model=first, device="cpu").version == first.label
 
@@ -187,7 +204,7 @@ def test_validate_promote_and_roll_back(tmp_path, tiny_sources, settings, admin_
 
     assert _call("model_promote", "tiny-good") == "model_promote: tiny-good is the active model\n"
     assert dict(SegmentationModel.objects.values_list("version", "status")) == {
-        "1.0.0": "retired", "a": "retired", "good": "active", "worse": "candidate"}  # fmt: skip
+        manifest_read()["version"]: "retired", "a": "retired", "good": "active", "worse": "candidate"}  # fmt: skip
     promoted = ModelEvent.objects.get(action="promote")
     assert promoted.previous_active_id == active.pk and promoted.report_id == good.pk
     # A second study goes through the new version.
@@ -239,10 +256,9 @@ def test_promotion_needs_a_report_against_the_model_active_now(
     _call("model_validate", "tiny-b", "--quiet")
     # Someone makes another version active meanwhile: the report no longer compares.
     SegmentationModel.objects.filter(status="active").update(status="retired")
-    SegmentationModel.objects.filter(version="1.0.0").update(status="active")
-    with pytest.raises(
-        CommandError, match="compares it with tiny-a, but lesionseg-1.0.0 is active now"
-    ):
+    SegmentationModel.objects.filter(name="lesionseg").update(status="active")
+    shipped = f"lesionseg-{manifest_read()['version']}"
+    with pytest.raises(CommandError, match=f"compares it with tiny-a, but {shipped} is active now"):
         _call("model_promote", "tiny-b")
 
 

@@ -53,13 +53,18 @@ def radtrack_manifest(root: Path) -> dict[str, Any]:
 
 
 def model_inspect(*, fmt: str, root: Path) -> dict[str, Any]:
-    """What the model says about itself: ``labels`` (or None) and ``conventions`` (partial)."""
+    """What the model says about itself: ``labels`` (or None) and ``conventions`` (partial);
+    RadTrack weights also their name, version and training record."""
     root = Path(root)
     if fmt not in FORMATS:
         raise ModelDescriptionError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "radtrack":
-        spec = SegmenterSpec.from_dict(radtrack_manifest(root)["spec"])
+        manifest = radtrack_manifest(root)
+        spec = SegmenterSpec.from_dict(manifest["spec"])
         return {
+            # how the weights were made (data, warm starts): what fine-tuning mixes back
+            # in against forgetting and what drift is measured against
+            "manifest_training": manifest.get("training", {}).get("data", {}),
             "labels": list(spec.classes),
             "conventions": {
                 "spacing_mm": list(spec.spacing_mm),
