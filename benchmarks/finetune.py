@@ -59,10 +59,11 @@ from imaging.core.modelhub.validation_set import (  # noqa: E402
     truth_labels_renderer,
 )
 from imaging.core.segmentation.blobness import BlobSettings  # noqa: E402
+from imaging.core.segmentation.contrast import ContrastSettings  # noqa: E402
 from imaging.core.segmentation.cysts import CystSettings  # noqa: E402
 from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.network import segmenter_from_network, segmenter_load  # noqa: E402
-from imaging.core.segmentation.postprocess import ContrastSettings, PostprocessSettings  # noqa: E402
+from imaging.core.segmentation.postprocess import PostprocessSettings  # noqa: E402
 from imaging.core.segmentation.training.cases import CohortSource, cases_load  # noqa: E402
 from imaging.core.segmentation.training.interpolation import checkpoint_interpolate  # noqa: E402
 from imaging.core.segmentation.training.loop import checkpoint_read  # noqa: E402

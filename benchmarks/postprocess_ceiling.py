@@ -9,7 +9,7 @@ post-processing and the contrast filter put on sensitivity, per lesion kind.
    and as many with every other kind, seed 5503) go through the shipped network only to
    get its grid and organ probabilities; the lesion channels are then replaced by the
    truth (probability 1 inside each true lesion, 0 elsewhere) and the result goes through
-   `postprocess.postprocess_run` and `postprocess.candidates_contrast_filter`, exactly as
+   `postprocess.postprocess_run` and `contrast.candidates_contrast_filter`, exactly as
    `lesions_segment` runs them. A true lesion that does not come out was removed by a rule,
    not missed by the network.
 2. The other side of the filter: the shipped model's own candidates on thick (4.5-5 mm),
@@ -38,12 +38,10 @@ import torch  # noqa: E402
 
 from benchmarks.finetune import SEEDS, _case  # noqa: E402
 from benchmarks.segmentation import _training_studies  # noqa: E402
+from imaging.core.segmentation.contrast import candidates_contrast_filter  # noqa: E402
 from imaging.core.segmentation.lesions import study_around  # noqa: E402
 from imaging.core.segmentation.network import segmenter_load  # noqa: E402
-from imaging.core.segmentation.postprocess import (  # noqa: E402
-    candidates_contrast_filter,
-    postprocess_run,
-)
+from imaging.core.segmentation.postprocess import postprocess_run  # noqa: E402
 
 LESION_CHANNEL = {"lung": 3, "liver": 4}
 

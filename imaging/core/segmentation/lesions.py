@@ -2,7 +2,7 @@
 
 `lesions_segment` runs the segmenter (`network.segment_volume`), the post-processing
 (`postprocess.postprocess_run`), the contrast filter on the study's own voxels
-(`postprocess.candidates_contrast_filter`), simple liver cysts told from lesions
+(`contrast.candidates_contrast_filter`), simple liver cysts told from lesions
 (`cysts.simple_cysts_filter`), lung candidates that are pieces of vessels or airway
 walls told from nodules by their shape (`blobness.tubular_candidates_filter`), lung
 candidates that hold a nodule and the vessel tree it touches cut back to the nodule
@@ -23,6 +23,7 @@ from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.blobness import tubular_candidates_filter
+from imaging.core.segmentation.contrast import candidates_contrast_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
 from imaging.core.segmentation.network import (
@@ -35,7 +36,6 @@ from imaging.core.segmentation.postprocess import (
     LesionCandidate,
     PostprocessResult,
     PostprocessSettings,
-    candidates_contrast_filter,
     postprocess_run,
 )
 from imaging.core.segmentation.vessel_split import vessel_trees_split
@@ -131,8 +131,9 @@ def _candidates_filtered(
         study=around, candidate_mask=post.mask, candidates=post.candidates, on_study=on_study
     )
     candidate_mask, candidates, cysts_record = simple_cysts_filter(
-        study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study
-    )
+        study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study,
+        organ_label=output.label,
+    )  # fmt: skip
     candidate_mask, candidates, tubular_record = tubular_candidates_filter(
         image=output.image, candidate_mask=candidate_mask, candidates=candidates
     )

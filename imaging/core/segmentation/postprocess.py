@@ -65,7 +65,6 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.body import BODY_HU, ClassicalMasks
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
@@ -463,134 +462,9 @@ def postprocess_run(
     )
 
 
-@dataclass(frozen=True)
-class ContrastSettings:
-    """Parameters of `candidates_contrast_filter` (native voxels of the study)."""
-
-    min_z: float = 8.0
-    ring_inner_voxels: int = 1
-    ring_outer_voxels: int = 3
-
-
-_HALF_NORMAL_MEAN = float(np.sqrt(2.0 / np.pi))
-_HALF_NORMAL_SD = float(np.sqrt(1.0 - 2.0 / np.pi))
-
-
 def candidates_keep(candidate_mask: Volume, kept: tuple[LesionCandidate, ...]) -> Volume:
     """``candidate_mask`` with only the ``kept`` candidates' label values."""
     keep = np.zeros(int(candidate_mask.array.max()) + 1, dtype=bool)
     keep[[c.label_value for c in kept]] = True
     array = np.where(keep[candidate_mask.array], candidate_mask.array, 0)
     return candidate_mask.with_array(array.astype(candidate_mask.array.dtype), kind="label")
-
-
-def candidate_core_ring(
-    on_study: np.ndarray, hu: np.ndarray, values: list[int], settings: ContrastSettings
-) -> dict[int, tuple[np.ndarray, np.ndarray] | None]:
-    """Each candidate's HU (by label value in ``on_study``, the candidate mask on the
-    study's own grid) and the HU of a ring ``ring_inner_voxels``..``ring_outer_voxels``
-    around it, away from every candidate; None when it holds no study voxel centre."""
-    any_candidate = on_study > 0
-    inner = ndimage.generate_binary_structure(3, 1)
-    margin = settings.ring_outer_voxels + 1
-    boxes = ndimage.find_objects(on_study)
-    out: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
-    for value in values:
-        found = boxes[value - 1] if value - 1 < len(boxes) else None
-        if found is None:
-            out[value] = None
-            continue
-        box = tuple(
-            slice(max(0, s.start - margin), min(size, s.stop + margin))
-            for s, size in zip(found, on_study.shape, strict=True)
-        )
-        core = on_study[box] == value
-        ring = (
-            ndimage.binary_dilation(core, inner, iterations=settings.ring_outer_voxels)
-            & ~ndimage.binary_dilation(core, inner, iterations=settings.ring_inner_voxels)
-            & ~any_candidate[box]
-        )
-        out[value] = (hu[box][core].astype(np.float64), hu[box][ring].astype(np.float64))
-    return out
-
-
-def _contrast_scores(
-    on_study: np.ndarray,
-    hu: np.ndarray,
-    candidates: tuple[LesionCandidate, ...],
-    settings: ContrastSettings,
-) -> dict[int, float | None]:
-    """z of each candidate (by label value) on the study's voxels; None without a ring."""
-    scores: dict[int, float | None] = {}
-    voxels = candidate_core_ring(on_study, hu, [c.label_value for c in candidates], settings)
-    for value, found in voxels.items():
-        if found is None:  # holds no study voxel centre: nothing to measure there
-            scores[value] = 0.0
-            continue
-        core_hu, ring_hu = found
-        if ring_hu.size < 8:
-            scores[value] = None
-            continue
-        centre = float(np.median(ring_hu))
-        sigma = max(1.4826 * float(np.median(np.abs(ring_hu - centre))), 1.0)
-        shift = abs(centre - float(core_hu.mean())) / (sigma / np.sqrt(core_hu.size))
-        # |x - centre| / sigma of noise has mean sqrt(2/pi) and SD sqrt(1 - 2/pi): a core
-        # spread beyond the noise (a bright rim around a dark centre) scores here even
-        # when its mean equals the surroundings'.
-        deviation = float(np.mean(np.abs(core_hu - centre))) / sigma
-        spread = (deviation - _HALF_NORMAL_MEAN) / (_HALF_NORMAL_SD / np.sqrt(core_hu.size))
-        scores[value] = max(shift, spread)
-    return scores
-
-
-def candidates_contrast_filter(
-    *,
-    study: Volume,
-    candidate_mask: Volume,
-    candidates: tuple[LesionCandidate, ...],
-    settings: ContrastSettings | None = None,
-    on_study: np.ndarray | None = None,
-) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
-    """Drop candidates whose contrast with their surroundings is within the noise.
-
-    Measured on the study's own voxels (``study`` in HU, before resampling: resampled
-    noise is smoother and would look more significant than it is). For each candidate,
-    its voxels (the model-grid mask mapped to the study grid, nearest neighbour) are
-    compared with a ring ``ring_inner_voxels``..``ring_outer_voxels`` around it, away
-    from every candidate: z is the larger of the shift of its mean, |median(ring) -
-    mean(core)| / (sigma / sqrt(n)), and the spread of its voxels beyond the noise,
-    (mean(|core - median(ring)|) / sigma - sqrt(2/pi)) / (sqrt(1 - 2/pi) / sqrt(n)) (a
-    rim-enhancing lesion's bright rim and dark centre average to the liver's HU), with
-    sigma the ring's robust SD (1.4826 MAD) and n the candidate's voxel count. A
-    real lesion keeps z far above ``min_z`` (a 1.7 ml liver lesion at 18 HU of noise
-    and 3 x 3 x 5 mm voxels scored 8.2; lesions at full resolution score in the
-    tens); the darkest noise blobs of a liver in thick, noisy slices reach about 7.
-    A candidate that holds no study voxel centre (smaller than the study's voxels) scores
-    0 and is dropped; one without a ring of at least 8 voxels is kept (no evidence).
-    ``on_study``: ``candidate_mask`` already on the study's grid (else resampled here).
-    """
-    settings = settings or ContrastSettings()
-    started = time.perf_counter()
-    if on_study is None:
-        on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
-    scores = _contrast_scores(on_study, study.array, candidates, settings)
-    kept = tuple(
-        c for c in candidates if (score := scores[c.label_value]) is None or score >= settings.min_z
-    )
-    mask = candidates_keep(candidate_mask, kept)
-    record = StepRecord(
-        name="postprocess_contrast",
-        parameters={
-            **asdict(settings),
-            "rule": "max(|median(ring) - mean(core)|, (mean|core - median(ring)| - "
-            "sqrt(2/pi) sigma) / sqrt(1 - 2/pi)) / (sigma / sqrt(n)) >= min_z, sigma = "
-            "1.4826 MAD(ring), on the study's own voxels",
-        },
-        versions={"scipy": scipy.__version__, "numpy": np.__version__},
-        seconds=time.perf_counter() - started,
-        details={
-            "removed": len(candidates) - len(kept),
-            "z": {str(k): (round(v, 2) if v is not None else None) for k, v in scores.items()},
-        },
-    )
-    return mask, kept, record

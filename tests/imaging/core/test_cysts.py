@@ -108,3 +108,45 @@ def test_a_mask_already_on_the_study_grid_gives_the_same_answer():
     )
     assert [c.label_value for c in shared] == [c.label_value for c in kept] == [2, 4]
     assert shared_record.details == record.details
+
+
+def _liver_labels(mask: Volume, outside: dict[int, float]) -> Volume:
+    """The network's organs on the candidates' grid: liver (2) everywhere but, around each
+    candidate in ``outside``, that share of the grid's columns (i, low side first) left
+    as background, as a gallbladder against the liver's under-surface would see it."""
+    labels = np.full(mask.array.shape, 2, np.uint8)
+    for value, share in outside.items():
+        ks, js, is_ = np.nonzero(mask.array == value)
+        lo, hi = is_.min() - 4, is_.max() + 4
+        cut = int(round(lo + share * (hi - lo)))
+        box = (slice(ks.min() - 4, ks.max() + 5), slice(js.min() - 4, js.max() + 5))
+        labels[box[0], box[1], max(lo, 0) : cut] = 0
+    labels[mask.array > 0] = 4
+    return mask.with_array(labels, kind="label")
+
+
+@pytest.mark.parametrize("liver_hu", [60.0, 105.0])
+def test_fluid_beside_the_liver_is_not_a_liver_lesion(liver_hu):
+    # 1: water with half its surroundings outside the liver (a gallbladder); 2: water with
+    # the liver all around (unenhanced: a possible metastasis, kept); 3: a hypodense
+    # lesion at 45 HU half outside (an exophytic solid lesion, kept: not fluid); 4: water,
+    # a sixth of its surroundings outside (a cystic lesion at the liver's edge, kept).
+    study, mask, candidates = _case(liver_hu, {1: 5.0, 2: 8.0, 3: 45.0, 4: 5.0})
+    organs = _liver_labels(mask, {1: 0.5, 3: 0.5, 4: 0.1})
+
+    _, kept, record = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates, organ_label=organs,
+        settings=CystSettings(min_liver_hu=200.0),  # the simple-cyst rule abstains here
+    )  # fmt: skip
+
+    assert [c.label_value for c in kept] == [2, 3, 4], record.details
+    beside = record.details["fluid_beside_liver"]
+    assert list(beside) == ["1"] and beside["1"]["median_hu"] <= 20.0
+    assert beside["1"]["liver_share"] < 0.9
+    assert record.details["removed"] == 1 and "fluid beside the liver" in record.parameters["rule"]
+    # Without the network's organs the rule cannot look.
+    _, all_kept, _ = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates,
+        settings=CystSettings(min_liver_hu=200.0),
+    )  # fmt: skip
+    assert len(all_kept) == 4

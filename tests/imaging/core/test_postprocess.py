@@ -10,11 +10,10 @@ from imaging.core.geometry.preprocess import volume_resample
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.body import body_mask
+from imaging.core.segmentation.contrast import ContrastSettings, candidates_contrast_filter
 from imaging.core.segmentation.postprocess import (
-    ContrastSettings,
     LesionCandidate,
     PostprocessSettings,
-    candidates_contrast_filter,
     postprocess_run,
 )
 
