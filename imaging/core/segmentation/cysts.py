@@ -134,17 +134,21 @@ def simple_cysts_filter(
 
 def _liver_share(candidates: np.ndarray, organ_label: Volume | None, value: int) -> float | None:
     """Share of a shell 1-3 voxels around candidate ``value`` (away from every candidate)
-    that ``organ_label`` calls liver (2) or liver lesion (4); None without labels."""
+    inside the liver: what ``organ_label`` calls liver (2) or liver lesion (4), with the
+    holes it encloses; None without labels."""
     if organ_label is None or organ_label.array.shape != candidates.shape:
         return None
     found = ndimage.find_objects((candidates == value).astype(np.uint8))
     if not found or found[0] is None:
         return None
-    box = tuple(slice(max(0, s.start - 4), min(n, s.stop + 4))
+    box = tuple(slice(max(0, s.start - 8), min(n, s.stop + 8))
                 for s, n in zip(found[0], candidates.shape, strict=True))  # fmt: skip
     core = candidates[box] == value
     shell = (ndimage.binary_dilation(core, iterations=3) & ~ndimage.binary_dilation(core)
              & (candidates[box] == 0))  # fmt: skip
     if not shell.any():
         return None
-    return float(np.isin(organ_label.array[box][shell], (2, 4)).mean())
+    # The liver with what it encloses: a rim-enhancing lesion's bright rim, which the
+    # network may leave out of both liver and lesion, is inside the liver all the same.
+    liver = ndimage.binary_fill_holes(np.isin(organ_label.array[box], (2, 4)) | core)
+    return float(liver[shell].mean())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from imaging.core.geometry.preprocess import volume_resample
 from imaging.core.geometry.volume import Volume
@@ -111,16 +112,20 @@ def test_a_mask_already_on_the_study_grid_gives_the_same_answer():
 
 
 def _liver_labels(mask: Volume, outside: dict[int, float]) -> Volume:
-    """The network's organs on the candidates' grid: liver (2) everywhere but, around each
-    candidate in ``outside``, that share of the grid's columns (i, low side first) left
-    as background, as a gallbladder against the liver's under-surface would see it."""
+    """The network's organs on the candidates' grid: liver (2) everywhere but, beside each
+    candidate in ``outside``, a region open to the image's nearer side edge that leaves
+    that share of the candidate's columns (i) out of the liver, as the gallbladder's
+    fossa opens the liver's under-surface."""
     labels = np.full(mask.array.shape, 2, np.uint8)
+    width = mask.array.shape[2]
     for value, share in outside.items():
         ks, js, is_ = np.nonzero(mask.array == value)
         lo, hi = is_.min() - 4, is_.max() + 4
-        cut = int(round(lo + share * (hi - lo)))
-        box = (slice(ks.min() - 4, ks.max() + 5), slice(js.min() - 4, js.max() + 5))
-        labels[box[0], box[1], max(lo, 0) : cut] = 0
+        rows = (slice(ks.min() - 4, ks.max() + 5), slice(js.min() - 4, js.max() + 5))
+        if lo + hi < width:  # nearer the low edge: open towards it
+            labels[rows[0], rows[1], : int(round(lo + share * (hi - lo)))] = 0
+        else:
+            labels[rows[0], rows[1], int(round(hi - share * (hi - lo))) :] = 0
     labels[mask.array > 0] = 4
     return mask.with_array(labels, kind="label")
 
@@ -131,7 +136,7 @@ def test_fluid_beside_the_liver_is_not_a_liver_lesion(liver_hu):
     # the liver all around (unenhanced: a possible metastasis, kept); 3: a hypodense
     # lesion at 45 HU half outside (an exophytic solid lesion, kept: not fluid); 4: water,
     # a sixth of its surroundings outside (a cystic lesion at the liver's edge, kept).
-    study, mask, candidates = _case(liver_hu, {1: 5.0, 2: 8.0, 3: 45.0, 4: 5.0})
+    study, mask, candidates = _case(liver_hu, {1: 5.0, 2: 0.0, 3: 45.0, 4: 5.0})
     organs = _liver_labels(mask, {1: 0.5, 3: 0.5, 4: 0.1})
 
     _, kept, record = simple_cysts_filter(
@@ -150,3 +155,13 @@ def test_fluid_beside_the_liver_is_not_a_liver_lesion(liver_hu):
         settings=CystSettings(min_liver_hu=200.0),
     )  # fmt: skip
     assert len(all_kept) == 4
+    # A lesion whose rim the network left out of liver and lesion alike is still inside
+    # the liver: what the liver encloses counts as liver.
+    rimmed = organs.array.copy()
+    rim = ndimage.binary_dilation(mask.array == 2, iterations=2) & (mask.array == 0)
+    rimmed[rim] = 0
+    _, kept, record = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates,
+        organ_label=organs.with_array(rimmed), settings=CystSettings(min_liver_hu=200.0),
+    )  # fmt: skip
+    assert [c.label_value for c in kept] == [2, 3, 4], record.details
