@@ -195,9 +195,10 @@ def candidates_contrast_filter(
             **asdict(settings),
             "rule": "z_independent = max(|median(ring) - mean(core)|, (mean|core - "
             "median(ring)| - sqrt(2/pi) sigma) / sqrt(1 - 2/pi)) / (sigma / sqrt(n)) >= "
-            "min_z_independent and z = z_independent / sqrt(inflation) >= min_z, sigma = "
-            "1.4826 MAD(ring), inflation = the noise texture's correlations summed over "
-            "the candidate's pairs of voxels / n, on the study's own voxels",
+            "min_z_independent with sigma = 1.4826 MAD(ring), and z = the same with sigma "
+            "at least the study's noise SD, / sqrt(inflation), >= min_z, inflation = the "
+            "noise texture's correlations summed over the candidate's pairs of voxels / n, "
+            "on the study's own voxels",
         },
         versions={"scipy": scipy.__version__, "numpy": np.__version__},
         seconds=time.perf_counter() - started,

@@ -118,7 +118,8 @@ def simple_cysts_filter(
             "rule": "median(candidate) <= max_median_hu and median(ring around it) >= "
             "min_liver_hu, on the study's own voxels: a simple cyst (RECIST 1.1 3.1.3); "
             "median(candidate) <= max_median_hu and under min_liver_share of a shell 1-3 "
-            "voxels around it (network grid) labelled liver: fluid beside the liver",
+            "voxels around it (network grid) inside the liver (liver and liver-lesion labels "
+            "with the holes they enclose): fluid beside the liver",
         },
         versions={"scipy": scipy.__version__, "numpy": np.__version__},
         seconds=time.perf_counter() - started,
