@@ -15,6 +15,9 @@ through the slices apart. The inflation of a large region's mean is then the sum
 correlations over all lags, (sum_d a^(d^2))^2 in plane times sum_d a_z^(d^2) through the
 slices: 1 for white noise. A region not much larger than the grain varies less than
 that: `NoiseTexture.region_inflation` sums the correlations over its own pairs of voxels.
+Noise whose neighbouring voxels move apart (a sharp kernel's, ramp-like) is taken as white:
+its region means vary less than independent voxels' would, and the test stays as strict
+as it was.
 """
 
 from __future__ import annotations
