@@ -159,7 +159,7 @@ def _shipped_row(*, first: bool) -> SegmentationModel:
         status=SegmentationModel.Status.ACTIVE if first else SegmentationModel.Status.CANDIDATE,
         registered_by_name="radtrack", promoted_by_name="radtrack" if first else "",
         promoted_at=timezone.now() if first else None,
-        training={"manifest_training": manifest.get("training", {}).get("data", {})},
+        training=_manifest_training(inspected),
         notes="The model shipped with RadTrack (imaging/weights), registered on first use"
         + ("." if first else ": a candidate until validated and promoted."),
     )  # fmt: skip

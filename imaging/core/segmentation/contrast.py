@@ -45,15 +45,20 @@ _HALF_NORMAL_SD = float(np.sqrt(1.0 - 2.0 / np.pi))
 
 
 def candidate_core_ring(
-    on_study: np.ndarray, hu: np.ndarray, values: list[int], settings: ContrastSettings
+    on_study: np.ndarray,
+    hu: np.ndarray,
+    values: list[int],
+    settings: ContrastSettings,
+    boxes: list[tuple[slice, ...] | None] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray] | None]:
     """Each candidate's HU (by label value in ``on_study``, the candidate mask on the
     study's own grid) and the HU of a ring ``ring_inner_voxels``..``ring_outer_voxels``
-    around it, away from every candidate; None when it holds no study voxel centre."""
+    around it, away from every candidate; None when it holds no study voxel centre.
+    ``boxes``: ``ndimage.find_objects(on_study)`` when the caller has it already."""
     any_candidate = on_study > 0
     inner = ndimage.generate_binary_structure(3, 1)
     margin = settings.ring_outer_voxels + 1
-    boxes = ndimage.find_objects(on_study)
+    boxes = ndimage.find_objects(on_study) if boxes is None else boxes
     out: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
     for value in values:
         found = boxes[value - 1] if value - 1 < len(boxes) else None
@@ -98,8 +103,8 @@ def _contrast_scores(
     study's voxels; None without a ring. ``texture``: the study's noise texture (None:
     voxels taken as independent)."""
     scores: dict[int, tuple[float, float] | None] = {}
-    voxels = candidate_core_ring(on_study, hu, [c.label_value for c in candidates], settings)
     boxes = ndimage.find_objects(on_study)
+    voxels = candidate_core_ring(on_study, hu, [c.label_value for c in candidates], settings, boxes)
     for value, found in voxels.items():
         if found is None:  # holds no study voxel centre: nothing to measure there
             scores[value] = (0.0, 0.0)

@@ -88,6 +88,7 @@ def simple_cysts_filter(
             keep[[c.label_value for c in candidates]] = True
             on_study = np.where(keep[on_study], on_study, 0)
         voxels = candidate_core_ring(on_study, study.array, [c.label_value for c in looked], ring)
+        grid_boxes: list[tuple[slice, ...] | None] | None = None  # on the network's grid
         for value, found in voxels.items():
             if found is None or found[1].size < 8:  # no voxel or no ring: no evidence
                 continue
@@ -100,7 +101,11 @@ def simple_cysts_filter(
                     "liver_hu": round(ring_hu, 1),
                 }
                 continue
-            share = _liver_share(candidate_mask.array, organ_label, value)
+            if organ_label is None or organ_label.array.shape != candidate_mask.array.shape:
+                continue
+            if grid_boxes is None:
+                grid_boxes = ndimage.find_objects(candidate_mask.array)
+            share = _liver_share(candidate_mask.array, organ_label.array, value, grid_boxes)
             if share is not None and share < settings.min_liver_share:
                 beside[str(value)] = {
                     "median_hu": round(core_hu, 1),
@@ -133,17 +138,21 @@ def simple_cysts_filter(
     return mask, kept, record
 
 
-def _liver_share(candidates: np.ndarray, organ_label: Volume | None, value: int) -> float | None:
+def _liver_share(
+    candidates: np.ndarray,
+    organ_label: np.ndarray,
+    value: int,
+    boxes: list[tuple[slice, ...] | None],
+) -> float | None:
     """Share of a shell 1-3 voxels around candidate ``value`` (away from every candidate)
     inside the liver: what ``organ_label`` calls liver (2) or liver lesion (4), with the
-    holes it encloses; None without labels."""
-    if organ_label is None or organ_label.array.shape != candidates.shape:
-        return None
-    found = ndimage.find_objects((candidates == value).astype(np.uint8))
-    if not found or found[0] is None:
+    holes it encloses; None where the candidate or its shell is empty. ``boxes``:
+    ``ndimage.find_objects(candidates)``."""
+    found = boxes[value - 1] if value - 1 < len(boxes) else None
+    if found is None:
         return None
     box = tuple(slice(max(0, s.start - 8), min(n, s.stop + 8))
-                for s, n in zip(found[0], candidates.shape, strict=True))  # fmt: skip
+                for s, n in zip(found, candidates.shape, strict=True))  # fmt: skip
     core = candidates[box] == value
     shell = (ndimage.binary_dilation(core, iterations=3) & ~ndimage.binary_dilation(core)
              & (candidates[box] == 0))  # fmt: skip
@@ -151,5 +160,5 @@ def _liver_share(candidates: np.ndarray, organ_label: Volume | None, value: int)
         return None
     # The liver with what it encloses: a rim-enhancing lesion's bright rim, which the
     # network may leave out of both liver and lesion, is inside the liver all the same.
-    liver = ndimage.binary_fill_holes(np.isin(organ_label.array[box], (2, 4)) | core)
+    liver = ndimage.binary_fill_holes(np.isin(organ_label[box], (2, 4)) | core)
     return float(liver[shell].mean())

@@ -130,18 +130,21 @@ def noise_texture(
     than ``min_pairs`` neighbouring voxel pairs lie in soft tissue there."""
     values = np.asarray(hu, dtype=np.float32)
     low, high = tissue_hu
-    tissue = (values > low) & (values < high)
-    if near is not None:
-        tissue &= near
+
+    def tissue(view: tuple[slice, ...]) -> np.ndarray:
+        inside = (values[view] > low) & (values[view] < high)
+        return inside & near[view] if near is not None else inside
+
     # In plane from at most ``_SLICES`` slices, through the slices from every other row
     # and column: millions of pairs either way, a fraction of a full study's time.
-    step = max(1, values.shape[0] // _SLICES)
-    v1, v2, pairs = _lag_variances(values[::step], tissue[::step], (1, 2))
+    sampled = (slice(None, None, max(1, values.shape[0] // _SLICES)),)
+    v1, v2, pairs = _lag_variances(values[sampled], tissue(sampled), (1, 2))
     if pairs < min_pairs:
         return None
     a = _neighbour_correlation(v1, v2)
     sd = float(np.sqrt(v1 / (2.0 * (1.0 - a))))
-    z1, z2, z_pairs = _lag_variances(values[:, ::2, ::2], tissue[:, ::2, ::2], (0,))
+    columns = (slice(None), slice(None, None, 2), slice(None, None, 2))
+    z1, z2, z_pairs = _lag_variances(values[columns], tissue(columns), (0,))
     # Through the slices: the same where there are slices enough; else taken as white.
     a_z = _neighbour_correlation(z1, z2) if z_pairs >= min_pairs else 0.0
     inflation = _correlation_sum(a) ** 2 * _correlation_sum(a_z)
