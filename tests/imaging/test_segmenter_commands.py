@@ -76,12 +76,14 @@ def test_train_one_generated_step_then_resume(tmp_path):
 
     run = tmp_path / "generated"
     args = ["--generated", "--loader-workers=0", "--recalibrate-batches=2", "--plain-share=0.5",
-            *TINY]  # fmt: skip
+            "--cohort-acquisition-share=0.5", *TINY]  # fmt: skip
     stdout = _run("train_segmenter", f"--out={run}", "--steps=1", *args)
     assert stdout.startswith("train_segmenter: 1 steps on 0 studies")
     manifest = json.loads((run / "manifest.json").read_text())
     generator = manifest["training"]["data"]["generator"]
     assert generator["plain_share"] == 0.5 and generator["patch_size"] == 16
+    assert generator["cohort_acquisition_share"] == 0.5
+    assert manifest["training"]["settings"]["cohort_acquisition_share"] == 0.5
     assert manifest["training"]["settings"]["generated"] is True
     _run("train_segmenter", f"--out={run}", "--steps=2", "--resume", *args)
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
@@ -103,6 +105,9 @@ def test_train_usage_errors(tmp_path):
         _run("train_segmenter", f"--out={tmp_path / 'x'}", "--patients=0", "--small-patients=0")
     with pytest.raises(CommandError, match="plain-share"):
         _run("train_segmenter", f"--out={tmp_path / 'x'}", "--generated", "--plain-share=2", *TINY)
+    with pytest.raises(CommandError, match="cohort-acquisition-share"):
+        _run("train_segmenter", f"--out={tmp_path / 'x'}", "--generated",
+             "--cohort-acquisition-share=-1", *TINY)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- fine-tuning

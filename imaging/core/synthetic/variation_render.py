@@ -9,7 +9,9 @@ reconstruction kernel (edge overshoot), beam-hardening cupping, streaks, and noi
 correlated in-plane and between slices with a band-pass (ramp-like) spectrum. Last, it
 is resampled linearly onto the model grid as `network.segment_volume` does. Truth comes
 analytically on the model grid: organ codes as painted and each lesion's exact
-partial-volume occupancy.
+partial-volume occupancy. Lesions the acquisition's noise hides are left out, painted
+and labelled neither (`variation_visibility`); `cohort_acquisition_sample` acquires as
+the cohort generator does.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from imaging.core.synthetic.phantom import (
 )
 from imaging.core.synthetic.variation import ORGAN_OF_STRUCTURE, TrainingScene, capsule_distance
 from imaging.core.synthetic.variation_lesions import ProfiledLesion
+from imaging.core.synthetic.variation_visibility import (
+    VISIBLE_Z,
+    NoiseModel,
+    lesion_contrast_z,
+)
 
 ORGAN_CODES = {"lung": 1, "liver": 2}
 LESION_CODES = {"lung": 3, "liver": 4}
@@ -55,6 +62,18 @@ class Acquisition:
     streak_hu: float
     cupping_hu: float
     pose: np.ndarray
+    noise_coarse_weight: float = 0.6  # band-pass; 0 for the cohort's plain correlated noise
+
+    def noise_model(self) -> NoiseModel:
+        return NoiseModel(self.noise_hu, self.noise_grain_px, self.noise_z_px,
+                          self.noise_coarse_weight)  # fmt: skip
+
+    def blur_sigma_px(self) -> tuple[float, float, float]:
+        """Gaussian sigmas [k, j, i] of the slice profile and the kernel, as rendered."""
+        extra = max(self.slice_thickness_mm**2 - self.slice_spacing_mm**2, 0.0)
+        sigma_k = np.sqrt(extra) / 2.3548 / self.slice_spacing_mm if extra > 1e-6 else 0.0
+        sigma = self.psf_fwhm_mm / 2.3548 / self.pixel_mm
+        return (float(sigma_k), float(sigma), float(sigma))
 
 
 def _rotation(axis: np.ndarray, angle_rad: float) -> np.ndarray:
@@ -87,6 +106,39 @@ def acquisition_sample(rng: np.random.Generator) -> Acquisition:
         streak_hu=float(rng.uniform(20.0, 120.0)),
         cupping_hu=float(rng.uniform(0.0, 40.0)) if rng.random() < 0.4 else 0.0,
         pose=pose,
+    )
+
+
+def cohort_acquisition_sample(rng: np.random.Generator) -> Acquisition:
+    """The cohort generator's acquisitions (`synthetic.acquisition`), for its plain phantom.
+
+    Half its small preset (the demo's and the tests' studies: 2.5-3.2 mm pixels, 4.5-5
+    mm slices), half its full one; a 1 mm kernel and 8-25 HU of noise correlated in-plane
+    only (0.6 pixel), not band-passed: noise the variation generator's own acquisitions
+    do not make, coarse and homogeneous, whose blobs a network must learn to leave alone.
+    """
+    if rng.random() < 0.5:
+        pixel, thickness = float(rng.uniform(2.5, 3.2)), float(rng.choice([4.5, 5.0]))
+    else:
+        pixel = float(rng.uniform(0.6, 1.0))
+        thickness = float(rng.choice([1.25, 1.5, 2.0, 2.5, 3.0, 5.0]))
+    pose = np.eye(4)
+    axis = rng.normal(size=3) * [0.4, 0.4, 1.0]
+    pose[:3, :3] = _rotation(axis, np.deg2rad(float(rng.uniform(0.0, 10.0))))
+    return Acquisition(
+        pixel_mm=pixel,
+        slice_spacing_mm=thickness,
+        slice_thickness_mm=thickness,
+        psf_fwhm_mm=1.0,
+        sharpen=0.0,
+        noise_hu=float(rng.uniform(8.0, 25.0)),
+        noise_grain_px=0.6,
+        noise_z_px=0.0,
+        streaks=0,
+        streak_hu=0.0,
+        cupping_hu=0.0,
+        pose=pose,
+        noise_coarse_weight=0.0,
     )
 
 
@@ -130,18 +182,28 @@ def _scene_paint(scene: TrainingScene, geometry: ScanGeometry, pose, hu: np.ndar
         box += fraction * (value - box)
 
 
-def _lesions_paint(lesions, geometry: ScanGeometry, pose: np.ndarray, hu: np.ndarray, voxel_mm):
+def _lesions_paint(
+    lesions, geometry: ScanGeometry, acq: Acquisition, hu: np.ndarray, voxel_mm
+) -> tuple[ProfiledLesion, ...]:
+    """Paint the lesions the acquisition lets one see (`variation_visibility`); returns them."""
+    pose = acq.pose
     body_from_lps = np.linalg.inv(pose)
-    spicules = []
+    noise, blur = acq.noise_model(), acq.blur_sigma_px()
+    spicules, visible = [], []
     for lesion in lesions:
         frac = lesion_fraction_render(lesion.at_study(), geometry, body_from_lps)
         if frac is None:
+            visible.append(lesion)  # outside the native grid: nothing to see or to paint
             continue
         k0, j0, i0 = frac.start_kji
         nk, nj, ni = frac.fraction.shape
         x, y, z = body_coordinates(geometry, body_from_lps, (k0, k0 + nk, j0, j0 + nj, i0, i0 + ni))
         box = hu[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni]
-        box += frac.fraction * (lesion.hu_at(x, y, z) - box)
+        added = frac.fraction * (lesion.hu_at(x, y, z) - box)
+        if lesion_contrast_z(added, frac.fraction, blur_sigma_px=blur, noise=noise) < VISIBLE_Z:
+            continue
+        visible.append(lesion)
+        box += added
         for s in lesion.spicules:
             p0, p1 = np.asarray(s.start_mm), np.asarray(s.end_mm)
             lo, hi = np.minimum(p0, p1) - s.radius_mm - 1, np.maximum(p0, p1) + s.radius_mm + 1
@@ -150,6 +212,7 @@ def _lesions_paint(lesions, geometry: ScanGeometry, pose: np.ndarray, hu: np.nda
                                              (tuple(lo), tuple(hi))))  # fmt: skip
     if spicules:
         _paint(spicules, geometry, pose, hu, voxel_mm)
+    return tuple(visible)
 
 
 def _scanner_effects(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> None:
@@ -182,9 +245,11 @@ def _scanner_effects(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator)
                * streak[None].astype(np.float32))  # fmt: skip
     noise = rng.standard_normal(hu.shape, dtype=np.float32)
     fine = ndimage.gaussian_filter(noise, (acq.noise_z_px, acq.noise_grain_px, acq.noise_grain_px))
-    coarse = ndimage.gaussian_filter(noise, (acq.noise_z_px, 3 * acq.noise_grain_px,
-                                             3 * acq.noise_grain_px))  # fmt: skip
-    band = fine - 0.6 * coarse
+    band = fine
+    if acq.noise_coarse_weight:
+        coarse = ndimage.gaussian_filter(noise, (acq.noise_z_px, 3 * acq.noise_grain_px,
+                                                 3 * acq.noise_grain_px))  # fmt: skip
+        band = fine - acq.noise_coarse_weight * coarse
     band /= max(float(band.std()), 1e-6)
     hu += acq.noise_hu * band
 
@@ -258,7 +323,7 @@ def crop_render(
                  dtype=np.float32)  # fmt: skip
     voxel = float(native.spacing_mm[0])
     _scene_paint(scene, native, pose, hu, voxel)
-    _lesions_paint(lesions, native, pose, hu, voxel)
+    lesions = _lesions_paint(lesions, native, acquisition, hu, voxel)
     _scanner_effects(hu, acquisition, rng)
     model = ScanGeometry.centred(centre_lps_mm=centre_lps, shape_ijk=(size, size, size),
                                  spacing_mm=(spacing_mm,) * 3, direction=np.eye(3),

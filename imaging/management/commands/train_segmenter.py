@@ -78,6 +78,13 @@ class Command(BaseCommand):
             help="with --generated: share of patches from the cohort's plain phantom",
         )
         parser.add_argument(
+            "--cohort-acquisition-share",
+            type=float,
+            default=0.0,
+            help="with --generated: share of the plain patches acquired as the cohort "
+            "generator acquires (its coarse small preset and plain correlated noise)",
+        )
+        parser.add_argument(
             "--loader-workers",
             type=int,
             default=1,
@@ -190,6 +197,7 @@ class Command(BaseCommand):
             threads=options["threads"],
             generated=options["generated"],
             plain_share=options["plain_share"],
+            cohort_acquisition_share=options["cohort_acquisition_share"],
             loader_workers=options["loader_workers"],
             recalibrate_batches=options["recalibrate_batches"],
         )
@@ -255,6 +263,8 @@ def _options_check(options: dict[str, Any]) -> None:
 def _generated_options_check(options: dict[str, Any]) -> None:
     if not 0 <= options["plain_share"] <= 1:
         raise CommandError("--plain-share must be between 0 and 1")
+    if not 0 <= options["cohort_acquisition_share"] <= 1:
+        raise CommandError("--cohort-acquisition-share must be between 0 and 1")
     if options["loader_workers"] < 0:
         raise CommandError("--loader-workers must be >= 0")
     if options["recalibrate_batches"] < 0:
@@ -303,10 +313,14 @@ def _data_description(
                 "imaging.core.synthetic.variation",
                 "imaging.core.synthetic.variation_lesions",
                 "imaging.core.synthetic.variation_render",
+                "imaging.core.synthetic.variation_visibility",
                 "imaging.core.segmentation.training.generated",
             ],
             "patches": "a new scene, lesions and acquisition per patch, seeded by (seed, step)",
             "plain_share": options["plain_share"],
+            "cohort_acquisition_share": options["cohort_acquisition_share"],
+            "lesions": "only those visible at the patch's noise "
+            "(imaging.core.synthetic.variation_visibility)",
             "patch_size": options["patch_size"],
         }
     return data

@@ -4,7 +4,11 @@ Every patch is a new scene (`synthetic.variation`: warped phantom with vessels,
 bronchi, cysts and bowel gas), new lesions of every kind and placement
 (`synthetic.variation_lesions`) and a new acquisition (`synthetic.variation_render`),
 so the network never sees the same patient twice; ``plain_share`` of them are the
-cohort's plain phantom, so what it did well before stays covered. Patches are centred
+cohort's plain phantom, so what it did well before stays covered, and
+``cohort_acquisition_share`` of those are acquired as the cohort generator acquires
+(its coarse small preset, plain correlated noise: the demo's studies). A lesion the
+patch's noise hides is neither painted nor labelled (`synthetic.variation_visibility`).
+Patches are centred
 on a lesion (``lesion_bias``), on a hard negative (vessel, bronchus, cyst, hilum) or on
 organ boundaries, or anywhere in the body. Then, jointly on image and target, a
 left-right mirror (half the time: the network must not learn which side is which), and
@@ -29,6 +33,7 @@ from imaging.core.synthetic.variation_lesions import lesions_draw
 from imaging.core.synthetic.variation_render import (
     TrainingCrop,
     acquisition_sample,
+    cohort_acquisition_sample,
     crop_render,
 )
 
@@ -42,6 +47,8 @@ class GeneratedData:
     lesion_bias: float
     plain_share: float = 0.2
     hard_negative_share: float = 0.15
+    # Of the plain patches, the share acquired as the cohort generator acquires.
+    cohort_acquisition_share: float = 0.0
 
 
 def _hard_negative_point(scene: TrainingScene, rng: np.random.Generator) -> np.ndarray | None:
@@ -120,13 +127,18 @@ def patch_generate(
     rng: np.random.Generator, *, spec: SegmenterSpec, data: GeneratedData
 ) -> tuple[np.ndarray, np.ndarray]:
     """One generated patch: inputs (C, s, s, s) and soft targets (classes, s, s, s)."""
-    scene = scene_sample(rng, plain=bool(rng.random() < data.plain_share))
+    plain = bool(rng.random() < data.plain_share)
+    scene = scene_sample(rng, plain=plain)
     lesions = lesions_draw(scene, rng)
+    centre = _centre(scene, lesions, data, rng)
+    cohort_like = (
+        plain and data.cohort_acquisition_share and (rng.random() < data.cohort_acquisition_share)
+    )
     crop: TrainingCrop = crop_render(
         scene=scene,
         lesions=lesions,
-        centre_scene_mm=_centre(scene, lesions, data, rng),
-        acquisition=acquisition_sample(rng),
+        centre_scene_mm=centre,
+        acquisition=cohort_acquisition_sample(rng) if cohort_like else acquisition_sample(rng),
         rng=rng,
         size=data.patch_size,
         spacing_mm=float(spec.spacing_mm[0]),

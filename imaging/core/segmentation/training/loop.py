@@ -244,6 +244,7 @@ def generated_data(settings: TrainingSettings) -> GeneratedData:
         batch_size=settings.batch_size,
         lesion_bias=settings.lesion_bias,
         plain_share=settings.plain_share,
+        cohort_acquisition_share=settings.cohort_acquisition_share,
     )
 
 

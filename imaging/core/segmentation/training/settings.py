@@ -40,6 +40,8 @@ class TrainingSettings:
     #: instead of from rendered cohort studies; ``plain_share`` of them plain phantom.
     generated: bool = False
     plain_share: float = 0.2
+    #: Of the plain patches, the share acquired as the cohort generator acquires.
+    cohort_acquisition_share: float = 0.0
     loader_workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
