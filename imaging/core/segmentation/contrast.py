@@ -256,7 +256,8 @@ def candidates_contrast_filter(
     if on_study is None:
         on_study = volume_onto_grid(moving=candidate_mask, reference=study).array
     texture = candidates_noise_texture(study.array, on_study, settings)
-    spacing_kji = tuple(float(s) for s in study.spacing_mm[::-1])
+    x, y, z = (float(s) for s in study.spacing_mm)
+    spacing_kji = (z, y, x)
     scores = _contrast_scores(on_study, study.array, candidates, settings, texture, spacing_kji)
     kept = tuple(c for c in candidates if _passes(scores[c.label_value], settings))
     mask = candidates_keep(candidate_mask, kept)
