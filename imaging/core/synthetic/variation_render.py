@@ -217,12 +217,9 @@ def _lesions_paint(
 
 def _scanner_effects(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> None:
     """Slice sensitivity, kernel, cupping, streaks and correlated noise, in place."""
-    spacing_k = acq.slice_spacing_mm
-    extra = max(acq.slice_thickness_mm**2 - spacing_k**2, 0.0)
-    if extra > 1e-6:
-        ndimage.gaussian_filter1d(hu, np.sqrt(extra) / 2.3548 / spacing_k, axis=0, output=hu,
-                                  mode="nearest")  # fmt: skip
-    sigma = acq.psf_fwhm_mm / 2.3548 / acq.pixel_mm
+    sigma_k, sigma, _ = acq.blur_sigma_px()
+    if sigma_k:
+        ndimage.gaussian_filter1d(hu, sigma_k, axis=0, output=hu, mode="nearest")
     ndimage.gaussian_filter(hu, (0, sigma, sigma), output=hu, mode="nearest")
     if acq.sharpen:
         blurred = ndimage.gaussian_filter(hu, (0, 1.5, 1.5), mode="nearest")
@@ -243,13 +240,7 @@ def _scanner_effects(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator)
         along = np.exp(-0.5 * ((np.arange(nk) - rng.uniform(0, nk)) / rng.uniform(1.0, 6.0)) ** 2)
         hu += (acq.streak_hu * rng.choice([-1.0, 1.0]) * along[:, None, None]
                * streak[None].astype(np.float32))  # fmt: skip
-    noise = rng.standard_normal(hu.shape, dtype=np.float32)
-    fine = ndimage.gaussian_filter(noise, (acq.noise_z_px, acq.noise_grain_px, acq.noise_grain_px))
-    band = fine
-    if acq.noise_coarse_weight:
-        coarse = ndimage.gaussian_filter(noise, (acq.noise_z_px, 3 * acq.noise_grain_px,
-                                                 3 * acq.noise_grain_px))  # fmt: skip
-        band = fine - acq.noise_coarse_weight * coarse
+    band = acq.noise_model().filter(rng.standard_normal(hu.shape, dtype=np.float32), mode="reflect")
     band /= max(float(band.std()), 1e-6)
     hu += acq.noise_hu * band
 

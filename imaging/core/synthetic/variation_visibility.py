@@ -40,14 +40,14 @@ class NoiseModel:
     z_px: float
     coarse_weight: float
 
-    def filter(self, field: np.ndarray) -> np.ndarray:
-        """The noise filter applied to ``field`` ([k, j, i], zero outside)."""
-        fine = ndimage.gaussian_filter(field, (self.z_px, self.grain_px, self.grain_px),
-                                       mode="constant")  # fmt: skip
+    def filter(self, field: np.ndarray, mode: str = "constant") -> np.ndarray:
+        """The noise filter applied to ``field`` ([k, j, i]; ``mode`` beyond its edges:
+        zero outside for a region's weights, reflected for rendered noise)."""
+        fine = ndimage.gaussian_filter(field, (self.z_px, self.grain_px, self.grain_px), mode=mode)
         if not self.coarse_weight:
             return fine
         coarse = ndimage.gaussian_filter(field, (self.z_px, 3 * self.grain_px, 3 * self.grain_px),
-                                         mode="constant")  # fmt: skip
+                                         mode=mode)  # fmt: skip
         return fine - self.coarse_weight * coarse
 
     def reach_px(self) -> tuple[int, int]:
