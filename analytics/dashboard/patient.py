@@ -119,6 +119,8 @@ class LesionPoint:
     link_provisional: bool = False
     too_small: bool = False
     by_hand: bool = False
+    #: Proposed by the liver's second reader, not the segmenter (`LesionMeasurement.Origin`).
+    second_reader: bool = False
     #: Shown instead of the sizes of a lesion seen whose size is not assessable ("seen,
     #: size not assessable (reaches the edge of the scanned range)"); "" otherwise.
     size_note: str = ""
@@ -387,6 +389,7 @@ def _lesion_tracks(patient: Patient) -> tuple[LesionTrack, ...]:
                 link_provisional=m.link_provisional,
                 too_small=m.too_small,
                 by_hand=m.manual_finding_id is not None,
+                second_reader=m.origin == LesionMeasurement.Origin.SECOND_READER,
                 size_note=size_not_assessable_note(m),
             )
         )

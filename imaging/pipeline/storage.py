@@ -104,4 +104,5 @@ def candidate_entry(measurement: Any) -> dict[str, Any]:
         "core_hu": measurement.core_hu,
         "background_hu": measurement.background_hu,
         "edges_reached": list(measurement.edges_reached),
+        "found_by": getattr(measurement, "found_by", "network"),
     }

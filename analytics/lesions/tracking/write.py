@@ -233,10 +233,16 @@ def _measurement(
 
 def candidate_origin(candidate: dict[str, Any]) -> str:
     """Who drew a candidate (`LesionMeasurement.Origin`): its ``source`` entry, written
-    when a radiologist added, propagated or edited it (`analytics.lesions.review`)."""
+    when a radiologist added, propagated or edited it (`analytics.lesions.review`), else
+    the segmentation step that proposed it (``found_by``: the network, or the liver's
+    second reader, `imaging.core.segmentation.liver_reader`)."""
     kind = (candidate.get("source") or {}).get("kind", "")
     origins = LesionMeasurement.Origin
-    return kind if kind in origins.values else origins.AUTOMATED
+    if kind in origins.values:
+        return kind
+    if candidate.get("found_by") == "liver_second_reader":
+        return origins.SECOND_READER
+    return origins.AUTOMATED
 
 
 # --------------------------------------------------------------------------- targets

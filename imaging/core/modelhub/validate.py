@@ -1,6 +1,8 @@
 """A model run over validation cases: each study through `lesions.lesions_segment` (what
-``process`` runs), scored against its truth, timed, and its input and output statistics
-kept (they become the model's reference for drift)."""
+``process`` runs, without the liver's second reader: the report judges the model, and a
+classical reader that finds what a worse network misses would hide the regression),
+scored against its truth, timed, and its input and output statistics kept (they become
+the model's reference for drift)."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def cases_validate(
     per_study = []
     for case in cases:
         started = time.perf_counter()
-        seg = lesions_segment(volume=case.volume, model=model, device=device)
+        seg = lesions_segment(volume=case.volume, model=model, device=device, second_reader=False)
         elapsed = time.perf_counter() - started
         rows, candidates = study_score(
             case=case, lesions=seg.lesions, candidate_mask=seg.candidate_mask

@@ -13,7 +13,7 @@ candidates that hold a nodule and the vessel tree it touches cut back to the nod
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,6 +25,11 @@ from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.blobness import tubular_candidates_filter
 from imaging.core.segmentation.contrast import candidates_contrast_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
+from imaging.core.segmentation.liver_reader import (
+    LiverReaderSettings,
+    liver_hypodense_candidates,
+    reader_outline_probability,
+)
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
 from imaging.core.segmentation.network import (
     SegmentationOutput,
@@ -36,6 +41,7 @@ from imaging.core.segmentation.postprocess import (
     LesionCandidate,
     PostprocessResult,
     PostprocessSettings,
+    candidates_keep,
     postprocess_run,
 )
 from imaging.core.segmentation.vessel_split import vessel_trees_split
@@ -146,6 +152,34 @@ def _candidates_filtered(
     return candidate_mask, candidates, (contrast_record, cysts_record, tubular_record, split_record)
 
 
+def _second_read(
+    output: SegmentationOutput, volume: Volume, candidate_mask: Volume,
+    candidates: tuple[LesionCandidate, ...], settings: LiverReaderSettings,
+) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:  # fmt: skip
+    """The liver's second reader (`liver_reader`) on what the filters kept of the
+    network's candidates: the regions it adds go through the same filters on their own
+    (their verdicts in its record, under ``filters``) and join the kept ones."""
+    kept = PostprocessResult(mask=candidate_mask, candidates=candidates)
+    read, record = liver_hypodense_candidates(
+        post=kept, probabilities=output.probabilities, image=output.image, settings=settings
+    )
+    added = set(record.details["added_labels"])
+    own = tuple(c for c in read.candidates if c.label_value in added)
+    details = {**record.details, "kept_labels": [], "filters": {}}
+    if own:
+        own_mask = candidates_keep(read.mask, own)
+        around = study_around(study=volume, mask=own_mask)
+        own_mask, own, records = _candidates_filtered(
+            output, PostprocessResult(mask=own_mask, candidates=own), around
+        )
+        details["kept_labels"] = [c.label_value for c in own]
+        details["filters"] = {r.name: r.details for r in records}
+        merged = np.where(own_mask.array > 0, own_mask.array, candidate_mask.array)
+        candidate_mask = candidate_mask.with_array(merged.astype(read.mask.array.dtype))
+        candidates = (*candidates, *own)
+    return candidate_mask, candidates, replace(record, details=details)
+
+
 def lesions_segment(
     *,
     volume: Volume,
@@ -153,6 +187,7 @@ def lesions_segment(
     device: str | torch.device | None = None,
     tta: bool = True,
     postprocess_settings: PostprocessSettings | None = None,
+    second_reader: bool = True,
 ) -> LesionSegmentation:
     """The one call for the processing service: CT study in HU -> measured lesions.
 
@@ -161,6 +196,8 @@ def lesions_segment(
     nnU-Net, MONAI bundle or ONNX model). ``volume`` is
     the study as `dicom.volume.series_volume` gives it (any orientation; after
     registration or not: centroids come back in the volume's own patient coordinates).
+    ``second_reader``: also run the liver's second reader (`liver_reader`; off where the
+    network alone is judged: model validation, hard-negative mining).
     """
     if model is None:
         model = segmenter_load(device=device or "auto")
@@ -174,16 +211,26 @@ def lesions_segment(
     )
     around = study_around(study=volume, mask=post.mask)
     candidate_mask, candidates, filter_records = _candidates_filtered(output, post, around)
+    candidate_mask, candidates, reader_record = _second_read(
+        output, volume, candidate_mask, candidates, LiverReaderSettings(enabled=second_reader)
+    )
+    around = study_around(study=volume, mask=candidate_mask)
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
+    outlined = reader_outline_probability(
+        output.lesion_probability, candidate_mask, reader_record.details["kept_labels"]
+    )
     lesions = lesions_measure(
-        lesion_probability=output.lesion_probability,
+        lesion_probability=outlined,
         candidate_mask=candidate_mask,
         candidates=candidates,
         study=around,
         uncertainty=output.uncertainty,
         scanned=volume,
     )
+    read = set(reader_record.details["kept_labels"])
+    lesions = [replace(m, found_by="liver_second_reader") if m.label_value in read else m
+               for m in lesions]  # fmt: skip
     seconds_measure = time.perf_counter() - t
     measure_record = _measure_record(len(lesions), seconds_measure)
     timings = {
@@ -207,6 +254,7 @@ def lesions_segment(
             *output.records,
             *post.records,
             *filter_records,
+            reader_record,
             measure_record,
         ),
     )

@@ -108,6 +108,9 @@ class LesionMeasurement:
     core_hu: float | None = None
     background_hu: float | None = None
     edges_reached: tuple[str, ...] = ()
+    #: what proposed it: ``network`` (the segmenter) or ``liver_second_reader``
+    #: (`liver_reader`: a hypodense focal region of the liver the network did not outline)
+    found_by: str = "network"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
