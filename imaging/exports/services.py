@@ -227,6 +227,7 @@ def _lesion(
         volume_by_radiologist=m.override_volume_ml is not None,
         state=state,
         link_provisional=m.link_provisional,
+        second_reader=m.origin == LesionMeasurement.Origin.SECOND_READER,
         algorithm_type=_ALGORITHM_TYPE.get(
             ((sources or {}).get(label) or {}).get("kind", ""), "AUTOMATIC"
         )

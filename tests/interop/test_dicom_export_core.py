@@ -129,6 +129,20 @@ def test_seg_has_one_segment_per_lesion_with_tracking_and_algorithm(ct, tmp_path
     assert segments[1].AnatomicRegionSequence[0].CodeMeaning == "Liver"
 
 
+def test_a_second_reader_segment_names_the_reader_not_the_model(ct, tmp_path):
+    read = replace(LIVER_1, second_reader=True)
+    seg, _ = _build(ct, lesions=(read, LUNG_1))
+    seg_path = dataset_write(dataset=seg, path=tmp_path / "seg.dcm")
+    assert dciodvfy_errors(seg_path) == []
+    segments = {s.TrackingID: s for s in pydicom.dcmread(seg_path).SegmentSequence}
+    liver, lung = segments["Liver 1"], segments["Lung 1"]
+    assert liver.SegmentAlgorithmType == lung.SegmentAlgorithmType == "AUTOMATIC"
+    reader = liver.SegmentationAlgorithmIdentificationSequence[0]
+    assert reader.AlgorithmName == "RadTrack liver second reader"
+    assert reader.AlgorithmVersion == "radtrack 0.1.0"
+    assert lung.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "lesion-unet"
+
+
 def test_seg_frames_lie_on_the_source_slices_they_cover(ct):
     headers, grid = ct
     seg, _ = _build(ct)

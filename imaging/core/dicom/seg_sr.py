@@ -105,6 +105,9 @@ CONTENT_VERSION = 5
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 #: The click-guided method a radiologist's added (SEMIAUTOMATIC) segment was grown with.
 CLICK_ALGORITHM_NAME = "RadTrack click-guided region growing"
+#: The classical reader of the liver (`segmentation.liver_reader`): its segments are
+#: AUTOMATIC, but not the model's.
+SECOND_READER_ALGORITHM_NAME = "RadTrack liver second reader"
 #: States whose lesion has no measurement at all, not even its segment's voxel volume:
 #: a lesion cut by the edge of what was imaged has a segment (where it was seen) whose
 #: every number is only a lower bound.
@@ -131,8 +134,10 @@ class ExportedLesion:
     voxel volume included (`SIZE_NOT_ASSESSABLE_STATES`).
     ``algorithm_type`` is how its segment was drawn (`ALGORITHM_TYPES`): by the model
     (AUTOMATIC), grown from a radiologist's click (SEMIAUTOMATIC), or edited by hand
-    (MANUAL). ``link_provisional``: its link to the earlier studies was proposed without
-    a registration (anatomical landmarks) and no radiologist has confirmed it yet.
+    (MANUAL). ``second_reader``: an AUTOMATIC segment drawn by the liver's classical
+    second reader, not the model (its own Algorithm Identification). ``link_provisional``:
+    its link to the earlier studies was proposed without a registration (anatomical
+    landmarks) and no radiologist has confirmed it yet.
     """
 
     tracking_uid: str
@@ -148,6 +153,7 @@ class ExportedLesion:
     state: str = ""
     algorithm_type: str = "AUTOMATIC"
     link_provisional: bool = False
+    second_reader: bool = False
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -228,6 +234,11 @@ def _algorithms(
             version=software_version[:64],
         ),
         "MANUAL": None,  # drawn by a person: no algorithm (PS3.3 C.8.20.4)
+        "SECOND_READER": hd.AlgorithmIdentificationSequence(
+            name=SECOND_READER_ALGORITHM_NAME,
+            family=codes.cid7162.MultiScaleResolutionFiltering,
+            version=software_version[:64],
+        ),
     }
 
 
@@ -287,7 +298,11 @@ def segmentation_build(
                 segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
                 segmented_property_type=codes.SCT.Lesion,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues[lesion.algorithm_type],
-                algorithm_identification=algorithms[lesion.algorithm_type],
+                algorithm_identification=algorithms[
+                    "SECOND_READER"
+                    if lesion.second_reader and lesion.algorithm_type == "AUTOMATIC"
+                    else lesion.algorithm_type
+                ],
                 tracking_uid=lesion.tracking_uid,
                 tracking_id=lesion.tracking_id[:64],
                 anatomic_regions=sites,

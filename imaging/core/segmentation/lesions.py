@@ -6,7 +6,8 @@
 (`cysts.simple_cysts_filter`), lung candidates that are pieces of vessels or airway
 walls told from nodules by their shape (`blobness.tubular_candidates_filter`), lung
 candidates that hold a nodule and the vessel tree it touches cut back to the nodule
-(`vessel_split.vessel_trees_split`) and the measurements
+(`vessel_split.vessel_trees_split`), the liver's second reader with the same filters
+on what it proposes (`liver_reader`) and the measurements
 (`measure.lesions_measure`, each lesion with the edges of the scan it reaches).
 """
 
@@ -154,15 +155,16 @@ def _candidates_filtered(
 
 def _second_read(
     output: SegmentationOutput, volume: Volume, candidate_mask: Volume,
-    candidates: tuple[LesionCandidate, ...], settings: LiverReaderSettings,
+    candidates: tuple[LesionCandidate, ...], settings: LiverReaderSettings, first_label: int,
 ) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:  # fmt: skip
     """The liver's second reader (`liver_reader`) on what the filters kept of the
     network's candidates: the regions it adds go through the same filters on their own
     (their verdicts in its record, under ``filters``) and join the kept ones."""
     kept = PostprocessResult(mask=candidate_mask, candidates=candidates)
     read, record = liver_hypodense_candidates(
-        post=kept, probabilities=output.probabilities, image=output.image, settings=settings
-    )
+        post=kept, probabilities=output.probabilities, image=output.image, settings=settings,
+        first_label=first_label,
+    )  # fmt: skip
     added = set(record.details["added_labels"])
     own = tuple(c for c in read.candidates if c.label_value in added)
     details = {**record.details, "kept_labels": [], "filters": {}}
@@ -212,8 +214,9 @@ def lesions_segment(
     around = study_around(study=volume, mask=post.mask)
     candidate_mask, candidates, filter_records = _candidates_filtered(output, post, around)
     candidate_mask, candidates, reader_record = _second_read(
-        output, volume, candidate_mask, candidates, LiverReaderSettings(enabled=second_reader)
-    )
+        output, volume, candidate_mask, candidates, LiverReaderSettings(enabled=second_reader),
+        first_label=int(post.mask.array.max()) + 1,
+    )  # fmt: skip
     around = study_around(study=volume, mask=candidate_mask)
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()

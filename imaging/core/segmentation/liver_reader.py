@@ -278,13 +278,13 @@ def _regions(
 
 def _with_added(
     post: PostprocessResult, probabilities: np.ndarray, box: tuple[slice, ...],
-    regions: list[np.ndarray], voxel_ml: float,
+    regions: list[np.ndarray], voxel_ml: float, first_label: int,
 ) -> tuple[PostprocessResult, list[int]]:  # fmt: skip
     """``post`` with each region (on ``box``) a liver candidate of its own label value."""
     mask = post.mask.array.copy()
-    if mask.dtype == np.uint16 and int(mask.max()) + len(regions) >= 65535:
+    first = max(int(mask.max()) + 1, first_label)
+    if mask.dtype == np.uint16 and first + len(regions) >= 65535:
         mask = mask.astype(np.uint32)
-    first = int(mask.max()) + 1
     candidates = list(post.candidates)
     lesion_p = probabilities[3][box].astype(np.float32) + probabilities[4][box].astype(np.float32)
     for number, region in enumerate(regions, start=first):
@@ -316,9 +316,12 @@ def liver_hypodense_candidates(
     probabilities: np.ndarray,
     image: Volume,
     settings: LiverReaderSettings | None = None,
+    first_label: int = 1,
 ) -> tuple[PostprocessResult, StepRecord]:
     """``post`` with the hypodense focal regions of the network's liver that no network
-    candidate touches added as liver candidates (module docstring), and the step record."""
+    candidate touches added as liver candidates (module docstring), and the step record.
+    ``first_label``: the lowest label value they may take (above every value the network's
+    candidates had before the filters, so that no step record names two candidates alike)."""
     settings = settings or LiverReaderSettings()
     started = time.perf_counter()
     voxel_ml = image.voxel_volume_ml
@@ -340,7 +343,7 @@ def liver_hypodense_candidates(
         } for seed, region in found]  # fmt: skip
         if found:
             post, details["added_labels"] = _with_added(
-                post, probabilities, box, [region for _, region in found], voxel_ml
+                post, probabilities, box, [region for _, region in found], voxel_ml, first_label
             )
     else:
         details["skipped"] = "no liver of min_liver_ml" if settings.enabled else "turned off"

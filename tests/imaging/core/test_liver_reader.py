@@ -154,3 +154,15 @@ def test_air_or_fat_inside_the_networks_liver_is_no_lesion():
         added = [c for c in result.candidates if c.label_value != 1]
         assert len(added) == 1, record.details  # the missed metastasis, not the pocket
         assert not np.any((result.mask.array == added[0].label_value) & pocket)
+
+
+def test_its_labels_start_above_every_label_the_network_had():
+    # The network's candidates dropped by the filters keep their numbers in the step
+    # records: the reader's must not reuse them.
+    image, probabilities, post, _ = _scene()
+    result, record = liver_hypodense_candidates(
+        post=post, probabilities=probabilities, image=image, first_label=40
+    )
+    assert record.details["added_labels"] == [40]
+    assert {c.label_value for c in result.candidates} == {1, 40}
+    assert set(np.unique(result.mask.array)) == {0, 1, 40}
