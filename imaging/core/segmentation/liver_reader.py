@@ -255,9 +255,10 @@ def _regions(
     reading: _Reading, liver: np.ndarray, existing: np.ndarray, spacing_kji: np.ndarray,
     voxel_ml: float, settings: LiverReaderSettings,
 ) -> list[tuple[tuple[int, ...], np.ndarray]]:  # fmt: skip
-    """(seed, region) of each half-maximum region grown from a seed, within
-    ``reach_per_sigma`` times the seed's scale (at most ``reach_mm``), that touches no
-    network candidate and has a lesion's volume."""
+    """(seed, region) of each region grown from a seed (`_grown`, at ``region_level``),
+    within ``reach_per_sigma`` times the seed's scale (at most ``reach_mm``), that
+    touches no network candidate and has a lesion's volume; the seeds a region holds
+    start none of their own."""
     taken = existing.copy()
     out = []
     for seed in _seeds(reading, settings):
