@@ -242,6 +242,16 @@ def _algorithms(
     }
 
 
+def _algorithm_of(
+    lesion: ExportedLesion, algorithms: dict[str, hd.AlgorithmIdentificationSequence | None]
+) -> hd.AlgorithmIdentificationSequence | None:
+    """The Algorithm Identification of a lesion's segment: its type's, or the liver's
+    second reader's for an AUTOMATIC segment the reader drew."""
+    if lesion.second_reader and lesion.algorithm_type == "AUTOMATIC":
+        return algorithms["SECOND_READER"]
+    return algorithms[lesion.algorithm_type]
+
+
 def segmentation_build(
     *,
     source_images: Sequence[Dataset],
@@ -298,11 +308,7 @@ def segmentation_build(
                 segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
                 segmented_property_type=codes.SCT.Lesion,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues[lesion.algorithm_type],
-                algorithm_identification=algorithms[
-                    "SECOND_READER"
-                    if lesion.second_reader and lesion.algorithm_type == "AUTOMATIC"
-                    else lesion.algorithm_type
-                ],
+                algorithm_identification=_algorithm_of(lesion, algorithms),
                 tracking_uid=lesion.tracking_uid,
                 tracking_id=lesion.tracking_id[:64],
                 anatomic_regions=sites,
