@@ -15,15 +15,19 @@ BODY_HU = -500.0
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
-def body_mask(hu: np.ndarray) -> np.ndarray:
-    """Voxels above -500 HU, largest 26-connected component, holes filled per axial slice."""
-    mask = hu > BODY_HU
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of ``mask`` (``mask`` itself when empty)."""
     labels, n = ndimage.label(mask, structure=_CUBE)
     if n == 0:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    mask = labels == int(np.argmax(sizes))
+    return labels == int(np.argmax(sizes))
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """Voxels above -500 HU, largest 26-connected component, holes filled per axial slice."""
+    mask = largest_component(hu > BODY_HU)
     for k in range(mask.shape[0]):
         mask[k] = ndimage.binary_fill_holes(mask[k])
     return mask

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.body import body_mask
+from imaging.core.segmentation.body import body_mask, largest_component
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 FRACTION_FLOOR = 0.15
@@ -75,15 +75,6 @@ class ClassicalOutput:
     liver: np.ndarray
     seconds: float
     records: tuple[StepRecord, ...] = field(default_factory=tuple)
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask, structure=_CUBE)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def _grow(region: np.ndarray, grow: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -151,7 +142,7 @@ def classical_segment(
     tissue &= ~lung
     if settings.liver_opening_voxels:
         tissue = ndimage.binary_opening(tissue, _CUBE, iterations=settings.liver_opening_voxels)
-    liver_tissue = _largest(tissue)
+    liver_tissue = largest_component(tissue)
     liver = ndimage.binary_fill_holes(liver_tissue)
     liver_hu = float(np.median(hu[liver_tissue])) if liver_tissue.any() else 60.0
     lesions = _grow(

@@ -62,6 +62,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.body import largest_component
 from imaging.core.segmentation.postprocess import LesionCandidate, PostprocessResult
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -94,12 +95,9 @@ class LiverReaderSettings:
 def _liver(probabilities: np.ndarray) -> np.ndarray:
     """The network's liver with its lesions: the largest component, 3D holes filled."""
     liver = (probabilities[2].astype(np.float32) + probabilities[4].astype(np.float32)) >= 0.5
-    labels, n = ndimage.label(liver, structure=_CUBE)
-    if n == 0:
-        return liver
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    largest = labels == int(np.argmax(sizes))
+    largest = largest_component(liver)
+    if not largest.any():
+        return largest
     box = _box(largest, 1)
     largest[box] = ndimage.binary_fill_holes(largest[box])
     return largest
