@@ -368,26 +368,35 @@ def _study_dicom_export(*, study: Study, send: bool, config: PacsConfig | None) 
             uids=uids,
             predecessor=_predecessor_document(study, previous),
             editor=_editor(sources, lesions),
+            software_version=_software_version(),
         ),
         exported_at,
     )
     if latest is None or latest.sr_sop_instance_uid != uids.sr_sop_instance_uid:
-        DicomExportRecord.objects.get_or_create(
-            sr_sop_instance_uid=uids.sr_sop_instance_uid,
-            defaults={
-                "study": study,
-                "content_key": content_key,
-                "sr_series_instance_uid": uids.sr_series_instance_uid,
-                "sr_path": result.sr_path,
-                "seg_sop_instance_uid": uids.seg_sop_instance_uid if seg is not None else "",
-                "seg_path": result.seg_path,
-                "predecessor": previous,
-                "created_at": exported_at,
-            },
-        )
+        _export_record(study, result, uids, content_key, previous, exported_at, seg is not None)
     if send:
         _send(study, result, config)
     return result
+
+
+def _export_record(
+    study: Study, result: StudyDicomExport, uids: ExportUids, content_key: str,
+    previous: DicomExportRecord | None, exported_at: dt.datetime, with_seg: bool,
+) -> None:  # fmt: skip
+    """The record of a new SR (and SEG) of ``study``: its UIDs, paths and predecessor."""
+    DicomExportRecord.objects.get_or_create(
+        sr_sop_instance_uid=uids.sr_sop_instance_uid,
+        defaults={
+            "study": study,
+            "content_key": content_key,
+            "sr_series_instance_uid": uids.sr_series_instance_uid,
+            "sr_path": result.sr_path,
+            "seg_sop_instance_uid": uids.seg_sop_instance_uid if with_seg else "",
+            "seg_path": result.seg_path,
+            "predecessor": previous,
+            "created_at": exported_at,
+        },
+    )
 
 
 def _send(study: Study, result: StudyDicomExport, config: PacsConfig | None) -> None:

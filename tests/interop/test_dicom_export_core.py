@@ -141,6 +141,32 @@ def test_a_second_reader_segment_names_the_reader_not_the_model(ct, tmp_path):
     assert reader.AlgorithmName == "RadTrack liver second reader"
     assert reader.AlgorithmVersion == "radtrack 0.1.0"
     assert lung.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "lesion-unet"
+    # The SR's measurements of that lesion name the reader too; the lung's, the model.
+    _, grid = ct
+    volumes = segment_volumes_ml(label_map=_label_map(grid), lesions=[read, LUNG_1])
+    lesions = [replace(x, mask_volume_ml=volumes.get(x.tracking_uid)) for x in (read, LUNG_1)]
+    sr = measurement_report_build(
+        source_images=ct[0], segmentation=seg, lesions=lesions, model=MODEL,
+        time_point=TimePoint(2), uids=_uids(), software_version="radtrack 0.1.0",
+    )  # fmt: skip
+
+    def texts(item) -> list[tuple[str, str]]:
+        """(concept meaning, text) of every TEXT item under ``item``."""
+        out = []
+        for child in item.get("ContentSequence", []):
+            if child.ValueType == "TEXT":
+                out.append((child.ConceptNameCodeSequence[0].CodeMeaning, child.TextValue))
+            out += texts(child)
+        return out
+
+    groups = [t for item in sr.ContentSequence if item.ValueType == "CONTAINER"
+              for t in [texts(g) for g in item.get("ContentSequence", [])] if t]  # fmt: skip
+    names = {
+        dict(t)["Tracking Identifier"]: {v for k, v in t if k == "Algorithm Name"}
+        for t in groups
+        if "Tracking Identifier" in dict(t)
+    }
+    assert names == {"Liver 1": {"RadTrack liver second reader"}, "Lung 1": {"lesion-unet"}}
 
 
 def test_seg_frames_lie_on_the_source_slices_they_cover(ct):

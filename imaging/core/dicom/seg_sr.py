@@ -100,7 +100,8 @@ MANUFACTURER = "RadTrack"
 #: 3: absent measurements are left out, and a finding's state is said (module docstring).
 #: 4: a segment a radiologist drew or edited says so, and the SR names the editor.
 #: 5: studies of one date are one time point; a provisional link is said.
-CONTENT_VERSION = 5
+#: 6: a segment, and the measurements, the liver's second reader drew name that reader.
+CONTENT_VERSION = 6
 #: A segment's Segment Algorithm Type (0062,0008) by who drew it (`ExportedLesion`).
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 #: The click-guided method a radiologist's added (SEMIAUTOMATIC) segment was grown with.
@@ -521,13 +522,16 @@ def measurement_report_build(
     series_number: int = 9002,
     predecessor: PredecessorDocument | None = None,
     editor: str = "",
+    software_version: str = "",
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report with one measurement group per lesion.
 
     ``predecessor`` is the SR of this study this one replaces (values changed): it is
     cited in the Predecessor Documents Sequence (0040,A360). ``editor`` names the
     radiologist who last drew or edited a segment of the study: the report's person
-    observer (TID 1003), beside the model as device observer (TID 1004).
+    observer (TID 1003), beside the model as device observer (TID 1004). The measurements
+    of a lesion the liver's second reader drew name that reader, at ``software_version``
+    (RadTrack's), as their algorithm; every other lesion's name the model.
 
     Values are the ones in force (volume in ml, long and short axis in mm, PS3.16
     SCT 118565006, 103339001, 103340004). A lesion with a segment in ``segmentation``
@@ -547,8 +551,16 @@ def measurement_report_build(
         time_point_type=time_point.code,
         time_point_order=time_point.order,
     )
+    reader = hd.sr.AlgorithmIdentification(
+        name=SECOND_READER_ALGORITHM_NAME, version=(software_version or "unversioned")[:64]
+    )
     groups = [
-        _measurement_group(lesion, segmentation, time_point_context, algorithm)
+        _measurement_group(
+            lesion,
+            segmentation,
+            time_point_context,
+            reader if lesion.second_reader and lesion.algorithm_type == "AUTOMATIC" else algorithm,
+        )  # fmt: skip
         for lesion in sorted(lesions, key=lambda lesion: lesion.tracking_id)
     ]
     report = hd.sr.MeasurementReport(
