@@ -80,7 +80,9 @@ def test_a_worker_killed_in_segmentation_leaves_the_study_to_the_next_exactly_on
     assert done["id"] == run["id"]  # the same record, taken over
     uid = site.sql("SELECT series_instance_uid FROM imaging_series")[0][0]
     assert sorted(p.name for p in (site.data / "volumes" / uid).iterdir()) == [f"run-{run['id']}"]
-    assert site.sql("SELECT COUNT(*) FROM imaging_lesion")[0][0] > 0
+    # Tracking runs after the series is marked processed (`run._step_announce`): wait for it.
+    wait_for(lambda: site.sql("SELECT COUNT(*) FROM imaging_lesion")[0][0] > 0, timeout=120,
+             what="the study's lesions tracked")  # fmt: skip
 
 
 def test_redis_stopped_and_started_the_site_stays_up_and_queued_work_resumes(
