@@ -387,16 +387,12 @@ def _export_record(
     DicomExportRecord.objects.get_or_create(
         sr_sop_instance_uid=uids.sr_sop_instance_uid,
         defaults={
-            "study": study,
-            "content_key": content_key,
-            "sr_series_instance_uid": uids.sr_series_instance_uid,
-            "sr_path": result.sr_path,
+            "study": study, "content_key": content_key, "predecessor": previous,
+            "sr_series_instance_uid": uids.sr_series_instance_uid, "sr_path": result.sr_path,
             "seg_sop_instance_uid": uids.seg_sop_instance_uid if with_seg else "",
-            "seg_path": result.seg_path,
-            "predecessor": previous,
-            "created_at": exported_at,
+            "seg_path": result.seg_path, "created_at": exported_at,
         },
-    )
+    )  # fmt: skip
 
 
 def _send(study: Study, result: StudyDicomExport, config: PacsConfig | None) -> None:
