@@ -58,6 +58,7 @@ from imaging.core.modelhub.validation_set import (  # noqa: E402
     size_band,
     truth_labels_renderer,
 )
+from imaging.core.segmentation.airways import AirwaySettings  # noqa: E402
 from imaging.core.segmentation.blobness import BlobSettings  # noqa: E402
 from imaging.core.segmentation.contrast import ContrastSettings  # noqa: E402
 from imaging.core.segmentation.cysts import CystSettings  # noqa: E402
@@ -341,6 +342,7 @@ def _postprocess_key() -> str:
         "cysts": asdict(CystSettings()),
         "tubular": asdict(BlobSettings()),
         "vessel_split": asdict(SplitSettings()),
+        "airways": asdict(AirwaySettings()),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -23,6 +23,7 @@ from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
+from imaging.core.segmentation.airways import airway_walls_filter
 from imaging.core.segmentation.blobness import tubular_candidates_filter
 from imaging.core.segmentation.contrast import candidates_contrast_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
@@ -130,7 +131,8 @@ def _candidates_filtered(
     output: SegmentationOutput, post: PostprocessResult, around: Volume
 ) -> tuple[Volume, tuple[LesionCandidate, ...], tuple[StepRecord, ...]]:
     """The post-processed candidates through the filters on the study's own voxels
-    (``around``: contrast, simple cysts) and on the network's grid (blobs, vessel trees),
+    (``around``: contrast, simple cysts, airway walls) and on the network's grid (blobs,
+    vessel trees),
     with one record per filter."""
     # The candidates on the study's own grid, resampled once for both filters.
     on_study = volume_onto_grid(moving=post.mask, reference=around).array
@@ -144,13 +146,17 @@ def _candidates_filtered(
     candidate_mask, candidates, tubular_record = tubular_candidates_filter(
         image=output.image, candidate_mask=candidate_mask, candidates=candidates
     )
+    candidate_mask, candidates, airway_record = airway_walls_filter(
+        study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study
+    )
     candidate_mask, candidates, split_record = vessel_trees_split(
         image=output.image,
         candidate_mask=candidate_mask,
         candidates=candidates,
         lesion_probability=output.lesion_probability,
     )
-    return candidate_mask, candidates, (contrast_record, cysts_record, tubular_record, split_record)
+    records = (contrast_record, cysts_record, tubular_record, airway_record, split_record)
+    return candidate_mask, candidates, records
 
 
 def _second_read(
