@@ -165,3 +165,48 @@ def test_fluid_beside_the_liver_is_not_a_liver_lesion(liver_hu):
         organ_label=organs.with_array(rimmed), settings=CystSettings(min_liver_hu=200.0),
     )  # fmt: skip
     assert [c.label_value for c in kept] == [2, 3, 4], record.details
+
+
+def _fine_cyst(liver_hu: float):
+    """A 7 mm cyst (5 HU) in 1 mm voxels whose edge is blurred 2 mm into the liver (55 HU):
+    the contrast filter's ring, 1-3 voxels out, lies in that blur."""
+    rng = np.random.default_rng(11)
+    shape = (40, 40, 40)
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    r = np.sqrt((k - 20.0) ** 2 + (j - 20.0) ** 2 + (i - 20.0) ** 2)
+    array = np.where(r <= 7.0, 5.0, np.where(r <= 9.5, 55.0, liver_hu)).astype(np.float32)
+    study = Volume(
+        array + rng.normal(0, 10.0, shape).astype(np.float32), (1.0, 1.0, 1.0), (0, 0, 0)
+    )
+    grid = volume_resample(volume=study, spacing_mm=(1.5, 1.5, 1.5))
+    gk, gj, gi = np.ogrid[: grid.array.shape[0], : grid.array.shape[1], : grid.array.shape[2]]
+    inside = ((gk * 1.5 - 20) ** 2 + (gj * 1.5 - 20) ** 2 + (gi * 1.5 - 20) ** 2) <= 6.5**2
+    mask = grid.with_array(inside.astype(np.uint16), kind="label")
+    organs = grid.with_array(np.where(inside, 4, 2).astype(np.uint8), kind="label")
+    candidate = LesionCandidate(
+        label_value=1, organ="liver", n_voxels=int(inside.sum()),
+        volume_ml=float(inside.sum() * 1.5**3 / 1000), confidence=1.0, mean_probability=0.9,
+        bbox_kji=((0, 1), (0, 1), (0, 1)),
+    )  # fmt: skip
+    return study, mask, (candidate,), organs
+
+
+def test_the_liver_is_judged_beyond_the_blur_of_the_cysts_own_edge():
+    study, mask, candidates, organs = _fine_cyst(liver_hu=105.0)
+
+    # The ring alone reads the blur (under 75 HU): the rule would abstain.
+    _, kept, record = simple_cysts_filter(study=study, candidate_mask=mask, candidates=candidates)
+    assert len(kept) == 1 and record.details["removed"] == 0
+    # The network's liver 3-10 mm out reads the enhanced liver: a simple cyst.
+    _, kept, record = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates, organ_label=organs
+    )
+    assert kept == () and record.details["removed"] == 1
+    cyst = record.details["cysts"]["1"]
+    assert cyst["liver_hu"] >= 95.0 and cyst["ring_hu"] < 75.0
+    # Unenhanced, the liver beyond the blur is under the threshold too: kept.
+    study, mask, candidates, organs = _fine_cyst(liver_hu=62.0)
+    _, kept, _ = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates, organ_label=organs
+    )
+    assert len(kept) == 1
