@@ -132,9 +132,8 @@ def _candidates_filtered(
 ) -> tuple[Volume, tuple[LesionCandidate, ...], tuple[StepRecord, ...]]:
     """The post-processed candidates through the filters on the study's own voxels
     (``around``: contrast, simple cysts, airway walls) and on the network's grid (blobs,
-    vessel trees),
-    with one record per filter."""
-    # The candidates on the study's own grid, resampled once for both filters.
+    vessel trees), with one record per filter."""
+    # The candidates on the study's own grid, resampled once for the filters there.
     on_study = volume_onto_grid(moving=post.mask, reference=around).array
     candidate_mask, candidates, contrast_record = candidates_contrast_filter(
         study=around, candidate_mask=post.mask, candidates=post.candidates, on_study=on_study
