@@ -94,38 +94,9 @@ def simple_cysts_filter(
             keep = np.zeros(int(on_study.max()) + 1, dtype=bool)
             keep[[c.label_value for c in candidates]] = True
             on_study = np.where(keep[on_study], on_study, 0)
-        voxels = candidate_core_ring(on_study, study.array, [c.label_value for c in looked], ring)
-        water = [value for value, found in voxels.items() if found is not None
-                 and float(np.median(found[0])) <= settings.max_median_hu]  # fmt: skip
-        around = _liver_around(study, on_study, water, organ_label, candidate_mask,
-                               settings.liver_shell_mm) if water else {}  # fmt: skip
-        grid_boxes: list[tuple[slice, ...] | None] | None = None  # on the network's grid
-        for value, found in voxels.items():
-            if found is None or found[1].size < 8:  # no voxel or no ring: no evidence
-                continue
-            core_hu, ring_hu = (float(np.median(v)) for v in found)
-            if core_hu > settings.max_median_hu:
-                continue
-            liver_voxels = around.get(value)
-            liver_hu = (float(np.median(liver_voxels)) if liver_voxels is not None
-                        and liver_voxels.size >= settings.min_liver_voxels else ring_hu)  # fmt: skip
-            if liver_hu >= settings.min_liver_hu:
-                removed[str(value)] = {
-                    "median_hu": round(core_hu, 1),
-                    "liver_hu": round(liver_hu, 1),
-                    "ring_hu": round(ring_hu, 1),
-                }
-                continue
-            if organ_label is None or organ_label.array.shape != candidate_mask.array.shape:
-                continue
-            if grid_boxes is None:
-                grid_boxes = ndimage.find_objects(candidate_mask.array)
-            share = _liver_share(candidate_mask.array, organ_label.array, value, grid_boxes)
-            if share is not None and share < settings.min_liver_share:
-                beside[str(value)] = {
-                    "median_hu": round(core_hu, 1),
-                    "liver_share": round(share, 3),
-                }
+        removed, beside = _water_findings(
+            study, on_study, candidate_mask, organ_label, looked, settings, ring
+        )
     dropped = set(removed) | set(beside)
     kept = tuple(c for c in candidates if str(c.label_value) not in dropped)
     mask = candidates_keep(candidate_mask, kept) if dropped else candidate_mask
@@ -152,6 +123,54 @@ def simple_cysts_filter(
         },  # fmt: skip
     )
     return mask, kept, record
+
+
+def _water_findings(
+    study: Volume,
+    on_study: np.ndarray,
+    candidate_mask: Volume,
+    organ_label: Volume | None,
+    looked: list[LesionCandidate],
+    settings: CystSettings,
+    ring: ContrastSettings,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The candidates of ``looked`` read as simple cysts and as fluid beside the liver,
+    each with what decided it (`simple_cysts_filter`)."""
+    removed: dict[str, dict[str, float]] = {}
+    beside: dict[str, dict[str, float]] = {}
+    voxels = candidate_core_ring(on_study, study.array, [c.label_value for c in looked], ring)
+    water = [value for value, found in voxels.items() if found is not None
+             and float(np.median(found[0])) <= settings.max_median_hu]  # fmt: skip
+    around = _liver_around(study, on_study, water, organ_label, candidate_mask,
+                           settings.liver_shell_mm) if water else {}  # fmt: skip
+    grid_boxes: list[tuple[slice, ...] | None] | None = None  # on the network's grid
+    for value, found in voxels.items():
+        if found is None or found[1].size < 8:  # no voxel or no ring: no evidence
+            continue
+        core_hu, ring_hu = (float(np.median(v)) for v in found)
+        if core_hu > settings.max_median_hu:
+            continue
+        liver_voxels = around.get(value)
+        liver_hu = (float(np.median(liver_voxels)) if liver_voxels is not None
+                    and liver_voxels.size >= settings.min_liver_voxels else ring_hu)  # fmt: skip
+        if liver_hu >= settings.min_liver_hu:
+            removed[str(value)] = {
+                "median_hu": round(core_hu, 1),
+                "liver_hu": round(liver_hu, 1),
+                "ring_hu": round(ring_hu, 1),
+            }
+            continue
+        if organ_label is None or organ_label.array.shape != candidate_mask.array.shape:
+            continue
+        if grid_boxes is None:
+            grid_boxes = ndimage.find_objects(candidate_mask.array)
+        share = _liver_share(candidate_mask.array, organ_label.array, value, grid_boxes)
+        if share is not None and share < settings.min_liver_share:
+            beside[str(value)] = {
+                "median_hu": round(core_hu, 1),
+                "liver_share": round(share, 3),
+            }
+    return removed, beside
 
 
 def _liver_around(
