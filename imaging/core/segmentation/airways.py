@@ -49,7 +49,7 @@ from scipy import ndimage
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
-from imaging.core.segmentation.blobness import dot_response
+from imaging.core.segmentation.blobness import dot_response, hessian_matrices
 from imaging.core.segmentation.postprocess import LesionCandidate, candidates_keep
 
 
@@ -204,22 +204,14 @@ def _hessian(
     image: np.ndarray, spacing: np.ndarray, sigma_mm: float, where: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale-normalised Hessian eigenvalues (n, 3), sorted by magnitude, and their unit
-    eigenvectors (n, 3, 3; column k for value k, in array order) at ``where``."""
-    sigma_vox = np.maximum(sigma_mm / spacing, 0.5)
-    hessian = np.empty((int(where.sum()), 3, 3))
-    for a in range(3):
-        for b in range(a, 3):
-            order = [0, 0, 0]
-            order[a] += 1
-            order[b] += 1
-            second = ndimage.gaussian_filter(image, sigma_vox, order=order, mode="nearest")
-            hessian[:, a, b] = hessian[:, b, a] = (
-                second[where] * sigma_mm**2 / (spacing[a] * spacing[b])
-            )
-    values, vectors = np.linalg.eigh(hessian)
-    order_ = np.argsort(np.abs(values), axis=1)
-    values = np.take_along_axis(values, order_, axis=1)
-    vectors = np.take_along_axis(vectors, order_[:, None, :], axis=2)
+    eigenvectors (n, 3, 3; column k for value k, in array order) at ``where``; at least
+    half a voxel of smoothing along each axis (thick slices)."""
+    values, vectors = np.linalg.eigh(
+        hessian_matrices(image, spacing, sigma_mm, where, min_sigma_voxels=0.5)
+    )
+    order = np.argsort(np.abs(values), axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    vectors = np.take_along_axis(vectors, order[:, None, :], axis=2)
     return values, vectors
 
 

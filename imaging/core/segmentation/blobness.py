@@ -76,12 +76,16 @@ class BlobSettings:
     organs: tuple[str, ...] = ("lung",)
 
 
-def hessian_eigenvalues(
-    image: np.ndarray, spacing_kji: np.ndarray, sigma_mm: float, where: np.ndarray
+def hessian_matrices(
+    image: np.ndarray,
+    spacing_kji: np.ndarray,
+    sigma_mm: float,
+    where: np.ndarray,
+    min_sigma_voxels: float = 0.0,
 ) -> np.ndarray:
-    """Scale-normalised Hessian eigenvalues (n, 3) of ``image`` smoothed at ``sigma_mm``,
-    at the voxels ``where`` (boolean), sorted by magnitude (smallest first)."""
-    sigma_vox = sigma_mm / spacing_kji
+    """Scale-normalised Hessians (n, 3, 3) of ``image`` smoothed at ``sigma_mm`` (at
+    least ``min_sigma_voxels`` along each axis: thick slices), at the voxels ``where``."""
+    sigma_vox = np.maximum(sigma_mm / spacing_kji, min_sigma_voxels)
     hessian = np.empty((int(where.sum()), 3, 3), dtype=np.float64)
     for a in range(3):
         for b in range(a, 3):
@@ -91,7 +95,15 @@ def hessian_eigenvalues(
             second = ndimage.gaussian_filter(image, sigma_vox, order=order, mode="nearest")
             value = second[where] * sigma_mm**2 / (spacing_kji[a] * spacing_kji[b])
             hessian[:, a, b] = hessian[:, b, a] = value
-    eigen = np.linalg.eigvalsh(hessian)
+    return hessian
+
+
+def hessian_eigenvalues(
+    image: np.ndarray, spacing_kji: np.ndarray, sigma_mm: float, where: np.ndarray
+) -> np.ndarray:
+    """Scale-normalised Hessian eigenvalues (n, 3) of ``image`` smoothed at ``sigma_mm``,
+    at the voxels ``where``, sorted by magnitude (smallest first)."""
+    eigen = np.linalg.eigvalsh(hessian_matrices(image, spacing_kji, sigma_mm, where))
     return np.take_along_axis(eigen, np.argsort(np.abs(eigen), axis=1), axis=1)
 
 
