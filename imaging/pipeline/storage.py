@@ -101,6 +101,8 @@ def candidate_entry(measurement: Any) -> dict[str, Any]:
         "axial_slice_z_mm": measurement.axial_slice_z_mm,
         "volume_method": measurement.volume_method,
         "volume_isosurface_ml": measurement.volume_isosurface_ml,
+        "volume_layer": getattr(measurement, "volume_layer", None),
+        "volume_core_ml": getattr(measurement, "volume_core_ml", None),
         "core_hu": measurement.core_hu,
         "background_hu": measurement.background_hu,
         "edges_reached": list(measurement.edges_reached),

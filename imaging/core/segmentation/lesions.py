@@ -46,6 +46,7 @@ from imaging.core.segmentation.postprocess import (
     candidates_keep,
     postprocess_run,
 )
+from imaging.core.segmentation.two_level import TWO_LEVEL_RULES
 from imaging.core.segmentation.vessel_split import vessel_trees_split
 
 
@@ -85,6 +86,7 @@ def _measure_record(n_lesions: int, seconds: float) -> StepRecord:
             "axial": "planes of constant LPS z",
             "hu_statistics": "study voxels inside the fine mask",
             "volume": PARTIAL_VOLUME_RULES,
+            "volume_two_level": TWO_LEVEL_RULES,
             "volume_fallback": "the isosurface's volume when partial volume is not possible",
             "edges": "a lesion voxel overlapping the scan's outermost voxel layer (first or "
             "last slice, in-plane edge) or touching a padded pixel reaches that edge",

@@ -17,7 +17,14 @@ steps.
   median error was 1.8 % against 9.4 % for the probability isosurface. Where the
   lesion has no core of its own voxels (smaller than about two voxels across) or no
   contrast, the thresholded fine mask's volume is used (1 ml = 1000 mm^3);
-  ``volume_method`` says which, and ``volume_isosurface_ml`` keeps the other.
+  ``volume_method`` says which, and ``volume_isosurface_ml`` keeps the other. A lesion
+  surrounded by an outer layer of its own (the ground glass of a part-solid or
+  ground-glass nodule, the wall of a cystic lesion) is measured with it
+  (`two_level.two_level_measure`: between the background's level and the layer's, the
+  layer and anything beyond it counted whole; ``volume_method`` ``two_level``,
+  ``volume_layer`` names the layer), and ``volume_core_ml`` keeps the volume without
+  it. The diameters below stay those of the network's outline: of a part-solid nodule,
+  its solid part.
 - ``longest_axial_diameter_mm`` and ``short_axis_mm`` (RECIST 1.1, Eisenhauer et al.
   2009, section 3.3): "axial" is perpendicular to the patient's head-foot axis (LPS z),
   whatever the acquisition's orientation, since the fine grid's slices are planes of
@@ -53,12 +60,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.edges import lesion_edges
-from imaging.core.segmentation.partial_volume import PartialVolume, partial_volume_measure
+from imaging.core.segmentation.partial_volume import PartialVolume, volume_readings
 from imaging.core.segmentation.postprocess import LesionCandidate
+from imaging.core.segmentation.two_level import TwoLevel
 
 MAX_FINE_VOXELS = 6_000_000
 SOFT_FLOOR = 0.1
@@ -105,6 +112,12 @@ class LesionMeasurement:
     level: float
     volume_method: str = "isosurface"
     volume_isosurface_ml: float | None = None
+    #: with ``volume_method`` ``two_level``: the outer layer measured with the lesion
+    #: (``ground_glass`` or ``hypodense_wall``, `two_level`) and the volume without it
+    #: (the one-level partial volume, else the isosurface's): a part-solid nodule's
+    #: solid part, a cystic lesion's fluid and inner wall
+    volume_layer: str | None = None
+    volume_core_ml: float | None = None
     core_hu: float | None = None
     background_hu: float | None = None
     edges_reached: tuple[str, ...] = ()
@@ -436,15 +449,26 @@ def _measurement(
     candidate: LesionCandidate,
     shape: ShapeMeasures,
     partial: PartialVolume | None,
+    layered: TwoLevel | None,
     uncertainty: float,
     volume_grid_ml: float,
     edges_reached: tuple[str, ...],
 ) -> LesionMeasurement:
-    """The measurement: partial-volume volume where there is one, else the isosurface's."""
+    """The measurement: with its outer layer where it has one, else the partial-volume
+    volume where there is one, else the isosurface's."""
+    core_ml = partial.volume_ml if partial is not None else shape.volume_ml
+    if layered is not None:
+        volume_ml, method = layered.volume_ml, "two_level"
+        core_hu, background_hu = layered.layer_hu, layered.background_hu
+    elif partial is not None:
+        volume_ml, method = partial.volume_ml, "partial_volume"
+        core_hu, background_hu = partial.core_hu, partial.background_hu
+    else:
+        volume_ml, method, core_hu, background_hu = shape.volume_ml, "isosurface", None, None
     return LesionMeasurement(
         label_value=candidate.label_value,
         organ=candidate.organ,
-        volume_ml=partial.volume_ml if partial is not None else shape.volume_ml,
+        volume_ml=volume_ml,
         longest_axial_diameter_mm=shape.longest_axial_diameter_mm,
         short_axis_mm=shape.short_axis_mm,
         max_3d_diameter_mm=shape.max_3d_diameter_mm,
@@ -458,10 +482,12 @@ def _measurement(
         volume_grid_ml=volume_grid_ml,
         fine_spacing_mm=shape.fine_spacing_mm,
         level=shape.level,
-        volume_method="partial_volume" if partial is not None else "isosurface",
+        volume_method=method,
         volume_isosurface_ml=shape.volume_ml,
-        core_hu=partial.core_hu if partial is not None else None,
-        background_hu=partial.background_hu if partial is not None else None,
+        volume_layer=layered.layer if layered is not None else None,
+        volume_core_ml=core_ml if layered is not None else None,
+        core_hu=core_hu,
+        background_hu=background_hu,
         edges_reached=edges_reached,
     )
 
@@ -514,10 +540,10 @@ def lesions_measure(
             )
         if shape is None:
             continue
-        partial = (
-            _partial_volume(study, native, number)
+        partial, layered = (
+            volume_readings(study, native, number)
             if study is not None and native is not None
-            else None
+            else (None, None)
         )
         if uncertainty is not None:
             u = float(uncertainty.array[box][core].mean()) if core.any() else 0.0
@@ -528,6 +554,7 @@ def lesions_measure(
                 candidate=candidate,
                 shape=shape,
                 partial=partial,
+                layered=layered,
                 uncertainty=u,
                 volume_grid_ml=float(core.sum() * voxel_ml),
                 edges_reached=lesion_edges(
@@ -536,23 +563,3 @@ def lesions_measure(
             )
         )
     return out
-
-
-def _partial_volume(study: Volume, native, number: int) -> PartialVolume | None:
-    region_native, inner_native, boxes = native
-    found = boxes[number - 1] if number - 1 < len(boxes) else None
-    if found is None:
-        return None
-    margin = 3
-    box = tuple(
-        slice(max(0, s.start - margin), min(size, s.stop + margin))
-        for s, size in zip(found, region_native.shape, strict=True)
-    )
-    return partial_volume_measure(
-        hu=study.array[box],
-        spacing_kji_mm=vec3(study.spacing_mm[::-1]),
-        region=region_native[box] == number,
-        inner=inner_native[box] == number,
-        others=region_native[box] > 0,
-        outside=study.padding[box] if study.padding is not None else None,
-    )

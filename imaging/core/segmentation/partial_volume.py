@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from imaging.core.geometry.triples import vec3
+from imaging.core.geometry.volume import Volume
+from imaging.core.segmentation.two_level import TWO_LEVEL_READ_MM, TwoLevel, two_level_measure
+
 #: The rules of `partial_volume_measure` (recorded with every run).
 PARTIAL_VOLUME_RULES = {
     "region": "candidate grown by 2 model voxels (3 mm), on the study's own voxels",
@@ -109,3 +113,46 @@ def partial_volume_measure(
         n_region_voxels=int(region.sum()),
         noise_ml=float(noise_ml),
     )
+
+
+def volume_readings(
+    study: Volume, native, number: int
+) -> tuple[PartialVolume | None, TwoLevel | None]:
+    """The one-level partial volume and the two-level reading of lesion ``number``.
+
+    ``study`` is the study in HU (with its padding), ``native`` what `measure.lesions_measure`
+    resampled onto its grid: every candidate's region, every candidate, and the regions'
+    bounding boxes (`ndimage.find_objects`).
+    """
+    region_native, inner_native, boxes = native
+    found = boxes[number - 1] if number - 1 < len(boxes) else None
+    if found is None:
+        return None, None
+    # The two-level reading looks TWO_LEVEL_READ_MM beyond the region; volumetry 3 voxels.
+    margins = np.ceil(TWO_LEVEL_READ_MM / np.asarray(study.spacing_mm[::-1]))
+    margins = np.maximum(margins, 3).astype(int)
+    box = tuple(
+        slice(max(0, s.start - margin), min(size, s.stop + margin))
+        for s, size, margin in zip(found, region_native.shape, margins, strict=True)
+    )
+    spacing = vec3(study.spacing_mm[::-1])
+    region = region_native[box] == number
+    inner = inner_native[box] == number
+    others = region_native[box] > 0
+    partial = partial_volume_measure(
+        hu=study.array[box],
+        spacing_kji_mm=spacing,
+        region=region,
+        inner=inner,
+        others=others,
+        outside=study.padding[box] if study.padding is not None else None,
+    )
+    layered = two_level_measure(
+        hu=study.array[box],
+        spacing_kji_mm=spacing,
+        region=region,
+        inner=inner,
+        others=others,
+        outside=study.padding[box] if study.padding is not None else None,
+    )
+    return partial, layered
