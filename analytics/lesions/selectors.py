@@ -191,6 +191,23 @@ def size_not_assessable_note(m: LesionMeasurement) -> str:
     return f"seen, size not assessable (reaches {reached})"
 
 
+#: How a page names the outer layer a volume was measured with (`two_level` layers).
+_LAYER_NAMES = {"ground_glass": "ground glass", "hypodense_wall": "wall"}
+
+
+def volume_layer_note(m: LesionMeasurement, entry: dict | None) -> str:
+    """How the automated volume was read, when with an outer layer of the lesion's own
+    (``entry``: its candidate in `Segmentation.lesions`, `imaging.core.segmentation
+    .two_level`): "with its ground glass; without it 1.43 ml"; "" for any other row and
+    for a volume a radiologist gave."""
+    if entry is None or m.override_volume_ml is not None or not entry.get("volume_layer"):
+        return ""
+    layer = str(entry["volume_layer"])
+    note = f"with its {_LAYER_NAMES.get(layer, layer.replace('_', ' '))}"
+    core = entry.get("volume_core_ml")
+    return note if core is None else f"{note}; without it {float(core):.2f} ml"
+
+
 def _sizes(m: LesionMeasurement) -> tuple[float, float, float]:
     """(volume ml, longest mm, short axis mm) as the export gives them: none for a lesion
     not found, nor for one seen whose size is not assessable (its cut numbers are not a

@@ -29,6 +29,7 @@ from analytics.lesions.selectors import (
     ReviewHistoryRow,
     review_history,
     size_not_assessable_note,
+    volume_layer_note,
 )
 from analytics.lesions.tracking.transforms import BaselineMapping, registration_mapping
 from analytics.models import ResponseAssessment
@@ -106,6 +107,9 @@ class LesionRow:
 
     measurement: LesionMeasurement
     jump_ras_mm: tuple[float, float, float] | None
+    #: how the automated volume was read when with the lesion's outer layer
+    #: (`selectors.volume_layer_note`), "" otherwise
+    volume_note: str = ""
 
     @property
     def size_note(self) -> str:
@@ -306,12 +310,31 @@ def _to_baseline_ras(
 
 
 def _rows(study: Study, mapping: BaselineMapping | None, *, own: bool) -> list[LesionRow]:
-    measurements = (
+    measurements = list(
         LesionMeasurement.objects.filter(study=study)
         .select_related("lesion", "study", "reviewed_by")
         .order_by("lesion__organ", "lesion__label")
     )
-    return [LesionRow(m, _to_baseline_ras(m, mapping, own=own)) for m in measurements]
+    entries = _candidate_entries(measurements)
+    return [
+        LesionRow(
+            m,
+            _to_baseline_ras(m, mapping, own=own),
+            volume_layer_note(m, entries.get((m.segmentation_id, m.component_label))),
+        )
+        for m in measurements
+    ]
+
+
+def _candidate_entries(measurements: list[LesionMeasurement]) -> dict[tuple[int, int], dict]:
+    """Each row's candidate as its segmentation stored it, by (segmentation, label)."""
+    ids = {m.segmentation_id for m in measurements if m.segmentation_id is not None}
+    out: dict[tuple[int, int], dict] = {}
+    for pk, lesions in Segmentation.objects.filter(pk__in=ids).values_list("pk", "lesions"):
+        for entry in lesions or []:
+            if isinstance(entry, dict) and entry.get("component_label") is not None:
+                out[(pk, int(entry["component_label"]))] = entry
+    return out
 
 
 def viewer_build(*, patient: Patient, follow_up_pk: int | None = None) -> Viewer:
