@@ -40,6 +40,7 @@ MEASUREMENT_EXTRA_COLUMNS = (
     "merged_into_uid",
     "confidence",
     "measured_by_hand",
+    "volume_core_ml",
 )
 
 #: ``manage.py export_responses``: one row per processed follow-up, assessable or not.

@@ -254,7 +254,21 @@ def _extra(m: LesionMeasurement) -> tuple:
         m.merged_into.tracking_uid if m.merged_into is not None else "",
         m.confidence,
         m.manual_finding_id is not None,
+        _core_volume_in_force(m),
     )
+
+
+def _core_volume_in_force(m: LesionMeasurement) -> float:
+    """The volume without the lesion's outer layer where the volume in force was measured
+    with one (`LesionMeasurement.volume_core_ml`); NaN otherwise (a radiologist's volume,
+    no size, no layer)."""
+    if m.volume_core_ml is None or m.override_volume_ml is not None:
+        return math.nan
+    if m.status not in LesionMeasurement.FOUND:
+        return math.nan
+    if size_not_assessable(m) or m.too_small:
+        return math.nan
+    return float(m.volume_core_ml)
 
 
 # --------------------------------------------------------------------------- responses

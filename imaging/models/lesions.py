@@ -97,6 +97,13 @@ class LesionMeasurement(models.Model):
     volume_ml = models.FloatField(
         null=True, blank=True, help_text="none when not measured (a lesion measured by hand)"
     )
+    volume_core_ml = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="when the volume was measured with the lesion's outer layer (the ground "
+        "glass of a part-solid nodule, a cystic lesion's wall: the segmentation's "
+        "volume_layer), the volume without it; none otherwise",
+    )
     longest_diameter_mm = models.FloatField()
     short_axis_mm = models.FloatField()
     max_3d_diameter_mm = models.FloatField(null=True, blank=True)

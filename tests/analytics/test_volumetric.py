@@ -1,5 +1,6 @@
 """Volumetric response, burden, growth rate and doubling time (no database)."""
 
+import dataclasses
 import datetime as dt
 import math
 
@@ -223,3 +224,16 @@ def test_responses_table_has_the_export_layout_and_feeds_imaging_features():
         "P1", dt.date(2024, 3, 15)
     )
     assert features["last_recist_ordinal"] == 1.0  # PR
+
+
+def test_a_lesion_measured_with_its_layer_at_some_studies_only_is_compared_without_it():
+    def layered(uid, volume, core):
+        return dataclasses.replace(reading(uid, volume), volume_core_ml=core)
+
+    mixed = [study(0, layered("a", 9.0, 3.0)), study(60, reading("a", 3.1))]
+    everywhere = [study(0, layered("a", 9.0, 3.0)), study(60, layered("a", 9.3, 3.1))]
+
+    # Read as measured, 9.0 -> 3.1 ml would be a partial response; the layer was not seen.
+    assert [r.total_volume_ml for r in volumetric_assess(timeline=mixed)] == [3.0, 3.1]
+    assert volumetric_assess(timeline=mixed)[1].category == "SD"
+    assert [r.total_volume_ml for r in volumetric_assess(timeline=everywhere)] == [9.0, 9.3]

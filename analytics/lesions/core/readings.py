@@ -78,6 +78,10 @@ class LesionReading:
     merged_into: str = ""
     confidence: float = math.nan
     label: str = ""
+    #: when ``volume_ml`` was measured with the lesion's outer layer (ground glass, a
+    #: cystic wall): the volume without it, NaN otherwise (`volumetric` compares a lesion
+    #: like with like when only some of its studies were measured with the layer)
+    volume_core_ml: float = math.nan
     size_assessable: bool = True
 
     def __post_init__(self) -> None:
@@ -198,6 +202,7 @@ def _reading(row: Mapping) -> LesionReading:
         merged_into=_text(row.get("merged_into_uid")) if status == "merged" else "",
         confidence=_number(row.get("confidence", math.nan)),
         label=_text(row.get("lesion_label")),
+        volume_core_ml=math.nan if gone else _number(row.get("volume_core_ml", math.nan)),
     )
 
 

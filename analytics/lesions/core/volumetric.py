@@ -44,7 +44,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -249,7 +249,7 @@ def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAs
     """
     if not timeline:
         return ()
-    studies = sorted(timeline, key=lambda s: s.study_date)
+    studies = like_with_like(sorted(timeline, key=lambda s: s.study_date))
     baseline_uids = {r.lesion_uid for r in studies[0].lesions if _counts(r)}
     course = _Course()
     out: list[VolumetricAssessment] = []
@@ -276,6 +276,37 @@ def volumetric_assess(*, timeline: Sequence[StudyReading]) -> tuple[VolumetricAs
         )
         course.record(study, volumes, total if evaluable else math.nan)
     return tuple(out)
+
+
+def like_with_like(studies: Sequence[StudyReading]) -> list[StudyReading]:
+    """The timeline with each lesion's volumes measured alike at every study.
+
+    A lesion measured with its outer layer (the ground glass of a part-solid nodule, a
+    cystic lesion's wall: `LesionReading.volume_core_ml`) at some studies and without it
+    at others (the layer not seen there: thicker slices, more noise) would change by the
+    layer alone, two or three times its volume. Then its studies measured with the layer
+    read the volume without it, as the others were measured; a lesion measured with its
+    layer everywhere, or nowhere, keeps its volumes."""
+    layered: dict[str, set[bool]] = {}
+    for study in studies:
+        for r in study.lesions:
+            if r.present and not math.isnan(r.volume_ml) and r.volume_ml > 0:
+                layered.setdefault(r.lesion_uid, set()).add(not math.isnan(r.volume_core_ml))
+    mixed = {uid for uid, kinds in layered.items() if kinds == {True, False}}
+    if not mixed:
+        return list(studies)
+    return [
+        replace(
+            study,
+            lesions=tuple(
+                replace(r, volume_ml=r.volume_core_ml)
+                if r.lesion_uid in mixed and not math.isnan(r.volume_core_ml)
+                else r
+                for r in study.lesions
+            ),
+        )
+        for study in studies
+    ]
 
 
 @dataclass

@@ -208,6 +208,7 @@ def _measurement(
         if assignment.status == "new"
         else LesionMeasurement.Status.TRACKED,
         volume_ml=float(combined.volume_ml),
+        volume_core_ml=_core_volume_ml(parts),
         longest_diameter_mm=float(combined.longest_diameter_mm),
         short_axis_mm=float(combined.short_axis_mm),
         # the largest fragment's: a 3D extent does not add up over fragments
@@ -229,6 +230,22 @@ def _measurement(
         for name, value in decision[0].items():
             setattr(row, name, value)
     return row
+
+
+def _core_volume_ml(parts: list[dict[str, Any]]) -> float | None:
+    """The candidates' volumes without their outer layers, when any was measured with one
+    (`imaging.core.segmentation.two_level`: ``volume_layer``, ``volume_core_ml``); None
+    when none was."""
+    if not any(c.get("volume_layer") for c in parts):
+        return None
+    return float(
+        sum(
+            c["volume_core_ml"]
+            if c.get("volume_layer") and c.get("volume_core_ml") is not None
+            else c["volume_ml"]
+            for c in parts
+        )
+    )
 
 
 def candidate_origin(candidate: dict[str, Any]) -> str:
