@@ -8,6 +8,7 @@ and by thick slices moves HU across the edge but keeps their sum (see `measure`)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -135,24 +136,12 @@ def volume_readings(
         slice(max(0, s.start - margin), min(size, s.stop + margin))
         for s, size, margin in zip(found, region_native.shape, margins, strict=True)
     )
-    spacing = vec3(study.spacing_mm[::-1])
-    region = region_native[box] == number
-    inner = inner_native[box] == number
-    others = region_native[box] > 0
-    partial = partial_volume_measure(
-        hu=study.array[box],
-        spacing_kji_mm=spacing,
-        region=region,
-        inner=inner,
-        others=others,
-        outside=study.padding[box] if study.padding is not None else None,
-    )
-    layered = two_level_measure(
-        hu=study.array[box],
-        spacing_kji_mm=spacing,
-        region=region,
-        inner=inner,
-        others=others,
-        outside=study.padding[box] if study.padding is not None else None,
-    )
-    return partial, layered
+    reading: dict[str, Any] = {
+        "hu": study.array[box],
+        "spacing_kji_mm": vec3(study.spacing_mm[::-1]),
+        "region": region_native[box] == number,
+        "inner": inner_native[box] == number,
+        "others": region_native[box] > 0,
+        "outside": study.padding[box] if study.padding is not None else None,
+    }
+    return partial_volume_measure(**reading), two_level_measure(**reading)
