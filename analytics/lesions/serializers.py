@@ -115,6 +115,12 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
     automated_short_axis_mm = serializers.SerializerMethodField(
         help_text="the segmenter's own, mm; null when not found, merged or not assessable"
     )
+    automated_volume_core_ml = serializers.SerializerMethodField(
+        help_text="when the segmenter measured the lesion with its outer layer (the ground "
+        "glass of a part-solid nodule, a cystic lesion's wall), its volume without it, ml; "
+        "null otherwise (volumetric response compares a lesion measured with its layer at "
+        "some studies only without it)"
+    )
     edges_reached = serializers.ListField(
         child=serializers.CharField(),
         read_only=True,
@@ -141,6 +147,7 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
             "automated_volume_ml",
             "automated_longest_diameter_mm",
             "automated_short_axis_mm",
+            "automated_volume_core_ml",
             "max_3d_diameter_mm",
             "centroid_x_mm",
             "centroid_y_mm",
@@ -213,6 +220,9 @@ class LesionMeasurementSerializer(serializers.ModelSerializer):
 
     def get_automated_short_axis_mm(self, m: LesionMeasurement) -> float | None:
         return self._automated(m, m.short_axis_mm)
+
+    def get_automated_volume_core_ml(self, m: LesionMeasurement) -> float | None:
+        return self._automated(m, m.volume_core_ml)
 
     def get_measured_by_hand(self, m: LesionMeasurement) -> bool:
         return m.manual_finding_id is not None

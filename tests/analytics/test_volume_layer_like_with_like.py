@@ -5,6 +5,7 @@ reads the volumes without the layer, while each study still shows what it measur
 import math
 
 import pytest
+from rest_framework.test import APIClient
 
 from analytics.lesions.refresh import patient_update
 from analytics.lesions.selectors import measurements_table
@@ -12,6 +13,7 @@ from analytics.models import ResponseAssessment
 from imaging.models import LesionMeasurement, Segmentation
 from tests.analytics.correction_patient import correction_patient
 from tests.analytics.test_lesion_organ import _nodule
+from tests.patients.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -55,5 +57,11 @@ def test_a_layer_seen_at_one_study_only_is_not_read_as_a_change():
     assert at_baseline.volume_core_ml.iloc[0] == pytest.approx(plain_ml)
     others = table[table.lesion_uid != nodule.tracking_uid]
     assert others.volume_core_ml.map(math.isnan).all()
+    api = APIClient()
+    api.force_authenticate(UserFactory(groups=["clinician"]))
+    body = api.get("/api/v1/measurements/", {"study": row.study.pk}).json()
+    served = {m["lesion_uid"]: m for m in body["results"]}
+    assert served[nodule.tracking_uid]["automated_volume_core_ml"] == pytest.approx(plain_ml)
+    assert served[nodule.tracking_uid]["volume_ml"] == pytest.approx(3 * plain_ml)
     # The follow-up measured it without the layer: the burden is read without it throughout.
     assert _volumes(case.patient) == pytest.approx(before)
