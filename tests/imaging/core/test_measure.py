@@ -75,6 +75,24 @@ def ellipsoid_surface_mm2(a: float, b: float, c: float) -> float:
 
 CENTRE = np.array([-61.4, 22.7, -103.9])
 
+
+def measured_on(study: Volume, model: Volume, organ: str):
+    """`lesions_measure` of the one candidate the network's map ``model`` (the 1.5 mm model
+    grid) outlines at 0.5, read on ``study``'s own voxels."""
+    mask = (model.array >= 0.5).astype(np.uint16)
+    candidate = LesionCandidate(
+        1, organ, int(mask.sum()), float(mask.sum() * 1.5**3 / 1000), 0.9, 0.8,
+        tuple((int(x.min()), int(x.max()) + 1) for x in np.nonzero(mask)),
+    )  # fmt: skip
+    (out,) = lesions_measure(
+        lesion_probability=model,
+        candidate_mask=model.with_array(mask, kind="label"),
+        candidates=[candidate],
+        study=study,
+    )
+    return out
+
+
 CASES = [
     # (name, semi-axes (x, y, z) mm, in-plane rotation deg, spacing, direction)
     ("sphere 10 mm, 1.5 mm iso, HFS", (5, 5, 5), 0, (1.5, 1.5, 1.5), HFS),
@@ -209,18 +227,8 @@ def test_volume_is_read_from_the_partial_volume_of_the_study_voxels(
     # The network's map on the 1.5 mm model grid: soft and too wide (radius + 1.5 mm).
     model = occupancy(semi_axes_mm=(radius_mm + 1.5,) * 3, centre_lps_mm=CENTRE,
                       spacing_mm=(1.5,) * 3, direction=HFS, extent_mm=extent)  # fmt: skip
-    mask = (model.array >= 0.5).astype(np.uint16)
-    candidate = LesionCandidate(
-        1, "liver", int(mask.sum()), float(mask.sum() * 1.5**3 / 1000), 0.9, 0.8,
-        tuple((int(x.min()), int(x.max()) + 1) for x in np.nonzero(mask)),
-    )  # fmt: skip
 
-    (out,) = lesions_measure(
-        lesion_probability=model,
-        candidate_mask=model.with_array(mask, kind="label"),
-        candidates=[candidate],
-        study=study,
-    )
+    out = measured_on(study, model, "liver")
 
     truth_ml = 4 / 3 * np.pi * radius_mm**3 / 1000
     assert out.volume_method == method

@@ -14,10 +14,8 @@ import pytest
 from scipy import ndimage
 
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.measure import lesions_measure
-from imaging.core.segmentation.postprocess import LesionCandidate
 
-from .test_measure import CENTRE, FFS, HFS, occupancy, occupancy_on
+from .test_measure import CENTRE, FFS, HFS, measured_on, occupancy, occupancy_on
 
 LUNG, GLASS, SOLID = -860.0, -530.0, 30.0
 
@@ -50,18 +48,7 @@ def _measured(
     model = occupancy(semi_axes_mm=(candidate_radius_mm,) * 3,
                       centre_lps_mm=CENTRE + np.asarray(offset_mm), spacing_mm=(1.5,) * 3,
                       direction=HFS, extent_mm=56.0)  # fmt: skip
-    mask = (model.array >= 0.5).astype(np.uint16)
-    candidate = LesionCandidate(
-        1, organ, int(mask.sum()), float(mask.sum() * 1.5**3 / 1000), 0.9, 0.8,
-        tuple((int(x.min()), int(x.max()) + 1) for x in np.nonzero(mask)),
-    )  # fmt: skip
-    (out,) = lesions_measure(
-        lesion_probability=model,
-        candidate_mask=model.with_array(mask, kind="label"),
-        candidates=[candidate],
-        study=study,
-    )
-    return out
+    return measured_on(study, model, organ)
 
 
 @pytest.mark.parametrize(
