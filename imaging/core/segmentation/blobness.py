@@ -177,6 +177,29 @@ def lung_contrast(crop: np.ndarray, core: np.ndarray, settings: BlobSettings) ->
     return float(np.percentile(crop[core], 90) - np.median(crop[ring]))
 
 
+def blob_response(
+    crop: np.ndarray,
+    core: np.ndarray,
+    spacing_kji: np.ndarray,
+    candidate: LesionCandidate,
+    settings: BlobSettings,
+) -> dict[str, float | None]:
+    """A candidate's dot-enhancement response (``dot_hu``: the stronger of the image's
+    and, beside thick soft tissue, the image's with that tissue set to the lung's HU)
+    and its contrast with the lung around it (``contrast_hu``), both rounded to 0.1 HU.
+    ``crop``: the image around it, clipped to ``hu_range``; ``core``: its voxels there."""
+    contrast = lung_contrast(crop, core, settings)
+    sigmas = _scales(candidate, settings)
+    dot = dot_response(crop, spacing_kji, core, sigmas)
+    away = walls_away(crop, core, spacing_kji, settings)
+    if away is not None:
+        dot = max(dot, dot_response(away, spacing_kji, core, sigmas))
+    return {
+        "dot_hu": round(dot, 1),
+        "contrast_hu": None if contrast is None else round(contrast, 1),
+    }
+
+
 def _blob(response: dict[str, float | None], settings: BlobSettings) -> bool:
     dot, contrast = response["dot_hu"], response["contrast_hu"]
     assert dot is not None
@@ -238,16 +261,9 @@ def tubular_candidates_filter(
         if not core.any():
             continue
         crop = np.clip(image.array[box].astype(np.float32), *settings.hu_range)
-        contrast = lung_contrast(crop, core, settings)
-        sigmas = _scales(candidate, settings)
-        dot = dot_response(crop, spacing_kji, core, sigmas)
-        away = walls_away(crop, core, spacing_kji, settings)
-        if away is not None:
-            dot = max(dot, dot_response(away, spacing_kji, core, sigmas))
-        responses[str(candidate.label_value)] = {
-            "dot_hu": round(dot, 1),
-            "contrast_hu": None if contrast is None else round(contrast, 1),
-        }
+        responses[str(candidate.label_value)] = blob_response(
+            crop, core, spacing_kji, candidate, settings
+        )
     removed = {k: v for k, v in responses.items() if not _blob(v, settings)}
     kept = tuple(c for c in candidates if str(c.label_value) not in removed)
     mask = candidates_keep(candidate_mask, kept) if removed else candidate_mask

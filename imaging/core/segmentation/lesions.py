@@ -6,7 +6,9 @@
 (`cysts.simple_cysts_filter`), lung candidates that are pieces of vessels or airway
 walls told from nodules by their shape (`blobness.tubular_candidates_filter`), lung
 candidates that hold a nodule and the vessel tree it touches cut back to the nodule
-(`vessel_split.vessel_trees_split`), the liver's second reader with the same filters
+(`vessel_split.vessel_trees_split`), lung candidates that are stretches of a vessel or
+airway wall told by the thickness of the tube leaving them (`tube_exits.tube_exits_filter`),
+the liver's second reader with the same filters
 on what it proposes (`liver_reader`) and the measurements
 (`measure.lesions_measure`, each lesion with the edges of the scan it reaches).
 """
@@ -46,6 +48,7 @@ from imaging.core.segmentation.postprocess import (
     candidates_keep,
     postprocess_run,
 )
+from imaging.core.segmentation.tube_exits import tube_exits_filter
 from imaging.core.segmentation.two_level import TWO_LEVEL_RULES
 from imaging.core.segmentation.vessel_split import vessel_trees_split
 
@@ -156,7 +159,12 @@ def _candidates_filtered(
         candidates=candidates,
         lesion_probability=output.lesion_probability,
     )
-    records = (contrast_record, cysts_record, tubular_record, airway_record, split_record)
+    candidate_mask, candidates, exits_record = tube_exits_filter(
+        image=output.image, candidate_mask=candidate_mask, candidates=candidates
+    )
+    records = (
+        contrast_record, cysts_record, tubular_record, airway_record, split_record, exits_record
+    )  # fmt: skip
     return candidate_mask, candidates, records
 
 
