@@ -183,15 +183,16 @@ def blob_response(
     spacing_kji: np.ndarray,
     candidate: LesionCandidate,
     settings: BlobSettings,
+    away: np.ndarray | None,
 ) -> dict[str, float | None]:
     """A candidate's dot-enhancement response (``dot_hu``: the stronger of the image's
     and, beside thick soft tissue, the image's with that tissue set to the lung's HU)
     and its contrast with the lung around it (``contrast_hu``), both rounded to 0.1 HU.
-    ``crop``: the image around it, clipped to ``hu_range``; ``core``: its voxels there."""
+    ``crop``: the image around it, clipped to ``hu_range``; ``core``: its voxels there;
+    ``away``: `walls_away` of them (None where no thick tissue touches it)."""
     contrast = lung_contrast(crop, core, settings)
     sigmas = _scales(candidate, settings)
     dot = dot_response(crop, spacing_kji, core, sigmas)
-    away = walls_away(crop, core, spacing_kji, settings)
     if away is not None:
         dot = max(dot, dot_response(away, spacing_kji, core, sigmas))
     return {
@@ -261,8 +262,9 @@ def tubular_candidates_filter(
         if not core.any():
             continue
         crop = np.clip(image.array[box].astype(np.float32), *settings.hu_range)
+        away = walls_away(crop, core, spacing_kji, settings)
         responses[str(candidate.label_value)] = blob_response(
-            crop, core, spacing_kji, candidate, settings
+            crop, core, spacing_kji, candidate, settings, away
         )
     removed = {k: v for k, v in responses.items() if not _blob(v, settings)}
     kept = tuple(c for c in candidates if str(c.label_value) not in removed)

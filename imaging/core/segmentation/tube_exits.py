@@ -96,10 +96,11 @@ def tube_exits_filter(
         if not core.any():
             continue
         crop = np.clip(image.array[box].astype(np.float32), *blob.hu_range)
-        exit_reading = tube_exit(crop, core, spacing_kji, settings, blob)
+        away = walls_away(crop, core, spacing_kji, blob)
+        exit_reading = tube_exit(crop if away is None else away, core, spacing_kji, settings)
         ratio = exit_reading["exit_ratio"]
         # The blob response only where the ratio would drop it (it costs the most).
-        dot = (blob_response(crop, core, spacing_kji, candidate, blob)["dot_hu"]
+        dot = (blob_response(crop, core, spacing_kji, candidate, blob, away)["dot_hu"]
                if ratio is not None and ratio >= settings.min_exit_ratio else None)  # fmt: skip
         judged[str(candidate.label_value)] = {**exit_reading, "dot_hu": dot}
     removed = {key: value for key, value in judged.items() if _tube(value, settings)}
@@ -126,13 +127,12 @@ def tube_exit(
     core: np.ndarray,
     spacing_kji: np.ndarray,
     settings: TubeExitSettings,
-    blob: BlobSettings,
 ) -> dict[str, float | None]:
     """The candidate's thickness (mm: the largest distance from a voxel of ``core`` to
     the edge of the tissue connected to it), the thickest tissue leaving it (the same
-    ``exit_shell_mm`` outside it; 0 where none) and their ratio."""
-    away = walls_away(crop, core, spacing_kji, blob)
-    tissue = ((crop if away is None else away) >= settings.bright_hu) | core
+    ``exit_shell_mm`` outside it; 0 where none) and their ratio. ``crop``: the image
+    around it with thick walls set to the lung's HU (`blobness.walls_away`)."""
+    tissue = (crop >= settings.bright_hu) | core
     # Face-connected: a vessel that meets it only at a corner does not leave it (joined at
     # corners too, a 3.78 ml juxtavascular nodule of seed 9191 read as a tube's stretch).
     labels, _ = ndimage.label(tissue)
