@@ -119,7 +119,7 @@ class LesionPoint:
     link_provisional: bool = False
     too_small: bool = False
     by_hand: bool = False
-    #: Proposed by the liver's second reader, not the segmenter (`LesionMeasurement.Origin`).
+    #: Proposed by a classical second reader (liver or lung), not the segmenter (`LesionMeasurement.Origin`).
     second_reader: bool = False
     #: Shown instead of the sizes of a lesion seen whose size is not assessable ("seen,
     #: size not assessable (reaches the edge of the scanned range)"); "" otherwise.

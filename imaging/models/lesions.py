@@ -77,7 +77,10 @@ class LesionMeasurement(models.Model):
         ADDED = "added", "Added by a radiologist"
         PROPAGATED = "propagated", "Propagated from a radiologist's addition"
         EDITED = "edited", "Mask edited by a radiologist"
-        SECOND_READER = "second_reader", "Found by the liver's second reader, not the segmenter"
+        SECOND_READER = (
+            "second_reader",
+            "Found by a classical second reader (liver or lung), not the segmenter",
+        )
 
     class Review(models.TextChoices):
         PENDING = "pending", "Awaiting review"

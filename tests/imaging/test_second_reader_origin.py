@@ -1,5 +1,5 @@
-"""A lesion proposed by the liver's second reader, not the segmenter, says so: its
-measurement's origin, and a badge on the patient page."""
+"""A lesion proposed by a second reader (the liver's, the lungs'), not the segmenter, says
+so: its measurement's origin, and a badge on the patient page."""
 
 import pytest
 from django.urls import reverse
@@ -12,13 +12,14 @@ from tests.patients.factories import UserFactory
 pytestmark = pytest.mark.django_db
 
 
-def test_a_second_reader_finding_is_stored_and_shown_as_such(client):
+@pytest.mark.parametrize("reader", ["liver_second_reader", "lung_second_reader"])
+def test_a_second_reader_finding_is_stored_and_shown_as_such(client, reader):
     patient = patient_with_studies("READER-1")
     baseline = Segmentation.objects.filter(series__study__patient=patient).order_by(
         "series__study__study_date"
     )[0]
     lesions = baseline.lesions
-    lesions[2]["found_by"] = "liver_second_reader"  # the small liver lesion, label 3
+    lesions[2]["found_by"] = reader  # label 3
     Segmentation.objects.filter(pk=baseline.pk).update(lesions=lesions)
 
     patient_track(patient=patient)

@@ -169,6 +169,21 @@ def test_a_second_reader_segment_names_the_reader_not_the_model(ct, tmp_path):
     assert names == {"Liver 1": {"RadTrack liver second reader"}, "Lung 1": {"lesion-unet"}}
 
 
+def test_each_second_reader_segment_names_its_own_organ_s_reader(ct, tmp_path):
+    lesions = (replace(LIVER_1, second_reader=True), replace(LUNG_1, second_reader=True))
+    seg, _ = _build(ct, lesions=lesions)
+    seg_path = dataset_write(dataset=seg, path=tmp_path / "seg.dcm")
+    assert dciodvfy_errors(seg_path) == []
+    names = {
+        s.TrackingID: s.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
+        for s in pydicom.dcmread(seg_path).SegmentSequence
+    }
+    assert names == {
+        "Liver 1": "RadTrack liver second reader",
+        "Lung 1": "RadTrack lung second reader",
+    }
+
+
 def test_seg_frames_lie_on_the_source_slices_they_cover(ct):
     headers, grid = ct
     seg, _ = _build(ct)

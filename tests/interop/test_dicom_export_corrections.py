@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from django.conf import settings
 
-from imaging.core.dicom.seg_sr import CLICK_ALGORITHM_NAME
+from imaging.core.dicom.seg_algorithms import CLICK_ALGORITHM_NAME
 from imaging.exports.services import study_dicom_export
 from tests.interop.conftest import analysed_study, dciodvfy_errors
 

@@ -251,13 +251,13 @@ def _core_volume_ml(parts: list[dict[str, Any]]) -> float | None:
 def candidate_origin(candidate: dict[str, Any]) -> str:
     """Who drew a candidate (`LesionMeasurement.Origin`): its ``source`` entry, written
     when a radiologist added, propagated or edited it (`analytics.lesions.review`), else
-    the segmentation step that proposed it (``found_by``: the network, or the liver's
-    second reader, `imaging.core.segmentation.liver_reader`)."""
+    the segmentation step that proposed it (``found_by``: the network, or a second
+    reader, `imaging.core.segmentation.liver_reader` and `lung_reader`)."""
     kind = (candidate.get("source") or {}).get("kind", "")
     origins = LesionMeasurement.Origin
     if kind in origins.values:
         return kind
-    if candidate.get("found_by") == "liver_second_reader":
+    if candidate.get("found_by") in ("liver_second_reader", "lung_second_reader"):
         return origins.SECOND_READER
     return origins.AUTOMATED
 

@@ -75,6 +75,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
+from imaging.core.dicom.seg_algorithms import (
+    ALGORITHM_TYPES,
+    drawn_by_reader,
+    second_reader_name,
+    segment_algorithm_of,
+    segment_algorithms,
+)
 from imaging.core.dicom.seg_geometry import (
     DicomExportError,
     check_orientation,
@@ -101,14 +108,8 @@ MANUFACTURER = "RadTrack"
 #: 4: a segment a radiologist drew or edited says so, and the SR names the editor.
 #: 5: studies of one date are one time point; a provisional link is said.
 #: 6: a segment, and the measurements, the liver's second reader drew name that reader.
-CONTENT_VERSION = 6
-#: A segment's Segment Algorithm Type (0062,0008) by who drew it (`ExportedLesion`).
-ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
-#: The click-guided method a radiologist's added (SEMIAUTOMATIC) segment was grown with.
-CLICK_ALGORITHM_NAME = "RadTrack click-guided region growing"
-#: The classical reader of the liver (`segmentation.liver_reader`): its segments are
-#: AUTOMATIC, but not the model's.
-SECOND_READER_ALGORITHM_NAME = "RadTrack liver second reader"
+#: 7: and the lungs' second reader's name theirs.
+CONTENT_VERSION = 7
 #: States whose lesion has no measurement at all, not even its segment's voxel volume:
 #: a lesion cut by the edge of what was imaged has a segment (where it was seen) whose
 #: every number is only a lower bound.
@@ -135,8 +136,8 @@ class ExportedLesion:
     voxel volume included (`SIZE_NOT_ASSESSABLE_STATES`).
     ``algorithm_type`` is how its segment was drawn (`ALGORITHM_TYPES`): by the model
     (AUTOMATIC), grown from a radiologist's click (SEMIAUTOMATIC), or edited by hand
-    (MANUAL). ``second_reader``: an AUTOMATIC segment drawn by the liver's classical
-    second reader, not the model (its own Algorithm Identification). ``link_provisional``:
+    (MANUAL). ``second_reader``: an AUTOMATIC segment drawn by a classical second reader
+    (the liver's or the lungs'), not the model (its own Algorithm Identification). ``link_provisional``:
     its link to the earlier studies was proposed without a registration (anatomical
     landmarks) and no radiologist has confirmed it yet.
     """
@@ -219,40 +220,6 @@ def _segmented(lesions: Sequence[ExportedLesion]) -> list[ExportedLesion]:
     return segmented
 
 
-def _algorithms(
-    model: SegmentationModel, software_version: str
-) -> dict[str, hd.AlgorithmIdentificationSequence | None]:
-    """The Algorithm Identification of each segment algorithm type (PS3.3 C.8.20.4)."""
-    return {
-        "AUTOMATIC": hd.AlgorithmIdentificationSequence(
-            name=model.name[:64],
-            family=codes.cid7162.ArtificialIntelligence,
-            version=model.version[:64],
-        ),
-        "SEMIAUTOMATIC": hd.AlgorithmIdentificationSequence(
-            name=CLICK_ALGORITHM_NAME,
-            family=codes.cid7162.NeighborhoodAnalysis,
-            version=software_version[:64],
-        ),
-        "MANUAL": None,  # drawn by a person: no algorithm (PS3.3 C.8.20.4)
-        "SECOND_READER": hd.AlgorithmIdentificationSequence(
-            name=SECOND_READER_ALGORITHM_NAME,
-            family=codes.cid7162.MultiScaleResolutionFiltering,
-            version=software_version[:64],
-        ),
-    }
-
-
-def _algorithm_of(
-    lesion: ExportedLesion, algorithms: dict[str, hd.AlgorithmIdentificationSequence | None]
-) -> hd.AlgorithmIdentificationSequence | None:
-    """The Algorithm Identification of a lesion's segment: its type's, or the liver's
-    second reader's for an AUTOMATIC segment the reader drew."""
-    if lesion.second_reader and lesion.algorithm_type == "AUTOMATIC":
-        return algorithms["SECOND_READER"]
-    return algorithms[lesion.algorithm_type]
-
-
 def segmentation_build(
     *,
     source_images: Sequence[Dataset],
@@ -286,7 +253,7 @@ def segmentation_build(
     labels = np.asarray(label_map.array)
     segments = np.zeros(labels.shape, dtype=np.uint16 if len(segmented) > 255 else np.uint8)
     descriptions = []
-    algorithms = _algorithms(model, software_version)
+    algorithms = segment_algorithms(model.name, model.version, software_version)
     for number, lesion in enumerate(segmented, start=1):
         if lesion.algorithm_type not in ALGORITHM_TYPES:
             raise DicomExportError(
@@ -309,7 +276,7 @@ def segmentation_build(
                 segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
                 segmented_property_type=codes.SCT.Lesion,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues[lesion.algorithm_type],
-                algorithm_identification=_algorithm_of(lesion, algorithms),
+                algorithm_identification=segment_algorithm_of(lesion, algorithms),
                 tracking_uid=lesion.tracking_uid,
                 tracking_id=lesion.tracking_id[:64],
                 anatomic_regions=sites,
@@ -530,7 +497,7 @@ def measurement_report_build(
     cited in the Predecessor Documents Sequence (0040,A360). ``editor`` names the
     radiologist who last drew or edited a segment of the study: the report's person
     observer (TID 1003), beside the model as device observer (TID 1004). The measurements
-    of a lesion the liver's second reader drew name that reader, at ``software_version``
+    of a lesion a second reader (the liver's, the lungs') drew name that reader, at ``software_version``
     (RadTrack's), as their algorithm; every other lesion's name the model.
 
     Values are the ones in force (volume in ml, long and short axis in mm, PS3.16
@@ -551,16 +518,16 @@ def measurement_report_build(
         time_point_type=time_point.code,
         time_point_order=time_point.order,
     )
-    reader = hd.sr.AlgorithmIdentification(
-        name=SECOND_READER_ALGORITHM_NAME, version=(software_version or "unversioned")[:64]
-    )
+    version = (software_version or "unversioned")[:64]
     groups = [
         _measurement_group(
             lesion,
             segmentation,
             time_point_context,
-            reader if lesion.second_reader and lesion.algorithm_type == "AUTOMATIC" else algorithm,
-        )  # fmt: skip
+            hd.sr.AlgorithmIdentification(name=second_reader_name(lesion.organ), version=version)
+            if drawn_by_reader(lesion.second_reader, lesion.algorithm_type)
+            else algorithm,
+        )
         for lesion in sorted(lesions, key=lambda lesion: lesion.tracking_id)
     ]
     report = hd.sr.MeasurementReport(

@@ -1,5 +1,5 @@
 """A model run over validation cases: each study through `lesions.lesions_segment` (what
-``process`` runs, without the liver's second reader: the report judges the model, and a
+``process`` runs, without the second readers: the report judges the model, and a
 classical reader that finds what a worse network misses would hide the regression),
 scored against its truth, timed, and its input and output statistics kept (they become
 the model's reference for drift)."""

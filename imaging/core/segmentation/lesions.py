@@ -8,8 +8,8 @@ walls told from nodules by their shape (`blobness.tubular_candidates_filter`), l
 candidates that hold a nodule and the vessel tree it touches cut back to the nodule
 (`vessel_split.vessel_trees_split`), lung candidates that are stretches of a vessel or
 airway wall told by the thickness of the tube leaving them (`tube_exits.tube_exits_filter`),
-the liver's second reader with the same filters
-on what it proposes (`liver_reader`) and the measurements
+the liver's and the lungs' second readers with the same filters
+on what they propose (`liver_reader`, `lung_reader`) and the measurements
 (`measure.lesions_measure`, each lesion with the edges of the scan it reaches).
 """
 
@@ -26,14 +26,14 @@ from imaging.core.geometry.triples import vec3
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.airways import airway_walls_filter
-from imaging.core.segmentation.blobness import tubular_candidates_filter
+from imaging.core.segmentation.blobness import BlobSettings, tubular_candidates_filter
 from imaging.core.segmentation.contrast import candidates_contrast_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
 from imaging.core.segmentation.liver_reader import (
     LiverReaderSettings,
     liver_hypodense_candidates,
-    reader_outline_probability,
 )
+from imaging.core.segmentation.lung_reader import LungReaderSettings, lung_faint_candidates
 from imaging.core.segmentation.measure import LesionMeasurement, lesions_measure
 from imaging.core.segmentation.network import (
     SegmentationOutput,
@@ -48,6 +48,7 @@ from imaging.core.segmentation.postprocess import (
     candidates_keep,
     postprocess_run,
 )
+from imaging.core.segmentation.reader_regions import reader_outline_probability
 from imaging.core.segmentation.tube_exits import tube_exits_filter
 from imaging.core.segmentation.two_level import TWO_LEVEL_RULES
 from imaging.core.segmentation.vessel_split import vessel_trees_split
@@ -133,11 +134,14 @@ def study_around(*, study: Volume, mask: Volume, margin_mm: float = 12.0) -> Vol
 
 
 def _candidates_filtered(
-    output: SegmentationOutput, post: PostprocessResult, around: Volume
+    output: SegmentationOutput, post: PostprocessResult, around: Volume, blobs: bool = True
 ) -> tuple[Volume, tuple[LesionCandidate, ...], tuple[StepRecord, ...]]:
     """The post-processed candidates through the filters on the study's own voxels
     (``around``: contrast, simple cysts, airway walls) and on the network's grid (blobs,
-    vessel trees), with one record per filter."""
+    vessel trees), with one record per filter. ``blobs``: judge the lung candidates'
+    shape by their blob response (`blobness`); off for regions a reader found by their
+    shape already (`lung_reader`: a ground-glass nodule of 2.6 ml, as round as a ball,
+    reads 34 HU of blob response on 238 of contrast, under the filter's share)."""
     # The candidates on the study's own grid, resampled once for the filters there.
     on_study = volume_onto_grid(moving=post.mask, reference=around).array
     candidate_mask, candidates, contrast_record = candidates_contrast_filter(
@@ -148,8 +152,9 @@ def _candidates_filtered(
         organ_label=output.label,
     )  # fmt: skip
     candidate_mask, candidates, tubular_record = tubular_candidates_filter(
-        image=output.image, candidate_mask=candidate_mask, candidates=candidates
-    )
+        image=output.image, candidate_mask=candidate_mask, candidates=candidates,
+        settings=None if blobs else BlobSettings(organs=()),
+    )  # fmt: skip
     candidate_mask, candidates, airway_record = airway_walls_filter(
         study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study
     )
@@ -168,16 +173,29 @@ def _candidates_filtered(
     return candidate_mask, candidates, records
 
 
+#: Each classical second reader: the name its findings carry (``found_by``) and its call.
+#: The lungs' reader judges its regions' shape itself (`_candidates_filtered`'s ``blobs``).
+SECOND_READERS = {
+    "liver_second_reader": lambda on, **kw: liver_hypodense_candidates(
+        settings=LiverReaderSettings(enabled=on), **kw
+    ),
+    "lung_second_reader": lambda on, **kw: lung_faint_candidates(
+        settings=LungReaderSettings(enabled=on), **kw
+    ),
+}
+
+
 def _second_read(
     output: SegmentationOutput, volume: Volume, candidate_mask: Volume,
-    candidates: tuple[LesionCandidate, ...], settings: LiverReaderSettings, first_label: int,
+    candidates: tuple[LesionCandidate, ...], reader: str, on: bool, first_label: int,
 ) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:  # fmt: skip
-    """The liver's second reader (`liver_reader`) on what the filters kept of the
-    network's candidates: the regions it adds go through the same filters on their own
-    (their verdicts in its record, under ``filters``) and join the kept ones."""
+    """A second reader (`SECOND_READERS`: the liver's, the lungs') on what the filters
+    kept of the network's candidates: the regions it adds go through the same filters
+    on their own (their verdicts in its record, under ``filters``) and join the kept
+    ones."""
     kept = PostprocessResult(mask=candidate_mask, candidates=candidates)
-    read, record = liver_hypodense_candidates(
-        post=kept, probabilities=output.probabilities, image=output.image, settings=settings,
+    read, record = SECOND_READERS[reader](
+        on, post=kept, probabilities=output.probabilities, image=output.image,
         first_label=first_label,
     )  # fmt: skip
     added = set(record.details["added_labels"])
@@ -187,14 +205,33 @@ def _second_read(
         own_mask = candidates_keep(read.mask, own)
         around = study_around(study=volume, mask=own_mask)
         own_mask, own, records = _candidates_filtered(
-            output, PostprocessResult(mask=own_mask, candidates=own), around
-        )
+            output, PostprocessResult(mask=own_mask, candidates=own), around,
+            blobs=reader != "lung_second_reader",
+        )  # fmt: skip
         details["kept_labels"] = [c.label_value for c in own]
         details["filters"] = {r.name: r.details for r in records}
         merged = np.where(own_mask.array > 0, own_mask.array, candidate_mask.array)
         candidate_mask = candidate_mask.with_array(merged.astype(read.mask.array.dtype))
         candidates = (*candidates, *own)
     return candidate_mask, candidates, replace(record, details=details)
+
+
+def _second_reads(
+    output: SegmentationOutput, volume: Volume, candidate_mask: Volume,
+    candidates: tuple[LesionCandidate, ...], on: bool, first_label: int,
+) -> tuple[Volume, tuple[LesionCandidate, ...], list[StepRecord], dict[int, str]]:  # fmt: skip
+    """Every second reader in turn (`_second_read`), each one's label values above the
+    last one's; also which reader found each kept label value."""
+    records: list[StepRecord] = []
+    found_by: dict[int, str] = {}
+    for reader in SECOND_READERS:
+        candidate_mask, candidates, record = _second_read(
+            output, volume, candidate_mask, candidates, reader, on, first_label
+        )
+        records.append(record)
+        found_by |= dict.fromkeys(record.details["kept_labels"], reader)
+        first_label = max([first_label - 1, *record.details["added_labels"]]) + 1
+    return candidate_mask, candidates, records, found_by
 
 
 def lesions_segment(
@@ -213,7 +250,7 @@ def lesions_segment(
     nnU-Net, MONAI bundle or ONNX model). ``volume`` is
     the study as `dicom.volume.series_volume` gives it (any orientation; after
     registration or not: centroids come back in the volume's own patient coordinates).
-    ``second_reader``: also run the liver's second reader (`liver_reader`; off where the
+    ``second_reader``: also run the second readers (`liver_reader`, `lung_reader`; off where the
     network alone is judged: model validation, hard-negative mining).
     """
     if model is None:
@@ -228,16 +265,14 @@ def lesions_segment(
     )
     around = study_around(study=volume, mask=post.mask)
     candidate_mask, candidates, filter_records = _candidates_filtered(output, post, around)
-    candidate_mask, candidates, reader_record = _second_read(
-        output, volume, candidate_mask, candidates, LiverReaderSettings(enabled=second_reader),
+    candidate_mask, candidates, reader_records, found_by = _second_reads(
+        output, volume, candidate_mask, candidates, second_reader,
         first_label=int(post.mask.array.max()) + 1,
     )  # fmt: skip
     around = study_around(study=volume, mask=candidate_mask)
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
-    outlined = reader_outline_probability(
-        output.lesion_probability, candidate_mask, reader_record.details["kept_labels"]
-    )
+    outlined = reader_outline_probability(output.lesion_probability, candidate_mask, list(found_by))
     lesions = lesions_measure(
         lesion_probability=outlined,
         candidate_mask=candidate_mask,
@@ -246,8 +281,7 @@ def lesions_segment(
         uncertainty=output.uncertainty,
         scanned=volume,
     )
-    read = set(reader_record.details["kept_labels"])
-    lesions = [replace(m, found_by="liver_second_reader") if m.label_value in read else m
+    lesions = [replace(m, found_by=found_by[m.label_value]) if m.label_value in found_by else m
                for m in lesions]  # fmt: skip
     seconds_measure = time.perf_counter() - t
     measure_record = _measure_record(len(lesions), seconds_measure)
@@ -272,7 +306,7 @@ def lesions_segment(
             *output.records,
             *post.records,
             *filter_records,
-            reader_record,
+            *reader_records,
             measure_record,
         ),
     )

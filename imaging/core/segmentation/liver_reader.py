@@ -63,7 +63,8 @@ from scipy import ndimage
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.body import largest_component
-from imaging.core.segmentation.postprocess import LesionCandidate, PostprocessResult
+from imaging.core.segmentation.postprocess import PostprocessResult
+from imaging.core.segmentation.reader_regions import add_regions, ball_structure, region_box
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 
@@ -98,25 +99,9 @@ def _liver(probabilities: np.ndarray) -> np.ndarray:
     largest = largest_component(liver)
     if not largest.any():
         return largest
-    box = _box(largest, 1)
+    box = region_box(largest, 1)
     largest[box] = ndimage.binary_fill_holes(largest[box])
     return largest
-
-
-def _ball(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
-    """The voxels within ``radius_mm`` of a centre voxel, as a structuring element."""
-    reach = np.floor(radius_mm / spacing_kji).astype(int)
-    axes = [np.arange(-r, r + 1) * d for r, d in zip(reach, spacing_kji, strict=True)]
-    k, j, i = np.meshgrid(*axes, indexing="ij", sparse=True)
-    return (k**2 + j**2 + i**2) <= radius_mm**2
-
-
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
-    found = ndimage.find_objects(mask.astype(np.uint8))[0]
-    return tuple(  # type: ignore[return-value]
-        slice(max(0, s.start - margin), min(n, s.stop + margin))
-        for s, n in zip(found, mask.shape, strict=True)
-    )
 
 
 def _hessians(
@@ -203,7 +188,7 @@ def _read(
     liver's median HU."""
     spacing = np.asarray(image.spacing_mm, dtype=float)[::-1]
     margin = int(np.ceil(3 * max(settings.sigmas_mm) / spacing.min()))
-    box = _box(liver, margin)
+    box = region_box(liver, margin)
     hu = image.array[box].astype(np.float32)
     smoothed = ndimage.gaussian_filter(hu, settings.smooth_sigma_mm / spacing)
     # Fat and air are no lesion of the liver's (a network's liver can reach the lung base
@@ -214,7 +199,7 @@ def _read(
     liver_hu = float(np.median(hu[liver_box]))
     drop = liver_hu - smoothed
     dark = np.clip(liver_hu - hu, -settings.clip_above_hu, settings.clip_below_hu)
-    inside = ndimage.binary_erosion(liver_box, _ball(settings.edge_mm, spacing))
+    inside = ndimage.binary_erosion(liver_box, ball_structure(settings.edge_mm, spacing))
     values = drop[inside] if inside.any() else drop[liver_box]
     noise = 1.4826 * float(np.median(np.abs(values - np.median(values))))
     # Only where a seed could be: dark enough (the seed's own threshold on the drop).
@@ -275,40 +260,6 @@ def _regions(
     return out
 
 
-def _with_added(
-    post: PostprocessResult, probabilities: np.ndarray, box: tuple[slice, ...],
-    regions: list[np.ndarray], voxel_ml: float, first_label: int,
-) -> tuple[PostprocessResult, list[int]]:  # fmt: skip
-    """``post`` with each region (on ``box``) a liver candidate of its own label value."""
-    mask = post.mask.array.copy()
-    first = max(int(mask.max()) + 1, first_label)
-    if mask.dtype == np.uint16 and first + len(regions) >= 65535:
-        mask = mask.astype(np.uint32)
-    candidates = list(post.candidates)
-    lesion_p = probabilities[3][box].astype(np.float32) + probabilities[4][box].astype(np.float32)
-    for number, region in enumerate(regions, start=first):
-        sub = mask[box]
-        sub[region & (sub == 0)] = number
-        where = np.argwhere(region)
-        lo, hi = where.min(axis=0), where.max(axis=0) + 1
-        p = lesion_p[region]
-        bbox = tuple((int(a) + int(b.start), int(c) + int(b.start))
-                     for a, c, b in zip(lo, hi, box, strict=True))  # fmt: skip
-        candidates.append(LesionCandidate(
-            label_value=number, organ="liver", n_voxels=int(region.sum()),
-            volume_ml=float(region.sum() * voxel_ml),
-            confidence=float(np.clip(p.max(), 0.0, 1.0)),
-            mean_probability=float(np.clip(p.mean(), 0.0, 1.0)),
-            bbox_kji=bbox,  # type: ignore[arg-type]
-        ))  # fmt: skip
-    result = PostprocessResult(
-        mask=post.mask.with_array(mask, kind="label"),
-        candidates=tuple(candidates),
-        records=post.records,
-    )
-    return result, list(range(first, first + len(regions)))
-
-
 def liver_hypodense_candidates(
     *,
     post: PostprocessResult,
@@ -341,8 +292,14 @@ def liver_hypodense_candidates(
             "volume_ml": round(float(region.sum() * voxel_ml), 3),
         } for seed, region in found]  # fmt: skip
         if found:
-            post, details["added_labels"] = _with_added(
-                post, probabilities, box, [region for _, region in found], voxel_ml, first_label
+            post, details["added_labels"] = add_regions(
+                post,
+                probabilities,
+                box,
+                [region for _, region in found],
+                voxel_ml,
+                first_label,
+                "liver",
             )
     else:
         details["skipped"] = "no liver of min_liver_ml" if settings.enabled else "turned off"
@@ -354,23 +311,3 @@ def liver_hypodense_candidates(
         details=details,
     )
     return post, record
-
-
-def reader_outline_probability(
-    lesion_probability: Volume, candidate_mask: Volume, added: list[int]
-) -> Volume:
-    """The map `measure.lesions_measure` outlines lesions on: the network's lesion
-    probability, with each region this reader added (label values ``added`` of
-    ``candidate_mask``, the model grid) drawn in as its mask smoothed at 0.7 voxel (0.5 on
-    its edge). The network's probability there is near 0, or over 0.5 on a fragment only,
-    which would outline a sliver of the lesion."""
-    present = [v for v in added if np.any(candidate_mask.array == v)]
-    if not present:
-        return lesion_probability
-    out = lesion_probability.array.astype(np.float32, copy=True)
-    labels = candidate_mask.array
-    for value in present:
-        box = _box(labels == value, 3)
-        drawn = ndimage.gaussian_filter((labels[box] == value).astype(np.float32), 0.7)
-        out[box] = np.maximum(out[box], drawn)
-    return lesion_probability.with_array(out)

@@ -121,8 +121,9 @@ class LesionMeasurement:
     core_hu: float | None = None
     background_hu: float | None = None
     edges_reached: tuple[str, ...] = ()
-    #: what proposed it: ``network`` (the segmenter) or ``liver_second_reader``
+    #: what proposed it: ``network`` (the segmenter), ``liver_second_reader``
     #: (`liver_reader`: a hypodense focal region of the liver the network did not outline)
+    #: or ``lung_second_reader`` (`lung_reader`: a round faint region of a lung)
     found_by: str = "network"
 
     def as_dict(self) -> dict[str, Any]:

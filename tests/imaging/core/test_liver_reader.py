@@ -11,10 +11,10 @@ from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.liver_reader import (
     LiverReaderSettings,
     liver_hypodense_candidates,
-    reader_outline_probability,
 )
 from imaging.core.segmentation.measure import lesions_measure
 from imaging.core.segmentation.postprocess import LesionCandidate, PostprocessResult
+from imaging.core.segmentation.reader_regions import reader_outline_probability
 
 SPACING = 1.5
 SHAPE = (60, 100, 100)  # k, j, i on the model grid

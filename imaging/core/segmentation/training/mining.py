@@ -46,7 +46,7 @@ def case_false_candidates(
     # The case is on the model grid (LPS, its own spacing): its index is its position.
     study = Volume(array=case.hu.astype(np.float32), spacing_mm=case.spacing_mm,
                    origin_mm=(0.0, 0.0, 0.0))  # fmt: skip
-    # The network's own candidates: the liver's second reader's are not its mistakes.
+    # The network's own candidates: the second readers' are not its mistakes.
     seg = lesions_segment(volume=study, model=model, device=device, tta=False, second_reader=False)
     labels = seg.candidate_mask.array
     lesion = case.lesion_code > 0
