@@ -16,6 +16,7 @@ on what they propose (`liver_reader`, `lung_reader`) and the measurements
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -173,14 +174,24 @@ def _candidates_filtered(
     return candidate_mask, candidates, records
 
 
-#: Each classical second reader: the name its findings carry (``found_by``) and its call.
-#: The lungs' reader judges its regions' shape itself (`_candidates_filtered`'s ``blobs``).
+@dataclass(frozen=True)
+class _Reader:
+    """A classical second reader: its call (turned on or off) and whether the blob filter
+    judges what it proposes (not where the reader judges its regions' shape itself)."""
+
+    read: Callable[..., tuple[PostprocessResult, StepRecord]]
+    blobs: bool
+
+
+#: Each classical second reader by the name its findings carry (``found_by``).
 SECOND_READERS = {
-    "liver_second_reader": lambda on, **kw: liver_hypodense_candidates(
-        settings=LiverReaderSettings(enabled=on), **kw
+    "liver_second_reader": _Reader(
+        lambda on, **kw: liver_hypodense_candidates(settings=LiverReaderSettings(enabled=on), **kw),
+        blobs=True,
     ),
-    "lung_second_reader": lambda on, **kw: lung_faint_candidates(
-        settings=LungReaderSettings(enabled=on), **kw
+    "lung_second_reader": _Reader(
+        lambda on, **kw: lung_faint_candidates(settings=LungReaderSettings(enabled=on), **kw),
+        blobs=False,
     ),
 }
 
@@ -194,7 +205,7 @@ def _second_read(
     on their own (their verdicts in its record, under ``filters``) and join the kept
     ones."""
     kept = PostprocessResult(mask=candidate_mask, candidates=candidates)
-    read, record = SECOND_READERS[reader](
+    read, record = SECOND_READERS[reader].read(
         on, post=kept, probabilities=output.probabilities, image=output.image,
         first_label=first_label,
     )  # fmt: skip
@@ -206,7 +217,7 @@ def _second_read(
         around = study_around(study=volume, mask=own_mask)
         own_mask, own, records = _candidates_filtered(
             output, PostprocessResult(mask=own_mask, candidates=own), around,
-            blobs=reader != "lung_second_reader",
+            blobs=SECOND_READERS[reader].blobs,
         )  # fmt: skip
         details["kept_labels"] = [c.label_value for c in own]
         details["filters"] = {r.name: r.details for r in records}
