@@ -64,7 +64,7 @@ from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.body import largest_component
 from imaging.core.segmentation.postprocess import PostprocessResult
-from imaging.core.segmentation.reader_regions import add_regions, ball_structure, region_box
+from imaging.core.segmentation.reader_regions import add_regions, region_box
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 
@@ -102,6 +102,14 @@ def _liver(probabilities: np.ndarray) -> np.ndarray:
     box = region_box(largest, 1)
     largest[box] = ndimage.binary_fill_holes(largest[box])
     return largest
+
+
+def _ball(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
+    """The voxels within ``radius_mm`` of a centre voxel, as a structuring element."""
+    reach = np.floor(radius_mm / spacing_kji).astype(int)
+    axes = [np.arange(-r, r + 1) * d for r, d in zip(reach, spacing_kji, strict=True)]
+    k, j, i = np.meshgrid(*axes, indexing="ij", sparse=True)
+    return (k**2 + j**2 + i**2) <= radius_mm**2
 
 
 def _hessians(
@@ -199,7 +207,7 @@ def _read(
     liver_hu = float(np.median(hu[liver_box]))
     drop = liver_hu - smoothed
     dark = np.clip(liver_hu - hu, -settings.clip_above_hu, settings.clip_below_hu)
-    inside = ndimage.binary_erosion(liver_box, ball_structure(settings.edge_mm, spacing))
+    inside = ndimage.binary_erosion(liver_box, _ball(settings.edge_mm, spacing))
     values = drop[inside] if inside.any() else drop[liver_box]
     noise = 1.4826 * float(np.median(np.abs(values - np.median(values))))
     # Only where a seed could be: dark enough (the seed's own threshold on the drop).

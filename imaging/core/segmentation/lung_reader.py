@@ -169,12 +169,12 @@ def _round(shape: dict[str, float], settings: LungReaderSettings) -> bool:
 
 def _regions(
     image: Volume, existing: np.ndarray, settings: LungReaderSettings
-) -> tuple[list[np.ndarray], list[dict], float]:
-    """The round faint regions that touch no network candidate (full-grid masks), every
-    region's reading (kept or not) for the record, and the lungs' volume (ml)."""
+) -> tuple[tuple[slice, ...], list[np.ndarray], list[dict], float]:
+    """The lungs' box, the round faint regions on it that touch no network candidate,
+    every region's reading (kept or not) for the record, and the lungs' volume (ml)."""
     lungs, box = _lungs(image, settings)
     if not box:
-        return [], [], 0.0
+        return (), [], [], 0.0
     spacing = np.asarray(image.spacing_mm, dtype=float)[::-1]
     voxel_ml = image.voxel_volume_ml
     faint, contrast = _faint(image.array[box], spacing, lungs, voxel_ml, settings)
@@ -202,10 +202,8 @@ def _regions(
             "round": verdict,
         })  # fmt: skip
         if verdict:
-            full = np.zeros(image.array.shape, dtype=bool)
-            full[tuple(slice(o, o + n) for o, n in zip(offset, region.shape, strict=True))] = region
-            kept.append(full)
-    return kept, read, float(lungs.sum() * voxel_ml)
+            kept.append(labels == number)
+    return box, kept, read, float(lungs.sum() * voxel_ml)
 
 
 def lung_faint_candidates(
@@ -224,12 +222,11 @@ def lung_faint_candidates(
     started = time.perf_counter()
     details: dict = {"regions": [], "added_labels": [], "lungs_ml": 0.0}
     if settings.enabled:
-        found, details["regions"], lungs_ml = _regions(image, post.mask.array > 0, settings)
+        box, found, details["regions"], lungs_ml = _regions(image, post.mask.array > 0, settings)
         details["lungs_ml"] = round(lungs_ml, 1)
         if found:
-            whole = tuple(slice(0, n) for n in image.array.shape)
             post, details["added_labels"] = add_regions(
-                post, probabilities, whole, found, image.voxel_volume_ml, first_label, "lung"
+                post, probabilities, box, found, image.voxel_volume_ml, first_label, "lung"
             )
         elif not lungs_ml:
             details["skipped"] = "no lungs of min_lung_ml"

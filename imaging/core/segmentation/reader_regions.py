@@ -10,14 +10,6 @@ from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.postprocess import LesionCandidate, PostprocessResult
 
 
-def ball_structure(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
-    """The voxels within ``radius_mm`` of a centre voxel, as a structuring element."""
-    reach = np.floor(radius_mm / spacing_kji).astype(int)
-    axes = [np.arange(-r, r + 1) * d for r, d in zip(reach, spacing_kji, strict=True)]
-    k, j, i = np.meshgrid(*axes, indexing="ij", sparse=True)
-    return (k**2 + j**2 + i**2) <= radius_mm**2
-
-
 def region_box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
     """The bounding box of ``mask``'s voxels, ``margin`` voxels wider, within its shape."""
     found = ndimage.find_objects(mask.astype(np.uint8))[0]
