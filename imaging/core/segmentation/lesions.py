@@ -8,6 +8,8 @@ walls told from nodules by their shape (`blobness.tubular_candidates_filter`), l
 candidates that hold a nodule and the vessel tree it touches cut back to the nodule
 (`vessel_split.vessel_trees_split`), lung candidates that are stretches of a vessel or
 airway wall told by the thickness of the tube leaving them (`tube_exits.tube_exits_filter`),
+lung candidates that are stretches of an enhanced vessel, blood-pool HU running on out of
+them (`enhanced_vessels.enhanced_vessels_filter`),
 the liver's and the lungs' second readers with the same filters
 on what they propose (`liver_reader`, `lung_reader`) and the measurements
 (`measure.lesions_measure`, each lesion with the edges of the scan it reaches).
@@ -30,6 +32,7 @@ from imaging.core.segmentation.airways import airway_walls_filter
 from imaging.core.segmentation.blobness import BlobSettings, tubular_candidates_filter
 from imaging.core.segmentation.contrast import candidates_contrast_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
+from imaging.core.segmentation.enhanced_vessels import enhanced_vessels_filter
 from imaging.core.segmentation.liver_reader import (
     LiverReaderSettings,
     liver_hypodense_candidates,
@@ -139,7 +142,7 @@ def _candidates_filtered(
 ) -> tuple[Volume, tuple[LesionCandidate, ...], tuple[StepRecord, ...]]:
     """The post-processed candidates through the filters on the study's own voxels
     (``around``: contrast, simple cysts, airway walls) and on the network's grid (blobs,
-    vessel trees), with one record per filter. ``blobs``: judge the lung candidates'
+    vessel trees, tube exits, enhanced vessels), with one record per filter. ``blobs``: judge the lung candidates'
     shape by their blob response (`blobness`); off for regions a reader found by their
     shape already (`lung_reader`: a ground-glass nodule of 2.6 ml, as round as a ball,
     reads 34 HU of blob response on 238 of contrast, under the filter's share)."""
@@ -168,8 +171,12 @@ def _candidates_filtered(
     candidate_mask, candidates, exits_record = tube_exits_filter(
         image=output.image, candidate_mask=candidate_mask, candidates=candidates
     )
+    candidate_mask, candidates, enhanced_record = enhanced_vessels_filter(
+        image=output.image, candidate_mask=candidate_mask, candidates=candidates
+    )
     records = (
-        contrast_record, cysts_record, tubular_record, airway_record, split_record, exits_record
+        contrast_record, cysts_record, tubular_record, airway_record, split_record, exits_record,
+        enhanced_record,
     )  # fmt: skip
     return candidate_mask, candidates, records
 
