@@ -13,7 +13,8 @@ on).
 A lung candidate is dropped when at least ``min_blood_share`` of its tissue voxels (at
 least ``tissue_hu``: the network's outline takes in some lung around a small stretch) are
 in ``blood_hu`` .. ``calcium_hu`` and those voxels join bright voxels of the same band
-beyond the candidate, at least ``min_exit_ml`` of them outside its one-voxel rim.
+beyond the candidate, at least ``min_exit_ml`` of them outside its one-voxel rim (counted
+within ``margin_voxels`` of its bounding box).
 Calcium (``calcium_hu`` and above) is not blood: a calcified nodule's calcification is
 not counted, and it is not connected to a vessel by its calcium either. Without contrast
 the vessels are at soft-tissue density, no voxel reaches ``blood_hu`` and the rule
