@@ -213,16 +213,21 @@ def _blob(response: dict[str, float | None], settings: BlobSettings) -> bool:
     )
 
 
-def grid_and_margin(
-    image: Volume, candidate_mask: Volume, settings: BlobSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """The (k, j, i) spacing of ``image``, which must share ``candidate_mask``'s grid, and
-    the margin (voxels) a candidate's box needs for the largest scale's filters."""
+def grid_shared(image: Volume, candidate_mask: Volume) -> None:
+    """Refuse an image and a candidate mask that are not on one grid (ValueError)."""
     if image.array.shape != candidate_mask.array.shape:
         raise ValueError(
             f"image {image.array.shape} and candidate mask {candidate_mask.array.shape} "
             "must share a grid"
         )
+
+
+def grid_and_margin(
+    image: Volume, candidate_mask: Volume, settings: BlobSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (k, j, i) spacing of ``image``, which must share ``candidate_mask``'s grid, and
+    the margin (voxels) a candidate's box needs for the largest scale's filters."""
+    grid_shared(image, candidate_mask)
     spacing_kji = np.asarray(image.spacing_mm[::-1], dtype=np.float64)
     return spacing_kji, np.ceil(3.0 * max(settings.sigmas_mm) / spacing_kji).astype(int)
 

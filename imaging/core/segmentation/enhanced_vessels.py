@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.blobness import candidate_box
+from imaging.core.segmentation.blobness import candidate_box, grid_shared
 from imaging.core.segmentation.postprocess import LesionCandidate, candidates_keep
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -71,11 +71,7 @@ def enhanced_vessels_filter(
     """Drop lung candidates that are stretches of an enhanced vessel (module docstring).
     ``image`` is the study in HU on ``candidate_mask``'s grid; the record keeps every
     judged candidate's blood share and the bright volume (ml) leaving it."""
-    if image.array.shape != candidate_mask.array.shape:
-        raise ValueError(
-            f"image {image.array.shape} and candidate mask {candidate_mask.array.shape} "
-            "must share a grid"
-        )
+    grid_shared(image, candidate_mask)
     settings = settings or EnhancedVesselSettings()
     started = time.perf_counter()
     voxel_ml = candidate_mask.voxel_volume_ml

@@ -142,9 +142,9 @@ def _candidates_filtered(
 ) -> tuple[Volume, tuple[LesionCandidate, ...], tuple[StepRecord, ...]]:
     """The post-processed candidates through the filters on the study's own voxels
     (``around``: contrast, simple cysts, airway walls) and on the network's grid (blobs,
-    vessel trees, tube exits, enhanced vessels), with one record per filter. ``blobs``: judge the lung candidates'
-    shape by their blob response (`blobness`); off for regions a reader found by their
-    shape already (`lung_reader`: a ground-glass nodule of 2.6 ml, as round as a ball,
+    vessel trees, tube exits, enhanced vessels), with one record per filter. ``blobs``:
+    judge the lung candidates' shape by their blob response (`blobness`); off for regions
+    a reader found by their shape already (`lung_reader`: a ground-glass nodule of 2.6 ml, as round as a ball,
     reads 34 HU of blob response on 238 of contrast, under the filter's share)."""
     # The candidates on the study's own grid, resampled once for the filters there.
     on_study = volume_onto_grid(moving=post.mask, reference=around).array
