@@ -351,6 +351,10 @@ RADTRACK_BROKER_VISIBILITY_TIMEOUT_S = int(
 )
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": RADTRACK_BROKER_VISIBILITY_TIMEOUT_S,
+    # Workers look for such messages every 10 s (kombu's default throttle makes only every
+    # tenth look a scan of Redis, so a lost worker's study waited up to 100 s more).
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
     "socket_connect_timeout": 5,
     # Several installations (or the tests) can share one Redis under their own prefix.
     "global_keyprefix": os.environ.get("RADTRACK_BROKER_KEY_PREFIX", ""),
