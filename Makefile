@@ -10,6 +10,8 @@ DEMO_TIMEPOINTS ?= 3
 DEMO_FIRST_PATIENTS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Processes `make test` runs the suite on (pytest-xdist); each test database is its own.
+TEST_WORKERS ?= 2
 
 # The static files as served (hashed, compressed), collected again when a source changes.
 STATIC_MANIFEST := $(or $(RADTRACK_DATA_DIR),var)/static/staticfiles.json
@@ -65,7 +67,7 @@ run-prod: install $(STATIC_MANIFEST)
 	$(BIN)/honcho start --no-colour -f Procfile -p $(PORT)
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -27,6 +27,13 @@ def require_program(name: str, *, why: str = "") -> str:
     raise AssertionError("unreachable")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, each kept in its order: `make test` runs the suite on two
+    processes (pytest-xdist), which then share the long tests instead of one process
+    finishing them alone after the short ones are done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _cache_clear():
     """Counts kept in the cache (failed API authentications) start afresh in every test."""

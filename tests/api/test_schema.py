@@ -64,6 +64,7 @@ def wsgi_app():
         request_finished.connect(close_old_connections)
 
 
+@pytest.mark.slow
 def test_no_generated_request_gets_a_server_error(wsgi_app):
     rows_make()
     admin = UserFactory(groups=["admin"])

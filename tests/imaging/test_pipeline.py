@@ -66,6 +66,7 @@ def _match(measurements, centres, tolerance_mm=6.0) -> dict[str, LesionMeasureme
     return found
 
 
+@pytest.mark.slow
 def test_two_studies_in_any_order_are_segmented_registered_and_tracked(generated):
     out, simulated = generated
     ingest_paths(paths=[out / "dicom"], process=False)

@@ -68,6 +68,7 @@ def generated(tmp_path_factory):
     return out, patient
 
 
+@pytest.mark.slow
 def test_a_follow_up_that_cannot_be_registered_is_measured_linked_provisionally_and_flagged(
     generated, client
 ):

@@ -122,6 +122,7 @@ def feet_first_study():
     return patient, study, lesions, rendered.volume
 
 
+@pytest.mark.slow
 def test_real_model_finds_and_measures_the_lesions(model, feet_first_study):
     patient, study, lesions, volume = feet_first_study
     result = lesions_segment(volume=volume, model=model, device="cpu", tta=True)

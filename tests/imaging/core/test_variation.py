@@ -66,6 +66,7 @@ def test_a_crop_carries_the_exact_volume_of_the_lesion_it_is_centred_on():
         assert np.median(crop.hu[lung]) < -500
 
 
+@pytest.mark.slow
 def test_liver_lesions_reach_near_isodense_contrast():
     # Subtle metastases in an enhanced liver are where a detector trained on conspicuous
     # ones goes blind: the generator draws hypodense lesions down to 12 HU under the liver

@@ -89,6 +89,7 @@ def test_examples_carry_provenance_and_say_why_one_is_left_out(tmp_path, tiny_so
     assert "added by hand have no drawn mask" in left_out.reason
 
 
+@pytest.mark.slow
 def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locked_set(
     tmp_path, tiny_sources, settings, admin_user
 ):
