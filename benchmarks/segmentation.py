@@ -22,6 +22,9 @@ Each study goes through `segmentation.lesions_segment`, what ``process`` runs. A
 lesion is detected when a candidate's region (dilated by two voxels) holds its centre,
 or a candidate's centroid lies within its equivalent radius + 3 mm; a candidate matching
 no lesion is a false positive, and one matching a simple cyst is counted apart too.
+Each false positive is listed in results.json with its place and size, and on the
+evaluation set with the structures its voxels sit on as the generator drew them
+(bronchus wall, vessel, gallbladder, ...), counted in a table after the rows.
 Volume error: |measured - true| / true for detected lesions of 0.5 ml or more.
 
 Rows: organ and side, size band, slice thickness, patient position and lesion kind, so
@@ -59,7 +62,9 @@ from imaging.core.segmentation.measure import lesion_regions  # noqa: E402
 from imaging.core.segmentation.network import manifest_read, segmenter_load  # noqa: E402
 from imaging.core.synthetic import cohort as cohort_mod  # noqa: E402
 from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm  # noqa: E402
+from imaging.core.synthetic_eval.anatomy import parts_build  # noqa: E402
 from imaging.core.synthetic_eval.cohort import patient_draw, study_render  # noqa: E402
+from imaging.core.synthetic_eval.lesions import visible_at  # noqa: E402
 
 TARGETS = {"sensitivity_05ml": 0.95, "fp_per_study": 0.5, "volume_error": 0.10, "process_s": 20.0}
 EVAL_SEED = 7373
@@ -77,9 +82,11 @@ def _band(value: float, edges: tuple[float, ...], unit: str) -> str:
 
 
 # --------------------------------------------------------------------------- the sets
-def _eval_studies(n: int, cache: Path, size: str = "full", seed: int = EVAL_SEED):
+def _eval_studies(n: int, cache: Path, size: str = "full", seed: int = EVAL_SEED,
+                  structures: dict | None = None):  # fmt: skip
     """(label, volume, truths) of ``n`` evaluation studies (every position, thickness);
-    ``size``: the generator's matrix preset (full 512, medium 256, small 128)."""
+    ``size``: the generator's matrix preset (full 512, medium 256, small 128).
+    ``structures``, when given, gets each study's `_structures_at` under its label."""
     positions = ("HFS", "FFS", "HFP", "FFP")
     thicknesses = (0.625, 1.25, 2.5, 5.0, 1.0, 3.0, 2.0)
     for index in range(n):
@@ -88,6 +95,8 @@ def _eval_studies(n: int, cache: Path, size: str = "full", seed: int = EVAL_SEED
                                thicknesses=(thicknesses[index % len(thicknesses)],),
                                lesion_counts=(4, 3, 1))  # fmt: skip
         study = patient.studies[0]
+        if structures is not None:
+            structures[patient.patient_id] = _structures_at(patient, study)
         path = cache / f"eval-{patient.patient_id}{'' if size == 'full' else '-' + size}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as data:
@@ -107,6 +116,47 @@ def _eval_studies(n: int, cache: Path, size: str = "full", seed: int = EVAL_SEED
                 "pixel_mm": acq.pixel_mm, "kernel": acq.kernel, "noise_hu": acq.noise_hu,
                 "contrast": study.state.contrast}  # fmt: skip
         yield patient.patient_id, volume, truths, info
+
+
+def _structures_at(patient, study):
+    """What the evaluation generator drew at LPS points (N, 3) of ``study``: the name of
+    each point's structure ("lung_bronchus_wall", "lung_vessel", "gallbladder", "lesion",
+    "simple_cyst", ...). Used to say what each false positive sits on; the pipeline never
+    sees it."""
+    parts = parts_build(patient.anatomy, study.state)
+    for lesion in study.lesions:
+        parts += lesion.parts(study.state, patient.anatomy.liver_hu)
+    cysts = {f"lesion:{lesion.lesion_id}" for lesion in study.lesions if lesion.negative}
+    mapping = patient.mapping(study)
+
+    def names(points_lps: np.ndarray) -> np.ndarray:
+        x, y, z = (points_lps[:, i] for i in range(3))
+        drawn = visible_at(parts, np.stack(mapping.to_reference(x, y, z), axis=1))[0]
+        return np.array([("simple_cyst" if n in cysts else "lesion") if str(n).startswith("lesion:")
+                         else str(n) for n in drawn])  # fmt: skip
+
+    return names
+
+
+def _false_positive(m, mask: Volume, label: str, names, on_cyst: bool, rng) -> dict:
+    """One unmatched candidate: where it is, its size, and (evaluation set) the structures
+    under its voxels, shares of up to 400 of them."""
+    record = {"study": label, "organ": m.organ, "volume_ml": m.volume_ml,
+              "centroid_lps_mm": [round(float(c), 1) for c in m.centroid_lps_mm],
+              "on_cyst": on_cyst, "structure": "", "structures": {}}  # fmt: skip
+    if names is None:
+        return record
+    kji = np.argwhere(mask.array == m.label_value)
+    if len(kji) > 400:
+        kji = kji[rng.choice(len(kji), 400, replace=False)]
+    if len(kji) == 0:
+        return record
+    found = names(mask.index_to_lps(kji[:, ::-1].astype(float)))
+    kinds, counts = np.unique(found, return_counts=True)
+    order = np.argsort(-counts)
+    record["structures"] = {str(kinds[i]): round(float(counts[i]) / len(found), 2) for i in order}
+    record["structure"] = str(kinds[order[0]])
+    return record
 
 
 def _training_studies(n: int, seed: int, size: str = "full"):
@@ -141,8 +191,9 @@ def _training_studies(n: int, seed: int, size: str = "full"):
 
 
 # --------------------------------------------------------------------------- scoring
-def score(truths: list[dict], measurements, mask: Volume) -> tuple[list[dict], int, int]:
-    """Rows per true lesion (negatives included), false positives, and those on cysts."""
+def score(truths: list[dict], measurements, mask: Volume) -> tuple[list[dict], list, set[int]]:
+    """Rows per true lesion (negatives included), the candidates matching no lesion (false
+    positives), and the label values of those on simple cysts."""
     regions = lesion_regions(mask.array, dilation_voxels=2)
     claimed: set[int] = set()
     on_negatives: set[int] = set()
@@ -166,7 +217,7 @@ def score(truths: list[dict], measurements, mask: Volume) -> tuple[list[dict], i
             row["organ_found"] = max(matched, key=lambda m: m.volume_ml).organ
         rows.append(row)
     unmatched = [m for m in measurements if m.label_value not in claimed]
-    return rows, len(unmatched), len([m for m in unmatched if m.label_value in on_negatives])
+    return rows, unmatched, on_negatives
 
 
 def _summary(rows: list[dict], studies: int, fps: int, fp_cysts: int) -> dict:
@@ -245,14 +296,22 @@ def process_time(model, device: str, workdir: Path, patients: int = 4) -> dict:
 
 
 # --------------------------------------------------------------------------- main
-def _run_set(name, studies, model, device) -> tuple[list[dict], dict, list[dict]]:
-    rows, per_study = [], []
+def _run_set(name, studies, model, device, structures=None):
+    """(rows, summary, per-study records, false positives) of one set."""
+    rows, per_study, false_positives = [], [], []
     fps = fp_cysts = 0
+    rng = np.random.default_rng(0)
     for n, (label, volume, truths, info) in enumerate(studies, start=1):
         t, cpu = time.perf_counter(), time.process_time()
         seg = lesions_segment(volume=volume, model=model, device=device)
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
-        found, fp, fp_c = score(truths, seg.lesions, seg.candidate_mask)
+        found, unmatched, on_cysts = score(truths, seg.lesions, seg.candidate_mask)
+        names = (structures or {}).get(label)
+        false_positives += [
+            _false_positive(m, seg.candidate_mask, label, names, m.label_value in on_cysts, rng)
+            for m in unmatched
+        ]
+        fp, fp_c = len(unmatched), sum(m.label_value in on_cysts for m in unmatched)
         for r in found:
             r.update(position=info["position"], thickness_mm=info["thickness_mm"], study=label)
         rows += found
@@ -264,7 +323,21 @@ def _run_set(name, studies, model, device) -> tuple[list[dict], dict, list[dict]
         print(f"[{name} {n}] {label} {info['position']} {info['thickness_mm']:g} mm: "
               f"{sum(r['detected'] for r in real)}/{len(real)} found, FP {fp} ({fp_c} on cysts), "
               f"{seconds:.1f} s", flush=True)  # fmt: skip
-    return rows, _summary(rows, len(per_study), fps, fp_cysts), per_study
+    return rows, _summary(rows, len(per_study), fps, fp_cysts), per_study, false_positives
+
+
+def _false_positives_table(false_positives: list[dict], studies: int) -> list[str]:
+    """False positives counted by the organ they were measured in and the structure most
+    of their voxels sit on (evaluation set: from its generator's anatomy)."""
+    counts: dict[tuple[str, str], int] = {}
+    for fp in false_positives:
+        key = (fp["organ"] or "-", fp["structure"] or "-")
+        counts[key] = counts.get(key, 0) + 1
+    lines = ["| organ measured | structure under most of its voxels | false positives | per study |",
+             "| --- | --- | ---: | ---: |"]  # fmt: skip
+    for (organ, structure), count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"| {organ} | {structure} | {count} | {count / max(studies, 1):.2f} |")
+    return lines
 
 
 def main() -> int:
@@ -304,11 +377,14 @@ def main() -> int:
     model = segmenter_load(weights_path=args.weights, device=args.device)
     print(f"model {model.version} on {model.device}, torch threads {torch.get_num_threads()}")
     results = {}
-    sets = {"eval": lambda: _eval_studies(args.studies, args.cache, args.size, args.eval_seed),
+    structures: dict = {}
+    sets = {"eval": lambda: _eval_studies(args.studies, args.cache, args.size, args.eval_seed,
+                                          structures),
             "training": lambda: _training_studies(args.studies, args.seed, args.size)}  # fmt: skip
     for name in ["eval", "training"] if args.generator == "both" else [args.generator]:
-        rows, summary, per_study = _run_set(name, sets[name](), model, args.device)
-        results[name] = {"summary": summary, "lesions": rows, "studies": per_study}
+        rows, summary, per_study, fps = _run_set(name, sets[name](), model, args.device, structures)
+        results[name] = {"summary": summary, "lesions": rows, "studies": per_study,
+                         "false_positives": fps}  # fmt: skip
     for name, result in results.items():
         s = result["summary"]
         print(f"\n### {name} set: {s['studies']} studies, {s['lesions']} lesions "
@@ -318,6 +394,8 @@ def main() -> int:
               f"(target <= 0.5; {s['fp_on_cysts']} on simple cysts); median volume error "
               f"{_pct(s['volume_error_median'])} (target <= 10 %)\n")  # fmt: skip
         print("\n".join(_rows_table(result["lesions"])))
+        if result["false_positives"]:
+            print("\n" + "\n".join(_false_positives_table(result["false_positives"], s["studies"])))
         secs = [st["seconds"] for st in result["studies"]]
         print(
             f"\nseconds per study (lesions_segment): median {np.median(secs):.1f}, max {max(secs):.1f}"
