@@ -95,13 +95,14 @@ def test_an_airway_wall_is_dropped_and_nodules_beside_air_are_kept():
     assert record.name == "postprocess_airway_walls"
     assert record.details["looked_at"] == 5 and record.details["removed"] == 2
     for dropped in ("1", "5"):
-        assert judged[dropped]["airway"] and judged[dropped]["wall_share"] >= 0.4
+        assert judged[dropped]["airway"]
+        assert judged[dropped]["wall_share"] >= AirwaySettings().min_wall_share
     # The solid nodule has no air by it and the cavity is closed: no lumen found.
     assert "2" not in judged and "3" not in judged
     # The nodule against the airway, outlined with its wall: the wall is most of the
     # candidate, but a nodule is left without it.
     beside = judged["4"]
-    assert beside["wall_share"] >= 0.4 and not beside["airway"]
+    assert beside["wall_share"] >= AirwaySettings().min_wall_share and not beside["airway"]
     assert beside["piece_ml"] >= 0.8
     assert beside["piece_dot_hu"] >= AirwaySettings().min_piece_dot_hu
 
