@@ -48,6 +48,7 @@ from scipy import ndimage
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
+from imaging.core.segmentation.body import holes_filled
 from imaging.core.segmentation.contrast import ContrastSettings, candidate_core_ring
 from imaging.core.segmentation.postprocess import LesionCandidate, candidates_keep
 
@@ -144,6 +145,7 @@ def _water_findings(
     around = _liver_around(study, on_study, water, organ_label, candidate_mask,
                            settings.liver_shell_mm) if water else {}  # fmt: skip
     grid_boxes: list[tuple[slice, ...] | None] | None = None  # on the network's grid
+    enclosing = np.zeros(0, dtype=bool)  # the liver with what it encloses, made once
     for value, found in voxels.items():
         if found is None or found[1].size < 8:  # no voxel or no ring: no evidence
             continue
@@ -164,7 +166,11 @@ def _water_findings(
             continue
         if grid_boxes is None:
             grid_boxes = ndimage.find_objects(candidate_mask.array)
-        share = _liver_share(candidate_mask.array, organ_label.array, value, grid_boxes)
+            enclosing = holes_filled(
+                np.isin(organ_label.array, (2, 4))
+                | np.isin(candidate_mask.array, [c.label_value for c in looked])
+            )
+        share = _liver_share(candidate_mask.array, enclosing, value, grid_boxes)
         if share is not None and share < settings.min_liver_share:
             beside[str(value)] = {
                 "median_hu": round(core_hu, 1),
@@ -206,14 +212,17 @@ def _liver_around(
 
 def _liver_share(
     candidates: np.ndarray,
-    organ_label: np.ndarray,
+    liver: np.ndarray,
     value: int,
     boxes: list[tuple[slice, ...] | None],
 ) -> float | None:
     """Share of a shell 1-3 voxels around candidate ``value`` (away from every candidate)
-    inside the liver: what ``organ_label`` calls liver (2) or liver lesion (4), with the
-    holes it encloses; None where the candidate or its shell is empty. ``boxes``:
-    ``ndimage.find_objects(candidates)``."""
+    inside ``liver``: what the network calls liver (2) or liver lesion (4), with the liver
+    candidates and every region they enclose over the whole grid (a rim-enhancing
+    lesion's bright rim, which the network may leave out of both liver and lesion, and a
+    cystic lesion's water, which may reach past any box around the part of it a
+    candidate holds, are inside the liver all the same); None where the candidate or its
+    shell is empty. ``boxes``: ``ndimage.find_objects(candidates)``."""
     found = boxes[value - 1] if value - 1 < len(boxes) else None
     if found is None:
         return None
@@ -224,7 +233,4 @@ def _liver_share(
              & (candidates[box] == 0))  # fmt: skip
     if not shell.any():
         return None
-    # The liver with what it encloses: a rim-enhancing lesion's bright rim, which the
-    # network may leave out of both liver and lesion, is inside the liver all the same.
-    liver = ndimage.binary_fill_holes(np.isin(organ_label[box], (2, 4)) | core)
-    return float(liver[shell].mean())
+    return float(liver[box][shell].mean())

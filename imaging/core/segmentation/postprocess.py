@@ -18,13 +18,17 @@ Steps, in order, each a `preprocess.StepRecord` with its parameters and what it 
    its lungs) or
    whose mean HU is below ``air_hu`` (air: a lesion is tissue, ground glass included;
    noise in lung or around the patient is not).
-7. ``organ_context``: drops components not embedded in an organ. Two witnesses, either
+7. ``organ_context``: drops components not embedded in an organ. Witnesses, any one
    suffices: the network (over a shell of ``organ_shell_voxels`` around the component,
    the mean probability of its organ, lung for a nodule and liver for a liver lesion,
    plus its own lesion class reaches ``min_organ_context``), and for the lungs a
    classical mask that holds in every CT (lungs are air below -400 HU inside the body,
    in components of at least 100 ml; at least ``min_lung_share`` of the shell in it).
-   A component kept by the lung mask alone counts as a lung nodule. Lesions grow inside
+   A component kept by the lung mask alone counts as a lung nodule. For a liver lesion
+   the liver itself witnesses with what it encloses (`body.liver_enclosing`: at least
+   ``min_liver_share`` of the shell in it): the network may leave a cystic lesion's
+   water centre out of both liver and lesion, and the outline of its wall then has
+   that water, labelled neither, as its surrounding. Lesions grow inside
    lung or liver; soft tissue that looks like a lesion in muscle, bowel or heart does
    not have that surrounding. The lung mask also witnesses against the network: a
    component the network calls a nodule with under ``min_nodule_lung_share`` of its
@@ -65,7 +69,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.body import BODY_HU, ClassicalMasks
+from imaging.core.segmentation.body import BODY_HU, ClassicalMasks, liver_enclosing
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -86,6 +90,7 @@ class PostprocessSettings:
     min_organ_context: float = 0.5
     min_lung_share: float = 0.3
     min_nodule_lung_share: float = 0.1
+    min_liver_share: float = 0.9
     smooth_sigma_voxels: float = 0.7
 
     def as_dict(self) -> dict[str, Any]:
@@ -268,20 +273,43 @@ def _organ_context(
     return nodule, float(organ_p[shell].mean()) if shell.any() else 0.0
 
 
+class _EnclosedLiver:
+    """The liver with what it encloses (`body.liver_enclosing`, the components of ``mask``
+    added) on ``work_box``, made on first use: most studies never need it."""
+
+    def __init__(
+        self, full_probabilities: np.ndarray, work_box: tuple[slice, ...], mask: np.ndarray
+    ) -> None:
+        self._args = (full_probabilities, work_box, mask)
+        self._liver: np.ndarray | None = None
+
+    def on(self, box: tuple[slice, ...]) -> np.ndarray:
+        if self._liver is None:
+            full_probabilities, work_box, mask = self._args
+            inside = np.zeros(full_probabilities.shape[1:], dtype=bool)
+            inside[work_box] = mask
+            self._liver = liver_enclosing(full_probabilities, inside=inside)[work_box]
+        return self._liver[box]
+
+
 def _organ_context_step(
     mask: np.ndarray, probabilities: np.ndarray, masks: ClassicalMasks,
     work_box: tuple[slice, slice, slice], settings: PostprocessSettings, recorder: _Recorder,
+    full_probabilities: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Keep components the network or the lung mask puts in an organ; also the voxels of
-    those only the lung mask kept (they count as lung nodules). The lung mask speaks
-    against a nodule only where the study shows lungs at all (a scan of the abdomen may
-    hold too little of them) and inside the body as hole filling found it: a lung the
-    field of view opens to the outside is in neither mask."""
+    """Keep components the network, the lung mask or the liver with what it encloses puts
+    in an organ; also the voxels of those only the lung mask kept (they count as lung
+    nodules). ``probabilities`` are cropped to ``work_box``; the liver's enclosed regions
+    are found on ``full_probabilities`` (a cyst's centre reaches past the box). The lung
+    mask speaks against a nodule only where the study shows lungs at all (a scan of the
+    abdomen may hold too little of them) and inside the body as hole filling found it: a
+    lung the field of view opens to the outside is in neither mask."""
     t = time.perf_counter()
     lungs, filled = masks.crop(masks.lungs, work_box), masks.crop(masks.filled, work_box)
     lungs_found = bool(masks.lungs.any())
     labels, n = _components(mask)
-    removed = by_lung_mask = no_lung = 0
+    removed = by_lung_mask = by_liver_mask = no_lung = 0
+    enclosed = _EnclosedLiver(full_probabilities, work_box, mask)
     lung_only = np.zeros(mask.shape, bool)
     shell_structure = _ball(settings.organ_shell_voxels)
     if n and settings.min_organ_context > 0:
@@ -313,6 +341,13 @@ def _organ_context_step(
                 keep[number] = True
                 by_lung_mask += 1
                 lung_only[box] |= component
+            elif (
+                not nodule
+                and shell.any()
+                and (enclosed.on(box)[shell].mean() >= settings.min_liver_share)
+            ):
+                keep[number] = True
+                by_liver_mask += 1
             else:
                 removed += 1
         mask = keep[labels]
@@ -321,11 +356,14 @@ def _organ_context_step(
         {"shell_voxels": settings.organ_shell_voxels, "min_organ_context": settings.min_organ_context,
          "min_lung_share": settings.min_lung_share,
          "min_nodule_lung_share": settings.min_nodule_lung_share,
+         "min_liver_share": settings.min_liver_share,
          "rule": "mean p(organ) + p(own lesion class) over the shell, or at least "
-                 "min_lung_share of the shell in the lung mask (air < -400 HU inside the body); "
-                 "a nodule the network placed needs min_nodule_lung_share of its shell in "
-                 "the lung mask"},
-        t, mask, removed=removed, kept_by_lung_mask=by_lung_mask, removed_no_lung=no_lung,
+                 "min_lung_share of the shell in the lung mask (air < -400 HU inside the body), "
+                 "or for a liver lesion at least min_liver_share of the shell in the network's "
+                 "liver with the regions it encloses; a nodule the network placed needs "
+                 "min_nodule_lung_share of its shell in the lung mask"},
+        t, mask, removed=removed, kept_by_lung_mask=by_lung_mask,
+        kept_by_liver_mask=by_liver_mask, removed_no_lung=no_lung,
         lungs_found=lungs_found,
     )  # fmt: skip
     return mask, lung_only
@@ -442,7 +480,8 @@ def postprocess_run(
     mask = _min_volume_step(mask, settings, voxel_ml, recorder)
     mask = _outside_body_step(mask, image.array[box], masks.crop(masks.body, box), settings,
                               recorder)  # fmt: skip
-    mask, lung_only = _organ_context_step(mask, probs, masks, box, settings, recorder)
+    mask, lung_only = _organ_context_step(mask, probs, masks, box, settings, recorder,
+                                          probabilities)  # fmt: skip
     mask = _smooth_step(mask, settings, voxel_ml, recorder)
 
     t = time.perf_counter()

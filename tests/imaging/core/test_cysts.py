@@ -165,6 +165,18 @@ def test_fluid_beside_the_liver_is_not_a_liver_lesion(liver_hu):
         organ_label=organs.with_array(rimmed), settings=CystSettings(min_liver_hu=200.0),
     )  # fmt: skip
     assert [c.label_value for c in kept] == [2, 3, 4], record.details
+    # So is the water of a large cystic lesion the network left out whole (18 mm from the
+    # candidate, its part of it: past any box a few voxels round the candidate).
+    centre = np.argwhere(mask.array == 2).mean(axis=0)
+    k, j, i = np.indices(mask.array.shape)
+    water = (k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= 12.0**2
+    wide = organs.array.copy()
+    wide[water & (mask.array == 0)] = 0
+    _, kept, record = simple_cysts_filter(
+        study=study, candidate_mask=mask, candidates=candidates,
+        organ_label=organs.with_array(wide), settings=CystSettings(min_liver_hu=200.0),
+    )  # fmt: skip
+    assert [c.label_value for c in kept] == [2, 3, 4], record.details
 
 
 def _fine_cyst(liver_hu: float):

@@ -159,6 +159,43 @@ def test_a_nodule_the_network_sees_no_lung_around_is_kept_by_the_lung_mask():
     assert strict.candidates == ()
 
 
+def test_a_cystic_lesion_whose_water_the_network_left_out_of_the_liver_is_kept():
+    """The network outlines a cystic lesion's wall and labels its water centre neither
+    liver nor lesion, in a liver it is unsure of (0.55): the wall's surroundings are half
+    that water, under the network's organ context. The liver with what it encloses
+    witnesses for it; the same wall in a notch open to the outside (the gallbladder's
+    fossa) has no such witness and goes."""
+    shape = (48, 96, 96)
+    hu = _trunk(shape, 44.0, 44.0)
+    liver = _ball(shape, (24, 48, 40), 26) & (hu > 0)
+    hu[liver] = 60.0
+    centre, notch = (24, 48, 40), (24, 48, 14)
+    p = np.zeros((5, *shape), np.float32)
+    p[2][liver] = 0.55
+    for where in (centre, notch):
+        water, wall = _ball(shape, where, 8), _ball(shape, where, 10)
+        hu[water] = 10.0
+        p[2][wall] = 0.0
+        p[4][wall & ~water] = 0.9
+    # The notch opens the second wall's water to the body outside the liver.
+    opening = np.zeros(shape, bool)
+    opening[19:30, 43:54, : notch[2] + 1] = True
+    p[4][opening] = 0.0
+    hu[opening & (hu > 0)] = 10.0
+    p[0] = 1.0 - p[2] - p[4]
+    image = Volume(hu, SPACING, (0.0, 0.0, 0.0))
+    result = postprocess_run(probabilities=p, image=image)
+    record = _organ_context_record(result)
+    assert [c.organ for c in result.candidates] == ["liver"], record.details
+    assert result.candidates[0].bbox_kji[2][0] > notch[2] + 10  # the lesion in the liver
+    assert record.details["kept_by_liver_mask"] == 1 and record.details["removed"] == 1
+    # The enclosing liver is the only witness here: without it the lesion goes too.
+    strict = postprocess_run(
+        probabilities=p, image=image, settings=PostprocessSettings(min_liver_share=1.01)
+    )
+    assert strict.candidates == ()
+
+
 def test_no_step_depends_on_the_side(scene):
     """Mirroring the scene left-right mirrors the candidates and changes nothing else."""
     image, p, _ = scene
