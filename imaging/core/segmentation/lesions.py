@@ -44,6 +44,7 @@ from imaging.core.segmentation.network import (
     VolumeSegmenter,
     segmenter_load,
 )
+from imaging.core.segmentation.nodule_extent import nodule_extents
 from imaging.core.segmentation.partial_volume import PARTIAL_VOLUME_RULES
 from imaging.core.segmentation.postprocess import (
     LesionCandidate,
@@ -276,21 +277,23 @@ def lesions_segment(
     started = time.perf_counter()
     output = model.segment(volume=volume, device=device, tta=tta)
     t = time.perf_counter()
-    post = postprocess_run(
-        probabilities=output.probabilities,
-        image=output.image,
-        settings=postprocess_settings,
-    )
+    post = postprocess_run(probabilities=output.probabilities, image=output.image,
+                           settings=postprocess_settings)  # fmt: skip
     around = study_around(study=volume, mask=post.mask)
     candidate_mask, candidates, filter_records = _candidates_filtered(output, post, around)
     candidate_mask, candidates, reader_records, found_by = _second_reads(
         output, volume, candidate_mask, candidates, second_reader,
         first_label=int(post.mask.array.max()) + 1,
     )  # fmt: skip
+    candidate_mask, candidates, grown, extent_record = nodule_extents(
+        image=output.image, candidate_mask=candidate_mask, candidates=candidates
+    )
     around = study_around(study=volume, mask=candidate_mask)
     seconds_post = time.perf_counter() - t
     t = time.perf_counter()
-    outlined = reader_outline_probability(output.lesion_probability, candidate_mask, list(found_by))
+    outlined = reader_outline_probability(
+        output.lesion_probability, candidate_mask, [*found_by, *grown]
+    )
     lesions = lesions_measure(
         lesion_probability=outlined,
         candidate_mask=candidate_mask,
@@ -325,6 +328,7 @@ def lesions_segment(
             *post.records,
             *filter_records,
             *reader_records,
+            extent_record,
             measure_record,
         ),
     )

@@ -144,7 +144,7 @@ def _thick(faint: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarr
     return (ndimage.distance_transform_edt(~inside, sampling=spacing) <= 2.0 * radius_mm) & faint
 
 
-def _shape(region: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
+def shape_of(region: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
     """Inscribed radius (mm: the largest ball the region holds), elongation (largest over
     smallest axis of its second moments) and fullness (its volume over that ball's) of a
     region."""
@@ -159,11 +159,14 @@ def _shape(region: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
     return {"inscribed_mm": inscribed, "elongation": elongation, "fullness": fullness}
 
 
-def _round(shape: dict[str, float], settings: LungReaderSettings) -> bool:
+def round_shape(
+    shape: dict[str, float], *, min_inscribed_mm: float, max_elongation: float, max_fullness: float
+) -> bool:
+    """Whether a region read by `shape_of` is round (module docstring, step 4)."""
     return (
-        shape["inscribed_mm"] >= settings.min_inscribed_mm
-        and shape["elongation"] <= settings.max_elongation
-        and shape["fullness"] <= settings.max_fullness
+        shape["inscribed_mm"] >= min_inscribed_mm
+        and shape["elongation"] <= max_elongation
+        and shape["fullness"] <= max_fullness
     )
 
 
@@ -190,9 +193,12 @@ def _regions(
             continue
         if np.any(near_existing[found] & region):
             continue
-        shape = _shape(region, spacing)
+        shape = shape_of(region, spacing)
         offset = [s.start + b.start for s, b in zip(found, box, strict=True)]
-        verdict = _round(shape, settings)
+        verdict = round_shape(
+            shape, min_inscribed_mm=settings.min_inscribed_mm,
+            max_elongation=settings.max_elongation, max_fullness=settings.max_fullness,
+        )  # fmt: skip
         read.append({
             "centre_kji": [round(float(c), 1) for c in np.argwhere(region).mean(axis=0) + offset],
             "volume_ml": round(volume_ml, 3),

@@ -130,7 +130,7 @@ def test_real_model_finds_and_measures_the_lesions(model, feet_first_study):
     names = [r.name for r in result.records]
     assert names[:4] == ["body_crop", "reorient", "resample", "segment_unet"]
     assert "postprocess_min_volume" in names and names[-1] == "measure_lesions"
-    assert names[-3:-1] == ["liver_second_reader", "lung_second_reader"]
+    assert names[-4:-1] == ["liver_second_reader", "lung_second_reader", "nodule_extent"]
 
     grid = result.candidate_mask
     np.testing.assert_allclose(grid.direction, np.eye(3))  # LPS, though scanned feet-first
