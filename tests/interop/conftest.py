@@ -2,7 +2,8 @@
 
 Orthanc starts as a plain process on free loopback ports with its storage in a
 temporary folder and the DICOMweb plugin loaded (config: ``orthanc/orthanc.json``), and
-is stopped when the module's tests are done.
+is stopped when the module's tests are done. Where another process takes one of its ports
+before Orthanc binds it (parallel test workers), it starts again on other ports.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +75,49 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=5)
 
 
+PORT_ATTEMPTS = 5
+
+
+def _orthanc_start(binary: str, folder: Path, attempt: int):
+    """Orthanc on two free ports, answering, with its log: (server, process, log), or None
+    where another process took one of the ports between `free_port` and Orthanc's bind
+    (parallel test workers open connections whose local ports come from the same range)."""
+    server = OrthancServer(http_port=free_port(), dicom_port=free_port())
+    config = (
+        CONFIG_TEMPLATE.read_text()
+        .replace("@STORAGE@", str(folder / f"storage-{attempt}"))
+        .replace("@HTTP_PORT@", str(server.http_port))
+        .replace("@DICOM_PORT@", str(server.dicom_port))
+    )
+    config_path = folder / f"orthanc-{attempt}.json"
+    config_path.write_text(config)
+    log_path = folder / f"orthanc-{attempt}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (closed by the caller, or here on failure)
+    process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            log.close()
+            text = log_path.read_text(errors="replace")
+            if "already in use" in text:
+                return None
+            pytest.fail(
+                f"Orthanc exited with status {process.returncode} at start:\n{text[-3000:]}"
+            )
+        try:
+            if requests.get(f"{server.url}/system", timeout=1).ok:
+                return server, process, log
+        except requests.RequestException:  # not listening yet, or the port's other owner
+            pass
+        if time.monotonic() > deadline:
+            _stop(process)
+            log.close()
+            pytest.fail(f"Orthanc did not answer on port {server.http_port} within 30 s")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory) -> OrthancServer:
+def orthanc(tmp_path_factory) -> Iterator[OrthancServer]:
     binary = require_program("Orthanc", why="the PACS for the DICOMweb and C-STORE round trip")
     if not DICOMWEB_PLUGIN.exists():
         message = f"{DICOMWEB_PLUGIN} is absent (apt-get install orthanc-dicomweb)"
@@ -82,33 +125,14 @@ def orthanc(tmp_path_factory) -> OrthancServer:
             pytest.fail(message + " and RADTRACK_REQUIRE_ALL=1", pytrace=False)
         pytest.skip(message)
     folder = tmp_path_factory.mktemp("orthanc")
-    server = OrthancServer(http_port=free_port(), dicom_port=free_port())
-    config = (
-        CONFIG_TEMPLATE.read_text()
-        .replace("@STORAGE@", str(folder / "storage"))
-        .replace("@HTTP_PORT@", str(server.http_port))
-        .replace("@DICOM_PORT@", str(server.dicom_port))
-    )
-    config_path = folder / "orthanc.json"
-    config_path.write_text(config)
-    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    for attempt in range(PORT_ATTEMPTS):
+        started = _orthanc_start(binary, folder, attempt)
+        if started is not None:
+            break
+    else:
+        pytest.fail(f"Orthanc found its ports taken {PORT_ATTEMPTS} times in a row")
+    server, process, log = started
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"Orthanc exited with status {process.returncode} at start:\n"
-                    + (folder / "orthanc.log").read_text(errors="replace")[-3000:]
-                )
-            try:
-                if requests.get(f"{server.url}/system", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not answer on port {server.http_port} within 30 s")
-            time.sleep(0.1)
         plugins = requests.get(f"{server.url}/plugins", timeout=5).json()
         assert "dicom-web" in plugins, f"the DICOMweb plugin did not load: {plugins}"
         yield server
