@@ -92,13 +92,13 @@ def nodule_extents(
     grown: list[int] = []
     judged: dict[str, dict] = {}
     boxes = ndimage.find_objects(labels)
+    reach = np.ceil(settings.reach_mm / spacing).astype(int)
     lungs: np.ndarray | None = None
     for candidate in candidates:
         found = boxes[candidate.label_value - 1] if candidate.label_value <= len(boxes) else None
         if not settings.enabled or candidate.organ not in settings.organs or found is None:
             out.append(candidate)
             continue
-        reach = np.ceil(settings.reach_mm / spacing).astype(int)
         box = tuple(slice(max(0, s.start - r), min(n, s.stop + r))
                     for s, r, n in zip(found, reach, labels.shape, strict=True))  # fmt: skip
         if lungs is None:
@@ -176,42 +176,41 @@ def _extent(
     for radius in sorted(settings.open_radii_mm, reverse=True):
         # What the opening leaves of a piece on the nodule's rim lies within the ball.
         part = _part_meeting(_opened(solid, spacing, radius), from_own <= radius)
-        why = _not_taken(part, own, labels, candidate, spacing, settings)
+        why, extent, measures = _judged(part, own, labels, candidate, spacing, settings)
         tried[f"{radius:g}"] = why or "taken"
-        if why is None and part is not None:
-            part = ndimage.binary_fill_holes(part)
-            shape = shape_of(part, spacing)
-            extent_ml = float((part | own).sum() * np.prod(spacing) / 1000.0)
-            return part | own, {
-                **reading, "open_radius_mm": radius, "extent_ml": round(extent_ml, 3),
-                **{k: round(v, 2) for k, v in shape.items()}, "tried": tried, "taken": True,
-            }  # fmt: skip
+        if why is None:
+            return extent, {**reading, "open_radius_mm": radius, **measures, "tried": tried,
+                            "taken": True}  # fmt: skip
     return None, {**reading, "tried": tried, "taken": False}
 
 
-def _not_taken(
+def _judged(
     part: np.ndarray | None, own: np.ndarray, labels: np.ndarray, candidate: LesionCandidate,
     spacing: np.ndarray, settings: NoduleExtentSettings,
-) -> str | None:  # fmt: skip
-    """Why ``part`` is not the candidate's extent, or None where it is."""
+) -> tuple[str | None, np.ndarray | None, dict]:  # fmt: skip
+    """Why ``part`` is not the candidate's extent (None where it is), the extent (the part
+    with its holes filled, and the candidate's own voxels) and its volume and shape, as
+    far as they were read."""
     if part is None:
-        return "no solid part this thick meets it"
+        return "no solid part this thick meets it", None, {}
     if not _ends_inside(part):
-        return "runs on beyond reach_mm"
+        return "runs on beyond reach_mm", None, {}
     part = ndimage.binary_fill_holes(part)
     if np.any(ndimage.binary_dilation(part, iterations=2) & (labels > 0) & ~own):
-        return "meets another candidate"
-    if float((part | own).sum() * np.prod(spacing) / 1000.0) < (
-        settings.min_growth * candidate.volume_ml
-    ):
-        return "the network outlined it whole"
+        return "meets another candidate", None, {}
+    extent = part | own
+    extent_ml = float(extent.sum() * np.prod(spacing) / 1000.0)
+    if extent_ml < settings.min_growth * candidate.volume_ml:
+        return "the network outlined it whole", None, {}
     shape = shape_of(part, spacing)
     if not round_shape(shape, min_inscribed_mm=settings.min_inscribed_mm,
                        max_elongation=settings.max_elongation,
                        max_fullness=settings.max_fullness):  # fmt: skip
-        return (f"not round (inscribed {shape['inscribed_mm']:.1f} mm, elongation "
-                f"{shape['elongation']:.2f}, fullness {shape['fullness']:.2f})")  # fmt: skip
-    return None
+        why = (f"not round (inscribed {shape['inscribed_mm']:.1f} mm, elongation "
+               f"{shape['elongation']:.2f}, fullness {shape['fullness']:.2f})")  # fmt: skip
+        return why, None, {}
+    measures = {"extent_ml": round(extent_ml, 3), **{k: round(v, 2) for k, v in shape.items()}}
+    return None, extent, measures
 
 
 def _opened(solid: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
