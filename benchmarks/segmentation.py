@@ -59,7 +59,12 @@ from imaging.core.geometry.volume import Volume  # noqa: E402
 from imaging.core.registration.register import register  # noqa: E402
 from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.measure import lesion_regions  # noqa: E402
-from imaging.core.segmentation.network import manifest_read, segmenter_load  # noqa: E402
+from imaging.core.segmentation.network import (  # noqa: E402
+    LESION_CLASSES,
+    ORGAN_CLASSES,
+    manifest_read,
+    segmenter_load,
+)
 from imaging.core.synthetic import cohort as cohort_mod  # noqa: E402
 from imaging.core.synthetic.lesion_shape import equivalent_diameter_mm  # noqa: E402
 from imaging.core.synthetic_eval.anatomy import parts_build  # noqa: E402
@@ -191,9 +196,13 @@ def _training_studies(n: int, seed: int, size: str = "full"):
 
 
 # --------------------------------------------------------------------------- scoring
-def score(truths: list[dict], measurements, mask: Volume) -> tuple[list[dict], list, set[int]]:
+def score(
+    truths: list[dict], measurements, mask: Volume, network: tuple[Volume, Volume] | None = None
+) -> tuple[list[dict], list, set[int]]:
     """Rows per true lesion (negatives included), the candidates matching no lesion (false
-    positives), and the label values of those on simple cysts."""
+    positives), and the label values of those on simple cysts. ``network``: its lesion
+    probability and labels (`LesionSegmentation`), read at each missed lesion
+    (`_network_at`)."""
     regions = lesion_regions(mask.array, dilation_voxels=2)
     claimed: set[int] = set()
     on_negatives: set[int] = set()
@@ -215,9 +224,34 @@ def score(truths: list[dict], measurements, mask: Volume) -> tuple[list[dict], l
             row["volume_ml_measured"] = sum(m.volume_ml for m in matched)
             row["volume_error"] = abs(row["volume_ml_measured"] - t["volume_ml"]) / t["volume_ml"]
             row["organ_found"] = max(matched, key=lambda m: m.volume_ml).organ
+        if not matched and not t["negative"] and network is not None:
+            row.update(_network_at(network, centre, t["diameter_mm"] / 2, t["organ"]))
         rows.append(row)
     unmatched = [m for m in measurements if m.label_value not in claimed]
     return rows, unmatched, on_negatives
+
+
+def _network_at(network: tuple[Volume, Volume], centre, radius_mm: float, organ: str) -> dict:
+    """What the network showed within a missed lesion (a ball of its radius on the
+    model grid): its highest lesion probability, and the share of the ball it labelled
+    the lesion's organ or that organ's lesion class. Tells a miss of the network (no
+    probability) from one of what comes after it (a candidate there was removed, or the
+    network outlined a piece of the lesion and left the rest out of its organ)."""
+    probability, label = network
+    spacing = np.asarray(probability.spacing_mm[::-1], dtype=float)
+    kji = np.round(probability.lps_to_index(centre)[::-1]).astype(int)
+    reach = np.maximum(np.ceil(radius_mm / spacing), 0).astype(int)
+    box = tuple(slice(max(0, c - r), max(0, c + r + 1)) for c, r in zip(kji, reach, strict=True))
+    grid = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), -1)
+    ball = (((grid - kji) * spacing) ** 2).sum(-1) <= max(radius_mm, spacing.max()) ** 2
+    p, lab = probability.array[box][ball], label.array[box][ball]
+    if p.size == 0:
+        return {"network_max_probability": None, "network_organ_share": None}
+    codes = [ORGAN_CLASSES[organ], next(k for k, v in LESION_CLASSES.items() if v == organ)]
+    return {
+        "network_max_probability": round(float(p.max()), 3),
+        "network_organ_share": round(float(np.isin(lab, codes).mean()), 3),
+    }
 
 
 def _summary(rows: list[dict], studies: int, fps: int, fp_cysts: int) -> dict:
@@ -305,7 +339,8 @@ def _run_set(name, studies, model, device, structures=None):
         t, cpu = time.perf_counter(), time.process_time()
         seg = lesions_segment(volume=volume, model=model, device=device)
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
-        found, unmatched, on_cysts = score(truths, seg.lesions, seg.candidate_mask)
+        found, unmatched, on_cysts = score(truths, seg.lesions, seg.candidate_mask,
+                                           (seg.lesion_probability, seg.label))  # fmt: skip
         names = (structures or {}).get(label)
         false_positives += [
             _false_positive(m, seg.candidate_mask, label, names, m.label_value in on_cysts, rng)
@@ -324,6 +359,30 @@ def _run_set(name, studies, model, device, structures=None):
               f"{sum(r['detected'] for r in real)}/{len(real)} found, FP {fp} ({fp_c} on cysts), "
               f"{seconds:.1f} s", flush=True)  # fmt: skip
     return rows, _summary(rows, len(per_study), fps, fp_cysts), per_study, false_positives
+
+
+def _misses_table(rows: list[dict]) -> list[str]:
+    """Missed lesions of 0.5 ml or more by organ and kind, split by what the network showed
+    there (`_network_at`): nothing (highest lesion probability under 0.5), or a lesion
+    that the steps after it did not keep, with how much of the lesion it labelled its
+    organ or lesion class."""
+    missed = [r for r in rows if not r["negative"] and not r["detected"] and r["volume_ml"] >= 0.5]
+    lines = ["| missed (>= 0.5 ml) | lesions | network: probability < 0.5 | network >= 0.5, "
+             "not kept after it | of those, under half of the lesion in the network's organ |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    groups: dict[str, list[dict]] = {}
+    for r in missed:
+        groups.setdefault(f"{r['organ']} {r['kind']}", []).append(r)
+    for key in sorted(groups):
+        sel = groups[key]
+        seen = [r for r in sel if (r.get("network_max_probability") or 0.0) >= 0.5]
+        outside = [r for r in seen if (r.get("network_organ_share") or 0.0) < 0.5]
+        lines.append(
+            f"| {key} | {len(sel)} | {len(sel) - len(seen)} | {len(seen)} | {len(outside)} |"
+        )
+    if not missed:
+        lines.append("| none | 0 | 0 | 0 | 0 |")
+    return lines
 
 
 def _false_positives_table(false_positives: list[dict], studies: int) -> list[str]:
@@ -396,6 +455,7 @@ def main() -> int:
         print("\n".join(_rows_table(result["lesions"])))
         if result["false_positives"]:
             print("\n" + "\n".join(_false_positives_table(result["false_positives"], s["studies"])))
+        print("\n" + "\n".join(_misses_table(result["lesions"])))
         secs = [st["seconds"] for st in result["studies"]]
         print(
             f"\nseconds per study (lesions_segment): median {np.median(secs):.1f}, max {max(secs):.1f}"
