@@ -241,7 +241,8 @@ def _network_at(network: tuple[Volume, Volume], centre, radius_mm: float, organ:
     spacing = np.asarray(probability.spacing_mm[::-1], dtype=float)
     kji = np.round(probability.lps_to_index(centre)[::-1]).astype(int)
     reach = np.maximum(np.ceil(radius_mm / spacing), 0).astype(int)
-    box = tuple(slice(max(0, c - r), max(0, c + r + 1)) for c, r in zip(kji, reach, strict=True))
+    box = tuple(slice(min(n, max(0, c - r)), min(n, max(0, c + r + 1)))
+                for c, r, n in zip(kji, reach, probability.array.shape, strict=True))  # fmt: skip
     grid = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij"), -1)
     ball = (((grid - kji) * spacing) ** 2).sum(-1) <= max(radius_mm, spacing.max()) ** 2
     p, lab = probability.array[box][ball], label.array[box][ball]
