@@ -46,13 +46,19 @@ def holes_filled(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def network_liver(probabilities: np.ndarray) -> np.ndarray:
+    """The liver as the network draws it: liver and liver-lesion probabilities summed, at
+    least 0.5 (classes, k, j, i)."""
+    return (probabilities[2].astype(np.float32) + probabilities[4].astype(np.float32)) >= 0.5
+
+
 def liver_enclosing(probabilities: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
-    """The liver as the network draws it (liver and liver-lesion probabilities summed, at
-    least 0.5; ``inside``, such as candidates, added) with every region it encloses: a
+    """The liver as the network draws it (`network_liver`; ``inside``, such as
+    candidates, added) with every region it encloses: a
     fluid-filled lesion the network leaves out of both liver and lesion (a cystic
     metastasis' water centre, a rim lesion's necrosis) is inside the liver all the same.
     The gallbladder and the bowel lie against the liver's surface and are not enclosed."""
-    liver = (probabilities[2].astype(np.float32) + probabilities[4].astype(np.float32)) >= 0.5
+    liver = network_liver(probabilities)
     return holes_filled(liver if inside is None else liver | inside)
 
 

@@ -62,7 +62,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
-from imaging.core.segmentation.body import holes_filled, largest_component
+from imaging.core.segmentation.body import holes_filled, largest_component, network_liver
 from imaging.core.segmentation.postprocess import PostprocessResult
 from imaging.core.segmentation.reader_regions import add_regions, region_box
 
@@ -95,8 +95,7 @@ class LiverReaderSettings:
 
 def _liver(probabilities: np.ndarray) -> np.ndarray:
     """The network's liver with its lesions: the largest component, 3D holes filled."""
-    liver = (probabilities[2].astype(np.float32) + probabilities[4].astype(np.float32)) >= 0.5
-    return holes_filled(largest_component(liver))
+    return holes_filled(largest_component(network_liver(probabilities)))
 
 
 def _ball(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:

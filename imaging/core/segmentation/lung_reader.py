@@ -134,14 +134,17 @@ def _faint(
     return faint | small[holes], contrast
 
 
-def _thick(faint: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
-    """What of ``faint`` an opening with a ball of ``radius_mm`` keeps, grown back by the
-    ball inside ``faint``: by distance transforms, exact for the ball and far cheaper
-    than morphology with it."""
-    inside = ndimage.distance_transform_edt(faint, sampling=spacing) > radius_mm
+def opened_by_distance(
+    mask: np.ndarray, spacing: np.ndarray, radius_mm: float, grow_back_mm: float
+) -> np.ndarray:
+    """What of ``mask`` the centres of the balls of ``radius_mm`` that fit in it, grown
+    back by ``grow_back_mm`` inside ``mask``, cover: an opening with the ball where
+    ``grow_back_mm`` is ``radius_mm``. By distance transforms, exact for the ball and far
+    cheaper than morphology with it."""
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
     if not inside.any():
         return inside
-    return (ndimage.distance_transform_edt(~inside, sampling=spacing) <= 2.0 * radius_mm) & faint
+    return (ndimage.distance_transform_edt(~inside, sampling=spacing) <= grow_back_mm) & mask
 
 
 def shape_of(region: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
@@ -181,7 +184,9 @@ def _regions(
     spacing = np.asarray(image.spacing_mm, dtype=float)[::-1]
     voxel_ml = image.voxel_volume_ml
     faint, contrast = _faint(image.array[box], spacing, lungs, voxel_ml, settings)
-    labels, _ = ndimage.label(_thick(faint, spacing, settings.open_radius_mm))
+    labels, _ = ndimage.label(
+        opened_by_distance(faint, spacing, settings.open_radius_mm, 2.0 * settings.open_radius_mm)
+    )
     near_existing = ndimage.binary_dilation(existing[box])
     kept, read = [], []
     for number, found in enumerate(ndimage.find_objects(labels), start=1):

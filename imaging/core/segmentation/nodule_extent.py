@@ -50,7 +50,7 @@ from scipy import ndimage
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.anatomy import body_lung_arrays
-from imaging.core.segmentation.lung_reader import round_shape, shape_of
+from imaging.core.segmentation.lung_reader import opened_by_distance, round_shape, shape_of
 from imaging.core.segmentation.postprocess import LesionCandidate
 
 
@@ -175,7 +175,7 @@ def _extent(
     tried: dict[str, str] = {}
     for radius in sorted(settings.open_radii_mm, reverse=True):
         # What the opening leaves of a piece on the nodule's rim lies within the ball.
-        part = _part_meeting(_opened(solid, spacing, radius), from_own <= radius)
+        part = _part_meeting(opened_by_distance(solid, spacing, radius, radius), from_own <= radius)
         why, extent, measures = _judged(part, own, labels, candidate, spacing, settings)
         tried[f"{radius:g}"] = why or "taken"
         if why is None:
@@ -211,15 +211,6 @@ def _judged(
         return why, None, {}
     measures = {"extent_ml": round(extent_ml, 3), **{k: round(v, 2) for k, v in shape.items()}}
     return None, extent, measures
-
-
-def _opened(solid: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
-    """The opening of ``solid`` with a ball of ``radius_mm``, by distance transforms: the
-    centres of the balls that fit, grown back by the ball."""
-    inside = ndimage.distance_transform_edt(solid, sampling=spacing) > radius_mm
-    if not inside.any():
-        return inside
-    return (ndimage.distance_transform_edt(~inside, sampling=spacing) <= radius_mm) & solid
 
 
 def _part_meeting(solid: np.ndarray, near: np.ndarray) -> np.ndarray | None:
