@@ -27,8 +27,11 @@ Fluid beside the liver. The gallbladder, a fluid-filled bowel loop or the duoden
 against the liver at water density, and a network that outlines them calls them liver
 lesions. A liver candidate at water density (median <= ``max_median_hu``) with less than
 ``min_liver_share`` of its surroundings (a shell 1-3 voxels out on the network's grid,
-away from other candidates) in the liver as the network labels it is fluid beside the
-liver, enhanced or not: a lesion of the liver, even at its dome or edge, has the liver
+away from other candidates) in the liver as the network draws it (liver and liver-lesion
+probabilities summed, at least 0.5: the liver the organ context and the liver's second
+reader read; the argmax labels leave a noisy unenhanced liver out wherever another class
+comes close, and a lesion the reader found inside its liver read as 7-11 % in it) is
+fluid beside the liver, enhanced or not: a lesion of the liver, even at its dome or edge, has the liver
 around it. On both evaluation seeds (16 studies, shipped network): the 6 gallbladders it
 outlined had 45-85 % of their shell in the liver; every true liver lesion found 88 % or
 more, the one at water density (a rim-enhancing metastasis, median 17 HU) 98 %. An
@@ -74,6 +77,7 @@ def simple_cysts_filter(
     ring: ContrastSettings | None = None,
     on_study: np.ndarray | None = None,
     organ_label: Volume | None = None,
+    liver: np.ndarray | None = None,
 ) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
     """Drop liver candidates that read as simple cysts or as fluid beside the liver
     (module docstring); the record names each one with its median HU and the median HU
@@ -81,7 +85,10 @@ def simple_cysts_filter(
     ``on_study``: a mask on the study's grid holding at least ``candidates`` (an earlier
     filter's, with candidates it dropped: they are left out here), else resampled.
     ``organ_label``: the network's labels on ``candidate_mask``'s grid (2 liver, 4 liver
-    lesion); without it fluid beside the liver is not looked for."""
+    lesion); without it fluid beside the liver is not looked for. ``liver``: the liver
+    the surroundings are read in, on the same grid (`body.network_liver` of the
+    network's probabilities: the liver every other step reads); without it, the
+    voxels labelled liver or liver lesion."""
     settings = settings or CystSettings()
     ring = ring or ContrastSettings()
     started = time.perf_counter()
@@ -96,7 +103,7 @@ def simple_cysts_filter(
             keep[[c.label_value for c in candidates]] = True
             on_study = np.where(keep[on_study], on_study, 0)
         removed, beside = _water_findings(
-            study, on_study, candidate_mask, organ_label, looked, settings, ring
+            study, on_study, candidate_mask, organ_label, looked, settings, ring, liver
         )
     dropped = set(removed) | set(beside)
     kept = tuple(c for c in candidates if str(c.label_value) not in dropped)
@@ -111,8 +118,8 @@ def simple_cysts_filter(
             "network's liver liver_shell_mm from it, else the ring) >= min_liver_hu, on the "
             "study's own voxels: a simple cyst (RECIST 1.1 3.1.3); "
             "median(candidate) <= max_median_hu and under min_liver_share of a shell 1-3 "
-            "voxels around it (network grid) inside the liver (liver and liver-lesion labels "
-            "with the holes they enclose): fluid beside the liver",
+            "voxels around it (network grid) inside the liver (liver and liver-lesion "
+            "probabilities summed >= 0.5, with the holes they enclose): fluid beside the liver",
         },
         versions={"scipy": scipy.__version__, "numpy": np.__version__},
         seconds=time.perf_counter() - started,
@@ -134,6 +141,7 @@ def _water_findings(
     looked: list[LesionCandidate],
     settings: CystSettings,
     ring: ContrastSettings,
+    liver: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """The candidates of ``looked`` read as simple cysts and as fluid beside the liver,
     each with what decided it (`simple_cysts_filter`)."""
@@ -166,9 +174,9 @@ def _water_findings(
             continue
         if grid_boxes is None:
             grid_boxes = ndimage.find_objects(candidate_mask.array)
+            drawn = np.isin(organ_label.array, (2, 4)) if liver is None else liver
             enclosing = holes_filled(
-                np.isin(organ_label.array, (2, 4))
-                | np.isin(candidate_mask.array, [c.label_value for c in looked])
+                drawn | np.isin(candidate_mask.array, [c.label_value for c in looked])
             )
         share = _liver_share(candidate_mask.array, enclosing, value, grid_boxes)
         if share is not None and share < settings.min_liver_share:
@@ -217,7 +225,7 @@ def _liver_share(
     boxes: list[tuple[slice, ...] | None],
 ) -> float | None:
     """Share of a shell 1-3 voxels around candidate ``value`` (away from every candidate)
-    inside ``liver``: what the network calls liver (2) or liver lesion (4), with the liver
+    inside ``liver``: the network's liver (`body.network_liver`), with the liver
     candidates and every region they enclose over the whole grid (a rim-enhancing
     lesion's bright rim, which the network may leave out of both liver and lesion, and a
     cystic lesion's water, which may reach past any box around the part of it a
