@@ -27,12 +27,11 @@ Fluid beside the liver. The gallbladder, a fluid-filled bowel loop or the duoden
 against the liver at water density, and a network that outlines them calls them liver
 lesions. A liver candidate at water density (median <= ``max_median_hu``) with less than
 ``min_liver_share`` of its surroundings (a shell 1-3 voxels out on the network's grid,
-away from other candidates) in the liver as the network draws it (liver and liver-lesion
-probabilities summed, at least 0.5: the liver the organ context and the liver's second
-reader read; the argmax labels leave a noisy unenhanced liver out wherever another class
-comes close, and a lesion the reader found inside its liver read as 7-11 % in it) is
-fluid beside the liver, enhanced or not: a lesion of the liver, even at its dome or edge, has the liver
-around it. On both evaluation seeds (16 studies, shipped network): the 6 gallbladders it
+away from other candidates) in the liver as the network draws it (`body.network_liver`:
+liver and liver-lesion probabilities summed, at least 0.5, the liver the organ context
+and the liver's second reader read, so that no step disagrees with another about where
+the liver is) is fluid beside the liver, enhanced or not: a lesion of the liver, even at
+its dome or edge, has the liver around it. On both evaluation seeds (16 studies, shipped network): the 6 gallbladders it
 outlined had 45-85 % of their shell in the liver; every true liver lesion found 88 % or
 more, the one at water density (a rim-enhancing metastasis, median 17 HU) 98 %. An
 exophytic cystic lesion, most of it outside the liver, would be read as fluid beside it:
@@ -51,7 +50,7 @@ from scipy import ndimage
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
-from imaging.core.segmentation.body import holes_filled
+from imaging.core.segmentation.body import holes_filled, network_liver
 from imaging.core.segmentation.contrast import ContrastSettings, candidate_core_ring
 from imaging.core.segmentation.postprocess import LesionCandidate, candidates_keep
 
@@ -77,7 +76,7 @@ def simple_cysts_filter(
     ring: ContrastSettings | None = None,
     on_study: np.ndarray | None = None,
     organ_label: Volume | None = None,
-    liver: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> tuple[Volume, tuple[LesionCandidate, ...], StepRecord]:
     """Drop liver candidates that read as simple cysts or as fluid beside the liver
     (module docstring); the record names each one with its median HU and the median HU
@@ -85,10 +84,10 @@ def simple_cysts_filter(
     ``on_study``: a mask on the study's grid holding at least ``candidates`` (an earlier
     filter's, with candidates it dropped: they are left out here), else resampled.
     ``organ_label``: the network's labels on ``candidate_mask``'s grid (2 liver, 4 liver
-    lesion); without it fluid beside the liver is not looked for. ``liver``: the liver
-    the surroundings are read in, on the same grid (`body.network_liver` of the
-    network's probabilities: the liver every other step reads); without it, the
-    voxels labelled liver or liver lesion."""
+    lesion); without it fluid beside the liver is not looked for. ``probabilities``: the
+    network's (classes, k, j, i) on the same grid, whose liver (`body.network_liver`)
+    the surroundings are read in; without them, the voxels labelled liver or liver
+    lesion."""
     settings = settings or CystSettings()
     ring = ring or ContrastSettings()
     started = time.perf_counter()
@@ -103,7 +102,7 @@ def simple_cysts_filter(
             keep[[c.label_value for c in candidates]] = True
             on_study = np.where(keep[on_study], on_study, 0)
         removed, beside = _water_findings(
-            study, on_study, candidate_mask, organ_label, looked, settings, ring, liver
+            study, on_study, candidate_mask, organ_label, looked, settings, ring, probabilities
         )
     dropped = set(removed) | set(beside)
     kept = tuple(c for c in candidates if str(c.label_value) not in dropped)
@@ -141,7 +140,7 @@ def _water_findings(
     looked: list[LesionCandidate],
     settings: CystSettings,
     ring: ContrastSettings,
-    liver: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """The candidates of ``looked`` read as simple cysts and as fluid beside the liver,
     each with what decided it (`simple_cysts_filter`)."""
@@ -174,7 +173,8 @@ def _water_findings(
             continue
         if grid_boxes is None:
             grid_boxes = ndimage.find_objects(candidate_mask.array)
-            drawn = np.isin(organ_label.array, (2, 4)) if liver is None else liver
+            drawn = (np.isin(organ_label.array, (2, 4)) if probabilities is None
+                     else network_liver(probabilities))  # fmt: skip
             enclosing = holes_filled(
                 drawn | np.isin(candidate_mask.array, [c.label_value for c in looked])
             )
@@ -225,7 +225,8 @@ def _liver_share(
     boxes: list[tuple[slice, ...] | None],
 ) -> float | None:
     """Share of a shell 1-3 voxels around candidate ``value`` (away from every candidate)
-    inside ``liver``: the network's liver (`body.network_liver`), with the liver
+    inside ``liver``: the network's liver (`body.network_liver`, or its liver and
+    liver-lesion labels), with the liver
     candidates and every region they enclose over the whole grid (a rim-enhancing
     lesion's bright rim, which the network may leave out of both liver and lesion, and a
     cystic lesion's water, which may reach past any box around the part of it a

@@ -30,7 +30,6 @@ from imaging.core.geometry.volume import Volume
 from imaging.core.registration.transforms import volume_onto_grid
 from imaging.core.segmentation.airways import airway_walls_filter
 from imaging.core.segmentation.blobness import BlobSettings, tubular_candidates_filter
-from imaging.core.segmentation.body import network_liver
 from imaging.core.segmentation.contrast import candidates_contrast_filter
 from imaging.core.segmentation.cysts import simple_cysts_filter
 from imaging.core.segmentation.enhanced_vessels import enhanced_vessels_filter
@@ -155,7 +154,7 @@ def _candidates_filtered(
     )
     candidate_mask, candidates, cysts_record = simple_cysts_filter(
         study=around, candidate_mask=candidate_mask, candidates=candidates, on_study=on_study,
-        organ_label=output.label, liver=network_liver(output.probabilities),
+        organ_label=output.label, probabilities=output.probabilities,
     )  # fmt: skip
     candidate_mask, candidates, tubular_record = tubular_candidates_filter(
         image=output.image, candidate_mask=candidate_mask, candidates=candidates,

@@ -178,18 +178,20 @@ def test_fluid_beside_the_liver_is_not_a_liver_lesion(liver_hu):
     )  # fmt: skip
     assert [c.label_value for c in kept] == [2, 3, 4], record.details
     # In a noisy unenhanced liver another class can win the argmax around a lesion while
-    # liver and liver lesion together still hold it: the liver given (the network's liver
-    # as every other step draws it) is the one read; without it the labels are.
-    # (the labels lost over the lesion's surroundings and on to the grid's edge, so that
-    # no hole filling gives them back).
+    # liver and liver lesion together still hold it: given the probabilities, their liver
+    # (as every other step draws it) is read; without them the labels are. The labels are
+    # lost over the lesion's surroundings and on to the grid's edge, so that no hole
+    # filling gives them back.
     faint = organs.array.copy()
     around = ndimage.binary_dilation(mask.array == 2, iterations=4)
     around |= np.maximum.accumulate(around, axis=0)
     faint[around & (mask.array == 0)] = 0
-    drawn = np.isin(organs.array, (2, 4))
+    probabilities = np.zeros((5, *organs.array.shape), dtype=np.float16)
+    probabilities[2][np.isin(organs.array, (2, 4))] = 0.4  # liver and lesion summed: 0.6
+    probabilities[4][np.isin(organs.array, (2, 4))] = 0.2
     _, kept, record = simple_cysts_filter(
         study=study, candidate_mask=mask, candidates=candidates,
-        organ_label=organs.with_array(faint), liver=drawn,
+        organ_label=organs.with_array(faint), probabilities=probabilities,
         settings=CystSettings(min_liver_hu=200.0),
     )  # fmt: skip
     assert [c.label_value for c in kept] == [2, 3, 4], record.details
