@@ -31,10 +31,11 @@ away from other candidates) in the liver as the network draws it (`body.network_
 liver and liver-lesion probabilities summed, at least 0.5, the liver the organ context
 and the liver's second reader read, so that no step disagrees with another about where
 the liver is) is fluid beside the liver, enhanced or not: a lesion of the liver, even at
-its dome or edge, has the liver around it. On both evaluation seeds (16 studies, shipped network): the 6 gallbladders it
-outlined had 45-85 % of their shell in the liver; every true liver lesion found 88 % or
-more, the one at water density (a rim-enhancing metastasis, median 17 HU) 98 %. An
-exophytic cystic lesion, most of it outside the liver, would be read as fluid beside it:
+its dome or edge, has the liver around it. On both evaluation seeds (16 studies, shipped
+network): the 6 gallbladders it outlined had 45-85 % of their shell in the liver; every
+true liver lesion found 88 % or more, the one at water density (a rim-enhancing
+metastasis, median 17 HU) 98 %. An exophytic cystic lesion, most of it outside the
+liver, would be read as fluid beside it:
 the record names each candidate removed with its median and liver share.
 """
 
