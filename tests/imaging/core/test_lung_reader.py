@@ -116,6 +116,25 @@ def test_a_part_solid_nodule_is_added_whole():
     assert region[ggo].mean() > 0.8  # the solid core with its ground glass
 
 
+@pytest.mark.parametrize("noise_hu", [8.0, 30.0])
+def test_a_solid_nodule_is_cut_to_its_own_edge(noise_hu):
+    # The faint level (100 HU over the lung) lies near the foot of a solid nodule's
+    # blurred edge; its region is cut half-way up its own step.
+    image, probabilities, post, ball = _scene(ggo_hu=30.0, noise_hu=noise_hu)
+
+    result, record = lung_faint_candidates(post=post, probabilities=probabilities, image=image)
+
+    added = _added(result)
+    assert len(added) == 1, record.details["regions"]
+    region = result.mask.array == added[0].label_value
+    # The half-way level of a blurred ball lies a little inside its edge; the faint
+    # level's region is 1.9 times the ball.
+    assert region[ball].mean() > 0.8
+    assert 0.8 < region.sum() / ball.sum() < 1.2
+    (solid,) = [r["solid"] for r in record.details["regions"] if "solid" in r]
+    assert solid["core_hu"] > 0.0 and solid["edge_mm"] <= 3.0
+
+
 def test_a_flat_band_of_dependent_density_and_a_lung_without_a_nodule_add_nothing():
     # A band 6 mm thick along the back of the right lung: as dense as ground glass and
     # thick enough to hold the opening's ball, but flat.
