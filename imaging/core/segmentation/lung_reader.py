@@ -46,7 +46,7 @@ it on the model grid, after the filters have judged the network's own candidates
 
 The step record lists every region proposed (centre, volume, mean HU, contrast,
 inscribed radius, elongation, fullness) with its verdict, and a solid one's cut (core and
-level HU, the edge taken off, the volume left), so that a reviewer sees why
+level HU, the edge the cut would take off, the volume kept), so that a reviewer sees why
 a lesion came from this reader and not from the network. Measured on the evaluation
 seeds and the training generator in `benchmarks/README.md`.
 """
@@ -253,7 +253,7 @@ def _regions(
             "contrast_hu": round(float(contrast[found][region].mean()), 1),
             **{k: round(v, 2) for k, v in shape.items()},
             "round": verdict,
-            **({"solid": {**solid, "cut_ml": round(float(cut.sum() * voxel_ml), 3)}}
+            **({"solid": {**solid, "kept_ml": round(float(cut.sum() * voxel_ml), 3)}}
                if solid else {}),
         })  # fmt: skip
         if verdict:
