@@ -227,12 +227,12 @@ def _liver_share(
 ) -> float | None:
     """Share of a shell 1-3 voxels around candidate ``value`` (away from every candidate)
     inside ``liver``: the network's liver (`body.network_liver`, or its liver and
-    liver-lesion labels), with the liver
-    candidates and every region they enclose over the whole grid (a rim-enhancing
-    lesion's bright rim, which the network may leave out of both liver and lesion, and a
-    cystic lesion's water, which may reach past any box around the part of it a
-    candidate holds, are inside the liver all the same); None where the candidate or its
-    shell is empty. ``boxes``: ``ndimage.find_objects(candidates)``."""
+    liver-lesion labels), with the liver candidates and every region they enclose over
+    the whole grid (a rim-enhancing lesion's bright rim, which the network may leave out
+    of both liver and lesion, and a cystic lesion's water, which may reach past any box
+    around the part of it a candidate holds, are inside the liver all the same); None
+    where the candidate or its shell is empty. ``boxes``:
+    ``ndimage.find_objects(candidates)``."""
     found = boxes[value - 1] if value - 1 < len(boxes) else None
     if found is None:
         return None
