@@ -10,6 +10,7 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from imaging.core.registration.anatomy import body_lung_arrays
+from imaging.core.segmentation.precision import single_convert
 
 BODY_HU = -500.0
 _CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -49,7 +50,7 @@ def holes_filled(mask: np.ndarray) -> np.ndarray:
 def network_liver(probabilities: np.ndarray) -> np.ndarray:
     """The liver as the network draws it: liver and liver-lesion probabilities summed, at
     least 0.5 (classes, k, j, i)."""
-    return (probabilities[2].astype(np.float32) + probabilities[4].astype(np.float32)) >= 0.5
+    return (single_convert(probabilities[2]) + single_convert(probabilities[4])) >= 0.5
 
 
 def liver_enclosing(probabilities: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:

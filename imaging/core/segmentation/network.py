@@ -64,6 +64,7 @@ from imaging.core.segmentation.model_input import (
     model_grid,
     model_input_array,
 )
+from imaging.core.segmentation.precision import half_convert, single_convert
 
 CLASSES: tuple[str, ...] = ("background", "lung", "liver", "lung_nodule", "liver_lesion")
 LESION_CLASSES: dict[int, str] = {3: "lung", 4: "liver"}  # class -> organ
@@ -344,7 +345,7 @@ class SegmentationOutput:
     records: tuple[StepRecord, ...] = field(default_factory=tuple)
 
     def class_probability(self, class_index: int) -> np.ndarray:
-        return self.probabilities[class_index].astype(np.float32)
+        return single_convert(self.probabilities[class_index])
 
 
 def _tta_boxes(lesion_prob: np.ndarray, margin: int) -> list[tuple[slice, slice, slice]]:
@@ -397,7 +398,7 @@ def _body_inference(
     probs = np.zeros((len(model.spec.classes), *hu.shape), dtype=np.float16)
     probs[0] = 1.0
     inner = probabilities_predict(model=model, inputs=inputs, device=device)
-    probs[(slice(None), *box)] = inner
+    probs[(slice(None), *box)] = half_convert(inner)
     return box, inputs, probs, inner
 
 
@@ -426,7 +427,7 @@ def _mirrored_pass(
         full = tuple(
             slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True)
         )
-        probs[(slice(None), *full)] = averaged
+        probs[(slice(None), *full)] = half_convert(averaged)
         uncertainty[full] = diff
     return uncertainty, len(tta_boxes)
 
@@ -506,7 +507,7 @@ def segment_volume(
         )
     timings["tta"] = time.perf_counter() - t
     label = np.argmax(probs, axis=0).astype(np.uint8)
-    lesion = (probs[3].astype(np.float32) + probs[4].astype(np.float32)).clip(0.0, 1.0)
+    lesion = (single_convert(probs[3]) + single_convert(probs[4])).clip(0.0, 1.0)
     timings["total"] = time.perf_counter() - started
     record = _inference_record(
         model=model,

@@ -70,6 +70,7 @@ from scipy import ndimage
 from imaging.core.geometry.preprocess import StepRecord
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.body import BODY_HU, ClassicalMasks, liver_enclosing
+from imaging.core.segmentation.precision import single_convert
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
 _CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -264,10 +265,10 @@ def _organ_context(
 ) -> tuple[bool, float]:
     """Whether the component is a nodule (the likelier lesion class), and the mean
     p(organ) + p(own lesion class) over the shell."""
-    p_nodule = probabilities[3][box].astype(np.float32)
-    p_liver = probabilities[4][box].astype(np.float32)
+    p_nodule = single_convert(probabilities[3][box])
+    p_liver = single_convert(probabilities[4][box])
     nodule = bool(p_nodule[component].sum() >= p_liver[component].sum())
-    organ_p = probabilities[1 if nodule else 2][box].astype(np.float32) + (
+    organ_p = single_convert(probabilities[1 if nodule else 2][box]) + (
         p_nodule if nodule else p_liver
     )
     return nodule, float(organ_p[shell].mean()) if shell.any() else 0.0
@@ -460,7 +461,7 @@ def postprocess_run(
     recorder = _Recorder()
 
     t = time.perf_counter()
-    full = probabilities[3].astype(np.float32) + probabilities[4].astype(np.float32)
+    full = single_convert(probabilities[3]) + single_convert(probabilities[4])
     above = full >= settings.threshold
     box = _work_box(above, _MARGIN + settings.organ_shell_voxels)
     mask = above[box]
@@ -487,7 +488,7 @@ def postprocess_run(
     t = time.perf_counter()
     labels, n = _components(mask)
     offset = tuple(s.start for s in box)
-    candidates = _candidates(labels, probs[3].astype(np.float32), probs[4].astype(np.float32),
+    candidates = _candidates(labels, single_convert(probs[3]), single_convert(probs[4]),
                              lung_only, voxel_ml, offset)  # fmt: skip
     recorder.add("components", {"connectivity": 26, "confidence": "max lesion probability"}, t,
                  mask, candidates=len(candidates))  # fmt: skip

@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from imaging.core.geometry.volume import Volume
 from imaging.core.segmentation.postprocess import LesionCandidate, PostprocessResult
+from imaging.core.segmentation.precision import single_convert
 
 
 def region_box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
@@ -30,7 +31,7 @@ def add_regions(
     if mask.dtype == np.uint16 and first + len(regions) >= 65535:
         mask = mask.astype(np.uint32)
     candidates = list(post.candidates)
-    lesion_p = probabilities[3][box].astype(np.float32) + probabilities[4][box].astype(np.float32)
+    lesion_p = single_convert(probabilities[3][box]) + single_convert(probabilities[4][box])
     for number, region in enumerate(regions, start=first):
         sub = mask[box]
         sub[region & (sub == 0)] = number

@@ -33,6 +33,7 @@ from imaging.core.segmentation.network import (
     _tta_boxes,
     device_select,
 )
+from imaging.core.segmentation.precision import half_convert, single_convert
 
 #: HU (k, j, i) of the body's box on the model grid, and whether the predictor may
 #: mirror by itself -> probabilities (labels, k, j, i) in the model's label order.
@@ -163,7 +164,7 @@ class AdapterSegmenter:
             full = tuple(
                 slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True)
             )
-            probs[(slice(None), *full)] = 0.5 * (original + flipped)
+            probs[(slice(None), *full)] = half_convert(0.5 * (original + flipped))
             uncertainty[full] = np.abs((original[3] + original[4]) - (flipped[3] + flipped[4]))
         return uncertainty, len(boxes)
 
@@ -225,7 +226,7 @@ class AdapterSegmenter:
         inner = self._probabilities(np.ascontiguousarray(hu[box]), tta and self.own_mirroring)
         probs = np.zeros((inner.shape[0], *hu.shape), dtype=np.float16)
         probs[0] = 1.0
-        probs[(slice(None), *box)] = inner
+        probs[(slice(None), *box)] = half_convert(inner)
         timings["inference"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -237,7 +238,7 @@ class AdapterSegmenter:
             )  # fmt: skip
         timings["tta"] = time.perf_counter() - t
         label = np.argmax(probs, axis=0).astype(np.uint8)
-        lesion = (probs[3].astype(np.float32) + probs[4].astype(np.float32)).clip(0.0, 1.0)
+        lesion = (single_convert(probs[3]) + single_convert(probs[4])).clip(0.0, 1.0)
         timings["total"] = time.perf_counter() - started
         record = self._record(tta=tta, n_boxes=n_boxes, box=box, timings=timings)
         return SegmentationOutput(
