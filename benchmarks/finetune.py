@@ -214,6 +214,9 @@ def main() -> int:
     parser.add_argument("--mining-steps", type=int, default=0,
                         help="then mine the fine-tuned network's false candidates on the training "
                              "cases as hard negatives and train this many steps more (0: no)")  # fmt: skip
+    parser.add_argument("--distill-weight", type=float, default=0.0,
+                        help="keep the shipped model's softmax where it agrees with the labels, "
+                             "with this weight (learning without forgetting; 0: off)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="training seed (patches, order)")
     parser.add_argument("--tuned-shares", type=_shares, default=(1.0,),
                         help="comma-separated shares of the fine-tuned weights to judge, the rest "
@@ -281,7 +284,7 @@ def main() -> int:
         learning_rate=args.lr, warmup_steps=min(20, args.steps), lesion_bias=0.6,
         validate_every=args.steps, checkpoint_every=args.steps, threads=args.threads,
         freeze_encoder=args.freeze_encoder, hard_negative_share=args.hard_negative_share,
-        mining_steps=args.mining_steps,
+        mining_steps=args.mining_steps, distill_weight=args.distill_weight,
     )  # fmt: skip
     t = time.perf_counter()
     state = {k: v.detach().cpu().float() for k, v in base.network.state_dict().items()}

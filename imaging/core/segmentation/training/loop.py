@@ -1,6 +1,8 @@
 """The training loop: seeded patch batches, Dice + cross-entropy loss, logs, checkpoints, validation.
 
-Loss is ``monai.losses.DiceCELoss`` (softmax, batch Dice, soft targets). Every step's
+Loss is ``monai.losses.DiceCELoss`` (softmax, batch Dice, soft targets), plus in a
+fine-tune with ``distill_weight`` the starting model's softmax kept where it agrees
+with the labels (`distillation_loss`). Every step's
 patches come from a generator seeded by (seed, step), so a resumed run draws what an
 uninterrupted one would. At the last step the batch-norm statistics are recalibrated
 and, with a lesion loss weight, the lesion logit offset is calibrated on the
@@ -87,6 +89,8 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     data_description: dict[str, Any] | None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    #: The starting weights, frozen, where ``settings.distill_weight`` is on.
+    teacher: torch.nn.Module | None = None
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds_before: float = 0.0
@@ -135,6 +139,13 @@ def _run_start(
         encoder_freeze(network, spec)
         frozen_prefixes = encoder_parameter_prefixes(spec)
     network.to(dev)
+    teacher = None
+    if settings.distill_weight > 0:
+        if initial_state is None:
+            raise ValueError("distill_weight needs the starting weights (initial_state)")
+        teacher = network_build(spec)
+        teacher.load_state_dict(initial_state)
+        teacher.to(dev).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(
         [p for p in network.parameters() if p.requires_grad],
         lr=settings.learning_rate,
@@ -156,6 +167,7 @@ def _run_start(
         scheduler=scheduler,
         data_description=data_description,
         loss_fn=_loss_build(settings, dev),
+        teacher=teacher,
     )
 
 
@@ -277,12 +289,33 @@ def _batch(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
+def distillation_loss(
+    *, logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher || student) of the softmax, averaged over the voxels where the
+    teacher's argmax is the labels' (``targets``: one-hot or soft, classes on axis 1);
+    zero (with a gradient) where there are none."""
+    teacher = torch.softmax(teacher_logits.float(), dim=1)
+    agree = teacher.argmax(dim=1) == targets.argmax(dim=1)
+    if not bool(agree.any()):
+        return logits.sum() * 0.0
+    log_student = torch.log_softmax(logits.float(), dim=1)
+    kl = (teacher * (torch.log(teacher.clamp_min(1e-8)) - log_student)).sum(dim=1)
+    return kl[agree].mean()
+
+
 def _optimisation_step(run: _Run) -> None:
     inputs, targets = _batch(run)
     x = inputs.to(run.device)
     y = targets.to(run.device)
     run.optimizer.zero_grad(set_to_none=True)
-    loss = run.loss_fn(run.network(x), y)
+    logits = run.network(x)
+    loss = run.loss_fn(logits, y)
+    if run.teacher is not None:
+        with torch.no_grad():
+            teacher_logits = run.teacher(x)
+        kept = distillation_loss(logits=logits, teacher_logits=teacher_logits, targets=y)
+        loss = loss + run.settings.distill_weight * kept
     loss.backward()
     run.optimizer.step()
     run.scheduler.step()

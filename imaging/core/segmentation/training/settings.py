@@ -28,6 +28,11 @@ class TrainingSettings:
     #: Of a fine-tune, the share of the tuned weights kept; the rest is the starting
     #: model's (`training.interpolation`, weight-space ensembling); 1.0: as tuned.
     tuned_share: float = 1.0
+    #: Of a fine-tune, the weight of a loss that keeps the starting model's softmax
+    #: wherever its argmax agrees with the labels (learning without forgetting: Li and
+    #: Hoiem, 2017; `training.loop`): what it did right elsewhere is kept, what the
+    #: labels correct is learnt. 0: off.
+    distill_weight: float = 0.0
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
     validate_every: int = 400
