@@ -26,7 +26,7 @@ def _options_check(options: dict[str, Any]) -> None:
         raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
     if not 0 < options["lr"] <= 1e-3:
         raise CommandError("--lr must be in (0, 1e-3]: fine-tuning uses a small rate")
-    for name in ("original_cases", "mining_steps"):
+    for name in ("original_cases", "mining_steps", "distill_weight"):
         if options[name] < 0:
             raise CommandError(f"--{name.replace('_', '-')} cannot be negative")
     if not 0 < options["tuned_share"] <= 1:
@@ -50,6 +50,7 @@ def finetune_from_reviews_command(command: BaseCommand, options: dict[str, Any])
         checkpoint_every=max(1, min(50, options["steps"])), threads=options["threads"],
         freeze_encoder=options["freeze_encoder"], lesion_bias=0.6,
         mining_steps=options["mining_steps"], tuned_share=options["tuned_share"],
+        distill_weight=options["distill_weight"],
     )  # fmt: skip
     bar = tqdm(total=settings.steps + settings.mining_steps, desc="finetune", unit="step",
                disable=options["quiet"] or None, file=command.stderr._out)  # fmt: skip

@@ -70,6 +70,14 @@ class Command(BaseCommand):
             "README.md: 0.75 after 2000 steps kept the learnt kind and lowered the new lung "
             "false positives with both seeds measured)",
         )
+        parser.add_argument(
+            "--distill-weight",
+            type=float,
+            default=0.0,
+            help="keep the starting model's softmax wherever it agrees with the labels, with "
+            "this weight beside the Dice + cross-entropy loss (learning without forgetting; "
+            "0: off; benchmarks/README.md has what it was measured to do)",
+        )
         parser.add_argument("--weights", type=Path, default=None, help="base weights (.pt)")
         parser.add_argument("--steps", type=int, default=200)
         parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (small)")
@@ -90,19 +98,7 @@ class Command(BaseCommand):
             return finetune_from_reviews_command(self, options)
         data: Path = options["data"]
         out: Path = options["out"]
-        if not data.is_dir():
-            raise CommandError(f"{data} is not a folder of labelled cases")
-        for name in ("steps", "batch_size", "patch_size"):
-            if options[name] < 1:
-                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
-        if options["patch_size"] % 8:
-            raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
-        if not 0 < options["validation_fraction"] < 1:
-            raise CommandError("--validation-fraction must be between 0 and 1")
-        if not 0 < options["lr"] <= 1e-3:
-            raise CommandError("--lr must be in (0, 1e-3]: fine-tuning uses a small rate")
-        if out.exists() and (out / "checkpoint.pt").exists():
-            raise CommandError(f"{out} already holds a checkpoint; choose another folder")
+        _site_options_check(options)
 
         import torch
 
@@ -128,6 +124,7 @@ class Command(BaseCommand):
             checkpoint_every=max(1, min(50, options["steps"])),
             threads=options["threads"],
             freeze_encoder=options["freeze_encoder"],
+            distill_weight=options["distill_weight"],
         )
         bar = tqdm(total=settings.steps, desc="finetune", unit="step",
                    disable=options["quiet"] or None, file=self.stderr._out)  # fmt: skip
@@ -165,3 +162,24 @@ class Command(BaseCommand):
 
 def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _site_options_check(options: dict) -> None:
+    """A fine-tune on a folder of labelled cases: refuse what cannot run, before loading."""
+    data: Path = options["data"]
+    out: Path = options["out"]
+    if not data.is_dir():
+        raise CommandError(f"{data} is not a folder of labelled cases")
+    for name in ("steps", "batch_size", "patch_size"):
+        if options[name] < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    if options["patch_size"] % 8:
+        raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
+    if not 0 < options["validation_fraction"] < 1:
+        raise CommandError("--validation-fraction must be between 0 and 1")
+    if not 0 < options["lr"] <= 1e-3:
+        raise CommandError("--lr must be in (0, 1e-3]: fine-tuning uses a small rate")
+    if options["distill_weight"] < 0:
+        raise CommandError("--distill-weight cannot be negative")
+    if out.exists() and (out / "checkpoint.pt").exists():
+        raise CommandError(f"{out} already holds a checkpoint; choose another folder")

@@ -108,7 +108,8 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
 
     out = StringIO()
     call_command("finetune_segmenter", "--from-reviews", "--steps=2", "--batch-size=1", "--patch-size=32",
-                 "--original-cases=1", "--mining-steps=1", "--tuned-share=0.5", "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
+                 "--original-cases=1", "--mining-steps=1", "--tuned-share=0.5", "--distill-weight=1",
+                 "--quiet", stdout=out, stderr=StringIO())  # fmt: skip
     shipped = f"lesionseg-{manifest_read()['version']}"
     model = SegmentationModel.objects.get(version=f"{manifest_read()['version']}-ft1")
     assert out.getvalue().startswith(
@@ -123,6 +124,8 @@ def test_finetune_from_reviews_registers_validates_and_never_trains_on_the_locke
     assert isinstance(model.training["mined_false_candidates"], int)
     # and moved half-way back to the active model's weights
     assert model.training["settings"]["tuned_share"] == 0.5
+    # with the active model's softmax kept where it agreed with the reviews
+    assert model.training["settings"]["distill_weight"] == 1.0
     report = model.reports.get()
     assert report.compared_with.label == shipped
     assert [s["study_instance_uid"] for s in report.site_studies] == [locked.study_instance_uid]
@@ -179,3 +182,6 @@ def test_a_tuned_share_outside_0_1_is_refused_before_anything_is_trained():
         with pytest.raises(CommandError, match=r"--tuned-share must be in \(0, 1\]"):
             call_command("finetune_segmenter", "--from-reviews", f"--tuned-share={share}",
                          stdout=StringIO(), stderr=StringIO())  # fmt: skip
+    with pytest.raises(CommandError, match="--distill-weight cannot be negative"):
+        call_command("finetune_segmenter", "--from-reviews", "--distill-weight=-1",
+                     stdout=StringIO(), stderr=StringIO())  # fmt: skip

@@ -128,8 +128,11 @@ def _run_start(
     initial_state: dict[str, torch.Tensor] | None,
     device: str,
     data_description: dict[str, Any] | None,
+    teacher_state: dict[str, torch.Tensor] | None = None,
 ) -> _Run:
-    """The network (from ``initial_state`` if given, encoder frozen if asked) and its optimiser."""
+    """The network (from ``initial_state`` if given, encoder frozen if asked), its
+    optimiser, and with ``distill_weight`` the teacher (``teacher_state``, else
+    ``initial_state``), frozen."""
     dev = device_select(device)
     network = network_build(spec)
     if initial_state is not None:
@@ -141,10 +144,11 @@ def _run_start(
     network.to(dev)
     teacher = None
     if settings.distill_weight > 0:
-        if initial_state is None:
+        kept = teacher_state if teacher_state is not None else initial_state
+        if kept is None:
             raise ValueError("distill_weight needs the starting weights (initial_state)")
         teacher = network_build(spec)
-        teacher.load_state_dict(initial_state)
+        teacher.load_state_dict(kept)
         teacher.to(dev).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(
         [p for p in network.parameters() if p.requires_grad],
@@ -390,6 +394,7 @@ def segmenter_train(
     device: str = "auto",
     on_step: Callable[[int, float], None] | None = None,
     data_description: dict[str, Any] | None = None,
+    teacher_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainingResult:
     """Train (or resume) and checkpoint into ``out_dir``; validate every ``validate_every`` steps.
 
@@ -397,7 +402,9 @@ def segmenter_train(
     history; ``out_dir/train_log.jsonl`` one line per logged step and per validation.
     ``resume`` continues from the checkpoint up to ``settings.steps`` (the settings
     must match the checkpoint's apart from ``steps``, ``validate_every`` and
-    ``checkpoint_every``). ``initial_state`` starts from given weights (fine-tuning).
+    ``checkpoint_every``). ``initial_state`` starts from given weights (fine-tuning);
+    with ``settings.distill_weight`` the run keeps ``teacher_state``'s softmax (default:
+    ``initial_state``'s) where it agrees with the labels.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -412,6 +419,7 @@ def segmenter_train(
         initial_state=initial_state,
         device=device,
         data_description=data_description,
+        teacher_state=teacher_state,
     )
     if resume:
         _checkpoint_resume(run)

@@ -106,7 +106,8 @@ def train_with_mining(
     if settings.mining_steps:
         checkpoint, added = _mined_train(out_dir=out_dir, cases=cases, spec=spec, settings=settings,
                                          checkpoint=checkpoint, device=device, on_step=on_step,
-                                         data_description=data_description)  # fmt: skip
+                                         data_description=data_description,
+                                         teacher_state=initial_state)  # fmt: skip
     if settings.tuned_share < 1.0:
         checkpoint = checkpoint_interpolate(checkpoint=checkpoint, base=initial_state,
                                             share=settings.tuned_share, cases=cases, spec=spec,
@@ -125,8 +126,10 @@ def _mined_train(
     device: str,
     on_step: Callable[[int, float], None] | None,
     data_description: dict[str, Any] | None,
+    teacher_state: dict[str, torch.Tensor],
 ) -> tuple[Path, int]:
-    """Mine the false candidates of the network in ``checkpoint`` and train on from it."""
+    """Mine the false candidates of the network in ``checkpoint`` and train on from it
+    (a distillation loss keeps ``teacher_state``, the model the fine-tune started from)."""
     network = network_from_checkpoint(checkpoint)[0]
     tuned = segmenter_from_network(network=network, spec=spec, device=device)
     mined, added = hard_negatives_mine(cases=cases, model=tuned, device=device)
@@ -142,7 +145,7 @@ def _mined_train(
 
     second = segmenter_train(out_dir=out_dir / "train-mined", train_cases=mined, val_cases=[],
                              spec=spec, settings=again, initial_state=state, device=device,
-                             on_step=on_mined_step,
+                             on_step=on_mined_step, teacher_state=teacher_state,
                              data_description={**(data_description or {}), "mined": added,
                                                "mined_by_organ": by_organ,
                                                "after_steps": settings.steps})  # fmt: skip
