@@ -3,7 +3,6 @@ model agreed with the labels, and learns where the labels correct it."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,9 +15,9 @@ from imaging.core.segmentation.training.loop import (
 )
 from imaging.core.segmentation.training.patches import patch_batch
 from imaging.core.segmentation.training.settings import TrainingSettings
+from tests.imaging.core.training_case import small_case
 
 SPEC = SegmenterSpec(channels=(4, 8, 16, 32))
-SHAPE = (32, 32, 32)
 
 
 def _one_hot(labels: torch.Tensor, classes: int = 5) -> torch.Tensor:
@@ -51,18 +50,7 @@ def test_the_loss_is_zero_where_the_student_is_the_teacher_and_counts_only_agree
 
 
 def _case() -> TrainingCase:
-    rng = np.random.default_rng(0)
-    hu = rng.normal(60.0, 8.0, SHAPE)
-    code = np.zeros(SHAPE, dtype=np.uint8)
-    code[10:16, 10:16, 10:16] = 4
-    hu[code > 0] += 90.0
-    return TrainingCase(
-        case_id="kd", hu=hu.astype(np.int16), organ=np.full(SHAPE, 2, dtype=np.uint8),
-        lesion_fraction=(code > 0).astype(np.float16), lesion_code=code,
-        lesion_index=(code > 0).astype(np.uint8),
-        lesions=({"lesion_id": "kd-C01", "organ": "liver", "volume_ml": 0.7, "diameter_mm": 11.0},),
-        spacing_mm=(1.5, 1.5, 1.5), meta={"source": "site"},
-    )  # fmt: skip
+    return small_case("kd")
 
 
 def _drift(tmp_path, weight: float) -> float:

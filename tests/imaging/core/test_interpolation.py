@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,24 +16,13 @@ from imaging.core.segmentation.training.interpolation import (
 )
 from imaging.core.segmentation.training.loop import checkpoint_read, network_from_checkpoint
 from imaging.core.segmentation.training.settings import TrainingSettings
+from tests.imaging.core.training_case import small_case
 
 SPEC = SegmenterSpec(channels=(4, 8, 16, 32))
-SHAPE = (32, 32, 32)
 
 
 def _case() -> TrainingCase:
-    rng = np.random.default_rng(0)
-    hu = rng.normal(60.0, 8.0, SHAPE)
-    code = np.zeros(SHAPE, dtype=np.uint8)
-    code[10:16, 10:16, 10:16] = 4
-    hu[code > 0] += 90.0
-    return TrainingCase(
-        case_id="mix", hu=hu.astype(np.int16), organ=np.full(SHAPE, 2, dtype=np.uint8),
-        lesion_fraction=(code > 0).astype(np.float16), lesion_code=code,
-        lesion_index=(code > 0).astype(np.uint8),
-        lesions=({"lesion_id": "mix-C01", "organ": "liver", "volume_ml": 0.7, "diameter_mm": 11.0},),
-        spacing_mm=(1.5, 1.5, 1.5), meta={"source": "site"},
-    )  # fmt: skip
+    return small_case("mix")
 
 
 def _states() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
