@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from imaging.core.geometry.volume import Volume  # noqa: E402
 from imaging.core.modelhub.compare import (  # noqa: E402
     Margins,
     paired_volume_errors,
@@ -89,8 +90,6 @@ def _case(
     path = cache / f"{seed}-{index}-{'not-' if other else ''}{kind}-{size}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as data:
-            from imaging.core.geometry.volume import Volume
-
             volume = Volume(array=data["hu"].astype(np.float32), spacing_mm=tuple(data["spacing"]),
                             origin_mm=tuple(data["origin"]), direction=data["direction"])  # fmt: skip
             truths = [TruthLesion(**{**t, "centre_lps_mm": tuple(t["centre_lps_mm"])})
@@ -107,10 +106,18 @@ def _case(
                 np.asarray(t.centre_lps_mm), lesion.reach_mm)  # fmt: skip
             truths.append(TruthLesion(t.lesion_id, t.organ, t.side, t.kind, t.negative, float(t.volume_ml),
                                       tuple(map(float, t.centre_lps_mm)), longest))  # fmt: skip
+        # Judged as stored (whole HU), so that the run that renders a study and every later
+        # run from the cache give the same figures.
+        stored = np.clip(np.round(volume.array), -1024, 3071).astype(np.int16)
+        volume = Volume(
+            array=stored.astype(np.float32),
+            spacing_mm=volume.spacing_mm,
+            origin_mm=volume.origin_mm,
+            direction=volume.direction,
+        )
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, hu=np.clip(np.round(volume.array), -1024, 3071).astype(np.int16),
-                            spacing=volume.spacing_mm, origin=volume.origin_mm, direction=volume.direction,
-                            truth=json.dumps([t.as_json() for t in truths]))  # fmt: skip
+        np.savez_compressed(path, hu=stored, spacing=volume.spacing_mm, origin=volume.origin_mm,
+                            direction=volume.direction, truth=json.dumps([t.as_json() for t in truths]))  # fmt: skip
     return ValidationCase(f"{seed}-{index}", "generated", volume, tuple(truths), {},
                           truth_labels=truth_labels_renderer(patient, study, truths))  # fmt: skip
 

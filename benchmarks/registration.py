@@ -104,11 +104,17 @@ def _cached_volume(patient, study, size: str) -> Volume:
             return Volume(array=data["hu"].astype(np.float32), spacing_mm=tuple(data["spacing"]),
                           origin_mm=tuple(data["origin"]), direction=data["direction"])  # fmt: skip
     volume = study_render(patient, study, seed=SEED).volume
+    # Registered as stored (whole HU): the rendering run and later runs agree.
+    stored = np.clip(np.round(volume.array), -1024, 3071).astype(np.int16)
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, hu=np.clip(np.round(volume.array), -1024, 3071).astype(np.int16),
-                        spacing=volume.spacing_mm, origin=volume.origin_mm,
+    np.savez_compressed(path, hu=stored, spacing=volume.spacing_mm, origin=volume.origin_mm,
                         direction=volume.direction)  # fmt: skip
-    return volume
+    return Volume(
+        array=stored.astype(np.float32),
+        spacing_mm=volume.spacing_mm,
+        origin_mm=volume.origin_mm,
+        direction=volume.direction,
+    )
 
 
 def _inside(volume: Volume, points: np.ndarray, margin_mm: float = 10.0) -> np.ndarray:

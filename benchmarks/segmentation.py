@@ -112,9 +112,17 @@ def _eval_studies(n: int, cache: Path, size: str = "full", seed: int = EVAL_SEED
             rendered = study_render(patient, study, seed=seed)
             volume = rendered.volume
             truths = [vars(t) | {"diameter_mm": t.diameter_mm} for t in rendered.lesions]
+            # Judged as stored (whole HU, as a scanner writes them), so that the run that
+            # renders a study and every later run from the cache give the same figures.
+            stored = np.clip(np.round(volume.array), -1024, 3071).astype(np.int16)
+            volume = Volume(
+                array=stored.astype(np.float32),
+                spacing_mm=volume.spacing_mm,
+                origin_mm=volume.origin_mm,
+                direction=volume.direction,
+            )
             cache.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, hu=np.clip(np.round(volume.array), -1024, 3071).astype(np.int16),
-                                spacing=volume.spacing_mm, origin=volume.origin_mm,
+            np.savez_compressed(path, hu=stored, spacing=volume.spacing_mm, origin=volume.origin_mm,
                                 direction=volume.direction, truth=json.dumps(truths))  # fmt: skip
         acq = study.acquisition
         info = {"position": acq.position, "thickness_mm": acq.slice_thickness_mm,
