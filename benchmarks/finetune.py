@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from imaging.core.geometry.volume import Volume  # noqa: E402
+from imaging.core.geometry.volume import Volume, volume_as_stored  # noqa: E402
 from imaging.core.modelhub.compare import (  # noqa: E402
     Margins,
     paired_volume_errors,
@@ -108,13 +108,7 @@ def _case(
                                       tuple(map(float, t.centre_lps_mm)), longest))  # fmt: skip
         # Judged as stored (whole HU), so that the run that renders a study and every later
         # run from the cache give the same figures.
-        stored = np.clip(np.round(volume.array), -1024, 3071).astype(np.int16)
-        volume = Volume(
-            array=stored.astype(np.float32),
-            spacing_mm=volume.spacing_mm,
-            origin_mm=volume.origin_mm,
-            direction=volume.direction,
-        )
+        stored, volume = volume_as_stored(volume)
         cache.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, hu=stored, spacing=volume.spacing_mm, origin=volume.origin_mm,
                             direction=volume.direction, truth=json.dumps([t.as_json() for t in truths]))  # fmt: skip

@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imaging.core.geometry.volume import Volume  # noqa: E402
+from imaging.core.geometry.volume import Volume, volume_as_stored  # noqa: E402
 from imaging.core.registration.quality import registration_quality  # noqa: E402
 from imaging.core.registration.register import register  # noqa: E402
 from imaging.core.registration.transforms import (  # noqa: E402
@@ -105,16 +105,11 @@ def _cached_volume(patient, study, size: str) -> Volume:
                           origin_mm=tuple(data["origin"]), direction=data["direction"])  # fmt: skip
     volume = study_render(patient, study, seed=SEED).volume
     # Registered as stored (whole HU): the rendering run and later runs agree.
-    stored = np.clip(np.round(volume.array), -1024, 3071).astype(np.int16)
+    stored, as_stored = volume_as_stored(volume)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, hu=stored, spacing=volume.spacing_mm, origin=volume.origin_mm,
                         direction=volume.direction)  # fmt: skip
-    return Volume(
-        array=stored.astype(np.float32),
-        spacing_mm=volume.spacing_mm,
-        origin_mm=volume.origin_mm,
-        direction=volume.direction,
-    )
+    return as_stored
 
 
 def _inside(volume: Volume, points: np.ndarray, margin_mm: float = 10.0) -> np.ndarray:

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from imaging.core.dicom.volume import series_volume  # noqa: E402
-from imaging.core.geometry.volume import Volume  # noqa: E402
+from imaging.core.geometry.volume import Volume, volume_as_stored  # noqa: E402
 from imaging.core.registration.register import register  # noqa: E402
 from imaging.core.segmentation.lesions import lesions_segment  # noqa: E402
 from imaging.core.segmentation.measure import lesion_regions  # noqa: E402
@@ -114,13 +114,7 @@ def _eval_studies(n: int, cache: Path, size: str = "full", seed: int = EVAL_SEED
             truths = [vars(t) | {"diameter_mm": t.diameter_mm} for t in rendered.lesions]
             # Judged as stored (whole HU, as a scanner writes them), so that the run that
             # renders a study and every later run from the cache give the same figures.
-            stored = np.clip(np.round(volume.array), -1024, 3071).astype(np.int16)
-            volume = Volume(
-                array=stored.astype(np.float32),
-                spacing_mm=volume.spacing_mm,
-                origin_mm=volume.origin_mm,
-                direction=volume.direction,
-            )
+            stored, volume = volume_as_stored(volume)
             cache.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, hu=stored, spacing=volume.spacing_mm, origin=volume.origin_mm,
                                 direction=volume.direction, truth=json.dumps(truths))  # fmt: skip

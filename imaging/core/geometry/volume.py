@@ -120,3 +120,15 @@ class Volume:
             frame_of_reference_uid=frame_of_reference_uid,
             kind=kind,
         )
+
+
+def volume_as_stored(volume: Volume) -> tuple[np.ndarray, Volume]:
+    """``volume`` as a CT file stores it: whole HU in int16 (-1024..3071), and that array
+    as a float32 volume on the same grid (no padding: a stored study carries none)."""
+    stored = np.clip(np.round(volume.array), -1024, 3071).astype(np.int16)
+    return stored, Volume(
+        array=stored.astype(np.float32),
+        spacing_mm=volume.spacing_mm,
+        origin_mm=volume.origin_mm,
+        direction=volume.direction,
+    )
