@@ -14,11 +14,8 @@ from imaging.core.segmentation.training.settings import TrainingSettings
 from imaging.modelhub.services import RegistryError
 
 
-def _options_check(options: dict[str, Any]) -> None:
-    if not options["from_reviews"]:
-        raise CommandError("give DATA and --out, or --from-reviews")
-    if options["data"] is not None or options["out"] is not None:
-        raise CommandError("--from-reviews takes no DATA or --out: the registry keeps the result")
+def training_options_check(options: dict[str, Any]) -> None:
+    """What every fine-tune of ``finetune_segmenter`` refuses (site data or reviews)."""
     for name in ("steps", "batch_size", "patch_size"):
         if options[name] < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
@@ -26,7 +23,17 @@ def _options_check(options: dict[str, Any]) -> None:
         raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
     if not 0 < options["lr"] <= 1e-3:
         raise CommandError("--lr must be in (0, 1e-3]: fine-tuning uses a small rate")
-    for name in ("original_cases", "mining_steps", "distill_weight"):
+    if options["distill_weight"] < 0:
+        raise CommandError("--distill-weight cannot be negative")
+
+
+def _options_check(options: dict[str, Any]) -> None:
+    if not options["from_reviews"]:
+        raise CommandError("give DATA and --out, or --from-reviews")
+    if options["data"] is not None or options["out"] is not None:
+        raise CommandError("--from-reviews takes no DATA or --out: the registry keeps the result")
+    training_options_check(options)
+    for name in ("original_cases", "mining_steps"):
         if options[name] < 0:
             raise CommandError(f"--{name.replace('_', '-')} cannot be negative")
     if not 0 < options["tuned_share"] <= 1:

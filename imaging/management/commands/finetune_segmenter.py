@@ -166,20 +166,14 @@ def _f(value: float | None) -> str:
 
 def _site_options_check(options: dict) -> None:
     """A fine-tune on a folder of labelled cases: refuse what cannot run, before loading."""
+    from imaging.modelhub.finetune_command import training_options_check
+
     data: Path = options["data"]
     out: Path = options["out"]
     if not data.is_dir():
         raise CommandError(f"{data} is not a folder of labelled cases")
-    for name in ("steps", "batch_size", "patch_size"):
-        if options[name] < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
-    if options["patch_size"] % 8:
-        raise CommandError("--patch-size must be a multiple of 8 (three 2x poolings)")
+    training_options_check(options)
     if not 0 < options["validation_fraction"] < 1:
         raise CommandError("--validation-fraction must be between 0 and 1")
-    if not 0 < options["lr"] <= 1e-3:
-        raise CommandError("--lr must be in (0, 1e-3]: fine-tuning uses a small rate")
-    if options["distill_weight"] < 0:
-        raise CommandError("--distill-weight cannot be negative")
     if out.exists() and (out / "checkpoint.pt").exists():
         raise CommandError(f"{out} already holds a checkpoint; choose another folder")
