@@ -65,6 +65,13 @@ class Command(BaseCommand):
             "shipped weights file (fresh optimiser and schedule; recorded in the model card)",
         )
         parser.add_argument(
+            "--distill-weight",
+            type=float,
+            default=0.0,
+            help="with --init-from: weight of a loss keeping the starting model's softmax "
+            "where it agrees with the labels (learning without forgetting; 0: off)",
+        )
+        parser.add_argument(
             "--generated",
             action="store_true",
             help="train on patches drawn fresh from the variation generator "
@@ -200,6 +207,7 @@ class Command(BaseCommand):
             cohort_acquisition_share=options["cohort_acquisition_share"],
             loader_workers=options["loader_workers"],
             recalibrate_batches=options["recalibrate_batches"],
+            distill_weight=options["distill_weight"],
         )
         steps_bar = tqdm(total=settings.steps, desc="train", unit="step",
                          disable=options["quiet"] or None, file=self.stderr._out)  # fmt: skip
@@ -244,11 +252,7 @@ def _options_check(options: dict[str, Any]) -> None:
     out: Path = options["out"]
     if out.exists() and not out.is_dir():
         raise CommandError(f"{out} exists and is not a folder")
-    init = options["init_from"]
-    if init is not None and not init.is_file():
-        raise CommandError(f"--init-from: no checkpoint at {init}")
-    if init is not None and options["resume"]:
-        raise CommandError("--init-from starts a new run; it cannot be combined with --resume")
+    _warm_start_options_check(options)
     if not 0 <= options["lesion_bias"] <= 1:
         raise CommandError("--lesion-bias must be between 0 and 1")
     if options["resume"] and not (out / "checkpoint.pt").exists():
@@ -258,6 +262,18 @@ def _options_check(options: dict[str, Any]) -> None:
             f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
             "another folder"
         )
+
+
+def _warm_start_options_check(options: dict[str, Any]) -> None:
+    init = options["init_from"]
+    if init is not None and not init.is_file():
+        raise CommandError(f"--init-from: no checkpoint at {init}")
+    if init is not None and options["resume"]:
+        raise CommandError("--init-from starts a new run; it cannot be combined with --resume")
+    if options["distill_weight"] < 0:
+        raise CommandError("--distill-weight must be >= 0")
+    if options["distill_weight"] > 0 and init is None:
+        raise CommandError("--distill-weight keeps the starting model: it needs --init-from")
 
 
 def _generated_options_check(options: dict[str, Any]) -> None:
