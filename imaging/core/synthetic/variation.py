@@ -135,7 +135,9 @@ def anatomy_vary(rng: np.random.Generator) -> BodyAnatomy:
         base,
         body_semi_axes_mm=body,
         fat_thickness_mm=float(rng.uniform(4.0, 35.0)),
-        liver_hu=float(rng.uniform(45.0, 110.0)),  # unenhanced to portal venous
+        # A fatty liver reads 30-45 HU unenhanced (steatosis is common after chemotherapy);
+        # a normal one 50-65, and up to 110 in the portal venous phase.
+        liver_hu=float(rng.uniform(30.0, 110.0)),
         **organs,
     )
 
