@@ -164,12 +164,13 @@ def model_card_write(
     steps: int,
     title: str = "Lesion segmenter",
     extra: str = "",
+    written_by: str = "manage.py train_segmenter",
 ) -> Path:
     """A model card in Markdown: what, data, settings, validation figures, limits."""
     lines = [
         f"# {title}: {spec.label}",
         "",
-        "Written by `manage.py train_segmenter`; numbers below are measured, not assumed.",
+        f"Written by `{written_by}`; numbers below are measured, not assumed.",
         "",
         *_card_model(spec, manifest),
         *_card_training(data, settings, steps, seconds),
