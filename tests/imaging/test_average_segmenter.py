@@ -11,21 +11,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from imaging.core.segmentation.network import WEIGHTS_DIR, file_sha256, segmenter_load
-from imaging.core.segmentation.training.averaging import state_average
-
-
-def test_state_average_weighs_floats_and_keeps_the_tuned_counters():
-    base = {"w": torch.tensor([0.0, 4.0]), "n": torch.tensor(3)}
-    tuned = {"w": torch.tensor([8.0, 0.0]), "n": torch.tensor(7)}
-    averaged = state_average(base, tuned, tuned_share=0.25)
-    assert torch.equal(averaged["w"], torch.tensor([2.0, 3.0]))
-    assert int(averaged["n"]) == 7
-    with pytest.raises(ValueError, match="tuned_share"):
-        state_average(base, tuned, tuned_share=0.0)
-    with pytest.raises(ValueError, match="different tensors"):
-        state_average(base, {"w": tuned["w"]}, tuned_share=0.5)
-    with pytest.raises(ValueError, match="shapes"):
-        state_average(base, {"w": torch.zeros(3), "n": tuned["n"]}, tuned_share=0.5)
 
 
 def _fine_tune(tmp_path, shipped):
@@ -52,6 +37,7 @@ def test_average_of_the_shipped_model_and_its_fine_tune(tmp_path):
     assert record["tuned"]["sha256"] == file_sha256(tuned)
     assert record["tuned_share"] == 0.5
     assert manifest["training"]["data"]["warm_start"]["checkpoint"] == str(shipped)
+    assert manifest["training"]["data"]["warm_start"]["sha256"] == file_sha256(shipped)
     assert "## Weight average" in (out / "MODEL_CARD.md").read_text()
 
     model = segmenter_load(weights_path=out / manifest["file"], device="cpu")
@@ -68,12 +54,15 @@ def test_average_of_the_shipped_model_and_its_fine_tune(tmp_path):
 
 def test_only_a_model_and_its_own_fine_tune_are_averaged(tmp_path):
     shipped = WEIGHTS_DIR / json.loads((WEIGHTS_DIR / "manifest.json").read_text())["file"]
+    tuned = _fine_tune(tmp_path, shipped)
+    # The fine-tune started from the shipped weights, not from itself.
     with pytest.raises(CommandError, match="not trained on from"):
-        call_command("average_segmenter", f"--base={shipped}", f"--tuned={shipped}",
+        call_command("average_segmenter", f"--base={tuned}", f"--tuned={tuned}",
                      f"--out={tmp_path / 'x'}", "--model-version=9.0.1")  # fmt: skip
     with pytest.raises(CommandError, match="tuned-share"):
-        call_command("average_segmenter", f"--base={shipped}", f"--tuned={shipped}",
+        call_command("average_segmenter", f"--base={shipped}", f"--tuned={tuned}",
                      "--tuned-share=1.5", f"--out={tmp_path / 'x'}", "--model-version=9.0.1")  # fmt: skip
     with pytest.raises(CommandError, match="--base: no weights manifest"):
         call_command("average_segmenter", f"--base={tmp_path / 'none.pt'}",
-                     f"--tuned={shipped}", f"--out={tmp_path / 'x'}", "--model-version=9.0.1")  # fmt: skip
+                     f"--tuned={tuned}", f"--out={tmp_path / 'x'}", "--model-version=9.0.1")  # fmt: skip
+    assert not (tmp_path / "x").exists()

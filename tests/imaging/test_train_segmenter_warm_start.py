@@ -25,6 +25,9 @@ def test_shipped_weights_warm_start_with_their_training_record():
     assert record["checkpoint"] == str(shipped)
     assert record["steps"] == manifest["training"]["steps"]
     assert record["settings"] == manifest["training"]["settings"]
+    assert record["sha256"] == manifest["sha256"]
+    if "weight_average" in manifest:  # averaged weights say so in what trains on from them
+        assert record["data"]["weight_average"] == manifest["weight_average"]
 
 
 def test_shipped_weights_without_their_manifest_are_refused(tmp_path):

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from imaging.core.segmentation.network import SegmenterError, manifest_read, segmenter_load
+from imaging.core.segmentation.network import (
+    SegmenterError,
+    file_sha256,
+    manifest_read,
+    segmenter_load,
+)
 from imaging.core.segmentation.training.averaging import weights_average
 from imaging.core.segmentation.training.settings import TrainingSettings
 from imaging.core.segmentation.training.shipping import model_card_write
@@ -93,8 +98,13 @@ def _tuned_from_base_check(tuned_manifest: dict, base: Path) -> None:
     """Refuse a ``--tuned`` that was not trained on from ``--base``: the average of two
     networks trained apart is not a network (their units do not correspond)."""
     warm = tuned_manifest.get("training", {}).get("data", {}).get("warm_start") or {}
-    start = Path(warm.get("checkpoint", ""))
-    if not warm or (start.name != base.name and start.parent.resolve() != base.parent.resolve()):
+    # Runs since 2026-12-07 record the starting file's SHA-256; earlier ones its path only.
+    same = (
+        warm.get("sha256") == file_sha256(base)
+        if warm.get("sha256")
+        else Path(warm.get("checkpoint", "")).name == base.name
+    )
+    if not warm or not same:
         raise CommandError(
             f"--tuned was not trained on from {base.name} (its manifest's warm start: "
             f"{warm.get('checkpoint', 'none')}): only a model and its own fine-tune can be "

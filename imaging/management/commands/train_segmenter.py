@@ -20,7 +20,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from imaging.core.segmentation.network import WEIGHTS_DIR, SegmenterError, SegmenterSpec
+from imaging.core.segmentation.network import (
+    WEIGHTS_DIR,
+    SegmenterError,
+    SegmenterSpec,
+    file_sha256,
+)
 from imaging.core.segmentation.training.cases import CohortSource, TrainingCase, cases_load
 from imaging.core.segmentation.training.loop import (
     TrainingResult,
@@ -350,18 +355,22 @@ def _warm_start(init: Path, *, spec: SegmenterSpec, data: dict[str, Any]) -> dic
     if "network" not in state and "state_dict" in state:
         # Shipped weights: how they were trained is in the manifest beside them.
         manifest = init.parent / "manifest.json"
-        training = (
-            json.loads(manifest.read_text()).get("training", {}) if manifest.is_file() else {}
-        )
+        shipped = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        training = shipped.get("training", {})
+        # Averaged weights (average_segmenter) carry their tuned parent's training record
+        # and, beside it, the average that made them.
+        made = {"weight_average": shipped["weight_average"]} if "weight_average" in shipped else {}
         state = {"network": state["state_dict"], "spec": state["spec"],
                  "step": training.get("steps", 0), "seconds": training.get("seconds", 0.0),
-                 "settings": training.get("settings", {}), "data": training.get("data", {})}  # fmt: skip
+                 "settings": training.get("settings", {}),
+                 "data": training.get("data", {}) | made}  # fmt: skip
         if not state["settings"]:
             raise CommandError(f"--init-from: no training record beside {init} (manifest.json)")
     if not SegmenterSpec.from_dict(state["spec"]).same_network(spec):
         raise CommandError(f"--init-from: {init} holds a different network")
     data["warm_start"] = {
         "checkpoint": str(init),
+        "sha256": file_sha256(init),
         "steps": int(state["step"]),
         "seconds": round(float(state.get("seconds", 0.0)), 1),
         "settings": state["settings"],

@@ -11,6 +11,10 @@ The average is written like any other weights (`network.weights_export`): float1
 manifest with its SHA-256, and a record of both parents (file, version, SHA-256) and of
 the share, so that the result can be traced and remade. The spec, including the class
 logit offsets, is the tuned model's: those offsets answer the tuned run's loss weights.
+The arithmetic is `interpolation.weights_interpolate`'s; unlike a fine-tune's
+interpolation (`interpolation.checkpoint_interpolate`) the batch-norm statistics are
+averaged too, not measured afresh: two finished weights files carry no training patches,
+and the shipped average was measured as made here.
 """
 
 from __future__ import annotations
@@ -19,30 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from imaging.core.segmentation.network import Segmenter, network_build, weights_export
-
-
-def state_average(
-    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], *, tuned_share: float
-) -> dict[str, torch.Tensor]:
-    """``(1 - tuned_share) * base + tuned_share * tuned`` for every floating-point tensor
-    (weights and batch-norm statistics alike); counters are the tuned network's."""
-    if not 0.0 < tuned_share <= 1.0:
-        raise ValueError(f"tuned_share must be in (0, 1], got {tuned_share}")
-    if base.keys() != tuned.keys():
-        raise ValueError("the two networks hold different tensors")
-    averaged = {}
-    for name, t in tuned.items():
-        b = base[name]
-        if b.shape != t.shape:
-            raise ValueError(f"{name}: shapes {tuple(b.shape)} and {tuple(t.shape)} differ")
-        if t.is_floating_point():
-            averaged[name] = (1.0 - tuned_share) * b.float() + tuned_share * t.float()
-        else:
-            averaged[name] = t.clone()
-    return averaged
+from imaging.core.segmentation.training.interpolation import weights_interpolate
 
 
 def _parent(model: Segmenter, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +47,10 @@ def weights_average(
     ``weight_average`` (both parents and the share)."""
     if not base.spec.same_network(tuned.spec):
         raise ValueError("the two weights files hold different networks")
-    averaged = state_average(
-        base.network.state_dict(), tuned.network.state_dict(), tuned_share=tuned_share
+    if not 0.0 < tuned_share <= 1.0:
+        raise ValueError(f"tuned_share must be in (0, 1], got {tuned_share}")
+    averaged = weights_interpolate(
+        base=base.network.state_dict(), tuned=tuned.network.state_dict(), share=tuned_share
     )
     built = network_build(tuned.spec)
     built.load_state_dict(averaged)
