@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from imaging.core.segmentation.network import (
     SegmenterError,
+    SegmenterSpec,
     file_sha256,
     manifest_read,
     segmenter_load,
@@ -66,7 +67,7 @@ class Command(BaseCommand):
         record = manifest["weight_average"]
         model_card_write(
             path=out / "MODEL_CARD.md",
-            spec=models["tuned"].spec.__class__.from_dict(manifest["spec"]),
+            spec=SegmenterSpec.from_dict(manifest["spec"]),
             manifest=manifest,
             settings=TrainingSettings(**training.get("settings", {})),
             data=training.get("data", {}),
