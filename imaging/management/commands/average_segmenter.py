@@ -10,14 +10,12 @@ from django.core.management.base import BaseCommand, CommandError
 from imaging.core.segmentation.network import (
     SegmenterError,
     SegmenterSpec,
-    file_sha256,
     manifest_read,
     segmenter_load,
 )
 from imaging.core.segmentation.training.averaging import weights_average
 from imaging.core.segmentation.training.settings import TrainingSettings
-from imaging.core.segmentation.training.shipping import model_card_write
-from imaging.management.commands.train_segmenter import _weights_install
+from imaging.core.segmentation.training.shipping import model_card_write, weights_install
 
 
 class Command(BaseCommand):
@@ -54,7 +52,7 @@ class Command(BaseCommand):
                 models[role] = segmenter_load(weights_path=path, device="cpu")
             except SegmenterError as exc:
                 raise CommandError(f"--{role}: {exc}") from exc
-        _tuned_from_base_check(manifests["tuned"], options["base"])
+        _tuned_from_base_check(manifests["tuned"], options["base"], models["base"].spec.sha256)
         try:
             path, manifest = weights_average(
                 base=models["base"], base_manifest=manifests["base"],
@@ -88,20 +86,20 @@ class Command(BaseCommand):
             ),
         )
         if options["ship"]:
-            _weights_install(out, path)
+            weights_install(out, path)
         self.stdout.write(
             f"average_segmenter: {1 - share:.2f} x {record['base']['version']} + {share:.2f} x "
             f"{record['tuned']['version']} -> {path}" + (" (shipped)" if options["ship"] else "")
         )
 
 
-def _tuned_from_base_check(tuned_manifest: dict, base: Path) -> None:
+def _tuned_from_base_check(tuned_manifest: dict, base: Path, base_sha256: str) -> None:
     """Refuse a ``--tuned`` that was not trained on from ``--base``: the average of two
     networks trained apart is not a network (their units do not correspond)."""
     warm = tuned_manifest.get("training", {}).get("data", {}).get("warm_start") or {}
     # Runs since 2026-12-07 record the starting file's SHA-256; earlier ones its path only.
     same = (
-        warm.get("sha256") == file_sha256(base)
+        warm.get("sha256") == base_sha256
         if warm.get("sha256")
         else Path(warm.get("checkpoint", "")).name == base.name
     )

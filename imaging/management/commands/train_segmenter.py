@@ -13,7 +13,6 @@ from the benchmark's seed (benchmarks/segmentation.py refuses a seed used here).
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from imaging.core.segmentation.network import (
-    WEIGHTS_DIR,
     SegmenterError,
     SegmenterSpec,
     file_sha256,
@@ -33,7 +31,7 @@ from imaging.core.segmentation.training.loop import (
     segmenter_train,
 )
 from imaging.core.segmentation.training.settings import TrainingSettings
-from imaging.core.segmentation.training.shipping import weights_ship
+from imaging.core.segmentation.training.shipping import weights_install, weights_ship
 
 
 class Command(BaseCommand):
@@ -159,7 +157,7 @@ class Command(BaseCommand):
             data=data,
         )
         if options["ship"]:
-            _weights_install(out, path)
+            weights_install(out, path)
         self.stdout.write(
             f"train_segmenter: {result.steps_done} steps on {len(train)} studies "
             f"({len(val)} validation) in {result.seconds / 60:.1f} min, loss {result.last_loss:.3f}"
@@ -377,15 +375,6 @@ def _warm_start(init: Path, *, spec: SegmenterSpec, data: dict[str, Any]) -> dic
         "data": state.get("data", {}),
     }
     return state["network"]
-
-
-def _weights_install(out: Path, weights: Path) -> None:
-    """Replace the shipped weights in ``imaging/weights/`` by this run's."""
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    for old in WEIGHTS_DIR.glob("*.pt"):
-        old.unlink()
-    for name in (weights.name, "manifest.json", "MODEL_CARD.md"):
-        shutil.copy2(out / name, WEIGHTS_DIR / name)
 
 
 def _validation_text(result: TrainingResult) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imaging.core.segmentation.network import SegmenterSpec, weights_export
+from imaging.core.segmentation.network import WEIGHTS_DIR, SegmenterSpec, weights_export
 from imaging.core.segmentation.training.loop import network_from_checkpoint
 from imaging.core.segmentation.training.settings import TrainingSettings
 
@@ -247,3 +248,13 @@ def weights_ship(
         extra=extra_card,
     )
     return path, manifest
+
+
+def weights_install(out: Path, weights: Path) -> None:
+    """Replace the shipped weights in ``imaging/weights/`` by those in ``out``: ``weights``,
+    its manifest and its model card."""
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    for old in WEIGHTS_DIR.glob("*.pt"):
+        old.unlink()
+    for name in (weights.name, "manifest.json", "MODEL_CARD.md"):
+        shutil.copy2(out / name, WEIGHTS_DIR / name)
