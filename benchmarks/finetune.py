@@ -263,10 +263,10 @@ def main() -> int:
 
     t = time.perf_counter()
     training, reviewed = [], {"accepted": 0, "rejected": 0, "added": 0}
+    # The cases' ids (seed-index) repeat across kinds and presets: the reviews' folder names both.
+    reviews = args.cache / f"reviews-{args.kind}-{args.size}-{_postprocess_key()}{_model_key(base)}"
     for case in review:
-        case_training, kinds = _reviewed_cached(
-            case, base, device, args.cache / f"reviews-{_postprocess_key()}{_model_key(base)}"
-        )
+        case_training, kinds = _reviewed_cached(case, base, device, reviews)
         training.append(case_training)
         reviewed = {k: reviewed[k] + kinds[k] for k in reviewed}
     print(f"reviews: {reviewed} in {time.perf_counter() - t:.0f} s", flush=True)
